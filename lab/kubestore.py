@@ -1,0 +1,366 @@
+"""The lab API's object store: objects by kind, one global resourceVersion, a bounded watch history.
+
+Thread-safe (the lab mutates it from test threads while the HTTP server reads it on its own loop).
+It also plays the EndpointSlice/Endpoints controllers: any Pod or Service change re-derives the
+endpoint objects of that namespace with `lab.objects.endpoint_objects`, so a readiness flip shows up
+in the slices exactly as it would in a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from lab.objects import (
+    RESOURCE_BY_KIND,
+    Obj,
+    endpoint_objects,
+    node_ready_patch,
+    pod_status_patch,
+    timestamp,
+)
+
+ENDPOINT_CONTROLLER = "endpointslice-controller.k8s.io"
+FIRST_RESOURCE_VERSION = 1000  # any opaque start; real clusters are never at 1
+
+
+class ResourceExpired(Exception):
+    """A resourceVersion older than the retained history (the apiserver's 410 Gone)."""
+
+
+class NotFound(KeyError):
+    pass
+
+
+class SelectorError(ValueError):
+    """An unparsable or unsupported label/field selector (the apiserver's 400 BadRequest)."""
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    rv: int
+    type: str  # ADDED | MODIFIED | DELETED
+    kind: str
+    obj: Obj
+    prev: Obj | None  # the object before a MODIFIED/DELETED, to compute selector transitions
+
+
+def object_key(obj: Obj) -> tuple[str, str]:
+    meta = obj["metadata"]
+    return meta.get("namespace", ""), meta["name"]
+
+
+# ------------------------------------------------------------------ selectors
+
+_REQUIREMENT = re.compile(
+    r"^\s*(?P<neg>!)?\s*(?P<key>[A-Za-z0-9._/-]+)\s*"
+    r"(?:(?P<op>==|!=|=|\s+in\s+|\s+notin\s+)\s*(?P<value>\([^)]*\)|[A-Za-z0-9._-]*)\s*)?$"
+)
+
+
+def _split_top_level(selector: str) -> list[str]:
+    parts, depth, current = [], 0, ""
+    for ch in selector:
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+            continue
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        current += ch
+    parts.append(current)
+    return [p for p in parts if p.strip()]
+
+
+LabelPredicate = Callable[[dict[str, str]], bool]
+
+
+def parse_label_selector(selector: str) -> list[LabelPredicate]:
+    """Kubernetes label selector syntax: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`."""
+    preds: list[LabelPredicate] = []
+    for part in _split_top_level(selector):
+        m = _REQUIREMENT.match(part)
+        if not m or (m["neg"] and m["op"]):
+            raise SelectorError(f"unable to parse requirement: {part.strip()!r}")
+        key, op, value = m["key"], (m["op"] or "").strip(), m["value"]
+        if not op:
+            preds.append((lambda k: lambda labels: k not in labels)(key) if m["neg"]
+                         else (lambda k: lambda labels: k in labels)(key))
+        elif op in ("in", "notin"):
+            if not value or not value.startswith("("):
+                raise SelectorError(f"{op} needs a parenthesised value set: {part.strip()!r}")
+            values = {v.strip() for v in value[1:-1].split(",") if v.strip()}
+            if op == "in":
+                preds.append((lambda k, vs: lambda labels: labels.get(k) in vs)(key, values))
+            else:
+                preds.append((lambda k, vs: lambda labels: labels.get(k) not in vs)(key, values))
+        elif op == "!=":
+            preds.append((lambda k, v: lambda labels: labels.get(k) != v)(key, value))
+        else:
+            preds.append((lambda k, v: lambda labels: k in labels and labels[k] == v)(key, value))
+    return preds
+
+
+def _path(*keys: str) -> Callable[[Obj], str]:
+    def get(obj: Obj) -> str:
+        value: object = obj
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        if isinstance(value, bool):
+            return str(value).lower()
+        return "" if value is None else str(value)
+    return get
+
+
+_COMMON_FIELDS = {"metadata.name": _path("metadata", "name"), "metadata.namespace": _path("metadata", "namespace")}
+# the field labels each kind's registry strategy accepts upstream (GetAttrs / AddFieldLabelConversionFunc)
+SUPPORTED_FIELDS: dict[str, dict[str, Callable[[Obj], str]]] = {
+    "Pod": {
+        "spec.nodeName": _path("spec", "nodeName"), "spec.restartPolicy": _path("spec", "restartPolicy"),
+        "spec.schedulerName": _path("spec", "schedulerName"),
+        "spec.serviceAccountName": _path("spec", "serviceAccountName"),
+        "spec.hostNetwork": lambda o: str(bool(o["spec"].get("hostNetwork", False))).lower(),
+        "status.phase": _path("status", "phase"), "status.podIP": _path("status", "podIP"),
+        "status.nominatedNodeName": _path("status", "nominatedNodeName"),
+    },
+    "Node": {"spec.unschedulable": lambda o: str(bool(o["spec"].get("unschedulable", False))).lower()},
+    "Namespace": {"status.phase": _path("status", "phase")},
+    "Service": {"spec.clusterIP": _path("spec", "clusterIP"), "spec.type": _path("spec", "type")},
+}
+
+ObjPredicate = Callable[[Obj], bool]
+
+
+def parse_field_selector(kind: str, selector: str) -> list[ObjPredicate]:
+    fields = _COMMON_FIELDS | SUPPORTED_FIELDS.get(kind, {})
+    preds: list[ObjPredicate] = []
+    for part in _split_top_level(selector):
+        m = re.match(r"^\s*([A-Za-z0-9._-]+)\s*(==|!=|=)\s*(.*?)\s*$", part)
+        if not m:
+            raise SelectorError(f"invalid field selector requirement: {part.strip()!r}")
+        field, op, value = m.groups()
+        if field not in fields:
+            raise SelectorError(f'field label not supported: {field}')
+        get = fields[field]
+        if op == "!=":
+            preds.append((lambda g, v: lambda obj: g(obj) != v)(get, value))
+        else:
+            preds.append((lambda g, v: lambda obj: g(obj) == v)(get, value))
+    return preds
+
+
+@dataclass
+class Filter:
+    """What a list or watch request asks for: a namespace, label and field selectors."""
+
+    namespace: str | None = None
+    labels: tuple[LabelPredicate, ...] = ()
+    fields: tuple[ObjPredicate, ...] = ()
+
+    @classmethod
+    def parse(cls, kind: str, namespace: str | None, label_selector: str | None,
+              field_selector: str | None) -> Filter:
+        return cls(namespace, tuple(parse_label_selector(label_selector or "")),
+                   tuple(parse_field_selector(kind, field_selector or "")))
+
+    @property
+    def selective(self) -> bool:
+        return bool(self.labels or self.fields)
+
+    def __call__(self, obj: Obj) -> bool:
+        meta = obj["metadata"]
+        if self.namespace is not None and meta.get("namespace") != self.namespace:
+            return False
+        labels = meta.get("labels") or {}
+        return all(p(labels) for p in self.labels) and all(p(obj) for p in self.fields)
+
+
+# ------------------------------------------------------------------ the store
+
+
+def _now() -> str:
+    return timestamp(datetime.now(UTC))
+
+
+def _without_rv(obj: Obj) -> Obj:
+    return {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}}
+
+
+class ObjectStore:
+    def __init__(self, history: int = 1000) -> None:
+        self._lock = threading.RLock()
+        self._objects: dict[str, dict[tuple[str, str], Obj]] = {kind: {} for kind in RESOURCE_BY_KIND}
+        self._rv = FIRST_RESOURCE_VERSION
+        self._events: list[WatchEvent] = []
+        self._history = history
+        self._compacted_rv = FIRST_RESOURCE_VERSION  # watches from below this get 410 Gone
+
+    # ---------------------------------------------------------- reading
+
+    @property
+    def resource_version(self) -> int:
+        with self._lock:
+            return self._rv
+
+    def get(self, kind: str, namespace: str | None, name: str) -> Obj:
+        with self._lock:
+            obj = self._objects[self._kind(kind)].get((namespace or "", name))
+            if obj is None:
+                raise NotFound(f"{kind} {namespace + '/' if namespace else ''}{name} not found")
+            return copy.deepcopy(obj)
+
+    def snapshot(self, kind: str, flt: Filter | None = None) -> tuple[list[Obj], int]:
+        """Matching objects sorted by (namespace, name), and the resourceVersion they are current at.
+
+        The returned dicts are the stored ones: callers must not mutate them (the store replaces whole
+        objects on every change, so a snapshot stays consistent)."""
+        with self._lock:
+            items = [o for _, o in sorted(self._objects[self._kind(kind)].items()) if flt is None or flt(o)]
+            return items, self._rv
+
+    def events_since(self, kind: str, rv: int) -> tuple[list[WatchEvent], int]:
+        """Events of `kind` after `rv`, and the current resourceVersion; ResourceExpired if `rv` is compacted."""
+        with self._lock:
+            if rv < self._compacted_rv:
+                raise ResourceExpired(f"too old resource version: {rv} ({self._compacted_rv})")
+            lo, hi = 0, len(self._events)
+            while lo < hi:  # events are ordered by rv: bisect for the first one after `rv`
+                mid = (lo + hi) // 2
+                if self._events[mid].rv <= rv:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            return [e for e in self._events[lo:] if e.kind == kind], self._rv
+
+    def check_not_expired(self, rv: int) -> None:
+        with self._lock:
+            if rv < self._compacted_rv:
+                raise ResourceExpired(f"too old resource version: {rv} ({self._compacted_rv})")
+
+    # ---------------------------------------------------------- mutating
+
+    def apply(self, obj: Obj) -> Obj:
+        """Create or replace an object (server-side fields kept); emits ADDED/MODIFIED. Returns the stored copy."""
+        with self._lock:
+            stored = self._put(obj)
+            self._after_change(stored)
+            return copy.deepcopy(stored)
+
+    def load(self, objects: list[Obj]) -> None:
+        for obj in objects:
+            self.apply(obj)
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> Obj:
+        with self._lock:
+            gone = self._remove(self._kind(kind), (namespace or "", name))
+            self._after_change(gone)
+            return copy.deepcopy(gone)
+
+    def set_pod_ready(self, key: str, ready: bool, container: str | None = None) -> Obj:
+        """Flip readiness of one container (default: all) of pod `namespace/name`, as the kubelet reports it."""
+        with self._lock:
+            pod = self.get("Pod", *key.split("/", 1))
+            current = {cs["name"]: cs["ready"] or pod["status"]["phase"] != "Running"
+                       for cs in pod["status"].get("containerStatuses", [])}
+            wanted = {name: ready if container in (None, name) else was for name, was in current.items()}
+            return self.apply(pod_status_patch(pod, pod["status"]["phase"], wanted))
+
+    def set_pod_phase(self, key: str, phase: str) -> Obj:
+        with self._lock:
+            pod = self.get("Pod", *key.split("/", 1))
+            ready = {cs["name"]: cs["ready"] for cs in pod["status"].get("containerStatuses", [])}
+            return self.apply(pod_status_patch(pod, phase, {n: r or phase != "Running" for n, r in ready.items()}))
+
+    def set_pod_terminating(self, key: str) -> Obj:
+        """A graceful delete in progress: deletionTimestamp set, the pod still there (endpoints terminating)."""
+        with self._lock:
+            pod = self.get("Pod", *key.split("/", 1))
+            pod["metadata"] |= {"deletionTimestamp": _now(), "deletionGracePeriodSeconds": 30}
+            return self.apply(pod)
+
+    def set_node_ready(self, name: str, ready: bool) -> Obj:
+        with self._lock:
+            return self.apply(node_ready_patch(self.get("Node", None, name), ready))
+
+    # ---------------------------------------------------------- internals
+
+    @staticmethod
+    def _kind(kind: str) -> str:
+        if kind not in RESOURCE_BY_KIND:
+            raise ValueError(f"the lab API serves no kind {kind!r}; known: {sorted(RESOURCE_BY_KIND)}")
+        return kind
+
+    def _record(self, type_: str, kind: str, obj: Obj, prev: Obj | None) -> None:
+        self._events.append(WatchEvent(self._rv, type_, kind, obj, prev))
+        if len(self._events) > self._history:
+            dropped = self._events[: len(self._events) - self._history]
+            del self._events[: len(dropped)]
+            self._compacted_rv = dropped[-1].rv
+        self._notify()
+
+    def _notify(self) -> None:
+        """Hook: called after every recorded event (the HTTP server wakes its watchers)."""
+
+    def _put(self, obj: Obj) -> Obj:
+        kind = self._kind(obj.get("kind", ""))
+        resource = RESOURCE_BY_KIND[kind]
+        obj = copy.deepcopy(obj)
+        obj["apiVersion"] = resource.api_version
+        meta = obj.setdefault("metadata", {})
+        if resource.namespaced:
+            meta.setdefault("namespace", "default")
+        else:
+            meta.pop("namespace", None)
+        key = object_key(obj)
+        bucket = self._objects[kind]
+        existing = bucket.get(key)
+        if existing is not None:
+            meta["uid"] = existing["metadata"]["uid"]
+            meta["creationTimestamp"] = existing["metadata"]["creationTimestamp"]
+            if "generation" in existing["metadata"]:
+                spec_changed = obj.get("spec") != existing.get("spec")
+                meta["generation"] = existing["metadata"]["generation"] + spec_changed
+            if _without_rv(obj) == _without_rv(existing):
+                return existing  # a no-op update does not bump the resourceVersion
+        else:
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        bucket[key] = obj
+        self._record("MODIFIED" if existing is not None else "ADDED", kind, obj, existing)
+        return obj
+
+    def _remove(self, kind: str, key: tuple[str, str]) -> Obj:
+        existing = self._objects[kind].pop(key, None)
+        if existing is None:
+            raise NotFound(f"{kind} {'/'.join(k for k in key if k)} not found")
+        self._rv += 1
+        gone = {**existing, "metadata": {**existing["metadata"], "resourceVersion": str(self._rv)}}
+        self._record("DELETED", kind, gone, existing)
+        return gone
+
+    def _after_change(self, obj: Obj) -> None:
+        if obj["kind"] in ("Pod", "Service"):
+            self._sync_endpoints(obj["metadata"]["namespace"])
+
+    def _sync_endpoints(self, namespace: str) -> None:
+        pods = [p for (ns, _), p in self._objects["Pod"].items() if ns == namespace]
+        services = {name: s for (ns, name), s in self._objects["Service"].items() if ns == namespace}
+        desired: dict[tuple[str, tuple[str, str]], Obj] = {}
+        for svc in services.values():
+            for obj in endpoint_objects(svc, pods):
+                desired[(obj["kind"], object_key(obj))] = obj
+        for kind in ("EndpointSlice", "Endpoints"):
+            for key, current in list(self._objects[kind].items()):
+                labels = current["metadata"].get("labels") or {}
+                managed = (labels.get("endpointslice.kubernetes.io/managed-by") == ENDPOINT_CONTROLLER
+                           if kind == "EndpointSlice" else labels.get("kubernetes.io/service-name") is not None)
+                if key[0] == namespace and managed and (kind, key) not in desired:
+                    self._remove(kind, key)
+        for obj in desired.values():
+            self._put(obj)

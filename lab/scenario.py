@@ -1,0 +1,287 @@
+"""Lab scenario files: the YAML schema and its resolution into concrete addresses.
+
+Both the namespace dataplane builder and the lab's Kubernetes API read the *resolved*
+scenario, so pod IPs, ClusterIPs, nodePorts and endpoints agree by construction.
+Documented in docs/lab.md; examples in examples/lab/.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ContainerPort(_Model):
+    name: str | None = None
+    container_port: int = Field(alias="containerPort", ge=1, le=65535)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class Listen(_Model):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class Container(_Model):
+    name: str
+    ready: bool = True
+    ports: list[ContainerPort] = Field(default_factory=list)
+    listen: list[Listen] | None = Field(
+        None, description="sockets really opened; default: every declared container port"
+    )
+
+    def listeners(self) -> list[Listen]:
+        if self.listen is not None:
+            return self.listen
+        return [Listen(port=p.container_port, protocol=p.protocol) for p in self.ports]
+
+
+class PodSpec(_Model):
+    name: str
+    namespace: str = "default"
+    node: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    host_network: bool = Field(False, alias="hostNetwork")
+    ip: str | None = None
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] = "Running"
+    containers: list[Container] = Field(default_factory=lambda: [Container(name="main")])
+    role: str | None = Field(None, description="internal: 'dns' for the cluster DNS pod")
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class NodeSpec(_Model):
+    name: str
+    ip: str | None = None
+    pod_cidr: str | None = Field(None, alias="podCIDR")
+    ready: bool = True
+
+
+class NamespaceSpec(_Model):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ServicePort(_Model):
+    name: str | None = None
+    port: int = Field(ge=1, le=65535)
+    target_port: int | str | None = Field(None, alias="targetPort")
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    node_port: int | None = Field(None, alias="nodePort", ge=30000, le=32767)
+
+
+class ServiceSpec(_Model):
+    name: str
+    namespace: str = "default"
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    selector: dict[str, str] | None = None
+    cluster_ip: str | None = Field(None, alias="clusterIP", description="'None' for headless")
+    ports: list[ServicePort]
+    external_traffic_policy: Literal["Cluster", "Local"] = Field("Cluster", alias="externalTrafficPolicy")
+    load_balancer_ip: str | None = Field(None, alias="loadBalancerIP")
+    load_balancer_source_ranges: list[str] = Field(default_factory=list, alias="loadBalancerSourceRanges")
+    external_ips: list[str] = Field(default_factory=list, alias="externalIPs")
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Scenario(_Model):
+    name: str
+    cni: Literal["host-gw", "vxlan"] = "host-gw"
+    iptables_backend: Literal["nft", "legacy"] = Field("nft", alias="iptablesBackend")
+    underlay_cidr: str = Field("172.30.0.0/24", alias="underlayCIDR")
+    cluster_cidr: str = Field("10.244.0.0/16", alias="clusterCIDR")
+    service_cidr: str = Field("10.96.0.0/16", alias="serviceCIDR")
+    dns: bool = Field(True, description="add kube-system/coredns pod and the kube-dns Service (.10)")
+    internet: bool = Field(True, description="add an internet namespace and an external client")
+    network_policy: bool = Field(True, alias="networkPolicy", description="enforce NetworkPolicies")
+    nodes: list[NodeSpec]
+    namespaces: list[NamespaceSpec] = Field(default_factory=list)
+    pods: list[PodSpec] = Field(default_factory=list)
+    services: list[ServiceSpec] = Field(default_factory=list)
+    network_policies: list[dict[str, Any]] = Field(default_factory=list, alias="networkPolicies")
+
+    @model_validator(mode="after")
+    def _check_refs(self) -> Scenario:
+        names = {n.name for n in self.nodes}
+        for pod in self.pods:
+            if pod.node not in names:
+                raise ValueError(f"pod {pod.key}: node {pod.node!r} is not declared in nodes")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> Scenario:
+        data = yaml.safe_load(Path(path).read_text())
+        return cls.model_validate(data)
+
+
+# ------------------------------------------------------------------ resolution
+
+DNS_SERVICE_HOST = 10  # kube-dns is the .10 of the service CIDR, as in kubeadm clusters
+NODE_PORT_BASE = 30000
+
+
+class ResolvedNode(BaseModel):
+    name: str
+    ip: str
+    pod_cidr: str
+    gateway_ip: str  # the bridge address: first host of the pod CIDR
+    vtep_mac: str  # deterministic MAC for the vxlan device
+    ready: bool
+
+
+class ResolvedPod(BaseModel):
+    spec: PodSpec
+    ip: str
+
+
+class ResolvedEndpoint(BaseModel):
+    pod: str  # namespace/name
+    ip: str
+    node: str
+    ready: bool
+    port: int | None  # resolved targetPort, None when a named port does not exist on the pod
+
+
+class ResolvedServicePort(BaseModel):
+    spec: ServicePort
+    node_port: int | None
+    endpoints: list[ResolvedEndpoint]
+
+
+class ResolvedService(BaseModel):
+    spec: ServiceSpec
+    cluster_ip: str | None  # None = headless
+    load_balancer_ip: str | None
+    ports: list[ResolvedServicePort]
+
+
+class ResolvedScenario(BaseModel):
+    scenario: Scenario
+    nodes: list[ResolvedNode]
+    pods: list[ResolvedPod]
+    services: list[ResolvedService]
+    namespaces: list[NamespaceSpec]
+
+    def node(self, name: str) -> ResolvedNode:
+        return next(n for n in self.nodes if n.name == name)
+
+    def pod(self, key: str) -> ResolvedPod:
+        return next(p for p in self.pods if p.spec.key == key or p.spec.name == key)
+
+
+def _pod_ready(pod: PodSpec) -> bool:
+    return pod.phase == "Running" and all(c.ready for c in pod.containers)
+
+
+def _target_port(pod: PodSpec, port: ServicePort) -> int | None:
+    target = port.target_port if port.target_port is not None else port.port
+    if isinstance(target, int) or str(target).isdigit():
+        return int(target)
+    for c in pod.containers:
+        for cp in c.ports:
+            if cp.name == target and cp.protocol == port.protocol:
+                return cp.container_port
+    return None
+
+
+def _with_dns(sc: Scenario) -> Scenario:
+    if not sc.dns or any(p.role == "dns" for p in sc.pods):
+        return sc
+    dns_pod = PodSpec(
+        name="coredns", namespace="kube-system", node=sc.nodes[0].name, role="dns",
+        labels={"k8s-app": "kube-dns"},
+        containers=[Container(name="coredns", ports=[
+            ContainerPort(name="dns", containerPort=53, protocol="UDP"),
+            ContainerPort(name="dns-tcp", containerPort=53, protocol="TCP"),
+        ])],
+    )
+    svc_net = ipaddress.ip_network(sc.service_cidr)
+    dns_svc = ServiceSpec(
+        name="kube-dns", namespace="kube-system", selector={"k8s-app": "kube-dns"},
+        clusterIP=str(svc_net.network_address + DNS_SERVICE_HOST),
+        ports=[ServicePort(name="dns", port=53, targetPort="dns", protocol="UDP"),
+               ServicePort(name="dns-tcp", port=53, targetPort="dns-tcp", protocol="TCP")],
+    )
+    return sc.model_copy(update={"pods": [*sc.pods, dns_pod], "services": [*sc.services, dns_svc]})
+
+
+def resolve(sc: Scenario) -> ResolvedScenario:
+    sc = _with_dns(sc)
+    underlay = ipaddress.ip_network(sc.underlay_cidr)
+    cluster = ipaddress.ip_network(sc.cluster_cidr)
+    pod_subnets = cluster.subnets(new_prefix=24)
+    next(pod_subnets)  # .0.0/24 stays unused, like flannel's first lease
+    nodes: list[ResolvedNode] = []
+    for i, n in enumerate(sc.nodes):
+        cidr = ipaddress.ip_network(n.pod_cidr) if n.pod_cidr else next(pod_subnets)
+        nodes.append(ResolvedNode(
+            name=n.name, ip=n.ip or str(underlay.network_address + 11 + i), pod_cidr=str(cidr),
+            gateway_ip=str(cidr.network_address + 1), vtep_mac=f"0a:58:00:00:{(i >> 8) & 0xff:02x}:{i & 0xff:02x}",
+            ready=n.ready,
+        ))
+    by_node = {n.name: n for n in nodes}
+    next_host: dict[str, int] = {n.name: 2 for n in nodes}
+    pods: list[ResolvedPod] = []
+    for p in sc.pods:
+        if p.host_network:
+            ip = by_node[p.node].ip
+        elif p.ip:
+            ip = p.ip
+        else:
+            net = ipaddress.ip_network(by_node[p.node].pod_cidr)
+            ip = str(net.network_address + next_host[p.node])
+            next_host[p.node] += 1
+        pods.append(ResolvedPod(spec=p, ip=ip))
+
+    svc_net = ipaddress.ip_network(sc.service_cidr)
+    used = {s.cluster_ip for s in sc.services if s.cluster_ip}
+    next_vip, next_node_port = 100, NODE_PORT_BASE
+    services: list[ResolvedService] = []
+    for s in sc.services:
+        if s.cluster_ip == "None":
+            vip = None
+        elif s.cluster_ip:
+            vip = s.cluster_ip
+        else:
+            while str(svc_net.network_address + next_vip) in used:
+                next_vip += 1
+            vip = str(svc_net.network_address + next_vip)
+            used.add(vip)
+        selected = [
+            rp for rp in pods
+            if s.selector and rp.spec.namespace == s.namespace
+            and all(rp.spec.labels.get(k) == v for k, v in s.selector.items())
+            and rp.spec.phase not in ("Succeeded", "Failed")
+        ]
+        ports = []
+        for sp in s.ports:
+            node_port = sp.node_port
+            if s.type in ("NodePort", "LoadBalancer") and node_port is None:
+                node_port = next_node_port
+                next_node_port += 1
+            ports.append(ResolvedServicePort(spec=sp, node_port=node_port, endpoints=[
+                ResolvedEndpoint(pod=rp.spec.key, ip=rp.ip, node=rp.spec.node,
+                                 ready=_pod_ready(rp.spec), port=_target_port(rp.spec, sp))
+                for rp in selected
+            ]))
+        services.append(ResolvedService(spec=s, cluster_ip=vip, load_balancer_ip=s.load_balancer_ip,
+                                        ports=ports))
+
+    declared = {ns.name: ns for ns in sc.namespaces}
+    for name in ["default", "kube-system", *(p.namespace for p in sc.pods), *(s.namespace for s in sc.services)]:
+        declared.setdefault(name, NamespaceSpec(name=name))
+    return ResolvedScenario(scenario=sc, nodes=nodes, pods=pods, services=services,
+                            namespaces=list(declared.values()))

@@ -1,0 +1,50 @@
+"""The cloud provider interface, the `none` provider and the factory that picks one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any
+
+from shared.cloud import CloudInventory, empty_inventory
+from shared.config import Settings
+
+
+class CloudError(Exception):
+    """The cloud could not be read at all (credentials, endpoint, retries exhausted).
+    Partial failures are recorded in `CloudInventory.errors` instead."""
+
+
+class CloudProvider(ABC):
+    name: str
+
+    @abstractmethod
+    def collect(self, nodes: list[dict[str, Any]], addresses: Iterable[str] = (),
+                load_balancer_ids: Iterable[str] = ()) -> CloudInventory:
+        """Read the cloud state around `nodes` (Kubernetes Node objects in API JSON form).
+
+        `addresses` / `load_balancer_ids` name load balancers of interest (Service ingress
+        IPs, the CCM's loadbalancer-id annotation); with neither, every LB of the region is read.
+        Blocking (SDKs are synchronous): call it through `asyncio.to_thread`.
+        """
+
+
+class NoCloudProvider(CloudProvider):
+    """Bare metal, the namespace lab without an emulated cloud: nothing is modelled, and the
+    inventory says so explicitly."""
+
+    name = "none"
+
+    def collect(self, nodes: list[dict[str, Any]], addresses: Iterable[str] = (),
+                load_balancer_ids: Iterable[str] = ()) -> CloudInventory:
+        return empty_inventory("none", "cloud provider is 'none' (bare metal or a lab without a cloud)")
+
+
+def make_provider(settings: Settings) -> CloudProvider:
+    if settings.cloud_provider == "none":
+        return NoCloudProvider()
+    if settings.cloud_provider == "alibaba":
+        from services.cloud.alibaba import AlibabaProvider  # the SDK import is only paid when used
+
+        return AlibabaProvider.from_settings(settings)
+    raise ValueError(f"unknown cloud provider {settings.cloud_provider!r}: expected 'none' or 'alibaba'")

@@ -1,0 +1,226 @@
+"""The gateway: REST + SSE over the diagnosis pipeline.
+
+A request is either durably accepted (a KV record is created, then the requested event is
+acknowledged by the stream) or clearly refused (4xx with per-field messages, 503 when the
+bus is down) — never half-taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import nats
+from aiohttp import web
+from nats.js.api import DeliverPolicy
+from pydantic import ValidationError
+
+from services.gateway.openapi import openapi_document
+from services.gateway.store import ResultStore
+from shared.bus import SUBJECT_REQUESTED, Bus, progress_subject
+from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
+
+log = logging.getLogger("netdiag.gateway")
+
+MAX_BODY = 64 * 1024
+PAGE_MAX = 200
+SSE_IDLE_CHECK_S = 2.0
+STATIC_DIR = Path(__file__).parent / "static"
+
+BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
+STORE: web.AppKey[ResultStore] = web.AppKey("store", ResultStore)
+
+
+def error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    out = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "body"
+        msg = "unknown field: remove it" if e["type"] == "extra_forbidden" else e["msg"]
+        out.append({"field": loc, "message": msg})
+    return out
+
+
+async def _bus_ready(bus: Bus) -> bool:
+    if not bus.connected:
+        return False
+    try:
+        await asyncio.wait_for(bus.js.account_info(), 1.0)
+    except (TimeoutError, nats.errors.Error):
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ handlers
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ready = await _bus_ready(request.app[BUS])
+    return web.json_response({"ready": ready, "nats": "connected" if ready else "unreachable"},
+                             status=200 if ready else 503)
+
+
+async def create_diagnosis(request: web.Request) -> web.Response:
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body too large: at most {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw or b"null")
+    except ValueError as exc:
+        return error(400, f"request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return error(400, "request body must be a JSON object with src, dst, port and protocol")
+    try:
+        req = DiagnosisRequest.model_validate(body)
+    except ValidationError as exc:
+        fields = field_errors(exc)
+        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return error(422, f"invalid diagnosis request: {summary}", fields=fields)
+
+    bus, store = request.app[BUS], request.app[STORE]
+    if not bus.connected:
+        return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
+    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now())
+    env = StageEnvelope(id=diagnosis.id, request=req, created_at=diagnosis.created_at)
+    try:
+        await asyncio.wait_for(store.create(diagnosis), 3)
+    except (TimeoutError, nats.errors.Error) as exc:
+        return error(503, f"the diagnosis bus (NATS) is unreachable; retry shortly ({type(exc).__name__})")
+    try:
+        await bus.publish_model(SUBJECT_REQUESTED, env, msg_id=f"{diagnosis.id}:requested")
+    except (TimeoutError, nats.errors.Error) as exc:
+        with contextlib.suppress(Exception):
+            await store.forget(diagnosis.id)
+        return error(503, f"the diagnosis could not be queued; retry shortly ({type(exc).__name__})")
+    location = f"/api/v1/diagnoses/{diagnosis.id}"
+    return web.json_response(
+        {"id": diagnosis.id, "status": diagnosis.status.value, "location": location},
+        status=202, headers={"Location": location},
+    )
+
+
+async def get_diagnosis(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    try:
+        diagnosis = await store.get(request.match_info["id"])
+    except nats.errors.Error:
+        return error(503, "the result store (NATS) is unreachable; retry shortly")
+    if diagnosis is None:
+        return error(404, f"no diagnosis with id {request.match_info['id']!r}")
+    return web.Response(text=diagnosis.model_dump_json(), content_type="application/json")
+
+
+async def list_diagnoses(request: web.Request) -> web.Response:
+    try:
+        limit = int(request.query.get("limit", "20"))
+        if not 1 <= limit <= PAGE_MAX:
+            raise ValueError
+    except ValueError:
+        return error(422, f"limit: must be an integer from 1 to {PAGE_MAX}",
+                     fields=[{"field": "limit", "message": f"integer from 1 to {PAGE_MAX}"}])
+    after = request.query.get("after")
+    store = request.app[STORE]
+    try:
+        ids = await store.ids()
+        if after:
+            ids = [i for i in ids if i < after]
+        page = ids[:limit]
+        items = [d for d in await asyncio.gather(*(store.get(i) for i in page)) if d is not None]
+    except nats.errors.Error:
+        return error(503, "the result store (NATS) is unreachable; retry shortly")
+    body = {
+        "items": [json.loads(d.model_dump_json(exclude={"result": {"paths"}})) for d in items],
+        "next": page[-1] if len(ids) > limit else None,
+    }
+    return web.json_response(body)
+
+
+async def diagnosis_events(request: web.Request) -> web.StreamResponse:
+    """SSE: every progress event of the diagnosis (replayed from the stream), then the result."""
+    bus, store = request.app[BUS], request.app[STORE]
+    diagnosis_id = request.match_info["id"]
+    try:
+        if await store.get(diagnosis_id) is None:
+            return error(404, f"no diagnosis with id {diagnosis_id!r}")
+        sub = await bus.js.subscribe(progress_subject(diagnosis_id), ordered_consumer=True,
+                                     deliver_policy=DeliverPolicy.ALL)
+    except nats.errors.Error:
+        return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=SSE_IDLE_CHECK_S)
+            except TimeoutError:
+                msg = None
+            if msg is not None:
+                await resp.write(f"event: progress\ndata: {msg.data.decode()}\n\n".encode())
+                if json.loads(msg.data).get("state") != "result":
+                    continue
+            else:
+                await resp.write(b": keepalive\n\n")
+            diagnosis = await store.get(diagnosis_id)
+            if diagnosis and diagnosis.status != DiagnosisStatus.QUEUED:
+                await resp.write(f"event: result\ndata: {diagnosis.model_dump_json()}\n\n".encode())
+                break
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    return resp
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
+
+
+async def index(_: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if page.exists():
+        return web.FileResponse(page)
+    return web.Response(text="netdiag gateway: see /api/v1/openapi.json", content_type="text/plain")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own 404/405/413 become JSON errors like ours."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge:
+        return error(413, f"request body too large: at most {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and not request.path.startswith("/static"):
+            return error(exc.status, exc.reason)
+        raise
+
+
+def create_app(bus: Bus) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app[BUS] = bus
+    app[STORE] = ResultStore(bus)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/api/v1/diagnoses", create_diagnosis)
+    app.router.add_get("/api/v1/diagnoses", list_diagnoses)
+    app.router.add_get("/api/v1/diagnoses/{id}", get_diagnosis)
+    app.router.add_get("/api/v1/diagnoses/{id}/events", diagnosis_events)
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    app.router.add_get("/", index)
+    if STATIC_DIR.exists():
+        app.router.add_static("/static", STATIC_DIR)
+    return app

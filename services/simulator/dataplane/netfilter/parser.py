@@ -1,0 +1,206 @@
+"""Parse `iptables-save` / `ip6tables-save` text (legacy and nft backends print the same syntax).
+
+Every table, chain, policy, counter and rule is kept. A rule whose match or target we do not model
+is kept too, with an UnknownMatch / unknown target the tracer explores both ways — one odd rule never
+discards a node's ruleset.
+"""
+
+from __future__ import annotations
+
+import re
+
+from services.simulator.dataplane.netfilter.matches import (
+    PROTO_NUMBERS,
+    AddressMatch,
+    FragmentMatch,
+    InterfaceMatch,
+    Option,
+    ProtocolMatch,
+    UnknownMatch,
+    build_module,
+    parse_network,
+)
+from services.simulator.dataplane.netfilter.model import BUILTIN_CHAINS, Chain, Match, Rule, Ruleset, Table, Target
+from services.simulator.dataplane.netfilter.targets import KNOWN_TARGETS
+
+_TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
+_COUNTERS = re.compile(r"^\[(\d+):(\d+)\]\s*")
+_CORE = {"-p": "p", "--protocol": "p", "-s": "s", "--source": "s", "--src": "s", "-d": "d", "--destination": "d",
+         "--dst": "d", "-i": "i", "--in-interface": "i", "-o": "o", "--out-interface": "o", "-f": "f",
+         "--fragment": "f", "-j": "j", "--jump": "j", "-g": "g", "--goto": "g", "-m": "m", "--match": "m"}
+_PORT_OPTS = {"dport", "sport", "destination-port", "source-port", "tcp-flags", "syn"}
+_IMPLICIT = {"tcp", "udp", "sctp", "icmp", "icmpv6", "icmp6"}
+
+
+class IptablesParseError(ValueError):
+    pass
+
+
+def tokenize(line: str) -> list[str]:
+    if '"' not in line:
+        return line.split()
+    return [q.replace('\\"', '"').replace("\\\\", "\\") if q or s == "" and not b else b
+            for q, b, s in ((m.group(1), m.group(2), m.group(0)) for m in _TOKEN.finditer(line))]
+
+
+def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
+    """Parse a whole save file. Raises IptablesParseError only for text that is not a save file."""
+    rs = Ruleset(family=family)
+    table: Table | None = None
+    seen_table = False
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = _COUNTERS.match(line)
+        if m:
+            line = line[m.end():]
+        if line.startswith("*"):
+            table = rs.tables.setdefault(line[1:].strip(), Table(name=line[1:].strip()))
+            seen_table = True
+        elif line == "COMMIT":
+            table = None
+        elif table is None:
+            rs.warnings.append(f"line {lineno}: outside a table: {line[:80]}")
+        elif line.startswith(":"):
+            _parse_chain_line(table, line, rs, lineno)
+        elif line.startswith("-A ") or line.startswith("-I "):
+            try:
+                _parse_rule_line(table, line, rs)
+            except (ValueError, IndexError) as exc:
+                # keep the rule as fully unknown rather than lose it
+                chain_name = line.split()[1] if len(line.split()) > 1 else "?"
+                chain = table.chains.setdefault(chain_name, Chain(name=chain_name, policy=None))
+                rule = Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
+                            matches=(UnknownMatch(text=line, module="unparsed"),), target=None,
+                            unknown_target=True)
+                chain.rules.append(rule)
+                rs.warnings.append(f"line {lineno}: could not parse ({exc}); kept as unsupported: {line[:120]}")
+        else:
+            rs.warnings.append(f"line {lineno}: ignored: {line[:80]}")
+    if not seen_table and text.strip():
+        raise IptablesParseError("not iptables-save output: no '*table' line")
+    return rs
+
+
+def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None:
+    parts = line[1:].split()
+    name = parts[0]
+    policy = parts[1] if len(parts) > 1 else "-"
+    counters = (0, 0)
+    if len(parts) > 2:
+        c = _COUNTERS.match(parts[2])
+        if c:
+            counters = (int(c.group(1)), int(c.group(2)))
+    if policy == "-":
+        # kube-proxy's fakes print built-in chains with '-': the kernel default policy is ACCEPT
+        policy = "ACCEPT" if name in BUILTIN_CHAINS else None
+    chain = table.chains.get(name)
+    if chain is None:
+        table.chains[name] = Chain(name=name, policy=policy, counters=counters)
+    else:
+        chain.policy, chain.counters = policy, counters
+
+
+def _parse_rule_line(table: Table, line: str, rs: Ruleset) -> None:
+    tokens = tokenize(line)
+    chain_name = tokens[1]
+    chain = table.chains.get(chain_name)
+    if chain is None:
+        chain = table.chains[chain_name] = Chain(name=chain_name, policy="ACCEPT" if chain_name in BUILTIN_CHAINS
+                                                 else None)
+        rs.warnings.append(f"chain {table.name}/{chain_name} used before declared")
+    matches: list[Match] = []
+    protocol: str | None = None
+    modules: list[tuple[str, list[Option]]] = []  # in order; options attach to the latest that takes them
+    target: Target | None = None
+    negate = False
+    i, n = 2, len(tokens)
+    while i < n:
+        tok = tokens[i]
+        if tok == "!":
+            negate = True
+            i += 1
+            continue
+        core = _CORE.get(tok)
+        if core is not None and target is None:
+            val = tokens[i + 1] if core != "f" else ""
+            i += 1 if core == "f" else 2
+            if core == "p":
+                protocol = PROTO_NUMBERS.get(val.lower(), val.lower())
+                matches.append(ProtocolMatch(text=f"-p {val}", negated=negate, protocol=protocol))
+            elif core in ("s", "d"):
+                matches.append(AddressMatch(text=f"{'! ' if negate else ''}-{core} {val}", negated=negate,
+                                            source=core == "s", network=parse_network(val)))
+            elif core in ("i", "o"):
+                matches.append(InterfaceMatch(text=f"{'! ' if negate else ''}-{core} {val}", negated=negate,
+                                              inbound=core == "i", name=val))
+            elif core == "f":
+                matches.append(FragmentMatch(text="-f", negated=negate))
+            elif core == "m":
+                modules.append((val, []))
+            else:  # -j / -g
+                target = Target(name=val, goto=core == "g")
+            negate = False
+            continue
+        if tok.startswith("--") or (tok.startswith("-") and len(tok) == 2):
+            name = tok.lstrip("-")
+            vals = []
+            i += 1
+            while i < n and not tokens[i].startswith("-") and tokens[i] != "!":
+                vals.append(tokens[i])
+                i += 1
+            if i < n and tokens[i] == "!" and i + 1 < n and not tokens[i + 1].startswith("-"):
+                # old syntax: `--opt ! value`
+                negate = True
+                vals.append(tokens[i + 1])
+                i += 2
+            if target is not None:
+                target.options.setdefault(name, []).extend(vals or [""])
+            else:
+                _attach_option(modules, protocol, (name, negate, vals))
+            negate = False
+            continue
+        # a stray word (kube-proxy test fixtures contain junk like "svc2 line 1"): keep it visible
+        modules.append(("<junk>", [(tok, False, [])]))
+        i += 1
+    for module, opts in modules:
+        text = "-m " + module + "".join(f" {'! ' if neg else ''}--{o} {' '.join(v)}".rstrip() for o, neg, v in opts)
+        matches.extend(build_module(module, opts, text, protocol, 4))
+    unknown_target = False
+    if target is not None:
+        target.text = f"{'-g' if target.goto else '-j'} {target.name}"
+        if target.name not in table.chains and target.name not in KNOWN_TARGETS:
+            if target.name.isupper() or not target.goto:
+                # not a chain of this table and not a target we model
+                unknown_target = target.name not in _forward_declared(table, target.name)
+    rule = Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
+                matches=tuple(matches), target=target, unknown_target=unknown_target)
+    chain.rules.append(rule)
+
+
+def _forward_declared(table: Table, name: str) -> set[str]:
+    # iptables-save declares every chain before its rules, so an unknown name here is a target
+    return set()
+
+
+def _attach_option(modules: list[tuple[str, list[Option]]], protocol: str | None, opt: Option) -> None:
+    name = opt[0]
+    for module, opts in reversed(modules):
+        if module in _IMPLICIT or module in ("multiport", "comment"):
+            if name in _PORT_OPTS and module in _IMPLICIT or module not in _IMPLICIT and _takes(module, name):
+                opts.append(opt)
+                return
+            continue
+        opts.append(opt)
+        return
+    if protocol in _IMPLICIT:
+        # `-p tcp --dport 80` without `-m tcp`: iptables loads the protocol module implicitly
+        modules.append((protocol, [opt]))
+        return
+    modules.append(("<orphan>", [opt]))
+
+
+def _takes(module: str, option: str) -> bool:
+    return (module == "comment" and option == "comment") or (
+        module == "multiport" and option in ("dports", "sports", "ports", "destination-ports", "source-ports"))

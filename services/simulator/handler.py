@@ -1,0 +1,24 @@
+"""The simulator stage: turns the topology, node dumps and cloud inventory into the result."""
+
+from __future__ import annotations
+
+from shared.bus import SUBJECT_CLOUD, SUBJECT_COMPLETED, Bus
+from shared.config import Settings
+from shared.schemas import StageEnvelope
+from shared.stage import Stage
+
+from services.simulator.assemble import diagnose
+
+
+class SimulatorStage(Stage):
+    name = "simulator"
+    input_subject = SUBJECT_CLOUD
+    output_subject = SUBJECT_COMPLETED
+
+    def __init__(self, bus: Bus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+
+    async def handle(self, env: StageEnvelope) -> StageEnvelope:
+        result = await diagnose(env, self.bus)
+        return env.model_copy(update={"result": result})

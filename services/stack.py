@@ -1,0 +1,112 @@
+"""The embedded stack (composition root): a nats-server child process plus every service
+and the gateway in one process — the laptop, demo, CLI and test setup. Each service keeps
+its own NATS connection, exactly as the separate Deployments do in a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from services.cloud.handler import CloudStage
+from services.collector.handler import CollectorStage
+from services.gateway.app import create_app
+from services.gateway.store import ResultSink
+from services.simulator.handler import SimulatorStage
+from services.topology.handler import TopologyStage
+from shared.bus import Bus
+from shared.config import Settings
+from shared.natsserver import NatsServer
+from shared.stage import Stage, StageRunner
+
+StageFactory = Callable[[Bus, Settings], Stage]
+
+PIPELINE: tuple[StageFactory, ...] = (TopologyStage, CollectorStage, CloudStage, SimulatorStage, ResultSink)
+
+
+class EmbeddedStack:
+    """`async with EmbeddedStack(settings) as stack:` → `stack.url` is the gateway."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        data_dir: Path | None = None,
+        nats_url: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        gateway: bool = True,
+        stages: tuple[StageFactory, ...] = PIPELINE,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None and nats_url is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="netdiag-")
+            data_dir = Path(self._tmp.name)
+        self.nats = NatsServer(data_dir / "nats") if nats_url is None and data_dir else None
+        self._nats_url = nats_url
+        self.host, self.port, self.with_gateway = host, port, gateway
+        self.stage_factories = stages
+        self.stop_event = asyncio.Event()
+        self.runners: list[StageRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._buses: list[Bus] = []
+        self._web: web.AppRunner | None = None
+        self.gateway_bus: Bus | None = None
+
+    @property
+    def nats_url(self) -> str:
+        return self.nats.url if self.nats else str(self._nats_url)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> EmbeddedStack:
+        if self.nats:
+            await asyncio.to_thread(self.nats.start)
+        self.settings = self.settings.model_copy(update={"nats_url": self.nats_url})
+        for factory in self.stage_factories:
+            bus = await Bus.connect(name=getattr(factory, "name", "stage"), settings=self.settings)
+            self._buses.append(bus)
+            runner = StageRunner(bus, factory(bus, self.settings))
+            self.runners.append(runner)
+            self._tasks.append(asyncio.create_task(runner.run(self.stop_event)))
+        if self.with_gateway:
+            self.gateway_bus = await Bus.connect(name="gateway", settings=self.settings)
+            self._buses.append(self.gateway_bus)
+            self._web = web.AppRunner(create_app(self.gateway_bus), access_log=None)
+            await self._web.setup()
+            site = web.TCPSite(self._web, self.host, self.port)
+            await site.start()
+            self.port = self._web.addresses[0][1]
+        return self
+
+    async def stop(self) -> None:
+        self.stop_event.set()
+        if self._web:
+            await self._web.cleanup()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        for bus in self._buses:
+            with contextlib.suppress(Exception):
+                await bus.close()
+        if self.nats:
+            await asyncio.to_thread(self.nats.stop)
+        if self._tmp:
+            self._tmp.cleanup()
+
+    async def __aenter__(self) -> EmbeddedStack:
+        try:
+            return await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

@@ -1,0 +1,309 @@
+"""The cluster model: trimmed Kubernetes objects, lookup indexes and a networkx graph.
+
+Every source (snapshot or live watch) feeds the model through `apply()`, which keeps the
+indexes and the graph current object by object, so a diagnosis never scans all pods:
+an address resolves through a dict, a Service's endpoints through its graph neighbours.
+
+Graph nodes are `node:<name>`, `pod:<ns>/<name>`, `service:<ns>/<name>` and
+`slice:<ns>/<name>`; edges pod→node (runs on), service→slice (owns), slice→pod
+(endpoint). Objects stay plain API-form dicts (what the simulator consumes).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import networkx as nx
+
+from shared.schemas import IPAddress
+
+KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet")
+NAMESPACED = {"Pod", "Service", "EndpointSlice", "NetworkPolicy", "ConfigMap", "DaemonSet"}
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+Obj = dict[str, Any]
+
+# Pod fields the diagnosis reads; everything else (volumes, env, resources, probes'
+# bodies …) is dropped at the edge, which is what keeps 150k pods well under 2 GB.
+_POD_SPEC_KEYS = ("nodeName", "hostNetwork", "dnsPolicy", "subdomain", "hostname")
+_CONTAINER_KEYS = ("name", "ports")
+_POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "podIPs", "hostIP", "hostIPs", "conditions")
+_CONTAINER_STATUS_KEYS = ("name", "ready", "started", "restartCount", "state")
+
+
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if isinstance(value, str) else value
+
+
+def trim(kind: str, obj: Obj) -> Obj:
+    """Drop what the diagnosis never reads: managedFields, last-applied, pod bulk."""
+    meta = dict(obj.get("metadata") or {})
+    meta.pop("managedFields", None)
+    annotations = meta.get("annotations")
+    if annotations and LAST_APPLIED in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED} or None
+        if meta["annotations"] is None:
+            del meta["annotations"]
+    for field in ("name", "namespace"):
+        if field in meta:
+            meta[field] = _intern(meta[field])
+    out: Obj = {"apiVersion": obj.get("apiVersion", _API_VERSIONS.get(kind, "v1")), "kind": kind, "metadata": meta}
+    if kind == "Pod":
+        out["spec"] = _trim_pod_spec(obj.get("spec") or {})
+        out["status"] = _trim_pod_status(obj.get("status") or {})
+        return out
+    for key, value in obj.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def _trim_pod_spec(spec: Obj) -> Obj:
+    out = {k: _intern(spec[k]) for k in _POD_SPEC_KEYS if k in spec}
+    for group in ("initContainers", "containers"):
+        if spec.get(group):
+            out[group] = [{k: c[k] for k in _CONTAINER_KEYS if k in c} for c in spec[group]]
+    return out
+
+
+def _trim_pod_status(status: Obj) -> Obj:
+    out = {k: status[k] for k in _POD_STATUS_KEYS if k in status}
+    for group in ("initContainerStatuses", "containerStatuses"):
+        if status.get(group):
+            out[group] = [{k: c[k] for k in _CONTAINER_STATUS_KEYS if k in c} for c in status[group]]
+    return out
+
+
+_API_VERSIONS = {
+    "EndpointSlice": "discovery.k8s.io/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+    "DaemonSet": "apps/v1",
+}
+
+
+def object_key(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def parse_ip(value: Any) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(str(value).split("%")[0])
+    except ValueError:
+        return None
+
+
+def pod_ips(pod: Obj) -> list[IPAddress]:
+    status = pod.get("status") or {}
+    raw = [p.get("ip") for p in status.get("podIPs") or []] or [status.get("podIP")]
+    return [ip for ip in (parse_ip(r) for r in raw if r) if ip is not None]
+
+
+def node_addresses(node: Obj) -> list[IPAddress]:
+    addrs = (node.get("status") or {}).get("addresses") or []
+    return [ip for ip in (parse_ip(a.get("address")) for a in addrs) if ip is not None]
+
+
+def service_cluster_ips(svc: Obj) -> list[IPAddress]:
+    spec = svc.get("spec") or {}
+    raw = spec.get("clusterIPs") or [spec.get("clusterIP")]
+    return [ip for ip in (parse_ip(r) for r in raw if r and r != "None") if ip is not None]
+
+
+def service_external_ips(svc: Obj) -> list[IPAddress]:
+    return [ip for ip in (parse_ip(r) for r in (svc.get("spec") or {}).get("externalIPs") or []) if ip]
+
+
+def service_lb_ips(svc: Obj) -> list[IPAddress]:
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return [ip for ip in (parse_ip(i.get("ip")) for i in ingress if i.get("ip")) if ip is not None]
+
+
+def is_host_network(pod: Obj) -> bool:
+    return bool((pod.get("spec") or {}).get("hostNetwork"))
+
+
+def pod_phase(pod: Obj) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Unknown")
+
+
+class ClusterModel:
+    """Objects by kind and key, lookup indexes, and the cluster graph.
+
+    Thread-safe for one writer (a watch thread) and many readers: writers hold `lock`;
+    a diagnosis holds it while it reads (lookups are dict hits, so briefly).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
+        self.generation: dict[str, int] = dict.fromkeys(KINDS, 0)
+        self.graph = nx.DiGraph()
+        # address → object keys (several pods may hold one IP: a finished pod and its successor)
+        self.pods_by_ip: dict[IPAddress, set[str]] = defaultdict(set)
+        self.nodes_by_address: dict[IPAddress, set[str]] = defaultdict(set)
+        self.services_by_cluster_ip: dict[IPAddress, set[str]] = defaultdict(set)
+        self.services_by_external_ip: dict[IPAddress, set[str]] = defaultdict(set)
+        self.services_by_lb_ip: dict[IPAddress, set[str]] = defaultdict(set)
+        self.services_by_node_port: dict[tuple[int, str], set[str]] = defaultdict(set)
+        self.policies_by_namespace: dict[str, set[str]] = defaultdict(set)
+        self.pods_by_component: dict[str, set[str]] = defaultdict(set)  # static control-plane pods
+
+    # ------------------------------------------------------------ writing
+
+    def apply(self, event: str, kind: str, obj: Obj) -> None:
+        """Apply one watch event (ADDED, MODIFIED, DELETED) of an already trimmed object."""
+        key = object_key(obj)
+        with self.lock:
+            store = self.objects[kind]
+            old = store.pop(key, None)
+            if old is not None:
+                self._unindex(kind, key, old)
+            if event != "DELETED":
+                store[key] = obj
+                self._index(kind, key, obj)
+            self.generation[kind] += 1
+
+    def replace(self, kind: str, objs: Iterable[Obj]) -> None:
+        """A (re-)list: the given objects become the whole set of this kind."""
+        with self.lock:
+            fresh = {object_key(o): o for o in objs}
+            for key in [k for k in self.objects[kind] if k not in fresh]:
+                self.apply("DELETED", kind, self.objects[kind][key])
+            for obj in fresh.values():
+                self.apply("MODIFIED", kind, obj)
+
+    def _entries(self, kind: str, key: str, obj: Obj) -> Iterator[tuple[dict[Any, set[str]], Any]]:
+        if kind == "Pod":
+            for ip in pod_ips(obj):
+                yield self.pods_by_ip, ip
+            component = ((obj.get("metadata") or {}).get("labels") or {}).get("component")
+            if component:
+                yield self.pods_by_component, component
+        elif kind == "Node":
+            for ip in node_addresses(obj):
+                yield self.nodes_by_address, ip
+        elif kind == "Service":
+            for ip in service_cluster_ips(obj):
+                yield self.services_by_cluster_ip, ip
+            for ip in service_external_ips(obj):
+                yield self.services_by_external_ip, ip
+            for ip in service_lb_ips(obj):
+                yield self.services_by_lb_ip, ip
+            for port in (obj.get("spec") or {}).get("ports") or []:
+                if port.get("nodePort"):
+                    yield self.services_by_node_port, (int(port["nodePort"]), port.get("protocol") or "TCP")
+        elif kind == "NetworkPolicy":
+            yield self.policies_by_namespace, (obj.get("metadata") or {}).get("namespace")
+
+    def _index(self, kind: str, key: str, obj: Obj) -> None:
+        for index, value in self._entries(kind, key, obj):
+            index[value].add(key)
+        g = self.graph
+        if kind == "Pod":
+            g.add_node(f"pod:{key}", kind="pod")
+            node = (obj.get("spec") or {}).get("nodeName")
+            if node:
+                g.add_edge(f"pod:{key}", f"node:{node}", rel="runs_on")
+        elif kind == "Node":
+            g.add_node(f"node:{key}", kind="node")
+        elif kind == "Service":
+            g.add_node(f"service:{key}", kind="service")
+        elif kind == "EndpointSlice":
+            self._index_slice(key, obj)
+
+    def _index_slice(self, key: str, obj: Obj) -> None:
+        g = self.graph
+        meta = obj.get("metadata") or {}
+        g.add_node(f"slice:{key}", kind="slice")
+        svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if svc:
+            g.add_edge(f"service:{meta.get('namespace')}/{svc}", f"slice:{key}", rel="owns")
+        for ep in obj.get("endpoints") or []:
+            ref = ep.get("targetRef") or {}
+            if ref.get("kind") == "Pod" and ref.get("name"):
+                g.add_edge(f"slice:{key}", f"pod:{ref.get('namespace') or meta.get('namespace')}/{ref['name']}",
+                           rel="endpoint")
+
+    def _unindex(self, kind: str, key: str, obj: Obj) -> None:
+        for index, value in self._entries(kind, key, obj):
+            keys = index.get(value)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[value]
+        gid = {"Pod": "pod", "Node": "node", "Service": "service", "EndpointSlice": "slice"}.get(kind)
+        if gid is None:
+            return
+        node_id = f"{gid}:{key}"
+        if not self.graph.has_node(node_id):
+            return
+        if kind == "EndpointSlice":
+            self.graph.remove_node(node_id)
+            return
+        # Pods, nodes and Services may still be referenced by slices (or pods by their node):
+        # keep the vertex while something points at it, drop only its own outgoing edges.
+        if kind == "Pod":
+            self.graph.remove_edges_from(list(self.graph.out_edges(node_id)))
+        if self.graph.degree(node_id) == 0:
+            self.graph.remove_node(node_id)
+
+    # ------------------------------------------------------------ reading
+
+    def get(self, kind: str, key: str | None) -> Obj | None:
+        return self.objects[kind].get(key) if key else None
+
+    def pods_at(self, ip: IPAddress) -> list[Obj]:
+        return [self.objects["Pod"][k] for k in sorted(self.pods_by_ip.get(ip, ())) if k in self.objects["Pod"]]
+
+    def nodes_at(self, ip: IPAddress) -> list[Obj]:
+        return [self.objects["Node"][k] for k in sorted(self.nodes_by_address.get(ip, ()))]
+
+    def _services(self, index: dict[Any, set[str]], value: Any) -> list[Obj]:
+        return [self.objects["Service"][k] for k in sorted(index.get(value, ()))]
+
+    def services_by_ip(self, ip: IPAddress) -> tuple[str, list[Obj]]:
+        """The Services owning a destination address, and how: cluster_ip, external_ip, lb_ip."""
+        for how, index in (("cluster_ip", self.services_by_cluster_ip), ("external_ip",
+                           self.services_by_external_ip), ("lb_ip", self.services_by_lb_ip)):
+            found = self._services(index, ip)
+            if found:
+                return how, found
+        return "", []
+
+    def services_with_node_port(self, port: int, protocol: str) -> list[Obj]:
+        return self._services(self.services_by_node_port, (port, protocol))
+
+    def slices_of(self, service_key: str) -> list[Obj]:
+        sid = f"service:{service_key}"
+        if not self.graph.has_node(sid):
+            return []
+        slices = self.objects["EndpointSlice"]
+        return [slices[s[6:]] for s in sorted(self.graph.successors(sid)) if s[6:] in slices]
+
+    def services_of_pod(self, pod_key: str) -> list[str]:
+        """Services whose EndpointSlices list this pod (graph: service → slice → pod)."""
+        pid = f"pod:{pod_key}"
+        if not self.graph.has_node(pid):
+            return []
+        return sorted({svc[8:] for sl in self.graph.predecessors(pid) if sl.startswith("slice:")
+                       for svc in self.graph.predecessors(sl) if svc.startswith("service:")})
+
+    def pods_on_node(self, node: str) -> list[str]:
+        nid = f"node:{node}"
+        if not self.graph.has_node(nid):
+            return []
+        return sorted(p[4:] for p in self.graph.predecessors(nid) if p.startswith("pod:"))
+
+    def policies_in(self, namespace: str) -> list[Obj]:
+        return [self.objects["NetworkPolicy"][k] for k in sorted(self.policies_by_namespace.get(namespace, ()))]
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(objs) for kind, objs in self.objects.items()}

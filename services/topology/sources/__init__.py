@@ -1,0 +1,1 @@
+"""Where Kubernetes objects come from: a snapshot directory or a live API server."""

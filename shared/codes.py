@@ -1,0 +1,199 @@
+"""The finding-code catalogue: a stable API.
+
+Codes never change meaning; message wording may improve. Each entry has a severity, a
+message template (str.format with named fields) and a concrete suggestion (which may use
+the same fields). `ABORT` codes mean the analysis could not see part of the path: they
+push the verdict to UNDETERMINED rather than allowing a confident answer.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from shared.schemas import Finding, Severity
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    code: str
+    severity: Severity
+    template: str
+    suggestion: str
+    abort: bool = False
+
+    @property
+    def fields(self) -> set[str]:
+        names = set()
+        for text in (self.template, self.suggestion):
+            names |= {f for _, f, _, _ in string.Formatter().parse(text) if f}
+        return names
+
+
+E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+
+_ENTRIES = [
+    # ---- seed catalogue (ACK / KubeSkoop meanings)
+    FindingCode("POD_NOT_READY", E, "pod {pod} container(s) {containers} not ready",
+                "Check `kubectl describe pod {pod}` for failing readiness probes or crash loops; "
+                "a not-ready pod is removed from Service endpoints."),
+    FindingCode("NETWORK_POLICY_DENY", E,
+                "network policy {policies} deny the packet from {src} to {dst}: {reason}",
+                "Add an {direction} rule to one of the isolating policies ({policies}) that admits "
+                "this peer and port, or remove the policy that isolates the pod."),
+    FindingCode("NO_LISTENER", E, "no process listening on {address}:{port}/{protocol} in {where}",
+                "Start the server or fix its bind address/port; check the container's listen "
+                "port matches the Service targetPort ({port})."),
+    FindingCode("NO_ROUTE", E, "no route to host {dst} in {where}",
+                "Add a route for {dst} (e.g. the pod CIDR route of the destination node) or "
+                "check the CNI's route programming on {where}."),
+    FindingCode("INVALID_ROUTE", E,
+                "route {route} in {where} does not point to the expected next hop {expected}",
+                "Fix the route on {where} so {dst} goes via {expected}; a CNI restart usually "
+                "reprograms it."),
+    FindingCode("SG_NOT_SHARED", W, "instances {src_instance} and {dst_instance} do not have same "
+                "security group", "Put both nodes in one security group, or add rules that allow "
+                "the traffic between their groups explicitly."),
+    FindingCode("SG_DENY", E, "security group {group} does not allow packet {packet} ({direction}): {rule}",
+                "Add an {direction} accept rule to security group {group} for {packet} with a "
+                "priority that wins over {rule}."),
+    FindingCode("VPC_NO_ROUTE", E, "no route entry / no next hop for destination ip {dst} in route "
+                "table {route_table}", "Add a VPC route entry for {dst} (the node's pod CIDR) in "
+                "{route_table} pointing to the instance that hosts it."),
+    FindingCode("VPC_WRONG_NEXT_HOP", E, "error route next hop {actual} for destination ip {dst}: "
+                "expect next hop {expected}", "Point the route entry for {dst} at {expected}."),
+    FindingCode("NAT_NO_SNAT", E, "no snat entry on nat gateway {nat_gateway} for source {src}",
+                "Add an SNAT entry on {nat_gateway} covering {src} (its vSwitch, instance or "
+                "CIDR), or bind an EIP to the instance."),
+    FindingCode("LB_BACKEND_UNHEALTHY", E, "backend {backend} health status for port {port} is "
+                "{status}, not \"normal\"", "Check the health check of {lb} and that {backend} "
+                "answers on {port}; look at the pod behind that NodePort."),
+    FindingCode("LB_NO_LISTENER", E, "cannot find listener port {port}/{protocol} for slb {lb}",
+                "Add the listener or check the Service's port and the cloud controller's logs "
+                "(service annotations may block listener sync)."),
+    FindingCode("LB_LISTENER_NOT_RUNNING", E, "status of loadbalancer {lb} listener port {port} is "
+                "{status}, not \"running\"", "Start the listener on {lb} (or check why the cloud "
+                "controller stopped it)."),
+    FindingCode("SERVICE_NO_ENDPOINT", E, "service {service} has no valid endpoint{detail}",
+                "Check the Service selector matches ready pods: `kubectl get endpointslices -n "
+                "{namespace} -l kubernetes.io/service-name={name}`."),
+    # ---- beyond the seed
+    FindingCode("POD_NOT_RUNNING", E, "pod {pod} is not running (phase {phase})",
+                "Check `kubectl describe pod {pod}` and its events."),
+    FindingCode("NODE_NOT_READY", E, "node {node} is not Ready ({reason})",
+                "Check the kubelet and the node's conditions: `kubectl describe node {node}`."),
+    FindingCode("IPTABLES_DROP", E, "iptables drops the packet in {where}: {table}/{chain} rule {position}: "
+                "{rule}", "Remove or narrow the rule `{rule}` in {table}/{chain} on {where}, or add an "
+                "ACCEPT before it."),
+    FindingCode("IPTABLES_REJECT", E, "iptables rejects the packet ({reject_with}) in {where}: "
+                "{table}/{chain} rule {position}: {rule}",
+                "Remove or narrow the rule `{rule}` in {table}/{chain} on {where}."),
+    FindingCode("NFTABLES_DROP", E, "nftables drops the packet in {where}: {family} {table}/{chain}: {rule}",
+                "Remove or narrow the nftables rule `{rule}` in {table}/{chain} on {where}."),
+    FindingCode("IP_FORWARD_DISABLED", E, "IP forwarding is disabled in {where} ({sysctl}=0)",
+                "Enable it: `sysctl -w {sysctl}=1` on {where} (and persist it)."),
+    FindingCode("RP_FILTER_DROP", E, "reverse-path filter drops {packet} on {device} in {where}: the "
+                "route back to {src} leaves via {reverse_device}",
+                "Set rp_filter to 2 (loose) or 0 on {device}, or fix the asymmetric route."),
+    FindingCode("BRIDGE_NF_DISABLED", W, "bridge-nf-call-iptables is 0 on {where}: bridged pod traffic "
+                "bypasses iptables (Service replies on the same node break)",
+                "`sysctl -w net.bridge.bridge-nf-call-iptables=1` on {where}."),
+    FindingCode("HAIRPIN_DISABLED", E, "hairpin mode is off on bridge port {port} of {bridge} in {where}: "
+                "pod {pod} cannot reach itself through its Service",
+                "Enable hairpin: `ip link set {port} type bridge_slave hairpin on` (kubelet "
+                "--hairpin-mode=hairpin-veth or the CNI's hairpinMode)."),
+    FindingCode("LINK_DOWN", E, "link {link} in {where} is down", "Bring it up: `ip link set {link} up` "
+                "in {where}; if a pod's eth0, restart the pod so the CNI re-adds its routes."),
+    FindingCode("VETH_PEER_MISSING", E, "veth {link} in {where} has no peer",
+                "Restart the pod so the CNI recreates its veth pair."),
+    FindingCode("NEIGHBOR_FAILED", E, "neighbour {neighbor} on {device} in {where} is {state}",
+                "Check that {neighbor} is up and on the same L2 segment; for overlays check the "
+                "CNI's neighbour/FDB programming."),
+    FindingCode("MTU_MISMATCH", W, "MTU {mtu} of {link} in {where} is larger than the path MTU {path_mtu}",
+                "Lower the pod/overlay MTU to {path_mtu} or less."),
+    FindingCode("ROUTE_BLACKHOLE", E, "route {route} in {where} is of type {type}",
+                "Remove the {type} route {route} on {where} if it is not intended."),
+    FindingCode("ROUTING_LOOP", E, "routing loop for {dst}: {hops}", "Fix the routes so {dst} converges."),
+    FindingCode("SERVICE_PORT_NOT_FOUND", E, "service {service} has no port {port}/{protocol}",
+                "Use one of the Service's ports ({ports}) or add the port to the Service."),
+    FindingCode("TARGET_PORT_NOT_FOUND", E, "service {service} targetPort {target_port} is not a port "
+                "of pod {pod}", "Name the container port {target_port} in pod {pod} or fix the Service's "
+                "targetPort."),
+    FindingCode("NO_LOCAL_ENDPOINT", E, "service {service} has externalTrafficPolicy/internalTrafficPolicy "
+                "Local and no ready endpoint on node {node}",
+                "Run an endpoint pod on {node}, send traffic only to nodes with endpoints, or use the "
+                "Cluster policy."),
+    FindingCode("LB_SOURCE_RANGE_DENY", E, "source {src} is outside loadBalancerSourceRanges {ranges} of "
+                "service {service}", "Add {src} to spec.loadBalancerSourceRanges of {service}."),
+    FindingCode("KUBE_PROXY_RULES_MISSING", E, "node {node} has no kube-proxy rules for {what}",
+                "Check kube-proxy on {node} (`kubectl -n kube-system logs` of its pod) and that it "
+                "runs in the expected mode."),
+    FindingCode("IPVS_BACKEND_MISMATCH", E, "IPVS virtual server {vip} on node {node} has real servers "
+                "{actual}, EndpointSlices say {expected}", "Restart kube-proxy on {node} to resync IPVS."),
+    FindingCode("LB_ACL_DENY", E, "ACL {acl} on listener {port} of slb {lb} denies {src}",
+                "Add {src} to the {acl} whitelist (or remove it from the blacklist)."),
+    FindingCode("LB_NOT_ACTIVE", E, "load balancer {lb} status is {status}, not \"active\"",
+                "Start the load balancer {lb} (check overdue payment or a manual stop)."),
+    FindingCode("UNKNOWN_ADDRESS", W, "address {address} belongs to no pod, node or Service known to the "
+                "cluster", "Check the address; if it is a pod that just restarted, its IP may have "
+                "changed."),
+    FindingCode("COLLECTOR_UNAVAILABLE", E, "node {node} did not answer the collection request within "
+                "{timeout_s}s: its network state is unknown", "Check the netdiag agent on {node} "
+                "(DaemonSet pod running, NATS reachable).", abort=True),
+    FindingCode("UNSUPPORTED_RULE", W, "rule {rule} in {where} uses {feature}, which netdiag does not "
+                "model: both outcomes were explored", "Check this rule by hand; report the feature so "
+                "netdiag can model it."),
+    FindingCode("DATA_MISSING", W, "{what} is not available: {reason}",
+                "Provide it (run the collector / cloud inspector, or include it in the snapshot).",
+                abort=True),
+]
+
+CATALOGUE: dict[str, FindingCode] = {c.code: c for c in _ENTRIES}
+
+SEED_CODES = (
+    "POD_NOT_READY", "NETWORK_POLICY_DENY", "NO_LISTENER", "NO_ROUTE", "INVALID_ROUTE",
+    "SG_NOT_SHARED", "SG_DENY", "VPC_NO_ROUTE", "VPC_WRONG_NEXT_HOP", "NAT_NO_SNAT",
+    "LB_BACKEND_UNHEALTHY", "LB_NO_LISTENER", "LB_LISTENER_NOT_RUNNING", "SERVICE_NO_ENDPOINT",
+)
+
+
+class _Lenient(dict):
+    """Missing template fields render as '?' instead of crashing a diagnosis."""
+
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def finding(
+    code: str,
+    hop: str | None = None,
+    *,
+    severity: Severity | None = None,
+    evidence: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Finding:
+    """Build a Finding from the catalogue; `fields` fill the message and suggestion."""
+    entry = CATALOGUE[code]
+    values = _Lenient({k: str(v) for k, v in fields.items()})
+    return Finding(
+        code=code,
+        severity=severity or entry.severity,
+        hop=hop,
+        message=entry.template.format_map(values),
+        suggestion=entry.suggestion.format_map(values),
+        evidence={**{k: _plain(v) for k, v in fields.items()}, **(evidence or {})},
+    )
+
+
+def is_abort(code: str) -> bool:
+    entry = CATALOGUE.get(code)
+    return bool(entry and entry.abort)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)

@@ -1,0 +1,171 @@
+"""The stage runner: a durable pull consumer per stage, fetch → handle → publish → ack.
+
+* Idempotent: the output carries `Nats-Msg-Id = <diagnosis id>:<stage>`, so a message
+  re-handled after a crash publishes its output once (JetStream de-duplicates).
+* Bounded redelivery: a handler error NAKs with back-off; after `max_deliver` attempts the
+  diagnosis ends as failed with the reason (published on the completed subject), so a
+  poison message never vanishes and never loops.
+* Concurrent: one replica handles up to `max_inflight` messages at once (the collector
+  waits seconds for agents); more replicas share the same durable consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import propagate, trace
+from pydantic import ValidationError
+
+from shared.bus import STREAM, SUBJECT_COMPLETED, Bus
+from shared.schemas import StageEnvelope
+
+log = logging.getLogger("netdiag.stage")
+tracer = trace.get_tracer("netdiag")
+
+FINAL_MSG_ID = "{id}:final"  # one final event per diagnosis, whether it completed or failed
+
+
+class Stage(ABC):
+    name: str
+    input_subject: str
+    output_subject: str | None  # None: a sink (the gateway's result store)
+
+    @abstractmethod
+    async def handle(self, env: StageEnvelope) -> StageEnvelope | None:
+        """Do the stage's work. Raise only for infrastructure faults (the message is retried)."""
+
+    def durable(self) -> str:
+        return f"netdiag-{self.name}"
+
+
+def _output_msg_id(stage: Stage, env: StageEnvelope) -> str:
+    if stage.output_subject == SUBJECT_COMPLETED:
+        return FINAL_MSG_ID.format(id=env.id)
+    return f"{env.id}:{stage.name}"
+
+
+async def fail_diagnosis(bus: Bus, env: StageEnvelope, stage: str, reason: str) -> None:
+    failed = env.model_copy(update={"error": f"stage {stage} failed: {reason}", "result": None})
+    await bus.publish_model(SUBJECT_COMPLETED, failed, msg_id=FINAL_MSG_ID.format(id=env.id))
+    await bus.progress(env.id, stage, "failed", reason)
+
+
+class StageRunner:
+    def __init__(self, bus: Bus, stage: Stage) -> None:
+        self.bus = bus
+        self.stage = stage
+        s = bus.settings
+        self.max_deliver = s.max_deliver
+        self._slots = asyncio.Semaphore(s.max_inflight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handled = 0
+
+    async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
+        s = self.bus.settings
+        config = ConsumerConfig(
+            durable_name=self.stage.durable(), ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+            ack_wait=s.ack_wait_s, max_deliver=self.max_deliver + 1,  # +1: the last try publishes the failure
+            filter_subject=self.stage.input_subject, max_ack_pending=max(1000, s.max_inflight * 4),
+        )
+        return await self.bus.js.pull_subscribe(
+            self.stage.input_subject, durable=self.stage.durable(), stream=STREAM, config=config
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub = None
+        while not stop.is_set():
+            try:
+                if sub is None:
+                    sub = await self._subscribe()
+                await self._slots.acquire()
+                try:
+                    msgs = await sub.fetch(1, timeout=1.0)
+                except BaseException:
+                    self._slots.release()
+                    raise
+            except TimeoutError:
+                continue
+            except (nats.errors.Error, OSError) as exc:
+                log.debug("%s: fetch failed (%s); retrying", self.stage.name, exc)
+                sub = None if isinstance(exc, nats.js.errors.NotFoundError) else sub
+                await _sleep_or_stop(stop, 0.25)
+                continue
+            for msg in msgs:  # fetch(1): the slot acquired above belongs to this message
+                task = asyncio.create_task(self._process(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._done)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            env = StageEnvelope.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._poison(msg, exc)
+            return
+        attempt = msg.metadata.num_delivered
+        ctx = propagate.extract(dict(msg.headers or {}))
+        started = time.perf_counter()
+        with tracer.start_as_current_span(f"netdiag.{self.stage.name}", context=ctx) as span:
+            span.set_attribute("netdiag.diagnosis_id", env.id)
+            if attempt > self.max_deliver:
+                await fail_diagnosis(self.bus, env, self.stage.name, "gave up after repeated errors")
+                await msg.ack()
+                return
+            await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt)
+            try:
+                out = await self.stage.handle(env)
+                if out is not None and self.stage.output_subject:
+                    elapsed = (time.perf_counter() - started) * 1000
+                    out.timings_ms[self.stage.name] = round(elapsed, 3)
+                    await self.bus.publish_model(self.stage.output_subject, out, msg_id=_output_msg_id(self.stage, out))
+            except Exception as exc:  # any handler fault: retry, then fail the diagnosis with the reason
+                reason = f"{type(exc).__name__}: {exc}"
+                log.warning("%s: diagnosis %s attempt %d failed: %s", self.stage.name, env.id, attempt, reason)
+                span.record_exception(exc)
+                if attempt >= self.max_deliver:
+                    with contextlib.suppress(nats.errors.Error):
+                        await fail_diagnosis(self.bus, env, self.stage.name, reason)
+                        await msg.ack()
+                else:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.nak(delay=0.1 * attempt)
+                return
+        await msg.ack()
+        self.handled += 1
+        await self.bus.progress(env.id, self.stage.name, "done", elapsed_ms=round(
+            (time.perf_counter() - started) * 1000, 3))
+
+    async def _poison(self, msg: Msg, exc: ValidationError) -> None:
+        """An unparseable event cannot be retried into shape: terminate it, and fail its
+        diagnosis if an id can be read, so it is visible rather than lost."""
+        log.error("%s: invalid event dropped: %s", self.stage.name, exc.errors()[:3])
+        try:
+            raw = json.loads(msg.data)
+            diagnosis_id = raw.get("id") if isinstance(raw, dict) else None
+        except ValueError:
+            diagnosis_id = None
+        if diagnosis_id:
+            await self.bus.progress(str(diagnosis_id), self.stage.name, "failed", f"invalid event: {exc}")
+        await msg.term()
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_stages(bus: Bus, stages: list[Stage], stop: asyncio.Event) -> None:
+    await asyncio.gather(*(StageRunner(bus, s).run(stop) for s in stages))

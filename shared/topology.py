@@ -1,0 +1,119 @@
+"""The topology stage's output contract: who src and dst are, the Service in between,
+the candidate paths, the nodes to collect from and every Kubernetes object the simulator
+needs (the simulator never calls the API).
+
+Kubernetes objects travel as plain JSON dicts in API form (camelCase, as `kubectl get -o
+json` prints them), trimmed of managedFields and annotations the diagnosis never reads.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, IPvAnyAddress
+
+from shared.schemas import Assumption, Finding
+
+TOPOLOGY_VERSION = 1
+
+
+class EndpointKind(StrEnum):
+    POD = "pod"
+    HOST_NETWORK_POD = "host_network_pod"
+    NODE = "node"
+    SERVICE_CLUSTER_IP = "service_cluster_ip"
+    SERVICE_EXTERNAL_IP = "service_external_ip"
+    LOAD_BALANCER_IP = "load_balancer_ip"
+    NODE_PORT = "node_port"  # destination only: a node address + a Service's nodePort
+    PUBLIC = "public"  # internet address, nobody in the cluster owns it
+    UNKNOWN = "unknown"  # private address nobody owns
+
+
+class Endpoint(BaseModel):
+    address: IPvAnyAddress
+    kind: EndpointKind
+    pod: str | None = Field(None, description="namespace/name when the address is a pod's")
+    node: str | None = Field(None, description="node hosting the pod, or the node itself")
+    service: str | None = Field(None, description="namespace/name for Service addresses")
+    description: str = ""
+
+
+class ServiceBackend(BaseModel):
+    """One endpoint of the Service after port resolution (from EndpointSlices)."""
+
+    address: IPvAnyAddress
+    port: int | None = Field(None, description="resolved target port; None when unresolvable")
+    pod: str | None = None
+    node: str | None = None
+    ready: bool = True
+    serving: bool = True
+    terminating: bool = False
+
+
+class ServiceResolution(BaseModel):
+    service: str  # namespace/name
+    cluster_ips: list[IPvAnyAddress] = Field(default_factory=list)
+    headless: bool = False
+    type: str = "ClusterIP"
+    port_name: str | None = None
+    port: int | None = None  # the Service port that matched (None: SERVICE_PORT_NOT_FOUND)
+    node_port: int | None = None
+    protocol: str = "TCP"
+    target_port: int | str | None = None
+    backends: list[ServiceBackend] = Field(default_factory=list)
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    session_affinity: str = "None"
+    load_balancer_source_ranges: list[str] = Field(default_factory=list)
+    load_balancer_ips: list[IPvAnyAddress] = Field(default_factory=list)
+    external_ips: list[IPvAnyAddress] = Field(default_factory=list)
+
+
+class CandidatePath(BaseModel):
+    """A path the packet may take according to the Kubernetes model (one per backend)."""
+
+    id: str
+    src_node: str | None = None
+    dst_node: str | None = None
+    dst_address: IPvAnyAddress  # final destination address (backend pod, node, public IP)
+    dst_port: int | None = None
+    dst_pod: str | None = None
+    backend: ServiceBackend | None = None
+    description: str = ""
+
+
+class ClusterInfo(BaseModel):
+    cni: str = Field("unknown", description="flannel-host-gw, flannel-vxlan, calico, terway, cilium, unknown")
+    enforces_network_policy: bool | None = Field(
+        None, description="None = unknown (assume enforced, stated as an assumption)"
+    )
+    kube_proxy_mode: str = Field("unknown", description="iptables, ipvs, nftables, unknown")
+    pod_cidrs: list[str] = Field(default_factory=list)
+    service_cidrs: list[str] = Field(default_factory=list)
+    cluster_dns: list[IPvAnyAddress] = Field(default_factory=list)
+
+
+class ClusterObjects(BaseModel):
+    """Raw Kubernetes objects the simulator needs, in API JSON form."""
+
+    pods: list[dict[str, Any]] = Field(default_factory=list)
+    namespaces: list[dict[str, Any]] = Field(default_factory=list)
+    nodes: list[dict[str, Any]] = Field(default_factory=list)
+    services: list[dict[str, Any]] = Field(default_factory=list)
+    endpointslices: list[dict[str, Any]] = Field(default_factory=list)
+    networkpolicies: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class TopologyReport(BaseModel):
+    version: int = TOPOLOGY_VERSION
+    source: str = Field(description="'live' or 'snapshot:<dir>'")
+    src: Endpoint
+    dst: Endpoint
+    service: ServiceResolution | None = None
+    paths: list[CandidatePath] = Field(default_factory=list)
+    nodes_to_collect: list[str] = Field(default_factory=list)
+    cluster: ClusterInfo = Field(default_factory=ClusterInfo)
+    objects: ClusterObjects = Field(default_factory=ClusterObjects)
+    findings: list[Finding] = Field(default_factory=list)
+    assumptions: list[Assumption] = Field(default_factory=list)
