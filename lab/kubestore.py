@@ -76,33 +76,42 @@ def _split_top_level(selector: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-LabelPredicate = Callable[[dict[str, str]], bool]
+@dataclass(frozen=True)
+class LabelRequirement:
+    key: str
+    op: str  # = != in notin exists !exists
+    values: frozenset[str] = frozenset()
+
+    def __call__(self, labels: dict[str, str]) -> bool:
+        value = labels.get(self.key)
+        match self.op:
+            case "exists":
+                return self.key in labels
+            case "!exists":
+                return self.key not in labels
+            case "=" | "in":
+                return value in self.values
+            case _:  # != and notin also match objects without the label
+                return value not in self.values
 
 
-def parse_label_selector(selector: str) -> list[LabelPredicate]:
+def parse_label_selector(selector: str) -> list[LabelRequirement]:
     """Kubernetes label selector syntax: `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`, `!k`."""
-    preds: list[LabelPredicate] = []
+    reqs: list[LabelRequirement] = []
     for part in _split_top_level(selector):
         m = _REQUIREMENT.match(part)
         if not m or (m["neg"] and m["op"]):
             raise SelectorError(f"unable to parse requirement: {part.strip()!r}")
-        key, op, value = m["key"], (m["op"] or "").strip(), m["value"]
+        key, op, value = m["key"], (m["op"] or "").strip(), m["value"] or ""
         if not op:
-            preds.append((lambda k: lambda labels: k not in labels)(key) if m["neg"]
-                         else (lambda k: lambda labels: k in labels)(key))
+            reqs.append(LabelRequirement(key, "!exists" if m["neg"] else "exists"))
         elif op in ("in", "notin"):
-            if not value or not value.startswith("("):
+            if not value.startswith("("):
                 raise SelectorError(f"{op} needs a parenthesised value set: {part.strip()!r}")
-            values = {v.strip() for v in value[1:-1].split(",") if v.strip()}
-            if op == "in":
-                preds.append((lambda k, vs: lambda labels: labels.get(k) in vs)(key, values))
-            else:
-                preds.append((lambda k, vs: lambda labels: labels.get(k) not in vs)(key, values))
-        elif op == "!=":
-            preds.append((lambda k, v: lambda labels: labels.get(k) != v)(key, value))
+            reqs.append(LabelRequirement(key, op, frozenset(v.strip() for v in value[1:-1].split(",") if v.strip())))
         else:
-            preds.append((lambda k, v: lambda labels: k in labels and labels[k] == v)(key, value))
-    return preds
+            reqs.append(LabelRequirement(key, "!=" if op == "!=" else "=", frozenset({value})))
+    return reqs
 
 
 def _path(*keys: str) -> Callable[[Obj], str]:
@@ -132,25 +141,28 @@ SUPPORTED_FIELDS: dict[str, dict[str, Callable[[Obj], str]]] = {
     "Service": {"spec.clusterIP": _path("spec", "clusterIP"), "spec.type": _path("spec", "type")},
 }
 
-ObjPredicate = Callable[[Obj], bool]
+@dataclass(frozen=True)
+class FieldRequirement:
+    get: Callable[[Obj], str]
+    value: str
+    negate: bool
+
+    def __call__(self, obj: Obj) -> bool:
+        return (self.get(obj) == self.value) != self.negate
 
 
-def parse_field_selector(kind: str, selector: str) -> list[ObjPredicate]:
+def parse_field_selector(kind: str, selector: str) -> list[FieldRequirement]:
     fields = _COMMON_FIELDS | SUPPORTED_FIELDS.get(kind, {})
-    preds: list[ObjPredicate] = []
+    reqs: list[FieldRequirement] = []
     for part in _split_top_level(selector):
         m = re.match(r"^\s*([A-Za-z0-9._-]+)\s*(==|!=|=)\s*(.*?)\s*$", part)
         if not m:
             raise SelectorError(f"invalid field selector requirement: {part.strip()!r}")
         field, op, value = m.groups()
         if field not in fields:
-            raise SelectorError(f'field label not supported: {field}')
-        get = fields[field]
-        if op == "!=":
-            preds.append((lambda g, v: lambda obj: g(obj) != v)(get, value))
-        else:
-            preds.append((lambda g, v: lambda obj: g(obj) == v)(get, value))
-    return preds
+            raise SelectorError(f"field label not supported: {field}")
+        reqs.append(FieldRequirement(fields[field], value, op == "!="))
+    return reqs
 
 
 @dataclass
@@ -158,8 +170,8 @@ class Filter:
     """What a list or watch request asks for: a namespace, label and field selectors."""
 
     namespace: str | None = None
-    labels: tuple[LabelPredicate, ...] = ()
-    fields: tuple[ObjPredicate, ...] = ()
+    labels: tuple[LabelRequirement, ...] = ()
+    fields: tuple[FieldRequirement, ...] = ()
 
     @classmethod
     def parse(cls, kind: str, namespace: str | None, label_selector: str | None,
@@ -253,6 +265,21 @@ class ObjectStore:
     def load(self, objects: list[Obj]) -> None:
         for obj in objects:
             self.apply(obj)
+
+    def sync(self, objects: list[Obj]) -> int:
+        """Make the store hold exactly `objects` (plus derived endpoints): applies what changed, deletes what
+        is gone. Returns how many watch events that produced."""
+        with self._lock:
+            before = self._rv
+            wanted = {(o["kind"], object_key(o)) for o in objects}
+            derived = ("EndpointSlice", "Endpoints")  # re-derived by _after_change
+            for kind, bucket in self._objects.items():
+                for key in [k for k in bucket if (kind, k) not in wanted and kind not in derived]:
+                    self._after_change(self._remove(kind, key))
+            for obj in objects:
+                if obj["kind"] not in derived:
+                    self._after_change(self._put(obj))
+            return self._rv - before
 
     def delete(self, kind: str, namespace: str | None, name: str) -> Obj:
         with self._lock:

@@ -107,7 +107,7 @@ def kill_pids(pids: Iterable[int], grace_s: float = 1.0) -> None:
         for pid in list(pending):
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            if not _alive(pid):
+            if not alive(pid):
                 pending.discard(pid)
         if pending:
             time.sleep(0.01)
@@ -118,7 +118,8 @@ def kill_pids(pids: Iterable[int], grace_s: float = 1.0) -> None:
             os.waitpid(pid, 0)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while pid runs (a zombie counts as gone: its sockets are already closed)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

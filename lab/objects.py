@@ -545,7 +545,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ]}
     corefile = (".:53 {\n    errors\n    health\n    ready\n"
-                f"    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n       pods insecure\n"
+                "    kubernetes cluster.local in-addr.arpa ip6.arpa {\n       pods insecure\n"
                 "       fallthrough in-addr.arpa ip6.arpa\n       ttl 30\n    }\n"
                 "    prometheus :9153\n    forward . /etc/resolv.conf\n    cache 30\n    loop\n"
                 "    reload\n    loadbalance\n}\n")

@@ -104,6 +104,8 @@ class Scenario(_Model):
     underlay_cidr: str = Field("172.30.0.0/24", alias="underlayCIDR")
     cluster_cidr: str = Field("10.244.0.0/16", alias="clusterCIDR")
     service_cidr: str = Field("10.96.0.0/16", alias="serviceCIDR")
+    load_balancer_cidr: str = Field("198.51.100.0/24", alias="loadBalancerCIDR",
+                                    description="LoadBalancer ingress IPs for Services that do not set one")
     dns: bool = Field(True, description="add kube-system/coredns pod and the kube-dns Service (.10)")
     internet: bool = Field(True, description="add an internet namespace and an external client")
     network_policy: bool = Field(True, alias="networkPolicy", description="enforce NetworkPolicies")
@@ -249,6 +251,8 @@ def resolve(sc: Scenario) -> ResolvedScenario:
     svc_net = ipaddress.ip_network(sc.service_cidr)
     used = {s.cluster_ip for s in sc.services if s.cluster_ip}
     next_vip, next_node_port = 100, NODE_PORT_BASE
+    lb_pool = (str(ip) for ip in list(ipaddress.ip_network(sc.load_balancer_cidr).hosts())[9:]
+               if str(ip) not in {s.load_balancer_ip for s in sc.services})
     services: list[ResolvedService] = []
     for s in sc.services:
         if s.cluster_ip == "None":
@@ -277,7 +281,8 @@ def resolve(sc: Scenario) -> ResolvedScenario:
                                  ready=_pod_ready(rp.spec), port=_target_port(rp.spec, sp))
                 for rp in selected
             ]))
-        services.append(ResolvedService(spec=s, cluster_ip=vip, load_balancer_ip=s.load_balancer_ip,
+        lb_ip = s.load_balancer_ip or (next(lb_pool) if s.type == "LoadBalancer" else None)
+        services.append(ResolvedService(spec=s, cluster_ip=vip, load_balancer_ip=lb_ip,
                                         ports=ports))
 
     declared = {ns.name: ns for ns in sc.namespaces}

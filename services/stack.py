@@ -80,7 +80,8 @@ class EmbeddedStack:
         if self.with_gateway:
             self.gateway_bus = await Bus.connect(name="gateway", settings=self.settings)
             self._buses.append(self.gateway_bus)
-            self._web = web.AppRunner(create_app(self.gateway_bus), access_log=None)
+            # long-lived SSE handlers are cancelled after 1 s instead of aiohttp's 60 s default
+            self._web = web.AppRunner(create_app(self.gateway_bus), access_log=None, shutdown_timeout=1.0)
             await self._web.setup()
             site = web.TCPSite(self._web, self.host, self.port)
             await site.start()

@@ -7,6 +7,7 @@ the KV bucket and the object store, so any service may start first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from typing import Any
@@ -106,10 +107,9 @@ class Bus:
         try:
             await self.js.stream_info(STREAM)
         except NotFoundError:
-            try:
+            # another service may create it between our two calls
+            with contextlib.suppress(nats.js.errors.BadRequestError):
                 await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                pass  # another service created it between our two calls
         try:
             self._kv = await self.js.key_value(RESULTS_BUCKET)
         except BucketNotFoundError:

@@ -31,7 +31,7 @@ class FindingCode:
         return names
 
 
-E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO
+E, W = Severity.ERROR, Severity.WARNING
 
 _ENTRIES = [
     # ---- seed catalogue (ACK / KubeSkoop meanings)
@@ -135,6 +135,12 @@ _ENTRIES = [
                 "Add {src} to the {acl} whitelist (or remove it from the blacklist)."),
     FindingCode("LB_NOT_ACTIVE", E, "load balancer {lb} status is {status}, not \"active\"",
                 "Start the load balancer {lb} (check overdue payment or a manual stop)."),
+    FindingCode("ECS_INSTANCE_NOT_RUNNING", E, "ECS instance {instance} of node {node} is {status}, not Running",
+                "Start the instance {instance} (check overdue payment, a manual stop or a failed "
+                "maintenance event)."),
+    FindingCode("LB_BACKEND_MISMATCH", E, "backends of slb {lb} listener {port} do not match service {service}: "
+                "{detail}", "Let the cloud controller resync the load balancer of {service} (check its "
+                "events and logs), or fix the vserver group by hand."),
     FindingCode("UNKNOWN_ADDRESS", W, "address {address} belongs to no pod, node or Service known to the "
                 "cluster", "Check the address; if it is a pod that just restarted, its IP may have "
                 "changed."),

@@ -51,7 +51,8 @@ class NatsServer:
         ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {self.data_dir}/nats-server.log")
+                log = self.data_dir / "nats-server.log"
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {log}")
             if ports_file.exists():
                 try:
                     client = json.loads(ports_file.read_text())["nats"][0]

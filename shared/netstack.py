@@ -7,6 +7,7 @@ Fields are additive: a consumer must tolerate fields it does not know.
 
 from __future__ import annotations
 
+import gzip
 from datetime import datetime
 from typing import Any
 
@@ -101,6 +102,11 @@ class NetfilterState(BaseModel):
     ip6tables: list[IptablesState] = Field(default_factory=list)
     mixed_backends: bool = False
     nft_ruleset: dict[str, Any] | None = None  # `nft -j list ruleset`
+    nft_tables_via_iptables: list[str] = Field(
+        default_factory=list,
+        description="nft tables ('ip filter', 'ip6 nat' …) left out of nft_ruleset because iptables-nft "
+        "owns them: their rules are in the iptables/ip6tables nft-backend save text",
+    )
     ipsets: str | None = None  # `ipset save` output
     ipvs: list[dict[str, Any]] = Field(default_factory=list)  # virtual servers with real servers
 
@@ -139,3 +145,15 @@ class NodeDump(BaseModel):
     host: NetnsDump
     pods: list[NetnsDump] = Field(default_factory=list)
     errors: list[str] = Field(default_factory=list)
+
+
+def encode_dump(dump: NodeDump) -> bytes:
+    """The object-store form of a dump: gzip-compressed JSON (dumps reach MBs)."""
+    return gzip.compress(dump.model_dump_json(exclude_none=True).encode(), compresslevel=6)
+
+
+def decode_dump(data: bytes) -> NodeDump:
+    """Read a dump blob (gzip) or a plain `nodes/<node>.json` file's bytes."""
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return NodeDump.model_validate_json(data)

@@ -79,6 +79,9 @@ class CandidatePath(BaseModel):
     dst_address: IPvAnyAddress  # final destination address (backend pod, node, public IP)
     dst_port: int | None = None
     dst_pod: str | None = None
+    entry_node: str | None = Field(
+        None, description="node whose kube-proxy translates the Service address (NodePort/LB/ClusterIP)"
+    )
     backend: ServiceBackend | None = None
     description: str = ""
 

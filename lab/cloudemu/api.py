@@ -350,7 +350,8 @@ def describe_snat_table_entries(state: State, params: Params) -> dict[str, Any]:
     nat = _nat_by_table(state, params, "SnatTableId", _snat_table)
     page, meta = by_page(nat.get("SnatEntries", []), params, max_size=100)
     out = [{
-        "SnatEntryId": e["SnatEntryId"], "SnatTableId": _snat_table(nat), "SourceVSwitchId": e.get("SourceVSwitchId", ""),
+        "SnatEntryId": e["SnatEntryId"], "SnatTableId": _snat_table(nat),
+        "SourceVSwitchId": e.get("SourceVSwitchId", ""),
         "SourceCIDR": e.get("SourceCIDR", ""), "SnatIp": e.get("SnatIp", ""), "Status": e.get("Status", "Available"),
         "SnatEntryName": e.get("SnatEntryName", ""),
     } for e in page]

@@ -1,11 +1,60 @@
-"""PLACEHOLDER by the lead so the pipeline runs end to end; the collector engineer replaces this file."""
+"""The collector stage: topology event → every node on the path dumped → collected event.
+
+Agents are asked in parallel and joined with one deadline; a node that does not answer in
+time is a COLLECTOR_UNAVAILABLE finding (ABORT class) and the diagnosis goes on with the
+nodes that did. In snapshot mode the dumps come from `<snapshot>/nodes/<node>.json`.
+"""
 
 from __future__ import annotations
 
-from shared.bus import SUBJECT_TOPOLOGY, SUBJECT_COLLECTED, Bus
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+
+from services.collector.agent import blob_name, request_dump
+from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
+from shared.codes import finding
 from shared.config import Settings
-from shared.schemas import Assumption, StageEnvelope
+from shared.netstack import decode_dump, encode_dump
+from shared.schemas import Assumption, BlobRef, Finding, StageEnvelope
 from shared.stage import Stage
+from shared.topology import TopologyReport
+
+
+def node_hop(node: str) -> str:
+    return f"node:{node}"
+
+
+def pod_ips_for(report: TopologyReport) -> dict[str, str]:
+    """Pod IP → 'namespace/name' for pods on the nodes being collected (names pod namespaces)."""
+    nodes = set(report.nodes_to_collect)
+    ips: dict[str, str] = {}
+    for pod in report.objects.pods:
+        spec, status, meta = pod.get("spec", {}), pod.get("status", {}), pod.get("metadata", {})
+        if spec.get("hostNetwork") or spec.get("nodeName") not in nodes:
+            continue
+        key = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
+        for entry in status.get("podIPs") or [{"ip": status.get("podIP")}]:
+            if entry.get("ip"):
+                ips[entry["ip"]] = key
+    for ep in (report.src, report.dst):
+        if ep.pod and ep.node in nodes:
+            ips.setdefault(str(ep.address), ep.pod)
+    return ips
+
+
+@dataclass
+class NodeOutcome:
+    """What asking (or reading) one node produced: a blob, or a finding and maybe an assumption."""
+
+    node: str
+    blob: BlobRef | None = None
+    finding: Finding | None = None
+    assumption: Assumption | None = None
+    ms: float = 0.0
 
 
 class CollectorStage(Stage):
@@ -17,7 +66,86 @@ class CollectorStage(Stage):
         self.bus = bus
         self.settings = settings
 
+    def timeout_s(self, env: StageEnvelope) -> float:
+        options = env.request.options
+        if "collect_timeout_s" in options.model_fields_set:
+            return options.collect_timeout_s
+        return self.settings.collect_timeout_s
+
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
-        note = Assumption(stage=self.name, text="node network state not collected (stage logic not implemented yet)",
-                          could_change_outcome=True)
-        return env.model_copy(update={"assumptions": [*env.assumptions, note]})
+        if env.topology is None:
+            note = Assumption(stage=self.name, text="no topology: no node state was collected",
+                              could_change_outcome=True)
+            return env.model_copy(update={"assumptions": [*env.assumptions, note]})
+        report = TopologyReport.model_validate(env.topology)
+        nodes = list(dict.fromkeys(report.nodes_to_collect))
+        if self.settings.snapshot is not None:
+            outcomes = await asyncio.gather(*(self._from_snapshot(env, n) for n in nodes))
+        else:
+            outcomes = await self._from_agents(env, nodes, pod_ips_for(report))
+        return env.model_copy(update={
+            "nodes": {**env.nodes, **{o.node: o.blob for o in outcomes if o.blob}},
+            "findings": [*env.findings, *(o.finding for o in outcomes if o.finding)],
+            "assumptions": [*env.assumptions, *(o.assumption for o in outcomes if o.assumption)],
+        })
+
+    # ------------------------------------------------------------ live: the node agents
+
+    async def _from_agents(self, env: StageEnvelope, nodes: list[str], pod_ips: dict[str, str]) -> list[NodeOutcome]:
+        timeout = self.timeout_s(env)
+        deadline = time.monotonic() + timeout
+        return list(await asyncio.gather(*(self._ask(env, n, pod_ips, deadline, timeout) for n in nodes)))
+
+    async def _ask(self, env: StageEnvelope, node: str, pod_ips: dict[str, str], deadline: float,
+                   timeout: float) -> NodeOutcome:
+        started = time.perf_counter()
+        try:
+            reply = await request_dump(self.bus, node, max(0.05, deadline - time.monotonic()),
+                                       diagnosis_id=env.id, pod_ips=pod_ips)
+        except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            ms = (time.perf_counter() - started) * 1000
+            await self.bus.progress(env.id, self.name, "progress", f"{node} did not answer", node=node,
+                                    ms=round(ms, 1), ok=False)
+            return NodeOutcome(node, ms=ms, finding=finding(
+                "COLLECTOR_UNAVAILABLE", node_hop(node), node=node, timeout_s=timeout,
+                evidence={"reason": "no agent subscribed" if isinstance(exc, nats.errors.NoRespondersError)
+                          else "timeout"}))
+        ms = (time.perf_counter() - started) * 1000
+        await self.bus.progress(env.id, self.name, "progress", f"{node} answered in {ms:.0f} ms", node=node,
+                                ms=round(ms, 1), ok=reply.ok)
+        if not reply.ok or reply.blob is None:
+            return self._missing(node, f"the agent on {node} failed: {reply.error}", ms)
+        return NodeOutcome(node, blob=reply.blob, ms=ms)
+
+    def _missing(self, node: str, reason: str, ms: float = 0.0) -> NodeOutcome:
+        what = f"network state of node {node}"
+        return NodeOutcome(
+            node, ms=ms, finding=finding("DATA_MISSING", node_hop(node), what=what, reason=reason),
+            assumption=Assumption(stage=self.name, text=f"{what} is unknown ({reason}); hops on {node} "
+                                  "cannot be simulated", could_change_outcome=True))
+
+    # ------------------------------------------------------------ snapshot: nodes/<node>.json
+
+    async def _from_snapshot(self, env: StageEnvelope, node: str) -> NodeOutcome:
+        assert self.settings.snapshot is not None
+        path = self.settings.snapshot / "nodes" / f"{node}.json"
+        started = time.perf_counter()
+        try:
+            data = await asyncio.to_thread(path.read_bytes)
+            dump = decode_dump(data)
+        except FileNotFoundError:
+            return self._missing(node, f"the snapshot has no {path.name} under nodes/")
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            return self._missing(node, f"{path} is not a valid node dump: {_short(exc)}")
+        if dump.node != node:
+            return self._missing(node, f"{path} holds the dump of node {dump.node!r}")
+        ref = await self.bus.put_blob(blob_name(node, env.id), encode_dump(dump))
+        ms = (time.perf_counter() - started) * 1000
+        await self.bus.progress(env.id, self.name, "progress", f"{node} read from the snapshot", node=node,
+                                ms=round(ms, 1), ok=True)
+        return NodeOutcome(node, blob=ref, ms=ms)
+
+
+def _short(exc: Any) -> str:
+    text = str(exc)
+    return text if len(text) < 300 else text[:300] + "…"

@@ -17,6 +17,7 @@ from typing import Any
 import nats
 from aiohttp import web
 from nats.js.api import DeliverPolicy
+from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from services.gateway.openapi import openapi_document
@@ -25,6 +26,7 @@ from shared.bus import SUBJECT_REQUESTED, Bus, progress_subject
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
+tracer = trace.get_tracer("netdiag")
 
 MAX_BODY = 64 * 1024
 PAGE_MAX = 200
@@ -94,16 +96,21 @@ async def create_diagnosis(request: web.Request) -> web.Response:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
     diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now())
     env = StageEnvelope(id=diagnosis.id, request=req, created_at=diagnosis.created_at)
-    try:
-        await asyncio.wait_for(store.create(diagnosis), 3)
-    except (TimeoutError, nats.errors.Error) as exc:
-        return error(503, f"the diagnosis bus (NATS) is unreachable; retry shortly ({type(exc).__name__})")
-    try:
-        await bus.publish_model(SUBJECT_REQUESTED, env, msg_id=f"{diagnosis.id}:requested")
-    except (TimeoutError, nats.errors.Error) as exc:
-        with contextlib.suppress(Exception):
-            await store.forget(diagnosis.id)
-        return error(503, f"the diagnosis could not be queued; retry shortly ({type(exc).__name__})")
+    # The root span of the diagnosis (continuing a caller's traceparent, if any): publish_model
+    # injects it into the NATS headers, so every stage's span joins this one trace.
+    with tracer.start_as_current_span("netdiag.gateway.create_diagnosis", kind=trace.SpanKind.SERVER,
+                                      context=propagate.extract(request.headers)) as span:
+        span.set_attribute("netdiag.diagnosis_id", diagnosis.id)
+        try:
+            await asyncio.wait_for(store.create(diagnosis), 3)
+        except (TimeoutError, nats.errors.Error) as exc:
+            return error(503, f"the diagnosis bus (NATS) is unreachable; retry shortly ({type(exc).__name__})")
+        try:
+            await bus.publish_model(SUBJECT_REQUESTED, env, msg_id=f"{diagnosis.id}:requested")
+        except (TimeoutError, nats.errors.Error) as exc:
+            with contextlib.suppress(Exception):
+                await store.forget(diagnosis.id)
+            return error(503, f"the diagnosis could not be queued; retry shortly ({type(exc).__name__})")
     location = f"/api/v1/diagnoses/{diagnosis.id}"
     return web.json_response(
         {"id": diagnosis.id, "status": diagnosis.status.value, "location": location},
@@ -185,6 +192,34 @@ async def diagnosis_events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def watch_results(request: web.Request) -> web.StreamResponse:
+    """SSE of every diagnosis as it completes (the "subscribe to result events" use)."""
+    bus = request.app[BUS]
+    try:
+        watcher = await bus.kv.watchall(include_history=False)
+    except nats.errors.Error:
+        return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=SSE_IDLE_CHECK_S * 5)
+            except TimeoutError:
+                entry = None
+            if entry is None or not entry.value:
+                await resp.write(b": keepalive\n\n")
+                continue
+            if json.loads(entry.value).get("status") != DiagnosisStatus.QUEUED.value:
+                await resp.write(b"event: result\ndata: " + entry.value + b"\n\n")
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+    return resp
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -219,6 +254,7 @@ def create_app(bus: Bus) -> web.Application:
     app.router.add_get("/api/v1/diagnoses", list_diagnoses)
     app.router.add_get("/api/v1/diagnoses/{id}", get_diagnosis)
     app.router.add_get("/api/v1/diagnoses/{id}/events", diagnosis_events)
+    app.router.add_get("/api/v1/events", watch_results)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/", index)
     if STATIC_DIR.exists():

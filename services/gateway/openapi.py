@@ -11,7 +11,8 @@ from shared.schemas import Diagnosis, DiagnosisRequest, ProgressEvent
 
 
 def _error(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    schema = {"$ref": "#/components/schemas/Error"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _ok(description: str, ref: str) -> dict[str, Any]:
@@ -74,6 +75,13 @@ def openapi_document() -> dict[str, Any]:
                                   "422": _error("invalid parameter"), "503": _error("bus unavailable")},
                 },
             },
+            "/api/v1/events": {"get": {
+                "operationId": "watchResults",
+                "responses": {"200": {"description": "Server-Sent Events: one `result` event (Diagnosis) per "
+                                      "diagnosis as it completes", "content": {"text/event-stream": {
+                                          "schema": {"type": "string"}}}},
+                              "503": _error("bus unavailable")},
+            }},
             "/api/v1/diagnoses/{id}": {"get": {
                 "operationId": "getDiagnosis", "parameters": [ID_PARAM],
                 "responses": {"200": _ok("the diagnosis", "#/components/schemas/Diagnosis"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from services.simulator.modelpath import ModelSimulator
 from shared.bus import Bus
 from shared.codes import is_abort
 from shared.schemas import (
@@ -14,6 +17,9 @@ from shared.schemas import (
     StageEnvelope,
     Verdict,
 )
+from shared.topology import TopologyReport
+
+STAGE = "simulator"
 
 
 def overall_verdict(paths: list[Path], findings: list[Finding], assumptions: list[Assumption]) -> Verdict:
@@ -35,14 +41,26 @@ def overall_verdict(paths: list[Path], findings: list[Finding], assumptions: lis
     return Verdict.AMBIGUOUS
 
 
-def summarize(verdict: Verdict, env: StageEnvelope, findings: list[Finding]) -> str:
-    head = f"{env.request.describe()}: {verdict.value}"
+def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding]) -> str:
+    """One sentence an operator reads first: the deciding cause, not just the label."""
+    forward = [p for p in paths if p.direction == "forward"]
+    ok = sum(1 for p in forward if p.final in (FinalState.DELIVER, FinalState.FORWARD))
+    causes = [f for p in forward if p.cause for f in findings if f.code == p.cause and
+              (f.hop is None or f.hop in {h.id for h in p.hops})]
     errors = [f for f in findings if f.severity == Severity.ERROR]
-    if errors:
-        return f"{head} — {errors[0].message}"
+    if verdict == Verdict.UNREACHABLE:
+        first = causes[0] if causes else (errors[0] if errors else None)
+        return first.message if first else "no path delivers"
+    if verdict == Verdict.AMBIGUOUS:
+        because = f"; {causes[0].message}" if causes else ""
+        return f"{ok} of {len(forward)} paths deliver{because}"
     if verdict == Verdict.UNDETERMINED:
-        return f"{head} — not enough data to decide (see assumptions)"
-    return head
+        aborts = [f for f in findings if is_abort(f.code)]
+        if aborts:
+            return f"not enough data to decide: {aborts[0].message}"
+        return "not enough data to decide (see assumptions)"
+    note = f" ({len(errors)} problem(s) found off the path: see findings)" if errors else ""
+    return f"every path delivers{note}"
 
 
 async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResult:
@@ -50,8 +68,20 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
     assumptions = list(env.assumptions)
     paths: list[Path] = []
     if env.topology is None:
-        assumptions.append(Assumption(stage="simulator", text="no topology: the path was not simulated",
+        assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
+    else:
+        report = TopologyReport.model_validate(env.topology)
+        model = ModelSimulator(report, env.request).run()
+        paths = model.paths
+        findings = _merge(findings, model.findings)
+        assumptions = _merge(assumptions, model.assumptions)
     verdict = overall_verdict(paths, findings, assumptions)
-    return DiagnosisResult(verdict=verdict, summary=summarize(verdict, env, findings), paths=paths,
+    return DiagnosisResult(verdict=verdict, summary=summarize(verdict, paths, findings), paths=paths,
                            findings=findings, assumptions=assumptions)
+
+
+def _merge(first: list[Any], more: list[Any]) -> list[Any]:
+    out = list(first)
+    out.extend(x for x in more if x not in out)
+    return out

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from services.simulator.assemble import diagnose
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COMPLETED, Bus
 from shared.config import Settings
 from shared.schemas import StageEnvelope
 from shared.stage import Stage
-
-from services.simulator.assemble import diagnose
 
 
 class SimulatorStage(Stage):

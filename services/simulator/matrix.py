@@ -11,10 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.topology import ClusterObjects
-
 from services.simulator.policy import PolicyIndex
 from services.simulator.policy.model import Pod
+from shared.topology import ClusterObjects
 
 _TERMINAL_PHASES = ("Succeeded", "Failed")
 

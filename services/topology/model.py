@@ -33,6 +33,7 @@ Obj = dict[str, Any]
 # bodies …) is dropped at the edge, which is what keeps 150k pods well under 2 GB.
 _POD_SPEC_KEYS = ("nodeName", "hostNetwork", "dnsPolicy", "subdomain", "hostname")
 _CONTAINER_KEYS = ("name", "ports")
+_HOST_CONTAINER_KEYS = ("name", "ports", "command", "args")  # control-plane flags (service CIDR)
 _POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "podIPs", "hostIP", "hostIPs", "conditions")
 _CONTAINER_STATUS_KEYS = ("name", "ready", "started", "restartCount", "state")
 
@@ -66,9 +67,10 @@ def trim(kind: str, obj: Obj) -> Obj:
 
 def _trim_pod_spec(spec: Obj) -> Obj:
     out = {k: _intern(spec[k]) for k in _POD_SPEC_KEYS if k in spec}
+    keys = _HOST_CONTAINER_KEYS if spec.get("hostNetwork") else _CONTAINER_KEYS
     for group in ("initContainers", "containers"):
         if spec.get(group):
-            out[group] = [{k: c[k] for k in _CONTAINER_KEYS if k in c} for c in spec[group]]
+            out[group] = [{k: c[k] for k in keys if k in c} for c in spec[group]]
     return out
 
 
@@ -171,11 +173,12 @@ class ClusterModel:
                 self._index(kind, key, obj)
             self.generation[kind] += 1
 
-    def replace(self, kind: str, objs: Iterable[Obj]) -> None:
-        """A (re-)list: the given objects become the whole set of this kind."""
+    def replace(self, kind: str, objs: Iterable[Obj], namespace: str | None = None) -> None:
+        """A (re-)list: the given objects become the whole set of this kind (in `namespace`)."""
+        prefix = f"{namespace}/" if namespace else ""
         with self.lock:
             fresh = {object_key(o): o for o in objs}
-            for key in [k for k in self.objects[kind] if k not in fresh]:
+            for key in [k for k in self.objects[kind] if k.startswith(prefix) and k not in fresh]:
                 self.apply("DELETED", kind, self.objects[kind][key])
             for obj in fresh.values():
                 self.apply("MODIFIED", kind, obj)

@@ -13,8 +13,15 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from services.topology.classify import node_findings, pod_findings
-from services.topology.model import ClusterModel, Obj, object_key, parse_ip, service_cluster_ips
-from services.topology.model import service_external_ips, service_lb_ips
+from services.topology.model import (
+    ClusterModel,
+    Obj,
+    object_key,
+    parse_ip,
+    service_cluster_ips,
+    service_external_ips,
+    service_lb_ips,
+)
 from shared.codes import finding
 from shared.schemas import Assumption, Finding
 from shared.topology import Endpoint, EndpointKind, ServiceBackend, ServiceResolution
@@ -240,7 +247,8 @@ def _check_backends(model: ClusterModel, used: list[ServiceBackend], out: Resolv
     reported: set[str] = set()
     for b in used:
         pod = model.get("Pod", b.pod)
-        if pod is not None and len(reported) < _MAX_POD_FINDINGS:
+        # a terminating endpoint is used only as kube-proxy's fallback (stated as an assumption)
+        if pod is not None and not b.terminating and len(reported) < _MAX_POD_FINDINGS:
             for f in pod_findings(pod):
                 if f.hop not in reported:
                     reported.add(str(f.hop))

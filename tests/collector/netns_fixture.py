@@ -121,10 +121,7 @@ def _pod(node: str, pod_ns: str, host_if: str, ip: str, gw: str, *, by_pid: int 
     target = str(by_pid) if by_pid else pod_ns
     sh("ip", "-n", node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", target)
     sh("ip", "-n", node, "link", "set", host_if, "up")
-    if by_pid:
-        run = ("nsenter", f"--net=/proc/{by_pid}/ns/net", "ip")
-    else:
-        run = ("ip", "-n", pod_ns)
+    run = ("nsenter", f"--net=/proc/{by_pid}/ns/net", "ip") if by_pid else ("ip", "-n", pod_ns)
     sh(*run, "addr", "add", f"{ip}/24", "dev", "eth0")
     sh(*run, "link", "set", "eth0", "up")
     sh(*run, "link", "set", "lo", "up")

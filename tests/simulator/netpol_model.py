@@ -34,8 +34,9 @@ def namespace(name: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
                                                    **(extra or {})}}}
 
 
-def pod(ref: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+def pod(ref: str, extra_labels: dict[str, str] | None = None, ip: str | None = None) -> dict[str, Any]:
     ns, name = ref.split("/")
+    ip = ip or pod_ip(ref)
     containers = [
         {"name": f"cont-{port}-{proto.lower()}", "image": "agnhost",
          "ports": [{"containerPort": port, "name": f"serve-{port}-{proto.lower()}", "protocol": proto}]}
@@ -44,7 +45,7 @@ def pod(ref: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": {"pod": name, **(extra_labels or {})}},
             "spec": {"containers": containers, "nodeName": "node-1"},
-            "status": {"phase": "Running", "podIP": pod_ip(ref), "podIPs": [{"ip": pod_ip(ref)}]}}
+            "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
 
 
 def policy(ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -96,7 +96,10 @@ def discover(exclude_inode: int) -> list[NetnsRef]:
 
 def run_in(ref: NetnsRef, fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread inside ref's namespace; return its result or raise its error."""
-    return run_many([(ref, fn)], workers=1)[0]  # type: ignore[return-value]
+    result = run_many([(ref, fn)], workers=1)[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def run_many(tasks: list[tuple[NetnsRef, Callable[[], T]]], workers: int = 4) -> list[T | BaseException]:

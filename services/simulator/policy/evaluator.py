@@ -13,9 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.schemas import Assumption
-from shared.topology import ClusterObjects
-
 from services.simulator.policy.model import (
     PROTOCOLS,
     Direction,
@@ -32,6 +29,8 @@ from services.simulator.policy.model import (
     namespace_labels,
 )
 from services.simulator.policy.selectors import format_labels
+from shared.schemas import Assumption
+from shared.topology import ClusterObjects
 
 STAGE = "simulator"
 _TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -279,7 +278,7 @@ class PolicyIndex:
         return None
 
     def _matching_peer(self, rule: Rule, policy: Policy, remote: Pod | None,
-                       remote_ip: IPAddress) -> int | None | bool:
+                       remote_ip: IPAddress) -> int | bool | None:
         """Index of the first matching peer, None if the rule admits every peer, False if none."""
         if rule.peers is None:
             return None
@@ -341,7 +340,7 @@ class PolicyIndex:
 # ---------------------------------------------------------------------- helpers
 
 
-def _matching_port(rule: Rule, dst_pod: Pod | None, protocol: str, port: int) -> int | None | bool:
+def _matching_port(rule: Rule, dst_pod: Pod | None, protocol: str, port: int) -> int | bool | None:
     """Index of the first matching port entry, None if the rule admits every port, False if none."""
     if rule.ports is None:
         return None

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from services.simulator.policy.evaluator import DirectionVerdict, PolicyVerdict
 from shared.codes import finding
 from shared.schemas import Finding, Severity, Step, StepAction, StepKind
-
-from services.simulator.policy.evaluator import DirectionVerdict, PolicyVerdict
 
 
 def deny_finding(verdict: PolicyVerdict, direction: DirectionVerdict, hop_id: str | None) -> Finding:

@@ -144,7 +144,7 @@ def compile_policy(obj: Mapping[str, Any]) -> Policy:
         ingress = tuple(_rule(i, r, "from") for i, r in enumerate(spec.get("ingress") or []))
         egress = tuple(_rule(i, r, "to") for i, r in enumerate(spec.get("egress") or []))
         selector = compile_selector(spec.get("podSelector"))
-    except (SelectorError, ValueError, TypeError) as exc:
+    except (SelectorError, ValueError, TypeError, KeyError) as exc:
         raise PolicyCompileError(f"network policy {ref}: {exc}") from exc
     types = spec.get("policyTypes")
     if types is None:

@@ -39,8 +39,11 @@ class IptablesParseError(ValueError):
 def tokenize(line: str) -> list[str]:
     if '"' not in line:
         return line.split()
-    return [q.replace('\\"', '"').replace("\\\\", "\\") if q or s == "" and not b else b
-            for q, b, s in ((m.group(1), m.group(2), m.group(0)) for m in _TOKEN.finditer(line))]
+    out = []
+    for m in _TOKEN.finditer(line):
+        bare = m.group(2)
+        out.append(bare if bare is not None else m.group(1).replace('\\"', '"').replace("\\\\", "\\"))
+    return out
 
 
 def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
@@ -80,7 +83,18 @@ def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
             rs.warnings.append(f"line {lineno}: ignored: {line[:80]}")
     if not seen_table and text.strip():
         raise IptablesParseError("not iptables-save output: no '*table' line")
+    _resolve_targets(rs)
     return rs
+
+
+def _resolve_targets(rs: Ruleset) -> None:
+    """A jump to a name that is neither a chain of its table nor a modelled target is unsupported."""
+    for table in rs.tables.values():
+        for chain in table.chains.values():
+            for rule in chain.rules:
+                t = rule.target
+                if t is not None and t.name not in table.chains and t.name not in KNOWN_TARGETS:
+                    rule.unknown_target = True
 
 
 def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None:
@@ -166,34 +180,19 @@ def _parse_rule_line(table: Table, line: str, rs: Ruleset) -> None:
         i += 1
     for module, opts in modules:
         text = "-m " + module + "".join(f" {'! ' if neg else ''}--{o} {' '.join(v)}".rstrip() for o, neg, v in opts)
-        matches.extend(build_module(module, opts, text, protocol, 4))
-    unknown_target = False
+        matches.extend(build_module(module, opts, text, protocol, rs.family))
     if target is not None:
         target.text = f"{'-g' if target.goto else '-j'} {target.name}"
-        if target.name not in table.chains and target.name not in KNOWN_TARGETS:
-            if target.name.isupper() or not target.goto:
-                # not a chain of this table and not a target we model
-                unknown_target = target.name not in _forward_declared(table, target.name)
-    rule = Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
-                matches=tuple(matches), target=target, unknown_target=unknown_target)
-    chain.rules.append(rule)
-
-
-def _forward_declared(table: Table, name: str) -> set[str]:
-    # iptables-save declares every chain before its rules, so an unknown name here is a target
-    return set()
+    chain.rules.append(Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
+                            matches=tuple(matches), target=target))
 
 
 def _attach_option(modules: list[tuple[str, list[Option]]], protocol: str | None, opt: Option) -> None:
-    name = opt[0]
+    """Options follow their `-m`, but iptables-save interleaves core options (`-m tcp -p tcp -d X --dport N`)."""
     for module, opts in reversed(modules):
-        if module in _IMPLICIT or module in ("multiport", "comment"):
-            if name in _PORT_OPTS and module in _IMPLICIT or module not in _IMPLICIT and _takes(module, name):
-                opts.append(opt)
-                return
-            continue
-        opts.append(opt)
-        return
+        if _takes(module, opt[0]):
+            opts.append(opt)
+            return
     if protocol in _IMPLICIT:
         # `-p tcp --dport 80` without `-m tcp`: iptables loads the protocol module implicitly
         modules.append((protocol, [opt]))
@@ -202,5 +201,10 @@ def _attach_option(modules: list[tuple[str, list[Option]]], protocol: str | None
 
 
 def _takes(module: str, option: str) -> bool:
-    return (module == "comment" and option == "comment") or (
-        module == "multiport" and option in ("dports", "sports", "ports", "destination-ports", "source-ports"))
+    if module in _IMPLICIT:
+        return option in _PORT_OPTS or option in ("icmp-type", "icmpv6-type")
+    if module == "comment":
+        return option == "comment"
+    if module == "multiport":
+        return option in ("dports", "sports", "ports", "destination-ports", "source-ports")
+    return option not in _PORT_OPTS  # other modules' option sets are checked when the match is built

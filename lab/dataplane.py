@@ -1,0 +1,400 @@
+"""The lab dataplane: a resolved scenario materialised as network namespaces (`Lab`).
+
+Layout for a lab with prefix P (every name below is a network namespace; nothing is created in the root one):
+  P-underlay  the VPC router: bridge br0 (underlay gateway .1) with one veth `n<i>` per node uplink, bridge
+              br1 (203.0.113.1/24) for the internet segment, ip_forward=1, /32 routes for LoadBalancer and
+              external IPs to a node (like a cloud LB / MetalLB BGP announcing them)
+  P-<node>    a node: uplink eth0 (node IP, default route via the underlay), bridge cni0 (pod gateway), one
+              veth<hash> per pod (hairpin on), host-gw routes or a flannel.1 vxlan device with static neighbour
+              and FDB entries, ip_forward=1, kube-proxy + policy-agent + flannel-masq iptables rules
+  P-<ns>-<pod> a pod: eth0 (pod IP), default route via the node's cni0 address; its listener process
+  P-inet      an internet host 203.0.113.10 (listens on tcp 80/443, udp 53/123)
+  P-ext       an external client 203.0.113.20 for inbound NodePort / LoadBalancer traffic
+Pod traffic leaving the cluster CIDR is masqueraded at the node (flannel ip-masq), so the internet answers
+the node IP, which the router knows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from lab import kubeproxy, netns, netpol, workloads
+from lab import state as lab_state
+from lab.iptables import CLI, RESTORE, Ruleset, comment
+from lab.probe import ProbeResult, probe_in
+from lab.scenario import ResolvedPod, ResolvedScenario, Scenario, resolve
+from lab.state import LabState, NodeState, PodState
+
+INET_NET = ipaddress.ip_network("203.0.113.0/24")
+INET_GW, INET_IP, EXT_IP = "203.0.113.1", "203.0.113.10", "203.0.113.20"
+INET_LISTEN: list[tuple[int, str]] = [(80, "TCP"), (443, "TCP"), (53, "UDP"), (123, "UDP")]
+VXLAN_MTU = 1450
+PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_PARALLEL = 8
+
+
+def new_prefix() -> str:
+    return "ndt" + secrets.token_hex(3)
+
+
+def veth_name(pod_key: str) -> str:
+    return "veth" + hashlib.sha1(pod_key.encode()).hexdigest()[:8]
+
+
+def _parallel(fn: Callable[[Any], None], items: Iterable[Any]) -> None:
+    with ThreadPoolExecutor(_PARALLEL) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
+
+
+def flannel_rules(sc: ResolvedScenario, node: str) -> Ruleset:
+    """flanneld's masquerade and forward rules (v0.2x), so pod → outside leaves with the node IP."""
+    cluster, pod_cidr = sc.scenario.cluster_cidr, sc.node(node).pod_cidr
+    note = comment("flanneld masq")
+    rs = Ruleset()
+    rs.add("nat", "POSTROUTING", f"{note} -j FLANNEL-POSTRTG")
+    rs.add("nat", "FLANNEL-POSTRTG", f"-m mark --mark 0x4000/0x4000 {note} -j RETURN")
+    rs.add("nat", "FLANNEL-POSTRTG", f"-s {pod_cidr} -d {cluster} {note} -j RETURN")
+    rs.add("nat", "FLANNEL-POSTRTG", f"-s {cluster} -d {pod_cidr} {note} -j RETURN")
+    rs.add("nat", "FLANNEL-POSTRTG", f"! -s {cluster} -d {pod_cidr} {note} -j RETURN")
+    rs.add("nat", "FLANNEL-POSTRTG", f"-s {cluster} ! -d 224.0.0.0/4 {note} -j MASQUERADE --random-fully")
+    rs.add("nat", "FLANNEL-POSTRTG", f"! -s {cluster} -d {cluster} {note} -j MASQUERADE --random-fully")
+    fwd = comment("flanneld forward")
+    rs.add("filter", "FORWARD", f"{fwd} -j FLANNEL-FWD")
+    rs.add("filter", "FLANNEL-FWD", f"-s {cluster} {fwd} -j ACCEPT")
+    rs.add("filter", "FLANNEL-FWD", f"-d {cluster} {fwd} -j ACCEPT")
+    return rs
+
+
+def node_ruleset(sc: ResolvedScenario, node: str) -> str:
+    """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router."""
+    rs = netpol.rules(sc, node)
+    rs.extend(kubeproxy.rules(sc, node))
+    rs.extend(flannel_rules(sc, node))
+    return rs.render()
+
+
+def dns_records(sc: ResolvedScenario) -> dict[str, list[str]]:
+    records: dict[str, list[str]] = {}
+    for svc in sc.services:
+        name = f"{svc.spec.name}.{svc.spec.namespace}.svc.{workloads.CLUSTER_DOMAIN}"
+        if svc.cluster_ip:
+            records[name] = [svc.cluster_ip]
+        else:  # headless: the ready endpoints' pod IPs
+            records[name] = sorted({e.ip for p in svc.ports for e in p.endpoints if e.ready})
+    return records
+
+
+class Lab:
+    """A running lab. Build with `Lab.up(resolved)`, reattach with `Lab.attach(prefix)`, remove with `down()`."""
+
+    def __init__(self, resolved: ResolvedScenario, state: LabState):
+        self.resolved = resolved
+        self.state = state
+
+    @property
+    def prefix(self) -> str:
+        return self.state.prefix
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def up(cls, resolved: ResolvedScenario, prefix: str | None = None,
+           scenario_path: str | Path | None = None) -> Lab:
+        prefix = prefix or new_prefix()
+        if not PREFIX_RE.match(prefix):
+            raise ValueError(f"lab prefix {prefix!r} must match {PREFIX_RE.pattern}")
+        if lab_state.state_path(prefix).exists() or netns.list_with_prefix(prefix):
+            raise RuntimeError(f"a lab named {prefix!r} already exists: run `lab down --name {prefix}` first")
+        lab = cls(resolved, _plan(resolved, prefix, scenario_path))
+        try:
+            lab._build()
+        except BaseException:
+            cls.sweep(prefix)
+            raise
+        return lab
+
+    @classmethod
+    def attach(cls, prefix: str) -> Lab:
+        st = lab_state.load(prefix)
+        return cls(resolve(Scenario.model_validate(st.scenario)), st)
+
+    def down(self) -> None:
+        self.sweep(self.prefix)
+
+    @staticmethod
+    def sweep(prefix: str) -> list[str]:
+        """Remove everything of lab `prefix`, also after a crash: processes first (by PID), then namespaces."""
+        names = set(netns.list_with_prefix(prefix))
+        try:
+            st = lab_state.load(prefix)
+        except (FileNotFoundError, ValueError):
+            st = None
+        pids: set[int] = set()
+        if st is not None:
+            names.update(n for n in st.all_netns() if netns.exists(n))
+            pids.update(pid for pid in st.all_pids() if any(netns.pid_in_netns(pid, n) for n in names))
+        for name in names:
+            pids.update(netns.pids_in(name))
+        netns.kill_pids(pids)
+        netns.delete_all(sorted(names))
+        shutil.rmtree(lab_state.state_dir(prefix), ignore_errors=True)
+        return sorted(names)
+
+    def _build(self) -> None:
+        sc, st = self.resolved, self.state
+        netns.add_all(st.all_netns())
+        netns.ip_batch(self._underlay_batch(), st.underlay_netns)
+        _parallel(lambda n: self._configure_node(n.name), sc.nodes)
+        batches = [(p.netns, self._pod_batch(key)) for key, p in st.pods.items() if not p.host_network]
+        if st.inet_netns and st.ext_netns:
+            batches += [(st.inet_netns, _host_batch(INET_IP)), (st.ext_netns, _host_batch(EXT_IP))]
+        _parallel(lambda b: netns.ip_batch(b[1], b[0]), batches)
+        netns.ip_batch(self._external_routes(), st.underlay_netns)
+        self.program_rules()
+        self._start_workloads()
+        lab_state.save(st)
+
+    # ------------------------------------------------------------ building blocks
+
+    def _underlay_batch(self) -> list[str]:
+        sc, st = self.resolved, self.state
+        gw = _underlay_gateway(sc)
+        prefixlen = ipaddress.ip_network(sc.scenario.underlay_cidr).prefixlen
+        lines = ["link set lo up", "link add br0 type bridge", f"addr add {gw}/{prefixlen} dev br0",
+                 "link set br0 up"]
+        for i, node in enumerate(sc.nodes):
+            lines += [f"link add n{i} type veth peer name eth0 netns {st.nodes[node.name].netns}",
+                      f"link set n{i} master br0", f"link set n{i} up"]
+        if st.inet_netns and st.ext_netns:
+            lines += ["link add br1 type bridge", f"addr add {INET_GW}/{INET_NET.prefixlen} dev br1",
+                      "link set br1 up"]
+            for name, ns in (("inet", st.inet_netns), ("ext", st.ext_netns)):
+                lines += [f"link add {name} type veth peer name eth0 netns {ns}",
+                          f"link set {name} master br1", f"link set {name} up"]
+        netns_sysctls = {"net.ipv4.ip_forward": 1}
+        netns.write_sysctls(st.underlay_netns, netns_sysctls)
+        return lines
+
+    def _external_routes(self) -> list[str]:
+        """Router /32 routes for LoadBalancer and external IPs (to a node with a local endpoint if Local)."""
+        sc = self.resolved
+        lines = []
+        for svc in sc.services:
+            ips = [*svc.spec.external_ips, *([svc.load_balancer_ip] if svc.spec.type == "LoadBalancer"
+                                            and svc.load_balancer_ip else [])]
+            ready_nodes = {e.node for p in svc.ports for e in p.endpoints if e.ready}
+            local = svc.spec.external_traffic_policy == "Local"
+            target = next((n for n in sc.nodes if not local or n.name in ready_nodes), sc.nodes[0])
+            lines += [f"route replace {ip}/32 via {target.ip}" for ip in ips]
+        return lines
+
+    def _configure_node(self, name: str) -> None:
+        sc, st = self.resolved, self.state
+        node = sc.node(name)
+        ns = st.nodes[name].netns
+        underlay_len = ipaddress.ip_network(sc.scenario.underlay_cidr).prefixlen
+        pod_len = ipaddress.ip_network(node.pod_cidr).prefixlen
+        vxlan = sc.scenario.cni == "vxlan"
+        mtu = f" mtu {VXLAN_MTU}" if vxlan else ""
+        lines = ["link set lo up", f"addr add {node.ip}/{underlay_len} dev eth0", "link set eth0 up",
+                 f"route add default via {_underlay_gateway(sc)} dev eth0",
+                 "link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
+        for key, pod in st.pods.items():
+            if pod.node != name or pod.host_network:
+                continue
+            lines += [f"link add {pod.veth}{mtu} type veth peer name eth0{mtu} netns {pod.netns}",
+                      f"link set {pod.veth} master cni0", f"link set {pod.veth} up",
+                      f"link set {pod.veth} type bridge_slave hairpin on"]
+        fdb: list[str] = []
+        others = [n for n in sc.nodes if n.name != name]
+        if vxlan:
+            lines += [f"link add flannel.1 address {node.vtep_mac} mtu {VXLAN_MTU} type vxlan id 1 "
+                      f"local {node.ip} dev eth0 dstport 8472 nolearning",
+                      f"addr add {ipaddress.ip_network(node.pod_cidr).network_address}/32 dev flannel.1",
+                      "link set flannel.1 up"]
+            for other in others:
+                vtep_ip = ipaddress.ip_network(other.pod_cidr).network_address
+                lines += [f"route add {other.pod_cidr} via {vtep_ip} dev flannel.1 onlink",
+                          f"neigh add {vtep_ip} lladdr {other.vtep_mac} dev flannel.1 nud permanent"]
+                fdb.append(f"fdb append {other.vtep_mac} dev flannel.1 dst {other.ip} self permanent")
+        else:
+            lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0" for other in others]
+        netns.ip_batch(lines, ns)
+        netns.ip_batch(fdb, ns, tool="bridge")
+        netns.write_sysctls(ns, {"net.ipv4.ip_forward": 1})
+
+    def _pod_batch(self, key: str) -> list[str]:
+        pod = self.state.pods[key]
+        node = self.resolved.node(pod.node)
+        pod_len = ipaddress.ip_network(node.pod_cidr).prefixlen
+        return ["link set lo up", f"addr add {pod.ip}/{pod_len} dev eth0", "link set eth0 up",
+                f"route add default via {node.gateway_ip} dev eth0"]
+
+    def program_rules(self) -> None:
+        """(Re)program every node like kube-proxy + the policy agent would after a resync."""
+        restore = RESTORE[self.resolved.scenario.iptables_backend]
+
+        def load(node: str) -> None:
+            netns.run(netns.in_ns(self.state.nodes[node].netns, [restore]),
+                      stdin=node_ruleset(self.resolved, node))
+
+        _parallel(load, [n.name for n in self.resolved.nodes])
+
+    def _start_workloads(self) -> None:
+        sc, st = self.resolved, self.state
+        records = dns_records(sc)
+        specs = []
+        for rp in sc.pods:
+            listen = sorted({(lst.port, lst.protocol) for c in rp.spec.containers for lst in c.listeners()})
+            if listen and rp.spec.phase == "Running":
+                specs.append(workloads.Workload(key=rp.spec.key, netns=st.pods[rp.spec.key].netns, listen=listen,
+                                                dns=records if rp.spec.role == "dns" else None))
+        if st.inet_netns:
+            specs.append(workloads.Workload(key="inet", netns=st.inet_netns, listen=INET_LISTEN))
+        for key, pid in workloads.spawn(specs).items():
+            if key in st.pods:
+                st.pods[key].pid = pid
+            else:
+                st.extra_pids[key] = pid
+
+    # ------------------------------------------------------------ changes made while the lab runs
+
+    def update_scenario(self, scenario: Scenario) -> None:
+        """Apply a changed scenario's Kubernetes-level state (readiness, policies, Services) and resync rules.
+
+        Addresses and the set of pods must stay the same; this is what controllers would reprogram.
+        """
+        self.resolved = resolve(scenario)
+        self.state.scenario = scenario.model_dump(by_alias=True, exclude_none=True)
+        self.program_rules()
+        lab_state.save(self.state)
+
+    def set_ready(self, pod_keys: Sequence[str], ready: bool) -> None:
+        sc = self.resolved.scenario
+        pods = [p.model_copy(update={"containers": [c.model_copy(update={"ready": ready}) for c in p.containers]})
+                if p.key in pod_keys else p for p in sc.pods]
+        self.update_scenario(sc.model_copy(update={"pods": pods}))
+
+    def add_network_policy(self, policy: dict[str, Any]) -> None:
+        netpol.parse([policy])  # validate before touching the nodes
+        sc = self.resolved.scenario
+        self.update_scenario(sc.model_copy(update={"network_policies": [*sc.network_policies, policy]}))
+
+    # ------------------------------------------------------------ lookups
+
+    def netns_of(self, name: str) -> str:
+        """Namespace of a node name, a pod ("ns/pod" or a unique pod name), or ext / inet / underlay."""
+        st = self.state
+        special = {"ext": st.ext_netns, "inet": st.inet_netns, "underlay": st.underlay_netns}
+        if special.get(name):
+            return special[name]  # type: ignore[return-value]
+        if name in st.nodes:
+            return st.nodes[name].netns
+        return st.pods[self.pod(name).spec.key].netns
+
+    def pod(self, name: str) -> ResolvedPod:
+        matches = [p for p in self.resolved.pods if name in (p.spec.key, p.spec.name)]
+        if len(matches) != 1:
+            raise KeyError(f"{name!r} names {len(matches)} pods in lab {self.prefix}")
+        return matches[0]
+
+    def address(self, ref: str) -> str:
+        """Resolve a reference: pod:ns/name, node:name, svc:ns/name (ClusterIP), lb:ns/name, inet, ext, or an IP."""
+        kind, _, arg = ref.partition(":")
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(ref))
+        if kind == "pod":
+            return self.pod(arg).ip
+        if kind == "node":
+            return self.resolved.node(arg).ip
+        if kind in ("svc", "lb"):
+            svc = next(s for s in self.resolved.services if s.spec.key == arg)
+            ip = svc.cluster_ip if kind == "svc" else svc.load_balancer_ip
+            if ip is None:
+                raise KeyError(f"service {arg} has no {'ClusterIP' if kind == 'svc' else 'LoadBalancer IP'}")
+            return ip
+        if ref == "inet":
+            return INET_IP
+        if ref == "ext":
+            return EXT_IP
+        raise KeyError(f"cannot resolve address reference {ref!r}")
+
+    def expand(self, template: str) -> str:
+        """Fill {kind:arg} placeholders used by fault commands: addresses plus iptables, veth, pid,
+        podcidr, vtepmac and netns."""
+
+        def one(match: re.Match[str]) -> str:
+            kind, _, arg = match.group(1).partition(":")
+            if kind == "iptables":
+                return CLI[self.resolved.scenario.iptables_backend]
+            if kind == "veth":
+                return self.state.pods[self.pod(arg).spec.key].veth or ""
+            if kind == "pid":
+                pid = self.state.pods[self.pod(arg).spec.key].pid
+                if pid is None:
+                    raise KeyError(f"pod {arg} has no listener process")
+                return str(pid)
+            if kind == "podcidr":
+                return self.resolved.node(arg).pod_cidr
+            if kind == "vtepmac":
+                return self.resolved.node(arg).vtep_mac
+            if kind == "netns":
+                return self.netns_of(arg)
+            return self.address(match.group(1))
+
+        return re.sub(r"\{([a-z]+(?::[^{}]*)?)\}", one, template)
+
+    # ------------------------------------------------------------ acting in the lab
+
+    def exec(self, where: str | None, argv: Sequence[str], check: bool = True) -> str:
+        """Run argv inside the namespace of `where` (a node, pod, ext, inet, underlay; None = root)."""
+        target = None if where is None else self.netns_of(where)
+        return netns.run(netns.in_ns(target, argv), check=check).stdout
+
+    def probe(self, src: str, dst: str, port: int, protocol: str = "tcp", timeout: float = 1.0,
+              dns_name: str | None = None) -> ProbeResult:
+        return probe_in(self.netns_of(src), self.address(dst), port, protocol, timeout, dns_name)
+
+
+def _underlay_gateway(sc: ResolvedScenario) -> str:
+    return str(ipaddress.ip_network(sc.scenario.underlay_cidr).network_address + 1)
+
+
+def _host_batch(ip: str) -> list[str]:
+    return ["link set lo up", f"addr add {ip}/{INET_NET.prefixlen} dev eth0", "link set eth0 up",
+            f"route add default via {INET_GW} dev eth0"]
+
+
+def _plan(sc: ResolvedScenario, prefix: str, scenario_path: str | Path | None) -> LabState:
+    internet = sc.scenario.internet
+    st = LabState(
+        prefix=prefix, scenario_path=str(scenario_path) if scenario_path else None, scenario_name=sc.scenario.name,
+        scenario=sc.scenario.model_dump(by_alias=True, exclude_none=True), cni=sc.scenario.cni,
+        iptables_backend=sc.scenario.iptables_backend, underlay_netns=f"{prefix}-underlay",
+        inet_netns=f"{prefix}-inet" if internet else None, ext_netns=f"{prefix}-ext" if internet else None,
+        inet_ip=INET_IP if internet else None, ext_ip=EXT_IP if internet else None,
+    )
+    for node in sc.nodes:
+        st.nodes[node.name] = NodeState(netns=f"{prefix}-{node.name}", ip=node.ip, pod_cidr=node.pod_cidr,
+                                        gateway_ip=node.gateway_ip)
+    for rp in sc.pods:
+        host = rp.spec.host_network
+        st.pods[rp.spec.key] = PodState(
+            netns=st.nodes[rp.spec.node].netns if host else f"{prefix}-{rp.spec.namespace}-{rp.spec.name}",
+            node=rp.spec.node, ip=rp.ip, host_network=host, veth=None if host else veth_name(rp.spec.key))
+    names = [st.underlay_netns, st.inet_netns, st.ext_netns, *(n.netns for n in st.nodes.values()),
+             *(p.netns for p in st.pods.values() if not p.host_network)]
+    dupes = {n for n in names if n and names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"namespace names collide in scenario {sc.scenario.name}: {sorted(dupes)}")
+    return st

@@ -1,0 +1,173 @@
+"""The fault catalogue: data describing how to break a lab and what the kernel (and a diagnosis) must say.
+
+Each Fault names its scenario (examples/lab/<scenario>.yaml), the probe that exposes it, the real-probe
+outcome before and after injection, the verdict a diagnosis must reach and the finding code + hop id it
+must name. Injection uses plain commands (`ip`, `iptables`, `sysctl`, `bridge`, `kill`) run inside a lab
+namespace; argv strings may hold placeholders expanded by `Lab.expand` ({pod:ns/name}, {node:name},
+{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables}).
+A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab reprograms the nodes the way
+kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
+
+tests/lab/test_faults.py asserts the kernel outcomes; the simulator's differential test reuses the same
+catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lab import netns
+from lab.dataplane import Lab
+from lab.probe import Outcome
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
+
+
+@dataclass(frozen=True)
+class Cmd:
+    where: str | None  # node, "ns/pod", ext, inet, underlay; None = the root namespace (only for kill)
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    src: str  # node name, "ns/pod", ext or inet
+    dst: str  # address reference understood by Lab.address
+    port: int
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Expected:
+    code: str  # shared/codes.py finding code
+    hop: str  # hop id, e.g. "node:node-2", "pod:shop/api-2", "service:shop/api"
+    also: tuple[str, ...] = ()  # other codes a correct diagnosis may use for the same cause
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    description: str
+    scenario: str
+    probe: ProbeSpec
+    before: Outcome
+    after: Outcome
+    finding: Expected
+    commands: tuple[Cmd, ...] = ()
+    not_ready: tuple[str, ...] = ()  # pods whose containers turn not ready (Kubernetes-level fault)
+    add_policy: dict[str, Any] | None = field(default=None, hash=False)
+    verdict_before: str = "REACHABLE"
+    verdict_after: str = "UNREACHABLE"
+
+    @property
+    def scenario_path(self) -> Path:
+        return EXAMPLES / f"{self.scenario}.yaml"
+
+    def inject(self, lab: Lab) -> None:
+        for cmd in self.commands:
+            argv = [lab.expand(a) for a in cmd.argv]
+            lab.exec(cmd.where, argv)
+            if argv[0] == "kill":
+                _wait_dead([int(a) for a in argv[1:] if a.isdigit()])
+        if self.not_ready:
+            lab.set_ready(self.not_ready, False)
+        if self.add_policy is not None:
+            lab.add_network_policy(self.add_policy)
+
+
+def _wait_dead(pids: list[int], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(netns.alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def _node(where: str, *argv: str) -> Cmd:
+    return Cmd(where, tuple(argv))
+
+
+CLIENT_TO_API2 = ProbeSpec("web/client", "pod:shop/api-2", 8080)
+DNS_TCP = ProbeSpec("web/client", "svc:kube-system/kube-dns", 53)
+
+CATALOGUE: list[Fault] = [
+    Fault("forward_drop", "an iptables DROP at the top of node-2's FORWARD chain for the destination pod",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("IPTABLES_DROP", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-I", "FORWARD", "1", "-d", "{pod:shop/api-2}/32", "-p", "tcp",
+                          "--dport", "8080", "-j", "DROP"),)),
+    Fault("pod_cidr_route_missing", "node-1 lost its host-gw route to node-2's pod CIDR (falls to the default "
+          "route; the underlay router has no route for pod CIDRs)",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("NO_ROUTE", "node:node-1", ("INVALID_ROUTE",)),
+          commands=(_node("node-1", "ip", "route", "del", "{podcidr:node-2}"),)),
+    Fault("blackhole_route", "node-1 routes node-2's pod CIDR into a blackhole",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("ROUTE_BLACKHOLE", "node:node-1"),
+          commands=(_node("node-1", "ip", "route", "replace", "blackhole", "{podcidr:node-2}"),)),
+    Fault("ip_forward_off_source_node", "net.ipv4.ip_forward=0 on the source pod's node",
+          "basic", CLIENT_TO_API2, "connected", "unreachable", Expected("IP_FORWARD_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+    Fault("ip_forward_off_destination_node", "net.ipv4.ip_forward=0 on the destination pod's node",
+          "basic", CLIENT_TO_API2, "connected", "unreachable", Expected("IP_FORWARD_DISABLED", "node:node-2"),
+          commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+    Fault("network_policy_deny", "a new NetworkPolicy admits only same-namespace clients to the api pods",
+          "basic", ProbeSpec("web/client", "pod:shop/api-1", 8080), "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-1"),
+          add_policy={
+              "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "api-from-shop-only", "namespace": "shop"},
+              "spec": {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {}}]}]},
+          }),
+    Fault("no_listener", "the destination pod's process is gone: nothing listens on 8080",
+          "basic", CLIENT_TO_API2, "connected", "refused", Expected("NO_LISTENER", "pod:shop/api-2"),
+          commands=(Cmd(None, ("kill", "-9", "{pid:shop/api-2}")),)),
+    Fault("pod_link_down", "the destination pod's eth0 is down",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("LINK_DOWN", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "link", "set", "eth0", "down"),)),
+    Fault("node_uplink_down", "node-2's underlay uplink eth0 is down",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "eth0", "down"),)),
+    Fault("veth_peer_deleted", "the node side of the destination pod's veth pair was deleted (the pod is cut off)",
+          "basic", CLIENT_TO_API2, "connected", "timeout",
+          Expected("VETH_PEER_MISSING", "pod:shop/api-2", ("LINK_DOWN",)),
+          commands=(_node("node-2", "ip", "link", "del", "{veth:shop/api-2}"),)),
+    Fault("kube_services_flushed", "nat KUBE-SERVICES flushed on the client's node: the ClusterIP is not DNATed",
+          "basic", ProbeSpec("web/client", "svc:shop/api", 80), "connected", "timeout",
+          Expected("KUBE_PROXY_RULES_MISSING", "node:node-1"),
+          commands=(_node("node-1", "{iptables}", "-t", "nat", "-F", "KUBE-SERVICES"),)),
+    Fault("service_no_endpoints", "every api pod turned not ready: kube-proxy REJECTs the ClusterIP",
+          "basic", ProbeSpec("web/client", "svc:shop/api", 80), "connected", "refused",
+          Expected("SERVICE_NO_ENDPOINT", "service:shop/api"), not_ready=("shop/api-1", "shop/api-2")),
+    Fault("hairpin_off", "hairpin off on coredns' bridge port: the pod cannot reach itself through its Service",
+          "basic", ProbeSpec("kube-system/coredns", "svc:kube-system/kube-dns", 53), "connected", "timeout",
+          Expected("HAIRPIN_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "ip", "link", "set", "{veth:kube-system/coredns}", "type", "bridge_slave",
+                          "hairpin", "off"),)),
+    Fault("bridge_nf_off", "bridge-nf-call-iptables=0 on node-1: the same-node Service reply bypasses conntrack "
+          "and reaches the client un-NATed",
+          "basic", DNS_TCP, "connected", "timeout", Expected("BRIDGE_NF_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "sysctl", "-w", "net.bridge.bridge-nf-call-iptables=0"),)),
+    Fault("rp_filter_asymmetric", "node-2 returns traffic for node-1's pod CIDR over a second uplink eth1 while "
+          "rp_filter is strict: the request arriving on eth0 fails the reverse-path check",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("RP_FILTER_DROP", "node:node-2"),
+          commands=(
+              _node("node-2", "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "rpf2", "netns",
+                    "{netns:underlay}"),
+              _node("underlay", "ip", "link", "set", "rpf2", "master", "br0", "up"),
+              _node("node-2", "ip", "link", "set", "eth1", "up"),
+              _node("node-2", "ip", "route", "replace", "{podcidr:node-1}", "via", "{node:node-1}", "dev", "eth1",
+                    "onlink"),
+              _node("node-2", "sysctl", "-w", "net.ipv4.conf.all.rp_filter=1", "net.ipv4.conf.eth0.rp_filter=1"),
+          )),
+    Fault("vxlan_fdb_wrong", "node-1's FDB entry for node-2's VTEP points at an address nobody owns",
+          "vxlan", ProbeSpec("app/frontend", "pod:app/backend-1", 9000), "connected", "timeout",
+          Expected("INVALID_ROUTE", "node:node-1", ("NEIGHBOR_FAILED",)),
+          commands=(_node("node-1", "bridge", "fdb", "replace", "{vtepmac:node-2}", "dev", "flannel.1", "dst",
+                          "172.30.0.99", "self", "permanent"),)),
+    Fault("dns_not_listening", "the coredns process is gone: DNS queries to kube-dns get ICMP port unreachable",
+          "basic", ProbeSpec("web/client", "svc:kube-system/kube-dns", 53, "udp"), "reply", "refused",
+          Expected("NO_LISTENER", "pod:kube-system/coredns"),
+          commands=(Cmd(None, ("kill", "-9", "{pid:kube-system/coredns}")),)),
+]
+
+BY_NAME = {f.name: f for f in CATALOGUE}

@@ -1,0 +1,295 @@
+"""The `netdiag` command (composition root: the one place that imports every service).
+
+Exit status of `diagnose`: 0 REACHABLE, 1 UNREACHABLE, 2 AMBIGUOUS/UNDETERMINED,
+3 usage error, 4 system error (bus/gateway unreachable, diagnosis failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from services.render import render_diagnosis
+from services.stack import EmbeddedStack
+from shared.bus import BusUnavailable
+from shared.config import Settings
+from shared.logs import setup_logging
+from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, Verdict
+
+EXIT = {Verdict.REACHABLE: 0, Verdict.UNREACHABLE: 1, Verdict.AMBIGUOUS: 2, Verdict.UNDETERMINED: 2}
+EXIT_USAGE, EXIT_SYSTEM = 3, 4
+BATCH_CONCURRENCY = 20
+DEFAULT_WAIT_S = 120.0
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_SYSTEM) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ gateway client
+
+
+async def _sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    event, data = "message", []
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\n")
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+class GatewayClient:
+    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
+        self.base = base.rstrip("/")
+        self.session = session
+
+    async def submit(self, req: DiagnosisRequest) -> str:
+        try:
+            async with self.session.post(f"{self.base}/api/v1/diagnoses", data=req.model_dump_json(),
+                                         headers={"Content-Type": "application/json"}) as resp:
+                body = await resp.json()
+                if resp.status != 202:
+                    raise CliError(f"gateway refused the request ({resp.status}): {body.get('error')}",
+                                   EXIT_USAGE if resp.status < 500 else EXIT_SYSTEM)
+                return str(body["id"])
+        except aiohttp.ClientError as exc:
+            raise CliError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+
+    async def follow(self, diagnosis_id: str, on_progress: Callable[[dict[str, Any]], None]) -> Diagnosis:
+        url = f"{self.base}/api/v1/diagnoses/{diagnosis_id}/events"
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=DEFAULT_WAIT_S)) as resp:
+            async for event, data in _sse(resp):
+                if event == "result":
+                    return Diagnosis.model_validate(data)
+                on_progress(data)
+        raise CliError(f"event stream of {diagnosis_id} ended without a result")
+
+    async def results(self) -> AsyncIterator[Diagnosis]:
+        async with self.session.get(f"{self.base}/api/v1/events",
+                                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
+            if resp.status != 200:
+                raise CliError(f"gateway refused the watch ({resp.status})")
+            async for event, data in _sse(resp):
+                if event == "result":
+                    yield Diagnosis.model_validate(data)
+
+
+@contextlib.asynccontextmanager
+async def gateway(args: argparse.Namespace) -> AsyncIterator[GatewayClient]:
+    """A running gateway (--server), or an embedded stack started for this command."""
+    async with aiohttp.ClientSession() as session:
+        if args.server:
+            yield GatewayClient(args.server, session)
+            return
+        settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=getattr(args, "kubeconfig", None),
+                                     collect_timeout_s=getattr(args, "collect_timeout", None))
+        try:
+            async with EmbeddedStack(settings) as stack:
+                yield GatewayClient(stack.url, session)
+        except BusUnavailable as exc:
+            raise CliError(str(exc)) from exc
+
+
+# ------------------------------------------------------------------ commands
+
+
+def _progress_printer(enabled: bool) -> Callable[[dict[str, Any]], None]:
+    def show(event: dict[str, Any]) -> None:
+        if enabled:
+            ms = f" {event['elapsed_ms']:.0f} ms" if event.get("elapsed_ms") else ""
+            msg = f" {event['message']}" if event.get("message") else ""
+            print(f"\r\033[K… {event['stage']}: {event['state']}{msg}{ms}", end="", file=sys.stderr, flush=True)
+    return show
+
+
+def _request_from_args(args: argparse.Namespace) -> DiagnosisRequest:
+    missing = [f"--{n}" for n in ("src", "dst", "port", "protocol") if getattr(args, n) is None]
+    if missing:
+        raise CliError(f"missing {', '.join(missing)} (or use --batch FILE)", EXIT_USAGE)
+    try:
+        return DiagnosisRequest(src=args.src, dst=args.dst, port=args.port, protocol=args.protocol)
+    except ValidationError as exc:
+        details = "; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"invalid request: {details}", EXIT_USAGE) from exc
+
+
+async def cmd_diagnose(args: argparse.Namespace) -> int:
+    if args.batch:
+        return await _diagnose_batch(args)
+    req = _request_from_args(args)
+    async with gateway(args) as gw:
+        diagnosis_id = await gw.submit(req)
+        diagnosis = await gw.follow(diagnosis_id, _progress_printer(args.output == "text" and sys.stderr.isatty()))
+    if args.output == "text" and sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    if args.output == "json":
+        print(diagnosis.model_dump_json(indent=2))
+    else:
+        print(render_diagnosis(diagnosis, verbose=args.verbose))
+    if diagnosis.status == DiagnosisStatus.FAILED or diagnosis.result is None:
+        return EXIT_SYSTEM
+    return EXIT[diagnosis.result.verdict]
+
+
+async def _diagnose_batch(args: argparse.Namespace) -> int:
+    """One request per line in, one JSON result per line out, same order; one stack start."""
+    lines = Path(args.batch).read_text().splitlines() if args.batch != "-" else sys.stdin.read().splitlines()
+    requests: list[DiagnosisRequest | str] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            requests.append(DiagnosisRequest.model_validate_json(line))
+        except ValidationError as exc:
+            requests.append(f"line {n}: " + "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors()))
+    async with gateway(args) as gw:
+        waiting: dict[str, asyncio.Future[Diagnosis]] = {}
+        ready = asyncio.Event()
+
+        async def collect() -> None:
+            results = gw.results()
+            ready.set()
+            async for d in results:
+                if d.id in waiting and not waiting[d.id].done():
+                    waiting[d.id].set_result(d)
+
+        collector = asyncio.create_task(collect())
+        await ready.wait()
+        await asyncio.sleep(0.05)  # the watch is registered before the first submit
+        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+        loop = asyncio.get_running_loop()
+
+        async def run(req: DiagnosisRequest | str) -> dict[str, Any]:
+            if isinstance(req, str):
+                return {"error": req}
+            async with slots:
+                try:
+                    diagnosis_id = await gw.submit(req)
+                except CliError as exc:
+                    return {"request": json.loads(req.model_dump_json()), "error": str(exc)}
+                fut = waiting.setdefault(diagnosis_id, loop.create_future())
+                return json.loads((await asyncio.wait_for(fut, DEFAULT_WAIT_S)).model_dump_json())
+
+        try:
+            outputs = await asyncio.gather(*(run(r) for r in requests))
+        finally:
+            collector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await collector
+    for out in outputs:
+        print(json.dumps(out))
+    return EXIT_USAGE if any("error" in o for o in outputs) else 0
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    async with aiohttp.ClientSession() as session:
+        gw = GatewayClient(args.server, session)
+        count = 0
+        async for diagnosis in gw.results():
+            if args.output == "json":
+                print(diagnosis.model_dump_json(), flush=True)
+            else:
+                print(render_diagnosis(diagnosis), "\n", flush=True)
+            count += 1
+            if args.count and count >= args.count:
+                return 0
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=args.kubeconfig)
+    stack = EmbeddedStack(settings, data_dir=args.data_dir, host=args.host, port=args.port)
+    try:
+        await stack.start()
+    except BusUnavailable as exc:
+        await stack.stop()
+        raise CliError(str(exc)) from exc
+    print(f"netdiag is up: {stack.url}  (NATS {stack.nats_url}; Ctrl-C stops)", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await stack.stop()
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="netdiag", description="Kubernetes network diagnosis: why can't A reach B?")
+    p.add_argument("--log-level", help="debug, info, warning (default), error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("diagnose", help="diagnose one path (or a batch)")
+    d.add_argument("--src", help="source IP")
+    d.add_argument("--dst", help="destination IP")
+    d.add_argument("--port", type=int, help="destination port")
+    d.add_argument("--protocol", choices=["tcp", "udp"], help="tcp or udp")
+    d.add_argument("--batch", help="JSONL file of requests ('-' = stdin); prints one JSON result per line")
+    d.add_argument("--server", help="gateway URL; without it an embedded stack runs for this command")
+    d.add_argument("--snapshot", type=Path, help="snapshot directory to diagnose (embedded stack)")
+    d.add_argument("--kubeconfig", type=Path, help="live cluster (embedded stack)")
+    d.add_argument("--collect-timeout", type=float, help="seconds to wait for node agents (default 5)")
+    d.add_argument("--output", choices=["text", "json"], default="text")
+    d.add_argument("-v", "--verbose", action="store_true", help="show every step of every hop")
+    d.set_defaults(func=cmd_diagnose)
+
+    w = sub.add_parser("watch", help="print every diagnosis as it completes")
+    w.add_argument("--server", default="http://127.0.0.1:8080")
+    w.add_argument("--output", choices=["text", "json"], default="text")
+    w.add_argument("--count", type=int, help="stop after this many")
+    w.set_defaults(func=cmd_watch)
+
+    u = sub.add_parser("up", help="run NATS, every service and the gateway in this process")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=8080)
+    u.add_argument("--data-dir", type=Path, default=Path.home() / ".netdiag")
+    u.add_argument("--snapshot", type=Path)
+    u.add_argument("--kubeconfig", type=Path)
+    u.set_defaults(func=cmd_up)
+
+    for plugin in entry_points(group="netdiag.commands"):
+        try:
+            plugin.load()(sub)
+        except (ImportError, AttributeError) as exc:
+            print(f"netdiag: command plugin {plugin.name!r} unavailable: {exc}", file=sys.stderr)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    func = args.func
+    try:
+        result = func(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except CliError as exc:
+        print(f"netdiag: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

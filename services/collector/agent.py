@@ -1,0 +1,148 @@
+"""The node agent: answers `netdiag.node.<node>.collect` with a reference to this node's dump.
+
+Request/reply on NATS, in the queue group `netdiag-agent-<node>` (two agents per node are
+safe: one answers). The dump goes to the JetStream object store (gzip JSON); the reply is
+small. The agent runs in its node's host network namespace — or, in the lab, treats a named
+netns as that (`--netns`) — and only ever reads. It refuses requests naming another node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import time
+
+from nats.aio.msg import Msg
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
+
+from services.collector.reader import collect_node
+from services.collector.reader.netns import host_ref
+from shared.bus import Bus, node_collect_subject
+from shared.config import Settings
+from shared.netstack import encode_dump
+from shared.schemas import BlobRef
+
+log = logging.getLogger("netdiag.agent")
+
+MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class CollectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    node: str = Field(min_length=1, max_length=253)
+    diagnosis_id: str | None = Field(None, max_length=64)
+    pod_ips: dict[IPvAnyAddress, str] = Field(
+        default_factory=dict, max_length=100_000, description="pod IP → 'namespace/name', to name pod namespaces")
+
+
+class CollectReply(BaseModel):
+    node: str
+    ok: bool
+    blob: BlobRef | None = None
+    error: str | None = None
+    duration_ms: float = 0.0
+    namespaces: int = 0
+    size: int = Field(0, description="uncompressed JSON bytes")
+
+
+def queue_group(node: str) -> str:
+    return f"netdiag-agent-{node}"
+
+
+def blob_name(node: str, diagnosis_id: str | None) -> str:
+    """Keyed by diagnosis and node, so a redelivered request overwrites rather than piles up."""
+    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else f"adhoc-{time.time_ns()}"
+    return f"nodes/{key}/{_SAFE.sub('_', node)}.json.gz"
+
+
+class NodeAgent:
+    def __init__(self, bus: Bus, node: str, netns: str | None = None,
+                 max_dump_bytes: int = MAX_DUMP_BYTES) -> None:
+        self.bus = bus
+        self.node = node
+        self.netns = netns
+        self.max_dump_bytes = max_dump_bytes
+        self._sub = None
+        self._lock = asyncio.Lock()  # one collection at a time: bounded CPU and memory per node
+
+    async def start(self) -> None:
+        self._sub = await self.bus.nc.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
+                                                cb=self._on_request)
+        await self.bus.nc.flush()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _on_request(self, msg: Msg) -> None:
+        reply = await self.answer(msg.data)
+        if msg.reply:
+            await msg.respond(reply.model_dump_json().encode())
+
+    async def answer(self, data: bytes) -> CollectReply:
+        try:
+            request = CollectRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return CollectReply(node=self.node, ok=False, error=f"invalid request: {exc.errors()[:3]}")
+        if request.node != self.node:
+            return CollectReply(node=self.node, ok=False,
+                                error=f"this agent serves node {self.node!r}, not {request.node!r}")
+        try:
+            async with self._lock:
+                return await self._collect(request)
+        except Exception as exc:  # the requester gets the reason instead of a timeout
+            log.exception("collection failed")
+            return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}")
+
+    async def _collect(self, request: CollectRequest) -> CollectReply:
+        pod_ips = {str(ip): pod for ip, pod in request.pod_ips.items()}
+        dump = await asyncio.to_thread(collect_node, self.node, self.netns, pod_ips)
+        raw_size = len(dump.model_dump_json(exclude_none=True))
+        data = encode_dump(dump)
+        if len(data) > self.max_dump_bytes:
+            return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
+                                error=f"dump of {len(data)} compressed bytes exceeds the limit of "
+                                      f"{self.max_dump_bytes}")
+        ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), data)
+        return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
+                            namespaces=1 + len(dump.pods), size=raw_size)
+
+
+async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str | None = None,
+                       pod_ips: dict[str, str] | None = None) -> CollectReply:
+    """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
+    nobody answers in time; an invalid reply becomes a failed CollectReply."""
+    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {})  # type: ignore[arg-type]
+    msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
+    try:
+        return CollectReply.model_validate_json(msg.data)
+    except ValidationError as exc:
+        return CollectReply(node=node, ok=False, error=f"invalid reply: {exc.errors()[:2]}")
+
+
+async def run_agent(settings: Settings, node: str, netns: str | None = None,
+                    stop: asyncio.Event | None = None) -> None:
+    """`netdiag agent --node NAME [--netns NS]`: serve until stop is set (or SIGINT/SIGTERM)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    if netns:
+        host_ref(netns)  # fail at start, clearly, if the namespace does not exist
+    bus = await Bus.connect(name=f"agent-{node}", settings=settings)
+    agent = NodeAgent(bus, node, netns)
+    try:
+        await agent.start()
+        log.info("agent for node %s serving %s", node, node_collect_subject(node))
+        await stop.wait()
+    finally:
+        await agent.stop()
+        await bus.close()

@@ -1,0 +1,131 @@
+"""Read one node's network state — its host namespace and every pod namespace on it — into
+a `shared.netstack.NodeDump`. Read-only: nothing here changes kernel state.
+
+Pod namespaces are discovered generically (docs/node-dump.md): every network namespace
+reachable through /proc/*/ns/net and /var/run/netns whose veths all lead into this node's
+host namespace (the pod side of a CNI veth pair) is a pod namespace. A namespace with veths
+into a third namespace (another node on a lab underlay) or holding a bridge (a switch) is not. Pods are named by
+matching the namespace's addresses against the pod IPs the caller passes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from services.collector.reader import netfilter, netns, procfs, rtnl, sockets
+from services.collector.reader.facts import read_facts
+from services.collector.reader.netns import NetnsRef
+from shared.netstack import NetnsDump, NodeDump
+
+HOST_ID = "host"
+HOST_KEY = "host"
+
+
+def _read_namespace(ns_id: str, ref: NetnsRef, lookups: dict[str, str],
+                    accept: Callable[[rtnl.RtnlState], bool] | None = None,
+                    ) -> tuple[NetnsDump, rtnl.RtnlState] | None:
+    """Everything about one namespace; runs inside it. None when `accept` rejects it."""
+    rt = rtnl.read_rtnl(lookups)
+    if accept is not None and not accept(rt):
+        return None
+    dump = NetnsDump(id=ns_id, inode=ref.inode, names=ref.names, links=rt.links, routes=rt.routes,
+                     rules=rt.rules, neighbors=rt.neighbors, fdb=rt.fdb)
+    parts: list[tuple[str, Callable[[], object]]] = [
+        ("sysctls", lambda: procfs.read_sysctls([link.name for link in rt.links])),
+        ("netfilter", lambda: netfilter.read_netfilter(dump.errors)),
+        ("sockets", sockets.read_sockets),
+        ("counters", procfs.read_counters),
+    ]
+    for name, read in parts:
+        try:
+            setattr(dump, name, read())
+        except Exception as exc:  # one unreadable part must not cost the rest of the namespace
+            dump.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    return dump, rt
+
+
+def _is_pod_of(rt: rtnl.RtnlState) -> bool:
+    """Every veth leads into the host (or stays local), at least one does, and it holds no
+    bridge (a lab's underlay switch namespace does)."""
+    host_nsid = rt.nsids.get(HOST_KEY, -1)
+    peers = set(rt.peer_nsids.values())
+    return host_nsid >= 0 and peers == {host_nsid} and not any(link.kind == "bridge" for link in rt.links)
+
+
+def _link_peers(host: NetnsDump, host_rt: rtnl.RtnlState, pods: list[tuple[NetnsDump, rtnl.RtnlState]],
+                inode_by_key: dict[str, int]) -> None:
+    """Fill peer_netns / peer_name / peer_missing across the namespaces of this dump."""
+    by_id = {host.id: host, **{p.id: p for p, _ in pods}}
+    id_by_nsid = {nsid: f"netns:{inode_by_key[key]}" for key, nsid in host_rt.nsids.items() if nsid >= 0}
+    for ns, rt in [(host, host_rt), *pods]:
+        pod_side = ns is not host
+        for link in ns.links:
+            if link.kind != "veth" or link.peer_index is None:
+                continue
+            nsid = rt.peer_nsids.get(link.index)
+            if nsid is None:
+                link.peer_netns = ns.id
+            elif pod_side:
+                link.peer_netns = HOST_ID if nsid == rt.nsids.get(HOST_KEY) else None
+            else:
+                link.peer_netns = id_by_nsid.get(nsid)
+            peer_ns = by_id.get(link.peer_netns or "")
+            if peer_ns is not None:
+                peer = next((x for x in peer_ns.links if x.index == link.peer_index), None)
+                link.peer_name = peer.name if peer else None
+                link.peer_missing = peer is None
+
+
+def _name_pods(pods: list[NetnsDump], pod_ips: dict[str, str]) -> None:
+    wanted = {ipaddress.ip_address(ip): pod for ip, pod in pod_ips.items()}
+    for ns in pods:
+        for link in ns.links:
+            for cidr in link.addresses:
+                pod = wanted.get(ipaddress.ip_interface(cidr).ip)
+                if pod and ns.pod is None:
+                    ns.pod = pod
+
+
+def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, str] | None = None,
+                 workers: int = 4) -> NodeDump:
+    """Dump `node`. netns_name: the named netns that is this node's host namespace (the lab);
+    default the caller's own. pod_ips: pod IP → 'namespace/name', to name pod namespaces."""
+    started = time.perf_counter()
+    collected_at = datetime.now(UTC)
+    host_ref = netns.host_ref(netns_name)
+    candidates = netns.discover(host_ref.inode)
+    lookups = {str(c.inode): c.path for c in candidates}
+    host_result = netns.run_in(host_ref, lambda: _read_namespace(HOST_ID, host_ref, lookups))
+    assert host_result is not None
+    host, host_rt = host_result
+    peer_nsids = set(host_rt.peer_nsids.values())
+    linked = [c for c in candidates if host_rt.nsids.get(str(c.inode), -1) in peer_nsids]
+    pod_lookups = {HOST_KEY: host_ref.path}
+
+    def reader(ref: NetnsRef) -> Callable[[], tuple[NetnsDump, rtnl.RtnlState] | None]:
+        return lambda: _read_namespace(ref.id, ref, pod_lookups, accept=_is_pod_of)
+
+    results = netns.run_many([(ref, reader(ref)) for ref in linked], workers=workers)
+    errors: list[str] = []
+    pods = []
+    for ref, result in zip(linked, results, strict=True):
+        if isinstance(result, BaseException):
+            errors.append(f"netns {ref.id} ({ref.path}): {type(result).__name__}: {result}")
+        elif result is not None:
+            pods.append(result)
+    _link_peers(host, host_rt, pods, {str(c.inode): c.inode for c in candidates})
+    pod_dumps = [p for p, _ in pods]
+    _name_pods(pod_dumps, pod_ips or {})
+    try:
+        facts = read_facts()
+    except Exception as exc:  # facts are informative only
+        errors.append(f"facts: {exc}")
+        facts = None
+    dump = NodeDump(node=node, collected_at=collected_at, host=host, pods=pod_dumps, errors=errors)
+    if facts is not None:
+        dump.facts = facts
+    dump.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+    return dump

@@ -1,0 +1,1 @@
+"""The dataplane engines: policy routing and netfilter, as pure libraries over the node dumps."""

@@ -1,0 +1,221 @@
+"""Cluster detection: CNI (and whether it enforces NetworkPolicy), kube-proxy mode, CIDRs, DNS.
+
+Everything is read from objects (DaemonSets, ConfigMaps, Nodes, Services, the
+kube-apiserver static pod); what cannot be determined becomes an Assumption and a
+conservative default, never an exception (KubeSkoop aborts here: its issues #313, #322).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import yaml
+
+from services.topology.model import ClusterModel, Obj, service_cluster_ips
+from shared.schemas import Assumption
+from shared.topology import ClusterInfo
+
+STAGE = "topology"
+POLICY_AGENTS = ("kube-router", "calico-node", "canal", "cilium", "antrea-agent", "weave-net")
+DNS_SERVICE_KEYS = ("kube-system/kube-dns", "kube-system/coredns")
+_SERVICE_RANGE_FLAG = re.compile(r"--service-cluster-ip-range=(\S+)")
+_PROXY_MODE_FLAG = re.compile(r"--proxy-mode=(\S*)")
+
+
+@dataclass
+class Detection:
+    info: ClusterInfo
+    assumptions: list[Assumption] = field(default_factory=list)
+
+
+def _assume(out: Detection, text: str, could_change: bool = True) -> None:
+    out.assumptions.append(Assumption(stage=STAGE, text=text, could_change_outcome=could_change))
+
+
+def _images(ds: Obj) -> str:
+    containers = ((((ds.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+    return " ".join(f"{c.get('name', '')} {c.get('image', '')}" for c in containers)
+
+
+def _container_args(ds: Obj) -> str:
+    containers = ((((ds.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+    return " ".join(" ".join(map(str, (c.get("command") or []) + (c.get("args") or []))) for c in containers)
+
+
+def _daemonset(model: ClusterModel, *needles: str) -> Obj | None:
+    """A DaemonSet whose name (or a container image) names one of `needles`."""
+    for key, ds in sorted(model.objects["DaemonSet"].items()):
+        name = key.split("/", 1)[-1]
+        if any(n == name or name.startswith(n + "-") or f"/{n}:" in _images(ds) for n in needles):
+            return ds
+    return None
+
+
+def _config_data(model: ClusterModel, *names: str) -> dict[str, str] | None:
+    for key, cm in sorted(model.objects["ConfigMap"].items()):
+        if key.split("/", 1)[-1] in names:
+            return {str(k): str(v) for k, v in (cm.get("data") or {}).items()}
+    return None
+
+
+def _flannel_backend(data: dict[str, str] | None, out: Detection) -> str:
+    if data is None or "net-conf.json" not in data:
+        _assume(out, "flannel found but its net-conf.json is not available: backend assumed vxlan")
+        return "vxlan"
+    try:
+        backend = (json.loads(data["net-conf.json"]).get("Backend") or {}).get("Type")
+    except ValueError as exc:
+        _assume(out, f"flannel net-conf.json is not valid JSON ({exc}): backend assumed vxlan")
+        return "vxlan"
+    if not backend:
+        _assume(out, "flannel net-conf.json sets no Backend.Type: flannel's default udp backend assumed")
+        return "udp"
+    return str(backend).lower()
+
+
+def _detect_cni(model: ClusterModel, out: Detection) -> None:
+    info = out.info
+    terway = _daemonset(model, "terway", "terway-eniip", "terway-eni", "terway-eniip-v2")
+    calico = _daemonset(model, "calico-node")
+    cilium = _daemonset(model, "cilium")
+    canal = _daemonset(model, "canal")
+    flannel = _daemonset(model, "kube-flannel-ds", "kube-flannel", "flannel")
+    agent = next((ds for ds in (_daemonset(model, a) for a in POLICY_AGENTS) if ds is not None), None)
+    if terway is not None:
+        info.cni = "terway"
+        data = _config_data(model, "eni-config")
+        flag = (data or {}).get("disable_network_policy")
+        if flag is None:
+            info.enforces_network_policy = True
+            _assume(out, "terway found without eni-config disable_network_policy: policies assumed enforced")
+        else:
+            info.enforces_network_policy = flag.strip().lower() != "true"
+    elif cilium is not None:
+        info.cni = "cilium"
+        mode = (_config_data(model, "cilium-config") or {}).get("enable-policy", "default")
+        info.enforces_network_policy = mode != "never"
+    elif calico is not None and canal is None and flannel is None:
+        info.cni = "calico"
+        info.enforces_network_policy = True
+    elif flannel is not None or canal is not None:
+        data = _config_data(model, "kube-flannel-cfg", "canal-config", "flannel-cfg")
+        info.cni = f"flannel-{_flannel_backend(data, out)}"
+        info.enforces_network_policy = (canal is not None or calico is not None) or agent is not None
+    else:
+        info.cni = "unknown"
+        info.enforces_network_policy = None
+        _assume(out, "the CNI could not be detected (no known CNI DaemonSet): NetworkPolicies are assumed "
+                "to be enforced")
+
+
+def _detect_kube_proxy(model: ClusterModel, out: Detection) -> None:
+    data = _config_data(model, "kube-proxy")
+    if data and "config.conf" in data:
+        try:
+            conf = yaml.safe_load(data["config.conf"]) or {}
+            out.info.kube_proxy_mode = str(conf.get("mode") or "iptables")  # "" is iptables
+            return
+        except yaml.YAMLError as exc:
+            _assume(out, f"kube-proxy config.conf cannot be parsed ({exc})")
+    ds = _daemonset(model, "kube-proxy")
+    if ds is not None:
+        match = _PROXY_MODE_FLAG.search(_container_args(ds))
+        out.info.kube_proxy_mode = (match.group(1) if match else "") or "iptables"
+        return
+    cilium_cfg = _config_data(model, "cilium-config") or {}
+    if cilium_cfg.get("kube-proxy-replacement") in ("true", "strict"):
+        out.info.kube_proxy_mode = "cilium-ebpf"
+        return
+    out.info.kube_proxy_mode = "unknown"
+    _assume(out, "kube-proxy mode unknown (no kube-proxy ConfigMap or DaemonSet): the Service dataplane is "
+            "read from the collected rules only")
+
+
+def _supernet(addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]) -> list[str]:
+    """Smallest prefix per family covering all addresses (a lower bound of the service CIDR)."""
+    nets = []
+    for version in (4, 6):
+        ips = sorted(int(a) for a in addresses if a.version == version)
+        if not ips:
+            continue
+        bits = 32 if version == 4 else 128
+        prefix = bits - (ips[0] ^ ips[-1]).bit_length()
+        cls = ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network
+        nets.append(str(cls((ips[0], prefix), strict=False)))
+    return nets
+
+
+def _detect_cidrs(model: ClusterModel, out: Detection) -> None:
+    info = out.info
+    pod_cidrs: set[str] = set()
+    for node in model.objects["Node"].values():
+        spec = node.get("spec") or {}
+        pod_cidrs.update(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+    info.pod_cidrs = sorted(pod_cidrs)
+    if not pod_cidrs:
+        _assume(out, "nodes carry no podCIDR (CNI-managed IPAM): pod addresses are known only from pods",
+                could_change=False)
+    for key in sorted(model.pods_by_component.get("kube-apiserver", ())):
+        pod = model.objects["Pod"].get(key) or {}
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            match = _SERVICE_RANGE_FLAG.search(" ".join(map(str, (container.get("command") or [])
+                                                            + (container.get("args") or []))))
+            if match:
+                info.service_cidrs = match.group(1).split(",")
+                return
+    cluster_ips = [ip for svc in model.objects["Service"].values() for ip in service_cluster_ips(svc)]
+    info.service_cidrs = _supernet(cluster_ips)
+    if cluster_ips:
+        _assume(out, f"service CIDR inferred from the ClusterIPs in use: {', '.join(info.service_cidrs)}",
+                could_change=False)
+    else:
+        _assume(out, "service CIDR unknown (no ClusterIPs, no kube-apiserver flags)", could_change=False)
+
+
+def _detect_dns(model: ClusterModel, out: Detection) -> None:
+    for key in DNS_SERVICE_KEYS:
+        svc = model.get("Service", key)
+        if svc is not None:
+            out.info.cluster_dns = service_cluster_ips(svc)
+            return
+    for svc in model.objects["Service"].values():
+        labels = (svc.get("metadata") or {}).get("labels") or {}
+        if (svc.get("metadata") or {}).get("namespace") == "kube-system" and labels.get("k8s-app") in (
+                "kube-dns", "coredns"):
+            out.info.cluster_dns = service_cluster_ips(svc)
+            return
+    _assume(out, "no cluster DNS Service found in kube-system", could_change=False)
+
+
+class Detector:
+    """Caches the detection until one of the kinds it reads changes (a diagnosis re-uses it)."""
+
+    _KINDS = ("Node", "Service", "DaemonSet", "ConfigMap")
+
+    def __init__(self, model: ClusterModel) -> None:
+        self.model = model
+        self._stamp: tuple[int, ...] | None = None
+        self._cached: Detection | None = None
+
+    def detect(self) -> Detection:
+        with self.model.lock:
+            stamp = (*(self.model.generation[k] for k in self._KINDS),
+                     len(self.model.pods_by_component.get("kube-apiserver", ())))
+            if self._cached is None or stamp != self._stamp:
+                self._cached, self._stamp = detect(self.model), stamp
+            return self._cached
+
+
+def detect(model: ClusterModel) -> Detection:
+    out = Detection(ClusterInfo())
+    with model.lock:
+        _detect_cni(model, out)
+        _detect_kube_proxy(model, out)
+        _detect_cidrs(model, out)
+        _detect_dns(model, out)
+    return out
+

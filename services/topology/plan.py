@@ -1,0 +1,133 @@
+"""The collection plan: classify both ends, resolve the Service, list candidate paths, the
+nodes to collect from and the object slice the simulator needs (built from indexes only:
+no scan over all pods per diagnosis)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from services.topology.classify import Classification, classify
+from services.topology.detect import Detector
+from services.topology.model import KINDS, ClusterModel
+from services.topology.services import Resolved, resolve_service
+from shared.schemas import Assumption, DiagnosisRequest, Finding
+from shared.topology import CandidatePath, ClusterObjects, Endpoint, EndpointKind, TopologyReport
+
+STAGE = "topology"
+_HOSTED = {EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE, EndpointKind.NODE_PORT}
+_OBJECT_FIELDS = {
+    "Pod": "pods", "Namespace": "namespaces", "Node": "nodes", "Service": "services",
+    "EndpointSlice": "endpointslices", "NetworkPolicy": "networkpolicies",
+}
+
+
+@dataclass
+class Planner:
+    """Holds the model and its cached detection; one per source, shared by diagnoses."""
+
+    model: ClusterModel
+    source: str
+
+    def __post_init__(self) -> None:
+        self.detector = Detector(self.model)
+
+    def plan(self, request: DiagnosisRequest) -> TopologyReport:
+        return build_report(self.model, self.detector, request, self.source)
+
+
+def _unique(items: Iterable[str | None]) -> list[str]:
+    return sorted({i for i in items if i})
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    seen: set[tuple[str, str | None, str]] = set()
+    out = []
+    for f in findings:
+        key = (f.code, f.hop, f.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None) -> list[CandidatePath]:
+    if resolved is None:
+        return [CandidatePath(id="p0", src_node=src.node, dst_node=dst.node, dst_address=dst.address,
+                              dst_port=port, dst_pod=dst.pod, description=f"{src.description} → {dst.description}")]
+    paths = []
+    entry_default = resolved.entry_nodes[0] if len(resolved.entry_nodes) == 1 else None
+    for i, b in enumerate(resolved.used):
+        entry = entry_default or (b.node if b.node in resolved.entry_nodes or not resolved.entry_nodes else None)
+        paths.append(CandidatePath(
+            id=f"p{i}", src_node=src.node, dst_node=b.node, dst_address=b.address, dst_port=b.port,
+            dst_pod=b.pod, entry_node=entry, backend=b,
+            description=f"{src.description} → {resolved.resolution.service} → {b.pod or b.address}:{b.port}",
+        ))
+    return paths
+
+
+def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolved | None,
+             nodes: list[str]) -> ClusterObjects:
+    """The pods involved plus what evaluating their NetworkPolicies needs: the policies of
+    the src and dst namespaces and the labels of those namespaces (the peers)."""
+    pod_keys = _unique([src.pod, dst.pod, *((b.pod for b in resolved.resolution.backends) if resolved else ())])
+    pods = [p for p in (model.get("Pod", k) for k in pod_keys) if p is not None]
+    namespaces = _unique(k.split("/", 1)[0] for k in pod_keys)
+    service = model.get("Service", resolved.resolution.service) if resolved else None
+    return ClusterObjects(
+        pods=pods,
+        namespaces=[n for n in (model.get("Namespace", ns) for ns in namespaces) if n is not None],
+        nodes=[n for n in (model.get("Node", name) for name in nodes) if n is not None],
+        services=[service] if service else [],
+        endpointslices=model.slices_of(resolved.resolution.service) if resolved else [],
+        networkpolicies=[p for ns in namespaces for p in model.policies_in(ns)],
+    )
+
+
+def full_objects(model: ClusterModel) -> ClusterObjects:
+    """Every object, for a whole-cluster policy matrix."""
+    with model.lock:
+        return ClusterObjects(**{_OBJECT_FIELDS[k]: list(model.objects[k].values())
+                                 for k in KINDS if k in _OBJECT_FIELDS})
+
+
+def _ambiguity(role: str, found: Classification) -> list[Assumption]:
+    if not found.ambiguous:
+        return []
+    return [Assumption(stage=STAGE, could_change_outcome=True, text=(
+        f"{role} address {found.endpoint.address} is claimed by several objects: using "
+        f"{found.endpoint.pod or found.endpoint.service}, also {', '.join(found.ambiguous)}"))]
+
+
+def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequest, source: str) -> TopologyReport:
+    protocol = request.protocol.upper()
+    detection = detector.detect()
+    with model.lock:
+        src = classify(model, request.src, role="src")
+        dst = classify(model, request.dst, port=request.port, protocol=protocol, role="dst")
+        resolved: Resolved | None = None
+        if dst.service is not None:
+            resolved = resolve_service(model, dst.service, src=src.endpoint, dst=dst.endpoint, port=request.port,
+                                       protocol=protocol)
+            if request.dst in detection.info.cluster_dns:
+                dst.endpoint.description += " (cluster DNS)"
+        paths = _paths(src.endpoint, dst.endpoint, request.port, resolved)
+        hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED]
+        if resolved is not None:
+            hosted += [b.node for b in resolved.used] + resolved.entry_nodes
+        nodes = _unique(hosted)
+        objects = _objects(model, src.endpoint, dst.endpoint, resolved, nodes)
+    findings = src.findings + dst.findings + (resolved.findings if resolved else [])
+    assumptions = [*detection.assumptions, *_ambiguity("source", src), *_ambiguity("destination", dst),
+                   *(resolved.assumptions if resolved else [])]
+    if src.kind == EndpointKind.PUBLIC and dst.kind not in (EndpointKind.LOAD_BALANCER_IP, EndpointKind.NODE_PORT,
+                                                             EndpointKind.SERVICE_EXTERNAL_IP):
+        assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
+            f"source {request.src} is outside the cluster and {dst.endpoint.description} is not exposed through "
+            "a LoadBalancer, NodePort or externalIP: reachability depends on routing outside the cluster")))
+    return TopologyReport(
+        source=source, src=src.endpoint, dst=dst.endpoint, service=resolved.resolution if resolved else None,
+        paths=paths, nodes_to_collect=nodes, cluster=detection.info, objects=objects,
+        findings=_dedupe(findings), assumptions=assumptions,
+    )

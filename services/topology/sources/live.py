@@ -1,0 +1,232 @@
+"""Live source: informer-style list+watch caches over the official `kubernetes` client.
+
+One daemon thread per resource lists (paginated) and then watches from the list's
+resourceVersion, applying each event to the shared ClusterModel, so a diagnosis reads a
+warm cache and never re-lists. A watch that ends (server timeout) resumes from the last
+seen resourceVersion (bookmarks keep it fresh); 410 Gone / "too old resource version"
+re-lists. Objects are trimmed on arrival (no managedFields, no last-applied, no pod
+bulk), and no event queue exists between the stream and the model: memory is bounded
+by the cluster's (trimmed) size.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from services.topology.model import ClusterModel, Obj, trim
+
+log = logging.getLogger("netdiag.topology.live")
+
+# Namespaces whose ConfigMaps detection reads (CNI and kube-proxy configuration).
+DETECTION_NAMESPACES = ("kube-system", "kube-flannel", "calico-system")
+HTTP_GONE = 410
+
+
+class ResourceExpired(Exception):
+    """The watch's resourceVersion is gone (410): re-list."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str
+    lister: Callable[..., Any]
+    namespace: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}@{self.namespace}" if self.namespace else self.kind
+
+
+def resources(api: client.ApiClient) -> list[Resource]:
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    discovery, networking = client.DiscoveryV1Api(api), client.NetworkingV1Api(api)
+    out = [
+        Resource("Node", core.list_node),
+        Resource("Namespace", core.list_namespace),
+        Resource("Pod", core.list_pod_for_all_namespaces),
+        Resource("Service", core.list_service_for_all_namespaces),
+        Resource("EndpointSlice", discovery.list_endpoint_slice_for_all_namespaces),
+        Resource("NetworkPolicy", networking.list_network_policy_for_all_namespaces),
+        Resource("DaemonSet", apps.list_daemon_set_for_all_namespaces),
+    ]
+    out += [Resource("ConfigMap", _namespaced(core.list_namespaced_config_map, ns), ns) for ns in DETECTION_NAMESPACES]
+    return out
+
+
+def _namespaced(fn: Callable[..., Any], namespace: str) -> Callable[..., Any]:
+    def call(**kwargs: Any) -> Any:
+        return fn(namespace, **kwargs)
+    return call
+
+
+def api_client(kubeconfig: Path | str | None = None) -> client.ApiClient:
+    """A kubeconfig when given; else the in-cluster service account; else ~/.kube/config."""
+    if kubeconfig:
+        return config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        cfg = client.Configuration()
+        config.load_incluster_config(client_configuration=cfg)
+        return client.ApiClient(cfg)
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+@dataclass
+class _State:
+    resource_version: str | None = None
+    synced: threading.Event = field(default_factory=threading.Event)
+    lists: int = 0
+    events: int = 0
+    last_error: str | None = None
+
+
+class LiveSource:
+    """Keeps a ClusterModel in sync with the API server. `start()` then `wait_synced()`."""
+
+    def __init__(self, api: client.ApiClient, model: ClusterModel | None = None, *, page_size: int = 500,
+                 watch_timeout_s: int = 240, retry_s: float = 1.0) -> None:
+        self.api = api
+        self.model = model or ClusterModel()
+        self.page_size = page_size
+        self.watch_timeout_s = watch_timeout_s
+        self.retry_s = retry_s
+        self.resources = resources(api)
+        self.state = {r.name: _State() for r in self.resources}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._open: dict[str, Any] = {}  # resource → its open watch response (closed on stop)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> LiveSource:
+        for res in self.resources:
+            t = threading.Thread(target=self._run, args=(res,), name=f"netdiag-watch-{res.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def wait_synced(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(st.synced.wait(max(0.0, deadline - time.monotonic())) for st in self.state.values())
+
+    @property
+    def synced(self) -> bool:
+        return all(st.synced.is_set() for st in self.state.values())
+
+    def errors(self) -> dict[str, str]:
+        return {name: st.last_error for name, st in self.state.items() if st.last_error}
+
+    def stop(self) -> None:
+        self._stop.set()
+        for resp in list(self._open.values()):
+            try:
+                resp.close()
+            except Exception:  # closing a half-dead socket may raise anything; we are leaving
+                log.debug("closing a watch response failed", exc_info=True)
+        for t in self._threads:
+            t.join(timeout=5)
+
+    # ------------------------------------------------------------ informer loop
+
+    def _run(self, res: Resource) -> None:
+        st = self.state[res.name]
+        while not self._stop.is_set():
+            try:
+                if st.resource_version is None:
+                    st.resource_version = self._list(res)
+                    st.lists += 1
+                    st.synced.set()
+                st.resource_version = self._watch(res, st)
+                st.last_error = None
+            except ResourceExpired:
+                log.info("%s: resourceVersion expired, re-listing", res.name)
+                st.resource_version = None
+            except Exception as exc:  # API down, RBAC, network: keep the cache, retry with a pause
+                if self._stop.is_set():
+                    return
+                st.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("%s: %s; retrying in %.1fs", res.name, st.last_error, self.retry_s)
+                if isinstance(exc, ApiException) and exc.status == HTTP_GONE:
+                    st.resource_version = None
+                self._stop.wait(self.retry_s)
+
+    def _list(self, res: Resource) -> str:
+        items: list[Obj] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": self.page_size, "_preload_content": False}
+            if token:
+                kwargs["_continue"] = token
+            try:
+                body = json.loads(res.lister(**kwargs).data)
+            except ApiException as exc:
+                if exc.status == HTTP_GONE and token:  # the continue token expired: start over
+                    items, token = [], None
+                    continue
+                raise
+            items += [trim(res.kind, item) for item in body.get("items") or []]
+            meta = body.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                self.model.replace(res.kind, items, namespace=res.namespace)
+                return str(meta.get("resourceVersion") or "")
+
+    def _watch(self, res: Resource, st: _State) -> str | None:
+        resp = res.lister(watch=True, resource_version=st.resource_version, allow_watch_bookmarks=True,
+                          timeout_seconds=self.watch_timeout_s, _preload_content=False,
+                          _request_timeout=(10, self.watch_timeout_s + 30))
+        self._open[res.name] = resp
+        rv = st.resource_version
+        try:
+            for line in iter_resp_lines(resp):
+                if self._stop.is_set():
+                    break
+                if not line:
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == HTTP_GONE:
+                        raise ResourceExpired(obj.get("message"))
+                    raise ApiException(status=obj.get("code"), reason=f"{obj.get('reason')}: {obj.get('message')}")
+                rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                if kind in ("ADDED", "MODIFIED", "DELETED"):
+                    self.model.apply(kind, res.kind, trim(res.kind, obj))
+                    st.events += 1
+        finally:
+            self._open.pop(res.name, None)
+            resp.close()
+            resp.release_conn()
+        return rv
+
+
+_registry: dict[str, LiveSource] = {}
+_registry_lock = threading.Lock()
+
+
+def shared_live_source(kubeconfig: Path | str | None = None) -> LiveSource:
+    """One warm cache per process and kubeconfig: diagnoses share it, never re-list."""
+    key = str(kubeconfig or "")
+    with _registry_lock:
+        source = _registry.get(key)
+        if source is None:
+            source = _registry[key] = LiveSource(api_client(kubeconfig)).start()
+        return source
+
+
+def close_shared_live_sources() -> None:
+    with _registry_lock:
+        for source in _registry.values():
+            source.stop()
+        _registry.clear()

@@ -1,0 +1,60 @@
+"""A diagnosis crosses all five services over real NATS JetStream, is stored and served,
+and carries one trace id from the gateway through every stage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.foundation.helpers import TIMED_STAGES, completed_events, post, run_to_end, sse_events, stack_on
+
+
+async def test_diagnosis_crosses_all_five_services_and_is_served(nats_url: str) -> None:
+    async with stack_on(nats_url) as st, aiohttp.ClientSession() as http:
+        doc = await run_to_end(http, st.url)
+    assert doc["status"] == "completed", doc
+    assert doc["error"] is None
+    assert doc["result"]["verdict"] == "UNDETERMINED"  # the real simulator, with no topology to follow
+    assert any(a["stage"] == "simulator" for a in doc["result"]["assumptions"])
+    assert set(doc["timings_ms"]) == set(TIMED_STAGES)
+    assert all(t >= 0 for t in doc["timings_ms"].values())
+    assert doc["completed_at"] >= doc["created_at"]
+    assert len(await completed_events(nats_url, doc["id"])) == 1
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):  # the global provider can be set once per process
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.clear()
+
+
+async def test_one_trace_id_across_gateway_and_stages(nats_url: str, spans: InMemorySpanExporter) -> None:
+    async with stack_on(nats_url) as st, aiohttp.ClientSession() as http:
+        diagnosis_id = await post(http, st.url)
+        await sse_events(http, st.url, diagnosis_id)
+        expected = {"netdiag.gateway.create_diagnosis", "netdiag.topology", "netdiag.collector",
+                    "netdiag.cloud", "netdiag.simulator", "netdiag.gateway-store"}
+        for _ in range(50):  # the sink's span ends just after it stored the result
+            mine = [s for s in spans.get_finished_spans()
+                    if s.attributes and s.attributes.get("netdiag.diagnosis_id") == diagnosis_id]
+            if {s.name for s in mine} >= expected:
+                break
+            await asyncio.sleep(0.02)
+    assert {s.name for s in mine} == expected
+    assert len({s.context.trace_id for s in mine}) == 1, [(s.name, hex(s.context.trace_id)) for s in mine]
+    root = next(s for s in mine if s.name == "netdiag.gateway.create_diagnosis")
+    assert root.kind == trace.SpanKind.SERVER
+    assert all(s.parent is not None for s in mine if s is not root)  # every stage continues the chain

@@ -1,0 +1,425 @@
+"""The lab's Kubernetes API against the real `kubernetes` client (sync and kubernetes.aio). No namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client, config, watch
+from kubernetes.aio import client as aio_client
+from kubernetes.aio import config as aio_config
+from kubernetes.aio import watch as aio_watch
+
+from lab.kubeapi import LabKubeAPI, serve_scenario, spawn_daemon, stop_daemon
+from lab.kubeconfig import write_kubeconfig
+from lab.objects import RESOURCES, instance_id
+from lab.scenario import ResolvedScenario, Scenario, resolve
+from lab.state import ApiInfo, LabState
+
+BASIC = Path(__file__).resolve().parents[2] / "examples" / "lab" / "basic.yaml"
+
+
+@pytest.fixture(scope="module")
+def resolved() -> ResolvedScenario:
+    return resolve(Scenario.load(BASIC))
+
+
+@pytest.fixture
+def lab_api(resolved: ResolvedScenario) -> Iterator[LabKubeAPI]:
+    api = serve_scenario(resolved, bookmark_interval_s=0.2)
+    api.start_in_thread()
+    try:
+        yield api
+    finally:
+        api.stop_thread()
+
+
+@pytest.fixture
+def api_client(lab_api: LabKubeAPI, tmp_path: Path) -> Iterator[client.ApiClient]:
+    """A client configured exactly as the product configures one: from a kubeconfig file."""
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(lab_api.write_kubeconfig(tmp_path / "kubeconfig")),
+                            client_configuration=cfg)
+    with client.ApiClient(cfg) as api:
+        yield api
+
+
+def _after(delay_s: float, *actions: Callable[[], object]) -> threading.Thread:
+    """Mutate the lab from another thread while the test blocks in a watch."""
+    def run() -> None:
+        for action in actions:
+            time.sleep(delay_s)
+            action()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _collect(func: Callable[..., object], *args: object, until: Callable[[list[dict]], bool],
+             **kwargs: object) -> list[dict]:
+    """Watch events until `until(events)` holds (the 2 s server timeout only guards a failing test)."""
+    w = watch.Watch()
+    events: list[dict] = []
+    for event in w.stream(func, *args, timeout_seconds=2, **kwargs):
+        events.append(event)
+        if until(events):
+            w.stop()
+            break
+    return events
+
+
+# ------------------------------------------------------------------ lists parse into the strict models
+
+
+def test_every_kind_lists_and_parses(api_client: client.ApiClient, resolved: ResolvedScenario) -> None:
+    core = client.CoreV1Api(api_client)
+    pods = core.list_pod_for_all_namespaces().items
+    assert {f"{p.metadata.namespace}/{p.metadata.name}": p.status.pod_ip for p in pods} == {
+        rp.spec.key: rp.ip for rp in resolved.pods}
+    for pod in pods:
+        assert pod.metadata.uid and pod.metadata.resource_version and pod.metadata.creation_timestamp
+        assert pod.status.phase == "Running" and pod.status.pod_ips[0].ip == pod.status.pod_ip
+        assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+        assert all(cs.ready for cs in pod.status.container_statuses)
+        assert pod.status.host_ip == resolved.node(pod.spec.node_name).ip
+    api_1 = next(p for p in pods if p.metadata.name == "api-1")
+    assert api_1.spec.containers[0].ports[0].name == "http"
+    assert api_1.spec.containers[0].ports[0].container_port == 8080
+
+    nodes = core.list_node().items
+    assert [n.metadata.name for n in nodes] == ["node-1", "node-2"]
+    for node, rn in zip(nodes, resolved.nodes, strict=True):
+        assert node.spec.pod_cidr == rn.pod_cidr
+        assert {a.type: a.address for a in node.status.addresses} == {"InternalIP": rn.ip, "Hostname": rn.name}
+        assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
+        assert node.spec.provider_id == f"cn-hangzhou.{instance_id('basic', rn.name)}"
+        assert node.status.node_info.kubelet_version.startswith("v1.")
+
+    services = {f"{s.metadata.namespace}/{s.metadata.name}": s for s in core.list_service_for_all_namespaces().items}
+    for rs in resolved.services:
+        svc = services[rs.spec.key]
+        assert svc.spec.cluster_ip == rs.cluster_ip
+        assert [p.node_port for p in svc.spec.ports] == [p.node_port for p in rs.ports]
+    assert services["shop/api"].spec.type == "NodePort"
+    assert services["shop/api"].spec.external_traffic_policy == "Cluster"
+    assert services["shop/api"].spec.ports[0].target_port == "http"
+    assert services["kube-system/kube-dns"].spec.cluster_ip == "10.96.0.10"
+
+    slices = client.DiscoveryV1Api(api_client).list_endpoint_slice_for_all_namespaces().items
+    by_service = {s.metadata.labels["kubernetes.io/service-name"]: s for s in slices}
+    api_slice = by_service["api"]
+    assert api_slice.address_type == "IPv4"
+    assert sorted((e.target_ref.name, e.addresses[0], e.node_name, e.conditions.ready)
+                  for e in api_slice.endpoints) == sorted(
+        (ep.pod.split("/")[1], ep.ip, ep.node, ep.ready) for ep in resolved.services[0].ports[0].endpoints)
+    assert [(p.name, p.port, p.protocol) for p in api_slice.ports] == [("http", 8080, "TCP")]
+    assert sorted((p.name, p.port, p.protocol) for p in by_service["kube-dns"].ports) == [
+        ("dns", 53, "UDP"), ("dns-tcp", 53, "TCP")]
+
+    endpoints = core.read_namespaced_endpoints("api", "shop")
+    assert sorted(a.ip for a in endpoints.subsets[0].addresses) == sorted(
+        ep.ip for ep in resolved.services[0].ports[0].endpoints)
+
+    policies = client.NetworkingV1Api(api_client).list_network_policy_for_all_namespaces().items
+    assert [p.metadata.name for p in policies] == ["db-only-from-api"]
+    assert policies[0].spec.policy_types == ["Ingress"]
+    assert policies[0].spec.ingress[0].ports[0].protocol == "TCP"  # defaulted like the apiserver
+    assert policies[0].spec.ingress[0].ports[0].port == "pg"
+
+    namespaces = {n.metadata.name: n for n in core.list_namespace().items}
+    assert set(namespaces) == {"default", "kube-system", "shop", "web"}
+    assert namespaces["shop"].metadata.labels == {"team": "shop", "kubernetes.io/metadata.name": "shop"}
+
+    configmaps = {c.metadata.name: c for c in core.list_namespaced_config_map("kube-system").items}
+    assert "mode: iptables" in configmaps["kube-proxy"].data["config.conf"]
+    assert json.loads(configmaps["kube-flannel-cfg"].data["net-conf.json"])["Backend"]["Type"] == "host-gw"
+
+    daemonsets = client.AppsV1Api(api_client).list_namespaced_daemon_set("kube-system").items
+    assert {d.metadata.name for d in daemonsets} >= {"kube-proxy", "kube-flannel-ds"}
+    assert all(d.status.desired_number_scheduled == 2 for d in daemonsets)
+
+
+def test_get_by_name_and_not_found(api_client: client.ApiClient) -> None:
+    core = client.CoreV1Api(api_client)
+    assert core.read_namespaced_pod("db", "shop").status.pod_ip
+    assert core.read_node("node-2").metadata.name == "node-2"
+    assert core.read_namespace("web").status.phase == "Active"
+    assert client.AppsV1Api(api_client).read_namespaced_daemon_set("kube-flannel-ds", "kube-system").spec.selector
+    with pytest.raises(client.ApiException) as err:
+        core.read_namespaced_pod("nope", "shop")
+    assert err.value.status == 404
+    assert json.loads(err.value.body)["reason"] == "NotFound"
+
+
+def test_discovery_and_version(api_client: client.ApiClient) -> None:
+    assert client.VersionApi(api_client).get_code().major == "1"
+    assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
+    groups = {g.name for g in client.ApisApi(api_client).get_api_versions().groups}
+    assert groups == {"apps", "discovery.k8s.io", "networking.k8s.io"}
+    core = {r.name: r for r in client.CoreV1Api(api_client).get_api_resources().resources}
+    assert core["pods"].namespaced and not core["nodes"].namespaced and "watch" in core["pods"].verbs
+    assert client.DiscoveryV1Api(api_client).get_api_resources().resources[0].kind == "EndpointSlice"
+    assert client.NetworkingApi(api_client).get_api_group().preferred_version.version == "v1"
+
+
+def test_requires_the_bearer_token(lab_api: LabKubeAPI) -> None:
+    cfg = client.Configuration(host=lab_api.url)
+    with client.ApiClient(cfg) as anonymous:
+        with pytest.raises(client.ApiException) as err:
+            client.CoreV1Api(anonymous).list_pod_for_all_namespaces()
+        assert err.value.status == 401
+        assert client.VersionApi(anonymous).get_code().git_version  # public, as system:public-info-viewer
+    cfg = client.Configuration(host=lab_api.url, api_key={"authorization": "wrong"}, api_key_prefix={
+        "authorization": "Bearer"})
+    with client.ApiClient(cfg) as wrong, pytest.raises(client.ApiException) as err:
+        client.CoreV1Api(wrong).list_node()
+    assert err.value.status == 401
+
+
+def test_kubeconfig_loads_into_the_default_client(lab_api: LabKubeAPI, tmp_path: Path) -> None:
+    path = write_kubeconfig(tmp_path / "kc", lab_api.url, lab_api.token)
+    assert path.stat().st_mode & 0o777 == 0o600
+    config.load_kube_config(config_file=str(path))
+    assert [n.metadata.name for n in client.CoreV1Api().list_node().items] == ["node-1", "node-2"]
+
+
+# ------------------------------------------------------------------ selectors and pagination
+
+
+def test_label_and_field_selectors(api_client: client.ApiClient, resolved: ResolvedScenario) -> None:
+    core = client.CoreV1Api(api_client)
+
+    def names(**kw: str) -> list[str]:
+        return sorted(p.metadata.name for p in core.list_pod_for_all_namespaces(**kw).items)
+
+    assert names(label_selector="app=api") == ["api-1", "api-2"]
+    assert names(label_selector="app in (api, db)") == ["api-1", "api-2", "db"]
+    assert names(label_selector="app notin (api,db),app") == ["client"]
+    assert names(label_selector="!app") == ["coredns"]
+    assert names(label_selector="app!=api,k8s-app!=kube-dns") == ["client", "db"]
+    assert names(field_selector="spec.nodeName=node-2") == ["api-2", "db"]
+    assert names(field_selector=f"status.podIP={resolved.pod('shop/db').ip}") == ["db"]
+    assert names(field_selector="metadata.namespace=shop,metadata.name!=db") == ["api-1", "api-2"]
+    assert names(field_selector="spec.nodeName=node-1", label_selector="app=api") == ["api-1"]
+    assert [p.metadata.name for p in core.list_namespaced_pod("shop", field_selector="metadata.name=db").items] \
+        == ["db"]
+    assert [n.metadata.name for n in core.list_node(label_selector="kubernetes.io/hostname=node-1").items] \
+        == ["node-1"]
+    with pytest.raises(client.ApiException) as err:
+        core.list_pod_for_all_namespaces(field_selector="spec.bogus=1")
+    assert err.value.status == 400
+
+
+def test_pagination(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    core = client.CoreV1Api(api_client)
+    first = core.list_pod_for_all_namespaces(limit=2)
+    assert len(first.items) == 2 and first.metadata.remaining_item_count == 3 and first.metadata.var_continue
+    seen = [p.metadata.name for p in first.items]
+    token = first.metadata.var_continue
+    while token:
+        page = core.list_pod_for_all_namespaces(limit=2, _continue=token)
+        assert page.metadata.resource_version == first.metadata.resource_version
+        seen += [p.metadata.name for p in page.items]
+        token = page.metadata.var_continue
+    assert sorted(seen) == sorted(p.metadata.name for p in core.list_pod_for_all_namespaces().items)
+    assert len(seen) == len(set(seen)) == 5
+
+    small = LabKubeAPI(token=lab_api.token, history=3)
+    small.load([p for p in [lab_api.get("Pod", "shop", n) for n in ("api-1", "api-2", "db")]])
+    small.start_in_thread()
+    try:
+        cfg = client.Configuration(host=small.url, api_key={"authorization": f"Bearer {small.token}"})
+        with client.ApiClient(cfg) as c:
+            page = client.CoreV1Api(c).list_pod_for_all_namespaces(limit=1)
+            for _ in range(5):  # push the list's resourceVersion out of the retained history
+                small.set_pod_ready("shop/db", False)
+                small.set_pod_ready("shop/db", True)
+            with pytest.raises(client.ApiException) as err:
+                client.CoreV1Api(c).list_pod_for_all_namespaces(limit=1, _continue=page.metadata.var_continue)
+            assert err.value.status == 410
+    finally:
+        small.stop_thread()
+
+
+# ------------------------------------------------------------------ watch
+
+
+def test_watch_sees_lab_changes(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    core = client.CoreV1Api(api_client)
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "deny-all", "namespace": "web"},
+              "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    start = str(lab_api.resource_version)
+    _after(0.15,
+           lambda: lab_api.set_pod_ready("shop/api-1", False),
+           lambda: lab_api.apply(policy),
+           lambda: lab_api.delete("Pod", "shop", "api-2"))
+    stream = _collect(core.list_pod_for_all_namespaces,
+                      until=lambda evs: any(e["type"] == "DELETED" for e in evs))
+    events = [(e["type"], e["object"].metadata.name, e["object"]) for e in stream]
+    added = [name for type_, name, _ in events if type_ == "ADDED"]
+    assert sorted(added) == ["api-1", "api-2", "client", "coredns", "db"]
+    modified = [obj for type_, name, obj in events if type_ == "MODIFIED" and name == "api-1"]
+    assert modified and {c.type: c.status for c in modified[-1].status.conditions}["Ready"] == "False"
+    assert not modified[-1].status.container_statuses[0].ready
+    assert ("DELETED", "api-2") in [(t, n) for t, n, _ in events]
+    rvs = [int(obj.metadata.resource_version) for t, _, obj in events if t != "ADDED"]
+    assert rvs == sorted(rvs)
+
+    # the same changes, replayed from a resourceVersion, for the other kinds (and derived EndpointSlices)
+    def one_endpoint_left(evs: list[dict]) -> bool:
+        return len(evs[-1]["object"].endpoints) == 1
+
+    slices = [(e["type"], e["object"]) for e in _collect(
+        client.DiscoveryV1Api(api_client).list_namespaced_endpoint_slice, "shop",
+        resource_version=start, until=one_endpoint_left)]
+    last = slices[-1][1]
+    assert slices[-1][0] == "MODIFIED" and [e.target_ref.name for e in last.endpoints] == ["api-1"]
+    assert last.endpoints[0].conditions.ready is False
+    netpols = [(e["type"], e["object"].metadata.name) for e in _collect(
+        client.NetworkingV1Api(api_client).list_network_policy_for_all_namespaces,
+        resource_version=start, until=lambda evs: True)]
+    assert netpols == [("ADDED", "deny-all")]
+    endpoints = core.read_namespaced_endpoints("api", "shop")
+    assert endpoints.subsets[0].addresses is None
+    assert [a.target_ref.name for a in endpoints.subsets[0].not_ready_addresses] == ["api-1"]
+
+
+def test_watch_label_selector_transitions(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    """A pod that stops matching the selector is DELETED for that watcher, as the apiserver's cacher does."""
+    pod = lab_api.get("Pod", "shop", "db")
+    rv = lab_api.resource_version
+    relabelled = {**pod, "metadata": {**pod["metadata"], "labels": {"app": "db-v2"}}}
+    lab_api.apply(relabelled)
+    lab_api.apply(pod)
+    events = [(e["type"], e["object"].metadata.labels["app"]) for e in _collect(
+        client.CoreV1Api(api_client).list_namespaced_pod, "shop", label_selector="app=db",
+        resource_version=str(rv), until=lambda evs: len(evs) == 2)]
+    assert events == [("DELETED", "db"), ("ADDED", "db")]
+
+
+def test_watch_terminating_pod_in_endpoint_slices(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    rv = str(lab_api.resource_version)
+    lab_api.set_pod_terminating("shop/api-2")
+    events = _collect(client.DiscoveryV1Api(api_client).list_namespaced_endpoint_slice, "shop",
+                      resource_version=rv, until=lambda evs: True)
+    conditions = {e.target_ref.name: e.conditions for e in events[-1]["object"].endpoints}
+    assert (conditions["api-2"].ready, conditions["api-2"].serving, conditions["api-2"].terminating) == (
+        False, True, True)
+    endpoints = client.CoreV1Api(api_client).read_namespaced_endpoints("api", "shop")
+    assert [a.target_ref.name for a in endpoints.subsets[0].addresses] == ["api-1"]  # terminating left out
+
+
+def test_watch_too_old_resource_version_is_gone(resolved: ResolvedScenario, tmp_path: Path) -> None:
+    api = serve_scenario(resolved, history=10)
+    api.start_in_thread()
+    try:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=str(api.write_kubeconfig(tmp_path / "kc")), client_configuration=cfg)
+        with client.ApiClient(cfg) as c:
+            core = client.CoreV1Api(c)
+            old = core.list_pod_for_all_namespaces().metadata.resource_version
+            for _ in range(6):
+                api.set_pod_ready("shop/db", False)
+                api.set_pod_ready("shop/db", True)
+            with pytest.raises(client.ApiException) as err:
+                _collect(core.list_pod_for_all_namespaces, resource_version=old, until=lambda evs: True)
+            assert err.value.status == 410
+            # a fresh list gives a resourceVersion that can be watched again (the informer's re-list)
+            fresh = core.list_pod_for_all_namespaces().metadata.resource_version
+            _after(0.05, lambda: api.delete("Pod", "shop", "db"))
+            events = _collect(core.list_pod_for_all_namespaces, resource_version=fresh, until=lambda evs: True)
+            assert [(e["type"], e["object"].metadata.name) for e in events] == [("DELETED", "db")]
+    finally:
+        api.stop_thread()
+
+
+def test_watch_bookmarks(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    rv = str(lab_api.resource_version)
+    events = _collect(client.CoreV1Api(api_client).list_node, resource_version=rv, allow_watch_bookmarks=True,
+                      until=lambda evs: True)
+    assert events[0]["type"] == "BOOKMARK"
+    assert events[0]["raw_object"]["metadata"]["resourceVersion"] == rv
+
+
+# ------------------------------------------------------------------ async client, in-loop server, daemon
+
+
+async def test_aio_client_on_the_running_loop(resolved: ResolvedScenario, tmp_path: Path) -> None:
+    api = serve_scenario(resolved)
+    await api.start()
+    try:
+        cfg = aio_client.Configuration()
+        await aio_config.load_kube_config(config_file=str(api.write_kubeconfig(tmp_path / "kc")),
+                                          client_configuration=cfg)
+        async with aio_client.ApiClient(cfg) as c:
+            core = aio_client.CoreV1Api(c)
+            pods = await core.list_namespaced_pod("shop")
+            assert sorted(p.metadata.name for p in pods.items) == ["api-1", "api-2", "db"]
+            slices = await aio_client.DiscoveryV1Api(c).list_endpoint_slice_for_all_namespaces()
+            assert len(slices.items) == 2
+            rv = pods.metadata.resource_version
+            api.set_pod_ready("shop/api-2", False)
+            api.delete("Pod", "shop", "db")
+            events = []
+            async with aio_watch.Watch() as w:
+                async for event in w.stream(core.list_namespaced_pod, "shop", resource_version=rv,
+                                            timeout_seconds=2):
+                    events.append((event["type"], event["object"].metadata.name))
+                    if len(events) == 2:
+                        break
+            assert events == [("MODIFIED", "api-2"), ("DELETED", "db")]
+    finally:
+        await api.stop()
+
+
+def test_daemon_serves_a_scenario_until_sigterm(tmp_path: Path) -> None:
+    info = spawn_daemon(scenario_file=BASIC, run_dir=tmp_path)
+    try:
+        assert ApiInfo.model_validate_json((tmp_path / "kubeapi.json").read_text()) == info
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=info.kubeconfig, client_configuration=cfg)
+        with client.ApiClient(cfg) as c:
+            assert len(client.CoreV1Api(c).list_node().items) == 2
+    finally:
+        stop_daemon(info.pid, timeout_s=5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
+
+
+def test_daemon_follows_the_lab_state_file(tmp_path: Path) -> None:
+    """`lab up` mode: the daemon fills the state's api slot and re-serves scenario edits (e.g. by a fault)."""
+    scenario = Scenario.load(BASIC)
+    state = LabState(prefix="t", scenario_name=scenario.name, scenario=scenario.model_dump(by_alias=True),
+                     cni=scenario.cni, iptables_backend=scenario.iptables_backend, underlay_netns="t-underlay")
+    state_file = tmp_path / "state.json"
+    state_file.write_text(state.model_dump_json())
+    info = spawn_daemon(state_file=state_file)
+    try:
+        assert LabState.model_validate_json(state_file.read_text()).api == info
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=info.kubeconfig, client_configuration=cfg)
+        with client.ApiClient(cfg) as c:
+            core = client.CoreV1Api(c)
+            rv = core.list_namespaced_pod("shop").metadata.resource_version
+            edited = scenario.model_dump(by_alias=True)
+            next(p for p in edited["pods"] if p["name"] == "api-1")["containers"][0]["ready"] = False
+            edited["pods"] = [p for p in edited["pods"] if p["name"] != "db"]
+            current = LabState.model_validate_json(state_file.read_text())
+            state_file.write_text(current.model_copy(update={"scenario": edited}).model_dump_json())
+            events = _collect(core.list_namespaced_pod, "shop", resource_version=rv,
+                              until=lambda evs: len(evs) == 2)
+            assert sorted((e["type"], e["object"].metadata.name) for e in events) == [
+                ("DELETED", "db"), ("MODIFIED", "api-1")]
+    finally:
+        stop_daemon(info.pid, timeout_s=5)
+
+
+def test_resource_table_matches_discovery(api_client: client.ApiClient) -> None:
+    served = {r.name for r in client.CoreV1Api(api_client).get_api_resources().resources}
+    assert served == {r.plural for r in RESOURCES if not r.group}

@@ -1,0 +1,75 @@
+"""Classification table: who the source and destination addresses are."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.topology.plan import Planner
+from shared.topology import EndpointKind as K
+from tests.topology.conftest import plan
+
+CLIENT = "10.244.1.20"
+
+CASES = [
+    # (src, dst, port, proto, src kind, dst kind, dst pod/service/node, finding codes)
+    (CLIENT, "10.244.2.10", 8080, "tcp", K.POD, K.POD, "default/web-7c9f8d6b5-fghij", []),
+    (CLIENT, "10.0.0.12", 22, "tcp", K.POD, K.NODE, "node-2", []),
+    ("10.0.0.11", CLIENT, 8080, "tcp", K.NODE, K.POD, "default/client", []),
+    (CLIENT, "10.0.0.11", 9100, "tcp", K.POD, K.HOST_NETWORK_POD, "kube-system/node-exporter-8kd7s", []),
+    (CLIENT, "10.96.0.50", 80, "tcp", K.POD, K.SERVICE_CLUSTER_IP, "default/web", []),
+    (CLIENT, "192.168.100.5", 8080, "tcp", K.POD, K.SERVICE_EXTERNAL_IP, "default/web-ext", []),
+    (CLIENT, "47.100.1.2", 443, "tcp", K.POD, K.LOAD_BALANCER_IP, "prod/api-lb", ["LB_SOURCE_RANGE_DENY"]),
+    ("8.8.8.8", "10.0.0.11", 30080, "tcp", K.PUBLIC, K.NODE_PORT, "default/web-np", []),
+    (CLIENT, "1.1.1.1", 443, "tcp", K.POD, K.PUBLIC, None, []),
+    (CLIENT, "10.244.9.9", 80, "tcp", K.POD, K.UNKNOWN, None, ["UNKNOWN_ADDRESS"]),
+    (CLIENT, "10.244.1.99", 80, "tcp", K.POD, K.POD, "default/migrate-x2k9p", ["POD_NOT_RUNNING"]),
+    (CLIENT, "10.244.2.30", 8080, "tcp", K.POD, K.POD, "default/crash-6b7d9f5c8-pqrst", ["POD_NOT_READY"]),
+    (CLIENT, "10.244.3.5", 5432, "tcp", K.POD, K.POD, "prod/db-0", ["NODE_NOT_READY"]),
+    (CLIENT, "10.0.0.13", 22, "tcp", K.POD, K.NODE, "node-3", ["NODE_NOT_READY"]),
+]
+
+
+@pytest.mark.parametrize(("src", "dst", "port", "proto", "src_kind", "dst_kind", "owner", "codes"), CASES)
+def test_classification(planner: Planner, src: str, dst: str, port: int, proto: str, src_kind: K, dst_kind: K,
+                        owner: str | None, codes: list[str]) -> None:
+    report = plan(planner, src, dst, port, proto)
+    assert report.src.kind == src_kind
+    assert report.dst.kind == dst_kind
+    if owner is not None:
+        assert owner in (report.dst.pod, report.dst.service, report.dst.node)
+    assert sorted({f.code for f in report.findings}) == sorted(codes)
+
+
+def test_findings_name_phase_and_containers(planner: Planner) -> None:
+    failed = plan(planner, CLIENT, "10.244.1.99", 80).findings[0]
+    assert "phase Failed" in failed.message and failed.hop == "pod:default/migrate-x2k9p"
+    not_ready = plan(planner, CLIENT, "10.244.2.30", 8080).findings[0]
+    assert "app" in not_ready.evidence["containers"] and "sidecar" not in not_ready.evidence["containers"]
+
+
+def test_pod_endpoint_of_headless_service_is_noted(planner: Planner) -> None:
+    report = plan(planner, CLIENT, "10.244.1.10", 8080)
+    assert "default/web-headless" in report.dst.description
+
+
+def test_non_service_path_and_nodes(planner: Planner) -> None:
+    report = plan(planner, CLIENT, "10.244.2.10", 8080)
+    assert [(p.src_node, p.dst_node, str(p.dst_address), p.dst_port) for p in report.paths] == [
+        ("node-1", "node-2", "10.244.2.10", 8080)]
+    assert report.nodes_to_collect == ["node-1", "node-2"]
+    objects = report.objects
+    assert {p["metadata"]["name"] for p in objects.pods} == {"client", "web-7c9f8d6b5-fghij"}
+    assert [n["metadata"]["name"] for n in objects.namespaces] == ["default"]
+    assert {p["metadata"]["name"] for p in objects.networkpolicies} == {"web-egress"}
+
+
+def test_policy_objects_cover_both_namespaces(planner: Planner) -> None:
+    report = plan(planner, "10.244.1.10", "10.244.2.40", 8443)
+    assert {p["metadata"]["name"] for p in report.objects.networkpolicies} == {
+        "web-egress", "default-deny-ingress", "allow-web-to-api"}
+    assert {n["metadata"]["name"] for n in report.objects.namespaces} == {"default", "prod"}
+
+
+def test_public_source_to_cluster_ip_is_an_assumption(planner: Planner) -> None:
+    report = plan(planner, "8.8.8.8", "10.244.2.10", 8080)
+    assert any("outside the cluster" in a.text for a in report.assumptions)

@@ -1,0 +1,122 @@
+"""Detection: CNI and policy enforcement, kube-proxy mode, CIDRs — unknowns become assumptions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.topology.detect import Detector, detect
+from services.topology.model import ClusterModel, trim
+from services.topology.sources.snapshot import load_snapshot
+from tests.topology.conftest import BASIC
+
+
+def _ds(name: str, ns: str = "kube-system", image: str = "", args: list[str] | None = None) -> dict[str, Any]:
+    container = {"name": name, "image": image or f"registry.example.com/{name}:v1", "args": args or []}
+    return {"kind": "DaemonSet", "metadata": {"name": name, "namespace": ns},
+            "spec": {"template": {"spec": {"containers": [container]}}}}
+
+
+def _cm(name: str, data: dict[str, str], ns: str = "kube-system") -> dict[str, Any]:
+    return {"kind": "ConfigMap", "metadata": {"name": name, "namespace": ns}, "data": data}
+
+
+def _model(*objs: dict[str, Any]) -> ClusterModel:
+    model = ClusterModel()
+    for obj in objs:
+        model.apply("ADDED", obj["kind"], trim(obj["kind"], obj))
+    return model
+
+
+def _netconf(backend: str | None) -> dict[str, str]:
+    conf: dict[str, Any] = {"Network": "10.244.0.0/16"}
+    if backend:
+        conf["Backend"] = {"Type": backend}
+    return {"net-conf.json": json.dumps(conf)}
+
+
+CNI_CASES = [
+    ("flannel-host-gw", [_ds("kube-flannel-ds", "kube-flannel"), _cm("kube-flannel-cfg", _netconf("host-gw"))],
+     "flannel-host-gw", False),
+    ("flannel-vxlan", [_ds("kube-flannel-ds", "kube-flannel"), _cm("kube-flannel-cfg", _netconf("vxlan"))],
+     "flannel-vxlan", False),
+    ("flannel+kube-router", [_ds("kube-flannel-ds"), _cm("kube-flannel-cfg", _netconf("vxlan")), _ds("kube-router")],
+     "flannel-vxlan", True),
+    ("canal", [_ds("canal"), _cm("canal-config", _netconf("vxlan"))], "flannel-vxlan", True),
+    ("calico", [_ds("calico-node")], "calico", True),
+    ("cilium", [_ds("cilium"), _cm("cilium-config", {"enable-policy": "default"})], "cilium", True),
+    ("cilium-policy-never", [_ds("cilium"), _cm("cilium-config", {"enable-policy": "never"})], "cilium", False),
+    ("terway-policy-on", [_ds("terway-eniip"), _cm("eni-config", {"disable_network_policy": "false"})], "terway", True),
+    ("terway-policy-off", [_ds("terway-eniip"), _cm("eni-config", {"disable_network_policy": "true"})],
+     "terway", False),
+    ("unknown", [_ds("some-vendor-agent")], "unknown", None),
+    ("nothing", [], "unknown", None),
+]
+
+
+@pytest.mark.parametrize(("objs", "cni", "enforces"), [c[1:] for c in CNI_CASES], ids=[c[0] for c in CNI_CASES])
+def test_cni_detection(objs: list[dict[str, Any]], cni: str, enforces: bool | None) -> None:
+    found = detect(_model(*objs))
+    assert (found.info.cni, found.info.enforces_network_policy) == (cni, enforces)
+    if cni == "unknown":
+        assert any("CNI could not be detected" in a.text and a.could_change_outcome for a in found.assumptions)
+
+
+@pytest.mark.parametrize("netconf", [{"net-conf.json": "{not json"}, {}, {"net-conf.json": "{}"}])
+def test_broken_flannel_config_is_an_assumption_not_a_crash(netconf: dict[str, str]) -> None:
+    found = detect(_model(_ds("kube-flannel-ds"), _cm("kube-flannel-cfg", netconf)))
+    assert found.info.cni.startswith("flannel-")
+    assert any("flannel" in a.text for a in found.assumptions)
+
+
+@pytest.mark.parametrize(("objs", "mode"), [
+    ([_cm("kube-proxy", {"config.conf": "mode: \"\"\n"})], "iptables"),
+    ([_cm("kube-proxy", {"config.conf": "kind: KubeProxyConfiguration\nmode: ipvs\n"})], "ipvs"),
+    ([_cm("kube-proxy", {"config.conf": "mode: nftables\n"})], "nftables"),
+    ([_ds("kube-proxy", args=["--proxy-mode=ipvs", "--v=2"])], "ipvs"),
+    ([_ds("kube-proxy", args=["--v=2"])], "iptables"),
+    ([_ds("cilium"), _cm("cilium-config", {"kube-proxy-replacement": "true"})], "cilium-ebpf"),
+    ([], "unknown"),
+])
+def test_kube_proxy_mode(objs: list[dict[str, Any]], mode: str) -> None:
+    found = detect(_model(*objs))
+    assert found.info.kube_proxy_mode == mode
+    assert (mode == "unknown") == any("kube-proxy mode unknown" in a.text for a in found.assumptions)
+
+
+def test_basic_snapshot_detection() -> None:
+    info = detect(load_snapshot(BASIC).model).info
+    assert info.cni == "flannel-host-gw" and info.enforces_network_policy is False
+    assert info.kube_proxy_mode == "iptables"
+    assert info.pod_cidrs == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+    assert info.service_cidrs == ["10.96.0.0/12"]  # from the kube-apiserver static pod's flags
+    assert [str(ip) for ip in info.cluster_dns] == ["10.96.0.10"]
+
+
+def test_snapshot_without_system_objects_degrades(tmp_path: Path) -> None:
+    shutil.copytree(BASIC, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "kubernetes" / "system.yaml").unlink()
+    pods = json.loads((tmp_path / "kubernetes" / "pods.json").read_text())
+    pods["items"] = [p for p in pods["items"] if "kube-apiserver" not in p["metadata"]["name"]]
+    (tmp_path / "kubernetes" / "pods.json").write_text(json.dumps(pods))
+    found = detect(load_snapshot(tmp_path).model)
+    assert (found.info.cni, found.info.enforces_network_policy, found.info.kube_proxy_mode) == (
+        "unknown", None, "unknown")
+    assert found.info.service_cidrs == ["10.96.0.0/25"]  # inferred from ClusterIPs, stated
+    texts = " | ".join(a.text for a in found.assumptions)
+    assert "CNI could not be detected" in texts and "inferred from the ClusterIPs" in texts
+
+
+def test_detector_caches_until_inputs_change() -> None:
+    model = _model(_ds("calico-node"))
+    detector = Detector(model)
+    first = detector.detect()
+    assert detector.detect() is first
+    model.apply("ADDED", "Pod", trim("Pod", {"metadata": {"name": "p", "namespace": "x"}}))
+    assert detector.detect() is first  # pods do not change detection
+    model.apply("DELETED", "DaemonSet", _ds("calico-node"))
+    assert detector.detect().info.cni == "unknown"
