@@ -39,6 +39,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"lab {st.prefix} is up: scenario {st.scenario_name} ({st.cni}, iptables {st.iptables_backend}), "
           f"{len(st.nodes)} nodes, {len(st.pods)} pods")
     print(f"state: {lab_state.state_path(st.prefix)}")
+    if args.api:
+        try:
+            api = lab.start_api()
+        except Exception:
+            lab.down()
+            raise
+        print(f"kubernetes api: http://{api.host}:{api.port} (kubeconfig {api.kubeconfig})")
     print(f"tear down with: lab down --name {st.prefix}")
     return 0
 
@@ -100,6 +107,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", help="build a lab from a scenario file")
     up.add_argument("--scenario", required=True, help="scenario YAML (see examples/lab/)")
     up.add_argument("--name", help="namespace name prefix (default: random ndtXXXXXX)")
+    up.add_argument("--no-api", dest="api", action="store_false",
+                    help="do not start the lab's Kubernetes API server")
     up.set_defaults(func=cmd_up)
     down = sub.add_parser("down", help="remove a lab's processes and namespaces (also after a crash)")
     down.add_argument("--name")

@@ -32,7 +32,7 @@ from lab import state as lab_state
 from lab.iptables import CLI, RESTORE, Ruleset, comment
 from lab.probe import ProbeResult, probe_in
 from lab.scenario import ResolvedPod, ResolvedScenario, Scenario, resolve
-from lab.state import LabState, NodeState, PodState
+from lab.state import ApiInfo, LabState, NodeState, PodState
 
 INET_NET = ipaddress.ip_network("203.0.113.0/24")
 INET_GW, INET_IP, EXT_IP = "203.0.113.1", "203.0.113.10", "203.0.113.20"
@@ -139,12 +139,12 @@ class Lab:
             st = lab_state.load(prefix)
         except (FileNotFoundError, ValueError):
             st = None
-        pids: set[int] = set()
         if st is not None:
             names.update(n for n in st.all_netns() if netns.exists(n))
-            pids.update(pid for pid in st.all_pids() if any(netns.pid_in_netns(pid, n) for n in names))
-        for name in names:
-            pids.update(netns.pids_in(name))
+        # The state's listener PIDs are among these; one that left the lab's namespaces is not ours any more.
+        pids = set(netns.pids_in(names))
+        if st is not None and st.api is not None and st.api.pid and _is_api_daemon(st.api.pid):
+            pids.add(st.api.pid)  # the lab's Kubernetes API runs in the root namespace
         netns.kill_pids(pids)
         netns.delete_all(sorted(names))
         shutil.rmtree(lab_state.state_dir(prefix), ignore_errors=True)
@@ -209,7 +209,7 @@ class Lab:
         lines = ["link set lo up", f"addr add {node.ip}/{underlay_len} dev eth0", "link set eth0 up",
                  f"route add default via {_underlay_gateway(sc)} dev eth0",
                  "link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
-        for key, pod in st.pods.items():
+        for pod in st.pods.values():
             if pod.node != name or pod.host_network:
                 continue
             lines += [f"link add {pod.veth}{mtu} type veth peer name eth0{mtu} netns {pod.netns}",
@@ -266,6 +266,14 @@ class Lab:
                 st.pods[key].pid = pid
             else:
                 st.extra_pids[key] = pid
+
+    def start_api(self) -> ApiInfo:
+        """Start the lab's Kubernetes API server (lab/kubeapi.py) for this lab; it records itself in `api`
+        of the state file and follows scenario changes there. `down()` stops it."""
+        from lab.kubeapi import spawn_daemon  # only labs that serve the API pay for its imports
+
+        self.state.api = spawn_daemon(state_file=lab_state.state_path(self.prefix))
+        return self.state.api
 
     # ------------------------------------------------------------ changes made while the lab runs
 
@@ -364,6 +372,14 @@ class Lab:
     def probe(self, src: str, dst: str, port: int, protocol: str = "tcp", timeout: float = 1.0,
               dns_name: str | None = None) -> ProbeResult:
         return probe_in(self.netns_of(src), self.address(dst), port, protocol, timeout, dns_name)
+
+
+def _is_api_daemon(pid: int) -> bool:
+    """Guard against PID reuse before killing a root-namespace process named in the state file."""
+    try:
+        return b"lab.kubeapi" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _underlay_gateway(sc: ResolvedScenario) -> str:

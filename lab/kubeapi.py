@@ -176,11 +176,16 @@ class LabKubeAPI(ObjectStore):
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.rstrip("/") in PUBLIC_PATHS:
-            return await handler(request)
-        if request.headers.get("Authorization", "") != f"Bearer {self.token}":
+        if request.path.rstrip("/") not in PUBLIC_PATHS and \
+                request.headers.get("Authorization", "") != f"Bearer {self.token}":
             return _error(401, "Unauthorized", "Unauthorized")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return _error(404, "NotFound", "the server could not find the requested resource")
+        except web.HTTPMethodNotAllowed:
+            # the lab API is read-only over HTTP; the lab changes objects through Python
+            return _error(405, "MethodNotAllowed", f"{request.method} is not supported by the lab API")
 
     def _routes(self, app: web.Application) -> None:
         class _Router:
@@ -285,7 +290,7 @@ class LabKubeAPI(ObjectStore):
                 if q.get("watch") in ("true", "1"):
                     return await self._watch(request, res, flt)
                 return self._list(res, flt, q.get("limit"), q.get("continue"))
-            except SelectorError as exc:
+            except ValueError as exc:  # selectors, continue tokens, numbers that are not
                 return _error(400, "BadRequest", str(exc))
         return handler
 
@@ -301,8 +306,9 @@ class LabKubeAPI(ObjectStore):
             rv = token_rv
             items = [o for o in items if (o["metadata"].get("namespace", ""), o["metadata"]["name"]) > start]
         meta: Obj = {"resourceVersion": str(rv)}
-        if limit and int(limit) > 0 and len(items) > int(limit):
-            page, rest = items[: int(limit)], len(items) - int(limit)
+        page_size = int(limit or 0)
+        if 0 < page_size < len(items):
+            page, rest = items[:page_size], len(items) - page_size
             last = page[-1]["metadata"]
             meta["continue"] = _encode_continue(rv, (last.get("namespace", ""), last["name"]))
             if not flt.selective:
@@ -316,6 +322,9 @@ class LabKubeAPI(ObjectStore):
         timeout_s = float(q.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT_S)
         bookmarks = q.get("allowWatchBookmarks") in ("true", "1")
         deadline = time.monotonic() + timeout_s
+        requested = q.get("resourceVersion") or "0"
+        state_first = q.get("sendInitialEvents") == "true" or requested == "0"
+        last = int(requested)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         response.enable_chunked_encoding()
         await response.prepare(request)
@@ -323,15 +332,16 @@ class LabKubeAPI(ObjectStore):
         async def send(type_: str, obj: Obj) -> None:
             await response.write(json.dumps({"type": type_, "object": obj}).encode() + b"\n")
 
-        requested = q.get("resourceVersion")
         try:
-            if requested in (None, "", "0"):
+            if state_first:
                 # "get state and start at most recent": synthetic ADDED for what exists now
                 items, last = self.snapshot(res.kind, flt)
                 for obj in items:
                     await send("ADDED", obj)
+                if q.get("sendInitialEvents") == "true" and bookmarks:  # WatchList: end of the initial state
+                    await send("BOOKMARK", {"kind": res.kind, "apiVersion": res.api_version, "metadata": {
+                        "resourceVersion": str(last), "annotations": {"k8s.io/initial-events-end": "true"}}})
             else:
-                last = int(requested)
                 self.check_not_expired(last)
             next_bookmark = time.monotonic() + self.bookmark_interval_s
             while not self._stopping:
@@ -356,7 +366,7 @@ class LabKubeAPI(ObjectStore):
                     await asyncio.wait_for(wake.wait(), wait)
         except ResourceExpired as exc:
             await send("ERROR", status_object(410, "Expired", str(exc)))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the client went away
             return response
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()

@@ -167,8 +167,8 @@ def rules(sc: ResolvedScenario, node: str) -> Ruleset:
             continue
         for port in svc.ports:
             _service_port_rules(rs, sc, svc, port, node)
-    rs.add("nat", "KUBE-SERVICES", f'{comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")} '
-           "-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    last = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    rs.add("nat", "KUBE-SERVICES", f"{last} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
     return rs
 
 

@@ -79,16 +79,13 @@ def _ns_inode(path: str | Path) -> int | None:
         return None
 
 
-def pids_in(netns: str) -> list[int]:
-    """PIDs of processes whose network namespace is `netns` (what `ip netns pids` reports)."""
-    inode = _ns_inode(NETNS_DIR / netns)
-    if inode is None:
+def pids_in(names: Iterable[str]) -> list[int]:
+    """PIDs of processes living in any of these namespaces (what `ip netns pids` reports), one /proc scan."""
+    inodes = {i for i in (_ns_inode(NETNS_DIR / n) for n in names) if i is not None}
+    if not inodes:
         return []
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _ns_inode(entry / "ns" / "net") == inode:
-            pids.append(int(entry.name))
-    return pids
+    return [int(entry) for entry in os.listdir("/proc")
+            if entry.isdigit() and _ns_inode(f"/proc/{entry}/ns/net") in inodes]
 
 
 def pid_in_netns(pid: int, netns: str) -> bool:

@@ -135,11 +135,11 @@ def node_ready_patch(node: Obj, ready: bool) -> Obj:
     node = json.loads(json.dumps(node))
     created = node["metadata"]["creationTimestamp"]
     node["status"]["conditions"] = _node_conditions(ready, created)
-    taints = [t for t in node["spec"].get("taints", []) if not t["key"].startswith("node.kubernetes.io/unreachable")]
+    unreachable = "node.kubernetes.io/unreachable"
+    taints = [t for t in node["spec"].get("taints", []) if t["key"] != unreachable]
     if not ready:
-        taints += [{"key": "node.kubernetes.io/unreachable", "effect": effect, **({"timeAdded": created}
-                                                                                  if effect == "NoExecute" else {})}
-                   for effect in ("NoSchedule", "NoExecute")]
+        taints += [{"key": unreachable, "effect": "NoSchedule"},
+                   {"key": unreachable, "effect": "NoExecute", "timeAdded": created}]
     if taints:
         node["spec"]["taints"] = taints
     else:

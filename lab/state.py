@@ -9,6 +9,7 @@ is kept in `scenario`, so readers can call `lab.scenario.resolve(Scenario.model_
 
 from __future__ import annotations
 
+import contextlib
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,10 +83,15 @@ def state_path(prefix: str) -> Path:
 
 
 def save(state: LabState) -> Path:
+    """Write atomically and privately (the api slot holds a token); keep an api slot the API server filled."""
     path = state_path(state.prefix)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if state.api is None and path.exists():
+        with contextlib.suppress(ValueError):
+            state.api = LabState.model_validate_json(path.read_text()).api
     tmp = path.with_suffix(".tmp")
     tmp.write_text(state.model_dump_json(indent=2))
+    tmp.chmod(0o600)
     tmp.replace(path)  # atomic: readers never see half a file
     return path
 

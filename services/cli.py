@@ -19,9 +19,17 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from services.collector.agent import run_agent
+from services.collector.capture import capture_nodes
 from services.render import render_diagnosis
+from services.simulator.matrix import compute_matrix
+from services.simulator.policy import PolicyIndex
 from services.stack import EmbeddedStack
-from shared.bus import BusUnavailable
+from services.topology.capture import capture_kubernetes
+from services.topology.plan import full_objects
+from services.topology.sources.live import LiveSource, api_client
+from services.topology.sources.snapshot import SnapshotError, load_snapshot
+from shared.bus import Bus, BusUnavailable
 from shared.config import Settings
 from shared.logs import setup_logging
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, Verdict
@@ -101,10 +109,21 @@ async def gateway(args: argparse.Namespace) -> AsyncIterator[GatewayClient]:
         settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=getattr(args, "kubeconfig", None),
                                      collect_timeout_s=getattr(args, "collect_timeout", None))
         try:
-            async with EmbeddedStack(settings) as stack:
+            async with EmbeddedStack(settings, agents=_agents(args)) as stack:
                 yield GatewayClient(stack.url, session)
         except BusUnavailable as exc:
             raise CliError(str(exc)) from exc
+
+
+def _agents(args: argparse.Namespace) -> dict[str, str | None]:
+    """`--agent NODE[=NETNS]` (repeatable): node agents run inside the embedded stack."""
+    out: dict[str, str | None] = {}
+    for spec in getattr(args, "agent", None) or []:
+        node, _, netns = spec.partition("=")
+        if not node:
+            raise CliError(f"--agent {spec!r}: expected NODE or NODE=NETNS", EXIT_USAGE)
+        out[node] = netns or None
+    return out
 
 
 # ------------------------------------------------------------------ commands
@@ -216,7 +235,7 @@ async def cmd_watch(args: argparse.Namespace) -> int:
 
 async def cmd_up(args: argparse.Namespace) -> int:
     settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=args.kubeconfig)
-    stack = EmbeddedStack(settings, data_dir=args.data_dir, host=args.host, port=args.port)
+    stack = EmbeddedStack(settings, data_dir=args.data_dir, host=args.host, port=args.port, agents=_agents(args))
     try:
         await stack.start()
     except BusUnavailable as exc:
@@ -228,6 +247,72 @@ async def cmd_up(args: argparse.Namespace) -> int:
     finally:
         await stack.stop()
     return 0
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """Pod-to-pod reachability under the NetworkPolicies of a snapshot (no cluster needed)."""
+    try:
+        loaded = load_snapshot(args.snapshot)
+    except SnapshotError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    objects = full_objects(loaded.model)
+    if args.batch:
+        return _policy_batch(objects, args.batch)
+    matrix = compute_matrix(objects, namespace=args.namespace, port=args.port, protocol=args.protocol.upper())
+    print(json.dumps(matrix.to_json()) if args.output == "json" else matrix.to_text())
+    return 0
+
+
+def _policy_batch(objects: Any, batch: str) -> int:
+    """NetworkPolicy verdicts for many queries at once (one JSON request per line)."""
+    index = PolicyIndex.build(objects)
+    lines = Path(batch).read_text().splitlines() if batch != "-" else sys.stdin.read().splitlines()
+    failed = False
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            req = DiagnosisRequest.model_validate_json(line)
+        except ValidationError as exc:
+            failed = True
+            print(json.dumps({"error": f"line {n}: {exc.errors()[0]['msg']}"}))
+            continue
+        v = index.evaluate(req.src, req.dst, req.protocol, req.port)
+        print(json.dumps({"src": str(req.src), "dst": str(req.dst), "port": req.port, "protocol": req.protocol,
+                          "allowed": v.allowed, "egress": v.egress.explanation, "ingress": v.ingress.explanation}))
+    return EXIT_USAGE if failed else 0
+
+
+async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
+    """Freeze a live cluster into a snapshot directory: Kubernetes objects, node dumps."""
+    source = LiveSource(api_client(args.kubeconfig)).start()
+    try:
+        counts = await asyncio.to_thread(capture_kubernetes, source, args.out, sync_timeout_s=args.timeout)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        source.stop()
+    print(f"kubernetes: {sum(counts.values())} objects ({', '.join(f'{k} {n}' for k, n in counts.items() if n)})")
+    nodes = args.node or [n["metadata"]["name"] for n in source.model.objects["Node"].values()]
+    agents = _agents(args)
+    settings = Settings.from_env(nats_url=args.nats_url)
+    stack = EmbeddedStack(settings, gateway=False, stages=(), agents=agents) if not args.nats_url else None
+    try:
+        if stack:
+            await stack.start()
+        bus = await Bus.connect(name="snapshot", settings=stack.settings if stack else settings)
+        try:
+            outcome = await capture_nodes(bus, nodes, args.out, timeout_s=args.timeout)
+        finally:
+            await bus.close()
+    except BusUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    finally:
+        if stack:
+            await stack.stop()
+    for node, problem in outcome.items():
+        print(f"node {node}: " + (problem or f"written to {Path(args.out) / 'nodes' / (node + '.json')}"))
+    return EXIT_SYSTEM if any(outcome.values()) else 0
 
 
 # ------------------------------------------------------------------ parser
@@ -248,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--snapshot", type=Path, help="snapshot directory to diagnose (embedded stack)")
     d.add_argument("--kubeconfig", type=Path, help="live cluster (embedded stack)")
     d.add_argument("--collect-timeout", type=float, help="seconds to wait for node agents (default 5)")
+    d.add_argument("--agent", action="append", metavar="NODE[=NETNS]",
+                   help="run a node agent in the embedded stack (repeatable; the lab uses NODE=NETNS)")
     d.add_argument("--output", choices=["text", "json"], default="text")
     d.add_argument("-v", "--verbose", action="store_true", help="show every step of every hop")
     d.set_defaults(func=cmd_diagnose)
@@ -264,7 +351,34 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--data-dir", type=Path, default=Path.home() / ".netdiag")
     u.add_argument("--snapshot", type=Path)
     u.add_argument("--kubeconfig", type=Path)
+    u.add_argument("--agent", action="append", metavar="NODE[=NETNS]", help="run a node agent in this process")
     u.set_defaults(func=cmd_up)
+
+    a = sub.add_parser("agent", help="run the node agent of one node (a DaemonSet pod in a cluster)")
+    a.add_argument("--node", required=True)
+    a.add_argument("--netns", help="named netns that is this node's host namespace (the lab)")
+    a.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
+    a.set_defaults(func=lambda args: run_agent(Settings.from_env(nats_url=args.nats_url), args.node, args.netns))
+
+    m = sub.add_parser("matrix", help="pod-to-pod reachability matrix under the NetworkPolicies of a snapshot")
+    m.add_argument("--snapshot", type=Path, required=True)
+    m.add_argument("--namespace", help="only pods of this namespace (default: all)")
+    m.add_argument("--port", type=int, default=80)
+    m.add_argument("--protocol", choices=["tcp", "udp", "sctp"], default="tcp")
+    m.add_argument("--output", choices=["text", "json"], default="text")
+    m.add_argument("--batch", help="JSONL of {src,dst,port,protocol} queries: one policy verdict per line")
+    m.set_defaults(func=cmd_matrix)
+
+    snap = sub.add_parser("snapshot", help="snapshot directories for offline analysis and bug reports")
+    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="ACTION")
+    cap = snap_sub.add_parser("capture", help="write a snapshot of a live cluster")
+    cap.add_argument("--out", type=Path, required=True)
+    cap.add_argument("--kubeconfig", type=Path)
+    cap.add_argument("--node", action="append", help="only these nodes' dumps (default: every node)")
+    cap.add_argument("--nats", dest="nats_url", help="NATS the node agents answer on (default: run --agent here)")
+    cap.add_argument("--agent", action="append", metavar="NODE[=NETNS]", help="run a node agent in this process")
+    cap.add_argument("--timeout", type=float, default=30.0)
+    cap.set_defaults(func=cmd_snapshot_capture)
 
     for plugin in entry_points(group="netdiag.commands"):
         try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.cloud.handler import CloudStage
+from services.collector.agent import run_agent
 from services.collector.handler import CollectorStage
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink
@@ -42,6 +43,7 @@ class EmbeddedStack:
         port: int = 0,
         gateway: bool = True,
         stages: tuple[StageFactory, ...] = PIPELINE,
+        agents: dict[str, str | None] | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -52,6 +54,8 @@ class EmbeddedStack:
         self._nats_url = nats_url
         self.host, self.port, self.with_gateway = host, port, gateway
         self.stage_factories = stages
+        # node → its host netns (None: this process's own namespace); in a cluster agents are a DaemonSet
+        self.agents = agents or {}
         self.stop_event = asyncio.Event()
         self.runners: list[StageRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -77,6 +81,8 @@ class EmbeddedStack:
             runner = StageRunner(bus, factory(bus, self.settings))
             self.runners.append(runner)
             self._tasks.append(asyncio.create_task(runner.run(self.stop_event)))
+        for node, netns in self.agents.items():
+            self._tasks.append(asyncio.create_task(run_agent(self.settings, node, netns, stop=self.stop_event)))
         if self.with_gateway:
             self.gateway_bus = await Bus.connect(name="gateway", settings=self.settings)
             self._buses.append(self.gateway_bus)

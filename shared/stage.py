@@ -81,13 +81,14 @@ class StageRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = None
+        stopping = asyncio.ensure_future(stop.wait())
         while not stop.is_set():
             try:
                 if sub is None:
                     sub = await self._subscribe()
                 await self._slots.acquire()
                 try:
-                    msgs = await sub.fetch(1, timeout=1.0)
+                    msgs = await _fetch_or_stop(sub, stopping)
                 except BaseException:
                     self._slots.release()
                     raise
@@ -102,6 +103,7 @@ class StageRunner:
                 task = asyncio.create_task(self._process(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
+        stopping.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
 
@@ -160,6 +162,19 @@ class StageRunner:
         if diagnosis_id:
             await self.bus.progress(str(diagnosis_id), self.stage.name, "failed", f"invalid event: {exc}")
         await msg.term()
+
+
+async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[bool]) -> list[Msg]:
+    """fetch(1), abandoned as soon as the runner is told to stop, so shutdown does not wait out
+    the long poll (a message the server sent meanwhile is redelivered after ack_wait)."""
+    fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
+    await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not fetch.done():
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
+            await fetch
+        raise TimeoutError  # the caller's loop sees the stop flag and ends
+    return fetch.result()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

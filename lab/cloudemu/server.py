@@ -54,6 +54,9 @@ class EmulatorState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+EMU = web.AppKey("emu", EmulatorState)
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     body = {"Code": code, "Message": message, "RequestId": str(uuid.uuid4()).upper(),
             "HostId": "cloudemu", "Recommend": ""}
@@ -70,7 +73,7 @@ def _take_throttle(emu: EmulatorState, action: str) -> bool:
 
 
 async def _rpc(request: web.Request) -> web.Response:
-    emu: EmulatorState = request.app["emu"]
+    emu: EmulatorState = request.app[EMU]
     params = dict(request.query)
     if request.can_read_body and request.content_type == "application/x-www-form-urlencoded":
         params.update({k: str(v) for k, v in (await request.post()).items()})
@@ -100,7 +103,7 @@ async def _rpc(request: web.Request) -> web.Response:
 
 
 async def _put_state(request: web.Request) -> web.Response:
-    emu: EmulatorState = request.app["emu"]
+    emu: EmulatorState = request.app[EMU]
     try:
         state = normalise(await request.json())
     except (ValueError, StateError) as exc:
@@ -111,7 +114,7 @@ async def _put_state(request: web.Request) -> web.Response:
 
 
 async def _throttle(request: web.Request) -> web.Response:
-    emu: EmulatorState = request.app["emu"]
+    emu: EmulatorState = request.app[EMU]
     body = await request.json()
     with emu.lock:
         emu.throttle[body.get("action")] = int(body.get("count", 1))
@@ -119,14 +122,14 @@ async def _throttle(request: web.Request) -> web.Response:
 
 
 async def _calls(request: web.Request) -> web.Response:
-    emu: EmulatorState = request.app["emu"]
+    emu: EmulatorState = request.app[EMU]
     with emu.lock:
         return web.json_response({"calls": list(emu.calls)})
 
 
 def make_app(emu: EmulatorState) -> web.Application:
     app = web.Application()
-    app["emu"] = emu
+    app[EMU] = emu
     app.router.add_route("*", "/", _rpc)
     app.router.add_put("/_emulator/state", _put_state)
     app.router.add_post("/_emulator/throttle", _throttle)

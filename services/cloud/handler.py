@@ -1,11 +1,30 @@
-"""PLACEHOLDER by the lead so the pipeline runs end to end; the cloud engineer replaces this file."""
+"""The cloud stage: SUBJECT_COLLECTED → SUBJECT_CLOUD.
+
+Collects the cloud inventory around the nodes on the path (live, through the configured
+provider) or reads `<snapshot>/cloud/`, stores it in the object store and sets `env.cloud`
+to its reference. With the `none` provider the envelope carries an unmodelled inventory
+inline plus an explicit assumption. A cloud that cannot be read is a diagnosis problem (an
+abort-class finding and an assumption), never an exception.
+"""
 
 from __future__ import annotations
 
-from shared.bus import SUBJECT_COLLECTED, SUBJECT_CLOUD, Bus
+import asyncio
+import logging
+import time
+from typing import Any
+
+from services.cloud.clb import LB_ID_ANNOTATION
+from services.cloud.provider import CloudError, CloudProvider, make_provider
+from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
+from shared.cloud import CloudInventory, empty_inventory, load_inventory
+from shared.codes import finding
 from shared.config import Settings
-from shared.schemas import Assumption, StageEnvelope
+from shared.schemas import Assumption, Finding, StageEnvelope
 from shared.stage import Stage
+from shared.topology import EndpointKind, TopologyReport
+
+log = logging.getLogger("netdiag.cloud")
 
 
 class CloudStage(Stage):
@@ -13,11 +32,77 @@ class CloudStage(Stage):
     input_subject = SUBJECT_COLLECTED
     output_subject = SUBJECT_CLOUD
 
-    def __init__(self, bus: Bus, settings: Settings) -> None:
+    def __init__(self, bus: Bus, settings: Settings, provider: CloudProvider | None = None) -> None:
         self.bus = bus
         self.settings = settings
+        self._provider = provider
+
+    @property
+    def provider(self) -> CloudProvider:
+        if self._provider is None:
+            self._provider = make_provider(self.settings)
+        return self._provider
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
-        note = Assumption(stage=self.name, text="cloud layer not inspected (stage logic not implemented yet)",
-                          could_change_outcome=True)
-        return env.model_copy(update={"assumptions": [*env.assumptions, note]})
+        started = time.perf_counter()
+        assumptions: list[Assumption] = []
+        findings: list[Finding] = []
+        if self.settings.snapshot is not None:
+            inventory = await asyncio.to_thread(load_inventory, self.settings.snapshot / "cloud")
+        elif self.settings.cloud_provider == "none":
+            inventory = empty_inventory("none", "cloud provider is 'none'")
+        else:
+            inventory = await self._collect(env, findings)
+        if not inventory.modelled:
+            assumptions.append(Assumption(
+                stage=self.name, could_change_outcome=True,
+                text="cloud layer not modelled (" + "; ".join(inventory.statements) + "): security groups, VPC "
+                     "routes, NAT gateway and load balancers were not checked"))
+        assumptions += [Assumption(stage=self.name, text=s) for s in inventory.statements if inventory.modelled]
+        assumptions += [Assumption(stage=self.name, text=f"cloud inventory incomplete: {e}", could_change_outcome=True)
+                        for e in inventory.errors]
+        if inventory.modelled:
+            data = inventory.model_dump_json().encode()
+            cloud: Any = await self.bus.put_blob(f"{env.id}/cloud.json", data)
+        else:
+            cloud = inventory.model_dump(mode="json")
+        await self.bus.progress(env.id, self.name, "progress",
+                                f"cloud inventory: {len(inventory.instances)} instances, "
+                                f"{len(inventory.security_groups)} security groups, "
+                                f"{len(inventory.load_balancers)} load balancers",
+                                ms=round((time.perf_counter() - started) * 1000, 1))
+        return env.model_copy(update={
+            "cloud": cloud, "assumptions": [*env.assumptions, *assumptions], "findings": [*env.findings, *findings]})
+
+    async def _collect(self, env: StageEnvelope, findings: list[Finding]) -> CloudInventory:
+        if env.topology is None:
+            return empty_inventory(self.settings.cloud_provider, "no topology to find the nodes on the path")
+        topology = TopologyReport.model_validate(env.topology)
+        nodes, addresses, lb_ids = _targets(topology)
+        try:
+            return await asyncio.to_thread(self.provider.collect, nodes, addresses, lb_ids)
+        except CloudError as exc:
+            log.warning("cloud inventory not collected: %s", exc)
+            findings.append(finding("DATA_MISSING", None, what="the cloud inventory", reason=str(exc)))
+            return empty_inventory(self.settings.cloud_provider, f"the cloud could not be read: {exc}")
+
+
+def _targets(topology: TopologyReport) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """The Node objects on the path and the load balancers of interest."""
+    names = set(topology.nodes_to_collect)
+    for path in topology.paths:
+        names |= {n for n in (path.src_node, path.dst_node) if n}
+    addresses = [str(ip) for ip in topology.service.load_balancer_ips] if topology.service else []
+    if topology.dst.kind == EndpointKind.LOAD_BALANCER_IP:
+        addresses.append(str(topology.dst.address))
+        names |= {n.get("metadata", {}).get("name", "") for n in topology.objects.nodes}  # every node is a backend
+    nodes = [n for n in topology.objects.nodes if n.get("metadata", {}).get("name") in names]
+    lb_ids = []
+    if topology.service is not None:
+        namespace, _, name = topology.service.service.partition("/")
+        for svc in topology.objects.services:
+            meta = svc.get("metadata", {})
+            if meta.get("namespace") == namespace and meta.get("name") == name:
+                lb_id = (meta.get("annotations") or {}).get(LB_ID_ANNOTATION)
+                lb_ids += [lb_id] if lb_id else []
+    return nodes, sorted(set(addresses)), lb_ids

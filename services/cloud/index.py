@@ -47,6 +47,7 @@ class CloudIndex:
     acls: dict[str, AccessControlList] = field(init=False)
     eni_by_ip: dict[IP, NetworkInterface] = field(init=False)
     members: dict[str, set[IP]] = field(init=False, repr=False)
+    memo: dict[object, object] = field(init=False, repr=False, default_factory=dict)  # per-engine caches
 
     def __post_init__(self) -> None:
         inv = self.inv

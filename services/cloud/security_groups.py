@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.cloud.index import IP, CloudIndex, contains
+from services.cloud.index import IP, CloudIndex, network
 from shared.cloud import NetworkInterface, SecurityGroupRule
 
 
@@ -54,53 +54,79 @@ class SgDecision:
                 "reason": self.reason, "shared_groups": self.shared_groups, "notes": self.notes}
 
 
-def _in_range(value: int | None, low: int, high: int) -> bool | None:
-    """None when the value is unknown and the range is restrictive."""
-    if low == -1:
-        return True
-    if value is None:
+Span = tuple[int, int, int]  # (ip version, first address, last address) as integers
+
+
+def _span(cidr: str | None) -> Span | None:
+    if not cidr:
         return None
-    return low <= value <= high
+    net = network(cidr)
+    return (net.version, int(net.network_address), int(net.broadcast_address))
 
 
-def _protocol_matches(rule: SecurityGroupRule, flow: Flow) -> bool:
-    return rule.protocol == "all" or rule.protocol == flow.protocol
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule flattened to integers (ports, CIDR spans) for a tight evaluation loop."""
+
+    group: str
+    rule: SecurityGroupRule
+    port_from: int
+    port_to: int
+    sport_from: int
+    sport_to: int
+    peer: Span | None  # the remote side: source for ingress, destination for egress
+    local: Span | None
+    peer_group: str | None
+
+    @classmethod
+    def of(cls, group: str, rule: SecurityGroupRule) -> CompiledRule:
+        ingress = rule.direction == "ingress"
+        peer, local = (rule.source_cidr, rule.dest_cidr) if ingress else (rule.dest_cidr, rule.source_cidr)
+        return cls(group, rule, rule.port_from, rule.port_to, rule.source_port_from, rule.source_port_to,
+                   _span(peer), _span(local), rule.source_group_id if ingress else rule.dest_group_id)
 
 
-def _owned_by_group(index: CloudIndex, group_id: str, ip: IP) -> bool:
-    return ip in index.members.get(group_id, ())
+def sorted_rules(index: CloudIndex, group_ids: tuple[str, ...], direction: str, protocol: str
+                 ) -> list[CompiledRule]:
+    """The pooled rules of a NIC's groups that can match `protocol`, in evaluation order,
+    compiled once per (group set, direction, protocol)."""
+    key = ("sg", group_ids, direction, protocol)
+    cached = index.memo.get(key)
+    if cached is None:
+        rules = [CompiledRule.of(g, r) for g in group_ids if g in index.groups for r in index.groups[g].rules
+                 if r.direction == direction and r.protocol in ("all", protocol)]
+        # priority first; at equal priority drop before accept (drop wins)
+        cached = index.memo[key] = sorted(rules, key=lambda c: (c.rule.priority, c.rule.policy != "drop"))
+    return cached  # type: ignore[return-value]
 
 
-def rule_matches(index: CloudIndex, rule: SecurityGroupRule, flow: Flow, notes: list[str]) -> bool:
-    if not _protocol_matches(rule, flow):
-        return False
-    if flow.protocol in ("tcp", "udp"):
-        if not _in_range(flow.dport, rule.port_from, rule.port_to):
-            return False
-        sport_ok = _in_range(flow.sport, rule.source_port_from, rule.source_port_to)
-        if sport_ok is None:
-            notes.append(f"{rule.describe()} restricts the source port, which is unknown: treated as no match")
-            return False
-        if not sport_ok:
-            return False
-    if rule.direction == "ingress":
-        peer, local, peer_group, peer_cidr, local_cidr = flow.src, flow.dst, rule.source_group_id, \
-            rule.source_cidr, rule.dest_cidr
-    else:
-        peer, local, peer_group, peer_cidr, local_cidr = flow.dst, flow.src, rule.dest_group_id, \
-            rule.dest_cidr, rule.source_cidr
-    if local_cidr and not contains(local_cidr, local):
-        return False
-    if peer_group:
-        return _owned_by_group(index, peer_group, peer)
-    return not peer_cidr or contains(peer_cidr, peer)
-
-
-def sorted_rules(index: CloudIndex, group_ids: tuple[str, ...], direction: str
-                 ) -> list[tuple[str, SecurityGroupRule]]:
-    rules = [(g, r) for g in group_ids if g in index.groups for r in index.groups[g].rules if r.direction == direction]
-    # priority first; at equal priority drop before accept (drop wins)
-    return sorted(rules, key=lambda gr: (gr[1].priority, gr[1].policy != "drop"))
+def first_match(index: CloudIndex, rules: list[CompiledRule], flow: Flow, ingress: bool,
+                notes: list[str]) -> CompiledRule | None:
+    ports = flow.protocol in ("tcp", "udp")
+    dport, sport, version = flow.dport, flow.sport, flow.src.version
+    peer_ip, local_ip = (flow.src, flow.dst) if ingress else (flow.dst, flow.src)
+    peer, local = int(peer_ip), int(local_ip)
+    for c in rules:
+        if ports:
+            if c.port_from != -1 and (dport is None or not c.port_from <= dport <= c.port_to):
+                continue
+            if c.sport_from != -1:
+                if sport is None:
+                    notes.append(f"{c.rule.describe()} restricts the source port, which is unknown: "
+                                 "treated as no match")
+                    continue
+                if not c.sport_from <= sport <= c.sport_to:
+                    continue
+        if c.local is not None and not (c.local[0] == version and c.local[1] <= local <= c.local[2]):
+            continue
+        if c.peer_group is not None:
+            # group-to-group: the remote address must belong to an ENI in that group
+            if peer_ip in index.members.get(c.peer_group, ()):
+                return c
+            continue
+        if c.peer is None or (c.peer[0] == version and c.peer[1] <= peer <= c.peer[2]):
+            return c
+    return None
 
 
 def evaluate(index: CloudIndex, nic: NetworkInterface, direction: str, flow: Flow) -> SgDecision:
@@ -111,11 +137,13 @@ def evaluate(index: CloudIndex, nic: NetworkInterface, direction: str, flow: Flo
         decision.notes.append(f"security groups {missing} of {nic.id} were not collected: their rules are unknown")
     if not groups:
         decision.notes.append(f"{nic.id} has no security group")
-    for group_id, rule in sorted_rules(index, groups, direction):
-        if rule_matches(index, rule, flow, decision.notes):
-            decision.allowed, decision.group, decision.rule = rule.policy == "accept", group_id, rule
-            decision.reason = rule.describe()
-            return decision
+    rules = sorted_rules(index, groups, direction, flow.protocol)
+    compiled = first_match(index, rules, flow, direction == "ingress", decision.notes)
+    if compiled is not None:
+        rule = compiled.rule
+        decision.allowed, decision.group, decision.rule = rule.policy == "accept", compiled.group, rule
+        decision.reason = rule.describe()
+        return decision
     decision.default = True
     known = [index.groups[g] for g in groups if g in index.groups]
     if direction == "egress":

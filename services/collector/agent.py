@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
 import re
 import signal
@@ -22,7 +23,6 @@ from services.collector.reader import collect_node
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, node_collect_subject
 from shared.config import Settings
-from shared.netstack import encode_dump
 from shared.schemas import BlobRef
 
 log = logging.getLogger("netdiag.agent")
@@ -104,15 +104,18 @@ class NodeAgent:
     async def _collect(self, request: CollectRequest) -> CollectReply:
         pod_ips = {str(ip): pod for ip, pod in request.pod_ips.items()}
         dump = await asyncio.to_thread(collect_node, self.node, self.netns, pod_ips)
-        raw_size = len(dump.model_dump_json(exclude_none=True))
-        data = encode_dump(dump)
+        duration_ms, namespaces = dump.duration_ms, 1 + len(dump.pods)
+        raw = dump.model_dump_json(exclude_none=True).encode()
+        raw_size = len(raw)
+        data = await asyncio.to_thread(gzip.compress, raw, 6)
+        del raw, dump  # the dump can be MBs: keep only the compressed form while storing it
         if len(data) > self.max_dump_bytes:
-            return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
+            return CollectReply(node=self.node, ok=False, duration_ms=duration_ms,
                                 error=f"dump of {len(data)} compressed bytes exceeds the limit of "
                                       f"{self.max_dump_bytes}")
         ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), data)
-        return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
-                            namespaces=1 + len(dump.pods), size=raw_size)
+        return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=duration_ms,
+                            namespaces=namespaces, size=raw_size)
 
 
 async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str | None = None,

@@ -85,7 +85,9 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     if not isinstance(body, dict):
         return error(400, "request body must be a JSON object with src, dst, port and protocol")
     try:
-        req = DiagnosisRequest.model_validate(body)
+        # strict: no silent coercion at the edge ("80" is not a port, 1 is not a boolean), so
+        # what is accepted is exactly what the OpenAPI document describes
+        req = DiagnosisRequest.model_validate(body, strict=True)
     except ValidationError as exc:
         fields = field_errors(exc)
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
@@ -240,7 +242,10 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error(413, f"request body too large: at most {MAX_BODY} bytes")
     except web.HTTPException as exc:
         if exc.status >= 400 and not request.path.startswith("/static"):
-            return error(exc.status, exc.reason)
+            resp = error(exc.status, exc.reason)
+            if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+                resp.headers["Allow"] = exc.headers["Allow"]
+            return resp
         raise
 
 

@@ -19,6 +19,30 @@ def _ok(description: str, ref: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
+# pydantic names IPvAnyAddress's format "ipvanyaddress", which no OpenAPI tool knows; spelled
+# with the standard formats, clients and generators (schemathesis) see what is accepted.
+IP_ADDRESS = {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+
+
+def _standard_formats(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("format") == "ipvanyaddress":
+            extra = {k: v for k, v in node.items() if k not in ("type", "format")}
+            return {**extra, **IP_ADDRESS}
+        return {k: _standard_formats(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_standard_formats(v) for v in node]
+    return node
+
+
+def _sse_event(name: str, ref: str) -> dict[str, Any]:
+    """One Server-Sent Event (event name + JSON data), as OpenAPI 3.1 tools read a stream."""
+    return {"type": "object", "required": ["event", "data"], "properties": {
+        "event": {"const": name},
+        "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {"$ref": ref}},
+    }}
+
+
 ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"}}
 
 
@@ -28,7 +52,7 @@ def openapi_document() -> dict[str, Any]:
         [(DiagnosisRequest, "validation"), (Diagnosis, "serialization"), (ProgressEvent, "serialization")],
         ref_template="#/components/schemas/{model}",
     )
-    schemas = defs["$defs"]
+    schemas = _standard_formats(defs["$defs"])
     schemas["Error"] = {
         "type": "object", "required": ["error"],
         "properties": {
@@ -44,7 +68,7 @@ def openapi_document() -> dict[str, Any]:
         "next": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}
     health = {"type": "object"}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",  # JSON Schema 2020-12, as pydantic emits it (`null` types, content keywords)
         "info": {"title": "netdiag", "version": "1", "description": "Kubernetes network diagnosis API"},
         "paths": {
             "/healthz": {"get": {"operationId": "healthz", "responses": {
@@ -79,9 +103,12 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "watchResults",
                 "responses": {"200": {"description": "Server-Sent Events: one `result` event (Diagnosis) per "
                                       "diagnosis as it completes", "content": {"text/event-stream": {
-                                          "schema": {"type": "string"}}}},
+                                          "schema": _sse_event("result", "#/components/schemas/Diagnosis")}}},
                               "503": _error("bus unavailable")},
             }},
+            "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": {
+                "200": {"description": "this document", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["openapi", "paths"]}}}}}}},
             "/api/v1/diagnoses/{id}": {"get": {
                 "operationId": "getDiagnosis", "parameters": [ID_PARAM],
                 "responses": {"200": _ok("the diagnosis", "#/components/schemas/Diagnosis"),
@@ -91,7 +118,9 @@ def openapi_document() -> dict[str, Any]:
                 "operationId": "diagnosisEvents", "parameters": [ID_PARAM],
                 "responses": {"200": {"description": "Server-Sent Events: `progress` events (ProgressEvent), then "
                                       "one `result` event (Diagnosis)",
-                                      "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                                      "content": {"text/event-stream": {"schema": {"oneOf": [
+                                          _sse_event("progress", "#/components/schemas/ProgressEvent"),
+                                          _sse_event("result", "#/components/schemas/Diagnosis")]}}}},
                               "404": _error("unknown id"), "503": _error("bus unavailable")},
             }},
         },

@@ -5,11 +5,17 @@ Results live in the JetStream KV bucket (file storage), so a gateway restart los
 
 from __future__ import annotations
 
+import re
+
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
 from shared.bus import SUBJECT_COMPLETED, Bus
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.stage import Stage
+
+# shared.schemas.new_id(); anything else (e.g. `*`, `>`, spaces) is no diagnosis, and must
+# never reach the KV (an invalid key) or a progress subject (a wildcard)
+ID_FORMAT = re.compile(r"[0-9a-f]{32}")
 
 
 def diagnosis_from_envelope(env: StageEnvelope) -> Diagnosis:
@@ -36,6 +42,8 @@ class ResultStore:
         await self.bus.kv.purge(diagnosis_id)
 
     async def get(self, diagnosis_id: str) -> Diagnosis | None:
+        if not ID_FORMAT.fullmatch(diagnosis_id):
+            return None
         try:
             entry = await self.bus.kv.get(diagnosis_id)
         except KeyNotFoundError:

@@ -30,16 +30,32 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Obj = dict[str, Any]
 
 # Pod fields the diagnosis reads; everything else (volumes, env, resources, probes'
-# bodies …) is dropped at the edge, which is what keeps 150k pods well under 2 GB.
+# bodies, timestamps …) is dropped at the edge and repeated strings are interned, which
+# is what keeps 150k pods well under 2 GB.
+_POD_META_KEYS = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "deletionTimestamp")
 _POD_SPEC_KEYS = ("nodeName", "hostNetwork", "dnsPolicy", "subdomain", "hostname")
 _CONTAINER_KEYS = ("name", "ports")
 _HOST_CONTAINER_KEYS = ("name", "ports", "command", "args")  # control-plane flags (service CIDR)
-_POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "podIPs", "hostIP", "hostIPs", "conditions")
-_CONTAINER_STATUS_KEYS = ("name", "ready", "started", "restartCount", "state")
+_POD_STATUS_KEYS = ("phase", "reason", "message", "podIP", "podIPs", "hostIP", "hostIPs")
+_CONDITION_KEYS = ("type", "status", "reason", "message")
+_CONTAINER_STATUS_KEYS = ("name", "ready", "started", "restartCount")
+_ENDPOINT_KEYS = ("addresses", "conditions", "nodeName", "zone", "hints")
+_TARGET_REF_KEYS = ("kind", "name", "namespace")
 
 
-def _intern(value: Any) -> Any:
-    return sys.intern(value) if isinstance(value, str) else value
+def _compact(value: Any) -> Any:
+    """Rebuild JSON containers tightly with interned strings (labels, names repeat a lot)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k): _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value
+
+
+def _pick(obj: Obj, keys: tuple[str, ...]) -> Obj:
+    return {k: obj[k] for k in keys if k in obj}
 
 
 def trim(kind: str, obj: Obj) -> Obj:
@@ -48,37 +64,54 @@ def trim(kind: str, obj: Obj) -> Obj:
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")
     if annotations and LAST_APPLIED in annotations:
-        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED} or None
-        if meta["annotations"] is None:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        if not meta["annotations"]:
             del meta["annotations"]
-    for field in ("name", "namespace"):
-        if field in meta:
-            meta[field] = _intern(meta[field])
     out: Obj = {"apiVersion": obj.get("apiVersion", _API_VERSIONS.get(kind, "v1")), "kind": kind, "metadata": meta}
     if kind == "Pod":
+        out["metadata"] = _pick(meta, _POD_META_KEYS)
         out["spec"] = _trim_pod_spec(obj.get("spec") or {})
         out["status"] = _trim_pod_status(obj.get("status") or {})
-        return out
+        return _compact(out)
+    if kind == "EndpointSlice":
+        out.update({k: v for k, v in obj.items() if k not in out and k != "endpoints"})
+        out["endpoints"] = [_trim_endpoint(ep) for ep in obj.get("endpoints") or []]
+        return _compact(out)
     for key, value in obj.items():
         if key not in out:
             out[key] = value
     return out
 
 
-def _trim_pod_spec(spec: Obj) -> Obj:
-    out = {k: _intern(spec[k]) for k in _POD_SPEC_KEYS if k in spec}
-    keys = _HOST_CONTAINER_KEYS if spec.get("hostNetwork") else _CONTAINER_KEYS
-    for group in ("initContainers", "containers"):
-        if spec.get(group):
-            out[group] = [{k: c[k] for k in keys if k in c} for c in spec[group]]
+def _trim_endpoint(ep: Obj) -> Obj:
+    out = _pick(ep, _ENDPOINT_KEYS)
+    if ep.get("targetRef"):
+        out["targetRef"] = _pick(ep["targetRef"], _TARGET_REF_KEYS)
     return out
 
 
+def _trim_pod_spec(spec: Obj) -> Obj:
+    out = _pick(spec, _POD_SPEC_KEYS)
+    keys = _HOST_CONTAINER_KEYS if spec.get("hostNetwork") else _CONTAINER_KEYS
+    for group in ("initContainers", "containers"):
+        if spec.get(group):
+            out[group] = [_pick(c, keys) for c in spec[group]]
+    return out
+
+
+def _container_state(state: Obj) -> Obj:
+    """Which state (running/waiting/terminated) and why; timestamps and ids dropped."""
+    return {k: _pick(v or {}, ("reason", "exitCode")) for k, v in state.items()}
+
+
 def _trim_pod_status(status: Obj) -> Obj:
-    out = {k: status[k] for k in _POD_STATUS_KEYS if k in status}
+    out = _pick(status, _POD_STATUS_KEYS)
+    if status.get("conditions"):
+        out["conditions"] = [_pick(c, _CONDITION_KEYS) for c in status["conditions"]]
     for group in ("initContainerStatuses", "containerStatuses"):
         if status.get(group):
-            out[group] = [{k: c[k] for k in _CONTAINER_STATUS_KEYS if k in c} for c in status[group]]
+            out[group] = [{**_pick(c, _CONTAINER_STATUS_KEYS), "state": _container_state(c.get("state") or {})}
+                          for c in status[group]]
     return out
 
 

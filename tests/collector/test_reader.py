@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -127,7 +128,7 @@ def test_iptables_both_backends_and_mixed_state(dump1: NodeDump, dump2: NodeDump
 
 def test_reading_creates_no_tables(fx: netns_fixture.Fixture, dump1: NodeDump) -> None:
     ref = netns.host_ref(fx.pods["default/p2"])
-    assert netns.run_in(ref, lambda: open("/proc/thread-self/net/ip_tables_names").read()) == ""
+    assert netns.run_in(ref, lambda: Path("/proc/thread-self/net/ip_tables_names").read_text()) == ""
     assert netns_fixture.sh("ip", "netns", "exec", fx.pods["default/p2"], "nft", "list", "tables") == ""
 
 

@@ -151,7 +151,7 @@ class Gateway:
         self.runner = web.AppRunner(create_app(self.bus), access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = "http://127.0.0.1:{}".format(self.runner.addresses[0][1])
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
         return self
 
     async def stop(self) -> None:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,12 @@ from kubernetes import client, config, watch
 from kubernetes.aio import client as aio_client
 from kubernetes.aio import config as aio_config
 from kubernetes.aio import watch as aio_watch
+from kubernetes.informer import DELETED, SharedInformer
 
 from lab.kubeapi import LabKubeAPI, serve_scenario, spawn_daemon, stop_daemon
 from lab.kubeconfig import write_kubeconfig
-from lab.objects import RESOURCES, instance_id
+from lab.kubestore import ObjectStore
+from lab.objects import RESOURCES, instance_id, scenario_objects
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from lab.state import ApiInfo, LabState
 
@@ -74,6 +77,90 @@ def _collect(func: Callable[..., object], *args: object, until: Callable[[list[d
 
 
 # ------------------------------------------------------------------ lists parse into the strict models
+
+EDGE_CASES = {
+    "name": "edges", "cni": "vxlan",
+    "nodes": [{"name": "n1"}, {"name": "n2", "ready": False}],
+    "pods": [
+        {"name": "web-1", "node": "n1", "labels": {"app": "web"},
+         "containers": [{"name": "web", "ports": [{"name": "http", "containerPort": 80}]},
+                        {"name": "sidecar", "ready": False}]},
+        {"name": "web-2", "node": "n2", "labels": {"app": "web"}, "phase": "Pending",
+         "containers": [{"name": "web", "ports": [{"name": "http", "containerPort": 8080}]}]},
+        {"name": "agent", "node": "n2", "hostNetwork": True, "labels": {"app": "agent"},
+         "containers": [{"name": "agent", "ports": [{"containerPort": 9100}]}]},
+        {"name": "done", "node": "n1", "labels": {"app": "web"}, "phase": "Succeeded"},
+    ],
+    "services": [
+        {"name": "web-lb", "type": "LoadBalancer", "selector": {"app": "web"}, "externalTrafficPolicy": "Local",
+         "loadBalancerIP": "47.96.0.10", "loadBalancerSourceRanges": ["203.0.113.0/24"],
+         "externalIPs": ["172.30.0.200"], "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+        {"name": "web-headless", "clusterIP": "None", "selector": {"app": "web"}, "ports": [{"port": 80}]},
+        {"name": "agent", "selector": {"app": "agent"}, "ports": [{"port": 9100, "targetPort": 9100}]},
+        {"name": "external", "ports": [{"port": 5432}]},
+    ],
+    "networkPolicies": [{"metadata": {"name": "egress-dns"}, "spec": {
+        "podSelector": {"matchLabels": {"app": "web"}},
+        "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53}]}]}}],
+}
+
+
+def _normalised(value: object) -> object:
+    """Drop nulls and canonicalise timestamps, to compare what we emit with what the model keeps."""
+    if isinstance(value, dict):
+        return {k: _normalised(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_normalised(v) for v in value]
+    if isinstance(value, str) and value.endswith("+00:00"):
+        return value.removesuffix("+00:00") + "Z"
+    return value
+
+
+@pytest.mark.parametrize("scenario", [Scenario.load(BASIC), Scenario.model_validate(EDGE_CASES)],
+                         ids=["basic", "edges"])
+def test_objects_hold_only_fields_the_strict_models_know(scenario: Scenario) -> None:
+    """Every object parses, and a round trip through its model loses nothing (no misspelt field ignored)."""
+    api = client.ApiClient()
+    objects = scenario_objects(resolve(scenario))
+    for obj in objects:
+        model = api.deserialize(json.dumps(obj), f"V1{obj['kind']}", "application/json")
+        back = json.loads(json.dumps(api.sanitize_for_serialization(model), default=str))
+        assert _normalised(back) == _normalised(obj), obj["metadata"]["name"]
+        assert model.metadata.uid and model.metadata.resource_version and model.metadata.creation_timestamp
+
+
+def test_edge_case_objects() -> None:
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in scenario_objects(resolve(
+        Scenario.model_validate(EDGE_CASES)))}
+    lb = objects[("Service", "web-lb")]
+    assert lb["status"]["loadBalancer"]["ingress"] == [{"ip": "47.96.0.10", "ipMode": "VIP"}]
+    assert lb["spec"]["externalTrafficPolicy"] == "Local" and lb["spec"]["ports"][0]["nodePort"] >= 30000
+    assert objects[("Service", "web-headless")]["spec"]["clusterIP"] == "None"
+    slices = [o for (kind, _), o in objects.items() if kind == "EndpointSlice"
+              and o["metadata"]["labels"]["kubernetes.io/service-name"] == "web-lb"]
+    # named port "http" resolves to 80 on web-1 and 8080 on web-2: one slice per port set, as upstream
+    assert sorted((s["ports"][0]["port"], s["endpoints"][0]["targetRef"]["name"],
+                   s["endpoints"][0]["conditions"]["ready"]) for s in slices) == [
+        (80, "web-1", False), (8080, "web-2", False)]
+    assert not any(e["targetRef"]["name"] == "done" for s in slices for e in s["endpoints"])
+    assert [s for (kind, name), s in objects.items() if kind == "EndpointSlice" and name.startswith("external")] \
+        == []
+    web_1 = objects[("Pod", "web-1")]
+    assert {c["type"]: c["status"] for c in web_1["status"]["conditions"]}["Ready"] == "False"
+    assert [c["ready"] for c in web_1["status"]["containerStatuses"]] == [True, False]
+    agent = objects[("Pod", "agent")]
+    assert agent["spec"]["hostNetwork"] and agent["status"]["podIP"] == agent["status"]["hostIP"]
+    n2 = objects[("Node", "n2")]
+    assert {c["type"]: c["status"] for c in n2["status"]["conditions"]}["Ready"] == "Unknown"
+    assert {t["key"] for t in n2["spec"]["taints"]} == {"node.kubernetes.io/unreachable"}
+    net_conf = json.loads(objects[("ConfigMap", "kube-flannel-cfg")]["data"]["net-conf.json"])
+    assert net_conf["Backend"] == {"Type": "vxlan", "VNI": 1, "Port": 8472}
+    policy = objects[("NetworkPolicy", "egress-dns")]
+    assert policy["metadata"]["namespace"] == "default"
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert [p["protocol"] for p in policy["spec"]["egress"][0]["ports"]] == ["UDP", "TCP"]
+
+
 
 
 def test_every_kind_lists_and_parses(api_client: client.ApiClient, resolved: ResolvedScenario) -> None:
@@ -154,6 +241,12 @@ def test_get_by_name_and_not_found(api_client: client.ApiClient) -> None:
         core.read_namespaced_pod("nope", "shop")
     assert err.value.status == 404
     assert json.loads(err.value.body)["reason"] == "NotFound"
+    with pytest.raises(client.ApiException) as err:
+        core.list_persistent_volume()  # a kind the lab does not serve
+    assert err.value.status == 404 and json.loads(err.value.body)["kind"] == "Status"
+    with pytest.raises(client.ApiException) as err:
+        core.delete_namespaced_pod("db", "shop")
+    assert err.value.status == 405
 
 
 def test_discovery_and_version(api_client: client.ApiClient) -> None:
@@ -345,6 +438,46 @@ def test_watch_bookmarks(lab_api: LabKubeAPI, api_client: client.ApiClient) -> N
                       until=lambda evs: True)
     assert events[0]["type"] == "BOOKMARK"
     assert events[0]["raw_object"]["metadata"]["resourceVersion"] == rv
+    # WatchList: the initial state as ADDED events, then a bookmark marking its end
+    events = _collect(client.CoreV1Api(api_client).list_node, send_initial_events=True, allow_watch_bookmarks=True,
+                      resource_version_match="NotOlderThan", until=lambda evs: evs[-1]["type"] == "BOOKMARK")
+    assert [e["type"] for e in events] == ["ADDED", "ADDED", "BOOKMARK"]
+    assert events[-1]["raw_object"]["metadata"]["annotations"] == {"k8s.io/initial-events-end": "true"}
+
+
+def test_sync_changes_only_what_changed(resolved: ResolvedScenario) -> None:
+    created = datetime(2026, 1, 1, tzinfo=UTC)
+    store = ObjectStore()
+    store.load(scenario_objects(resolved, created))
+    assert store.sync(scenario_objects(resolved, created)) == 0
+    edited = resolved.scenario.model_copy(update={"nodes": [
+        resolved.scenario.nodes[0], resolved.scenario.nodes[1].model_copy(update={"ready": False})]})
+    rv = store.resource_version
+    assert store.sync(scenario_objects(resolve(edited), created)) >= 1
+    changed = {(e.type, e.kind, e.obj["metadata"]["name"]) for kind in ("Node", "DaemonSet")
+               for e in store.events_since(kind, rv)[0]}
+    assert ("MODIFIED", "Node", "node-2") in changed and ("MODIFIED", "Node", "node-1") not in changed
+    assert store.set_node_ready("node-2", True)["status"]["conditions"][-1]["status"] == "True"
+
+
+def test_shared_informer_follows_the_lab(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    """The client's own informer (list, then watch from the list's resourceVersion) tracks lab changes."""
+    changed = threading.Event()
+    informer = SharedInformer(client.CoreV1Api(api_client).list_namespaced_pod, namespace="shop")
+    informer.add_event_handler(DELETED, lambda obj: changed.set())
+    informer.start()
+    try:
+        deadline = time.monotonic() + 2
+        while len(informer.cache.list()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        lab_api.set_pod_ready("shop/api-1", False)
+        lab_api.delete("Pod", "shop", "db")
+        assert changed.wait(2)
+        pods = {p.metadata.name: p for p in informer.cache.list()}
+        assert sorted(pods) == ["api-1", "api-2"]
+        assert not pods["api-1"].status.container_statuses[0].ready
+    finally:
+        informer.stop()
 
 
 # ------------------------------------------------------------------ async client, in-loop server, daemon

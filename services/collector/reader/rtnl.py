@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
 
 from shared.netstack import FdbEntry, Link, Neighbor, Route, Rule
 
@@ -147,6 +148,8 @@ def _nsid(ipr: IPRoute, path: str) -> int:
         return -1
     try:
         found = ipr.get_netnsid(fd=fd)
+    except NetlinkError:  # EINVAL: the namespace is being torn down (labs come and go concurrently)
+        return -1
     finally:
         os.close(fd)
     nsid = found.get("nsid") if found else None
@@ -177,7 +180,9 @@ def read_rtnl(lookups: dict[str, str] | None = None) -> RtnlState:
                 continue
             state.neighbors.append(Neighbor(dst=n.get("NDA_DST"), dev=names.get(n["ifindex"], str(n["ifindex"])),
                                             lladdr=n.get("NDA_LLADDR"), state=_nud_state(n["state"])))
-        for f in ipr.get_neighbours(family=socket.AF_BRIDGE):
+        # only bridges and vxlan devices have forwarding databases worth a dump (pods have neither)
+        has_fdb = any(link.kind in ("bridge", "vxlan") for link in state.links)
+        for f in ipr.get_neighbours(family=socket.AF_BRIDGE) if has_fdb else ():
             mac = f.get("NDA_LLADDR") or ""
             if mac and int(mac[:2], 16) & 1:  # group bit: multicast/broadcast
                 continue

@@ -59,25 +59,50 @@ class Target:
 
 
 @dataclass(slots=True)
+class CompiledRule:
+    matches: tuple[Match, ...]
+    target: Target | None  # None: a rule without -j (counts only)
+    unknown_target: bool
+    deterministic: tuple[Match, ...]  # evaluated first, AND-ed
+    forking: tuple[Match, ...]  # statistic / unknown: the trace forks
+
+
+@dataclass(slots=True)
 class Rule:
+    """One `-A` line. Its matches and target are compiled on first use: a node's 100,000 kube-proxy
+    rules load fast and a trace compiles only the few hundred it visits."""
+
     table: str
     chain: str
     position: int  # 1-based, as `iptables -L --line-numbers` shows
     text: str  # the `-A …` line as saved
-    matches: tuple[Match, ...]
-    target: Target | None  # None: a rule without -j (counts only)
-    unknown_target: bool = False
-    # precomputed for the tracer
-    deterministic: tuple[Match, ...] = ()
-    forking: tuple[Match, ...] = ()
+    family: int = 4
+    table_chains: dict | None = None  # the table's chains: a jump target that is none of them is a target
+    compiled: CompiledRule | None = None
 
-    def __post_init__(self) -> None:
-        self.deterministic = tuple(m for m in self.matches if m.kind <= MatchKind.ASSUMED)
-        self.forking = tuple(m for m in self.matches if m.kind > MatchKind.ASSUMED)
+    compiler = None  # set by the parser module: (Rule) -> CompiledRule
+
+    def compile(self) -> CompiledRule:
+        if self.compiled is None:
+            self.compiled = type(self).compiler(self)
+        return self.compiled
+
+    @property
+    def matches(self) -> tuple[Match, ...]:
+        return self.compile().matches
+
+    @property
+    def target(self) -> Target | None:
+        return self.compile().target
+
+    @property
+    def unknown_target(self) -> bool:
+        return self.compile().unknown_target
 
     @property
     def unsupported(self) -> bool:
-        return self.unknown_target or any(m.kind == MatchKind.UNKNOWN for m in self.matches)
+        c = self.compile()
+        return c.unknown_target or any(m.kind == MatchKind.UNKNOWN for m in c.matches)
 
 
 @dataclass(slots=True)

@@ -20,7 +20,17 @@ from services.simulator.dataplane.netfilter.matches import (
     build_module,
     parse_network,
 )
-from services.simulator.dataplane.netfilter.model import BUILTIN_CHAINS, Chain, Match, Rule, Ruleset, Table, Target
+from services.simulator.dataplane.netfilter.model import (
+    BUILTIN_CHAINS,
+    Chain,
+    CompiledRule,
+    Match,
+    MatchKind,
+    Rule,
+    Ruleset,
+    Table,
+    Target,
+)
 from services.simulator.dataplane.netfilter.targets import KNOWN_TARGETS
 
 _TOKEN = re.compile(r'"((?:[^"\\]|\\.)*)"|(\S+)')
@@ -55,9 +65,9 @@ def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        m = _COUNTERS.match(line)
-        if m:
-            line = line[m.end():]
+        if line[0] == "[":  # `iptables-save -c` prefixes [packets:bytes]
+            m = _COUNTERS.match(line)
+            line = line[m.end():] if m else line
         if line.startswith("*"):
             table = rs.tables.setdefault(line[1:].strip(), Table(name=line[1:].strip()))
             seen_table = True
@@ -68,33 +78,12 @@ def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
         elif line.startswith(":"):
             _parse_chain_line(table, line, rs, lineno)
         elif line.startswith("-A ") or line.startswith("-I "):
-            try:
-                _parse_rule_line(table, line, rs)
-            except (ValueError, IndexError) as exc:
-                # keep the rule as fully unknown rather than lose it
-                chain_name = line.split()[1] if len(line.split()) > 1 else "?"
-                chain = table.chains.setdefault(chain_name, Chain(name=chain_name, policy=None))
-                rule = Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
-                            matches=(UnknownMatch(text=line, module="unparsed"),), target=None,
-                            unknown_target=True)
-                chain.rules.append(rule)
-                rs.warnings.append(f"line {lineno}: could not parse ({exc}); kept as unsupported: {line[:120]}")
+            _add_rule_line(table, line, rs)
         else:
             rs.warnings.append(f"line {lineno}: ignored: {line[:80]}")
     if not seen_table and text.strip():
         raise IptablesParseError("not iptables-save output: no '*table' line")
-    _resolve_targets(rs)
     return rs
-
-
-def _resolve_targets(rs: Ruleset) -> None:
-    """A jump to a name that is neither a chain of its table nor a modelled target is unsupported."""
-    for table in rs.tables.values():
-        for chain in table.chains.values():
-            for rule in chain.rules:
-                t = rule.target
-                if t is not None and t.name not in table.chains and t.name not in KNOWN_TARGETS:
-                    rule.unknown_target = True
 
 
 def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None:
@@ -116,14 +105,37 @@ def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None
         chain.policy, chain.counters = policy, counters
 
 
-def _parse_rule_line(table: Table, line: str, rs: Ruleset) -> None:
-    tokens = tokenize(line)
-    chain_name = tokens[1]
+def _add_rule_line(table: Table, line: str, rs: Ruleset) -> None:
+    chain_name = line.split(None, 2)[1]
     chain = table.chains.get(chain_name)
     if chain is None:
         chain = table.chains[chain_name] = Chain(name=chain_name, policy="ACCEPT" if chain_name in BUILTIN_CHAINS
                                                  else None)
         rs.warnings.append(f"chain {table.name}/{chain_name} used before declared")
+    chain.rules.append(Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
+                            family=rs.family, table_chains=table.chains))
+
+
+def compile_rule(rule: Rule) -> CompiledRule:
+    """Build the typed matches and target of one rule. Never raises: what cannot be parsed becomes an
+    UnknownMatch, so the tracer explores both outcomes instead of losing the ruleset."""
+    try:
+        matches, target = _compile_tokens(tokenize(rule.text), rule.family)
+    except (ValueError, IndexError) as exc:
+        matches = [UnknownMatch(text=rule.text, module=f"unparsed ({exc})")]
+        target = None
+    unknown_target = target is not None and target.name not in (rule.table_chains or {}) and (
+        target.name not in KNOWN_TARGETS)
+    det = tuple(m for m in matches if m.kind <= MatchKind.ASSUMED)
+    fork = tuple(m for m in matches if m.kind > MatchKind.ASSUMED)
+    return CompiledRule(matches=tuple(matches), target=target, unknown_target=unknown_target, deterministic=det,
+                        forking=fork)
+
+
+Rule.compiler = staticmethod(compile_rule)
+
+
+def _compile_tokens(tokens: list[str], family: int) -> tuple[list[Match], Target | None]:
     matches: list[Match] = []
     protocol: str | None = None
     modules: list[tuple[str, list[Option]]] = []  # in order; options attach to the latest that takes them
@@ -180,11 +192,10 @@ def _parse_rule_line(table: Table, line: str, rs: Ruleset) -> None:
         i += 1
     for module, opts in modules:
         text = "-m " + module + "".join(f" {'! ' if neg else ''}--{o} {' '.join(v)}".rstrip() for o, neg, v in opts)
-        matches.extend(build_module(module, opts, text, protocol, rs.family))
+        matches.extend(build_module(module, opts, text, protocol, family))
     if target is not None:
         target.text = f"{'-g' if target.goto else '-j'} {target.name}"
-    chain.rules.append(Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
-                            matches=tuple(matches), target=target))
+    return matches, target
 
 
 def _attach_option(modules: list[tuple[str, list[Option]]], protocol: str | None, opt: Option) -> None:

@@ -53,7 +53,7 @@ def apply_target(br: Branch, rule: Rule, hit: RuleHit, ctx: Any) -> list[tuple[B
     if name in PASSIVE:
         return [(br, CONTINUE)]
     if name == "DNAT":
-        return _dnat(br, opts.get("to-destination", [""]), hit, "DNAT", random="random" in opts)
+        return _dnat(br, opts.get("to-destination", [""]), hit, random="random" in opts or "persistent" in opts)
     if name == "REDIRECT":
         return _redirect(br, opts, hit, ctx)
     if name == "SNAT":
@@ -132,9 +132,12 @@ def _nat_branches(br: Branch, addrs: list[IPAddress], ports: tuple[int, int] | N
     return out
 
 
-def _dnat(br: Branch, specs: list[str], hit: RuleHit, kind: str, random: bool) -> list[tuple[Branch, str]]:
+def _dnat(br: Branch, specs: list[str], hit: RuleHit, random: bool) -> list[tuple[Branch, str]]:
     out = []
     addrs, ports = parse_nat_spec(specs[0])
+    if random and len(addrs) > 1:
+        br.assume("DNAT --random/--persistent: the kernel's choice is not predictable: every address is a branch")
+    kind = "DNAT"
     for b, addr, port in _nat_branches(br, addrs, ports, kind):
         st = b.state
         before = endpoint(st.dst, st.dport)

@@ -248,9 +248,12 @@ class Tracer:
         """None: the rule does not match. Otherwise the branches and whether the rule matched in each."""
         st, ctx = br.state, self.ctx
         assumed: list[str] = []
-        for m in rule.deterministic:
+        compiled = rule.compiled or rule.compile()
+        for m in compiled.deterministic:
             try:
                 if not m.test(st, ctx):
+                    if m.kind == MatchKind.ASSUMED and m.assumption:
+                        br.assume(m.assumption)  # the assumption decided the miss: say so
                     return None
             except MissingSet as exc:
                 return self._fork_unknown(br, rule, hook, f"ipset {exc.args[0]} (not in the given ipset save)")
@@ -258,13 +261,13 @@ class Tracer:
                 assumed.append(m.assumption)
         for a in assumed:
             br.assume(a)
-        if not rule.forking:
+        if not compiled.forking:
             return [(br, True)]
-        unknown = [m for m in rule.forking if m.kind == MatchKind.UNKNOWN]
+        unknown = [m for m in compiled.forking if m.kind == MatchKind.UNKNOWN]
         if unknown:
             return self._fork_unknown(br, rule, hook, ", ".join(_feature(m) for m in unknown))
         p = 1.0
-        for m in rule.forking:
+        for m in compiled.forking:
             p *= m.probability(st)
         if p >= 1.0:
             return [(br, True)]

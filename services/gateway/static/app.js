@@ -1,0 +1,588 @@
+// netdiag web UI: the form, live progress over SSE, the result (verdict, packet-path graph,
+// hop details, findings, assumptions), history with permalinks (#/diagnoses/<id>), exports.
+import { arrange, buildModel, drawGraph, focusNode, toSvg } from "./graph.js";
+import { validateForm, validateIp } from "./validate.js";
+
+const API = "/api/v1";
+const HISTORY_PAGE = 20;
+const KNOWN_KEY = "netdiag.known-addresses";
+const DNS_KEY = "netdiag.dns-ip";
+const VERDICT_MARK = { REACHABLE: "✔", UNREACHABLE: "✖", AMBIGUOUS: "◐", UNDETERMINED: "?", FAILED: "✖" };
+const SEVERITY_ORDER = { error: 0, warning: 1, info: 2 };
+const STAGE_ORDER = ["topology", "collector", "cloud", "simulator", "gateway-store", "gateway"];
+const PACKET_FIELDS = ["src", "sport", "dst", "dport", "protocol", "mark", "iif", "oif"];
+
+const $ = (id) => document.getElementById(id);
+const state = { diagnosis: null, model: null, cy: null, selected: null, follow: null, historyNext: null };
+
+// ------------------------------------------------------------------ DOM helper
+
+/** h("li", {class: "x", onclick: fn}, child, "text", ...) — text is always set as text, never HTML. */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "class") el.className = v;
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+const badge = (text, cls = text) => h("span", { class: `badge b-${cls}` }, text);
+const ms = (v) => (v === null || v === undefined ? "" : v >= 1000 ? `${(v / 1000).toFixed(2)} s` : `${Number(v).toFixed(1)} ms`);
+const describe = (r) => `${r.protocol} ${r.src} → ${r.dst.includes(":") ? `[${r.dst}]` : r.dst}:${r.port}`;
+
+async function api(path, init) {
+  const resp = await fetch(API + path, init);
+  let body = null;
+  try { body = await resp.json(); } catch { /* non-JSON error page */ }
+  return { status: resp.status, ok: resp.ok, body };
+}
+
+// ------------------------------------------------------------------ form
+
+function showFieldErrors(errors) {
+  for (const name of ["src", "dst", "port", "protocol", "collect-timeout"]) {
+    const msg = errors[name] || "";
+    $(`${name}-error`).textContent = msg;
+    const input = $(name);
+    if (msg) input.setAttribute("aria-invalid", "true"); else input.removeAttribute("aria-invalid");
+  }
+}
+
+function formValues() {
+  return { src: $("src").value.trim(), dst: $("dst").value.trim(), port: $("port").value.trim(),
+           protocol: $("protocol").value, collect_timeout_s: $("collect-timeout").value.trim(), check_reply: $("check-reply").checked };
+}
+
+const API_FIELD = { src: "src", dst: "dst", port: "port", protocol: "protocol", "options.collect_timeout_s": "collect-timeout" };
+
+async function submitForm(event) {
+  event.preventDefault();
+  const values = formValues();
+  const { errors, request } = validateForm(values);
+  showFieldErrors(errors);
+  $("form-error").hidden = true;
+  const firstBad = Object.keys(errors)[0];
+  if (firstBad) { $(firstBad).focus(); return; }
+  $("submit").disabled = true;
+  try {
+    const res = await api("/diagnoses", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request) });
+    if (res.status === 202) {
+      location.hash = `#/diagnoses/${res.body.id}`;
+      return;
+    }
+    if (res.status === 422 && res.body && res.body.fields) {
+      // The API is the judge: show its per-field messages where the field is.
+      const serverErrors = {};
+      for (const f of res.body.fields) serverErrors[API_FIELD[f.field] || "form"] = f.message;
+      showFieldErrors(serverErrors);
+      if (serverErrors.form) formError(res.body.error);
+      return;
+    }
+    formError((res.body && res.body.error) || `the gateway answered ${res.status}`);
+  } catch (err) {
+    formError(`cannot reach the gateway: ${err.message}`);
+  } finally {
+    $("submit").disabled = false;
+  }
+}
+
+function formError(text) {
+  $("form-error").textContent = text;
+  $("form-error").hidden = false;
+}
+
+function fillForm(request) {
+  $("src").value = request.src;
+  $("dst").value = request.dst;
+  $("port").value = request.port;
+  $("protocol").value = request.protocol;
+  if (request.options) {
+    $("collect-timeout").value = request.options.collect_timeout_s;
+    $("check-reply").checked = request.options.check_reply;
+  }
+  showFieldErrors({});
+}
+
+function dnsPreset() {
+  const ip = $("dns-ip").value.trim();
+  const err = validateIp(ip);
+  $("dns-ip-error").textContent = err ? `kube-dns ClusterIP: ${err}` : "";
+  if (err) { $("dns-ip").setAttribute("aria-invalid", "true"); $("dns-ip").focus(); return; }
+  $("dns-ip").removeAttribute("aria-invalid");
+  localStorage.setItem(DNS_KEY, ip);
+  $("dst").value = ip;
+  $("port").value = "53";
+  $("protocol").value = "udp";
+  showFieldErrors({});
+  $(validateIp($("src").value.trim()) ? "src" : "submit").focus();
+}
+
+// ------------------------------------------------------------------ known addresses (pickers)
+
+function knownAddresses() {
+  try { return JSON.parse(localStorage.getItem(KNOWN_KEY)) || {}; } catch { return {}; }
+}
+
+/** Remember addresses seen in diagnoses (hops name them), offered as the inputs' datalist. */
+function learnAddresses(entries) {
+  const known = knownAddresses();
+  let changed = false;
+  for (const [addr, label] of entries) {
+    if (!addr || (addr in known && (known[addr] || !label))) continue;
+    known[addr] = label || "";
+    changed = true;
+  }
+  if (changed) localStorage.setItem(KNOWN_KEY, JSON.stringify(known));
+  renderKnown();
+}
+
+function renderKnown() {
+  const known = knownAddresses();
+  $("known-addresses").replaceChildren(...Object.keys(known).sort().map((a) => h("option", { value: a }, known[a] ? `${a} — ${known[a]}` : a)));
+}
+
+function learnFromDiagnosis(d) {
+  const entries = [[d.request.src, ""], [d.request.dst, ""]];
+  for (const p of (d.result && d.result.paths) || []) for (const hop of p.hops) if (hop.address) entries.push([hop.address, `${hop.kind} ${hop.name}`]);
+  learnAddresses(entries);
+}
+
+// ------------------------------------------------------------------ progress
+
+function resetProgress(text) {
+  $("progress").hidden = false;
+  $("stage-rows").replaceChildren();
+  $("progress-status").textContent = text;
+}
+
+function stageRow(stage) {
+  let row = document.querySelector(`#stage-rows tr[data-stage="${CSS.escape(stage)}"]`);
+  if (!row) {
+    row = h("tr", { "data-stage": stage }, h("th", { scope: "row" }, stage), h("td", { class: "state" }), h("td", { class: "time" }), h("td", { class: "detail" }, h("ul")));
+    const rows = [...$("stage-rows").children, row];
+    const rank = (r) => { const i = STAGE_ORDER.indexOf(r.dataset.stage); return i < 0 ? 99 : i; };
+    $("stage-rows").replaceChildren(...rows.sort((a, b) => rank(a) - rank(b)));
+  }
+  return row;
+}
+
+function onProgress(ev) {
+  const row = stageRow(ev.stage);
+  if (ev.state !== "progress") row.querySelector(".state").replaceChildren(badge(ev.state));
+  if (ev.elapsed_ms !== null && ev.elapsed_ms !== undefined) row.querySelector(".time").textContent = ms(ev.elapsed_ms);
+  const d = ev.detail || {};
+  const note = ev.message || (d.node ? `${d.node}${d.ms !== undefined ? ` in ${ms(d.ms)}` : ""}` : "");
+  if (note) row.querySelector("ul").append(h("li", { class: d.ok === false ? "error-text" : null }, note));
+  $("progress-status").textContent = ev.state === "result" ? "Completed." : `Running: ${ev.stage} ${ev.state}${ev.message ? ` — ${ev.message}` : ""}`;
+}
+
+function showTimings(d) {
+  resetProgress(d.status === "failed" ? `Failed: ${d.error || "unknown error"}` : `Completed${d.completed_at ? ` in ${ms(new Date(d.completed_at) - new Date(d.created_at))}` : ""}.`);
+  for (const [stage, t] of Object.entries(d.timings_ms || {})) {
+    const row = stageRow(stage);
+    row.querySelector(".state").replaceChildren(badge("done"));
+    row.querySelector(".time").textContent = ms(t);
+  }
+}
+
+function stopFollowing() {
+  if (state.follow) state.follow.close();
+  state.follow = null;
+}
+
+/** Live progress over SSE until the result event; if the stream breaks, poll instead. */
+function follow(id) {
+  stopFollowing();
+  resetProgress("Queued…");
+  const es = new EventSource(`${API}/diagnoses/${encodeURIComponent(id)}/events`);
+  state.follow = es;
+  es.addEventListener("progress", (e) => onProgress(JSON.parse(e.data)));
+  es.addEventListener("result", (e) => {
+    stopFollowing();
+    const d = JSON.parse(e.data);
+    $("progress-status").textContent = d.status === "failed" ? `Failed: ${d.error}` : "Completed.";
+    showResult(d);
+    loadHistory(true);
+  });
+  es.onerror = () => {
+    if (state.follow !== es) return;
+    stopFollowing();
+    $("progress-status").textContent = "Live progress interrupted; checking for the result…";
+    poll(id);
+  };
+}
+
+async function poll(id) {
+  for (let i = 0; i < 120 && location.hash === `#/diagnoses/${id}`; i++) {
+    const res = await api(`/diagnoses/${encodeURIComponent(id)}`).catch(() => null);
+    if (res && res.ok && res.body.status !== "queued") { showResult(res.body); return; }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+// ------------------------------------------------------------------ result
+
+function abortCodes(result) {
+  // A finding is ABORT-class when the analysis stopped because of it: it ends a path in ABORT,
+  // or it sits on a hop with an ABORT step.
+  const codes = new Set();
+  for (const p of result.paths || []) {
+    if (p.final === "ABORT" && p.cause) codes.add(p.cause);
+    for (const hop of p.hops) if (hop.steps.some((s) => s.action === "ABORT")) for (const f of result.findings) if (f.hop === hop.id) codes.add(f.code);
+  }
+  return codes;
+}
+
+function showResult(d, { permalink = true } = {}) {
+  state.diagnosis = d;
+  $("result").hidden = false;
+  const r = d.result;
+  const verdict = d.status === "failed" || !r ? "FAILED" : r.verdict;
+  $("verdict").className = `verdict card v-${verdict}`;
+  $("verdict-word").textContent = `${VERDICT_MARK[verdict] || ""} ${verdict}`;
+  $("verdict-request").textContent = describe(d.request);
+  $("verdict-summary").textContent = r ? r.summary : `The diagnosis failed: ${d.error || "unknown error"}`;
+  $("permalink").hidden = !permalink;
+  $("permalink").href = `${location.origin}${location.pathname}#/diagnoses/${d.id}`;
+  fillForm(d.request);
+  const result = r || { verdict, summary: "", paths: [], findings: [], assumptions: [] };
+  const forward = result.paths.filter((p) => p.direction === "forward");
+  const errors = result.findings.filter((f) => f.severity === "error").length;
+  const mattering = result.assumptions.filter((a) => a.could_change_outcome).length;
+  $("verdict-counts").textContent = [
+    forward.length ? `${forward.filter((p) => p.final === "DELIVER" || p.final === "FORWARD").length}/${forward.length} forward path(s) deliver` : "no path simulated",
+    `${result.findings.length} finding(s)${errors ? `, ${errors} error(s)` : ""}`,
+    `${result.assumptions.length} assumption(s)${mattering ? `, ${mattering} could change the outcome` : ""}`,
+  ].join(" · ");
+  learnFromDiagnosis(d);
+  renderGraph(result);
+  renderFindings(result);
+  renderAssumptions(result);
+  markHistory(d.id);
+  $("verdict-title").focus();
+}
+
+function renderGraph(result) {
+  if (state.cy) state.cy.destroy();
+  state.cy = null;
+  state.selected = null;
+  state.model = buildModel(result);
+  const empty = state.model.nodes.size === 0;
+  $("graph").hidden = empty;
+  $("graph-empty").hidden = !empty;
+  $("details").replaceChildren(h("p", { class: "hint" }, "Select a hop in the graph or the path list."));
+  if (!empty) state.cy = drawGraph($("graph"), state.model, (node) => selectNode(node.id));
+  renderPathList(result);
+  // Open the first abnormal hop: the operator's first question is "where does it break?"
+  const firstBad = state.model.order.find((id) => { const n = state.model.nodes.get(id); return !n.terminal && n.status === "error"; })
+    || state.model.order.find((id) => { const n = state.model.nodes.get(id); return !n.terminal && n.status !== "ok"; });
+  if (firstBad) selectNode(firstBad, { quiet: true });
+}
+
+function renderPathList(result) {
+  const model = state.model;
+  const groups = [];
+  for (const path of result.paths) {
+    const ids = model.pathNodes.get(path.id);
+    groups.push(h("div", { class: "path" },
+      h("h3", {}, `Path ${path.id} · ${path.direction} · `, badge(path.final), path.cause ? ` ${path.cause}` : "", path.description ? ` — ${path.description}` : ""),
+      h("ol", { "aria-label": `hops of path ${path.id}` }, ids.map((id) => {
+        const n = model.nodes.get(id);
+        const text = n.terminal ? n.name : `${n.status === "ok" ? "" : { warning: "▲ ", error: "✖ ", unknown: "? " }[n.status]}${n.kind} ${n.name}`;
+        return h("li", {}, h("button", { type: "button", class: `hop-btn s-${n.status}`, "data-node": id, "aria-pressed": "false",
+                                          "aria-label": `${text}, status ${n.status}`, onclick: () => selectNode(id, { focusDetails: true }) }, text));
+      }))));
+  }
+  $("path-list").replaceChildren(...groups);
+}
+
+function selectNode(id, { focusDetails = false, quiet = false } = {}) {
+  const node = state.model.nodes.get(id);
+  if (!node) return;
+  state.selected = id;
+  if (state.cy) focusNode(state.cy, id);
+  for (const b of document.querySelectorAll(".hop-btn")) b.setAttribute("aria-pressed", String(b.dataset.node === id));
+  $("details").replaceChildren(...(node.terminal ? terminalDetails(node) : hopDetails(node)));
+  if (focusDetails) $("details-title").focus();
+  else if (!quiet) $("details-title").scrollIntoView({ block: "nearest" });
+}
+
+function terminalDetails(node) {
+  const p = node.path;
+  return [h("div", { class: "hop-head" }, h("h3", {}, `End of path ${p.id} `, badge(p.final)),
+    h("dl", { class: "kv" }, h("dt", {}, "direction"), h("dd", {}, p.direction), h("dt", {}, "description"), h("dd", {}, p.description || "—"),
+      h("dt", {}, "hops"), h("dd", {}, String(p.hops.length)), h("dt", {}, "decided by"), h("dd", {}, p.cause || "—"))),
+    ...findingLinks(state.diagnosis.result.findings.filter((f) => f.code === p.cause))];
+}
+
+function hopDetails(node) {
+  const findings = ((state.diagnosis.result && state.diagnosis.result.findings) || []).filter((f) => f.hop === node.hopId);
+  const head = h("div", { class: "hop-head" },
+    h("h3", {}, `${node.kind} ${node.name} `, badge(node.status)),
+    h("dl", { class: "kv" }, h("dt", {}, "hop id"), h("dd", {}, node.hopId),
+      node.address ? [h("dt", {}, "address"), h("dd", {}, node.address)] : null,
+      node.occurrences[0].hop.node ? [h("dt", {}, "node"), h("dd", {}, node.occurrences[0].hop.node)] : null));
+  // Paths sharing this hop usually saw the same steps; show each distinct list once.
+  const groups = new Map();
+  for (const { path, hop } of node.occurrences) {
+    const key = JSON.stringify(hop.steps);
+    if (!groups.has(key)) groups.set(key, { paths: [], steps: hop.steps });
+    groups.get(key).paths.push(path.id);
+  }
+  const occ = [...groups.values()].map((g) => h("div", { class: "occurrence" },
+    h("h4", {}, `Steps on path ${g.paths.join(", ")}`),
+    g.steps.length ? h("ol", { class: "steps" }, g.steps.map(stepItem)) : h("p", { class: "empty" }, "no steps recorded at this hop")));
+  return [head, ...findingLinks(findings), ...occ];
+}
+
+function findingLinks(findings) {
+  if (!findings.length) return [];
+  return [h("h4", {}, "Findings at this hop"), h("ul", { class: "findings compact" }, findings.map((f) => h("li", { class: `sev-${f.severity}` },
+    h("div", { class: "f-head" }, badge(f.severity), h("span", { class: "f-code" }, f.code)),
+    h("p", { class: "f-msg" }, f.message), h("p", { class: "f-fix" }, h("strong", {}, "Fix: "), f.suggestion),
+    h("button", { type: "button", class: "link", onclick: () => highlightFinding(f) }, "show in the findings list"))))];
+}
+
+function stepItem(step) {
+  return h("li", { class: `a-${step.action}` },
+    h("div", { class: "step-head" }, h("span", { class: "step-kind" }, step.kind.replace("_", " ")), badge(step.action)),
+    h("p", { class: "step-detail" }, step.detail),
+    packetTable(step.packet_in, step.packet_out),
+    evidenceList(step.evidence));
+}
+
+function packetTable(before, after) {
+  if (!before && !after) return null;
+  const both = before && after;
+  const head = h("tr", {}, h("th", { scope: "col" }, "field"), both ? [h("th", { scope: "col" }, "before"), h("th", { scope: "col" }, "after")] : h("th", { scope: "col" }, "packet"));
+  const rows = PACKET_FIELDS.filter((k) => (before && before[k] !== null && before[k] !== undefined && before[k] !== 0) || (after && after[k] !== null && after[k] !== undefined && after[k] !== 0))
+    .map((k) => {
+      const a = before ? before[k] : null, b = after ? after[k] : null;
+      if (!both) return h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, String((before || after)[k] ?? "")));
+      const changed = String(a ?? "") !== String(b ?? "");
+      return h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, String(a ?? "")), h("td", { class: changed ? "changed" : null }, String(b ?? ""), changed ? h("span", { class: "sr-only" }, " (changed)") : null));
+    });
+  return h("table", { class: "packet" }, h("caption", { class: "sr-only" }, both ? "packet before and after this step" : "packet at this step"), h("thead", {}, head), h("tbody", {}, rows));
+}
+
+function evidenceList(evidence) {
+  const entries = Object.entries(evidence || {});
+  if (!entries.length) return null;
+  return h("dl", { class: "kv" }, entries.map(([k, v]) => [h("dt", {}, k.replaceAll("_", " ")),
+    h("dd", {}, typeof v === "string" ? v : JSON.stringify(v, null, Array.isArray(v) && v.every((x) => typeof x !== "object") ? 0 : 2))]));
+}
+
+function renderFindings(result) {
+  const aborts = abortCodes(result);
+  const sorted = [...result.findings].sort((a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity]);
+  if (!sorted.length) { $("findings").replaceChildren(h("li", { class: "empty" }, "No findings.")); return; }
+  $("findings").replaceChildren(...sorted.map((f) => {
+    const nodeId = f.hop ? state.model.order.find((id) => state.model.nodes.get(id).hopId === f.hop) : null;
+    const where = !f.hop ? h("span", { class: "where" }, "cluster-level (no single hop)")
+      : nodeId ? h("button", { type: "button", class: "link", onclick: () => selectNode(nodeId, { focusDetails: true }) }, `at hop ${f.hop}`)
+        : h("span", { class: "where mono" }, `at ${f.hop} (not on a simulated path)`);
+    const isAbort = aborts.has(f.code);
+    return h("li", { class: `sev-${f.severity}${isAbort ? " is-abort" : ""}`, "data-code": f.code, "data-hop": f.hop || "", tabindex: "-1" },
+      h("div", { class: "f-head" }, badge(f.severity), isAbort ? badge("ABORT") : null, h("span", { class: "f-code" }, f.code), where),
+      h("p", { class: "f-msg" }, f.message),
+      h("p", { class: "f-fix" }, h("strong", {}, "Fix: "), f.suggestion),
+      isAbort ? h("p", { class: "hint" }, "The analysis could not see this part of the path: the verdict cannot be confident.") : null,
+      Object.keys(f.evidence || {}).length ? h("details", { class: "evidence" }, h("summary", {}, "Evidence"), evidenceList(f.evidence)) : null);
+  }));
+}
+
+function highlightFinding(f) {
+  for (const li of $("findings").children) {
+    const hit = li.dataset.code === f.code && li.dataset.hop === (f.hop || "");
+    li.classList.toggle("highlight", hit);
+    if (hit) { li.scrollIntoView({ block: "center" }); li.focus(); }
+  }
+}
+
+function renderAssumptions(result) {
+  if (!result.assumptions.length) { $("assumptions").replaceChildren(h("li", { class: "empty" }, "No assumptions were needed.")); return; }
+  const sorted = [...result.assumptions].sort((a, b) => Number(b.could_change_outcome) - Number(a.could_change_outcome));
+  $("assumptions").replaceChildren(...sorted.map((a) => h("li", { class: a.could_change_outcome ? "matters" : null },
+    h("div", { class: "f-head" }, badge(a.stage, "INFO"), a.could_change_outcome ? badge("could change the outcome", "warning") : null),
+    h("p", { class: "f-msg" }, a.text))));
+}
+
+// ------------------------------------------------------------------ graph keyboard
+
+function graphKey(event) {
+  if (!state.model || !state.model.order.length) return;
+  const order = state.model.order;
+  const i = order.indexOf(state.selected);
+  const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[event.key];
+  if (step) {
+    event.preventDefault();
+    selectNode(order[i < 0 ? 0 : (i + step + order.length) % order.length], { quiet: true });
+  } else if (event.key === "Enter" && state.selected) {
+    event.preventDefault();
+    $("details-title").focus();
+  }
+}
+
+// ------------------------------------------------------------------ exports
+
+function download(name, blob) {
+  const url = URL.createObjectURL(blob);
+  const a = h("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+const exportName = (ext) => `netdiag-${state.diagnosis.id}.${ext}`;
+const graphTitle = () => `${describe(state.diagnosis.request)} — ${state.diagnosis.result ? state.diagnosis.result.verdict : "FAILED"}`;
+
+function exportJson() {
+  download(exportName("json"), new Blob([JSON.stringify(state.diagnosis, null, 2)], { type: "application/json" }));
+}
+
+function exportPng() {
+  if (!state.cy) return;
+  download(exportName("png"), state.cy.png({ output: "blob", full: true, scale: 2, bg: "#ffffff" }));
+}
+
+function exportSvg() {
+  if (!state.cy) return;
+  download(exportName("svg"), new Blob([toSvg(state.cy, state.model, graphTitle())], { type: "image/svg+xml" }));
+}
+
+async function importFile(event) {
+  const file = event.target.files[0];
+  if (!file) return;
+  try {
+    const d = JSON.parse(await file.text());
+    if (!d || !d.id || !d.request || !("result" in d)) throw new Error("not a netdiag diagnosis export (needs id, request, result)");
+    stopFollowing();
+    history.replaceState(null, "", "#/file");
+    showTimings(d);
+    showResult(d, { permalink: false });
+  } catch (err) {
+    $("history-error").textContent = `Cannot open ${file.name}: ${err.message}`;
+    $("history-error").hidden = false;
+  } finally {
+    event.target.value = "";
+  }
+}
+
+// ------------------------------------------------------------------ history
+
+async function loadHistory(reset) {
+  const query = `?limit=${HISTORY_PAGE}${!reset && state.historyNext ? `&after=${encodeURIComponent(state.historyNext)}` : ""}`;
+  const res = await api(`/diagnoses${query}`).catch((err) => ({ ok: false, body: { error: err.message } }));
+  if (!res.ok) {
+    $("history-error").textContent = `History unavailable: ${(res.body && res.body.error) || res.status}`;
+    $("history-error").hidden = false;
+    return;
+  }
+  $("history-error").hidden = true;
+  const items = res.body.items.map(historyItem);
+  if (reset) $("history-list").replaceChildren(...items); else $("history-list").append(...items);
+  state.historyNext = res.body.next;
+  $("history-more").hidden = !res.body.next;
+  learnAddresses(res.body.items.flatMap((d) => [[d.request.src, ""], [d.request.dst, ""]]));
+  if (state.diagnosis) markHistory(state.diagnosis.id);
+}
+
+function historyItem(d) {
+  const verdict = d.status === "queued" ? "queued" : d.status === "failed" ? "FAILED" : d.result ? d.result.verdict : d.status;
+  const created = new Date(d.created_at);
+  return h("li", {}, h("a", { href: `#/diagnoses/${d.id}`, "data-id": d.id },
+    badge(verdict, verdict === "FAILED" ? "failed" : verdict), " ", h("span", { class: "req" }, describe(d.request)),
+    h("time", { datetime: d.created_at }, created.toLocaleString())));
+}
+
+function markHistory(id) {
+  for (const a of $("history-list").querySelectorAll("a")) {
+    if (a.dataset.id === id) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
+  }
+}
+
+/** Completions from anyone (CLI, other browsers) refresh the history list. */
+function watchCompletions() {
+  let pending = null;
+  const es = new EventSource(`${API}/events`);
+  es.addEventListener("result", () => {
+    clearTimeout(pending);
+    pending = setTimeout(() => loadHistory(true), 300);
+  });
+}
+
+// ------------------------------------------------------------------ routing
+
+async function route() {
+  const m = location.hash.match(/^#\/diagnoses\/([\w-]+)$/);
+  if (!m) {
+    if (location.hash === "#/file") return;
+    stopFollowing();
+    $("progress").hidden = true;
+    $("result").hidden = true;
+    state.diagnosis = null;
+    markHistory(null);
+    return;
+  }
+  const id = m[1];
+  if (state.diagnosis && state.diagnosis.id === id) return;
+  $("result").hidden = true;
+  const res = await api(`/diagnoses/${encodeURIComponent(id)}`).catch((err) => ({ ok: false, status: 0, body: { error: err.message } }));
+  if (!res.ok) {
+    resetProgress(`Cannot open diagnosis ${id}: ${(res.body && res.body.error) || res.status}`);
+    return;
+  }
+  if (res.body.status === "queued") {
+    follow(id);
+  } else {
+    stopFollowing();
+    showTimings(res.body);
+    showResult(res.body);
+  }
+}
+
+// ------------------------------------------------------------------ start
+
+function start() {
+  $("dns-ip").value = localStorage.getItem(DNS_KEY) || $("dns-ip").value;
+  $("diagnose-form").addEventListener("submit", submitForm);
+  $("preset-dns").addEventListener("click", dnsPreset);
+  $("swap").addEventListener("click", () => { [$("src").value, $("dst").value] = [$("dst").value, $("src").value]; });
+  for (const id of ["src", "dst", "port", "collect-timeout"]) {
+    // Inline validation once the user leaves a field (not on every keystroke).
+    $(id).addEventListener("blur", () => {
+      if (!$(id).value.trim() && !$(id).hasAttribute("aria-invalid")) return;
+      const { errors } = validateForm(formValues());
+      const current = {};
+      for (const name of ["src", "dst", "port", "protocol", "collect-timeout"]) current[name] = $(`${name}-error`).textContent;
+      current[id] = errors[id] || "";
+      showFieldErrors(current);
+    });
+  }
+  $("rerun").addEventListener("click", () => $("diagnose-form").requestSubmit());
+  $("export-json").addEventListener("click", exportJson);
+  $("export-png").addEventListener("click", exportPng);
+  $("export-svg").addEventListener("click", exportSvg);
+  $("fit").addEventListener("click", () => state.cy && arrange(state.cy, $("graph")));
+  $("graph").addEventListener("keydown", graphKey);
+  $("history-refresh").addEventListener("click", () => loadHistory(true));
+  $("history-more").addEventListener("click", () => loadHistory(false));
+  $("import-file").addEventListener("change", importFile);
+  window.addEventListener("hashchange", route);
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => state.cy && arrange(state.cy, $("graph")), 200);
+  });
+  renderKnown();
+  loadHistory(true);
+  watchCompletions();
+  route();
+}
+
+if (window.cytoscape && window.cytoscapeDagre) window.cytoscape.use(window.cytoscapeDagre);
+start();

@@ -1,0 +1,153 @@
+"""The Alibaba provider through the real SDK against the emulator: content, pagination,
+throttling, signatures, credentials."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.cloudemu import DEFAULT_KEY_ID, CloudEmulator
+from services.cloud.alibaba import AlibabaProvider, Credentials
+from services.cloud.provider import CloudError
+from shared.cloud import dump_inventory, load_inventory
+from tests.cloud.conftest import NODES, healthy, node
+
+
+def test_collects_the_healthy_cluster(collect) -> None:
+    inv = collect(healthy())
+    assert inv.errors == []
+    assert inv.nodes == {"node-1": "i-node1", "node-2": "i-node2", "node-3": "i-node3"}
+    assert {i.id for i in inv.instances} == {"i-node1", "i-node2", "i-node3"}
+    pods = next(e for e in inv.network_interfaces if e.id == "eni-pods2")
+    assert pods.private_ips == ["192.168.0.100", "192.168.0.101", "192.168.0.102"] and pods.instance_id == "i-node2"
+    group = inv.security_groups[0]
+    assert group.type == "normal" and group.inner_access_policy == "Accept"
+    ssh = group.rules[0]
+    assert (ssh.direction, ssh.policy, ssh.priority, ssh.protocol, ssh.port_from, ssh.port_to, ssh.source_cidr) == \
+        ("ingress", "accept", 1, "tcp", 22, 22, "0.0.0.0/0")
+    tables = {t.id: t for t in inv.route_tables}
+    assert tables["vtb-zone-i"].type == "Custom" and tables["vtb-zone-i"].vswitch_ids == ["vsw-b"]
+    assert {v.id: v.route_table_id for v in inv.vswitches} == {"vsw-a": "vtb-system", "vsw-b": "vtb-zone-i"}
+    assert [e.source_vswitch_id for e in inv.nat_gateways[0].snat_entries] == ["vsw-a", "vsw-b"]
+    lb = inv.load_balancers[0]
+    assert [(li.port, li.protocol) for li in lb.listeners] == [(80, "tcp"), (53, "udp"), (443, "tcp")]
+    assert [h.server_id for h in lb.listeners[0].health] == ["i-node1", "i-node2", "i-node3"]
+    assert lb.vserver_groups[0].backends[1].server_ip == "192.168.0.102"
+
+
+def test_acl_is_collected_when_a_listener_uses_it(collect) -> None:
+    from tests.cloud.conftest import EXAMPLES
+
+    inv = collect(EXAMPLES / "faults" / "LB_ACL_DENY.json")
+    assert [(a.id, a.entries) for a in inv.acls] == [("acl-office", ["10.0.0.0/8"])]
+
+
+def _big_state() -> dict:
+    state = healthy()
+    for n in range(130):
+        state["instances"].append({"InstanceId": f"i-extra{n}", "VpcId": "vpc-k8s", "VSwitchId": "vsw-a",
+                                   "PrivateIpAddress": [f"192.168.2.{n}"], "SecurityGroupIds": ["sg-nodes"]})
+    rules = state["security_groups"][0]["Permissions"]
+    rules += [{"Direction": "ingress", "Policy": "Accept", "Priority": 50, "IpProtocol": "TCP",
+               "PortRange": f"{10000 + n}/{10000 + n}", "SourceCidrIp": "10.1.0.0/16"} for n in range(130)]
+    entries = state["route_tables"][0]["Entries"]
+    entries += [{"DestinationCidrBlock": f"172.20.{n}.0/24", "NextHopType": "Instance", "NextHopId": "i-node1"}
+                for n in range(120)]
+    for n in range(60):
+        state["security_groups"].append({"SecurityGroupId": f"sg-x{n}", "VpcId": "vpc-k8s"})
+    state["acls"][0]["Entries"] += [{"AclEntryIP": f"10.9.{n}.0/24"} for n in range(70)]
+    state["load_balancers"][0]["Listeners"][0].update(AclStatus="on", AclType="white", AclId="acl-office")
+    return state
+
+
+def test_pagination_collects_every_page(collect, emulator: CloudEmulator) -> None:
+    inv = collect(_big_state())
+    assert len(inv.instances) == 133
+    assert len(inv.security_groups) == 61
+    assert len(next(g for g in inv.security_groups if g.id == "sg-nodes").rules) == 135
+    assert len(next(t for t in inv.route_tables if t.id == "vtb-system").entries) == 125
+    assert len(inv.acls[0].entries) == 71
+    calls = emulator.calls
+    # more than one page each: PageNumber (groups, ACL) and NextToken (instances, rules, routes) styles
+    for action in ("DescribeInstances", "DescribeSecurityGroups", "DescribeRouteEntryList",
+                   "DescribeAccessControlListAttribute"):
+        assert calls.count(action) >= 2, action
+    assert calls.count("DescribeSecurityGroupAttribute") >= 61 + 2
+
+
+def test_throttling_is_retried_with_backoff(collect, emulator: CloudEmulator, provider: AlibabaProvider) -> None:
+    emulator.set_state(healthy())
+    emulator.throttle(3, "DescribeSecurityGroups")
+    inv = provider.collect(NODES)
+    assert inv.errors == [] and len(inv.security_groups) == 1
+    assert provider.retries == 3
+
+
+def test_throttling_that_never_ends_is_a_recorded_error(emulator: CloudEmulator, provider: AlibabaProvider) -> None:
+    emulator.throttle(100, "DescribeRouteTableList")
+    inv = provider.collect(NODES)
+    assert inv.route_tables == []
+    assert any("route tables" in e and "Throttling" in e for e in inv.errors)
+    emulator.throttle(0, "DescribeRouteTableList")
+
+
+def test_wrong_secret_is_rejected_by_the_signature_check(emulator: CloudEmulator) -> None:
+    bad = AlibabaProvider(Credentials(DEFAULT_KEY_ID, "not-the-secret"), endpoint=f"http://{emulator.endpoint}")
+    with pytest.raises(CloudError, match=r"InvalidAccessKeySecret|SignatureDoesNotMatch"):
+        bad.collect(NODES)
+    unknown = AlibabaProvider(Credentials("nobody", "x"), endpoint=f"http://{emulator.endpoint}")
+    with pytest.raises(CloudError, match="InvalidAccessKeyId"):
+        unknown.collect(NODES)
+
+
+def test_emulator_rejects_a_tampered_request(emulator: CloudEmulator) -> None:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{emulator.endpoint}/?Action=DescribeVpcs&Version=2016-04-28&AccessKeyId={DEFAULT_KEY_ID}" \
+          "&Signature=AAAA&SignatureMethod=HMAC-SHA1&Format=JSON"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, method="POST"))
+    assert err.value.code == 400
+    assert b'"Code": "SignatureDoesNotMatch"' in err.value.read()
+
+
+def test_node_without_provider_id_is_matched_by_internal_ip(collect) -> None:
+    bare = node("node-3", "i-node3")
+    bare["spec"] = {}
+    bare["status"]["addresses"] = [{"type": "InternalIP", "address": "192.168.1.12"}]
+    inv = collect(healthy(), nodes=[NODES[0], bare])
+    assert inv.nodes["node-3"] == "i-node3"
+    assert any("matched to i-node3 by InternalIP" in s for s in inv.statements)
+
+
+def test_missing_instance_is_an_error_not_a_gap(collect) -> None:
+    inv = collect(healthy(), nodes=[*NODES, node("node-9", "i-gone")])
+    assert "node-9" not in inv.nodes
+    assert any("i-gone" in e for e in inv.errors)
+
+
+def test_credentials_from_env_and_secret_file(tmp_path) -> None:
+    creds = Credentials.load(env={"ALICLOUD_ACCESS_KEY": "id", "ALICLOUD_SECRET_KEY": "s3cret"})
+    assert creds.access_key_id == "id" and "s3cret" not in repr(creds)
+    (tmp_path / "access-key-id").write_text("id2\n")
+    (tmp_path / "access-key-secret").write_text("s2\n")
+    assert Credentials.load(tmp_path, env={}) == Credentials("id2", "s2")
+    with pytest.raises(CloudError, match="no Alibaba Cloud credentials"):
+        Credentials.load(None, env={})
+
+
+def test_secret_never_reaches_the_inventory(collect, caplog) -> None:
+    caplog.set_level("DEBUG")
+    inv = collect(healthy())
+    from lab.cloudemu import DEFAULT_KEY_SECRET
+
+    assert DEFAULT_KEY_SECRET not in inv.model_dump_json()
+    assert DEFAULT_KEY_SECRET not in caplog.text
+
+
+def test_inventory_round_trips_through_a_snapshot_directory(collect, tmp_path) -> None:
+    inv = collect(healthy())
+    dump_inventory(inv, tmp_path / "cloud")
+    assert load_inventory(tmp_path / "cloud") == inv
+    empty = load_inventory(tmp_path / "nothing")
+    assert not empty.modelled and "no cloud inventory" in empty.statements[0]
