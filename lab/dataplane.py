@@ -143,7 +143,7 @@ class Lab:
             names.update(n for n in st.all_netns() if netns.exists(n))
         # The state's listener PIDs are among these; one that left the lab's namespaces is not ours any more.
         pids = set(netns.pids_in(names))
-        if st is not None and st.api is not None and st.api.pid and _is_api_daemon(st.api.pid):
+        if st is not None and st.api is not None and st.api.pid and _is_api_daemon(st.api.pid, prefix):
             pids.add(st.api.pid)  # the lab's Kubernetes API runs in the root namespace
         netns.kill_pids(pids)
         netns.delete_all(sorted(names))
@@ -310,6 +310,16 @@ class Lab:
             return st.nodes[name].netns
         return st.pods[self.pod(name).spec.key].netns
 
+    def source_address(self, name: str) -> str:
+        """The IP a probe from `name` (a probe `src`: node, pod, ext, inet) carries: a diagnosis' source."""
+        if name == "ext":
+            return EXT_IP
+        if name == "inet":
+            return INET_IP
+        if name in self.state.nodes:
+            return self.state.nodes[name].ip
+        return self.pod(name).ip
+
     def pod(self, name: str) -> ResolvedPod:
         matches = [p for p in self.resolved.pods if name in (p.spec.key, p.spec.name)]
         if len(matches) != 1:
@@ -374,12 +384,13 @@ class Lab:
         return probe_in(self.netns_of(src), self.address(dst), port, protocol, timeout, dns_name)
 
 
-def _is_api_daemon(pid: int) -> bool:
+def _is_api_daemon(pid: int, prefix: str) -> bool:
     """Guard against PID reuse before killing a root-namespace process named in the state file."""
     try:
-        return b"lab.kubeapi" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return b"lab.kubeapi" in argv and str(lab_state.state_path(prefix)).encode() in argv
 
 
 def _underlay_gateway(sc: ResolvedScenario) -> str:

@@ -9,7 +9,12 @@ A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab repr
 kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
 
 tests/lab/test_faults.py asserts the kernel outcomes; the simulator's differential test reuses the same
-catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding`.
+catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding`:
+
+    lab = Lab.up(resolve(Scenario.load(fault.scenario_path)), prefix=...); lab.start_api()
+    fault.inject(lab)
+    src, dst = lab.source_address(fault.probe.src), lab.address(fault.probe.dst)
+    # diagnose src -> dst:port/protocol against lab.state.api (kubeconfig) and node agents per lab.state.nodes
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from services.collector.agent import run_agent
 from services.collector.capture import capture_nodes
 from services.render import render_diagnosis
+from services.simulator.dataplane.trace_cli import register as register_trace
 from services.simulator.matrix import compute_matrix
 from services.simulator.policy import PolicyIndex
 from services.stack import EmbeddedStack
@@ -379,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--agent", action="append", metavar="NODE[=NETNS]", help="run a node agent in this process")
     cap.add_argument("--timeout", type=float, default=30.0)
     cap.set_defaults(func=cmd_snapshot_capture)
+
+    register_trace(sub)  # netdiag trace iptables ...
 
     for plugin in entry_points(group="netdiag.commands"):
         try:

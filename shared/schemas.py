@@ -13,7 +13,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -54,6 +54,14 @@ class DiagnosisRequest(Strict):
     port: int = Field(ge=1, le=65535, description="destination port")
     protocol: Literal["tcp", "udp"] = Field(description="tcp or udp")
     options: DiagnosisOptions = Field(default_factory=DiagnosisOptions)
+
+    @field_validator("src", "dst", mode="before")
+    @classmethod
+    def _not_a_number(cls, value: Any) -> Any:
+        # pydantic reads an integer as an address (167772161 → 10.0.0.1); at the edge that is a mistake
+        if isinstance(value, int):
+            raise ValueError("must be an IP address literal such as 10.0.0.1 or fd00::1, not a number")
+        return value
 
     def describe(self) -> str:
         return f"{self.protocol} {self.src} → {self.dst}:{self.port}"

@@ -54,8 +54,11 @@ class CloudStage(Stage):
         else:
             inventory = await self._collect(env, findings)
         if not inventory.modelled:
+            # provider "none" is the operator saying there is no cloud layer (bare metal, the lab):
+            # a statement, not a gap; a cloud we failed to read is a gap
+            explicit_none = self.settings.snapshot is None and self.settings.cloud_provider == "none"
             assumptions.append(Assumption(
-                stage=self.name, could_change_outcome=True,
+                stage=self.name, could_change_outcome=not explicit_none,
                 text="cloud layer not modelled (" + "; ".join(inventory.statements) + "): security groups, VPC "
                      "routes, NAT gateway and load balancers were not checked"))
         assumptions += [Assumption(stage=self.name, text=s) for s in inventory.statements if inventory.modelled]

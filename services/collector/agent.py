@@ -133,11 +133,11 @@ async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str
 async def run_agent(settings: Settings, node: str, netns: str | None = None,
                     stop: asyncio.Event | None = None) -> None:
     """`netdiag agent --node NAME [--netns NS]`: serve until stop is set (or SIGINT/SIGTERM)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    if stop is None:  # standalone: signals stop us; embedded, the caller owns the signals
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     if netns:
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     bus = await Bus.connect(name=f"agent-{node}", settings=settings)

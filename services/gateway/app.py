@@ -50,6 +50,13 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     return out
 
 
+def _json_number(text: str) -> float | int:
+    """JSON has one number type: 65535.0 is the integer 65535 (JSON Schema's `integer` agrees),
+    which strict validation would otherwise refuse as a port."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 async def _bus_ready(bus: Bus) -> bool:
     if not bus.connected:
         return False
@@ -79,7 +86,7 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large: at most {MAX_BODY} bytes")
     try:
-        body = json.loads(raw or b"null")
+        body = json.loads(raw or b"null", parse_float=_json_number)
     except ValueError as exc:
         return error(400, f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):

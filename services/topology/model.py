@@ -23,7 +23,6 @@ import networkx as nx
 from shared.schemas import IPAddress
 
 KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet")
-NAMESPACED = {"Pod", "Service", "EndpointSlice", "NetworkPolicy", "ConfigMap", "DaemonSet"}
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 

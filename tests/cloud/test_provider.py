@@ -8,7 +8,7 @@ import pytest
 from lab.cloudemu import DEFAULT_KEY_ID, CloudEmulator
 from services.cloud.alibaba import AlibabaProvider, Credentials
 from services.cloud.provider import CloudError
-from shared.cloud import dump_inventory, load_inventory
+from shared.cloud import CloudInventory, dump_inventory, load_inventory
 from tests.cloud.conftest import NODES, healthy, node
 
 
@@ -149,5 +149,10 @@ def test_inventory_round_trips_through_a_snapshot_directory(collect, tmp_path) -
     inv = collect(healthy())
     dump_inventory(inv, tmp_path / "cloud")
     assert load_inventory(tmp_path / "cloud") == inv
+    other = CloudInventory(provider="alibaba", regions=["cn-beijing"], nodes={"node-9": "i-bj"})
+    (tmp_path / "cloud" / "beijing.json").write_text(other.model_dump_json())
+    merged = load_inventory(tmp_path / "cloud")
+    assert set(merged.regions) == {"cn-beijing", "cn-hangzhou"}
+    assert merged.nodes["node-9"] == "i-bj" and len(merged.instances) == len(inv.instances)
     empty = load_inventory(tmp_path / "nothing")
     assert not empty.modelled and "no cloud inventory" in empty.statements[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 
 from services.stack import EmbeddedStack
 from shared.natsserver import NatsServer
+from shared.schemas import Diagnosis
 from tests.foundation.helpers import REQUEST, TIMED_STAGES, get_json, post, run_to_end, sse_events, stack_on
 
 
@@ -120,3 +122,18 @@ async def test_pagination_is_newest_first(fresh_nats: NatsServer, http: aiohttp.
     assert [i["id"] for i in first["items"]] == created[::-1]
     assert [i["request"]["port"] for i in first["items"]] == list(range(1006, 999, -1))
     assert "paths" not in (first["items"][0].get("result") or {})  # listings stay small
+
+
+async def test_results_watch_delivers_each_completed_diagnosis(api: str, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{api}/api/v1/events") as watch:
+        assert watch.status == 200
+        assert watch.headers["Content-Type"].startswith("text/event-stream")
+        diagnosis_id = await post(http, api)
+        await sse_events(http, api, diagnosis_id)
+        seen: list[Diagnosis] = []
+        while diagnosis_id not in [d.id for d in seen]:
+            line = await asyncio.wait_for(watch.content.readline(), 5)
+            if line.startswith(b"data: "):
+                seen.append(Diagnosis.model_validate_json(line[len(b"data: "):]))
+    assert all(d.status != "queued" for d in seen)  # only finished diagnoses are announced
+    assert seen[-1].status == "completed"

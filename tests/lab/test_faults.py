@@ -12,6 +12,7 @@ from tests.lab.conftest import MakeLab
 def test_fault_changes_kernel_outcome(fault: Fault, make_lab: MakeLab) -> None:
     lab = make_lab(fault.scenario_path)
     spec = fault.probe
+    assert lab.source_address(spec.src) and lab.address(spec.dst)  # what a differential diagnosis would use
     before = lab.probe(spec.src, spec.dst, spec.port, spec.protocol)
     assert before.outcome == fault.before, f"healthy lab: {before}"
     fault.inject(lab)

@@ -52,3 +52,10 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     (tmp_path / "kubernetes" / "bad.yaml").write_text("kind: Pod\nmetadata: [unclosed\n")
     with pytest.raises(SnapshotError, match=r"bad\.yaml"):
         load_snapshot(tmp_path)
+
+
+def test_unknown_layout_version_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "kubernetes").mkdir()
+    (tmp_path / "snapshot.json").write_text('{"version": 99}')
+    with pytest.raises(SnapshotError, match="version 99 is not supported"):
+        load_snapshot(tmp_path)

@@ -203,6 +203,8 @@ function follow(id) {
   es.addEventListener("result", (e) => {
     stopFollowing();
     const d = JSON.parse(e.data);
+    // The result is stored, so every stage has finished even if its "done" came after.
+    for (const cell of document.querySelectorAll("#stage-rows .state")) if (cell.textContent === "started") cell.replaceChildren(badge("done"));
     $("progress-status").textContent = d.status === "failed" ? `Failed: ${d.error}` : "Completed.";
     showResult(d);
     loadHistory(true);
@@ -584,5 +586,7 @@ function start() {
   route();
 }
 
+// Read-only handle for the end-to-end tests and the browser console (the graph lives in a canvas).
+window.netdiag = state;
 if (window.cytoscape && window.cytoscapeDagre) window.cytoscape.use(window.cytoscapeDagre);
 start();

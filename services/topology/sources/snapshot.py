@@ -63,7 +63,21 @@ def iter_objects(doc: Any, list_kind: str | None = None) -> Iterator[Obj]:
         yield doc if doc.get("kind") else {**doc, "kind": kind}
 
 
+def check_version(directory: Path) -> None:
+    meta = directory / "snapshot.json"
+    if not meta.exists():
+        return  # hand-assembled snapshots may omit it: version 1
+    try:
+        version = json.loads(meta.read_text()).get("version", SNAPSHOT_VERSION)
+    except (OSError, ValueError) as exc:
+        raise SnapshotError(f"{meta}: cannot parse: {exc}") from exc
+    if version != SNAPSHOT_VERSION:
+        raise SnapshotError(f"{meta}: snapshot layout version {version} is not supported (this netdiag reads "
+                            f"version {SNAPSHOT_VERSION}; see docs/snapshot.md)")
+
+
 def kubernetes_files(directory: Path) -> list[Path]:
+    check_version(directory)
     root = directory / "kubernetes"
     if not root.is_dir():
         raise SnapshotError(f"{directory}: not a snapshot (no kubernetes/ directory; see docs/snapshot.md)")

@@ -1,0 +1,190 @@
+"""The web UI end to end: real Chromium against the real embedded stack on a snapshot.
+
+The snapshot (tests/topology/fixtures/basic) isolates prod/api with default-deny-ingress, so
+default/client → api:443 meets NETWORK_POLICY_DENY at the api pod. What the UI shows is
+checked against what the API returns for the same diagnosis: the page must agree with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from playwright.async_api import Page, expect
+
+from services.stack import EmbeddedStack
+from shared.schemas import Diagnosis
+from tests.ui.conftest import FIXTURES
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+CLIENT, API_POD_IP, API_POD_HOP = "10.244.1.20", "10.244.2.40", "pod:prod/api-6d4b8c7f9-zz9zz"
+RESULT_TIMEOUT_MS = 15_000
+
+# what the canvas shows, read through Cytoscape (the page exposes its state as window.netdiag)
+GRAPH_NODES = """() => window.netdiag.cy.nodes().map((n) => ({
+    id: n.id(), label: n.data('label'), classes: n.classes(), selected: n.selected()}))"""
+
+
+@pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.json")), ids=lambda p: p.stem)
+def test_fixtures_follow_the_result_model(fixture: Path) -> None:
+    Diagnosis.model_validate_json(fixture.read_text())
+
+
+async def api_get(stack: EmbeddedStack, path: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.get(stack.url + path) as resp:
+        return await resp.json()
+
+
+async def api_post(stack: EmbeddedStack, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with aiohttp.ClientSession() as s, s.post(stack.url + "/api/v1/diagnoses", json=body) as resp:
+        return resp.status, await resp.json()
+
+
+async def submit(page: Page, src: str, dst: str, port: str, protocol: str) -> None:
+    await page.fill("#src", src)
+    await page.fill("#dst", dst)
+    await page.fill("#port", port)
+    await page.select_option("#protocol", protocol)
+    await page.click("#submit")
+
+
+async def test_inline_validation_speaks_the_api_words(page: Page, stack: EmbeddedStack) -> None:
+    await page.goto(stack.url)
+    await page.fill("#src", "10.244.1.300")
+    await page.fill("#dst", "fe80::1::2")
+    await page.fill("#port", "70000")
+    await page.click("#submit")
+    shown = {f: await page.text_content(f"#{f}-error") for f in ("src", "dst", "port")}
+    for f in ("src", "dst", "port"):
+        await expect(page.locator(f"#{f}")).to_have_attribute("aria-invalid", "true")
+    status, body = await api_post(stack, {"src": "10.244.1.300", "dst": "fe80::1::2", "port": 70000, "protocol": "tcp"})
+    assert status == 422
+    assert shown == {f["field"]: f["message"] for f in body["fields"]}
+    assert page.url.rstrip("/") == stack.url  # nothing was submitted
+
+    await page.fill("#port", "0")
+    await page.locator("#port").blur()
+    _, body = await api_post(stack, {"src": CLIENT, "dst": CLIENT, "port": 0, "protocol": "tcp"})
+    await expect(page.locator("#port-error")).to_have_text(body["fields"][0]["message"])
+
+    await page.fill("#src", CLIENT)
+    await page.click("#preset-dns")  # kube-dns ClusterIP on 53/udp
+    assert [await page.input_value(s) for s in ("#dst", "#port", "#protocol")] == ["10.96.0.10", "53", "udp"]
+    await expect(page.locator("#src-error")).to_have_text("")
+
+
+async def test_diagnose_policy_deny_end_to_end(page: Page, stack: EmbeddedStack, tmp_path: Path) -> None:
+    await page.goto(stack.url)
+    await submit(page, CLIENT, API_POD_IP, "443", "tcp")
+
+    # progress: every pipeline stage reported, then the verdict
+    await expect(page.locator("#progress")).to_be_visible()
+    await expect(page.locator("#result")).to_be_visible(timeout=RESULT_TIMEOUT_MS)
+    for stage in ("topology", "collector", "cloud", "simulator"):
+        await expect(page.locator(f'#stage-rows tr[data-stage="{stage}"] .state')).to_have_text("done")
+    assert "#/diagnoses/" in page.url
+    diagnosis_id = page.url.rsplit("/", 1)[1]
+    truth = await api_get(stack, f"/api/v1/diagnoses/{diagnosis_id}")
+    result = truth["result"]
+    await expect(page.locator("#verdict-word")).to_contain_text(result["verdict"])
+    await expect(page.locator("#verdict-summary")).to_have_text(result["summary"])
+
+    # the hop the deny names is highlighted in the graph, with its code on it
+    deny = next(f for f in result["findings"] if f["code"] == "NETWORK_POLICY_DENY")
+    assert deny["hop"] == API_POD_HOP
+    api_hop = next(h for p in result["paths"] for h in p["hops"] if h["id"] == API_POD_HOP)
+    expected_status = api_hop["status"] if api_hop["status"] != "ok" else "warning"
+    nodes = await page.evaluate(GRAPH_NODES)
+    hop_nodes = [n for n in nodes if "prod/api-6d4b8c7f9" in n["label"].replace("\n", "")]
+    assert hop_nodes and all(expected_status in n["classes"] and "NETWORK_POLICY_DENY" in n["label"] for n in hop_nodes)
+    assert len([n for n in nodes if "terminal" in n["classes"]]) == len(result["paths"])
+
+    # findings list: the code, cross-linked to its hop; assumptions all visible
+    item = page.locator('#findings > li[data-code="NETWORK_POLICY_DENY"]')
+    await expect(item).to_contain_text(deny["message"])
+    await expect(item).to_contain_text(deny["suggestion"])
+    await expect(page.locator("#assumptions > li")).to_have_count(len(result["assumptions"]))
+    await expect(page.locator("#findings > li")).to_have_count(len(result["findings"]))
+    await item.get_by_role("button", name=f"at hop {API_POD_HOP}").click()
+    await expect(page.locator("#details-title")).to_be_focused()
+
+    # hop details: its policy step with the decision and the finding
+    details = page.locator("#details")
+    await expect(details).to_contain_text(API_POD_HOP)
+    policy_step = next(s for s in api_hop["steps"] if s["kind"] == "policy")
+    await expect(details.locator(f"li.a-{policy_step['action']}")).to_contain_text(policy_step["detail"])
+    await expect(details).to_contain_text("NETWORK_POLICY_DENY")
+    selected = {n["id"] for n in await page.evaluate(GRAPH_NODES) if n["selected"]}
+    assert selected and selected <= {n["id"] for n in hop_nodes}
+
+    # exports: JSON is the API's document, PNG and SVG are images of the graph
+    async with page.expect_download() as dl:
+        await page.click("#export-json")
+    exported = json.loads(Path(await (await dl.value).path()).read_text())
+    assert exported["id"] == diagnosis_id and exported["result"]["verdict"] == result["verdict"]
+    async with page.expect_download() as dl:
+        await page.click("#export-png")
+    assert Path(await (await dl.value).path()).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    async with page.expect_download() as dl:
+        await page.click("#export-svg")
+    svg = Path(await (await dl.value).path()).read_text()
+    assert svg.startswith("<svg") and "NETWORK_POLICY_DENY" in svg
+
+    # history lists it with a permalink; reloading the permalink shows the same result
+    link = page.locator(f'#history-list a[href="#/diagnoses/{diagnosis_id}"]')
+    await expect(link).to_have_attribute("aria-current", "page")
+    await page.reload()
+    await expect(page.locator("#verdict-word")).to_contain_text(result["verdict"])
+    await expect(page.locator("#details")).to_contain_text(API_POD_HOP)  # first abnormal hop opens
+    await expect(page.locator(f'#stage-rows tr[data-stage="simulator"] .state')).to_have_text("done")
+
+
+async def test_branches_aborts_and_keyboard_on_exported_results(page: Page, stack: EmbeddedStack) -> None:
+    await page.goto(stack.url)
+    await page.set_input_files("#import-file", str(FIXTURES / "reachable.json"))
+    await expect(page.locator("#verdict-word")).to_contain_text("REACHABLE")
+    nodes = await page.evaluate(GRAPH_NODES)
+    terminals = [n for n in nodes if "terminal" in n["classes"]]
+    assert sorted(("reply" in n["classes"], n["label"]) for n in terminals) == [
+        (False, "DELIVER"), (False, "DELIVER"), (True, "↩ DELIVER")]
+    # the two Service endpoints fan out from one shared client → node-1 prefix
+    assert sum(1 for n in nodes if n["label"].startswith("pod\ndefault/client") and "forward" in n["classes"]) == 1
+    await expect(page.locator("#findings")).to_contain_text("No findings.")
+
+    await page.set_input_files("#import-file", str(FIXTURES / "undetermined.json"))
+    await expect(page.locator("#verdict-word")).to_contain_text("UNDETERMINED")
+    abort = page.locator('#findings > li[data-code="COLLECTOR_UNAVAILABLE"]')
+    await expect(abort.locator(".badge.b-ABORT")).to_have_text("ABORT")
+    await expect(page.locator("#assumptions li.matters")).to_contain_text("node-3 did not answer")
+    await expect(page.locator("#findings")).to_contain_text("cluster-level")
+    unknown = [n for n in await page.evaluate(GRAPH_NODES) if "node-3" in n["label"]]
+    assert unknown and all("unknown" in n["classes"] for n in unknown)
+
+    # keyboard: arrows walk the hops of the graph, Enter moves to the details
+    await page.focus("#graph")
+    first = await page.text_content("#details h3")
+    await page.keyboard.press("ArrowRight")
+    assert await page.text_content("#details h3") != first
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#details-title")).to_be_focused()
+
+
+async def test_labels_and_widths(page: Page, stack: EmbeddedStack) -> None:
+    await page.goto(stack.url)
+    await page.set_input_files("#import-file", str(FIXTURES / "policy-deny.json"))
+    await expect(page.locator("#result")).to_be_visible()
+    unlabeled = await page.evaluate("""() => [...document.querySelectorAll('input, select, button, a')]
+        .filter((e) => e.offsetParent !== null)
+        .filter((e) => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map((e) => e.outerHTML)""")
+    assert unlabeled == []
+    for width, side_by_side in ((1280, False), (1920, True)):
+        await page.set_viewport_size({"width": width, "height": 900})
+        await page.wait_for_timeout(300)
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        graph, details = await page.locator(".graph-card").bounding_box(), await page.locator(".details-card").bounding_box()
+        assert (details["x"] > graph["x"] + graph["width"] - 1) is side_by_side
