@@ -1,4 +1,4 @@
-"""`lab` commands: up / down / status / probe.
+"""`lab` commands: up / down / status / probe / demo.
 
 Wired into the `netdiag` console script through the `netdiag.commands` entry-point group
 (`lab = "lab.cli:register"`): `register(subparsers)` adds `lab` with its sub-commands; every leaf parser
@@ -15,6 +15,7 @@ from pathlib import Path
 from lab import netns
 from lab import state as lab_state
 from lab.dataplane import Lab
+from lab.demo import run_demo
 from lab.scenario import Scenario, resolve
 
 
@@ -128,6 +129,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     probe.add_argument("--name")
     probe.add_argument("--json", action="store_true")
     probe.set_defaults(func=cmd_probe)
+    demo = sub.add_parser("demo", help="build the basic lab, diagnose a healthy and a broken path, tear down")
+    demo.set_defaults(func=lambda _args: run_demo())
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from services.cloud.handler import CloudStage
-from services.collector.agent import run_agent
+from services.collector.agent import NodeAgent
 from services.collector.handler import CollectorStage
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink
@@ -58,6 +58,7 @@ class EmbeddedStack:
         self.agents = agents or {}
         self.stop_event = asyncio.Event()
         self.runners: list[StageRunner] = []
+        self._agents: list[NodeAgent] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._buses: list[Bus] = []
         self._web: web.AppRunner | None = None
@@ -82,7 +83,13 @@ class EmbeddedStack:
             self.runners.append(runner)
             self._tasks.append(asyncio.create_task(runner.run(self.stop_event)))
         for node, netns in self.agents.items():
-            self._tasks.append(asyncio.create_task(run_agent(self.settings, node, netns, stop=self.stop_event)))
+            # started here rather than as run_agent tasks so the stack is only "up" once every
+            # agent is subscribed (a request right after start must not meet NoResponders)
+            bus = await Bus.connect(name=f"agent-{node}", settings=self.settings)
+            self._buses.append(bus)
+            agent = NodeAgent(bus, node, netns)
+            await agent.start()
+            self._agents.append(agent)
         if self.with_gateway:
             self.gateway_bus = await Bus.connect(name="gateway", settings=self.settings)
             self._buses.append(self.gateway_bus)
@@ -100,6 +107,8 @@ class EmbeddedStack:
             await self._web.cleanup()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        for agent in self._agents:
+            await agent.stop()
         for bus in self._buses:
             with contextlib.suppress(Exception):
                 await bus.close()

@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from shared.config import Settings
 from shared.schemas import BlobRef, ProgressEvent
+from shared.security import nats_connect_options, nats_servers
 
 log = logging.getLogger("netdiag.bus")
 
@@ -76,16 +77,21 @@ class Bus:
             # on an unreachable server with 0 attempts, so the first connect is time-bounded.
             nc = await asyncio.wait_for(
                 nats.connect(
-                    url, name=f"netdiag-{name}", connect_timeout=2, max_reconnect_attempts=-1,
+                    nats_servers(url), name=f"netdiag-{name}", connect_timeout=2, max_reconnect_attempts=-1,
                     reconnect_time_wait=0.25, allow_reconnect=True,
                     error_cb=_log_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+                    **nats_connect_options(settings),
                 ),
                 timeout,
             )
         except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
             raise BusUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
         bus = cls(nc, settings)
-        await bus.ensure()
+        try:
+            await bus.ensure()
+        except BaseException:  # e.g. JetStream not ready yet: no half-open connection left reconnecting
+            await nc.close()
+            raise
         return bus
 
     async def close(self) -> None:

@@ -26,6 +26,21 @@ class Settings(BaseModel):
     max_inflight: int = Field(16, ge=1, description="messages one stage replica handles concurrently")
     result_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="how long results and events are kept")
     stream_replicas: int = Field(1, ge=1, le=5)
+    # NATS credentials and TLS (shared/security.py builds the connect options); nats_url may list
+    # several servers, comma-separated, so a client survives the loss of any one of them
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_creds_file: Path | None = Field(None, description="NATS .creds file (JWT + nkey seed)")
+    nats_nkey_seed_file: Path | None = Field(None, description="nkey seed file (needs the nkeys package)")
+    nats_tls_ca: Path | None = None
+    nats_tls_cert: Path | None = None
+    nats_tls_key: Path | None = None
+    # gateway access (services/gateway/auth.py): no tokens configured = open (the local stack)
+    auth_tokens: str | None = Field(None, description="comma-separated bearer tokens the gateway accepts")
+    auth_tokens_file: Path | None = Field(None, description="file with one accepted bearer token per line")
+    rate_limit_rps: float = Field(20.0, gt=0, description="sustained requests per second per client")
+    rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

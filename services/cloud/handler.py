@@ -59,8 +59,8 @@ class CloudStage(Stage):
             explicit_none = self.settings.snapshot is None and self.settings.cloud_provider == "none"
             assumptions.append(Assumption(
                 stage=self.name, could_change_outcome=not explicit_none,
-                text="cloud layer not modelled (" + "; ".join(inventory.statements) + "): security groups, VPC "
-                     "routes, NAT gateway and load balancers were not checked"))
+                text="; ".join(inventory.statements) + ": security groups, VPC routes, NAT gateway and load "
+                     "balancers were not checked"))
         assumptions += [Assumption(stage=self.name, text=s) for s in inventory.statements if inventory.modelled]
         assumptions += [Assumption(stage=self.name, text=f"cloud inventory incomplete: {e}", could_change_outcome=True)
                         for e in inventory.errors]

@@ -35,6 +35,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 BUS: web.AppKey[Bus] = web.AppKey("bus", Bus)
 STORE: web.AppKey[ResultStore] = web.AppKey("store", ResultStore)
+STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams", set)
 
 
 def error(status: int, message: str, **extra: Any) -> web.Response:
@@ -177,6 +178,7 @@ async def diagnosis_events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
+    _track_stream(request)
     try:
         while True:
             try:
@@ -210,6 +212,7 @@ async def watch_results(request: web.Request) -> web.StreamResponse:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
+    _track_stream(request)
     try:
         while True:
             try:
@@ -227,6 +230,20 @@ async def watch_results(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(Exception):
             await watcher.stop()
     return resp
+
+
+def _track_stream(request: web.Request) -> None:
+    """Event streams end only when the client leaves: remember them so shutdown can end them
+    (otherwise the server waits for each one to notice, keeping Ctrl-C slow)."""
+    task = asyncio.current_task()
+    if task is not None:
+        request.app[STREAMS].add(task)
+        task.add_done_callback(request.app[STREAMS].discard)
+
+
+async def _end_streams(app: web.Application) -> None:
+    for task in list(app[STREAMS]):
+        task.cancel()  # the stream handlers treat cancellation as the end of the stream
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -260,6 +277,8 @@ def create_app(bus: Bus) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
     app[BUS] = bus
     app[STORE] = ResultStore(bus)
+    app[STREAMS] = set()
+    app.on_shutdown.append(_end_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/api/v1/diagnoses", create_diagnosis)

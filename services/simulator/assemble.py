@@ -72,6 +72,10 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
                                       could_change_outcome=True))
     else:
         report = TopologyReport.model_validate(env.topology)
+        if env.nodes:
+            assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
+                "node network state was collected but not yet simulated hop by hop: the paths follow the "
+                "Kubernetes model only")))
         model = ModelSimulator(report, env.request).run()
         paths = model.paths
         findings = _merge(findings, model.findings)

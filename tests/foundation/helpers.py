@@ -184,9 +184,17 @@ class ThreadedStack:
         asyncio.run_coroutine_threadsafe(self.stack.start(), self.loop).result(30)
         return self.stack
 
+    async def _stop(self) -> None:
+        await self.stack.stop()
+        # what the clients left behind (idle keep-alive connections) ends with the loop
+        leftovers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in leftovers:
+            task.cancel()
+        await asyncio.gather(*leftovers, return_exceptions=True)
+
     def __exit__(self, *exc: object) -> None:
         try:
-            asyncio.run_coroutine_threadsafe(self.stack.stop(), self.loop).result(30)
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(30)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)

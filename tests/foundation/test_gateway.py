@@ -40,6 +40,9 @@ BAD_INPUTS = [
     ("port 0", with_(port=0), 422, "port"),
     ("port 65536", with_(port=65536), 422, "port"),
     ("port not a number", with_(port="http"), 422, "port"),
+    ("port as a string", with_(port="80"), 422, "port"),  # no silent coercion at the edge
+    ("IP as a number", with_(dst=167772161), 422, "dst"),
+    ("option of the wrong type", with_(options={"check_reply": 1}), 422, "options.check_reply"),
     ("unknown protocol", with_(protocol="sctp"), 422, "protocol"),
     ("missing field", with_(port=...), 422, "port: Field required"),
     ("extra field", with_(srcport=1234), 422, "srcport: unknown field"),
@@ -62,6 +65,14 @@ async def test_bad_inputs_are_refused_naming_the_field(
     if status == 422:
         field = needle.split(":")[0]
         assert any(f["field"] == field for f in body["fields"]), body
+
+
+async def test_integral_json_number_is_a_port(api: str, http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{api}/api/v1/diagnoses", data=with_(port=65535.0),
+                         headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 202, await resp.text()
+        doc = await get_json(http, f"{api}{resp.headers['Location']}")
+    assert doc["request"]["port"] == 65535
 
 
 async def test_ipv6_request_is_accepted(api: str, http: aiohttp.ClientSession) -> None:

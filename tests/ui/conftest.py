@@ -1,4 +1,5 @@
-"""A real embedded stack (nats-server + every stage + gateway) on a snapshot, and a real browser."""
+"""A real embedded stack (nats-server + every stage + gateway) on a snapshot or on a lab, and a
+real browser."""
 
 from __future__ import annotations
 
@@ -9,17 +10,27 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, Page
 
+from lab.dataplane import Lab
 from services.stack import EmbeddedStack
-from shared.config import Settings
+from tests.lab.conftest import new_prefix, require_root
 from tests.ui.browser import CHROMIUM, chromium
+from tests.ui.stacks import lab_stack, snapshot_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "topology" / "fixtures" / "basic"
 FIXTURES = Path(__file__).parent / "fixtures"
 
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack() -> AsyncIterator[EmbeddedStack]:
-    async with EmbeddedStack(Settings(snapshot=SNAPSHOT)) as running:
+    async with snapshot_stack(SNAPSHOT) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def lab() -> AsyncIterator[tuple[Lab, EmbeddedStack]]:
+    require_root()
+    async with lab_stack(new_prefix()) as running:
         yield running
 
 

@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
+from lab.dataplane import Lab
+from lab.demo import CASES
 from services.stack import EmbeddedStack
 from shared.schemas import Diagnosis
 from tests.ui.conftest import FIXTURES
-
-pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 CLIENT, API_POD_IP, API_POD_HOP = "10.244.1.20", "10.244.2.40", "pod:prod/api-6d4b8c7f9-zz9zz"
 RESULT_TIMEOUT_MS = 15_000
@@ -140,7 +140,30 @@ async def test_diagnose_policy_deny_end_to_end(page: Page, stack: EmbeddedStack,
     await page.reload()
     await expect(page.locator("#verdict-word")).to_contain_text(result["verdict"])
     await expect(page.locator("#details")).to_contain_text(API_POD_HOP)  # first abnormal hop opens
-    await expect(page.locator(f'#stage-rows tr[data-stage="simulator"] .state')).to_have_text("done")
+    await expect(page.locator('#stage-rows tr[data-stage="simulator"] .state')).to_have_text("done")
+
+
+@pytest.mark.lab
+async def test_lab_healthy_and_broken_agree_with_the_kernel(page: Page, lab: tuple[Lab, EmbeddedStack]) -> None:
+    """On a real dataplane: the healthy Service path shows every branch delivering; the broken
+    one shows the policy-denied db pod in red, and the kernel's own probe agrees with both."""
+    world, stack = lab
+    healthy, broken = CASES
+    for case, verdict, probe_ok in ((healthy, "REACHABLE", True), (broken, "UNREACHABLE", False)):
+        assert world.probe(case.src, case.dst, case.port, case.protocol, timeout=1.0).ok is probe_ok
+        await page.goto(stack.url)
+        await submit(page, world.source_address(case.src), case.dst, str(case.port), case.protocol)
+        await expect(page.locator("#verdict-word")).to_contain_text(verdict, timeout=RESULT_TIMEOUT_MS)
+        nodes = await page.evaluate(GRAPH_NODES)
+        terminals = [n for n in nodes if "terminal" in n["classes"] and "forward" in n["classes"]]
+        if probe_ok:
+            assert len(terminals) >= 2 and all(n["label"] == "DELIVER" for n in terminals)  # one per endpoint
+            assert not [n for n in nodes if {"error", "warning"} & set(n["classes"].split())]
+        else:
+            red = [n for n in nodes if "error" in n["classes"] and "hop" in n["classes"]]
+            assert red and all("shop/db" in n["label"] and "NETWORK_POLICY_DENY" in n["label"] for n in red)
+            await page.locator(".hop-btn.s-error").first.click()
+            await expect(page.locator("#details li.a-DROP")).to_contain_text("NetworkPolicy ingress")
 
 
 async def test_branches_aborts_and_keyboard_on_exported_results(page: Page, stack: EmbeddedStack) -> None:
@@ -186,5 +209,6 @@ async def test_labels_and_widths(page: Page, stack: EmbeddedStack) -> None:
         await page.set_viewport_size({"width": width, "height": 900})
         await page.wait_for_timeout(300)
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-        graph, details = await page.locator(".graph-card").bounding_box(), await page.locator(".details-card").bounding_box()
+        graph = await page.locator(".graph-card").bounding_box()
+        details = await page.locator(".details-card").bounding_box()
         assert (details["x"] > graph["x"] + graph["width"] - 1) is side_by_side

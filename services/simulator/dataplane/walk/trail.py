@@ -1,0 +1,99 @@
+"""What one packet branch has seen so far: its hops, steps, findings and the NAT conntrack made."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.world import NetnsView, Place
+from shared.schemas import (
+    FinalState,
+    Finding,
+    Hop,
+    HopKind,
+    HopStatus,
+    Packet,
+    Path,
+    Severity,
+    Step,
+    StepAction,
+    StepKind,
+)
+
+
+def packet(st: FlowState, iif: str | None = None, oif: str | None = None) -> Packet:
+    proto = st.protocol if st.protocol in ("tcp", "udp", "icmp") else "tcp"
+    return Packet(src=st.src, dst=st.dst, protocol=proto, sport=st.sport, dport=st.dport, mark=st.mark,
+                  iif=iif, oif=oif)
+
+
+def copy_state(st: FlowState) -> FlowState:
+    return FlowState(**{k: getattr(st, k) for k in st.__slots__})
+
+
+@dataclass
+class NatEntry:
+    """A translation conntrack holds for the flow: the reply is translated back where it happened."""
+
+    place: Place
+    kind: str  # DNAT, SNAT, MASQUERADE, REDIRECT
+    before: str
+    after: str
+
+
+@dataclass
+class Trail:
+    hops: list[Hop] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    assumptions: list[str] = field(default_factory=list)
+    nat: list[NatEntry] = field(default_factory=list)
+    bridged_without_nf: set[Place] = field(default_factory=set)
+    probability: float = 1.0
+    visits: int = 0
+    final: FinalState | None = None
+    cause: str | None = None
+
+    def fork(self) -> Trail:
+        return copy.deepcopy(self)
+
+    def hop(self, view: NetnsView) -> Hop:
+        return self.hop_by_id(view.hop_id, view)
+
+    def hop_by_id(self, hop_id: str, view: NetnsView | None = None, kind: HopKind | None = None,
+                  name: str | None = None) -> Hop:
+        if self.hops and self.hops[-1].id == hop_id:
+            return self.hops[-1]
+        if view is not None:
+            is_pod = hop_id.startswith("pod:")
+            kind = HopKind.POD if is_pod else HopKind.NODE
+            name = view.dump.pod if is_pod else view.node
+        hop = Hop(id=hop_id, kind=kind or HopKind.EXTERNAL, name=name or hop_id, node=view.node if view else None)
+        self.hops.append(hop)
+        return hop
+
+    def step(self, hop: Hop, kind: StepKind, action: StepAction, detail: str, before: Packet | None = None,
+             after: Packet | None = None, **evidence: object) -> Step:
+        step = Step(kind=kind, action=action, detail=detail, packet_in=before, packet_out=after,
+                    evidence={k: v for k, v in evidence.items() if v is not None})
+        hop.steps.append(step)
+        return step
+
+    def assume(self, text: str) -> None:
+        if text not in self.assumptions:
+            self.assumptions.append(text)
+
+    def end(self, final: FinalState, cause: str | None = None, found: Finding | None = None) -> None:
+        self.final, self.cause = final, cause
+        if found is not None and found not in self.findings:
+            self.findings.append(found)
+
+    def to_path(self, path_id: str, description: str, direction: str = "forward") -> Path:
+        for hop in self.hops:
+            severities = [f.severity for f in self.findings if f.hop == hop.id]
+            if Severity.ERROR in severities:
+                hop.status = HopStatus.ERROR
+            elif severities:
+                hop.status = HopStatus.WARNING
+        return Path(id=path_id, description=description, direction=direction, hops=self.hops,  # type: ignore[arg-type]
+                    final=self.final or FinalState.ABORT, cause=self.cause)

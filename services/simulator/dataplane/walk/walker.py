@@ -1,0 +1,440 @@
+"""Follow a packet through the collected dataplane, namespace by namespace, as the kernel would.
+
+Per namespace (`_local_out` for the source, `_routed_in` for every later namespace): netfilter hooks
+in kernel order (OUTPUT → re-route → POSTROUTING, or PREROUTING → route → INPUT | FORWARD →
+POSTROUTING), routing with policy rules, rp_filter and forwarding sysctls. Between namespaces
+(links.py): veth peers, Linux bridges (br_netfilter, hairpin), vxlan and the node uplink into the
+underlay. Branches (Service DNAT probabilities, ECMP) each become their own trail and path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
+from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, packet
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
+from shared.codes import finding
+from shared.hops import external_hop, node_hop, pod_hop, service_hop
+from shared.schemas import (
+    DiagnosisRequest,
+    FinalState,
+    Finding,
+    HopKind,
+    Severity,
+    StepAction,
+    StepKind,
+)
+from shared.topology import EndpointKind, TopologyReport
+
+MAX_VISITS = 24  # namespaces a packet may enter before the walk calls it a loop
+MAX_TRAILS = 256
+DOWN_STATES = frozenset({"DOWN", "LOWERLAYERDOWN", "NOTPRESENT"})
+
+
+def link_up(link: object) -> bool:
+    return bool(getattr(link, "admin_up", True)) and getattr(link, "state", "UNKNOWN") not in DOWN_STATES
+
+
+@dataclass
+class Cursor:
+    """The packet at the door of a namespace: `iif=None` means generated there."""
+
+    place: Place
+    st: FlowState
+    iif: str | None
+    trail: Trail
+    port_in: str | None = None  # bridge port the packet entered this namespace's bridge through
+    l2_dst: IPAddress | None = None  # next-hop address the frame is addressed to (set by the sender)
+
+    def fork(self) -> Cursor:
+        return Cursor(self.place, copy_state(self.st), self.iif, self.trail.fork(), self.port_in, self.l2_dst)
+
+
+@dataclass
+class Expectation:
+    """What the Kubernetes model says, used to name causes (topology + model findings)."""
+
+    findings: list[Finding] = field(default_factory=list)
+
+    def policy_deny(self, rule_text: str) -> Finding | None:
+        for f in self.findings:
+            if f.code != "NETWORK_POLICY_DENY" or f.severity != Severity.ERROR:
+                continue
+            names = [p.strip() for p in str(f.evidence.get("policies", "")).split(",") if p.strip()]
+            if any(n in rule_text or n.split("/")[-1] in rule_text for n in names):
+                return f
+        return None
+
+    def code_at(self, code: str) -> Finding | None:
+        return next((f for f in self.findings if f.code == code), None)
+
+
+class Walker:
+    def __init__(self, world: World, report: TopologyReport, request: DiagnosisRequest,
+                 expectation: Expectation | None = None) -> None:
+        self.world = world
+        self.report = report
+        self.request = request
+        self.expect = expectation or Expectation()
+        self.finished: list[Trail] = []
+        self.node_ips: dict[IPAddress, str] = {}
+        self.pod_cidrs: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        self.pod_ips: dict[IPAddress, str] = {}
+        self._index_objects()
+        from services.simulator.dataplane.walk import links  # noqa: PLC0415 - mutual helpers
+
+        self.links = links.Crossing(self)
+
+    # ------------------------------------------------------------ the Kubernetes objects we need
+
+    def _index_objects(self) -> None:
+        for node in self.report.objects.nodes:
+            name = node.get("metadata", {}).get("name")
+            spec, status = node.get("spec", {}), node.get("status", {})
+            for addr in status.get("addresses", []) or []:
+                if addr.get("type") in ("InternalIP", "ExternalIP"):
+                    self.node_ips[ipaddress.ip_address(addr["address"])] = name
+            for cidr in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
+                self.pod_cidrs.append((ipaddress.ip_network(cidr, strict=False), name))
+        for pod in self.report.objects.pods:
+            meta, status, spec = pod.get("metadata", {}), pod.get("status", {}), pod.get("spec", {})
+            if spec.get("hostNetwork"):
+                continue
+            for entry in status.get("podIPs") or [{"ip": status.get("podIP")}]:
+                if entry.get("ip"):
+                    self.pod_ips[ipaddress.ip_address(entry["ip"])] = f"{meta.get('namespace')}/{meta.get('name')}"
+
+    def node_for_pod_network(self, addr: IPAddress) -> str | None:
+        return next((node for net, node in self.pod_cidrs if addr.version == net.version and addr in net), None)
+
+    def node_ip(self, node: str) -> IPAddress | None:
+        return next((ip for ip, n in self.node_ips.items() if n == node), None)
+
+    def service_vip(self, st: FlowState) -> bool:
+        """Is the packet still addressed to the Service (its ClusterIP/external/LB address and port)?"""
+        res = self.report.service
+        if res is None or st.dport != res.port:
+            return False
+        return st.dst in {*res.cluster_ips, *res.external_ips, *res.load_balancer_ips}
+
+    # ------------------------------------------------------------ driving
+
+    def run(self) -> list[Trail]:
+        start = self._start()
+        queue = [start] if start else []
+        while queue:
+            if len(self.finished) + len(queue) > MAX_TRAILS:
+                for c in queue:
+                    c.trail.assume(f"more than {MAX_TRAILS} branches: the walk stopped exploring")
+                    c.trail.end(FinalState.ABORT)
+                    self.finished.append(c.trail)
+                break
+            queue.extend(self.arrive(queue.pop(0)))
+        return self.finished
+
+    def _start(self) -> Cursor | None:
+        src, r = self.report.src, self.request
+        st = FlowState(src=r.src, dst=r.dst, protocol=r.protocol, sport=None, dport=r.port)
+        trail = Trail()
+        node = src.node
+        if src.kind in (EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE):
+            if node not in self.world.nodes:
+                self._abort(trail, src.pod or node, f"the network state of node {node}",
+                            "it was not collected (see the collector's findings)")
+                return None
+            view = (self.world.pod_netns(node, src.pod) if src.kind == EndpointKind.POD and src.pod else None) \
+                or (self.world.nodes[node].host if src.kind != EndpointKind.POD else None) \
+                or self.world.netns_holding(r.src, node)
+            if view is None:
+                self._abort(trail, src.pod or node, f"the network namespace of {src.pod or r.src}",
+                            f"no namespace on {node} holds {r.src}")
+                return None
+            return Cursor(view.place, st, None, trail)
+        return self.links.external_start(st, trail)
+
+    def _abort(self, trail: Trail, hop_name: str | None, what: str, reason: str) -> None:
+        hop_id = pod_hop(hop_name) if hop_name and "/" in hop_name else node_hop(str(hop_name))
+        hop = trail.hop_by_id(hop_id, kind=HopKind.POD if "/" in str(hop_name) else HopKind.NODE,
+                              name=str(hop_name))
+        trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"{what} is unknown: {reason}")
+        trail.end(FinalState.ABORT, "DATA_MISSING", finding("DATA_MISSING", hop_id, what=what, reason=reason))
+        self.finished.append(trail)
+
+    def finish(self, c: Cursor, final: FinalState, cause: str | None = None, found: Finding | None = None) -> list:
+        c.trail.end(final, cause, found)
+        self.finished.append(c.trail)
+        return []
+
+    def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
+             kind: StepKind = StepKind.LINK) -> list:
+        if view is not None and detail:
+            c.trail.step(c.trail.hop(view), kind, StepAction.DROP, detail, packet(c.st, c.iif, c.st.oif))
+        return self.finish(c, FinalState.DROP, found.code, found)
+
+    # ------------------------------------------------------------ one namespace
+
+    def arrive(self, c: Cursor) -> list[Cursor]:
+        c.trail.visits += 1
+        view = self.world.netns(c.place)
+        if c.trail.visits > MAX_VISITS:
+            hops = " → ".join(h.id for h in c.trail.hops[-6:])
+            return self.drop(c, finding("ROUTING_LOOP", view.hop_id, dst=c.st.dst, hops=hops), view,
+                             f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE)
+        c.trail.hop(view)
+        return self._local_out(c, view) if c.iif is None else self._routed_in(c, view)
+
+    def _local_out(self, c: Cursor, view: NetnsView) -> list[Cursor]:
+        """A locally generated packet: route, OUTPUT, re-route if changed, POSTROUTING, out."""
+        out: list[Cursor] = []
+        for c1, d in self._route(c, view, None):
+            original = (c1.st.dst, c1.st.mark)
+            c1.st.oif = d.dev
+            for c2 in self.hook(c1, view, "OUTPUT"):
+                if view.is_host and self.service_vip(c2.st) and not self._translated(c2):
+                    self._rules_missing(c2, view, "OUTPUT")
+                    continue
+                pairs = [(c2, d)]
+                if (c2.st.dst, c2.st.mark) != original:
+                    pairs = self._route(c2, view, None, note="re-route after OUTPUT changed the packet")
+                for c3, d3 in pairs:
+                    out.extend(self._leave_or_deliver(c3, view, d3, "lo"))
+        return out
+
+    def _routed_in(self, c: Cursor, view: NetnsView) -> list[Cursor]:
+        """A packet received on `iif`: PREROUTING, kube-proxy check, route, rp_filter, INPUT or FORWARD."""
+        out: list[Cursor] = []
+        c.st.iif = c.iif
+        for c1 in self.hook(c, view, "PREROUTING"):
+            for c2, d in self._route(c1, view, c1.iif):
+                if not self._rp_filter_ok(c2, view):
+                    continue
+                if d.delivers_locally:
+                    out.extend(self._leave_or_deliver(c2, view, d, c2.iif))
+                    continue
+                ok, sysctl = view.forwarding(c2.iif or "")
+                if not ok:
+                    self.drop(c2, finding("IP_FORWARD_DISABLED", view.hop_id, where=view.where, sysctl=sysctl),
+                              view, f"not forwarded: {sysctl}=0", StepKind.SYSCTL)
+                    continue
+                c2.st.oif = d.dev
+                for c3 in self.hook(c2, view, "FORWARD"):
+                    out.extend(self._leave_or_deliver(c3, view, d, c3.iif, forwarded=True))
+        return out
+
+    def _leave_or_deliver(self, c: Cursor, view: NetnsView, d: RouteDecision, iif: str | None,
+                          forwarded: bool = False) -> list[Cursor]:
+        if d.delivers_locally:
+            c.st.iif = iif
+            c.st.oif = None
+            survivors = self.hook(c, view, "INPUT")
+            from services.simulator.dataplane.walk.delivery import deliver  # noqa: PLC0415
+
+            for c1 in survivors:
+                deliver(self, c1, view)
+            return []
+        out = []
+        for c1 in self.hook(c, view, "POSTROUTING"):
+            out.extend(self.links.transmit(c1, view, d))
+        return out
+
+    # ------------------------------------------------------------ routing
+
+    def _route(self, c: Cursor, view: NetnsView, iif: str | None,
+               note: str | None = None) -> list[tuple[Cursor, RouteDecision]]:
+        st = c.st
+        hop = c.trail.hop(view)
+        if iif is not None and view.is_host and self.service_vip(st) and not self._translated(c):
+            self._rules_missing(c, view, "PREROUTING")
+            return []
+        decisions = view.router.lookup(st.dst, src=st.src if iif is not None else None, iif=iif, fwmark=st.mark)
+        first = decisions[0]
+        if first.drops:
+            text = first.route or (first.rules[-1] if first.rules else "no matching route")
+            if first.type == "no_route":
+                found = finding("NO_ROUTE", view.hop_id, dst=st.dst, where=view.where, evidence=first.as_dict())
+            else:
+                found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
+                                evidence=first.as_dict())
+            c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
+                         packet(st, iif), evidence=first.as_dict())
+            self.finish(c, FinalState.DROP, found.code, found)
+            return []
+        pairs = []
+        for i, d in enumerate(decisions):
+            ci = c if i == len(decisions) - 1 else c.fork()
+            action = StepAction.DELIVER if d.delivers_locally else StepAction.FORWARD
+            via = f" via {d.gateway}" if d.gateway else ""
+            share = f" (ECMP share {d.probability:.2f})" if len(decisions) > 1 else ""
+            detail = (f"{note + ': ' if note else ''}route lookup for {st.dst}: {d.route} → "
+                      + ("local delivery" if d.delivers_locally else f"dev {d.dev}{via}") + share)
+            ci.trail.step(ci.trail.hop(view), StepKind.ROUTE, action, detail, packet(st, iif),
+                          evidence=d.as_dict())
+            ci.trail.probability *= d.probability
+            pairs.append((ci, d))
+        return pairs
+
+    def _rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None:
+        res = self.report.service
+        what = f"Service {res.service if res else '?'} {c.st.dst}:{c.st.dport}/{c.st.protocol}"
+        self.drop(c, finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node, what=what,
+                             evidence={"detail": f"the packet is still addressed to the Service after {hook}: no "
+                                       "rule translated it; nothing answers a virtual address"}),
+                  view, f"{what} was not translated by {hook}", StepKind.SERVICE)
+
+    def _translated(self, c: Cursor) -> bool:
+        return any(n.kind in ("DNAT", "REDIRECT") for n in c.trail.nat)
+
+    def _rp_filter_ok(self, c: Cursor, view: NetnsView) -> bool:
+        dev = c.iif or ""
+        mode = view.rp_filter(dev)
+        if mode == 0 or c.st.src.is_unspecified:
+            return True
+        reverse = view.router.lookup(c.st.src, src=c.st.dst, fwmark=c.st.mark)
+        if mode == 1:
+            ok = any(d.type == "unicast" and d.dev == dev for d in reverse) or any(d.type == "local" for d in reverse)
+        else:
+            ok = any(not d.drops for d in reverse)
+        if ok:
+            return True
+        rev_dev = next((d.dev for d in reverse if d.dev), reverse[0].type)
+        self.drop(c, finding("RP_FILTER_DROP", view.hop_id, packet=packet(c.st), device=dev, where=view.where,
+                             src=c.st.src, reverse_device=rev_dev, mode="strict" if mode == 1 else "loose",
+                             evidence={"reverse_route": [d.as_dict() for d in reverse]}),
+                  view, f"rp_filter={mode} on {dev}: the route back to {c.st.src} leaves via {rev_dev}",
+                  StepKind.SYSCTL)
+        return False
+
+    # ------------------------------------------------------------ netfilter
+
+    def hook(self, c: Cursor, view: NetnsView, hook: str, **ctx: object) -> list[Cursor]:
+        """Run one hook over every iptables backend of the namespace; one cursor per surviving branch."""
+        if not view.rulesets:
+            return [c]
+        before = packet(c.st, c.st.iif, c.st.oif)
+        vip_before = self.service_vip(c.st)
+        branches = [Branch(state=c.st)]
+        try:
+            for _backend, rs in view.rulesets:
+                branches = Tracer(rs, view.context(**ctx)).run_hook(branches, hook)
+        except TraceTooLarge as exc:
+            c.trail.assume(f"netfilter trace in {view.where} {hook} too large: {exc}")
+            self.finish(c, FinalState.ABORT)
+            return []
+        cursors = [c] + [c.fork() for _ in branches[1:]]
+        survivors = []
+        for ci, br in zip(cursors, branches, strict=True):
+            ci.st = br.state
+            ci.trail.probability *= br.probability
+            if self._record_hook(ci, view, hook, br, before, vip_before):
+                survivors.append(ci)
+        if vip_before and hook in ("PREROUTING", "OUTPUT") and view.is_host:
+            self._check_endpoints(cursors, branches, view)
+        return survivors
+
+    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: object,
+                     vip_before: bool) -> bool:
+        trail = c.trail
+        hop = trail.hop(view)
+        for text in br.assumptions:
+            trail.assume(f"{view.where} {hook}: {text}")
+        for hit in br.unsupported:
+            found = finding("UNSUPPORTED_RULE", view.hop_id, rule=hit.rule, where=f"{view.where} {hit.table}/"
+                            f"{hit.chain}", feature="an unmodelled match or target", evidence=hit.as_dict())
+            if found not in trail.findings:
+                trail.findings.append(found)
+        after = packet(br.state, br.state.iif, br.state.oif)
+        rules = [h.as_dict() for h in br.hits]
+        if not br.hits and br.verdict == "ACCEPT":
+            return True
+        verdict = br.verdict or "ACCEPT"
+        action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
+        trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
+            f" by {br.decided_by.table}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
+            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
+            hook=hook, rules=rules)
+        for rec in br.nat:
+            trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after))
+            trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
+                       f"({rec.hit.table}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
+                       rule=rec.hit.rule)
+        if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
+            self._service_hop(trail, view, br, before, after)
+        if action == StepAction.ALLOW:
+            return True
+        self._netfilter_drop(c, view, hook, br)
+        return False
+
+    def _service_hop(self, trail: Trail, view: NetnsView, br: Branch, before: object, after: object) -> None:
+        """The Service as this node's kube-proxy implements it: a hop before the node that translated it."""
+        res = self.report.service
+        assert res is not None
+        hop_id = service_hop(res.service)
+        if any(h.id == hop_id for h in trail.hops):
+            return
+        from shared.schemas import Hop  # noqa: PLC0415
+
+        svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
+        dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
+        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, f"kube-proxy on {view.node} translates "
+                   f"{dnat.before} → {dnat.after} (branch probability {br.probability:.2f})", before,  # type: ignore[arg-type]
+                   after, rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])  # type: ignore[arg-type]
+        trail.hops.insert(len(trail.hops) - 1, svc)
+
+    def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
+        hit = br.decided_by
+        rule = hit.rule if hit else f":{hook} DROP"
+        fields = dict(where=view.where, table=hit.table if hit else "?", chain=hit.chain if hit else hook,
+                      position=hit.position if hit else 0, rule=rule, evidence={"hook": hook})
+        policy = self.expect.policy_deny(rule) if hit else None
+        res = self.report.service
+        if policy is not None:
+            hop = c.trail.hop_by_id(policy.hop or view.hop_id, kind=HopKind.POD,
+                                    name=(policy.hop or "").removeprefix("pod:"))
+            c.trail.step(hop, StepKind.POLICY, StepAction.DROP, f"NetworkPolicy enforced on {view.node} "
+                         f"({hook} {fields['table']}/{fields['chain']} rule {fields['position']}): {rule}",
+                         packet(br.state), rule=rule)
+            self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
+            return
+        if res is not None and "has no endpoints" in rule:
+            found = self.expect.code_at("SERVICE_NO_ENDPOINT") or finding(
+                "SERVICE_NO_ENDPOINT", service_hop(res.service), service=res.service,
+                namespace=res.service.split("/")[0], name=res.service.split("/")[-1], detail="")
+            hop = c.trail.hop_by_id(service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
+            c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"kube-proxy on {view.node} rejects: {rule}",
+                         packet(br.state), rule=rule)
+            self.finish(c, FinalState.DROP, found.code, found)
+            return
+        if br.verdict == "REJECT":
+            found = finding("IPTABLES_REJECT", view.hop_id, reject_with=br.reject_with, **fields)
+        else:
+            found = finding("IPTABLES_DROP", view.hop_id, **fields)
+        self.finish(c, FinalState.DROP, found.code, found)
+
+    def _check_endpoints(self, cursors: list[Cursor], branches: list[Branch], view: NetnsView) -> None:
+        """EndpointSlices vs this node's rules: a ready endpoint no branch DNATs to was not programmed."""
+        res = self.report.service
+        if res is None:
+            return
+        targets = {n.after for br in branches for n in br.nat if n.kind == "DNAT"}
+        if not targets:
+            return
+        for b in res.backends:
+            if not b.ready or b.port is None:
+                continue
+            ep = f"{b.address}:{b.port}" if b.address.version == 4 else f"[{b.address}]:{b.port}"
+            if ep not in targets:
+                found = finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node,
+                                what=f"endpoint {ep} of Service {res.service}")
+                for c in cursors:
+                    if found not in c.trail.findings:
+                        c.trail.findings.append(found)
+
+    def external(self, c: Cursor, hop_kind: HopKind, describe: Callable[[], str]) -> list:
+        hop = c.trail.hop_by_id(external_hop(c.st.dst), kind=hop_kind, name=describe())
+        c.trail.step(hop, StepKind.DELIVERY, StepAction.FORWARD, f"leaves the cluster towards {c.st.dst}: the "
+                     "cloud layer (VPC routes, NAT gateway) decides beyond this point", packet(c.st))
+        return self.finish(c, FinalState.FORWARD)

@@ -1,0 +1,104 @@
+"""The edge and event models: what a request may be, and that events survive the wire."""
+
+from __future__ import annotations
+
+import time
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from pydantic import ValidationError
+
+from shared.config import Settings
+from shared.schemas import (
+    BlobRef,
+    Diagnosis,
+    DiagnosisRequest,
+    DiagnosisResult,
+    DiagnosisStatus,
+    Hop,
+    HopKind,
+    Packet,
+    Path,
+    StageEnvelope,
+    Step,
+    StepAction,
+    StepKind,
+    Verdict,
+    new_id,
+    now,
+)
+
+BASE = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
+
+
+def error_fields(exc: ValidationError) -> set[str]:
+    return {".".join(str(p) for p in e["loc"]) for e in exc.errors()}
+
+
+def test_request_accepts_v4_and_v6_and_keeps_address_objects() -> None:
+    v4 = DiagnosisRequest.model_validate(BASE)
+    assert isinstance(v4.src, IPv4Address) and v4.options.collect_timeout_s == 5.0
+    v6 = DiagnosisRequest.model_validate({**BASE, "src": "fd00::5", "dst": "2001:db8::1"})
+    assert isinstance(v6.src, IPv6Address)
+    assert v6.describe() == "udp fd00::5 → 2001:db8::1:53"
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"src": "pod-a"}, "src"),
+    ({"dst": "10.0.0.256"}, "dst"),
+    ({"dst": 167772161}, "dst"),  # an integer is not an address literal
+    ({"port": 0}, "port"),
+    ({"port": 65536}, "port"),
+    ({"protocol": "icmp"}, "protocol"),  # a plus for later, not accepted yet
+    ({"protocol": "TCP"}, "protocol"),
+    ({"extra": 1}, "extra"),
+    ({"options": {"collect_timeout_s": 0}}, "options.collect_timeout_s"),
+    ({"options": {"collect_timeout_s": 61}}, "options.collect_timeout_s"),
+    ({"options": {"nope": True}}, "options.nope"),
+])
+def test_request_rejects_naming_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DiagnosisRequest.model_validate({**BASE, **change})
+    assert error_fields(exc.value) == {field}
+
+
+@pytest.mark.parametrize("missing", ["src", "dst", "port", "protocol"])
+def test_request_requires(missing: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DiagnosisRequest.model_validate({k: v for k, v in BASE.items() if k != missing})
+    assert error_fields(exc.value) == {missing}
+
+
+def test_ids_are_hex_unique_and_time_ordered() -> None:
+    first = new_id()
+    time.sleep(0.002)
+    later = [new_id() for _ in range(1000)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in later)
+    assert len(set(later)) == len(later)
+    assert all(first < i for i in later)  # newest-first listing sorts ids
+
+
+def test_envelope_and_diagnosis_survive_json() -> None:
+    req = DiagnosisRequest.model_validate(BASE)
+    pkt = Packet(src=req.src, dst=req.dst, protocol="udp", sport=40000, dport=53)
+    hop = Hop(id="pod:default/a", kind=HopKind.POD, name="a", address=req.src, steps=[
+        Step(kind=StepKind.NAT, action=StepAction.REWRITE, detail="DNAT", packet_in=pkt,
+             packet_out=pkt.model_copy(update={"dst": IPv4Address("10.244.2.7")}))])
+    result = DiagnosisResult(verdict=Verdict.REACHABLE, summary="ok", paths=[Path(id="p0", hops=[hop])])
+    env = StageEnvelope(id=new_id(), request=req, created_at=now(), result=result, timings_ms={"topology": 1.5},
+                        nodes={"n1": BlobRef(bucket="b", name="x", size=3, sha256="0" * 64)})
+    assert StageEnvelope.model_validate_json(env.model_dump_json()) == env
+    diag = Diagnosis(id=env.id, request=req, status=DiagnosisStatus.COMPLETED, created_at=env.created_at,
+                     result=result)
+    assert Diagnosis.model_validate_json(diag.model_dump_json()) == diag
+    assert str(pkt) == "udp 10.244.1.5:40000 → 10.96.0.10:53"
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NETDIAG_MAX_DELIVER", "5")
+    monkeypatch.setenv("NETDIAG_NATS_URL", "nats://127.0.0.1:9")
+    s = Settings.from_env(ack_wait_s=2.5, nats_url=None)  # None: not overridden
+    assert (s.max_deliver, s.ack_wait_s, s.nats_url) == (5, 2.5, "nats://127.0.0.1:9")
+    monkeypatch.setenv("NETDIAG_MAX_DELIVER", "0")
+    with pytest.raises(ValidationError):
+        Settings.from_env()
