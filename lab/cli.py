@@ -47,6 +47,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             lab.down()
             raise
         print(f"kubernetes api: http://{api.host}:{api.port} (kubeconfig {api.kubeconfig})")
+    if scenario.cloud is not None:
+        try:
+            cloud = lab.start_cloud()
+        except Exception:
+            lab.down()
+            raise
+        print(f"cloud emulator: http://{cloud.endpoint} (NETDIAG_CLOUD_PROVIDER=alibaba "
+              f"NETDIAG_CLOUD_ENDPOINT=http://{cloud.endpoint}, emulator AccessKey)")
     print(f"tear down with: lab down --name {st.prefix}")
     return 0
 
@@ -88,6 +96,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                   f"(netns {st.ext_netns})")
         api = f"http://{st.api.host}:{st.api.port} kubeconfig {st.api.kubeconfig}" if st.api else "not running"
         print(f"  kubernetes api: {api}")
+        if st.cloud:
+            print(f"  cloud emulator: http://{st.cloud.endpoint} (state {st.cloud.state_file})")
     return 0
 
 

@@ -32,7 +32,7 @@ from lab import state as lab_state
 from lab.iptables import CLI, RESTORE, Ruleset, comment
 from lab.probe import ProbeResult, probe_in
 from lab.scenario import ResolvedPod, ResolvedScenario, Scenario, resolve
-from lab.state import ApiInfo, LabState, NodeState, PodState
+from lab.state import ApiInfo, CloudInfo, LabState, NodeState, PodState
 
 INET_NET = ipaddress.ip_network("203.0.113.0/24")
 INET_GW, INET_IP, EXT_IP = "203.0.113.1", "203.0.113.10", "203.0.113.20"
@@ -145,6 +145,9 @@ class Lab:
         pids = set(netns.pids_in(names))
         if st is not None and st.api is not None and st.api.pid and _is_api_daemon(st.api.pid, prefix):
             pids.add(st.api.pid)  # the lab's Kubernetes API runs in the root namespace
+        if st is not None and st.cloud is not None and st.cloud.pid and _is_daemon(st.cloud.pid, b"lab.cloudemu",
+                                                                                   st.cloud.state_file):
+            pids.add(st.cloud.pid)  # so does its cloud emulator
         netns.kill_pids(pids)
         netns.delete_all(sorted(names))
         shutil.rmtree(lab_state.state_dir(prefix), ignore_errors=True)
@@ -275,6 +278,22 @@ class Lab:
         self.state.api = spawn_daemon(state_file=lab_state.state_path(self.prefix))
         return self.state.api
 
+    def start_cloud(self) -> CloudInfo:
+        """Start the cloud OpenAPI emulator serving this lab's cloud (lab/cloudstate.py); `down()` stops it."""
+        from lab.cloudstate import cloud_state, spawn_emulator
+
+        self.state.cloud = spawn_emulator(cloud_state(self.resolved), lab_state.state_dir(self.prefix))
+        lab_state.save(self.state)
+        return self.state.cloud
+
+    def set_cloud_state(self, state: dict[str, Any]) -> None:
+        """Replace what the emulated cloud serves (a cloud fault: `lab.cloudstate.with_fault`)."""
+        from lab.cloudstate import push_state
+
+        if self.state.cloud is None:
+            raise RuntimeError(f"lab {self.prefix} has no emulated cloud (scenario without `cloud:`)")
+        push_state(self.state.cloud, state)
+
     # ------------------------------------------------------------ changes made while the lab runs
 
     def update_scenario(self, scenario: Scenario) -> None:
@@ -385,12 +404,16 @@ class Lab:
 
 
 def _is_api_daemon(pid: int, prefix: str) -> bool:
+    return _is_daemon(pid, b"lab.kubeapi", str(lab_state.state_path(prefix)))
+
+
+def _is_daemon(pid: int, module: bytes, state_file: str) -> bool:
     """Guard against PID reuse before killing a root-namespace process named in the state file."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"lab.kubeapi" in argv and str(lab_state.state_path(prefix)).encode() in argv
+    return module in argv and state_file.encode() in argv
 
 
 def _underlay_gateway(sc: ResolvedScenario) -> str:

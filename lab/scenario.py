@@ -97,6 +97,16 @@ class ServiceSpec(_Model):
         return f"{self.namespace}/{self.name}"
 
 
+class CloudSpec(_Model):
+    """An emulated Alibaba Cloud VPC around the nodes (lab/cloudstate.py builds its state; `lab up` serves
+    it with the OpenAPI emulator). The emulator is an API, not a dataplane: cloud faults change diagnoses,
+    never the namespaces' packets."""
+
+    nat_gateway: bool = Field(True, alias="natGateway", description="a NAT gateway with SNAT for the vSwitch")
+    patch: list[dict[str, Any]] = Field(default_factory=list, description=(
+        "JSON Patch (RFC 6902 add/replace/remove) applied to the generated emulator state: a cloud fault"))
+
+
 class Scenario(_Model):
     name: str
     cni: Literal["host-gw", "vxlan"] = "host-gw"
@@ -114,6 +124,7 @@ class Scenario(_Model):
     pods: list[PodSpec] = Field(default_factory=list)
     services: list[ServiceSpec] = Field(default_factory=list)
     network_policies: list[dict[str, Any]] = Field(default_factory=list, alias="networkPolicies")
+    cloud: CloudSpec | None = Field(None, description="attach an emulated cloud (default: none)")
 
     @model_validator(mode="after")
     def _check_refs(self) -> Scenario:

@@ -30,6 +30,19 @@ class ApiInfo(BaseModel):
     pid: int | None = None
 
 
+class CloudInfo(BaseModel):
+    """The lab's cloud OpenAPI emulator (lab/cloudstate.py), when the scenario asks for a cloud."""
+
+    host: str
+    port: int
+    pid: int | None = None
+    state_file: str
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
 class NodeState(BaseModel):
     netns: str
     ip: str
@@ -64,6 +77,7 @@ class LabState(BaseModel):
     pods: dict[str, PodState] = Field(default_factory=dict, description="keyed by namespace/name")
     extra_pids: dict[str, int] = Field(default_factory=dict, description="e.g. the internet host's listener")
     api: ApiInfo | None = None
+    cloud: CloudInfo | None = None
 
     def all_netns(self) -> list[str]:
         names = [self.underlay_netns, self.inet_netns, self.ext_netns,
@@ -83,12 +97,13 @@ def state_path(prefix: str) -> Path:
 
 
 def save(state: LabState) -> Path:
-    """Write atomically and privately (the api slot holds a token); keep an api slot the API server filled."""
+    """Write atomically and privately (the api slot holds a token); keep api/cloud slots the daemons filled."""
     path = state_path(state.prefix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if state.api is None and path.exists():
+    if (state.api is None or state.cloud is None) and path.exists():
         with contextlib.suppress(ValueError):
-            state.api = LabState.model_validate_json(path.read_text()).api
+            saved = LabState.model_validate_json(path.read_text())
+            state.api, state.cloud = state.api or saved.api, state.cloud or saved.cloud
     tmp = path.with_suffix(".tmp")
     tmp.write_text(state.model_dump_json(indent=2))
     tmp.chmod(0o600)

@@ -31,6 +31,7 @@ from services.topology.plan import full_objects
 from services.topology.sources.live import LiveSource, api_client
 from services.topology.sources.snapshot import SnapshotError, load_snapshot
 from shared.bus import Bus, BusUnavailable
+from shared.cloud import dump_inventory, empty_inventory
 from shared.config import Settings
 from shared.logs import setup_logging
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, Verdict
@@ -311,6 +312,10 @@ async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
     finally:
         if stack:
             await stack.stop()
+    if settings.cloud_provider == "none":
+        # written explicitly, so a diagnosis of this snapshot knows there is no cloud layer
+        # (an absent cloud/ directory means "unknown")
+        dump_inventory(empty_inventory("none", "cloud provider is 'none'"), Path(args.out) / "cloud")
     for node, problem in outcome.items():
         print(f"node {node}: " + (problem or f"written to {Path(args.out) / 'nodes' / (node + '.json')}"))
     return EXIT_SYSTEM if any(outcome.values()) else 0

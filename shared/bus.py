@@ -39,6 +39,9 @@ SUBJECT_COLLECTED = f"{PREFIX}.collected"
 SUBJECT_CLOUD = f"{PREFIX}.cloud"
 SUBJECT_COMPLETED = f"{PREFIX}.completed"
 PROGRESS_PREFIX = f"{PREFIX}.progress"
+# Live notification (core NATS, outside the stream: no replay) carrying the id of each diagnosis
+# just stored; watchers read the result from the KV bucket.
+SUBJECT_STORED = "netdiag.results.stored"
 
 # JetStream drops a second publish with the same Nats-Msg-Id inside this window: this is
 # what makes a redelivered, re-handled stage message publish its output exactly once.

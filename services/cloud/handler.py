@@ -1,7 +1,8 @@
 """The cloud stage: SUBJECT_COLLECTED → SUBJECT_CLOUD.
 
 Collects the cloud inventory around the nodes on the path (live, through the configured
-provider) or reads `<snapshot>/cloud/`, stores it in the object store and sets `env.cloud`
+provider) or reads `<snapshot>/cloud/` (a snapshot without one, with a provider configured,
+is completed from the live cloud), stores it in the object store and sets `env.cloud`
 to its reference. With the `none` provider the envelope carries an unmodelled inventory
 inline plus an explicit assumption. A cloud that cannot be read is a diagnosis problem (an
 abort-class finding and an assumption), never an exception.
@@ -47,8 +48,10 @@ class CloudStage(Stage):
         started = time.perf_counter()
         assumptions: list[Assumption] = []
         findings: list[Finding] = []
-        if self.settings.snapshot is not None:
-            inventory = await asyncio.to_thread(load_inventory, self.settings.snapshot / "cloud")
+        snapshot_cloud = self.settings.snapshot / "cloud" if self.settings.snapshot is not None else None
+        # a snapshot's own cloud/ wins; without one, a configured provider reads the cloud live
+        if snapshot_cloud is not None and (snapshot_cloud.is_dir() or self.settings.cloud_provider == "none"):
+            inventory = await asyncio.to_thread(load_inventory, snapshot_cloud)
         elif self.settings.cloud_provider == "none":
             inventory = empty_inventory("none", "cloud provider is 'none'")
         else:
@@ -56,7 +59,7 @@ class CloudStage(Stage):
         if not inventory.modelled:
             # provider "none" is the operator saying there is no cloud layer (bare metal, the lab):
             # a statement, not a gap; a cloud we failed to read is a gap
-            explicit_none = self.settings.snapshot is None and self.settings.cloud_provider == "none"
+            explicit_none = inventory.provider == "none"
             assumptions.append(Assumption(
                 stage=self.name, could_change_outcome=not explicit_none,
                 text="; ".join(inventory.statements) + ": security groups, VPC routes, NAT gateway and load "

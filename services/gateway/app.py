@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from services.gateway.openapi import openapi_document
 from services.gateway.store import ResultStore
-from shared.bus import SUBJECT_REQUESTED, Bus, progress_subject
+from shared.bus import SUBJECT_REQUESTED, SUBJECT_STORED, Bus, progress_subject
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
@@ -204,10 +204,10 @@ async def diagnosis_events(request: web.Request) -> web.StreamResponse:
 
 
 async def watch_results(request: web.Request) -> web.StreamResponse:
-    """SSE of every diagnosis as it completes (the "subscribe to result events" use)."""
-    bus = request.app[BUS]
+    """SSE of every diagnosis as it completes from now on (the "subscribe to result events" use)."""
+    bus, store = request.app[BUS], request.app[STORE]
     try:
-        watcher = await bus.kv.watchall(include_history=False)
+        sub = await bus.nc.subscribe(SUBJECT_STORED)
     except nats.errors.Error:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -216,19 +216,18 @@ async def watch_results(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             try:
-                entry = await watcher.updates(timeout=SSE_IDLE_CHECK_S * 5)
+                msg = await sub.next_msg(timeout=SSE_IDLE_CHECK_S * 5)
             except TimeoutError:
-                entry = None
-            if entry is None or not entry.value:
                 await resp.write(b": keepalive\n\n")
                 continue
-            if json.loads(entry.value).get("status") != DiagnosisStatus.QUEUED.value:
-                await resp.write(b"event: result\ndata: " + entry.value + b"\n\n")
+            diagnosis = await store.get(msg.data.decode())
+            if diagnosis is not None:
+                await resp.write(f"event: result\ndata: {diagnosis.model_dump_json()}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         with contextlib.suppress(Exception):
-            await watcher.stop()
+            await sub.unsubscribe()
     return resp
 
 

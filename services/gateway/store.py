@@ -9,7 +9,7 @@ import re
 
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
-from shared.bus import SUBJECT_COMPLETED, Bus
+from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.stage import Stage
 
@@ -76,4 +76,5 @@ class ResultSink(Stage):
         diagnosis = diagnosis_from_envelope(env)
         await self.store.save(diagnosis)
         await self.bus.progress(env.id, "gateway", "result", diagnosis.status.value)
+        await self.bus.nc.publish(SUBJECT_STORED, env.id.encode())
         return None

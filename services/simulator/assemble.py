@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from services.simulator.cloudpath import apply_cloud
+from services.simulator.dataplane.walk import walk
 from services.simulator.modelpath import ModelSimulator
 from shared.bus import Bus
-from shared.codes import is_abort
+from shared.cloud import CloudInventory
+from shared.codes import finding, is_abort
+from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
+    BlobRef,
     DiagnosisResult,
     FinalState,
     Finding,
@@ -72,17 +77,65 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
                                       could_change_outcome=True))
     else:
         report = TopologyReport.model_validate(env.topology)
-        if env.nodes:
-            assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
-                "node network state was collected but not yet simulated hop by hop: the paths follow the "
-                "Kubernetes model only")))
         model = ModelSimulator(report, env.request).run()
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
+        dumps, load_findings = await _load_dumps(env, bus)
+        findings = _merge(findings, load_findings)
+        if dumps:
+            # the collected dataplane decides; the model is the expectation that names causes
+            walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply)
+            paths = walked.paths
+            findings = _reconcile(_merge(findings, walked.findings), paths)
+            assumptions = _merge(assumptions, walked.assumptions)
+        elif env.nodes:
+            assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
+                "node network state was collected but could not be read: the paths follow the Kubernetes "
+                "model only")))
+        paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, await _inventory(env, bus),
+                                                               env.request)
+        findings = _merge(findings, cloud_findings)
+        assumptions = _merge(assumptions, cloud_assumptions)
     verdict = overall_verdict(paths, findings, assumptions)
     return DiagnosisResult(verdict=verdict, summary=summarize(verdict, paths, findings), paths=paths,
                            findings=findings, assumptions=assumptions)
+
+
+async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:
+    dumps: dict[str, NodeDump] = {}
+    problems: list[Finding] = []
+    if bus is None:
+        return dumps, problems
+    for node, ref in env.nodes.items():
+        try:
+            dumps[node] = decode_dump(await bus.get_blob(ref))
+        except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
+            problems.append(finding("DATA_MISSING", f"node:{node}", what=f"network state of node {node}",
+                                    reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
+    return dumps, problems
+
+
+def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
+    """A NetworkPolicy the model says denies, on a path the dataplane delivers: the CNI does not
+    enforce it here, which is worth a warning, not an error that contradicts the kernel."""
+    forward = [p for p in paths if p.direction == "forward"]
+    if not forward or any(p.final == FinalState.DROP for p in forward):
+        return findings
+    out = []
+    for f in findings:
+        if f.code == "NETWORK_POLICY_DENY" and f.severity == Severity.ERROR:
+            f = f.model_copy(update={"severity": Severity.WARNING, "message": f.message + " (but the node's "
+                                     "dataplane delivers the packet: the CNI does not enforce this policy)"})
+        out.append(f)
+    return out
+
+
+async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
+    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
+    if isinstance(env.cloud, BlobRef):
+        return CloudInventory.model_validate_json(await bus.get_blob(env.cloud)) if bus else None
+    return CloudInventory.model_validate(env.cloud) if env.cloud else None
 
 
 def _merge(first: list[Any], more: list[Any]) -> list[Any]:

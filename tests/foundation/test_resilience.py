@@ -68,9 +68,13 @@ async def test_handler_crashing_once_still_completes_exactly_once(fresh_nats: Na
     assert sim.handled == 1
 
 
-async def test_replica_dying_with_a_message_is_replaced_after_ack_wait(fresh_nats: NatsServer) -> None:
+@pytest.mark.parametrize("max_deliver", [3, 1])
+async def test_replica_dying_with_a_message_is_replaced_after_ack_wait(fresh_nats: NatsServer,
+                                                                       max_deliver: int) -> None:
     """Replica A takes the message and dies before acking (its task is cancelled and its
-    connection closed); replica B, on the same durable consumer, gets it after ack_wait."""
+    connection closed); replica B, on the same durable consumer, gets it after ack_wait and
+    handles it — or, when that death was the last allowed attempt, fails the diagnosis
+    (a crash loop must end visibly, never vanish)."""
     holding = asyncio.Event()
     held: list[asyncio.Task] = []
 
@@ -80,12 +84,12 @@ async def test_replica_dying_with_a_message_is_replaced_after_ack_wait(fresh_nat
         await asyncio.Event().wait()
         return env
 
-    settings = FAST.model_copy(update={"nats_url": fresh_nats.url})
+    settings = FAST.model_copy(update={"nats_url": fresh_nats.url, "max_deliver": max_deliver})
     stop_a, stop_b = asyncio.Event(), asyncio.Event()
     bus_a = await Bus.connect(name="cloud-a", settings=settings)
     replica_a = asyncio.create_task(StageRunner(bus_a, ScriptedStage("cloud", hold_forever)).run(stop_a))
     stages = (scripted("topology"), scripted("collector"), *pipeline()[3:])  # no cloud replica in the stack
-    async with stack_on(fresh_nats.url, FAST, stages=stages) as st, aiohttp.ClientSession() as http:
+    async with stack_on(fresh_nats.url, settings, stages=stages) as st, aiohttp.ClientSession() as http:
         diagnosis_id = await post(http, st.url)
         await asyncio.wait_for(holding.wait(), 5)
         died_at = time.monotonic()
@@ -106,9 +110,15 @@ async def test_replica_dying_with_a_message_is_replaced_after_ack_wait(fresh_nat
             await bus_b.close()
         doc = await get_json(http, f"{st.url}/api/v1/diagnoses/{diagnosis_id}")
     assert events[-1][0] == "result"
-    assert stage_b.calls == [diagnosis_id]
     assert waited >= 0.8, f"redelivered after {waited:.2f}s, before ack_wait ran out"
-    await assert_completed_once(fresh_nats.url, doc)
+    assert len(await completed_events(fresh_nats.url, diagnosis_id)) == 1
+    if max_deliver > 1:
+        assert stage_b.calls == [diagnosis_id]
+        await assert_completed_once(fresh_nats.url, doc)
+    else:
+        assert stage_b.calls == []
+        assert doc["status"] == "failed"
+        assert doc["error"] == "stage cloud failed: gave up after repeated errors"
 
 
 async def test_handler_that_always_fails_ends_the_diagnosis_failed_with_the_reason(fresh_nats: NatsServer) -> None:

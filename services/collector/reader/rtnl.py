@@ -1,17 +1,19 @@
 """Links, addresses, routes, rules, neighbours and the bridge FDB of the calling thread's
-network namespace, read over rtnetlink (pyroute2) and turned into the dump contract."""
+network namespace, read over rtnetlink and turned into the dump contract.
+
+Message layouts and attribute numbers are the kernel's uapi (linux/rtnetlink.h,
+if_link.h, if_addr.h, fib_rules.h, neighbour.h, net_namespace.h)."""
 
 from __future__ import annotations
 
 import ipaddress
 import os
 import socket
+import struct
 from dataclasses import dataclass, field
-from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from services.collector.reader import netlink as nl
+from services.collector.reader.netlink import Attrs
 from shared.netstack import FdbEntry, Link, Neighbor, Route, Rule
 
 IFF_UP = 0x1
@@ -19,7 +21,38 @@ RTNH_F_ONLINK = 0x4
 FIB_RULE_INVERT = 0x2
 BRPORT_MODE_HAIRPIN = 1
 NO_SUPPRESS = 0xFFFFFFFF
+AF_BRIDGE = 7
 
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH, RTM_GETRULE, RTM_GETNSID = 18, 22, 26, 30, 34, 90
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_LINK_NETNSID = 16, 18, 37
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
+IFLA_BRPORT_MODE = 4
+IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
+IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT, IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6 = 7, 15, 16, 17
+IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE = 1, 2, 3
+IFLA_GRE_LINK, IFLA_GRE_LOCAL, IFLA_GRE_REMOTE = 1, 6, 7
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
+FRA_DST, FRA_SRC, FRA_IIFNAME, FRA_GOTO, FRA_PRIORITY, FRA_FWMARK = 1, 2, 3, 4, 6, 10
+FRA_SUPPRESS_PREFIXLEN, FRA_TABLE, FRA_FWMASK, FRA_OIFNAME = 14, 15, 16, 17
+NDA_DST, NDA_LLADDR, NDA_VLAN, NDA_MASTER = 1, 2, 5, 9
+NETNSA_NSID, NETNSA_FD = 1, 3
+
+_IFINFO = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDR = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+_NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+_RTNH = struct.Struct("=HBBi")  # len, flags, hops, ifindex
+_GENMSG = struct.Struct("=Bxxx")
+
+OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
+TUNNEL_KINDS = {"ipip": (IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE),
+                "sit": (IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE),
+                "ip6tnl": (IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE),
+                "gre": (IFLA_GRE_LINK, IFLA_GRE_LOCAL, IFLA_GRE_REMOTE),
+                "ip6gre": (IFLA_GRE_LINK, IFLA_GRE_LOCAL, IFLA_GRE_REMOTE),
+                "gretap": (IFLA_GRE_LINK, IFLA_GRE_LOCAL, IFLA_GRE_REMOTE)}
 ROUTE_TYPES = {1: "unicast", 2: "local", 3: "broadcast", 4: "anycast", 5: "multicast", 6: "blackhole",
                7: "unreachable", 8: "prohibit", 9: "throw", 10: "nat"}
 SCOPES = {0: "universe", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
@@ -50,34 +83,26 @@ def _nud_state(state: int) -> str:
     return "|".join(names) or "NONE"
 
 
-def _info(msg: Any) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
-    """(kind, kind-specific data, bridge-port data) from IFLA_LINKINFO."""
-    info = msg.get("IFLA_LINKINFO")
-    if not info:
-        return None, {}, {}
-    data = info.get("IFLA_INFO_DATA")
-    slave = info.get("IFLA_INFO_SLAVE_DATA")
-    as_dict = lambda nla: dict(nla["attrs"]) if nla and not isinstance(nla, str) else {}  # noqa: E731
-    return info.get("IFLA_INFO_KIND"), as_dict(data), as_dict(slave)
-
-
-def _link(msg: Any, names: dict[int, str], state: RtnlState) -> Link:
-    kind, data, slave = _info(msg)
-    index = msg["index"]
-    name = msg.get("IFLA_IFNAME")
-    if kind is None:
-        kind = "loopback" if name == "lo" else "device"
-    link = Link(index=index, name=name, kind=kind, state=msg.get("IFLA_OPERSTATE") or "UNKNOWN",
-                admin_up=bool(msg["flags"] & IFF_UP), mtu=msg.get("IFLA_MTU") or 0,
-                mac=msg.get("IFLA_ADDRESS"))
-    master = msg.get("IFLA_MASTER")
+def _link(body: bytes, names: dict[int, str], state: RtnlState) -> Link:
+    _, _, index, flags, _ = _IFINFO.unpack_from(body)
+    a = nl.attrs(body, _IFINFO.size)
+    info = nl.attrs(a[IFLA_LINKINFO]) if IFLA_LINKINFO in a else {}
+    data = nl.attrs(info[IFLA_INFO_DATA]) if IFLA_INFO_DATA in info else {}
+    slave = nl.attrs(info[IFLA_INFO_SLAVE_DATA]) if IFLA_INFO_SLAVE_DATA in info else {}
+    name = names[index]
+    kind = nl.text(info.get(IFLA_INFO_KIND)) or ("loopback" if name == "lo" else "device")
+    operstate = nl.u8(a.get(IFLA_OPERSTATE)) or 0
+    link = Link(index=index, name=name, kind=kind,
+                state=OPERSTATES[operstate] if operstate < len(OPERSTATES) else str(operstate),
+                admin_up=bool(flags & IFF_UP), mtu=nl.u32(a.get(IFLA_MTU)) or 0, mac=nl.mac(a.get(IFLA_ADDRESS)))
+    master = nl.u32(a.get(IFLA_MASTER))
     if master:
         link.master = names.get(master, str(master))
-    if "IFLA_BRPORT_MODE" in slave:
-        link.hairpin = slave["IFLA_BRPORT_MODE"] == BRPORT_MODE_HAIRPIN
+    if IFLA_BRPORT_MODE in slave:
+        link.hairpin = nl.u8(slave[IFLA_BRPORT_MODE]) == BRPORT_MODE_HAIRPIN
     if kind == "veth":
-        peer = msg.get("IFLA_LINK")
-        nsid = msg.get("IFLA_LINK_NETNSID")
+        peer = nl.u32(a.get(IFLA_LINK))
+        nsid = nl.i32(a.get(IFLA_LINK_NETNSID))
         link.peer_index = peer or None
         if nsid is not None and nsid >= 0:
             state.peer_nsids[index] = nsid
@@ -85,15 +110,15 @@ def _link(msg: Any, names: dict[int, str], state: RtnlState) -> Link:
             link.peer_name = names.get(peer)
         link.peer_missing = not peer
     elif kind == "vxlan":
-        dev = data.get("IFLA_VXLAN_LINK")
-        link.vxlan = {"id": data.get("IFLA_VXLAN_ID"), "port": data.get("IFLA_VXLAN_PORT"),
-                      "local": data.get("IFLA_VXLAN_LOCAL") or data.get("IFLA_VXLAN_LOCAL6"),
-                      "group": data.get("IFLA_VXLAN_GROUP") or data.get("IFLA_VXLAN_GROUP6"),
-                      "dev": names.get(dev) if dev else None, "learning": bool(data.get("IFLA_VXLAN_LEARNING"))}
-    elif kind in ("ipip", "gre", "sit", "ip6tnl", "ip6gre", "gretap"):
-        dev = data.get("IFLA_IPTUN_LINK") or data.get("IFLA_GRE_LINK")
-        link.tunnel = {"local": data.get("IFLA_IPTUN_LOCAL") or data.get("IFLA_GRE_LOCAL"),
-                       "remote": data.get("IFLA_IPTUN_REMOTE") or data.get("IFLA_GRE_REMOTE"),
+        dev = nl.u32(data.get(IFLA_VXLAN_LINK))
+        link.vxlan = {"id": nl.u32(data.get(IFLA_VXLAN_ID)), "port": nl.be16(data.get(IFLA_VXLAN_PORT)),
+                      "local": nl.ip(data.get(IFLA_VXLAN_LOCAL)) or nl.ip(data.get(IFLA_VXLAN_LOCAL6)),
+                      "group": nl.ip(data.get(IFLA_VXLAN_GROUP)) or nl.ip(data.get(IFLA_VXLAN_GROUP6)),
+                      "dev": names.get(dev) if dev else None, "learning": bool(nl.u8(data.get(IFLA_VXLAN_LEARNING)))}
+    elif kind in TUNNEL_KINDS:
+        dev_attr, local, remote = TUNNEL_KINDS[kind]
+        dev = nl.u32(data.get(dev_attr))
+        link.tunnel = {"local": nl.ip(data.get(local)), "remote": nl.ip(data.get(remote)),
                        "dev": names.get(dev) if dev else None}
     return link
 
@@ -104,90 +129,130 @@ def _cidr(addr: str | None, plen: int, family: int) -> str:
     return f"{addr}/{plen}"
 
 
-def _route(msg: Any, names: dict[int, str]) -> Route:
-    family = msg["family"]
-    oif = msg.get("RTA_OIF")
-    hops = []
-    for hop in msg.get("RTA_MULTIPATH") or []:
-        attrs = dict(hop["attrs"])
-        hops.append({"gateway": attrs.get("RTA_GATEWAY"), "dev": names.get(hop["oif"], str(hop["oif"])),
-                     "weight": hop["hops"] + 1, "onlink": bool(hop["flags"] & RTNH_F_ONLINK)})
-    dst_len = msg["dst_len"]
+def _multipath(data: bytes, names: dict[int, str]) -> list[dict[str, object]]:
+    hops: list[dict[str, object]] = []
+    offset = 0
+    while offset + _RTNH.size <= len(data):
+        length, flags, weight, oif = _RTNH.unpack_from(data, offset)
+        if length < _RTNH.size:
+            break
+        gateway = nl.ip(nl.attrs(data[offset + _RTNH.size:offset + length]).get(RTA_GATEWAY))
+        hops.append({"gateway": gateway, "dev": names.get(oif, str(oif)), "weight": weight + 1,
+                     "onlink": bool(flags & RTNH_F_ONLINK)})
+        offset += (length + 3) & ~3
+    return hops
+
+
+def _route(body: bytes, names: dict[int, str]) -> Route:
+    family, dst_len, _, tos, table, proto, scope, kind, flags = _RTMSG.unpack_from(body)
+    a = nl.attrs(body, _RTMSG.size)
+    oif = nl.u32(a.get(RTA_OIF))
+    dst = nl.ip(a.get(RTA_DST))
     return Route(
-        table=msg.get("RTA_TABLE") or msg["table"], family=FAMILIES.get(family, family),
-        type=ROUTE_TYPES.get(msg["type"], str(msg["type"])),
-        dst=_cidr(msg.get("RTA_DST"), dst_len, family) if dst_len or msg.get("RTA_DST") else "default",
-        dev=names.get(oif, str(oif)) if oif else None, gateway=msg.get("RTA_GATEWAY"),
-        prefsrc=msg.get("RTA_PREFSRC"), metric=msg.get("RTA_PRIORITY") or 0,
-        scope=SCOPES.get(msg["scope"], str(msg["scope"])), protocol=PROTOCOLS.get(msg["proto"], str(msg["proto"])),
-        onlink=bool(msg["flags"] & RTNH_F_ONLINK), tos=msg["tos"], multipath=hops,
+        table=nl.u32(a.get(RTA_TABLE)) or table, family=FAMILIES.get(family, family),
+        type=ROUTE_TYPES.get(kind, str(kind)),
+        dst=_cidr(dst, dst_len, family) if dst_len or dst else "default",
+        dev=names.get(oif, str(oif)) if oif else None, gateway=nl.ip(a.get(RTA_GATEWAY)),
+        prefsrc=nl.ip(a.get(RTA_PREFSRC)), metric=nl.u32(a.get(RTA_PRIORITY)) or 0,
+        scope=SCOPES.get(scope, str(scope)), protocol=PROTOCOLS.get(proto, str(proto)),
+        onlink=bool(flags & RTNH_F_ONLINK), tos=tos,
+        multipath=_multipath(a[RTA_MULTIPATH], names) if RTA_MULTIPATH in a else [],
     )
 
 
-def _rule(msg: Any) -> Rule:
-    family = msg["family"]
-    suppress = msg.get("FRA_SUPPRESS_PREFIXLEN")
+def _rule(body: bytes) -> Rule:
+    family, dst_len, src_len, tos, table, _, _, action, flags = _RTMSG.unpack_from(body)
+    a = nl.attrs(body, _RTMSG.size)
+    suppress = nl.u32(a.get(FRA_SUPPRESS_PREFIXLEN))
+    src, dst = nl.ip(a.get(FRA_SRC)), nl.ip(a.get(FRA_DST))
     return Rule(
-        priority=msg.get("FRA_PRIORITY") or 0, family=FAMILIES.get(family, family),
-        action=RULE_ACTIONS.get(msg["action"], str(msg["action"])),
-        table=(msg.get("FRA_TABLE") or msg["table"] or None) if msg["action"] == 1 else None,
-        goto=msg.get("FRA_GOTO"),
-        src=_cidr(msg.get("FRA_SRC"), msg["src_len"], family) if msg.get("FRA_SRC") else None,
-        dst=_cidr(msg.get("FRA_DST"), msg["dst_len"], family) if msg.get("FRA_DST") else None,
-        iif=msg.get("FRA_IIFNAME"), oif=msg.get("FRA_OIFNAME"), fwmark=msg.get("FRA_FWMARK"),
-        fwmask=msg.get("FRA_FWMASK"), tos=msg["tos"] or None, invert=bool(msg["flags"] & FIB_RULE_INVERT),
-        suppress_prefixlength=None if suppress in (None, NO_SUPPRESS, -1) else suppress,
+        priority=nl.u32(a.get(FRA_PRIORITY)) or 0, family=FAMILIES.get(family, family),
+        action=RULE_ACTIONS.get(action, str(action)),
+        table=(nl.u32(a.get(FRA_TABLE)) or table or None) if action == 1 else None,
+        goto=nl.u32(a.get(FRA_GOTO)),
+        src=_cidr(src, src_len, family) if src else None, dst=_cidr(dst, dst_len, family) if dst else None,
+        iif=nl.text(a.get(FRA_IIFNAME)), oif=nl.text(a.get(FRA_OIFNAME)), fwmark=nl.u32(a.get(FRA_FWMARK)),
+        fwmask=nl.u32(a.get(FRA_FWMASK)), tos=tos or None, invert=bool(flags & FIB_RULE_INVERT),
+        suppress_prefixlength=None if suppress in (None, NO_SUPPRESS) else suppress,
     )
 
 
-def _nsid(ipr: IPRoute, path: str) -> int:
+def _nud_state(state: int) -> str:
+    names = [name for bit, name in NUD_STATES.items() if state & bit]
+    return "|".join(names) or "NONE"
+
+
+def _nsid(sock: nl.Netlink, path: str) -> int:
     """RTM_GETNSID only looks the id up (peernet2id): it never allocates one."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:  # the process holding that namespace exited
         return -1
     try:
-        found = ipr.get_netnsid(fd=fd)
-    except NetlinkError:  # EINVAL: the namespace is being torn down (labs come and go concurrently)
+        request = _GENMSG.pack(socket.AF_UNSPEC) + struct.pack("=HHI", 8, NETNSA_FD, fd)
+        replies = list(sock.request(RTM_GETNSID, request, dump=False))
+    except nl.NetlinkError:  # EINVAL: the namespace is being torn down (labs come and go concurrently)
         return -1
     finally:
         os.close(fd)
-    nsid = found.get("nsid") if found else None
+    nsid = nl.i32(nl.attrs(replies[0][1], _GENMSG.size).get(NETNSA_NSID)) if replies else None
     return -1 if nsid is None else nsid
+
+
+def _dump(sock: nl.Netlink, msg_type: int, header: bytes) -> list[bytes]:
+    return [body for _, body in sock.request(msg_type, header)]
 
 
 def read_rtnl(lookups: dict[str, str] | None = None) -> RtnlState:
     """Read the calling thread's namespace (the netlink socket binds to it at creation), and
     the nsid it gives each namespace in `lookups` (key → nsfs path) to resolve veth peers."""
     state = RtnlState()
-    with IPRoute() as ipr:
-        state.nsids = {key: _nsid(ipr, path) for key, path in (lookups or {}).items()}
-        msgs = list(ipr.get_links())
-        names = {m["index"]: m.get("IFLA_IFNAME") for m in msgs}
-        state.links = [_link(m, names, state) for m in msgs]
+    with nl.Netlink(nl.NETLINK_ROUTE) as sock:
+        state.nsids = {key: _nsid(sock, path) for key, path in (lookups or {}).items()}
+        msgs = _dump(sock, RTM_GETLINK, _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        names = {}
+        for body in msgs:
+            index = _IFINFO.unpack_from(body)[2]
+            names[index] = nl.text(nl.attrs(body, _IFINFO.size).get(IFLA_IFNAME)) or str(index)
+        state.links = [_link(body, names, state) for body in msgs]
         by_index = {link.index: link for link in state.links}
-        for a in ipr.get_addr():
-            link = by_index.get(a["index"])
+        for body in _dump(sock, RTM_GETADDR, _IFADDR.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            _, prefixlen, _, _, index = _IFADDR.unpack_from(body)
+            link = by_index.get(index)
             if link is not None:
-                link.addresses.append(f"{a.get('IFA_LOCAL') or a.get('IFA_ADDRESS')}/{a['prefixlen']}")
+                a = nl.attrs(body, _IFADDR.size)
+                link.addresses.append(f"{nl.ip(a.get(IFA_LOCAL)) or nl.ip(a.get(IFA_ADDRESS))}/{prefixlen}")
         # multicast-routing families (RTNL_FAMILY_IPMR …) and multicast neighbours/FDB entries
         # never decide a unicast path: leaving them out keeps a 100-pod dump small
-        state.routes = [_route(m, names) for m in ipr.get_routes() if m["family"] in FAMILIES]
-        state.rules = [_rule(m) for m in ipr.get_rules() if m["family"] in FAMILIES]
-        for n in ipr.get_neighbours(family=socket.AF_UNSPEC):
-            dst = n.get("NDA_DST")
-            if n["family"] not in FAMILIES or not dst or ipaddress.ip_address(dst).is_multicast:
+        for family in FAMILIES:
+            state.routes += [_route(body, names)
+                             for body in _dump(sock, RTM_GETROUTE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0))]
+        state.rules = [_rule(body) for body in _dump(sock, RTM_GETRULE, _RTMSG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0))
+                       if body[0] in FAMILIES]
+        for body in _dump(sock, RTM_GETNEIGH, _NDMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+            family, ifindex, nud, _, _ = _NDMSG.unpack_from(body)
+            a = nl.attrs(body, _NDMSG.size)
+            dst = nl.ip(a.get(NDA_DST))
+            if family not in FAMILIES or not dst or ipaddress.ip_address(dst).is_multicast:
                 continue
-            state.neighbors.append(Neighbor(dst=n.get("NDA_DST"), dev=names.get(n["ifindex"], str(n["ifindex"])),
-                                            lladdr=n.get("NDA_LLADDR"), state=_nud_state(n["state"])))
+            state.neighbors.append(Neighbor(dst=dst, dev=names.get(ifindex, str(ifindex)),
+                                            lladdr=nl.mac(a.get(NDA_LLADDR)), state=_nud_state(nud)))
         # only bridges and vxlan devices have forwarding databases worth a dump (pods have neither)
-        has_fdb = any(link.kind in ("bridge", "vxlan") for link in state.links)
-        for f in ipr.get_neighbours(family=socket.AF_BRIDGE) if has_fdb else ():
-            mac = f.get("NDA_LLADDR") or ""
-            if mac and int(mac[:2], 16) & 1:  # group bit: multicast/broadcast
-                continue
-            master = f.get("NDA_MASTER")
-            state.fdb.append(FdbEntry(mac=mac, dev=names.get(f["ifindex"], str(f["ifindex"])),
-                                      dst=f.get("NDA_DST"), master=names.get(master) if master else None,
-                                      vlan=f.get("NDA_VLAN"), state=_nud_state(f["state"])))
+        if any(link.kind in ("bridge", "vxlan") for link in state.links):
+            state.fdb = _fdb(sock, names)
     return state
+
+
+def _fdb(sock: nl.Netlink, names: dict[int, str]) -> list[FdbEntry]:
+    entries = []
+    for body in _dump(sock, RTM_GETNEIGH, _NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0)):
+        _, ifindex, nud, _, _ = _NDMSG.unpack_from(body)
+        a = nl.attrs(body, _NDMSG.size)
+        lladdr = a.get(NDA_LLADDR)
+        if not lladdr or lladdr[0] & 1:  # group bit: multicast/broadcast
+            continue
+        master = nl.u32(a.get(NDA_MASTER))
+        entries.append(FdbEntry(mac=nl.mac(lladdr) or "", dev=names.get(ifindex, str(ifindex)),
+                                dst=nl.ip(a.get(NDA_DST)), master=names.get(master) if master else None,
+                                vlan=nl.u16(a.get(NDA_VLAN)), state=_nud_state(nud)))
+    return entries

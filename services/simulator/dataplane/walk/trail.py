@@ -32,6 +32,9 @@ def copy_state(st: FlowState) -> FlowState:
     return FlowState(**{k: getattr(st, k) for k in st.__slots__})
 
 
+Endpoint = tuple[object, int | None]  # (address, port)
+
+
 @dataclass
 class NatEntry:
     """A translation conntrack holds for the flow: the reply is translated back where it happened."""
@@ -40,6 +43,12 @@ class NatEntry:
     kind: str  # DNAT, SNAT, MASQUERADE, REDIRECT
     before: str
     after: str
+    orig: Endpoint  # the rewritten field before: destination for DNAT/REDIRECT, source for SNAT/MASQUERADE
+    new: Endpoint
+
+    @property
+    def rewrites_destination(self) -> bool:
+        return self.kind in ("DNAT", "REDIRECT")
 
 
 @dataclass
@@ -49,6 +58,8 @@ class Trail:
     assumptions: list[str] = field(default_factory=list)
     nat: list[NatEntry] = field(default_factory=list)
     bridged_without_nf: set[Place] = field(default_factory=set)
+    pending_reverse: list[NatEntry] = field(default_factory=list)  # reply: translations still to undo
+    delivered: tuple[Place, FlowState] | None = None
     probability: float = 1.0
     visits: int = 0
     final: FinalState | None = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
 from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, packet
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
 from shared.codes import finding
@@ -23,6 +24,7 @@ from shared.schemas import (
     DiagnosisRequest,
     FinalState,
     Finding,
+    Hop,
     HopKind,
     Severity,
     StepAction,
@@ -75,7 +77,8 @@ class Expectation:
 
 class Walker:
     def __init__(self, world: World, report: TopologyReport, request: DiagnosisRequest,
-                 expectation: Expectation | None = None) -> None:
+                 expectation: Expectation | None = None, reply: bool = False) -> None:
+        self.reply = reply  # walking a reply: conntrack ESTABLISHED, translations undone where they happened
         self.world = world
         self.report = report
         self.request = request
@@ -85,7 +88,7 @@ class Walker:
         self.pod_cidrs: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
         self.pod_ips: dict[IPAddress, str] = {}
         self._index_objects()
-        from services.simulator.dataplane.walk import links  # noqa: PLC0415 - mutual helpers
+        from services.simulator.dataplane.walk import links  # links.py needs Cursor from here
 
         self.links = links.Crossing(self)
 
@@ -114,6 +117,21 @@ class Walker:
     def node_ip(self, node: str) -> IPAddress | None:
         return next((ip for ip, n in self.node_ips.items() if n == node), None)
 
+    def has_endpoints(self) -> bool:
+        """Without a ready endpoint kube-proxy has no DNAT for the Service, only a filter REJECT."""
+        res = self.report.service
+        return res is None or any(b.ready for b in res.backends)
+
+    def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list:
+        res = self.report.service
+        assert res is not None
+        found = self.expect.code_at("SERVICE_NO_ENDPOINT") or finding(
+            "SERVICE_NO_ENDPOINT", service_hop(res.service), service=res.service,
+            namespace=res.service.split("/")[0], name=res.service.split("/")[-1], detail="")
+        hop = c.trail.hop_by_id(service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
+        c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st))
+        return self.finish(c, FinalState.DROP, found.code, found)
+
     def service_vip(self, st: FlowState) -> bool:
         """Is the packet still addressed to the Service (its ClusterIP/external/LB address and port)?"""
         res = self.report.service
@@ -123,8 +141,8 @@ class Walker:
 
     # ------------------------------------------------------------ driving
 
-    def run(self) -> list[Trail]:
-        start = self._start()
+    def run(self, start: Cursor | None = None) -> list[Trail]:
+        start = start or self._start()
         queue = [start] if start else []
         while queue:
             if len(self.finished) + len(queue) > MAX_TRAILS:
@@ -185,7 +203,12 @@ class Walker:
             return self.drop(c, finding("ROUTING_LOOP", view.hop_id, dst=c.st.dst, hops=hops), view,
                              f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE)
         c.trail.hop(view)
-        return self._local_out(c, view) if c.iif is None else self._routed_in(c, view)
+        if c.iif is None:
+            return self._local_out(c, view)
+        port = view.links.get(c.iif)
+        if port is not None and port.master and c.port_in is None:
+            return self.links.bridge_in(c, view, port)
+        return self._routed_in(c, view)
 
     def _local_out(self, c: Cursor, view: NetnsView) -> list[Cursor]:
         """A locally generated packet: route, OUTPUT, re-route if changed, POSTROUTING, out."""
@@ -194,7 +217,7 @@ class Walker:
             original = (c1.st.dst, c1.st.mark)
             c1.st.oif = d.dev
             for c2 in self.hook(c1, view, "OUTPUT"):
-                if view.is_host and self.service_vip(c2.st) and not self._translated(c2):
+                if view.is_host and self.service_vip(c2.st) and not self._translated(c2) and self.has_endpoints():
                     self._rules_missing(c2, view, "OUTPUT")
                     continue
                 pairs = [(c2, d)]
@@ -231,8 +254,6 @@ class Walker:
             c.st.iif = iif
             c.st.oif = None
             survivors = self.hook(c, view, "INPUT")
-            from services.simulator.dataplane.walk.delivery import deliver  # noqa: PLC0415
-
             for c1 in survivors:
                 deliver(self, c1, view)
             return []
@@ -247,7 +268,8 @@ class Walker:
                note: str | None = None) -> list[tuple[Cursor, RouteDecision]]:
         st = c.st
         hop = c.trail.hop(view)
-        if iif is not None and view.is_host and self.service_vip(st) and not self._translated(c):
+        if iif is not None and view.is_host and self.service_vip(st) and not self._translated(c) \
+                and self.has_endpoints():
             self._rules_missing(c, view, "PREROUTING")
             return []
         decisions = view.router.lookup(st.dst, src=st.src if iif is not None else None, iif=iif, fwmark=st.mark)
@@ -312,6 +334,9 @@ class Walker:
 
     def hook(self, c: Cursor, view: NetnsView, hook: str, **ctx: object) -> list[Cursor]:
         """Run one hook over every iptables backend of the namespace; one cursor per surviving branch."""
+        if self.reply:
+            self._undo_nat(c, view, hook)
+            ctx.setdefault("reply", True)
         if not view.rulesets:
             return [c]
         before = packet(c.st, c.st.iif, c.st.oif)
@@ -331,9 +356,32 @@ class Walker:
             ci.trail.probability *= br.probability
             if self._record_hook(ci, view, hook, br, before, vip_before):
                 survivors.append(ci)
-        if vip_before and hook in ("PREROUTING", "OUTPUT") and view.is_host:
+        if vip_before and hook in ("PREROUTING", "OUTPUT") and view.is_host and not self.reply:
             self._check_endpoints(cursors, branches, view)
         return survivors
+
+    def _undo_nat(self, c: Cursor, view: NetnsView, hook: str) -> None:
+        """conntrack's reverse NAT for a reply: un-SNAT (destination) before routing, un-DNAT (source)
+        on the way out, in the namespace that translated the request."""
+        dst_side = hook in ("PREROUTING", "OUTPUT")
+        for entry in list(c.trail.pending_reverse):
+            if entry.place != view.place or entry.rewrites_destination == dst_side:
+                continue
+            st = c.st
+            current = (st.src, st.sport) if entry.rewrites_destination else (st.dst, st.dport)
+            if current[0] != entry.new[0] or (entry.new[1] is not None and current[1] != entry.new[1]):
+                continue
+            before = packet(st, st.iif, st.oif)
+            if entry.rewrites_destination:
+                st.src = entry.orig[0]  # type: ignore[assignment]
+                st.sport = entry.orig[1] if entry.orig[1] is not None else st.sport
+            else:
+                st.dst = entry.orig[0]  # type: ignore[assignment]
+                st.dport = entry.orig[1] if entry.orig[1] is not None else st.dport
+            c.trail.pending_reverse.remove(entry)
+            c.trail.step(c.trail.hop(view), StepKind.NAT, StepAction.REWRITE, f"conntrack {hook}: reply of the "
+                         f"{entry.kind} {entry.before} → {entry.after} translated back", before,
+                         packet(st, st.iif, st.oif))
 
     def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: object,
                      vip_before: bool) -> bool:
@@ -357,7 +405,10 @@ class Walker:
             action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
             hook=hook, rules=rules)
         for rec in br.nat:
-            trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after))
+            dnat = rec.kind in ("DNAT", "REDIRECT")
+            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)  # type: ignore[attr-defined]
+            new = (after.dst, after.dport) if dnat else (after.src, after.sport)
+            trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
             trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
                        f"({rec.hit.table}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
                        rule=rec.hit.rule)
@@ -375,8 +426,6 @@ class Walker:
         hop_id = service_hop(res.service)
         if any(h.id == hop_id for h in trail.hops):
             return
-        from shared.schemas import Hop  # noqa: PLC0415
-
         svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
         dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
         trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, f"kube-proxy on {view.node} translates "
@@ -400,13 +449,7 @@ class Walker:
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
         if res is not None and "has no endpoints" in rule:
-            found = self.expect.code_at("SERVICE_NO_ENDPOINT") or finding(
-                "SERVICE_NO_ENDPOINT", service_hop(res.service), service=res.service,
-                namespace=res.service.split("/")[0], name=res.service.split("/")[-1], detail="")
-            hop = c.trail.hop_by_id(service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
-            c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"kube-proxy on {view.node} rejects: {rule}",
-                         packet(br.state), rule=rule)
-            self.finish(c, FinalState.DROP, found.code, found)
+            self.no_endpoint(c, view, f"kube-proxy rejects: {rule}")
             return
         if br.verdict == "REJECT":
             found = finding("IPTABLES_REJECT", view.hop_id, reject_with=br.reject_with, **fields)

@@ -1,0 +1,257 @@
+"""An emulated Alibaba Cloud around a lab: resolved scenario → cloud emulator state, the emulator
+daemon, and cloud faults.
+
+The state (lab/cloudemu's state-file format, OpenAPI field names) holds what ACK would have made:
+one ECS instance per node (the lab's providerID instance id, the node IP), a VPC and a vSwitch
+covering the underlay, one security group with the usual Kubernetes rules, a system route table
+(host-gw: one entry per node pod CIDR → that node's instance; a default route to the NAT
+gateway), a NAT gateway with an SNAT entry for the vSwitch, and a CLB per LoadBalancer Service
+(listeners on its ports, every node a healthy backend on the nodePort).
+
+The emulator is an API, not a dataplane: a cloud fault changes what the cloud inspector reads
+(and so the diagnosis), never what the namespaces' packets do.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lab.cloudemu.state import apply_patch, normalise
+from lab.objects import REGION, ZONE, instance_id
+from lab.scenario import ResolvedScenario
+from lab.state import CloudInfo
+
+State = dict[str, Any]
+POD_CIDR_RULE = "pod CIDR"
+CLB_RANGE = "100.64.0.0/10"  # where CLB traffic and health checks come from
+NAT_IP = "47.96.0.10"
+NODE_PORTS = "30000/32767"
+
+
+def _id(prefix: str, *parts: str) -> str:
+    return f"{prefix}-bp1{hashlib.sha256('/'.join(parts).encode()).hexdigest()[:16]}"
+
+
+def ids(rs: ResolvedScenario) -> dict[str, str]:
+    """The cloud object ids of a lab (deterministic per scenario name)."""
+    name = rs.scenario.name
+    return {"vpc": _id("vpc", name), "vswitch": _id("vsw", name), "group": _id("sg", name),
+            "route_table": _id("vtb", name), "nat": _id("ngw", name)}
+
+
+def load_balancer_id(rs: ResolvedScenario, service_key: str) -> str:
+    return _id("lb", rs.scenario.name, service_key)
+
+
+def _permission(direction: str, protocol: str, ports: str, peer: str, description: str,
+                policy: str = "Accept", priority: int = 1) -> dict[str, Any]:
+    key = "SourceCidrIp" if direction == "ingress" else "DestCidrIp"
+    return {"Direction": direction, "Policy": policy, "Priority": priority, "IpProtocol": protocol,
+            "PortRange": ports, key: peer, "Description": description}
+
+
+def cloud_state(rs: ResolvedScenario) -> State:
+    """The emulator state for a lab, with the scenario's `cloud.patch` applied."""
+    sc, i = rs.scenario, ids(rs)
+    underlay = sc.underlay_cidr
+    instances = [{"InstanceId": instance_id(sc.name, n.name), "InstanceName": n.name, "ZoneId": ZONE,
+                  "Status": "Running", "VpcId": i["vpc"], "VSwitchId": i["vswitch"], "PrivateIpAddress": [n.ip],
+                  "SecurityGroupIds": [i["group"]]} for n in rs.nodes]
+    group = {"SecurityGroupId": i["group"], "SecurityGroupName": f"k8s-{sc.name}-nodes", "VpcId": i["vpc"],
+             "SecurityGroupType": "normal", "InnerAccessPolicy": "Accept", "Permissions": [
+                 _permission("ingress", "TCP", "22/22", "0.0.0.0/0", "ssh"),
+                 _permission("ingress", "ALL", "-1/-1", sc.cluster_cidr, POD_CIDR_RULE),
+                 _permission("ingress", "TCP", NODE_PORTS, CLB_RANGE, "CLB traffic and health checks"),
+                 _permission("ingress", "UDP", NODE_PORTS, CLB_RANGE, "CLB UDP traffic"),
+                 _permission("ingress", "ICMP", "-1/-1", "0.0.0.0/0", "ping"),
+                 _permission("egress", "ALL", "-1/-1", "0.0.0.0/0", "everything out")]}
+    entries = []
+    if sc.cni == "host-gw":  # routed pod CIDRs need VPC routes; vxlan only ever shows node addresses
+        entries += [{"DestinationCidrBlock": n.pod_cidr, "Type": "Custom", "NextHopType": "Instance",
+                     "NextHopId": instance_id(sc.name, n.name)} for n in rs.nodes]
+    nat_gateway = sc.cloud is None or sc.cloud.nat_gateway
+    if nat_gateway:
+        entries.append({"DestinationCidrBlock": "0.0.0.0/0", "Type": "Custom", "NextHopType": "NatGateway",
+                        "NextHopId": i["nat"]})
+    state: State = {
+        "description": f"emulated cloud of lab scenario {sc.name}", "region": REGION,
+        "vpcs": [{"VpcId": i["vpc"], "VpcName": f"k8s-{sc.name}", "CidrBlock": underlay}],
+        "vswitches": [{"VSwitchId": i["vswitch"], "VpcId": i["vpc"], "CidrBlock": underlay, "ZoneId": ZONE}],
+        "instances": instances, "security_groups": [group],
+        "route_tables": [{"RouteTableId": i["route_table"], "VpcId": i["vpc"], "RouteTableType": "System",
+                          "VSwitchIds": [i["vswitch"]], "Entries": entries}],
+        "nat_gateways": [{"NatGatewayId": i["nat"], "Name": f"k8s-{sc.name}-nat", "VpcId": i["vpc"],
+                          "Status": "Available", "IpList": [NAT_IP], "ForwardEntries": [], "SnatEntries": [
+                              {"SnatEntryId": _id("snat", sc.name), "SourceVSwitchId": i["vswitch"],
+                               "SourceCIDR": underlay, "SnatIp": NAT_IP}]}] if nat_gateway else [],
+        "load_balancers": [_load_balancer(rs, svc_key) for svc_key in _lb_services(rs)],
+    }
+    return normalise(apply_patch(state, sc.cloud.patch) if sc.cloud else state)
+
+
+def _lb_services(rs: ResolvedScenario) -> list[str]:
+    return [s.spec.key for s in rs.services if s.spec.type == "LoadBalancer" and s.load_balancer_ip]
+
+
+def _load_balancer(rs: ResolvedScenario, service_key: str) -> dict[str, Any]:
+    sc, i = rs.scenario, ids(rs)
+    svc = next(s for s in rs.services if s.spec.key == service_key)
+    backends = [{"ServerId": instance_id(sc.name, n.name), "Type": "ecs", "ServerIp": n.ip, "Weight": 100}
+                for n in rs.nodes]
+    listeners = [{"ListenerPort": p.spec.port, "ListenerProtocol": p.spec.protocol.lower(), "Status": "running",
+                  "BackendServerPort": p.node_port, "AclStatus": "off",
+                  "Health": [{"ServerId": b["ServerId"], "ServerIp": b["ServerIp"], "Port": p.node_port,
+                              "ServerHealthStatus": "normal"} for b in backends]} for p in svc.ports]
+    return {"LoadBalancerId": load_balancer_id(rs, service_key),
+            "LoadBalancerName": f"kube-{svc.spec.namespace}-{svc.spec.name}", "LoadBalancerStatus": "active",
+            "Address": svc.load_balancer_ip, "AddressType": "internet", "VpcId": i["vpc"],
+            "BackendServers": backends, "Listeners": listeners}
+
+
+# ------------------------------------------------------------------ cloud faults
+# Each takes the lab's emulator state and returns a changed copy, the way an operator's console
+# change would look to the cloud inspector.
+
+
+def _lb(state: State, rs: ResolvedScenario, service: str) -> dict[str, Any]:
+    lb_id = load_balancer_id(rs, service)
+    return next(lb for lb in state["load_balancers"] if lb["LoadBalancerId"] == lb_id)
+
+
+def _listener(state: State, rs: ResolvedScenario, service: str, port: int) -> dict[str, Any]:
+    return next(li for li in _lb(state, rs, service)["Listeners"] if li["ListenerPort"] == port)
+
+
+def _route(state: State, rs: ResolvedScenario, node: str) -> dict[str, Any]:
+    cidr = rs.node(node).pod_cidr
+    return next(e for e in state["route_tables"][0]["Entries"] if e["DestinationCidrBlock"] == cidr)
+
+
+def sg_deny(state: State, rs: ResolvedScenario, *, protocol: str, port: int) -> None:
+    """A priority-1 ingress drop rule on the node group, which wins over every accept."""
+    state["security_groups"][0]["Permissions"].insert(0, _permission(
+        "ingress", protocol.upper(), f"{port}/{port}", "0.0.0.0/0", f"block {protocol} {port}", policy="Drop"))
+
+
+def sg_not_shared(state: State, rs: ResolvedScenario, *, node: str) -> None:
+    """Move a node into a group of its own that admits only ssh."""
+    isolated = _id("sg", rs.scenario.name, "isolated")
+    next(i for i in state["instances"] if i["InstanceName"] == node)["SecurityGroupIds"] = [isolated]
+    state["security_groups"].append({
+        "SecurityGroupId": isolated, "SecurityGroupName": "isolated", "VpcId": ids(rs)["vpc"],
+        "SecurityGroupType": "normal", "InnerAccessPolicy": "Accept",
+        "Permissions": [_permission("ingress", "TCP", "22/22", "0.0.0.0/0", "ssh")]})
+
+
+def vpc_no_route(state: State, rs: ResolvedScenario, *, node: str) -> None:
+    state["route_tables"][0]["Entries"].remove(_route(state, rs, node))
+
+
+def vpc_wrong_next_hop(state: State, rs: ResolvedScenario, *, node: str, to: str) -> None:
+    _route(state, rs, node)["NextHopId"] = instance_id(rs.scenario.name, to)
+
+
+def nat_no_snat(state: State, rs: ResolvedScenario) -> None:
+    for nat in state["nat_gateways"]:
+        nat["SnatEntries"] = []
+
+
+def lb_not_active(state: State, rs: ResolvedScenario, *, service: str) -> None:
+    _lb(state, rs, service)["LoadBalancerStatus"] = "inactive"
+
+
+def lb_no_listener(state: State, rs: ResolvedScenario, *, service: str, port: int) -> None:
+    _lb(state, rs, service)["Listeners"].remove(_listener(state, rs, service, port))
+
+
+def lb_listener_not_running(state: State, rs: ResolvedScenario, *, service: str, port: int) -> None:
+    _listener(state, rs, service, port)["Status"] = "stopped"
+
+
+def lb_acl_deny(state: State, rs: ResolvedScenario, *, service: str, port: int, allow: str = "10.0.0.0/8") -> None:
+    """A whitelist ACL on the listener that admits only `allow`."""
+    acl = _id("acl", rs.scenario.name, service)
+    state.setdefault("acls", []).append({"AclId": acl, "AclName": "office",
+                                         "Entries": [{"AclEntryIP": allow, "AclEntryComment": "office"}]})
+    _listener(state, rs, service, port).update({"AclStatus": "on", "AclType": "white", "AclId": acl})
+
+
+def lb_backend_unhealthy(state: State, rs: ResolvedScenario, *, service: str, port: int,
+                         nodes: list[str] | None = None) -> None:
+    """Backends (every node, or `nodes`) fail the listener's health check."""
+    wanted = {instance_id(rs.scenario.name, n) for n in (nodes or [n.name for n in rs.nodes])}
+    for health in _listener(state, rs, service, port)["Health"]:
+        if health["ServerId"] in wanted:
+            health["ServerHealthStatus"] = "abnormal"
+
+
+FAULTS: dict[str, Callable[..., None]] = {
+    "SG_DENY": sg_deny, "SG_NOT_SHARED": sg_not_shared, "VPC_NO_ROUTE": vpc_no_route,
+    "VPC_WRONG_NEXT_HOP": vpc_wrong_next_hop, "NAT_NO_SNAT": nat_no_snat, "LB_NOT_ACTIVE": lb_not_active,
+    "LB_NO_LISTENER": lb_no_listener, "LB_LISTENER_NOT_RUNNING": lb_listener_not_running,
+    "LB_ACL_DENY": lb_acl_deny, "LB_BACKEND_UNHEALTHY": lb_backend_unhealthy,
+}
+
+
+def with_fault(state: State, rs: ResolvedScenario, code: str, **target: Any) -> State:
+    """A copy of `state` with the cloud fault `code` (a finding code) applied to `target`."""
+    changed = copy.deepcopy(state)
+    FAULTS[code](changed, rs, **target)
+    return normalise(changed)
+
+
+# ------------------------------------------------------------------ the emulator daemon
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_emulator(state: State, run_dir: Path, host: str = "127.0.0.1", timeout_s: float = 15.0) -> CloudInfo:
+    """Start `python -m lab.cloudemu` detached, serving `state` (written to run_dir/cloud-state.json);
+    returns once it answers. End it with `lab.kubeapi.stop_daemon(info.pid)` (or `lab down`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / "cloud-state.json"
+    state_file.write_text(json.dumps(state, indent=1))
+    port = _free_port(host)
+    with (run_dir / "cloudemu.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lab.cloudemu", "--state", str(state_file), "--host", host, "--port", str(port)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=Path(__file__).resolve().parent.parent)
+    info = CloudInfo(host=host, port=port, pid=proc.pid, state_file=str(state_file))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{info.endpoint}/_emulator/calls", timeout=1):
+                return info
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"cloud emulator did not start; see {run_dir / 'cloudemu.log'}") from None
+            time.sleep(0.05)
+
+
+def push_state(info: CloudInfo, state: State) -> None:
+    """Replace the running emulator's state (and its state file, so a restart serves the same)."""
+    body = json.dumps(normalise(state)).encode()
+    Path(info.state_file).write_text(body.decode())
+    request = urllib.request.Request(f"http://{info.endpoint}/_emulator/state", data=body, method="PUT",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"cloud emulator refused the state: {resp.read()!r}")

@@ -1,0 +1,144 @@
+"""A minimal netlink client: one request, its replies as (type, payload) pairs, and the
+attributes (TLVs) inside them.
+
+The reader decodes the handful of fields the dump holds with `struct` instead of pyroute2:
+pyroute2 0.9 runs an asyncio loop per socket and builds an object per attribute, which
+cost 8-9 ms of pure Python per pod namespace (docs/node-dump.md, "Cost"). A socket binds to
+the network namespace of the thread that creates it, like every other read here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+NETLINK_ROUTE = 0
+NETLINK_SOCK_DIAG = 4
+NETLINK_NETFILTER = 12
+
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
+
+_HEADER = struct.Struct("=IHHII")
+_ATTR = struct.Struct("=HH")
+_RECV_BYTES = 256 * 1024
+_U16, _U32, _I32, _BE16, _BE32 = (struct.Struct(f) for f in ("=H", "=I", "=i", ">H", ">I"))
+
+Attrs = dict[int, bytes]
+
+
+class NetlinkError(OSError):
+    """The kernel answered a request with an error (errno set)."""
+
+
+def attrs(data: bytes, offset: int = 0) -> Attrs:
+    """type → value of the attributes in data[offset:]; the last one wins on repeats."""
+    found: Attrs = {}
+    end = len(data)
+    while offset + 4 <= end:
+        length, kind = _ATTR.unpack_from(data, offset)
+        if length < 4:
+            break
+        found[kind & NLA_TYPE_MASK] = data[offset + 4:offset + length]
+        offset += (length + 3) & ~3
+    return found
+
+
+def u8(value: bytes | None) -> int | None:
+    return value[0] if value else None
+
+
+def u16(value: bytes | None) -> int | None:
+    return _U16.unpack(value[:2])[0] if value else None
+
+
+def u32(value: bytes | None) -> int | None:
+    return _U32.unpack(value[:4])[0] if value else None
+
+
+def i32(value: bytes | None) -> int | None:
+    return _I32.unpack(value[:4])[0] if value else None
+
+
+def be16(value: bytes | None) -> int | None:
+    return _BE16.unpack(value[:2])[0] if value else None
+
+
+def be32(value: bytes | None) -> int | None:
+    return _BE32.unpack(value[:4])[0] if value else None
+
+
+def text(value: bytes | None) -> str | None:
+    return value.split(b"\0", 1)[0].decode(errors="replace") if value is not None else None
+
+
+def ip(value: bytes | None) -> str | None:
+    """An IPv4 or IPv6 address attribute in text form."""
+    if not value:
+        return None
+    if len(value) == 4:
+        return socket.inet_ntop(socket.AF_INET, value)
+    if len(value) == 16:
+        return socket.inet_ntop(socket.AF_INET6, value)
+    return None
+
+
+def mac(value: bytes | None) -> str | None:
+    return ":".join(f"{b:02x}" for b in value) if value else None
+
+
+class Netlink:
+    """One netlink socket of `protocol` in the calling thread's namespace; close() or `with`."""
+
+    def __init__(self, protocol: int) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+        self._sock.bind((0, 0))
+        self._seq = 0
+        self._buf = bytearray(_RECV_BYTES)
+
+    def __enter__(self) -> Netlink:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def request(self, msg_type: int, payload: bytes, *, dump: bool = True) -> Iterator[tuple[int, bytes]]:
+        """Send one request; yield (type, payload) of every reply until the dump ends (dump)
+        or the first reply arrives (a get). A kernel error raises NetlinkError."""
+        self._seq += 1
+        seq = self._seq
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
+        self._sock.send(_HEADER.pack(_HEADER.size + len(payload), msg_type, flags, seq, 0) + payload)
+        view = memoryview(self._buf)
+        while True:
+            size = self._sock.recv_into(self._buf)
+            offset = 0
+            while offset + _HEADER.size <= size:
+                length, kind, _, msg_seq, _ = _HEADER.unpack_from(self._buf, offset)
+                if length < _HEADER.size:
+                    return
+                body = bytes(view[offset + _HEADER.size:offset + length])
+                offset += (length + 3) & ~3
+                if msg_seq != seq:  # a late answer to an earlier request on this socket
+                    continue
+                if kind == NLMSG_DONE:
+                    return
+                if kind == NLMSG_ERROR:
+                    code = -_I32.unpack_from(body)[0]
+                    if code:
+                        raise NetlinkError(code, os.strerror(code))
+                    return
+                yield kind, body
+                if not dump:
+                    return

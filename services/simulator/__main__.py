@@ -1,0 +1,9 @@
+"""`python -m services.simulator --nats URL` runs the simulator stage."""
+
+from __future__ import annotations
+
+from services.simulator.handler import SimulatorStage
+from shared.service import main as service_main
+
+if __name__ == "__main__":
+    service_main("simulator", SimulatorStage)

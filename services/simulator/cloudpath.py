@@ -1,0 +1,234 @@
+"""Cloud hops in a path: where a packet crosses the cloud, what the cloud does to it.
+
+A path crosses the cloud in three places, each evaluated by the cloud engine against the
+collected inventory:
+* between two nodes (src node != dst node): egress security groups, the VPC route,
+  ingress security groups — on the *outer* packet when the CNI tunnels (flannel vxlan,
+  calico ipip, cilium vxlan), on the pod packet itself when it routes (host-gw, terway);
+* out of the cluster to a public address: security groups, then an EIP or the NAT
+  gateway's SNAT;
+* in from outside to a LoadBalancer address: the CLB (status, listener, ACL, backends).
+
+    paths, findings, assumptions = apply_cloud(paths, report, inventory, request)
+
+The cloud hops are inserted where the packet meets the underlay; a cloud drop ends the
+path there (DROP, cause = the cloud finding), a cloud that cannot decide ends it in ABORT.
+An unmodelled cloud (provider `none`, no inventory) changes nothing: the cloud stage has
+already stated it as an assumption.
+"""
+
+from __future__ import annotations
+
+from ipaddress import ip_address, ip_network
+from typing import Any, NamedTuple
+
+from services.cloud.evaluate import (
+    VXLAN_PORT,
+    CloudResult,
+    Encapsulation,
+    evaluate_internet_to_lb,
+    evaluate_node_to_node,
+    evaluate_to_internet,
+)
+from services.cloud.index import CloudIndex
+from shared.cloud import CloudInventory
+from shared.schemas import (
+    Assumption,
+    DiagnosisRequest,
+    FinalState,
+    Finding,
+    Hop,
+    HopKind,
+    HopStatus,
+    Packet,
+    Path,
+    Severity,
+    StepAction,
+)
+from shared.topology import CandidatePath, EndpointKind, TopologyReport
+
+STAGE = "simulator"
+OUTSIDE = (EndpointKind.PUBLIC, EndpointKind.UNKNOWN)  # a source no cluster object owns
+# What crosses the underlay between nodes for a pod-to-pod packet, by CNI (topology's names).
+TUNNELS: dict[str, tuple[Encapsulation, str | None]] = {
+    "flannel-vxlan": ("vxlan", None),
+    "flannel-host-gw": (None, None),
+    "terway": (None, None),
+    "calico": ("ipip", "calico assumed in its default IPIP mode (not vxlan or unencapsulated BGP): the cloud "
+                       "checked the ipip outer packet"),
+    "cilium": ("vxlan", "cilium assumed in its default vxlan tunnel mode (port 8472): the cloud checked the "
+                        "outer packet"),
+}
+NO_MASQUERADE = {"terway"}  # pod addresses are VPC addresses (ENI IPs): no node SNAT on the way out
+
+
+class CloudOutcome(NamedTuple):
+    paths: list[Path]
+    findings: list[Finding]
+    assumptions: list[Assumption]
+
+
+def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInventory | None,
+                request: DiagnosisRequest) -> CloudOutcome:
+    """Insert the cloud hops into every forward path that crosses the cloud (see the module doc)."""
+    findings: list[Finding] = []
+    assumptions: list[Assumption] = []
+    if inventory is None or not inventory.modelled:
+        return CloudOutcome(paths, findings, assumptions)
+    index = CloudIndex(inventory)
+    candidates = {cp.id: cp for cp in report.paths}
+    out = []
+    for path in paths:
+        if path.direction == "forward":
+            path = path.model_copy(deep=True)
+            _cross(path, candidates.get(path.id), report, index, request, findings, assumptions)
+        out.append(path)
+    return CloudOutcome(out, findings, assumptions)
+
+
+def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: CloudIndex,
+           request: DiagnosisRequest, findings: list[Finding], assumptions: list[Assumption]) -> None:
+    if path.final == FinalState.ABORT or not path.hops:
+        return
+    src_node = (cp.src_node if cp else None) or report.src.node
+    dst_node = cp.dst_node if cp else None
+    if report.dst.kind == EndpointKind.LOAD_BALANCER_IP and report.src.kind in OUTSIDE:
+        at = 1  # the CLB is the first thing an outside client meets
+        if _dropped_before(path, at):
+            return
+        result = evaluate_internet_to_lb(index, report.service, _request_packet(request),
+                                         service_object=_service_object(report))
+    elif report.dst.kind == EndpointKind.PUBLIC and src_node:
+        at = next((i for i, h in enumerate(path.hops) if h.kind in (HopKind.INTERNET, HopKind.EXTERNAL)
+                   and i > 0), len(path.hops))
+        if _dropped_before(path, at):
+            return
+        packet, notes = _leaving(report, src_node, _packet_at(path, at, request))
+        result = evaluate_to_internet(index, src_node, packet)
+        result.assumptions[:0] = notes
+        if at < len(path.hops):
+            _merge_internet_hop(result, path.hops[at])
+    elif src_node and dst_node and src_node != dst_node:
+        # the underlay lies between the last hop on the source node and the first on the destination node
+        at = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == dst_node), None)
+        if at is None or _dropped_before(path, at):
+            return
+        packet, notes = _leaving(report, src_node, _packet_at(path, at, request))
+        encapsulation, tunnel_notes = _tunnel(report, packet)
+        result = evaluate_node_to_node(index, src_node, dst_node, packet, encapsulation=encapsulation,
+                                       vxlan_port=VXLAN_PORT)
+        result.assumptions[:0] = notes + tunnel_notes
+    else:
+        return
+    _splice(path, at, result)
+    _extend(findings, result.findings)
+    _extend(assumptions, result.assumptions)
+
+
+def _splice(path: Path, at: int, result: CloudResult) -> None:
+    """Put the cloud hops at `at`; a cloud drop or abort ends the path at the cloud."""
+    path.hops[at:at] = result.hops
+    if result.outcome == "pass":
+        return
+    del path.hops[at + len(result.hops):]
+    decisive = next((f for f in result.findings if f.severity == Severity.ERROR), None) or \
+        (result.findings[0] if result.findings else None)
+    path.final = FinalState.DROP if result.outcome == "drop" else FinalState.ABORT
+    path.cause = decisive.code if decisive else None
+
+
+def _dropped_before(path: Path, at: int) -> bool:
+    """The packet never reaches the cloud when an earlier hop already dropped it."""
+    if path.final != FinalState.DROP:
+        return False
+    hit = next((i for i, h in enumerate(path.hops) if h.status == HopStatus.ERROR
+                or any(s.action == StepAction.DROP for s in h.steps)), None)
+    return hit is None or hit < at
+
+
+def _packet_at(path: Path, at: int, request: DiagnosisRequest) -> Packet:
+    """The packet as the hops before `at` left it (after Service DNAT, for instance)."""
+    packet = _request_packet(request)
+    for hop in path.hops[:at]:
+        for step in hop.steps:
+            packet = step.packet_out or step.packet_in or packet
+    return packet
+
+
+def _request_packet(request: DiagnosisRequest) -> Packet:
+    return Packet(src=request.src, dst=request.dst, protocol=request.protocol, dport=request.port)
+
+
+def _pod_networks(report: TopologyReport) -> list[Any]:
+    cidrs = set(report.cluster.pod_cidrs)
+    for node in report.objects.nodes:
+        spec = node.get("spec") or {}
+        cidrs.update(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+    return [ip_network(c, strict=False) for c in sorted(cidrs)]
+
+
+def _in_pod_network(report: TopologyReport, address: Any) -> bool:
+    ip = ip_address(address)
+    return any(ip.version == net.version and ip in net for net in _pod_networks(report))
+
+
+def _node_ip(report: TopologyReport, node: str, family: int) -> str | None:
+    for obj in report.objects.nodes:
+        if (obj.get("metadata") or {}).get("name") == node:
+            for addr in (obj.get("status") or {}).get("addresses") or []:
+                if addr.get("type") == "InternalIP" and ip_address(addr["address"]).version == family:
+                    return str(addr["address"])
+    return None
+
+
+def _leaving(report: TopologyReport, node: str, packet: Packet) -> tuple[Packet, list[Assumption]]:
+    """The packet as it leaves `node`'s uplink: a pod source going to a non-pod address is
+    masqueraded to the node address by the CNI (flannel/calico ip-masq), except on terway."""
+    if not _in_pod_network(report, packet.src) or _in_pod_network(report, packet.dst) \
+            or report.cluster.cni in NO_MASQUERADE:
+        return packet, []
+    node_ip = _node_ip(report, node, ip_address(packet.src).version)
+    if node_ip is None:
+        return packet, [_assume(f"the InternalIP of node {node} is unknown: the cloud checked the pod source "
+                                f"{packet.src} instead of the masqueraded node address", True)]
+    note = _assume(f"pod traffic to {packet.dst} leaves {node} masqueraded to the node address {node_ip} "
+                   f"(CNI ip-masq, {report.cluster.cni}): the cloud checked that source")
+    return packet.model_copy(update={"src": ip_address(node_ip), "sport": None}), [note]
+
+
+def _tunnel(report: TopologyReport, packet: Packet) -> tuple[Encapsulation, list[Assumption]]:
+    """How the pod packet crosses the underlay, by CNI; an unknown CNI is checked unencapsulated
+    and said to matter (a tunnel shows the VPC a different packet)."""
+    if not _in_pod_network(report, packet.dst):
+        return None, []  # node addresses are routed, never tunnelled
+    cni = report.cluster.cni
+    if cni not in TUNNELS:
+        return None, [_assume(f"CNI {cni!r}: whether pod traffic is tunnelled between nodes is unknown; the "
+                              f"cloud checked the pod packet {packet} as it is", True)]
+    encapsulation, note = TUNNELS[cni]
+    return encapsulation, [_assume(note)] if note else []
+
+
+def _merge_internet_hop(result: CloudResult, destination: Hop) -> None:
+    """The model path already ends in the internet hop: give it the cloud's steps."""
+    cloud_internet = next((h for h in result.hops if h.kind == HopKind.INTERNET), None)
+    if cloud_internet is None:
+        return
+    result.hops.remove(cloud_internet)
+    destination.steps[:0] = cloud_internet.steps
+
+
+def _service_object(report: TopologyReport) -> dict[str, Any] | None:
+    if report.service is None:
+        return None
+    namespace, _, name = report.service.service.partition("/")
+    return next((s for s in report.objects.services if (s.get("metadata") or {}).get("namespace") == namespace
+                 and (s.get("metadata") or {}).get("name") == name), None)
+
+
+def _assume(text: str, could_change_outcome: bool = False) -> Assumption:
+    return Assumption(stage=STAGE, text=text, could_change_outcome=could_change_outcome)
+
+
+def _extend(into: list[Any], more: list[Any]) -> None:
+    into.extend(x for x in more if x not in into)

@@ -1,0 +1,89 @@
+"""The dataplane walk: follow the packet hop by hop through the collected node dumps.
+
+`walk(report, request, dumps, expected)` returns the forward paths (one per branch: Service
+endpoints, ECMP) and, when asked, the reply paths, with the findings and assumptions the walk made.
+The Kubernetes model's findings (`expected`) name causes: a drop in a NetworkPolicy chain the
+policy evaluator denies is NETWORK_POLICY_DENY, a kube-proxy no-endpoint REJECT is
+SERVICE_NO_ENDPOINT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.simulator.dataplane.walk.reply import walk_replies
+from services.simulator.dataplane.walk.trail import Trail
+from services.simulator.dataplane.walk.walker import Expectation, Walker
+from services.simulator.dataplane.walk.world import World
+from shared.netstack import NodeDump
+from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Path
+from shared.topology import TopologyReport
+
+STAGE = "simulator"
+
+__all__ = ["WalkResult", "World", "walk"]
+
+
+@dataclass
+class WalkResult:
+    paths: list[Path] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    assumptions: list[Assumption] = field(default_factory=list)
+
+
+def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, NodeDump],
+         expected: list[Finding] | None = None, reply: bool = True) -> WalkResult:
+    world = World(dumps)
+    walker = Walker(world, report, request, Expectation(list(expected or [])))
+    trails = walker.run()
+    out = WalkResult()
+    used: set[str] = set()
+    replies: list[tuple[str, Trail]] = []
+    for i, trail in enumerate(trails):
+        path_id, description = _name(report, trail, i, used)
+        if reply and trail.final == FinalState.DELIVER:
+            for back in walk_replies(walker, trail):
+                replies.append((path_id, back))
+                _reply_outcome(trail, back)
+        out.paths.append(trail.to_path(path_id, description))
+        _collect(out, trail)
+    for n, (path_id, back) in enumerate(replies):
+        out.paths.append(back.to_path(f"{path_id}.reply{n}", f"reply of {path_id}", "reply"))
+        _collect(out, back)
+    return out
+
+
+def _reply_outcome(forward: Trail, back: Trail) -> None:
+    """A request that is delivered but whose reply is dropped does not connect: the forward path ends
+    in the reply's cause (its hop marked), so the verdict follows the kernel."""
+    if back.final == FinalState.DROP:
+        forward.final, forward.cause = FinalState.DROP, back.cause
+        forward.findings.extend(f for f in back.findings if f not in forward.findings)
+    elif back.final == FinalState.ABORT:
+        forward.assume("the reply path could not be followed to the client")
+
+
+def _collect(out: WalkResult, trail: Trail) -> None:
+    for f in trail.findings:
+        if f not in out.findings:
+            out.findings.append(f)
+    for text in trail.assumptions:
+        a = Assumption(stage=STAGE, text=text, could_change_outcome=text.lstrip().startswith("UNSUPPORTED")
+                       or "UNSUPPORTED_RULE" in text)
+        if a not in out.assumptions:
+            out.assumptions.append(a)
+
+
+def _name(report: TopologyReport, trail: Trail, i: int, used: set[str]) -> tuple[str, str]:
+    """Name a walked path after the candidate path (backend) it reached, so model and walk line up."""
+    dst = next((s.packet_in for h in reversed(trail.hops) for s in reversed(h.steps) if s.packet_in), None)
+    cp = next((p for p in report.paths if dst is not None and p.dst_address == dst.dst and
+               (p.dst_port is None or p.dst_port == dst.dport)), None)
+    base = cp.id if cp else f"walk{i}"
+    path_id, n = base, 1
+    while path_id in used:
+        n += 1
+        path_id = f"{base}.{n}"
+    used.add(path_id)
+    share = f" (probability {trail.probability:.2f})" if trail.probability < 0.999 else ""
+    return path_id, (cp.description if cp else "dataplane walk") + share

@@ -1,0 +1,60 @@
+"""Delivery: a socket in the destination namespace that accepts the packet, or NO_LISTENER."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.trail import copy_state, packet
+from services.simulator.dataplane.walk.world import NetnsView
+from shared.codes import finding
+from shared.netstack import Socket
+from shared.schemas import FinalState, StepAction, StepKind
+
+if TYPE_CHECKING:
+    from services.simulator.dataplane.walk.walker import Cursor, Walker
+
+WILDCARDS = frozenset({"0.0.0.0", "::", "*", ""})
+
+
+def matching_socket(sockets: list[Socket], st: FlowState) -> Socket | None:
+    """TCP needs a LISTEN socket, UDP any bound one; the address is the destination or a wildcard
+    (an IPv6 wildcard also takes IPv4 unless v6only, which the dump does not say: assumed not)."""
+    for s in sockets:
+        if s.protocol != st.protocol or s.port != st.dport:
+            continue
+        if st.protocol == "tcp" and s.state.upper() != "LISTEN":
+            continue
+        addr = s.address.strip("[]").split("%")[0]
+        if addr in WILDCARDS or addr == str(st.dst):
+            return s
+    return None
+
+
+def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
+    st = c.st
+    hop = c.trail.hop(view)
+    if w.reply:
+        from services.simulator.dataplane.walk.reply import reply_arrived
+
+        reply_arrived(w, c, view)
+        return
+    c.trail.delivered = (view.place, copy_state(st))
+    sock = matching_socket(view.dump.sockets, st)
+    if sock is not None:
+        c.trail.step(hop, StepKind.DELIVERY, StepAction.DELIVER, f"delivered: {sock.protocol} socket "
+                     f"{sock.address}:{sock.port} ({sock.state}) in {view.where}", packet(st, st.iif),
+                     socket=sock.model_dump())
+        w.finish(c, FinalState.DELIVER)
+        return
+    if st.protocol not in ("tcp", "udp"):
+        c.trail.step(hop, StepKind.DELIVERY, StepAction.DELIVER, f"delivered to {view.where} (the kernel answers "
+                     f"{st.protocol} itself)", packet(st, st.iif))
+        w.finish(c, FinalState.DELIVER)
+        return
+    found = finding("NO_LISTENER", view.hop_id, address=st.dst, port=st.dport, protocol=st.protocol,
+                    where=view.where, evidence={"sockets": [s.model_dump() for s in view.dump.sockets]})
+    c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"no {st.protocol} socket on {st.dst}:{st.dport} in "
+                 f"{view.where}" + (": the kernel answers with a TCP reset" if st.protocol == "tcp" else
+                                    ": the kernel answers ICMP port unreachable"), packet(st, st.iif))
+    w.finish(c, FinalState.DROP, found.code, found)

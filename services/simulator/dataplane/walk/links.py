@@ -1,0 +1,329 @@
+"""Crossing between namespaces: veth peers, Linux bridges (br_netfilter, hairpin), vxlan
+encapsulation and the node uplink into the underlay (VPC), where another node or the outside
+world takes the packet."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.trail import copy_state, packet
+from services.simulator.dataplane.walk.walker import Cursor, link_up
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView
+from shared.codes import finding
+from shared.hops import node_hop, pod_hop
+from shared.netstack import Link
+from shared.schemas import FinalState, Finding, HopKind, StepAction, StepKind
+from shared.topology import EndpointKind
+
+if TYPE_CHECKING:
+    from services.simulator.dataplane.walk.walker import Walker
+
+BAD_NEIGHBOR = frozenset({"FAILED", "INCOMPLETE"})
+
+
+class Crossing:
+    def __init__(self, walker: Walker) -> None:
+        self.w = walker
+        self.world = walker.world
+
+    # ------------------------------------------------------------ out of a namespace
+
+    def transmit(self, c: Cursor, view: NetnsView, d: RouteDecision) -> list[Cursor]:
+        nh = d.gateway or c.st.dst
+        link = view.links.get(d.dev or "")
+        if link is None:
+            found = finding("DATA_MISSING", view.hop_id, what=f"device {d.dev} in {view.where}",
+                            reason="the route names a device the dump does not list")
+            return self.w.drop(c, found, view, f"out device {d.dev} unknown")
+        if link.kind == "bridge":
+            return self._to_port(c, view, link, nh)
+        if link.kind == "vxlan":
+            return self._vxlan(c, view, link, nh, d)
+        namespaces = self.world.nodes[view.node].namespaces
+        if link.kind == "veth" and link.peer_missing:
+            return self.w.drop(c, finding("VETH_PEER_MISSING", view.hop_id, link=link.name, where=view.where),
+                               view, f"veth {link.name} has no peer")
+        if link.kind == "veth" and link.peer_netns in namespaces and link.peer_netns != view.dump.id:
+            return self._veth(c, view, link, nh)
+        return self._uplink(c, view, link, nh, d)
+
+    def _veth(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress) -> list[Cursor]:
+        peer_view = self.world.nodes[view.node].namespaces[str(link.peer_netns)]
+        peer = (peer_view.links_by_index.get(link.peer_index) if link.peer_index is not None else None) \
+            or peer_view.links.get(link.peer_name or "")
+        if peer is None:
+            return self.w.drop(c, finding("VETH_PEER_MISSING", view.hop_id, link=link.name, where=view.where),
+                               view, f"veth {link.name}: its peer is not in {peer_view.where}")
+        if not peer.admin_up:
+            return self._link_down(c, peer_view, peer)
+        if not link_up(link):
+            return self._link_down(c, view, link)
+        if not link_up(peer):
+            return self._link_down(c, peer_view, peer)
+        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD,
+                     f"out {link.name} (veth) → {peer.name} in {peer_view.where}", packet(c.st, c.iif, link.name))
+        st = copy_state(c.st)
+        st.iif, st.oif = peer.name, None
+        return [Cursor(peer_view.place, st, peer.name, c.trail, l2_dst=nh)]
+
+    def _link_down(self, c: Cursor, view: NetnsView, link: Link) -> list[Cursor]:
+        state = "administratively down" if not link.admin_up else f"operstate {link.state}"
+        return self.w.drop(c, finding("LINK_DOWN", view.hop_id, link=link.name, where=view.where,
+                                      evidence={"state": link.state, "admin_up": link.admin_up}),
+                           view, f"link {link.name} is {state}")
+
+    # ------------------------------------------------------------ bridges
+
+    def bridge_in(self, c: Cursor, view: NetnsView, port: Link) -> list[Cursor]:
+        """A frame entering a bridge port: up to the host stack, or L2-forwarded to another port."""
+        bridge = view.links.get(port.master or "")
+        if bridge is None:
+            return self.w._routed_in(c, view)
+        nh = c.l2_dst or c.st.dst
+        hop = c.trail.hop(view)
+        if nh in view.local_ips:
+            c.trail.step(hop, StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: frame from port {port.name} "
+                         f"for the node's own address {nh}: up to the IP stack", packet(c.st, port.name))
+            c.iif, c.port_in = bridge.name, port.name
+            return self.w._routed_in(c, view)
+        target = self._port_towards(view, bridge, nh)
+        if target is None:
+            return self._no_port(c, view, bridge, nh)
+        cursors = [c]
+        if view.bridge_nf():
+            c.st.iif, c.st.oif = bridge.name, bridge.name
+            ctx_in = {"bridged": True, "physdev_in": port.name}
+            ctx_all = {**ctx_in, "physdev_out": target.name}
+            cursors = [c2 for c1 in self.w.hook(c, view, "PREROUTING", **ctx_in)
+                       for c2 in self.w.hook(c1, view, "FORWARD", **ctx_all)]
+            cursors = [c2 for c1 in cursors for c2 in self.w.hook(c1, view, "POSTROUTING", **ctx_all)]
+        else:
+            c.trail.bridged_without_nf.add(view.place)
+            c.trail.step(hop, StepKind.BRIDGE, StepAction.INFO, f"{bridge.name}: bridged {port.name} → "
+                         f"{target.name}; bridge-nf-call-iptables=0, so iptables does not see it",
+                         packet(c.st, port.name), sysctl="net.bridge.bridge-nf-call-iptables=0")
+        out: list[Cursor] = []
+        for ci in cursors:
+            ci.port_in = port.name
+            out.extend(self._port_out(ci, view, bridge, target, nh))
+        return out
+
+    def _to_port(self, c: Cursor, view: NetnsView, bridge: Link, nh: IPAddress) -> list[Cursor]:
+        """Routed traffic sent out of a bridge device: the port whose peer holds the next hop."""
+        if not link_up(bridge) and not bridge.admin_up:
+            return self._link_down(c, view, bridge)
+        target = self._port_towards(view, bridge, nh)
+        if target is None:
+            return self._no_port(c, view, bridge, nh)
+        return self._port_out(c, view, bridge, target, nh)
+
+    def _port_out(self, c: Cursor, view: NetnsView, bridge: Link, port: Link, nh: IPAddress) -> list[Cursor]:
+        if port.name == c.port_in and not port.hairpin:
+            peer = self.world.nodes[view.node].namespaces.get(str(port.peer_netns))
+            pod = peer.dump.pod if peer else None
+            return self.w.drop(c, finding("HAIRPIN_DISABLED", view.hop_id, port=port.name, bridge=bridge.name,
+                                          where=view.where, pod=pod or "?"),
+                               view, f"{bridge.name}: the frame must go back out of port {port.name}, the port it "
+                               "came in through, and hairpin is off", StepKind.BRIDGE)
+        c.trail.step(c.trail.hop(view), StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: to port {port.name} "
+                     f"(towards {nh})", packet(c.st, c.st.iif, bridge.name))
+        c.port_in = None
+        return self._veth(c, view, port, nh)
+
+    def _port_towards(self, view: NetnsView, bridge: Link, nh: IPAddress) -> Link | None:
+        namespaces = self.world.nodes[view.node].namespaces
+        ports = view.bridge_ports(bridge.name)
+        for port in ports:
+            peer = namespaces.get(str(port.peer_netns)) if port.peer_netns else None
+            if peer is not None and peer is not view and nh in peer.local_ips:
+                return port
+        # not a local veth peer: the neighbour's MAC in the bridge FDB names the port
+        mac = next((n.lladdr for n in view.dump.neighbors if n.dev == bridge.name and n.lladdr
+                    and ipaddress.ip_address(n.dst) == nh), None)
+        dev = next((f.dev for f in view.dump.fdb if mac and f.mac.lower() == mac.lower() and f.master == bridge.name),
+                   None)
+        return next((p for p in ports if p.name == dev), None)
+
+    def _no_port(self, c: Cursor, view: NetnsView, bridge: Link, nh: IPAddress) -> list[Cursor]:
+        pod = self.w.pod_ips.get(nh)
+        if pod is not None:
+            hop = c.trail.hop_by_id(pod_hop(pod), kind=HopKind.POD, name=pod)
+            found = finding("VETH_PEER_MISSING", hop.id, link=f"eth0 (veth to {bridge.name} on {view.node})",
+                            where=f"pod {pod}")
+            c.trail.step(hop, StepKind.LINK, StepAction.DROP, f"no port of {bridge.name} on {view.node} leads to "
+                         f"pod {pod} ({nh}): its veth pair is gone", packet(c.st))
+            return self.w.finish(c, FinalState.DROP, found.code, found)
+        return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
+                                      where=view.where, state="unresolvable (no bridge port leads to it)"),
+                           view, f"{bridge.name}: no port leads to {nh}", StepKind.BRIDGE)
+
+    # ------------------------------------------------------------ the underlay
+
+    def _neighbor_failed(self, c: Cursor, view: NetnsView, dev: str, nh: IPAddress) -> Finding | None:
+        for n in view.dump.neighbors:
+            if n.dev == dev and n.state.upper() in BAD_NEIGHBOR and ipaddress.ip_address(n.dst) == nh:
+                return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
+                               state=n.state)
+        return None
+
+    def _uncollected(self, c: Cursor, addr: IPAddress) -> list[Cursor] | None:
+        """A next hop owned by a Kubernetes node whose dump is missing: the walk cannot continue."""
+        node = self.w.node_ips.get(addr)
+        if node is None or node in self.world.nodes:
+            return None
+        hop = c.trail.hop_by_id(node_hop(node), kind=HopKind.NODE, name=node)
+        c.trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"node {node}'s network state was not collected: "
+                     "the walk cannot follow the packet there", packet(c.st))
+        return self.w.finish(c, FinalState.ABORT, "COLLECTOR_UNAVAILABLE")
+
+    def _uplink(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list[Cursor]:
+        if not link_up(link):
+            return self._link_down(c, view, link)
+        for addr in (nh, c.st.dst):
+            missing = self._uncollected(c, addr)
+            if missing is not None:
+                return missing
+        owner = self.world.node_owning(nh) or (self.world.node_owning(c.st.dst) if nh != c.st.dst else None)
+        if owner is None or owner.node == view.node:
+            return self._leave_cluster(c, view, link, nh, d)
+        in_link = owner.link_of_address(nh) or owner.link_of_address(c.st.dst)
+        if in_link is None or not link_up(in_link):
+            return self._link_down(c, owner, in_link or link)
+        bad = self._neighbor_failed(c, view, link.name, nh)
+        if bad is not None:
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved")
+        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the underlay → "
+                     f"node {owner.node} ({in_link.name})", packet(c.st, c.iif, link.name))
+        st = copy_state(c.st)
+        st.iif, st.oif = in_link.name, None
+        return [Cursor(owner.place, st, in_link.name, c.trail)]
+
+    def _leave_cluster(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list:
+        dst = c.st.dst
+        if self.w.service_vip(c.st) and not self.w.reply:
+            if not self.w.has_endpoints():
+                return self.w.no_endpoint(c, view, f"{dst} is a virtual address with no endpoint behind it")
+            self.w._rules_missing(c, view, "routing")
+            return []
+        expected_node = self.w.node_for_pod_network(dst) or (
+            self.w.report.dst.node if self.w.pod_ips.get(dst) else None)
+        if expected_node is not None:
+            expected = self.w.node_ip(expected_node) or expected_node
+            return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=d.route, where=view.where,
+                                          expected=expected, dst=dst, evidence={"route": d.as_dict()}),
+                               view, f"{dst} is in the pod network of {expected_node}, but the route sends it to "
+                               f"{nh}, which no node owns", StepKind.ROUTE)
+        bad = self._neighbor_failed(c, view, link.name, nh)
+        if bad is not None:
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved")
+        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
+                     "cluster's nodes", packet(c.st, c.iif, link.name))
+        kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
+        return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
+
+    # ------------------------------------------------------------ vxlan
+
+    def _vxlan(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list[Cursor]:
+        if not link_up(link):
+            return self._link_down(c, view, link)
+        neigh = next((n for n in view.dump.neighbors if n.dev == link.name and ipaddress.ip_address(n.dst) == nh),
+                     None)
+        if neigh is None or not neigh.lladdr or neigh.state.upper() in BAD_NEIGHBOR:
+            state = neigh.state if neigh else "missing"
+            return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=link.name,
+                                          where=view.where, state=state), view, f"no MAC for {nh} on {link.name}")
+        fdb = next((f for f in view.dump.fdb if f.dev == link.name and f.dst and f.mac.lower() ==
+                    neigh.lladdr.lower()), None)
+        expected_node = self.w.node_for_pod_network(c.st.dst)
+        expected = self.w.node_ip(expected_node) if expected_node else None
+        if fdb is None:
+            return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=f"{nh} ({neigh.lladdr})",
+                                          device=link.name, where=view.where, state="no FDB entry (remote VTEP "
+                                          "unknown)"), view, f"no FDB entry for {neigh.lladdr} on {link.name}")
+        vtep = ipaddress.ip_address(fdb.dst)
+        missing = self._uncollected(c, vtep)
+        if missing is not None:
+            return missing
+        owner = self.world.node_owning(vtep)
+        fdb_text = f"fdb {fdb.mac} dev {link.name} dst {vtep}"
+        if owner is None or (expected_node is not None and owner.node != expected_node):
+            return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=fdb_text, where=view.where,
+                                          expected=expected or "?", dst=c.st.dst,
+                                          evidence={"neighbor": neigh.model_dump(), "fdb": fdb.model_dump()}),
+                               view, f"{link.name}: the FDB sends {c.st.dst}'s frames to VTEP {vtep}, which "
+                               f"{'no node owns' if owner is None else 'is node ' + owner.node}; expected "
+                               f"{expected}", StepKind.ENCAP)
+        return self._encapsulate(c, view, link, vtep, owner, fdb_text)
+
+    def _encapsulate(self, c: Cursor, view: NetnsView, link: Link, vtep: IPAddress, owner: NetnsView,
+                     fdb_text: str) -> list[Cursor]:
+        conf = link.vxlan or {}
+        port = int(conf.get("port") or 8472)
+        decisions = view.router.lookup(vtep)
+        d = decisions[0]
+        local = ipaddress.ip_address(conf["local"]) if conf.get("local") else d.src
+        if local is None or d.drops or d.dev is None:
+            return self.w.drop(c, finding("NO_ROUTE", view.hop_id, dst=vtep, where=view.where), view,
+                               f"no route to VTEP {vtep} for the outer packet", StepKind.ENCAP)
+        outer = FlowState(src=local, dst=vtep, protocol="udp", sport=None, dport=port, oif=d.dev)
+        inner = copy_state(c.st)
+        c.trail.step(c.trail.hop(view), StepKind.ENCAP, StepAction.REWRITE, f"{link.name} (vni {conf.get('id')}): "
+                     f"{fdb_text}; outer udp {local} → {vtep}:{port} via {d.dev}", packet(inner), None)
+        oc = Cursor(view.place, outer, None, c.trail)
+        for hook in ("OUTPUT", "POSTROUTING"):
+            alive = self.w.hook(oc, view, hook)
+            if not alive:
+                return []
+            oc = alive[0]
+        uplink = view.links.get(d.dev)
+        in_link = owner.link_of_address(vtep)
+        if uplink is not None and not link_up(uplink):
+            return self._link_down(oc, view, uplink)
+        if in_link is None or not link_up(in_link):
+            return self._link_down(oc, owner, in_link or link)
+        oc.st.iif, oc.st.oif = in_link.name, None
+        c.trail.hop(owner)
+        for hook in ("PREROUTING", "INPUT"):
+            alive = self.w.hook(oc, owner, hook)
+            if not alive:
+                return []
+            oc = alive[0]
+        remote = next((lk for lk in owner.dump.links if lk.kind == "vxlan" and (lk.vxlan or {}).get("id") ==
+                       conf.get("id")), None)
+        if remote is None:
+            return self.w.drop(oc, finding("DATA_MISSING", owner.hop_id, what=f"a vxlan device with vni "
+                                           f"{conf.get('id')} on {owner.node}", reason="none in the dump"),
+                               owner, "no vxlan device to decapsulate into", StepKind.DECAP)
+        if not link_up(remote):
+            return self._link_down(oc, owner, remote)
+        inner.iif, inner.oif = remote.name, None
+        c.trail.step(c.trail.hop(owner), StepKind.DECAP, StepAction.REWRITE, f"{remote.name}: decapsulated",
+                     packet(outer), packet(inner, remote.name))
+        return [Cursor(owner.place, inner, remote.name, c.trail)]
+
+    # ------------------------------------------------------------ traffic from outside
+
+    def external_start(self, st: FlowState, trail: object) -> Cursor | None:
+        """An external source: the packet enters the cluster at the node owning the destination (NodePort)
+        or the node the model names as the Service's entry, through that node's uplink."""
+        w = self.w
+        report = w.report
+        entry = next((p.entry_node for p in report.paths if p.entry_node), None) or report.dst.node
+        hop = trail.hop_by_id(f"external:{st.src}", kind=HopKind.EXTERNAL, name=f"client {st.src}")  # type: ignore[attr-defined]
+        trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "  # type: ignore[attr-defined]
+                   f"node's uplink ({entry or 'unknown'})", packet(st))
+        if entry is None or entry not in self.world.nodes or report.src.kind not in (
+                EndpointKind.PUBLIC, EndpointKind.UNKNOWN):
+            trail.assume("the walk cannot tell where an outside packet enters the cluster")  # type: ignore[attr-defined]
+            trail.end(FinalState.ABORT, "COLLECTOR_UNAVAILABLE" if entry and entry not in self.world.nodes  # type: ignore[attr-defined]
+                      else None)
+            w.finished.append(trail)  # type: ignore[arg-type]
+            return None
+        view = self.world.nodes[entry].host
+        default = view.router.lookup(st.src)[0]
+        in_dev = default.dev or next(iter(view.links))
+        st.iif = in_dev
+        return Cursor(view.place, st, in_dev, trail)  # type: ignore[arg-type]

@@ -1,0 +1,62 @@
+"""The reply path: from the endpoint back to the client, through conntrack's reverse NAT.
+
+The reply starts where the request was delivered, as an ESTABLISHED packet generated there. Every
+namespace that translated the request translates the reply back when the reply crosses its IP hooks
+(un-SNAT before routing, un-DNAT on the way out). A reply that reaches the client untranslated (it
+was bridged past the translating node with bridge-nf-call-iptables=0, or took another route) does
+not match the client's connection and is dropped there.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.trail import Trail, packet
+from services.simulator.dataplane.walk.world import NetnsView
+from shared.codes import finding
+from shared.hops import node_hop
+from shared.schemas import FinalState, Severity, StepAction, StepKind
+
+if TYPE_CHECKING:
+    from services.simulator.dataplane.walk.walker import Cursor, Walker
+
+
+def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
+    """Reply trails of one delivered forward trail (empty when it was not delivered)."""
+    from services.simulator.dataplane.walk.walker import Cursor, Walker  # the walker imports this module
+
+    if forward.delivered is None:
+        return []
+    place, st = forward.delivered
+    flags = frozenset({"SYN", "ACK"}) if st.protocol == "tcp" else frozenset()
+    rst = FlowState(src=st.dst, dst=st.src, protocol=st.protocol, sport=st.dport, dport=st.sport,
+                    ctstate="ESTABLISHED", tcp_flags=flags)
+    rw = Walker(walker.world, walker.report, walker.request, walker.expect, reply=True)
+    trail = Trail(pending_reverse=list(forward.nat))
+    return rw.run(Cursor(place, rst, None, trail))
+
+
+def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
+    """The reply reached a local socket: the client's connection takes it only if it is the exact
+    reverse of what the client sent."""
+    r, st = w.request, c.st
+    hop = c.trail.hop(view)
+    if st.src == r.dst and st.sport in (r.port, None) and st.dst == r.src:
+        c.trail.step(hop, StepKind.DELIVERY, StepAction.DELIVER, f"the reply reaches the client's connection in "
+                     f"{view.where}", packet(st, st.iif))
+        w.finish(c, FinalState.DELIVER)
+        return
+    undone = [e for e in c.trail.pending_reverse if e.rewrites_destination]
+    bypassed = next((e for e in undone if e.place in c.trail.bridged_without_nf), None)
+    if bypassed is not None:
+        node = bypassed.place.node
+        found = finding("BRIDGE_NF_DISABLED", node_hop(node), severity=Severity.ERROR, where=f"node {node}",
+                        evidence={"untranslated": f"{bypassed.kind} {bypassed.before} → {bypassed.after}"})
+    else:
+        where = undone[0].place.node if undone else view.node
+        found = finding("INVALID_ROUTE", node_hop(where), route="the reply path", where=f"node {where}",
+                        expected=f"back through node {where}, which translated the request", dst=r.src)
+    c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply arrives as {packet(st)}, but the client "
+                 f"sent to {r.dst}:{r.port}: no connection matches, the client drops it", packet(st, st.iif))
+    w.finish(c, FinalState.DROP, found.code, found)

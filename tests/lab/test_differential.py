@@ -1,0 +1,156 @@
+"""The kernel-judged harness: for every fault in lab/faults.py, a real probe and a real diagnosis
+through the full embedded stack (live topology against the lab's Kubernetes API, one node agent per
+lab node, the collector, the simulator's dataplane walk) must agree, and the diagnosis must name the
+injected cause (finding code at the catalogue's hop, on the first abnormal hop of a dropped path).
+Healthy scenarios must deliver with no error-severity finding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from lab.dataplane import Lab
+from lab.faults import CATALOGUE, Fault, ProbeSpec
+from services.stack import EmbeddedStack
+from shared.config import Settings
+from tests.lab.conftest import MakeLab
+
+pytestmark = pytest.mark.lab
+
+PROBE_TIMEOUT_S = 1.0
+REACHED = {"connected", "reply"}
+
+# Faults the walk cannot diagnose yet, with the precise reason (strict: they fail once they pass).
+XFAIL: dict[str, str] = {}
+
+HEALTHY: dict[str, list[ProbeSpec]] = {}
+for _fault in CATALOGUE:
+    HEALTHY.setdefault(_fault.scenario, [])
+    if _fault.probe not in HEALTHY[_fault.scenario]:
+        HEALTHY[_fault.scenario].append(_fault.probe)
+
+
+@asynccontextmanager
+async def lab_stack(lab: Lab) -> AsyncIterator[EmbeddedStack]:
+    api = await asyncio.to_thread(lab.start_api)
+    agents = {name: node.netns for name, node in lab.state.nodes.items()}
+    settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
+    async with EmbeddedStack(settings, agents=agents) as stack:
+        yield stack
+
+
+async def diagnose(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout: float = 20.0) -> dict[str, Any]:
+    body = {"src": lab.address(_src_ref(lab, spec.src)), "dst": lab.address(spec.dst), "port": spec.port,
+            "protocol": spec.protocol}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/api/v1/diagnoses", json=body) as resp:
+            doc = await resp.json()
+            assert resp.status == 202, doc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with session.get(f"{stack.url}/api/v1/diagnoses/{doc['id']}") as resp:
+                got = await resp.json()
+            if got.get("status") in ("completed", "failed"):
+                assert got["status"] == "completed", got
+                return got["result"]  # type: ignore[no-any-return]
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"diagnosis {doc['id']} did not complete in {timeout}s")
+
+
+def _src_ref(lab: Lab, src: str) -> str:
+    if src in lab.state.nodes:
+        return f"node:{src}"
+    if src in ("ext", "inet"):
+        return src
+    return f"pod:{src}"
+
+
+def expected_verdict(outcome: str) -> str:
+    return "REACHABLE" if outcome in REACHED else "UNREACHABLE"
+
+
+def errors(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [f for f in result["findings"] if f["severity"] == "error"]
+
+
+def first_abnormal(result: dict[str, Any]) -> list[tuple[str | None, str | None]]:
+    """(first error hop id, cause) of every forward path that does not deliver."""
+    out = []
+    for path in result["paths"]:
+        if path["direction"] != "forward" or path["final"] in ("DELIVER", "FORWARD"):
+            continue
+        hop = next((h["id"] for h in path["hops"] if h["status"] == "error"), None)
+        out.append((hop, path["cause"]))
+    return out
+
+
+def explain(result: dict[str, Any]) -> str:
+    lines = [f"verdict {result['verdict']}: {result['summary']}"]
+    for p in result["paths"]:
+        lines.append(f"  path {p['id']} {p['direction']} {p['final']} cause={p['cause']}")
+        for h in p["hops"]:
+            lines.append(f"    {h['id']} [{h['status']}]")
+            lines += [f"      {s['kind']} {s['action']}: {s['detail']}" for s in h["steps"]]
+    lines += [f"  finding {f['code']} {f['severity']} @{f['hop']}: {f['message']}" for f in result["findings"]]
+    lines += [f"  assumption ({a['stage']}, matters={a['could_change_outcome']}): {a['text']}"
+              for a in result["assumptions"]]
+    return "\n".join(lines)
+
+
+async def _probe(lab: Lab, spec: ProbeSpec) -> str:
+    got = await asyncio.to_thread(lab.probe, spec.src, spec.dst, spec.port, spec.protocol, PROBE_TIMEOUT_S)
+    return got.outcome
+
+
+@pytest.mark.parametrize("scenario", sorted(HEALTHY))
+async def test_healthy_scenario(scenario: str, make_lab: MakeLab) -> None:
+    lab = make_lab(scenario)
+    async with lab_stack(lab) as stack:
+        for spec in HEALTHY[scenario]:
+            outcome = await _probe(lab, spec)
+            result = await diagnose(stack, lab, spec)
+            assert result["verdict"] == expected_verdict(outcome), f"{spec}: probe {outcome}\n{explain(result)}"
+            assert not errors(result), f"{spec}\n{explain(result)}"
+
+
+def _params() -> list[Any]:
+    out = []
+    for fault in CATALOGUE:
+        marks = [pytest.mark.xfail(reason=XFAIL[fault.name], strict=True)] if fault.name in XFAIL else []
+        out.append(pytest.param(fault, id=fault.name, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("fault", _params())
+async def test_fault_diagnosis_agrees_with_kernel(fault: Fault, make_lab: MakeLab) -> None:
+    lab = make_lab(fault.scenario)
+    async with lab_stack(lab) as stack:
+        await asyncio.to_thread(fault.inject, lab)
+        outcome = await _probe(lab, fault.probe)
+        assert outcome == fault.after, f"the kernel: {outcome}"
+        result = await _diagnosis_after(stack, lab, fault)
+        text = explain(result)
+        assert result["verdict"] == expected_verdict(outcome) == fault.verdict_after, text
+        codes = {fault.finding.code, *fault.finding.also}
+        named = [f for f in result["findings"] if f["code"] in codes and f["hop"] == fault.finding.hop]
+        assert named, f"no {codes} finding at {fault.finding.hop}\n{text}"
+        abnormal = first_abnormal(result)
+        assert (fault.finding.hop, named[0]["code"]) in abnormal, f"first abnormal hops {abnormal}\n{text}"
+
+
+async def _diagnosis_after(stack: EmbeddedStack, lab: Lab, fault: Fault) -> dict[str, Any]:
+    """Kubernetes-level faults reach the topology through its watch: retry until it has seen them."""
+    result = await diagnose(stack, lab, fault.probe)
+    if fault.not_ready or fault.add_policy:
+        deadline = time.monotonic() + 5
+        while result["verdict"] != fault.verdict_after and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            result = await diagnose(stack, lab, fault.probe)
+    return result
