@@ -175,10 +175,7 @@ async def diagnosis_events(request: web.Request) -> web.StreamResponse:
                                      deliver_policy=DeliverPolicy.ALL)
     except nats.errors.Error:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    _track_stream(request)
+    resp = await _open_stream(request)
     try:
         while True:
             try:
@@ -186,14 +183,14 @@ async def diagnosis_events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 msg = None
             if msg is not None:
-                await resp.write(f"event: progress\ndata: {msg.data.decode()}\n\n".encode())
+                await resp.write(_sse("progress", msg.data.decode()))
                 if json.loads(msg.data).get("state") != "result":
                     continue
             else:
-                await resp.write(b": keepalive\n\n")
+                await resp.write(KEEPALIVE)
             diagnosis = await store.get(diagnosis_id)
             if diagnosis and diagnosis.status != DiagnosisStatus.QUEUED:
-                await resp.write(f"event: result\ndata: {diagnosis.model_dump_json()}\n\n".encode())
+                await resp.write(_sse("result", diagnosis.model_dump_json()))
                 break
     except (ConnectionResetError, asyncio.CancelledError):
         pass
@@ -210,24 +207,37 @@ async def watch_results(request: web.Request) -> web.StreamResponse:
         sub = await bus.nc.subscribe(SUBJECT_STORED)
     except nats.errors.Error:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
-    _track_stream(request)
+    resp = await _open_stream(request)
     try:
         while True:
             try:
                 msg = await sub.next_msg(timeout=SSE_IDLE_CHECK_S * 5)
             except TimeoutError:
-                await resp.write(b": keepalive\n\n")
+                await resp.write(KEEPALIVE)
                 continue
             diagnosis = await store.get(msg.data.decode())
             if diagnosis is not None:
-                await resp.write(f"event: result\ndata: {diagnosis.model_dump_json()}\n\n".encode())
+                await resp.write(_sse("result", diagnosis.model_dump_json()))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
+    return resp
+
+
+KEEPALIVE = b": keepalive\n\n"
+
+
+def _sse(event: str, data: str) -> bytes:
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+async def _open_stream(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                       "X-Accel-Buffering": "no"})
+    await resp.prepare(request)
+    _track_stream(request)
     return resp
 
 

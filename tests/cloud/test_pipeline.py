@@ -5,12 +5,13 @@ SDK reading the OpenAPI emulator.
 The Kubernetes side is a snapshot generated from a lab scenario (lab.objects), the cloud side the
 emulator state the lab would attach to it (lab.cloudstate), with one fault at a time. No
 namespaces are needed: the emulator is an API, not a dataplane, so these tests assert the
-diagnosis (verdict, code, hop); the live-lab test in tests/lab/test_cloud_lab.py runs the same
-against real namespaces and agents.
+diagnosis (verdict, code, hop). The last test attaches the emulated cloud to a real namespace lab
+(agents, lab Kubernetes API, emulator daemon) for a pod → pod path across nodes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,14 +21,17 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
+from lab import state as lab_state
 from lab.cloudemu import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, CloudEmulator
 from lab.cloudstate import cloud_state, ids, load_balancer_id, with_fault
+from lab.dataplane import Lab
 from lab.objects import scenario_objects
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from services.stack import EmbeddedStack
 from shared.codes import CATALOGUE
 from shared.config import Settings
 from tests.foundation.helpers import run_to_end
+from tests.lab.conftest import new_prefix, require_root
 
 CLOUD_CODES = {c for c in CATALOGUE if c.startswith(("SG_", "VPC_", "NAT_", "LB_"))} - {"LB_SOURCE_RANGE_DENY"}
 CLIENT_PUBLIC = "8.8.4.4"  # an internet client (a documentation range would classify as private)
@@ -214,3 +218,53 @@ async def test_one_unhealthy_backend_is_reported_not_fatal(stacks: dict[str, Emb
 
 def test_every_cloud_code_is_covered() -> None:
     assert CLOUD_CODES - {"LB_BACKEND_MISMATCH"} == {code for code, *_ in FAULTS}
+
+
+# ------------------------------------------------------------------ live lab: namespaces, agents, emulator
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("cni", "protocol", "port"), [("vxlan", "udp", 8472), ("host-gw", "tcp", 8080)])
+async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, protocol: str, port: int) -> None:
+    """A lab with an emulated cloud: pod → pod across nodes is diagnosed through the live pipeline
+    (lab Kubernetes API, node agents and the dataplane walk, SDK → emulator daemon) with the cloud hop
+    between the nodes; then a security-group drop of what the VPC carries (vxlan's outer udp 8472, the
+    routed pod packet on host-gw) turns the diagnosis UNREACHABLE with SG_DENY. The kernel probe keeps
+    delivering: the emulated cloud is an API, not a dataplane, so for the fault the diagnosis alone is
+    asserted."""
+    require_root()
+    rs = resolve(Scenario.model_validate({
+        "name": "cloud-live", "cni": cni, "dns": False, "internet": False, "cloud": {},
+        "nodes": [{"name": "node-1"}, {"name": "node-2"}],
+        "pods": [{"name": "client", "node": "node-1"},
+                 {"name": "server", "node": "node-2", "containers": [{"name": "srv",
+                                                                     "ports": [{"containerPort": 8080}]}]}]}))
+    prefix = new_prefix()
+    try:
+        lab = await asyncio.to_thread(Lab.up, rs, prefix)
+        api = await asyncio.to_thread(lab.start_api)
+        cloud = await asyncio.to_thread(lab.start_cloud)
+        assert Lab.attach(prefix).state.cloud == cloud
+        body = {"src": lab.address("pod:default/client"), "dst": lab.address("pod:default/server"), "port": 8080,
+                "protocol": "tcp"}
+        vpc = f"vpc:{ids(rs)['vpc']}"
+        settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0, cloud_provider="alibaba",
+                            cloud_region="cn-hangzhou", cloud_endpoint=f"http://{cloud.endpoint}",
+                            cloud_credentials_file=credentials)
+        agents = {name: node.netns for name, node in lab.state.nodes.items()}
+        async with EmbeddedStack(settings, agents=agents) as stack:
+            assert lab.probe("default/client", "pod:default/server", 8080).ok
+            healthy = await diagnose(stack, body)
+            assert healthy["verdict"] == "REACHABLE", (healthy["summary"], healthy["assumptions"])
+            assert cloud_errors(healthy) == [] and vpc in hop_ids(healthy)
+
+            await asyncio.to_thread(lab.set_cloud_state, with_fault(cloud_state(rs), rs, "SG_DENY", protocol=protocol,
+                                                                    port=port))
+            faulty = await diagnose(stack, body)
+            assert faulty["verdict"] == "UNREACHABLE", faulty["summary"]
+            deny = next(f for f in faulty["findings"] if f["code"] == "SG_DENY")
+            assert deny["hop"] == vpc and f"{protocol} " in deny["message"] and f":{port}" in deny["message"]
+            assert lab.probe("default/client", "pod:default/server", 8080).ok  # the kernel never saw the cloud
+    finally:
+        await asyncio.to_thread(Lab.sweep, prefix)
+    assert not lab_state.state_path(prefix).exists()

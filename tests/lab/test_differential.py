@@ -149,8 +149,9 @@ async def _diagnosis_after(stack: EmbeddedStack, lab: Lab, fault: Fault) -> dict
     """Kubernetes-level faults reach the topology through its watch: retry until it has seen them."""
     result = await diagnose(stack, lab, fault.probe)
     if fault.not_ready or fault.add_policy:
+        codes = {fault.finding.code, *fault.finding.also}
         deadline = time.monotonic() + 5
-        while result["verdict"] != fault.verdict_after and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not any(f["code"] in codes for f in result["findings"]):
             await asyncio.sleep(0.2)
             result = await diagnose(stack, lab, fault.probe)
     return result

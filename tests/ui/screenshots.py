@@ -54,6 +54,11 @@ async def shoot(args: argparse.Namespace) -> None:
             await page.select_option("#protocol", protocol)
             await page.click("#submit")
             await page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+            if not await page.locator(".hop-btn.s-error, .hop-btn.s-warning").count():
+                service = page.locator(".hop-btn", has_text="service")  # healthy: show its DNAT step
+                if await service.count():
+                    await service.first.click()
+            await page.evaluate("window.scrollTo(0, 0)")  # the sticky history stays at the top
             await page.wait_for_timeout(400)  # graph animation settles
             verdict = (await page.text_content("#verdict-word") or "").strip()
             path = args.out / f"{name}.png"

@@ -13,7 +13,6 @@ import struct
 from dataclasses import dataclass, field
 
 from services.collector.reader import netlink as nl
-from services.collector.reader.netlink import Attrs
 from shared.netstack import FdbEntry, Link, Neighbor, Route, Rule
 
 IFF_UP = 0x1

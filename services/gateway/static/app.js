@@ -374,7 +374,9 @@ function evidenceList(evidence) {
   const entries = Object.entries(evidence || {});
   if (!entries.length) return null;
   return h("dl", { class: "kv" }, entries.map(([k, v]) => [h("dt", {}, k.replaceAll("_", " ")),
-    h("dd", {}, typeof v === "string" ? v : JSON.stringify(v, null, Array.isArray(v) && v.every((x) => typeof x !== "object") ? 0 : 2))]));
+    h("dd", {}, typeof v === "string" ? v
+      : Array.isArray(v) && v.every((x) => typeof x === "string") ? v.join("\n")  // e.g. the matched rules, one per line
+        : JSON.stringify(v, null, Array.isArray(v) && v.every((x) => typeof x !== "object") ? 0 : 2))]));
 }
 
 function renderFindings(result) {

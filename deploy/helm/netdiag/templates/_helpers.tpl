@@ -1,0 +1,119 @@
+{{- define "netdiag.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "netdiag.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "netdiag.labels" -}}
+app.kubernetes.io/name: {{ include "netdiag.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* selector labels of one component: (dict "ctx" $ "component" "gateway") */}}
+{{- define "netdiag.selector" -}}
+app.kubernetes.io/name: {{ include "netdiag.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "netdiag.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "netdiag.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "netdiag.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "netdiag.natsName" -}}
+{{ include "netdiag.fullname" . }}-nats
+{{- end -}}
+
+{{- define "netdiag.natsUrl" -}}
+{{- if .Values.nats.external.url -}}
+{{ .Values.nats.external.url }}
+{{- else -}}
+nats://{{ include "netdiag.natsName" . }}.{{ .Release.Namespace }}.svc:4222
+{{- end -}}
+{{- end -}}
+
+{{- define "netdiag.streamReplicas" -}}
+{{- if not (kindIs "invalid" .Values.nats.streamReplicas) -}}
+{{ .Values.nats.streamReplicas }}
+{{- else if .Values.nats.external.url -}}
+1
+{{- else -}}
+{{ min .Values.nats.replicas 5 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "netdiag.natsSecret" -}}
+{{- default (printf "%s-nats-auth" (include "netdiag.fullname" .)) .Values.nats.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "netdiag.natsAuth" -}}
+{{- and .Values.nats.auth.enabled (not .Values.nats.external.url) -}}
+{{- end -}}
+
+{{/* environment every netdiag container shares: (dict "ctx" $ "user" "netdiag"|"agent") */}}
+{{- define "netdiag.env" -}}
+{{- $ := .ctx -}}
+- name: NETDIAG_NATS_URL
+  value: {{ include "netdiag.natsUrl" $ | quote }}
+- name: NETDIAG_STREAM_REPLICAS
+  value: {{ include "netdiag.streamReplicas" $ | quote }}
+- name: NETDIAG_RESULT_TTL_S
+  value: {{ $.Values.resultTtlSeconds | quote }}
+- name: NETDIAG_LOG_LEVEL
+  value: {{ $.Values.logLevel | quote }}
+{{- if $.Values.metrics.enabled }}
+- name: NETDIAG_METRICS_PORT
+  value: {{ $.Values.metrics.port | quote }}
+{{- end }}
+{{- if include "netdiag.natsAuth" $ }}
+- name: NETDIAG_NATS_USER
+  value: {{ .user }}
+- name: NETDIAG_NATS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "netdiag.natsSecret" $ }}
+      key: {{ .user }}-password
+{{- end }}
+{{- if $.Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $.Values.tracing.otlpEndpoint | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* the restricted container security context: non-root, read-only root, no capabilities */}}
+{{- define "netdiag.restricted" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "netdiag.metricsPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
