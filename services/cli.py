@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from pydantic import ValidationError
 
+from services.cloud.provider import CloudError, make_provider
 from services.collector.agent import run_agent
 from services.collector.capture import capture_nodes
 from services.render import render_diagnosis
@@ -316,6 +317,16 @@ async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
         # written explicitly, so a diagnosis of this snapshot knows there is no cloud layer
         # (an absent cloud/ directory means "unknown")
         dump_inventory(empty_inventory("none", "cloud provider is 'none'"), Path(args.out) / "cloud")
+    else:
+        node_objects = [n for n in source.model.objects["Node"].values() if n["metadata"]["name"] in nodes]
+        try:
+            inventory = await asyncio.to_thread(make_provider(settings).collect, node_objects)
+        except CloudError as exc:
+            raise CliError(f"cloud inventory not captured: {exc}") from exc
+        path = dump_inventory(inventory, Path(args.out) / "cloud")
+        print(f"cloud: {len(inventory.instances)} instances, {len(inventory.security_groups)} security groups, "
+              f"{len(inventory.load_balancers)} load balancers written to {path}"
+              + "".join(f"\n  incomplete: {e}" for e in inventory.errors))
     for node, problem in outcome.items():
         print(f"node {node}: " + (problem or f"written to {Path(args.out) / 'nodes' / (node + '.json')}"))
     return EXIT_SYSTEM if any(outcome.values()) else 0

@@ -42,6 +42,10 @@ class Stage(ABC):
     async def handle(self, env: StageEnvelope) -> StageEnvelope | None:
         """Do the stage's work. Raise only for infrastructure faults (the message is retried)."""
 
+    async def close(self) -> None:
+        """Release what the stage holds (watches, connections) when its runner stops."""
+        return None  # most stages hold nothing
+
     def durable(self) -> str:
         return f"netdiag-{self.name}"
 
@@ -106,6 +110,7 @@ class StageRunner:
         stopping.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
+        await self.stage.close()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -12,7 +12,7 @@ import threading
 import time
 
 from services.topology.plan import Planner
-from services.topology.sources.live import shared_live_source
+from services.topology.sources.live import close_shared_live_source, shared_live_source
 from services.topology.sources.snapshot import load_snapshot
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.config import Settings
@@ -25,9 +25,13 @@ _planners: dict[str, Planner] = {}
 _planners_lock = threading.Lock()
 
 
+def _key(settings: Settings) -> str:
+    return f"snapshot:{settings.snapshot}" if settings.snapshot else f"live:{settings.kubeconfig or ''}"
+
+
 def planner_for(settings: Settings) -> Planner:
     """The process-wide planner for this source (built, and for live synced, on first use). Blocking."""
-    key = f"snapshot:{settings.snapshot}" if settings.snapshot else f"live:{settings.kubeconfig or ''}"
+    key = _key(settings)
     with _planners_lock:
         planner = _planners.get(key)
         if planner is None:
@@ -54,6 +58,13 @@ class TopologyStage(Stage):
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+
+    async def close(self) -> None:
+        """Stop the live watches: they would otherwise retry against an API that is gone."""
+        with _planners_lock:
+            _planners.pop(_key(self.settings), None)
+        if not self.settings.snapshot:
+            await asyncio.to_thread(close_shared_live_source, self.settings.kubeconfig)
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
         started = time.perf_counter()

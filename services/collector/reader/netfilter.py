@@ -9,18 +9,25 @@ Tables that iptables-nft owns (family ip/ip6, named filter/nat/mangle/raw/securi
 read through `iptables-nft-save` only and listed in `nft_tables_via_iptables`; `nft -j`
 covers every other table. That avoids dumping a kube-proxy ruleset twice (its JSON form is
 ~3x the save text and takes longer than the rest of the node).
+
+`iptables-nft-save` needs ~1.3 s for 5,000 kube-proxy Services, so what the nft tools print
+is kept per namespace and reused while nftables' ruleset generation id (NFT_MSG_GETGEN; the
+kernel bumps it on every committed ruleset change) is unchanged — see `NftCache`.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pyroute2.ipset import IPSet
-from pyroute2.nftables.main import NFTables
-
 from services.collector.reader import commands, ipvs
+from services.collector.reader import netlink as nl
 from shared.netstack import IptablesState, NetfilterState
 
 XTABLES = {"filter", "nat", "mangle", "raw", "security"}
@@ -28,6 +35,13 @@ NFPROTO = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 LEGACY_NAMES = {"ip": "/proc/thread-self/net/ip_tables_names", "ip6": "/proc/thread-self/net/ip6_tables_names"}
 SAVE_TOOLS = {("ip", "legacy"): "iptables-legacy-save", ("ip", "nft"): "iptables-nft-save",
               ("ip6", "legacy"): "ip6tables-legacy-save", ("ip6", "nft"): "ip6tables-nft-save"}
+
+# nfnetlink (linux/netfilter/nfnetlink.h, nf_tables.h, ipset/ip_set.h)
+NFNL_SUBSYS_IPSET, NFNL_SUBSYS_NFTABLES = 6, 10
+NFT_MSG_GETTABLE, NFT_MSG_GETGEN = 1, 16
+NFTA_TABLE_NAME, NFTA_GEN_ID = 1, 1
+IPSET_CMD_LIST, IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL = 7, 1, 6
+_NFGENMSG = struct.Struct("=BBH")  # family, version, res_id
 
 
 def has_rules(save: str) -> bool:
@@ -47,48 +61,136 @@ def _legacy_tables(family: str) -> list[str]:
         return []
 
 
-def _nft_tables() -> list[tuple[str, str]]:
-    with NFTables(nfgen_family=0) as nft:
-        return [(NFPROTO.get(t["nfgen_family"], str(t["nfgen_family"])), t.get_attr("NFTA_TABLE_NAME"))
-                for t in nft.get_tables()]
+def _nfnl(sock: nl.Netlink, subsys: int, msg: int, family: int = 0, payload: bytes = b"",
+          dump: bool = True) -> list[tuple[int, nl.Attrs]]:
+    """(nfgen family, attributes) of each reply to one nfnetlink request."""
+    replies = sock.request((subsys << 8) | msg, _NFGENMSG.pack(family, 0, 0) + payload, dump=dump)
+    return [(body[0], nl.attrs(body, _NFGENMSG.size)) for _, body in replies]
 
 
-def _has_ipsets() -> bool:
-    with IPSet() as ips:
-        return any(msg.get_attr("IPSET_ATTR_SETNAME") for msg in ips.list())
+def _nft_generation(sock: nl.Netlink) -> int | None:
+    replies = _nfnl(sock, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, dump=False)
+    return nl.be32(replies[0][1].get(NFTA_GEN_ID)) if replies else None
 
 
-def read_netfilter(errors: list[str]) -> NetfilterState:
-    state = NetfilterState()
+def _nft_tables(sock: nl.Netlink) -> list[tuple[str, str]]:
+    return [(NFPROTO.get(family, str(family)), nl.text(a.get(NFTA_TABLE_NAME)) or "")
+            for family, a in _nfnl(sock, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETTABLE)]
+
+
+def _has_ipsets(sock: nl.Netlink) -> bool:
+    protocol = struct.pack("=HHB3x", 5, IPSET_ATTR_PROTOCOL, IPSET_PROTOCOL)
+    replies = sock.request((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST,
+                           _NFGENMSG.pack(socket.AF_INET, 0, 0) + protocol)
+    return next(replies, None) is not None  # every reply describes a set
+
+
+@dataclass
+class NftRead:
+    """What the nft-side tools printed for one namespace."""
+
+    iptables: IptablesState | None = None
+    ip6tables: IptablesState | None = None
+    nft_ruleset: dict[str, Any] | None = None
+    via_iptables: list[str] = field(default_factory=list)
+
+
+class NftCache:
+    """NftRead per namespace, valid for one (netns cookie, nft generation, legacy table names).
+
+    The generation id changes on every committed nftables change, including every
+    iptables-nft-restore / iptables-nft -A; legacy table names are in the key because
+    iptables-nft-save mentions legacy tables it sees. Counters are not part of the
+    generation: cached save text shows the built-in chains' packet counters as they were at
+    the read (nothing downstream uses them)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self._entries: OrderedDict[tuple[object, ...], NftRead] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> NftRead | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[object, ...], value: NftRead) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+NFT_CACHE = NftCache()
+
+
+def _save(family: str, backend: str, errors: list[str]) -> IptablesState | None:
+    tool = SAVE_TOOLS[(family, backend)]
+    if not commands.available(tool):
+        errors.append(f"{tool} not installed")
+        return None
     try:
-        nft_tables = _nft_tables()
-    except Exception as exc:  # no nf_tables in the kernel: fall back to asking the tools
-        errors.append(f"nftables tables: {exc}")
-        nft_tables = None
-    for family, field in (("ip", state.iptables), ("ip6", state.ip6tables)):
-        backends = []
-        if _legacy_tables(family):
-            backends.append("legacy")
-        if nft_tables is None or any(f == family and name in XTABLES for f, name in nft_tables):
-            backends.append("nft")
-        for backend in backends:
-            tool = SAVE_TOOLS[(family, backend)]
-            if not commands.available(tool):
-                errors.append(f"{tool} not installed")
-                continue
-            try:
-                save = commands.run([tool])
-            except commands.CommandError as exc:
-                errors.append(str(exc))
-                continue
-            field.append(IptablesState(backend=backend, save=save, has_rules=has_rules(save)))
+        save = commands.run([tool])
+    except commands.CommandError as exc:
+        errors.append(str(exc))
+        return None
+    return IptablesState(backend=backend, save=save, has_rules=has_rules(save))
+
+
+def _read_nft_side(tables: list[tuple[str, str]] | None, errors: list[str]) -> NftRead:
+    """tables None: nf_tables could not be listed, so ask the tools anyway."""
+    read = NftRead()
+    for family in ("ip", "ip6"):
+        if tables is None or any(f == family and name in XTABLES for f, name in tables):
+            setattr(read, f"{family}tables", _save(family, "nft", errors))
+    read.nft_ruleset, read.via_iptables = _read_nft(tables, errors)
+    return read
+
+
+def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterState:
+    state = NetfilterState()
+    nft_tables: list[tuple[str, str]] | None = None
+    generation = cookie = None
+    with nl.Netlink(nl.NETLINK_NETFILTER) as sock:
+        try:  # the generation first: a change made while the tools run then misses the cache next time
+            generation = _nft_generation(sock)
+            nft_tables = _nft_tables(sock)
+        except OSError as exc:  # no nf_tables in the kernel: fall back to asking the tools
+            errors.append(f"nftables tables: {exc}")
+        cookie = sock.netns_cookie()
+        try:
+            ipsets = _has_ipsets(sock)
+        except OSError as exc:  # ip_set missing from the kernel
+            errors.append(f"ipset: {exc}")
+            ipsets = False
+    legacy = {family: _legacy_tables(family) for family in ("ip", "ip6")}
+    for family, field_ in (("ip", state.iptables), ("ip6", state.ip6tables)):
+        if legacy[family] and (found := _save(family, "legacy", errors)):
+            field_.append(found)
+    key = None if generation is None or cookie is None else (cookie, generation, *map(tuple, legacy.values()))
+    nft = cache.get(key) if key else None
+    if nft is None:
+        failed = len(errors)
+        nft = _read_nft_side(nft_tables, errors)
+        if key and len(errors) == failed:  # never keep a partial read
+            cache.put(key, nft)
+    for field_, found in ((state.iptables, nft.iptables), (state.ip6tables, nft.ip6tables)):
+        if found is not None:
+            field_.append(found.model_copy())
     used = {s.backend for s in (*state.iptables, *state.ip6tables) if s.has_rules}
     state.mixed_backends = used == {"legacy", "nft"}
-    state.nft_ruleset, state.nft_tables_via_iptables = _read_nft(nft_tables, errors)
+    state.nft_ruleset, state.nft_tables_via_iptables = nft.nft_ruleset, list(nft.via_iptables)
     try:
-        if _has_ipsets() and commands.available("ipset"):
+        if ipsets and commands.available("ipset"):
             state.ipsets = commands.run(["ipset", "save"])
-    except Exception as exc:  # ip_set missing from the kernel, or the tool failed
+    except commands.CommandError as exc:
         errors.append(f"ipset: {exc}")
     try:
         state.ipvs = ipvs.read_ipvs()

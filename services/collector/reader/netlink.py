@@ -22,12 +22,13 @@ NLM_F_REQUEST = 0x1
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+SO_NETNS_COOKIE = 71
 NLA_TYPE_MASK = 0x3FFF  # strips NLA_F_NESTED and NLA_F_NET_BYTEORDER
 
 _HEADER = struct.Struct("=IHHII")
 _ATTR = struct.Struct("=HH")
 _RECV_BYTES = 256 * 1024
-_U16, _U32, _I32, _BE16, _BE32 = (struct.Struct(f) for f in ("=H", "=I", "=i", ">H", ">I"))
+_U16, _U32, _U64, _I32, _BE16, _BE32 = (struct.Struct(f) for f in ("=H", "=I", "=Q", "=i", ">H", ">I"))
 
 Attrs = dict[int, bytes]
 
@@ -110,8 +111,12 @@ class Netlink:
     def close(self) -> None:
         self._sock.close()
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
+    def netns_cookie(self) -> int | None:
+        """A 64-bit id of the socket's namespace that the kernel never reuses (unlike inodes)."""
+        try:
+            return _U64.unpack(self._sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
+        except OSError:  # kernel < 5.14
+            return None
 
     def request(self, msg_type: int, payload: bytes, *, dump: bool = True) -> Iterator[tuple[int, bytes]]:
         """Send one request; yield (type, payload) of every reply until the dump ends (dump)

@@ -14,6 +14,7 @@ TCP_LISTEN = 10
 ALL_STATES = 0xFFFFFFFF
 # inet_diag_req_v2: family, protocol, ext, pad, states, then a zeroed inet_diag_sockid (48 bytes)
 _REQUEST = struct.Struct("=BBBxI48x")
+# inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid: sport, dport (big-endian), src
 _PORTS = struct.Struct(">HH")
 _ADDR_LEN = {socket.AF_INET: 4, socket.AF_INET6: 16}
 

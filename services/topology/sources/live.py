@@ -225,6 +225,13 @@ def shared_live_source(kubeconfig: Path | str | None = None) -> LiveSource:
         return source
 
 
+def close_shared_live_source(kubeconfig: Path | str | None = None) -> None:
+    with _registry_lock:
+        source = _registry.pop(str(kubeconfig or ""), None)
+    if source is not None:
+        source.stop()
+
+
 def close_shared_live_sources() -> None:
     with _registry_lock:
         for source in _registry.values():

@@ -64,7 +64,7 @@ nats://{{ include "netdiag.natsName" . }}.{{ .Release.Namespace }}.svc:4222
 {{- end -}}
 
 {{- define "netdiag.natsAuth" -}}
-{{- and .Values.nats.auth.enabled (not .Values.nats.external.url) -}}
+{{- if and .Values.nats.auth.enabled (not .Values.nats.external.url) -}}true{{- end -}}
 {{- end -}}
 
 {{/* environment every netdiag container shares: (dict "ctx" $ "user" "netdiag"|"agent") */}}

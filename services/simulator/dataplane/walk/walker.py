@@ -135,9 +135,11 @@ class Walker:
     def service_vip(self, st: FlowState) -> bool:
         """Is the packet still addressed to the Service (its ClusterIP/external/LB address and port)?"""
         res = self.report.service
-        if res is None or st.dport != res.port:
+        if res is None:
             return False
-        return st.dst in {*res.cluster_ips, *res.external_ips, *res.load_balancer_ips}
+        if res.node_port is not None and st.dport == res.node_port and st.dst in self.node_ips:
+            return True
+        return st.dport == res.port and st.dst in {*res.cluster_ips, *res.external_ips, *res.load_balancer_ips}
 
     # ------------------------------------------------------------ driving
 
@@ -363,6 +365,8 @@ class Walker:
     def _undo_nat(self, c: Cursor, view: NetnsView, hook: str) -> None:
         """conntrack's reverse NAT for a reply: un-SNAT (destination) before routing, un-DNAT (source)
         on the way out, in the namespace that translated the request."""
+        if hook not in ("PREROUTING", "OUTPUT", "POSTROUTING", "INPUT"):
+            return
         dst_side = hook in ("PREROUTING", "OUTPUT")
         for entry in list(c.trail.pending_reverse):
             if entry.place != view.place or entry.rewrites_destination == dst_side:
