@@ -38,7 +38,7 @@ class Settings(BaseModel):
     # gateway access (services/gateway/auth.py): no tokens configured = open (the local stack)
     auth_tokens: str | None = Field(None, description="comma-separated bearer tokens the gateway accepts")
     auth_tokens_file: Path | None = Field(None, description="file with one accepted bearer token per line")
-    rate_limit_rps: float = Field(20.0, gt=0, description="sustained requests per second per client")
+    rate_limit_rps: float | None = Field(None, gt=0, description="sustained requests/s per client (None: no limit)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
 

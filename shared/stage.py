@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
+from shared import metrics
 from shared.bus import STREAM, SUBJECT_COMPLETED, Bus
 from shared.schemas import StageEnvelope
 
@@ -127,6 +128,7 @@ class StageRunner:
         started = time.perf_counter()
         with tracer.start_as_current_span(f"netdiag.{self.stage.name}", context=ctx) as span:
             span.set_attribute("netdiag.diagnosis_id", env.id)
+            metrics.stage_received(self.stage.name, attempt)
             if attempt > self.max_deliver:
                 await fail_diagnosis(self.bus, env, self.stage.name, "gave up after repeated errors")
                 await msg.ack()
@@ -140,6 +142,7 @@ class StageRunner:
                     await self.bus.publish_model(self.stage.output_subject, out, msg_id=_output_msg_id(self.stage, out))
             except Exception as exc:  # any handler fault: retry, then fail the diagnosis with the reason
                 reason = f"{type(exc).__name__}: {exc}"
+                metrics.STAGE_ERRORS.labels(self.stage.name).inc()
                 log.warning("%s: diagnosis %s attempt %d failed: %s", self.stage.name, env.id, attempt, reason)
                 span.record_exception(exc)
                 if attempt >= self.max_deliver:
@@ -152,6 +155,7 @@ class StageRunner:
                 return
         await msg.ack()
         self.handled += 1
+        metrics.STAGE_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
         await self.bus.progress(env.id, self.stage.name, "done", elapsed_ms=round(
             (time.perf_counter() - started) * 1000, 3))
 

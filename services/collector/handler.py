@@ -15,6 +15,7 @@ from typing import Any
 import nats
 
 from services.collector.agent import blob_name, request_dump
+from shared import metrics
 from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
 from shared.config import Settings
@@ -104,6 +105,7 @@ class CollectorStage(Stage):
                                        diagnosis_id=env.id, pod_ips=pod_ips)
         except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
             ms = (time.perf_counter() - started) * 1000
+            metrics.COLLECTOR_TIMEOUTS.labels(node).inc()
             await self.bus.progress(env.id, self.name, "progress", f"{node} did not answer", node=node,
                                     ms=round(ms, 1), ok=False)
             return NodeOutcome(node, ms=ms, finding=finding(

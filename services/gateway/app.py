@@ -20,6 +20,7 @@ from nats.js.api import DeliverPolicy
 from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
+from services.gateway.auth import security_middlewares
 from services.gateway.openapi import openapi_document
 from services.gateway.store import ResultStore
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_STORED, Bus, progress_subject
@@ -283,13 +284,14 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def create_app(bus: Bus) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors])
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, *security_middlewares(bus.settings)])
     app[BUS] = bus
     app[STORE] = ResultStore(bus)
     app[STREAMS] = set()
     app.on_shutdown.append(_end_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_post("/api/v1/diagnoses", create_diagnosis)
     app.router.add_get("/api/v1/diagnoses", list_diagnoses)
     app.router.add_get("/api/v1/diagnoses/{id}", get_diagnosis)

@@ -75,6 +75,7 @@ class ResultSink(Stage):
     async def handle(self, env: StageEnvelope) -> None:
         diagnosis = diagnosis_from_envelope(env)
         await self.store.save(diagnosis)
+        metrics.record_diagnosis(diagnosis.result.verdict.value if diagnosis.result else None)
         await self.bus.progress(env.id, "gateway", "result", diagnosis.status.value)
         await self.bus.nc.publish(SUBJECT_STORED, env.id.encode())
         return None

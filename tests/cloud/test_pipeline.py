@@ -26,10 +26,15 @@ from lab.cloudemu import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, CloudEmulator
 from lab.cloudstate import cloud_state, ids, load_balancer_id, with_fault
 from lab.dataplane import Lab
 from lab.objects import scenario_objects
-from lab.scenario import ResolvedScenario, Scenario, resolve
+from lab.scenario import CloudSpec, ResolvedScenario, Scenario, resolve
+from services.simulator.cloudpath import apply_cloud
 from services.stack import EmbeddedStack
+from shared.cloud import empty_inventory
 from shared.codes import CATALOGUE
 from shared.config import Settings
+from shared.schemas import DiagnosisRequest, FinalState, Hop, HopKind
+from shared.schemas import Path as ResultPath
+from shared.topology import CandidatePath, Endpoint, EndpointKind, TopologyReport
 from tests.foundation.helpers import run_to_end
 from tests.lab.conftest import new_prefix, require_root
 
@@ -214,6 +219,43 @@ async def test_one_unhealthy_backend_is_reported_not_fatal(stacks: dict[str, Emb
     assert [f["severity"] for f in unhealthy] == ["warning"]
     assert rs.node("node-1").ip in unhealthy[0]["message"]
     assert result["verdict"] != "UNREACHABLE"
+
+
+def test_cloud_state_matches_the_lab_objects() -> None:
+    rs = LABS["host-gw"]
+    state = cloud_state(rs)
+    nodes = {o["metadata"]["name"]: o for o in scenario_objects(rs) if o["kind"] == "Node"}
+    for inst in state["instances"]:
+        node = nodes[inst["InstanceName"]]
+        assert node["spec"]["providerID"] == f"cn-hangzhou.{inst['InstanceId']}"
+        assert inst["PrivateIpAddress"] == [a["address"] for a in node["status"]["addresses"]
+                                            if a["type"] == "InternalIP"]
+    routes = {e["DestinationCidrBlock"]: e["NextHopId"] for e in state["route_tables"][0]["Entries"]}
+    assert routes == {**{n.pod_cidr: i["InstanceId"] for n, i in zip(rs.nodes, state["instances"], strict=True)},
+                      "0.0.0.0/0": ids(rs)["nat"]}
+    (lb,) = state["load_balancers"]
+    assert lb["Address"] == rs.services[0].load_balancer_ip
+    assert [(li["ListenerPort"], li["BackendServerPort"]) for li in lb["Listeners"]] == [
+        (p.spec.port, p.node_port) for p in rs.services[0].ports]
+    # a scenario can carry its cloud fault as a JSON Patch
+    patched = rs.scenario.model_copy(update={"cloud": CloudSpec(patch=[
+        {"op": "replace", "path": "/load_balancers/0/LoadBalancerStatus", "value": "inactive"}])})
+    assert cloud_state(resolve(patched))["load_balancers"][0]["LoadBalancerStatus"] == "inactive"
+
+
+def test_no_modelled_cloud_leaves_paths_alone() -> None:
+    rs = LABS["host-gw"]
+    report = TopologyReport(
+        source="test", src=Endpoint(address=rs.pod("client").ip, kind=EndpointKind.POD, pod="default/client",
+                                    node="node-1"),
+        dst=Endpoint(address=rs.pod("server").ip, kind=EndpointKind.POD, pod="default/server", node="node-2"),
+        paths=[CandidatePath(id="p0", src_node="node-1", dst_node="node-2", dst_address=rs.pod("server").ip)])
+    req = DiagnosisRequest(src=rs.pod("client").ip, dst=rs.pod("server").ip, port=8080, protocol="tcp")
+    paths = [ResultPath(id="p0", final=FinalState.DELIVER, hops=[
+        Hop(id="pod:default/client", kind=HopKind.POD, name="client", node="node-1"),
+        Hop(id="pod:default/server", kind=HopKind.POD, name="server", node="node-2")])]
+    for inventory in (None, empty_inventory()):
+        assert apply_cloud(paths, report, inventory, req) == (paths, [], [])
 
 
 def test_every_cloud_code_is_covered() -> None:

@@ -10,6 +10,7 @@ matching the namespace's addresses against the pod IPs the caller passes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
 from collections.abc import Callable
@@ -18,21 +19,14 @@ from datetime import UTC, datetime
 from services.collector.reader import netfilter, netns, procfs, rtnl, sockets
 from services.collector.reader.facts import read_facts
 from services.collector.reader.netns import NetnsRef
-from shared.netstack import NetnsDump, NodeDump
+from shared.netstack import NetnsDump, NodeDump, NodeFacts
 
 HOST_ID = "host"
 HOST_KEY = "host"
 
 
-def _read_namespace(ns_id: str, ref: NetnsRef, lookups: dict[str, str],
-                    accept: Callable[[rtnl.RtnlState], bool] | None = None,
-                    ) -> tuple[NetnsDump, rtnl.RtnlState] | None:
-    """Everything about one namespace; runs inside it. None when `accept` rejects it."""
-    rt = rtnl.read_rtnl(lookups)
-    if accept is not None and not accept(rt):
-        return None
-    dump = NetnsDump(id=ns_id, inode=ref.inode, names=ref.names, links=rt.links, routes=rt.routes,
-                     rules=rt.rules, neighbors=rt.neighbors, fdb=rt.fdb)
+def _read_rest(dump: NetnsDump, rt: rtnl.RtnlState) -> NetnsDump:
+    """Everything but rtnetlink about one namespace; runs inside it."""
     parts: list[tuple[str, Callable[[], object]]] = [
         ("sysctls", lambda: procfs.read_sysctls([link.name for link in rt.links])),
         ("netfilter", lambda: netfilter.read_netfilter(dump.errors)),
@@ -44,7 +38,20 @@ def _read_namespace(ns_id: str, ref: NetnsRef, lookups: dict[str, str],
             setattr(dump, name, read())
         except Exception as exc:  # one unreadable part must not cost the rest of the namespace
             dump.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-    return dump, rt
+    return dump
+
+
+def _new_dump(ns_id: str, ref: NetnsRef, rt: rtnl.RtnlState) -> NetnsDump:
+    return NetnsDump(id=ns_id, inode=ref.inode, names=ref.names, links=rt.links, routes=rt.routes,
+                     rules=rt.rules, neighbors=rt.neighbors, fdb=rt.fdb)
+
+
+def _read_pod(ref: NetnsRef, lookups: dict[str, str]) -> tuple[NetnsDump, rtnl.RtnlState] | None:
+    """A pod namespace in full; None when it turns out not to be a pod of this node."""
+    rt = rtnl.read_rtnl(lookups)
+    if not _is_pod_of(rt):
+        return None
+    return _read_rest(_new_dump(ref.id, ref, rt), rt), rt
 
 
 def _is_pod_of(rt: rtnl.RtnlState) -> bool:
@@ -98,20 +105,23 @@ def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, st
     host_ref = netns.host_ref(netns_name)
     candidates = netns.discover(host_ref.inode)
     lookups = {str(c.inode): c.path for c in candidates}
-    host_result = netns.run_in(host_ref, lambda: _read_namespace(HOST_ID, host_ref, lookups))
-    assert host_result is not None
-    host, host_rt = host_result
+    # the host's links tell which namespaces to visit; its netfilter (a tool run that can take
+    # a second) is then read alongside the pods rather than before them
+    host_rt = netns.run_in(host_ref, lambda: rtnl.read_rtnl(lookups))
+    host = _new_dump(HOST_ID, host_ref, host_rt)
     peer_nsids = set(host_rt.peer_nsids.values())
     linked = [c for c in candidates if host_rt.nsids.get(str(c.inode), -1) in peer_nsids]
     pod_lookups = {HOST_KEY: host_ref.path}
-
-    def reader(ref: NetnsRef) -> Callable[[], tuple[NetnsDump, rtnl.RtnlState] | None]:
-        return lambda: _read_namespace(ref.id, ref, pod_lookups, accept=_is_pod_of)
-
-    results = netns.run_many([(ref, reader(ref)) for ref in linked], workers=workers)
+    # facts may run version commands (kubelet --version): they overlap the reads too
+    tasks: list[tuple[NetnsRef, Callable[[], object]]] = [(host_ref, lambda: _read_rest(host, host_rt)),
+                                                         (host_ref, read_facts)]
+    tasks += [(ref, functools.partial(_read_pod, ref, pod_lookups)) for ref in linked]
+    host_result, facts, *pod_results = netns.run_many(tasks, workers=workers)
+    if isinstance(host_result, BaseException):
+        raise host_result
     errors: list[str] = []
     pods = []
-    for ref, result in zip(linked, results, strict=True):
+    for ref, result in zip(linked, pod_results, strict=True):
         if isinstance(result, BaseException):
             errors.append(f"netns {ref.id} ({ref.path}): {type(result).__name__}: {result}")
         elif result is not None:
@@ -119,13 +129,10 @@ def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, st
     _link_peers(host, host_rt, pods, {str(c.inode): c.inode for c in candidates})
     pod_dumps = [p for p, _ in pods]
     _name_pods(pod_dumps, pod_ips or {})
-    try:
-        facts = read_facts()
-    except Exception as exc:  # facts are informative only
-        errors.append(f"facts: {exc}")
-        facts = None
     dump = NodeDump(node=node, collected_at=collected_at, host=host, pods=pod_dumps, errors=errors)
-    if facts is not None:
+    if isinstance(facts, NodeFacts):
         dump.facts = facts
+    else:  # facts are informative only
+        errors.append(f"facts: {facts}")
     dump.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     return dump

@@ -174,7 +174,9 @@ def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterS
     for family, field_ in (("ip", state.iptables), ("ip6", state.ip6tables)):
         if legacy[family] and (found := _save(family, "legacy", errors)):
             field_.append(found)
-    key = None if generation is None or cookie is None else (cookie, generation, *map(tuple, legacy.values()))
+    key = None
+    if nft_tables and generation is not None and cookie is not None:  # pods have no tables: nothing to keep
+        key = (cookie, generation, *map(tuple, legacy.values()))
     nft = cache.get(key) if key else None
     if nft is None:
         failed = len(errors)

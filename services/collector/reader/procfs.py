@@ -6,6 +6,7 @@ kernel); /proc/self/net would show the thread group leader's namespace instead.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 SYSCTL_ROOT = Path("/proc/sys/net")
@@ -18,11 +19,17 @@ DEVICE_SYSCTLS = ("forwarding", "rp_filter", "route_localnet", "proxy_arp", "acc
 COUNTER_FILES = ("netstat", "snmp")
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return " ".join(path.read_text().split())
+def _read(path: str) -> str | None:
+    try:  # plain fd calls: a node dump reads ~2,000 of these small files
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:  # not in this kernel, or the device went away mid-read
         return None
+    try:
+        return " ".join(os.read(fd, 4096).decode().split())
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def read_sysctls(devices: list[str]) -> dict[str, str]:
@@ -31,7 +38,7 @@ def read_sysctls(devices: list[str]) -> dict[str, str]:
     keys = list(GLOBAL_SYSCTLS)
     keys += [f"ipv4/conf/{dev}/{name}" for dev in devices for name in DEVICE_SYSCTLS]
     for key in keys:
-        value = _read(SYSCTL_ROOT / key)
+        value = _read(f"{SYSCTL_ROOT}/{key}")
         if value is not None:
             values[key] = value
     return values

@@ -208,6 +208,8 @@ class Crossing:
                 return self.w.no_endpoint(c, view, f"{dst} is a virtual address with no endpoint behind it")
             self.w._rules_missing(c, view, "routing")
             return []
+        if self.w.virtual(dst) and not self.w.reply:
+            return self._untranslated(c, view, dst)
         expected_node = self.w.node_for_pod_network(dst) or (
             self.w.report.dst.node if self.w.pod_ips.get(dst) else None)
         if expected_node is not None:
@@ -223,6 +225,20 @@ class Crossing:
                      "cluster's nodes", packet(c.st, c.iif, link.name))
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
+
+    def _untranslated(self, c: Cursor, view: NetnsView, dst: IPAddress) -> list:
+        """A Service-range address leaving the node untranslated: nothing behind it will answer."""
+        known = next((f for f in self.w.expect.findings if f.code in ("SERVICE_PORT_NOT_FOUND",
+                                                                       "SERVICE_NO_ENDPOINT")), None)
+        detail = f"{dst}:{c.st.dport}/{c.st.protocol} is a Service address no rule translated: it leaves {view.node} " \
+                 "untranslated and nothing answers it"
+        if known is not None:
+            hop = c.trail.hop_by_id(known.hop or view.hop_id, kind=HopKind.SERVICE, name=(known.hop or "").split(
+                ":", 1)[-1])
+            c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, detail, packet(c.st))
+            return self.w.finish(c, FinalState.DROP, known.code, known)
+        return self.w.drop(c, finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node,
+                                      what=f"{dst}:{c.st.dport}/{c.st.protocol}"), view, detail, StepKind.SERVICE)
 
     # ------------------------------------------------------------ vxlan
 

@@ -132,6 +132,14 @@ class Walker:
         c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st))
         return self.finish(c, FinalState.DROP, found.code, found)
 
+    def virtual(self, addr: IPAddress) -> bool:
+        """A Service address (ClusterIP range): only kube-proxy's rules give it meaning."""
+        res = self.report.service
+        if res is not None and addr in res.cluster_ips:
+            return True
+        return any(addr in ipaddress.ip_network(c, strict=False) for c in self.report.cluster.service_cidrs
+                   if ipaddress.ip_network(c, strict=False).version == addr.version)
+
     def service_vip(self, st: FlowState) -> bool:
         """Is the packet still addressed to the Service (its ClusterIP/external/LB address and port)?"""
         res = self.report.service
@@ -469,8 +477,10 @@ class Walker:
         targets = {n.after for br in branches for n in br.nat if n.kind == "DNAT"}
         if not targets:
             return
+        external = cursors[0].st.orig_dst not in res.cluster_ips if cursors else False
+        local_only = res.external_traffic_policy == "Local" if external else res.internal_traffic_policy == "Local"
         for b in res.backends:
-            if not b.ready or b.port is None:
+            if not b.ready or b.port is None or (local_only and b.node != view.node):
                 continue
             ep = f"{b.address}:{b.port}" if b.address.version == 4 else f"[{b.address}]:{b.port}"
             if ep not in targets:

@@ -1,0 +1,98 @@
+"""The nft-side cache (services/collector/reader/netfilter.py, `NftCache`) against real
+namespaces: reused while the ruleset is unchanged, and every kind of change — an iptables-nft
+rule, a native nft table, legacy tables appearing — is seen by the very next dump."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from services.collector.reader import collect_node, commands, netfilter
+from tests.collector.netns_fixture import sh
+
+pytestmark = pytest.mark.lab
+
+RULES = """*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+-A PREROUTING -j KUBE-SERVICES
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.244.1.10:8080
+COMMIT
+"""
+
+
+@pytest.fixture
+def nodes() -> Iterator[tuple[str, str]]:
+    """Two node namespaces loaded the same way, so their nft generation ids are equal."""
+    prefix = f"nc{uuid.uuid4().hex[:6]}"
+    made: list[str] = []
+    try:
+        for name in (f"{prefix}-a", f"{prefix}-b"):
+            sh("ip", "netns", "add", name)
+            made.append(name)
+            sh("ip", "netns", "exec", name, "iptables-nft-restore", input=RULES.replace("10.244.1.10", name))
+        yield made[0], made[1]
+    finally:
+        for name in made:
+            sh("ip", "netns", "del", name)
+
+
+@pytest.fixture
+def tool_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tools the reader ran (it still runs them: this only records argv[0])."""
+    runs: list[str] = []
+    real = commands.run
+
+    def recording(argv: list[str], **kwargs: object) -> str:
+        runs.append(argv[0])
+        return real(argv, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(commands, "run", recording)
+    netfilter.NFT_CACHE.clear()
+    return runs
+
+
+def nft_save(node: str) -> str:
+    dump = collect_node("n", node)
+    return next(s.save for s in dump.host.netfilter.iptables if s.backend == "nft")
+
+
+def test_unchanged_ruleset_is_read_once(nodes: tuple[str, str], tool_runs: list[str]) -> None:
+    a, _ = nodes
+    first = nft_save(a)
+    assert tool_runs == ["iptables-nft-save"]
+    assert nft_save(a) == first and tool_runs == ["iptables-nft-save"]
+
+
+def test_every_change_is_seen_by_the_next_dump(nodes: tuple[str, str], tool_runs: list[str]) -> None:
+    a, _ = nodes
+    assert "--dport 443" not in nft_save(a)
+    sh("ip", "netns", "exec", a, "iptables-nft", "-t", "nat", "-A", "KUBE-SERVICES", "-d", "10.96.0.11/32",
+       "-p", "tcp", "--dport", "443", "-j", "DNAT", "--to-destination", "10.244.1.11:8443")
+    assert "--dport 443 -j DNAT --to-destination 10.244.1.11:8443" in nft_save(a)
+    sh("ip", "netns", "exec", a, "iptables-nft", "-t", "nat", "-D", "KUBE-SERVICES", "1")
+    assert "10.96.0.10/32" not in nft_save(a)
+
+    # a native nft table is part of the same generation
+    sh("ip", "netns", "exec", a, "nft", "add", "table", "inet", "extra")
+    ruleset = collect_node("n", a).host.netfilter.nft_ruleset
+    assert ruleset and [i["table"]["name"] for i in ruleset["nftables"] if "table" in i] == ["extra"]
+
+    # legacy tables do not bump the nft generation, but iptables-nft-save mentions them
+    sh("ip", "netns", "exec", a, "iptables-legacy", "-t", "raw", "-A", "PREROUTING", "-j", "ACCEPT")
+    runs_before = len(tool_runs)
+    nf = collect_node("n", a).host.netfilter
+    assert "iptables-nft-save" in tool_runs[runs_before:] and nf.mixed_backends
+    assert tool_runs.count("iptables-nft-save") == 5  # one per dump: no change was served from the cache
+
+
+def test_namespaces_with_equal_generations_do_not_share_entries(nodes: tuple[str, str], tool_runs: list[str]) -> None:
+    a, b = nodes
+    assert f"--to-destination {a}" in nft_save(a)
+    assert f"--to-destination {b}" in nft_save(b)
+    assert f"--to-destination {a}" in nft_save(a) and tool_runs == ["iptables-nft-save"] * 2

@@ -1,0 +1,258 @@
+"""The Helm chart, linted and rendered offline by the real Helm engine (helm-python-sdk binds
+Helm's Go SDK, v4), for default and non-default values. Every rendered object must validate
+strictly against the official `kubernetes` client's models (unknown fields refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import pytest
+import yaml
+from kubernetes import client
+
+from services.topology.sources.live import resources
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "netdiag"
+RELEASE, NAMESPACE = "nd", "netdiag"
+AGENT_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
+STAGES = ("topology", "collector", "cloud", "simulator")
+
+NON_DEFAULT: dict[str, Any] = {
+    "image": {"repository": "registry.example.com/netdiag", "tag": "1.2.3"},
+    "stages": {"topology": {"replicas": 2}, "collector": {"replicas": 5}, "cloud": {"replicas": 0},
+               "simulator": {"replicas": 4, "resources": {"limits": {"cpu": "2", "memory": "2Gi"}}}},
+    "gateway": {"replicas": 3, "ingress": {"enabled": True, "className": "nginx", "host": "nd.example.org",
+                                           "tlsSecretName": "nd-tls"},
+                "auth": {"tokens": ["0123456789abcdef0123", "fedcba9876543210fedc"]},
+                "service": {"type": "LoadBalancer", "port": 8443}},
+    "nats": {"external": {"url": "nats://nats-0.nats:4222,nats://nats-1.nats:4222"}, "streamReplicas": 3},
+    "cloud": {"provider": "alibaba", "region": "cn-hangzhou",
+              "credentials": {"accessKeyId": "LTAIexample", "accessKeySecret": "s3cr3t"}},
+    "rbac": {"configMapNamespaces": ["kube-system", "kube-flannel"]},
+    "networkPolicy": {"gatewayFrom": [{"namespaceSelector": {"matchLabels": {"team": "sre"}}}],
+                      "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
+    "metrics": {"enabled": False},
+    "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318"},
+    "logLevel": "debug",
+}
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objects = []
+    for path, text in sorted(manifests.items()):
+        if path.endswith(".txt"):
+            continue
+        objects += [doc for doc in yaml.safe_load_all(text) if doc]
+    return objects
+
+
+def notes(values: dict[str, Any] | None = None) -> str:
+    with helm.Chart.load(CHART) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return manifests["netdiag/templates/NOTES.txt"]
+
+
+def validate(obj: dict[str, Any]) -> Any:
+    """Strict: the official client's pydantic model for the kind, unknown fields forbidden."""
+    group_version, kind = obj["apiVersion"], obj["kind"]
+    assert group_version.endswith("v1"), f"{kind} uses {group_version}: only GA APIs"
+    model = getattr(client, f"V1{kind}")
+    parsed = model.model_validate(obj)
+    assert parsed.metadata.name, obj
+    return parsed
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_chart_lints_clean(values: dict[str, Any] | None) -> None:
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
+    problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
+    assert report["errors"] == [] and problems == [], report
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_every_rendered_object_is_a_valid_kubernetes_object(values: dict[str, Any] | None) -> None:
+    objects = render(values)
+    assert len(objects) > 10
+    for obj in objects:
+        validate(obj)
+        labels = obj["metadata"].get("labels") or {}
+        assert labels.get("app.kubernetes.io/instance") == RELEASE, obj["metadata"]["name"]
+    names = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+    assert len(names) == len(set(names)), "duplicate objects"
+
+
+def test_default_install_workloads() -> None:
+    objects = render()
+    deployments = by_kind(objects, "Deployment")
+    assert set(deployments) == {f"{RELEASE}-netdiag-{n}" for n in (*STAGES, "gateway")}
+    for name, dep in deployments.items():
+        spec = pod_spec(dep)
+        (container,) = spec["containers"]
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], name
+        assert sc["capabilities"] == {"drop": ["ALL"]}, name
+        assert container["resources"]["requests"], name
+        env = {e["name"]: e for e in container["env"]}
+        assert env["NETDIAG_NATS_URL"]["value"] == f"nats://{RELEASE}-netdiag-nats.{NAMESPACE}.svc:4222"
+        assert env["NETDIAG_STREAM_REPLICAS"]["value"] == "3"
+        assert env["NETDIAG_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "netdiag-password"
+        # only the topology stage gets an API token
+        assert spec["automountServiceAccountToken"] is name.endswith("topology"), name
+    assert pod_spec(deployments[f"{RELEASE}-netdiag-topology"])["containers"][0]["args"][-2:] == [
+        "services.topology", "run"]
+
+    gateway = pod_spec(deployments[f"{RELEASE}-netdiag-gateway"])["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert {e["name"] for e in gateway["env"]} >= {"NETDIAG_AUTH_TOKENS_FILE", "NETDIAG_RATE_LIMIT_RPS"}
+    auth = by_kind(objects, "Secret")[f"{RELEASE}-netdiag-auth"]
+    assert len(auth["data"]["tokens"]) >= 40  # a generated token
+    assert f"{RELEASE}-netdiag-gateway" in by_kind(objects, "Service")
+    assert by_kind(objects, "Ingress") == {}
+
+
+def test_agent_daemonset_has_only_what_it_needs() -> None:
+    (agent,) = by_kind(render(), "DaemonSet").values()
+    spec = pod_spec(agent)
+    assert spec["hostNetwork"] is True and spec["hostPID"] is True
+    assert spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert spec["tolerations"] == [{"operator": "Exists"}]  # every taint
+    assert spec["automountServiceAccountToken"] is False
+    (container,) = spec["containers"]
+    sc = container["securityContext"]
+    assert sc["privileged"] is False and sc["runAsUser"] == 0
+    assert sc["capabilities"]["drop"] == ["ALL"] and set(sc["capabilities"]["add"]) == AGENT_CAPABILITIES
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    assert {v["name"]: v for v in spec["volumes"]}["netns"]["hostPath"]["path"] == "/var/run/netns"
+    assert container["args"][-2:] == ["--node", "$(NODE_NAME)"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env["NETDIAG_NATS_USER"]["value"] == "agent"  # the restricted NATS identity
+
+
+def test_agent_capabilities_are_justified_in_the_template() -> None:
+    text = (CHART / "templates" / "agent.yaml").read_text()
+    for cap in AGENT_CAPABILITIES:
+        comment = text.split(f"- {cap}")[0].rsplit("capabilities", 1)[-1]
+        assert f"# {cap}:" in comment, f"{cap} has no justification comment"
+
+
+def test_rbac_is_read_only_and_exactly_what_the_live_source_uses() -> None:
+    objects = render()
+    (role,) = by_kind(objects, "ClusterRole").values()
+    granted = {(group, res): set(rule["verbs"]) for rule in role["rules"] for group in rule["apiGroups"]
+               for res in rule["resources"]}
+    used = {r.kind for r in resources(client.ApiClient())}
+    plural = {"Node": ("", "nodes"), "Namespace": ("", "namespaces"), "Pod": ("", "pods"),
+              "Service": ("", "services"), "EndpointSlice": ("discovery.k8s.io", "endpointslices"),
+              "NetworkPolicy": ("networking.k8s.io", "networkpolicies"), "DaemonSet": ("apps", "daemonsets")}
+    assert set(granted) == {plural[k] for k in used if k != "ConfigMap"}
+    assert all(verbs == {"list", "watch"} for verbs in granted.values())  # the informer lists and watches
+    (config_role,) = by_kind(objects, "Role").values()
+    assert config_role["metadata"]["namespace"] == "kube-system"
+    assert config_role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]
+    assert not any("secrets" in r["resources"] for o in by_kind(objects, "Role").values() for r in o["rules"])
+
+
+def test_default_nats_is_a_three_replica_jetstream_cluster() -> None:
+    objects = render()
+    (sts,) = by_kind(objects, "StatefulSet").values()
+    assert sts["spec"]["replicas"] == 3
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "2Gi"
+    conf = by_kind(objects, "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
+    assert "jetstream {" in conf and "cluster {" in conf
+    assert conf.count(f"-headless.{NAMESPACE}.svc:6222") == 3
+    assert "user: agent" in conf and '"netdiag.node.*.collect"' in conf
+    assert "netdiag.diagnosis" not in conf.split("user: agent")[1]  # agents cannot publish diagnosis events
+    assert f"{RELEASE}-netdiag-nats" in by_kind(objects, "PodDisruptionBudget")
+
+
+def test_network_policies_deny_by_default() -> None:
+    policies = by_kind(render(), "NetworkPolicy")
+    assert set(policies) == {f"{RELEASE}-netdiag-{n}" for n in ("stages", "gateway", "nats")}
+    stages = policies[f"{RELEASE}-netdiag-stages"]["spec"]
+    assert stages["policyTypes"] == ["Ingress"]
+    assert [p["port"] for rule in stages["ingress"] for p in rule["ports"]] == [9090]  # metrics only
+    nats = policies[f"{RELEASE}-netdiag-nats"]["spec"]["ingress"]
+    cluster_rule = next(r for r in nats if r["ports"][0]["port"] == 6222)
+    assert cluster_rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "nats"
+
+
+def test_non_default_values_take_effect() -> None:
+    objects = render(NON_DEFAULT)
+    deployments = by_kind(objects, "Deployment")
+    assert {n.removeprefix(f"{RELEASE}-netdiag-"): d["spec"]["replicas"] for n, d in deployments.items()} == {
+        "topology": 2, "collector": 5, "cloud": 0, "simulator": 4, "gateway": 3}
+    assert by_kind(objects, "StatefulSet") == {} and by_kind(objects, "ConfigMap") == {}  # external NATS
+    cloud = pod_spec(deployments[f"{RELEASE}-netdiag-cloud"])
+    container = cloud["containers"][0]
+    assert container["image"] == "registry.example.com/netdiag:1.2.3"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NETDIAG_NATS_URL"] == NON_DEFAULT["nats"]["external"]["url"]
+    assert env["NETDIAG_CLOUD_PROVIDER"] == "alibaba" and env["NETDIAG_CLOUD_REGION"] == "cn-hangzhou"
+    assert env["NETDIAG_CLOUD_CREDENTIALS_FILE"] == "/var/run/secrets/netdiag/cloud"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.observability:4318"
+    assert "NETDIAG_NATS_PASSWORD" not in env and "NETDIAG_METRICS_PORT" not in env
+    secret = by_kind(objects, "Secret")[f"{RELEASE}-netdiag-cloud"]
+    assert set(secret["data"]) == {"access-key-id", "access-key-secret"}  # the key files alibaba.py reads
+    assert {v["name"]: v for v in cloud["volumes"]}["cloud-credentials"]["secret"]["secretName"] == secret[
+        "metadata"]["name"]
+    (ingress,) = by_kind(objects, "Ingress").values()
+    assert ingress["spec"]["ingressClassName"] == "nginx" and ingress["spec"]["tls"][0]["secretName"] == "nd-tls"
+    assert by_kind(objects, "Service")[f"{RELEASE}-netdiag-gateway"]["spec"]["type"] == "LoadBalancer"
+    assert sorted(o["metadata"]["namespace"] for o in objects if o["kind"] == "Role") == ["kube-flannel",
+                                                                                          "kube-system"]
+    policies = by_kind(objects, "NetworkPolicy")
+    assert f"{RELEASE}-netdiag-nats" not in policies
+    assert policies[f"{RELEASE}-netdiag-stages"]["spec"]["ingress"] == []  # no metrics port: nothing may connect
+    assert policies[f"{RELEASE}-netdiag-gateway"]["spec"]["ingress"][0]["from"] == NON_DEFAULT["networkPolicy"][
+        "gatewayFrom"]
+
+
+def test_existing_secrets_and_no_agent() -> None:
+    objects = render({"agent": {"enabled": False}, "gateway": {"auth": {"existingSecret": "my-tokens"}},
+                      "nats": {"auth": {"existingSecret": "my-nats"}, "replicas": 1},
+                      "cloud": {"provider": "alibaba", "credentials": {"existingSecret": "my-ak"}},
+                      "rbac": {"create": False}, "serviceAccount": {"create": False, "name": "sa"}})
+    for obj in objects:
+        validate(obj)
+    assert by_kind(objects, "DaemonSet") == {} and by_kind(objects, "Secret") == {}
+    assert by_kind(objects, "ClusterRole") == {} and by_kind(objects, "ServiceAccount") == {}
+    assert "cluster {" not in by_kind(objects, "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
+    gateway = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-gateway"])
+    assert {v["name"]: v for v in gateway["volumes"]}["auth"]["secret"]["secretName"] == "my-tokens"
+
+
+@pytest.mark.parametrize("bad", [
+    {"stages": {"topology": {"replicas": -1}}},
+    {"gateway": {"auth": {"tokens": ["short"]}}},
+    {"nats": {"external": {"url": "http://not-nats"}}},
+    {"cloud": {"provider": "aws"}},
+    {"gatewy": {}},  # a typo is refused, not ignored
+])
+def test_schema_refuses_invalid_values(bad: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError, match=r"values don.t meet the specifications|schema"):
+        render(bad)
+
+
+def test_cloud_provider_without_credentials_fails_clearly() -> None:
+    with pytest.raises(helm.HelmError, match=r"cloud\.credentials\.existingSecret"):
+        render({"cloud": {"provider": "alibaba"}})
+
+
+def test_notes_tell_how_to_open_the_ui_and_run_a_diagnosis() -> None:
+    text = notes()
+    assert f"port-forward svc/{RELEASE}-netdiag-gateway" in text
+    assert "kubectl netdiag diagnose" in text and f"get secret {RELEASE}-netdiag-auth" in text
