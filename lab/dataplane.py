@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lab import kubeproxy, netns, netpol, workloads
+from lab import kubeproxy, kubeproxy_nft, netns, netpol, workloads
 from lab import state as lab_state
 from lab.iptables import CLI, RESTORE, Ruleset, comment
 from lab.probe import ProbeResult, probe_in
@@ -78,7 +78,8 @@ def flannel_rules(sc: ResolvedScenario, node: str) -> Ruleset:
 def node_ruleset(sc: ResolvedScenario, node: str) -> str:
     """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router."""
     rs = netpol.rules(sc, node)
-    rs.extend(kubeproxy.rules(sc, node))
+    if sc.scenario.kube_proxy_mode == "iptables":  # nftables mode: its own table, see program_rules
+        rs.extend(kubeproxy.rules(sc, node))
     rs.extend(flannel_rules(sc, node))
     return rs.render()
 
@@ -250,6 +251,9 @@ class Lab:
         def load(node: str) -> None:
             netns.run(netns.in_ns(self.state.nodes[node].netns, [restore]),
                       stdin=node_ruleset(self.resolved, node))
+            if self.resolved.scenario.kube_proxy_mode == "nftables":
+                netns.run(netns.in_ns(self.state.nodes[node].netns, ["nft", "-f", "-"]),
+                          stdin=kubeproxy_nft.nft_script(self.resolved, node))
 
         _parallel(load, [n.name for n in self.resolved.nodes])
 

@@ -519,7 +519,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     sc = rs.scenario
     proxy_config = {
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1", "kind": "KubeProxyConfiguration",
-        "bindAddress": "0.0.0.0", "clusterCIDR": sc.cluster_cidr, "mode": "iptables",
+        "bindAddress": "0.0.0.0", "clusterCIDR": sc.cluster_cidr, "mode": sc.kube_proxy_mode,
         "iptables": {"masqueradeAll": False, "masqueradeBit": 14, "minSyncPeriod": "1s", "syncPeriod": "30s"},
         "ipvs": {"scheduler": "", "strictARP": False},
         "conntrack": {"maxPerCore": 32768, "min": 131072},

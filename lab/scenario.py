@@ -111,6 +111,8 @@ class Scenario(_Model):
     name: str
     cni: Literal["host-gw", "vxlan"] = "host-gw"
     iptables_backend: Literal["nft", "legacy"] = Field("nft", alias="iptablesBackend")
+    kube_proxy_mode: Literal["iptables", "nftables"] = Field(
+        "iptables", alias="kubeProxyMode", description="nftables: kube-proxy programs its `ip kube-proxy` table")
     underlay_cidr: str = Field("172.30.0.0/24", alias="underlayCIDR")
     cluster_cidr: str = Field("10.244.0.0/16", alias="clusterCIDR")
     service_cidr: str = Field("10.96.0.0/16", alias="serviceCIDR")

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import entry_points
@@ -102,10 +103,16 @@ class GatewayClient:
                     yield Diagnosis.model_validate(data)
 
 
+def _auth_headers() -> dict[str, str]:
+    """A gateway with auth (the Helm chart's) wants NETDIAG_TOKEN as a bearer token."""
+    token = os.environ.get("NETDIAG_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 @contextlib.asynccontextmanager
 async def gateway(args: argparse.Namespace) -> AsyncIterator[GatewayClient]:
     """A running gateway (--server), or an embedded stack started for this command."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=_auth_headers()) as session:
         if args.server:
             yield GatewayClient(args.server, session)
             return
@@ -218,11 +225,15 @@ async def _diagnose_batch(args: argparse.Namespace) -> int:
                 await collector
     for out in outputs:
         print(json.dumps(out))
-    return EXIT_USAGE if any("error" in o for o in outputs) else 0
+    # every diagnosis document carries "error" (null unless it failed): count only real ones
+    errors = [o for o in outputs if o.get("error")]
+    if any("request" not in o for o in errors):  # a line that is not a valid request
+        return EXIT_USAGE
+    return EXIT_SYSTEM if errors else 0
 
 
 async def cmd_watch(args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(headers=_auth_headers()) as session:
         gw = GatewayClient(args.server, session)
         count = 0
         async for diagnosis in gw.results():

@@ -111,7 +111,7 @@ class Bus:
         s = self.settings
         config = StreamConfig(
             name=STREAM, subjects=[f"{PREFIX}.>"], storage=StorageType.FILE, max_age=s.result_ttl_s,
-            duplicate_window=DUPLICATE_WINDOW_S, num_replicas=s.stream_replicas,
+            duplicate_window=min(DUPLICATE_WINDOW_S, s.result_ttl_s), num_replicas=s.stream_replicas,
         )
         try:
             await self.js.stream_info(STREAM)

@@ -13,6 +13,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.logs import setup_logging
 from shared.stage import Stage, run_stages
+from shared.telemetry import setup_process
 
 StageFactory = Callable[[Bus, Settings], Stage]
 
@@ -32,7 +33,9 @@ async def serve(factory: StageFactory, settings: Settings, stop: asyncio.Event |
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    bus = await Bus.connect(name=getattr(factory, "name", "service"), settings=settings)
+    name = getattr(factory, "name", "service")
+    setup_process(name, settings)
+    bus = await Bus.connect(name=name, settings=settings)
     try:
         await run_stages(bus, [factory(bus, settings)], stop)
     finally:

@@ -12,6 +12,7 @@ from services.collector.handler import CollectorStage
 from shared.config import Settings
 from shared.logs import setup_logging
 from shared.service import main as service_main
+from shared.telemetry import setup_process
 
 
 def agent_main(argv: list[str]) -> None:
@@ -22,7 +23,9 @@ def agent_main(argv: list[str]) -> None:
     p.add_argument("--log-level")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    asyncio.run(run_agent(Settings.from_env(nats_url=args.nats_url), args.node, args.netns))
+    settings = Settings.from_env(nats_url=args.nats_url)
+    setup_process("agent", settings)
+    asyncio.run(run_agent(settings, args.node, args.netns))
 
 
 def main(argv: list[str] | None = None) -> None:

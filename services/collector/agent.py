@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import gzip
 import logging
+import math
 import re
 import signal
 import time
@@ -20,7 +21,7 @@ import time
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
-from services.collector.reader import collect_node
+from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, node_collect_subject
 from shared.config import Settings
@@ -28,6 +29,8 @@ from shared.schemas import BlobRef
 
 log = logging.getLogger("netdiag.agent")
 
+NFT_REFRESH_S = 10.0  # the standalone agent's minimum interval between background nft reads
+NFT_POLL_S = 1.0
 M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
 MMAP_THRESHOLD_BYTES = 256 * 1024
 MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
@@ -64,25 +67,56 @@ def blob_name(node: str, diagnosis_id: str | None) -> str:
 
 
 class NodeAgent:
+    """nft_refresh_s: keep the host's nft rules read ahead (see `_keep_nft_rules_read`), at
+    most one re-read per that many seconds; None (the default in-process, e.g. the embedded
+    lab stack) reads them only when asked."""
+
     def __init__(self, bus: Bus, node: str, netns: str | None = None,
-                 max_dump_bytes: int = MAX_DUMP_BYTES) -> None:
+                 max_dump_bytes: int = MAX_DUMP_BYTES, nft_refresh_s: float | None = None) -> None:
         self.bus = bus
         self.node = node
         self.netns = netns
         self.max_dump_bytes = max_dump_bytes
+        self.nft_refresh_s = nft_refresh_s
         self._sub = None
+        self._refresher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one collection at a time: bounded CPU and memory per node
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
                                                 cb=self._on_request)
         await self.bus.nc.flush()
+        if self.nft_refresh_s is not None:
+            self._refresher = asyncio.create_task(self._keep_nft_rules_read(self.nft_refresh_s))
 
     async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+    async def _keep_nft_rules_read(self, min_interval_s: float) -> None:
+        """`iptables-nft-save` takes ~1.3 s for 5,000 Services, longer than a whole warm
+        collection. So the agent reads the host's nft rules at start and again soon after
+        they change (polling the generation id costs ~1 ms), at most once per min_interval_s
+        (bounded CPU under kube-proxy churn); a diagnosis then usually finds them cached.
+        The lock makes a request that arrives mid-read wait for it instead of repeating it."""
+        last_read = -math.inf
+        while True:
+            if time.monotonic() - last_read >= min_interval_s:
+                try:
+                    async with self._lock:
+                        if await asyncio.to_thread(warm_host_nft_cache, self.netns):
+                            last_read = time.monotonic()
+                except Exception:  # a request will report the same problem with its context
+                    log.debug("reading nft rules ahead failed", exc_info=True)
+                    last_read = time.monotonic()
+            await asyncio.sleep(NFT_POLL_S)
 
     async def _on_request(self, msg: Msg) -> None:
         reply = await self.answer(msg.data)
@@ -154,7 +188,7 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     _return_big_buffers_to_the_kernel()
     bus = await Bus.connect(name=f"agent-{node}", settings=settings)
-    agent = NodeAgent(bus, node, netns)
+    agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node))

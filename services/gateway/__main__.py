@@ -1,8 +1,9 @@
-"""`python -m services.gateway --nats URL [--host H] [--port P]`: the HTTP API, the UI and the
-result sink (the durable consumer that stores completed diagnoses), as one Deployment."""
+"""`python -m services.gateway --nats URL --port 8080` runs the gateway alone: the HTTP API and
+UI, plus the result sink that stores completed diagnoses (replicas share its durable consumer)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import signal
@@ -14,8 +15,8 @@ from services.gateway.store import ResultSink
 from shared.bus import Bus
 from shared.config import Settings
 from shared.logs import setup_logging
-from shared.service import service_parser
 from shared.stage import StageRunner
+from shared.telemetry import setup_process
 
 
 async def serve(settings: Settings, host: str, port: int) -> None:
@@ -24,25 +25,29 @@ async def serve(settings: Settings, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    setup_process("gateway", settings)
     bus = await Bus.connect(name="gateway", settings=settings)
+    sink_bus = await Bus.connect(name="gateway-store", settings=settings)
     runner = web.AppRunner(create_app(bus), access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
     try:
-        await StageRunner(bus, ResultSink(bus, settings)).run(stop)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        await StageRunner(sink_bus, ResultSink(sink_bus, settings)).run(stop)
     finally:
         await runner.cleanup()
+        await sink_bus.close()
         await bus.close()
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = service_parser("gateway")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080)
-    args = parser.parse_args(argv)
+    p = argparse.ArgumentParser(prog="python -m services.gateway", description=__doc__)
+    p.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--log-level")
+    args = p.parse_args(argv)
     setup_logging(args.log_level)
-    settings = Settings.from_env(nats_url=args.nats_url)
-    asyncio.run(serve(settings, args.host, args.port))
+    asyncio.run(serve(Settings.from_env(nats_url=args.nats_url), args.host, args.port))
 
 
 if __name__ == "__main__":

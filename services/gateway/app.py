@@ -24,6 +24,7 @@ from services.gateway.auth import security_middlewares
 from services.gateway.openapi import openapi_document
 from services.gateway.store import ResultStore
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_STORED, Bus, progress_subject
+from shared.metrics import metrics_handler
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
@@ -284,7 +285,8 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def create_app(bus: Bus) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[json_errors, *security_middlewares(bus.settings)])
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[json_errors, *security_middlewares(getattr(bus, "settings", None))])
     app[BUS] = bus
     app[STORE] = ResultStore(bus)
     app[STREAMS] = set()

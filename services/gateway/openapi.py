@@ -76,6 +76,9 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {"get": {"operationId": "readyz", "responses": {
                 "200": {"description": "ready", "content": {"application/json": {"schema": health}}},
                 "503": {"description": "NATS unreachable", "content": {"application/json": {"schema": health}}}}}},
+            "/metrics": {"get": {"operationId": "metrics", "responses": {
+                "200": {"description": "Prometheus metrics (text exposition format)",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/api/v1/diagnoses": {
                 "post": {
                     "operationId": "createDiagnosis",

@@ -9,6 +9,7 @@ import re
 
 from nats.js.errors import KeyNotFoundError, NoKeysError
 
+from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.stage import Stage

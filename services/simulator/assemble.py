@@ -31,9 +31,9 @@ def overall_verdict(paths: list[Path], findings: list[Finding], assumptions: lis
     """All deliver → REACHABLE, all drop → UNREACHABLE, mixed → AMBIGUOUS; anything unknown
     that could change the outcome (an ABORT path, an aborting finding, a stated assumption
     that matters) → UNDETERMINED rather than a confident answer."""
-    if not paths:
-        return Verdict.UNDETERMINED
     finals = {p.final for p in paths if p.direction == "forward"}
+    if not finals:  # no forward path at all (an empty set would pass every subset test below)
+        return Verdict.UNDETERMINED
     if FinalState.ABORT in finals:
         return Verdict.UNDETERMINED
     delivered = finals <= {FinalState.DELIVER, FinalState.FORWARD}
@@ -60,11 +60,19 @@ def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding]) -> s
         because = f"; {causes[0].message}" if causes else ""
         return f"{ok} of {len(forward)} paths deliver{because}"
     if verdict == Verdict.UNDETERMINED:
-        aborts = [f for f in findings if is_abort(f.code)]
+        # an aborted path's own cause (e.g. UNKNOWN_ADDRESS) says more than node data missing elsewhere
+        aborted = [f for f in causes if any(p.final == FinalState.ABORT and p.cause == f.code for p in forward)]
+        aborts = aborted or [f for f in findings if is_abort(f.code)]
+        known = "every path delivers as far as the data goes, but " if ok == len(forward) else ""
         if aborts:
-            return f"not enough data to decide: {aborts[0].message}"
-        return "not enough data to decide (see assumptions)"
-    note = f" ({len(errors)} problem(s) found off the path: see findings)" if errors else ""
+            return f"{known}not enough data to decide: {aborts[0].message}"
+        return f"{known}not enough data to decide (see assumptions)"
+    # an error on a delivering path that does not break it (a not-ready pod hit by its IP) is not "off the path"
+    on_path = {h.id for p in forward for h in p.hops}
+    here = [f for f in errors if f.hop in on_path]
+    note = f"; but {here[0].message}" if here else ""
+    if len(errors) > len(here):
+        note += f" ({len(errors) - len(here)} problem(s) found off the path: see findings)"
     return f"every path delivers{note}"
 
 

@@ -135,23 +135,29 @@ class ModelSimulator:
                 hops.append(dst)
         else:
             dst = None
-        self._policy(packet, src, dst, out)
+        # NetworkPolicy sees the packet after kube-proxy's DNAT: a Service packet no endpoint takes is
+        # rejected by kube-proxy, never policy-checked against the Service address
+        translated = res is None or (cp.backend is not None and cp.backend.port is not None)
+        # this path's own policy findings only: another endpoint's egress deny sits on the same
+        # source hop id and must not mark this path's source hop failed
+        relevant = [*self.report.findings, *(self._policy(packet, src, dst, out) if translated else [])]
         for hop in hops:
-            _mark(hop, out.findings)
-        broken = _breaking(out.findings, {h.id for h in hops})
+            _mark(hop, relevant)
+        broken = _breaking(relevant, {h.id for h in hops})
         dropped = next((h for h in hops for s in h.steps if s.action == StepAction.DROP), None)
         if broken or dropped:
             path.final = FinalState.DROP
-            path.cause = broken.code if broken else self._cause(dropped, out.findings)
+            path.cause = broken.code if broken else self._cause(dropped, relevant)
             return path
         return self._deliver(path, dst, packet, out)
 
     def _cause(self, hop: Hop | None, findings: list[Finding]) -> str | None:
         return next((f.code for f in findings if hop and f.hop == hop.id and f.severity == Severity.ERROR), None)
 
-    def _policy(self, packet: Packet, src: Hop, dst: Hop | None, out: ModelResult) -> None:
+    def _policy(self, packet: Packet, src: Hop, dst: Hop | None, out: ModelResult) -> list[Finding]:
+        """Policy steps on this path's hops; returns this path's deny findings (also added to `out`)."""
         if packet.protocol not in ("tcp", "udp") or packet.dport is None:
-            return
+            return []
         verdict = self.policies.evaluate(packet.src, packet.dst, packet.protocol, packet.dport,
                                          enforced=self.enforced)
         for a in verdict.assumptions:
@@ -161,9 +167,9 @@ class ModelSimulator:
             src.steps.append(policy_step(verdict, verdict.egress))
         if dst is not None and (verdict.ingress.isolated or not verdict.ingress.allowed):
             dst.steps.append(policy_step(verdict, verdict.ingress))
-        for f in deny_findings(verdict, src.id, dst.id if dst else None):
-            if f not in out.findings:
-                out.findings.append(f)
+        denies = deny_findings(verdict, src.id, dst.id if dst else None)
+        out.findings.extend(f for f in denies if f not in out.findings)
+        return denies
 
     def _deliver(self, path: Path, dst: Hop | None, packet: Packet, out: ModelResult) -> Path:
         kind = self.report.dst.kind

@@ -16,6 +16,7 @@ from services.topology.model import (
     pod_phase,
 )
 from shared.codes import finding
+from shared.hops import external_hop
 from shared.schemas import Finding, IPAddress
 from shared.topology import Endpoint, EndpointKind
 
@@ -178,5 +179,5 @@ def _classify(model: ClusterModel, address: IPAddress, port: int | None, protoco
     return Classification(
         Endpoint(address=address, kind=EndpointKind.UNKNOWN,
                  description="private address owned by no pod, node or Service"),
-        [finding("UNKNOWN_ADDRESS", None, address=address)],
+        [finding("UNKNOWN_ADDRESS", external_hop(address), address=address)],  # the hop the simulator gives it
     )

@@ -4,12 +4,18 @@ rule, a native nft table, legacy tables appearing — is seen by the very next d
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from services.collector.reader import collect_node, commands, netfilter
+from services.collector.agent import NodeAgent, request_dump
+from services.collector.reader import collect_node, commands, netfilter, netlink, netns
+from shared.bus import Bus
+from shared.config import Settings
+from shared.netstack import decode_dump
 from tests.collector.netns_fixture import sh
 
 pytestmark = pytest.mark.lab
@@ -32,10 +38,10 @@ def nodes() -> Iterator[tuple[str, str]]:
     prefix = f"nc{uuid.uuid4().hex[:6]}"
     made: list[str] = []
     try:
-        for name in (f"{prefix}-a", f"{prefix}-b"):
+        for name, backend_ip in ((f"{prefix}-a", "10.244.1.10"), (f"{prefix}-b", "10.244.1.20")):
             sh("ip", "netns", "add", name)
             made.append(name)
-            sh("ip", "netns", "exec", name, "iptables-nft-restore", input=RULES.replace("10.244.1.10", name))
+            sh("ip", "netns", "exec", name, "iptables-nft-restore", input=RULES.replace("10.244.1.10", backend_ip))
         yield made[0], made[1]
     finally:
         for name in made:
@@ -55,6 +61,14 @@ def tool_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(commands, "run", recording)
     netfilter.NFT_CACHE.clear()
     return runs
+
+
+def generation(node: str) -> int | None:
+    def read() -> int | None:
+        with netlink.Netlink(netlink.NETLINK_NETFILTER) as sock:
+            return netfilter.nft_generation(sock)
+
+    return netns.run_in(netns.host_ref(node), read)
 
 
 def nft_save(node: str) -> str:
@@ -93,6 +107,36 @@ def test_every_change_is_seen_by_the_next_dump(nodes: tuple[str, str], tool_runs
 
 def test_namespaces_with_equal_generations_do_not_share_entries(nodes: tuple[str, str], tool_runs: list[str]) -> None:
     a, b = nodes
-    assert f"--to-destination {a}" in nft_save(a)
-    assert f"--to-destination {b}" in nft_save(b)
-    assert f"--to-destination {a}" in nft_save(a) and tool_runs == ["iptables-nft-save"] * 2
+    assert generation(a) == generation(b)
+    assert "--to-destination 10.244.1.10:8080" in nft_save(a)
+    assert "--to-destination 10.244.1.20:8080" in nft_save(b)
+    assert "--to-destination 10.244.1.10:8080" in nft_save(a) and tool_runs == ["iptables-nft-save"] * 2
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+async def test_agent_reads_changed_rules_ahead_of_requests(nodes: tuple[str, str], tool_runs: list[str],
+                                                          nats_url: str) -> None:
+    a, _ = nodes
+    bus = await Bus.connect(nats_url, name="nft-cache-test", settings=Settings(nats_url=nats_url))
+    agent = NodeAgent(bus, "node-a", a, nft_refresh_s=0.2)
+    try:
+        await agent.start()
+        await wait_for(lambda: tool_runs.count("iptables-nft-save") == 1)  # read at start
+        sh("ip", "netns", "exec", a, "iptables-nft", "-t", "nat", "-A", "KUBE-SERVICES", "-d", "10.96.0.12/32",
+           "-p", "tcp", "--dport", "9090", "-j", "DNAT", "--to-destination", "10.244.1.12:9090")
+        await wait_for(lambda: tool_runs.count("iptables-nft-save") == 2)  # read again after the change
+        reply = await request_dump(bus, "node-a", 10.0)
+        assert reply.ok and reply.blob is not None, reply.error
+        assert tool_runs.count("iptables-nft-save") == 2  # the request found it read
+        dump = decode_dump(await bus.get_blob(reply.blob))
+        save = next(s.save for s in dump.host.netfilter.iptables if s.backend == "nft")
+        assert "--dport 9090 -j DNAT --to-destination 10.244.1.12:9090" in save
+    finally:
+        await agent.stop()
+        await bus.close()

@@ -4,18 +4,19 @@ strictly against the official `kubernetes` client's models (unknown fields refus
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
 import pytest
-import yaml
 from kubernetes import client
 
 from services.topology.sources.live import resources
+from shared.natsserver import nats_server_binary
+from tests.deploy.chart import CHART, NAMESPACE, RELEASE, render
 
-CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "netdiag"
-RELEASE, NAMESPACE = "nd", "netdiag"
 AGENT_CAPABILITIES = {"NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"}
 STAGES = ("topology", "collector", "cloud", "simulator")
 
@@ -37,17 +38,6 @@ NON_DEFAULT: dict[str, Any] = {
     "tracing": {"otlpEndpoint": "http://otel-collector.observability:4318"},
     "logLevel": "debug",
 }
-
-
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    with helm.Chart.load(CHART) as chart:
-        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    objects = []
-    for path, text in sorted(manifests.items()):
-        if path.endswith(".txt"):
-            continue
-        objects += [doc for doc in yaml.safe_load_all(text) if doc]
-    return objects
 
 
 def notes(values: dict[str, Any] | None = None) -> str:
@@ -110,8 +100,9 @@ def test_default_install_workloads() -> None:
         assert env["NETDIAG_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "netdiag-password"
         # only the topology stage gets an API token
         assert spec["automountServiceAccountToken"] is name.endswith("topology"), name
-    assert pod_spec(deployments[f"{RELEASE}-netdiag-topology"])["containers"][0]["args"][-2:] == [
-        "services.topology", "run"]
+    for stage in STAGES:
+        args = pod_spec(deployments[f"{RELEASE}-netdiag-{stage}"])["containers"][0]["args"]
+        assert args == ["python", "-m", f"services.{stage}"]
 
     gateway = pod_spec(deployments[f"{RELEASE}-netdiag-gateway"])["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -256,3 +247,14 @@ def test_notes_tell_how_to_open_the_ui_and_run_a_diagnosis() -> None:
     text = notes()
     assert f"port-forward svc/{RELEASE}-netdiag-gateway" in text
     assert "kubectl netdiag diagnose" in text and f"get secret {RELEASE}-netdiag-auth" in text
+
+
+@pytest.mark.parametrize("values", [None, {"nats": {"replicas": 5, "auth": {"enabled": False}}}],
+                         ids=["default", "5-replicas-no-auth"])
+def test_rendered_nats_config_is_accepted_by_nats_server(values: dict[str, Any] | None, tmp_path: Path) -> None:
+    conf = by_kind(render(values), "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
+    (tmp_path / "nats.conf").write_text(conf)
+    env = {**os.environ, "POD_NAME": "nats-0", "NETDIAG_PASSWORD": "a", "AGENT_PASSWORD": "b"}
+    check = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-t"], env=env,
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "is valid" in check.stdout + check.stderr, check.stderr

@@ -96,6 +96,11 @@ def _name_pods(pods: list[NetnsDump], pod_ips: dict[str, str]) -> None:
                     ns.pod = pod
 
 
+def warm_host_nft_cache(netns_name: str | None = None) -> bool:
+    """Read the host namespace's nft rules into the cache unless cached (True: tools ran)."""
+    return netns.run_in(netns.host_ref(netns_name), netfilter.warm_nft_cache)
+
+
 def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, str] | None = None,
                  workers: int = 4) -> NodeDump:
     """Dump `node`. netns_name: the named netns that is this node's host namespace (the lab);

@@ -68,7 +68,7 @@ def _nfnl(sock: nl.Netlink, subsys: int, msg: int, family: int = 0, payload: byt
     return [(body[0], nl.attrs(body, _NFGENMSG.size)) for _, body in replies]
 
 
-def _nft_generation(sock: nl.Netlink) -> int | None:
+def nft_generation(sock: nl.Netlink) -> int | None:
     replies = _nfnl(sock, NFNL_SUBSYS_NFTABLES, NFT_MSG_GETGEN, dump=False)
     return nl.be32(replies[0][1].get(NFTA_GEN_ID)) if replies else None
 
@@ -154,13 +154,22 @@ def _read_nft_side(tables: list[tuple[str, str]] | None, errors: list[str]) -> N
     return read
 
 
-def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterState:
-    state = NetfilterState()
+@dataclass
+class _Probe:
+    """What netlink and /proc tell about the namespace before any tool runs."""
+
+    nft_tables: list[tuple[str, str]] | None
+    legacy: dict[str, list[str]]
+    ipsets: bool
+    cache_key: tuple[object, ...] | None
+
+
+def _probe(errors: list[str]) -> _Probe:
     nft_tables: list[tuple[str, str]] | None = None
-    generation = cookie = None
+    generation = None
     with nl.Netlink(nl.NETLINK_NETFILTER) as sock:
         try:  # the generation first: a change made while the tools run then misses the cache next time
-            generation = _nft_generation(sock)
+            generation = nft_generation(sock)
             nft_tables = _nft_tables(sock)
         except OSError as exc:  # no nf_tables in the kernel: fall back to asking the tools
             errors.append(f"nftables tables: {exc}")
@@ -171,18 +180,39 @@ def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterS
             errors.append(f"ipset: {exc}")
             ipsets = False
     legacy = {family: _legacy_tables(family) for family in ("ip", "ip6")}
-    for family, field_ in (("ip", state.iptables), ("ip6", state.ip6tables)):
-        if legacy[family] and (found := _save(family, "legacy", errors)):
-            field_.append(found)
     key = None
     if nft_tables and generation is not None and cookie is not None:  # pods have no tables: nothing to keep
         key = (cookie, generation, *map(tuple, legacy.values()))
-    nft = cache.get(key) if key else None
-    if nft is None:
-        failed = len(errors)
-        nft = _read_nft_side(nft_tables, errors)
-        if key and len(errors) == failed:  # never keep a partial read
-            cache.put(key, nft)
+    return _Probe(nft_tables, legacy, ipsets, key)
+
+
+def _nft_side(probe: _Probe, errors: list[str], cache: NftCache) -> tuple[NftRead, bool]:
+    """The nft-side read, from the cache when it holds this generation; (read, tools ran)."""
+    found = cache.get(probe.cache_key) if probe.cache_key else None
+    if found is not None:
+        return found, False
+    failed = len(errors)
+    found = _read_nft_side(probe.nft_tables, errors)
+    if probe.cache_key and len(errors) == failed:  # never keep a partial read
+        cache.put(probe.cache_key, found)
+    return found, True
+
+
+def warm_nft_cache(cache: NftCache = NFT_CACHE) -> bool:
+    """Read the calling thread's namespace's nft side into the cache unless it is there
+    already; True when the tools ran (the agent refreshes in the background with this)."""
+    errors: list[str] = []
+    probe = _probe(errors)
+    return probe.cache_key is not None and _nft_side(probe, errors, cache)[1]
+
+
+def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterState:
+    state = NetfilterState()
+    probe = _probe(errors)
+    for family, field_ in (("ip", state.iptables), ("ip6", state.ip6tables)):
+        if probe.legacy[family] and (found := _save(family, "legacy", errors)):
+            field_.append(found)
+    nft, _ = _nft_side(probe, errors, cache)
     for field_, found in ((state.iptables, nft.iptables), (state.ip6tables, nft.ip6tables)):
         if found is not None:
             field_.append(found.model_copy())
@@ -190,7 +220,7 @@ def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterS
     state.mixed_backends = used == {"legacy", "nft"}
     state.nft_ruleset, state.nft_tables_via_iptables = nft.nft_ruleset, list(nft.via_iptables)
     try:
-        if ipsets and commands.available("ipset"):
+        if probe.ipsets and commands.available("ipset"):
             state.ipsets = commands.run(["ipset", "save"])
     except commands.CommandError as exc:
         errors.append(f"ipset: {exc}")

@@ -186,28 +186,7 @@ class Tracer:
             br.hooks.append(hook)
             pending = [br]
             for table in HOOK_TABLES[hook]:
-                chain = self.rs.chain(table, hook)
-                if chain is None:
-                    continue
-                nxt: list[Branch] = []
-                for b in pending:
-                    if b.verdict in ("DROP", "REJECT"):
-                        nxt.append(b)
-                        continue
-                    if table == "nat" and b.state.ctstate != "NEW":
-                        nxt.append(b)  # nat rules see only a connection's first packet
-                        continue
-                    b.verdict = None
-                    for nb, outcome in self._walk(b, chain, 0, hook, 0):
-                        if outcome in (None, RETURN):  # fell off the built-in chain: its policy
-                            policy = chain.policy or "ACCEPT"
-                            nb.verdict = policy
-                            if policy != "ACCEPT":
-                                nb.decided_by = RuleHit(hook, table, hook, 0, f":{hook} {policy}")
-                        elif outcome == NAT:
-                            nb.verdict = "ACCEPT"
-                        nxt.append(nb)
-                pending = nxt
+                pending = self.run_table(pending, hook, table)
             for b in pending:
                 if b.verdict is None:
                     b.verdict = "ACCEPT"
@@ -215,6 +194,32 @@ class Tracer:
         if len(out) > MAX_BRANCHES:
             raise TraceTooLarge(f"more than {MAX_BRANCHES} branches at {hook}")
         return out
+
+    def run_table(self, branches: list[Branch], hook: str, table: str) -> list[Branch]:
+        """One table's built-in chain of `hook` as a stage of that hook (hooks.run_hook interleaves these
+        with nftables base chains by priority)."""
+        chain = self.rs.chain(table, hook)
+        if chain is None:
+            return branches
+        nxt: list[Branch] = []
+        for b in branches:
+            if b.verdict in ("DROP", "REJECT"):
+                nxt.append(b)
+                continue
+            if table == "nat" and b.state.ctstate != "NEW":
+                nxt.append(b)  # nat rules see only a connection's first packet
+                continue
+            b.verdict = None
+            for nb, outcome in self._walk(b, chain, 0, hook, 0):
+                if outcome in (None, RETURN):  # fell off the built-in chain: its policy
+                    policy = chain.policy or "ACCEPT"
+                    nb.verdict = policy
+                    if policy != "ACCEPT":
+                        nb.decided_by = RuleHit(hook, table, hook, 0, f":{hook} {policy}")
+                elif outcome == NAT:
+                    nb.verdict = "ACCEPT"
+                nxt.append(nb)
+        return nxt
 
     # -------------------------------------------------------------- chains
 

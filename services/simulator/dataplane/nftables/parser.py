@@ -6,6 +6,7 @@ surfaces as UNSUPPORTED_RULE when a packet reaches it — the ruleset is never d
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -15,6 +16,7 @@ from services.simulator.dataplane.nftables.model import NftChain, NftRule, NftRu
 # Symbolic priorities as nft accepts them (for `ip`/`ip6`/`inet`; bridge's differ, see below).
 PRIORITY_NAMES = {"raw": -300, "mangle": -150, "dstnat": -100, "filter": 0, "security": 50, "srcnat": 100}
 BRIDGE_PRIORITY_NAMES = {"dstnat": -300, "filter": -200, "out": 100, "srcnat": 300}
+_PRIO = re.compile(r"^\s*(?P<name>[a-z]+)\s*(?P<offset>[+-]\s*\d+)?\s*$")
 
 
 class NftParseError(ValueError):
@@ -66,13 +68,13 @@ def _priority(family: str, prio: int | str | dict[str, Any] | None) -> int:
         return prio
     if isinstance(prio, dict):  # newer nft: {"keyword": "dstnat", "offset": 10}
         return _priority(family, prio.get("keyword")) + int(prio.get("offset", 0))
-    names = BRIDGE_PRIORITY_NAMES if family == "bridge" else PRIORITY_NAMES
-    base, sign, offset = prio.replace(" ", "").partition("+") if "+" in prio else prio.replace(" ", "").partition("-")
-    if base.lstrip("-").isdigit():
+    if prio.lstrip("-").isdigit():
         return int(prio)
-    if base not in names:
+    names = BRIDGE_PRIORITY_NAMES if family == "bridge" else PRIORITY_NAMES
+    m = _PRIO.match(prio)
+    if m is None or m["name"] not in names:
         raise NftParseError(f"unknown chain priority {prio!r}")
-    return names[base] + (int(offset) if sign == "+" else -int(offset) if sign else 0)
+    return names[m["name"]] + int((m["offset"] or "0").replace(" ", ""))
 
 
 def _types(value: str | list[str]) -> tuple[str, ...]:

@@ -42,9 +42,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
     for i, trail in enumerate(trails):
         path_id, description = _name(report, trail, i, used)
         if reply and trail.final == FinalState.DELIVER:
-            for back in walk_replies(walker, trail):
-                replies.append((path_id, back))
-                _reply_outcome(trail, back)
+            backs = walk_replies(walker, trail)
+            replies.extend((path_id, back) for back in backs)
+            _reply_outcome(trail, backs)
         out.paths.append(trail.to_path(path_id, description))
         _collect(out, trail)
     for n, (path_id, back) in enumerate(replies):
@@ -53,13 +53,17 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
     return out
 
 
-def _reply_outcome(forward: Trail, back: Trail) -> None:
+def _reply_outcome(forward: Trail, backs: list[Trail]) -> None:
     """A request that is delivered but whose reply is dropped does not connect: the forward path ends
-    in the reply's cause (its hop marked), so the verdict follows the kernel."""
-    if back.final == FinalState.DROP:
-        forward.final, forward.cause = FinalState.DROP, back.cause
-        forward.findings.extend(f for f in back.findings if f not in forward.findings)
-    elif back.final == FinalState.ABORT:
+    in the reply's cause (its hop marked), so the verdict follows the kernel. Replies that only drop
+    on some branches (an unmodelled rule) leave the outcome open, which is stated."""
+    finals = {b.final for b in backs}
+    if finals == {FinalState.DROP}:
+        forward.final, forward.cause = FinalState.DROP, backs[0].cause
+        forward.findings.extend(f for b in backs for f in b.findings if f not in forward.findings)
+    elif FinalState.DROP in finals:
+        forward.assume("UNSUPPORTED_RULE: the reply is dropped on some of its branches (see the reply paths)")
+    elif FinalState.ABORT in finals:
         forward.assume("the reply path could not be followed to the client")
 
 

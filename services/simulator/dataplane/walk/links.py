@@ -272,7 +272,21 @@ class Crossing:
                                view, f"{link.name}: the FDB sends {c.st.dst}'s frames to VTEP {vtep}, which "
                                f"{'no node owns' if owner is None else 'is node ' + owner.node}; expected "
                                f"{expected}", StepKind.ENCAP)
+        self._mtu_check(c, link)
         return self._encapsulate(c, view, link, vtep, owner, fdb_text)
+
+    def _mtu_check(self, c: Cursor, tunnel: Link) -> None:
+        """Pods whose MTU exceeds the overlay's lose full-size packets (the SYN passes; bulk data does not)."""
+        for hop in c.trail.hops:
+            if not hop.id.startswith("pod:"):
+                continue
+            ns = self.world.pod_netns(hop.node, hop.id.removeprefix("pod:"))
+            eth = next((lk for lk in ns.dump.links if lk.kind == "veth"), None) if ns else None
+            if eth is not None and eth.mtu > tunnel.mtu:
+                found = finding("MTU_MISMATCH", hop.id, mtu=eth.mtu, link=eth.name, where=f"pod {ns.dump.pod}",
+                                path_mtu=tunnel.mtu)
+                if found not in c.trail.findings:
+                    c.trail.findings.append(found)
 
     def _encapsulate(self, c: Cursor, view: NetnsView, link: Link, vtep: IPAddress, owner: NetnsView,
                      fdb_text: str) -> list[Cursor]:

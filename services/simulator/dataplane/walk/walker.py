@@ -227,7 +227,8 @@ class Walker:
             original = (c1.st.dst, c1.st.mark)
             c1.st.oif = d.dev
             for c2 in self.hook(c1, view, "OUTPUT"):
-                if view.is_host and self.service_vip(c2.st) and not self._translated(c2) and self.has_endpoints():
+                if view.is_host and self.service_vip(c2.st) and not self._translated(c2) and self.has_endpoints() \
+                        and c2.st.dst not in view.local_ips:
                     self._rules_missing(c2, view, "OUTPUT")
                     continue
                 pairs = [(c2, d)]
@@ -279,7 +280,7 @@ class Walker:
         st = c.st
         hop = c.trail.hop(view)
         if iif is not None and view.is_host and self.service_vip(st) and not self._translated(c) \
-                and self.has_endpoints():
+                and self.has_endpoints() and st.dst not in view.local_ips:
             self._rules_missing(c, view, "PREROUTING")
             return []
         decisions = view.router.lookup(st.dst, src=st.src if iif is not None else None, iif=iif, fwmark=st.mark)
@@ -347,6 +348,8 @@ class Walker:
         if self.reply:
             self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
+        if view.unmodelled_netfilter:
+            c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}")
         if not view.rulesets:
             return [c]
         before = packet(c.st, c.st.iif, c.st.oif)

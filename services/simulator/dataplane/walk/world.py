@@ -89,6 +89,18 @@ class NetnsView:
         return [(s.backend, parse_iptables_save(s.save, 4)) for s in states]
 
     @cached_property
+    def unmodelled_netfilter(self) -> str | None:
+        """What of this namespace's packet filtering the walk cannot see, said once per trail."""
+        ruleset = self.dump.netfilter.nft_ruleset or {}
+        tables = sorted({f"{t['table'].get('family')} {t['table'].get('name')}" for t in ruleset.get("nftables", [])
+                         if isinstance(t, dict) and "table" in t} - set(self.dump.netfilter.nft_tables_via_iptables))
+        if tables:
+            return f"native nftables tables in {self.where} are not simulated: {', '.join(tables)}"
+        if self.is_host and not self.dump.netfilter.iptables:
+            return f"no iptables state was collected for {self.where}: its netfilter hooks are taken as ACCEPT"
+        return None
+
+    @cached_property
     def ipsets(self) -> IpsetStore | None:
         text = self.dump.netfilter.ipsets
         return parse_ipset_save(text) if text else None

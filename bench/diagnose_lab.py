@@ -1,0 +1,102 @@
+"""End-to-end diagnosis latency on the basic lab, collection included (issue 7's target: p50 < 1 s).
+
+    sudo .venv/bin/python bench/diagnose_lab.py [--runs 20]
+
+Brings up examples/lab/basic.yaml, its Kubernetes API and one node agent per lab node, then runs
+diagnoses through the full embedded stack (gateway → topology → collector → cloud → simulator) and
+prints p50/p95 per request kind, the stage timings of the last run, and the dataplane walk alone on
+the recorded dumps (tests/simulator/dataplane/fixtures/walk/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `lab` is the package, not bench/lab.py
+
+from lab.dataplane import Lab, new_prefix
+from lab.scenario import Scenario, resolve
+from services.simulator.dataplane.walk import walk
+from services.stack import EmbeddedStack
+from shared.config import Settings
+from shared.netstack import NodeDump
+from shared.schemas import DiagnosisRequest
+from shared.topology import TopologyReport
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "simulator" / "dataplane" / "fixtures" / "walk"
+REQUESTS = {
+    "pod → pod (cross node)": ("pod:web/client", "pod:shop/api-2", 8080, "tcp"),
+    "pod → ClusterIP (2 endpoints)": ("pod:web/client", "svc:shop/api", 80, "tcp"),
+    "pod → kube-dns udp": ("pod:web/client", "svc:kube-system/kube-dns", 53, "udp"),
+}
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    async with session.post(f"{url}/api/v1/diagnoses", json=body) as resp:
+        doc = await resp.json()
+    while True:
+        async with session.get(f"{url}/api/v1/diagnoses/{doc['id']}") as resp:
+            got = await resp.json()
+        if got.get("status") in ("completed", "failed"):
+            return (time.perf_counter() - started) * 1000, got
+        await asyncio.sleep(0.005)
+
+
+async def end_to_end(runs: int) -> None:
+    lab = Lab.up(resolve(Scenario.load(ROOT / "examples" / "lab" / "basic.yaml")), prefix=new_prefix())
+    try:
+        api = lab.start_api()
+        agents = {name: node.netns for name, node in lab.state.nodes.items()}
+        async with EmbeddedStack(Settings(kubeconfig=api.kubeconfig), agents=agents) as stack, \
+                aiohttp.ClientSession() as session:
+            for label, (src, dst, port, proto) in REQUESTS.items():
+                body = {"src": lab.address(src), "dst": lab.address(dst), "port": port, "protocol": proto}
+                await one(session, stack.url, body)  # warm-up: the topology's watch cache fills
+                times, last = [], {}
+                for _ in range(runs):
+                    ms, last = await one(session, stack.url, body)
+                    times.append(ms)
+                times.sort()
+                p95 = times[max(0, int(len(times) * 0.95) - 1)]
+                print(f"{label:34s} p50 {statistics.median(times):7.1f} ms  p95 {p95:7.1f} ms  "
+                      f"verdict {last['result']['verdict']}")
+                stages = ", ".join(f"{k} {v:.0f}" for k, v in last.get("timings_ms", {}).items())
+                print(f"{'':34s} stages (ms): {stages}")
+    finally:
+        lab.down()
+
+
+def walk_only(runs: int) -> None:
+    dumps = {n: NodeDump.model_validate_json(gzip.decompress((FIXTURES / f"basic-{n}.json.gz").read_bytes()))
+             for n in ("node-1", "node-2")}
+    for name, port in (("pod-cross-node", 8080), ("clusterip", 80)):
+        report = TopologyReport.model_validate_json((FIXTURES / f"basic-{name}.topology.json").read_text())
+        request = DiagnosisRequest(src=report.src.address, dst=report.dst.address, port=port, protocol="tcp")
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            walk(report, request, dumps)  # cold: parses every namespace's rules again, as a diagnosis does
+            times.append((time.perf_counter() - started) * 1000)
+        print(f"walk only, {name:16s} p50 {statistics.median(times):6.2f} ms (forward + reply, rules parsed)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    walk_only(args.runs)
+    asyncio.run(end_to_end(args.runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Observability: one OpenTelemetry trace per diagnosis across the gateway and every stage (the
+context travels in NATS headers), Prometheus metrics on /metrics, JSON logs with the diagnosis id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
+
+from services.gateway.app import create_app
+from services.gateway.store import ResultSink, ResultStore
+from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, SUBJECT_COMPLETED, SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
+from shared.config import Settings
+from shared.logs import JsonFormatter
+from shared.metrics import start_metrics_server
+from shared.schemas import DiagnosisResult, DiagnosisStatus, StageEnvelope, Verdict
+from shared.stage import Stage, StageRunner
+from shared.telemetry import tracer_provider
+from tests.deploy.natscluster import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SNAPSHOT = ROOT / "tests" / "topology" / "fixtures" / "basic"
+SUBJECTS = {"topology": (SUBJECT_REQUESTED, SUBJECT_TOPOLOGY), "collector": (SUBJECT_TOPOLOGY, SUBJECT_COLLECTED),
+            "cloud": (SUBJECT_COLLECTED, SUBJECT_CLOUD), "simulator": (SUBJECT_CLOUD, SUBJECT_COMPLETED)}
+
+
+class PassStage(Stage):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.input_subject, self.output_subject = SUBJECTS[name]
+
+    async def handle(self, env: StageEnvelope) -> StageEnvelope:
+        if self.name == "simulator":
+            return env.model_copy(update={"result": DiagnosisResult(verdict=Verdict.REACHABLE, summary="ok")})
+        return env
+
+
+def in_memory_spans() -> InMemorySpanExporter:
+    """Spans of this process go (also) to memory. The global provider can be set only once per
+    process: reuse an SDK provider another test installed."""
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = tracer_provider("test")
+        trace.set_tracer_provider(provider)
+    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))  # type: ignore[attr-defined]
+    return exporter
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_one_trace_per_diagnosis_across_gateway_and_stages_and_metrics(nats_url: str) -> None:
+    exporter = in_memory_spans()
+    settings = Settings(nats_url=nats_url, metrics_port=free_port())
+    start_metrics_server(settings)
+    reachable_before = sample("netdiag_diagnoses_total", verdict="REACHABLE")
+    sim_count_before = sample("netdiag_stage_duration_seconds_count", stage="simulator")
+    buses: list[Bus] = []
+    stop = asyncio.Event()
+    tasks = []
+    for stage in [*(PassStage(n) for n in SUBJECTS), None]:
+        bus = await Bus.connect(name="obs", settings=settings)
+        buses.append(bus)
+        tasks.append(asyncio.create_task(StageRunner(bus, stage or ResultSink(bus, settings)).run(stop)))
+    gateway_bus = await Bus.connect(name="gateway", settings=settings)
+    runner = web.AppRunner(create_app(gateway_bus), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        ids = []
+        async with aiohttp.ClientSession() as s:
+            for port in (53, 80, 443):
+                body = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": port, "protocol": "tcp"}
+                async with s.post(f"{base}/api/v1/diagnoses", json=body) as resp:
+                    assert resp.status == 202
+                    ids.append((await resp.json())["id"])
+            store = ResultStore(gateway_bus)
+            for _ in range(100):
+                done = [await store.get(i) for i in ids]
+                if all(d and d.status == DiagnosisStatus.COMPLETED for d in done):
+                    break
+                await asyncio.sleep(0.1)
+            async with s.get(f"{base}/metrics") as resp:
+                exposition = await resp.text()
+
+        spans = [sp for sp in exporter.get_finished_spans() if sp.attributes.get("netdiag.diagnosis_id") in ids]
+        traces: dict[str, set[int]] = defaultdict(set)
+        names: dict[str, set[str]] = defaultdict(set)
+        for sp in spans:
+            traces[sp.attributes["netdiag.diagnosis_id"]].add(sp.context.trace_id)
+            names[sp.attributes["netdiag.diagnosis_id"]].add(sp.name)
+        for i in ids:
+            assert len(traces[i]) == 1, f"diagnosis {i} spans {len(traces[i])} traces"
+            assert names[i] >= {"netdiag.gateway.create_diagnosis", *(f"netdiag.{n}" for n in SUBJECTS),
+                                "netdiag.gateway-store"}, names[i]
+        assert len({next(iter(t)) for t in traces.values()}) == len(ids)  # one trace each, not shared
+
+        assert sample("netdiag_diagnoses_total", verdict="REACHABLE") == reachable_before + 3
+        assert sample("netdiag_stage_duration_seconds_count", stage="simulator") >= sim_count_before + 3
+        for metric in ("netdiag_diagnoses_total", "netdiag_stage_duration_seconds_bucket",
+                       "netdiag_stage_redeliveries_total", "netdiag_collector_timeouts_total"):
+            assert metric in exposition or metric.removesuffix("_total") in exposition, metric
+        port_text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=5).read())
+        assert b"netdiag_diagnoses_total" in port_text  # the per-service metrics port
+    finally:
+        stop.set()
+        await runner.cleanup()
+        await asyncio.wait(tasks, timeout=5)
+        for bus in [*buses, gateway_bus]:
+            with contextlib.suppress(Exception):
+                await bus.close()
+
+
+def test_json_logs_carry_the_diagnosis_id() -> None:
+    record = logging.LogRecord("netdiag.stage", logging.WARNING, __file__, 1, "attempt %d failed", (2,), None)
+    record.diagnosis_id, record.stage = "0123abcd" * 4, "collector"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["diagnosis_id"] == "0123abcd" * 4 and line["stage"] == "collector"
+    assert line["msg"] == "attempt 2 failed" and line["level"] == "warning"
+
+
+async def test_each_service_process_runs_as_deployed_and_serves_metrics(nats_url: str) -> None:
+    """The commands of the chart and docker-compose, as separate processes on one NATS: a diagnosis
+    goes through all of them, and each serves Prometheus metrics on its own port."""
+    http_port = free_port()
+    commands = {
+        "topology": ["services.topology"], "collector": ["services.collector"], "cloud": ["services.cloud"],
+        "simulator": ["services.simulator"], "agent": ["services.collector", "agent", "--node", "node-1"],
+        "gateway": ["services.gateway", "--host", "127.0.0.1", "--port", str(http_port)],
+    }
+    ports = {name: free_port() for name in commands}
+    procs = []
+    try:
+        for name, argv in commands.items():
+            env = {**os.environ, "NETDIAG_NATS_URL": nats_url, "NETDIAG_METRICS_PORT": str(ports[name]),
+                   "NETDIAG_SNAPSHOT": str(SNAPSHOT), "NETDIAG_COLLECT_TIMEOUT_S": "2"}
+            procs.append(subprocess.Popen([sys.executable, "-m", *argv], env=env, cwd=ROOT,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        base = f"http://127.0.0.1:{http_port}"
+        async with aiohttp.ClientSession() as s:
+            for _ in range(200):  # the processes import and connect
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with s.get(f"{base}/readyz") as resp:
+                        if resp.status == 200:
+                            break
+                await asyncio.sleep(0.1)
+            body = {"src": "10.244.1.2", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
+            async with s.post(f"{base}/api/v1/diagnoses", json=body) as resp:
+                assert resp.status == 202, await resp.text()
+                diagnosis_id = (await resp.json())["id"]
+            for _ in range(300):
+                async with s.get(f"{base}/api/v1/diagnoses/{diagnosis_id}") as resp:
+                    doc = await resp.json()
+                if doc["status"] != "queued":
+                    break
+                await asyncio.sleep(0.1)
+            assert doc["status"] == "completed", doc.get("error")
+            assert set(doc["timings_ms"]) >= {"topology", "collector", "cloud", "simulator"}
+            for name, port in ports.items():
+                async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                    text = await resp.text()
+                    assert resp.status == 200 and "netdiag_stage_duration_seconds" in text, name
+        for proc in procs:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else proc.args
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

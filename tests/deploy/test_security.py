@@ -1,0 +1,254 @@
+"""Security: gateway bearer tokens (and what stays open), rate limit, body size; NATS credentials
+and subject permissions enforced by a real nats-server (an agent may only answer its own collect
+subject — publishing results is refused); results expire after the configured TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import nats
+import pytest
+from aiohttp import web
+
+from services.collector.agent import NodeAgent, request_dump
+from services.gateway.app import create_app
+from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus, node_collect_subject
+from shared.config import Settings
+from shared.natsperms import agent_permissions
+from shared.natsserver import NatsServer, nats_server_binary
+from tests.deploy.chart import render
+
+TOKEN = "s3cret-token-0123456789"
+REQUEST = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
+
+
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    bus = await Bus.connect(name="gateway", settings=settings)
+    runner = web.AppRunner(create_app(bus), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+        await bus.close()
+
+
+@pytest.fixture
+async def gateway(nats_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN}\nother-token-abcdefghij\n")
+    settings = Settings(nats_url=nats_url, auth_tokens_file=tokens, rate_limit_rps=5, rate_limit_burst=8)
+    async for url in serve(settings):
+        yield url
+
+
+async def test_api_refuses_a_request_without_a_token(gateway: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{gateway}/api/v1/diagnoses", json=REQUEST) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "Authorization: Bearer" in (await resp.json())["error"]
+        async with s.get(f"{gateway}/api/v1/diagnoses") as resp:
+            assert resp.status == 401
+        async with s.get(f"{gateway}/api/v1/diagnoses", headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401 and (await resp.json())["error"] == "invalid token"
+        async with s.get(f"{gateway}/api/v1/diagnoses", headers={"Authorization": f"Basic {TOKEN}"}) as resp:
+            assert resp.status == 401
+
+
+async def test_a_valid_token_is_accepted_and_health_stays_open(gateway: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{gateway}/api/v1/diagnoses", json=REQUEST,
+                          headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 202, await resp.text()
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with s.get(f"{gateway}{path}") as resp:
+                assert resp.status == 200, path
+
+
+async def test_the_ui_gets_its_token_as_a_strict_cookie(gateway: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:  # unsafe: an IP host
+        async with s.get(f"{gateway}/?token={TOKEN}", allow_redirects=False) as resp:
+            assert resp.status == 302 and resp.headers["Location"] == "/"
+            cookie = resp.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        async with s.get(f"{gateway}/api/v1/diagnoses") as resp:  # the session cookie authenticates
+            assert resp.status == 200
+    async with aiohttp.ClientSession() as s, s.get(f"{gateway}/?token=nope", allow_redirects=False) as resp:
+        assert resp.status == 401
+
+
+async def test_rate_limit_and_body_size(gateway: str) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as s:
+        statuses = []
+        for _ in range(12):  # burst 8
+            async with s.get(f"{gateway}/api/v1/diagnoses?limit=1") as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert int(resp.headers["Retry-After"]) >= 1
+        assert statuses[:8] == [200] * 8 and 429 in statuses[8:]
+        async with s.get(f"{gateway}/healthz") as resp:  # probes are never limited
+            assert resp.status == 200
+        await asyncio.sleep(1.0)  # 5 requests/s refill
+        async with s.post(f"{gateway}/api/v1/diagnoses", data=b"{" + b" " * 70_000 + b"}",
+                          headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 413
+
+
+async def test_no_tokens_configured_means_open_local_stack(nats_url: str) -> None:
+    async for url in serve(Settings(nats_url=nats_url)):
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/api/v1/diagnoses") as resp:
+            assert resp.status == 200
+
+
+# ------------------------------------------------------------------ NATS identities
+
+
+@pytest.fixture
+def secured_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    config = {"authorization": {"users": [
+        {"user": "netdiag", "password": "stage-pass"},
+        {"user": "agent-node-a", "password": "agent-pass", "permissions": agent_permissions("node-a")},
+    ]}}
+    path = tmp_path / "nats.conf"
+    path.write_text(json.dumps(config))  # nats-server reads JSON as its configuration format
+    server = NatsServer(tmp_path / "nats", extra_args=["-c", str(path)])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_nats_refuses_a_client_without_credentials(secured_nats: NatsServer) -> None:
+    with pytest.raises((nats.errors.Error, TimeoutError)):
+        nc = await asyncio.wait_for(nats.connect(secured_nats.url, max_reconnect_attempts=1,
+                                                 allow_reconnect=False), 5)
+        await nc.close()
+
+
+async def test_an_agent_may_answer_its_own_collect_subject_and_nothing_else(secured_nats: NatsServer) -> None:
+    stage_settings = Settings(nats_url=secured_nats.url, nats_user="netdiag", nats_password="stage-pass")
+    agent_settings = Settings(nats_url=secured_nats.url, nats_user="agent-node-a", nats_password="agent-pass")
+    stages = await Bus.connect(name="collector", settings=stage_settings)  # creates the stream and buckets
+    agent_bus = await Bus.connect(name="agent-node-a", settings=agent_settings)
+    agent = NodeAgent(agent_bus, "node-a")
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    intruder = await nats.connect(secured_nats.url, user="agent-node-a", password="agent-pass", error_cb=on_error)
+    try:
+        await agent.start()
+        # its own job works under these permissions: a real dump, written to the blob store
+        reply = await request_dump(stages, "node-a", 10.0, diagnosis_id="sec-test")
+        assert reply.ok and reply.blob is not None, reply.error
+        assert len(await stages.get_blob(reply.blob)) == reply.blob.size
+
+        before = (await stages.js.stream_info(STREAM)).state.messages
+        await intruder.publish(SUBJECT_COMPLETED, b'{"forged": true}')  # pretend a diagnosis finished
+        await intruder.publish(f"$KV.{RESULTS_BUCKET}.0123", b"{}")  # overwrite a result
+        await intruder.subscribe(node_collect_subject("node-b"))  # listen to another node's requests
+        await intruder.flush()
+        for _ in range(50):
+            if len(violations) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert any(f"publish to \"{SUBJECT_COMPLETED}\"" in v for v in violations), violations
+        assert any(f"$kv.{RESULTS_BUCKET}" in v.lower() for v in violations), violations
+        assert any(f"subscription to \"{node_collect_subject('node-b')}\"" in v for v in violations), violations
+        assert (await stages.js.stream_info(STREAM)).state.messages == before  # nothing reached the stream
+    finally:
+        await agent.stop()
+        await intruder.close()
+        await agent_bus.close()
+        await stages.close()
+
+
+async def test_results_expire_after_the_configured_ttl(fresh_nats: NatsServer) -> None:
+    bus = await Bus.connect(name="ttl", settings=Settings(nats_url=fresh_nats.url, result_ttl_s=1.0))
+    try:
+        assert (await bus.js.stream_info(STREAM)).config.max_age == 1.0
+        await bus.kv.put("0" * 32, b"{}")
+        await asyncio.sleep(2.0)
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await bus.kv.get("0" * 32)
+    finally:
+        await bus.close()
+
+
+# ------------------------------------------------------------------ the Helm chart's own NATS
+
+
+@pytest.fixture
+def chart_nats(tmp_path: Path) -> Iterator[str]:
+    """A nats-server started from the chart's rendered nats.conf (single replica: the cluster
+    routes need the StatefulSet's DNS names), moved onto loopback and a temp directory."""
+    objects = render({"nats": {"replicas": 1}})
+    conf = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["nats.conf"]
+    for old, new in (("listen: 0.0.0.0:4222", "listen: 127.0.0.1:-1"), ("http: 0.0.0.0:8222", "http: 127.0.0.1:-1"),
+                     ("store_dir: /data", f"store_dir: {tmp_path / 'js'}"),
+                     ("/var/run/nats/nats.pid", str(tmp_path / "nats.pid"))):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    (tmp_path / "nats.conf").write_text(conf)
+    env = {**os.environ, "POD_NAME": "nats-0", "NETDIAG_PASSWORD": "stage-pass", "AGENT_PASSWORD": "agent-pass"}
+    proc = subprocess.Popen([nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "--ports_file_dir",
+                             str(tmp_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        ports = tmp_path / f"nats-server_{proc.pid}.ports"
+        for _ in range(500):
+            if ports.exists() and ports.read_text().strip():
+                break
+            time.sleep(0.01)
+        yield json.loads(ports.read_text())["nats"][0]
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+async def test_the_charts_nats_config_lets_agents_collect_and_nothing_more(chart_nats: str) -> None:
+    stages = await Bus.connect(name="collector", settings=Settings(
+        nats_url=chart_nats, nats_user="netdiag", nats_password="stage-pass"))
+    agent_bus = await Bus.connect(name="agent", settings=Settings(
+        nats_url=chart_nats, nats_user="agent", nats_password="agent-pass"))
+    agent = NodeAgent(agent_bus, "node-a")
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    intruder = await nats.connect(chart_nats, user="agent", password="agent-pass", error_cb=on_error)
+    try:
+        await agent.start()
+        reply = await request_dump(stages, "node-a", 10.0, diagnosis_id="chart-test")
+        assert reply.ok and reply.blob is not None, reply.error
+        await intruder.publish(SUBJECT_COMPLETED, b"{}")
+        await intruder.flush()
+        for _ in range(50):
+            if violations:
+                break
+            await asyncio.sleep(0.05)
+        assert any(f"publish to \"{SUBJECT_COMPLETED}\"" in v for v in violations), violations
+    finally:
+        await agent.stop()
+        await intruder.close()
+        await agent_bus.close()
+        await stages.close()
+
+
+def test_the_charts_agent_permissions_match_the_documented_ones() -> None:
+    conf = next(o for o in render() if o["kind"] == "ConfigMap")["data"]["nats.conf"]
+    agent_block = conf.split("user: agent")[1]
+    for subject in agent_permissions("node-a")["publish"]["allow"]:
+        assert f'"{subject}"' in agent_block, subject

@@ -1,0 +1,291 @@
+"""The dataplane walk on node dumps recorded from real labs (fixtures/walk/: the topology report and
+the node agents' dumps of one diagnosis), edited in code to inject each fault the walk must name."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+from services.simulator.dataplane.walk import WalkResult, walk
+from shared.codes import finding
+from shared.netstack import Link, Neighbor, NetnsDump, NodeDump, Route
+from shared.schemas import DiagnosisRequest, FinalState, HopStatus
+from shared.schemas import Path as ResultPath
+from shared.topology import TopologyReport
+
+FIXTURES = Path(__file__).parent / "fixtures" / "walk"
+PORTS = {"pod-cross-node": 8080, "clusterip": 80, "dns-same-node": 53, "pod-vxlan": 9000}
+
+
+class Case:
+    """One recorded diagnosis: its topology report and fresh, editable copies of the node dumps."""
+
+    def __init__(self, scenario: str, name: str, nodes: tuple[str, ...] = ("node-1", "node-2")) -> None:
+        self.report = TopologyReport.model_validate_json((FIXTURES / f"{scenario}-{name}.topology.json").read_text())
+        self.request = DiagnosisRequest(src=self.report.src.address, dst=self.report.dst.address, port=PORTS[name],
+                                        protocol="tcp")
+        self.dumps = {n: NodeDump.model_validate_json(gzip.decompress((FIXTURES / f"{scenario}-{n}.json.gz")
+                                                                      .read_bytes())) for n in nodes}
+
+    def host(self, node: str) -> NetnsDump:
+        return self.dumps[node].host
+
+    def pod(self, key: str) -> NetnsDump:
+        return next(ns for d in self.dumps.values() for ns in d.pods if ns.pod == key)
+
+    def iptables(self, node: str, table: str, rule: str, first: bool = True) -> None:
+        """Add an `-A` rule (at the top of its chain when `first`) to the node's save text."""
+        state = self.host(node).netfilter.iptables[0]
+        head, _, rest = state.save.partition(f"*{table}\n")
+        chain = rule.split()[1]
+        lines = rest.split("\n")
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"-A {chain} ") or line == "COMMIT")
+        if not first:
+            at = next(i for i, line in enumerate(lines) if line == "COMMIT")
+        lines.insert(at, rule)
+        state.save = head + f"*{table}\n" + "\n".join(lines)
+
+    def drop_rules(self, node: str, needle: str) -> None:
+        state = self.host(node).netfilter.iptables[0]
+        state.save = "\n".join(line for line in state.save.split("\n") if needle not in line)
+
+    def run(self, **kw: object) -> WalkResult:
+        return walk(self.report, self.request, self.dumps, **kw)  # type: ignore[arg-type]
+
+
+def forward(result: WalkResult) -> list[ResultPath]:
+    return [p for p in result.paths if p.direction == "forward"]
+
+
+def only_cause(result: WalkResult, code: str, hop: str) -> None:
+    paths = forward(result)
+    assert paths and all(p.final == FinalState.DROP and p.cause == code for p in paths), [
+        (p.final, p.cause) for p in paths]
+    for p in paths:
+        first = next(h.id for h in p.hops if h.status == HopStatus.ERROR)
+        assert first == hop, [(h.id, h.status) for h in p.hops]
+    assert any(f.code == code and f.hop == hop for f in result.findings)
+
+
+# ---------------------------------------------------------------- healthy walks
+
+
+def test_cross_node_pod_to_pod_is_delivered_with_every_hop_and_the_reply() -> None:
+    result = Case("basic", "pod-cross-node").run()
+    (path,) = forward(result)
+    assert path.final == FinalState.DELIVER
+    assert [h.id for h in path.hops] == ["pod:web/client", "node:node-1", "node:node-2", "pod:shop/api-2"]
+    assert all(s.packet_in is not None for h in path.hops for s in h.steps)
+    (reply,) = [p for p in result.paths if p.direction == "reply"]
+    assert reply.final == FinalState.DELIVER and reply.hops[-1].id == "pod:web/client"
+    assert not [f for f in result.findings if f.severity == "error"]
+
+
+def test_cluster_ip_fans_out_to_each_endpoint_and_the_reply_is_translated_back() -> None:
+    result = Case("basic", "clusterip").run()
+    paths = forward(result)
+    assert sorted(p.id for p in paths) == ["p0", "p1"]  # named after the topology's candidate paths
+    for p in paths:
+        assert p.final == FinalState.DELIVER
+        assert p.hops[1].id == "service:shop/api" and "probability 0.50" in p.description
+        nat = [s for h in p.hops for s in h.steps if s.kind == "nat"]
+        assert nat and str(nat[0].packet_out.dst) in ("10.244.1.3", "10.244.2.2")
+    replies = [p for p in result.paths if p.direction == "reply"]
+    assert len(replies) == 2 and all(p.final == FinalState.DELIVER for p in replies)
+    undo = [s for p in replies for h in p.hops for s in h.steps if "translated back" in s.detail]
+    assert all(str(s.packet_out.src) == "10.96.0.100" for s in undo) and len(undo) == 2
+
+
+def test_vxlan_encapsulates_to_the_fdb_vtep_and_decapsulates_on_the_remote_node() -> None:
+    result = Case("vxlan", "pod-vxlan").run()
+    (path,) = forward(result)
+    assert path.final == FinalState.DELIVER
+    kinds = [s.kind for h in path.hops for s in h.steps]
+    assert "encap" in kinds and "decap" in kinds
+
+
+def test_a_pod_mtu_above_the_overlay_mtu_is_a_warning() -> None:
+    case = Case("vxlan", "pod-vxlan")
+    next(lk for lk in case.pod("app/frontend").links if lk.name == "eth0").mtu = 1500
+    result = case.run()
+    assert all(p.final == FinalState.DELIVER for p in forward(result))
+    (mtu,) = [f for f in result.findings if f.code == "MTU_MISMATCH"]
+    assert mtu.hop == "pod:app/frontend" and mtu.severity == "warning" and mtu.evidence["path_mtu"] == 1450
+
+
+# ---------------------------------------------------------------- netfilter
+
+
+def test_forward_drop_names_namespace_hook_table_chain_rule_and_position() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.iptables("node-2", "filter", "-A FORWARD -d 10.244.2.2/32 -p tcp -m tcp --dport 8080 -j DROP")
+    result = case.run()
+    only_cause(result, "IPTABLES_DROP", "node:node-2")
+    f = next(f for f in result.findings if f.code == "IPTABLES_DROP")
+    assert f.evidence["chain"] == "FORWARD" and f.evidence["position"] == 1 and f.evidence["hook"] == "FORWARD"
+    assert "--dport 8080 -j DROP" in f.evidence["rule"] and f.evidence["where"] == "node node-2"
+
+
+def test_reject_names_its_reason() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.iptables("node-1", "filter", "-A FORWARD -p tcp -j REJECT --reject-with tcp-reset")
+    result = case.run()
+    only_cause(result, "IPTABLES_REJECT", "node:node-1")
+    assert next(f for f in result.findings if f.code == "IPTABLES_REJECT").evidence["reject_with"] == "tcp-reset"
+
+
+def test_an_unknown_match_explores_both_outcomes() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.iptables("node-2", "filter", "-A FORWARD -m frobnicate --level 3 -j DROP")
+    result = case.run()
+    assert sorted(p.final for p in forward(result)) == [FinalState.DELIVER, FinalState.DROP]
+    assert any(p.final == FinalState.DROP for p in result.paths if p.direction == "reply")
+    assert any(f.code == "UNSUPPORTED_RULE" for f in result.findings)
+    assert any(a.could_change_outcome for a in result.assumptions)
+
+
+def test_a_drop_in_a_policy_chain_the_evaluator_denies_is_network_policy_deny() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.iptables("node-2", "filter", '-A FORWARD -d 10.244.2.2/32 -m comment --comment '
+                  '"ingress of shop/api-2 denied by shop/lockdown" -j DROP')
+    deny = finding("NETWORK_POLICY_DENY", "pod:shop/api-2", policies="shop/lockdown", src="10.244.1.2",
+                   dst="10.244.2.2:8080", reason="isolated", direction="ingress")
+    result = case.run(expected=[deny])
+    only_cause(result, "NETWORK_POLICY_DENY", "pod:shop/api-2")
+
+
+def test_kube_services_flushed_is_kube_proxy_rules_missing() -> None:
+    case = Case("basic", "clusterip")
+    case.drop_rules("node-1", "-A KUBE-SERVICES")
+    only_cause(case.run(), "KUBE_PROXY_RULES_MISSING", "node:node-1")
+
+
+def test_an_endpoint_the_node_does_not_dnat_to_is_reported() -> None:
+    case = Case("basic", "clusterip")
+    case.drop_rules("node-1", '"shop/api:http -> 10.244.2.2:8080"')
+    result = case.run()
+    missing = [f for f in result.findings if f.code == "KUBE_PROXY_RULES_MISSING"]
+    assert any("10.244.2.2:8080" in f.message for f in missing)
+    assert sorted(p.final for p in forward(result)) == [FinalState.DELIVER, FinalState.DROP]
+
+
+# ---------------------------------------------------------------- routing and sysctls
+
+
+def test_missing_pod_cidr_route_is_an_invalid_route_naming_the_expected_node() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.host("node-1").routes = [r for r in case.host("node-1").routes if r.dst != "10.244.2.0/24"]
+    result = case.run()
+    only_cause(result, "INVALID_ROUTE", "node:node-1")
+    assert next(f for f in result.findings if f.code == "INVALID_ROUTE").evidence["expected"] == "172.30.0.12"
+
+
+def test_blackhole_route() -> None:
+    case = Case("basic", "pod-cross-node")
+    routes = [r for r in case.host("node-1").routes if r.dst != "10.244.2.0/24"]
+    case.host("node-1").routes = [*routes, Route(dst="10.244.2.0/24", type="blackhole")]
+    only_cause(case.run(), "ROUTE_BLACKHOLE", "node:node-1")
+
+
+def test_no_route_in_the_pod() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.pod("web/client").routes = [r for r in case.pod("web/client").routes if r.dst != "default"]
+    only_cause(case.run(), "NO_ROUTE", "pod:web/client")
+
+
+def test_ip_forward_off_on_the_destination_node() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.host("node-2").sysctls.update({"ipv4/conf/eth0/forwarding": "0", "ipv4/ip_forward": "0"})
+    only_cause(case.run(), "IP_FORWARD_DISABLED", "node:node-2")
+
+
+def test_strict_rp_filter_with_an_asymmetric_return_route() -> None:
+    case = Case("basic", "pod-cross-node")
+    host = case.host("node-2")
+    host.links.append(Link(index=99, name="eth1", kind="device", state="UP"))
+    host.routes = [r for r in host.routes if r.dst != "10.244.1.0/24"]
+    host.routes.append(Route(dst="10.244.1.0/24", gateway="172.30.0.11", dev="eth1", onlink=True))
+    host.sysctls.update({"ipv4/conf/all/rp_filter": "1", "ipv4/conf/eth0/rp_filter": "1"})
+    result = case.run()
+    only_cause(result, "RP_FILTER_DROP", "node:node-2")
+    assert next(f for f in result.findings if f.code == "RP_FILTER_DROP").evidence["reverse_device"] == "eth1"
+
+
+def test_a_routing_loop_is_bounded() -> None:
+    case = Case("basic", "pod-cross-node")
+    host = case.host("node-2")
+    host.routes = [r for r in host.routes if r.dst != "10.244.2.0/24"]
+    host.routes.append(Route(dst="10.244.2.0/24", gateway="172.30.0.11", dev="eth0"))
+    result = case.run()
+    (path,) = forward(result)
+    assert path.final == FinalState.DROP and path.cause == "ROUTING_LOOP"
+
+
+# ---------------------------------------------------------------- links
+
+
+def test_the_destination_pods_eth0_down() -> None:
+    case = Case("basic", "pod-cross-node")
+    eth0 = next(lk for lk in case.pod("shop/api-2").links if lk.name == "eth0")
+    eth0.admin_up, eth0.state = False, "DOWN"
+    only_cause(case.run(), "LINK_DOWN", "pod:shop/api-2")
+
+
+def test_the_remote_uplink_down_is_blamed_on_its_node_before_the_neighbour() -> None:
+    case = Case("basic", "pod-cross-node")
+    eth0 = next(lk for lk in case.host("node-2").links if lk.name == "eth0")
+    eth0.admin_up, eth0.state = False, "DOWN"
+    case.host("node-1").neighbors.append(Neighbor(dst="172.30.0.12", dev="eth0", state="FAILED"))
+    only_cause(case.run(), "LINK_DOWN", "node:node-2")
+
+
+def test_a_failed_neighbour() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.host("node-1").neighbors.append(Neighbor(dst="172.30.0.12", dev="eth0", state="FAILED"))
+    only_cause(case.run(), "NEIGHBOR_FAILED", "node:node-1")
+
+
+def test_a_deleted_veth_pair_is_veth_peer_missing_on_the_pod() -> None:
+    case = Case("basic", "pod-cross-node")
+    pod = case.pod("shop/api-2")
+    pod.links = [lk for lk in pod.links if lk.name != "eth0"]
+    pod.pod = None  # the collector names pod namespaces by their address, which went with eth0
+    case.host("node-2").links = [lk for lk in case.host("node-2").links if lk.peer_netns != pod.id]
+    only_cause(case.run(), "VETH_PEER_MISSING", "pod:shop/api-2")
+
+
+def test_a_wrong_vxlan_fdb_entry_is_an_invalid_route_with_the_expected_vtep() -> None:
+    case = Case("vxlan", "pod-vxlan")
+    for entry in case.host("node-1").fdb:
+        if entry.dst == "172.30.0.12":
+            entry.dst = "172.30.0.99"
+    result = case.run()
+    only_cause(result, "INVALID_ROUTE", "node:node-1")
+    assert next(f for f in result.findings if f.code == "INVALID_ROUTE").evidence["expected"] == "172.30.0.12"
+
+
+# ---------------------------------------------------------------- delivery, reply, missing data
+
+
+def test_no_listener() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.pod("shop/api-2").sockets = []
+    only_cause(case.run(), "NO_LISTENER", "pod:shop/api-2")
+
+
+def test_same_node_service_reply_bridged_without_iptables_is_bridge_nf_disabled() -> None:
+    case = Case("basic", "dns-same-node", ("node-1",))
+    assert all(p.final == FinalState.DELIVER for p in forward(case.run()))
+    case.host("node-1").sysctls["bridge/bridge-nf-call-iptables"] = "0"
+    result = case.run()
+    only_cause(result, "BRIDGE_NF_DISABLED", "node:node-1")
+    (reply,) = [p for p in result.paths if p.direction == "reply"]
+    assert reply.final == FinalState.DROP and str(reply.hops[-1].steps[-1].packet_in.src) == "10.244.1.4"
+
+
+def test_a_node_without_a_dump_aborts_the_walk_there() -> None:
+    case = Case("basic", "pod-cross-node")
+    del case.dumps["node-2"]
+    (path,) = forward(case.run())
+    assert path.final == FinalState.ABORT and path.cause == "COLLECTOR_UNAVAILABLE"
+    assert path.hops[-1].id == "node:node-2"
