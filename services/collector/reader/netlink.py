@@ -9,6 +9,7 @@ the network namespace of the thread that creates it, like every other read here.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -127,7 +128,9 @@ class Netlink:
         self._sock.send(_HEADER.pack(_HEADER.size + len(payload), msg_type, flags, seq, 0) + payload)
         view = memoryview(self._buf)
         while True:
-            size = self._sock.recv_into(self._buf)
+            size = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)  # MSG_TRUNC: the real length
+            if size > len(self._buf):
+                raise NetlinkError(errno.EMSGSIZE, f"netlink message of {size} bytes exceeds {len(self._buf)}")
             offset = 0
             while offset + _HEADER.size <= size:
                 length, kind, _, msg_seq, _ = _HEADER.unpack_from(self._buf, offset)
