@@ -15,11 +15,16 @@ def _hop_line(hop: Hop) -> str:
     return f"{MARK[hop.status]} [{hop.kind.value}] {hop.name}{addr}{where}"
 
 
-def _first_failure(paths: list[Path]) -> tuple[Path, Hop] | None:
+def _first_failure(paths: list[Path]) -> tuple[str, Path, Hop] | None:
     for path in paths:
         for hop in path.hops:
             if hop.status == HopStatus.ERROR:
-                return path, hop
+                return "first failing hop", path, hop
+    # nothing failed, but a path could not be followed (e.g. an unknown address): say where it stopped
+    for path in paths:
+        for hop in path.hops:
+            if path.final == FinalState.ABORT and hop.status == HopStatus.UNKNOWN:
+                return "could not follow past", path, hop
     return None
 
 
@@ -52,10 +57,10 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     out.append(f"verdict: {r.verdict.value} — {r.summary}")
     failure = _first_failure(r.paths)
     if failure:
-        path, hop = failure
-        out.append(f"first failing hop: {hop.name} ({hop.kind.value}) on path {path.id}")
+        label, path, hop = failure
+        out.append(f"{label}: {hop.name} ({hop.kind.value}) on path {path.id}")
         for f in r.findings:
-            if f.hop == hop.id and f.severity == Severity.ERROR:
+            if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause):
                 out.append(f"  because: {f.message}")
                 out.append(f"  fix:     {f.suggestion}")
                 break

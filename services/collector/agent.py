@@ -104,15 +104,15 @@ class NodeAgent:
         """`iptables-nft-save` takes ~1.3 s for 5,000 Services, longer than a whole warm
         collection. So the agent reads the host's nft rules at start and again soon after
         they change (polling the generation id costs ~1 ms), at most once per min_interval_s
-        (bounded CPU under kube-proxy churn); a diagnosis then usually finds them cached.
-        The lock makes a request that arrives mid-read wait for it instead of repeating it."""
+        (bounded CPU under kube-proxy churn); a diagnosis then usually finds them cached. A
+        request arriving mid-read reads its pods meanwhile and waits only for that read
+        (`NftCache.reading`), so the agent lock is not needed here."""
         last_read = -math.inf
         while True:
             if time.monotonic() - last_read >= min_interval_s:
                 try:
-                    async with self._lock:
-                        if await asyncio.to_thread(warm_host_nft_cache, self.netns):
-                            last_read = time.monotonic()
+                    if await asyncio.to_thread(warm_host_nft_cache, self.netns):
+                        last_read = time.monotonic()
                 except Exception:  # a request will report the same problem with its context
                     log.debug("reading nft rules ahead failed", exc_info=True)
                     last_read = time.monotonic()

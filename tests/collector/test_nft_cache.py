@@ -5,6 +5,7 @@ rule, a native nft table, legacy tables appearing — is seen by the very next d
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,6 +104,26 @@ def test_every_change_is_seen_by_the_next_dump(nodes: tuple[str, str], tool_runs
     nf = collect_node("n", a).host.netfilter
     assert "iptables-nft-save" in tool_runs[runs_before:] and nf.mixed_backends
     assert tool_runs.count("iptables-nft-save") == 5  # one per dump: no change was served from the cache
+    assert len(netfilter.NFT_CACHE) == 1  # each new version replaced the namespace's old one
+
+
+def test_concurrent_readers_share_one_read(nodes: tuple[str, str], tool_runs: list[str]) -> None:
+    a, _ = nodes
+    more = "".join(f"-A KUBE-SERVICES -d 10.97.{i // 250}.{i % 250}/32 -p tcp -m tcp --dport 80 -j ACCEPT\n"
+                   for i in range(2000))  # long enough a read for the three to overlap
+    sh("ip", "netns", "exec", a, "iptables-nft-restore", "--noflush", input=f"*nat\n{more}COMMIT\n")
+    start = threading.Barrier(3)
+
+    def read() -> str:
+        start.wait()
+        errors: list[str] = []
+        state = netfilter.read_netfilter(errors)
+        assert errors == []
+        return state.iptables[0].save
+
+    ref = netns.host_ref(a)
+    saves = netns.run_many([(ref, read)] * 3, workers=3)
+    assert len(set(saves)) == 1 and "10.97.7.249/32" in str(saves[0]) and tool_runs == ["iptables-nft-save"]
 
 
 def test_namespaces_with_equal_generations_do_not_share_entries(nodes: tuple[str, str], tool_runs: list[str]) -> None:

@@ -17,10 +17,9 @@ import aiohttp
 
 from services.stack import EmbeddedStack
 from shared.config import Settings
-from tests.e2e.test_snapshot_diagnoses import POLICY, POLICY_CASES, SHOP, SHOP_CASES, Case
+from tests.e2e.cases import POLICY, POLICY_CASES, ROOT, SHOP, SHOP_CASES, Case
 from tests.foundation.helpers import post
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 60
 
 
@@ -70,6 +69,14 @@ def test_undetermined_json_exits_2() -> None:
     assert doc["result"]["verdict"] == "UNDETERMINED"
     assert [p["final"] for p in doc["result"]["paths"]] == ["DELIVER"]
     assert {f["code"] for f in doc["result"]["findings"]} == {"DATA_MISSING"}
+
+
+def test_ambiguous_exits_2() -> None:
+    run = netdiag("diagnose", "--snapshot", POLICY, *request_args(POLICY_CASES["one_endpoint_denied"]))
+    assert run.returncode == 2, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy prod/default-deny-ingress")
+    assert lines[2] == "first failing hop: prod/search-1 (pod) on path p1"
 
 
 def test_usage_errors_exit_3_without_starting_anything() -> None:

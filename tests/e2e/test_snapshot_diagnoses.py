@@ -22,40 +22,10 @@ from services.render import render_diagnosis
 from services.stack import EmbeddedStack
 from shared.config import Settings
 from shared.schemas import Diagnosis
+from tests.e2e.cases import BASIC, BASIC_CASES, POLICY, POLICY_CASES, ROOT, SHOP, SHOP_CASES, Case
 from tests.foundation.helpers import run_to_end
 
-ROOT = Path(__file__).resolve().parents[2]
-POLICY = Path(__file__).parent / "fixtures" / "policy"  # calico: policies enforced; kubernetes/ only
-BASIC = ROOT / "tests" / "topology" / "fixtures" / "basic"  # flannel alone: policies not enforced
-SHOP = ROOT / "examples" / "snapshots" / "shop"  # captured from the lab: kubernetes/ + nodes/ + cloud/
 GOLDEN = Path(__file__).parent / "golden"
-
-Case = tuple[str, str, int, str]
-
-POLICY_CASES: dict[str, Case] = {
-    "ingress_deny": ("10.244.1.10", "10.244.2.12", 8200, "tcp"),  # web/frontend → secure/vault-0 (deny-all ns)
-    "namespace_deny": ("10.244.1.13", "10.244.2.10", 8080, "tcp"),  # default/debug → prod/api: only ns team=web
-    "egress_deny": ("10.244.1.11", "10.244.2.10", 8080, "tcp"),  # web/sandbox may only talk to DNS
-    "allow_via_service": ("10.244.1.10", "10.96.0.20", 80, "tcp"),  # prod/api, targetPort "http" → 8080
-    "no_endpoints": ("10.244.1.10", "10.96.0.50", 80, "tcp"),  # prod/reports selects nothing
-    "not_running": ("10.244.1.10", "10.244.2.11", 8080, "tcp"),  # web/batch-worker stuck in its init container
-    "not_ready": ("10.244.1.10", "10.244.1.12", 8080, "tcp"),  # prod/api-…-d3e4f fails its readiness probe
-    "unknown_address": ("10.244.1.10", "10.244.3.77", 80, "tcp"),
-    "dns": ("10.244.1.11", "10.96.0.10", 53, "udp"),  # two CoreDNS pods; sandbox's egress allows DNS
-    "one_endpoint_denied": ("10.244.1.10", "10.96.0.60", 9200, "tcp"),  # search-1 lacks exposure=public
-}
-BASIC_CASES: dict[str, Case] = {
-    "cni_not_enforcing": ("10.244.1.20", "10.244.2.40", 8443, "tcp"),  # prod default-deny, flannel only
-    "dns": ("10.244.1.20", "10.96.0.10", 53, "udp"),
-    "named_target_port": ("10.244.1.20", "10.96.0.50", 80, "tcp"),  # web: targetPort http → 8080
-    "no_endpoints": ("10.244.1.20", "10.96.0.70", 80, "tcp"),
-}
-SHOP_CASES: dict[str, Case] = {
-    "service": ("10.244.1.2", "10.96.0.100", 80, "tcp"),  # web/client → shop/api (two endpoints)
-    "policy_deny": ("10.244.1.2", "10.244.2.3", 5432, "tcp"),  # web/client → shop/db: only app=api allowed
-    "policy_allow": ("10.244.1.3", "10.244.2.3", 5432, "tcp"),  # shop/api-1 → shop/db
-    "dns": ("10.244.1.2", "10.96.0.10", 53, "udp"),
-}
 
 
 async def diagnose_all(snapshot: Path, cases: dict[str, Case]) -> dict[str, Diagnosis]:
@@ -212,6 +182,11 @@ def test_unknown_address_is_undetermined_and_says_so(policy: dict[str, Diagnosis
     # the summary names the real reason, not the missing node data
     assert d.result.summary == ("not enough data to decide: address 10.244.3.77 belongs to no pod, node or "
                                 "Service known to the cluster")
+    head = text_head(d, 5)
+    assert head[2] == ("could not follow past: private address owned by no pod, node or Service (external) on "
+                       "path p0")
+    assert head[3] == "  because: address 10.244.3.77 belongs to no pod, node or Service known to the cluster"
+    assert head[4].startswith("  fix:     Check the address")
 
 
 def test_dns_resolves_to_every_coredns_pod(policy: dict[str, Diagnosis]) -> None:
@@ -287,6 +262,9 @@ def test_golden_policy(policy: dict[str, Diagnosis]) -> None:
 
 
 def test_golden_basic(basic: dict[str, Diagnosis]) -> None:
+    first_failing(basic["no_endpoints"], "UNREACHABLE", "default/empty", "service")
+    assert [h.id for h in basic["named_target_port"].result.paths[0].hops] == [  # type: ignore[union-attr]
+        "pod:default/client", "service:default/web", "pod:default/web-7c9f8d6b5-abcde"]
     check_golden("basic", basic, BASIC)
 
 
@@ -295,4 +273,5 @@ def test_golden_shop(shop: dict[str, Diagnosis]) -> None:
     assert {k: v.result.verdict.value for k, v in shop.items() if v.result} == {
         "service": "REACHABLE", "policy_deny": "UNREACHABLE", "policy_allow": "REACHABLE", "dns": "REACHABLE"}
     assert finals(shop["policy_deny"]) == [("DROP", "NETWORK_POLICY_DENY")]
+    first_failing(shop["policy_deny"], "UNREACHABLE", "shop/db", "pod")
     check_golden("shop", shop, SHOP)

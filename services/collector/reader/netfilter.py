@@ -96,32 +96,44 @@ class NftRead:
 
 
 class NftCache:
-    """NftRead per namespace, valid for one (netns cookie, nft generation, legacy table names).
+    """The latest NftRead per namespace (by netns cookie), valid for one version: the nft
+    ruleset generation and the legacy table names.
 
     The generation id changes on every committed nftables change, including every
-    iptables-nft-restore / iptables-nft -A; legacy table names are in the key because
+    iptables-nft-restore / iptables-nft -A; legacy table names are in the version because
     iptables-nft-save mentions legacy tables it sees. Counters are not part of the
     generation: cached save text shows the built-in chains' packet counters as they were at
-    the read (nothing downstream uses them)."""
+    the read (nothing downstream uses them). One entry per namespace, so an old version is
+    dropped as soon as a new one is read (a kube-proxy dump is MBs)."""
 
-    def __init__(self, size: int = 8) -> None:
-        self._entries: OrderedDict[tuple[object, ...], NftRead] = OrderedDict()
-        self._size = size
+    def __init__(self, namespaces: int = 64, stripes: int = 16) -> None:
+        self._entries: OrderedDict[int, tuple[tuple[object, ...], NftRead]] = OrderedDict()
+        self._size = namespaces
         self._lock = threading.Lock()
+        self._reading = tuple(threading.Lock() for _ in range(stripes))
 
-    def get(self, key: tuple[object, ...]) -> NftRead | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is not None:
-                self._entries.move_to_end(key)
-            return found
+    def reading(self, cookie: int) -> threading.Lock:
+        """Held while a namespace's rules are read: a second reader of the same rules (the
+        agent's read-ahead and a request) waits for the first instead of repeating it."""
+        return self._reading[cookie % len(self._reading)]
 
-    def put(self, key: tuple[object, ...], value: NftRead) -> None:
+    def get(self, cookie: int, version: tuple[object, ...]) -> NftRead | None:
         with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
+            found = self._entries.get(cookie)
+            if found is None or found[0] != version:
+                return None
+            self._entries.move_to_end(cookie)
+            return found[1]
+
+    def put(self, cookie: int, version: tuple[object, ...], value: NftRead) -> None:
+        with self._lock:
+            self._entries[cookie] = (version, value)
+            self._entries.move_to_end(cookie)
             while len(self._entries) > self._size:
                 self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def clear(self) -> None:
         with self._lock:
@@ -161,7 +173,8 @@ class _Probe:
     nft_tables: list[tuple[str, str]] | None
     legacy: dict[str, list[str]]
     ipsets: bool
-    cache_key: tuple[object, ...] | None
+    cookie: int | None
+    version: tuple[object, ...] | None  # None: not worth caching, or no generation to key it
 
 
 def _probe(errors: list[str]) -> _Probe:
@@ -180,30 +193,33 @@ def _probe(errors: list[str]) -> _Probe:
             errors.append(f"ipset: {exc}")
             ipsets = False
     legacy = {family: _legacy_tables(family) for family in ("ip", "ip6")}
-    key = None
-    if nft_tables and generation is not None and cookie is not None:  # pods have no tables: nothing to keep
-        key = (cookie, generation, *map(tuple, legacy.values()))
-    return _Probe(nft_tables, legacy, ipsets, key)
+    version = None
+    if nft_tables and generation is not None:  # pods have no tables: nothing to keep
+        version = (generation, *map(tuple, legacy.values()))
+    return _Probe(nft_tables, legacy, ipsets, cookie, version)
 
 
 def _nft_side(probe: _Probe, errors: list[str], cache: NftCache) -> tuple[NftRead, bool]:
-    """The nft-side read, from the cache when it holds this generation; (read, tools ran)."""
-    found = cache.get(probe.cache_key) if probe.cache_key else None
-    if found is not None:
-        return found, False
-    failed = len(errors)
-    found = _read_nft_side(probe.nft_tables, errors)
-    if probe.cache_key and len(errors) == failed:  # never keep a partial read
-        cache.put(probe.cache_key, found)
-    return found, True
+    """The nft-side read, from the cache when it holds this version; (read, tools ran)."""
+    if probe.cookie is None or probe.version is None:
+        return _read_nft_side(probe.nft_tables, errors), True
+    with cache.reading(probe.cookie):
+        found = cache.get(probe.cookie, probe.version)
+        if found is not None:
+            return found, False
+        failed = len(errors)
+        found = _read_nft_side(probe.nft_tables, errors)
+        if len(errors) == failed:  # never keep a partial read
+            cache.put(probe.cookie, probe.version, found)
+        return found, True
 
 
 def warm_nft_cache(cache: NftCache = NFT_CACHE) -> bool:
     """Read the calling thread's namespace's nft side into the cache unless it is there
-    already; True when the tools ran (the agent refreshes in the background with this)."""
+    already; True when the tools ran (the agent reads ahead with this)."""
     errors: list[str] = []
     probe = _probe(errors)
-    return probe.cache_key is not None and _nft_side(probe, errors, cache)[1]
+    return probe.cookie is not None and probe.version is not None and _nft_side(probe, errors, cache)[1]
 
 
 def read_netfilter(errors: list[str], cache: NftCache = NFT_CACHE) -> NetfilterState:

@@ -2,9 +2,10 @@
 attributes (TLVs) inside them.
 
 The reader decodes the handful of fields the dump holds with `struct` instead of pyroute2:
-pyroute2 0.9 runs an asyncio loop per socket and builds an object per attribute, which
-cost 8-9 ms of pure Python per pod namespace (docs/node-dump.md, "Cost"). A socket binds to
-the network namespace of the thread that creates it, like every other read here.
+pyroute2 0.9 runs an asyncio loop per socket and builds an object per attribute, which cost
+~7 ms of pure Python per pod namespace (its netlink reads now take well under 1 ms; see
+docs/node-dump.md, "Cost"). A socket binds to the network namespace of the thread that
+creates it, like every other read here.
 """
 
 from __future__ import annotations

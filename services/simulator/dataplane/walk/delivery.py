@@ -39,12 +39,7 @@ def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
 
         reply_arrived(w, c, view)
         return
-    if view.is_host and w.service_vip(st) and not any(n.rewrites_destination for n in c.trail.nat):
-        # a Service address local to the node (IPVS's kube-ipvs0): the virtual server decides, not a socket
-        c.trail.step(hop, StepKind.SERVICE, StepAction.ABORT, f"{st.dst}:{st.dport} is a local Service address in "
-                     f"{view.where} (IPVS): its real servers are not simulated", packet(st, st.iif))
-        c.trail.assume("IPVS virtual servers are not simulated hop by hop: the Service's endpoints were not followed")
-        w.finish(c, FinalState.ABORT)
+    if w.ipvs.unserved(c, view):
         return
     c.trail.delivered = (view.place, copy_state(st))
     sock = matching_socket(view.dump.sockets, st)

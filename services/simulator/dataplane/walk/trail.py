@@ -58,6 +58,7 @@ class Trail:
     assumptions: list[str] = field(default_factory=list)
     nat: list[NatEntry] = field(default_factory=list)
     bridged_without_nf: set[Place] = field(default_factory=set)
+    ipvs_done: set[Place] = field(default_factory=set)  # IPVS took the packet there (it does so once)
     pending_reverse: list[NatEntry] = field(default_factory=list)  # reply: translations still to undo
     delivered: tuple[Place, FlowState] | None = None
     probability: float = 1.0

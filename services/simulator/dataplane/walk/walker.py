@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
+from services.simulator.dataplane.netfilter.model import HOOK_TABLES
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.delivery import deliver
+from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, packet
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
 from shared.codes import finding
@@ -91,6 +93,7 @@ class Walker:
         from services.simulator.dataplane.walk import links  # links.py needs Cursor from here
 
         self.links = links.Crossing(self)
+        self.ipvs = Ipvs(self)
 
     # ------------------------------------------------------------ the Kubernetes objects we need
 
@@ -142,12 +145,15 @@ class Walker:
 
     def service_vip(self, st: FlowState) -> bool:
         """Is the packet still addressed to the Service (its ClusterIP/external/LB address and port)?"""
+        return self.service_address(st.dst, st.dport)
+
+    def service_address(self, addr: IPAddress, port: int | None) -> bool:
         res = self.report.service
         if res is None:
             return False
-        if res.node_port is not None and st.dport == res.node_port and st.dst in self.node_ips:
+        if res.node_port is not None and port == res.node_port and addr in self.node_ips:
             return True
-        return st.dport == res.port and st.dst in {*res.cluster_ips, *res.external_ips, *res.load_balancer_ips}
+        return port == res.port and addr in {*res.cluster_ips, *res.external_ips, *res.load_balancer_ips}
 
     # ------------------------------------------------------------ driving
 
@@ -235,7 +241,8 @@ class Walker:
                 if (c2.st.dst, c2.st.mark) != original:
                     pairs = self._route(c2, view, None, note="re-route after OUTPUT changed the packet")
                 for c3, d3 in pairs:
-                    out.extend(self._leave_or_deliver(c3, view, d3, "lo"))
+                    taken = self.ipvs.take(c3, view, "LOCAL_OUT") if d3.delivers_locally else None
+                    out.extend(taken if taken is not None else self._leave_or_deliver(c3, view, d3, "lo"))
         return out
 
     def _routed_in(self, c: Cursor, view: NetnsView) -> list[Cursor]:
@@ -264,13 +271,30 @@ class Walker:
         if d.delivers_locally:
             c.st.iif = iif
             c.st.oif = None
-            survivors = self.hook(c, view, "INPUT")
-            for c1 in survivors:
-                deliver(self, c1, view)
-            return []
+            out: list[Cursor] = []
+            for c1 in self.hook(c, view, "INPUT"):
+                taken = self.ipvs.take(c1, view, "LOCAL_IN")
+                if taken is None:
+                    deliver(self, c1, view)
+                else:
+                    out.extend(taken)
+            return out
         out = []
         for c1 in self.hook(c, view, "POSTROUTING"):
             out.extend(self.links.transmit(c1, view, d))
+        return out
+
+    def ipvs_forwarded(self, c: Cursor, view: NetnsView) -> list[Cursor]:
+        """A packet IPVS rewrote to a real server: routed from the node, OUTPUT without nat (the
+        connection's nat is bound), then POSTROUTING and out, or delivered if the real server is local."""
+        out: list[Cursor] = []
+        for c1, d in self._route(c, view, None, note="IPVS forwards to the real server"):
+            if d.delivers_locally:
+                deliver(self, c1, view)
+                continue
+            c1.st.oif = d.dev
+            for c2 in self.hook(c1, view, "OUTPUT", nat=False):
+                out.extend(self._leave_or_deliver(c2, view, d, c2.iif))
         return out
 
     # ------------------------------------------------------------ routing
@@ -315,7 +339,8 @@ class Walker:
         what = f"Service {res.service if res else '?'} {c.st.dst}:{c.st.dport}/{c.st.protocol}"
         self.drop(c, finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node, what=what,
                              evidence={"detail": f"the packet is still addressed to the Service after {hook}: no "
-                                       "rule translated it; nothing answers a virtual address"}),
+                                       "rule translated it; nothing answers a virtual address",
+                                       "mode": mode_note(self, view)}),
                   view, f"{what} was not translated by {hook}", StepKind.SERVICE)
 
     def _translated(self, c: Cursor) -> bool:
@@ -343,8 +368,9 @@ class Walker:
 
     # ------------------------------------------------------------ netfilter
 
-    def hook(self, c: Cursor, view: NetnsView, hook: str, **ctx: object) -> list[Cursor]:
-        """Run one hook over every iptables backend of the namespace; one cursor per surviving branch."""
+    def hook(self, c: Cursor, view: NetnsView, hook: str, nat: bool = True, **ctx: object) -> list[Cursor]:
+        """Run one hook over every iptables backend of the namespace; one cursor per surviving branch.
+        `nat=False`: the connection's nat is already bound (a packet IPVS forwards), nat chains are skipped."""
         if self.reply:
             self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
@@ -357,7 +383,7 @@ class Walker:
         branches = [Branch(state=c.st)]
         try:
             for _backend, rs in view.rulesets:
-                branches = Tracer(rs, view.context(**ctx)).run_hook(branches, hook)
+                branches = _run_hook(Tracer(rs, view.context(**ctx)), branches, hook, nat)
         except TraceTooLarge as exc:
             c.trail.assume(f"netfilter trace in {view.where} {hook} too large: {exc}")
             self.finish(c, FinalState.ABORT)
@@ -428,13 +454,17 @@ class Walker:
                        f"({rec.hit.table}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
                        rule=rec.hit.rule)
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
-            self._service_hop(trail, view, br, before, after)
+            dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
+            self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "
+                              f"(branch probability {br.probability:.2f})", before, after,
+                              rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
             return True
         self._netfilter_drop(c, view, hook, br)
         return False
 
-    def _service_hop(self, trail: Trail, view: NetnsView, br: Branch, before: object, after: object) -> None:
+    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
+                     **evidence: object) -> None:
         """The Service as this node's kube-proxy implements it: a hop before the node that translated it."""
         res = self.report.service
         assert res is not None
@@ -442,10 +472,7 @@ class Walker:
         if any(h.id == hop_id for h in trail.hops):
             return
         svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
-        dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
-        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, f"kube-proxy on {view.node} translates "
-                   f"{dnat.before} → {dnat.after} (branch probability {br.probability:.2f})", before,  # type: ignore[arg-type]
-                   after, rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])  # type: ignore[arg-type]
+        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, **evidence)  # type: ignore[arg-type]
         trail.hops.insert(len(trail.hops) - 1, svc)
 
     def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
@@ -465,6 +492,10 @@ class Walker:
             return
         if res is not None and "has no endpoints" in rule:
             self.no_endpoint(c, view, f"kube-proxy rejects: {rule}")
+            return
+        if fields["chain"] == "KUBE-IPVS-FILTER" and self.service_vip(br.state) and self.has_endpoints():
+            self._rules_missing(c, view, f"{hook} ({fields['table']}/KUBE-IPVS-FILTER rejects an address of "
+                                "kube-ipvs0 that no Service port owns)")
             return
         if br.verdict == "REJECT":
             found = finding("IPTABLES_REJECT", view.hop_id, reject_with=br.reject_with, **fields)
@@ -498,3 +529,17 @@ class Walker:
         c.trail.step(hop, StepKind.DELIVERY, StepAction.FORWARD, f"leaves the cluster towards {c.st.dst}: the "
                      "cloud layer (VPC routes, NAT gateway) decides beyond this point", packet(c.st))
         return self.finish(c, FinalState.FORWARD)
+
+
+def _run_hook(tracer: Tracer, branches: list[Branch], hook: str, nat: bool) -> list[Branch]:
+    if nat:
+        return tracer.run_hook(branches, hook)
+    for br in branches:
+        br.verdict = None
+        br.hooks.append(hook)
+    for table in HOOK_TABLES[hook]:
+        if table != "nat":
+            branches = tracer.run_table(branches, hook, table)
+    for br in branches:
+        br.verdict = br.verdict or "ACCEPT"
+    return branches
