@@ -297,6 +297,15 @@ def _policy_batch(objects: Any, batch: str) -> int:
     return EXIT_USAGE if failed else 0
 
 
+def _pod_ips(source: LiveSource) -> dict[str, str]:
+    """Pod IP → ns/name, so each node dump names the pod behind each network namespace."""
+    with source.model.lock:
+        pods = list(source.model.objects["Pod"].values())
+    return {ip["ip"]: f"{p['metadata']['namespace']}/{p['metadata']['name']}"
+            for p in pods if not p.get("spec", {}).get("hostNetwork")
+            for ip in (p.get("status", {}).get("podIPs") or [])}
+
+
 async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
     """Freeze a live cluster into a snapshot directory: Kubernetes objects, node dumps."""
     source = LiveSource(api_client(args.kubeconfig)).start()
@@ -316,7 +325,7 @@ async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
             await stack.start()
         bus = await Bus.connect(name="snapshot", settings=stack.settings if stack else settings)
         try:
-            outcome = await capture_nodes(bus, nodes, args.out, timeout_s=args.timeout)
+            outcome = await capture_nodes(bus, nodes, args.out, timeout_s=args.timeout, pod_ips=_pod_ips(source))
         finally:
             await bus.close()
     except BusUnavailable as exc:
