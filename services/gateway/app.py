@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ log = logging.getLogger("netdiag.gateway")
 tracer = trace.get_tracer("netdiag")
 
 MAX_BODY = 64 * 1024
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._-]{1,128}")
 PAGE_MAX = 200
 SSE_IDLE_CHECK_S = 2.0
 STATIC_DIR = Path(__file__).parent / "static"
@@ -103,26 +105,45 @@ async def create_diagnosis(request: web.Request) -> web.Response:
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return error(422, f"invalid diagnosis request: {summary}", fields=fields)
 
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        return error(422, "Idempotency-Key: 1 to 128 characters of letters, digits, '.', '_' or '-'",
+                     fields=[{"field": "Idempotency-Key", "message": "1-128 of [A-Za-z0-9._-]"}])
     bus, store = request.app[BUS], request.app[STORE]
     if not bus.connected:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
     diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now())
-    env = StageEnvelope(id=diagnosis.id, request=req, created_at=diagnosis.created_at)
     # The root span of the diagnosis (continuing a caller's traceparent, if any): publish_model
     # injects it into the NATS headers, so every stage's span joins this one trace.
     with tracer.start_as_current_span("netdiag.gateway.create_diagnosis", kind=trace.SpanKind.SERVER,
                                       context=propagate.extract(request.headers)) as span:
-        span.set_attribute("netdiag.diagnosis_id", diagnosis.id)
         try:
-            await asyncio.wait_for(store.create(diagnosis), 3)
+            if key is not None:
+                # a retry after a 503 (or a lost 202) names the first attempt's diagnosis; its
+                # requested event reuses that id's Nats-Msg-Id, so JetStream runs it once
+                diagnosis.id = await asyncio.wait_for(store.claim(key, diagnosis.id), 3)
+                existing = await store.get(diagnosis.id)
+                if existing is not None and existing.request != req:
+                    return error(409, "Idempotency-Key was already used for a different request")
+                diagnosis = existing or diagnosis
+            if key is None or existing is None:
+                await asyncio.wait_for(store.create(diagnosis), 3)
         except (TimeoutError, nats.errors.Error) as exc:
             return error(503, f"the diagnosis bus (NATS) is unreachable; retry shortly ({type(exc).__name__})")
+        span.set_attribute("netdiag.diagnosis_id", diagnosis.id)
+        env = StageEnvelope(id=diagnosis.id, request=req, created_at=diagnosis.created_at)
+        if diagnosis.status != DiagnosisStatus.QUEUED:  # a retry of a finished diagnosis: nothing to queue
+            return _accepted(diagnosis)
         try:
             await bus.publish_model(SUBJECT_REQUESTED, env, msg_id=f"{diagnosis.id}:requested")
         except (TimeoutError, nats.errors.Error) as exc:
             with contextlib.suppress(Exception):
                 await store.forget(diagnosis.id)
             return error(503, f"the diagnosis could not be queued; retry shortly ({type(exc).__name__})")
+    return _accepted(diagnosis)
+
+
+def _accepted(diagnosis: Diagnosis) -> web.Response:
     location = f"/api/v1/diagnoses/{diagnosis.id}"
     return web.json_response(
         {"id": diagnosis.id, "status": diagnosis.status.value, "location": location},

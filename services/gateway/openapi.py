@@ -82,12 +82,17 @@ def openapi_document() -> dict[str, Any]:
             "/api/v1/diagnoses": {
                 "post": {
                     "operationId": "createDiagnosis",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+                                    "description": "retrying with the same key names the first attempt's "
+                                                   "diagnosis, which runs once"}],
                     "requestBody": {"required": True, "content": {"application/json": {
                         "schema": {"$ref": "#/components/schemas/DiagnosisRequest"}}}},
                     "responses": {
                         "202": {**_ok("accepted", "#/components/schemas/Accepted"),
                                 "headers": {"Location": {"schema": {"type": "string"}}}},
-                        "400": _error("not JSON"), "413": _error("body too large"),
+                        "400": _error("not JSON"), "409": _error("Idempotency-Key reused for another request"),
+                        "413": _error("body too large"),
                         "422": _error("invalid field"), "503": _error("bus unavailable"),
                     },
                 },

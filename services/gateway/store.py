@@ -5,9 +5,10 @@ Results live in the JetStream KV bucket (file storage), so a gateway restart los
 
 from __future__ import annotations
 
+import hashlib
 import re
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus
@@ -17,6 +18,7 @@ from shared.stage import Stage
 # shared.schemas.new_id(); anything else (e.g. `*`, `>`, spaces) is no diagnosis, and must
 # never reach the KV (an invalid key) or a progress subject (a wildcard)
 ID_FORMAT = re.compile(r"[0-9a-f]{32}")
+IDEMPOTENCY_PREFIX = "idempotency."  # same bucket, never a 32-hex id, so listings skip it
 
 
 def diagnosis_from_envelope(env: StageEnvelope) -> Diagnosis:
@@ -59,7 +61,18 @@ class ResultStore:
             keys = await self.bus.kv.keys()
         except NoKeysError:
             return []
-        return sorted(keys, reverse=True)
+        return sorted((k for k in keys if ID_FORMAT.fullmatch(k)), reverse=True)
+
+    async def claim(self, idempotency_key: str, diagnosis_id: str) -> str:
+        """Bind a client's Idempotency-Key to a diagnosis id (first writer wins); returns the
+        id the key is bound to, so a retried POST names the diagnosis of the first attempt."""
+        name = IDEMPOTENCY_PREFIX + hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+        try:
+            await self.bus.kv.create(name, diagnosis_id.encode())
+            return diagnosis_id
+        except KeyWrongLastSequenceError:
+            entry = await self.bus.kv.get(name)
+            return (entry.value or b"").decode() or diagnosis_id
 
 
 class ResultSink(Stage):

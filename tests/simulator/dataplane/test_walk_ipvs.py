@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 
-from services.collector.reader.ipvs import parse_ipvsadm_save
 from shared.schemas import FinalState
 from shared.topology import Endpoint, EndpointKind
 from tests.simulator.dataplane.ipvs_mode import ipvsadm_save, to_ipvs_mode
@@ -135,7 +134,7 @@ def test_the_nodes_own_connection_is_taken_at_local_out() -> None:
     result = case.run()
     paths = forward(result)
     assert len(paths) == 2 and all(p.final == FinalState.DELIVER for p in paths)
-    assert all("(LOCAL_OUT)" in p.hops[0].steps[0].detail for p in paths if p.hops[0].id == "service:shop/api")
+    assert all(p.hops[0].id == "service:shop/api" and "(LOCAL_OUT)" in p.hops[0].steps[0].detail for p in paths)
     assert all(p.final == FinalState.DELIVER for p in result.paths if p.direction == "reply")
 
 
@@ -154,8 +153,30 @@ def test_a_pod_reaching_itself_is_masqueraded_and_its_reply_needs_hairpin() -> N
     assert to_self.final == FinalState.DROP and to_self.cause == "HAIRPIN_DISABLED"
 
 
-def test_node_port_on_the_node_address_and_the_reader_shapes() -> None:
+def test_node_port_on_another_nodes_address_is_scheduled_there_and_masqueraded() -> None:
     case = ipvs_case()
-    save = ipvsadm_save(["172.30.0.11"])
-    assert "-A -t 172.30.0.11:30000 -s rr" in save and parse_ipvsadm_save(save)[-1]["reals"][0]["forward"] == "masq"
-    assert virtual_server(case, "node-1", "172.30.0.11", 30000)["scheduler"] == "rr"
+    node2 = ipaddress.ip_address("172.30.0.12")
+    assert "-A -t 172.30.0.12:30000 -s rr" in ipvsadm_save(["172.30.0.12"])
+    case.report.dst = Endpoint(address=node2, kind=EndpointKind.NODE_PORT, node="node-2", service="shop/api")
+    case.request = case.request.model_copy(update={"dst": node2, "port": 30000})
+    result = case.run()
+    paths = forward(result)
+    assert len(paths) == 2 and all(p.final == FinalState.DELIVER for p in paths), [p.cause for p in paths]
+    for p in paths:
+        assert "IPVS on node-2 (LOCAL_IN) schedules tcp 172.30.0.12:30000" in p.hops[p.hops.index(
+            next(h for h in p.hops if h.id == "service:shop/api"))].steps[0].detail
+        # KUBE-NODE-PORT marks it, KUBE-POSTROUTING masquerades it to node-2's address on the way out
+        assert str(p.hops[-1].steps[-1].packet_in.src) in ("10.244.2.1", "172.30.0.12")
+    assert all(p.final == FinalState.DELIVER for p in result.paths if p.direction == "reply")
+    assert not errors(result)
+
+
+def test_a_node_that_did_not_bind_the_address_does_not_hand_it_to_a_node_that_did() -> None:
+    case = ipvs_case()
+    host = case.host("node-1")
+    host.netfilter.ipvs.remove(virtual_server(case, "node-1"))
+    host.routes = [r for r in host.routes if r.dst != f"{VIP}/32"]
+    next(lk for lk in host.links if lk.name == "kube-ipvs0").addresses.remove(f"{VIP}/32")
+    result = case.run()
+    only_cause(result, "KUBE_PROXY_RULES_MISSING", "node:node-1")
+    assert all("node:node-2" not in [h.id for h in p.hops] for p in forward(result))

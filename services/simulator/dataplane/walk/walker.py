@@ -233,8 +233,7 @@ class Walker:
             original = (c1.st.dst, c1.st.mark)
             c1.st.oif = d.dev
             for c2 in self.hook(c1, view, "OUTPUT"):
-                if view.is_host and self.service_vip(c2.st) and not self._translated(c2) and self.has_endpoints() \
-                        and c2.st.dst not in view.local_ips:
+                if self._untranslated(c2, view):
                     self._rules_missing(c2, view, "OUTPUT")
                     continue
                 pairs = [(c2, d)]
@@ -303,8 +302,7 @@ class Walker:
                note: str | None = None) -> list[tuple[Cursor, RouteDecision]]:
         st = c.st
         hop = c.trail.hop(view)
-        if iif is not None and view.is_host and self.service_vip(st) and not self._translated(c) \
-                and self.has_endpoints() and st.dst not in view.local_ips:
+        if iif is not None and self._untranslated(c, view):
             self._rules_missing(c, view, "PREROUTING")
             return []
         decisions = view.router.lookup(st.dst, src=st.src if iif is not None else None, iif=iif, fwmark=st.mark)
@@ -345,6 +343,14 @@ class Walker:
 
     def _translated(self, c: Cursor) -> bool:
         return any(n.kind in ("DNAT", "REDIRECT") for n in c.trail.nat)
+
+    def _untranslated(self, c: Cursor, view: NetnsView) -> bool:
+        """Still addressed to a Service address kube-proxy captures on every node (ClusterIP, externalIP,
+        LB IP) and not local here (IPVS's kube-ipvs0), yet no rule translated it. A NodePort on another
+        node's address is that node's to translate."""
+        st = c.st
+        return view.is_host and self.service_vip(st) and st.dst not in self.node_ips and not self._translated(c) \
+            and self.has_endpoints() and st.dst not in view.local_ips
 
     def _rp_filter_ok(self, c: Cursor, view: NetnsView) -> bool:
         dev = c.iif or ""

@@ -21,6 +21,7 @@ from shared.netstack import Link, NetnsDump, NodeDump
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 HOST = "host"
+IPVS_DEVICE = "kube-ipvs0"  # kube-proxy's IPVS mode binds every Service address to it, on every node
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ class NetnsView:
     @cached_property
     def local_ips(self) -> set[IPAddress]:
         return {i.ip for ifs in self.addresses.values() for i in ifs}
+
+    @cached_property
+    def owned_ips(self) -> set[IPAddress]:
+        """The addresses the underlay can deliver to this namespace: Service addresses on kube-ipvs0
+        are local to every node, owned by none."""
+        return {i.ip for name, ifs in self.addresses.items() if name != IPVS_DEVICE for i in ifs}
 
     def link_of_address(self, addr: IPAddress) -> Link | None:
         return next((self.links[name] for name, ifs in self.addresses.items() if any(i.ip == addr for i in ifs)),
@@ -172,4 +179,4 @@ class World:
 
     def node_owning(self, addr: IPAddress) -> NetnsView | None:
         """The host namespace of the node that owns `addr` (its uplink/underlay address)."""
-        return next((v.host for v in self.nodes.values() if addr in v.host.local_ips), None)
+        return next((v.host for v in self.nodes.values() if addr in v.host.owned_ips), None)
