@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import secrets
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -42,6 +43,7 @@ EXIT = {Verdict.REACHABLE: 0, Verdict.UNREACHABLE: 1, Verdict.AMBIGUOUS: 2, Verd
 EXIT_USAGE, EXIT_SYSTEM = 3, 4
 BATCH_CONCURRENCY = 20
 DEFAULT_WAIT_S = 120.0
+SUBMIT_RETRIES = 4  # 503s retried with the same Idempotency-Key (about 5 s in all)
 
 
 class CliError(Exception):
@@ -73,16 +75,23 @@ class GatewayClient:
         self.session = session
 
     async def submit(self, req: DiagnosisRequest) -> str:
-        try:
-            async with self.session.post(f"{self.base}/api/v1/diagnoses", data=req.model_dump_json(),
-                                         headers={"Content-Type": "application/json"}) as resp:
-                body = await resp.json()
-                if resp.status != 202:
-                    raise CliError(f"gateway refused the request ({resp.status}): {body.get('error')}",
-                                   EXIT_USAGE if resp.status < 500 else EXIT_SYSTEM)
-                return str(body["id"])
-        except aiohttp.ClientError as exc:
-            raise CliError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+        """POST with an Idempotency-Key, retrying a 503 (bus briefly down) with the same key: the
+        request ends durably accepted once, or clearly refused."""
+        headers = {"Content-Type": "application/json", "Idempotency-Key": secrets.token_hex(16)}
+        for attempt in range(SUBMIT_RETRIES + 1):
+            try:
+                async with self.session.post(f"{self.base}/api/v1/diagnoses", data=req.model_dump_json(),
+                                             headers=headers) as resp:
+                    body = await resp.json()
+                    if resp.status == 202:
+                        return str(body["id"])
+                    if resp.status != 503 or attempt == SUBMIT_RETRIES:
+                        raise CliError(f"gateway refused the request ({resp.status}): {body.get('error')}",
+                                       EXIT_USAGE if resp.status < 500 else EXIT_SYSTEM)
+            except aiohttp.ClientError as exc:
+                raise CliError(f"cannot reach the gateway at {self.base}: {exc}") from exc
+            await asyncio.sleep(0.5 * (attempt + 1))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     async def follow(self, diagnosis_id: str, on_progress: Callable[[dict[str, Any]], None]) -> Diagnosis:
         url = f"{self.base}/api/v1/diagnoses/{diagnosis_id}/events"
