@@ -10,8 +10,8 @@ import argparse
 import asyncio
 import contextlib
 import json
-import secrets
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import entry_points
