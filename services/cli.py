@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import sys
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import entry_points
@@ -265,10 +266,15 @@ async def cmd_up(args: argparse.Namespace) -> int:
         await stack.stop()
         raise CliError(str(exc)) from exc
     print(f"netdiag is up: {stack.url}  (NATS {stack.nats_url}; Ctrl-C stops)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM too: `netdiag up` under a supervisor
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await stack.stop()
+    print("netdiag stopped", flush=True)
     return 0
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from services.simulator.dataplane.netfilter.model import FlowState, IPAddress, IPNetwork, Match, MatchKind
 
-PROTO_NUMBERS = {"1": "icmp", "6": "tcp", "17": "udp", "58": "icmpv6", "132": "sctp", "ipv6-icmp": "icmpv6",
-                 "icmp6": "icmpv6"}
+PROTO_NUMBERS = {"1": "icmp", "4": "ipencap", "6": "tcp", "17": "udp", "58": "icmpv6", "132": "sctp",
+                 "ipv6-icmp": "icmpv6", "icmp6": "icmpv6"}
 ALL_ONES = 0xFFFFFFFF
 
 

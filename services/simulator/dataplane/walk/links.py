@@ -5,6 +5,8 @@ world takes the packet."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from services.simulator.dataplane.netfilter import FlowState
@@ -22,6 +24,38 @@ if TYPE_CHECKING:
     from services.simulator.dataplane.walk.walker import Walker
 
 BAD_NEIGHBOR = frozenset({"FAILED", "INCOMPLETE"})
+IPIP_PROTOCOL = "ipencap"  # IP protocol 4 as iptables names it (`-p 4` / `-p ipencap`)
+
+
+@dataclass(frozen=True)
+class Encap:
+    """How one overlay wraps the inner packet and which device on the remote node unwraps it."""
+
+    what: str  # the encapsulating device and the entry that chose the remote end, for the step
+    label: str  # the outer header, e.g. "udp", "ipip (protocol 4)"
+    protocol: str
+    dport: int | None
+    local: IPAddress | None  # the tunnel's fixed local address, else the route's source
+    decap: Callable[[NetnsView, FlowState], Link | None]
+    device: str  # what is missing when no device decapsulates
+
+
+def _ipip_receiver(node: NetnsView, outer: FlowState) -> Link | None:
+    """ip_tunnel_lookup: an ipip device whose local/remote fit the outer packet, the most specific
+    first (both, then local only, then remote only, then the catch-all tunl0)."""
+    best: tuple[int, Link] | None = None
+    for lk in node.dump.links:
+        if lk.kind != "ipip":
+            continue
+        conf = lk.tunnel or {}
+        local, remote = conf.get("local"), conf.get("remote")
+        if (local and ipaddress.ip_address(local) != outer.dst) or (remote and ipaddress.ip_address(remote) !=
+                                                                      outer.src):
+            continue
+        rank = (2 if remote else 0) + (1 if local else 0)
+        if best is None or rank > best[0]:
+            best = (rank, lk)
+    return best[1] if best else None
 
 
 class Crossing:
@@ -42,6 +76,8 @@ class Crossing:
             return self._to_port(c, view, link, nh)
         if link.kind == "vxlan":
             return self._vxlan(c, view, link, nh, d)
+        if link.kind == "ipip":
+            return self._ipip(c, view, link, nh, d)
         namespaces = self.world.nodes[view.node].namespaces
         if link.kind == "veth" and link.peer_missing:
             return self.w.drop(c, finding("VETH_PEER_MISSING", view.hop_id, link=link.name, where=view.where),
@@ -273,7 +309,14 @@ class Crossing:
                                f"{'no node owns' if owner is None else 'is node ' + owner.node}; expected "
                                f"{expected}", StepKind.ENCAP)
         self._mtu_check(c, link)
-        return self._encapsulate(c, view, link, vtep, owner, fdb_text)
+        conf = link.vxlan or {}
+        vni = conf.get("id")
+        return self._encapsulate(c, view, vtep, owner, Encap(
+            what=f"{link.name} (vni {vni}): {fdb_text}", label="udp", protocol="udp",
+            dport=int(conf.get("port") or 8472), local=ipaddress.ip_address(conf["local"]) if conf.get("local")
+            else None, device=f"vxlan device with vni {vni}",
+            decap=lambda node, _outer: next((lk for lk in node.dump.links if lk.kind == "vxlan" and
+                                             (lk.vxlan or {}).get("id") == vni), None)))
 
     def _mtu_check(self, c: Cursor, tunnel: Link) -> None:
         """Pods whose MTU exceeds the overlay's lose full-size packets (the SYN passes; bulk data does not)."""
@@ -288,20 +331,21 @@ class Crossing:
                 if found not in c.trail.findings:
                     c.trail.findings.append(found)
 
-    def _encapsulate(self, c: Cursor, view: NetnsView, link: Link, vtep: IPAddress, owner: NetnsView,
-                     fdb_text: str) -> list[Cursor]:
-        conf = link.vxlan or {}
-        port = int(conf.get("port") or 8472)
-        decisions = view.router.lookup(vtep)
-        d = decisions[0]
-        local = ipaddress.ip_address(conf["local"]) if conf.get("local") else d.src
+    def _encapsulate(self, c: Cursor, view: NetnsView, remote_ip: IPAddress, owner: NetnsView,
+                     encap: Encap) -> list[Cursor]:
+        """The outer packet: out through this node's OUTPUT and POSTROUTING, across the underlay, into the
+        remote node's PREROUTING and INPUT, where the tunnel device decapsulates the inner packet."""
+        d = view.router.lookup(remote_ip)[0]
+        local = encap.local or d.src
         if local is None or d.drops or d.dev is None:
-            return self.w.drop(c, finding("NO_ROUTE", view.hop_id, dst=vtep, where=view.where), view,
-                               f"no route to VTEP {vtep} for the outer packet", StepKind.ENCAP)
-        outer = FlowState(src=local, dst=vtep, protocol="udp", sport=None, dport=port, oif=d.dev)
+            return self.w.drop(c, finding("NO_ROUTE", view.hop_id, dst=remote_ip, where=view.where), view,
+                               f"no route to tunnel endpoint {remote_ip} for the outer packet", StepKind.ENCAP)
+        outer = FlowState(src=local, dst=remote_ip, protocol=encap.protocol, sport=None, dport=encap.dport,
+                          oif=d.dev)
         inner = copy_state(c.st)
-        c.trail.step(c.trail.hop(view), StepKind.ENCAP, StepAction.REWRITE, f"{link.name} (vni {conf.get('id')}): "
-                     f"{fdb_text}; outer udp {local} → {vtep}:{port} via {d.dev}", packet(inner), None)
+        port = f":{encap.dport}" if encap.dport else ""
+        c.trail.step(c.trail.hop(view), StepKind.ENCAP, StepAction.REWRITE, f"{encap.what}; outer {encap.label} "
+                     f"{local} → {remote_ip}{port} via {d.dev}", packet(inner), None)
         oc = Cursor(view.place, outer, None, c.trail)
         for hook in ("OUTPUT", "POSTROUTING"):
             alive = self.w.hook(oc, view, hook)
@@ -309,11 +353,11 @@ class Crossing:
                 return []
             oc = alive[0]
         uplink = view.links.get(d.dev)
-        in_link = owner.link_of_address(vtep)
+        in_link = owner.link_of_address(remote_ip)
         if uplink is not None and not link_up(uplink):
             return self._link_down(oc, view, uplink)
         if in_link is None or not link_up(in_link):
-            return self._link_down(oc, owner, in_link or link)
+            return self._link_down(oc, owner, in_link or uplink or view.links[d.dev])
         oc.st.iif, oc.st.oif = in_link.name, None
         c.trail.hop(owner)
         for hook in ("PREROUTING", "INPUT"):
@@ -321,18 +365,52 @@ class Crossing:
             if not alive:
                 return []
             oc = alive[0]
-        remote = next((lk for lk in owner.dump.links if lk.kind == "vxlan" and (lk.vxlan or {}).get("id") ==
-                       conf.get("id")), None)
+        remote = encap.decap(owner, outer)
         if remote is None:
-            return self.w.drop(oc, finding("DATA_MISSING", owner.hop_id, what=f"a vxlan device with vni "
-                                           f"{conf.get('id')} on {owner.node}", reason="none in the dump"),
-                               owner, "no vxlan device to decapsulate into", StepKind.DECAP)
+            return self.w.drop(oc, finding("DATA_MISSING", owner.hop_id, what=f"{encap.device} on {owner.node}",
+                                           reason="none in the dump"),
+                               owner, f"no {encap.device} to decapsulate into", StepKind.DECAP)
         if not link_up(remote):
             return self._link_down(oc, owner, remote)
         inner.iif, inner.oif = remote.name, None
-        c.trail.step(c.trail.hop(owner), StepKind.DECAP, StepAction.REWRITE, f"{remote.name}: decapsulated",
-                     packet(outer), packet(inner, remote.name))
+        c.trail.step(c.trail.hop(owner), StepKind.DECAP, StepAction.REWRITE, f"{remote.name}: decapsulated "
+                     f"({encap.label} {local} → {remote_ip})", packet(inner), packet(inner, remote.name))
         return [Cursor(owner.place, inner, remote.name, c.trail)]
+
+    # ------------------------------------------------------------ ipip
+
+    def _ipip(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list[Cursor]:
+        """IP in IP (protocol 4): to the tunnel's fixed remote, or, for a tunnel without one (tunl0,
+        flannel.ipip, calico), to the route's gateway (`podCIDR via nodeIP dev tunl0 onlink`)."""
+        if not link_up(link):
+            return self._link_down(c, view, link)
+        conf = link.tunnel or {}
+        remote_ip = ipaddress.ip_address(conf["remote"]) if conf.get("remote") else (d.gateway or None)
+        route = d.route or f"{c.st.dst} dev {link.name}"
+        expected_node = self.w.node_for_pod_network(c.st.dst)
+        expected = self.w.node_ip(expected_node) if expected_node else None
+        if remote_ip is None:
+            return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=route, where=view.where,
+                                          expected=expected or "a gateway", dst=c.st.dst,
+                                          evidence={"route": d.as_dict(), "tunnel": conf}),
+                               view, f"{link.name} has no remote and the route names no gateway: the kernel "
+                               "cannot address the outer packet", StepKind.ENCAP)
+        missing = self._uncollected(c, remote_ip)
+        if missing is not None:
+            return missing
+        owner = self.world.node_owning(remote_ip)
+        if owner is None or (expected_node is not None and owner.node != expected_node):
+            return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=route, where=view.where,
+                                          expected=expected or "?", dst=c.st.dst,
+                                          evidence={"route": d.as_dict(), "tunnel": conf}),
+                               view, f"{link.name}: {c.st.dst} is tunnelled to {remote_ip}, which "
+                               f"{'no node owns' if owner is None else 'is node ' + owner.node}; expected "
+                               f"{expected}", StepKind.ENCAP)
+        self._mtu_check(c, link)
+        local = ipaddress.ip_address(conf["local"]) if conf.get("local") else None
+        return self._encapsulate(c, view, remote_ip, owner, Encap(
+            what=f"{link.name} (ipip): {route}", label="ipip (protocol 4)", protocol=IPIP_PROTOCOL, dport=None,
+            local=local, decap=_ipip_receiver, device="ipip tunnel device"))
 
     # ------------------------------------------------------------ traffic from outside
 
