@@ -29,6 +29,7 @@ from lab.dataplane import Lab
 from lab.probe import Outcome
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "lab"
+SPLIT_FLOWS = 12  # new flows probed until a split (ECMP) fault shows both outcomes: all alike ≈ 2**-11
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,25 @@ class Fault:
     @property
     def scenario_path(self) -> Path:
         return EXAMPLES / f"{self.scenario}.yaml"
+
+    @property
+    def split(self) -> bool:
+        """Only some flows break (one ECMP next hop): the kernel shows both outcomes, a diagnosis AMBIGUOUS."""
+        return self.verdict_after == "AMBIGUOUS"
+
+    @property
+    def outcomes_after(self) -> set[Outcome]:
+        return {self.before, self.after} if self.split else {self.after}
+
+    def observe(self, lab: Lab, timeout_s: float = 1.0) -> set[Outcome]:
+        """The kernel's outcomes after injection: one probe, or for a split fault new flows (each a new
+        source port, hashed anew) until both outcomes were seen."""
+        spec, seen = self.probe, set()
+        for _ in range(SPLIT_FLOWS if self.split else 1):
+            seen.add(lab.probe(spec.src, spec.dst, spec.port, spec.protocol, timeout_s).outcome)
+            if seen == self.outcomes_after:
+                break
+        return seen
 
     def inject(self, lab: Lab) -> None:
         for cmd in self.commands:
@@ -170,6 +190,32 @@ CATALOGUE: list[Fault] = [
           Expected("INVALID_ROUTE", "node:node-1", ("NEIGHBOR_FAILED",)),
           commands=(_node("node-1", "bridge", "fdb", "replace", "{vtepmac:node-2}", "dev", "flannel.1", "dst",
                           "172.30.0.99", "self", "permanent"),)),
+    Fault("localnet_dnat", "node-2 DNATs the destination pod's port to 127.0.0.1 while route_localnet is 0: "
+          "the translated packet is a martian on eth0",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("ROUTE_LOCALNET_DISABLED", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-t", "nat", "-I", "PREROUTING", "1", "-d", "{pod:shop/api-2}/32",
+                          "-p", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "127.0.0.1:8080"),)),
+    Fault("internet_reply_dropped", "node-1 drops the internet server's replies in FORWARD: the request leaves "
+          "(masqueraded), the un-SNATed reply never reaches the pod",
+          "basic", ProbeSpec("web/client", "inet", 80), "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-1"),
+          commands=(_node("node-1", "{iptables}", "-I", "FORWARD", "1", "-i", "eth0", "-p", "tcp", "--sport", "80",
+                          "-m", "conntrack", "--ctstate", "ESTABLISHED", "-j", "DROP"),)),
+    Fault("ecmp_one_next_hop_drops", "node-1 reaches node-2's pod CIDR over two equal-cost next hops (a second "
+          "uplink eth1, flows hashed on their 5-tuple) and drops what leaves by eth1: flows hashed onto eth1 time "
+          "out, the others connect",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("IPTABLES_DROP", "node:node-1"),
+          verdict_after="AMBIGUOUS",
+          commands=(
+              _node("node-1", "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "ecmp1", "netns",
+                    "{netns:underlay}"),
+              _node("underlay", "ip", "link", "set", "ecmp1", "master", "br0", "up"),
+              _node("node-1", "ip", "link", "set", "eth1", "up"),
+              _node("node-1", "sysctl", "-w", "net.ipv4.fib_multipath_hash_policy=1"),
+              _node("node-1", "ip", "route", "replace", "{podcidr:node-2}", "nexthop", "via", "{node:node-2}", "dev",
+                    "eth0", "nexthop", "via", "{node:node-2}", "dev", "eth1", "onlink"),
+              _node("node-1", "{iptables}", "-I", "FORWARD", "1", "-o", "eth1", "-j", "DROP"),
+          )),
     Fault("dns_not_listening", "the coredns process is gone: DNS queries to kube-dns get ICMP port unreachable",
           "basic", ProbeSpec("web/client", "svc:kube-system/kube-dns", 53, "udp"), "reply", "refused",
           Expected("NO_LISTENER", "pod:kube-system/coredns"),

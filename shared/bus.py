@@ -22,6 +22,7 @@ from nats.js.object_store import ObjectStore
 from opentelemetry import propagate
 from pydantic import BaseModel
 
+from shared.cluster import CLUSTER_BUCKET
 from shared.config import Settings
 from shared.schemas import BlobRef, ProgressEvent
 from shared.security import nats_connect_options, nats_servers
@@ -67,6 +68,7 @@ class Bus:
         self.settings = settings
         self._kv: KeyValue | None = None
         self._blobs: ObjectStore | None = None
+        self._cluster: KeyValue | None = None
 
     @classmethod
     async def connect(
@@ -137,6 +139,19 @@ class Bus:
     def kv(self) -> KeyValue:
         assert self._kv is not None, "Bus.ensure() not called"
         return self._kv
+
+    async def cluster_kv(self) -> KeyValue:
+        """The cluster-summary bucket (shared/cluster.py), looked up or created on first use rather
+        than in ensure(): node agents never touch it, so their NATS permissions need not name it."""
+        if self._cluster is None:
+            try:
+                self._cluster = await self.js.key_value(CLUSTER_BUCKET)
+            except BucketNotFoundError:
+                self._cluster = await self.js.create_key_value(KeyValueConfig(
+                    bucket=CLUSTER_BUCKET, history=1, storage=StorageType.FILE,
+                    replicas=self.settings.stream_replicas,
+                ))
+        return self._cluster
 
     # ------------------------------------------------------------ publishing
 

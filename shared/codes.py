@@ -96,6 +96,10 @@ _ENTRIES = [
     FindingCode("RP_FILTER_DROP", E, "reverse-path filter drops {packet} on {device} in {where}: the "
                 "route back to {src} leaves via {reverse_device}",
                 "Set rp_filter to 2 (loose) or 0 on {device}, or fix the asymmetric route."),
+    FindingCode("ROUTE_LOCALNET_DISABLED", E, "{where} drops {packet} on {device} as martian: a "
+                "127.0.0.0/8 {side} address off the loopback device needs route_localnet ({sysctl}=0)",
+                "Set `sysctl -w {sysctl}=1` on {where} (kube-proxy does so for localhost NodePorts), or stop "
+                "translating packets to a loopback address."),
     FindingCode("BRIDGE_NF_DISABLED", W, "bridge-nf-call-iptables is 0 on {where}: bridged pod traffic "
                 "bypasses iptables (Service replies on the same node break)",
                 "`sysctl -w net.bridge.bridge-nf-call-iptables=1` on {where}."),

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+# Namespaces whose ConfigMaps CNI / kube-proxy detection reads (the topology stage's live source).
+DEFAULT_CONFIGMAP_NAMESPACES = ("kube-system", "kube-flannel", "calico-system")
 
 
 class Settings(BaseModel):
@@ -41,6 +44,17 @@ class Settings(BaseModel):
     rate_limit_rps: float | None = Field(None, gt=0, description="sustained requests/s per client (None: no limit)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
+    configmap_namespaces: tuple[str, ...] = Field(
+        DEFAULT_CONFIGMAP_NAMESPACES, description="comma-separated namespaces whose ConfigMaps detection reads"
+    )
+
+    @field_validator("configmap_namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        # the environment gives one comma-separated string
+        if isinstance(value, str):
+            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+        return value
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 
 import nats
 from nats.aio.msg import Msg
@@ -26,12 +27,13 @@ from pydantic import ValidationError
 
 from shared import metrics
 from shared.bus import STREAM, SUBJECT_COMPLETED, Bus
-from shared.schemas import StageEnvelope
+from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 
 log = logging.getLogger("netdiag.stage")
 tracer = trace.get_tracer("netdiag")
 
 FINAL_MSG_ID = "{id}:final"  # one final event per diagnosis, whether it completed or failed
+FINALISE_TRIES = 3  # deliveries kept in reserve to publish a failure
 
 
 class Stage(ABC):
@@ -77,12 +79,20 @@ class StageRunner:
         s = self.bus.settings
         config = ConsumerConfig(
             durable_name=self.stage.durable(), ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-            ack_wait=s.ack_wait_s, max_deliver=self.max_deliver + 1,  # +1: the last try publishes the failure
+            # spare deliveries beyond max_deliver: they publish the failure if a replica died on the last try
+            ack_wait=s.ack_wait_s, max_deliver=self.max_deliver + FINALISE_TRIES,
             filter_subject=self.stage.input_subject, max_ack_pending=max(1000, s.max_inflight * 4),
         )
-        return await self.bus.js.pull_subscribe(
+        sub = await self.bus.js.pull_subscribe(
             self.stage.input_subject, durable=self.stage.durable(), stream=STREAM, config=config
         )
+        # pull_subscribe reuses an existing durable consumer as it is: bring it in line with the
+        # settings, or a changed max_deliver/ack_wait would silently not apply
+        current = (await sub.consumer_info()).config
+        if (current.ack_wait, current.max_deliver, current.max_ack_pending) != (
+                config.ack_wait, config.max_deliver, config.max_ack_pending):
+            await self.bus.js.add_consumer(STREAM, config)
+        return sub
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = None
@@ -110,12 +120,18 @@ class StageRunner:
                 task.add_done_callback(self._done)
         stopping.cancel()
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+            _, pending = await asyncio.wait(self._tasks, timeout=5)
+            for task in pending:  # unacked: JetStream redelivers them to another replica
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         await self.stage.close()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: message handling failed outside the handler", self.stage.name,
+                      exc_info=task.exception())
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -130,12 +146,12 @@ class StageRunner:
             span.set_attribute("netdiag.diagnosis_id", env.id)
             metrics.stage_received(self.stage.name, attempt)
             if attempt > self.max_deliver:
-                await fail_diagnosis(self.bus, env, self.stage.name, "gave up after repeated errors")
-                await msg.ack()
+                await self._finalise(msg, env, "gave up after repeated errors")
                 return
             await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt)
             try:
-                out = await self.stage.handle(env)
+                async with _keep_alive(msg, self.bus.settings.ack_wait_s):
+                    out = await self.stage.handle(env)
                 if out is not None and self.stage.output_subject:
                     elapsed = (time.perf_counter() - started) * 1000
                     out.timings_ms[self.stage.name] = round(elapsed, 3)
@@ -146,9 +162,7 @@ class StageRunner:
                 log.warning("%s: diagnosis %s attempt %d failed: %s", self.stage.name, env.id, attempt, reason)
                 span.record_exception(exc)
                 if attempt >= self.max_deliver:
-                    with contextlib.suppress(nats.errors.Error):
-                        await fail_diagnosis(self.bus, env, self.stage.name, reason)
-                        await msg.ack()
+                    await self._finalise(msg, env, reason)
                 else:
                     with contextlib.suppress(nats.errors.Error):
                         await msg.nak(delay=0.1 * attempt)
@@ -159,6 +173,17 @@ class StageRunner:
         await self.bus.progress(env.id, self.stage.name, "done", elapsed_ms=round(
             (time.perf_counter() - started) * 1000, 3))
 
+    async def _finalise(self, msg: Msg, env: StageEnvelope, reason: str) -> None:
+        """End the diagnosis as failed; if even that cannot be published, NAK so one of the
+        spare deliveries tries again (never leave it queued forever)."""
+        try:
+            await fail_diagnosis(self.bus, env, self.stage.name, reason)
+            await msg.ack()
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.error("%s: could not fail diagnosis %s (%s); retrying", self.stage.name, env.id, exc)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=1.0)
+
     async def _poison(self, msg: Msg, exc: ValidationError) -> None:
         """An unparseable event cannot be retried into shape: terminate it, and fail its
         diagnosis if an id can be read, so it is visible rather than lost."""
@@ -168,9 +193,45 @@ class StageRunner:
             diagnosis_id = raw.get("id") if isinstance(raw, dict) else None
         except ValueError:
             diagnosis_id = None
-        if diagnosis_id:
-            await self.bus.progress(str(diagnosis_id), self.stage.name, "failed", f"invalid event: {exc}")
+        if isinstance(diagnosis_id, str):
+            reason = f"stage {self.stage.name} received an invalid event: {exc.errors()[:1]}"
+            await self.bus.progress(diagnosis_id, self.stage.name, "failed", reason)
+            await mark_failed(self.bus, diagnosis_id, reason)
         await msg.term()
+
+
+async def mark_failed(bus: Bus, diagnosis_id: str, reason: str) -> None:
+    """Turn a stored, still-queued diagnosis into a failed one (when no event can carry it)."""
+    try:
+        entry = await bus.kv.get(diagnosis_id)
+    except (nats.errors.Error, ValueError):
+        return  # unknown or malformed id: nothing was stored under it
+    if not entry.value:
+        return
+    stored = Diagnosis.model_validate_json(entry.value)
+    if stored.status == DiagnosisStatus.QUEUED:
+        failed = stored.model_copy(update={"status": DiagnosisStatus.FAILED, "error": reason, "completed_at": now()})
+        await bus.kv.put(diagnosis_id, failed.model_dump_json().encode())
+
+
+@contextlib.asynccontextmanager
+async def _keep_alive(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
+    """Tell JetStream the message is still being worked on, so a handler that runs longer
+    than ack_wait (a slow API sync, a collection deadline) is not redelivered meanwhile."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ack_wait_s / 3)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[bool]) -> list[Msg]:

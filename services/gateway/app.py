@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import re
@@ -18,6 +19,7 @@ from typing import Any
 import nats
 from aiohttp import web
 from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
@@ -25,6 +27,8 @@ from services.gateway.auth import security_middlewares
 from services.gateway.openapi import openapi_document
 from services.gateway.store import ResultStore
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_STORED, Bus, progress_subject
+from shared.cluster import SUMMARY_KEY
+from shared.codes import CATALOGUE
 from shared.metrics import metrics_handler
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
 
@@ -278,6 +282,23 @@ async def _end_streams(app: web.Application) -> None:
         task.cancel()  # the stream handlers treat cancellation as the end of the stream
 
 
+async def cluster_summary(request: web.Request) -> web.Response:
+    """The topology stage's cluster summary (shared/cluster.py), as it published it."""
+    try:
+        kv = await request.app[BUS].cluster_kv()
+        entry = await kv.get(SUMMARY_KEY)
+    except KeyNotFoundError:
+        return error(404, "no cluster summary yet: the topology stage publishes it once its cluster model "
+                          "is loaded (snapshot) or synced (live)")
+    except (TimeoutError, nats.errors.Error):
+        return error(503, "the cluster summary store (NATS) is unreachable; retry shortly")
+    return web.Response(body=entry.value, content_type="application/json")
+
+
+async def finding_codes(_: web.Request) -> web.Response:
+    return web.json_response([dataclasses.asdict(c) for c in CATALOGUE.values()])
+
+
 async def openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document())
 
@@ -320,6 +341,8 @@ def create_app(bus: Bus) -> web.Application:
     app.router.add_get("/api/v1/diagnoses/{id}", get_diagnosis)
     app.router.add_get("/api/v1/diagnoses/{id}/events", diagnosis_events)
     app.router.add_get("/api/v1/events", watch_results)
+    app.router.add_get("/api/v1/cluster", cluster_summary)
+    app.router.add_get("/api/v1/codes", finding_codes)
     app.router.add_get("/api/v1/openapi.json", openapi)
     app.router.add_get("/", index)
     if STATIC_DIR.exists():

@@ -7,7 +7,8 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from shared.schemas import Diagnosis, DiagnosisRequest, ProgressEvent
+from shared.cluster import ClusterSummary
+from shared.schemas import Diagnosis, DiagnosisRequest, ProgressEvent, Severity
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -49,7 +50,8 @@ ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "st
 @cache
 def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(DiagnosisRequest, "validation"), (Diagnosis, "serialization"), (ProgressEvent, "serialization")],
+        [(DiagnosisRequest, "validation"), (Diagnosis, "serialization"), (ProgressEvent, "serialization"),
+         (ClusterSummary, "serialization")],
         ref_template="#/components/schemas/{model}",
     )
     schemas = _standard_formats(defs["$defs"])
@@ -66,6 +68,13 @@ def openapi_document() -> dict[str, Any]:
     schemas["DiagnosisPage"] = {"type": "object", "required": ["items", "next"], "properties": {
         "items": {"type": "array", "items": {"type": "object"}},
         "next": {"anyOf": [{"type": "string"}, {"type": "null"}]}}}
+    schemas["FindingCode"] = {
+        "type": "object", "required": ["code", "severity", "template", "suggestion", "abort"], "properties": {
+            "code": {"type": "string"}, "severity": {"enum": [s.value for s in Severity]},
+            "template": {"type": "string", "description": "message template (str.format fields)"},
+            "suggestion": {"type": "string"},
+            "abort": {"type": "boolean", "description": "the analysis could not see part of the path: "
+                                                        "the verdict cannot be confident"}}}
     health = {"type": "object"}
     return {
         "openapi": "3.1.0",  # JSON Schema 2020-12, as pydantic emits it (`null` types, content keywords)
@@ -113,6 +122,19 @@ def openapi_document() -> dict[str, Any]:
                                       "diagnosis as it completes", "content": {"text/event-stream": {
                                           "schema": _sse_event("result", "#/components/schemas/Diagnosis")}}},
                               "503": _error("bus unavailable")},
+            }},
+            "/api/v1/cluster": {"get": {
+                "operationId": "getClusterSummary",
+                "description": "pods, Services, nodes and the cluster DNS from the topology stage's model "
+                               "(for pickers); each list capped, `truncated` and `counts` say so",
+                "responses": {"200": _ok("the latest summary", "#/components/schemas/ClusterSummary"),
+                              "404": _error("no topology stage has published a summary yet"),
+                              "503": _error("bus unavailable")},
+            }},
+            "/api/v1/codes": {"get": {
+                "operationId": "listFindingCodes",
+                "responses": {"200": {"description": "the finding-code catalogue", "content": {"application/json": {
+                    "schema": {"type": "array", "items": {"$ref": "#/components/schemas/FindingCode"}}}}}},
             }},
             "/api/v1/openapi.json": {"get": {"operationId": "openapi", "responses": {
                 "200": {"description": "this document", "content": {"application/json": {

@@ -191,6 +191,12 @@ def _detect_dns(model: ClusterModel, out: Detection) -> None:
     _assume(out, "no cluster DNS Service found in kube-system", could_change=False)
 
 
+def _detect_unreadable(model: ClusterModel, out: Detection) -> None:
+    for (kind, namespace), reason in sorted(model.unreadable.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        where = f" in {namespace}" if namespace else ""
+        _assume(out, f"cannot read {kind}s{where}: {reason} — CNI detection may be incomplete")
+
+
 class Detector:
     """Caches the detection until one of the kinds it reads changes (a diagnosis re-uses it)."""
 
@@ -213,6 +219,7 @@ class Detector:
 def detect(model: ClusterModel) -> Detection:
     out = Detection(ClusterInfo())
     with model.lock:
+        _detect_unreadable(model, out)
         _detect_cni(model, out)
         _detect_kube_proxy(model, out)
         _detect_cidrs(model, out)

@@ -1,26 +1,35 @@
 """TopologyStage: SUBJECT_REQUESTED → SUBJECT_TOPOLOGY.
 
 The cluster model is built once per process and shared: a snapshot directory is loaded
-once, a live cluster is followed by list+watch caches; a diagnosis only reads it.
+once, a live cluster is followed by list+watch caches; a diagnosis only reads it. The stage
+also loads it at start and publishes its summary (shared/cluster.py) for the gateway's UI,
+again whenever the model changes (checked every SUMMARY_INTERVAL_S).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 
+import nats
+
 from services.topology.plan import Planner
 from services.topology.sources.live import close_shared_live_source, shared_live_source
 from services.topology.sources.snapshot import load_snapshot
+from services.topology.summary import model_stamp, summary_within
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
+from shared.cluster import SUMMARY_KEY, ClusterSummary
 from shared.config import Settings
 from shared.schemas import StageEnvelope
 from shared.stage import Stage
 
 log = logging.getLogger("netdiag.topology")
 LIVE_SYNC_TIMEOUT_S = 30.0
+SUMMARY_INTERVAL_S = 2.0  # the summary is rebuilt at most this often
+LOAD_RETRY_S = 5.0
 _planners: dict[str, Planner] = {}
 _planners_lock = threading.Lock()
 
@@ -29,8 +38,8 @@ def _key(settings: Settings) -> str:
     return f"snapshot:{settings.snapshot}" if settings.snapshot else f"live:{settings.kubeconfig or ''}"
 
 
-def planner_for(settings: Settings) -> Planner:
-    """The process-wide planner for this source (built, and for live synced, on first use). Blocking."""
+def _planner(settings: Settings) -> Planner:
+    """The process-wide planner for this source, built on first use (a live one may not be synced yet)."""
     key = _key(settings)
     with _planners_lock:
         planner = _planners.get(key)
@@ -42,6 +51,18 @@ def planner_for(settings: Settings) -> Planner:
             else:
                 planner = Planner(shared_live_source(settings.kubeconfig).model, "live")
             _planners[key] = planner
+    return planner
+
+
+def _loaded(settings: Settings) -> Planner | None:
+    """The planner if its model is loaded (snapshot) or synced (live), else None. Blocking."""
+    planner = _planner(settings)
+    return planner if settings.snapshot or shared_live_source(settings.kubeconfig).synced else None
+
+
+def planner_for(settings: Settings) -> Planner:
+    """The process-wide planner for this source (built, and for live synced, on first use). Blocking."""
+    planner = _planner(settings)
     if not settings.snapshot:
         source = shared_live_source(settings.kubeconfig)
         if not source.wait_synced(LIVE_SYNC_TIMEOUT_S):
@@ -58,9 +79,14 @@ class TopologyStage(Stage):
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+        self._stopping = asyncio.Event()
+        self._summaries = asyncio.get_running_loop().create_task(self._publish_summaries())
 
     async def close(self) -> None:
-        """Stop the live watches: they would otherwise retry against an API that is gone."""
+        """Stop the summary task, then the live watches: they would otherwise retry against an API
+        that is gone."""
+        self._stopping.set()
+        await self._summaries  # it ends within one step; cancelling could orphan a thread mid-load
         with _planners_lock:
             _planners.pop(_key(self.settings), None)
         if not self.settings.snapshot:
@@ -79,3 +105,53 @@ class TopologyStage(Stage):
             elapsed_ms=elapsed, nodes=report.nodes_to_collect, findings=[f.code for f in report.findings],
         )
         return env.model_copy(update={"topology": report.model_dump(mode="json")})
+
+    # ------------------------------------------------------------ cluster summary
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless closing; True when the stage is closing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return self._stopping.is_set()
+
+    async def _loaded_planner(self) -> Planner | None:
+        """The planner once its model is loaded (snapshot) or synced (live); None when closing."""
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                planner = await asyncio.to_thread(_loaded, self.settings)
+                if planner is not None:
+                    return planner
+                delay = 0.2
+            except Exception as exc:  # a missing kubeconfig, an unreadable snapshot: diagnoses report it
+                log.log(logging.DEBUG if failures else logging.WARNING, "cluster model not loaded yet: %s", exc)
+                failures, delay = failures + 1, LOAD_RETRY_S
+            if await self._pause(delay):
+                break
+        return None
+
+    async def _publish_summaries(self) -> None:
+        planner = await self._loaded_planner()
+        stamp, published = None, None
+        while planner is not None:
+            current = model_stamp(planner.model)  # read first: a change while building shows next round
+            if current != stamp:
+                try:
+                    summary = await asyncio.to_thread(self._summary, planner)
+                    content = summary.model_dump(mode="json", exclude={"generated_at"})
+                    if content != published:
+                        kv = await self.bus.cluster_kv()
+                        await kv.put(SUMMARY_KEY, summary.model_dump_json().encode())
+                        published = content
+                    stamp = current
+                except (TimeoutError, nats.errors.Error) as exc:  # NATS away: try again next round
+                    log.debug("cluster summary not published: %s", exc)
+                except Exception:  # an odd object must not stop the diagnoses; say so, retry on change
+                    log.warning("cluster summary not built", exc_info=True)
+                    stamp = current
+            if await self._pause(SUMMARY_INTERVAL_S):
+                break
+
+    def _summary(self, planner: Planner) -> ClusterSummary:
+        dns = planner.detector.detect().info.cluster_dns
+        return summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload)

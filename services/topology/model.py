@@ -189,6 +189,8 @@ class ClusterModel:
         self.services_by_node_port: dict[tuple[int, str], set[str]] = defaultdict(set)
         self.policies_by_namespace: dict[str, set[str]] = defaultdict(set)
         self.pods_by_component: dict[str, set[str]] = defaultdict(set)  # static control-plane pods
+        # (kind, namespace) a source may not read (RBAC) → why; detection reports each as an assumption
+        self.unreadable: dict[tuple[str, str | None], str] = {}
 
     # ------------------------------------------------------------ writing
 
@@ -214,6 +216,18 @@ class ClusterModel:
                 self.apply("DELETED", kind, self.objects[kind][key])
             for obj in fresh.values():
                 self.apply("MODIFIED", kind, obj)
+
+    def set_unreadable(self, kind: str, namespace: str | None, reason: str | None) -> None:
+        """Record why `kind` (in `namespace`) cannot be read, or clear it (None); a change counts as a
+        change of that kind, so cached detections are redone."""
+        with self.lock:
+            if self.unreadable.get((kind, namespace)) == reason:
+                return
+            if reason is None:
+                del self.unreadable[(kind, namespace)]
+            else:
+                self.unreadable[(kind, namespace)] = reason
+            self.generation[kind] += 1
 
     def _entries(self, kind: str, key: str, obj: Obj) -> Iterator[tuple[dict[Any, set[str]], Any]]:
         if kind == "Pod":

@@ -16,8 +16,8 @@ def test_fault_changes_kernel_outcome(fault: Fault, make_lab: MakeLab) -> None:
     before = lab.probe(spec.src, spec.dst, spec.port, spec.protocol)
     assert before.outcome == fault.before, f"healthy lab: {before}"
     fault.inject(lab)
-    after = lab.probe(spec.src, spec.dst, spec.port, spec.protocol)
-    assert after.outcome == fault.after, f"after {fault.name}: {after}"
+    after = fault.observe(lab)
+    assert after == fault.outcomes_after, f"after {fault.name}: {after}"
 
 
 def test_catalogue_is_complete_and_consistent() -> None:

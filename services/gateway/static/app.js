@@ -1,19 +1,23 @@
 // netdiag web UI: the form, live progress over SSE, the result (verdict, packet-path graph,
 // hop details, findings, assumptions), history with permalinks (#/diagnoses/<id>), exports.
 import { arrange, buildModel, drawGraph, focusNode, toSvg } from "./graph.js";
+import { attachPicker, clusterEntries, recentEntries } from "./picker.js";
 import { validateForm, validateIp } from "./validate.js";
 
 const API = "/api/v1";
 const HISTORY_PAGE = 20;
 const KNOWN_KEY = "netdiag.known-addresses";
 const DNS_KEY = "netdiag.dns-ip";
+const CLUSTER_RETRY_MS = 2000;  // until the topology stage has published its first summary
+const CLUSTER_STALE_MS = 30_000;  // opening a picker refreshes an older summary
 const VERDICT_MARK = { REACHABLE: "✔", UNREACHABLE: "✖", AMBIGUOUS: "◐", UNDETERMINED: "?", FAILED: "✖" };
 const SEVERITY_ORDER = { error: 0, warning: 1, info: 2 };
 const STAGE_ORDER = ["topology", "collector", "cloud", "simulator", "gateway-store", "gateway"];
 const PACKET_FIELDS = ["src", "sport", "dst", "dport", "protocol", "mark", "iif", "oif"];
 
 const $ = (id) => document.getElementById(id);
-const state = { diagnosis: null, model: null, cy: null, selected: null, follow: null, historyNext: null };
+const state = { diagnosis: null, model: null, cy: null, selected: null, follow: null, historyNext: null,
+                cluster: null, clusterAt: 0, dnsShown: null, entries: { src: [], dst: [] }, pickers: [], codes: new Map() };
 
 // ------------------------------------------------------------------ DOM helper
 
@@ -120,7 +124,68 @@ function dnsPreset() {
   $(validateIp($("src").value.trim()) ? "src" : "submit").focus();
 }
 
-// ------------------------------------------------------------------ known addresses (pickers)
+// ------------------------------------------------------------------ pickers: cluster summary + past addresses
+
+/** The topology stage's cluster summary; retried until one is published, refreshed when stale. */
+async function loadCluster() {
+  clearTimeout(state.clusterRetry);
+  const res = await api("/cluster").catch((err) => ({ ok: false, status: 0, body: { error: err.message } }));
+  if (res.ok) {
+    state.cluster = res.body;
+    state.clusterAt = Date.now();
+    state.entries = { src: clusterEntries(res.body, "src"), dst: clusterEntries(res.body, "dst") };
+    for (const picker of state.pickers) picker.refresh();
+  } else if (!state.cluster) {
+    state.clusterRetry = setTimeout(loadCluster, CLUSTER_RETRY_MS);
+  }
+  showCluster(res);
+}
+
+function showCluster(res) {
+  const c = state.cluster;
+  if (!c) {
+    $("cluster-status").textContent = `No cluster model yet (${(res.body && res.body.error) || `the gateway answered ${res.status}`}): `
+      + "the pickers offer addresses seen in past diagnoses; any IP can be typed.";
+    $("dns-origin").textContent = "(Kubernetes default: no cluster model yet)";
+    return;
+  }
+  const n = c.counts;
+  const cut = c.truncated ? ` — lists cut at ${Math.max(c.pods.length, c.services.length, c.nodes.length)} entries, type to search them` : "";
+  $("cluster-status").textContent = `Pick from ${n.pods} pods, ${n.services} Services and ${n.nodes} nodes `
+    + `(${c.source}, as of ${new Date(c.generated_at).toLocaleTimeString()})${cut}, or type any IP.`;
+  if (c.dns.length) {
+    if (c.dns[0] !== state.dnsShown) $("dns-ip").value = state.dnsShown = c.dns[0];  // an edit survives refreshes
+    $("dns-origin").textContent = "(from the cluster model)";
+  } else {
+    $("dns-origin").textContent = "(the cluster model has no DNS Service)";
+  }
+}
+
+function pickerEntries(role) {
+  const offered = state.entries[role];
+  return [...offered, ...recentEntries(knownAddresses(), offered)];
+}
+
+function clearFieldError(name) {
+  $(`${name}-error`).textContent = "";
+  $(name).removeAttribute("aria-invalid");
+}
+
+/** A chosen Service (or NodePort) also sets the port and protocol it was listed with. */
+function chosen(role, entry) {
+  clearFieldError(role);
+  if (entry.port) {
+    $("port").value = String(entry.port);
+    $("protocol").value = entry.protocol;
+    clearFieldError("port");
+  }
+}
+
+function refreshStaleCluster() {
+  if (state.cluster && Date.now() - state.clusterAt > CLUSTER_STALE_MS) loadCluster();
+}
+
+// ------------------------------------------------------------------ known addresses (past diagnoses)
 
 function knownAddresses() {
   try { return JSON.parse(localStorage.getItem(KNOWN_KEY)) || {}; } catch { return {}; }
@@ -136,12 +201,6 @@ function learnAddresses(entries) {
     changed = true;
   }
   if (changed) localStorage.setItem(KNOWN_KEY, JSON.stringify(known));
-  renderKnown();
-}
-
-function renderKnown() {
-  const known = knownAddresses();
-  $("known-addresses").replaceChildren(...Object.keys(known).sort().map((a) => h("option", { value: a }, known[a] ? `${a} — ${known[a]}` : a)));
 }
 
 function learnFromDiagnosis(d) {
@@ -227,15 +286,10 @@ async function poll(id) {
 
 // ------------------------------------------------------------------ result
 
-function abortCodes(result) {
-  // A finding is ABORT-class when the analysis stopped because of it: it ends a path in ABORT,
-  // or it sits on a hop with an ABORT step.
-  const codes = new Set();
-  for (const p of result.paths || []) {
-    if (p.final === "ABORT" && p.cause) codes.add(p.cause);
-    for (const hop of p.hops) if (hop.steps.some((s) => s.action === "ABORT")) for (const f of result.findings) if (f.hop === hop.id) codes.add(f.code);
-  }
-  return codes;
+/** The finding-code catalogue (GET /api/v1/codes): which codes are ABORT-class. */
+async function loadCodes() {
+  const res = await api("/codes").catch(() => null);
+  if (res && res.ok) state.codes = new Map(res.body.map((c) => [c.code, c]));
 }
 
 function showResult(d, { permalink = true } = {}) {
@@ -380,7 +434,6 @@ function evidenceList(evidence) {
 }
 
 function renderFindings(result) {
-  const aborts = abortCodes(result);
   const sorted = [...result.findings].sort((a, b) => SEVERITY_ORDER[a.severity] - SEVERITY_ORDER[b.severity]);
   if (!sorted.length) { $("findings").replaceChildren(h("li", { class: "empty" }, "No findings.")); return; }
   $("findings").replaceChildren(...sorted.map((f) => {
@@ -388,7 +441,7 @@ function renderFindings(result) {
     const where = !f.hop ? h("span", { class: "where" }, "cluster-level (no single hop)")
       : nodeId ? h("button", { type: "button", class: "link", onclick: () => selectNode(nodeId, { focusDetails: true }) }, `at hop ${f.hop}`)
         : h("span", { class: "where mono" }, `at ${f.hop} (not on a simulated path)`);
-    const isAbort = aborts.has(f.code);
+    const isAbort = Boolean(state.codes.get(f.code) && state.codes.get(f.code).abort);
     return h("li", { class: `sev-${f.severity}${isAbort ? " is-abort" : ""}`, "data-code": f.code, "data-hop": f.hop || "", tabindex: "-1" },
       h("div", { class: "f-head" }, badge(f.severity), isAbort ? badge("ABORT") : null, h("span", { class: "f-code" }, f.code), where),
       h("p", { class: "f-msg" }, f.message),
@@ -582,10 +635,12 @@ function start() {
     clearTimeout(resizing);
     resizing = setTimeout(() => state.cy && arrange(state.cy, $("graph")), 200);
   });
-  renderKnown();
+  state.pickers = [["src", "known sources"], ["dst", "known destinations"]].map(([role, label]) =>
+    attachPicker($(role), { label, entries: () => pickerEntries(role), onChoose: (e) => chosen(role, e), onOpen: refreshStaleCluster }));
+  loadCluster();
   loadHistory(true);
   watchCompletions();
-  route();
+  loadCodes().finally(route);  // ABORT badges need the catalogue
 }
 
 // Read-only handle for the end-to-end tests and the browser console (the graph lives in a canvas).

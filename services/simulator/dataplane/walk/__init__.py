@@ -41,7 +41,7 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
     replies: list[tuple[str, Trail]] = []
     for i, trail in enumerate(trails):
         path_id, description = _name(report, trail, i, used)
-        if reply and trail.final == FinalState.DELIVER:
+        if reply and (trail.final == FinalState.DELIVER or (trail.final == FinalState.FORWARD and trail.left)):
             backs = walk_replies(walker, trail)
             replies.extend((path_id, back) for back in backs)
             _reply_outcome(trail, backs)
@@ -54,9 +54,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
 
 
 def _reply_outcome(forward: Trail, backs: list[Trail]) -> None:
-    """A request that is delivered but whose reply is dropped does not connect: the forward path ends
-    in the reply's cause (its hop marked), so the verdict follows the kernel. Replies that only drop
-    on some branches (an unmodelled rule) leave the outcome open, which is stated."""
+    """A request that is delivered (or leaves the cluster) but whose reply is dropped does not connect:
+    the forward path ends in the reply's cause (its hop marked), so the verdict follows the kernel.
+    Replies that only drop on some branches (an unmodelled rule) leave the outcome open, which is stated."""
     finals = {b.final for b in backs}
     if finals == {FinalState.DROP}:
         forward.final, forward.cause = FinalState.DROP, backs[0].cause

@@ -259,6 +259,7 @@ class Crossing:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved")
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
                      "cluster's nodes", packet(c.st, c.iif, link.name))
+        c.trail.left = (view.place, copy_state(c.st), link.name)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
 

@@ -1,6 +1,8 @@
 """The reply path: from the endpoint back to the client, through conntrack's reverse NAT.
 
-The reply starts where the request was delivered, as an ESTABLISHED packet generated there. Every
+The reply starts where the request was delivered, as an ESTABLISHED packet generated there; for a
+request that left the cluster (pod → internet), it comes back in through the uplink the request left
+by, addressed to the source the request left with (the node's masquerade address). Every
 namespace that translated the request translates the reply back when the reply crosses its IP hooks
 (un-SNAT before routing, un-DNAT on the way out). A reply that reaches the client untranslated (it
 was bridged past the translating node with bridge-nf-call-iptables=0, or took another route) does
@@ -15,8 +17,8 @@ from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.walk.trail import Trail, packet
 from services.simulator.dataplane.walk.world import NetnsView
 from shared.codes import finding
-from shared.hops import node_hop
-from shared.schemas import FinalState, Severity, StepAction, StepKind
+from shared.hops import external_hop, node_hop
+from shared.schemas import FinalState, HopKind, Severity, StepAction, StepKind
 
 if TYPE_CHECKING:
     from services.simulator.dataplane.walk.walker import Cursor, Walker
@@ -26,15 +28,25 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
     """Reply trails of one delivered forward trail (empty when it was not delivered)."""
     from services.simulator.dataplane.walk.walker import Cursor, Walker  # the walker imports this module
 
-    if forward.delivered is None:
+    if forward.delivered is not None:
+        (place, st), iif = forward.delivered, None
+    elif forward.left is not None:
+        place, st, iif = forward.left
+    else:
         return []
-    place, st = forward.delivered
     flags = frozenset({"SYN", "ACK"}) if st.protocol == "tcp" else frozenset()
     rst = FlowState(src=st.dst, dst=st.src, protocol=st.protocol, sport=st.dport, dport=st.sport,
-                    ctstate="ESTABLISHED", tcp_flags=flags)
+                    ctstate="ESTABLISHED", tcp_flags=flags, iif=iif)
     rw = Walker(walker.world, walker.report, walker.request, walker.expect, reply=True)
     trail = Trail(pending_reverse=list(forward.nat))
-    return rw.run(Cursor(place, rst, None, trail))
+    if iif is not None:
+        trail.assume(f"the reply from {st.dst} comes back to {st.src} on {place.node}'s {iif} (beyond the node "
+                     "the cloud layer decides)")
+        hop = trail.hop_by_id(external_hop(st.dst), kind=HopKind.INTERNET if st.dst.is_global else HopKind.EXTERNAL,
+                              name=f"{'internet' if st.dst.is_global else 'outside the cluster'} {st.dst}")
+        trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
+                   packet(rst, iif))
+    return rw.run(Cursor(place, rst, iif, trail))
 
 
 def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:

@@ -61,6 +61,7 @@ class Trail:
     ipvs_done: set[Place] = field(default_factory=set)  # IPVS took the packet there (it does so once)
     pending_reverse: list[NatEntry] = field(default_factory=list)  # reply: translations still to undo
     delivered: tuple[Place, FlowState] | None = None
+    left: tuple[Place, FlowState, str] | None = None  # left the cluster: node, packet as sent, uplink device
     probability: float = 1.0
     visits: int = 0
     final: FinalState | None = None

@@ -230,6 +230,8 @@ class Walker:
         """A locally generated packet: route, OUTPUT, re-route if changed, POSTROUTING, out."""
         out: list[Cursor] = []
         for c1, d in self._route(c, view, None):
+            if not d.delivers_locally and not self._localnet_ok(c1, view, d.dev):
+                continue
             original = (c1.st.dst, c1.st.mark)
             c1.st.oif = d.dev
             for c2 in self.hook(c1, view, "OUTPUT"):
@@ -249,6 +251,8 @@ class Walker:
         out: list[Cursor] = []
         c.st.iif = c.iif
         for c1 in self.hook(c, view, "PREROUTING"):
+            if not self._localnet_ok(c1, view):
+                continue
             for c2, d in self._route(c1, view, c1.iif):
                 if not self._rp_filter_ok(c2, view):
                     continue
@@ -351,6 +355,27 @@ class Walker:
         st = c.st
         return view.is_host and self.service_vip(st) and st.dst not in self.node_ips and not self._translated(c) \
             and self.has_endpoints() and st.dst not in view.local_ips
+
+    def _localnet_ok(self, c: Cursor, view: NetnsView, out_dev: str | None = None) -> bool:
+        """ip_route_input: a loopback source or destination arriving on another device is martian
+        unless route_localnet allows it (a DNAT to 127.0.0.1 needs it). Output (`out_dev`): a loopback
+        source may leave by another device only with route_localnet there (the reply of such a DNAT)."""
+        dev = out_dev or c.iif or ""
+        side = "source" if c.st.src.is_loopback else None
+        if out_dev is None and c.st.dst.is_loopback:
+            side = "destination"
+        link = view.links.get(dev)
+        if side is None or dev == "lo" or (link is not None and link.kind == "loopback"):
+            return True
+        ok, sysctl = view.route_localnet(dev)
+        if ok:
+            return True
+        found = finding("ROUTE_LOCALNET_DISABLED", view.hop_id, where=view.where, packet=packet(c.st),
+                        device=dev, side=side, sysctl=sysctl,
+                        evidence={"direction": "out" if out_dev else "in"})
+        self.drop(c, found, view, f"martian {side} {c.st.dst if side == 'destination' else c.st.src} "
+                  f"{'out of' if out_dev else 'on'} {dev}: {sysctl}=0", StepKind.SYSCTL)
+        return False
 
     def _rp_filter_ok(self, c: Cursor, view: NetnsView) -> bool:
         dev = c.iif or ""

@@ -131,6 +131,13 @@ class NetnsView:
         values = [self.sysctl(f"ipv4/conf/{k}/rp_filter") for k in ("all", dev)]
         return max((int(v) for v in values if v and v.strip().isdigit()), default=0)
 
+    def route_localnet(self, dev: str) -> tuple[bool, str]:
+        """127.0.0.0/8 on a non-loopback device is routable only with route_localnet on conf/all or the device."""
+        for key in (f"ipv4/conf/{dev}/route_localnet", "ipv4/conf/all/route_localnet"):
+            if (self.sysctl(key) or "0").strip() == "1":
+                return True, "net." + key.replace("/", ".")
+        return False, f"net.ipv4.conf.{dev}.route_localnet"
+
     def bridge_nf(self) -> bool:
         return self.sysctl("bridge/bridge-nf-call-iptables", "1") == "1"
 
