@@ -89,6 +89,7 @@ class LabKubeAPI(ObjectStore):
         self._stopping = False
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
+        self._forbidden: set[str] = set()  # path prefixes answered 403, as RBAC would
 
     # ---------------------------------------------------------- lifecycle
 
@@ -172,6 +173,11 @@ class LabKubeAPI(ObjectStore):
         self._wake.set()
         self._wake = asyncio.Event()
 
+    def forbid(self, path_prefix: str) -> None:
+        """Refuse every request under `path_prefix` with 403 Forbidden, as missing RBAC would
+        (e.g. `/api/v1/namespaces/kube-flannel/configmaps`)."""
+        self._forbidden.add(path_prefix)
+
     # ---------------------------------------------------------- HTTP
 
     @web.middleware
@@ -179,6 +185,8 @@ class LabKubeAPI(ObjectStore):
         if request.path.rstrip("/") not in PUBLIC_PATHS and \
                 request.headers.get("Authorization", "") != f"Bearer {self.token}":
             return _error(401, "Unauthorized", "Unauthorized")
+        if any(request.path.startswith(prefix) for prefix in self._forbidden):
+            return _error(403, "Forbidden", f"{request.path} is forbidden: the service account may not read it")
         try:
             return await handler(request)
         except web.HTTPNotFound:

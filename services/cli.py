@@ -97,20 +97,33 @@ class GatewayClient:
     async def follow(self, diagnosis_id: str, on_progress: Callable[[dict[str, Any]], None]) -> Diagnosis:
         url = f"{self.base}/api/v1/diagnoses/{diagnosis_id}/events"
         async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=DEFAULT_WAIT_S)) as resp:
+            if resp.status != 200:
+                raise CliError(f"gateway refused the event stream of {diagnosis_id} ({resp.status})")
             async for event, data in _sse(resp):
                 if event == "result":
                     return Diagnosis.model_validate(data)
                 on_progress(data)
         raise CliError(f"event stream of {diagnosis_id} ended without a result")
 
-    async def results(self) -> AsyncIterator[Diagnosis]:
+    @contextlib.asynccontextmanager
+    async def results(self) -> AsyncIterator[AsyncIterator[Diagnosis]]:
+        """The live stream of completed diagnoses. Once entered, the gateway has subscribed
+        (it answers the headers after subscribing), so nothing submitted afterwards is missed."""
         async with self.session.get(f"{self.base}/api/v1/events",
                                     timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
             if resp.status != 200:
                 raise CliError(f"gateway refused the watch ({resp.status})")
-            async for event, data in _sse(resp):
-                if event == "result":
-                    yield Diagnosis.model_validate(data)
+
+            async def stream() -> AsyncIterator[Diagnosis]:
+                async for event, data in _sse(resp):
+                    if event == "result":
+                        yield Diagnosis.model_validate(data)
+
+            yield stream()
+
+    async def get(self, diagnosis_id: str) -> Diagnosis | None:
+        async with self.session.get(f"{self.base}/api/v1/diagnoses/{diagnosis_id}") as resp:
+            return Diagnosis.model_validate(await resp.json()) if resp.status == 200 else None
 
 
 def _auth_headers() -> dict[str, str]:
@@ -199,33 +212,38 @@ async def _diagnose_batch(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             requests.append(f"line {n}: " + "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors()))
-    async with gateway(args) as gw:
-        waiting: dict[str, asyncio.Future[Diagnosis]] = {}
-        ready = asyncio.Event()
+    async with gateway(args) as gw, gw.results() as completed:
+        done: dict[str, Diagnosis] = {}
+        arrived = asyncio.Condition()
 
         async def collect() -> None:
-            results = gw.results()
-            ready.set()
-            async for d in results:
-                if d.id in waiting and not waiting[d.id].done():
-                    waiting[d.id].set_result(d)
+            async for d in completed:
+                async with arrived:
+                    done[d.id] = d
+                    arrived.notify_all()
 
         collector = asyncio.create_task(collect())
-        await ready.wait()
-        await asyncio.sleep(0.05)  # the watch is registered before the first submit
         slots = asyncio.Semaphore(BATCH_CONCURRENCY)
-        loop = asyncio.get_running_loop()
 
         async def run(req: DiagnosisRequest | str) -> dict[str, Any]:
             if isinstance(req, str):
                 return {"error": req}
+            request = json.loads(req.model_dump_json())
             async with slots:
                 try:
                     diagnosis_id = await gw.submit(req)
                 except CliError as exc:
-                    return {"request": json.loads(req.model_dump_json()), "error": str(exc)}
-                fut = waiting.setdefault(diagnosis_id, loop.create_future())
-                return json.loads((await asyncio.wait_for(fut, DEFAULT_WAIT_S)).model_dump_json())
+                    return {"request": request, "error": str(exc)}
+                try:
+                    async with arrived:  # a result that arrived before we looked is already in `done`
+                        await asyncio.wait_for(arrived.wait_for(lambda: diagnosis_id in done), DEFAULT_WAIT_S)
+                    result: Diagnosis | None = done.pop(diagnosis_id)
+                except TimeoutError:
+                    result = await gw.get(diagnosis_id)  # the stream may have dropped: ask directly
+                if result is None or result.status == DiagnosisStatus.QUEUED:
+                    return {"request": request, "id": diagnosis_id,
+                            "error": f"no result within {DEFAULT_WAIT_S:.0f}s"}
+                return json.loads(result.model_dump_json())
 
         try:
             outputs = await asyncio.gather(*(run(r) for r in requests))
@@ -246,14 +264,15 @@ async def cmd_watch(args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(headers=_auth_headers()) as session:
         gw = GatewayClient(args.server, session)
         count = 0
-        async for diagnosis in gw.results():
-            if args.output == "json":
-                print(diagnosis.model_dump_json(), flush=True)
-            else:
-                print(render_diagnosis(diagnosis), "\n", flush=True)
-            count += 1
-            if args.count and count >= args.count:
-                return 0
+        async with gw.results() as completed:
+            async for diagnosis in completed:
+                if args.output == "json":
+                    print(diagnosis.model_dump_json(), flush=True)
+                else:
+                    print(render_diagnosis(diagnosis), "\n", flush=True)
+                count += 1
+                if args.count and count >= args.count:
+                    return 0
     return 0
 
 
@@ -455,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         print(f"netdiag: {exc}", file=sys.stderr)
         return exc.code
+    except (aiohttp.ClientError, TimeoutError) as exc:  # never exit 1, which means UNREACHABLE
+        print(f"netdiag: lost the gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_SYSTEM
     except KeyboardInterrupt:
         return 130
 

@@ -118,9 +118,14 @@ class Bus:
         try:
             await self.js.stream_info(STREAM)
         except NotFoundError:
-            # another service may create it between our two calls
+            # another service may create it between our two calls; anything else (a subject
+            # overlap, a conflicting config) is re-raised by the check below
             with contextlib.suppress(nats.js.errors.BadRequestError):
                 await self.js.add_stream(config)
+            info = await self.js.stream_info(STREAM)
+            if info.config.subjects != config.subjects:
+                raise BusUnavailable(f"stream {STREAM} exists with subjects {info.config.subjects}, "  # noqa: B904 - not a translation of the suppressed error
+                                     f"expected {config.subjects}")
         try:
             self._kv = await self.js.key_value(RESULTS_BUCKET)
         except BucketNotFoundError:
@@ -190,7 +195,8 @@ class Bus:
 
 
 async def _log_error(exc: Exception) -> None:
-    log.debug("nats: %s", exc)
+    # permission violations and slow consumers arrive here: they must be visible
+    log.warning("nats: %s", exc)
 
 
 async def _on_disconnect() -> None:

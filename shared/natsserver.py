@@ -6,13 +6,23 @@ The embedded stack (CLI, demo) and the tests use the real server shipped by the
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: the kernel SIGTERMs the server if netdiag dies without stopping it
+    (SIGKILL, a crash), so no orphaned nats-server keeps the port and the data dir."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def nats_server_binary() -> str:
@@ -42,11 +52,12 @@ class NatsServer:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-             "-sd", str(self.data_dir / "jetstream"), "--ports_file_dir", str(ports_dir), *self.extra_args],
-            stdout=subprocess.DEVNULL, stderr=open(self.data_dir / "nats-server.log", "ab"),  # noqa: SIM115
-        )
+        with open(self.data_dir / "nats-server.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                 "-sd", str(self.data_dir / "jetstream"), "--ports_file_dir", str(ports_dir), *self.extra_args],
+                stdout=subprocess.DEVNULL, stderr=log, preexec_fn=_die_with_parent,
+            )
         deadline = time.monotonic() + timeout
         ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
         while time.monotonic() < deadline:

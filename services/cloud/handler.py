@@ -15,7 +15,7 @@ import logging
 import time
 from typing import Any
 
-from services.cloud.clb import LB_ID_ANNOTATION
+from shared.cloudeval.clb import LB_ID_ANNOTATION
 from services.cloud.provider import CloudError, CloudProvider, make_provider
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
 from shared.cloud import CloudInventory, empty_inventory, load_inventory

@@ -22,7 +22,7 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 from typing import Any, NamedTuple
 
-from services.cloud.evaluate import (
+from shared.cloudeval.evaluate import (
     VXLAN_PORT,
     CloudResult,
     Encapsulation,
@@ -30,7 +30,7 @@ from services.cloud.evaluate import (
     evaluate_node_to_node,
     evaluate_to_internet,
 )
-from services.cloud.index import CloudIndex
+from shared.cloudeval.index import CloudIndex
 from shared.cloud import CloudInventory
 from shared.schemas import (
     Assumption,

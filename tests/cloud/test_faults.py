@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.cloud.evaluate import (
+from shared.cloudeval.evaluate import (
     CloudResult,
     evaluate_internet_to_lb,
     evaluate_node_to_node,

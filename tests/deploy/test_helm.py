@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from services.topology.sources.live import resources
+from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
 from shared.natsserver import nats_server_binary
 from tests.deploy.chart import CHART, NAMESPACE, RELEASE, render
 
@@ -151,10 +152,22 @@ def test_rbac_is_read_only_and_exactly_what_the_live_source_uses() -> None:
               "NetworkPolicy": ("networking.k8s.io", "networkpolicies"), "DaemonSet": ("apps", "daemonsets")}
     assert set(granted) == {plural[k] for k in used if k != "ConfigMap"}
     assert all(verbs == {"list", "watch"} for verbs in granted.values())  # the informer lists and watches
-    (config_role,) = by_kind(objects, "Role").values()
-    assert config_role["metadata"]["namespace"] == "kube-system"
-    assert config_role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]
-    assert not any("secrets" in r["resources"] for o in by_kind(objects, "Role").values() for r in o["rules"])
+    for config_role in (o for o in objects if o["kind"] == "Role"):
+        assert config_role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"]}]
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT, {"rbac": {"configMapNamespaces": []}}],
+                         ids=["default", "non-default", "none"])
+def test_config_roles_cover_every_namespace_the_topology_stage_reads(values: dict[str, Any] | None) -> None:
+    objects = render(values)
+    topology = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-topology"])["containers"][0]
+    env = {e["name"]: e["value"] for e in topology["env"] if "value" in e}
+    read = Settings.model_validate({"configmap_namespaces": env["NETDIAG_CONFIGMAP_NAMESPACES"]}).configmap_namespaces
+    roles = {o["metadata"]["namespace"]: o["metadata"]["name"] for o in objects if o["kind"] == "Role"}
+    bindings = {(o["metadata"]["namespace"], o["roleRef"]["name"]) for o in objects if o["kind"] == "RoleBinding"}
+    assert set(read) == set(roles) == set((values or {}).get("rbac", {}).get(
+        "configMapNamespaces", DEFAULT_CONFIGMAP_NAMESPACES))
+    assert all((ns, name) in bindings for ns, name in roles.items())
 
 
 def test_default_nats_is_a_three_replica_jetstream_cluster() -> None:

@@ -103,7 +103,8 @@ def test_plan_over_the_live_cache_follows_changes(live: LiveSource, lab_api: Lab
 
 
 def test_watch_survives_server_timeouts(live: LiveSource, lab_api: LabKubeAPI) -> None:
-    time.sleep(2.5)  # watch_timeout_s=2: every watch was closed by the server and resumed
+    # watch_timeout_s=2: every watch is closed by the server and resumed from its resourceVersion
+    _eventually(lambda: all(st.resumes >= 1 for st in live.state.values()), timeout=10)
     lab_api.set_node_ready("node-2", False)
     _eventually(lambda: "NODE_NOT_READY" in {
         f.code for f in Planner(live.model, "live").plan(DiagnosisRequest(
@@ -144,3 +145,28 @@ def test_capture_round_trips(live: LiveSource, tmp_path: Path, resolved: Resolve
     planner = Planner(loaded.model, "snapshot")
     report = _plan(planner, _ip(resolved, "web/client"), _service_ip(resolved, "shop/api"), 80)
     assert sorted(p.dst_pod or "" for p in report.paths) == ["shop/api-1", "shop/api-2"]
+
+
+def test_forbidden_detection_resource_syncs_empty_with_an_assumption(lab_api: LabKubeAPI, tmp_path: Path,
+                                                                     resolved: ResolvedScenario) -> None:
+    lab_api.forbid("/api/v1/namespaces/kube-flannel/configmaps")  # the chart granted no Role there
+    source = LiveSource(api_client(lab_api.write_kubeconfig(tmp_path / "kubeconfig")), retry_s=0.1).start()
+    try:
+        assert source.wait_synced(10), source.errors()
+        assert "403" in source.errors()["ConfigMap@kube-flannel"]
+        report = _plan(Planner(source.model, "live"), _ip(resolved, "web/client"), _ip(resolved, "shop/api-1"), 8080)
+        texts = [a.text for a in report.assumptions]
+        assert "cannot read ConfigMaps in kube-flannel: forbidden — CNI detection may be incomplete" in texts
+        assert report.cluster.cni == "flannel-host-gw"  # kube-system's ConfigMaps were still read
+    finally:
+        source.stop()
+
+
+def test_forbidden_core_resource_never_syncs(lab_api: LabKubeAPI, tmp_path: Path) -> None:
+    lab_api.forbid("/api/v1/pods")
+    source = LiveSource(api_client(lab_api.write_kubeconfig(tmp_path / "kubeconfig")), retry_s=0.1).start()
+    try:
+        assert not source.wait_synced(1.5)
+        assert "403" in source.errors()["Pod"] and not source.model.unreadable
+    finally:
+        source.stop()

@@ -4,7 +4,9 @@ One daemon thread per resource lists (paginated) and then watches from the list'
 resourceVersion, applying each event to the shared ClusterModel, so a diagnosis reads a
 warm cache and never re-lists. A watch that ends (server timeout) resumes from the last
 seen resourceVersion (bookmarks keep it fresh); 410 Gone / "too old resource version"
-re-lists. Objects are trimmed on arrival (no managedFields, no last-applied, no pod
+re-lists. A detection-only kind the API refuses (403/404: ConfigMaps in a namespace the chart
+grants no Role in) syncs empty and detection reports an assumption; the core kinds keep the source
+unsynced, loudly. Objects are trimmed on arrival (no managedFields, no last-applied, no pod
 bulk), and no event queue exists between the stream and the model: memory is bounded
 by the cluster's (trimmed) size.
 """
@@ -15,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,16 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from services.topology.model import ClusterModel, Obj, trim
+from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
 
 log = logging.getLogger("netdiag.topology.live")
 
-# Namespaces whose ConfigMaps detection reads (CNI and kube-proxy configuration).
-DETECTION_NAMESPACES = ("kube-system", "kube-flannel", "calico-system")
+# Namespaces whose ConfigMaps detection reads (CNI and kube-proxy configuration) unless configured.
+DETECTION_NAMESPACES = DEFAULT_CONFIGMAP_NAMESPACES
+# Kinds only detection reads: when the API refuses them they sync empty and detection says so
+# (an assumption); every other kind is needed to diagnose at all and keeps the source unsynced.
+DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet"})
+UNREADABLE_STATUS = {403: "forbidden", 404: "not found"}
 HTTP_GONE = 410
 
 
@@ -48,7 +55,7 @@ class Resource:
         return f"{self.kind}@{self.namespace}" if self.namespace else self.kind
 
 
-def resources(api: client.ApiClient) -> list[Resource]:
+def resources(api: client.ApiClient, configmap_namespaces: Iterable[str] = DETECTION_NAMESPACES) -> list[Resource]:
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     discovery, networking = client.DiscoveryV1Api(api), client.NetworkingV1Api(api)
     out = [
@@ -60,7 +67,7 @@ def resources(api: client.ApiClient) -> list[Resource]:
         Resource("NetworkPolicy", networking.list_network_policy_for_all_namespaces),
         Resource("DaemonSet", apps.list_daemon_set_for_all_namespaces),
     ]
-    out += [Resource("ConfigMap", _namespaced(core.list_namespaced_config_map, ns), ns) for ns in DETECTION_NAMESPACES]
+    out += [Resource("ConfigMap", _namespaced(core.list_namespaced_config_map, ns), ns) for ns in configmap_namespaces]
     return out
 
 
@@ -88,6 +95,7 @@ class _State:
     synced: threading.Event = field(default_factory=threading.Event)
     lists: int = 0
     events: int = 0
+    resumes: int = 0  # watches the server ended that were resumed from the last resourceVersion
     last_error: str | None = None
 
 
@@ -95,13 +103,15 @@ class LiveSource:
     """Keeps a ClusterModel in sync with the API server. `start()` then `wait_synced()`."""
 
     def __init__(self, api: client.ApiClient, model: ClusterModel | None = None, *, page_size: int = 500,
-                 watch_timeout_s: int = 240, retry_s: float = 1.0) -> None:
+                 watch_timeout_s: int = 240, retry_s: float = 1.0, unreadable_retry_s: float = 60.0,
+                 configmap_namespaces: Iterable[str] = DETECTION_NAMESPACES) -> None:
         self.api = api
         self.model = model or ClusterModel()
         self.page_size = page_size
         self.watch_timeout_s = watch_timeout_s
         self.retry_s = retry_s
-        self.resources = resources(api)
+        self.unreadable_retry_s = unreadable_retry_s  # RBAC may be granted later: look again, rarely
+        self.resources = resources(api, configmap_namespaces)
         self.state = {r.name: _State() for r in self.resources}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -146,9 +156,12 @@ class LiveSource:
                 if st.resource_version is None:
                     st.resource_version = self._list(res)
                     st.lists += 1
+                    self.model.set_unreadable(res.kind, res.namespace, None)
                     st.synced.set()
                 st.resource_version = self._watch(res, st)
                 st.last_error = None
+                if not self._stop.is_set():
+                    st.resumes += 1
             except ResourceExpired:
                 log.info("%s: resourceVersion expired, re-listing", res.name)
                 st.resource_version = None
@@ -156,10 +169,21 @@ class LiveSource:
                 if self._stop.is_set():
                     return
                 st.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: %s; retrying in %.1fs", res.name, st.last_error, self.retry_s)
+                pause = self.unreadable_retry_s if self._unreadable(res, st, exc) else self.retry_s
+                log.warning("%s: %s; retrying in %.1fs", res.name, st.last_error, pause)
                 if isinstance(exc, ApiException) and exc.status == HTTP_GONE:
                     st.resource_version = None
-                self._stop.wait(self.retry_s)
+                self._stop.wait(pause)
+
+    def _unreadable(self, res: Resource, st: _State, exc: Exception) -> bool:
+        """A detection-only kind the API refuses to list: synced empty, the reason kept in the model."""
+        if (res.kind not in DETECTION_ONLY_KINDS or st.resource_version is not None
+                or not isinstance(exc, ApiException) or exc.status not in UNREADABLE_STATUS):
+            return False
+        self.model.replace(res.kind, [], namespace=res.namespace)
+        self.model.set_unreadable(res.kind, res.namespace, UNREADABLE_STATUS[exc.status])
+        st.synced.set()
+        return True
 
     def _list(self, res: Resource) -> str:
         items: list[Obj] = []
@@ -215,13 +239,18 @@ _registry: dict[str, LiveSource] = {}
 _registry_lock = threading.Lock()
 
 
-def shared_live_source(kubeconfig: Path | str | None = None) -> LiveSource:
-    """One warm cache per process and kubeconfig: diagnoses share it, never re-list."""
+def shared_live_source(kubeconfig: Path | str | None = None,
+                       configmap_namespaces: Iterable[str] | None = None) -> LiveSource:
+    """One warm cache per process and kubeconfig: diagnoses share it, never re-list. The ConfigMap
+    namespaces default to NETDIAG_CONFIGMAP_NAMESPACES (the chart sets it to what its Roles grant)."""
     key = str(kubeconfig or "")
     with _registry_lock:
         source = _registry.get(key)
         if source is None:
-            source = _registry[key] = LiveSource(api_client(kubeconfig)).start()
+            if configmap_namespaces is None:
+                configmap_namespaces = Settings.from_env().configmap_namespaces
+            source = _registry[key] = LiveSource(api_client(kubeconfig),
+                                                 configmap_namespaces=configmap_namespaces).start()
         return source
 
 

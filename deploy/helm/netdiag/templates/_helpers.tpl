@@ -67,6 +67,21 @@ nats://{{ include "netdiag.natsName" . }}.{{ .Release.Namespace }}.svc:4222
 {{- if and .Values.nats.auth.enabled (not .Values.nats.external.url) -}}true{{- end -}}
 {{- end -}}
 
+{{/* Namespaces whose ConfigMaps detection reads, comma-separated: rbac.configMapNamespaces less those
+the cluster lacks at install time (a Role cannot be made in a missing namespace). Offline (helm
+template), where lookup finds nothing, not even kube-system: all of them. The Roles and the topology
+stage's NETDIAG_CONFIGMAP_NAMESPACES both come from here, so they always agree. */}}
+{{- define "netdiag.configMapNamespaces" -}}
+{{- $online := lookup "v1" "Namespace" "" "kube-system" -}}
+{{- $present := list -}}
+{{- range .Values.rbac.configMapNamespaces -}}
+{{- if or (not $online) (lookup "v1" "Namespace" "" .) -}}
+{{- $present = append $present . -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $present -}}
+{{- end -}}
+
 {{/* environment every netdiag container shares: (dict "ctx" $ "user" "netdiag"|"agent") */}}
 {{- define "netdiag.env" -}}
 {{- $ := .ctx -}}

@@ -13,8 +13,10 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from services.simulator.dataplane.hooks import run_hook, stages
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
-from services.simulator.dataplane.netfilter.model import HOOK_TABLES
+from services.simulator.dataplane.netfilter.tracer import TraceContext
+from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
@@ -400,21 +402,22 @@ class Walker:
     # ------------------------------------------------------------ netfilter
 
     def hook(self, c: Cursor, view: NetnsView, hook: str, nat: bool = True, **ctx: object) -> list[Cursor]:
-        """Run one hook over every iptables backend of the namespace; one cursor per surviving branch.
-        `nat=False`: the connection's nat is already bound (a packet IPVS forwards), nat chains are skipped."""
+        """Run one hook over every iptables backend and nftables base chain of the namespace, in kernel
+        order (hooks.run_hook); one cursor per surviving branch. `nat=False`: the connection's nat is
+        already bound (a packet IPVS forwards), nat stages are skipped."""
         if self.reply:
             self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
         if view.unmodelled_netfilter:
             c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}")
-        if not view.rulesets:
+        if not view.rulesets and view.nft is None:
             return [c]
         before = packet(c.st, c.st.iif, c.st.oif)
         vip_before = self.service_vip(c.st)
-        branches = [Branch(state=c.st)]
+        context = view.context(**ctx)
+        tracers = [Tracer(rs, context) for _backend, rs in view.rulesets]
         try:
-            for _backend, rs in view.rulesets:
-                branches = _run_hook(Tracer(rs, view.context(**ctx)), branches, hook, nat)
+            branches = _run_hook(tracers, view.nft, [Branch(state=c.st)], hook, context, nat)
         except TraceTooLarge as exc:
             c.trail.assume(f"netfilter trace in {view.where} {hook} too large: {exc}")
             self.finish(c, FinalState.ABORT)
@@ -562,15 +565,17 @@ class Walker:
         return self.finish(c, FinalState.FORWARD)
 
 
-def _run_hook(tracer: Tracer, branches: list[Branch], hook: str, nat: bool) -> list[Branch]:
+def _run_hook(tracers: list[Tracer], nft: NftRuleset | None, branches: list[Branch], hook: str,
+              ctx: TraceContext, nat: bool) -> list[Branch]:
     if nat:
-        return tracer.run_hook(branches, hook)
+        return run_hook(tracers, nft, branches, hook, ctx=ctx)
+    evaluator = NftEvaluator(nft, ctx) if nft is not None else None
     for br in branches:
         br.verdict = None
         br.hooks.append(hook)
-    for table in HOOK_TABLES[hook]:
-        if table != "nat":
-            branches = tracer.run_table(branches, hook, table)
+    for stage in stages(tracers, evaluator, hook, branches[0].state.dst.version):
+        if not stage.nat:
+            branches = stage.run(branches)
     for br in branches:
         br.verdict = br.verdict or "ACCEPT"
     return branches

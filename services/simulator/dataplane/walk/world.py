@@ -14,6 +14,7 @@ from services.simulator.dataplane.netfilter import (
     parse_ipset_save,
     parse_iptables_save,
 )
+from services.simulator.dataplane.nftables import NftParseError, NftRuleset, parse_nft_json
 from services.simulator.dataplane.routing import Router
 from shared.hops import node_hop, pod_hop
 from shared.netstack import Link, NetnsDump, NodeDump
@@ -96,14 +97,27 @@ class NetnsView:
         return [(s.backend, parse_iptables_save(s.save, 4)) for s in states]
 
     @cached_property
+    def _nft(self) -> tuple[NftRuleset | None, str | None]:
+        """Native nftables (tables iptables-nft owns come through the iptables save text), or why not."""
+        try:
+            rs = parse_nft_json(self.dump.netfilter.nft_ruleset)
+        except NftParseError as exc:
+            return None, f"the nftables ruleset of {self.where} could not be read ({exc}): it is not simulated"
+        for owned in self.dump.netfilter.nft_tables_via_iptables:
+            family, _, name = owned.partition(" ")
+            rs.tables.pop((family, name), None)
+        return (rs if rs.tables else None), None
+
+    @property
+    def nft(self) -> NftRuleset | None:
+        return self._nft[0]
+
+    @cached_property
     def unmodelled_netfilter(self) -> str | None:
         """What of this namespace's packet filtering the walk cannot see, said once per trail."""
-        ruleset = self.dump.netfilter.nft_ruleset or {}
-        tables = sorted({f"{t['table'].get('family')} {t['table'].get('name')}" for t in ruleset.get("nftables", [])
-                         if isinstance(t, dict) and "table" in t} - set(self.dump.netfilter.nft_tables_via_iptables))
-        if tables:
-            return f"native nftables tables in {self.where} are not simulated: {', '.join(tables)}"
-        if self.is_host and not self.dump.netfilter.iptables:
+        if self._nft[1]:
+            return self._nft[1]
+        if self.is_host and not self.dump.netfilter.iptables and self.nft is None:
             return f"no iptables state was collected for {self.where}: its netfilter hooks are taken as ACCEPT"
         return None
 

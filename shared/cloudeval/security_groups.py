@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.cloud.index import IP, CloudIndex, network
+from shared.cloudeval.index import IP, CloudIndex, network
 from shared.cloud import NetworkInterface, SecurityGroupRule
 
 

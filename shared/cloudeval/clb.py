@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.cloud.index import IP, CloudIndex, contains
+from shared.cloudeval.index import IP, CloudIndex, contains
 from shared.cloud import AccessControlList, Listener, LoadBalancer
 
 LB_ID_ANNOTATION = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-id"

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Literal
 
-from services.cloud.clb import BackendTarget, acl_denies, backends, find_load_balancer, listener_for
-from services.cloud.index import CloudIndex
-from services.cloud.security_groups import Flow, SgDecision, evaluate
-from services.cloud.vpc import RouteDecision, route_lookup, snat_entry_for
+from shared.cloudeval.clb import BackendTarget, acl_denies, backends, find_load_balancer, listener_for
+from shared.cloudeval.index import CloudIndex
+from shared.cloudeval.security_groups import Flow, SgDecision, evaluate
+from shared.cloudeval.vpc import RouteDecision, route_lookup, snat_entry_for
 from shared.cloud import CloudInventory, Instance, NetworkInterface
 from shared.codes import finding
 from shared.schemas import (

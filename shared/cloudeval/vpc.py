@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.cloud.index import IP, CloudIndex, contains, network
+from shared.cloudeval.index import IP, CloudIndex, contains, network
 from shared.cloud import NatGateway, NetworkInterface, RouteEntry, RouteTable, SnatEntry, VSwitch
 
 
