@@ -4,6 +4,11 @@ Request/reply on NATS, in the queue group `netdiag-agent-<node>` (two agents per
 safe: one answers). The dump goes to the JetStream object store (gzip JSON); the reply is
 small. The agent runs in its node's host network namespace — or, in the lab, treats a named
 netns as that (`--netns`) — and only ever reads. It refuses requests naming another node.
+
+Requests are answered concurrently: one that arrives while a collection covering its pods is
+running shares that collection (each request still gets its own blob); others wait their turn,
+and a request whose requester has stopped waiting (its `deadline` passed) is answered
+"expired" without collecting, so the agent never works through a backlog nobody reads.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import math
 import re
 import signal
 import time
+from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
@@ -34,6 +40,7 @@ NFT_POLL_S = 1.0
 M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
 MMAP_THRESHOLD_BYTES = 256 * 1024
 MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
+CLOCK_SKEW_S = 1.0  # a deadline is the requester's wall clock: allow NTP-level skew between nodes
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -44,6 +51,7 @@ class CollectRequest(BaseModel):
     diagnosis_id: str | None = Field(None, max_length=64)
     pod_ips: dict[IPvAnyAddress, str] = Field(
         default_factory=dict, max_length=100_000, description="pod IP → 'namespace/name', to name pod namespaces")
+    deadline: float | None = Field(None, description="epoch seconds after which the requester no longer waits")
 
 
 class CollectReply(BaseModel):
@@ -54,6 +62,22 @@ class CollectReply(BaseModel):
     duration_ms: float = 0.0
     namespaces: int = 0
     size: int = Field(0, description="uncompressed JSON bytes")
+
+
+@dataclass
+class _Dump:
+    """One collection, compressed: what concurrent requests share."""
+
+    data: bytes
+    duration_ms: float
+    namespaces: int
+    size: int
+
+
+@dataclass
+class _Collection:
+    pod_ips: dict[str, str]
+    task: asyncio.Task[_Dump]
 
 
 def queue_group(node: str) -> str:
@@ -72,15 +96,20 @@ class NodeAgent:
     lab stack) reads them only when asked."""
 
     def __init__(self, bus: Bus, node: str, netns: str | None = None,
-                 max_dump_bytes: int = MAX_DUMP_BYTES, nft_refresh_s: float | None = None) -> None:
+                 max_dump_bytes: int = MAX_DUMP_BYTES, nft_refresh_s: float | None = None,
+                 clock_skew_s: float = CLOCK_SKEW_S) -> None:
         self.bus = bus
         self.node = node
         self.netns = netns
         self.max_dump_bytes = max_dump_bytes
         self.nft_refresh_s = nft_refresh_s
+        self.clock_skew_s = clock_skew_s
+        self.collections = 0  # collections run (shared ones once)
         self._sub = None
         self._refresher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one collection at a time: bounded CPU and memory per node
+        self._current: _Collection | None = None
+        self._answering: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._sub = await self.bus.nc.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
@@ -99,6 +128,9 @@ class NodeAgent:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+        for task in list(self._answering):
+            task.cancel()
+        await asyncio.gather(*self._answering, return_exceptions=True)
 
     async def _keep_nft_rules_read(self, min_interval_s: float) -> None:
         """`iptables-nft-save` takes ~1.3 s for 5,000 Services, longer than a whole warm
@@ -119,9 +151,23 @@ class NodeAgent:
             await asyncio.sleep(NFT_POLL_S)
 
     async def _on_request(self, msg: Msg) -> None:
+        # nats-py awaits a callback before handing over the next message: answer in a task, so
+        # a request arriving mid-collection can share it or be found expired at once
+        task = asyncio.create_task(self._respond(msg))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
+
+    async def _respond(self, msg: Msg) -> None:
         reply = await self.answer(msg.data)
         if msg.reply:
             await msg.respond(reply.model_dump_json().encode())
+
+    def _expired(self, request: CollectRequest) -> CollectReply | None:
+        late = time.time() - (request.deadline or math.inf)
+        if late <= self.clock_skew_s:
+            return None
+        return CollectReply(node=self.node, ok=False, error=f"expired: the requester's deadline passed {late:.1f}s "
+                            "ago by this node's clock; not collected")
 
     async def answer(self, data: bytes) -> CollectReply:
         try:
@@ -131,35 +177,61 @@ class NodeAgent:
         if request.node != self.node:
             return CollectReply(node=self.node, ok=False,
                                 error=f"this agent serves node {self.node!r}, not {request.node!r}")
+        expired = self._expired(request)
+        if expired is not None:
+            return expired
         try:
-            async with self._lock:
-                return await self._collect(request)
+            dump = await self._shared_dump(request)
+            return dump if isinstance(dump, CollectReply) else await self._store(request, dump)
         except Exception as exc:  # the requester gets the reason instead of a timeout
             log.exception("collection failed")
             return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}")
 
-    async def _collect(self, request: CollectRequest) -> CollectReply:
+    async def _shared_dump(self, request: CollectRequest) -> _Dump | CollectReply:
+        """Join the running collection when it names every pod this request names; else wait for
+        the lock and run one (unless the request expired while waiting: that reply instead)."""
         pod_ips = {str(ip): pod for ip, pod in request.pod_ips.items()}
+        current = self._current
+        if current is not None and not current.task.done() and pod_ips.items() <= current.pod_ips.items():
+            return await asyncio.shield(current.task)  # one requester giving up must not cancel the others'
+        async with self._lock:
+            expired = self._expired(request)
+            if expired is not None:
+                return expired
+            task = asyncio.create_task(self._dump(pod_ips))
+            self._current = _Collection(pod_ips, task)
+            try:
+                return await asyncio.shield(task)
+            finally:
+                self._current = None  # not keep the last dump's bytes around
+
+    async def _dump(self, pod_ips: dict[str, str]) -> _Dump:
+        self.collections += 1
         dump = await asyncio.to_thread(collect_node, self.node, self.netns, pod_ips)
         duration_ms, namespaces = dump.duration_ms, 1 + len(dump.pods)
         raw = dump.model_dump_json(exclude_none=True).encode()
         raw_size = len(raw)
+        del dump  # the dump can be MBs: keep only the compressed form while storing it
         data = await asyncio.to_thread(gzip.compress, raw, 6)
-        del raw, dump  # the dump can be MBs: keep only the compressed form while storing it
-        if len(data) > self.max_dump_bytes:
-            return CollectReply(node=self.node, ok=False, duration_ms=duration_ms,
-                                error=f"dump of {len(data)} compressed bytes exceeds the limit of "
+        return _Dump(data, duration_ms, namespaces, raw_size)
+
+    async def _store(self, request: CollectRequest, dump: _Dump) -> CollectReply:
+        if len(dump.data) > self.max_dump_bytes:
+            return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
+                                error=f"dump of {len(dump.data)} compressed bytes exceeds the limit of "
                                       f"{self.max_dump_bytes}")
-        ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), data)
-        return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=duration_ms,
-                            namespaces=namespaces, size=raw_size)
+        ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), dump.data)
+        return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
+                            namespaces=dump.namespaces, size=dump.size)
 
 
 async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str | None = None,
                        pod_ips: dict[str, str] | None = None) -> CollectReply:
     """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
-    nobody answers in time; an invalid reply becomes a failed CollectReply."""
-    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {})  # type: ignore[arg-type]
+    nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
+    the moment this side stops waiting, so the agent skips it if it only gets to it later."""
+    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},  # type: ignore[arg-type]
+                             deadline=time.time() + timeout)
     msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
     try:
         return CollectReply.model_validate_json(msg.data)

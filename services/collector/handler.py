@@ -19,14 +19,11 @@ from shared import metrics
 from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
 from shared.config import Settings
+from shared.hops import node_hop
 from shared.netstack import decode_dump, encode_dump
 from shared.schemas import Assumption, BlobRef, Finding, StageEnvelope
 from shared.stage import Stage
 from shared.topology import TopologyReport
-
-
-def node_hop(node: str) -> str:
-    return f"node:{node}"
 
 
 def pod_ips_for(report: TopologyReport) -> dict[str, str]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 from typing import Any, NamedTuple
 
+from shared.cloud import CloudInventory
 from shared.cloudeval.evaluate import (
     VXLAN_PORT,
     CloudResult,
@@ -31,7 +32,6 @@ from shared.cloudeval.evaluate import (
     evaluate_to_internet,
 )
 from shared.cloudeval.index import CloudIndex
-from shared.cloud import CloudInventory
 from shared.schemas import (
     Assumption,
     DiagnosisRequest,

@@ -16,7 +16,7 @@ from services.topology.model import (
     pod_phase,
 )
 from shared.codes import finding
-from shared.hops import external_hop
+from shared.hops import external_hop, node_hop, pod_hop
 from shared.schemas import Finding, IPAddress
 from shared.topology import Endpoint, EndpointKind
 
@@ -31,14 +31,6 @@ class Classification:
     @property
     def kind(self) -> EndpointKind:
         return self.endpoint.kind
-
-
-def pod_hop(pod_key: str) -> str:
-    return f"pod:{pod_key}"
-
-
-def node_hop(node: str) -> str:
-    return f"node:{node}"
 
 
 def not_ready_containers(pod: Obj) -> list[str]:

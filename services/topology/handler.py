@@ -21,7 +21,7 @@ from services.topology.sources.live import close_shared_live_source, shared_live
 from services.topology.sources.snapshot import load_snapshot
 from services.topology.summary import model_stamp, summary_within
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
-from shared.cluster import SUMMARY_KEY, ClusterSummary
+from shared.cluster import SUMMARY_KEY
 from shared.config import Settings
 from shared.schemas import StageEnvelope
 from shared.stage import Stage
@@ -137,11 +137,10 @@ class TopologyStage(Stage):
             current = model_stamp(planner.model)  # read first: a change while building shows next round
             if current != stamp:
                 try:
-                    summary = await asyncio.to_thread(self._summary, planner)
-                    content = summary.model_dump(mode="json", exclude={"generated_at"})
+                    content, payload = await asyncio.to_thread(self._summary, planner)
                     if content != published:
                         kv = await self.bus.cluster_kv()
-                        await kv.put(SUMMARY_KEY, summary.model_dump_json().encode())
+                        await kv.put(SUMMARY_KEY, payload)
                         published = content
                     stamp = current
                 except (TimeoutError, nats.errors.Error) as exc:  # NATS away: try again next round
@@ -152,6 +151,8 @@ class TopologyStage(Stage):
             if await self._pause(SUMMARY_INTERVAL_S):
                 break
 
-    def _summary(self, planner: Planner) -> ClusterSummary:
+    def _summary(self, planner: Planner) -> tuple[str, bytes]:
+        """(what to compare with the last publish: all but generated_at, the value to publish). Blocking."""
         dns = planner.detector.detect().info.cluster_dns
-        return summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload)
+        summary = summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload)
+        return summary.model_dump_json(exclude={"generated_at"}), summary.model_dump_json().encode()

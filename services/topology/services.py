@@ -23,6 +23,7 @@ from services.topology.model import (
     service_lb_ips,
 )
 from shared.codes import finding
+from shared.hops import service_hop
 from shared.schemas import Assumption, Finding
 from shared.topology import Endpoint, EndpointKind, ServiceBackend, ServiceResolution
 
@@ -39,10 +40,6 @@ class Resolved:
     entry_nodes: list[str] = field(default_factory=list)  # where kube-proxy translates the packet
     findings: list[Finding] = field(default_factory=list)
     assumptions: list[Assumption] = field(default_factory=list)
-
-
-def service_hop(key: str) -> str:
-    return f"service:{key}"
 
 
 def _match_port(svc: Obj, dst: Endpoint, port: int, protocol: str) -> Obj | None:

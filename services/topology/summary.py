@@ -73,30 +73,37 @@ def node_summary(node: Obj) -> NodeSummary:
                        ready=_condition(node, "Ready"))
 
 
+def _has_ip(pod: Obj) -> bool:
+    status = pod.get("status") or {}
+    return bool(status.get("podIP") or status.get("podIPs"))
+
+
 def build_summary(model: ClusterModel, source: str, dns: list[IPAddress], limit: int = MAX_ITEMS) -> ClusterSummary:
     """At most `limit` entries per list, in namespace/name order; pods without an IP are left out
     (nothing can be sent to or from them)."""
     with model.lock:
-        pods = [p for p in model.objects["Pod"].values() if pod_ips(p)]
-        services = list(model.objects["Service"].values())
-        nodes = list(model.objects["Node"].values())
-    kept = {kind: sorted(objs, key=object_key)[:limit]
-            for kind, objs in (("pods", pods), ("services", services), ("nodes", nodes))}
+        pods, services, nodes = (list(model.objects[kind].values()) for kind in ("Pod", "Service", "Node"))
+    pods = [p for p in pods if _has_ip(p)]
     return ClusterSummary(
         source=source, generated_at=now(), dns=dns,
-        pods=[pod_summary(p) for p in kept["pods"]],
-        services=[service_summary(s) for s in kept["services"]],
-        nodes=[node_summary(n) for n in kept["nodes"]],
+        pods=[pod_summary(p) for p in sorted(pods, key=object_key)[:limit]],
+        services=[service_summary(s) for s in sorted(services, key=object_key)[:limit]],
+        nodes=[node_summary(n) for n in sorted(nodes, key=object_key)[:limit]],
         counts=SummaryCounts(pods=len(pods), services=len(services), nodes=len(nodes)),
         truncated=max(len(pods), len(services), len(nodes)) > limit,
     )
 
 
 def summary_within(model: ClusterModel, source: str, dns: list[IPAddress], max_bytes: int) -> ClusterSummary:
-    """The fullest summary whose JSON fits `max_bytes` (the cap is halved until it does)."""
+    """The fullest summary whose JSON fits `max_bytes`: built once, then its lists are cut in
+    proportion to the excess (the size is about linear in the cap) until it fits."""
+    budget = max_bytes - PAYLOAD_HEADROOM
+    summary = build_summary(model, source, dns)
     limit = MAX_ITEMS
-    while True:
-        summary = build_summary(model, source, dns, limit)
-        if limit == 0 or len(summary.model_dump_json()) <= max_bytes - PAYLOAD_HEADROOM:
-            return summary
-        limit //= 2
+    while limit and (size := len(summary.model_dump_json())) > budget:
+        limit = min(limit - 1, int(limit * budget / size * 0.95))
+        c = summary.counts
+        summary = summary.model_copy(update={
+            "pods": summary.pods[:limit], "services": summary.services[:limit], "nodes": summary.nodes[:limit],
+            "truncated": max(c.pods, c.services, c.nodes) > limit})
+    return summary

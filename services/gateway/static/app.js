@@ -150,7 +150,7 @@ function showCluster(res) {
     return;
   }
   const n = c.counts;
-  const cut = c.truncated ? ` — lists cut at ${Math.max(c.pods.length, c.services.length, c.nodes.length)} entries, type to search them` : "";
+  const cut = c.truncated ? `; only the first ${Math.max(c.pods.length, c.services.length, c.nodes.length)} of each (by namespace/name) are offered` : "";
   $("cluster-status").textContent = `Pick from ${n.pods} pods, ${n.services} Services and ${n.nodes} nodes `
     + `(${c.source}, as of ${new Date(c.generated_at).toLocaleTimeString()})${cut}, or type any IP.`;
   if (c.dns.length) {

@@ -98,7 +98,7 @@ export function attachPicker(input, { entries, onChoose, onOpen, label }) {
       li.setAttribute("role", "option");
       li.dataset.value = e.value;
       li.append(e.label);
-      if (e.note) { const n = document.createElement("span"); n.className = "picker-option-note"; n.textContent = ` ${e.note}`; li.append(n); }
+      if (e.note) { const n = document.createElement("span"); n.className = "picker-option-note"; n.textContent = ` · ${e.note}`; li.append(n); }
       li.addEventListener("click", () => choose(i));
       return li;
     }));

@@ -108,7 +108,8 @@ def test_a_pod_mtu_above_the_overlay_mtu_is_a_warning() -> None:
     case = Case("vxlan", "pod-vxlan")
     next(lk for lk in case.pod("app/frontend").links if lk.name == "eth0").mtu = 1500
     result = case.run()
-    assert all(p.final == FinalState.DELIVER for p in forward(result))
+    (path,) = forward(result)
+    assert path.final == FinalState.DELIVER
     (mtu,) = [f for f in result.findings if f.code == "MTU_MISMATCH"]
     assert mtu.hop == "pod:app/frontend" and mtu.severity == "warning" and mtu.evidence["path_mtu"] == 1450
 
@@ -275,7 +276,8 @@ def test_no_listener() -> None:
 
 def test_same_node_service_reply_bridged_without_iptables_is_bridge_nf_disabled() -> None:
     case = Case("basic", "dns-same-node", ("node-1",))
-    assert all(p.final == FinalState.DELIVER for p in forward(case.run()))
+    (path,) = forward(case.run())
+    assert path.final == FinalState.DELIVER
     case.host("node-1").sysctls["bridge/bridge-nf-call-iptables"] = "0"
     result = case.run()
     only_cause(result, "BRIDGE_NF_DISABLED", "node:node-1")
@@ -289,3 +291,30 @@ def test_a_node_without_a_dump_aborts_the_walk_there() -> None:
     (path,) = forward(case.run())
     assert path.final == FinalState.ABORT and path.cause == "COLLECTOR_UNAVAILABLE"
     assert path.hops[-1].id == "node:node-2"
+
+
+# ---------------------------------------------------------------- native nftables next to iptables
+
+# `nft -j list ruleset` of `table inet guard { chain forward { type filter hook forward priority filter;
+# ip daddr 10.244.2.2 tcp dport 8080 counter drop comment "guard api-2" } }`, recorded on this machine
+NFT_GUARD = {"nftables": [
+    {"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}},
+    {"table": {"family": "inet", "name": "guard", "handle": 1}},
+    {"chain": {"family": "inet", "table": "guard", "name": "forward", "handle": 1, "type": "filter",
+               "hook": "forward", "prio": 0, "policy": "accept"}},
+    {"rule": {"family": "inet", "table": "guard", "chain": "forward", "handle": 2, "comment": "guard api-2",
+              "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                                  "right": "10.244.2.2"}},
+                       {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                                  "right": 8080}},
+                       {"counter": {"packets": 0, "bytes": 0}}, {"drop": None}]}}]}
+
+
+def test_a_native_nftables_drop_runs_in_the_same_hook_as_iptables() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.host("node-2").netfilter.nft_ruleset = NFT_GUARD
+    result = case.run()
+    only_cause(result, "IPTABLES_DROP", "node:node-2")
+    f = next(f for f in result.findings if f.code == "IPTABLES_DROP")
+    assert f.evidence["table"] == "inet guard" and f.evidence["chain"] == "forward" and f.evidence["hook"] == "FORWARD"
+    assert not [a for a in result.assumptions if "not simulated" in a.text]
