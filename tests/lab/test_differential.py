@@ -60,6 +60,10 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("prod/toolbox", "pod:prod/broken", 8080), ("NO_LISTENER", "pod:prod/broken")),
         (ProbeSpec("prod/toolbox", "svc:prod/nothing", 80), ("SERVICE_NO_ENDPOINT", "service:prod/nothing")),
     ],
+    "nftables": [  # kube-proxy nftables mode: the walk runs iptables and native nft chains in one hook
+        (ProbeSpec("default/client", "svc:default/web", 80), None),
+        (ProbeSpec("default/client", "svc:default/empty", 80), ("SERVICE_NO_ENDPOINT", "service:default/empty")),
+    ],
     "dns-internet": [
         (ProbeSpec("apps/app", "inet", 80), None),
         (ProbeSpec("apps/app", "svc:kube-system/kube-dns", 53, "udp"), None),

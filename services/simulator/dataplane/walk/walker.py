@@ -524,7 +524,8 @@ class Walker:
                          packet(br.state), rule=rule)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
-        if res is not None and "has no endpoints" in rule:
+        if res is not None and hit is not None and ("has no endpoints" in rule or (
+                hit.table.endswith("kube-proxy") and hit.chain == "reject-chain")):  # nftables mode
             self.no_endpoint(c, view, f"kube-proxy rejects: {rule}")
             return
         if fields["chain"] == "KUBE-IPVS-FILTER" and self.service_vip(br.state) and self.has_endpoints():
