@@ -141,6 +141,9 @@ class LiveSource:
         self._stop.set()
         for resp in list(self._open.values()):
             try:
+                # shutdown() unblocks the watch thread's pending read at once; close() alone
+                # waits for the next event or the server's timeout
+                resp.shutdown()
                 resp.close()
             except Exception:  # closing a half-dead socket may raise anything; we are leaving
                 log.debug("closing a watch response failed", exc_info=True)
