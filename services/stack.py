@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
+from opentelemetry.sdk.trace import SpanProcessor
 
 from services.cloud.handler import CloudStage
 from services.collector.agent import NodeAgent
@@ -24,6 +25,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
 from shared.stage import Stage, StageRunner
+from shared.telemetry import setup_tracing, shutdown_tracing
 
 StageFactory = Callable[[Bus, Settings], Stage]
 
@@ -63,6 +65,7 @@ class EmbeddedStack:
         self._buses: list[Bus] = []
         self._web: web.AppRunner | None = None
         self.gateway_bus: Bus | None = None
+        self._spans: SpanProcessor | None = None  # the OTLP export, when configured
 
     @property
     def nats_url(self) -> str:
@@ -73,6 +76,7 @@ class EmbeddedStack:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> EmbeddedStack:
+        self._spans = setup_tracing("stack")
         if self.nats:
             await asyncio.to_thread(self.nats.start)
         self.settings = self.settings.model_copy(update={"nats_url": self.nats_url})
@@ -116,6 +120,8 @@ class EmbeddedStack:
             await asyncio.to_thread(self.nats.stop)
         if self._tmp:
             self._tmp.cleanup()
+        await shutdown_tracing(self._spans)  # after the stages: their last spans have ended
+        self._spans = None
 
     async def __aenter__(self) -> EmbeddedStack:
         try:

@@ -13,7 +13,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.logs import setup_logging
 from shared.stage import Stage, run_stages
-from shared.telemetry import setup_process
+from shared.telemetry import setup_process, shutdown_tracing
 
 StageFactory = Callable[[Bus, Settings], Stage]
 
@@ -34,12 +34,13 @@ async def serve(factory: StageFactory, settings: Settings, stop: asyncio.Event |
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     name = getattr(factory, "name", "service")
-    setup_process(name, settings)
+    spans = setup_process(name, settings)
     bus = await Bus.connect(name=name, settings=settings)
     try:
         await run_stages(bus, [factory(bus, settings)], stop)
     finally:
         await bus.close()
+        await shutdown_tracing(spans)
 
 
 def main(name: str, factory: StageFactory, argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from shared import metrics
 from shared.bus import STREAM, SUBJECT_COMPLETED, Bus
+from shared.logs import log_context
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 
 log = logging.getLogger("netdiag.stage")
@@ -110,7 +111,8 @@ class StageRunner:
             except TimeoutError:
                 continue
             except (nats.errors.Error, OSError) as exc:
-                log.debug("%s: fetch failed (%s); retrying", self.stage.name, exc)
+                log.debug("%s: fetch failed (%s); retrying", self.stage.name, exc,
+                          extra=log_context(stage=self.stage.name))
                 sub = None if isinstance(exc, nats.js.errors.NotFoundError) else sub
                 await _sleep_or_stop(stop, 0.25)
                 continue
@@ -131,7 +133,7 @@ class StageRunner:
         self._slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: message handling failed outside the handler", self.stage.name,
-                      exc_info=task.exception())
+                      exc_info=task.exception(), extra=log_context(stage=self.stage.name))
 
     async def _process(self, msg: Msg) -> None:
         try:
@@ -159,7 +161,8 @@ class StageRunner:
             except Exception as exc:  # any handler fault: retry, then fail the diagnosis with the reason
                 reason = f"{type(exc).__name__}: {exc}"
                 metrics.STAGE_ERRORS.labels(self.stage.name).inc()
-                log.warning("%s: diagnosis %s attempt %d failed: %s", self.stage.name, env.id, attempt, reason)
+                log.warning("%s: diagnosis %s attempt %d failed: %s", self.stage.name, env.id, attempt, reason,
+                            extra=log_context(diagnosis_id=env.id, stage=self.stage.name))
                 span.record_exception(exc)
                 if attempt >= self.max_deliver:
                     await self._finalise(msg, env, reason)
@@ -180,20 +183,23 @@ class StageRunner:
             await fail_diagnosis(self.bus, env, self.stage.name, reason)
             await msg.ack()
         except (nats.errors.Error, TimeoutError) as exc:
-            log.error("%s: could not fail diagnosis %s (%s); retrying", self.stage.name, env.id, exc)
+            log.error("%s: could not fail diagnosis %s (%s); retrying", self.stage.name, env.id, exc,
+                      extra=log_context(diagnosis_id=env.id, stage=self.stage.name))
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=1.0)
 
     async def _poison(self, msg: Msg, exc: ValidationError) -> None:
         """An unparseable event cannot be retried into shape: terminate it, and fail its
         diagnosis if an id can be read, so it is visible rather than lost."""
-        log.error("%s: invalid event dropped: %s", self.stage.name, exc.errors()[:3])
         try:
             raw = json.loads(msg.data)
             diagnosis_id = raw.get("id") if isinstance(raw, dict) else None
         except ValueError:
             diagnosis_id = None
-        if isinstance(diagnosis_id, str):
+        diagnosis_id = diagnosis_id if isinstance(diagnosis_id, str) else None
+        log.error("%s: invalid event dropped: %s", self.stage.name, exc.errors()[:3],
+                  extra=log_context(diagnosis_id=diagnosis_id, stage=self.stage.name))
+        if diagnosis_id is not None:
             reason = f"stage {self.stage.name} received an invalid event: {exc.errors()[:1]}"
             await self.bus.progress(diagnosis_id, self.stage.name, "failed", reason)
             await mark_failed(self.bus, diagnosis_id, reason)

@@ -31,6 +31,7 @@ from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, node_collect_subject
 from shared.config import Settings
+from shared.logs import log_context
 from shared.schemas import BlobRef
 
 log = logging.getLogger("netdiag.agent")
@@ -184,7 +185,7 @@ class NodeAgent:
             dump = await self._shared_dump(request)
             return dump if isinstance(dump, CollectReply) else await self._store(request, dump)
         except Exception as exc:  # the requester gets the reason instead of a timeout
-            log.exception("collection failed")
+            log.exception("collection failed", extra=log_context(diagnosis_id=request.diagnosis_id, node=self.node))
             return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}")
 
     async def _shared_dump(self, request: CollectRequest) -> _Dump | CollectReply:
@@ -263,7 +264,7 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
     try:
         await agent.start()
-        log.info("agent for node %s serving %s", node, node_collect_subject(node))
+        log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))
         await stop.wait()
     finally:
         await agent.stop()

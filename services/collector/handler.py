@@ -8,6 +8,7 @@ nodes that did. In snapshot mode the dumps come from `<snapshot>/nodes/<node>.js
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,13 @@ from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
 from shared.config import Settings
 from shared.hops import node_hop
+from shared.logs import log_context
 from shared.netstack import decode_dump, encode_dump
 from shared.schemas import Assumption, BlobRef, Finding, StageEnvelope
 from shared.stage import Stage
 from shared.topology import TopologyReport
+
+log = logging.getLogger("netdiag.collector")
 
 
 def pod_ips_for(report: TopologyReport) -> dict[str, str]:
@@ -103,6 +107,8 @@ class CollectorStage(Stage):
         except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
             ms = (time.perf_counter() - started) * 1000
             metrics.COLLECTOR_TIMEOUTS.labels(node).inc()
+            log.warning("node %s did not answer (%s)", node, type(exc).__name__,
+                        extra=log_context(diagnosis_id=env.id, stage=self.name, node=node))
             await self.bus.progress(env.id, self.name, "progress", f"{node} did not answer", node=node,
                                     ms=round(ms, 1), ok=False)
             return NodeOutcome(node, ms=ms, finding=finding(
@@ -113,6 +119,8 @@ class CollectorStage(Stage):
         await self.bus.progress(env.id, self.name, "progress", f"{node} answered in {ms:.0f} ms", node=node,
                                 ms=round(ms, 1), ok=reply.ok)
         if not reply.ok or reply.blob is None:
+            log.warning("the agent on %s failed: %s", node, reply.error,
+                        extra=log_context(diagnosis_id=env.id, stage=self.name, node=node))
             return self._missing(node, f"the agent on {node} failed: {reply.error}", ms)
         return NodeOutcome(node, blob=reply.blob, ms=ms)
 

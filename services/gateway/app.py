@@ -29,6 +29,7 @@ from services.gateway.store import ResultStore
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_STORED, Bus, progress_subject
 from shared.cluster import SUMMARY_KEY
 from shared.codes import CATALOGUE
+from shared.logs import log_context
 from shared.metrics import metrics_handler
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
 
@@ -133,6 +134,8 @@ async def create_diagnosis(request: web.Request) -> web.Response:
             if key is None or existing is None:
                 await asyncio.wait_for(store.create(diagnosis), 3)
         except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("diagnosis %s not stored: %s", diagnosis.id, type(exc).__name__,
+                        extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
             return error(503, f"the diagnosis bus (NATS) is unreachable; retry shortly ({type(exc).__name__})")
         span.set_attribute("netdiag.diagnosis_id", diagnosis.id)
         env = StageEnvelope(id=diagnosis.id, request=req, created_at=diagnosis.created_at)
@@ -141,9 +144,12 @@ async def create_diagnosis(request: web.Request) -> web.Response:
         try:
             await bus.publish_model(SUBJECT_REQUESTED, env, msg_id=f"{diagnosis.id}:requested")
         except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("diagnosis %s not queued: %s", diagnosis.id, type(exc).__name__,
+                        extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
             with contextlib.suppress(Exception):
                 await store.forget(diagnosis.id)
             return error(503, f"the diagnosis could not be queued; retry shortly ({type(exc).__name__})")
+        log.info("diagnosis %s queued", diagnosis.id, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
     return _accepted(diagnosis)
 
 

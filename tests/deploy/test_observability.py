@@ -1,5 +1,6 @@
 """Observability: one OpenTelemetry trace per diagnosis across the gateway and every stage (the
-context travels in NATS headers), Prometheus metrics on /metrics, JSON logs with the diagnosis id."""
+context travels in NATS headers), exported over OTLP/HTTP when configured, Prometheus metrics on
+/metrics, JSON logs with the diagnosis id."""
 
 from __future__ import annotations
 
@@ -15,8 +16,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp import web
 from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,6 +39,7 @@ from shared.schemas import DiagnosisResult, DiagnosisStatus, StageEnvelope, Verd
 from shared.stage import Stage, StageRunner
 from shared.telemetry import tracer_provider
 from tests.deploy.natscluster import free_port
+from tests.foundation.helpers import pipeline, post, run_to_end, scripted, sse_events, stack_on
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "topology" / "fixtures" / "basic"
@@ -128,6 +136,108 @@ async def test_one_trace_per_diagnosis_across_gateway_and_stages_and_metrics(nat
         for bus in [*buses, gateway_bus]:
             with contextlib.suppress(Exception):
                 await bus.close()
+
+
+class OtlpReceiver:
+    """The receiving end of OTLP/HTTP (what an OpenTelemetry Collector serves on :4318): protobuf
+    ExportTraceServiceRequests POSTed to a traces path, decoded with the exporter's own schema."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.requests: list[ExportTraceServiceRequest] = []
+        self.runner: web.AppRunner | None = None
+        self.base = ""
+
+    async def _traces(self, request: web.Request) -> web.Response:
+        assert request.content_type == "application/x-protobuf"
+        self.requests.append(ExportTraceServiceRequest.FromString(await request.read()))
+        return web.Response(body=ExportTraceServiceResponse().SerializeToString(),
+                            content_type="application/x-protobuf")
+
+    async def __aenter__(self) -> OtlpReceiver:
+        app = web.Application()
+        app.router.add_post(self.path, self._traces)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.base = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+    def spans(self) -> list[tuple[str, Span]]:
+        """(service.name of the sender, span) for every span received."""
+        out = []
+        for req in self.requests:
+            for resource_spans in req.resource_spans:
+                attrs = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                out += [(attrs.get("service.name", ""), span)
+                        for scope in resource_spans.scope_spans for span in scope.spans]
+        return out
+
+
+def span_attr(span: Span, key: str) -> str | None:
+    return next((a.value.string_value for a in span.attributes if a.key == key), None)
+
+
+@pytest.mark.parametrize("endpoint_var", ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+async def test_otlp_export_carries_one_trace_per_diagnosis(nats_url: str, endpoint_var: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real OTLP/HTTP exporter, configured by the standard variables, posting to a receiver on
+    loopback: a diagnosis through the embedded stack arrives as one trace rooted at the gateway's
+    SERVER span, with every stage's span in it, flushed when the stack stops."""
+    # the base endpoint gets /v1/traces appended; the traces endpoint is used as it is
+    path = "/v1/traces" if endpoint_var == "OTEL_EXPORTER_OTLP_ENDPOINT" else "/otlp/traces"
+    async with OtlpReceiver(path) as receiver:
+        monkeypatch.setenv(endpoint_var, receiver.base + ("" if path == "/v1/traces" else path))
+        async with stack_on(nats_url) as stack, aiohttp.ClientSession() as http:
+            diagnosis_id = await post(http, stack.url)
+            await sse_events(http, stack.url, diagnosis_id)
+        # stop() returned: the batch processor has flushed, nothing is left queued for later
+        mine = [(service, sp) for service, sp in receiver.spans()
+                if span_attr(sp, "netdiag.diagnosis_id") == diagnosis_id]
+    names = {sp.name for _, sp in mine}
+    assert names >= {"netdiag.gateway.create_diagnosis", "netdiag.topology", "netdiag.collector",
+                     "netdiag.cloud", "netdiag.simulator", "netdiag.gateway-store"}, names
+    assert len({sp.trace_id for _, sp in mine}) == 1, "a diagnosis must be one trace"
+    (root,) = [sp for _, sp in mine if sp.name == "netdiag.gateway.create_diagnosis"]
+    assert root.kind == Span.SpanKind.SPAN_KIND_SERVER and not root.parent_span_id
+    by_id = {sp.span_id: sp for _, sp in mine}
+    for _, sp in mine:  # every stage span hangs (through its predecessors) under the gateway's
+        assert sp is root or sp.parent_span_id in by_id, sp.name
+    assert all(service.startswith("netdiag-") for service, _ in mine)
+
+
+async def test_a_failing_handler_logs_json_lines_with_the_diagnosis_id_and_stage(nats_url: str) -> None:
+    """The stage runner's warnings about a failing handler, as the JSON lines an operator's log
+    pipeline receives: each names the diagnosis and the stage."""
+
+    async def broken(env: StageEnvelope) -> StageEnvelope:
+        raise RuntimeError("the collector broke")
+
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.setFormatter(JsonFormatter())
+    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
+    netdiag_log = logging.getLogger("netdiag")
+    level = netdiag_log.level
+    netdiag_log.addHandler(handler)
+    netdiag_log.setLevel(logging.WARNING)
+    try:
+        stages = pipeline(collector=scripted("collector", broken))
+        async with stack_on(nats_url, Settings(max_deliver=2), stages=stages) as stack, \
+                aiohttp.ClientSession() as http:
+            doc = await run_to_end(http, stack.url)
+    finally:
+        netdiag_log.removeHandler(handler)
+        netdiag_log.setLevel(level)
+    assert doc["status"] == "failed" and "the collector broke" in doc["error"]
+    mine = [line for line in map(json.loads, lines) if line.get("diagnosis_id") == doc["id"]]
+    failures = [line for line in mine if line["logger"] == "netdiag.stage"]
+    assert [line["level"] for line in failures] == ["warning", "warning"], mine  # one per attempt
+    assert all(line["stage"] == "collector" and "the collector broke" in line["msg"] for line in failures)
 
 
 def test_json_logs_carry_the_diagnosis_id() -> None:

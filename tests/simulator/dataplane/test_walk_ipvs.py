@@ -182,3 +182,19 @@ def test_a_node_that_did_not_bind_the_address_does_not_hand_it_to_a_node_that_di
     result = case.run()
     only_cause(result, "KUBE_PROXY_RULES_MISSING", "node:node-1")
     assert all("node:node-2" not in [h.id for h in p.hops] for p in forward(result))
+
+
+def test_a_local_policy_node_port_without_a_local_endpoint_is_no_local_endpoint() -> None:
+    case = ipvs_case()
+    node2 = ipaddress.ip_address("172.30.0.12")
+    case.report.dst = Endpoint(address=node2, kind=EndpointKind.NODE_PORT, node="node-2", service="shop/api")
+    case.request = case.request.model_copy(update={"dst": node2, "port": 30000})
+    case.report.service.external_traffic_policy = "Local"  # type: ignore[union-attr]
+    virtual_server(case, "node-2", "172.30.0.12", 30000)["reals"] = [  # kube-proxy keeps only local ones
+        r for r in virtual_server(case, "node-2", "172.30.0.12", 30000)["reals"] if r["address"] == "10.244.2.2"]
+    (path,) = forward(case.run())
+    assert path.final == FinalState.DELIVER and str(path.hops[-1].steps[-1].packet_in.dst) == "10.244.2.2"
+    virtual_server(case, "node-2", "172.30.0.12", 30000)["reals"] = []
+    for b in case.report.service.backends:  # type: ignore[union-attr]
+        b.node = "node-1"
+    only_cause(case.run(), "NO_LOCAL_ENDPOINT", "service:shop/api")
