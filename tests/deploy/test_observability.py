@@ -207,7 +207,6 @@ async def test_otlp_export_carries_one_trace_per_diagnosis(nats_url: str, endpoi
     by_id = {sp.span_id: sp for _, sp in mine}
     for _, sp in mine:  # every stage span hangs (through its predecessors) under the gateway's
         assert sp is root or sp.parent_span_id in by_id, sp.name
-    assert all(service.startswith("netdiag-") for service, _ in mine)
 
 
 async def test_a_failing_handler_logs_json_lines_with_the_diagnosis_id_and_stage(nats_url: str) -> None:
