@@ -247,9 +247,10 @@ def test_json_logs_carry_the_diagnosis_id() -> None:
     assert line["msg"] == "attempt 2 failed" and line["level"] == "warning"
 
 
-async def test_each_service_process_runs_as_deployed_and_serves_metrics(nats_url: str) -> None:
+async def test_each_service_process_runs_as_deployed_serves_metrics_and_exports_traces(nats_url: str) -> None:
     """The commands of the chart and docker-compose, as separate processes on one NATS: a diagnosis
-    goes through all of them, and each serves Prometheus metrics on its own port."""
+    goes through all of them, each serves Prometheus metrics on its own port, and each exports its
+    spans over OTLP/HTTP (flushed as it stops) into one trace across the processes."""
     http_port = free_port()
     commands = {
         "topology": ["services.topology"], "collector": ["services.collector"], "cloud": ["services.cloud"],
@@ -258,44 +259,52 @@ async def test_each_service_process_runs_as_deployed_and_serves_metrics(nats_url
     }
     ports = {name: free_port() for name in commands}
     procs = []
-    try:
-        for name, argv in commands.items():
-            env = {**os.environ, "NETDIAG_NATS_URL": nats_url, "NETDIAG_METRICS_PORT": str(ports[name]),
-                   "NETDIAG_SNAPSHOT": str(SNAPSHOT), "NETDIAG_COLLECT_TIMEOUT_S": "2"}
-            procs.append(subprocess.Popen([sys.executable, "-m", *argv], env=env, cwd=ROOT,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
-        base = f"http://127.0.0.1:{http_port}"
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):  # the processes import and connect
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(f"{base}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.1)
-            body = {"src": "10.244.1.2", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
-            async with s.post(f"{base}/api/v1/diagnoses", json=body) as resp:
-                assert resp.status == 202, await resp.text()
-                diagnosis_id = (await resp.json())["id"]
-            for _ in range(300):
-                async with s.get(f"{base}/api/v1/diagnoses/{diagnosis_id}") as resp:
-                    doc = await resp.json()
-                if doc["status"] != "queued":
-                    break
-                await asyncio.sleep(0.1)
-            assert doc["status"] == "completed", doc.get("error")
-            assert set(doc["timings_ms"]) >= {"topology", "collector", "cloud", "simulator"}
-            for name, port in ports.items():
-                async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
-                    text = await resp.text()
-                    assert resp.status == 200 and "netdiag_stage_duration_seconds" in text, name
-        for proc in procs:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else proc.args
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    async with OtlpReceiver("/v1/traces") as receiver:
+        try:
+            for name, argv in commands.items():
+                env = {**os.environ, "NETDIAG_NATS_URL": nats_url, "NETDIAG_METRICS_PORT": str(ports[name]),
+                       "NETDIAG_SNAPSHOT": str(SNAPSHOT), "NETDIAG_COLLECT_TIMEOUT_S": "2",
+                       "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.base}
+                procs.append(subprocess.Popen([sys.executable, "-m", *argv], env=env, cwd=ROOT,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            base = f"http://127.0.0.1:{http_port}"
+            async with aiohttp.ClientSession() as s:
+                for _ in range(200):  # the processes import and connect
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with s.get(f"{base}/readyz") as resp:
+                            if resp.status == 200:
+                                break
+                    await asyncio.sleep(0.1)
+                body = {"src": "10.244.1.2", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
+                async with s.post(f"{base}/api/v1/diagnoses", json=body) as resp:
+                    assert resp.status == 202, await resp.text()
+                    diagnosis_id = (await resp.json())["id"]
+                for _ in range(300):
+                    async with s.get(f"{base}/api/v1/diagnoses/{diagnosis_id}") as resp:
+                        doc = await resp.json()
+                    if doc["status"] != "queued":
+                        break
+                    await asyncio.sleep(0.1)
+                assert doc["status"] == "completed", doc.get("error")
+                assert set(doc["timings_ms"]) >= {"topology", "collector", "cloud", "simulator"}
+                for name, port in ports.items():
+                    async with s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                        text = await resp.text()
+                        assert resp.status == 200 and "netdiag_stage_duration_seconds" in text, name
+            for proc in procs:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else proc.args
+        finally:
+            for proc in procs:
+                proc.terminate()
+            # waited for off the event loop: the receiver on this loop takes their last exports
+            for proc in procs:
+                try:
+                    await asyncio.to_thread(proc.wait, 10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    assert all(proc.returncode == 0 for proc in procs), [(p.args, p.returncode) for p in procs]
+    mine = [(service, sp) for service, sp in receiver.spans()
+            if span_attr(sp, "netdiag.diagnosis_id") == diagnosis_id]
+    assert len({sp.trace_id for _, sp in mine}) == 1
+    assert {service for service, _ in mine} == {f"netdiag-{n}" for n in ("gateway", *SUBJECTS)}
