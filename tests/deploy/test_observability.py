@@ -13,7 +13,9 @@ import subprocess
 import sys
 import urllib.request
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,15 +31,25 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import REGISTRY
 
+from services.collector.handler import CollectorStage
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink, ResultStore
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, SUBJECT_COMPLETED, SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.config import Settings
 from shared.logs import JsonFormatter
 from shared.metrics import start_metrics_server
-from shared.schemas import DiagnosisResult, DiagnosisStatus, StageEnvelope, Verdict
+from shared.schemas import (
+    DiagnosisRequest,
+    DiagnosisResult,
+    DiagnosisStatus,
+    StageEnvelope,
+    Verdict,
+    new_id,
+    now,
+)
 from shared.stage import Stage, StageRunner
 from shared.telemetry import tracer_provider
+from shared.topology import Endpoint, EndpointKind, TopologyReport
 from tests.deploy.natscluster import free_port
 from tests.foundation.helpers import pipeline, post, run_to_end, scripted, sse_events, stack_on
 
@@ -209,34 +221,56 @@ async def test_otlp_export_carries_one_trace_per_diagnosis(nats_url: str, endpoi
         assert sp is root or sp.parent_span_id in by_id, sp.name
 
 
-async def test_a_failing_handler_logs_json_lines_with_the_diagnosis_id_and_stage(nats_url: str) -> None:
-    """The stage runner's warnings about a failing handler, as the JSON lines an operator's log
-    pipeline receives: each names the diagnosis and the stage."""
-
-    async def broken(env: StageEnvelope) -> StageEnvelope:
-        raise RuntimeError("the collector broke")
-
-    lines: list[str] = []
+@contextlib.contextmanager
+def json_log_lines() -> Iterator[list[dict[str, Any]]]:
+    """The netdiag loggers' warnings as the JSON lines an operator's log pipeline receives."""
+    lines: list[dict[str, Any]] = []
     handler = logging.Handler(logging.WARNING)
     handler.setFormatter(JsonFormatter())
-    handler.emit = lambda record: lines.append(handler.format(record))  # type: ignore[method-assign]
+    handler.emit = lambda record: lines.append(json.loads(handler.format(record)))  # type: ignore[method-assign]
     netdiag_log = logging.getLogger("netdiag")
     level = netdiag_log.level
     netdiag_log.addHandler(handler)
     netdiag_log.setLevel(logging.WARNING)
     try:
-        stages = pipeline(collector=scripted("collector", broken))
-        async with stack_on(nats_url, Settings(max_deliver=2), stages=stages) as stack, \
-                aiohttp.ClientSession() as http:
-            doc = await run_to_end(http, stack.url)
+        yield lines
     finally:
         netdiag_log.removeHandler(handler)
         netdiag_log.setLevel(level)
+
+
+async def test_a_failing_handler_logs_json_lines_with_the_diagnosis_id_and_stage(nats_url: str) -> None:
+    async def broken(env: StageEnvelope) -> StageEnvelope:
+        raise RuntimeError("the collector broke")
+
+    stages = pipeline(collector=scripted("collector", broken))
+    with json_log_lines() as lines:
+        async with stack_on(nats_url, Settings(max_deliver=2), stages=stages) as stack, \
+                aiohttp.ClientSession() as http:
+            doc = await run_to_end(http, stack.url)
     assert doc["status"] == "failed" and "the collector broke" in doc["error"]
-    mine = [line for line in map(json.loads, lines) if line.get("diagnosis_id") == doc["id"]]
+    mine = [line for line in lines if line.get("diagnosis_id") == doc["id"]]
     failures = [line for line in mine if line["logger"] == "netdiag.stage"]
     assert [line["level"] for line in failures] == ["warning", "warning"], mine  # one per attempt
     assert all(line["stage"] == "collector" and "the collector broke" in line["msg"] for line in failures)
+
+
+async def test_a_node_that_does_not_answer_is_logged_with_diagnosis_stage_and_node(nats_url: str) -> None:
+    node = f"node-gone-{os.getpid()}"  # no agent serves it: NATS answers "no responders" at once
+    report = TopologyReport(source="live", src=Endpoint(address="10.244.1.11", kind=EndpointKind.POD, node=node),
+                            dst=Endpoint(address="10.244.1.10", kind=EndpointKind.POD, node=node),
+                            nodes_to_collect=[node])
+    request = DiagnosisRequest(src="10.244.1.11", dst="10.244.1.10", port=80, protocol="tcp")
+    env = StageEnvelope(id=new_id(), request=request, created_at=now(), topology=report.model_dump(mode="json"))
+    bus = await Bus.connect(nats_url, name="obs-collector", settings=Settings(nats_url=nats_url))
+    try:
+        with json_log_lines() as lines:
+            out = await CollectorStage(bus, Settings(nats_url=nats_url, collect_timeout_s=2.0)).handle(env)
+    finally:
+        await bus.close()
+    assert [f.code for f in out.findings] == ["COLLECTOR_UNAVAILABLE"]
+    [line] = [line for line in lines if line.get("diagnosis_id") == env.id]
+    assert (line["logger"], line["stage"], line["node"]) == ("netdiag.collector", "collector", node), line
 
 
 def test_json_logs_carry_the_diagnosis_id() -> None:

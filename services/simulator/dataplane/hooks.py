@@ -103,6 +103,6 @@ def _note_unmodelled(br: Branch, ev: NftEvaluator | None, hook: str, ctx: TraceC
     if ev is None:
         return
     if hook == "PREROUTING" and any(c.rules for c in ev.rs.base_chains("ingress", ("netdev", "inet"))):
-        br.assume("nftables ingress chains (netdev/inet family) exist but are not evaluated")
+        br.assume("nftables ingress chains (netdev/inet family) exist but are not evaluated", could_change=True)
     if ctx.bridged and any(c.rules for c in ev.rs.base_chains(hook.lower(), ("bridge",))):
-        br.assume(f"nftables bridge-family {hook.lower()} chains exist but are not evaluated")
+        br.assume(f"nftables bridge-family {hook.lower()} chains exist but are not evaluated", could_change=True)

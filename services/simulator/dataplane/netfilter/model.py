@@ -218,7 +218,8 @@ class Branch:
     reject_with: str | None = None
     hits: list[RuleHit] = field(default_factory=list)
     nat: list[NatRecord] = field(default_factory=list)
-    assumptions: list[str] = field(default_factory=list)
+    # what the trace took for granted → whether it could change the outcome (set by whoever assumes)
+    assumptions: dict[str, bool] = field(default_factory=dict)
     unsupported: list[RuleHit] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
 
@@ -228,12 +229,13 @@ class Branch:
             state=FlowState(**{k: getattr(st, k) for k in st.__slots__}),
             probability=self.probability, verdict=self.verdict, decided_by=self.decided_by,
             reject_with=self.reject_with, hits=list(self.hits), nat=list(self.nat),
-            assumptions=list(self.assumptions), unsupported=list(self.unsupported), hooks=list(self.hooks),
+            assumptions=dict(self.assumptions), unsupported=list(self.unsupported), hooks=list(self.hooks),
         )
 
-    def assume(self, text: str) -> None:
-        if text not in self.assumptions:
-            self.assumptions.append(text)
+    def assume(self, text: str, *, could_change: bool) -> None:
+        """State an assumption; `could_change`: the outcome may differ if it is wrong (decided at each call
+        site, never read back from the text)."""
+        self.assumptions[text] = self.assumptions.get(text, False) or could_change
 
     @property
     def dnat_destination(self) -> str | None:
@@ -257,6 +259,6 @@ class Branch:
             "hooks": self.hooks,
             "rules": [h.as_dict() for h in self.hits],
             "nat": [{"kind": n.kind, "before": n.before, "after": n.after, **n.hit.as_dict()} for n in self.nat],
-            "assumptions": self.assumptions,
+            "assumptions": list(self.assumptions),
             "unsupported": [h.as_dict() for h in self.unsupported],
         }

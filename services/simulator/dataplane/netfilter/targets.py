@@ -125,10 +125,12 @@ def _nat_branches(br: Branch, addrs: list[IPAddress], ports: tuple[int, int] | N
         b.probability = br.probability / len(choices)
         port = ports[0] if ports else None
         if ports and ports[0] != ports[1]:
-            b.assume(f"{note}: port range {ports[0]}-{ports[1]}: the first port {ports[0]} is shown")
+            # every port of a source range is as good; a destination port range may reach another socket
+            b.assume(f"{note}: port range {ports[0]}-{ports[1]}: the first port {ports[0]} is shown",
+                     could_change=note == "DNAT")
         out.append((b, a, port))
     if len(addrs) == MAX_NAT_FANOUT:
-        br.assume(f"{note}: address range truncated to its first {MAX_NAT_FANOUT} addresses")
+        br.assume(f"{note}: address range truncated to its first {MAX_NAT_FANOUT} addresses", could_change=True)
     return out
 
 
@@ -136,7 +138,8 @@ def _dnat(br: Branch, specs: list[str], hit: RuleHit, random: bool) -> list[tupl
     out = []
     addrs, ports = parse_nat_spec(specs[0])
     if random and len(addrs) > 1:
-        br.assume("DNAT --random/--persistent: the kernel's choice is not predictable: every address is a branch")
+        br.assume("DNAT --random/--persistent: the kernel's choice is not predictable: every address is a branch",
+                  could_change=False)
     kind = "DNAT"
     for b, addr, port in _nat_branches(br, addrs, ports, kind):
         st = b.state
@@ -156,7 +159,7 @@ def _redirect(br: Branch, opts: dict[str, list[str]], hit: RuleHit, ctx: Any) ->
     before = endpoint(st.dst, st.dport)
     addr = ctx.redirect_address(st)
     if addr is None:
-        br.assume("REDIRECT: the incoming interface has no address: the kernel drops the packet")
+        br.assume("REDIRECT: the incoming interface has no address: the kernel drops the packet", could_change=False)
         br.verdict, br.decided_by = "DROP", hit
         return [(br, "DROP")]
     st.dst = addr
@@ -164,7 +167,7 @@ def _redirect(br: Branch, opts: dict[str, list[str]], hit: RuleHit, ctx: Any) ->
         lo, _, hi = opts["to-ports"][0].partition("-")
         st.dport = int(lo)
         if hi:
-            br.assume(f"REDIRECT: port range {lo}-{hi}: the first port {lo} is shown")
+            br.assume(f"REDIRECT: port range {lo}-{hi}: the first port {lo} is shown", could_change=True)
     st.ct_dnat = True
     br.nat.append(NatRecord(kind="REDIRECT", before=before, after=endpoint(st.dst, st.dport), hit=hit))
     return [(br, NAT)]
@@ -189,10 +192,10 @@ def _snat(br: Branch, spec: str, hit: RuleHit, kind: str) -> list[tuple[Branch, 
 def _masquerade(br: Branch, opts: dict[str, list[str]], hit: RuleHit, ctx: Any) -> list[tuple[Branch, str]]:
     st = br.state
     addr, how = ctx.masquerade_address(st)
-    if how:
-        br.assume(how)
+    if how:  # a guessed source is harmless; a drop for want of one is not
+        br.assume(how, could_change=addr is None)
     if addr is None:
-        br.assume("MASQUERADE: no address on the out interface: the kernel drops the packet")
+        br.assume("MASQUERADE: no address on the out interface: the kernel drops the packet", could_change=False)
         br.verdict, br.decided_by = "DROP", hit
         return [(br, "DROP")]
     before = endpoint(st.src, st.sport)

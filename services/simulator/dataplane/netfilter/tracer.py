@@ -227,7 +227,8 @@ class Tracer:
         """Run `br` through `chain` from rule `start`. Returns (branch, outcome) with outcome None/RETURN
         (back to the caller), NAT, or a verdict."""
         if depth > MAX_DEPTH:
-            br.assume(f"chain nesting deeper than {MAX_DEPTH} at {chain.name}: treated as DROP (loop?)")
+            br.assume(f"chain nesting deeper than {MAX_DEPTH} at {chain.name}: treated as DROP (loop?)",
+                      could_change=True)
             br.verdict = "DROP"
             return [(br, "DROP")]
         rules = chain.rules
@@ -258,14 +259,16 @@ class Tracer:
             try:
                 if not m.test(st, ctx):
                     if m.kind == MatchKind.ASSUMED and m.assumption:
-                        br.assume(m.assumption)  # the assumption decided the miss: say so
+                        # the assumption decided the miss: say so (a stated condition of a new connection's
+                        # first packet under normal load, which is the question asked)
+                        br.assume(m.assumption, could_change=False)
                     return None
             except MissingSet as exc:
                 return self._fork_unknown(br, rule, hook, f"ipset {exc.args[0]} (not in the given ipset save)")
             if m.kind == MatchKind.ASSUMED and m.assumption:
                 assumed.append(m.assumption)
         for a in assumed:
-            br.assume(a)
+            br.assume(a, could_change=False)
         if not compiled.forking:
             return [(br, True)]
         unknown = [m for m in compiled.forking if m.kind == MatchKind.UNKNOWN]
@@ -288,7 +291,7 @@ class Tracer:
         for b, outcome in ((br, "matches"), (other, "does not match")):
             b.unsupported.append(self._hit(rule, hook))
             b.assume(f"UNSUPPORTED_RULE: {rule.table}/{rule.chain} rule {rule.position} uses {feature}: "
-                     f"assumed it {outcome}")
+                     f"assumed it {outcome}", could_change=True)
         return [(br, True), (other, False)]
 
     @staticmethod
@@ -329,7 +332,7 @@ class Tracer:
         for b, outcome in ((br, "continues"), (dropped, "drops the packet")):
             b.unsupported.append(hit)
             b.assume(f"UNSUPPORTED_RULE: {rule.table}/{rule.chain} rule {rule.position} jumps to unknown target "
-                     f"{rule.target.name}: assumed it {outcome}")
+                     f"{rule.target.name}: assumed it {outcome}", could_change=True)
         dropped.verdict, dropped.decided_by = "DROP", hit
         results.append((dropped, "DROP"))
         results.extend(self._walk(br, chain, i + 1, hook, depth))

@@ -66,7 +66,8 @@ class NftEvaluator(Ctx):
     def _walk(self, br: Branch, chain: NftChain, start: int, hook: str,
               depth: int) -> list[tuple[Branch, str | None]]:
         if depth > MAX_DEPTH:
-            br.assume(f"chain nesting deeper than {MAX_DEPTH} at {chain.name}: treated as DROP (loop?)")
+            br.assume(f"chain nesting deeper than {MAX_DEPTH} at {chain.name}: treated as DROP (loop?)",
+                      could_change=True)
             br.verdict = "DROP"
             return [(br, "DROP")]
         rules = chain.rules
@@ -93,7 +94,8 @@ class NftEvaluator(Ctx):
             kind, target = res
             sub = self.rs.tables[(chain.family, chain.table)].chains.get(target)
             if sub is None:
-                b.assume(f"{kind.lower()} to chain {target}, which is not in the collected table: treated as DROP")
+                b.assume(f"{kind.lower()} to chain {target}, which is not in the collected table: treated as DROP",
+                         could_change=True)
                 b.verdict = "DROP"
                 return [(b, "DROP")]
             results = self._walk(b, sub, 0, hook, depth + 1)
@@ -145,7 +147,7 @@ class NftEvaluator(Ctx):
         for b, outcome in ((br, "matches"), (other, "does not match")):
             b.unsupported.append(hit)
             b.assume(f"UNSUPPORTED_RULE: {hit.table}/{hit.chain} rule {hit.position} uses {feature}: "
-                     f"assumed it {outcome}")
+                     f"assumed it {outcome}", could_change=True)
         return [(br, CONT), (other, NOMATCH)]
 
 

@@ -65,8 +65,8 @@ def grouped(value: Value, br: Branch, ev: Ctx, classify: Callable[[Any], Any]) -
     v = value.read(br.state, ev.ctx)
     if not isinstance(v, Choices):
         return [(br, classify(v))]
-    if v.note:
-        br.assume(v.note)
+    if v.note:  # every value becomes its own branch: the note is about shares, not outcomes
+        br.assume(v.note, could_change=False)
     groups: dict[str, tuple[Any, float]] = {}
     for option, p in v.options:
         cls = classify(option)
@@ -129,7 +129,9 @@ class MatchStep(Step):
             return ev.fork_unknown(br, hit, str(exc))
         if isinstance(self.right, Lookup) and self.right.dynamic:
             for b, _ in pairs:
-                b.assume(f"set {self.right.name} is filled by the datapath: its collected elements are used")
+                # what earlier traffic adds may decide this packet
+                b.assume(f"set {self.right.name} is filled by the datapath: its collected elements are used",
+                         could_change=True)
         return [(b, CONT if ok else NOMATCH) for b, ok in pairs]
 
 
@@ -253,19 +255,22 @@ class NatStep(Step):
     def _apply(self, b: Branch, ev: Ctx, hit: RuleHit, addr: Any, port: Any) -> tuple[Branch, Result]:
         st = b.state
         if isinstance(addr, Interval):
-            b.assume(f"{self.kind} to the range {addr.low}-{addr.high}: the first address {addr.low} is shown")
+            b.assume(f"{self.kind} to the range {addr.low}-{addr.high}: the first address {addr.low} is shown",
+                     could_change=self.kind == "dnat")
             addr = addr.low
         if isinstance(port, Interval):
-            b.assume(f"{self.kind} to ports {port.low}-{port.high}: the first port {port.low} is shown")
+            b.assume(f"{self.kind} to ports {port.low}-{port.high}: the first port {port.low} is shown",
+                     could_change=self.kind in ("dnat", "redirect"))
             port = port.low
         if self.kind == "masquerade":
             addr, how = ev.ctx.masquerade_address(st)
-            if how:
-                b.assume(how)
+            if how:  # a guessed source is harmless; a drop for want of one is not
+                b.assume(how, could_change=addr is None)
         elif self.kind == "redirect":
             addr = ev.ctx.redirect_address(st)
         if addr is None and self.kind in ("masquerade", "redirect"):
-            b.assume(f"{self.kind}: no usable address on the interface: the kernel drops the packet")
+            b.assume(f"{self.kind}: no usable address on the interface: the kernel drops the packet",
+                     could_change=False)
             b.verdict, b.decided_by = "DROP", hit
             return b, "DROP"
         if self.kind in ("dnat", "redirect"):
@@ -310,8 +315,8 @@ class PassStep(Step):
     note: str | None = None
 
     def run(self, br: Branch, ev: Ctx, hit: RuleHit) -> list[tuple[Branch, Result]]:
-        if self.note:
-            br.assume(self.note)
+        if self.note:  # counters, limits, offload: about later packets, not this one's outcome
+            br.assume(self.note, could_change=False)
         return [(br, CONT)]
 
 
@@ -341,7 +346,7 @@ class UnknownStatement(Step):
         for b, outcome in ((br, "continues"), (dropped, "drops the packet")):
             b.unsupported.append(hit)
             b.assume(f"UNSUPPORTED_RULE: {hit.table}/{hit.chain} rule {hit.position} uses {self.feature}: "
-                     f"assumed it {outcome}")
+                     f"assumed it {outcome}", could_change=True)
         dropped.verdict, dropped.decided_by = "DROP", hit
         return [(br, CONT), (dropped, "DROP")]
 

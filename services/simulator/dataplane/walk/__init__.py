@@ -62,20 +62,22 @@ def _reply_outcome(forward: Trail, backs: list[Trail]) -> None:
         forward.final, forward.cause = FinalState.DROP, backs[0].cause
         forward.findings.extend(f for b in backs for f in b.findings if f not in forward.findings)
     elif FinalState.DROP in finals:
-        forward.assume("UNSUPPORTED_RULE: the reply is dropped on some of its branches (see the reply paths)")
+        forward.assume("UNSUPPORTED_RULE: the reply is dropped on some of its branches (see the reply paths)",
+                       could_change=True)
     elif FinalState.ABORT in finals:
-        forward.assume("the reply path could not be followed to the client")
+        forward.assume("the reply path could not be followed to the client", could_change=True)
 
 
 def _collect(out: WalkResult, trail: Trail) -> None:
     for f in trail.findings:
         if f not in out.findings:
             out.findings.append(f)
-    for text in trail.assumptions:
-        a = Assumption(stage=STAGE, text=text, could_change_outcome=text.lstrip().startswith("UNSUPPORTED")
-                       or "UNSUPPORTED_RULE" in text)
-        if a not in out.assumptions:
-            out.assumptions.append(a)
+    for text, could_change in trail.assumptions.items():
+        known = next((i for i, a in enumerate(out.assumptions) if a.text == text), None)
+        if known is None:
+            out.assumptions.append(Assumption(stage=STAGE, text=text, could_change_outcome=could_change))
+        elif could_change:
+            out.assumptions[known].could_change_outcome = True
 
 
 def _name(report: TopologyReport, trail: Trail, i: int, used: set[str]) -> tuple[str, str]:

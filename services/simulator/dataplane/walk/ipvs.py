@@ -150,10 +150,10 @@ class Ipvs:
         if not shares:
             return self._no_real_server(c, view, vs, expected)
         how = SCHEDULERS.get(vs.scheduler, (True, f"scheduler {vs.scheduler} (shares by weight assumed)"))[1]
-        c.trail.assume(f"IPVS {vs.text} on {view.node}: {how}")
+        c.trail.assume(f"IPVS {vs.text} on {view.node}: {how}", could_change=False)  # every real server is a branch
         if vs.persistent_s:
             c.trail.assume(f"IPVS {vs.text} is persistent ({vs.persistent_s}s): a client that connected before "
-                           "returns to the same real server; a new client is scheduled as stated")
+                           "returns to the same real server; a new client is scheduled as stated", could_change=False)
         out: list[Cursor] = []
         for i, (real, share) in enumerate(shares):
             ci = c if i == len(shares) - 1 else c.fork()
@@ -166,7 +166,7 @@ class Ipvs:
             if real.forward != "masq":
                 ci.trail.step(hop, StepKind.SERVICE, StepAction.ABORT, detail, before)
                 ci.trail.assume(f"IPVS forwarding method {real.forward} (real server {real.endpoint}) is not "
-                                "simulated: only masquerading (kube-proxy's) is")
+                                "simulated: only masquerading (kube-proxy's) is", could_change=True)
                 self.w.finish(ci, FinalState.ABORT)
                 continue
             ci.trail.probability *= share

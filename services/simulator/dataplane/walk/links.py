@@ -426,7 +426,8 @@ class Crossing:
                    f"node's uplink ({entry or 'unknown'})", packet(st))
         if entry is None or entry not in self.world.nodes or report.src.kind not in (
                 EndpointKind.PUBLIC, EndpointKind.UNKNOWN):
-            trail.assume("the walk cannot tell where an outside packet enters the cluster")  # type: ignore[attr-defined]
+            trail.assume("the walk cannot tell where an outside packet enters the cluster",  # type: ignore[attr-defined]
+                         could_change=True)
             trail.end(FinalState.ABORT, "COLLECTOR_UNAVAILABLE" if entry and entry not in self.world.nodes  # type: ignore[attr-defined]
                       else None)
             w.finished.append(trail)  # type: ignore[arg-type]

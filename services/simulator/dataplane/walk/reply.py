@@ -41,7 +41,7 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
     trail = Trail(pending_reverse=list(forward.nat))
     if iif is not None:
         trail.assume(f"the reply from {st.dst} comes back to {st.src} on {place.node}'s {iif} (beyond the node "
-                     "the cloud layer decides)")
+                     "the cloud layer decides)", could_change=False)  # the cloud stage checks that part
         hop = trail.hop_by_id(external_hop(st.dst), kind=HopKind.INTERNET if st.dst.is_global else HopKind.EXTERNAL,
                               name=f"{'internet' if st.dst.is_global else 'outside the cluster'} {st.dst}")
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",

@@ -55,7 +55,7 @@ class NatEntry:
 class Trail:
     hops: list[Hop] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
-    assumptions: list[str] = field(default_factory=list)
+    assumptions: dict[str, bool] = field(default_factory=dict)  # text → could it change the outcome
     nat: list[NatEntry] = field(default_factory=list)
     bridged_without_nf: set[Place] = field(default_factory=set)
     ipvs_done: set[Place] = field(default_factory=set)  # IPVS took the packet there (it does so once)
@@ -92,9 +92,9 @@ class Trail:
         hop.steps.append(step)
         return step
 
-    def assume(self, text: str) -> None:
-        if text not in self.assumptions:
-            self.assumptions.append(text)
+    def assume(self, text: str, *, could_change: bool) -> None:
+        """State an assumption; `could_change` is decided where it is made, never read back from the text."""
+        self.assumptions[text] = self.assumptions.get(text, False) or could_change
 
     def end(self, final: FinalState, cause: str | None = None, found: Finding | None = None) -> None:
         self.final, self.cause = final, cause

@@ -165,7 +165,7 @@ class Walker:
         while queue:
             if len(self.finished) + len(queue) > MAX_TRAILS:
                 for c in queue:
-                    c.trail.assume(f"more than {MAX_TRAILS} branches: the walk stopped exploring")
+                    c.trail.assume(f"more than {MAX_TRAILS} branches: the walk stopped exploring", could_change=True)
                     c.trail.end(FinalState.ABORT)
                     self.finished.append(c.trail)
                 break
@@ -409,7 +409,7 @@ class Walker:
             self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
         if view.unmodelled_netfilter:
-            c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}")
+            c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}", could_change=True)
         if not view.rulesets and view.nft is None:
             return [c]
         before = packet(c.st, c.st.iif, c.st.oif)
@@ -419,7 +419,7 @@ class Walker:
         try:
             branches = _run_hook(tracers, view.nft, [Branch(state=c.st)], hook, context, nat)
         except TraceTooLarge as exc:
-            c.trail.assume(f"netfilter trace in {view.where} {hook} too large: {exc}")
+            c.trail.assume(f"netfilter trace in {view.where} {hook} too large: {exc}", could_change=True)
             self.finish(c, FinalState.ABORT)
             return []
         cursors = [c] + [c.fork() for _ in branches[1:]]
@@ -462,8 +462,8 @@ class Walker:
                      vip_before: bool) -> bool:
         trail = c.trail
         hop = trail.hop(view)
-        for text in br.assumptions:
-            trail.assume(f"{view.where} {hook}: {text}")
+        for text, could_change in br.assumptions.items():
+            trail.assume(f"{view.where} {hook}: {text}", could_change=could_change)
         for hit in br.unsupported:
             found = finding("UNSUPPORTED_RULE", view.hop_id, rule=hit.rule, where=f"{view.where} {hit.table}/"
                             f"{hit.chain}", feature="an unmodelled match or target", evidence=hit.as_dict())

@@ -16,6 +16,7 @@ from services.simulator.dataplane.netfilter import (
 )
 from services.simulator.dataplane.nftables import NftParseError, NftRuleset, parse_nft_json
 from services.simulator.dataplane.routing import Router
+from services.simulator.dataplane.walk import gaps
 from shared.hops import node_hop, pod_hop
 from shared.netstack import Link, NetnsDump, NodeDump
 
@@ -129,6 +130,10 @@ class NetnsView:
     def context(self, **kw: object) -> TraceContext:
         return TraceContext(addresses=self.addresses, ipsets=self.ipsets, **kw)  # type: ignore[arg-type]
 
+    def unread(self, *parts: str) -> list[str]:
+        """The agent's errors that leave any of these parts of this namespace unknown (gaps.py)."""
+        return gaps.unread(self.dump.errors, parts) if self.dump.errors else []
+
     def sysctl(self, key: str, default: str | None = None) -> str | None:
         return self.dump.sysctls.get(key, default)
 
@@ -174,6 +179,11 @@ class NodeView:
     @property
     def host(self) -> NetnsView:
         return self.namespaces[HOST]
+
+    @cached_property
+    def unreadable(self) -> dict[str, str]:
+        """Namespaces of this node the agent found but could not read: id → its error."""
+        return gaps.unreadable_namespaces(self.dump.errors)
 
 
 class World:
