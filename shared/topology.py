@@ -95,6 +95,9 @@ class ClusterInfo(BaseModel):
     pod_cidrs: list[str] = Field(default_factory=list)
     service_cidrs: list[str] = Field(default_factory=list)
     cluster_dns: list[IPvAnyAddress] = Field(default_factory=list)
+    node_addresses: dict[str, list[IPvAnyAddress]] = Field(
+        default_factory=dict, description="every Node's InternalIP/ExternalIP addresses, also of nodes off the "
+        "expected path: a route may go through one, and the walk must know it is a node it has no dump of")
 
 
 class ClusterObjects(BaseModel):

@@ -10,6 +10,7 @@ from services.simulator.modelpath import ModelSimulator
 from shared.bus import Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
+from shared.hops import node_hop
 from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
@@ -119,16 +120,17 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
         try:
             dumps[node] = decode_dump(await bus.get_blob(ref))
         except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
-            problems.append(finding("DATA_MISSING", f"node:{node}", what=f"network state of node {node}",
+            problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
     return dumps, problems
 
 
 def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
-    """A NetworkPolicy the model says denies, on a path the dataplane delivers: the CNI does not
-    enforce it here, which is worth a warning, not an error that contradicts the kernel."""
+    """A NetworkPolicy the model says denies, on paths the dataplane delivers: the CNI does not
+    enforce it here, which is worth a warning, not an error that contradicts the kernel. Only when
+    every forward path got through: a path that stopped short (ABORT) proves nothing about enforcement."""
     forward = [p for p in paths if p.direction == "forward"]
-    if not forward or any(p.final == FinalState.DROP for p in forward):
+    if not forward or any(p.final not in (FinalState.DELIVER, FinalState.FORWARD) for p in forward):
         return findings
     out = []
     for f in findings:

@@ -149,6 +149,25 @@ def _supernet(addresses: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]
     return nets
 
 
+def _detect_node_addresses(model: ClusterModel, out: Detection) -> None:
+    """Every node's addresses: a route through a node off the path must be told from one to nowhere."""
+    for node in model.objects["Node"].values():
+        name = (node.get("metadata") or {}).get("name")
+        addresses = [a.get("address") for a in (node.get("status") or {}).get("addresses") or []
+                     if a.get("type") in ("InternalIP", "ExternalIP")]
+        valid = [a for a in addresses if isinstance(a, str) and _is_ip(a)]
+        if name and valid:
+            out.info.node_addresses[name] = valid
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _detect_cidrs(model: ClusterModel, out: Detection) -> None:
     info = out.info
     pod_cidrs: set[str] = set()
@@ -223,6 +242,7 @@ def detect(model: ClusterModel) -> Detection:
         _detect_cni(model, out)
         _detect_kube_proxy(model, out)
         _detect_cidrs(model, out)
+        _detect_node_addresses(model, out)
         _detect_dns(model, out)
     return out
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from services.simulator.assemble import diagnose, overall_verdict, summarize
+from services.simulator.assemble import _reconcile, diagnose, overall_verdict, summarize
 from services.simulator.modelpath import ModelSimulator
 from shared.codes import finding
 from shared.schemas import (
@@ -155,6 +155,24 @@ def test_reply_paths_do_not_vote() -> None:
     # the dataplane walk folds a dropped reply into its forward path; reply paths are shown, not counted
     assert overall_verdict([path(D), path(X, "reply")], [], []) == Verdict.REACHABLE
     assert overall_verdict([path(X, "reply")], [], []) == Verdict.UNDETERMINED
+
+
+DENY = finding("NETWORK_POLICY_DENY", "pod:prod/api-1", policies="prod/deny", src="web/client")
+
+
+@pytest.mark.parametrize(("finals", "downgraded"), [
+    ([D], True),  # the dataplane delivers: the CNI does not enforce the policy
+    ([D, F], True),
+    ([D, A], False),  # a path that stopped short (destination node not collected) proves nothing
+    ([A], False),
+    ([D, X], False),
+    ([], False),
+])
+def test_a_policy_deny_is_downgraded_only_when_every_forward_path_gets_through(finals: list[FinalState],
+                                                                                downgraded: bool) -> None:
+    (f,) = _reconcile([DENY], [path(x) for x in finals] + [path(X, "reply")])
+    assert f.severity == (Severity.WARNING if downgraded else Severity.ERROR)
+    assert ("does not enforce" in f.message) == downgraded
 
 
 # ------------------------------------------------------------------ summarize

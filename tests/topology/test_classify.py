@@ -57,6 +57,9 @@ def test_non_service_path_and_nodes(planner: Planner) -> None:
     assert [(p.src_node, p.dst_node, str(p.dst_address), p.dst_port) for p in report.paths] == [
         ("node-1", "node-2", "10.244.2.10", 8080)]
     assert report.nodes_to_collect == ["node-1", "node-2"]
+    # every node's addresses, also node-3's, off the path: a route may go through it (the walk must know)
+    assert {n: [str(a) for a in ips] for n, ips in report.cluster.node_addresses.items()} == {
+        "node-1": ["10.0.0.11"], "node-2": ["10.0.0.12"], "node-3": ["10.0.0.13"]}
     objects = report.objects
     assert {p["metadata"]["name"] for p in objects.pods} == {"client", "web-7c9f8d6b5-fghij"}
     assert [n["metadata"]["name"] for n in objects.namespaces] == ["default"]

@@ -288,9 +288,12 @@ def test_same_node_service_reply_bridged_without_iptables_is_bridge_nf_disabled(
 def test_a_node_without_a_dump_aborts_the_walk_there() -> None:
     case = Case("basic", "pod-cross-node")
     del case.dumps["node-2"]
-    (path,) = forward(case.run())
-    assert path.final == FinalState.ABORT and path.cause == "COLLECTOR_UNAVAILABLE"
+    result = case.run()
+    (path,) = forward(result)
+    # the cause has a finding of its own (the collector's COLLECTOR_UNAVAILABLE when it reported one)
+    assert path.final == FinalState.ABORT and path.cause == "DATA_MISSING"
     assert path.hops[-1].id == "node:node-2"
+    assert any(f.code == "DATA_MISSING" and f.hop == "node:node-2" for f in result.findings)
 
 
 # ---------------------------------------------------------------- native nftables next to iptables

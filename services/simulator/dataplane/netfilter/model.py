@@ -107,11 +107,33 @@ class Rule:
 
 @dataclass(slots=True)
 class Chain:
+    """A chain keeps its rules as the saved lines and builds a Rule object only when asked (`rule(i)`):
+    a node's 100,000 kube-proxy rules load as plain strings, which cost little memory and nothing to
+    the garbage collector's full passes, and a trace builds the few dozen rules it reaches."""
+
     name: str
     policy: str | None  # ACCEPT/DROP for built-in chains, None for user chains
     counters: tuple[int, int] = (0, 0)
-    rules: list[Rule] = field(default_factory=list)
+    lines: list[str] | tuple[str, ...] = ()  # the `-A …` lines as saved, in order (a tuple once parsed)
+    table: str = ""
+    family: int = 4
+    table_chains: dict | None = None  # the table's chains (see Rule)
     index: Any = None  # DispatchIndex for large chains (see tracer)
+    built: dict[int, Rule] | None = None  # rules built so far, by 0-based index
+
+    def rule(self, i: int) -> Rule:
+        built = self.built
+        if built is None:
+            built = self.built = {}
+        rule = built.get(i)
+        if rule is None:
+            rule = built[i] = Rule(table=self.table, chain=self.name, position=i + 1, text=self.lines[i],
+                                   family=self.family, table_chains=self.table_chains)
+        return rule
+
+    @property
+    def rules(self) -> list[Rule]:
+        return [self.rule(i) for i in range(len(self.lines))]
 
 
 @dataclass(slots=True)
@@ -125,6 +147,7 @@ class Ruleset:
     family: int  # 4 or 6
     tables: dict[str, Table] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    indexed: bool = False  # large chains have their DispatchIndex (built once, by the first Tracer)
 
     def chain(self, table: str, chain: str) -> Chain | None:
         t = self.tables.get(table)
@@ -132,7 +155,7 @@ class Ruleset:
 
     @property
     def rule_count(self) -> int:
-        return sum(len(c.rules) for t in self.tables.values() for c in t.chains.values())
+        return sum(len(c.lines) for t in self.tables.values() for c in t.chains.values())
 
     def unsupported_rules(self) -> list[Rule]:
         return [r for t in self.tables.values() for c in t.chains.values() for r in c.rules if r.unsupported]

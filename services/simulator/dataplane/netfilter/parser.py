@@ -8,6 +8,7 @@ discards a node's ruleset.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from services.simulator.dataplane.netfilter.matches import (
     PROTO_NUMBERS,
@@ -24,6 +25,7 @@ from services.simulator.dataplane.netfilter.model import (
     BUILTIN_CHAINS,
     Chain,
     CompiledRule,
+    IPAddress,
     Match,
     MatchKind,
     Rule,
@@ -40,6 +42,7 @@ _CORE = {"-p": "p", "--protocol": "p", "-s": "s", "--source": "s", "--src": "s",
          "--fragment": "f", "-j": "j", "--jump": "j", "-g": "g", "--goto": "g", "-m": "m", "--match": "m"}
 _PORT_OPTS = {"dport", "sport", "destination-port", "source-port", "tcp-flags", "syn"}
 _IMPLICIT = {"tcp", "udp", "sctp", "icmp", "icmpv6", "icmp6"}
+_PORT_PROTOCOLS = ("tcp", "udp", "sctp")
 
 
 class IptablesParseError(ValueError):
@@ -83,6 +86,9 @@ def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
             rs.warnings.append(f"line {lineno}: ignored: {line[:80]}")
     if not seen_table and text.strip():
         raise IptablesParseError("not iptables-save output: no '*table' line")
+    for t in rs.tables.values():
+        for c in t.chains.values():
+            c.lines = tuple(c.lines)  # a tuple of strings: the garbage collector stops tracking it
     return rs
 
 
@@ -100,7 +106,7 @@ def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None
         policy = "ACCEPT" if name in BUILTIN_CHAINS else None
     chain = table.chains.get(name)
     if chain is None:
-        table.chains[name] = Chain(name=name, policy=policy, counters=counters)
+        table.chains[name] = _new_chain(table, name, policy, rs.family, counters)
     else:
         chain.policy, chain.counters = policy, counters
 
@@ -109,11 +115,15 @@ def _add_rule_line(table: Table, line: str, rs: Ruleset) -> None:
     chain_name = line.split(None, 2)[1]
     chain = table.chains.get(chain_name)
     if chain is None:
-        chain = table.chains[chain_name] = Chain(name=chain_name, policy="ACCEPT" if chain_name in BUILTIN_CHAINS
-                                                 else None)
+        chain = table.chains[chain_name] = _new_chain(table, chain_name, "ACCEPT" if chain_name in BUILTIN_CHAINS
+                                                      else None, rs.family)
         rs.warnings.append(f"chain {table.name}/{chain_name} used before declared")
-    chain.rules.append(Rule(table=table.name, chain=chain_name, position=len(chain.rules) + 1, text=line,
-                            family=rs.family, table_chains=table.chains))
+    chain.lines.append(line)  # built into a Rule when a trace reaches it (Chain.rule)
+
+
+def _new_chain(table: Table, name: str, policy: str | None, family: int, counters: tuple[int, int] = (0, 0)) -> Chain:
+    return Chain(name=name, policy=policy, counters=counters, lines=[], table=table.name, family=family,
+                 table_chains=table.chains)
 
 
 def compile_rule(rule: Rule) -> CompiledRule:
@@ -135,12 +145,16 @@ def compile_rule(rule: Rule) -> CompiledRule:
 Rule.compiler = staticmethod(compile_rule)
 
 
-def _compile_tokens(tokens: list[str], family: int) -> tuple[list[Match], Target | None]:
-    matches: list[Match] = []
-    protocol: str | None = None
-    modules: list[tuple[str, list[Option]]] = []  # in order; options attach to the latest that takes them
-    target: Target | None = None
+ScanEvent = tuple[str, str, bool, list[str]]  # (kind, name, negated, values)
+
+
+def _scan(tokens: list[str]) -> Iterator[ScanEvent]:
+    """The grammar of a rule's tokens after `-A CHAIN`, shared by the compiler and the dispatch key:
+    ("core", p/s/d/i/o/f/m, !, [value]) until the target, ("target", j/g, !, [name]), then
+    ("option", name, !, values) for every `--opt values…` (old `--opt ! value` syntax too), and
+    ("junk", word, False, []) for a stray word."""
     negate = False
+    in_target = False
     i, n = 2, len(tokens)
     while i < n:
         tok = tokens[i]
@@ -149,28 +163,18 @@ def _compile_tokens(tokens: list[str], family: int) -> tuple[list[Match], Target
             i += 1
             continue
         core = _CORE.get(tok)
-        if core is not None and target is None:
-            val = tokens[i + 1] if core != "f" else ""
-            i += 1 if core == "f" else 2
-            if core == "p":
-                protocol = PROTO_NUMBERS.get(val.lower(), val.lower())
-                matches.append(ProtocolMatch(text=f"-p {val}", negated=negate, protocol=protocol))
-            elif core in ("s", "d"):
-                matches.append(AddressMatch(text=f"{'! ' if negate else ''}-{core} {val}", negated=negate,
-                                            source=core == "s", network=parse_network(val)))
-            elif core in ("i", "o"):
-                matches.append(InterfaceMatch(text=f"{'! ' if negate else ''}-{core} {val}", negated=negate,
-                                              inbound=core == "i", name=val))
-            elif core == "f":
-                matches.append(FragmentMatch(text="-f", negated=negate))
-            elif core == "m":
-                modules.append((val, []))
-            else:  # -j / -g
-                target = Target(name=val, goto=core == "g")
+        if core is not None and not in_target:
+            if core == "f":
+                yield "core", core, negate, []
+                i += 1
+            else:
+                val = tokens[i + 1]
+                i += 2
+                in_target = core in ("j", "g")
+                yield ("target" if in_target else "core"), core, negate, [val]
             negate = False
             continue
         if tok.startswith("--") or (tok.startswith("-") and len(tok) == 2):
-            name = tok.lstrip("-")
             vals = []
             i += 1
             while i < n and not tokens[i].startswith("-") and tokens[i] != "!":
@@ -181,15 +185,44 @@ def _compile_tokens(tokens: list[str], family: int) -> tuple[list[Match], Target
                 negate = True
                 vals.append(tokens[i + 1])
                 i += 2
+            yield "option", tok.lstrip("-"), negate, vals
+            negate = False
+            continue
+        yield "junk", tok, False, []
+        i += 1
+
+
+def _compile_tokens(tokens: list[str], family: int) -> tuple[list[Match], Target | None]:
+    matches: list[Match] = []
+    protocol: str | None = None
+    modules: list[tuple[str, list[Option]]] = []  # in order; options attach to the latest that takes them
+    target: Target | None = None
+    for kind, name, negate, vals in _scan(tokens):
+        if kind == "core":
+            val = vals[0] if vals else ""
+            if name == "p":
+                protocol = PROTO_NUMBERS.get(val.lower(), val.lower())
+                matches.append(ProtocolMatch(text=f"-p {val}", negated=negate, protocol=protocol))
+            elif name in ("s", "d"):
+                matches.append(AddressMatch(text=f"{'! ' if negate else ''}-{name} {val}", negated=negate,
+                                            source=name == "s", network=parse_network(val)))
+            elif name in ("i", "o"):
+                matches.append(InterfaceMatch(text=f"{'! ' if negate else ''}-{name} {val}", negated=negate,
+                                              inbound=name == "i", name=val))
+            elif name == "f":
+                matches.append(FragmentMatch(text="-f", negated=negate))
+            else:  # -m
+                modules.append((val, []))
+        elif kind == "target":
+            target = Target(name=vals[0], goto=name == "g")
+        elif kind == "option":
             if target is not None:
                 target.options.setdefault(name, []).extend(vals or [""])
             else:
                 _attach_option(modules, protocol, (name, negate, vals))
-            negate = False
-            continue
-        # a stray word (kube-proxy test fixtures contain junk like "svc2 line 1"): keep it visible
-        modules.append(("<junk>", [(tok, False, [])]))
-        i += 1
+        else:
+            # a stray word (kube-proxy test fixtures contain junk like "svc2 line 1"): keep it visible
+            modules.append(("<junk>", [(name, False, [])]))
     for module, opts in modules:
         text = "-m " + module + "".join(f" {'! ' if neg else ''}--{o} {' '.join(v)}".rstrip() for o, neg, v in opts)
         matches.extend(build_module(module, opts, text, protocol, family))
@@ -198,17 +231,57 @@ def _compile_tokens(tokens: list[str], family: int) -> tuple[list[Match], Target
     return matches, target
 
 
-def _attach_option(modules: list[tuple[str, list[Option]]], protocol: str | None, opt: Option) -> None:
-    """Options follow their `-m`, but iptables-save interleaves core options (`-m tcp -p tcp -d X --dport N`)."""
+DispatchKey = tuple[IPAddress | None, str | None, int | None]
+
+
+def dispatch_key(line: str) -> DispatchKey | None:
+    """(destination host, protocol, destination port) that every packet the rule `line` matches must
+    carry, read from the text without compiling it (a node's 10,000-rule KUBE-SERVICES is indexed in a
+    fraction of the compile time). None when the rule names neither a destination host nor a port, or
+    its text does not read cleanly: such rules are scanned, and compiled when reached, as any other.
+
+    Only a non-negated single-address `-d`, `-p PROTO` and a single `--dport N` of the tcp/udp/sctp module
+    count: each is a condition the kernel ANDs with the rest of the rule, so a packet without it can
+    never match, whatever the rest of the rule says."""
+    dst: IPAddress | None = None
+    proto = port = protocol = None
+    modules: list[tuple[str, list[Option]]] = []
+    try:
+        for kind, name, negate, vals in _scan(tokenize(line)):
+            if kind == "target":
+                break
+            if kind == "core" and name == "p":
+                protocol = PROTO_NUMBERS.get(vals[0].lower(), vals[0].lower())
+                proto = protocol if not negate and protocol != "all" else proto
+            elif kind == "core" and name in ("s", "d"):
+                net = parse_network(vals[0])  # unreadable: unkeyed, as the compiler forks on the whole rule
+                if name == "d" and not negate and net.num_addresses == 1:
+                    dst = net.network_address
+            elif kind == "core" and name == "m":
+                modules.append((vals[0], []))
+            elif kind == "option":
+                module = _attach_option(modules, protocol, (name, negate, vals))
+                if name in ("dport", "destination-port") and not negate and module in _PORT_PROTOCOLS \
+                        and len(vals) == 1 and vals[0].isdigit():
+                    port, proto = int(vals[0]), module
+    except (ValueError, IndexError):
+        return None
+    if port is None and dst is None:
+        return None
+    return (dst, proto, port)
+
+
+def _attach_option(modules: list[tuple[str, list[Option]]], protocol: str | None, opt: Option) -> str:
+    """Options follow their `-m`, but iptables-save interleaves core options (`-m tcp -p tcp -d X --dport N`).
+    Returns the module `opt` went to."""
     for module, opts in reversed(modules):
         if _takes(module, opt[0]):
             opts.append(opt)
-            return
-    if protocol in _IMPLICIT:
-        # `-p tcp --dport 80` without `-m tcp`: iptables loads the protocol module implicitly
-        modules.append((protocol, [opt]))
-        return
-    modules.append(("<orphan>", [opt]))
+            return module
+    # `-p tcp --dport 80` without `-m tcp`: iptables loads the protocol module implicitly
+    module = protocol if protocol in _IMPLICIT else "<orphan>"
+    modules.append((module, [opt]))
+    return module
 
 
 def _takes(module: str, option: str) -> bool:

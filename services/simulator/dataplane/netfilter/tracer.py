@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.netfilter.ipset import IpsetStore
-from services.simulator.dataplane.netfilter.matches import AddressMatch, MissingSet, PortMatch, ProtocolMatch
+from services.simulator.dataplane.netfilter.matches import MissingSet
 from services.simulator.dataplane.netfilter.model import (
     HOOK_TABLES,
     TERMINAL_VERDICTS,
@@ -30,6 +30,7 @@ from services.simulator.dataplane.netfilter.model import (
     RuleHit,
     Ruleset,
 )
+from services.simulator.dataplane.netfilter.parser import DispatchKey, dispatch_key
 from services.simulator.dataplane.netfilter.targets import CONTINUE, NAT, RETURN, apply_target
 
 INDEX_MIN_RULES = 64
@@ -112,17 +113,23 @@ class TraceContext:
 
 
 class DispatchIndex:
-    """Rule positions keyed by necessary conditions (dst host, protocol, dport); the rest scanned."""
+    """Rule positions keyed by necessary conditions (dst host, protocol, dport); the rest scanned.
 
-    def __init__(self, rules: list[Rule]) -> None:
-        self.keyed: dict[tuple, list[int]] = {}
-        self.unkeyed: list[int] = []
-        for i, rule in enumerate(rules):
-            key = _necessary_key(rule)
+    Keys are read from the rules' text (parser.dispatch_key): building the index compiles nothing, and
+    a packet compiles only the few candidate rules it is tested against."""
+
+    def __init__(self, lines: Sequence[str]) -> None:
+        keyed: dict[DispatchKey, list[int]] = {}
+        unkeyed: list[int] = []
+        for i, line in enumerate(lines):
+            key = dispatch_key(line)
             if key is None:
-                self.unkeyed.append(i)
+                unkeyed.append(i)
             else:
-                self.keyed.setdefault(key, []).append(i)
+                keyed.setdefault(key, []).append(i)
+        # tuples of ints: nothing for the garbage collector to track
+        self.keyed = {k: tuple(v) for k, v in keyed.items()}
+        self.unkeyed = tuple(unkeyed)
 
     def candidates(self, st: FlowState, start: int) -> Iterable[int]:
         lists = [self.unkeyed]
@@ -138,29 +145,11 @@ class DispatchIndex:
         return (i for i in merged if i >= start)
 
 
-def _necessary_key(rule: Rule) -> tuple | None:
-    dst = proto = port = None
-    for m in rule.matches:
-        if m.negated:
-            continue
-        if isinstance(m, AddressMatch) and not m.source and m.network.num_addresses == 1:
-            dst = m.network.network_address
-        elif isinstance(m, ProtocolMatch) and m.protocol != "all":
-            proto = m.protocol
-        elif isinstance(m, PortMatch) and m.which == "dport" and len(m.ranges) == 1 \
-                and m.ranges[0][0] == m.ranges[0][1]:
-            port = m.ranges[0][0]
-    if port is not None and proto is None:
-        port = None  # a port without protocol is not a safe key
-    if dst is None and port is None:
-        return None
-    return (dst, proto, port)
-
-
 def build_indexes(rs: Ruleset, min_rules: int = INDEX_MIN_RULES) -> None:
     for t in rs.tables.values():
         for c in t.chains.values():
-            c.index = DispatchIndex(c.rules) if len(c.rules) >= min_rules else None
+            c.index = DispatchIndex(c.lines) if len(c.lines) >= min_rules else None
+    rs.indexed = True
 
 
 class Tracer:
@@ -169,8 +158,7 @@ class Tracer:
     def __init__(self, ruleset: Ruleset, ctx: TraceContext) -> None:
         self.rs = ruleset
         self.ctx = ctx
-        if any(c.index is None and len(c.rules) >= INDEX_MIN_RULES
-               for t in ruleset.tables.values() for c in t.chains.values()):
+        if not ruleset.indexed:  # the walk makes a Tracer per hook: index once, not per hook
             build_indexes(ruleset)
 
     # -------------------------------------------------------------- hooks
@@ -231,11 +219,10 @@ class Tracer:
                       could_change=True)
             br.verdict = "DROP"
             return [(br, "DROP")]
-        rules = chain.rules
         positions: Iterable[int] = chain.index.candidates(br.state, start) if chain.index else range(
-            start, len(rules))
+            start, len(chain.lines))
         for i in positions:
-            rule = rules[i]
+            rule = chain.rule(i)
             forks = self._evaluate(br, rule, hook)
             if forks is None:
                 continue

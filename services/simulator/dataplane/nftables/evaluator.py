@@ -94,10 +94,7 @@ class NftEvaluator(Ctx):
             kind, target = res
             sub = self.rs.tables[(chain.family, chain.table)].chains.get(target)
             if sub is None:
-                b.assume(f"{kind.lower()} to chain {target}, which is not in the collected table: treated as DROP",
-                         could_change=True)
-                b.verdict = "DROP"
-                return [(b, "DROP")]
+                return self._missing_chain(b, kind, target, chain, i, hook, depth)
             results = self._walk(b, sub, 0, hook, depth + 1)
             if kind == "GOTO":
                 return results  # the goto'd chain's return goes back to *our* caller
@@ -109,6 +106,18 @@ class NftEvaluator(Ctx):
                     out.append((sb, outcome))
             return out
         return [(b, res)]  # ACCEPT / DROP / REJECT / NAT
+
+    def _missing_chain(self, b: Branch, kind: str, target: str, chain: NftChain, i: int, hook: str,
+                       depth: int) -> list[tuple[Branch, str | None]]:
+        """A jump/goto to a chain the collected table lacks (nft refuses to load one, so the read was
+        partial): what it does is unknown, so both outcomes are explored, as for an unknown target."""
+        dropped = b.fork()
+        for x, outcome in ((b, "returns"), (dropped, "drops the packet")):
+            x.assume(f"{kind.lower()} to chain {target}, which is not in the collected table: assumed it {outcome}",
+                     could_change=True)
+        dropped.verdict = "DROP"
+        went_on = [(b, None)] if kind == "GOTO" else self._walk(b, chain, i + 1, hook, depth)
+        return [(dropped, "DROP"), *went_on]
 
     def _rule(self, br: Branch, rule: NftRule, hook: str) -> list[tuple[Branch, Result]]:
         steps = self._compiled(rule)

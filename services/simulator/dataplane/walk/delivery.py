@@ -39,6 +39,8 @@ def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
 
         reply_arrived(w, c, view)
         return
+    if w.blind(c, view, ("sockets",), "the listening sockets"):  # an unread socket list is not an empty one
+        return
     if w.ipvs.unserved(c, view):
         return
     c.trail.delivered = (view.place, copy_state(st))

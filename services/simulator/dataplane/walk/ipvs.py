@@ -141,6 +141,8 @@ class Ipvs:
         st = c.st
         if self.w.reply or not view.is_host or view.place in c.trail.ipvs_done:
             return None
+        if self.w.blind(c, view, ("ipvs",), "the IPVS virtual servers"):
+            return []
         vs = find(virtual_servers(view), st.protocol, st.dst, st.dport, st.mark)
         if vs is None:
             return None

@@ -15,7 +15,7 @@ from services.simulator.dataplane.walk.trail import copy_state, packet
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
-from shared.hops import node_hop, pod_hop
+from shared.hops import external_hop, node_hop, pod_hop
 from shared.netstack import Link
 from shared.schemas import FinalState, Finding, HopKind, StepAction, StepKind
 from shared.topology import EndpointKind
@@ -79,6 +79,8 @@ class Crossing:
         if link.kind == "ipip":
             return self._ipip(c, view, link, nh, d)
         namespaces = self.world.nodes[view.node].namespaces
+        if link.kind == "veth" and self.w.unreadable_netns(c, view, [link.peer_netns], f"out veth {link.name}"):
+            return []
         if link.kind == "veth" and link.peer_missing:
             return self.w.drop(c, finding("VETH_PEER_MISSING", view.hop_id, link=link.name, where=view.where),
                                view, f"veth {link.name} has no peer")
@@ -184,6 +186,10 @@ class Crossing:
         return next((p for p in ports if p.name == dev), None)
 
     def _no_port(self, c: Cursor, view: NetnsView, bridge: Link, nh: IPAddress) -> list[Cursor]:
+        what = f"{bridge.name}: no port known to lead to {nh}"
+        if self.w.unreadable_netns(c, view, [p.peer_netns for p in view.bridge_ports(bridge.name)], what) or \
+                self.w.blind(c, view, ("neighbors", "fdb"), "the neighbour table and bridge FDB"):
+            return []
         pod = self.w.pod_ips.get(nh)
         if pod is not None:
             hop = c.trail.hop_by_id(pod_hop(pod), kind=HopKind.POD, name=pod)
@@ -206,14 +212,27 @@ class Crossing:
         return None
 
     def _uncollected(self, c: Cursor, addr: IPAddress) -> list[Cursor] | None:
-        """A next hop owned by a Kubernetes node whose dump is missing: the walk cannot continue."""
+        """A next hop owned by a Kubernetes node whose dump is missing: the walk cannot continue. A node
+        asked that did not answer has the collector's COLLECTOR_UNAVAILABLE; a node off the path the
+        Kubernetes model expects (a transit hop) was never asked."""
         node = self.w.node_ips.get(addr)
         if node is None or node in self.world.nodes:
             return None
         hop = c.trail.hop_by_id(node_hop(node), kind=HopKind.NODE, name=node)
+        found = self._not_collected(node, f"the packet goes through it ({addr})")
         c.trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"node {node}'s network state was not collected: "
                      "the walk cannot follow the packet there", packet(c.st))
-        return self.w.finish(c, FinalState.ABORT, "COLLECTOR_UNAVAILABLE")
+        return self.w.finish(c, FinalState.ABORT, found.code, found)
+
+    def _not_collected(self, node: str, how: str) -> Finding:
+        """Why a node's dump is missing: the collector's finding for a node asked that did not answer,
+        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked)."""
+        found = self.w.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node))
+        if found is not None:
+            return found
+        why = ("it was not collected (see the collector's findings)" if node in self.w.report.nodes_to_collect
+               else f"{how}, but it is off the path the Kubernetes model expects, so its agent was not asked")
+        return finding("DATA_MISSING", node_hop(node), what=f"the network state of node {node}", reason=why)
 
     def _uplink(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list[Cursor]:
         if not link_up(link):
@@ -284,6 +303,8 @@ class Crossing:
             return self._link_down(c, view, link)
         neigh = next((n for n in view.dump.neighbors if n.dev == link.name and ipaddress.ip_address(n.dst) == nh),
                      None)
+        if neigh is None and self.w.blind(c, view, ("neighbors",), "the neighbour table"):
+            return []
         if neigh is None or not neigh.lladdr or neigh.state.upper() in BAD_NEIGHBOR:
             state = neigh.state if neigh else "missing"
             return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=link.name,
@@ -292,6 +313,8 @@ class Crossing:
                     neigh.lladdr.lower()), None)
         expected_node = self.w.node_for_pod_network(c.st.dst)
         expected = self.w.node_ip(expected_node) if expected_node else None
+        if fdb is None and self.w.blind(c, view, ("fdb",), "the bridge forwarding database"):
+            return []
         if fdb is None:
             return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=f"{nh} ({neigh.lladdr})",
                                           device=link.name, where=view.where, state="no FDB entry (remote VTEP "
@@ -421,15 +444,16 @@ class Crossing:
         w = self.w
         report = w.report
         entry = next((p.entry_node for p in report.paths if p.entry_node), None) or report.dst.node
-        hop = trail.hop_by_id(f"external:{st.src}", kind=HopKind.EXTERNAL, name=f"client {st.src}")  # type: ignore[attr-defined]
+        hop = trail.hop_by_id(external_hop(st.src), kind=HopKind.EXTERNAL, name=f"client {st.src}")  # type: ignore[attr-defined]
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "  # type: ignore[attr-defined]
                    f"node's uplink ({entry or 'unknown'})", packet(st))
         if entry is None or entry not in self.world.nodes or report.src.kind not in (
                 EndpointKind.PUBLIC, EndpointKind.UNKNOWN):
             trail.assume("the walk cannot tell where an outside packet enters the cluster",  # type: ignore[attr-defined]
                          could_change=True)
-            trail.end(FinalState.ABORT, "COLLECTOR_UNAVAILABLE" if entry and entry not in self.world.nodes  # type: ignore[attr-defined]
-                      else None)
+            found = self._not_collected(entry, "outside traffic enters through it") \
+                if entry and entry not in self.world.nodes else None
+            trail.end(FinalState.ABORT, found.code if found else None, found)  # type: ignore[attr-defined]
             w.finished.append(trail)  # type: ignore[arg-type]
             return None
         view = self.world.nodes[entry].host

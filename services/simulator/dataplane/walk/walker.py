@@ -18,6 +18,7 @@ from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, Tr
 from services.simulator.dataplane.netfilter.tracer import TraceContext
 from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, packet
@@ -75,8 +76,8 @@ class Expectation:
                 return f
         return None
 
-    def code_at(self, code: str) -> Finding | None:
-        return next((f for f in self.findings if f.code == code), None)
+    def code_at(self, code: str, hop: str | None = None) -> Finding | None:
+        return next((f for f in self.findings if f.code == code and hop in (None, f.hop)), None)
 
 
 class Walker:
@@ -108,6 +109,9 @@ class Walker:
                     self.node_ips[ipaddress.ip_address(addr["address"])] = name
             for cidr in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []):
                 self.pod_cidrs.append((ipaddress.ip_network(cidr, strict=False), name))
+        for name, addresses in self.report.cluster.node_addresses.items():  # nodes off the expected path too
+            for ip in addresses:
+                self.node_ips.setdefault(ipaddress.ip_address(str(ip)), name)
         for pod in self.report.objects.pods:
             meta, status, spec = pod.get("metadata", {}), pod.get("status", {}), pod.get("spec", {})
             if spec.get("hostNetwork"):
@@ -186,8 +190,10 @@ class Walker:
                 or (self.world.nodes[node].host if src.kind != EndpointKind.POD else None) \
                 or self.world.netns_holding(r.src, node)
             if view is None:
+                unreadable = "; ".join(self.world.nodes[node].unreadable.values())
                 self._abort(trail, src.pod or node, f"the network namespace of {src.pod or r.src}",
-                            f"no namespace on {node} holds {r.src}")
+                            f"no namespace on {node} holds {r.src}" + (
+                                f" (the agent could not read some: {unreadable})" if unreadable else ""))
                 return None
             return Cursor(view.place, st, None, trail)
         return self.links.external_start(st, trail)
@@ -199,6 +205,53 @@ class Walker:
         trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"{what} is unknown: {reason}")
         trail.end(FinalState.ABORT, "DATA_MISSING", finding("DATA_MISSING", hop_id, what=what, reason=reason))
         self.finished.append(trail)
+
+    # ------------------------------------------------------------ what the agent could not read
+
+    def gap_finding(self, view: NetnsView, error: str) -> Finding:
+        return finding("DATA_MISSING", view.hop_id, what=f"{gaps.label(error)} of {view.where}",
+                       reason=f"the node agent could not read it ({error})")
+
+    def note_gaps(self, trail: Trail, view: NetnsView) -> None:
+        """Every read error of a namespace the packet enters is a DATA_MISSING finding on its hop (and,
+        for the host, the node's own errors; an unreadable pod namespace is reported where the walk
+        needs it)."""
+        errors = list(view.dump.errors)
+        if view.is_host:
+            node = self.world.nodes[view.node]
+            errors += [e for e in node.dump.errors if e not in node.unreadable.values()]
+        for error in errors:
+            if gaps.harmless(error):
+                trail.assume(f"{view.where}: {error}", could_change=False)
+                continue
+            found = self.gap_finding(view, error)
+            if found not in trail.findings:
+                trail.findings.append(found)
+
+    def blind(self, c: Cursor, view: NetnsView, parts: tuple[str, ...], what: str) -> bool:
+        """The next decision needs a part of the dump the agent could not read: the branch ends ABORT
+        (an unread rule set or socket list is not an empty one). True when it did."""
+        errors = view.unread(*parts)
+        if not errors:
+            return False
+        found = self.gap_finding(view, errors[0])
+        c.trail.step(c.trail.hop(view), StepKind.ASSUMPTION, StepAction.ABORT, f"{what} of {view.where} could not "
+                     f"be read ({errors[0]}): the walk cannot tell what happens here", packet(c.st, c.iif, c.st.oif))
+        self.finish(c, FinalState.ABORT, found.code, found)
+        return True
+
+    def unreadable_netns(self, c: Cursor, view: NetnsView, netns_ids: list[str | None], what: str) -> bool:
+        """The packet goes towards a namespace of this node the agent could not read: ABORT, naming it."""
+        unreadable = self.world.nodes[view.node].unreadable
+        error = next((unreadable[i] for i in netns_ids if i in unreadable), None)
+        if error is None:
+            return False
+        found = finding("DATA_MISSING", view.hop_id, what=f"a network namespace of node {view.node}",
+                        reason=f"the node agent could not read it ({error})")
+        c.trail.step(c.trail.hop(view), StepKind.ASSUMPTION, StepAction.ABORT, f"{what}: it may lead into a "
+                     f"namespace the agent could not read ({error})", packet(c.st, c.iif, c.st.oif))
+        self.finish(c, FinalState.ABORT, found.code, found)
+        return True
 
     def finish(self, c: Cursor, final: FinalState, cause: str | None = None, found: Finding | None = None) -> list:
         c.trail.end(final, cause, found)
@@ -221,6 +274,7 @@ class Walker:
             return self.drop(c, finding("ROUTING_LOOP", view.hop_id, dst=c.st.dst, hops=hops), view,
                              f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE)
         c.trail.hop(view)
+        self.note_gaps(c.trail, view)
         if c.iif is None:
             return self._local_out(c, view)
         port = view.links.get(c.iif)
@@ -308,6 +362,8 @@ class Walker:
                note: str | None = None) -> list[tuple[Cursor, RouteDecision]]:
         st = c.st
         hop = c.trail.hop(view)
+        if self.blind(c, view, gaps.ROUTING, "the routing table"):
+            return []
         if iif is not None and self._untranslated(c, view):
             self._rules_missing(c, view, "PREROUTING")
             return []
@@ -370,8 +426,8 @@ class Walker:
         if side is None or dev == "lo" or (link is not None and link.kind == "loopback"):
             return True
         ok, sysctl = view.route_localnet(dev)
-        if ok:
-            return True
+        if ok or self.blind(c, view, ("sysctls",), f"{sysctl}"):
+            return ok
         found = finding("ROUTE_LOCALNET_DISABLED", view.hop_id, where=view.where, packet=packet(c.st),
                         device=dev, side=side, sysctl=sysctl,
                         evidence={"direction": "out" if out_dev else "in"})
@@ -408,6 +464,10 @@ class Walker:
         if self.reply:
             self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
+        self.note_gaps(c.trail, view)
+        if self.blind(c, view, ("iptables" if c.st.dst.version == 4 else "ip6tables", "nftables"),
+                      f"the {hook} netfilter rules"):
+            return []
         if view.unmodelled_netfilter:
             c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}", could_change=True)
         if not view.rulesets and view.nft is None:
