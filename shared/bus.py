@@ -14,6 +14,7 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -157,6 +158,19 @@ class Bus:
                     replicas=self.settings.stream_replicas,
                 ))
         return self._cluster
+
+    # ------------------------------------------------------------ core subscriptions
+
+    async def subscribe(self, subject: str, **kwargs: Any) -> Subscription:
+        """A core subscription the server already holds when this returns, so a request sent
+        right after (from any connection) finds it. nats-py 2.16's flush() writes its PING
+        straight to the socket, ahead of the SUB still queued for its flusher task, so one
+        PONG does not prove the SUB arrived; the first round trip lets the flusher write the
+        queue, the second PING follows the SUB on the wire."""
+        sub = await self.nc.subscribe(subject, **kwargs)
+        await self.nc.flush()
+        await self.nc.flush()
+        return sub
 
     # ------------------------------------------------------------ publishing
 

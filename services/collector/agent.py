@@ -113,9 +113,8 @@ class NodeAgent:
         self._answering: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._sub = await self.bus.nc.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
-                                                cb=self._on_request)
-        await self.bus.nc.flush()
+        self._sub = await self.bus.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
+                                             cb=self._on_request)
         if self.nft_refresh_s is not None:
             self._refresher = asyncio.create_task(self._keep_nft_rules_read(self.nft_refresh_s))
 

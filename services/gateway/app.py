@@ -237,7 +237,7 @@ async def watch_results(request: web.Request) -> web.StreamResponse:
     """SSE of every diagnosis as it completes from now on (the "subscribe to result events" use)."""
     bus, store = request.app[BUS], request.app[STORE]
     try:
-        sub = await bus.nc.subscribe(SUBJECT_STORED)
+        sub = await bus.subscribe(SUBJECT_STORED)
     except nats.errors.Error:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
     resp = await _open_stream(request)
