@@ -148,6 +148,16 @@ def _expected_hop(index: CloudIndex, instance: Instance, hop: tuple[str, str | N
     return False
 
 
+def _leave_source(index: CloudIndex, src_node: str) -> tuple[CloudResult, Hop, Instance | None]:
+    """A new result whose VPC hop the packet enters from `src_node`'s instance (None: the
+    instance is missing or not running, and the result says so)."""
+    result = CloudResult()
+    src_instance = index.instance_of_node(src_node)
+    hop = result.hop(f"vpc:{src_instance.vpc_id if src_instance else '?'}", HopKind.VPC,
+                     src_instance.vpc_id if src_instance and src_instance.vpc_id else "VPC")
+    return result, hop, _instance(result, index, src_node, hop, "source")
+
+
 def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_node: str | None, packet: Packet,
                           encapsulation: Encapsulation = None, vxlan_port: int = VXLAN_PORT) -> CloudResult:
     """A packet leaving `src_node`'s uplink for `dst_node` (or for the VPC address `packet.dst`
@@ -155,11 +165,8 @@ def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_n
     index = _index(inv)
     if (skip := _not_modelled(index.inv)) is not None:
         return skip
-    result = CloudResult()
-    src_instance = index.instance_of_node(src_node)
-    hop = result.hop(f"vpc:{src_instance.vpc_id if src_instance else '?'}", HopKind.VPC,
-                     src_instance.vpc_id if src_instance and src_instance.vpc_id else "VPC")
-    if (src := _instance(result, index, src_node, hop, "source")) is None:
+    result, hop, src = _leave_source(index, src_node)
+    if src is None:
         return result
     owner = index.eni_by_ip.get(packet.dst)
     if dst_node is None and owner is not None and owner.instance_id:
@@ -236,11 +243,8 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
     index = _index(inv)
     if (skip := _not_modelled(index.inv)) is not None:
         return skip
-    result = CloudResult()
-    src_instance = index.instance_of_node(src_node)
-    hop = result.hop(f"vpc:{src_instance.vpc_id if src_instance else '?'}", HopKind.VPC,
-                     src_instance.vpc_id if src_instance and src_instance.vpc_id else "VPC")
-    if (src := _instance(result, index, src_node, hop, "source")) is None:
+    result, hop, src = _leave_source(index, src_node)
+    if src is None:
         return result
     flow = result.flow = Flow(packet.src, packet.dst, packet.protocol, packet.sport, packet.dport)
     nic = index.nic_for(src, flow.src)
