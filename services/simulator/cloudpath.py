@@ -5,6 +5,9 @@ collected inventory:
 * between two nodes (src node != dst node): egress security groups, the VPC route,
   ingress security groups — on the *outer* packet when the CNI tunnels (flannel vxlan,
   calico ipip, cilium vxlan), on the pod packet itself when it routes (host-gw, terway);
+  then the reply's VPC route back (security groups are stateful, routes are not): a reply
+  the VPC cannot route ends the forward path at the hop `vpc:<id>:reply`, appended to it,
+  and is spliced into the walk's reply paths where they cross;
 * out of the cluster to a public address: security groups, then an EIP or the NAT
   gateway's SNAT;
 * in from outside to a LoadBalancer address: the CLB (status, listener, ACL, backends).
@@ -19,6 +22,7 @@ already stated it as an assumption.
 
 from __future__ import annotations
 
+import copy
 from ipaddress import ip_address, ip_network
 from typing import Any, NamedTuple
 
@@ -77,32 +81,44 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
         return CloudOutcome(paths, findings, assumptions)
     index = CloudIndex(inventory)
     candidates = {cp.id: cp for cp in report.paths}
-    out = []
-    for path in paths:
+    out = [p.model_copy(deep=True) for p in paths]
+    replies: dict[str, tuple[str, CloudResult]] = {}  # forward path id → (its source node, reply crossing)
+    for path in out:
         if path.direction == "forward":
-            path = path.model_copy(deep=True)
-            _cross(path, candidates.get(path.id), report, index, request, findings, assumptions)
-        out.append(path)
+            crossed = _cross(path, candidates.get(path.id), report, index, request, findings, assumptions)
+            if crossed is not None:
+                replies[path.id] = crossed
+    for path in out:
+        forward_id = path.id.rpartition(".reply")[0]
+        if path.direction == "reply" and forward_id in replies:
+            src_node, result = replies[forward_id]
+            at = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == src_node), None)
+            if at is not None and path.final != FinalState.ABORT and not _dropped_before(path, at):
+                _splice(path, at, copy.deepcopy(result))
     return CloudOutcome(out, findings, assumptions)
 
 
 def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: CloudIndex,
-           request: DiagnosisRequest, findings: list[Finding], assumptions: list[Assumption]) -> None:
+           request: DiagnosisRequest, findings: list[Finding],
+           assumptions: list[Assumption]) -> tuple[str, CloudResult] | None:
+    """Splice the cloud into a forward path; returns (source node, the reply's crossing) when
+    the packet went from node to node and arrived, for the reply paths to show it too."""
     if path.final == FinalState.ABORT or not path.hops:
-        return
+        return None
+    back: Packet | None = None  # what the reply carries across the VPC, when the packet crossed between nodes
     src_node = (cp.src_node if cp else None) or report.src.node
     dst_node = cp.dst_node if cp else None
     if report.dst.kind == EndpointKind.LOAD_BALANCER_IP and report.src.kind in OUTSIDE:
         at = 1  # the CLB is the first thing an outside client meets
         if _dropped_before(path, at):
-            return
+            return None
         result = evaluate_internet_to_lb(index, report.service, _request_packet(request),
                                          service_object=_service_object(report))
     elif report.dst.kind == EndpointKind.PUBLIC and src_node:
         at = next((i for i, h in enumerate(path.hops) if h.kind in (HopKind.INTERNET, HopKind.EXTERNAL)
                    and i > 0), len(path.hops))
         if _dropped_before(path, at):
-            return
+            return None
         packet, notes = _leaving(report, src_node, _packet_at(path, at, request))
         result = evaluate_to_internet(index, src_node, packet)
         result.assumptions[:0] = notes
@@ -112,17 +128,29 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
         # the underlay lies between the last hop on the source node and the first on the destination node
         at = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == dst_node), None)
         if at is None or _dropped_before(path, at):
-            return
+            return None
         packet, notes = _leaving(report, src_node, _packet_at(path, at, request))
         encapsulation, tunnel_notes = _tunnel(report, packet)
         result = evaluate_node_to_node(index, src_node, dst_node, packet, encapsulation=encapsulation,
                                        vxlan_port=VXLAN_PORT)
         result.assumptions[:0] = notes + tunnel_notes
+        # the reply mirrors what the VPC carried (after DNAT and masquerade)
+        back = Packet(src=packet.dst, dst=packet.src, protocol=packet.protocol, sport=packet.dport,
+                      dport=packet.sport)
     else:
-        return
+        return None
     _splice(path, at, result)
     _extend(findings, result.findings)
     _extend(assumptions, result.assumptions)
+    if back is None or not result.passed or path.final not in (FinalState.DELIVER, FinalState.FORWARD):
+        return None
+    reply = evaluate_node_to_node(index, dst_node, src_node, back, encapsulation=_tunnel(report, back)[0],
+                                  vxlan_port=VXLAN_PORT, reply=True)
+    _extend(assumptions, reply.assumptions)
+    if not reply.passed:  # the request arrives, its answer is lost: the connection fails at the reply hop
+        _splice(path, len(path.hops), copy.deepcopy(reply))
+        _extend(findings, reply.findings)
+    return src_node, reply
 
 
 def _splice(path: Path, at: int, result: CloudResult) -> None:

@@ -148,24 +148,30 @@ def _expected_hop(index: CloudIndex, instance: Instance, hop: tuple[str, str | N
     return False
 
 
-def _leave_source(index: CloudIndex, src_node: str) -> tuple[CloudResult, Hop, Instance | None]:
+def _leave_source(index: CloudIndex, src_node: str, reply: bool = False) -> tuple[CloudResult, Hop, Instance | None]:
     """A new result whose VPC hop the packet enters from `src_node`'s instance (None: the
     instance is missing or not running, and the result says so)."""
     result = CloudResult()
     src_instance = index.instance_of_node(src_node)
-    hop = result.hop(f"vpc:{src_instance.vpc_id if src_instance else '?'}", HopKind.VPC,
-                     src_instance.vpc_id if src_instance and src_instance.vpc_id else "VPC")
+    vpc = src_instance.vpc_id if src_instance and src_instance.vpc_id else None
+    hop_id, name = f"vpc:{vpc or '?'}", vpc or "VPC"
+    hop = result.hop(f"{hop_id}:reply", HopKind.VPC, f"{name} (reply)") if reply else \
+        result.hop(hop_id, HopKind.VPC, name)
     return result, hop, _instance(result, index, src_node, hop, "source")
 
 
 def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_node: str | None, packet: Packet,
-                          encapsulation: Encapsulation = None, vxlan_port: int = VXLAN_PORT) -> CloudResult:
+                          encapsulation: Encapsulation = None, vxlan_port: int = VXLAN_PORT,
+                          reply: bool = False) -> CloudResult:
     """A packet leaving `src_node`'s uplink for `dst_node` (or for the VPC address `packet.dst`
-    when dst_node is None): egress security groups, the VPC route, ingress security groups."""
+    when dst_node is None): egress security groups, the VPC route, ingress security groups.
+    `reply`: the answer of an allowed connection (hop `vpc:<id>:reply`) — security groups are
+    stateful and let it pass, but VPC routes are not: a route that exists one way only
+    (host-gw pod CIDRs) delivers the request and loses every reply."""
     index = _index(inv)
     if (skip := _not_modelled(index.inv)) is not None:
         return skip
-    result, hop, src = _leave_source(index, src_node)
+    result, hop, src = _leave_source(index, src_node, reply)
     if src is None:
         return result
     owner = index.eni_by_ip.get(packet.dst)
@@ -198,6 +204,11 @@ def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_n
         flow = Flow(packet.src, packet.dst, packet.protocol, packet.sport, packet.dport)
     result.flow = flow
     src_nic, dst_nic = index.nic_for(src, flow.src), index.nic_for(dst, flow.dst)
+    if reply:
+        hop.steps.append(Step(kind=StepKind.SECURITY_GROUP, action=StepAction.ALLOW, packet_in=_packet(flow),
+                              detail="security groups are stateful: the reply of the allowed request passes"))
+        _route(result, index, hop, src_nic, flow, dst, dst_node)
+        return result
     if not _sg_step(result, hop, evaluate(index, src_nic, "egress", flow), flow, src):
         return result
     if not _route(result, index, hop, src_nic, flow, dst, dst_node):

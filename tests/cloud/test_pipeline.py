@@ -73,7 +73,7 @@ def request(rs: ResolvedScenario, kind: str) -> dict[str, Any]:
 
 def cloud_hop(rs: ResolvedScenario, kind: str) -> str:
     """The hop a cloud finding of this kind of path belongs to."""
-    return {"vpc": f"vpc:{ids(rs)['vpc']}", "nat": f"nat:{ids(rs)['nat']}",
+    return {"vpc": f"vpc:{ids(rs)['vpc']}", "vpc-reply": f"vpc:{ids(rs)['vpc']}:reply", "nat": f"nat:{ids(rs)['nat']}",
             "lb": f"lb:{load_balancer_id(rs, 'default/web')}"}[kind]
 
 
@@ -83,6 +83,8 @@ FAULTS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
     ("SG_DENY", "vxlan", "pod-to-pod", {"protocol": "udp", "port": 8472}, "UNREACHABLE", "vpc"),  # outer packet
     ("SG_NOT_SHARED", "vxlan", "pod-to-pod", {"node": "node-2"}, "UNREACHABLE", "vpc"),
     ("VPC_NO_ROUTE", "host-gw", "pod-to-pod", {"node": "node-2"}, "UNREACHABLE", "vpc"),
+    # the client's pod CIDR has no VPC route: the request arrives, every reply is lost
+    ("VPC_NO_ROUTE", "host-gw", "pod-to-pod", {"node": "node-1"}, "UNREACHABLE", "vpc-reply"),
     ("VPC_WRONG_NEXT_HOP", "host-gw", "pod-to-pod", {"node": "node-2", "to": "node-1"}, "UNREACHABLE", "vpc"),
     ("NAT_NO_SNAT", "host-gw", "to-internet", {}, "UNREACHABLE", "nat"),
     ("LB_NOT_ACTIVE", "host-gw", "lb-tcp", {"service": "default/web"}, "UNREACHABLE", "lb"),
@@ -144,7 +146,7 @@ def hop_ids(result: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize(("code", "cni", "path", "target", "verdict", "hop"), FAULTS,
-                         ids=[f"{c}-{cni}" for c, cni, *_ in FAULTS])
+                         ids=[f"{c}-{cni}-{hop}" for c, cni, _, _, _, hop in FAULTS])
 async def test_cloud_fault_through_the_pipeline(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator,
                                                 code: str, cni: str, path: str, target: dict[str, Any],
                                                 verdict: str, hop: str) -> None:
@@ -196,6 +198,35 @@ async def test_vxlan_security_groups_see_the_outer_packet(stacks: dict[str, Embe
     encap = next(s for s in vpc["steps"] if s["kind"] == "encap")
     assert encap["packet_out"]["protocol"] == "udp" and encap["packet_out"]["dport"] == 8472
     assert encap["packet_out"]["src"] == rs.node("node-1").ip and encap["packet_out"]["dst"] == rs.node("node-2").ip
+
+
+async def test_a_missing_reply_route_is_found_where_it_matters(stacks: dict[str, EmbeddedStack],
+                                                                emulator: CloudEmulator) -> None:
+    """host-gw: the forward packet crosses the VPC (its route to node-2's pod CIDR exists), so the
+    VPC hop passes, and the reply hop after the server names the route that is missing. vxlan: the
+    reply is node → node, routed inside the VPC, so the same missing pod-CIDR route changes nothing."""
+    rs = LABS["host-gw"]
+    emulator.set_state(with_fault(cloud_state(rs), rs, "VPC_NO_ROUTE", node="node-1"))
+    result = await diagnose(stacks["host-gw"], request(rs, "pod-to-pod"))
+    (forward,) = [p for p in result["paths"] if p["direction"] == "forward"]
+    by_id = {h["id"]: h for h in forward["hops"]}
+    assert by_id[cloud_hop(rs, "vpc")]["status"] == "ok"
+    reply_hop = forward["hops"][-1]
+    assert reply_hop["id"] == cloud_hop(rs, "vpc-reply") and reply_hop["status"] == "error"
+    assert [h["id"] for h in forward["hops"]].index("pod:default/server") < len(forward["hops"]) - 1
+    route = next(s for s in reply_hop["steps"] if s["kind"] == "vpc_route")
+    assert route["action"] == "DROP" and route["packet_in"]["dst"] == rs.pod("client").ip
+    missing = next(f for f in result["findings"] if f["code"] == "VPC_NO_ROUTE")
+    assert missing["hop"] == reply_hop["id"] and rs.pod("client").ip in missing["message"]
+
+    # vxlan: replies go node → node inside the VPC; its route tables hold no pod CIDR at all
+    rs = LABS["vxlan"]
+    state = cloud_state(rs)
+    assert not {n.pod_cidr for n in rs.nodes} & {e["DestinationCidrBlock"] for e in state["route_tables"][0]["Entries"]}
+    emulator.set_state(state)
+    result = await diagnose(stacks["vxlan"], request(rs, "pod-to-pod"))
+    assert cloud_errors(result) == [] and result["verdict"] != "UNREACHABLE", result["summary"]
+    assert cloud_hop(rs, "vpc-reply") not in hop_ids(result)  # a passing reply adds no hop to the forward path
 
 
 async def test_sg_not_shared_only_where_sharing_would_admit(stacks: dict[str, EmbeddedStack],
@@ -307,6 +338,15 @@ async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, prot
             deny = next(f for f in faulty["findings"] if f["code"] == "SG_DENY")
             assert deny["hop"] == vpc and f"{protocol} " in deny["message"] and f":{port}" in deny["message"]
             assert lab.probe("default/client", "pod:default/server", 8080).ok  # the kernel never saw the cloud
+
+            if cni == "host-gw":  # the client's pod CIDR loses its VPC route: the walk's reply paths end there
+                await asyncio.to_thread(lab.set_cloud_state, with_fault(cloud_state(rs), rs, "VPC_NO_ROUTE",
+                                                                        node="node-1"))
+                lost = await diagnose(stack, body)
+                assert lost["verdict"] == "UNREACHABLE", lost["summary"]
+                replies = [p for p in lost["paths"] if p["direction"] == "reply"]
+                assert replies and all(p["final"] == "DROP" and p["cause"] == "VPC_NO_ROUTE" for p in replies)
+                assert all(f"{vpc}:reply" in [h["id"] for h in p["hops"]] for p in lost["paths"])
     finally:
         await asyncio.to_thread(Lab.sweep, prefix)
     assert not lab_state.state_path(prefix).exists()
