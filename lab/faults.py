@@ -190,6 +190,11 @@ CATALOGUE: list[Fault] = [
           Expected("INVALID_ROUTE", "node:node-1", ("NEIGHBOR_FAILED",)),
           commands=(_node("node-1", "bridge", "fdb", "replace", "{vtepmac:node-2}", "dev", "flannel.1", "dst",
                           "172.30.0.99", "self", "permanent"),)),
+    Fault("stale_static_neighbor", "node-1 holds a static ARP entry for node-2's address with a MAC no interface "
+          "has: frames for node-2 are flooded on the underlay and dropped by every receiver",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("NEIGHBOR_FAILED", "node:node-1"),
+          commands=(_node("node-1", "ip", "neigh", "replace", "{node:node-2}", "lladdr", "02:00:00:00:00:99",
+                          "dev", "eth0", "nud", "permanent"),)),
     Fault("localnet_dnat", "node-2 DNATs the destination pod's port to 127.0.0.1 while route_localnet is 0: "
           "the translated packet is a martian on eth0",
           "basic", CLIENT_TO_API2, "connected", "timeout", Expected("ROUTE_LOCALNET_DISABLED", "node:node-2"),

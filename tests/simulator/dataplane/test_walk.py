@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pytest
+
 from services.simulator.dataplane.walk import WalkResult, walk
 from shared.codes import finding
 from shared.netstack import Link, Neighbor, NetnsDump, NodeDump, Route
@@ -244,6 +246,23 @@ def test_a_failed_neighbour() -> None:
     case = Case("basic", "pod-cross-node")
     case.host("node-1").neighbors.append(Neighbor(dst="172.30.0.12", dev="eth0", state="FAILED"))
     only_cause(case.run(), "NEIGHBOR_FAILED", "node:node-1")
+
+
+@pytest.mark.parametrize(("state", "breaks"), [("PERMANENT", True), ("NOARP", True), ("REACHABLE", False),
+                                                ("STALE", False)])
+def test_a_neighbour_entry_with_a_mac_the_owner_lacks(state: str, breaks: bool) -> None:
+    """A static entry is never re-resolved: frames to a MAC node-2 lacks go nowhere. A learned one
+    with another MAC is re-resolved by the kernel (or is VRRP/proxy ARP): not a fault."""
+    case = Case("basic", "pod-cross-node")
+    case.host("node-1").neighbors[:] = [n for n in case.host("node-1").neighbors if n.dst != "172.30.0.12"]
+    case.host("node-1").neighbors.append(Neighbor(dst="172.30.0.12", dev="eth0", lladdr="02:00:00:00:00:99",
+                                                  state=state))
+    result = case.run()
+    if breaks:
+        only_cause(result, "NEIGHBOR_FAILED", "node:node-1")
+        assert "02:00:00:00:00:99" in next(f.message for f in result.findings if f.code == "NEIGHBOR_FAILED")
+    else:
+        assert [p.final for p in forward(result)] == [FinalState.DELIVER]
 
 
 def test_a_deleted_veth_pair_is_veth_peer_missing_on_the_pod() -> None:

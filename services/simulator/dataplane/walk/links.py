@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from services.simulator.dataplane.walk.walker import Walker
 
 BAD_NEIGHBOR = frozenset({"FAILED", "INCOMPLETE"})
+STATIC_NEIGHBOR = frozenset({"PERMANENT", "NOARP"})
 IPIP_PROTOCOL = "ipencap"  # IP protocol 4 as iptables names it (`-p 4` / `-p ipencap`)
 
 
@@ -204,11 +205,24 @@ class Crossing:
 
     # ------------------------------------------------------------ the underlay
 
-    def _neighbor_failed(self, c: Cursor, view: NetnsView, dev: str, nh: IPAddress) -> Finding | None:
+    def _neighbor_failed(self, c: Cursor, view: NetnsView, dev: str, nh: IPAddress,
+                         owner: NetnsView | None = None) -> Finding | None:
+        """An unresolved entry, or a static one (PERMANENT/NOARP: the kernel never re-resolves it)
+        whose MAC no interface of the owner of nh has — frames to it go nowhere. A learned entry
+        with another MAC is left alone: the kernel re-resolves it, and VRRP/proxy ARP are legitimate."""
         for n in view.dump.neighbors:
-            if n.dev == dev and n.state.upper() in BAD_NEIGHBOR and ipaddress.ip_address(n.dst) == nh:
+            if n.dev != dev or ipaddress.ip_address(n.dst) != nh:
+                continue
+            state = n.state.upper()
+            if state in BAD_NEIGHBOR:
                 return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
                                state=n.state)
+            macs = {link.mac.lower() for link in owner.links.values() if link.mac} if owner else set()
+            if n.lladdr and macs and n.lladdr.lower() not in macs and STATIC_NEIGHBOR & set(state.split("|")):
+                return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
+                               state=f"{n.state} at {n.lladdr}, a MAC no interface of node {owner.node} has "
+                                     f"(a stale static entry: replace or delete it)",
+                               evidence={"lladdr": n.lladdr, "owner_macs": sorted(macs)})
         return None
 
     def _uncollected(self, c: Cursor, addr: IPAddress) -> list[Cursor] | None:
@@ -247,9 +261,9 @@ class Crossing:
         in_link = owner.link_of_address(nh) or owner.link_of_address(c.st.dst)
         if in_link is None or not link_up(in_link):
             return self._link_down(c, owner, in_link or link)
-        bad = self._neighbor_failed(c, view, link.name, nh)
+        bad = self._neighbor_failed(c, view, link.name, nh, owner)
         if bad is not None:
-            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved")
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} does not reach node {owner.node}")
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the underlay → "
                      f"node {owner.node} ({in_link.name})", packet(c.st, c.iif, link.name))
         st = copy_state(c.st)
