@@ -56,6 +56,11 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("prod/toolbox", "svc:prod/web", 80), None),
         (ProbeSpec("prod/toolbox", "192.0.2.50", 8080), None),
         (ProbeSpec("ext", "lb:prod/web", 80), None),
+        (ProbeSpec("ext", "node:node-1", 30000), None),
+        # externalTrafficPolicy Local: node-3's only endpoint is not ready, kube-proxy drops there
+        (ProbeSpec("ext", "node:node-3", 30000), ("NO_LOCAL_ENDPOINT", "service:prod/web")),
+        # the internet host is outside loadBalancerSourceRanges: kube-proxy's firewall drops it
+        (ProbeSpec("inet", "lb:prod/web", 80), ("LB_SOURCE_RANGE_DENY", "service:prod/web")),
         (ProbeSpec("node-1", "pod:prod/web-2", 80), None),
         (ProbeSpec("prod/toolbox", "pod:prod/broken", 8080), ("NO_LISTENER", "pod:prod/broken")),
         (ProbeSpec("prod/toolbox", "svc:prod/nothing", 80), ("SERVICE_NO_ENDPOINT", "service:prod/nothing")),

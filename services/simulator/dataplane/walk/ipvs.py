@@ -23,8 +23,7 @@ from services.simulator.dataplane.netfilter.model import endpoint
 from services.simulator.dataplane.walk.trail import NatEntry, packet
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
-from shared.hops import service_hop
-from shared.schemas import FinalState, HopKind, StepAction, StepKind
+from shared.schemas import FinalState, StepAction, StepKind
 
 if TYPE_CHECKING:
     from services.simulator.dataplane.walk.walker import Cursor, Walker
@@ -212,13 +211,8 @@ class Ipvs:
         """No real server to pick: IPVS answers ICMP port unreachable and drops the packet."""
         res = self.w.report.service
         if expected is not None and not expected and res is not None and any(b.ready for b in res.backends):
-            # ready endpoints exist, none on this node, and the traffic policy is Local
-            found = self.w.expect.code_at("NO_LOCAL_ENDPOINT") or finding(
-                "NO_LOCAL_ENDPOINT", service_hop(res.service), service=res.service, node=view.node)
-            hop = c.trail.hop_by_id(found.hop or view.hop_id, kind=HopKind.SERVICE, name=res.service)
-            c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"IPVS {vs.text} on {view.node} has no real server: "
-                         "the traffic policy is Local and no ready endpoint runs here", packet(c.st, c.st.iif))
-            return self.w.finish(c, FinalState.DROP, found.code, found)
+            return self.w.service_drop(c, view, "NO_LOCAL_ENDPOINT", f"IPVS {vs.text} has no real server: the "
+                                       "traffic policy is Local and no ready endpoint runs here")
         if expected is not None and not expected:
             return self.w.no_endpoint(c, view, f"IPVS {vs.text} has no real server (ICMP port unreachable)")
         c.trail.step(c.trail.hop(view), StepKind.SERVICE, StepAction.DROP, f"IPVS {vs.text} on {view.node} has no "

@@ -61,6 +61,11 @@ class Cursor:
         return Cursor(self.place, copy_state(self.st), self.iif, self.trail.fork(), self.port_in, self.l2_dst)
 
 
+# kube-proxy's own rule comments that say why it drops or rejects a Service packet (iptables mode)
+KUBE_PROXY_CAUSES = (("has no endpoints", "SERVICE_NO_ENDPOINT"), ("has no local endpoints", "NO_LOCAL_ENDPOINT"),
+                     ("traffic not accepted by KUBE-FW-", "LB_SOURCE_RANGE_DENY"))
+
+
 @dataclass
 class Expectation:
     """What the Kubernetes model says, used to name causes (topology + model findings)."""
@@ -131,15 +136,22 @@ class Walker:
         res = self.report.service
         return res is None or any(b.ready for b in res.backends)
 
-    def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list:
+    def service_drop(self, c: Cursor, view: NetnsView, code: str, detail: str) -> list:
+        """kube-proxy drops or rejects for a reason the Service itself states (no endpoint, none
+        local under a Local policy, a source outside loadBalancerSourceRanges): the drop is that
+        cause, on the Service hop — the model's finding when it has one."""
         res = self.report.service
         assert res is not None
-        found = self.expect.code_at("SERVICE_NO_ENDPOINT") or finding(
-            "SERVICE_NO_ENDPOINT", service_hop(res.service), service=res.service,
-            namespace=res.service.split("/")[0], name=res.service.split("/")[-1], detail="")
-        hop = c.trail.hop_by_id(service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
-        c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st))
+        namespace, _, name = res.service.partition("/")
+        found = self.expect.code_at(code) or finding(
+            code, service_hop(res.service), service=res.service, namespace=namespace, name=name, detail="",
+            node=view.node, src=c.st.src, ranges=", ".join(res.load_balancer_source_ranges))
+        hop = c.trail.hop_by_id(found.hop or service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
+        c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st, c.st.iif))
         return self.finish(c, FinalState.DROP, found.code, found)
+
+    def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list:
+        return self.service_drop(c, view, "SERVICE_NO_ENDPOINT", detail)
 
     def virtual(self, addr: IPAddress) -> bool:
         """A Service address (ClusterIP range): only kube-proxy's rules give it meaning."""
@@ -412,7 +424,14 @@ class Walker:
         node's address is that node's to translate."""
         st = c.st
         return view.is_host and self.service_vip(st) and st.dst not in self.node_ips and not self._translated(c) \
-            and self.has_endpoints() and st.dst not in view.local_ips
+            and self.has_endpoints() and st.dst not in view.local_ips and not self._firewalled(st)
+
+    def _firewalled(self, st: FlowState) -> bool:
+        """A source outside loadBalancerSourceRanges is left untranslated on purpose: kube-proxy's
+        filter firewall (KUBE-PROXY-FIREWALL) drops it further on, so the walk follows it there."""
+        res = self.report.service
+        return res is not None and st.dst in res.load_balancer_ips and \
+            self.expect.code_at("LB_SOURCE_RANGE_DENY") is not None
 
     def _localnet_ok(self, c: Cursor, view: NetnsView, out_dev: str | None = None) -> bool:
         """ip_route_input: a loopback source or destination arriving on another device is martian
@@ -584,9 +603,13 @@ class Walker:
                          packet(br.state), rule=rule)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
-        if res is not None and hit is not None and ("has no endpoints" in rule or (
-                hit.table.endswith("kube-proxy") and hit.chain == "reject-chain")):  # nftables mode
-            self.no_endpoint(c, view, f"kube-proxy rejects: {rule}")
+        if res is not None and hit is not None and hit.table.endswith("kube-proxy") and hit.chain == "reject-chain":
+            self.no_endpoint(c, view, f"kube-proxy rejects: {rule}")  # nftables mode
+            return
+        cause = next((code for text, code in KUBE_PROXY_CAUSES if text in rule), None) if res and hit else None
+        if cause is not None:
+            self.service_drop(c, view, cause, f"kube-proxy {'rejects' if br.verdict == 'REJECT' else 'drops'}: "
+                              f"{rule}")
             return
         if fields["chain"] == "KUBE-IPVS-FILTER" and self.service_vip(br.state) and self.has_endpoints():
             self._rules_missing(c, view, f"{hook} ({fields['table']}/KUBE-IPVS-FILTER rejects an address of "
