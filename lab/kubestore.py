@@ -296,12 +296,6 @@ class ObjectStore:
             wanted = {name: ready if container in (None, name) else was for name, was in current.items()}
             return self.apply(pod_status_patch(pod, pod["status"]["phase"], wanted))
 
-    def set_pod_phase(self, key: str, phase: str) -> Obj:
-        with self._lock:
-            pod = self.get("Pod", *key.split("/", 1))
-            ready = {cs["name"]: cs["ready"] for cs in pod["status"].get("containerStatuses", [])}
-            return self.apply(pod_status_patch(pod, phase, {n: r or phase != "Running" for n, r in ready.items()}))
-
     def set_pod_terminating(self, key: str) -> Obj:
         """A graceful delete in progress: deletionTimestamp set, the pod still there (endpoints terminating)."""
         with self._lock:

@@ -165,7 +165,3 @@ def write_sysctls(netns: str, values: dict[str, str | int]) -> None:
             Path("/proc/sys", *key.split(".")).write_text(f"{value}\n")
 
     call_in(netns, write)
-
-
-def read_sysctl(netns: str, key: str) -> str:
-    return call_in(netns, lambda: Path("/proc/sys", *key.split(".")).read_text().strip())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -92,7 +91,3 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def default_data_dir() -> Path:
-    return Path(os.environ.get("NETDIAG_DATA_DIR", Path.home() / ".netdiag"))

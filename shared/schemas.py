@@ -37,12 +37,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Protocol(StrEnum):
-    TCP = "tcp"
-    UDP = "udp"
-    ICMP = "icmp"
-
-
 class DiagnosisOptions(Strict):
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")

@@ -262,10 +262,3 @@ def close_shared_live_source(kubeconfig: Path | str | None = None) -> None:
         source = _registry.pop(str(kubeconfig or ""), None)
     if source is not None:
         source.stop()
-
-
-def close_shared_live_sources() -> None:
-    with _registry_lock:
-        for source in _registry.values():
-            source.stop()
-        _registry.clear()

@@ -87,10 +87,6 @@ class NftChain:
     policy: str = "accept"
     rules: list[NftRule] = field(default_factory=list)
 
-    @property
-    def is_base(self) -> bool:
-        return self.hook is not None
-
 
 @dataclass(slots=True)
 class NftTable:
