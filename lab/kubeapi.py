@@ -2,7 +2,9 @@
 
 Read-only over HTTP (discovery, get, list with selectors and pagination, watch with bookmarks and
 410 Gone); the lab mutates objects through Python (`apply`, `delete`, `set_pod_ready`, …), each change
-bumping the global resourceVersion and reaching every open watch.
+bumping the global resourceVersion and reaching every open watch. The one write it serves is a
+TokenReview (authentication.k8s.io/v1, nothing stored): for the lab's own token and the ServiceAccount
+tokens `mint_token` issues. `requests` counts what was asked, by "METHOD /path".
 
 Run modes: `await api.start()` on the running loop, `api.start_in_thread()` for sync callers, or a
 daemon: `python -m lab.kubeapi --scenario FILE --run-dir DIR` (see `spawn_daemon`).
@@ -23,6 +25,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,12 @@ from lab.scenario import ResolvedScenario, Scenario, resolve
 from lab.state import ApiInfo, LabState
 
 PUBLIC_PATHS = frozenset({"/version", "/healthz", "/livez", "/readyz"})  # system:public-info-viewer
+# API groups discovery lists: the stored kinds' and authentication.k8s.io (TokenReview, never stored)
+GROUP_VERSIONS = {r.group: r.version for r in RESOURCES if r.group} | {"authentication.k8s.io": "v1"}
+TOKENREVIEWS = {"name": "tokenreviews", "singularName": "tokenreview", "namespaced": False, "kind": "TokenReview",
+                "verbs": ["create"]}
+API_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # the apiserver's --api-audiences default
+ADMIN_USER: Obj = {"username": "kubernetes-admin", "groups": ["system:masters", "system:authenticated"]}
 DEFAULT_WATCH_TIMEOUT_S = 1800  # the apiserver's --min-request-timeout
 STATE_POLL_S = 0.3  # how quickly a daemon follows scenario edits in the lab state file
 
@@ -90,6 +100,8 @@ class LabKubeAPI(ObjectStore):
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._forbidden: set[str] = set()  # path prefixes answered 403, as RBAC would
+        self._tokens: dict[str, tuple[Obj, tuple[str, ...]]] = {}  # minted token → (user info, audiences)
+        self.requests: Counter[str] = Counter()  # "POST /apis/authentication.k8s.io/v1/tokenreviews" → count
 
     # ---------------------------------------------------------- lifecycle
 
@@ -178,10 +190,42 @@ class LabKubeAPI(ObjectStore):
         (e.g. `/api/v1/namespaces/kube-flannel/configmaps`)."""
         self._forbidden.add(path_prefix)
 
+    # ---------------------------------------------------------- tokens
+
+    def mint_token(self, namespace: str, name: str, audiences: tuple[str, ...] = (API_AUDIENCE,)) -> str:
+        """A token of ServiceAccount `namespace/name`, as the TokenRequest API issues one: the lab's
+        TokenReview authenticates it as `system:serviceaccount:<namespace>:<name>` for `audiences`
+        (the API only accepts its own token for its other requests)."""
+        token = secrets.token_urlsafe(32)
+        user = {"username": f"system:serviceaccount:{namespace}:{name}", "uid": str(uuid.uuid4()),
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]}
+        self._tokens[token] = (user, audiences)
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        """Forget a minted token (its ServiceAccount deleted): reviews of it fail from now on."""
+        self._tokens.pop(token, None)
+
+    def review_token(self, token: str, audiences: list[str]) -> Obj:
+        """The TokenReview status for `token`, asked for `audiences` (empty: the API's own)."""
+        if token == self.token:
+            user, valid_for = ADMIN_USER, (API_AUDIENCE,)
+        elif token in self._tokens:
+            user, valid_for = self._tokens[token]
+        else:
+            return {"user": {}, "error": "invalid bearer token"}
+        wanted = audiences or [API_AUDIENCE]
+        matched = [a for a in wanted if a in valid_for]
+        if not matched:
+            return {"user": {}, "error": f"token audiences {json.dumps(list(valid_for))} is invalid for the "
+                                         f"target audiences {json.dumps(wanted)}"}
+        return {"authenticated": True, "user": user, "audiences": matched}
+
     # ---------------------------------------------------------- HTTP
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests[f"{request.method} {request.path}"] += 1
         if request.path.rstrip("/") not in PUBLIC_PATHS and \
                 request.headers.get("Authorization", "") != f"Bearer {self.token}":
             return _error(401, "Unauthorized", "Unauthorized")
@@ -192,7 +236,7 @@ class LabKubeAPI(ObjectStore):
         except web.HTTPNotFound:
             return _error(404, "NotFound", "the server could not find the requested resource")
         except web.HTTPMethodNotAllowed:
-            # the lab API is read-only over HTTP; the lab changes objects through Python
+            # the lab API is read-only over HTTP (but for TokenReview); the lab changes objects through Python
             return _error(405, "MethodNotAllowed", f"{request.method} is not supported by the lab API")
 
     def _routes(self, app: web.Application) -> None:
@@ -203,6 +247,11 @@ class LabKubeAPI(ObjectStore):
             def add_get(path: str, handler: Any) -> None:
                 app.router.add_get(path, handler)
                 app.router.add_get(path + "/", handler)
+
+            @staticmethod
+            def add_post(path: str, handler: Any) -> None:
+                app.router.add_post(path, handler)
+                app.router.add_post(path + "/", handler)
 
         r = _Router()
         r.add_get("/version", self._version)
@@ -215,9 +264,7 @@ class LabKubeAPI(ObjectStore):
             group_versions.setdefault(res.api_version, []).append(res)
         for gv, resources in group_versions.items():
             prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
-            r.add_get(prefix, self._resource_list_handler(gv, resources))
-            if gv != "v1":
-                r.add_get(f"/apis/{gv.split('/')[0]}", self._group_handler(gv.split("/")[0]))
+            r.add_get(prefix, self._resource_list_handler(gv, [self._discovery_entry(res) for res in resources]))
             for res in resources:
                 r.add_get(f"{prefix}/{res.plural}", self._collection_handler(res, all_namespaces=True))
                 if res.namespaced:
@@ -226,6 +273,11 @@ class LabKubeAPI(ObjectStore):
                     r.add_get(ns_prefix + "/{name}", self._get_handler(res))
                 else:
                     r.add_get(f"{prefix}/{res.plural}/{{name}}", self._get_handler(res))
+        for group in GROUP_VERSIONS:
+            r.add_get(f"/apis/{group}", self._group_handler(group))
+        r.add_get("/apis/authentication.k8s.io/v1",
+                  self._resource_list_handler("authentication.k8s.io/v1", [TOKENREVIEWS]))
+        r.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._tokenreview)
 
     async def _version(self, request: web.Request) -> web.Response:
         major, minor = KUBERNETES_VERSION.lstrip("v").split(".")[:2]
@@ -248,14 +300,12 @@ class LabKubeAPI(ObjectStore):
 
     @staticmethod
     def _group_object(group: str) -> Obj:
-        version = next(r.version for r in RESOURCES if r.group == group)
-        gv = {"groupVersion": f"{group}/{version}", "version": version}
+        gv = {"groupVersion": f"{group}/{GROUP_VERSIONS[group]}", "version": GROUP_VERSIONS[group]}
         return {"name": group, "versions": [gv], "preferredVersion": gv}
 
     async def _groups(self, request: web.Request) -> web.Response:
-        groups = sorted({r.group for r in RESOURCES if r.group})
         return web.json_response({"kind": "APIGroupList", "apiVersion": "v1",
-                                  "groups": [self._group_object(g) for g in groups]})
+                                  "groups": [self._group_object(g) for g in sorted(GROUP_VERSIONS)]})
 
     def _group_handler(self, group: str) -> Any:
         async def handler(request: web.Request) -> web.Response:
@@ -263,20 +313,32 @@ class LabKubeAPI(ObjectStore):
         return handler
 
     @staticmethod
-    def _resource_list_handler(group_version: str, resources: list[Resource]) -> Any:
-        body = {
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
-            "resources": [
-                {"name": res.plural, "singularName": res.singular, "namespaced": res.namespaced,
-                 "kind": res.kind, "verbs": ["get", "list", "watch"],
-                 **({"shortNames": list(res.short_names)} if res.short_names else {})}
-                for res in resources
-            ],
-        }
+    def _discovery_entry(res: Resource) -> Obj:
+        return {"name": res.plural, "singularName": res.singular, "namespaced": res.namespaced, "kind": res.kind,
+                "verbs": ["get", "list", "watch"], **({"shortNames": list(res.short_names)} if res.short_names else {})}
+
+    @staticmethod
+    def _resource_list_handler(group_version: str, entries: list[Obj]) -> Any:
+        body = {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": entries}
 
         async def handler(request: web.Request) -> web.Response:
             return web.json_response(body)
         return handler
+
+    async def _tokenreview(self, request: web.Request) -> web.Response:
+        """POST a TokenReview: answered as the apiserver does (201, the review echoed with its status)."""
+        try:
+            review = await request.json()
+        except ValueError as exc:
+            return _error(400, "BadRequest", f"the request body is not JSON: {exc}")
+        kind = {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1"}  # the defaults, from the URL
+        if not isinstance(review, dict) or any(review.get(k, v) != v for k, v in kind.items()):
+            return _error(400, "BadRequest", "the body must be an authentication.k8s.io/v1 TokenReview")
+        spec = review.get("spec") or {}
+        if not spec.get("token"):
+            return _error(400, "BadRequest", "token is required for TokenReview in authentication")
+        status = self.review_token(spec["token"], list(spec.get("audiences") or []))
+        return web.json_response({**review, **kind, "metadata": {}, "status": status}, status=201)
 
     def _get_handler(self, res: Resource) -> Any:
         async def handler(request: web.Request) -> web.Response:

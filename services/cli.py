@@ -32,11 +32,12 @@ from services.simulator.policy import PolicyIndex
 from services.stack import EmbeddedStack
 from services.topology.capture import capture_kubernetes
 from services.topology.plan import full_objects
-from services.topology.sources.live import LiveSource, api_client
+from services.topology.sources.live import LiveSource
 from services.topology.sources.snapshot import SnapshotError, load_snapshot
 from shared.bus import Bus, BusUnavailable
 from shared.cloud import dump_inventory, empty_inventory
 from shared.config import Settings
+from shared.kube import api_client
 from shared.logs import setup_logging
 from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, Verdict
 

@@ -23,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from services import cli
-from services.topology.sources.live import api_client
+from shared.kube import api_client
 
 KINDS = {"pod": "pod", "pods": "pod", "po": "pod", "svc": "service", "service": "service", "services": "service",
          "node": "node", "nodes": "node", "no": "node"}

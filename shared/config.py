@@ -38,9 +38,18 @@ class Settings(BaseModel):
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
-    # gateway access (services/gateway/auth.py): no tokens configured = open (the local stack)
+    # gateway access (services/gateway/auth.py): no tokens and no TokenReview = open (the local stack)
     auth_tokens: str | None = Field(None, description="comma-separated bearer tokens the gateway accepts")
     auth_tokens_file: Path | None = Field(None, description="file with one accepted bearer token per line")
+    # ... and/or Kubernetes tokens, checked with a TokenReview against the API server (kubeconfig,
+    # else the in-cluster service account); the restrictions below apply to those tokens only
+    auth_tokenreview: bool = Field(False, description="accept Kubernetes tokens the API server's TokenReview accepts")
+    auth_audiences: tuple[str, ...] = Field((), description="comma-separated audiences the token must be valid for "
+                                            "(empty: the API server's own)")
+    auth_allowed_groups: tuple[str, ...] = Field((), description="comma-separated: accept only Kubernetes users in "
+                                                 "one of these groups (or listed in auth_allowed_users)")
+    auth_allowed_users: tuple[str, ...] = Field((), description="comma-separated Kubernetes usernames, e.g. "
+                                                "system:serviceaccount:ops:netdiag-client")
     rate_limit_rps: float | None = Field(None, gt=0, description="sustained requests/s per client (None: no limit)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
@@ -48,12 +57,13 @@ class Settings(BaseModel):
         DEFAULT_CONFIGMAP_NAMESPACES, description="comma-separated namespaces whose ConfigMaps detection reads"
     )
 
-    @field_validator("configmap_namespaces", mode="before")
+    @field_validator("configmap_namespaces", "auth_audiences", "auth_allowed_groups", "auth_allowed_users",
+                     mode="before")
     @classmethod
-    def _split_namespaces(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         # the environment gives one comma-separated string
         if isinstance(value, str):
-            return tuple(ns.strip() for ns in value.split(",") if ns.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @classmethod

@@ -1,25 +1,40 @@
 """Gateway access control: bearer tokens and a per-client rate limit (aiohttp middlewares).
 
-* Tokens come from NETDIAG_AUTH_TOKENS (comma-separated) and/or NETDIAG_AUTH_TOKENS_FILE (one
-  per line, a mounted Secret). None configured: the API is open — the local embedded stack on
-  127.0.0.1. The Helm chart always configures tokens.
+* Static tokens come from NETDIAG_AUTH_TOKENS (comma-separated) and/or NETDIAG_AUTH_TOKENS_FILE
+  (one per line, a mounted Secret), compared in constant time.
+* With NETDIAG_AUTH_TOKENREVIEW=true, any other bearer token is a Kubernetes token (a
+  ServiceAccount's, or a user's from the cluster's authenticator) if the API server's TokenReview
+  (authentication.k8s.io/v1) says so — for NETDIAG_AUTH_AUDIENCES, and for a user in
+  NETDIAG_AUTH_ALLOWED_GROUPS / NETDIAG_AUTH_ALLOWED_USERS when set. Answers are cached briefly
+  under the token's SHA-256; the API server unreachable (or refusing the review) is a 503.
+* Neither configured: the API is open — the local embedded stack on 127.0.0.1. The Helm chart
+  always configures tokens.
 * Open without a token: /healthz and /readyz (probes), /metrics (protected by NetworkPolicy),
   and the static UI shell (/, /static/*), which holds no data. The browser gets its token once
   through `/?token=…`, which is turned into an HttpOnly, SameSite=Strict cookie, so the UI's
   fetch() and EventSource calls (which cannot set headers) are authenticated without UI changes.
-* Compared in constant time; the token itself is never logged.
+* A token itself is never logged nor kept (the review cache holds its hash).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
+import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
+import urllib3
 from aiohttp import web
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from shared.config import Settings
+from shared.kube import api_client
+
+log = logging.getLogger("netdiag.gateway.auth")
 
 COOKIE = "netdiag_token"
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/favicon.ico"})
@@ -36,26 +51,115 @@ def load_tokens(settings: Settings) -> frozenset[str]:
     return frozenset(t.strip() for t in tokens if t.strip())
 
 
+class AuthUnavailable(Exception):
+    """A token could not be checked: the Kubernetes API is unreachable or refused the TokenReview."""
+
+
+class TokenReviewer:
+    """Is this a valid Kubernetes token? One TokenReview per token and TTL, sent from a worker thread
+    (the sync official client) so the event loop never waits on the API server. Cached under the
+    token's SHA-256: an acceptance for `positive_ttl_s`, a refusal for `negative_ttl_s` (a revoked
+    token stays usable at most that long), at most `max_entries`. Errors are not cached."""
+
+    def __init__(self, api: client.ApiClient, *, audiences: Iterable[str] = (), allowed_groups: Iterable[str] = (),
+                 allowed_users: Iterable[str] = (), positive_ttl_s: float = 60.0, negative_ttl_s: float = 10.0,
+                 max_entries: int = 4096, timeout_s: tuple[float, float] = (3.0, 5.0)) -> None:
+        self.api = client.AuthenticationV1Api(api)
+        self.audiences = list(audiences)
+        self.allowed_groups, self.allowed_users = frozenset(allowed_groups), frozenset(allowed_users)
+        self.ttl_s = {True: positive_ttl_s, False: negative_ttl_s}
+        self.max_entries = max_entries
+        self.timeout_s = timeout_s
+        self._cache: dict[str, tuple[float, bool]] = {}  # sha256 hex → (expiry, accepted)
+
+    async def __call__(self, token: str) -> bool:
+        key = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        accepted = await asyncio.to_thread(self._review, token, key[:12])
+        if len(self._cache) >= self.max_entries:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            while len(self._cache) >= self.max_entries:
+                del self._cache[next(iter(self._cache))]  # the oldest entry
+        self._cache[key] = (now + self.ttl_s[accepted], accepted)
+        return accepted
+
+    def _review(self, token: str, ref: str) -> bool:
+        review = client.V1TokenReview(api_version="authentication.k8s.io/v1", kind="TokenReview",
+                                      spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences or None))
+        try:
+            status = self.api.create_token_review(review, _request_timeout=self.timeout_s).status
+        except ApiException as exc:  # e.g. 403: the gateway's ServiceAccount lacks system:auth-delegator
+            raise AuthUnavailable(f"the Kubernetes API refused the TokenReview ({exc.status} {exc.reason})") from None
+        except urllib3.exceptions.HTTPError as exc:
+            raise AuthUnavailable(f"the Kubernetes API is unreachable ({exc})") from None
+        if status is None or not status.authenticated:
+            log.info("TokenReview refused token sha256:%s: %s", ref, (status and status.error) or "not authenticated")
+            return False
+        user = status.user or client.V1UserInfo()
+        restricted = self.allowed_groups or self.allowed_users
+        if restricted and user.username not in self.allowed_users and not self.allowed_groups & set(user.groups or ()):
+            log.info("Kubernetes user %s (token sha256:%s) is not in the allowed users or groups", user.username, ref)
+            return False
+        log.debug("Kubernetes user %s authenticated (token sha256:%s)", user.username, ref)
+        return True
+
+
+class Authenticator:
+    """The static tokens, then (when configured) a TokenReviewer for any other token."""
+
+    def __init__(self, tokens: frozenset[str], reviewer: TokenReviewer | None = None) -> None:
+        self._static = [t.encode() for t in tokens]
+        self.reviewer = reviewer
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Authenticator:
+        reviewer = None
+        if settings.auth_tokenreview:
+            reviewer = TokenReviewer(api_client(settings.kubeconfig), audiences=settings.auth_audiences,
+                                     allowed_groups=settings.auth_allowed_groups,
+                                     allowed_users=settings.auth_allowed_users)
+        return cls(load_tokens(settings), reviewer)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._static) or self.reviewer is not None
+
+    async def __call__(self, candidate: str | None) -> bool:
+        """May raise AuthUnavailable."""
+        if not candidate:
+            return False
+        raw = candidate.encode()
+        # every static token is compared (no early exit), each in constant time
+        if sum(hmac.compare_digest(raw, t) for t in self._static) > 0:
+            return True
+        return self.reviewer is not None and await self.reviewer(candidate)
+
+
 def _unauthorized(message: str) -> web.Response:
     return web.json_response({"error": message}, status=401, headers={"WWW-Authenticate": 'Bearer realm="netdiag"'})
 
 
-def auth_middleware(tokens: frozenset[str]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    encoded = [t.encode() for t in tokens]
-
-    def valid(candidate: str | None) -> bool:
-        if not candidate:
-            return False
-        raw = candidate.encode()
-        # every token is compared (no early exit), each in constant time
-        return sum(hmac.compare_digest(raw, t) for t in encoded) > 0
+def auth_middleware(valid: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    async def refusal(candidate: str | None, message: str) -> web.Response | None:
+        """None when `candidate` is accepted; else a 401 with `message` (a 503 when it cannot be checked)."""
+        try:
+            if await valid(candidate):
+                return None
+        except AuthUnavailable as exc:
+            log.warning("cannot authenticate a request: %s", exc)
+            return web.json_response({"error": f"cannot check the token: {exc}; retry shortly"}, status=503,
+                                     headers={"Retry-After": "5"})
+        return _unauthorized(message)
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         query_token = request.query.get("token")
         if request.path == "/" and query_token:
-            if not valid(query_token):
-                return _unauthorized("invalid token")
+            if (refused := await refusal(query_token, "invalid token")) is not None:
+                return refused
             response = web.Response(status=302, headers={"Location": "/"})  # drop the token from the address bar
             response.set_cookie(COOKIE, query_token, httponly=True, samesite="Strict", secure=request.secure)
             return response
@@ -65,9 +169,9 @@ def auth_middleware(tokens: frozenset[str]) -> Callable[[web.Request, Handler], 
         scheme, _, credential = header.partition(" ")
         if header and scheme.lower() != "bearer":
             return _unauthorized("use an Authorization: Bearer <token> header")
-        if not valid(credential.strip() or request.cookies.get(COOKIE)):
-            return _unauthorized("authentication required: send Authorization: Bearer <token>"
-                                 if not header else "invalid token")
+        message = "invalid token" if header else "authentication required: send Authorization: Bearer <token>"
+        if (refused := await refusal(credential.strip() or request.cookies.get(COOKIE), message)) is not None:
+            return refused
         return await handler(request)
 
     return authenticate
@@ -87,13 +191,13 @@ def rate_limit_middleware(rps: float, burst: int) -> Callable[[web.Request, Hand
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in ("/healthz", "/readyz", "/metrics"):
             return await handler(request)
-        client = request.remote or "unknown"
+        peer = request.remote or "unknown"
         now = time.monotonic()
-        bucket = buckets.get(client)
+        bucket = buckets.get(peer)
         if bucket is None:
             if len(buckets) >= MAX_CLIENTS:
                 buckets.clear()
-            bucket = buckets[client] = _Bucket(float(burst), now)
+            bucket = buckets[peer] = _Bucket(float(burst), now)
         bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rps)
         bucket.stamp = now
         if bucket.tokens < 1:
@@ -115,7 +219,7 @@ def security_middlewares(
     out = []
     if settings.rate_limit_rps:
         out.append(rate_limit_middleware(settings.rate_limit_rps, settings.rate_limit_burst))
-    tokens = load_tokens(settings)
-    if tokens:
-        out.append(auth_middleware(tokens))
+    authenticator = Authenticator.from_settings(settings)
+    if authenticator.enabled:
+        out.append(auth_middleware(authenticator))
     return out

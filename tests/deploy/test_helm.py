@@ -41,6 +41,11 @@ NON_DEFAULT: dict[str, Any] = {
 }
 
 
+TOKEN_REVIEW: dict[str, Any] = {"gateway": {"auth": {"tokenReview": {
+    "enabled": True, "audiences": ["netdiag"], "allowedGroups": ["system:serviceaccounts:ops", "sre"],
+    "allowedUsers": ["system:serviceaccount:dev:alice"]}}}}
+
+
 def notes(values: dict[str, Any] | None = None) -> str:
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
@@ -65,14 +70,14 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+@pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW], ids=["default", "non-default", "tokenreview"])
 def test_chart_lints_clean(values: dict[str, Any] | None) -> None:
     report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
     assert report["errors"] == [] and problems == [], report
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+@pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW], ids=["default", "non-default", "tokenreview"])
 def test_every_rendered_object_is_a_valid_kubernetes_object(values: dict[str, Any] | None) -> None:
     objects = render(values)
     assert len(objects) > 10
@@ -239,9 +244,63 @@ def test_existing_secrets_and_no_agent() -> None:
     assert {v["name"]: v for v in gateway["volumes"]}["auth"]["secret"]["secretName"] == "my-tokens"
 
 
+def gateway_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    gateway = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-gateway"])["containers"][0]
+    return {e["name"]: e["value"] for e in gateway["env"] if "value" in e}
+
+
+def delegator_bindings(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == "ClusterRoleBinding" and o["roleRef"]["name"] == "system:auth-delegator"]
+
+
+def test_token_review_is_off_by_default() -> None:
+    objects = render()
+    assert delegator_bindings(objects) == []
+    assert not any(k.startswith("NETDIAG_AUTH_TOKENREVIEW") for k in gateway_env(objects))
+    gateway = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-gateway"])
+    assert gateway["serviceAccountName"] == f"{RELEASE}-netdiag" and gateway["automountServiceAccountToken"] is False
+
+
+def test_token_review_runs_the_gateway_as_its_own_auth_delegator() -> None:
+    objects = render(TOKEN_REVIEW)
+    for obj in objects:
+        validate(obj)
+    gateway = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-gateway"])
+    account = f"{RELEASE}-netdiag-gateway"
+    assert gateway["serviceAccountName"] == account and gateway["automountServiceAccountToken"] is True
+    assert account in by_kind(objects, "ServiceAccount")
+    (binding,) = delegator_bindings(objects)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "system:auth-delegator"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    # the gateway's account is granted nothing else: the cluster reader stays the topology stage's
+    reader = by_kind(objects, "ClusterRoleBinding")[f"{RELEASE}-netdiag-reader"]
+    assert [s["name"] for s in reader["subjects"]] == [f"{RELEASE}-netdiag"]
+    # the environment is what Settings reads
+    env = gateway_env(objects)
+    settings = Settings.model_validate({k.removeprefix("NETDIAG_").lower(): v for k, v in env.items()
+                                        if k.startswith("NETDIAG_AUTH_")})
+    assert settings.auth_tokenreview is True and settings.auth_audiences == ("netdiag",)
+    assert settings.auth_allowed_groups == ("system:serviceaccounts:ops", "sre")
+    assert settings.auth_allowed_users == ("system:serviceaccount:dev:alice",)
+    assert settings.auth_tokens_file is not None  # the static tokens keep working alongside
+    text = notes(TOKEN_REVIEW)
+    assert "create token SERVICEACCOUNT --audience netdiag" in text and "system:serviceaccounts:ops" in text
+
+
+def test_token_review_with_an_existing_service_account_and_no_rbac() -> None:
+    objects = render({**TOKEN_REVIEW, "rbac": {"create": False}, "serviceAccount": {"create": False, "name": "sa"}})
+    gateway = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-gateway"])
+    assert gateway["serviceAccountName"] == "sa" and gateway["automountServiceAccountToken"] is True
+    assert delegator_bindings(objects) == [] and by_kind(objects, "ServiceAccount") == {}
+    assert gateway_env(objects)["NETDIAG_AUTH_TOKENREVIEW"] == "true"
+
+
 @pytest.mark.parametrize("bad", [
     {"stages": {"topology": {"replicas": -1}}},
     {"gateway": {"auth": {"tokens": ["short"]}}},
+    {"gateway": {"auth": {"tokenReview": {"allowedGroups": ["a,b"]}}}},  # the list is passed comma-separated
+    {"gateway": {"auth": {"tokenReview": {"enable": True}}}},
     {"nats": {"external": {"url": "http://not-nats"}}},
     {"cloud": {"provider": "aws"}},
     {"gatewy": {}},  # a typo is refused, not ignored

@@ -17,7 +17,7 @@ from kubernetes.aio import config as aio_config
 from kubernetes.aio import watch as aio_watch
 from kubernetes.informer import DELETED, SharedInformer
 
-from lab.kubeapi import LabKubeAPI, serve_scenario, spawn_daemon, stop_daemon
+from lab.kubeapi import API_AUDIENCE, LabKubeAPI, serve_scenario, spawn_daemon, stop_daemon
 from lab.kubeconfig import write_kubeconfig
 from lab.kubestore import ObjectStore
 from lab.objects import RESOURCES, instance_id, scenario_objects
@@ -253,7 +253,7 @@ def test_discovery_and_version(api_client: client.ApiClient) -> None:
     assert client.VersionApi(api_client).get_code().major == "1"
     assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
     groups = {g.name for g in client.ApisApi(api_client).get_api_versions().groups}
-    assert groups == {"apps", "discovery.k8s.io", "networking.k8s.io"}
+    assert groups == {"apps", "discovery.k8s.io", "networking.k8s.io", "authentication.k8s.io"}
     core = {r.name: r for r in client.CoreV1Api(api_client).get_api_resources().resources}
     assert core["pods"].namespaced and not core["nodes"].namespaced and "watch" in core["pods"].verbs
     assert client.DiscoveryV1Api(api_client).get_api_resources().resources[0].kind == "EndpointSlice"
@@ -271,6 +271,35 @@ def test_requires_the_bearer_token(lab_api: LabKubeAPI) -> None:
         "authorization": "Bearer"})
     with client.ApiClient(cfg) as wrong, pytest.raises(client.ApiException) as err:
         client.CoreV1Api(wrong).list_node()
+    assert err.value.status == 401
+
+
+def test_token_review(lab_api: LabKubeAPI, api_client: client.ApiClient) -> None:
+    auth = client.AuthenticationV1Api(api_client)
+    (tokenreviews,) = auth.get_api_resources().resources
+    assert tokenreviews.kind == "TokenReview" and tokenreviews.verbs == ["create"]
+
+    def review(token: str, audiences: list[str] | None = None) -> client.V1TokenReviewStatus:
+        spec = client.V1TokenReviewSpec(token=token, audiences=audiences)
+        return auth.create_token_review(client.V1TokenReview(spec=spec)).status
+
+    token = lab_api.mint_token("ops", "viewer")
+    status = review(token)
+    assert status.authenticated and status.user.username == "system:serviceaccount:ops:viewer"
+    assert "system:serviceaccounts:ops" in status.user.groups and status.audiences == [API_AUDIENCE]
+    assert review(lab_api.token).user.username == "kubernetes-admin"
+    assert not review("nope").authenticated and review("nope").error == "invalid bearer token"
+    assert not review(token, ["netdiag"]).authenticated  # minted for the API's audience only
+    assert review(lab_api.mint_token("ops", "ui", ("netdiag",)), ["netdiag"]).audiences == ["netdiag"]
+    lab_api.revoke_token(token)
+    assert not review(token).authenticated
+    assert lab_api.requests["POST /apis/authentication.k8s.io/v1/tokenreviews"] == 7
+    # a minted token is not a credential for the lab API itself: only its own token is
+    cfg = client.Configuration(host=lab_api.url, api_key={"authorization": lab_api.mint_token("ops", "x")},
+                               api_key_prefix={"authorization": "Bearer"})
+    with client.ApiClient(cfg) as other, pytest.raises(client.ApiException) as err:
+        client.AuthenticationV1Api(other).create_token_review(
+            client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
     assert err.value.status == 401
 
 

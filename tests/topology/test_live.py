@@ -13,8 +13,9 @@ from lab.kubeapi import LabKubeAPI, serve_scenario
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from services.topology.capture import capture_kubernetes
 from services.topology.plan import Planner
-from services.topology.sources.live import LiveSource, ResourceExpired, _State, api_client
+from services.topology.sources.live import LiveSource, ResourceExpired, _State
 from services.topology.sources.snapshot import load_snapshot
+from shared.kube import api_client
 from shared.schemas import DiagnosisRequest
 from shared.topology import EndpointKind, TopologyReport
 

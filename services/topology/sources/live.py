@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from services.topology.model import ClusterModel, Obj, trim
 from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
+from shared.kube import api_client
 
 log = logging.getLogger("netdiag.topology.live")
 
@@ -75,18 +76,6 @@ def _namespaced(fn: Callable[..., Any], namespace: str) -> Callable[..., Any]:
     def call(**kwargs: Any) -> Any:
         return fn(namespace, **kwargs)
     return call
-
-
-def api_client(kubeconfig: Path | str | None = None) -> client.ApiClient:
-    """A kubeconfig when given; else the in-cluster service account; else ~/.kube/config."""
-    if kubeconfig:
-        return config.new_client_from_config(config_file=str(kubeconfig))
-    try:
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)
-        return client.ApiClient(cfg)
-    except config.ConfigException:
-        return config.new_client_from_config()
 
 
 @dataclass

@@ -33,6 +33,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* the gateway's ServiceAccount: its own (only a TokenReview grant) when it reviews Kubernetes tokens
+and the chart creates ServiceAccounts; else the shared one, whose token it does not mount */}}
+{{- define "netdiag.gatewayServiceAccountName" -}}
+{{- if and .Values.serviceAccount.create .Values.gateway.auth.tokenReview.enabled -}}
+{{ include "netdiag.fullname" . }}-gateway
+{{- else -}}
+{{ include "netdiag.serviceAccountName" . }}
+{{- end -}}
+{{- end -}}
+
 {{- define "netdiag.image" -}}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
