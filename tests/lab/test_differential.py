@@ -59,6 +59,9 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("ext", "node:node-1", 30000), None),
         # externalTrafficPolicy Local: node-3's only endpoint is not ready, kube-proxy drops there
         (ProbeSpec("ext", "node:node-3", 30000), ("NO_LOCAL_ENDPOINT", "service:prod/web")),
+        (ProbeSpec("prod/toolbox", "pod:kube-system/node-exporter", 9100), None),  # hostNetwork destination
+        (ProbeSpec("prod/web-1", "pod:kube-system/node-exporter", 9101), ("NO_LISTENER", "node:node-3")),
+        (ProbeSpec("prod/toolbox", "pod:prod/web-2", 80, "udp"), ("NO_LISTENER", "pod:prod/web-2")),
         # the internet host is outside loadBalancerSourceRanges: kube-proxy's firewall drops it
         (ProbeSpec("inet", "lb:prod/web", 80), ("LB_SOURCE_RANGE_DENY", "service:prod/web")),
         (ProbeSpec("node-1", "pod:prod/web-2", 80), None),
