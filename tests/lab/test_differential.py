@@ -51,6 +51,10 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("app/frontend", "pod:app/backend-2", 9001, "udp"), None),
         (ProbeSpec("app/frontend", "svc:app/backend", 9000), ("SERVICE_PORT_NOT_FOUND", "service:app/backend")),
         (ProbeSpec("ext", "lb:app/frontend", 80), None),
+        (ProbeSpec("app/frontend", "svc:app/backend", 80), None),  # DNAT to both remote nodes, vxlan each way
+        (ProbeSpec("app/frontend", "svc:app/backend", 9001, "udp"), None),
+        (ProbeSpec("node-2", "pod:app/backend-2", 9000), None),  # node → remote pod over the overlay
+        (ProbeSpec("app/backend-1", "pod:app/frontend", 8080), None),
     ],
     "legacy": [
         (ProbeSpec("prod/toolbox", "svc:prod/web", 80), None),
@@ -71,6 +75,10 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
     "nftables": [  # kube-proxy nftables mode: the walk runs iptables and native nft chains in one hook
         (ProbeSpec("default/client", "svc:default/web", 80), None),
         (ProbeSpec("default/client", "svc:default/empty", 80), ("SERVICE_NO_ENDPOINT", "service:default/empty")),
+        (ProbeSpec("default/client", "svc:default/web", 53, "udp"), None),
+        (ProbeSpec("ext", "node:node-2", 30080), None),
+        (ProbeSpec("ext", "node:node-1", 30081), ("SERVICE_NO_ENDPOINT", "service:default/empty")),
+        (ProbeSpec("node-2", "svc:default/web", 80), None),
     ],
     "dns-internet": [
         (ProbeSpec("apps/app", "inet", 80), None),
