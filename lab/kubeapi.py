@@ -192,13 +192,26 @@ class LabKubeAPI(ObjectStore):
 
     # ---------------------------------------------------------- tokens
 
-    def mint_token(self, namespace: str, name: str, audiences: tuple[str, ...] = (API_AUDIENCE,)) -> str:
+    def mint_token(self, namespace: str, name: str, audiences: tuple[str, ...] = (API_AUDIENCE,), *,
+                   node: str | None = None, pod: str | None = None) -> str:
         """A token of ServiceAccount `namespace/name`, as the TokenRequest API issues one: the lab's
         TokenReview authenticates it as `system:serviceaccount:<namespace>:<name>` for `audiences`
-        (the API only accepts its own token for its other requests)."""
+        (the API only accepts its own token for its other requests). With `node` (and `pod`) it is a
+        pod-bound projected token: the review's `user.extra` names the pod and its node, as Kubernetes
+        >= 1.30 does (`authentication.kubernetes.io/node-name`, `…/pod-name`, with their uids)."""
         token = secrets.token_urlsafe(32)
-        user = {"username": f"system:serviceaccount:{namespace}:{name}", "uid": str(uuid.uuid4()),
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"]}
+        user: Obj = {"username": f"system:serviceaccount:{namespace}:{name}", "uid": str(uuid.uuid4()),
+                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}",
+                                "system:authenticated"]}
+        extra: dict[str, list[str]] = {"authentication.kubernetes.io/credential-id": [f"JTI={uuid.uuid4()}"]}
+        if pod:
+            extra["authentication.kubernetes.io/pod-name"] = [pod]
+            extra["authentication.kubernetes.io/pod-uid"] = [str(uuid.uuid4())]
+        if node:
+            extra["authentication.kubernetes.io/node-name"] = [node]
+            extra["authentication.kubernetes.io/node-uid"] = [str(uuid.uuid5(uuid.NAMESPACE_DNS, node))]
+        if pod or node:
+            user["extra"] = extra
         self._tokens[token] = (user, audiences)
         return token
 

@@ -25,6 +25,8 @@ from pydantic import ValidationError
 from services.cloud.provider import CloudError, make_provider
 from services.collector.agent import run_agent
 from services.collector.capture import capture_nodes
+from services.natsauth.service import build_parser as natsauth_parser
+from services.natsauth.service import run as run_natsauth
 from services.render import render_diagnosis
 from services.simulator.dataplane.trace_cli import register as register_trace
 from services.simulator.matrix import compute_matrix
@@ -431,6 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--netns", help="named netns that is this node's host namespace (the lab)")
     a.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
     a.set_defaults(func=lambda args: run_agent(Settings.from_env(nats_url=args.nats_url), args.node, args.netns))
+
+    na = natsauth_parser(sub.add_parser(
+        "nats-auth", help="NATS auth callout: admit each node agent by its Kubernetes token, for its own node only"))
+    na.set_defaults(func=run_natsauth)
 
     m = sub.add_parser("matrix", help="pod-to-pod reachability matrix under the NetworkPolicies of a snapshot")
     m.add_argument("--snapshot", type=Path, required=True)

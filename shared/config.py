@@ -35,6 +35,8 @@ class Settings(BaseModel):
     nats_password: str | None = None
     nats_creds_file: Path | None = Field(None, description="NATS .creds file (JWT + nkey seed)")
     nats_nkey_seed_file: Path | None = Field(None, description="nkey seed file (needs the nkeys package)")
+    nats_token_file: Path | None = Field(None, description="file holding the NATS token, re-read at every (re)connect: "
+                                         "the node agent's projected ServiceAccount token under auth callout")
     nats_tls_ca: Path | None = None
     nats_tls_cert: Path | None = None
     nats_tls_key: Path | None = None
@@ -50,6 +52,17 @@ class Settings(BaseModel):
                                                  "one of these groups (or listed in auth_allowed_users)")
     auth_allowed_users: tuple[str, ...] = Field((), description="comma-separated Kubernetes usernames, e.g. "
                                                 "system:serviceaccount:ops:netdiag-client")
+    # `netdiag nats-auth` (services/natsauth): the NATS auth callout that admits node agents by their
+    # Kubernetes ServiceAccount token, each with the permissions of its own node only
+    nats_auth_issuer_seed_file: Path | None = Field(None, description="the issuer account's nkey seed (SA...), a "
+                                                    "mounted Secret; never logged")
+    nats_auth_agent_user: str | None = Field(None, description="the agents' Kubernetes user, "
+                                             "system:serviceaccount:<namespace>:<serviceaccount>")
+    nats_auth_audiences: tuple[str, ...] = Field(("nats",), description="comma-separated audiences the agent token "
+                                                 "must be valid for")
+    nats_auth_user_ttl_s: float = Field(0.0, ge=0, description="lifetime of an admitted agent's NATS identity "
+                                        "(0: its connection's; every reconnect is checked anew). nats-py closes, "
+                                        "rather than reconnects, when the server ends an expired identity")
     rate_limit_rps: float | None = Field(None, gt=0, description="sustained requests/s per client (None: no limit)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
@@ -58,7 +71,7 @@ class Settings(BaseModel):
     )
 
     @field_validator("configmap_namespaces", "auth_audiences", "auth_allowed_groups", "auth_allowed_users",
-                     mode="before")
+                     "nats_auth_audiences", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         # the environment gives one comma-separated string

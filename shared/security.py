@@ -1,4 +1,4 @@
-"""How a service proves who it is to NATS: user/password, a .creds file or an nkey seed, and TLS.
+"""How a service proves who it is to NATS: user/password, a .creds file, an nkey seed or a token file, and TLS.
 
 The permissions each identity gets live in the NATS server's configuration (docs/security.md and
 shared/natsperms.py); the services only present credentials.
@@ -7,6 +7,8 @@ shared/natsperms.py); the services only present credentials.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
@@ -31,6 +33,16 @@ def nats_tls_context(settings: Settings) -> ssl.SSLContext | None:
     return ctx
 
 
+def token_reader(path: Path) -> Callable[[], str]:
+    """nats-py calls this at every connect and reconnect: a rotated token file (the kubelet refreshes a
+    projected ServiceAccount token well before it expires) is picked up without a restart."""
+
+    def read() -> str:
+        return path.read_text().strip()
+
+    return read
+
+
 def nats_connect_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for `nats.connect` (only those that are configured)."""
     opts: dict[str, Any] = {}
@@ -40,6 +52,8 @@ def nats_connect_options(settings: Settings) -> dict[str, Any]:
         opts["user_credentials"] = str(settings.nats_creds_file)
     if settings.nats_nkey_seed_file:
         opts["nkeys_seed"] = str(settings.nats_nkey_seed_file)
+    if settings.nats_token_file:
+        opts["token"] = token_reader(settings.nats_token_file)
     tls = nats_tls_context(settings)
     if tls is not None:
         opts["tls"] = tls

@@ -26,13 +26,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-import urllib3
 from aiohttp import web
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from shared.config import Settings
-from shared.kube import api_client
+from shared.kube import TokenReviewUnavailable, api_client, review_token
 
 log = logging.getLogger("netdiag.gateway.auth")
 
@@ -64,7 +62,7 @@ class TokenReviewer:
     def __init__(self, api: client.ApiClient, *, audiences: Iterable[str] = (), allowed_groups: Iterable[str] = (),
                  allowed_users: Iterable[str] = (), positive_ttl_s: float = 60.0, negative_ttl_s: float = 10.0,
                  max_entries: int = 4096, timeout_s: tuple[float, float] = (3.0, 5.0)) -> None:
-        self.api = client.AuthenticationV1Api(api)
+        self.api = api
         self.audiences = list(audiences)
         self.allowed_groups, self.allowed_users = frozenset(allowed_groups), frozenset(allowed_users)
         self.ttl_s = {True: positive_ttl_s, False: negative_ttl_s}
@@ -87,14 +85,10 @@ class TokenReviewer:
         return accepted
 
     def _review(self, token: str, ref: str) -> bool:
-        review = client.V1TokenReview(api_version="authentication.k8s.io/v1", kind="TokenReview",
-                                      spec=client.V1TokenReviewSpec(token=token, audiences=self.audiences or None))
         try:
-            status = self.api.create_token_review(review, _request_timeout=self.timeout_s).status
-        except ApiException as exc:  # e.g. 403: the gateway's ServiceAccount lacks system:auth-delegator
-            raise AuthUnavailable(f"the Kubernetes API refused the TokenReview ({exc.status} {exc.reason})") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise AuthUnavailable(f"the Kubernetes API is unreachable ({exc})") from None
+            status = review_token(self.api, token, self.audiences, self.timeout_s)
+        except TokenReviewUnavailable as exc:  # unreachable, or e.g. 403: no system:auth-delegator
+            raise AuthUnavailable(str(exc)) from None
         if status is None or not status.authenticated:
             log.info("TokenReview refused token sha256:%s: %s", ref, (status and status.error) or "not authenticated")
             return False

@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from services.topology.sources.live import resources
+from shared import natsjwt
 from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
 from shared.natsserver import nats_server_binary
 from tests.deploy.chart import CHART, NAMESPACE, RELEASE, render
@@ -46,6 +47,11 @@ TOKEN_REVIEW: dict[str, Any] = {"gateway": {"auth": {"tokenReview": {
     "allowedUsers": ["system:serviceaccount:dev:alice"]}}}}
 
 
+_SEED = natsjwt.new_account_seed()
+CALLOUT: dict[str, Any] = {"nats": {"agentAuth": "callout", "authCallout": {
+    "issuerPublicKey": natsjwt.public_key(natsjwt.keypair(_SEED)), "issuerSeed": _SEED.decode()}}}
+
+
 def notes(values: dict[str, Any] | None = None) -> str:
     with helm.Chart.load(CHART) as chart:
         manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
@@ -70,14 +76,16 @@ def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
     return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW], ids=["default", "non-default", "tokenreview"])
+@pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW, CALLOUT],
+                         ids=["default", "non-default", "tokenreview", "callout"])
 def test_chart_lints_clean(values: dict[str, Any] | None) -> None:
     report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v1.30.0")
     problems = [m for m in report["messages"] if m["severity"] >= 2]  # 2 warning, 3 error
     assert report["errors"] == [] and problems == [], report
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW], ids=["default", "non-default", "tokenreview"])
+@pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW, CALLOUT],
+                         ids=["default", "non-default", "tokenreview", "callout"])
 def test_every_rendered_object_is_a_valid_kubernetes_object(values: dict[str, Any] | None) -> None:
     objects = render(values)
     assert len(objects) > 10
@@ -304,6 +312,9 @@ def test_token_review_with_an_existing_service_account_and_no_rbac() -> None:
     {"nats": {"external": {"url": "http://not-nats"}}},
     {"cloud": {"provider": "aws"}},
     {"gatewy": {}},  # a typo is refused, not ignored
+    {"nats": {"agentAuth": "token"}},
+    {"nats": {"authCallout": {"issuerPublicKey": "not-an-nkey"}}},
+    {"nats": {"authCallout": {"issuerSeed": "SUAxxx"}}},  # a user seed is not an account seed
 ])
 def test_schema_refuses_invalid_values(bad: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError, match=r"values don.t meet the specifications|schema"):
@@ -321,12 +332,94 @@ def test_notes_tell_how_to_open_the_ui_and_run_a_diagnosis() -> None:
     assert "kubectl netdiag diagnose" in text and f"get secret {RELEASE}-netdiag-auth" in text
 
 
-@pytest.mark.parametrize("values", [None, {"nats": {"replicas": 5, "auth": {"enabled": False}}}],
-                         ids=["default", "5-replicas-no-auth"])
+@pytest.mark.parametrize("values", [None, {"nats": {"replicas": 5, "auth": {"enabled": False}}}, CALLOUT],
+                         ids=["default", "5-replicas-no-auth", "callout"])
 def test_rendered_nats_config_is_accepted_by_nats_server(values: dict[str, Any] | None, tmp_path: Path) -> None:
     conf = by_kind(render(values), "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
     (tmp_path / "nats.conf").write_text(conf)
-    env = {**os.environ, "POD_NAME": "nats-0", "NETDIAG_PASSWORD": "a", "AGENT_PASSWORD": "b"}
+    env = {**os.environ, "POD_NAME": "nats-0", "NETDIAG_PASSWORD": "a", "AGENT_PASSWORD": "b",
+           "NATS_AUTH_PASSWORD": "c"}
     check = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-t"], env=env,
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0 and "is valid" in check.stdout + check.stderr, check.stderr
+
+
+# ------------------------------------------------------------------ per-node agent identities (auth callout)
+
+
+def test_agents_share_the_password_identity_by_default() -> None:
+    objects = render()
+    assert f"{RELEASE}-netdiag-nats-auth" not in by_kind(objects, "Deployment")
+    conf = by_kind(objects, "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
+    assert "auth_callout" not in conf and "user: agent," in conf
+
+
+def test_callout_gives_each_agent_its_own_identity() -> None:
+    objects = render(CALLOUT)
+    conf = by_kind(objects, "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
+    issuer = CALLOUT["nats"]["authCallout"]["issuerPublicKey"]
+    assert f"issuer: {issuer}" in conf and "auth_users: [netdiag, nats-auth]" in conf
+    assert "user: agent," not in conf  # no shared agent identity left
+    nats_env = {e["name"] for e in pod_spec(by_kind(objects, "StatefulSet")[f"{RELEASE}-netdiag-nats"])
+                ["containers"][0]["env"]}
+    assert "NATS_AUTH_PASSWORD" in nats_env and "AGENT_PASSWORD" not in nats_env
+
+    # the agent: its own ServiceAccount, a projected token for NATS, no password
+    agent = pod_spec(by_kind(objects, "DaemonSet")[f"{RELEASE}-netdiag-agent"])
+    assert agent["serviceAccountName"] == f"{RELEASE}-netdiag-agent"
+    assert agent["automountServiceAccountToken"] is False  # only the NATS-audience token is mounted
+    (projected,) = [v["projected"] for v in agent["volumes"] if "projected" in v]
+    assert projected["sources"] == [{"serviceAccountToken": {"path": "token", "audience": "nats",
+                                                             "expirationSeconds": 3600}}]
+    env = {e["name"]: e for e in agent["containers"][0]["env"]}
+    assert "NETDIAG_NATS_USER" not in env and "NETDIAG_NATS_PASSWORD" not in env
+    mount = {m["name"]: m["mountPath"] for m in agent["containers"][0]["volumeMounts"]}["nats-token"]
+    assert env["NETDIAG_NATS_TOKEN_FILE"]["value"] == f"{mount}/token"
+
+    # nats-auth: its own auth-delegator ServiceAccount, the issuer seed, the agent's identity
+    deployment = by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-nats-auth"]
+    spec = pod_spec(deployment)
+    account = f"{RELEASE}-netdiag-nats-auth"
+    assert spec["serviceAccountName"] == account and spec["automountServiceAccountToken"] is True
+    (container,) = spec["containers"]
+    assert container["args"] == ["python", "-m", "services.natsauth"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    values = {e["name"]: e.get("value") for e in container["env"]}
+    settings = Settings.model_validate({k.removeprefix("NETDIAG_").lower(): v for k, v in values.items()
+                                        if k.startswith("NETDIAG_NATS") and v is not None})
+    assert settings.nats_user == "nats-auth"
+    assert settings.nats_auth_agent_user == f"system:serviceaccount:{NAMESPACE}:{RELEASE}-netdiag-agent"
+    assert settings.nats_auth_audiences == ("nats",) and settings.nats_auth_user_ttl_s == 0
+    seed_dir = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["issuer"]
+    assert str(settings.nats_auth_issuer_seed_file) == f"{seed_dir}/issuer-seed"
+    secret = {v["name"]: v for v in spec["volumes"]}["issuer"]["secret"]["secretName"]
+    assert "issuer-seed" in by_kind(objects, "Secret")[secret]["data"]
+    assert "nats-auth-password" in by_kind(objects, "Secret")[f"{RELEASE}-netdiag-nats-auth"]["data"]
+    (binding,) = delegator_bindings(objects)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+    assert {f"{RELEASE}-netdiag-agent", account} <= set(by_kind(objects, "ServiceAccount"))
+    # NetworkPolicy: nothing may connect to nats-auth but scrapers
+    stages_policy = by_kind(objects, "NetworkPolicy")[f"{RELEASE}-netdiag-stages"]
+    assert "nats-auth" in stages_policy["spec"]["podSelector"]["matchExpressions"][1]["values"]
+
+
+def test_callout_with_an_existing_issuer_secret() -> None:
+    values = {"nats": {"agentAuth": "callout", "authCallout": {
+        "issuerPublicKey": CALLOUT["nats"]["authCallout"]["issuerPublicKey"], "issuerExistingSecret": "my-issuer"}}}
+    objects = render(values)
+    spec = pod_spec(by_kind(objects, "Deployment")[f"{RELEASE}-netdiag-nats-auth"])
+    assert {v["name"]: v for v in spec["volumes"]}["issuer"]["secret"]["secretName"] == "my-issuer"
+    assert "my-issuer" not in by_kind(objects, "Secret")
+
+
+def test_callout_without_an_issuer_fails_clearly() -> None:
+    with pytest.raises(helm.HelmError, match=r"nats-auth keygen"):
+        render({"nats": {"agentAuth": "callout"}})
+    with pytest.raises(helm.HelmError, match=r"issuerPublicKey"):
+        render({"nats": {"agentAuth": "callout", "authCallout": {"issuerSeed": _SEED.decode()}}})
+
+
+def test_callout_needs_the_charts_own_nats() -> None:
+    objects = render({**CALLOUT, "nats": {**CALLOUT["nats"], "external": {"url": "nats://nats:4222"}}})
+    assert f"{RELEASE}-netdiag-nats-auth" not in by_kind(objects, "Deployment")
+    assert "serviceAccountName" not in pod_spec(by_kind(objects, "DaemonSet")[f"{RELEASE}-netdiag-agent"])

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,8 +19,8 @@ from services.gateway.app import create_app
 from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus, node_collect_subject
 from shared.config import Settings
 from shared.natsperms import agent_permissions
-from shared.natsserver import NatsServer, nats_server_binary
-from tests.deploy.chart import render
+from shared.natsserver import NatsServer
+from tests.deploy.chart import chart_nats_server, nats_conf
 
 TOKEN = "s3cret-token-0123456789"
 REQUEST = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
@@ -199,29 +196,10 @@ async def test_results_expire_after_the_configured_ttl(fresh_nats: NatsServer) -
 
 @pytest.fixture
 def chart_nats(tmp_path: Path) -> Iterator[str]:
-    """A nats-server started from the chart's rendered nats.conf (single replica: the cluster
-    routes need the StatefulSet's DNS names), moved onto loopback and a temp directory."""
-    objects = render({"nats": {"replicas": 1}})
-    conf = next(o for o in objects if o["kind"] == "ConfigMap")["data"]["nats.conf"]
-    for old, new in (("listen: 0.0.0.0:4222", "listen: 127.0.0.1:-1"), ("http: 0.0.0.0:8222", "http: 127.0.0.1:-1"),
-                     ("store_dir: /data", f"store_dir: {tmp_path / 'js'}"),
-                     ("/var/run/nats/nats.pid", str(tmp_path / "nats.pid"))):
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    (tmp_path / "nats.conf").write_text(conf)
-    env = {**os.environ, "POD_NAME": "nats-0", "NETDIAG_PASSWORD": "stage-pass", "AGENT_PASSWORD": "agent-pass"}
-    proc = subprocess.Popen([nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "--ports_file_dir",
-                             str(tmp_path)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        ports = tmp_path / f"nats-server_{proc.pid}.ports"
-        for _ in range(500):
-            if ports.exists() and ports.read_text().strip():
-                break
-            time.sleep(0.01)
-        yield json.loads(ports.read_text())["nats"][0]
-    finally:
-        proc.terminate()
-        proc.wait(5)
+    """A nats-server started from the chart's rendered nats.conf (agentAuth password)."""
+    with chart_nats_server({"nats": {"replicas": 1}}, tmp_path,
+                           {"NETDIAG_PASSWORD": "stage-pass", "AGENT_PASSWORD": "agent-pass"}) as url:
+        yield url
 
 
 async def test_the_charts_nats_config_lets_agents_collect_and_nothing_more(chart_nats: str) -> None:
@@ -255,7 +233,7 @@ async def test_the_charts_nats_config_lets_agents_collect_and_nothing_more(chart
 
 
 def test_the_charts_agent_permissions_match_the_documented_ones() -> None:
-    conf = next(o for o in render() if o["kind"] == "ConfigMap")["data"]["nats.conf"]
+    conf = nats_conf()
     agent_block = conf.split("user: agent")[1]
     for subject in agent_permissions("node-a")["publish"]["allow"]:
         assert f'"{subject}"' in agent_block, subject

@@ -77,6 +77,35 @@ nats://{{ include "netdiag.natsName" . }}.{{ .Release.Namespace }}.svc:4222
 {{- if and .Values.nats.auth.enabled (not .Values.nats.external.url) -}}true{{- end -}}
 {{- end -}}
 
+{{/* node agents log in through the NATS auth callout (`netdiag nats-auth`), each with its own node's
+permissions, rather than as the shared `agent` user: nats.agentAuth=callout on the chart's own NATS */}}
+{{- define "netdiag.natsCallout" -}}
+{{- if and (include "netdiag.natsAuth" .) (eq .Values.nats.agentAuth "callout") -}}true{{- end -}}
+{{- end -}}
+
+{{/* the Secret with the callout issuer's nkey seed (key `issuer-seed`) */}}
+{{- define "netdiag.natsIssuerSecret" -}}
+{{- default (printf "%s-nats-issuer" (include "netdiag.fullname" .)) .Values.nats.authCallout.issuerExistingSecret -}}
+{{- end -}}
+
+{{/* the agents' ServiceAccount under auth callout: its token is what they present to NATS */}}
+{{- define "netdiag.agentServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{ include "netdiag.fullname" . }}-agent
+{{- else -}}
+{{ include "netdiag.serviceAccountName" . }}
+{{- end -}}
+{{- end -}}
+
+{{/* the auth callout service's ServiceAccount (only a TokenReview grant) */}}
+{{- define "netdiag.natsAuthServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{ include "netdiag.fullname" . }}-nats-auth
+{{- else -}}
+{{ include "netdiag.serviceAccountName" . }}
+{{- end -}}
+{{- end -}}
+
 {{/* Namespaces whose ConfigMaps detection reads, comma-separated: rbac.configMapNamespaces less those
 the cluster lacks at install time (a Role cannot be made in a missing namespace). Offline (helm
 template), where lookup finds nothing, not even kube-system: all of them. The Roles and the topology
@@ -92,7 +121,8 @@ stage's NETDIAG_CONFIGMAP_NAMESPACES both come from here, so they always agree. 
 {{- join "," $present -}}
 {{- end -}}
 
-{{/* environment every netdiag container shares: (dict "ctx" $ "user" "netdiag"|"agent") */}}
+{{/* environment every netdiag container shares: (dict "ctx" $ "user" "netdiag"|"agent"|"nats-auth"|"");
+user "": no NATS user/password (the agent under auth callout presents its ServiceAccount token) */}}
 {{- define "netdiag.env" -}}
 {{- $ := .ctx -}}
 - name: NETDIAG_NATS_URL
@@ -107,7 +137,7 @@ stage's NETDIAG_CONFIGMAP_NAMESPACES both come from here, so they always agree. 
 - name: NETDIAG_METRICS_PORT
   value: {{ $.Values.metrics.port | quote }}
 {{- end }}
-{{- if include "netdiag.natsAuth" $ }}
+{{- if and (include "netdiag.natsAuth" $) .user }}
 - name: NETDIAG_NATS_USER
   value: {{ .user }}
 - name: NETDIAG_NATS_PASSWORD

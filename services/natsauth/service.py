@@ -1,0 +1,86 @@
+"""The `netdiag nats-auth` process: runs the NATS auth callout for node agents (`serve`), or prints a
+fresh issuer account nkey (seed and public key) for the NATS configuration (`keygen`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import nats
+from kubernetes.config import ConfigException
+
+from services.natsauth.handler import AUTH_SUBJECT, AgentAuthorizer, serve_callout
+from shared import natsjwt
+from shared.config import Settings
+from shared.logs import setup_logging
+from shared.security import nats_connect_options, nats_servers
+from shared.telemetry import setup_process
+
+log = logging.getLogger("netdiag.natsauth")
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None, ready: asyncio.Event | None = None) -> None:
+    """Answer authorization requests until `stop` (default: SIGINT/SIGTERM); `ready` is set once subscribed."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+    authorizer = AgentAuthorizer.from_settings(settings)
+    setup_process("nats-auth", settings)
+    nc = await asyncio.wait_for(nats.connect(
+        nats_servers(settings.nats_url), name="netdiag-nats-auth", connect_timeout=2, max_reconnect_attempts=-1,
+        reconnect_time_wait=0.25, allow_reconnect=True, **nats_connect_options(settings)), 10)
+    try:
+        await serve_callout(nc, authorizer)
+        await nc.flush()
+        log.info("answering %s as issuer %s for %s", AUTH_SUBJECT, authorizer.issuer_public_key,
+                 settings.nats_auth_agent_user)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await nc.close()
+
+
+def keygen() -> int:
+    seed = natsjwt.new_account_seed()
+    print(f"seed: {seed.decode()}\npublic key: {natsjwt.public_key(natsjwt.keypair(seed))}")
+    return 0
+
+
+def build_parser(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("action", nargs="?", choices=["serve", "keygen"], default="serve",
+                   help="serve (default) or keygen: print a new issuer account nkey")
+    p.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
+    p.add_argument("--kubeconfig", help="the Kubernetes API for TokenReviews (default: in-cluster)")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "keygen":
+        return keygen()
+    settings = Settings.from_env(nats_url=args.nats_url, kubeconfig=args.kubeconfig)
+    try:
+        asyncio.run(serve(settings))
+    except (ValueError, OSError, ConfigException) as exc:  # missing/invalid configuration (never echoes the seed)
+        print(f"netdiag nats-auth: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser(argparse.ArgumentParser(prog="python -m services.natsauth", description=__doc__))
+    p.add_argument("--log-level")
+    args = p.parse_args(argv)
+    setup_logging(args.log_level)
+    sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()
