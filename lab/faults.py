@@ -121,6 +121,14 @@ CATALOGUE: list[Fault] = [
           "basic", CLIENT_TO_API2, "connected", "timeout", Expected("IPTABLES_DROP", "node:node-2"),
           commands=(_node("node-2", "{iptables}", "-I", "FORWARD", "1", "-d", "{pod:shop/api-2}/32", "-p", "tcp",
                           "--dport", "8080", "-j", "DROP"),)),
+    Fault("nft_native_drop", "a native nftables table on node-2 (beside kube-proxy's iptables) drops the destination "
+          "pod's port in its forward chain", "basic", CLIENT_TO_API2, "connected", "timeout",
+          Expected("NFTABLES_DROP", "node:node-2"),
+          commands=(_node("node-2", "nft", "add", "table", "inet", "guard"),
+                    _node("node-2", "nft", "add", "chain", "inet", "guard", "forward",
+                          "{ type filter hook forward priority 0 ; }"),
+                    _node("node-2", "nft", "add", "rule", "inet", "guard", "forward", "ip", "daddr",
+                          "{pod:shop/api-2}", "tcp", "dport", "8080", "drop"))),
     Fault("pod_cidr_route_missing", "node-1 lost its host-gw route to node-2's pod CIDR (falls to the default "
           "route; the underlay router has no route for pod CIDRs)",
           "basic", CLIENT_TO_API2, "connected", "timeout", Expected("NO_ROUTE", "node:node-1", ("INVALID_ROUTE",)),

@@ -451,4 +451,4 @@ def test_iptables_nft_and_native_nft_together(pair: tuple[str, str]) -> None:
     kernel = probe(cli, 8080, "tcp")
     simulated, branches = simulate(srv, 8080, "tcp")
     assert kernel == "DROP" and simulated == {"DROP": 1.0}
-    assert branches[0].decided_by.table == "ip nd"
+    assert branches[0].decided_by.label == "ip nd" and branches[0].decided_by.family == "ip"

@@ -336,7 +336,7 @@ def test_a_native_nftables_drop_runs_in_the_same_hook_as_iptables() -> None:
     case = Case("basic", "pod-cross-node")
     case.host("node-2").netfilter.nft_ruleset = NFT_GUARD
     result = case.run()
-    only_cause(result, "IPTABLES_DROP", "node:node-2")
-    f = next(f for f in result.findings if f.code == "IPTABLES_DROP")
-    assert f.evidence["table"] == "inet guard" and f.evidence["chain"] == "forward" and f.evidence["hook"] == "FORWARD"
+    only_cause(result, "NFTABLES_DROP", "node:node-2")  # a native nft rule, not an iptables one
+    f = next(f for f in result.findings if f.code == "NFTABLES_DROP")
+    assert "inet guard/forward" in f.message and f.evidence["hook"] == "FORWARD"
     assert not [a for a in result.assumptions if "not simulated" in a.text]

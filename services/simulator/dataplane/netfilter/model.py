@@ -216,9 +216,15 @@ class RuleHit:
     chain: str
     position: int  # 0 = the chain's policy
     rule: str
+    family: str = ""  # a native nftables rule's family (inet, ip, bridge …); "" for iptables
+
+    @property
+    def label(self) -> str:
+        """The table as people read it: `nat` for iptables, `inet guard` for nftables."""
+        return f"{self.family} {self.table}" if self.family else self.table
 
     def as_dict(self) -> dict[str, Any]:
-        return {"hook": self.hook, "table": self.table, "chain": self.chain, "position": self.position,
+        return {"hook": self.hook, "table": self.label, "chain": self.chain, "position": self.position,
                 "rule": self.rule}
 
 

@@ -55,7 +55,8 @@ class NftEvaluator(Ctx):
                 if outcome in (None, RETURN):
                     nb.verdict = chain.policy.upper()
                     if nb.verdict != "ACCEPT":
-                        nb.decided_by = RuleHit(hook, _label(chain), chain.name, 0, f"policy {chain.policy}")
+                        nb.decided_by = RuleHit(hook, chain.table, chain.name, 0, f"policy {chain.policy}",
+                                                 chain.family)
                 elif outcome == NAT:
                     nb.verdict = "ACCEPT"
                 out.append(nb)
@@ -121,7 +122,7 @@ class NftEvaluator(Ctx):
 
     def _rule(self, br: Branch, rule: NftRule, hook: str) -> list[tuple[Branch, Result]]:
         steps = self._compiled(rule)
-        hit = RuleHit(hook, f"{rule.family} {rule.table}", rule.chain, rule.position, "")
+        hit = RuleHit(hook, rule.table, rule.chain, rule.position, "", rule.family)
         out: list[tuple[Branch, Result]] = []
         work: list[tuple[Branch, int]] = [(br, 0)]
         while work:
@@ -136,7 +137,7 @@ class NftEvaluator(Ctx):
                     out.append((nb, res))
         if len(out) == 1 and out[0][1] == NOMATCH:
             return out
-        full = RuleHit(hook, hit.table, hit.chain, hit.position, rule.text)
+        full = RuleHit(hook, hit.table, hit.chain, hit.position, rule.text, hit.family)
         for b, res in out:
             if res != NOMATCH:
                 b.hits.append(full)
@@ -155,13 +156,9 @@ class NftEvaluator(Ctx):
         other = br.fork()
         for b, outcome in ((br, "matches"), (other, "does not match")):
             b.unsupported.append(hit)
-            b.assume(f"UNSUPPORTED_RULE: {hit.table}/{hit.chain} rule {hit.position} uses {feature}: "
+            b.assume(f"UNSUPPORTED_RULE: {hit.label}/{hit.chain} rule {hit.position} uses {feature}: "
                      f"assumed it {outcome}", could_change=True)
         return [(br, CONT), (other, NOMATCH)]
-
-
-def _label(chain: NftChain) -> str:
-    return f"{chain.family} {chain.table}"
 
 
 def unsupported_rules(rs: NftRuleset, ctx: Any = None) -> list[NftRule]:

@@ -345,7 +345,7 @@ class UnknownStatement(Step):
         dropped = br.fork()
         for b, outcome in ((br, "continues"), (dropped, "drops the packet")):
             b.unsupported.append(hit)
-            b.assume(f"UNSUPPORTED_RULE: {hit.table}/{hit.chain} rule {hit.position} uses {self.feature}: "
+            b.assume(f"UNSUPPORTED_RULE: {hit.label}/{hit.chain} rule {hit.position} uses {self.feature}: "
                      f"assumed it {outcome}", could_change=True)
         dropped.verdict, dropped.decided_by = "DROP", hit
         return [(br, CONT), (dropped, "DROP")]

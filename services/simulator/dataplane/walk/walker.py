@@ -544,7 +544,7 @@ class Walker:
         for text, could_change in br.assumptions.items():
             trail.assume(f"{view.where} {hook}: {text}", could_change=could_change)
         for hit in br.unsupported:
-            found = finding("UNSUPPORTED_RULE", view.hop_id, rule=hit.rule, where=f"{view.where} {hit.table}/"
+            found = finding("UNSUPPORTED_RULE", view.hop_id, rule=hit.rule, where=f"{view.where} {hit.label}/"
                             f"{hit.chain}", feature="an unmodelled match or target", evidence=hit.as_dict())
             if found not in trail.findings:
                 trail.findings.append(found)
@@ -555,7 +555,7 @@ class Walker:
         verdict = br.verdict or "ACCEPT"
         action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
         trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
-            f" by {br.decided_by.table}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
+            f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
             action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
             hook=hook, rules=rules)
         for rec in br.nat:
@@ -564,7 +564,7 @@ class Walker:
             new = (after.dst, after.dport) if dnat else (after.src, after.sport)
             trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
             trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
-                       f"({rec.hit.table}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
+                       f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
                        rule=rec.hit.rule)
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
             dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
@@ -591,7 +591,7 @@ class Walker:
     def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
         hit = br.decided_by
         rule = hit.rule if hit else f":{hook} DROP"
-        fields = dict(where=view.where, table=hit.table if hit else "?", chain=hit.chain if hit else hook,
+        fields = dict(where=view.where, table=hit.label if hit else "?", chain=hit.chain if hit else hook,
                       position=hit.position if hit else 0, rule=rule, evidence={"hook": hook})
         policy = self.expect.policy_deny(rule) if hit else None
         res = self.report.service
@@ -617,6 +617,9 @@ class Walker:
             return
         if br.verdict == "REJECT":
             found = finding("IPTABLES_REJECT", view.hop_id, reject_with=br.reject_with, **fields)
+        elif hit is not None and hit.family:  # a native nftables rule (not iptables-nft)
+            found = finding("NFTABLES_DROP", view.hop_id, where=view.where, family=hit.family, table=hit.table,
+                            chain=hit.chain, rule=rule, evidence={"hook": hook, "position": hit.position})
         else:
             found = finding("IPTABLES_DROP", view.hop_id, **fields)
         self.finish(c, FinalState.DROP, found.code, found)
