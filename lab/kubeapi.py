@@ -163,6 +163,14 @@ class LabKubeAPI(ObjectStore):
         self._thread.join(timeout_s)
         self._thread = None
 
+    def __enter__(self) -> LabKubeAPI:
+        """`with LabKubeAPI(...) as api:` serves from a background thread for the block."""
+        self.start_in_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_thread()
+
     def write_kubeconfig(self, path: str | Path) -> Path:
         return write_kubeconfig(path, self.url, self.token)
 

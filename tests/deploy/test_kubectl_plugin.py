@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from lab.kubeapi import LabKubeAPI, serve_scenario
+from lab.kubeapi import serve_scenario
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from services import kubectl
 
@@ -25,12 +25,8 @@ def scenario() -> ResolvedScenario:
 
 @pytest.fixture(scope="module")
 def kubeconfig(scenario: ResolvedScenario, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    api: LabKubeAPI = serve_scenario(scenario)
-    api.start_in_thread()
-    try:
+    with serve_scenario(scenario) as api:
         yield api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
-    finally:
-        api.stop_thread()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,16 +56,6 @@ class Callout:
     async def stop_service(self) -> None:
         self.stop.set()
         await asyncio.wait_for(self.task, 5)
-
-
-@pytest.fixture
-def kube() -> Iterator[LabKubeAPI]:
-    api = LabKubeAPI()
-    api.start_in_thread()
-    try:
-        yield api
-    finally:
-        api.stop_thread()
 
 
 @contextlib.asynccontextmanager

@@ -6,7 +6,7 @@ a 503, not a 401; a token never reaches the logs."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,6 @@ class Stack:
     @property
     def reviews(self) -> int:
         return self.kube.requests[REVIEWS]
-
-
-@pytest.fixture
-def kube() -> Iterator[LabKubeAPI]:
-    api = LabKubeAPI()
-    api.start_in_thread()
-    try:
-        yield api
-    finally:
-        api.stop_thread()
 
 
 async def stack(nats_url: str, kube: LabKubeAPI, tmp_path: Path, **auth: Any) -> AsyncIterator[Stack]:

@@ -34,12 +34,8 @@ def resolved() -> ResolvedScenario:
 
 @pytest.fixture
 def lab_api(resolved: ResolvedScenario) -> Iterator[LabKubeAPI]:
-    api = serve_scenario(resolved, bookmark_interval_s=0.2)
-    api.start_in_thread()
-    try:
+    with serve_scenario(resolved, bookmark_interval_s=0.2) as api:
         yield api
-    finally:
-        api.stop_thread()
 
 
 @pytest.fixture

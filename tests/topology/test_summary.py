@@ -43,12 +43,8 @@ async def bus(fresh_nats: NatsServer) -> AsyncIterator[Bus]:
 
 @pytest.fixture
 def lab_api() -> Iterator[LabKubeAPI]:
-    api = serve_scenario(resolve(Scenario.load(LAB_BASIC)), bookmark_interval_s=0.2)
-    api.start_in_thread()
-    try:
+    with serve_scenario(resolve(Scenario.load(LAB_BASIC)), bookmark_interval_s=0.2) as api:
         yield api
-    finally:
-        api.stop_thread()
 
 
 async def published(bus: Bus, until: Callable[[ClusterSummary], bool], timeout: float = 10.0) -> ClusterSummary:
