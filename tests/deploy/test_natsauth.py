@@ -26,10 +26,11 @@ from services.collector.agent import NodeAgent, request_dump
 from services.natsauth.handler import AgentAuthorizer
 from services.natsauth.service import serve
 from shared import natsjwt
-from shared.bus import STREAM, SUBJECT_COMPLETED, Bus, node_collect_subject
+from shared.bus import Bus, node_collect_subject
 from shared.config import Settings
 from shared.kube import api_client
 from tests.deploy.chart import NAMESPACE, RELEASE, chart_nats_server
+from tests.deploy.confinement import assert_confined
 
 AGENT_SA = f"{RELEASE}-netdiag-agent"  # the chart's agent ServiceAccount
 AGENT_USER = f"system:serviceaccount:{NAMESPACE}:{AGENT_SA}"
@@ -104,35 +105,9 @@ async def test_an_agent_answers_its_own_node_and_nothing_else(callout: Callout) 
     # the agent as the chart runs it: its projected token from a file (NETDIAG_NATS_TOKEN_FILE)
     agent_bus = await Bus.connect(name="agent-node-a", settings=Settings(
         nats_url=callout.url, nats_token_file=callout.token_file(token)))
-    agent = NodeAgent(agent_bus, "node-a")
-    violations: list[str] = []
-
-    async def on_error(exc: Exception) -> None:
-        violations.append(str(exc))
-
-    intruder = await nats.connect(callout.url, token=token, error_cb=on_error, allow_reconnect=False)
     try:
-        await agent.start()
-        reply = await request_dump(stages, "node-a", 10.0, diagnosis_id="callout-test")
-        assert reply.ok and reply.blob is not None, reply.error
-        assert len(await stages.get_blob(reply.blob)) == reply.blob.size
-
-        before = (await stages.js.stream_info(STREAM)).state.messages
-        await intruder.subscribe(node_collect_subject("node-b"))  # another node's requests
-        await intruder.publish(SUBJECT_COMPLETED, b'{"forged": true}')  # a diagnosis result
-        await intruder.flush()
-        for _ in range(60):
-            if len(violations) >= 2:
-                break
-            await asyncio.sleep(0.05)
-        assert any(f"subscription to \"{node_collect_subject('node-b')}\"" in v for v in violations), violations
-        assert any(f"publish to \"{SUBJECT_COMPLETED}\"" in v for v in violations), violations
-        assert (await stages.js.stream_info(STREAM)).state.messages == before
-        with pytest.raises((nats.errors.NoRespondersError, TimeoutError)):  # nobody answers for node-b
-            await request_dump(stages, "node-b", 1.0)
+        await assert_confined(stages, agent_bus, callout.url, token=token)
     finally:
-        await agent.stop()
-        await intruder.close()
         await agent_bus.close()
         await stages.close()
 
