@@ -101,6 +101,7 @@ class LabKubeAPI(ObjectStore):
         self._thread: threading.Thread | None = None
         self._forbidden: set[str] = set()  # path prefixes answered 403, as RBAC would
         self._tokens: dict[str, tuple[Obj, tuple[str, ...]]] = {}  # minted token → (user info, audiences)
+        self.echo_audiences = True  # False: answer TokenReviews like an authenticator that ignores audiences
         self.requests: Counter[str] = Counter()  # "POST /apis/authentication.k8s.io/v1/tokenreviews" → count
 
     # ---------------------------------------------------------- lifecycle
@@ -240,7 +241,8 @@ class LabKubeAPI(ObjectStore):
         if not matched:
             return {"user": {}, "error": f"token audiences {json.dumps(list(valid_for))} is invalid for the "
                                          f"target audiences {json.dumps(wanted)}"}
-        return {"authenticated": True, "user": user, "audiences": matched}
+        # a webhook authenticator that knows nothing of audiences answers without them
+        return {"authenticated": True, "user": user, **({"audiences": matched} if self.echo_audiences else {})}
 
     # ---------------------------------------------------------- HTTP
 

@@ -77,21 +77,7 @@ class Bus:
     ) -> Bus:
         """Connect, then keep reconnecting forever: a NATS outage pauses services, never kills them."""
         settings = settings or Settings.from_env()
-        url = url or settings.nats_url
-        try:
-            # max_reconnect_attempts=-1 only applies after the first connect; nats-py hangs
-            # on an unreachable server with 0 attempts, so the first connect is time-bounded.
-            nc = await asyncio.wait_for(
-                nats.connect(
-                    nats_servers(url), name=f"netdiag-{name}", connect_timeout=2, max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.25, allow_reconnect=True,
-                    error_cb=_log_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
-                    **nats_connect_options(settings),
-                ),
-                timeout,
-            )
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-            raise BusUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+        nc = await connect_core(url or settings.nats_url, name, settings, timeout)
         bus = cls(nc, settings)
         try:
             await bus.ensure()
@@ -162,15 +148,7 @@ class Bus:
     # ------------------------------------------------------------ core subscriptions
 
     async def subscribe(self, subject: str, **kwargs: Any) -> Subscription:
-        """A core subscription the server already holds when this returns, so a request sent
-        right after (from any connection) finds it. nats-py 2.16's flush() writes its PING
-        straight to the socket, ahead of the SUB still queued for its flusher task, so one
-        PONG does not prove the SUB arrived; the first round trip lets the flusher write the
-        queue, the second PING follows the SUB on the wire."""
-        sub = await self.nc.subscribe(subject, **kwargs)
-        await self.nc.flush()
-        await self.nc.flush()
-        return sub
+        return await subscribe_confirmed(self.nc, subject, **kwargs)
 
     # ------------------------------------------------------------ publishing
 
@@ -206,6 +184,36 @@ class Bus:
         if hashlib.sha256(data).hexdigest() != ref.sha256:
             raise ValueError(f"blob {ref.name} does not match its digest")
         return data
+
+
+async def connect_core(url: str, name: str, settings: Settings, timeout: float = 5.0) -> NATS:
+    """A core NATS connection that keeps reconnecting forever, with our credentials and logging
+    (Bus.connect adds JetStream; the auth callout needs only this)."""
+    try:
+        # max_reconnect_attempts=-1 only applies after the first connect; nats-py hangs
+        # on an unreachable server with 0 attempts, so the first connect is time-bounded.
+        return await asyncio.wait_for(
+            nats.connect(
+                nats_servers(url), name=f"netdiag-{name}", connect_timeout=2, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25, allow_reconnect=True,
+                error_cb=_log_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+                **nats_connect_options(settings),
+            ),
+            timeout,
+        )
+    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        raise BusUnavailable(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+
+
+async def subscribe_confirmed(nc: NATS, subject: str, **kwargs: Any) -> Subscription:
+    """A core subscription the server already holds when this returns, so a request sent right
+    after (from any connection) finds it. nats-py 2.16's flush() writes its PING straight to the
+    socket, ahead of the SUB still queued for its flusher task, so one PONG does not prove the SUB
+    arrived; the first round trip lets the flusher write the queue, the second PING follows the SUB."""
+    sub = await nc.subscribe(subject, **kwargs)
+    await nc.flush()
+    await nc.flush()
+    return sub
 
 
 async def _log_error(exc: Exception) -> None:

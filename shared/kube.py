@@ -43,4 +43,8 @@ def review_token(api: client.ApiClient, token: str, audiences: list[str] | tuple
             f"the Kubernetes API refused the TokenReview ({exc.status} {exc.reason})") from None
     except urllib3.exceptions.HTTPError as exc:
         raise TokenReviewUnavailable(f"the Kubernetes API is unreachable ({exc})") from None
-    return status or client.V1TokenReviewStatus()
+    status = status or client.V1TokenReviewStatus()
+    if audiences and status.authenticated and not set(status.audiences or ()) & set(audiences):
+        # an authenticator that ignores audiences echoes none back: the token is not proven to be ours
+        status.authenticated, status.error = False, f"the token is not for the audiences {list(audiences)}"
+    return status

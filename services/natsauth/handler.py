@@ -4,7 +4,10 @@ nats-server (configured with `authorization { auth_callout { issuer: <account nk
 sends every connecting client that is not one of the `auth_users` to `$SYS.REQ.USER.AUTH` as an
 authorization request JWT, signed by the server's nkey. This service:
 
-1. decodes and verifies that JWT (structure, the server's signature, expiry, its type);
+1. decodes and checks that JWT (structure, type, expiry, and a signature by the key it names as its
+   issuer — which proves integrity, not origin: what keeps forgers out is that no client but the server
+   may publish to `$SYS.REQ.USER.AUTH` (the chart denies it to the `netdiag` user, agents are callout
+   users and cannot));
 2. takes the token the client presented (`connect_opts.auth_token`): the agent's projected
    ServiceAccount token, audience `nats`;
 3. asks the Kubernetes API about it with a TokenReview, and requires it authenticated, for the
@@ -38,6 +41,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared import natsjwt
+from shared.bus import subscribe_confirmed
 from shared.config import Settings
 from shared.kube import TokenReviewUnavailable, api_client, review_token
 from shared.natsperms import agent_permissions
@@ -139,8 +143,9 @@ class AgentAuthorizer:
 
 
 def _valid_node(node: str) -> bool:
-    """A node name usable as one subject token: no wildcard, separator or whitespace."""
-    return bool(node) and not any(c in node for c in ".*> \t\r\n")
+    """A node name usable in a literal subject: no wildcard or whitespace. Dots are fine (ACK names nodes
+    `cn-hangzhou.192.168.0.1`): `netdiag.node.a.b.collect` is its own literal subject."""
+    return bool(node) and not any(c in node for c in "*> \t\r\n")
 
 
 async def serve_callout(nc: NATS, authorizer: AgentAuthorizer) -> Subscription:
@@ -159,4 +164,4 @@ async def serve_callout(nc: NATS, authorizer: AgentAuthorizer) -> Subscription:
             return
         await msg.respond(response.encode())
 
-    return await nc.subscribe(AUTH_SUBJECT, queue=QUEUE, cb=on_request)
+    return await subscribe_confirmed(nc, AUTH_SUBJECT, queue=QUEUE, cb=on_request)

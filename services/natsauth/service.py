@@ -10,14 +10,13 @@ import logging
 import signal
 import sys
 
-import nats
 from kubernetes.config import ConfigException
 
 from services.natsauth.handler import AUTH_SUBJECT, AgentAuthorizer, serve_callout
 from shared import natsjwt
+from shared.bus import BusUnavailable, connect_core
 from shared.config import Settings
 from shared.logs import setup_logging
-from shared.security import nats_connect_options, nats_servers
 from shared.telemetry import setup_process
 
 log = logging.getLogger("netdiag.natsauth")
@@ -33,12 +32,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None, ready: as
                 loop.add_signal_handler(sig, stop.set)
     authorizer = AgentAuthorizer.from_settings(settings)
     setup_process("nats-auth", settings)
-    nc = await asyncio.wait_for(nats.connect(
-        nats_servers(settings.nats_url), name="netdiag-nats-auth", connect_timeout=2, max_reconnect_attempts=-1,
-        reconnect_time_wait=0.25, allow_reconnect=True, **nats_connect_options(settings)), 10)
+    nc = await connect_core(settings.nats_url, "nats-auth", settings, timeout=10)
     try:
         await serve_callout(nc, authorizer)
-        await nc.flush()
         log.info("answering %s as issuer %s for %s", AUTH_SUBJECT, authorizer.issuer_public_key,
                  settings.nats_auth_agent_user)
         if ready is not None:
@@ -71,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ConfigException) as exc:  # missing/invalid configuration (never echoes the seed)
         print(f"netdiag nats-auth: {exc}", file=sys.stderr)
         return 3
+    except BusUnavailable as exc:
+        print(f"netdiag nats-auth: {exc}", file=sys.stderr)
+        return 4
     return 0
 
 

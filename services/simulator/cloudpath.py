@@ -142,7 +142,8 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
     _splice(path, at, result)
     _extend(findings, result.findings)
     _extend(assumptions, result.assumptions)
-    if back is None or not result.passed or path.final not in (FinalState.DELIVER, FinalState.FORWARD):
+    # only a delivered request has a reply that starts at dst_node (a FORWARD path left the cluster)
+    if back is None or not result.passed or path.final != FinalState.DELIVER or not request.options.check_reply:
         return None
     reply = evaluate_node_to_node(index, dst_node, src_node, back, encapsulation=_tunnel(report, back)[0],
                                   vxlan_port=VXLAN_PORT, reply=True)

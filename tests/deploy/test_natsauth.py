@@ -196,7 +196,8 @@ async def test_an_identity_with_a_lifetime_is_ended_by_the_server(kube: LabKubeA
 
 
 async def test_requests_not_from_the_server_are_not_answered(kube: LabKubeAPI, tmp_path: Path) -> None:
-    """The authorizer answers only well-formed requests signed by the server they name, not expired."""
+    """The authorizer answers only well-formed, unexpired requests whose signature matches the key they name
+    (integrity; origin is the server's: no client may publish to $SYS.REQ.USER.AUTH)."""
     seed = natsjwt.new_account_seed()
     authorizer = AgentAuthorizer(api_client(kube.write_kubeconfig(tmp_path / "kubeconfig")), seed,
                                  agent_user=AGENT_USER)
@@ -228,3 +229,24 @@ async def test_requests_not_from_the_server_are_not_answered(kube: LabKubeAPI, t
         await authorizer(f"{header}.{forged}.{signature}".encode())
     with pytest.raises(natsjwt.JwtError, match="not a JWT"):
         await authorizer(b"hello")
+
+
+async def test_only_the_server_may_ask_the_callout(callout: Callout) -> None:
+    """A forged authorization request would be answered with an agent identity: the chart's nats.conf
+    denies the services' `netdiag` user that subject (agents are callout users without it anyway)."""
+    violations: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        violations.append(str(exc))
+
+    nc = await nats.connect(callout.url, user="netdiag", password=STAGE_PASS, error_cb=on_error)
+    try:
+        await nc.publish("$SYS.REQ.USER.AUTH", b"forged", reply="_INBOX.forger")
+        await nc.flush()
+        for _ in range(40):
+            if violations:
+                break
+            await asyncio.sleep(0.05)
+        assert any('publish to "$sys.req.user.auth"' in v.lower() for v in violations), violations
+    finally:
+        await nc.close()

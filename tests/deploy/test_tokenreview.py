@@ -93,6 +93,9 @@ async def test_allowed_groups_users_and_audiences(nats_url: str, kube: LabKubeAP
     async for gw in stack(nats_url, kube, tmp_path, auth_audiences="netdiag"):
         assert (await gw.get(kube.mint_token("ops", "a", audiences=("netdiag",))))[0] == 200
         assert (await gw.get(kube.mint_token("ops", "b")))[0] == 401  # a token for the API server only
+        # an authenticator that ignores audiences says "authenticated" without echoing them: not proof
+        kube.echo_audiences = False
+        assert (await gw.get(kube.mint_token("ops", "c", audiences=("netdiag",))))[0] == 401
 
 
 async def test_the_kubernetes_api_down_is_a_503(gateway: Stack) -> None:

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 BAD_NEIGHBOR = frozenset({"FAILED", "INCOMPLETE"})
 STATIC_NEIGHBOR = frozenset({"PERMANENT", "NOARP"})
+# an Alibaba Cloud vSwitch answers ARP for every address in the VPC with this MAC
+GATEWAY_MACS = frozenset({"ee:ff:ff:ff:ff:ff"})
 IPIP_PROTOCOL = "ipencap"  # IP protocol 4 as iptables names it (`-p 4` / `-p ipencap`)
 
 
@@ -218,7 +220,8 @@ class Crossing:
                 return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
                                state=n.state)
             macs = {link.mac.lower() for link in owner.links.values() if link.mac} if owner else set()
-            if n.lladdr and macs and n.lladdr.lower() not in macs and STATIC_NEIGHBOR & set(state.split("|")):
+            if n.lladdr and macs and n.lladdr.lower() not in macs | GATEWAY_MACS and \
+                    STATIC_NEIGHBOR & set(state.split("|")):
                 return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
                                state=f"{n.state} at {n.lladdr}, a MAC no interface of node {owner.node} has "
                                      f"(a stale static entry: replace or delete it)",
@@ -261,7 +264,8 @@ class Crossing:
         in_link = owner.link_of_address(nh) or owner.link_of_address(c.st.dst)
         if in_link is None or not link_up(in_link):
             return self._link_down(c, owner, in_link or link)
-        bad = self._neighbor_failed(c, view, link.name, nh, owner)
+        # the MAC check needs nh to be the owner's own address (not a router in front of it)
+        bad = self._neighbor_failed(c, view, link.name, nh, owner if self.world.node_owning(nh) is owner else None)
         if bad is not None:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} does not reach node {owner.node}")
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the underlay → "

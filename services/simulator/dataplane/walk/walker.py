@@ -143,9 +143,11 @@ class Walker:
         res = self.report.service
         assert res is not None
         namespace, _, name = res.service.partition("/")
-        found = self.expect.code_at(code) or finding(
-            code, service_hop(res.service), service=res.service, namespace=namespace, name=name, detail="",
-            node=view.node, src=c.st.src, ranges=", ".join(res.load_balancer_source_ranges))
+        fields = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
+                  "NO_LOCAL_ENDPOINT": dict(node=view.node),
+                  "LB_SOURCE_RANGE_DENY": dict(src=c.st.src, ranges=", ".join(res.load_balancer_source_ranges))}
+        found = self.expect.code_at(code) or finding(code, service_hop(res.service), service=res.service,
+                                                     **fields[code])
         hop = c.trail.hop_by_id(found.hop or service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
         c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st, c.st.iif))
         return self.finish(c, FinalState.DROP, found.code, found)
@@ -430,8 +432,9 @@ class Walker:
         """A source outside loadBalancerSourceRanges is left untranslated on purpose: kube-proxy's
         filter firewall (KUBE-PROXY-FIREWALL) drops it further on, so the walk follows it there."""
         res = self.report.service
-        return res is not None and st.dst in res.load_balancer_ips and \
-            self.expect.code_at("LB_SOURCE_RANGE_DENY") is not None
+        if res is None or st.dst not in res.load_balancer_ips or not res.load_balancer_source_ranges:
+            return False
+        return not any(_in_range(st.src, r) for r in res.load_balancer_source_ranges)
 
     def _localnet_ok(self, c: Cursor, view: NetnsView, out_dev: str | None = None) -> bool:
         """ip_route_input: a loopback source or destination arriving on another device is martian
@@ -650,6 +653,14 @@ class Walker:
         c.trail.step(hop, StepKind.DELIVERY, StepAction.FORWARD, f"leaves the cluster towards {c.st.dst}: the "
                      "cloud layer (VPC routes, NAT gateway) decides beyond this point", packet(c.st))
         return self.finish(c, FinalState.FORWARD)
+
+
+def _in_range(addr: IPAddress, cidr: str) -> bool:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:  # topology stated the invalid entry; kube-proxy skips it too
+        return False
+    return addr.version == net.version and addr in net
 
 
 def _run_hook(tracers: list[Tracer], nft: NftRuleset | None, branches: list[Branch], hook: str,
