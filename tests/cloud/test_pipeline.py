@@ -215,6 +215,8 @@ async def test_a_missing_reply_route_is_found_where_it_matters(stacks: dict[str,
     assert reply_hop["id"] == cloud_hop(rs, "vpc-reply") and reply_hop["status"] == "error"
     assert [h["id"] for h in forward["hops"]].index("pod:default/server") < len(forward["hops"]) - 1
     route = next(s for s in reply_hop["steps"] if s["kind"] == "vpc_route")
+    unchecked = await diagnose(stacks["host-gw"], {**request(rs, "pod-to-pod"), "options": {"check_reply": False}})
+    assert unchecked["verdict"] != "UNREACHABLE" and cloud_hop(rs, "vpc-reply") not in hop_ids(unchecked)
     assert route["action"] == "DROP" and route["packet_in"]["dst"] == rs.pod("client").ip
     missing = next(f for f in result["findings"] if f["code"] == "VPC_NO_ROUTE")
     assert missing["hop"] == reply_hop["id"] and rs.pod("client").ip in missing["message"]

@@ -250,3 +250,18 @@ async def test_only_the_server_may_ask_the_callout(callout: Callout) -> None:
         assert any('publish to "$sys.req.user.auth"' in v.lower() for v in violations), violations
     finally:
         await nc.close()
+
+
+async def test_node_names_with_dots_are_admitted(callout: Callout) -> None:
+    """ACK names nodes after their region and address (`cn-hangzhou.192.168.0.1`)."""
+    node = "cn-hangzhou.192.168.0.1"
+    token = callout.agent_token(node)
+    stages = await Bus.connect(name="collector", settings=Settings(
+        nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
+    agent_bus = await Bus.connect(name="agent", settings=Settings(
+        nats_url=callout.url, nats_token_file=callout.token_file(token)))
+    try:
+        await assert_confined(stages, agent_bus, callout.url, node=node, other="cn-hangzhou.192.168.0.2", token=token)
+    finally:
+        await agent_bus.close()
+        await stages.close()
