@@ -58,6 +58,12 @@ def node_collect_subject(node: str) -> str:
     return f"netdiag.node.{node}.collect"
 
 
+def agent_inbox_prefix(node: str) -> str:
+    """The replies to a node agent's own requests (its object-store writes) come back under this prefix,
+    so the agent may subscribe to its own inbox only, never to `_INBOX.>` (every client's replies)."""
+    return f"_INBOX_AGENT.{node}"
+
+
 class BusUnavailable(RuntimeError):
     """NATS could not be reached; callers turn this into 503 / a clear CLI error."""
 
@@ -73,11 +79,13 @@ class Bus:
 
     @classmethod
     async def connect(
-        cls, url: str | None = None, *, name: str, settings: Settings | None = None, timeout: float = 5.0
+        cls, url: str | None = None, *, name: str, settings: Settings | None = None, timeout: float = 5.0,
+        inbox_prefix: str | None = None,
     ) -> Bus:
-        """Connect, then keep reconnecting forever: a NATS outage pauses services, never kills them."""
+        """Connect, then keep reconnecting forever: a NATS outage pauses services, never kills them.
+        `inbox_prefix`: where replies to this connection's requests go (agents: agent_inbox_prefix)."""
         settings = settings or Settings.from_env()
-        nc = await connect_core(url or settings.nats_url, name, settings, timeout)
+        nc = await connect_core(url or settings.nats_url, name, settings, timeout, inbox_prefix)
         bus = cls(nc, settings)
         try:
             await bus.ensure()
@@ -186,7 +194,8 @@ class Bus:
         return data
 
 
-async def connect_core(url: str, name: str, settings: Settings, timeout: float = 5.0) -> NATS:
+async def connect_core(url: str, name: str, settings: Settings, timeout: float = 5.0,
+                       inbox_prefix: str | None = None) -> NATS:
     """A core NATS connection that keeps reconnecting forever, with our credentials and logging
     (Bus.connect adds JetStream; the auth callout needs only this)."""
     try:
@@ -197,7 +206,7 @@ async def connect_core(url: str, name: str, settings: Settings, timeout: float =
                 nats_servers(url), name=f"netdiag-{name}", connect_timeout=2, max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25, allow_reconnect=True,
                 error_cb=_log_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
-                **nats_connect_options(settings),
+                **nats_connect_options(settings), **({"inbox_prefix": inbox_prefix} if inbox_prefix else {}),
             ),
             timeout,
         )

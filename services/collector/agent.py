@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationErro
 
 from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
-from shared.bus import Bus, node_collect_subject
+from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
 from shared.logs import log_context
 from shared.schemas import BlobRef
@@ -259,7 +259,7 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     if netns:
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     _return_big_buffers_to_the_kernel()
-    bus = await Bus.connect(name=f"agent-{node}", settings=settings)
+    bus = await Bus.connect(name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node))
     agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
     try:
         await agent.start()

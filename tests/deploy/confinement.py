@@ -15,9 +15,9 @@ from shared.bus import STREAM, SUBJECT_COMPLETED, Bus, node_collect_subject
 async def assert_confined(stages: Bus, agent_bus: Bus, url: str, *, node: str = "node-a", other: str | None = "node-b",
                           forged: tuple[str, ...] = (SUBJECT_COMPLETED,), **login: Any) -> None:
     """The agent on `agent_bus` collects for `node` (a real dump, written to the blob store); a second
-    connection with the same `login` is refused by the server when it publishes any `forged` subject and,
-    when `other` is given, when it subscribes to that node's collect subject — nothing reaches the
-    stream, and nobody answers for `other`."""
+    connection with the same `login` is refused by the server when it publishes any `forged` subject, when
+    it listens to other clients' replies (`_INBOX.>`) and, when `other` is given, when it subscribes to
+    that node's collect subject — nothing reaches the stream, and nobody answers for `other`."""
     agent = NodeAgent(agent_bus, node)
     violations: list[str] = []
 
@@ -33,6 +33,8 @@ async def assert_confined(stages: Bus, agent_bus: Bus, url: str, *, node: str = 
 
         before = (await stages.js.stream_info(STREAM)).state.messages
         expected = [f'publish to "{subject}"'.lower() for subject in forged]
+        await intruder.subscribe("_INBOX.>")  # every other client's replies
+        expected.append('subscription to "_inbox.>"')
         if other is not None:
             await intruder.subscribe(node_collect_subject(other))
             expected.append(f'subscription to "{node_collect_subject(other)}"'.lower())

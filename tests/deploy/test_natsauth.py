@@ -26,7 +26,7 @@ from services.collector.agent import NodeAgent, request_dump
 from services.natsauth.handler import AgentAuthorizer
 from services.natsauth.service import serve
 from shared import natsjwt
-from shared.bus import Bus, node_collect_subject
+from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
 from shared.kube import api_client
 from tests.deploy.chart import NAMESPACE, RELEASE, chart_nats_server
@@ -104,7 +104,7 @@ async def test_an_agent_answers_its_own_node_and_nothing_else(callout: Callout) 
         nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
     # the agent as the chart runs it: its projected token from a file (NETDIAG_NATS_TOKEN_FILE)
     agent_bus = await Bus.connect(name="agent-node-a", settings=Settings(
-        nats_url=callout.url, nats_token_file=callout.token_file(token)))
+        nats_url=callout.url, nats_token_file=callout.token_file(token)), inbox_prefix=agent_inbox_prefix("node-a"))
     try:
         await assert_confined(stages, agent_bus, callout.url, token=token)
     finally:
@@ -150,7 +150,7 @@ async def test_a_reconnect_presents_the_rotated_token(callout: Callout) -> None:
         nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
     first = callout.agent_token("node-a")
     agent_bus = await Bus.connect(name="agent-node-a", settings=Settings(
-        nats_url=callout.url, nats_token_file=callout.token_file(first)))
+        nats_url=callout.url, nats_token_file=callout.token_file(first)), inbox_prefix=agent_inbox_prefix("node-a"))
     agent = NodeAgent(agent_bus, "node-a")
     try:
         await agent.start()
@@ -217,7 +217,7 @@ async def test_requests_not_from_the_server_are_not_answered(kube: LabKubeAPI, t
     assert response["aud"] == natsjwt.public_key(server) and response["sub"] == user_nkey
     user = natsjwt.decode(response["nats"]["jwt"])
     assert user["iss"] == authorizer.issuer_public_key and user["aud"] == "$G" and "exp" not in user
-    assert user["nats"]["sub"]["allow"] == [node_collect_subject("node-a"), "_INBOX.>"]
+    assert user["nats"]["sub"]["allow"] == [node_collect_subject("node-a"), f"{agent_inbox_prefix('node-a')}.>"]
     assert user["nats"]["resp"] == {"max": 1, "ttl": 0}
     with pytest.raises(natsjwt.JwtError, match="not by server"):
         await authorizer(request(natsjwt.keypair(natsjwt.new_user_seed())))  # signed by someone else
@@ -259,7 +259,7 @@ async def test_node_names_with_dots_are_admitted(callout: Callout) -> None:
     stages = await Bus.connect(name="collector", settings=Settings(
         nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
     agent_bus = await Bus.connect(name="agent", settings=Settings(
-        nats_url=callout.url, nats_token_file=callout.token_file(token)))
+        nats_url=callout.url, nats_token_file=callout.token_file(token)), inbox_prefix=agent_inbox_prefix(node))
     try:
         await assert_confined(stages, agent_bus, callout.url, node=node, other="cn-hangzhou.192.168.0.2", token=token)
     finally:

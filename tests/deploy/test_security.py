@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from services.gateway.app import create_app
-from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus
+from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus, agent_inbox_prefix
 from shared.config import Settings
 from shared.natsperms import agent_permissions
 from shared.natsserver import NatsServer
@@ -144,7 +144,8 @@ async def test_an_agent_may_answer_its_own_collect_subject_and_nothing_else(secu
     stage_settings = Settings(nats_url=secured_nats.url, nats_user="netdiag", nats_password="stage-pass")
     agent_settings = Settings(nats_url=secured_nats.url, nats_user="agent-node-a", nats_password="agent-pass")
     stages = await Bus.connect(name="collector", settings=stage_settings)  # creates the stream and buckets
-    agent_bus = await Bus.connect(name="agent-node-a", settings=agent_settings)
+    agent_bus = await Bus.connect(name="agent-node-a", settings=agent_settings,
+                                  inbox_prefix=agent_inbox_prefix("node-a"))
     try:  # no forged result, no overwritten result, no listening to another node's requests
         await assert_confined(stages, agent_bus, secured_nats.url, user="agent-node-a", password="agent-pass",
                               forged=(SUBJECT_COMPLETED, f"$KV.{RESULTS_BUCKET}.0123"))
@@ -180,7 +181,7 @@ async def test_the_charts_nats_config_lets_agents_collect_and_nothing_more(chart
     stages = await Bus.connect(name="collector", settings=Settings(
         nats_url=chart_nats, nats_user="netdiag", nats_password="stage-pass"))
     agent_bus = await Bus.connect(name="agent", settings=Settings(
-        nats_url=chart_nats, nats_user="agent", nats_password="agent-pass"))
+        nats_url=chart_nats, nats_user="agent", nats_password="agent-pass"), inbox_prefix=agent_inbox_prefix("node-a"))
     try:  # the shared `agent` identity (agentAuth: password) may listen to any node, never publish results
         await assert_confined(stages, agent_bus, chart_nats, other=None, user="agent", password="agent-pass")
     finally:
