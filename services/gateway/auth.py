@@ -57,7 +57,9 @@ class TokenReviewer:
     """Is this a valid Kubernetes token? One TokenReview per token and TTL, sent from a worker thread
     (the sync official client) so the event loop never waits on the API server. Cached under the
     token's SHA-256: an acceptance for `positive_ttl_s`, a refusal for `negative_ttl_s` (a revoked
-    token stays usable at most that long), at most `max_entries`. Errors are not cached."""
+    token stays usable at most that long), at most `max_entries` — a full cache drops expired entries,
+    then refusals, and only then the oldest acceptances, so a flood of made-up tokens cannot push out
+    the users' ones. Concurrent requests with one new token share one review. Errors are not cached."""
 
     def __init__(self, api: client.ApiClient, *, audiences: Iterable[str] = (), allowed_groups: Iterable[str] = (),
                  allowed_users: Iterable[str] = (), positive_ttl_s: float = 60.0, negative_ttl_s: float = 10.0,
@@ -69,20 +71,31 @@ class TokenReviewer:
         self.max_entries = max_entries
         self.timeout_s = timeout_s
         self._cache: dict[str, tuple[float, bool]] = {}  # sha256 hex → (expiry, accepted)
+        self._pending: dict[str, asyncio.Future[bool]] = {}  # reviews under way
 
     async def __call__(self, token: str) -> bool:
         key = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
         cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             return cached[1]
-        accepted = await asyncio.to_thread(self._review, token, key[:12])
-        if len(self._cache) >= self.max_entries:
-            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            while len(self._cache) >= self.max_entries:
-                del self._cache[next(iter(self._cache))]  # the oldest entry
-        self._cache[key] = (now + self.ttl_s[accepted], accepted)
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = self._pending[key] = asyncio.ensure_future(asyncio.to_thread(self._review, token, key[:12]))
+            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+        accepted = await asyncio.shield(pending)
+        self._remember(key, accepted)
         return accepted
+
+    def _remember(self, key: str, accepted: bool) -> None:
+        now = time.monotonic()
+        if key not in self._cache and len(self._cache) >= self.max_entries:
+            self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            for dropping_accepted in (False, True):  # refusals go first
+                for k in [k for k, v in self._cache.items() if v[1] == dropping_accepted]:
+                    if len(self._cache) < self.max_entries:
+                        break
+                    del self._cache[k]  # the oldest first (insertion order)
+        self._cache[key] = (now + self.ttl_s[accepted], accepted)
 
     def _review(self, token: str, ref: str) -> bool:
         try:

@@ -5,6 +5,7 @@ a 503, not a 401; a token never reaches the logs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,7 +16,9 @@ import aiohttp
 import pytest
 
 from lab.kubeapi import LabKubeAPI
+from services.gateway.auth import TokenReviewer
 from shared.config import Settings
+from shared.kube import api_client
 from tests.deploy.test_security import TOKEN, serve
 
 REVIEWS = "POST /apis/authentication.k8s.io/v1/tokenreviews"
@@ -126,3 +129,15 @@ async def test_tokens_never_reach_the_logs(gateway: Stack, caplog: pytest.LogCap
     assert "system:serviceaccount:ops:logged authenticated" in caplog.text  # the logs say who, not with what
     for token in tokens:
         assert token not in caplog.text
+
+
+async def test_concurrent_requests_share_a_review_and_floods_keep_accepted_tokens(kube: LabKubeAPI,
+                                                                                 tmp_path: Path) -> None:
+    reviewer = TokenReviewer(api_client(kube.write_kubeconfig(tmp_path / "kubeconfig")), max_entries=3)
+    token = kube.mint_token("ops", "busy")
+    assert await asyncio.gather(*(reviewer(token) for _ in range(8))) == [True] * 8
+    assert kube.requests[REVIEWS] == 1  # eight concurrent requests, one review
+    for n in range(10):  # made-up tokens fill the cache with refusals
+        assert not await reviewer(f"made-up-{n}")
+    assert await reviewer(token)
+    assert kube.requests[REVIEWS] == 11  # the accepted token was still cached
