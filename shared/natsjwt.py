@@ -39,13 +39,9 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def new_account_seed() -> bytes:
-    """A fresh account nkey seed (`SA…`): the auth callout issuer."""
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_ACCOUNT)
-
-
-def new_user_seed() -> bytes:
-    return nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+def new_seed(prefix: int = nkeys.PREFIX_BYTE_ACCOUNT) -> bytes:
+    """A fresh nkey seed: by default an account's (`SA…`), the auth callout issuer."""
+    return nkeys.encode_seed(os.urandom(32), prefix)
 
 
 def keypair(seed: bytes | str) -> nkeys.KeyPair:

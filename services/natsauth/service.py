@@ -45,7 +45,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None, ready: as
 
 
 def keygen() -> int:
-    seed = natsjwt.new_account_seed()
+    seed = natsjwt.new_seed()
     print(f"seed: {seed.decode()}\npublic key: {natsjwt.public_key(natsjwt.keypair(seed))}")
     return 0
 

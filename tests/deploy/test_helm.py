@@ -47,7 +47,7 @@ TOKEN_REVIEW: dict[str, Any] = {"gateway": {"auth": {"tokenReview": {
     "allowedUsers": ["system:serviceaccount:dev:alice"]}}}}
 
 
-_SEED = natsjwt.new_account_seed()
+_SEED = natsjwt.new_seed()
 CALLOUT: dict[str, Any] = {"nats": {"agentAuth": "callout", "authCallout": {
     "issuerPublicKey": natsjwt.public_key(natsjwt.keypair(_SEED)), "issuerSeed": _SEED.decode()}}}
 

@@ -61,7 +61,7 @@ class Callout:
 
 @contextlib.asynccontextmanager
 async def start_callout(kube: LabKubeAPI, tmp_path: Path, user_ttl_s: float = 60) -> AsyncIterator[Callout]:
-    seed = natsjwt.new_account_seed()
+    seed = natsjwt.new_seed()
     values = {"nats": {"replicas": 1, "agentAuth": "callout", "authCallout": {
         "issuerPublicKey": natsjwt.public_key(natsjwt.keypair(seed)), "issuerSeed": seed.decode()}}}
     (tmp_path / "issuer-seed").write_bytes(seed)
@@ -198,11 +198,11 @@ async def test_an_identity_with_a_lifetime_is_ended_by_the_server(kube: LabKubeA
 async def test_requests_not_from_the_server_are_not_answered(kube: LabKubeAPI, tmp_path: Path) -> None:
     """The authorizer answers only well-formed, unexpired requests whose signature matches the key they name
     (integrity; origin is the server's: no client may publish to $SYS.REQ.USER.AUTH)."""
-    seed = natsjwt.new_account_seed()
+    seed = natsjwt.new_seed()
     authorizer = AgentAuthorizer(api_client(kube.write_kubeconfig(tmp_path / "kubeconfig")), seed,
                                  agent_user=AGENT_USER)
     server = natsjwt.keypair(nkeys.encode_seed(bytes(32), nkeys.PREFIX_BYTE_SERVER))
-    user_nkey = natsjwt.public_key(natsjwt.keypair(natsjwt.new_user_seed()))
+    user_nkey = natsjwt.public_key(natsjwt.keypair(natsjwt.new_seed(nkeys.PREFIX_BYTE_USER)))
 
     def request(signer: nkeys.KeyPair, **extra: object) -> bytes:
         claims = {"sub": natsjwt.public_key(authorizer.issuer), "aud": "nats-authorization-request",
@@ -220,7 +220,7 @@ async def test_requests_not_from_the_server_are_not_answered(kube: LabKubeAPI, t
     assert user["nats"]["sub"]["allow"] == [node_collect_subject("node-a"), f"{agent_inbox_prefix('node-a')}.>"]
     assert user["nats"]["resp"] == {"max": 1, "ttl": 0}
     with pytest.raises(natsjwt.JwtError, match="not by server"):
-        await authorizer(request(natsjwt.keypair(natsjwt.new_user_seed())))  # signed by someone else
+        await authorizer(request(natsjwt.keypair(natsjwt.new_seed(nkeys.PREFIX_BYTE_USER))))  # signed by someone else
     with pytest.raises(natsjwt.JwtError, match="expired"):
         await authorizer(request(server, exp=int(time.time()) - 60))
     header, _, signature = request(server).decode().split(".")
