@@ -73,6 +73,11 @@ class Fault:
         return EXAMPLES / f"{self.scenario}.yaml"
 
     @property
+    def beyond_the_nodes(self) -> bool:
+        """The fault acts where no node dump reaches (an outside host): the diagnosis cannot decide."""
+        return self.verdict_after == "UNDETERMINED"
+
+    @property
     def split(self) -> bool:
         """Only some flows break (one ECMP next hop): the kernel shows both outcomes, a diagnosis AMBIGUOUS."""
         return self.verdict_after == "AMBIGUOUS"
@@ -158,6 +163,13 @@ CATALOGUE: list[Fault] = [
           Expected("NO_LISTENER", "pod:shop/api-2"),
           commands=(_node("node-2", "{iptables}", "-t", "nat", "-I", "PREROUTING", "1", "-d", "{pod:shop/api-2}/32",
                           "-p", "tcp", "--dport", "8080", "-j", "DNAT", "--to-destination", "{pod:shop/api-2}:9999"),)),
+    # the reply is lost beyond the nodes (the internet host has no route to the pod CIDR), where no node
+    # dump can see: the diagnosis must say it cannot decide, name the cause, and never claim REACHABLE
+    Fault("pod_masquerade_missing", "node-1's CNI masquerade for pod traffic leaving the cluster is gone: the "
+          "internet host answers the private pod address, which it cannot route", "basic",
+          ProbeSpec("web/client", "inet", 80), "connected", "timeout",
+          Expected("POD_SOURCE_NOT_MASQUERADED", "node:node-1"), verdict_after="UNDETERMINED",
+          commands=(_node("node-1", "{iptables}", "-t", "nat", "-F", "FLANNEL-POSTRTG"),)),
     Fault("ip_forward_off_source_node", "net.ipv4.ip_forward=0 on the source pod's node",
           "basic", CLIENT_TO_API2, "connected", "timeout", Expected("IP_FORWARD_DISABLED", "node:node-1"),
           commands=(_node("node-1", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),

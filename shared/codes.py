@@ -128,6 +128,10 @@ _ENTRIES = [
                 "Local and no ready endpoint on node {node}",
                 "Run an endpoint pod on {node}, send traffic only to nodes with endpoints, or use the "
                 "Cluster policy."),
+    FindingCode("POD_SOURCE_NOT_MASQUERADED", W, "pod traffic from {src} leaves {where} for {dst} without "
+                "masquerade: only a NAT or route beyond the node can bring the reply back to the pod address",
+                "Check the CNI's masquerade for traffic leaving the cluster (flannel --ip-masq / FLANNEL-POSTRTG, "
+                "calico natOutgoing, ip-masq-agent nonMasqueradeCIDRs), or SNAT the pod CIDR at the NAT gateway."),
     FindingCode("LB_SOURCE_RANGE_DENY", E, "source {src} is outside loadBalancerSourceRanges {ranges} of "
                 "service {service}", "Add {src} to spec.loadBalancerSourceRanges of {service}."),
     FindingCode("KUBE_PROXY_RULES_MISSING", E, "node {node} has no kube-proxy rules for {what}",

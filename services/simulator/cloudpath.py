@@ -48,6 +48,7 @@ from shared.schemas import (
     Path,
     Severity,
     StepAction,
+    StepKind,
 )
 from shared.topology import CandidatePath, EndpointKind, TopologyReport
 
@@ -119,7 +120,7 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
                    and i > 0), len(path.hops))
         if _dropped_before(path, at):
             return None
-        packet, notes = _leaving(report, src_node, _packet_at(path, at, request))
+        packet, notes = _leaving(report, src_node, path, at, request)
         result = evaluate_to_internet(index, src_node, packet)
         result.assumptions[:0] = notes
         if at < len(path.hops):
@@ -129,7 +130,7 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
         at = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == dst_node), None)
         if at is None or _dropped_before(path, at):
             return None
-        packet, notes = _leaving(report, src_node, _packet_at(path, at, request))
+        packet, notes = _leaving(report, src_node, path, at, request)
         encapsulation, tunnel_notes = _tunnel(report, packet)
         result = evaluate_node_to_node(index, src_node, dst_node, packet, encapsulation=encapsulation,
                                        vxlan_port=VXLAN_PORT)
@@ -210,10 +211,15 @@ def _node_ip(report: TopologyReport, node: str, family: int) -> str | None:
     return None
 
 
-def _leaving(report: TopologyReport, node: str, packet: Packet) -> tuple[Packet, list[Assumption]]:
-    """The packet as it leaves `node`'s uplink: a pod source going to a non-pod address is
-    masqueraded to the node address by the CNI (flannel/calico ip-masq), except on terway."""
-    if not _in_pod_network(report, packet.src) or _in_pod_network(report, packet.dst) \
+def _leaving(report: TopologyReport, node: str, path: Path, at: int,
+             request: DiagnosisRequest) -> tuple[Packet, list[Assumption]]:
+    """The packet as it leaves `node`'s uplink. A path the dataplane walk followed through the node's
+    netfilter already carries what the node's POSTROUTING did (masquerade or not); a path from the
+    Kubernetes model alone assumes the CNI's usual masquerade of a pod source going to a non-pod
+    address (flannel/calico ip-masq), except on terway."""
+    packet = _packet_at(path, at, request)
+    walked = any(s.kind == StepKind.NETFILTER for h in path.hops[:at] for s in h.steps)
+    if walked or not _in_pod_network(report, packet.src) or _in_pod_network(report, packet.dst) \
             or report.cluster.cni in NO_MASQUERADE:
         return packet, []
     node_ip = _node_ip(report, node, ip_address(packet.src).version)

@@ -39,9 +39,18 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
                     ctstate="ESTABLISHED", tcp_flags=flags, iif=iif)
     rw = Walker(walker.world, walker.report, walker.request, walker.expect, reply=True)
     trail = Trail(pending_reverse=list(forward.nat))
-    if iif is not None:
+    if iif is not None and walker.node_for_pod_network(st.src) is not None and \
+            walker.node_for_pod_network(st.dst) is None:
+        # the request left with a pod address: the outside cannot answer it unless a NAT (the cloud's,
+        # checked by the cloud stage when modelled) or a route for the pod CIDR brings the reply back
+        forward.findings.append(finding("POD_SOURCE_NOT_MASQUERADED", node_hop(place.node), src=st.src,
+                                        dst=st.dst, where=f"node {place.node}"))
+        forward.assume(f"the reply from {st.dst} to the pod address {st.src} comes back to {place.node}'s "
+                       f"{iif} only through a NAT or a route for the pod CIDR beyond the node", could_change=True)
+    elif iif is not None:
         trail.assume(f"the reply from {st.dst} comes back to {st.src} on {place.node}'s {iif} (beyond the node "
                      "the cloud layer decides)", could_change=False)  # the cloud stage checks that part
+    if iif is not None:
         hop = trail.hop_by_id(external_hop(st.dst), kind=HopKind.INTERNET if st.dst.is_global else HopKind.EXTERNAL,
                               name=f"{'internet' if st.dst.is_global else 'outside the cluster'} {st.dst}")
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
