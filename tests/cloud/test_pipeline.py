@@ -352,3 +352,36 @@ async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, prot
     finally:
         await asyncio.to_thread(Lab.sweep, prefix)
     assert not lab_state.state_path(prefix).exists()
+
+
+@pytest.mark.lab
+async def test_live_lab_cloud_judges_the_packet_the_node_really_sends(credentials: Path) -> None:
+    """Pod → internet on a lab with the emulated cloud: with the CNI's masquerade the node address leaves and
+    the NAT gateway's SNAT (for the node vSwitch) covers it; with the masquerade flushed on node-1 the walk
+    sees the pod address leave, and the cloud judges that packet — no SNAT entry covers a pod address:
+    NAT_NO_SNAT, where a guess of the CNI's usual masquerade would have said REACHABLE."""
+    require_root()
+    rs = resolve(Scenario.model_validate({
+        "name": "cloud-masq", "cni": "host-gw", "dns": False, "internet": True, "cloud": {},
+        "nodes": [{"name": "node-1"}, {"name": "node-2"}],
+        "pods": [{"name": "client", "node": "node-1"}]}))
+    prefix = new_prefix()
+    try:
+        lab = await asyncio.to_thread(Lab.up, rs, prefix)
+        api = await asyncio.to_thread(lab.start_api)
+        cloud = await asyncio.to_thread(lab.start_cloud)
+        settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0, cloud_provider="alibaba",
+                            cloud_region="cn-hangzhou", cloud_endpoint=f"http://{cloud.endpoint}",
+                            cloud_credentials_file=credentials)
+        body = {"src": lab.address("pod:default/client"), "dst": INTERNET, "port": 53, "protocol": "udp"}
+        agents = {name: node.netns for name, node in lab.state.nodes.items()}
+        async with EmbeddedStack(settings, agents=agents) as stack:
+            healthy = await diagnose(stack, body)
+            assert cloud_errors(healthy) == [] and healthy["verdict"] != "UNREACHABLE", healthy["summary"]
+            await asyncio.to_thread(lab.exec, "node-1", ["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"])
+            unmasqueraded = await diagnose(stack, body)
+            codes = {f["code"] for f in unmasqueraded["findings"]}
+            assert {"POD_SOURCE_NOT_MASQUERADED", "NAT_NO_SNAT"} <= codes, unmasqueraded["findings"]
+            assert unmasqueraded["verdict"] == "UNREACHABLE", unmasqueraded["summary"]
+    finally:
+        await asyncio.to_thread(Lab.sweep, prefix)
