@@ -5,6 +5,8 @@ KUBE_PROXY_RULES_MISSING, NO_LISTENER, NO_ROUTE or VETH_PEER_MISSING."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from services.simulator.assemble import overall_verdict
@@ -27,47 +29,50 @@ def aborted_for_missing_data(result: WalkResult, hop: str, needle: str) -> None:
     assert verdict(result) == Verdict.UNDETERMINED
 
 
+def unread_is_not_empty(case: Case, empty: Callable[[], None], unread: Callable[[], None], hop: str, needle: str,
+                        code: str) -> None:
+    """Empty state means `code`; the same state marked unread (a collector error) must not: it aborts on
+    the missing data at `hop` instead."""
+    empty()
+    assert {p.cause for p in forward(case.run())} == {code}  # what the empty state means
+    unread()
+    result = case.run()
+    aborted_for_missing_data(result, hop, needle)
+    assert not [f for f in result.findings if f.code == code]
+
+
 @pytest.mark.parametrize("error", ["netfilter: PermissionError: [Errno 13] Permission denied",
                                    "iptables-nft-save not installed"])
 def test_unread_netfilter_is_not_an_empty_ruleset(error: str) -> None:
     case = Case("basic", "clusterip")
-    case.host("node-1").netfilter = NetfilterState()
-    assert {p.cause for p in forward(case.run())} == {"KUBE_PROXY_RULES_MISSING"}  # what empty rules mean
-    case.host("node-1").errors = [error]
-    result = case.run()
-    aborted_for_missing_data(result, "node:node-1", error)
-    assert not [f for f in result.findings if f.code == "KUBE_PROXY_RULES_MISSING"]
+    node = case.host("node-1")
+    unread_is_not_empty(case, lambda: setattr(node, "netfilter", NetfilterState()),
+                        lambda: setattr(node, "errors", [error]), "node:node-1", error, "KUBE_PROXY_RULES_MISSING")
 
 
 def test_unread_sockets_are_not_no_listener() -> None:
     case = Case("basic", "pod-cross-node")
-    case.pod("shop/api-2").sockets = []
-    assert {p.cause for p in forward(case.run())} == {"NO_LISTENER"}
-    case.pod("shop/api-2").errors = ["sockets: OSError: [Errno 1] Operation not permitted"]
-    result = case.run()
-    aborted_for_missing_data(result, "pod:shop/api-2", "listening sockets")
-    assert not [f for f in result.findings if f.code == "NO_LISTENER"]
+    pod = case.pod("shop/api-2")
+    unread_is_not_empty(case, lambda: setattr(pod, "sockets", []),
+                        lambda: setattr(pod, "errors", ["sockets: OSError: [Errno 1] Operation not permitted"]),
+                        "pod:shop/api-2", "listening sockets", "NO_LISTENER")
 
 
 def test_unread_routes_are_not_no_route() -> None:
     case = Case("basic", "pod-cross-node")
-    case.host("node-2").routes = []
-    assert {p.cause for p in forward(case.run())} == {"NO_ROUTE"}
-    case.host("node-2").errors = ["routes: NetlinkError: (16, 'Device or resource busy')"]
-    result = case.run()
-    aborted_for_missing_data(result, "node:node-2", "the routes of node node-2")
-    assert not [f for f in result.findings if f.code == "NO_ROUTE"]
+    node = case.host("node-2")
+    unread_is_not_empty(case, lambda: setattr(node, "routes", []),
+                        lambda: setattr(node, "errors", ["routes: NetlinkError: (16, 'Device or resource busy')"]),
+                        "node:node-2", "the routes of node node-2", "NO_ROUTE")
 
 
 def test_an_unreadable_pod_namespace_is_not_a_missing_veth() -> None:
     case = Case("basic", "pod-cross-node")
-    dst = case.pod("shop/api-2")
-    case.dumps["node-2"].pods.remove(dst)
-    assert {p.cause for p in forward(case.run())} == {"VETH_PEER_MISSING"}
-    case.dumps["node-2"].errors = [f"netns {dst.id} (/proc/4242/ns/net): FileNotFoundError: [Errno 2] gone"]
-    result = case.run()
-    aborted_for_missing_data(result, "node:node-2", "could not read it")
-    assert not [f for f in result.findings if f.code == "VETH_PEER_MISSING"]
+    dst, dump = case.pod("shop/api-2"), case.dumps["node-2"]
+    unread_is_not_empty(case, lambda: dump.pods.remove(dst),
+                        lambda: setattr(dump, "errors", [f"netns {dst.id} (/proc/4242/ns/net): FileNotFoundError: "
+                                                         "[Errno 2] gone"]),
+                        "node:node-2", "could not read it", "VETH_PEER_MISSING")
 
 
 def test_an_error_the_walk_does_not_need_still_leaves_a_delivery_undetermined() -> None:
