@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lab.cloudemu import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET
 from services.cloud.alibaba import AlibabaProvider, Credentials
-from shared.cloudeval.evaluate import evaluate_node_to_node
-from shared.cloudeval.index import CloudIndex
-from shared.cloudeval.security_groups import Flow, evaluate
+from services.simulator.cloudeval.evaluate import evaluate_node_to_node
+from services.simulator.cloudeval.index import CloudIndex
+from services.simulator.cloudeval.security_groups import Flow, evaluate
 from shared.schemas import Packet
 
 INSTANCES, GROUPS, RULES, TABLES, GROUPS_PER_NIC = 500, 50, 200, 20, 5

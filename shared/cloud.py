@@ -21,6 +21,9 @@ from shared.schemas import now
 
 CLOUD_VERSION = 1
 INVENTORY_FILE = "inventory.json"
+# The Service annotation that names the CLB serving it (the cloud stage collects that CLB; the
+# simulator evaluates it).
+LB_ID_ANNOTATION = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-id"
 
 
 class _Model(BaseModel):

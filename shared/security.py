@@ -1,7 +1,7 @@
 """How a service proves who it is to NATS: user/password, a .creds file, an nkey seed or a token file, and TLS.
 
 The permissions each identity gets live in the NATS server's configuration (docs/security.md and
-shared/natsperms.py); the services only present credentials.
+services/natsauth/natsperms.py); the services only present credentials.
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ from typing import Any
 
 from services.cloud.provider import CloudError, CloudProvider, make_provider
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
-from shared.cloud import CloudInventory, empty_inventory, load_inventory
-from shared.cloudeval.clb import LB_ID_ANNOTATION
+from shared.cloud import LB_ID_ANNOTATION, CloudInventory, empty_inventory, load_inventory
 from shared.codes import finding
 from shared.config import Settings
 from shared.schemas import Assumption, Finding, StageEnvelope

@@ -15,7 +15,7 @@ authorization request JWT, signed by the server's nkey. This service:
    `user.extra["authentication.kubernetes.io/node-name"]` (Kubernetes >= 1.30 adds it to pod-bound
    tokens) is the node the agent may answer for;
 4. answers with an authorization response JWT, signed by the issuer account's nkey, holding a user
-   JWT with exactly `shared.natsperms.agent_permissions(node)` — or, refused, an error (the client
+   JWT with exactly `services.natsauth.natsperms.agent_permissions(node)` — or, refused, an error (the client
    gets "Authorization Violation"), logged with the reason but never the token.
 
 The identity lasts for the connection (NETDIAG_NATS_AUTH_USER_TTL_S, default 0); every reconnect is a
@@ -40,11 +40,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared import natsjwt
+from services.natsauth import natsjwt
+from services.natsauth.natsperms import agent_permissions
 from shared.bus import subscribe_confirmed
 from shared.config import Settings
 from shared.kube import TokenReviewUnavailable, api_client, review_token
-from shared.natsperms import agent_permissions
 
 log = logging.getLogger("netdiag.natsauth")
 

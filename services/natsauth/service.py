@@ -12,8 +12,8 @@ import sys
 
 from kubernetes.config import ConfigException
 
+from services.natsauth import natsjwt
 from services.natsauth.handler import AUTH_SUBJECT, AgentAuthorizer, serve_callout
-from shared import natsjwt
 from shared.bus import BusUnavailable, connect_core
 from shared.config import Settings
 from shared.logs import setup_logging

@@ -26,8 +26,7 @@ import copy
 from ipaddress import ip_address, ip_network
 from typing import Any, NamedTuple
 
-from shared.cloud import CloudInventory
-from shared.cloudeval.evaluate import (
+from services.simulator.cloudeval.evaluate import (
     VXLAN_PORT,
     CloudResult,
     Encapsulation,
@@ -35,7 +34,8 @@ from shared.cloudeval.evaluate import (
     evaluate_node_to_node,
     evaluate_to_internet,
 )
-from shared.cloudeval.index import CloudIndex
+from services.simulator.cloudeval.index import CloudIndex
+from shared.cloud import CloudInventory
 from shared.schemas import (
     Assumption,
     DiagnosisRequest,

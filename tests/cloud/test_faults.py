@@ -7,13 +7,13 @@ from collections.abc import Callable
 
 import pytest
 
-from shared.cloud import CloudInventory
-from shared.cloudeval.evaluate import (
+from services.simulator.cloudeval.evaluate import (
     CloudResult,
     evaluate_internet_to_lb,
     evaluate_node_to_node,
     evaluate_to_internet,
 )
+from shared.cloud import CloudInventory
 from shared.codes import CATALOGUE
 from shared.schemas import Packet
 from tests.cloud.conftest import EXAMPLES

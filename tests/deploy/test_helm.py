@@ -13,8 +13,8 @@ import helm_python as helm
 import pytest
 from kubernetes import client
 
+from services.natsauth import natsjwt
 from services.topology.sources.live import resources
-from shared import natsjwt
 from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
 from shared.natsserver import nats_server_binary
 from tests.deploy.chart import CHART, NAMESPACE, RELEASE, render

@@ -23,9 +23,9 @@ import pytest
 
 from lab.kubeapi import LabKubeAPI
 from services.collector.agent import NodeAgent, request_dump
+from services.natsauth import natsjwt
 from services.natsauth.handler import AgentAuthorizer
 from services.natsauth.service import serve
-from shared import natsjwt
 from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
 from shared.kube import api_client

@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from services.gateway.app import create_app
+from services.natsauth.natsperms import agent_permissions
 from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus, agent_inbox_prefix
 from shared.config import Settings
-from shared.natsperms import agent_permissions
 from shared.natsserver import NatsServer
 from tests.deploy.chart import chart_nats_server, nats_conf
 from tests.deploy.confinement import assert_confined

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.simulator.cloudeval.index import IP, CloudIndex, contains, network
 from shared.cloud import NatGateway, NetworkInterface, RouteEntry, RouteTable, SnatEntry, VSwitch
-from shared.cloudeval.index import IP, CloudIndex, contains, network
 
 
 @dataclass

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.simulator.cloudeval.index import IP, CloudIndex, network
 from shared.cloud import NetworkInterface, SecurityGroupRule
-from shared.cloudeval.index import IP, CloudIndex, network
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from shared.cloud import AccessControlList, Listener, LoadBalancer
-from shared.cloudeval.index import IP, CloudIndex, contains
-
-LB_ID_ANNOTATION = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-id"
+from services.simulator.cloudeval.index import IP, CloudIndex, contains
+from shared.cloud import LB_ID_ANNOTATION, AccessControlList, Listener, LoadBalancer
 
 
 @dataclass(frozen=True)

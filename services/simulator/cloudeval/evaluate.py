@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Literal
 
+from services.simulator.cloudeval.clb import BackendTarget, acl_denies, backends, find_load_balancer, listener_for
+from services.simulator.cloudeval.index import CloudIndex
+from services.simulator.cloudeval.security_groups import Flow, SgDecision, evaluate
+from services.simulator.cloudeval.vpc import RouteDecision, route_lookup, snat_entry_for
 from shared.cloud import CloudInventory, Instance, NetworkInterface
-from shared.cloudeval.clb import BackendTarget, acl_denies, backends, find_load_balancer, listener_for
-from shared.cloudeval.index import CloudIndex
-from shared.cloudeval.security_groups import Flow, SgDecision, evaluate
-from shared.cloudeval.vpc import RouteDecision, route_lookup, snat_entry_for
 from shared.codes import finding
 from shared.schemas import (
     Assumption,
