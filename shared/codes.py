@@ -107,6 +107,23 @@ _ENTRIES = [
                 "pod {pod} cannot reach itself through its Service",
                 "Enable hairpin: `ip link set {port} type bridge_slave hairpin on` (kubelet "
                 "--hairpin-mode=hairpin-veth or the CNI's hairpinMode)."),
+    FindingCode("BRIDGE_PORT_BLOCKED", E, "bridge port {port} of {bridge} in {where} is in STP state {state}: "
+                "only a forwarding port passes frames ({direction})",
+                "Set the port forwarding: `bridge link set dev {port} state 3` in {where}, or find what "
+                "(STP, a CNI, an operator) disabled it."),
+    FindingCode("TC_DROP", E, "tc drops the packet on {device} ({direction}) in {where}: {filter}",
+                "Inspect `tc qdisc show dev {device}` and `tc filter show dev {device} {direction}` in {where}; "
+                "remove the {filter} if it is not intended."),
+    FindingCode("XDP_DROP", E, "the XDP program {program} on {device} in {where} drops the packet",
+                "Detach it (`ip link set dev {device} xdp off` in {where}) or fix the program that owns it."),
+    FindingCode("BPF_PROGRAM_ON_PATH", W, "the {hook} BPF program {program} on {where} acts on this packet and "
+                "netdiag cannot evaluate it: the outcome there is unknown",
+                "Check the program's owner (a CNI datapath such as Cilium, a load balancer, a security agent) "
+                "or confirm with a live probe (`netdiag diagnose --live`)."),
+    FindingCode("LIVE_DIVERGES", E, "the kernel disagrees with the simulation: the live probe {probe} "
+                "({kernel}), the simulation said {simulated}; {detail}",
+                "The kernel's answer is what happened: trust it. Report this diagnosis to the netdiag "
+                "project (its model missed {detail}) and check the device named there by hand."),
     FindingCode("LINK_DOWN", E, "link {link} in {where} is down", "Bring it up: `ip link set {link} up` "
                 "in {where}; if a pod's eth0, restart the pod so the CNI re-adds its routes."),
     FindingCode("VETH_PEER_MISSING", E, "veth {link} in {where} has no peer",
@@ -164,6 +181,31 @@ _ENTRIES = [
 ]
 
 CATALOGUE: dict[str, FindingCode] = {c.code: c for c in _ENTRIES}
+
+# The kernel's `enum skb_drop_reason` (include/net/dropreason-core.h; the `skb:kfree_skb` tracepoint's
+# `reason`) → the finding codes that name that cause. A live probe's drop agrees with the simulation
+# when the simulated cause is one of these. Reasons absent here agree with nothing in particular.
+DROP_REASON_CODES: dict[str, tuple[str, ...]] = {
+    "NETFILTER_DROP": ("IPTABLES_DROP", "NFTABLES_DROP", "NETWORK_POLICY_DENY", "LB_SOURCE_RANGE_DENY",
+                       "NO_LOCAL_ENDPOINT", "SERVICE_NO_ENDPOINT", "KUBE_PROXY_RULES_MISSING", "IPTABLES_REJECT"),
+    # ip_route_input_slow: forwarding off on the ingress device ends in its no_route branch too
+    "IP_INNOROUTES": ("NO_ROUTE", "ROUTE_BLACKHOLE", "INVALID_ROUTE", "IP_FORWARD_DISABLED"),
+    "IP_OUTNOROUTES": ("NO_ROUTE", "ROUTE_BLACKHOLE", "INVALID_ROUTE", "KUBE_PROXY_RULES_MISSING"),
+    "IP_INADDRERRORS": ("NO_ROUTE", "ROUTE_BLACKHOLE"),
+    "NEIGH_FAILED": ("NEIGHBOR_FAILED", "INVALID_ROUTE"),
+    "NEIGH_QUEUEFULL": ("NEIGHBOR_FAILED",),
+    "IP_RPFILTER": ("RP_FILTER_DROP",),
+    "NO_SOCKET": ("NO_LISTENER",),
+    "SOCKET_FILTER": ("BPF_PROGRAM_ON_PATH",),
+    "TC_INGRESS": ("TC_DROP", "BPF_PROGRAM_ON_PATH"),
+    "TC_EGRESS": ("TC_DROP", "BPF_PROGRAM_ON_PATH"),
+    "QDISC_DROP": ("TC_DROP",),
+    "BRIDGE_INGRESS_STP_STATE": ("BRIDGE_PORT_BLOCKED",),
+    "XDP": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+    "DEV_READY": ("LINK_DOWN", "VETH_PEER_MISSING"),
+    "PKT_TOO_BIG": ("MTU_MISMATCH",),
+    "IP_LOCALNET": ("ROUTE_LOCALNET_DISABLED",),
+}
 
 SEED_CODES = (
     "POD_NOT_READY", "NETWORK_POLICY_DENY", "NO_LISTENER", "NO_ROUTE", "INVALID_ROUTE",
