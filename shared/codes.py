@@ -205,7 +205,21 @@ DROP_REASON_CODES: dict[str, tuple[str, ...]] = {
     "DEV_READY": ("LINK_DOWN", "VETH_PEER_MISSING"),
     "PKT_TOO_BIG": ("MTU_MISMATCH",),
     "IP_LOCALNET": ("ROUTE_LOCALNET_DISABLED",),
+    "BPF_CGROUP_EGRESS": ("BPF_PROGRAM_ON_PATH",),
 }
+
+# Where the kernel frees a packet without naming a reason (NOT_SPECIFIED), the freeing function can:
+# veth's XDP receive path frees what its program dropped that way (drivers/net/veth.c).
+DROP_LOCATION_CODES: dict[str, tuple[str, ...]] = {
+    "veth_xdp_rcv_skb": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+    "veth_xdp_rcv_one": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+    "do_xdp_generic": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+}
+
+
+def drop_codes(reason: str, location: str) -> tuple[str, ...]:
+    """The finding codes a kernel drop (reason, freeing function) stands for; () when it names none."""
+    return DROP_REASON_CODES.get(reason) or DROP_LOCATION_CODES.get(location, ())
 
 SEED_CODES = (
     "POD_NOT_READY", "NETWORK_POLICY_DENY", "NO_LISTENER", "NO_ROUTE", "INVALID_ROUTE",

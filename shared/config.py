@@ -66,6 +66,10 @@ class Settings(BaseModel):
     rate_limit_rps: float | None = Field(None, gt=0, description="sustained requests/s per client (None: no limit)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
+    live_probe: bool = Field(False, description="node agents answer live probes and trace the kernel's drops of "
+                             "them (bpftrace); diagnoses may then ask for `live: true`")
+    probe_rate_per_s: float = Field(5.0, gt=0, le=100, description="live probes per second per node agent")
+    probe_concurrency: int = Field(4, ge=1, le=64, description="live probes one node agent runs at once")
     configmap_namespaces: tuple[str, ...] = Field(
         DEFAULT_CONFIGMAP_NAMESPACES, description="comma-separated namespaces whose ConfigMaps detection reads"
     )

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
 
+from shared.live import MAX_PROBE_TIMEOUT_S, LiveWitness
+
 SCHEMA_VERSION = 1
 
 IPAddress = IPv4Address | IPv6Address
@@ -40,6 +42,9 @@ class Strict(BaseModel):
 class DiagnosisOptions(Strict):
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")
+    live: bool = Field(False, description="also probe for real from the source's namespace and trace the kernel's "
+                       "drops of that flow (node agents with live probes on); the result gains a `live` section")
+    live_timeout_s: float = Field(2.0, gt=0, le=MAX_PROBE_TIMEOUT_S, description="the live probe's timeout")
 
 
 class DiagnosisRequest(Strict):
@@ -200,6 +205,7 @@ class DiagnosisResult(BaseModel):
     paths: list[Path] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+    live: LiveWitness | None = Field(None, description="the kernel's witness of the same flow (options.live)")
 
 
 class DiagnosisStatus(StrEnum):

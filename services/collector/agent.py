@@ -22,15 +22,27 @@ import math
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
-from services.collector.reader import collect_node, warm_host_nft_cache
+from services.collector.droptrace import DropTracer
+from services.collector.probe import ProbeLimits, Prober
+from services.collector.reader import collect_node, node_namespaces, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
+from shared.live import (
+    DropsReply,
+    DropsRequest,
+    ProbeReply,
+    ProbeRequest,
+    TracingStatus,
+    node_drops_subject,
+    node_probe_subject,
+)
 from shared.logs import log_context
 from shared.schemas import BlobRef
 
@@ -42,6 +54,8 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
 MMAP_THRESHOLD_BYTES = 256 * 1024
 MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
 CLOCK_SKEW_S = 1.0  # a deadline is the requester's wall clock: allow NTP-level skew between nodes
+TRACE_SETTLE_S = 0.15  # bpftrace hands its events over through a ring buffer polled every few ms
+TRACE_SKEW_S = 0.5  # a drops window spans nodes' wall clocks
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -98,7 +112,8 @@ class NodeAgent:
 
     def __init__(self, bus: Bus, node: str, netns: str | None = None,
                  max_dump_bytes: int = MAX_DUMP_BYTES, nft_refresh_s: float | None = None,
-                 clock_skew_s: float = CLOCK_SKEW_S) -> None:
+                 clock_skew_s: float = CLOCK_SKEW_S, live: bool = False,
+                 probe_limits: ProbeLimits | None = None) -> None:
         self.bus = bus
         self.node = node
         self.netns = netns
@@ -111,14 +126,91 @@ class NodeAgent:
         self._lock = asyncio.Lock()  # one collection at a time: bounded CPU and memory per node
         self._current: _Collection | None = None
         self._answering: set[asyncio.Task[None]] = set()
+        # live probes (off unless asked): the prober and the process's drop tracer
+        self.live = live
+        self.prober = Prober(node, netns, probe_limits) if live else None
+        self.tracer: DropTracer | None = None
+        self._tracer_task: asyncio.Task[DropTracer] | None = None
+        self._live_subs: list[object] = []
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
                                              cb=self._on_request)
+        if self.live:
+            # the tracer compiles for seconds: probes are answered meanwhile, their drops say "starting"
+            self._tracer_task = asyncio.create_task(asyncio.to_thread(DropTracer.acquire))
+            for subject, handler in ((node_probe_subject(self.node), self._on_probe),
+                                     (node_drops_subject(self.node), self._on_drops)):
+                self._live_subs.append(await self.bus.subscribe(subject, queue=queue_group(self.node),
+                                                                cb=self._answer_in_task(handler)))
+
+    async def tracing_ready(self) -> TracingStatus:
+        """Wait for the drop tracer to attach (or to fail); its status."""
+        if self._tracer_task is None:
+            return TracingStatus(available=False, reason="live probes are off on this agent")
+        self.tracer = await asyncio.shield(self._tracer_task)
+        return self.tracer.status
+
+    def tracing_status(self) -> TracingStatus:
+        if self._tracer_task is None:
+            return TracingStatus(available=False, reason="live probes are off on this agent")
+        if not self._tracer_task.done():
+            return TracingStatus(available=False, reason="the drop tracer is still starting on this node")
+        return self._tracer_task.result().status
+
+    def _answer_in_task(self, handler: Callable[[bytes], Awaitable[BaseModel]]) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            async def respond() -> None:
+                reply = await handler(msg.data)
+                if msg.reply:
+                    await msg.respond(reply.model_dump_json().encode())
+
+            task = asyncio.create_task(respond())
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+        return on_msg
+
+    async def _on_probe(self, data: bytes) -> ProbeReply:
+        assert self.prober is not None
+        try:
+            request = ProbeRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return ProbeReply(node=self.node, ok=False, error=f"invalid request: {exc.errors()[:3]}")
+        reply = await self.prober.probe(request)
+        reply.tracing = self.tracing_status()
+        return reply
+
+    async def _on_drops(self, data: bytes) -> DropsReply:
+        try:
+            request = DropsRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return DropsReply(node=self.node, ok=False, error=f"invalid request: {exc.errors()[:3]}")
+        if request.node != self.node:
+            return DropsReply(node=self.node, ok=False, error=f"this agent serves node {self.node!r}")
+        status = self.tracing_status()
+        if not status.available or self._tracer_task is None:
+            return DropsReply(node=self.node, ok=True, tracing=status)
+        tracer = self._tracer_task.result()
+        # events of the probe's last packets may still be in bpftrace's buffers
+        await asyncio.sleep(max(0.0, request.until + TRACE_SETTLE_S - time.time()))
+        inodes = {ref.inode for _, ref, _ in await asyncio.to_thread(node_namespaces, self.netns)}
+        events = tracer.matching(request.sport, request.protocol, request.since - TRACE_SKEW_S,
+                                 request.until + TRACE_SKEW_S, inodes)
+        return DropsReply(node=self.node, ok=True, events=events, tracing=status)
         if self.nft_refresh_s is not None:
             self._refresher = asyncio.create_task(self._keep_nft_rules_read(self.nft_refresh_s))
 
     async def stop(self) -> None:
+        for sub in self._live_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        self._live_subs = []
+        if self._tracer_task is not None:
+            with contextlib.suppress(Exception):
+                tracer = await self._tracer_task
+                await asyncio.to_thread(tracer.release)
+            self._tracer_task = None
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -260,7 +352,8 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     _return_big_buffers_to_the_kernel()
     bus = await Bus.connect(name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node))
-    agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
+    agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S, live=settings.live_probe,
+                      probe_limits=ProbeLimits.of(settings))
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))

@@ -6,6 +6,7 @@ from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import walk
+from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
 from shared.bus import Bus
 from shared.cloud import CloudInventory
@@ -81,6 +82,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    report: TopologyReport | None = None
+    dumps: dict[str, NodeDump] = {}
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
@@ -107,8 +110,22 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         findings = _merge(findings, cloud_findings)
         assumptions = _merge(assumptions, cloud_assumptions)
     verdict = overall_verdict(paths, findings, assumptions)
-    return DiagnosisResult(verdict=verdict, summary=summarize(verdict, paths, findings), paths=paths,
-                           findings=findings, assumptions=assumptions)
+    summary = summarize(verdict, paths, findings)
+    witness = None
+    if env.request.options.live:
+        if bus is None or report is None:
+            assumptions.append(Assumption(stage=STAGE, text="live confirmation was asked for but not possible: no "
+                                          "bus or no topology", could_change_outcome=False))
+        else:
+            live = await confirm(bus, env.request, report, dumps, verdict, paths, findings, env.id)
+            witness = live.witness
+            findings = _merge(findings, live.findings)
+            assumptions = _merge(assumptions, live.assumptions)
+            if live.verdict != verdict:  # the kernel is what happened
+                verdict = live.verdict
+                summary = f"the kernel says {verdict.value}: {witness.detail}"
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings,
+                           assumptions=assumptions, live=witness)
 
 
 async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:

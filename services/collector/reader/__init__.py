@@ -152,3 +152,24 @@ def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, st
         errors.append(f"facts: {facts}")
     dump.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     return dump
+
+
+def node_namespaces(netns_name: str | None = None) -> list[tuple[str, NetnsRef, set[str]]]:
+    """(id, ref, addresses) of this node's host namespace and each of its pod namespaces — the same
+    discovery as a collection, links and addresses only (what a live probe and its tracer need)."""
+    host_ref = netns.host_ref(netns_name)
+    candidates = netns.discover(host_ref.inode)
+    host_rt = netns.run_in(host_ref, lambda: rtnl.read_rtnl({str(c.inode): c.path for c in candidates}))
+    peer_nsids = set(host_rt.peer_nsids.values())
+    linked = [c for c in candidates if host_rt.nsids.get(str(c.inode), -1) in peer_nsids]
+    lookups = {HOST_KEY: host_ref.path}
+    results = netns.run_many([(ref, functools.partial(rtnl.read_rtnl, lookups)) for ref in linked])
+    out = [(HOST_ID, host_ref, _addresses(host_rt))]
+    for ref, rt in zip(linked, results, strict=True):
+        if isinstance(rt, rtnl.RtnlState) and _is_pod_of(rt):
+            out.append((ref.id, ref, _addresses(rt)))
+    return out
+
+
+def _addresses(rt: rtnl.RtnlState) -> set[str]:
+    return {str(ipaddress.ip_interface(a).ip) for link in rt.links for a in link.addresses}
