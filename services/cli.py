@@ -143,7 +143,9 @@ async def gateway(args: argparse.Namespace) -> AsyncIterator[GatewayClient]:
             yield GatewayClient(args.server, session)
             return
         settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=getattr(args, "kubeconfig", None),
-                                     collect_timeout_s=getattr(args, "collect_timeout", None))
+                                     collect_timeout_s=getattr(args, "collect_timeout", None),
+                                     # --live with in-process agents: they probe and trace
+                                     live_probe=True if getattr(args, "live", False) else None)
         try:
             async with EmbeddedStack(settings, agents=_agents(args)) as stack:
                 yield GatewayClient(stack.url, session)
@@ -179,7 +181,10 @@ def _request_from_args(args: argparse.Namespace) -> DiagnosisRequest:
     if missing:
         raise CliError(f"missing {', '.join(missing)} (or use --batch FILE)", EXIT_USAGE)
     try:
-        return DiagnosisRequest(src=args.src, dst=args.dst, port=args.port, protocol=args.protocol)
+        options = {"live": True, **({"live_timeout_s": args.live_timeout} if args.live_timeout else {})} \
+            if getattr(args, "live", False) else {}
+        return DiagnosisRequest(src=args.src, dst=args.dst, port=args.port, protocol=args.protocol,
+                                options=options)  # type: ignore[arg-type]
     except ValidationError as exc:
         details = "; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise CliError(f"invalid request: {details}", EXIT_USAGE) from exc
@@ -409,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--collect-timeout", type=float, help="seconds to wait for node agents (default 5)")
     d.add_argument("--agent", action="append", metavar="NODE[=NETNS]",
                    help="run a node agent in the embedded stack (repeatable; the lab uses NODE=NETNS)")
+    d.add_argument("--live", action="store_true", help="also probe for real from the source and trace the kernel's "
+                   "drops of that flow (node agents with live probes on); the kernel's answer wins")
+    d.add_argument("--live-timeout", type=float, help="the live probe's timeout in seconds (≤ 5, default 2)")
     d.add_argument("--output", choices=["text", "json"], default="text")
     d.add_argument("-v", "--verbose", action="store_true", help="show every step of every hop")
     d.set_defaults(func=cmd_diagnose)

@@ -3,6 +3,7 @@ then the first failing hop and why, then the path(s), then what to do."""
 
 from __future__ import annotations
 
+from shared.live import LiveWitness
 from shared.schemas import Diagnosis, FinalState, Finding, Hop, HopStatus, Path, Severity, StepAction
 
 MARK = {HopStatus.OK: "  ", HopStatus.WARNING: "!~", HopStatus.ERROR: "!!", HopStatus.UNKNOWN: "??"}
@@ -72,6 +73,8 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         out.append("findings:")
         for f in sorted(r.findings, key=lambda f: list(Severity).index(f.severity)):
             out.extend(_finding_lines(f))
+    if r.live is not None:
+        out.extend(render_live(r.live))
     if r.assumptions:
         out.append("assumptions:")
         for a in r.assumptions:
@@ -81,3 +84,20 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     if r.paths:
         out.append(f"{delivered}/{len(r.paths)} path(s) deliver")
     return "\n".join(out)
+
+
+def render_live(w: LiveWitness) -> list[str]:
+    """The kernel's witness beside the simulation."""
+    out = [f"live witness: {w.agreement} — simulated {w.simulated}, kernel {w.kernel or 'not probed'}"]
+    if w.probe is not None and w.probe.outcome:
+        out.append(f"  probe from {w.probe.src}:{w.probe.sport} on {w.probe.node}: {w.probe.outcome} "
+                   f"({w.probe.detail}, {w.probe.elapsed_ms:.0f} ms)")
+    for d in w.drops:
+        codes = f" → {', '.join(d.codes)}" if d.codes else ""
+        dev = f" dev {d.device}" if d.device else ""
+        out.append(f"  kernel drop: {d.reason} at {d.location}{dev} in {d.where or d.netns_inode} on {d.node} "
+                   f"({d.protocol} {d.src}:{d.sport} → {d.dst}:{d.dport}){codes}")
+    if w.detail:
+        out.append(f"  {w.detail}")
+    out.extend(f"  note: {n}" for n in w.notes)
+    return out

@@ -9,15 +9,18 @@ from __future__ import annotations
 from typing import Any
 
 from shared.bus import BLOBS_BUCKET, RESULTS_BUCKET, STREAM, agent_inbox_prefix, node_collect_subject
+from shared.live import node_drops_subject, node_probe_subject
 
 
 def agent_permissions(node: str) -> dict[str, Any]:
     """What node `node`'s agent may do on NATS (a nats-server `permissions` block, docs/security.md):
-    receive only its own collect subject and answer it, write its dump into the blob object store —
-    and nothing else: no diagnosis subject, no results bucket, no other node's requests or replies."""
+    receive only its own collect (and live probe / drops) subjects and answer them, write its dump into the
+    blob object store — and nothing else: no diagnosis subject, no results bucket, no other node's requests or
+    replies."""
     js = "$JS.API"
     return {
-        "subscribe": {"allow": [node_collect_subject(node), f"{agent_inbox_prefix(node)}.>"]},
+        "subscribe": {"allow": [node_collect_subject(node), node_probe_subject(node), node_drops_subject(node),
+                                f"{agent_inbox_prefix(node)}.>"]},
         "publish": {"allow": [
             f"{js}.INFO",
             # Bus.ensure(): look the stream and buckets up (creating them is for the stages)
