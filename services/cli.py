@@ -440,7 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--node", required=True)
     a.add_argument("--netns", help="named netns that is this node's host namespace (the lab)")
     a.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
-    a.set_defaults(func=lambda args: run_agent(Settings.from_env(nats_url=args.nats_url), args.node, args.netns))
+    a.add_argument("--live-probe", action="store_true", help="answer live probes and trace their kernel drops")
+    a.add_argument("--drop-metrics", action="store_true", help="export kernel drop counters (by reason, location, "
+                   "pod) on the metrics port (--metrics-port / NETDIAG_METRICS_PORT)")
+    a.add_argument("--metrics-port", type=int, help="Prometheus /metrics port")
+    a.set_defaults(func=lambda args: run_agent(Settings.from_env(
+        nats_url=args.nats_url, live_probe=args.live_probe or None, drop_metrics=args.drop_metrics or None,
+        metrics_port=args.metrics_port), args.node, args.netns))
 
     na = natsauth_parser(sub.add_parser(
         "nats-auth", help="NATS auth callout: admit each node agent by its Kubernetes token, for its own node only"))

@@ -70,6 +70,9 @@ class Settings(BaseModel):
                              "them (bpftrace); diagnoses may then ask for `live: true`")
     probe_rate_per_s: float = Field(5.0, gt=0, le=100, description="live probes per second per node agent")
     probe_concurrency: int = Field(4, ge=1, le=64, description="live probes one node agent runs at once")
+    drop_metrics: bool = Field(False, description="node agents export kernel drop counters (bpftrace, counted "
+                               "in the kernel) as netdiag_kernel_drops_total on the metrics port")
+    drop_metrics_interval_s: int = Field(5, ge=1, le=300, description="how often the kernel's counts are read")
     configmap_namespaces: tuple[str, ...] = Field(
         DEFAULT_CONFIGMAP_NAMESPACES, description="comma-separated namespaces whose ConfigMaps detection reads"
     )

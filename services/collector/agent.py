@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
-from services.collector.droptrace import DropTracer
+from services.collector.dropmetrics import DropMetrics
+from services.collector.droptrace import DropCounter, DropTracer
 from services.collector.probe import ProbeLimits, Prober
 from services.collector.reader import collect_node, node_namespaces, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
@@ -44,6 +45,7 @@ from shared.live import (
     node_probe_subject,
 )
 from shared.logs import log_context
+from shared.metrics import start_metrics_server
 from shared.schemas import BlobRef
 
 log = logging.getLogger("netdiag.agent")
@@ -132,6 +134,7 @@ class NodeAgent:
         self.tracer: DropTracer | None = None
         self._tracer_task: asyncio.Task[DropTracer] | None = None
         self._live_subs: list[object] = []
+        self.drop_metrics: DropMetrics | None = None  # names pods in the drop counters after each collection
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
@@ -300,6 +303,8 @@ class NodeAgent:
     async def _dump(self, pod_ips: dict[str, str]) -> _Dump:
         self.collections += 1
         dump = await asyncio.to_thread(collect_node, self.node, self.netns, pod_ips)
+        if self.drop_metrics is not None:
+            self.drop_metrics.pods.update({p.inode: p.pod for p in dump.pods if p.inode and p.pod})
         duration_ms, namespaces = dump.duration_ms, 1 + len(dump.pods)
         raw = dump.model_dump_json(exclude_none=True).encode()
         raw_size = len(raw)
@@ -354,6 +359,7 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     bus = await Bus.connect(name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node))
     agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S, live=settings.live_probe,
                       probe_limits=ProbeLimits.of(settings))
+    metrics = await _start_drop_metrics(settings, agent) if settings.drop_metrics else None
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))
@@ -361,3 +367,19 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     finally:
         await agent.stop()
         await bus.close()
+        if metrics is not None:
+            metrics.unregister()
+            await asyncio.to_thread(metrics.counter.stop)
+
+
+async def _start_drop_metrics(settings: Settings, agent: NodeAgent) -> DropMetrics:
+    """Kernel drop counters on the metrics port; when tracing is impossible here, say why and go on."""
+    counter = DropCounter(settings.drop_metrics_interval_s)
+    status = await asyncio.to_thread(counter.start)
+    if not status.available:
+        log.warning("drop metrics unavailable: %s", status.reason)
+    metrics = DropMetrics(agent.node, counter, host_ref(agent.netns).inode)
+    agent.drop_metrics = metrics
+    metrics.register()
+    start_metrics_server(settings)
+    return metrics
