@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationErro
 from services.collector.dropmetrics import DropMetrics
 from services.collector.droptrace import DropCounter, DropTracer
 from services.collector.probe import ProbeLimits, Prober
-from services.collector.reader import collect_node, node_namespaces, warm_host_nft_cache
+from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
@@ -56,7 +56,7 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
 MMAP_THRESHOLD_BYTES = 256 * 1024
 MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
 CLOCK_SKEW_S = 1.0  # a deadline is the requester's wall clock: allow NTP-level skew between nodes
-TRACE_SETTLE_S = 0.15  # bpftrace hands its events over through a ring buffer polled every few ms
+TRACE_SETTLE_S = 0.05  # bpftrace prints each event as its perf buffer wakes it (line-buffered)
 TRACE_SKEW_S = 0.5  # a drops window spans nodes' wall clocks
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -197,7 +197,8 @@ class NodeAgent:
         tracer = self._tracer_task.result()
         # events of the probe's last packets may still be in bpftrace's buffers
         await asyncio.sleep(max(0.0, request.until + TRACE_SETTLE_S - time.time()))
-        inodes = {ref.inode for _, ref, _ in await asyncio.to_thread(node_namespaces, self.netns)}
+        assert self.prober is not None
+        inodes = {ref.inode for _, ref, _ in await self.prober.namespaces()}
         events = tracer.matching(request.sport, request.protocol, request.since - TRACE_SKEW_S,
                                  request.until + TRACE_SKEW_S, inodes)
         return DropsReply(node=self.node, ok=True, events=events, tracing=status)

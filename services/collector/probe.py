@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import struct
 import time
@@ -30,6 +31,17 @@ _EXTENDED_ERR = struct.Struct("=IBBBBII")  # sock_extended_err: errno, origin, t
 # a DNS query for a name that cannot exist: a well-formed datagram for DNS servers and echo listeners alike
 _QUERY = b"\x4e\x44\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + b"".join(
     bytes([len(p)]) + p.encode() for p in ("probe", "netdiag", "invalid")) + b"\x00\x00\x01\x00\x01"
+
+
+NAMESPACES_MAX_AGE_S = 5.0
+
+
+def _same_namespace(ref: netns.NetnsRef) -> bool:
+    """The cached path still leads to that namespace (a pod's process may have exited since)."""
+    try:
+        return os.stat(ref.path).st_ino == ref.inode
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,14 @@ class Prober:
         self._tokens = float(self.limits.burst)
         self._refilled = time.monotonic()
         self._running = 0
+        self._namespaces: tuple[float, list[tuple[str, netns.NetnsRef, set[str]]]] | None = None
+
+    async def namespaces(self, max_age_s: float = NAMESPACES_MAX_AGE_S) -> list[tuple[str, netns.NetnsRef, set[str]]]:
+        """This node's host and pod namespaces with their addresses, re-read when older than max_age_s
+        (a scan costs ~1 ms per pod namespace; a probe and its drops query both need it)."""
+        if self._namespaces is None or time.monotonic() - self._namespaces[0] > max_age_s:
+            self._namespaces = (time.monotonic(), await asyncio.to_thread(node_namespaces, self.netns_name))
+        return self._namespaces[1]
 
     def _admit(self) -> None:
         now = time.monotonic()
@@ -83,7 +103,7 @@ class Prober:
             return ProbeReply(node=self.node, ok=False, error=f"refused: {exc}")
         self._running += 1
         try:
-            found = await asyncio.to_thread(self._locate, str(req.src))
+            found = await self._locate(str(req.src))
             if found is None:
                 return ProbeReply(node=self.node, ok=False, error=f"refused: {req.src} is neither an address of "
                                   f"node {self.node} nor of one of its pods; an agent probes only from its own node")
@@ -92,10 +112,12 @@ class Prober:
         finally:
             self._running -= 1
 
-    def _locate(self, src: str) -> tuple[str, netns.NetnsRef] | None:
-        for ns_id, ref, addresses in node_namespaces(self.netns_name):
-            if src in addresses:
-                return ns_id, ref
+    async def _locate(self, src: str) -> tuple[str, netns.NetnsRef] | None:
+        """The namespace holding src: from the recent scan, else a fresh one (a pod that just started)."""
+        for max_age in (NAMESPACES_MAX_AGE_S, 0.0):
+            for ns_id, ref, addresses in await self.namespaces(max_age):
+                if src in addresses and ref.path and _same_namespace(ref):
+                    return ns_id, ref
         return None
 
     def _socket(self, req: ProbeRequest) -> tuple[socket.socket, int]:
