@@ -58,6 +58,7 @@ MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, bu
 CLOCK_SKEW_S = 1.0  # a deadline is the requester's wall clock: allow NTP-level skew between nodes
 TRACE_SETTLE_S = 0.05  # bpftrace prints each event as its perf buffer wakes it (line-buffered)
 TRACE_SKEW_S = 0.5  # a drops window spans nodes' wall clocks
+TRACER_WAIT_S = 20.0  # a probe waits this long for a tracer still attaching (bpftrace compiles for seconds)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -180,6 +181,10 @@ class NodeAgent:
             request = ProbeRequest.model_validate_json(data)
         except ValidationError as exc:
             return ProbeReply(node=self.node, ok=False, error=f"invalid request: {exc.errors()[:3]}")
+        if self._tracer_task is not None and not self._tracer_task.done():
+            # an agent that just started: probe once its tracer watches, or the drops go unseen
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tracer_task), TRACER_WAIT_S)
         reply = await self.prober.probe(request)
         reply.tracing = self.tracing_status()
         return reply

@@ -33,7 +33,9 @@ from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Pa
 from shared.topology import EndpointKind, TopologyReport
 
 STAGE = "simulator"
-REQUEST_SLACK_S = 3.0  # beyond the probe's own timeout: finding the namespace, the bus round trip
+# beyond the probe's own timeout: finding the namespace, the bus round trip, and an agent that just
+# started waiting for its drop tracer to attach (services/collector/agent.py TRACER_WAIT_S)
+REQUEST_SLACK_S = 25.0
 DROPS_TIMEOUT_S = 3.0
 
 
