@@ -116,12 +116,15 @@ def test_batch_keeps_order_and_reports_bad_lines() -> None:
     assert [o["result"]["verdict"] for o in answered] == ["AMBIGUOUS", "UNREACHABLE", "UNDETERMINED"]
 
 
-def test_batch_of_valid_lines_exits_0_whatever_the_verdicts() -> None:
-    run = netdiag("diagnose", "--snapshot", POLICY, "--batch", "-",
-                  stdin=request_line(POLICY_CASES["ingress_deny"]) + "\n")
-    assert run.returncode == 0, run.stderr
-    (doc,) = [json.loads(line) for line in run.stdout.splitlines()]
-    assert doc["result"]["verdict"] == "UNREACHABLE"
+def test_batch_exits_with_the_worst_line() -> None:
+    """0 only when every line is REACHABLE: a script can gate on `netdiag diagnose --batch`."""
+    reachable = netdiag("diagnose", "--snapshot", SHOP, "--batch", "-",
+                        stdin=request_line(SHOP_CASES["policy_allow"]) + "\n")
+    assert reachable.returncode == 0, reachable.stderr
+    lines = [request_line(SHOP_CASES["policy_allow"]), request_line(SHOP_CASES["policy_deny"])]
+    run = netdiag("diagnose", "--snapshot", SHOP, "--batch", "-", stdin="\n".join(lines) + "\n")
+    assert run.returncode == 1, run.stderr
+    assert [json.loads(line)["result"]["verdict"] for line in run.stdout.splitlines()] == ["REACHABLE", "UNREACHABLE"]
 
 
 # ------------------------------------------------------------------ matrix
