@@ -1,5 +1,9 @@
 """Text rendering of a diagnosis, the way a senior engineer answers: the verdict first,
-then the first failing hop and why, then the path(s), then what to do."""
+then the first failing hop and why, then the path(s), then what to do.
+
+Each explanation is printed once: a finding whose message is already the verdict's summary (a
+policy explanation runs to hundreds of characters) is not repeated under "because" or in the
+findings list, which then refers to it."""
 
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ def _first_failure(paths: list[Path]) -> tuple[str, Path, Hop] | None:
     return None
 
 
-def _finding_lines(f: Finding) -> list[str]:
+def _finding_lines(f: Finding, explained: bool, fixed: bool) -> list[str]:
     where = f" @ {f.hop}" if f.hop else ""
-    return [f"  {SEVERITY_TAG[f.severity]} {f.code}{where}: {f.message}", f"         fix: {f.suggestion}"]
+    text = "(explained above)" if explained else f.message
+    lines = [f"  {SEVERITY_TAG[f.severity]} {f.code}{where}: {text}"]
+    return lines if fixed else [*lines, f"         fix: {f.suggestion}"]
 
 
 def render_path(path: Path, verbose: bool = False) -> list[str]:
@@ -55,14 +61,17 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         return "\n".join(out)
     r = d.result
     out.append(f"verdict: {r.verdict.value} — {r.summary}")
+    fixed: Finding | None = None
     failure = _first_failure(r.paths)
     if failure:
         label, path, hop = failure
         out.append(f"{label}: {hop.name} ({hop.kind.value}) on path {path.id}")
         for f in r.findings:
             if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause):
-                out.append(f"  because: {f.message}")
+                if f.message not in r.summary:
+                    out.append(f"  because: {f.message}")
                 out.append(f"  fix:     {f.suggestion}")
+                fixed = f
                 break
     if r.paths:
         out.append("paths:")
@@ -71,7 +80,7 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     if r.findings:
         out.append("findings:")
         for f in sorted(r.findings, key=lambda f: list(Severity).index(f.severity)):
-            out.extend(_finding_lines(f))
+            out.extend(_finding_lines(f, explained=f is fixed or f.message in r.summary, fixed=f is fixed))
     if r.assumptions:
         out.append("assumptions:")
         for a in r.assumptions:
