@@ -39,7 +39,13 @@ def _finding_lines(f: Finding, explained: bool, fixed: bool) -> list[str]:
     return lines if fixed else [*lines, f"         fix: {f.suggestion}"]
 
 
-def render_path(path: Path, verbose: bool = False) -> list[str]:
+def _once(detail: str, said: str) -> str:
+    """A step detail whose explanation the summary already gave: its head only."""
+    head, sep, rest = detail.partition(": ")
+    return f"{head}: (explained above)" if sep and len(rest) > 40 and rest in said else detail
+
+
+def render_path(path: Path, verbose: bool = False, said: str = "") -> list[str]:
     cause = f" ({path.cause})" if path.cause else ""
     lines = [f"  path {path.id} [{path.direction}] → {path.final.value}{cause}"
              + (f": {path.description}" if path.description else "")]
@@ -50,7 +56,7 @@ def render_path(path: Path, verbose: bool = False) -> list[str]:
                 pkt = ""
                 if step.action == StepAction.REWRITE and step.packet_in and step.packet_out:
                     pkt = f"  [{step.packet_in} ⇒ {step.packet_out}]"
-                lines.append(f"         {step.kind.value}: {step.action.value} {step.detail}{pkt}")
+                lines.append(f"         {step.kind.value}: {step.action.value} {_once(step.detail, said)}{pkt}")
     return lines
 
 
@@ -76,7 +82,7 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     if r.paths:
         out.append("paths:")
         for path in r.paths:
-            out.extend(render_path(path, verbose))
+            out.extend(render_path(path, verbose, said=r.summary))
     if r.findings:
         out.append("findings:")
         for f in sorted(r.findings, key=lambda f: list(Severity).index(f.severity)):
