@@ -57,7 +57,7 @@ class TraceRequest(BaseModel):
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trace iptables …` to a `netdiag` sub-command parser set."""
     trace = subparsers.add_parser("trace", help="trace a packet through one engine")
-    engines = trace.add_subparsers(dest="engine", required=True)
+    engines = trace.add_subparsers(dest="engine", required=True, metavar="{iptables}")
     p = engines.add_parser("iptables", help="trace a packet through iptables-save output",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--save", required=True, help="iptables-save (or ip6tables-save) output file, '-' for stdin")
