@@ -96,16 +96,28 @@ def diagnose_argv(args: argparse.Namespace, src: str, dst: str) -> list[str]:
     return [*argv, "--verbose"] if args.verbose else argv
 
 
-def run_diagnose(args: argparse.Namespace) -> int:
+def _is_ip(ref: str) -> bool:
     try:
-        cli.require_cluster(args.kubeconfig)
+        ipaddress.ip_address(ref)
+    except ValueError:
+        return False
+    return True
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    needs_cluster = not (args.server and _is_ip(args.src) and _is_ip(args.dst))  # names, or a capture
+    try:
+        if needs_cluster:
+            cli.require_cluster(args.kubeconfig)
     except cli.CliError as exc:
         print(f"kubectl-netdiag: {exc}", file=sys.stderr)
         return exc.code
-    from shared.kube import api_client
-
     try:
-        api = api_client(args.kubeconfig)
+        api = None
+        if needs_cluster:
+            from shared.kube import api_client
+
+            api = api_client(args.kubeconfig)
         src, dst = resolve(api, args.src, args.namespace), resolve(api, args.dst, args.namespace)
     except ResolveError as exc:
         print(f"kubectl-netdiag: {exc}", file=sys.stderr)
