@@ -169,22 +169,33 @@ def _progress_printer(enabled: bool) -> Callable[[dict[str, Any]], None] | None:
     return show
 
 
+FLAGS = {"src": "--src", "dst": "--dst", "port": "--port", "protocol": "--protocol",
+         "options.collect_timeout_s": "--collect-timeout"}
+
+
+def _invalid(fields: list[dict[str, str]], fallback: str) -> CliError:
+    details = "; ".join(f"{FLAGS.get(f['field'], f['field'])}: {f['message']}" for f in fields) or fallback
+    return CliError(f"invalid request: {details}", EXIT_USAGE)
+
+
 def _request_json(args: argparse.Namespace) -> str:
-    """The command line as a request, validated exactly as the API validates a body."""
+    """The command line as a request body. Validated exactly as the API validates a body: here
+    for an embedded stack; by the gateway itself with --server (its 422 names the same fields),
+    so a command against a running gateway does not import pydantic before it sends."""
     missing = [f"--{n}" for n in ("src", "dst", "port", "protocol") if getattr(args, n) is None]
     if missing:
         raise CliError(f"missing {', '.join(missing)} (or use --batch FILE)", EXIT_USAGE)
-    from shared.intake import RequestInvalid, parse_request
-
     body: dict[str, Any] = {"src": args.src, "dst": args.dst, "port": args.port, "protocol": args.protocol}
     if args.collect_timeout is not None:
         body["options"] = {"collect_timeout_s": args.collect_timeout}
+    if args.server:
+        return json.dumps(body)
+    from shared.intake import RequestInvalid, parse_request
+
     try:
         return parse_request(json.dumps(body)).model_dump_json()
     except RequestInvalid as exc:
-        details = "; ".join(f"--{f['field'].replace('options.collect_timeout_s', 'collect-timeout')}: "
-                            f"{f['message']}" for f in exc.fields) or str(exc)
-        raise CliError(f"invalid request: {details}", EXIT_USAGE) from None
+        raise _invalid(exc.fields, str(exc)) from None
 
 
 def print_diagnosis(doc: dict[str, Any], output: str, verbose: bool = False) -> int:
@@ -212,6 +223,10 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         gw = Gateway(url)
         try:
             doc = gw.follow(gw.submit(request), _progress_printer(show))
+        except CommandError as exc:
+            if exc.fields:  # the gateway refused a field: the same message as a local check
+                raise _invalid(exc.fields, str(exc)) from None
+            raise
         finally:
             gw.close()
         if show:

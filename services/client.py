@@ -32,9 +32,10 @@ CONNECT_TIMEOUT_S = 10.0
 class CommandError(Exception):
     """A clear one-line failure with the exit code it means (usage 3, system 4)."""
 
-    def __init__(self, message: str, code: int = EXIT_SYSTEM) -> None:
+    def __init__(self, message: str, code: int = EXIT_SYSTEM, fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.fields = fields or []  # a refused request: the gateway's per-field errors
 
 
 def auth_headers() -> dict[str, str]:
@@ -126,9 +127,9 @@ class Gateway:
             if status == 202:
                 return str(body["id"])
             if status != 503 or attempt == SUBMIT_RETRIES:
-                reason = body.get("error") if isinstance(body, dict) else body
-                raise CommandError(f"gateway refused the request ({status}): {reason}",
-                                   EXIT_USAGE if status < 500 else EXIT_SYSTEM)
+                doc = body if isinstance(body, dict) else {"error": body}
+                raise CommandError(f"gateway refused the request ({status}): {doc.get('error')}",
+                                   EXIT_USAGE if status < 500 else EXIT_SYSTEM, doc.get("fields"))
             time.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
