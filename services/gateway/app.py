@@ -21,7 +21,6 @@ from aiohttp import web
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from opentelemetry import propagate, trace
-from pydantic import ValidationError
 
 from services.gateway.auth import security_middlewares
 from services.gateway.openapi import openapi_document
@@ -29,9 +28,10 @@ from services.gateway.store import ResultStore
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_STORED, Bus, progress_subject
 from shared.cluster import SUMMARY_KEY
 from shared.codes import CATALOGUE
+from shared.intake import RequestInvalid, parse_request
 from shared.logs import log_context
 from shared.metrics import metrics_handler
-from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
+from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
 tracer = trace.get_tracer("netdiag")
@@ -49,22 +49,6 @@ STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams", set)
 
 def error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    out = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "body"
-        msg = "unknown field: remove it" if e["type"] == "extra_forbidden" else e["msg"]
-        out.append({"field": loc, "message": msg})
-    return out
-
-
-def _json_number(text: str) -> float | int:
-    """JSON has one number type: 65535.0 is the integer 65535 (JSON Schema's `integer` agrees),
-    which strict validation would otherwise refuse as a port."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 async def _bus_ready(bus: Bus) -> bool:
@@ -96,19 +80,10 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large: at most {MAX_BODY} bytes")
     try:
-        body = json.loads(raw or b"null", parse_float=_json_number)
-    except ValueError as exc:
-        return error(400, f"request body is not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return error(400, "request body must be a JSON object with src, dst, port and protocol")
-    try:
-        # strict: no silent coercion at the edge ("80" is not a port, 1 is not a boolean), so
-        # what is accepted is exactly what the OpenAPI document describes
-        req = DiagnosisRequest.model_validate(body, strict=True)
-    except ValidationError as exc:
-        fields = field_errors(exc)
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return error(422, f"invalid diagnosis request: {summary}", fields=fields)
+        req = parse_request(raw)
+    except RequestInvalid as exc:
+        message = f"request body is {exc}" if exc.status == 400 else str(exc)
+        return error(exc.status, message, **({"fields": exc.fields} if exc.fields else {}))
 
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
-from services.simulator.dataplane.walk import walk
+from services.simulator.dataplane.walk import NodeView, walk
 from services.simulator.modelpath import ModelSimulator
+from shared.blobcache import Decoded
 from shared.bus import Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
-from shared.netstack import NodeDump, decode_dump
+from shared.netstack import decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -90,11 +91,12 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        dumps, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus)
         findings = _merge(findings, load_findings)
-        if dumps:
+        if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply)
+            walked = walk(report, env.request, {n: v.dump for n, v in views.items()}, expected=findings,
+                          reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -111,18 +113,25 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
                            findings=findings, assumptions=assumptions)
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:
-    dumps: dict[str, NodeDump] = {}
+# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
+# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
+# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
+_NODES: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+
+
+async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+    views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
-        return dumps, problems
+        return views, problems
     for node, ref in env.nodes.items():
         try:
-            dumps[node] = decode_dump(await bus.get_blob(ref))
+            views[node] = await _NODES.get(bus, ref)
         except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
-    return dumps, problems
+    return views, problems
 
 
 def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
@@ -144,7 +153,7 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
 async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
     """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
     if isinstance(env.cloud, BlobRef):
-        return CloudInventory.model_validate_json(await bus.get_blob(env.cloud)) if bus else None
+        return await _INVENTORIES.get(bus, env.cloud) if bus else None
     return CloudInventory.model_validate(env.cloud) if env.cloud else None
 
 
