@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,8 @@ class EmbeddedStack:
         if self.nats:
             await asyncio.to_thread(self.nats.start)
         self.settings = self.settings.model_copy(update={"nats_url": self.nats_url})
+        if self.settings.signing_key() is None:  # one process: its simulator and its sink share a fresh key
+            self.settings = self.settings.model_copy(update={"result_key": secrets.token_hex(16)})
         for factory in self.stage_factories:
             bus = await Bus.connect(name=getattr(factory, "name", "stage"), settings=self.settings)
             self._buses.append(bus)
