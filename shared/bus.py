@@ -7,17 +7,21 @@ the KV bucket and the object store, so any service may start first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
+import json
 import logging
 import re
+import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
@@ -51,6 +55,7 @@ SUBJECT_STORED = "netdiag.results.stored"
 # what makes a redelivered, re-handled stage message publish its output exactly once.
 DUPLICATE_WINDOW_S = 600.0
 PING_INTERVAL_S = 5
+CHUNK_BYTES = 128 * 1024  # the object store's default chunk
 MAX_OUTSTANDING_PINGS = 3
 # The server's control line is 4 KiB: a longer subject makes it drop the connection, which nats-py
 # then closes for good. Every subject built from event data is checked against this first.
@@ -159,6 +164,13 @@ class Bus:
             await bus.close()
             raise
         return bus
+
+    @classmethod
+    async def connect_agent(cls, node: str, settings: Settings | None = None, url: str | None = None) -> Bus:
+        """A node agent's connection: replies under its own inbox prefix, no stream or bucket look-ups
+        (its permissions name only its own node's collect subject and blob bucket)."""
+        return await cls.connect(url, name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node),
+                                 ensure=False)
 
     def _on_closed(self) -> None:
         if self._closing:
@@ -278,6 +290,31 @@ class Bus:
         store = await self._store(bucket)
         await store.put(name, data)
         return BlobRef(bucket=bucket, name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    async def put_node_blob(self, node: str, name: str, data: bytes) -> BlobRef:
+        """Write a new object into node's own bucket by publishing its chunks and metadata entry, in the
+        object store's own layout (nats-py's ObjectStore reads it back). Unlike ObjectStore.put it never
+        looks the bucket or the name up, nor purges a replaced object: an agent's NATS identity may
+        publish into `$O.<its bucket>.>` and do nothing else (services/natsauth/natsperms.py), so names
+        must be new (blob_name makes them unique)."""
+        bucket = node_bucket(node)
+        nuid = secrets.token_hex(11)
+        chunk_subject = f"$O.{bucket}.C.{nuid}"
+        chunks = 0
+        for offset in range(0, len(data), CHUNK_BYTES):
+            await self.js.publish(chunk_subject, data[offset:offset + CHUNK_BYTES], timeout=5)
+            chunks += 1
+        digest = hashlib.sha256(data)
+        info = api.ObjectInfo(
+            name=name, bucket=bucket, nuid=nuid, size=len(data), chunks=chunks, mtime=datetime.now(UTC).isoformat(),
+            digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
+            options=api.ObjectMetaOptions(max_chunk_size=CHUNK_BYTES),
+        )
+        meta_subject = f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        _check_subject(meta_subject)
+        await self.js.publish(meta_subject, json.dumps(info.as_dict()).encode(), timeout=5,
+                              headers={api.Header.ROLLUP: "sub"})
+        return BlobRef(bucket=bucket, name=name, size=len(data), sha256=digest.hexdigest())
 
     async def get_blob(self, ref: BlobRef, timeout: float = 10.0) -> bytes:
         """The blob's bytes. Raises BlobUnreadable when it is absent or corrupt (missing data), and a

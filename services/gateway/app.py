@@ -194,13 +194,12 @@ async def create_diagnosis(request: web.Request) -> web.Response:
         try:
             await request.app[PENDING].publish(env)
         except (TimeoutError, nats.errors.Error) as exc:
-            # the stream may hold it (its ack lost) or not: the record stays, the gateway keeps
-            # re-publishing it, and a retry with the same Idempotency-Key names this very diagnosis
+            # The stream may hold it (its ack lost) or not. The record is stored, so the diagnosis is
+            # accepted: the gateway re-publishes it until the stream confirms (and its reconciler
+            # ends it as failed should that never happen); a retry with the same Idempotency-Key
+            # names this very diagnosis. A 503 here would make a client without a key submit it twice.
             log.warning("diagnosis %s: queuing outcome unknown (%s); re-publishing", diagnosis.id,
                         type(exc).__name__, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
-            return error(503, f"diagnosis {diagnosis.id} was stored but the bus did not confirm it was queued "
-                              f"({type(exc).__name__}); retry with the same Idempotency-Key, or follow "
-                              f"/api/v1/diagnoses/{diagnosis.id}", id=diagnosis.id)
         log.info("diagnosis %s queued", diagnosis.id, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
     return _accepted(diagnosis)
 

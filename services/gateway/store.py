@@ -143,10 +143,12 @@ class ResultStore:
 
 
 class Reconciler:
-    """No diagnosis stays queued for ever: every `interval_s`, a diagnosis still queued
-    `deadline_s` after it was accepted is ended as failed with the reason (the pipeline lost it,
-    or a stage is not running). Runs in every gateway replica; the compare-and-set in
-    ResultStore.finish makes them (and a late result) agree on one outcome."""
+    """No diagnosis stays queued for ever: every `interval_s`, a diagnosis still queued `deadline_s`
+    after it was accepted is ended as failed with the reason (the pipeline lost it, a stage is not
+    running, or the gateway that stored it died before the stream confirmed its requested event).
+    Runs in every gateway replica; the compare-and-set in ResultStore.finish makes them (and a late
+    result) agree on one outcome. Never re-published from here: a record whose creation the client saw
+    refused (a lost KV ack) must not start behind its back."""
 
     def __init__(self, store: ResultStore, deadline_s: float, interval_s: float) -> None:
         self.store = store

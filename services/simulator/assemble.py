@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import walk
 from services.simulator.modelpath import ModelSimulator
-from shared.bus import Bus
+from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
@@ -86,7 +88,9 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
                                       could_change_outcome=True))
     else:
         report = TopologyReport.model_validate(env.topology)
-        model = ModelSimulator(report, env.request).run()
+        # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
+        # heartbeats (a short ack_wait then redelivers only what a dead replica held)
+        model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
@@ -94,7 +98,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         findings = _merge(findings, load_findings)
         if dumps:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply)
+            walked = await asyncio.to_thread(walk, report, env.request, dumps, expected=findings,
+                                             reply=env.request.options.check_reply)
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -117,9 +122,13 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
     if bus is None:
         return dumps, problems
     for node, ref in env.nodes.items():
+        # only data that is absent or broken is missing data; the bus not answering (a timeout, a
+        # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
             dumps[node] = decode_dump(await bus.get_blob(ref))
-        except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
+        except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
+                raise
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
     return dumps, problems
