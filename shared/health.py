@@ -27,7 +27,7 @@ class Health:
     def alive(self) -> tuple[bool, str]:
         for bus in self.buses:
             if bus.lost.is_set() or bus.nc.is_closed:
-                return False, bus.lost_reason or "the NATS connection is closed"
+                return False, bus.lost_reason or f"the NATS connection was closed for good: {bus.nc.last_error}"
         for runner in self.runners:
             if not runner.alive:
                 return False, f"stage {runner.stage.name} is not pulling messages"

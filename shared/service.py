@@ -27,8 +27,9 @@ EXIT_BUS_LOST = 3  # the NATS connection ended for good: the orchestrator restar
 EXIT_NO_BUS = 2  # NATS unreachable at start-up
 
 
-class BusLost(SystemExit):
-    pass
+class BusLost(RuntimeError):
+    """A connection ended for good: the service stops (run_service turns it into exit EXIT_BUS_LOST).
+    Not a SystemExit, which asyncio would let escape the event loop from inside a task."""
 
 
 def service_parser(name: str) -> argparse.ArgumentParser:
@@ -66,7 +67,7 @@ async def run_until_lost(stop: asyncio.Event, runners: list[StageRunner], buses:
         await asyncio.gather(*tasks, *lost, return_exceptions=True)
     dead = next((b for b in buses if b.lost.is_set()), None)
     if dead is not None:
-        raise BusLost(EXIT_BUS_LOST)
+        raise BusLost(dead.lost_reason)
 
 
 async def serve(factory: StageFactory, settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -96,10 +97,9 @@ def run_service(name: str, main: Callable[[], object]) -> None:
     except BusUnavailable as exc:
         print(f"netdiag {name}: {exc}. Check NETDIAG_NATS_URL / --nats and that NATS is running.", file=sys.stderr)
         raise SystemExit(EXIT_NO_BUS) from None
-    except BusLost:
-        print(f"netdiag {name}: the NATS connection ended for good; exiting so the process is restarted",
-              file=sys.stderr)
-        raise
+    except BusLost as exc:
+        print(f"netdiag {name}: {exc}; exiting so the process is restarted", file=sys.stderr)
+        raise SystemExit(EXIT_BUS_LOST) from None
 
 
 def main(name: str, factory: StageFactory, argv: list[str] | None = None) -> None:

@@ -31,9 +31,10 @@ from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, is_transient, node_collect_subject
 from shared.config import Settings
+from shared.health import Health
 from shared.logs import log_context
 from shared.schemas import BlobRef
-from shared.service import EXIT_BUS_LOST, BusLost
+from shared.service import BusLost, start_health_server
 
 log = logging.getLogger("netdiag.agent")
 
@@ -267,6 +268,7 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     _return_big_buffers_to_the_kernel()
     bus = await Bus.connect_agent(node, settings)
     agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
+    health = await start_health_server(Health([bus]), settings.health_port)
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))
@@ -275,7 +277,9 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
         for end in ends:
             end.cancel()
         if bus.lost.is_set():  # only a new process reconnects: exit so the DaemonSet restarts it
-            raise BusLost(EXIT_BUS_LOST)
+            raise BusLost(bus.lost_reason)
     finally:
+        if health is not None:
+            await health.cleanup()
         await agent.stop()
         await bus.close()
