@@ -367,6 +367,12 @@ async def connect_core(url: str, name: str, settings: Settings, timeout: float =
     """A core NATS connection that keeps reconnecting forever, with our credentials and logging
     (Bus.connect adds JetStream; the auth callout needs only this). A server that stops answering
     is noticed by PINGs within ~PING_INTERVAL_S * MAX_OUTSTANDING_PINGS, then reconnected."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors[:] = [exc]  # the last one only: the callback lives as long as the connection
+        await _log_error(exc)
+
     try:
         # max_reconnect_attempts=-1 only applies after the first connect; nats-py hangs
         # on an unreachable server with 0 attempts, so the first connect is time-bounded.
@@ -375,7 +381,7 @@ async def connect_core(url: str, name: str, settings: Settings, timeout: float =
                 nats_servers(url), name=f"netdiag-{name}", connect_timeout=2, max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25, allow_reconnect=True, ping_interval=PING_INTERVAL_S,
                 max_outstanding_pings=MAX_OUTSTANDING_PINGS,
-                error_cb=_log_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
+                error_cb=on_error, disconnected_cb=_on_disconnect, reconnected_cb=_on_reconnect,
                 **({"closed_cb": closed_cb} if closed_cb else {}),
                 **nats_connect_options(settings), **({"inbox_prefix": inbox_prefix} if inbox_prefix else {}),
             ),
@@ -384,6 +390,8 @@ async def connect_core(url: str, name: str, settings: Settings, timeout: float =
     except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
         reason = str(exc) or (f"no answer within {timeout:g}s" if isinstance(exc, TimeoutError)
                               else type(exc).__name__)
+        if errors:  # what the attempts met: a refused connection, a TLS or an authorization error
+            reason = f"{reason} (last error: {errors[-1]})"
         raise BusUnavailable(f"cannot reach NATS at {url}: {reason}") from exc
 
 
