@@ -25,7 +25,7 @@ class Settings(BaseModel):
     data_dir: Path | None = None
     # bus behaviour
     max_deliver: int = Field(3, ge=1, description="attempts per stage message before the diagnosis fails")
-    ack_wait_s: float = Field(4.0, gt=0, description="redeliver a message a crashed replica held this long "
+    ack_wait_s: float = Field(3.0, gt=0, description="redeliver a message a crashed replica held this long "
                               "(a live one sends in-progress heartbeats every ack_wait/4)")
     max_inflight: int = Field(16, ge=1, description="messages one stage replica handles concurrently")
     result_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="how long results and events are kept")

@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -42,6 +44,7 @@ tracer = trace.get_tracer("netdiag")
 FINAL_MSG_ID = "{id}:final"  # one final event per diagnosis, whether it completed or failed
 FINALISE_TRIES = 3  # deliveries kept in reserve to publish a failure
 TRANSIENT_BACKOFF_MAX_S = 8.0
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"  # which process handled an attempt (progress events)
 STALL_S = 30.0  # a runner whose fetch loop has not turned for this long is wedged: not alive
 
 
@@ -203,7 +206,7 @@ class StageRunner:
             if attempt > self.max_deliver:
                 await self._finalise(msg, env, "gave up after repeated errors")
                 return
-            await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt)
+            await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt, replica=REPLICA)
             try:
                 async with _keep_alive(msg, self.bus.settings.ack_wait_s):
                     out = await self.stage.handle(env)
