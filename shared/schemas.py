@@ -11,9 +11,17 @@ import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from shared.steps import StepAction, StepInfo, StepKind, from_evidence, step_info
 
@@ -24,6 +32,12 @@ IPAddress = IPv4Address | IPv6Address
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# new_id()'s format, the only one a diagnosis id may have: it becomes a subject token and a KV key,
+# so anything else (`*`, `a.>`, 5,000 characters) is refused at the bus edge (StageEnvelope, ProgressEvent)
+ID_PATTERN = r"^[0-9a-f]{32}$"
+DiagnosisId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 def new_id() -> str:
@@ -243,7 +257,7 @@ class StageEnvelope(BaseModel):
     """
 
     version: int = SCHEMA_VERSION
-    id: str
+    id: DiagnosisId
     request: DiagnosisRequest
     created_at: datetime
     topology: dict[str, Any] | None = None
@@ -257,8 +271,8 @@ class StageEnvelope(BaseModel):
 
 
 class ProgressEvent(BaseModel):
-    id: str
-    stage: str
+    id: DiagnosisId
+    stage: str = Field(max_length=64)
     state: Literal["started", "progress", "done", "failed", "result"]
     message: str = ""
     at: datetime = Field(default_factory=now)
