@@ -120,7 +120,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
 # Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
 # carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
 # walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
-_NODES: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
 _INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
 
 
@@ -133,7 +133,7 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
         # only data that is absent or broken is missing data; the bus not answering (a timeout, a
         # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            views[node] = await _NODES.get(bus, ref)
+            views[node] = await NODE_VIEWS.get(bus, ref)
         except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
                 raise
