@@ -6,14 +6,15 @@ assumptions, so dual-stack can follow.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, WithJsonSchema, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -37,15 +38,67 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Port = Annotated[int, Field(ge=1, le=65535, strict=True, description="destination port (1-65535)")]
+"""A destination port at every edge (diagnosis, matrix): an integer, never a bool or a string."""
+
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def address_problem(address: IPAddress, role: Literal["src", "dst"]) -> str | None:
+    """Why `address` cannot be this end of a diagnosed unicast flow, or None when it can.
+
+    One rule for every entry point (API, CLI, batch, UI): a request the model cannot answer truthfully
+    is refused with what to give instead, never walked into a confident wrong verdict. Link-local
+    destinations stay allowed: NodeLocal DNSCache (169.254.20.10) and cloud metadata (169.254.169.254)
+    are real ones a pod talks to.
+    """
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return (f"::ffff:{address.ipv4_mapped} is an IPv4-mapped IPv6 address: write the IPv4 address itself "
+                f"({address.ipv4_mapped})")
+    if isinstance(address, IPv6Address):  # also an IPv4 source with an IPv6 destination
+        return ("IPv6 is not supported yet: netdiag models IPv4 paths end to end; give the pod's, node's or "
+                "host's IPv4 address")
+    if address.is_unspecified:
+        return (f"{address} means 'any address', not a host: give the IP address of the pod or node "
+                f"{'that sends' if role == 'src' else 'to reach'}")
+    if address.is_loopback:
+        return (f"{address} is a loopback address: it never leaves the network namespace it is used in; give the "
+                "pod's or node's own IP address")
+    if address.is_multicast or address == _LIMITED_BROADCAST:
+        kind = "multicast" if address.is_multicast else "the limited broadcast address"
+        what = "no packet is sent from it" if role == "src" else "it reaches no single host"
+        return (f"{address} is {kind}: {what}; netdiag diagnoses unicast flows, give a pod, node, Service or "
+                "public IP address")
+    if role == "src" and address.is_link_local:
+        return (f"{address} is a link-local address: it is never a pod's or node's source address across a router; "
+                "give the sending pod's or node's IP address")
+    return None
+
+
+def _request_address_schema(role: Literal["src", "dst"]) -> WithJsonSchema:
+    """What `address_problem` accepts, as the OpenAPI document states it to clients and generators."""
+    refused = r"0\.0\.0\.0$|127\.|2(2[4-9]|3[0-9])\.|255\.255\.255\.255$" + (r"|169\.254\." if role == "src" else "")
+    description = {"src": "source IPv4 address (pod, node or external)",
+                   "dst": "destination IPv4 address (pod, node, Service, LB or public)"}[role]
+    return WithJsonSchema({"type": "string", "format": "ipv4", "not": {"pattern": f"^({refused})"},
+                           "description": description + "; IPv6 is not supported yet"})
+
+
 class DiagnosisOptions(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")
 
 
 class DiagnosisRequest(Strict):
-    src: IPvAnyAddress = Field(description="source IP address (pod, node or external)")
-    dst: IPvAnyAddress = Field(description="destination IP address (pod, node, Service, LB or public)")
-    port: int = Field(ge=1, le=65535, description="destination port")
+    # strict: no silent coercion at any edge ("80" is not a port, true is not port 1), so the API, the CLI,
+    # --batch and the UI accept exactly what the OpenAPI document describes
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    src: Annotated[IPvAnyAddress, _request_address_schema("src")]
+    dst: Annotated[IPvAnyAddress, _request_address_schema("dst")]
+    port: Port
     protocol: Literal["tcp", "udp"] = Field(description="tcp or udp")
     options: DiagnosisOptions = Field(default_factory=DiagnosisOptions)
 
@@ -57,8 +110,50 @@ class DiagnosisRequest(Strict):
             raise ValueError("must be an IP address literal such as 10.0.0.1 or fd00::1, not a number")
         return value
 
+    @field_validator("src")
+    @classmethod
+    def _a_sender(cls, value: IPAddress) -> IPAddress:
+        problem = address_problem(value, "src")
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("dst")
+    @classmethod
+    def _a_receiver(cls, value: IPAddress) -> IPAddress:
+        problem = address_problem(value, "dst")
+        if problem:
+            raise ValueError(problem)
+        return value
+
     def describe(self) -> str:
         return f"{self.protocol} {self.src} → {self.dst}:{self.port}"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DiagnosisRequest:
+        """The one parser for a request document (API body, --batch line): raises ValueError when
+        `text` is not JSON or not an object, ValidationError (a ValueError) when a field is wrong."""
+        body = json.loads(text or b"null", parse_float=json_number)
+        if not isinstance(body, dict):
+            raise ValueError("a diagnosis request must be a JSON object with src, dst, port and protocol")
+        return cls.model_validate(body)
+
+
+def json_number(text: str) -> float | int:
+    """JSON has one number type: 65535.0 is the integer 65535 (JSON Schema's `integer` agrees),
+    which strict validation would otherwise refuse as a port."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+class MatrixRequest(Strict):
+    """A policy-matrix query (`netdiag matrix`): the port rule is the diagnosis request's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    port: Port = 80
+    protocol: Literal["tcp", "udp", "sctp"] = Field("tcp", description="a NetworkPolicy protocol")
+    namespace: str | None = Field(None, min_length=1, description="only the pods of this namespace")
 
 
 # ---------------------------------------------------------------- result model

@@ -31,7 +31,7 @@ from shared.cluster import SUMMARY_KEY
 from shared.codes import CATALOGUE
 from shared.logs import log_context
 from shared.metrics import metrics_handler
-from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
+from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, json_number, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
 tracer = trace.get_tracer("netdiag")
@@ -58,13 +58,6 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
         msg = "unknown field: remove it" if e["type"] == "extra_forbidden" else e["msg"]
         out.append({"field": loc, "message": msg})
     return out
-
-
-def _json_number(text: str) -> float | int:
-    """JSON has one number type: 65535.0 is the integer 65535 (JSON Schema's `integer` agrees),
-    which strict validation would otherwise refuse as a port."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 async def _bus_ready(bus: Bus) -> bool:
@@ -96,15 +89,13 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large: at most {MAX_BODY} bytes")
     try:
-        body = json.loads(raw or b"null", parse_float=_json_number)
+        body = json.loads(raw or b"null", parse_float=json_number)
     except ValueError as exc:
         return error(400, f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
         return error(400, "request body must be a JSON object with src, dst, port and protocol")
     try:
-        # strict: no silent coercion at the edge ("80" is not a port, 1 is not a boolean), so
-        # what is accepted is exactly what the OpenAPI document describes
-        req = DiagnosisRequest.model_validate(body, strict=True)
+        req = DiagnosisRequest.model_validate(body)  # strict by its own config, like every other entry point
     except ValidationError as exc:
         fields = field_errors(exc)
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)

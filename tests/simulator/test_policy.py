@@ -311,3 +311,18 @@ def test_matrix_skips_pods_without_ip() -> None:
     pending["status"] = {"phase": "Pending"}
     m = compute_matrix([*model_objects([]), pending])
     assert "x/pending" not in m.pods and m.skipped == ["x/pending (no pod IP)"]
+
+
+def test_a_non_pod_end_is_named_by_its_own_side() -> None:
+    """The egress side of a pod → external packet is the pod; the ingress side is the external address."""
+    to_outside = index().evaluate(XA, EXTERNAL, "tcp", 80)
+    assert to_outside.ingress.explanation == "the destination is not a pod: no ingress NetworkPolicy applies"
+    from_outside = index().evaluate(EXTERNAL, XA, "tcp", 80)
+    assert from_outside.egress.explanation == "the source is not a pod: no egress NetworkPolicy applies"
+
+
+@pytest.mark.parametrize(("port", "protocol"), [(0, "tcp"), (70000, "tcp"), (True, "tcp"), ("80", "tcp"),
+                                                (80, "icmp")])
+def test_matrix_refuses_what_a_diagnosis_refuses(port: object, protocol: str) -> None:
+    with pytest.raises(ValueError, match="port|protocol"):
+        compute_matrix(model_objects([]), port=port, protocol=protocol)  # type: ignore[arg-type]
