@@ -15,6 +15,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, WithJsonSchema, field_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 
@@ -115,7 +116,7 @@ class DiagnosisRequest(Strict):
     def _a_sender(cls, value: IPAddress) -> IPAddress:
         problem = address_problem(value, "src")
         if problem:
-            raise ValueError(problem)
+            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
         return value
 
     @field_validator("dst")
@@ -123,7 +124,7 @@ class DiagnosisRequest(Strict):
     def _a_receiver(cls, value: IPAddress) -> IPAddress:
         problem = address_problem(value, "dst")
         if problem:
-            raise ValueError(problem)
+            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
         return value
 
     def describe(self) -> str:

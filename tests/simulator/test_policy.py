@@ -324,5 +324,5 @@ def test_a_non_pod_end_is_named_by_its_own_side() -> None:
 @pytest.mark.parametrize(("port", "protocol"), [(0, "tcp"), (70000, "tcp"), (True, "tcp"), ("80", "tcp"),
                                                 (80, "icmp")])
 def test_matrix_refuses_what_a_diagnosis_refuses(port: object, protocol: str) -> None:
-    with pytest.raises(ValueError, match="port|protocol"):
+    with pytest.raises(ValueError, match=r"port|protocol"):
         compute_matrix(model_objects([]), port=port, protocol=protocol)  # type: ignore[arg-type]
