@@ -77,7 +77,6 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         for a in r.assumptions:
             flag = " (could change the outcome)" if a.could_change_outcome else ""
             out.append(f"  - [{a.stage}] {a.text}{flag}")
-    delivered = sum(1 for p in r.paths if p.final == FinalState.DELIVER)
     if r.paths:
-        out.append(f"{delivered}/{len(r.paths)} path(s) deliver")
+        out.append(r.counts.text())  # the one counting rule, also the UI's
     return "\n".join(out)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, WithJsonSchema, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, WithJsonSchema, computed_field, field_validator
 from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
@@ -290,12 +290,49 @@ class Assumption(BaseModel):
     could_change_outcome: bool = False
 
 
+class PathCounts(BaseModel):
+    """How the paths ended, counted once by one rule for every reader (CLI text, UI, JSON)."""
+
+    forward: int = Field(0, description="forward paths (Service endpoints, ECMP branches)")
+    delivered: int = Field(0, description="forward paths that reached a listening socket")
+    left_cluster: int = Field(0, description="forward paths that left the modelled world (final FORWARD)")
+    dropped: int = 0
+    aborted: int = Field(0, description="forward paths the analysis could not follow to their end")
+    replies: int = Field(0, description="reply paths walked")
+    replies_back: int = Field(0, description="reply paths that reach the client")
+
+    @classmethod
+    def of(cls, paths: list[Path]) -> PathCounts:
+        forward = [p.final for p in paths if p.direction == "forward"]
+        replies = [p.final for p in paths if p.direction == "reply"]
+        return cls(forward=len(forward), delivered=forward.count(FinalState.DELIVER),
+                   left_cluster=forward.count(FinalState.FORWARD), dropped=forward.count(FinalState.DROP),
+                   aborted=forward.count(FinalState.ABORT), replies=len(replies),
+                   replies_back=replies.count(FinalState.DELIVER))
+
+    def text(self) -> str:
+        if not self.forward:
+            return "no path simulated"
+        parts = [f"{n} {what}" for n, what in ((self.delivered, "delivered"), (self.left_cluster, "left the "
+                 "cluster (not followed beyond)"), (self.dropped, "dropped"), (self.aborted, "not followed to "
+                 "the end")) if n]
+        out = f"{self.forward} forward path(s): {', '.join(parts)}"
+        if self.replies:
+            out += f"; {self.replies_back}/{self.replies} reply path(s) reach the client"
+        return out
+
+
 class DiagnosisResult(BaseModel):
     verdict: Verdict
     summary: str
     paths: list[Path] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling
+    @property
+    def counts(self) -> PathCounts:
+        return PathCounts.of(self.paths)
 
 
 class DiagnosisStatus(StrEnum):

@@ -105,7 +105,8 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
     detection = detector.detect()
     with model.lock:
         src = classify(model, request.src, role="src")
-        dst = classify(model, request.dst, port=request.port, protocol=protocol, role="dst")
+        dst = classify(model, request.dst, port=request.port, protocol=protocol, role="dst",
+                       service_cidrs=detection.info.service_cidrs)
         resolved: Resolved | None = None
         if dst.service is not None:
             resolved = resolve_service(model, dst.service, src=src.endpoint, dst=dst.endpoint, port=request.port,
@@ -113,7 +114,8 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
             if request.dst in detection.info.cluster_dns:
                 dst.endpoint.description += " (cluster DNS)"
         paths = _paths(src.endpoint, dst.endpoint, request.port, resolved)
-        hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED]
+        # an unknown address inside a node's pod CIDR is that node's to route: collect it too
+        hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED or e.kind == EndpointKind.UNKNOWN]
         if resolved is not None:
             hosted += [b.node for b in resolved.used] + resolved.entry_nodes
         nodes = _unique(hosted)

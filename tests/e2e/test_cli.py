@@ -46,12 +46,13 @@ def test_unreachable_text_answer_exits_1() -> None:
     assert run.returncode == 1, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("diagnosis ") and lines[0].endswith(": tcp 10.244.1.10 → 10.244.2.12:8200")
-    assert lines[1].startswith("verdict: UNREACHABLE — network policy secure/default-deny-all deny the packet")
+    assert lines[1].startswith("verdict: UNREACHABLE — network policy verdict of secure/default-deny-all: deny the "
+                               "packet")
     assert lines[2] == "first failing hop: secure/vault-0 (pod) on path p0"
-    assert lines[3].startswith("  because: network policy secure/default-deny-all")
+    assert lines[3].startswith("  because: network policy verdict of secure/default-deny-all")
     assert lines[4].startswith("  fix:     Add an ingress rule")
     assert "ERROR NETWORK_POLICY_DENY @ pod:secure/vault-0" in run.stdout
-    assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("0/1 path(s) deliver")
+    assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("1 forward path(s): 1 dropped")
 
 
 def test_reachable_exits_0() -> None:

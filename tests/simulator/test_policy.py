@@ -252,8 +252,9 @@ def test_deny_finding_names_objects_and_reason() -> None:
     v = index(deny_ingress_x(), allow_web).evaluate(YA, XA, "tcp", 8080)
     [f] = deny_findings(v, "pod:y/a", "pod:x/a")
     assert f.code == "NETWORK_POLICY_DENY" and f.severity == Severity.ERROR and f.hop == "pod:x/a"
-    assert f.message.startswith(f"network policy x/deny-ingress, x/allow-web deny the packet from {YA} to {XA}:8080: "
-                                f"pod x/a is isolated for ingress and no rule allows source pod y/a")
+    assert f.message.startswith(f"network policy verdict of x/deny-ingress, x/allow-web: deny the packet from {YA} "
+                                f"to {XA}:8080, because pod x/a is isolated for ingress and no rule allows source "
+                                f"pod y/a")
     assert 'namespace "y"' in f.message and "namespaceSelector ns=web" in f.message
     assert "no ingress rules" in f.message
     assert f.evidence["direction"] == "ingress" and f.evidence["policy_verdict"]["isolated"]
