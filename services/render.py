@@ -78,5 +78,5 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
             flag = " (could change the outcome)" if a.could_change_outcome else ""
             out.append(f"  - [{a.stage}] {a.text}{flag}")
     if r.paths:
-        out.append(r.counts.text())  # the one counting rule, also the UI's
+        out.append(r.counts.text)  # the one counting rule, also the UI's
     return "\n".join(out)

@@ -310,6 +310,8 @@ class PathCounts(BaseModel):
                    aborted=forward.count(FinalState.ABORT), replies=len(replies),
                    replies_back=replies.count(FinalState.DELIVER))
 
+    @computed_field  # type: ignore[prop-decorator]  # in the JSON too: the UI shows this very line
+    @property
     def text(self) -> str:
         if not self.forward:
             return "no path simulated"

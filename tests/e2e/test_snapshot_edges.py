@@ -54,7 +54,7 @@ def test_leaving_the_cluster_says_what_was_checked_and_counts_alike(edges: dict[
         1, 0, 1, 1, 1)
     text = render_diagnosis(d)
     assert "every path delivers" not in text and "path(s) deliver" not in text
-    assert text.splitlines()[-1] == counts.text() == (
+    assert text.splitlines()[-1] == counts.text == (
         "1 forward path(s): 1 left the cluster (not followed beyond); 1/1 reply path(s) reach the client")
 
 

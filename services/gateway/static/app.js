@@ -305,11 +305,10 @@ function showResult(d, { permalink = true } = {}) {
   $("permalink").href = `${location.origin}${location.pathname}#/diagnoses/${d.id}`;
   fillForm(d.request);
   const result = r || { verdict, summary: "", paths: [], findings: [], assumptions: [] };
-  const forward = result.paths.filter((p) => p.direction === "forward");
   const errors = result.findings.filter((f) => f.severity === "error").length;
   const mattering = result.assumptions.filter((a) => a.could_change_outcome).length;
   $("verdict-counts").textContent = [
-    forward.length ? `${forward.filter((p) => p.final === "DELIVER" || p.final === "FORWARD").length}/${forward.length} forward path(s) deliver` : "no path simulated",
+    result.counts ? result.counts.text : "no path simulated",  // counted once, by the simulator (as the CLI shows it)
     `${result.findings.length} finding(s)${errors ? `, ${errors} error(s)` : ""}`,
     `${result.assumptions.length} assumption(s)${mattering ? `, ${mattering} could change the outcome` : ""}`,
   ].join(" · ");
