@@ -137,7 +137,7 @@ class StageRunner:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            env = StageEnvelope.model_validate_json(msg.data)
+            env = StageEnvelope.model_validate_json(await self.bus.unpack(msg.data))
         except ValidationError as exc:
             await self._poison(msg, exc)
             return
@@ -214,7 +214,7 @@ async def mark_failed(bus: Bus, diagnosis_id: str, reason: str) -> None:
         return  # unknown or malformed id: nothing was stored under it
     if not entry.value:
         return
-    stored = Diagnosis.model_validate_json(entry.value)
+    stored = Diagnosis.model_validate_json(await bus.unpack(entry.value))
     if stored.status == DiagnosisStatus.QUEUED:
         failed = stored.model_copy(update={"status": DiagnosisStatus.FAILED, "error": reason, "completed_at": now()})
         await bus.kv.put(diagnosis_id, failed.model_dump_json().encode())

@@ -281,15 +281,17 @@ async def _end_streams(app: web.Application) -> None:
 
 async def cluster_summary(request: web.Request) -> web.Response:
     """The topology stage's cluster summary (shared/cluster.py), as it published it."""
+    bus = request.app[BUS]
     try:
-        kv = await request.app[BUS].cluster_kv()
+        kv = await bus.cluster_kv()
         entry = await kv.get(SUMMARY_KEY)
+        body = await bus.unpack(entry.value or b"")  # a large cluster's summary lives in the object store
     except KeyNotFoundError:
         return error(404, "no cluster summary yet: the topology stage publishes it once its cluster model "
                           "is loaded (snapshot) or synced (live)")
     except (TimeoutError, nats.errors.Error):
         return error(503, "the cluster summary store (NATS) is unreachable; retry shortly")
-    return web.Response(body=entry.value, content_type="application/json")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def finding_codes(_: web.Request) -> web.Response:

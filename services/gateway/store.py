@@ -35,11 +35,15 @@ class ResultStore:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
+    async def _value(self, diagnosis: Diagnosis) -> bytes:
+        """The KV value: the diagnosis, or a reference to it in the object store when it is large."""
+        return await self.bus.pack(f"results/{diagnosis.id}", diagnosis.model_dump_json().encode())
+
     async def create(self, diagnosis: Diagnosis) -> None:
-        await self.bus.kv.create(diagnosis.id, diagnosis.model_dump_json().encode())
+        await self.bus.kv.create(diagnosis.id, await self._value(diagnosis))
 
     async def save(self, diagnosis: Diagnosis) -> None:
-        await self.bus.kv.put(diagnosis.id, diagnosis.model_dump_json().encode())
+        await self.bus.kv.put(diagnosis.id, await self._value(diagnosis))
 
     async def forget(self, diagnosis_id: str) -> None:
         await self.bus.kv.purge(diagnosis_id)
@@ -53,7 +57,7 @@ class ResultStore:
             return None
         if not entry.value:
             return None
-        return Diagnosis.model_validate_json(entry.value)
+        return Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
 
     async def ids(self) -> list[str]:
         """Newest first: ids are time-ordered (shared.schemas.new_id)."""

@@ -140,7 +140,7 @@ class TopologyStage(Stage):
                     content, payload = await asyncio.to_thread(self._summary, planner)
                     if content != published:
                         kv = await self.bus.cluster_kv()
-                        await kv.put(SUMMARY_KEY, payload)
+                        await kv.put(SUMMARY_KEY, await self.bus.pack("cluster-summary", payload))
                         published = content
                     stamp = current
                 except (TimeoutError, nats.errors.Error) as exc:  # NATS away: try again next round
