@@ -76,3 +76,5 @@ class ClusterSummary(BaseModel):
     nodes: list[NodeSummary] = Field(default_factory=list)
     counts: SummaryCounts = Field(default_factory=SummaryCounts)
     truncated: bool = Field(False, description="a list was cut at the cap: counts has the totals")
+    notes: list[str] = Field(default_factory=list, description="what loading the source left out: a snapshot's "
+                             "skipped kinds (counted) and unusable objects")

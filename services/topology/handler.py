@@ -18,7 +18,7 @@ import nats
 
 from services.topology.plan import Planner
 from services.topology.sources.live import close_shared_live_source, shared_live_source
-from services.topology.sources.snapshot import load_snapshot
+from services.topology.sources.snapshot import load_notes, load_snapshot
 from services.topology.summary import model_stamp, summary_within
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.cluster import SUMMARY_KEY
@@ -47,7 +47,7 @@ def _planner(settings: Settings) -> Planner:
             if settings.snapshot:
                 load = load_snapshot(settings.snapshot)
                 log.info("snapshot %s: %s in %.2fs", settings.snapshot, dict(load.loaded), load.seconds)
-                planner = Planner(load.model, f"snapshot:{settings.snapshot}")
+                planner = Planner(load.model, f"snapshot:{settings.snapshot}", load_notes(load))
             else:
                 planner = Planner(shared_live_source(settings.kubeconfig).model, "live")
             _planners[key] = planner
@@ -154,5 +154,6 @@ class TopologyStage(Stage):
     def _summary(self, planner: Planner) -> tuple[str, bytes]:
         """(what to compare with the last publish: all but generated_at, the value to publish). Blocking."""
         dns = planner.detector.detect().info.cluster_dns
-        summary = summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload)
+        summary = summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload,
+                                 notes=planner.notes)
         return summary.model_dump_json(exclude={"generated_at"}), summary.model_dump_json().encode()

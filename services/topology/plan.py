@@ -5,7 +5,7 @@ no scan over all pods per diagnosis)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.topology.classify import Classification, classify
 from services.topology.detect import Detector
@@ -24,16 +24,20 @@ _OBJECT_FIELDS = {
 
 @dataclass
 class Planner:
-    """Holds the model and its cached detection; one per source, shared by diagnoses."""
+    """Holds the model and its cached detection; one per source, shared by diagnoses. `notes` say what
+    loading the source left out (a snapshot's skipped kinds and unusable objects): every report states them."""
 
     model: ClusterModel
     source: str
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.detector = Detector(self.model)
 
     def plan(self, request: DiagnosisRequest) -> TopologyReport:
-        return build_report(self.model, self.detector, request, self.source)
+        report = build_report(self.model, self.detector, request, self.source)
+        report.assumptions += [Assumption(stage=STAGE, text=note) for note in self.notes]
+        return report
 
 
 def _unique(items: Iterable[str | None]) -> list[str]:
