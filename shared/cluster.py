@@ -68,7 +68,7 @@ class SummaryCounts(BaseModel):
 
 
 class ClusterSummary(BaseModel):
-    source: str = Field(description='"live" or "snapshot:<dir>"')
+    source: str = Field(description='"live:<API server>" or "snapshot:<dir>"')
     generated_at: datetime
     dns: list[IPAddress] = Field(default_factory=list, description="ClusterIP(s) of the cluster DNS Service")
     pods: list[PodSummary] = Field(default_factory=list, description="pods that have an IP")

@@ -349,6 +349,8 @@ class Diagnosis(BaseModel):
     id: str
     request: DiagnosisRequest
     status: DiagnosisStatus
+    source: str | None = Field(None, description="the cluster it ran against, as the topology stage names it: "
+                               "'snapshot:<dir>' or 'live:<API server>'; history is listed per source")
     created_at: datetime
     completed_at: datetime | None = None
     result: DiagnosisResult | None = None

@@ -108,7 +108,11 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     bus, store = request.app[BUS], request.app[STORE]
     if not bus.connected:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
-    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now())
+    try:
+        source = await asyncio.wait_for(store.current_source(), 3)
+    except (TimeoutError, nats.errors.Error):
+        source = None  # the topology stage names it on the way
+    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now(), source=source)
     # The root span of the diagnosis (continuing a caller's traceparent, if any): publish_model
     # injects it into the NATS headers, so every stage's span joins this one trace.
     with tracer.start_as_current_span("netdiag.gateway.create_diagnosis", kind=trace.SpanKind.SERVER,
@@ -174,16 +178,24 @@ async def list_diagnoses(request: web.Request) -> web.Response:
     after = request.query.get("after")
     store = request.app[STORE]
     try:
+        # the history of the cluster served now (an earlier `up` against another cluster is not this one's);
+        # ?source=all lists every diagnosis, ?source=<name> another cluster's
+        wanted = request.query.get("source") or await store.current_source()
         ids = await store.ids()
         if after:
             ids = [i for i in ids if i < after]
-        page = ids[:limit]
-        items = [d for d in await asyncio.gather(*(store.get(i) for i in page)) if d is not None]
+        found: list[Diagnosis] = []
+        for start in range(0, len(ids), limit * 2):  # read in batches until one more than a page matched
+            batch = await asyncio.gather(*(store.get(i) for i in ids[start:start + limit * 2]))
+            found += [d for d in batch if d is not None and wanted in ("all", d.source)]
+            if len(found) > limit:
+                break
     except nats.errors.Error:
         return error(503, "the result store (NATS) is unreachable; retry shortly")
+    items = found[:limit]
     body = {
         "items": [json.loads(d.model_dump_json(exclude={"result": {"paths"}})) for d in items],
-        "next": page[-1] if len(ids) > limit else None,
+        "next": items[-1].id if len(found) > limit else None,
     }
     return web.json_response(body)
 

@@ -6,12 +6,14 @@ Results live in the JetStream KV bucket (file storage), so a gateway restart los
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 
 from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus
+from shared.cluster import SUMMARY_KEY
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.stage import Stage
 
@@ -23,8 +25,10 @@ IDEMPOTENCY_PREFIX = "idempotency."  # same bucket, never a 32-hex id, so listin
 
 def diagnosis_from_envelope(env: StageEnvelope) -> Diagnosis:
     failed = env.error is not None or env.result is None
+    source = (env.topology or {}).get("source")
     return Diagnosis(
         id=env.id, request=env.request, created_at=env.created_at, completed_at=now(),
+        source=source if isinstance(source, str) else None,
         status=DiagnosisStatus.FAILED if failed else DiagnosisStatus.COMPLETED,
         result=env.result, error=env.error or (None if env.result else "no result produced"),
         timings_ms=env.timings_ms,
@@ -59,6 +63,17 @@ class ResultStore:
             return None
         return Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
 
+    async def current_source(self) -> str | None:
+        """The cluster the topology stage serves now (its published summary's `source`), None before one is
+        published. New diagnoses are stamped with it and the history is listed for it."""
+        try:
+            kv = await self.bus.cluster_kv()
+            entry = await kv.get(SUMMARY_KEY)
+            source = json.loads(await self.bus.unpack(entry.value or b"{}")).get("source")
+        except (KeyNotFoundError, ValueError):
+            return None
+        return source if isinstance(source, str) else None
+
     async def ids(self) -> list[str]:
         """Newest first: ids are time-ordered (shared.schemas.new_id)."""
         try:
@@ -92,6 +107,9 @@ class ResultSink(Stage):
 
     async def handle(self, env: StageEnvelope) -> None:
         diagnosis = diagnosis_from_envelope(env)
+        if diagnosis.source is None:  # failed before the topology stage named it: keep the one stamped at creation
+            stored = await self.store.get(env.id)
+            diagnosis.source = stored.source if stored else None
         await self.store.save(diagnosis)
         metrics.record_diagnosis(diagnosis.result.verdict.value if diagnosis.result else None)
         await self.bus.progress(env.id, "gateway", "result", diagnosis.status.value)

@@ -33,7 +33,7 @@ def plan_main(argv: list[str]) -> None:
         source = shared_live_source(settings.kubeconfig)
         if not source.wait_synced(30):
             sys.exit(f"Kubernetes API cache did not sync: {source.errors()}")
-        planner = Planner(source.model, "live")
+        planner = Planner(source.model, source.name)
     request = DiagnosisRequest(src=args.src, dst=args.dst, port=args.port, protocol=args.protocol)
     print(planner.plan(request).model_dump_json(indent=2))
 

@@ -49,7 +49,8 @@ def _planner(settings: Settings) -> Planner:
                 log.info("snapshot %s: %s in %.2fs", settings.snapshot, dict(load.loaded), load.seconds)
                 planner = Planner(load.model, f"snapshot:{settings.snapshot}", load_notes(load))
             else:
-                planner = Planner(shared_live_source(settings.kubeconfig).model, "live")
+                source = shared_live_source(settings.kubeconfig)
+                planner = Planner(source.model, source.name)
             _planners[key] = planner
     return planner
 

@@ -187,26 +187,30 @@ function refreshStaleCluster() {
 
 // ------------------------------------------------------------------ known addresses (past diagnoses)
 
+// Per cluster (the summary's source): addresses of another cluster's diagnoses are no suggestion here.
+const knownKey = (source) => `${KNOWN_KEY}:${source || ""}`;
+
 function knownAddresses() {
-  try { return JSON.parse(localStorage.getItem(KNOWN_KEY)) || {}; } catch { return {}; }
+  try { return JSON.parse(localStorage.getItem(knownKey(state.cluster && state.cluster.source))) || {}; } catch { return {}; }
 }
 
 /** Remember addresses seen in diagnoses (hops name them), offered as the inputs' datalist. */
-function learnAddresses(entries) {
-  const known = knownAddresses();
+function learnAddresses(source, entries) {
+  let known;
+  try { known = JSON.parse(localStorage.getItem(knownKey(source))) || {}; } catch { known = {}; }
   let changed = false;
   for (const [addr, label] of entries) {
     if (!addr || (addr in known && (known[addr] || !label))) continue;
     known[addr] = label || "";
     changed = true;
   }
-  if (changed) localStorage.setItem(KNOWN_KEY, JSON.stringify(known));
+  if (changed) localStorage.setItem(knownKey(source), JSON.stringify(known));
 }
 
 function learnFromDiagnosis(d) {
   const entries = [[d.request.src, ""], [d.request.dst, ""]];
   for (const p of (d.result && d.result.paths) || []) for (const hop of p.hops) if (hop.address) entries.push([hop.address, `${hop.kind} ${hop.name}`]);
-  learnAddresses(entries);
+  learnAddresses(d.source, entries);
 }
 
 // ------------------------------------------------------------------ progress
@@ -543,7 +547,7 @@ async function loadHistory(reset) {
   if (reset) $("history-list").replaceChildren(...items); else $("history-list").append(...items);
   state.historyNext = res.body.next;
   $("history-more").hidden = !res.body.next;
-  learnAddresses(res.body.items.flatMap((d) => [[d.request.src, ""], [d.request.dst, ""]]));
+  for (const d of res.body.items) learnAddresses(d.source, [[d.request.src, ""], [d.request.dst, ""]]);
   if (state.diagnosis) markHistory(state.diagnosis.id);
 }
 
