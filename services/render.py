@@ -3,7 +3,7 @@ then the first failing hop and why, then the path(s), then what to do."""
 
 from __future__ import annotations
 
-from shared.schemas import Diagnosis, FinalState, Finding, Hop, HopStatus, Path, Severity, StepAction
+from shared.schemas import Diagnosis, Finding, Hop, HopStatus, Path, Severity, StepAction
 
 MARK = {HopStatus.OK: "  ", HopStatus.WARNING: "!~", HopStatus.ERROR: "!!", HopStatus.UNKNOWN: "??"}
 SEVERITY_TAG = {Severity.ERROR: "ERROR", Severity.WARNING: "WARN ", Severity.INFO: "info "}
@@ -13,19 +13,6 @@ def _hop_line(hop: Hop) -> str:
     addr = f" {hop.address}" if hop.address else ""
     where = f" on {hop.node}" if hop.node and hop.kind.value != "node" else ""
     return f"{MARK[hop.status]} [{hop.kind.value}] {hop.name}{addr}{where}"
-
-
-def _first_failure(paths: list[Path]) -> tuple[str, Path, Hop] | None:
-    for path in paths:
-        for hop in path.hops:
-            if hop.status == HopStatus.ERROR:
-                return "first failing hop", path, hop
-    # nothing failed, but a path could not be followed (e.g. an unknown address): say where it stopped
-    for path in paths:
-        for hop in path.hops:
-            if path.final == FinalState.ABORT and hop.status == HopStatus.UNKNOWN:
-                return "could not follow past", path, hop
-    return None
 
 
 def _finding_lines(f: Finding) -> list[str]:
@@ -55,15 +42,12 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         return "\n".join(out)
     r = d.result
     out.append(f"verdict: {r.verdict.value} — {r.summary}")
-    failure = _first_failure(r.paths)
+    failure = r.first_failure  # the UI shows the same
     if failure:
-        label, path, hop = failure
-        out.append(f"{label}: {hop.name} ({hop.kind.value}) on path {path.id}")
-        for f in r.findings:
-            if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause):
-                out.append(f"  because: {f.message}")
-                out.append(f"  fix:     {f.suggestion}")
-                break
+        out.append(f"{failure.label}: {failure.hop_name} ({failure.hop_kind.value}) on path {failure.path}")
+        if failure.because:
+            out.append(f"  because: {failure.because}")
+            out.append(f"  fix:     {failure.fix}")
     if r.paths:
         out.append("paths:")
         for path in r.paths:

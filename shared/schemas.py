@@ -324,6 +324,37 @@ class PathCounts(BaseModel):
         return out
 
 
+class FirstFailure(BaseModel):
+    """Where to look first, found once by one rule for every reader (CLI text, UI): the first hop
+    marked as an error, else the unknown hop an aborted path stopped at; with the finding that says why."""
+
+    label: Literal["first failing hop", "could not follow past"]
+    path: str = Field(description="path id")
+    hop: str = Field(description="hop id")
+    hop_name: str
+    hop_kind: HopKind
+    code: str | None = None
+    because: str | None = None
+    fix: str | None = None
+
+    @classmethod
+    def of(cls, paths: list[Path], findings: list[Finding]) -> FirstFailure | None:
+        found = next(((path, hop) for path in paths for hop in path.hops if hop.status == HopStatus.ERROR), None)
+        label: Literal["first failing hop", "could not follow past"] = "first failing hop"
+        if found is None:  # nothing failed, but a path could not be followed (e.g. an unknown address)
+            label = "could not follow past"
+            found = next(((path, hop) for path in paths if path.final == FinalState.ABORT for hop in path.hops
+                          if hop.status == HopStatus.UNKNOWN), None)
+        if found is None:
+            return None
+        path, hop = found
+        why = next((f for f in findings if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause)),
+                   None)
+        return cls(label=label, path=path.id, hop=hop.id, hop_name=hop.name, hop_kind=hop.kind,
+                   code=why.code if why else None, because=why.message if why else None,
+                   fix=why.suggestion if why else None)
+
+
 class DiagnosisResult(BaseModel):
     verdict: Verdict
     summary: str
@@ -335,6 +366,11 @@ class DiagnosisResult(BaseModel):
     @property
     def counts(self) -> PathCounts:
         return PathCounts.of(self.paths)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def first_failure(self) -> FirstFailure | None:
+        return FirstFailure.of(self.paths, self.findings)
 
 
 class DiagnosisStatus(StrEnum):

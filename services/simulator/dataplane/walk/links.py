@@ -304,7 +304,7 @@ class Crossing:
                      "cluster's nodes", packet(c.st, c.iif, link.name))
         c.trail.left = (view.place, copy_state(c.st), link.name)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
-        return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
+        return self.w.external(c, kind, lambda: str(dst))  # the hop kind (internet/external) says where
 
     def _untranslated(self, c: Cursor, view: NetnsView, dst: IPAddress) -> list:
         """A Service-range address leaving the node untranslated: nothing behind it will answer."""
