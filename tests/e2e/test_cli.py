@@ -76,7 +76,8 @@ def test_ambiguous_exits_2() -> None:
     run = netdiag("diagnose", "--snapshot", POLICY, *request_args(POLICY_CASES["one_endpoint_denied"]))
     assert run.returncode == 2, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy prod/default-deny-ingress")
+    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy verdict of "
+                               "prod/default-deny-ingress")
     assert lines[2] == "first failing hop: prod/search-1 (pod) on path p1"
 
 
