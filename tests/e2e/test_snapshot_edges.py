@@ -4,6 +4,10 @@ a node blamed for data the snapshot has, never a confident REACHABLE for what no
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 
 from services.render import render_diagnosis
@@ -70,3 +74,22 @@ def test_a_closed_node_port_is_no_service_matter(edges: dict[str, Diagnosis]) ->
     assert d.result is not None and finals(d) == [("DROP", "NO_LISTENER")]
     (f,) = [f for f in d.result.findings if f.code == "NO_LISTENER"]
     assert "targetPort" not in f.suggestion and "Service" not in f.suggestion
+
+
+async def test_a_pod_without_pod_ip_is_read_on_its_node(tmp_path: Path) -> None:
+    """shop/db lost status.podIP (e.g. captured while restarting): its address is a free one of node-2's pod
+    CIDR, node-2 is read from nodes/node-2.json, and the kernel's answer (the policy chain drops it) stands."""
+    root = tmp_path / "shop"
+    shutil.copytree(SHOP, root)
+    pods = json.loads((root / "kubernetes" / "pods.json").read_text())
+    for pod in pods["items"]:
+        if pod["metadata"]["name"] == "db":
+            pod["status"].pop("podIP")
+            pod["status"].pop("podIPs")
+    (root / "kubernetes" / "pods.json").write_text(json.dumps(pods))
+    (d,) = (await diagnose_all(root, {"db": ("10.244.1.2", "10.244.2.3", 5432, "tcp")})).values()
+    assert d.result is not None
+    assert not any(f.code == "DATA_MISSING" for f in d.result.findings), d.result.findings
+    assert "pod CIDR 10.244.2.0/24" in d.result.paths[0].description
+    assert finals(d) == [("DROP", "IPTABLES_DROP")]
+    assert [h.id for h in d.result.paths[0].hops][-1] == "node:node-2"

@@ -113,3 +113,19 @@ async def test_a_failed_run_shows_its_reason(browser: Browser, tmp_path: Path) -
             await expect(grid).to_be_hidden()
         assert await _in_view(page, "#verdict-summary")
         await page.context.close()
+
+
+@pytest.mark.parametrize(("field", "value", "words"), [
+    ("dst", "fd00::2", "IPv6 is not supported yet"),
+    ("dst", "255.255.255.255", "limited broadcast"),
+    ("src", "0.0.0.0", "'any address', not a host"),
+])
+async def test_the_api_refusal_is_shown_at_its_field(browser: Browser, shop: EmbeddedStack, field: str,
+                                                     value: str, words: str) -> None:
+    page = await _page(browser, 1366, 768)
+    await page.goto(shop.url)
+    values = {"src": "10.244.1.2", "dst": "10.244.2.3", field: value}
+    await submit(page, values["src"], values["dst"], "80", "tcp")
+    await expect(page.locator(f"#{field}-error")).to_contain_text(words)
+    assert "#/diagnoses/" not in page.url
+    await page.context.close()
