@@ -7,7 +7,7 @@ findings list, which then refers to it."""
 
 from __future__ import annotations
 
-from shared.schemas import Diagnosis, FinalState, Finding, Hop, HopStatus, Path, Severity, StepAction
+from shared.schemas import Diagnosis, Finding, Hop, HopStatus, Path, Severity, StepAction
 
 MARK = {HopStatus.OK: "  ", HopStatus.WARNING: "!~", HopStatus.ERROR: "!!", HopStatus.UNKNOWN: "??"}
 SEVERITY_TAG = {Severity.ERROR: "ERROR", Severity.WARNING: "WARN ", Severity.INFO: "info "}
@@ -17,19 +17,6 @@ def _hop_line(hop: Hop) -> str:
     addr = f" {hop.address}" if hop.address else ""
     where = f" on {hop.node}" if hop.node and hop.kind.value != "node" else ""
     return f"{MARK[hop.status]} [{hop.kind.value}] {hop.name}{addr}{where}"
-
-
-def _first_failure(paths: list[Path]) -> tuple[str, Path, Hop] | None:
-    for path in paths:
-        for hop in path.hops:
-            if hop.status == HopStatus.ERROR:
-                return "first failing hop", path, hop
-    # nothing failed, but a path could not be followed (e.g. an unknown address): say where it stopped
-    for path in paths:
-        for hop in path.hops:
-            if path.final == FinalState.ABORT and hop.status == HopStatus.UNKNOWN:
-                return "could not follow past", path, hop
-    return None
 
 
 def _finding_lines(f: Finding, explained: bool, fixed: bool) -> list[str]:
@@ -68,17 +55,14 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     r = d.result
     out.append(f"verdict: {r.verdict.value} — {r.summary}")
     fixed: Finding | None = None
-    failure = _first_failure(r.paths)
+    failure = r.first_failure  # the UI shows the same
     if failure:
-        label, path, hop = failure
-        out.append(f"{label}: {hop.name} ({hop.kind.value}) on path {path.id}")
-        for f in r.findings:
-            if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause):
-                if f.message not in r.summary:
-                    out.append(f"  because: {f.message}")
-                out.append(f"  fix:     {f.suggestion}")
-                fixed = f
-                break
+        out.append(f"{failure.label}: {failure.hop_name} ({failure.hop_kind.value}) on path {failure.path}")
+        fixed = next((f for f in r.findings if f.hop == failure.hop and f.code == failure.code), None)
+        if failure.because:
+            if failure.because not in r.summary:
+                out.append(f"  because: {failure.because}")
+            out.append(f"  fix:     {failure.fix}")
     if r.paths:
         out.append("paths:")
         for path in r.paths:
@@ -92,7 +76,6 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         for a in r.assumptions:
             flag = " (could change the outcome)" if a.could_change_outcome else ""
             out.append(f"  - [{a.stage}] {a.text}{flag}")
-    delivered = sum(1 for p in r.paths if p.final == FinalState.DELIVER)
     if r.paths:
-        out.append(f"{delivered}/{len(r.paths)} path(s) deliver")
+        out.append(r.counts.text)  # the one counting rule, also the UI's
     return "\n".join(out)
