@@ -143,7 +143,7 @@ def _path_addresses(paths: list[Path]) -> set[str]:
                 for pkt in (st.packet_in, st.packet_out):
                     if pkt is not None:
                         out |= {str(pkt.src), str(pkt.dst)}
-                gateway = st.evidence.get("gateway") if isinstance(st.evidence, dict) else None
+                gateway = getattr(st.info, "gateway", None)
                 if gateway:
                     out.add(str(gateway))
     return out

@@ -159,13 +159,13 @@ class DeviceHooks:
             if found not in c.trail.findings:
                 c.trail.findings.append(found)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"tc {direction} on {dev}: {what} — not "
-                     "evaluated", packet(c.st, c.st.iif, c.st.oif))
+                     "evaluated", packet(c.st, c.st.iif, c.st.oif), device=dev)
         c.trail.assume(f"tc {direction} on {dev} in {view.where}: {what} is not evaluated; it could drop or "
                        "redirect the packet", could_change=True)
 
     def _tc_drop(self, c: Cursor, view: NetnsView, dev: str, direction: str, what: str) -> bool:
         found = finding("TC_DROP", view.hop_id, device=dev, direction=direction, where=view.where, filter=what)
-        self.w.drop(c, found, view, f"tc {direction} on {dev}: {what} drops the packet")
+        self.w.drop(c, found, view, f"tc {direction} on {dev}: {what} drops the packet", device=dev)
         return False
 
     def _block(self, c: Cursor, view: NetnsView, dev: str, parent: str) -> bool:
@@ -208,17 +208,17 @@ class DeviceHooks:
         if action in ("XDP_DROP", "XDP_ABORTED"):
             found = finding("XDP_DROP", view.hop_id, program=name, device=dev, where=view.where,
                             evidence={"action": action})
-            self.w.drop(c, found, view, f"XDP program {name} on {dev} returns {action}")
+            self.w.drop(c, found, view, f"XDP program {name} on {dev} returns {action}", device=dev)
             return False
         if action == "XDP_PASS":
             c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"XDP program {name} on {dev} "
-                         "returns XDP_PASS", packet(c.st, c.st.iif))
+                         "returns XDP_PASS", packet(c.st, c.st.iif), device=dev)
             return True
         found = finding("BPF_PROGRAM_ON_PATH", view.hop_id, hook="XDP", program=name, where=f"{dev} in {view.where}")
         if found not in c.trail.findings:
             c.trail.findings.append(found)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"XDP program {name} on {dev}: not "
-                     "evaluated", packet(c.st, c.st.iif))
+                     "evaluated", packet(c.st, c.st.iif), device=dev)
         c.trail.assume(f"XDP program {name} on {dev} in {view.where} is not evaluated: it could drop, redirect "
                        "or rewrite the packet", could_change=True)
         return True
@@ -275,7 +275,8 @@ class DeviceHooks:
         found = finding("BRIDGE_PORT_BLOCKED", view.hop_id, port=port.name, bridge=bridge.name, where=view.where,
                         state=state, direction=direction)
         self.w.drop(c, found, view, f"{bridge.name}: port {port.name} is {state}, not forwarding ({direction})",
-                    StepKind.BRIDGE)
+                    StepKind.BRIDGE, bridge=bridge.name, **({"port_in": port.name} if direction == "frame received"
+                                                            else {"port_out": port.name}))
         return False
 
     # ------------------------------------------------------------ sockets' cgroups
