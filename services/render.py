@@ -92,10 +92,10 @@ def render_live(w: LiveWitness) -> list[str]:
                    f"({w.probe.detail}, {w.probe.elapsed_ms:.0f} ms)")
     start = w.probe.started_at if w.probe is not None else None
     for d in w.drops:
-        codes = f" → {', '.join(d.codes)}" if d.codes else ""
-        at = f"+{(d.time - start) * 1000:.0f} ms " if start else ""
+        codes = f" → {', '.join(d.codes[:3])}{' …' if len(d.codes) > 3 else ''}" if d.codes else ""
+        at = f" +{(d.time - start) * 1000:.0f} ms" if start else ""
         dev = f" dev {d.device}" if d.device else ""
-        out.append(f"  kernel drop {at}: {d.reason} at {d.location}{dev} in {d.where or d.netns_inode} on {d.node} "
+        out.append(f"  kernel drop{at}: {d.reason} at {d.location}{dev} in {d.where or d.netns_inode} on {d.node} "
                    f"({d.protocol} {d.src}:{d.sport} → {d.dst}:{d.dport}){codes}")
     if w.detail:
         out.append(f"  {w.detail}")

@@ -95,6 +95,8 @@ async def witness(bus: Bus, request: DiagnosisRequest, report: TopologyReport, d
     if not probe.ok or probe.outcome is None or probe.sport is None or probe.started_at is None:
         return _unavailable(simulated, verdict, f"the agent of node {node} did not probe: {probe.error}", probe)
     drops, notes = await _drops(bus, dumps, node, probe, request.protocol, _path_addresses(paths))
+    if request.dst.version == 6:
+        notes.append("kernel drop tracing covers IPv4 only: drops of this IPv6 flow were not traced")
     return judge(LiveWitness(probe=probe, drops=drops, simulated=simulated, kernel=kernel_verdict(probe).value,
                              agreement="agree", notes=notes), verdict, paths, findings)
 
