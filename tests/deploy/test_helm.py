@@ -449,3 +449,8 @@ def test_live_probe_is_off_by_default_and_adds_only_what_tracing_needs() -> None
     assert {v["name"]: v for v in spec["volumes"]}["tracefs"]["hostPath"]["path"] == "/sys/kernel/tracing"
     text = (CHART / "templates" / "agent.yaml").read_text()
     assert "# BPF:" in text and "# PERFMON:" in text
+    (agent,) = by_kind(render({"dropMetrics": {"enabled": True}}), "DaemonSet").values()
+    (container,) = pod_spec(agent)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NETDIAG_DROP_METRICS"] == "true" and "NETDIAG_LIVE_PROBE" not in env
+    assert {"BPF", "PERFMON"} <= set(container["securityContext"]["capabilities"]["add"])

@@ -102,6 +102,14 @@ def test_a_disabled_bridge_port_is_bridge_port_blocked() -> None:
     assert next(f for f in result.findings if f.code == "BRIDGE_PORT_BLOCKED").evidence["port"] == DST_VETH
 
 
+def test_bridge_vlan_filtering_is_declared() -> None:
+    c = case()
+    next(lk for lk in c.host("node-2").links if lk.name == "cni0").vlan_filtering = True
+    result = c.run()
+    assert verdict(result) == Verdict.UNDETERMINED
+    assert any("VLAN filtering of bridge cni0 in node node-2 is on" in a.text for a in result.assumptions)
+
+
 def test_cgroup_bpf_programs_on_an_end_node_are_declared() -> None:
     c = case()
     c.dumps["node-2"].cgroup_bpf = [CgroupProgram(cgroup="/kubepods", attach_type="connect4", prog_id=3,

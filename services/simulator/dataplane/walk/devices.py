@@ -264,7 +264,12 @@ class DeviceHooks:
     # ------------------------------------------------------------ bridge ports
 
     def port_forwards(self, c: Cursor, view: NetnsView, bridge: Link, port: Link, direction: str) -> bool:
-        """br_handle_frame / should_deliver: a port passes frames only in the forwarding state."""
+        """br_handle_frame / should_deliver: a port passes frames only in the forwarding state. With VLAN
+        filtering on, the port's VLAN membership also decides (br_allowed_ingress/egress): not read, declared."""
+        if bridge.vlan_filtering is not False:
+            state = "on" if bridge.vlan_filtering else "not read (an older agent)"
+            c.trail.assume(f"VLAN filtering of bridge {bridge.name} in {view.where} is {state}: the ports' VLAN "
+                           "membership is not read, and a frame outside a port's VLANs is dropped", could_change=True)
         if port.bridge_port is None:
             c.trail.assume(f"the STP state of bridge port {port.name} of {bridge.name} in {view.where} was not read "
                            "(an older agent): a port that is not forwarding drops every frame", could_change=True)
