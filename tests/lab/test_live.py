@@ -182,12 +182,12 @@ async def test_a_model_gap_is_live_diverges_and_the_verdict_follows_the_kernel(m
 async def test_probe_safety(make_lab: MakeLab) -> None:
     """Only the agent's own sources; rate limit and concurrency cap; a timeout ≤ 5 s."""
     lab = make_lab("basic")
-    async with live_stack(lab, probe_rate_per_s=1.0) as stack:
+    async with live_stack(lab, probe_rate_per_s=1.0, probe_concurrency=1) as stack:
         bus = await Bus.connect(name="probe-test", settings=stack.settings)
         try:
-            async def probe(node: str, src: str, **kw: Any) -> ProbeReply:
-                req = ProbeRequest(node=node, src=src, dst=lab.address("pod:shop/api-2"), port=8080, protocol="tcp",
-                                   **kw)
+            async def probe(node: str, src: str, dst: str | None = None, **kw: Any) -> ProbeReply:
+                req = ProbeRequest(node=node, src=src, dst=dst or lab.address("pod:shop/api-2"), port=8080,
+                                   protocol="tcp", **kw)
                 msg = await bus.nc.request(node_probe_subject(node), req.model_dump_json().encode(), timeout=10)
                 return ProbeReply.model_validate_json(msg.data)
 
@@ -198,6 +198,13 @@ async def test_probe_safety(make_lab: MakeLab) -> None:
             assert first.ok and first.outcome == "connected", first
             limited = [await probe("node-1", client) for _ in range(3)]
             assert any(not r.ok and "rate limited" in (r.error or "") for r in limited), limited
+            await asyncio.sleep(2.5)  # the bucket refills: now two at once meet the concurrency cap of 1
+            nobody = lab.address("pod:shop/api-2").rsplit(".", 1)[0] + ".250"  # in node-2's pod CIDR, unowned
+            pair = await asyncio.gather(probe("node-1", client, nobody, timeout_s=1.0),
+                                        probe("node-1", client, nobody, timeout_s=1.0))
+            assert sorted((r.ok, (r.error or "")[:13]) for r in pair) == [(False, "refused: busy"), (True, "")], pair
+            ran = next(r for r in pair if r.ok)
+            assert ran.outcome in ("timeout", "unreachable") and ran.elapsed_ms < 1500, ran
             with pytest.raises(Exception, match="less than or equal to 5"):
                 ProbeRequest(node="node-1", src=client, dst=client, port=1, protocol="tcp", timeout_s=6)
         finally:
