@@ -62,3 +62,17 @@ def test_drops_are_counted_in_the_kernel_by_reason_location_and_namespace(droppi
         assert f'netns="netns:{inode}",node="node-x",pod="default/dropper",reason="NETFILTER_DROP"' in text, text
     finally:
         counter.stop()
+
+
+def test_tracing_impossible_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No bpftrace (or no BTF): the tracer does not start and its status names the reason the result
+    then states as an assumption."""
+    from services.collector import droptrace
+
+    monkeypatch.setattr(droptrace, "BPFTRACE", "bpftrace-not-here")
+    status = droptrace.DropTracer()._bt.start()
+    assert not status.available and "bpftrace is not installed" in (status.reason or "")
+    monkeypatch.setattr(droptrace, "BPFTRACE", "bpftrace")
+    monkeypatch.setattr(droptrace, "BTF", droptrace.Path("/nonexistent/vmlinux"))
+    status = droptrace.DropCounter().start()
+    assert not status.available and "no BTF" in (status.reason or "")
