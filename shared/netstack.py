@@ -154,7 +154,7 @@ class XdpProgram(BaseModel):
 
 
 class CgroupProgram(BaseModel):
-    cgroup: str  # path under the cgroup2 mount
+    cgroup: str  # path in the cgroup2 hierarchy: '/' is the root, pods live under …kubepods…
     attach_type: str  # ingress, egress (cgroup_skb), connect4, sendmsg4, sock_create … (bpftool names)
     prog_id: int
     name: str | None = None

@@ -44,15 +44,33 @@ def program(prog_id: int) -> tuple[str | None, int | None]:
     return (info.get("name") if isinstance(info, dict) else None), constant
 
 
+def cgroup2_mount() -> str | None:
+    """Where the cgroup2 hierarchy is mounted (bpftool prints paths under it)."""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 2 and fields[2] == "cgroup2":
+                return fields[1]
+    return None
+
+
+def relative(path: str, mount: str | None) -> str:
+    """A cgroup path as the hierarchy names it: '/' is the root (its programs act on every socket)."""
+    if mount and (path == mount or path.startswith(mount.rstrip("/") + "/")):
+        return "/" + path[len(mount.rstrip("/")):].strip("/")
+    return path
+
+
 def cgroup_programs() -> list[CgroupProgram]:
     """Every network-relevant program attached anywhere in the cgroup2 hierarchy."""
     if not available(BPFTOOL):
         raise FileNotFoundError("bpftool not installed")
+    mount = cgroup2_mount()
     out = []
     for group in _json(["cgroup", "tree"]) or []:
         for prog in group.get("programs", []):
             attach = str(prog.get("attach_type", "?"))
             if attach in NETWORK_ATTACH:
-                out.append(CgroupProgram(cgroup=str(group.get("cgroup", "?")), attach_type=attach,
+                out.append(CgroupProgram(cgroup=relative(str(group.get("cgroup", "?")), mount), attach_type=attach,
                                          prog_id=int(prog.get("id", 0)), name=prog.get("name")))
     return out

@@ -119,6 +119,16 @@ def test_cgroup_bpf_programs_on_an_end_node_are_declared() -> None:
     assert any(f.code == "BPF_PROGRAM_ON_PATH" and "sock4_connect" in f.message for f in result.findings)
 
 
+def test_cgroup_bpf_on_a_systemd_unit_does_not_touch_a_pods_socket() -> None:
+    """systemd's IPAddressDeny= filters sit on its units' cgroups: they act on those units' sockets only."""
+    c = case()
+    c.dumps["node-2"].cgroup_bpf = [CgroupProgram(cgroup="/system.slice/systemd-journald.service",
+                                                  attach_type="egress", prog_id=4, name="sd_fw_egress")]
+    result = c.run()
+    assert verdict(result) == Verdict.REACHABLE
+    assert any("sd_fw_egress" in a.text and not a.could_change_outcome for a in result.assumptions)
+
+
 def test_an_old_dump_without_these_fields_loads_and_is_declared_not_empty() -> None:
     c = case()
     c.host("node-2").tc = None

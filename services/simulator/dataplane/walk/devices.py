@@ -288,15 +288,23 @@ class DeviceHooks:
 
     def cgroups(self, c: Cursor, view: NetnsView, side: str) -> None:
         """The socket at one end of the flow lives in some cgroup of this node: BPF programs attached to
-        cgroups (cgroup_skb, sock_addr) can drop or redirect its traffic; which cgroup a pod's socket is
-        in is not collected, so any such program on the node is declared."""
+        that cgroup or an ancestor (cgroup_skb, sock_addr) can drop or redirect its traffic. A pod's
+        socket is under the kubelet's `kubepods` hierarchy, a node's process somewhere else: programs at
+        the root or on the side's own hierarchy are declared as could-change; the others (e.g. systemd's
+        IPAddressDeny= filters on its units) act only on their own units' sockets and are noted."""
         node = self.w.world.nodes[view.node].dump
         if node.cgroup_bpf is None:
             c.trail.assume(f"the cgroup BPF programs of node {view.node} were not read: a program attached to the "
                            f"{side}'s cgroup could drop or redirect its traffic", could_change=True)
             return
+        pod = not view.is_host
         for prog in node.cgroup_bpf:
             name = f"{prog.name or '?'} (id {prog.prog_id}, {prog.attach_type} on {prog.cgroup})"
+            in_pods = "kubepods" in prog.cgroup
+            if prog.cgroup != "/" and in_pods != pod:
+                c.trail.assume(f"cgroup BPF program {name} on node {view.node} acts on other sockets than the "
+                               f"{side}'s ({'pods' if in_pods else 'a node unit'})", could_change=False)
+                continue
             found = finding("BPF_PROGRAM_ON_PATH", view.hop_id, hook=f"cgroup {prog.attach_type}", program=name,
                             where=f"node {view.node}")
             if found not in c.trail.findings:
