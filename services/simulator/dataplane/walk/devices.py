@@ -277,6 +277,10 @@ class DeviceHooks:
         state = port.bridge_port.state
         if state == "forwarding":
             return True
+        from services.simulator.dataplane.walk.walker import link_up  # walker imports this module
+
+        if state == "disabled" and not link_up(port):
+            return True  # the bridge disables a port whose link lost carrier: LINK_DOWN is the cause, named next
         found = finding("BRIDGE_PORT_BLOCKED", view.hop_id, port=port.name, bridge=bridge.name, where=view.where,
                         state=state, direction=direction)
         self.w.drop(c, found, view, f"{bridge.name}: port {port.name} is {state}, not forwarding ({direction})",
