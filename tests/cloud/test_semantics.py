@@ -1,6 +1,7 @@
 """Alibaba Cloud semantics, each through the real SDK and the emulator: rule priority,
 drop-wins, group-to-group, enterprise groups, InnerAccessPolicy, tunnels checked on the
-outer packet, every CLB backend, EIP vs SNAT."""
+outer packet, every CLB backend, EIP vs SNAT. Each test names the documentation page its
+expectation comes from (the pages are listed in docs/cloud.md)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,11 @@ def codes(result) -> list[str]:
 
 
 def test_priority_then_drop_wins_at_equal_priority(collect) -> None:
+    """ECS "Security group rules" / "Create a security group": 1 is the highest priority; rules that
+    differ only in their action: the drop (Forbid) rule wins. InnerAccessPolicy Drop so the rules decide
+    (ModifySecurityGroupPolicy)."""
     state = healthy()
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
     perms = state["security_groups"][0]["Permissions"]
     perms += [rule("ingress", "Drop", 10, SourceCidrIp="0.0.0.0/0"),
               rule("ingress", "Accept", 5, SourceCidrIp=N1 + "/32")]
@@ -48,11 +53,24 @@ def test_priority_then_drop_wins_at_equal_priority(collect) -> None:
     assert r.findings[0].evidence["rule"]["policy"] == "drop" and r.findings[0].evidence["rule"]["priority"] == 5
 
 
-def test_explicit_rules_beat_intra_group_access(collect) -> None:
-    """Intra-group access has the lowest priority: a drop rule of priority 100 still wins."""
+def test_accept_intra_group_policy_wins_over_custom_rules(collect) -> None:
+    """ECS API "ModifySecurityGroupPolicy" (https://www.alibabacloud.com/help/en/ecs/developer-reference/
+    api-modifysecuritygrouppolicy): with InnerAccessPolicy Accept the instances of the group reach each other,
+    the Accept policy taking precedence over user-created rules; with Drop, the user-created rules take precedence.
+    Decoy: a priority-1 drop of everything beside the Accept policy stays REACHABLE between members."""
     state = healthy()
-    state["security_groups"][0]["Permissions"].append(rule("ingress", "Drop", 100, SourceCidrIp="0.0.0.0/0"))
-    assert evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2)).outcome == "drop"
+    state["security_groups"][0]["Permissions"][:0] = [rule("ingress", "Drop", 1, "ALL", "-1/-1",
+                                                           SourceCidrIp="0.0.0.0/0"),
+                                                      rule("egress", "Drop", 1, "ALL", "-1/-1", DestCidrIp="0.0.0.0/0")]
+    r = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2))
+    assert r.outcome == "pass" and "InnerAccessPolicy Accept" in r.hops[0].steps[-1].detail
+    assert r.findings == []
+    # a routed (host-gw) pod address is no member of the group: the drop rule decides for it
+    pods = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp("172.16.0.5", "172.16.1.7"))
+    assert pods.outcome == "drop" and codes(pods) == ["SG_DENY"]
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
+    r = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2))
+    assert r.outcome == "drop" and codes(r) == ["SG_DENY"] and "priority 1" in r.findings[0].message
 
 
 def test_group_to_group_rules_match_member_enis_only(collect) -> None:
@@ -119,6 +137,10 @@ def test_tunnels_are_checked_on_the_outer_packet(collect) -> None:
         vx = evaluate_node_to_node(inv, "node-1", "node-2", pod, encapsulation="vxlan")
         assert vx.outcome == "pass" and str(vx.flow) == f"udp {N1} → {N2}:8472"
     state = healthy()
+    # InnerAccessPolicy Drop: the rules decide between the nodes (ModifySecurityGroupPolicy)
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
+    state["security_groups"][0]["Permissions"] += [rule("ingress", "Accept", 100, "ALL", "-1/-1",
+                                                        SourceCidrIp="192.168.0.0/16")]
     state["security_groups"][0]["Permissions"].insert(0, rule("ingress", "Drop", 1, "UDP", "8472/8472",
                                                               SourceCidrIp="0.0.0.0/0"))
     vx = evaluate_node_to_node(collect(state), "node-1", "node-2", pod, encapsulation="vxlan")
