@@ -245,9 +245,8 @@ class AlibabaProvider(CloudProvider):
             self._collect_lbs(region, set(addresses), set(load_balancer_ids), inv, errors)
             self._collect_rule_lists(region, inv, errors)
             try:  # EIPs are regional: the ones bound to secondary private IPs of ENIs matter here
-                eips = [_eip(e) for e in self.paged(region, DescribeEipAddressesRequest, "EipAddresses", "EipAddress")]
-                if inv.eips is not None:
-                    inv.eips.extend(eips)
+                _add(inv, "eips", [_eip(e) for e in self.paged(region, DescribeEipAddressesRequest,
+                                                               "EipAddresses", "EipAddress")])
             except ServerException as exc:
                 inv.eips = None
                 errors.append(f"EIPs of {region}: {exc.get_error_code()}: {exc.get_error_msg()}")
@@ -317,12 +316,12 @@ class AlibabaProvider(CloudProvider):
                                             "VSwitches", "VSwitch", VpcId=vpc_id)))
         part("route tables", lambda: inv.route_tables.extend(self._route_tables(region, vpc_id)))
         part("NAT gateways", lambda: inv.nat_gateways.extend(self._nat_gateways(region, vpc_id)))
-        part("network ACLs", lambda: (inv.network_acls or []).extend(
+        part("network ACLs", lambda: _add(inv, "network_acls", [
             _network_acl(a) for a in self.paged(region, DescribeNetworkAclsRequest, "NetworkAcls", "NetworkAcl",
-                                                VpcId=vpc_id)))
-        part("IPv4 gateways", lambda: (inv.ipv4_gateways or []).extend(
+                                                VpcId=vpc_id)]))
+        part("IPv4 gateways", lambda: _add(inv, "ipv4_gateways", [
             _ipv4_gateway(g) for g in self.tokened(region, ListIpv4GatewaysRequest, "Ipv4GatewayModels",
-                                                   "Ipv4GatewayModel", VpcId=vpc_id)))
+                                                   "Ipv4GatewayModel", VpcId=vpc_id)]))
         # a kind that could not be read is "not collected", never "none exist"
         for what, key in (("network ACLs", "network_acls"), ("IPv4 gateways", "ipv4_gateways")):
             if any(e.startswith(f"{what} of {vpc_id}:") for e in errors):
@@ -413,17 +412,17 @@ class AlibabaProvider(CloudProvider):
             except ServerException as exc:
                 errors.append(f"prefix list {pl_id}: {exc.get_error_code()}: {exc.get_error_msg()}")
                 continue
-            (inv.prefix_lists or []).append(PrefixList(
+            _add(inv, "prefix_lists", [PrefixList(
                 id=pl_id, name=body.get("PrefixListName", ""), address_family=body.get("AddressFamily") or "IPv4",
-                entries=[e["Cidr"] for e in _items(body, "Entries", "Entry")]))
+                entries=[e["Cidr"] for e in _items(body, "Entries", "Entry")])])
         for pr_id in port_ids:
             try:
                 body = self.call(region, DescribePortRangeListEntriesRequest(), PortRangeListId=pr_id)
             except ServerException as exc:
                 errors.append(f"port list {pr_id}: {exc.get_error_code()}: {exc.get_error_msg()}")
                 continue
-            (inv.port_lists or []).append(PortRangeList(
-                id=pr_id, entries=[e["PortRange"] for e in _items(body, "Entries", "Entry")]))
+            _add(inv, "port_lists", [PortRangeList(
+                id=pr_id, entries=[e["PortRange"] for e in _items(body, "Entries", "Entry")])])
 
     def _collect_lbs(self, region: str, addresses: set[str], ids: set[str], inv: CloudInventory,
                      errors: list[str]) -> None:
@@ -508,6 +507,13 @@ class AlibabaProvider(CloudProvider):
             if not batch or len(entries) >= int(body.get("TotalAclEntry", len(entries))):
                 return AccessControlList(id=acl_id, name=name, entries=entries)
             page += 1
+
+
+def _add(inv: CloudInventory, key: str, items: list[Any]) -> None:
+    """Extend one of the optional collections, unless an earlier failure marked it not collected (None)."""
+    current = getattr(inv, key)
+    if current is not None:
+        current.extend(items)
 
 
 def _node_of(wanted: dict[str, str], instance_id: str) -> str:

@@ -1,5 +1,6 @@
 """Every cloud finding code: a state file with the fault and the healthy one, collected
-through the real SDK from the emulator, evaluated on the scenario the fault breaks."""
+through the real SDK from the emulator, evaluated on the scenario the fault breaks. The
+documentation page behind each expectation is listed per code in docs/cloud.md."""
 
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ CASES: dict[str, tuple[Scenario, str]] = {
     "LB_LISTENER_NOT_RUNNING": (lb("udp", 53), "drop"),  # a stopped UDP listener (KubeSkoop crashed on it)
     "LB_ACL_DENY": (lb("tcp", 80), "drop"),
     "LB_BACKEND_UNHEALTHY": (lb("tcp", 80), "pass"),  # 2 of 3 healthy: reported, traffic still flows
+    "VPC_NETWORK_ACL_DENY": (node_to_other_zone, "drop"),
+    "VPC_NEXT_HOP_NOT_FORWARDING": (to_internet, "drop"),
+    "LB_BACKEND_WEIGHT_ZERO": (lb("tcp", 80), "drop"),
 }
 
 

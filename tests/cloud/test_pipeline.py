@@ -80,7 +80,9 @@ def cloud_hop(rs: ResolvedScenario, kind: str) -> str:
 # code, cni, path, fault target, verdict, hop kind
 FAULTS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
     ("SG_DENY", "host-gw", "pod-to-pod", {"protocol": "tcp", "port": 8080}, "UNREACHABLE", "vpc"),
-    ("SG_DENY", "vxlan", "pod-to-pod", {"protocol": "udp", "port": 8472}, "UNREACHABLE", "vpc"),  # outer packet
+    # the outer packet; InnerAccessPolicy Drop, or intra-group access between the nodes would win
+    ("SG_DENY", "vxlan", "pod-to-pod", {"protocol": "udp", "port": 8472, "inner_access_policy": "Drop"},
+     "UNREACHABLE", "vpc"),
     ("SG_NOT_SHARED", "vxlan", "pod-to-pod", {"node": "node-2"}, "UNREACHABLE", "vpc"),
     ("VPC_NO_ROUTE", "host-gw", "pod-to-pod", {"node": "node-2"}, "UNREACHABLE", "vpc"),
     # the client's pod CIDR has no VPC route: the request arrives, every reply is lost
@@ -92,6 +94,11 @@ FAULTS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
     ("LB_LISTENER_NOT_RUNNING", "host-gw", "lb-udp", {"service": "default/web", "port": 53}, "UNREACHABLE", "lb"),
     ("LB_ACL_DENY", "host-gw", "lb-tcp", {"service": "default/web", "port": 80}, "UNREACHABLE", "lb"),
     ("LB_BACKEND_UNHEALTHY", "host-gw", "lb-tcp", {"service": "default/web", "port": 80}, "UNREACHABLE", "lb"),
+    ("LB_BACKEND_WEIGHT_ZERO", "host-gw", "lb-tcp", {"service": "default/web"}, "UNREACHABLE", "lb"),
+    ("VPC_NETWORK_ACL_DENY", "host-gw", "to-internet", {}, "UNREACHABLE", "vpc"),
+    ("VPC_NEXT_HOP_NOT_FORWARDING", "host-gw", "pod-to-pod", {"node": "node-2"}, "UNREACHABLE", "vpc"),
+    ("VPC_NEXT_HOP_NOT_FORWARDING", "host-gw", "pod-to-pod", {"node": "node-2", "via": "detached"}, "UNREACHABLE",
+     "vpc"),
 ]
 
 
@@ -146,7 +153,7 @@ def hop_ids(result: dict[str, Any]) -> list[str]:
 
 
 @pytest.mark.parametrize(("code", "cni", "path", "target", "verdict", "hop"), FAULTS,
-                         ids=[f"{c}-{cni}-{hop}" for c, cni, _, _, _, hop in FAULTS])
+                         ids=[f"{c}-{cni}-{hop}-{n}" for n, (c, cni, _, _, _, hop) in enumerate(FAULTS)])
 async def test_cloud_fault_through_the_pipeline(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator,
                                                 code: str, cni: str, path: str, target: dict[str, Any],
                                                 verdict: str, hop: str) -> None:
@@ -333,8 +340,9 @@ async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, prot
             assert healthy["verdict"] == "REACHABLE", (healthy["summary"], healthy["assumptions"])
             assert cloud_errors(healthy) == [] and vpc in hop_ids(healthy)
 
+            # InnerAccessPolicy Drop: with Accept the nodes' own packets (vxlan) pass whatever the rules say
             await asyncio.to_thread(lab.set_cloud_state, with_fault(cloud_state(rs), rs, "SG_DENY", protocol=protocol,
-                                                                    port=port))
+                                                                    port=port, inner_access_policy="Drop"))
             faulty = await diagnose(stack, body)
             assert faulty["verdict"] == "UNREACHABLE", faulty["summary"]
             deny = next(f for f in faulty["findings"] if f["code"] == "SG_DENY")
@@ -385,3 +393,108 @@ async def test_live_lab_cloud_judges_the_packet_the_node_really_sends(credential
             assert unmasqueraded["verdict"] == "UNREACHABLE", unmasqueraded["summary"]
     finally:
         await asyncio.to_thread(Lab.sweep, prefix)
+
+
+# ------------------------------------------------------------------ documented semantics, decoys beside faults
+
+
+def forward_paths(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {p["id"]: p for p in result["paths"] if p["direction"] == "forward"}
+
+
+async def test_after_the_load_balancer_each_entry_node_crosses_the_vpc(stacks: dict[str, EmbeddedStack],
+                                                                       emulator: CloudEmulator) -> None:
+    """Internet → CLB → NodePort (Kubernetes externalTrafficPolicy Cluster): the CLB forwards to every
+    serving backend node ("CLB server groups", https://www.alibabacloud.com/help/en/slb/classic-load-balancer/
+    user-guide/backend-server-overview/); from an entry node without the endpoint, kube-proxy forwards to the
+    endpoint on node-2 masqueraded to the node address, and that leg crosses the VPC (routes, security groups).
+    Without the route to node-2's pod CIDR the leg via node-1 is lost while node-2's own delivers: AMBIGUOUS,
+    each path with its own end. Decoy: weight 0 on node-1 (SetBackendServers, https://www.alibabacloud.com/help/
+    en/slb/classic-load-balancer/developer-reference/api-slb-2014-05-15-setbackendservers: no request is forwarded
+    to it) leaves only node-2's path: REACHABLE with a warning."""
+    rs = LABS["host-gw"]
+    vpc = cloud_hop(rs, "vpc")
+    emulator.set_state(cloud_state(rs))
+    healthy = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    paths = forward_paths(healthy)
+    via = next(p for pid, p in paths.items() if pid.endswith("@node-1"))
+    ids_via = [h["id"] for h in via["hops"]]
+    assert ids_via.index(cloud_hop(rs, "lb")) < ids_via.index("node:node-1") < ids_via.index(vpc) \
+        < ids_via.index("pod:default/server"), ids_via
+    masq = next(s for h in via["hops"] if h["id"] == "node:node-1" for s in h["steps"])
+    assert masq["packet_out"]["src"] == rs.node("node-1").ip and masq["packet_out"]["dst"] == rs.pod("server").ip
+    assert all(p["final"] == "DELIVER" for p in paths.values()) and len(paths) == 2
+    # no node dumps in this snapshot: "delivers as far as the data goes" (UNDETERMINED), never UNREACHABLE
+    assert healthy["verdict"] in ("REACHABLE", "UNDETERMINED") and cloud_errors(healthy) == [], healthy["summary"]
+
+    emulator.set_state(with_fault(cloud_state(rs), rs, "VPC_NO_ROUTE", node="node-2"))
+    split = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    assert split["verdict"] == "AMBIGUOUS", split["summary"]
+    paths = forward_paths(split)
+    lost = next(p for pid, p in paths.items() if pid.endswith("@node-1"))
+    direct = next(p for pid, p in paths.items() if "@" not in pid)
+    assert lost["final"] == "DROP" and lost["cause"] == "VPC_NO_ROUTE" and lost["hops"][-1]["id"] == vpc
+    assert direct["final"] == "DELIVER" and vpc not in [h["id"] for h in direct["hops"]]
+
+    state = with_fault(cloud_state(rs), rs, "VPC_NO_ROUTE", node="node-2")
+    emulator.set_state(with_fault(state, rs, "LB_BACKEND_WEIGHT_ZERO", service="default/web", nodes=["node-1"]))
+    decoy = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    assert decoy["verdict"] in ("REACHABLE", "UNDETERMINED"), decoy["summary"]
+    assert list(forward_paths(decoy)) == [direct["id"]]
+    zero = [f for f in decoy["findings"] if f["code"] == "LB_BACKEND_WEIGHT_ZERO"]
+    assert len(zero) == 1 and zero[0]["severity"] == "warning" and cloud_errors(decoy) == []
+
+
+async def test_accept_intra_group_policy_beside_a_drop_rule(stacks: dict[str, EmbeddedStack],
+                                                            emulator: CloudEmulator) -> None:
+    """ModifySecurityGroupPolicy (https://www.alibabacloud.com/help/en/ecs/developer-reference/
+    api-modifysecuritygrouppolicy): InnerAccessPolicy Accept takes precedence over user-created rules, so a
+    priority-1 drop of vxlan's udp 8472 does not isolate the nodes of the group (decoy: REACHABLE); with Drop the
+    user-created rules decide and the same rule drops the outer packet."""
+    rs = LABS["vxlan"]
+    emulator.set_state(with_fault(cloud_state(rs), rs, "SG_DENY", protocol="udp", port=8472))
+    result = await diagnose(stacks["vxlan"], request(rs, "pod-to-pod"))
+    assert cloud_errors(result) == [] and result["verdict"] in ("REACHABLE", "UNDETERMINED"), result["summary"]
+    assert all(p["final"] == "DELIVER" for p in forward_paths(result).values())
+    sg = [s for p in result["paths"] for h in p["hops"] if h["id"] == cloud_hop(rs, "vpc") for s in h["steps"]
+          if s["kind"] == "security_group"]
+    assert sg and all("InnerAccessPolicy Accept" in s["detail"] for s in sg)
+    emulator.set_state(with_fault(cloud_state(rs), rs, "SG_DENY", protocol="udp", port=8472,
+                                  inner_access_policy="Drop"))
+    result = await diagnose(stacks["vxlan"], request(rs, "pod-to-pod"))
+    assert result["verdict"] == "UNREACHABLE" and forward_paths(result)["p0"]["cause"] == "SG_DENY"
+
+
+async def test_network_acl_port_range_edge(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator) -> None:
+    """"Network ACLs" (https://www.alibabacloud.com/help/en/vpc/network-acl-overview): entries are matched in
+    order, the port range matches the destination port, a packet no entry matches is dropped. Decoy: an outbound
+    entry for udp 1/53 admits port 53 at its upper edge; 54/100 does not."""
+    rs = LABS["host-gw"]
+    emulator.set_state(with_fault(cloud_state(rs), rs, "VPC_NETWORK_ACL_DENY", allow="0.0.0.0/0", port="1/53",
+                                  protocol="udp"))
+    edge = await diagnose(stacks["host-gw"], request(rs, "to-internet"))
+    assert cloud_errors(edge) == [] and edge["verdict"] != "UNREACHABLE", edge["summary"]
+    acl = [s for p in edge["paths"] for h in p["hops"] for s in h["steps"] if "network ACL" in s["detail"]]
+    assert acl and acl[0]["action"] == "ALLOW"
+    emulator.set_state(with_fault(cloud_state(rs), rs, "VPC_NETWORK_ACL_DENY", allow="0.0.0.0/0", port="54/100",
+                                  protocol="udp"))
+    past = await diagnose(stacks["host-gw"], request(rs, "to-internet"))
+    assert past["verdict"] == "UNREACHABLE" and forward_paths(past)["p0"]["cause"] == "VPC_NETWORK_ACL_DENY"
+
+
+async def test_empty_clb_access_control_list_forwards_everything(stacks: dict[str, EmbeddedStack],
+                                                                  emulator: CloudEmulator) -> None:
+    """CLB "Access control" (https://www.alibabacloud.com/help/en/slb/classic-load-balancer/user-guide/
+    overview-3): whether whitelist or blacklist, an ACL with no IP entries makes the listener forward every
+    request; a whitelist with entries forwards only those."""
+    rs = LABS["host-gw"]
+    for kind in ("white", "black"):
+        state = with_fault(cloud_state(rs), rs, "LB_ACL_DENY", service="default/web", port=80)
+        state["acls"][0]["Entries"] = []
+        state["load_balancers"][0]["Listeners"][0]["AclType"] = kind
+        emulator.set_state(state)
+        result = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+        assert cloud_errors(result) == [] and result["verdict"] in ("REACHABLE", "UNDETERMINED"), result["summary"]
+        assert all(p["final"] == "DELIVER" for p in forward_paths(result).values())
+        lb = next(h for p in result["paths"] for h in p["hops"] if h["id"] == cloud_hop(rs, "lb"))
+        assert any("no entries" in s["detail"] for s in lb["steps"])
