@@ -35,6 +35,7 @@ from shared.config import Settings
 from shared.schemas import DiagnosisRequest, FinalState, Hop, HopKind
 from shared.schemas import Path as ResultPath
 from shared.topology import CandidatePath, Endpoint, EndpointKind, TopologyReport
+from tests.cloud.conftest import PAGES
 from tests.foundation.helpers import run_to_end
 from tests.lab.conftest import new_prefix, require_root
 
@@ -157,6 +158,8 @@ def hop_ids(result: dict[str, Any]) -> list[str]:
 async def test_cloud_fault_through_the_pipeline(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator,
                                                 code: str, cni: str, path: str, target: dict[str, Any],
                                                 verdict: str, hop: str) -> None:
+    """One cloud fault through the whole pipeline; the expectation comes from PAGES[code] (docs/cloud.md)."""
+    assert code in PAGES
     rs = LABS[cni]
     emulator.set_state(with_fault(cloud_state(rs), rs, code, **target))
     result = await diagnose(stacks[cni], request(rs, path))
@@ -182,6 +185,9 @@ async def test_cloud_fault_through_the_pipeline(stacks: dict[str, EmbeddedStack]
     ("host-gw", "lb-tcp", "lb"), ("host-gw", "lb-udp", "lb")])
 async def test_healthy_cloud_gives_no_cloud_error(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator,
                                                   cni: str, path: str, hop: str) -> None:
+    """ECS, Security group rules — https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules; VPC,
+    Route tables — https://www.alibabacloud.com/help/en/vpc/vpc-route-table; CLB, Access control —
+    https://www.alibabacloud.com/help/en/slb/classic-load-balancer/user-guide/overview-3."""
     rs = LABS[cni]
     emulator.set_state(cloud_state(rs))
     result = await diagnose(stacks[cni], request(rs, path))
@@ -195,7 +201,8 @@ async def test_healthy_cloud_gives_no_cloud_error(stacks: dict[str, EmbeddedStac
 
 async def test_vxlan_security_groups_see_the_outer_packet(stacks: dict[str, EmbeddedStack],
                                                           emulator: CloudEmulator) -> None:
-    """A drop rule for the pod port does not stop vxlan traffic: the group only sees udp 8472 between
+    """ECS, Security group rules — https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules. A drop
+    rule for the pod port does not stop vxlan traffic: the group only sees udp 8472 between
     the node addresses (KubeSkoop checks the inner packet and reports a false SG_DENY)."""
     rs = LABS["vxlan"]
     emulator.set_state(with_fault(cloud_state(rs), rs, "SG_DENY", protocol="tcp", port=8080))
@@ -209,7 +216,9 @@ async def test_vxlan_security_groups_see_the_outer_packet(stacks: dict[str, Embe
 
 async def test_a_missing_reply_route_is_found_where_it_matters(stacks: dict[str, EmbeddedStack],
                                                                 emulator: CloudEmulator) -> None:
-    """host-gw: the forward packet crosses the VPC (its route to node-2's pod CIDR exists), so the
+    """VPC, Route tables (routes are per direction; security groups are stateful, routes are not) —
+    https://www.alibabacloud.com/help/en/vpc/vpc-route-table. host-gw: the forward packet crosses the VPC (its route
+    to node-2's pod CIDR exists), so the
     VPC hop passes, and the reply hop after the server names the route that is missing. vxlan: the
     reply is node → node, routed inside the VPC, so the same missing pod-CIDR route changes nothing."""
     rs = LABS["host-gw"]
@@ -262,6 +271,7 @@ async def test_one_unhealthy_backend_is_reported_not_fatal(stacks: dict[str, Emb
 
 
 def test_cloud_state_matches_the_lab_objects() -> None:
+    """no provider semantics: the emulated lab cloud matches the lab's objects."""
     rs = LABS["host-gw"]
     state = cloud_state(rs)
     nodes = {o["metadata"]["name"]: o for o in scenario_objects(rs) if o["kind"] == "Node"}
@@ -284,6 +294,7 @@ def test_cloud_state_matches_the_lab_objects() -> None:
 
 
 def test_no_modelled_cloud_leaves_paths_alone() -> None:
+    """no provider semantics: an unmodelled cloud changes no path (docs/cloud.md)."""
     rs = LABS["host-gw"]
     report = TopologyReport(
         source="test", src=Endpoint(address=rs.pod("client").ip, kind=EndpointKind.POD, pod="default/client",
@@ -299,6 +310,7 @@ def test_no_modelled_cloud_leaves_paths_alone() -> None:
 
 
 def test_every_cloud_code_is_covered() -> None:
+    """every cloud code has a pipeline fault; its page is tests/cloud/conftest.py PAGES."""
     assert CLOUD_CODES - {"LB_BACKEND_MISMATCH"} == {code for code, *_ in FAULTS}
 
 
@@ -308,7 +320,10 @@ def test_every_cloud_code_is_covered() -> None:
 @pytest.mark.lab
 @pytest.mark.parametrize(("cni", "protocol", "port"), [("vxlan", "udp", 8472), ("host-gw", "tcp", 8080)])
 async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, protocol: str, port: int) -> None:
-    """A lab with an emulated cloud: pod → pod across nodes is diagnosed through the live pipeline
+    """ECS API, ModifySecurityGroupPolicy —
+    https://www.alibabacloud.com/help/en/ecs/developer-reference/api-modifysecuritygrouppolicy; VPC, Route tables —
+    https://www.alibabacloud.com/help/en/vpc/vpc-route-table. A lab with an emulated cloud: pod → pod across nodes
+    is diagnosed through the live pipeline
     (lab Kubernetes API, node agents and the dataplane walk, SDK → emulator daemon) with the cloud hop
     between the nodes; then a security-group drop of what the VPC carries (vxlan's outer udp 8472, the
     routed pod packet on host-gw) turns the diagnosis UNREACHABLE with SG_DENY. The kernel probe keeps
@@ -364,7 +379,9 @@ async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, prot
 
 @pytest.mark.lab
 async def test_live_lab_cloud_judges_the_packet_the_node_really_sends(credentials: Path) -> None:
-    """Pod → internet on a lab with the emulated cloud: with the CNI's masquerade the node address leaves and
+    """NAT Gateway, Create and manage SNAT entries —
+    https://www.alibabacloud.com/help/en/nat-gateway/latest/create-and-manage-snat-entries. Pod → internet on a lab
+    with the emulated cloud: with the CNI's masquerade the node address leaves and
     the NAT gateway's SNAT (for the node vSwitch) covers it; with the masquerade flushed on node-1 the walk
     sees the pod address leave, and the cloud judges that packet — no SNAT entry covers a pod address:
     NAT_NO_SNAT, where a guess of the CNI's usual masquerade would have said REACHABLE."""

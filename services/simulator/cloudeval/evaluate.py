@@ -514,13 +514,15 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
                       "backend with a weight above 0, answering or not", could_change_outcome=True)
         healthy, unknown = weighted, []
     else:
+        # DescribeHealthStatus "unavailable": the health check did not complete — no verdict on the backend
         healthy = [t for t in weighted if t.health == "normal"]
-        unknown = [t for t in weighted if t.health == "unknown"]
+        unknown = [t for t in weighted if t.health in ("unknown", "unavailable")]
         for t in unknown:
-            result.assume(f"the health of backend {t.label} port {t.port} of {lb_id} was not reported",
+            result.assume(f"the health of backend {t.label} port {t.port} of {lb_id} is "
+                          f"{'not reported' if t.health == 'unknown' else 'unavailable (no completed check)'}",
                           could_change_outcome=not healthy)
         for t in weighted:
-            if t.health not in ("normal", "unknown"):
+            if t.health not in ("normal", "unknown", "unavailable"):
                 result.findings.append(finding(
                     "LB_BACKEND_UNHEALTHY", hop.id, backend=t.label, port=t.port, status=t.health, lb=lb_id,
                     severity=Severity.WARNING if healthy or unknown else Severity.ERROR,
