@@ -205,7 +205,8 @@ def _cross(path: Path, cp: CandidatePath | None, ctx: _Context, through_lb: bool
 
 def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
     """A VPC crossing wherever consecutive hops sit on different nodes (node-1 → node-2 → node-1
-    crosses twice: a hop each time), then the replies of those crossings, in reverse."""
+    crosses twice: a hop each time), then the replies of those crossings, in reverse. Returns the
+    reply crossing the walk's reply paths should show: the one that fails, else the first."""
     report, index, request = ctx.report, ctx.index, ctx.request
     crossings: list[tuple[str, str, Packet, int]] = []  # (from node, to node, packet carried, crossing number)
     last: str | None = None
@@ -243,7 +244,7 @@ def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
         if not reply.passed:  # the request arrives, its answer is lost: the connection fails at the reply hop
             _splice(path, len(path.hops), copy.deepcopy(reply))
             _extend(ctx.findings, reply.findings)
-            return None
+            return src, reply  # the walk's reply paths show it where they cross back into `src`
         if number == 1:
             first = reply
     return (crossings[0][0], first) if first is not None else None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,9 @@ from services.stack import EmbeddedStack
 from shared.cloud import empty_inventory
 from shared.codes import CATALOGUE
 from shared.config import Settings
-from shared.schemas import DiagnosisRequest, FinalState, Hop, HopKind
+from shared.schemas import DiagnosisRequest, FinalState, Hop, HopKind, Packet, Step, StepAction, StepKind
 from shared.schemas import Path as ResultPath
-from shared.topology import CandidatePath, Endpoint, EndpointKind, TopologyReport
+from shared.topology import CandidatePath, ClusterInfo, ClusterObjects, Endpoint, EndpointKind, TopologyReport
 from tests.cloud.conftest import PAGES
 from tests.foundation.helpers import run_to_end
 from tests.lab.conftest import new_prefix, require_root
@@ -515,3 +516,44 @@ async def test_empty_clb_access_control_list_forwards_everything(stacks: dict[st
         assert all(p["final"] == "DELIVER" for p in forward_paths(result).values())
         lb = next(h for p in result["paths"] for h in p["hops"] if h["id"] == cloud_hop(rs, "lb"))
         assert any("no entries" in s["detail"] for s in lb["steps"])
+
+
+def test_a_path_that_crosses_twice_gets_a_vpc_hop_each_time(collect) -> None:
+    """VPC, Route tables (https://www.alibabacloud.com/help/en/vpc/vpc-route-table): every packet that leaves a
+    node for another is routed by the sending vSwitch's table. A pod on node-1 reaching a NodePort of node-2
+    whose endpoint is back on node-1 (node-1 → node-2 → node-1) crosses the VPC twice: `vpc:<id>` then
+    `vpc:<id>#2`, each judged on routes and security groups; without the route to node-1's pod CIDR the second
+    crossing drops — the first (node address to node address) still passes."""
+    rs = LABS["host-gw"]
+    nodes = [o for o in scenario_objects(rs) if o["kind"] == "Node"]
+    n1, n2 = rs.node("node-1"), rs.node("node-2")
+    endpoint = str(next(iter(ip_network(n1.pod_cidr).hosts())) + 9)  # a pod on node-1 behind the NodePort
+    client = rs.pod("client").ip
+    report = TopologyReport(
+        source="test", src=Endpoint(address=client, kind=EndpointKind.POD, pod="default/client", node="node-1"),
+        dst=Endpoint(address=n2.ip, kind=EndpointKind.NODE_PORT, node="node-2"),
+        paths=[CandidatePath(id="p0", src_node="node-1", dst_node="node-1", dst_address=endpoint)],
+        cluster=ClusterInfo(cni="flannel-host-gw", pod_cidrs=[rs.scenario.cluster_cidr]),
+        objects=ClusterObjects(nodes=nodes))
+    req = DiagnosisRequest(src=client, dst=n2.ip, port=30080, protocol="tcp")
+    at_node2 = Packet(src=n1.ip, dst=n2.ip, protocol="tcp", dport=30080)
+    dnat = Packet(src=n2.ip, dst=endpoint, protocol="tcp", dport=8080)
+    path = ResultPath(id="p0", final=FinalState.DELIVER, hops=[
+        Hop(id="pod:default/client", kind=HopKind.POD, name="client", node="node-1"),
+        Hop(id="node:node-2", kind=HopKind.NODE, name="node-2", node="node-2", steps=[
+            Step(kind=StepKind.NAT, action=StepAction.REWRITE, packet_in=at_node2, packet_out=dnat,
+                 detail="NodePort DNAT to the endpoint on node-1, masquerade to node-2")]),
+        Hop(id="pod:default/backend", kind=HopKind.POD, name="backend", node="node-1")])
+    vpc = cloud_hop(rs, "vpc")
+    paths, findings, _ = apply_cloud([path], report, collect(cloud_state(rs), nodes=nodes), req)
+    assert [h.id for h in paths[0].hops] == ["pod:default/client", vpc, "node:node-2", f"{vpc}#2",
+                                             "pod:default/backend"]
+    assert paths[0].final == FinalState.DELIVER and findings == []
+    second = paths[0].hops[3]
+    route = next(s for s in second.steps if s.kind == StepKind.VPC_ROUTE)
+    assert str(route.packet_in.src) == n2.ip and str(route.packet_in.dst) == endpoint
+    broken = with_fault(cloud_state(rs), rs, "VPC_NO_ROUTE", node="node-1")
+    paths, findings, _ = apply_cloud([path], report, collect(broken, nodes=nodes), req)
+    assert [h.id for h in paths[0].hops][-1] == f"{vpc}#2" and paths[0].final == FinalState.DROP
+    assert paths[0].cause == "VPC_NO_ROUTE" and [f.hop for f in findings] == [f"{vpc}#2"]
+    assert paths[0].hops[1].status == "ok"
