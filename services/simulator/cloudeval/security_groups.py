@@ -62,7 +62,6 @@ class SgDecision:
 
 
 Span = tuple[int, int, int]  # (ip version, first address, last address) as integers
-Ports = tuple[tuple[int, int], ...] | None  # destination port ranges; None: every port
 
 
 def _span(cidr: str | None) -> Span | None:
@@ -79,17 +78,21 @@ def _range(text: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
-    """A rule flattened to integers (port ranges, CIDR spans) for a tight evaluation loop.
-    `unknown` says why the rule's match cannot be decided (a list or group that was not collected)."""
+    """A rule flattened to integers (ports, CIDR spans) for a tight evaluation loop. A port list or a
+    prefix list adds `port_ranges` / `peer_spans`; `unknown` says why the rule's match cannot be decided
+    (a list or a group that was not collected)."""
 
     group: str
     rule: SecurityGroupRule
-    ports: Ports
+    port_from: int
+    port_to: int
     sport_from: int
     sport_to: int
-    peers: tuple[Span, ...] | None  # the remote side (source for ingress, destination for egress); None: any
+    peer: Span | None  # the remote side: source for ingress, destination for egress
     local: Span | None
     peer_group: str | None
+    port_ranges: tuple[tuple[int, int], ...] | None = None
+    peer_spans: tuple[Span, ...] | None = None
     unknown: str | None = None
 
     @classmethod
@@ -99,28 +102,24 @@ class CompiledRule:
         prefix_list = rule.source_prefix_list_id if ingress else rule.dest_prefix_list_id
         peer_group = rule.source_group_id if ingress else rule.dest_group_id
         owner = rule.source_group_owner_account if ingress else rule.dest_group_owner_account
-        unknown = None
-        peers: tuple[Span, ...] | None = None if peer is None else (_span(peer),)  # type: ignore[assignment]
+        unknown = port_ranges = peer_spans = None
         if prefix_list:
             lists = index.prefix_lists
             if lists is None or prefix_list not in lists:
                 unknown = f"prefix list {prefix_list} was not collected"
-                peers = ()
             else:
-                peers = tuple(s for s in (_span(c) for c in lists[prefix_list].entries) if s is not None)
-        ports: Ports = None if rule.port_from == -1 else ((rule.port_from, rule.port_to),)
+                peer_spans = tuple(s for s in (_span(c) for c in lists[prefix_list].entries) if s is not None)
         if rule.port_range_list_id:
             plists = index.port_lists
             if plists is None or rule.port_range_list_id not in plists:
                 unknown = unknown or f"port list {rule.port_range_list_id} was not collected"
-                ports = ()
             else:
-                ports = tuple(_range(e) for e in plists[rule.port_range_list_id].entries)
+                port_ranges = tuple(_range(e) for e in plists[rule.port_range_list_id].entries)
         if peer_group and peer_group not in index.groups:
             account = f" of account {owner}" if owner and owner != index.inv.account_id else ""
             unknown = unknown or f"the members of security group {peer_group}{account} are not in the inventory"
-        return cls(group, rule, ports, rule.source_port_from, rule.source_port_to, peers, _span(local), peer_group,
-                   unknown)
+        return cls(group, rule, rule.port_from, rule.port_to, rule.source_port_from, rule.source_port_to,
+                   _span(peer), _span(local), peer_group, port_ranges, peer_spans, unknown)
 
 
 def sorted_rules(index: CloudIndex, group_ids: tuple[str, ...], direction: str, protocol: str
@@ -147,8 +146,10 @@ def first_match(index: CloudIndex, rules: list[CompiledRule], flow: Flow, ingres
     peer, local = int(peer_ip), int(local_ip)
     for c in rules:
         if ports:
-            if c.ports is not None and c.unknown is None and (
-                    dport is None or not any(lo <= dport <= hi for lo, hi in c.ports)):
+            if c.port_ranges is not None:
+                if dport is None or not _in_ranges(dport, c.port_ranges):
+                    continue
+            elif c.port_from != -1 and c.unknown is None and (dport is None or not c.port_from <= dport <= c.port_to):
                 continue
             if c.sport_from != -1:
                 if sport is None:
@@ -170,9 +171,21 @@ def first_match(index: CloudIndex, rules: list[CompiledRule], flow: Flow, ingres
             if undecided is not None:
                 undecided.append(c)
             continue
-        if c.peers is None or any(p[0] == version and p[1] <= peer <= p[2] for p in c.peers):
+        if c.peer_spans is not None:
+            if _in_spans(version, peer, c.peer_spans):
+                return c
+            continue
+        if c.peer is None or (c.peer[0] == version and c.peer[1] <= peer <= c.peer[2]):
             return c
     return None
+
+
+def _in_ranges(port: int, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return any(low <= port <= high for low, high in ranges)
+
+
+def _in_spans(version: int, address: int, spans: tuple[Span, ...]) -> bool:
+    return any(v == version and first <= address <= last for v, first, last in spans)
 
 
 def evaluate(index: CloudIndex, nic: NetworkInterface, direction: str, flow: Flow) -> SgDecision:
