@@ -75,7 +75,6 @@ class SecurityGroup(_Model):
     id: str
     name: str = ""
     vpc_id: str | None = None
-    owner_id: str | None = Field(None, description="the account that owns the group")
     type: Literal["normal", "enterprise"] = "normal"
     inner_access_policy: Literal["Accept", "Drop"] = "Accept"
     rules: list[SecurityGroupRule] = Field(default_factory=list)
@@ -211,7 +210,9 @@ class RouteEntry(_Model):
 class RouteTable(_Model):
     id: str
     vpc_id: str
-    type: Literal["System", "Custom", "Gateway"] = "System"
+    type: Literal["System", "Custom"] = "System"
+    associate_type: str | None = Field(None, description="VSwitch, or Gateway for a gateway route table (bound to "
+                                                         "an IPv4 gateway); None: not collected")
     vswitch_ids: list[str] = Field(default_factory=list)
     entries: list[RouteEntry] = Field(default_factory=list)
 
@@ -329,7 +330,6 @@ class CloudInventory(_Model):
     network_acls: list[NetworkAcl] | None = None
     eips: list[Eip] | None = None
     ipv4_gateways: list[Ipv4Gateway] | None = None
-    account_id: str | None = Field(None, description="the account the inventory was read with")
 
     def merge(self, other: CloudInventory) -> CloudInventory:
         """Union of two inventories (e.g. one file per region)."""

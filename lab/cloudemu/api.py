@@ -357,7 +357,7 @@ def describe_route_table_list(state: State, params: Params) -> dict[str, Any]:
     out = [{
         "RouteTableId": t["RouteTableId"], "VpcId": t["VpcId"], "RouteTableType": t.get("RouteTableType", "System"),
         "RouterId": "vrt-" + t["VpcId"].removeprefix("vpc-"), "RouterType": "VRouter", "Status": "Available",
-        "VSwitchIds": {"VSwitchId": t.get("VSwitchIds", [])}, "AssociateType": "VSwitch",
+        "VSwitchIds": {"VSwitchId": t.get("VSwitchIds", [])}, "AssociateType": t.get("AssociateType", "VSwitch"),
     } for t in page]
     return {"RouterTableList": {"RouterTableListType": out}, **meta}
 

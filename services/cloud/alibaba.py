@@ -369,6 +369,7 @@ class AlibabaProvider(CloudProvider):
                                    RouteTableId=raw["RouteTableId"])
             return RouteTable(
                 id=raw["RouteTableId"], vpc_id=raw.get("VpcId", vpc_id), type=raw.get("RouteTableType") or "System",
+                associate_type=raw.get("AssociateType") or None,
                 vswitch_ids=_items(raw, "VSwitchIds", "VSwitchId"), entries=[_route_entry(e) for e in entries])
 
         return self._fan_out(detail, tables)

@@ -184,6 +184,10 @@ def _extended_state() -> dict:
                       "InstanceId": "eni-pods2", "PrivateIpAddress": "192.168.0.101", "Status": "InUse"}]
     state["ipv4_gateways"] = [{"Ipv4GatewayId": "ipv4gw-k8s", "VpcId": "vpc-k8s", "Enabled": True,
                                "Ipv4GatewayRouteTableId": "vtb-gw"}]
+    state["route_tables"].append({"RouteTableId": "vtb-gw", "VpcId": "vpc-k8s", "RouteTableType": "Custom",
+                                  "AssociateType": "Gateway", "Entries": [
+                                      {"DestinationCidrBlock": "192.168.0.0/24", "NextHopType": "NetworkInterface",
+                                       "NextHopId": "eni-pods2"}]})
     listener = state["load_balancers"][0]["Listeners"][0]
     listener.update(AclStatus="on", AclType="white", AclIds=["acl-office", "acl-empty"], Scheduler="rr",
                     HealthCheck="off", MasterSlaveServerGroupId="rsp-ms")
@@ -211,7 +215,9 @@ def test_collects_the_objects_added_since_version_1(collect, emulator: CloudEmul
                                                                                            ("accept", "-1/-1")]
     assert {v.id: v.network_acl_id for v in inv.vswitches} == {"vsw-a": None, "vsw-b": "nacl-b"}
     assert [(e.ip, e.private_ip, e.instance_id) for e in inv.eips] == [("47.1.1.101", "192.168.0.101", "eni-pods2")]
-    assert [(g.id, g.enabled) for g in inv.ipv4_gateways] == [("ipv4gw-k8s", True)]
+    assert [(g.id, g.enabled, g.route_table_id) for g in inv.ipv4_gateways] == [("ipv4gw-k8s", True, "vtb-gw")]
+    gateway_table = next(t for t in inv.route_tables if t.id == "vtb-gw")
+    assert gateway_table.associate_type == "Gateway" and gateway_table.entries[0].next_hops[0].id == "eni-pods2"
     listener = inv.load_balancers[0].listeners[0]
     assert (listener.scheduler, listener.health_check, listener.acl_ids, listener.master_slave_server_group_id) == \
         ("rr", "off", ["acl-office", "acl-empty"], "rsp-ms")
@@ -229,7 +235,7 @@ def test_an_inventory_without_the_new_fields_still_loads(collect, tmp_path) -> N
     inv = collect(healthy())
     assert inv.network_acls == [] and inv.prefix_lists == []  # collected: there are none
     old = json.loads(inv.model_dump_json())
-    for key in ("prefix_lists", "port_lists", "network_acls", "eips", "ipv4_gateways", "account_id"):
+    for key in ("prefix_lists", "port_lists", "network_acls", "eips", "ipv4_gateways"):
         old.pop(key)
     (tmp_path / "inventory.json").write_text(json.dumps(old))
     loaded = load_inventory(tmp_path)

@@ -113,7 +113,9 @@ class CloudIndex:
         for table in self.inv.route_tables:
             if vswitch_id in table.vswitch_ids:
                 return table
-        return next((t for t in self.inv.route_tables if t.vpc_id == vpc_id and t.type == "System"), None)
+        # a gateway route table steers traffic entering through an IPv4 gateway, never a vSwitch's
+        return next((t for t in self.inv.route_tables if t.vpc_id == vpc_id and t.type == "System"
+                     and t.associate_type != "Gateway"), None)
 
     @cached_property
     def vswitch_networks(self) -> list[tuple[VSwitch, Network]]:

@@ -116,7 +116,7 @@ class CompiledRule:
             else:
                 port_ranges = tuple(_range(e) for e in plists[rule.port_range_list_id].entries)
         if peer_group and peer_group not in index.groups:
-            account = f" of account {owner}" if owner and owner != index.inv.account_id else ""
+            account = f" of account {owner}" if owner else ""
             unknown = unknown or f"the members of security group {peer_group}{account} are not in the inventory"
         return cls(group, rule, rule.port_from, rule.port_to, rule.source_port_from, rule.source_port_to,
                    _span(peer), _span(local), peer_group, port_ranges, peer_spans, unknown)
