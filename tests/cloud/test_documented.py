@@ -283,3 +283,23 @@ def test_network_acl_filters_clb_traffic_to_backends(collect) -> None:
     r = lb(collect(state))
     assert r.outcome == "pass" and [t.server_id for t in r.backends] == ["i-node1", "i-node2"]
     assert codes(r) == ["VPC_NETWORK_ACL_DENY"] and r.findings[0].evidence["backend"].startswith("i-node3")
+
+
+def test_health_status_unavailable_is_no_verdict(collect) -> None:
+    """DescribeHealthStatus (https://alibabacloud.com/help/en/slb/classic-load-balancer/developer-reference/
+    api-slb-2014-05-15-describehealthstatus): ServerHealthStatus is normal, abnormal, or unavailable — the health
+    check did not complete. Unavailable is no finding against the backend; only when no backend is known healthy
+    does it matter (an assumption that could change the outcome). Decoy: abnormal still is a finding."""
+    state = healthy()
+    health = state["load_balancers"][0]["Listeners"][0]["Health"]
+    health[0]["ServerHealthStatus"] = "unavailable"
+    r = lb(collect(state))
+    assert r.outcome == "pass" and r.findings == [] and len(r.backends) == 3
+    assert any("unavailable" in a.text and not a.could_change_outcome for a in r.assumptions)
+    for h in health:
+        h["ServerHealthStatus"] = "unavailable"
+    r = lb(collect(state))
+    assert r.outcome == "pass" and r.findings == []
+    assert any("unavailable" in a.text and a.could_change_outcome for a in r.assumptions)
+    health[1]["ServerHealthStatus"] = "abnormal"
+    assert codes(lb(collect(state))) == ["LB_BACKEND_UNHEALTHY"]
