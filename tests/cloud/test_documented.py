@@ -283,6 +283,7 @@ def test_network_acl_filters_clb_traffic_to_backends(collect) -> None:
     r = lb(collect(state))
     assert r.outcome == "pass" and [t.server_id for t in r.backends] == ["i-node1", "i-node2"]
     assert codes(r) == ["VPC_NETWORK_ACL_DENY"] and r.findings[0].evidence["backend"].startswith("i-node3")
+    assert r.findings[0].severity == Severity.WARNING  # the other backends still serve
 
 
 def test_health_status_unavailable_is_no_verdict(collect) -> None:

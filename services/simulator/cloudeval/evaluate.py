@@ -531,7 +531,17 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
     primary = [t for t in serving if t.server_type == "Master"]
     if primary:  # primary/secondary group: the secondary only takes over when the primary fails
         serving = primary
-    serving = [t for t in serving if _backend_acl(result, index, hop, lb_id, t, packet)]
+    if index.network_acls is None:
+        result.assume("network ACLs were not collected (an inventory older than their support): the backends' "
+                      "vSwitch ACLs were not checked", could_change_outcome=True)
+    denied = [(t, d) for t in serving if (d := _backend_acl(index, t, packet)) is not None]
+    serving = [t for t in serving if all(t is not other for other, _ in denied)]
+    for t, decision in denied:
+        result.findings.append(finding(
+            "VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id, vswitch=decision.vswitch,
+            packet=f"{packet.protocol} {packet.src} → {t.ip}:{t.port}", direction="ingress", entry=decision.reason,
+            severity=Severity.WARNING if serving else Severity.ERROR,
+            evidence={"backend": t.label, "lb": lb_id, **decision.evidence()}))
     ok = bool(serving)
     hop.steps.append(Step(kind=StepKind.LOAD_BALANCER, action=StepAction.FORWARD if ok else StepAction.DROP,
                           detail=f"{len(serving)} of {len(targets)} backends take traffic on listener {port} "
@@ -545,24 +555,16 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
         hop.status = HopStatus.WARNING
 
 
-def _backend_acl(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str, target: BackendTarget,
-                 packet: Packet) -> bool:
-    """The network ACL of the backend's vSwitch on the forwarded packet (client address kept)."""
-    if target.ip is None or index.network_acls is None:
-        return True
+def _backend_acl(index: CloudIndex, target: BackendTarget, packet: Packet) -> netacl.AclDecision | None:
+    """The network ACL of the backend's vSwitch when it drops the forwarded packet (client address kept)."""
+    if target.ip is None:
+        return None
     eni = index.eni_by_ip.get(ip_address(target.ip))
     instance = index.instances.get(target.server_id)
     vswitch = eni.vswitch_id if eni else (instance.vswitch_id if instance else None)
-    if vswitch is None:
-        return True
     flow = Flow(packet.src, ip_address(target.ip), packet.protocol, packet.sport, target.port)
     decision = netacl.check(index, vswitch, None, "ingress", flow)
-    if decision is None or decision.allowed:
-        return True
-    result.findings.append(finding("VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id,
-                                   vswitch=vswitch, packet=str(flow), direction="ingress", entry=decision.reason,
-                                   evidence={"backend": target.label, "lb": lb_id, **decision.evidence()}))
-    return False
+    return decision if decision is not None and not decision.allowed else None
 
 
 def _mismatched(targets: list[BackendTarget], service: ServiceResolution) -> list[str]:
