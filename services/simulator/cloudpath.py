@@ -57,6 +57,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
+from shared.steps import Endpoint as StepEndpoint
 from shared.topology import CandidatePath, EndpointKind, TopologyReport
 
 STAGE = "simulator"
@@ -173,10 +174,11 @@ def _entry_hop(ctx: _Context, node: str, packet: Packet) -> Hop:
         after = packet
     else:
         after = packet.model_copy(update={"src": ip_address(node_ip), "sport": None})
-    hop.steps.append(Step(kind=StepKind.NAT, action=StepAction.REWRITE, packet_in=packet, packet_out=after,
-                          detail=f"the load balancer delivers to NodePort on {node}; kube-proxy forwards to the "
-                                 f"endpoint {packet.dst} on another node, masqueraded to {after.src} "
-                                 "(externalTrafficPolicy Cluster)"))
+    hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE,
+                             f"the load balancer delivers to NodePort on {node}; kube-proxy forwards to the endpoint "
+                             f"{packet.dst} on another node, masqueraded to {after.src} (externalTrafficPolicy "
+                             "Cluster)", packet, after, type="MASQUERADE", original=StepEndpoint(address=packet.src),
+                             translated=StepEndpoint(address=after.src) if after is not packet else None))
     return hop
 
 
