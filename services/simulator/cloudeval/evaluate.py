@@ -426,6 +426,10 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
             nat_gateway=nat.id, snat_entry=entry.id))
         if nat.status != "Available":
             result.assume(f"NAT gateway {nat.id} is {nat.status}, not Available", could_change_outcome=True)
+        if (gateway := _ipv4_gateway(index, nic)) is not None:
+            result.assume(f"the VPC's IPv4 gateway {gateway} is active: the NAT gateway's own vSwitch must route to it "
+                          "for the translated traffic to reach the internet; that route was not checked",
+                          could_change_outcome=True)
         internet = result.hop("internet", HopKind.INTERNET, "internet")
     internet.steps.append(Step.of(StepKind.ROUTE, StepAction.FORWARD, f"to the internet: {flow.dst}",
                                   destination=flow.dst))
