@@ -136,7 +136,8 @@ def _through_lb(path: Path, cp: CandidatePath | None, lb: CloudResult, ctx: _Con
     """An outside client's path through the CLB: the CLB hop first; then, for each node the CLB
     forwards to (its serving ECS backends, NodePort), a path from that entry node to this path's
     endpoint. An entry node other than the endpoint's crosses the VPC again (kube-proxy DNATs to the
-    endpoint and masquerades the client to the node address, externalTrafficPolicy Cluster)."""
+    endpoint and masquerades the client to the node address, externalTrafficPolicy Cluster; with
+    Local a node only serves its own endpoints)."""
     if path.final == FinalState.ABORT or not path.hops or _dropped_before(path, 1):
         return [path]
     if not lb.passed:
@@ -146,7 +147,13 @@ def _through_lb(path: Path, cp: CandidatePath | None, lb: CloudResult, ctx: _Con
     ctx.record(lb)
     endpoint_node = cp.dst_node if cp else None
     entries = sorted({t.node for t in lb.backends if t.type == "ecs" and t.node})
-    if not entries or endpoint_node is None:
+    local = ctx.report.service is not None and ctx.report.service.external_traffic_policy == "Local"
+    if not entries or endpoint_node is None or local:
+        # externalTrafficPolicy Local: a node serves only its own endpoints, no leg to another node
+        if local and entries and endpoint_node not in entries:
+            ctx.assumptions.append(_assume(f"externalTrafficPolicy Local and the load balancer forwards to "
+                                           f"{', '.join(entries)}, not to {endpoint_node}: this endpoint receives "
+                                           "no traffic through it", True))
         _splice(path, 1, copy.deepcopy(lb))
         return [path]
     variants = []

@@ -45,22 +45,24 @@ CLIENT_PUBLIC = "8.8.4.4"  # an internet client (a documentation range would cla
 INTERNET = "8.8.8.8"
 
 
-def scenario(cni: str) -> ResolvedScenario:
+def scenario(cni: str, policy: str = "Cluster") -> ResolvedScenario:
     return resolve(Scenario.model_validate({
-        "name": f"cloud-{cni}", "cni": cni, "dns": False, "internet": False, "cloud": {},
+        "name": f"cloud-{cni}" + ("-local" if policy == "Local" else ""), "cni": cni, "dns": False,
+        "internet": False, "cloud": {},
         "nodes": [{"name": "node-1"}, {"name": "node-2"}],
         "pods": [
             {"name": "client", "node": "node-1", "labels": {"app": "client"}},
             {"name": "server", "node": "node-2", "labels": {"app": "server"}, "containers": [
                 {"name": "srv", "ports": [{"containerPort": 8080}, {"containerPort": 5353, "protocol": "UDP"}]}]},
         ],
-        "services": [{"name": "web", "type": "LoadBalancer", "selector": {"app": "server"}, "ports": [
+        "services": [{"name": "web", "type": "LoadBalancer", "selector": {"app": "server"},
+                      "externalTrafficPolicy": policy, "ports": [
             {"name": "http", "port": 80, "targetPort": 8080},
             {"name": "dns", "port": 53, "targetPort": 5353, "protocol": "UDP"}]}],
     }))
 
 
-LABS = {cni: scenario(cni) for cni in ("host-gw", "vxlan")}
+LABS = {cni: scenario(cni) for cni in ("host-gw", "vxlan")} | {"local": scenario("host-gw", "Local")}
 
 
 def request(rs: ResolvedScenario, kind: str) -> dict[str, Any]:
@@ -557,3 +559,17 @@ def test_a_path_that_crosses_twice_gets_a_vpc_hop_each_time(collect) -> None:
     assert [h.id for h in paths[0].hops][-1] == f"{vpc}#2" and paths[0].final == FinalState.DROP
     assert paths[0].cause == "VPC_NO_ROUTE" and [f.hop for f in findings] == [f"{vpc}#2"]
     assert paths[0].hops[1].status == "ok"
+
+
+async def test_external_traffic_policy_local_has_no_leg_to_another_node(stacks: dict[str, EmbeddedStack],
+                                                                        emulator: CloudEmulator) -> None:
+    """Kubernetes externalTrafficPolicy Local: a node forwards only to its own endpoints, so after the CLB
+    ("CLB server groups", https://www.alibabacloud.com/help/en/slb/classic-load-balancer/user-guide/
+    backend-server-overview/) there is no leg from one node to another — a missing route to node-2's pod CIDR
+    (which breaks the Cluster policy's leg via node-1) changes nothing here (decoy)."""
+    rs = LABS["local"]
+    emulator.set_state(with_fault(cloud_state(rs), rs, "VPC_NO_ROUTE", node="node-2"))
+    result = await diagnose(stacks["local"], request(rs, "lb-tcp"))
+    paths = forward_paths(result)
+    assert list(paths) == ["p0"] and paths["p0"]["final"] == "DELIVER", result["summary"]
+    assert cloud_errors(result) == [] and result["verdict"] in ("REACHABLE", "UNDETERMINED")
