@@ -241,3 +241,11 @@ def test_an_inventory_without_the_new_fields_still_loads(collect, tmp_path) -> N
     loaded = load_inventory(tmp_path)
     assert loaded.network_acls is None and loaded.prefix_lists is None and loaded.eips is None
     assert loaded.load_balancers[0].listeners[0].scheduler == "wrr"
+
+
+def test_the_new_objects_round_trip_through_a_snapshot(collect, tmp_path) -> None:
+    """Snapshot capture writes what was collected, snapshot mode reads the same back (docs/cloud.md, Snapshot)."""
+    inv = collect(_extended_state())
+    dump_inventory(inv, tmp_path / "cloud")
+    loaded = load_inventory(tmp_path / "cloud")
+    assert loaded == inv and loaded.network_acls and loaded.prefix_lists and loaded.eips and loaded.ipv4_gateways
