@@ -253,8 +253,10 @@ def test_health_check_off_and_primary_secondary_groups(collect) -> None:
     """DescribeLoadBalancerTCPListenerAttribute (https://www.alibabacloud.com/help/doc-detail/27608.html)
     HealthCheck / MasterSlaveServerGroupId, and "Create and manage a primary/secondary server group"
     (https://www.alibabacloud.com/help/doc-detail/129367.htm): requests go to the primary server while it works,
-    to the secondary when it fails. With the health check off, a reported status does not remove a backend (the
-    load balancer cannot tell), which is stated as an assumption that matters."""
+    to the secondary when it fails — which is not health-checked by default ("CLB server groups",
+    https://help.aliyun.com/document_detail/85962.htm), so its use is stated as an assumption that matters.
+    With the health check off, a reported status does not remove a backend (the load balancer cannot tell),
+    which is stated as an assumption that matters."""
     state = healthy()
     listener = state["load_balancers"][0]["Listeners"][0]
     state["master_slave_server_groups"] = [{"MasterSlaveServerGroupId": "rsp-ms", "MasterSlaveBackendServers": [
@@ -304,3 +306,19 @@ def test_health_status_unavailable_is_no_verdict(collect) -> None:
     assert any("unavailable" in a.text and a.could_change_outcome for a in r.assumptions)
     health[1]["ServerHealthStatus"] = "abnormal"
     assert codes(lb(collect(state))) == ["LB_BACKEND_UNHEALTHY"]
+
+
+def test_round_robin_ignores_weights(collect) -> None:
+    """"CLB server groups" (https://help.aliyun.com/document_detail/85962.htm, weight configuration): weights take
+    effect with the weighted scheduling algorithms only, not with round robin; weight 0 under a weighted
+    scheduler stops new requests. Decoy: every backend at weight 0 under rr still serves (stated)."""
+    state = healthy()
+    for b in state["load_balancers"][0]["BackendServers"]:
+        b["Weight"] = 0
+    state["load_balancers"][0]["Listeners"][0]["Scheduler"] = "rr"
+    r = lb(collect(state))
+    assert r.outcome == "pass" and r.findings == [] and len(r.backends) == 3
+    assert any("round robin" in a.text for a in r.assumptions)
+    state["load_balancers"][0]["Listeners"][0]["Scheduler"] = "wrr"
+    r = lb(collect(state))
+    assert r.outcome == "drop" and set(codes(r)) == {"LB_BACKEND_WEIGHT_ZERO"}

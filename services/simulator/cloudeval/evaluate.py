@@ -507,10 +507,33 @@ def evaluate_internet_to_lb(inv: CloudInventory | CloudIndex, service: ServiceRe
             acl=", ".join(ids), acl_type=listener.acl_type))
     targets = backends(index, lb, listener)
     _check_backends(result, index, hop, lb.id, listener, targets, service, packet)
-    result.assume("CLB backend security groups were not evaluated for load-balanced traffic (the Alibaba Cloud "
-                  "pages read leave open whether they filter layer-4 CLB traffic; see docs/cloud.md)",
-                  could_change_outcome=False)
+    _backend_security_groups(result, index, lb.id, packet)
     return result
+
+
+def _backend_security_groups(result: CloudResult, index: CloudIndex, lb_id: str, packet: Packet) -> None:
+    """Whether the backends' security groups filter layer-4 CLB traffic is left open by the pages read
+    (docs/cloud.md): the groups are not a verdict, but where one would refuse the client's packet
+    that could change the outcome, and it is said."""
+    refused = []
+    for t in result.backends:
+        instance = index.instances.get(t.server_id) or index.instances.get(
+            (index.enis.get(t.server_id) or NetworkInterface(id="")).instance_id or "")
+        if t.ip is None or instance is None:
+            continue
+        nic = index.nic_for(instance, ip_address(t.ip))
+        decision = evaluate(index, nic, "ingress", Flow(packet.src, ip_address(t.ip), packet.protocol, packet.sport,
+                                                        t.port))
+        if not decision.allowed:
+            refused.append(f"{t.label} ({decision.reason})")
+    if refused:
+        result.assume(f"the security groups of backends {'; '.join(refused)} of {lb_id} would refuse the client "
+                      f"{packet.src} if they filter layer-4 CLB traffic, which the Alibaba Cloud pages read leave open "
+                      "(docs/cloud.md)", could_change_outcome=True)
+    else:
+        result.assume("CLB backend security groups are not a verdict for load-balanced traffic (the Alibaba Cloud "
+                      "pages read leave open whether they filter layer-4 CLB traffic; see docs/cloud.md); they would "
+                      "admit this client", could_change_outcome=False)
 
 
 def _lb_drop(result: CloudResult, hop: Hop, f: Finding, **info: Any) -> CloudResult:
@@ -537,12 +560,18 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
         if wrong:
             result.warn(hop, finding("LB_BACKEND_MISMATCH", hop.id, lb=lb_id, port=port, service=service_name,
                                      detail="; ".join(wrong), evidence=evidence))
-    weighted = [t for t in targets if t.weight > 0]
+    # weights take effect under the weighted schedulers only: round robin ignores them (CLB server groups)
+    weights_apply = listener.scheduler != "rr"
+    weighted = [t for t in targets if t.weight > 0 or not weights_apply]
     for t in targets:
-        if t.weight <= 0:
+        if t.weight <= 0 and weights_apply:
             result.findings.append(finding("LB_BACKEND_WEIGHT_ZERO", hop.id, backend=t.label, lb=lb_id, port=port,
                                            severity=Severity.WARNING if weighted else Severity.ERROR,
-                                           evidence={"node": t.node, "type": t.type}))
+                                           evidence={"node": t.node, "type": t.type,
+                                                     "scheduler": listener.scheduler}))
+    if not weights_apply and any(t.weight <= 0 for t in targets):
+        result.assume(f"listener {port} of {lb_id} schedules round robin (rr), where backend weights do not take "
+                      "effect: its backends of weight 0 still receive requests")
     if listener.health_check == "off":
         # without a health check the CLB cannot tell a dead backend: every weighted one is used
         result.assume(f"the health check of listener {port} on {lb_id} is off: the load balancer forwards to every "
@@ -563,9 +592,16 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
                     severity=Severity.WARNING if healthy or unknown else Severity.ERROR,
                     evidence={"node": t.node, "type": t.type}))
     serving = healthy + unknown
-    primary = [t for t in serving if t.server_type == "Master"]
-    if primary:  # primary/secondary group: the secondary only takes over when the primary fails
-        serving = primary
+    if any(t.server_type for t in targets):
+        # primary/secondary group: the primary while its health check passes, else the secondary, which is
+        # not health-checked by default (CLB server groups)
+        primary = [t for t in serving if t.server_type == "Master"]
+        secondary = [t for t in weighted if t.server_type == "Slave"]
+        serving = primary or secondary
+        if not primary and secondary:
+            result.assume(f"the primary server of listener {port} on {lb_id} fails its health check: traffic goes to "
+                          f"the secondary {', '.join(t.label for t in secondary)}, which the load balancer does not "
+                          "health-check by default", could_change_outcome=True)
     if index.network_acls is None:
         result.assume("network ACLs were not collected (an inventory older than their support): the backends' "
                       "vSwitch ACLs were not checked", could_change_outcome=True)
