@@ -322,3 +322,19 @@ def test_round_robin_ignores_weights(collect) -> None:
     state["load_balancers"][0]["Listeners"][0]["Scheduler"] = "wrr"
     r = lb(collect(state))
     assert r.outcome == "drop" and set(codes(r)) == {"LB_BACKEND_WEIGHT_ZERO"}
+
+
+def test_backend_security_groups_and_layer4_clb_traffic(collect) -> None:
+    """The pages read leave open whether backend security groups filter layer-4 CLB traffic (docs/cloud.md,
+    "Internet → LoadBalancer"): "CLB health checks" (https://help.aliyun.com/en/slb/classic-load-balancer/
+    user-guide/health-check-overview/) says no security-group rule is needed for the 100.64.0.0/10 health checks,
+    and a layer-4 listener keeps the client address. So the groups are no verdict: where they would refuse the
+    client it is an assumption that could change the outcome; where they admit it, a plain statement (decoy)."""
+    state = healthy()
+    r = lb(collect(state))  # the node group admits NodePorts from 100.64.0.0/10 only
+    assert r.outcome == "pass"
+    assert any("would refuse the client" in a.text and a.could_change_outcome for a in r.assumptions)
+    state["security_groups"][0]["Permissions"].append(ingress(PortRange="30080/30080", SourceCidrIp="0.0.0.0/0"))
+    r = lb(collect(state))
+    assert not any(a.could_change_outcome for a in r.assumptions)
+    assert any("would admit this client" in a.text for a in r.assumptions)
