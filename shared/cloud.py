@@ -102,7 +102,7 @@ class NetworkAclEntry(_Model):
     name: str = ""
     policy: Literal["accept", "drop"]
     protocol: str = Field("all", description="all, tcp, udp, icmp, gre, icmpv6")
-    cidr: str = Field(description="source CIDR (inbound) or destination CIDR (outbound)")
+    cidr: str = Field(description="source CIDR (inbound) or destination CIDR (outbound); empty: not read")
     port: str = Field("-1/-1", description="destination port range; -1/-1 is every port")
     entry_type: str = Field("custom", description="custom, system or service")
 

@@ -599,7 +599,7 @@ def _backend(raw: dict[str, Any]) -> LbBackend:
 def _acl_entry(raw: dict[str, Any], peer_key: str) -> NetworkAclEntry:
     return NetworkAclEntry(id=raw.get("NetworkAclEntryId", ""), name=raw.get("NetworkAclEntryName", ""),
                            policy=raw.get("Policy") or "accept", protocol=raw.get("Protocol") or "all",
-                           cidr=raw[peer_key], port=raw.get("Port") or "-1/-1",
+                           cidr=raw.get(peer_key) or raw.get(f"Ipv6{peer_key}") or "", port=raw.get("Port") or "-1/-1",
                            entry_type=raw.get("EntryType") or "custom")
 
 

@@ -64,7 +64,12 @@ def check(index: CloudIndex, vswitch: str | None, peer_vswitch: str | None, dire
     entries = acl.ingress if direction == "ingress" else acl.egress
     pending: list[NetworkAclEntry] = []  # entries ahead of the decision whose port match is unknown
     for entry in entries:
-        if entry.protocol not in ("all", flow.protocol) or not contains(entry.cidr, peer):
+        if entry.protocol not in ("all", flow.protocol):
+            continue
+        if not entry.cidr:  # an entry whose address the API did not give: its match is unknown
+            pending.append(entry)
+            continue
+        if not contains(entry.cidr, peer):
             continue
         ports = _ports(entry) if flow.protocol in ("tcp", "udp") else None
         if ports is not None:
@@ -79,6 +84,6 @@ def check(index: CloudIndex, vswitch: str | None, peer_vswitch: str | None, dire
         decision.reason = ("the ACL has no entries: it denies everything" if not entries else
                            f"no {direction} entry matches: denied")
     # an undecided entry only matters if it would have decided the other way
-    decision.undecided = [f"{e.describe()}: the destination port is unknown" for e in pending
-                          if (e.policy == "accept") != decision.allowed]
+    decision.undecided = [f"{e.describe()}: {'the destination port is unknown' if e.cidr else 'its CIDR was not read'}"
+                          for e in pending if (e.policy == "accept") != decision.allowed]
     return decision
