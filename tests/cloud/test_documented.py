@@ -338,3 +338,21 @@ def test_backend_security_groups_and_layer4_clb_traffic(collect) -> None:
     r = lb(collect(state))
     assert not any(a.could_change_outcome for a in r.assumptions)
     assert any("would admit this client" in a.text for a in r.assumptions)
+
+
+def test_network_acl_reply_to_an_ephemeral_port(collect) -> None:
+    """"Network ACLs" (https://www.alibabacloud.com/help/en/vpc/network-acl-overview): stateless, so the reply
+    needs an outbound entry for the client's ephemeral port (Linux 32768-61000; the page recommends
+    1024/65535). The client's port is unknown: an entry covering the whole Linux range admits the reply
+    (decoy, stated); one below it never matches; one cutting through it is undecided (an assumption that
+    matters)."""
+    reply = Packet(src=N3, dst=N1, protocol="tcp", sport=8080)
+    for port, outcome, flag in (("1024/65535", "pass", False), ("1/1023", "drop", False),
+                                ("40000/65535", "drop", True)):
+        state = healthy()
+        state["network_acls"] = [_acl("vsw-b", [{"Policy": "accept", "Protocol": "all", "SourceCidrIp": "0.0.0.0/0"}],
+                                      egress_entries=[{"Policy": "accept", "Protocol": "tcp",
+                                                       "DestinationCidrIp": "0.0.0.0/0", "Port": port}])]
+        r = evaluate_node_to_node(collect(state), "node-3", "node-1", reply, reply=True)
+        assert r.outcome == outcome, port
+        assert any(a.could_change_outcome and "unknown" in a.text for a in r.assumptions) == flag, port

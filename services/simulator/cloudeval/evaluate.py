@@ -189,6 +189,8 @@ def _acl_step(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInte
         finding=None if decision.allowed else "VPC_NETWORK_ACL_DENY"))
     for note in decision.undecided:
         result.assume(f"network ACL {decision.acl.id}: {note}", could_change_outcome=True)
+    for note in decision.assumed:
+        result.assume(f"network ACL {decision.acl.id}: {note}")
     if decision.allowed:
         return True
     result.fail(hop, finding("VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id,

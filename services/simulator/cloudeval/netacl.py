@@ -21,6 +21,9 @@ from services.simulator.cloudeval.security_groups import Flow
 from shared.cloud import NetworkAcl, NetworkAclEntry
 
 ALWAYS_ALLOWED = ("100.100.2.128/28", "100.100.2.112/28", "100.100.100.200/32")
+# An unknown destination port is a reply to a client's ephemeral port: Linux clients use 32768-60999
+# (net.ipv4.ip_local_port_range; the ACL page lists 32768-61000 for Linux)
+EPHEMERAL = (32768, 60999)
 
 
 @dataclass
@@ -32,11 +35,12 @@ class AclDecision:
     entry: NetworkAclEntry | None = None
     reason: str = ""
     undecided: list[str] = field(default_factory=list)  # entries ahead whose port match is unknown
+    assumed: list[str] = field(default_factory=list)  # what was taken for an unknown port
 
     def evidence(self) -> dict[str, object]:
         return {"network_acl": self.acl.id, "vswitch": self.vswitch, "direction": self.direction,
                 "entry": self.entry.model_dump() if self.entry else None, "reason": self.reason,
-                "undecided": self.undecided}
+                "undecided": self.undecided, "assumed": self.assumed}
 
 
 def _ports(entry: NetworkAclEntry) -> tuple[int, int] | None:
@@ -74,9 +78,15 @@ def check(index: CloudIndex, vswitch: str | None, peer_vswitch: str | None, dire
         ports = _ports(entry) if flow.protocol in ("tcp", "udp") else None
         if ports is not None:
             if flow.dport is None:
-                pending.append(entry)
-                continue
-            if not ports[0] <= flow.dport <= ports[1]:
+                if ports[0] <= EPHEMERAL[0] and ports[1] >= EPHEMERAL[1]:
+                    decision.assumed.append(f"{entry.describe()} covers every Linux ephemeral port "
+                                            f"({EPHEMERAL[0]}-{EPHEMERAL[1]}) the unknown destination port can be")
+                elif ports[1] < EPHEMERAL[0] or ports[0] > EPHEMERAL[1]:
+                    continue
+                else:
+                    pending.append(entry)
+                    continue
+            elif not ports[0] <= flow.dport <= ports[1]:
                 continue
         decision.allowed, decision.entry, decision.reason = entry.policy == "accept", entry, entry.describe()
         break
