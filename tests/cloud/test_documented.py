@@ -56,13 +56,16 @@ def test_prefix_list_rule_matches_its_entries(collect) -> None:
 
 def test_a_prefix_list_that_was_not_collected_is_said_to_matter(collect) -> None:
     """A rule referencing a prefix list the inventory does not hold cannot be decided: the engine says so, as an
-    assumption that could change the outcome (the verdict cannot be a confident one)."""
+    assumption that could change the outcome, and a drop behind it is no confident UNREACHABLE (DATA_MISSING,
+    an abort)."""
     state = isolated(healthy())
     state["security_groups"][0]["Permissions"].append(ingress(PortRange="8080/8080", SourcePrefixListId="pl-gone"))
     inv = collect(state)
     assert any("pl-gone" in e for e in inv.errors)  # DescribePrefixListAttributes: not found
     r = evaluate_node_to_node(inv, "node-1", "node-2", tcp(N1, N2))
-    assert r.outcome == "drop"
+    # the default deny is not a confident drop: the rule ahead could have admitted it (abort, not UNREACHABLE)
+    assert r.outcome == "abort" and codes(r) == ["DATA_MISSING", "SG_DENY"]
+    assert r.findings[1].severity == Severity.WARNING
     assert any("pl-gone" in a.text and a.could_change_outcome for a in r.assumptions)
 
 
@@ -93,7 +96,7 @@ def test_cross_account_group_authorization(collect) -> None:
                                                               SourceGroupOwnerAccount="1234567890"))
     inv = collect(state)
     partner = evaluate_node_to_node(inv, "node-1", "node-2", tcp("10.50.0.7", N2))
-    assert partner.outcome == "drop"
+    assert partner.outcome == "abort" and codes(partner) == ["DATA_MISSING", "SG_DENY"]
     assert any("sg-partner" in a.text and "1234567890" in a.text and a.could_change_outcome
                for a in partner.assumptions)
     own = evaluate_node_to_node(inv, "node-1", "node-2", tcp(N1, N2))
@@ -344,11 +347,11 @@ def test_network_acl_reply_to_an_ephemeral_port(collect) -> None:
     """"Network ACLs" (https://www.alibabacloud.com/help/en/vpc/network-acl-overview): stateless, so the reply
     needs an outbound entry for the client's ephemeral port (Linux 32768-61000; the page recommends
     1024/65535). The client's port is unknown: an entry covering the whole Linux range admits the reply
-    (decoy, stated); one below it never matches; one cutting through it is undecided (an assumption that
-    matters)."""
+    (decoy, stated); one below it never matches (a drop); one cutting through it is undecided (an assumption
+    that matters, and the drop behind it an abort)."""
     reply = Packet(src=N3, dst=N1, protocol="tcp", sport=8080)
     for port, outcome, flag in (("1024/65535", "pass", False), ("1/1023", "drop", False),
-                                ("40000/65535", "drop", True)):
+                                ("40000/65535", "abort", True)):
         state = healthy()
         state["network_acls"] = [_acl("vsw-b", [{"Policy": "accept", "Protocol": "all", "SourceCidrIp": "0.0.0.0/0"}],
                                       egress_entries=[{"Policy": "accept", "Protocol": "tcp",

@@ -149,9 +149,14 @@ def _sg_step(result: CloudResult, hop: Hop, decision: SgDecision, flow: Flow, in
                       f"{'allowed' if not decision.allowed else 'denied'} the packet", could_change_outcome=True)
     if decision.allowed:
         return True
-    result.fail(hop, finding("SG_DENY", hop.id, group=decision.group or "(none)", packet=str(flow),
-                             direction=decision.direction, rule=decision.reason,
-                             evidence={**decision.evidence(), "instance": instance.id}))
+    deny = finding("SG_DENY", hop.id, group=decision.group or "(none)", packet=str(flow),
+                   direction=decision.direction, rule=decision.reason,
+                   evidence={**decision.evidence(), "instance": instance.id})
+    if decision.undecided:
+        # a rule ahead that could not be decided would have admitted it: the drop is not known
+        _undecidable(result, hop, deny, f"what security-group rule(s) {'; '.join(decision.undecided)} match")
+        return False
+    result.fail(hop, deny)
     # sharing a group would have admitted it: say so, but only where it decided the outcome
     if decision.direction == "ingress" and decision.default and not decision.shared_groups and peer is not None:
         result.findings.append(finding("SG_NOT_SHARED", hop.id, src_instance=peer.id, dst_instance=instance.id))
@@ -193,10 +198,22 @@ def _acl_step(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInte
         result.assume(f"network ACL {decision.acl.id}: {note}")
     if decision.allowed:
         return True
-    result.fail(hop, finding("VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id,
-                             vswitch=decision.vswitch, packet=str(flow), direction=direction,
-                             entry=decision.reason, evidence=decision.evidence()))
+    deny = finding("VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id,
+                   vswitch=decision.vswitch, packet=str(flow), direction=direction,
+                   entry=decision.reason, evidence=decision.evidence())
+    if decision.undecided:
+        _undecidable(result, hop, deny, f"what network ACL entries {'; '.join(decision.undecided)} match")
+        return False
+    result.fail(hop, deny)
     return False
+
+
+def _undecidable(result: CloudResult, hop: Hop, deny: Finding, what: str) -> None:
+    """A drop that an undecidable rule ahead of it could have turned into a pass: not a confident
+    UNREACHABLE — the data is missing (abort), the drop is kept as a warning."""
+    result.fail(hop, finding("DATA_MISSING", hop.id, what=what, reason="the list, group or port they name was "
+                             "not collected, and they would have admitted the packet"), outcome="abort")
+    result.findings.append(deny.model_copy(update={"severity": Severity.WARNING}))
 
 
 def _not_forwarding(index: CloudIndex, hop: tuple[str, str | None]) -> str | None:
