@@ -608,6 +608,14 @@ def ipv4_gateway(routed: bool) -> Any:
     return change
 
 
+def cross_account(state: dict[str, Any], rs: ResolvedScenario) -> None:
+    """Only another account's group may send pod traffic: its members are not in this inventory."""
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
+    rule = _pod_rule(state)
+    del rule["SourceCidrIp"]
+    rule.update(SourceGroupId="sg-partner", SourceGroupOwnerAccount="1234567890")
+
+
 def health_check_off(state: dict[str, Any], rs: ResolvedScenario) -> None:
     listener = _lb(state, rs)["Listeners"][0]
     listener["HealthCheck"] = "off"
@@ -639,6 +647,7 @@ DOCUMENTED: list[tuple[str, Any, str, str, str | None, str]] = [
     ("port-list-misses", port_list(["8081/9000"]), "pod-to-pod", "UNREACHABLE", "SG_DENY", "PORTLIST"),
     ("ipv4-gateway-routed", ipv4_gateway(True), "node-to-internet", "ok", None, "IPV4GW"),
     ("ipv4-gateway-unrouted", ipv4_gateway(False), "node-to-internet", "UNREACHABLE", "VPC_NO_ROUTE", "IPV4GW"),
+    ("cross-account-group", cross_account, "pod-to-pod", "UNDETERMINED", "DATA_MISSING", "SG-CREATE"),
     ("health-check-off", health_check_off, "lb-tcp", "ok", None, "CLB-TCP"),
     ("primary-secondary", primary_secondary, "lb-tcp", "ok", None, "CLB-MS"),
 ]
@@ -649,11 +658,11 @@ DOCUMENTED: list[tuple[str, Any, str, str, str | None, str]] = [
 async def test_documented_semantics_through_the_pipeline(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator,
                                                          name: str, change: Any, path: str, verdict: str,
                                                          code: str | None, page: str) -> None:
-    """Prefix lists, port lists (an edge of the range), the IPv4 gateway, the health check off and a
-    primary/secondary server group, each through the whole pipeline with the SDK reading the emulator; `page` is
-    the tag of the page in docs/cloud.md's sources the expectation comes from. (An EIP on a secondary private IP
-    serves Terway pods, which the namespace lab does not run: tests/cloud/test_documented.py covers it through the
-    SDK and the engine.)"""
+    """Prefix lists, port lists (an edge of the range), the IPv4 gateway, another account's group (undecidable:
+    UNDETERMINED, not UNREACHABLE), the health check off and a primary/secondary server group, each through the
+    whole pipeline with the SDK reading the emulator; `page` is the tag of the page in docs/cloud.md's sources the
+    expectation comes from. (An EIP on a secondary private IP serves Terway pods, which the namespace lab does not
+    run: tests/cloud/test_documented.py covers it through the SDK and the engine.)"""
     assert f"| {page} |" in (Path(__file__).resolve().parents[2] / "docs" / "cloud.md").read_text()
     rs = LABS["host-gw"]
     state = cloud_state(rs)
