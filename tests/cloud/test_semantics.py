@@ -37,9 +37,10 @@ def codes(result) -> list[str]:
 
 
 def test_priority_then_drop_wins_at_equal_priority(collect) -> None:
-    """ECS "Security group rules" / "Create a security group": 1 is the highest priority; rules that
-    differ only in their action: the drop (Forbid) rule wins. InnerAccessPolicy Drop so the rules decide
-    (ModifySecurityGroupPolicy)."""
+    """ECS "Create a security group" (https://www.alibabacloud.com/help/en/elastic-compute-service/latest/
+    create-a-security-group-2): 1 is the highest priority; rules that differ only in their action: the drop
+    (Forbid) rule wins. InnerAccessPolicy Drop so the rules decide (ModifySecurityGroupPolicy,
+    https://www.alibabacloud.com/help/en/ecs/developer-reference/api-modifysecuritygrouppolicy)."""
     state = healthy()
     state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
     perms = state["security_groups"][0]["Permissions"]
