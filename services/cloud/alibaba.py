@@ -60,7 +60,7 @@ from aliyunsdkvpc.request.v20160428.DescribeVpcsRequest import DescribeVpcsReque
 from aliyunsdkvpc.request.v20160428.DescribeVSwitchesRequest import DescribeVSwitchesRequest
 from aliyunsdkvpc.request.v20160428.ListIpv4GatewaysRequest import ListIpv4GatewaysRequest
 
-from services.cloud.provider import CloudError, CloudProvider
+from services.cloud.provider import CloudApiError, CloudError, CloudProvider
 from shared.cloud import (
     AccessControlList,
     BackendHealth,
@@ -190,7 +190,8 @@ class AlibabaProvider(CloudProvider):
                 if code.startswith(FATAL):
                     raise CloudError(f"{action}: {code} (check the AccessKey)") from None
                 if not code.startswith(RETRYABLE) or attempt == self.max_attempts:
-                    raise
+                    # the SDK's exception never leaves the provider: callers handle one error type
+                    raise CloudApiError(action, code, exc.get_error_msg()) from None
             except ClientException as exc:
                 if exc.get_error_code() != "SDK.HttpError" or attempt == self.max_attempts:
                     raise CloudError(f"{action}: {exc.get_error_code()}: {exc.get_error_msg()}") from None
@@ -247,9 +248,9 @@ class AlibabaProvider(CloudProvider):
             try:  # EIPs are regional: the ones bound to secondary private IPs of ENIs matter here
                 _add(inv, "eips", [_eip(e) for e in self.paged(region, DescribeEipAddressesRequest,
                                                                "EipAddresses", "EipAddress")])
-            except ServerException as exc:
+            except CloudApiError as exc:
                 inv.eips = None
-                errors.append(f"EIPs of {region}: {exc.get_error_code()}: {exc.get_error_msg()}")
+                errors.append(f"EIPs of {region}: {exc}")
         if unmatched:
             self._match_by_ip(unmatched, inv, statements)
         inv.statements.extend(statements)
@@ -299,8 +300,8 @@ class AlibabaProvider(CloudProvider):
         def part(what: str, fn: Callable[[], None]) -> None:
             try:
                 fn()
-            except ServerException as exc:  # one unreadable kind of object must not hide the others
-                errors.append(f"{what} of {vpc_id}: {exc.get_error_code()}: {exc.get_error_msg()}")
+            except CloudApiError as exc:  # one unreadable kind of object must not hide the others
+                errors.append(f"{what} of {vpc_id}: {exc}")
 
         # every instance of the VPC, so group membership and route next hops resolve for non-nodes too
         part("instances", lambda: inv.instances.extend(self._instances_in(region, vpc_id)))
@@ -410,8 +411,8 @@ class AlibabaProvider(CloudProvider):
         for pl_id in prefix_ids:
             try:
                 body = self.call(region, DescribePrefixListAttributesRequest(), PrefixListId=pl_id)
-            except ServerException as exc:
-                errors.append(f"prefix list {pl_id}: {exc.get_error_code()}: {exc.get_error_msg()}")
+            except CloudApiError as exc:
+                errors.append(f"prefix list {pl_id}: {exc}")
                 continue
             _add(inv, "prefix_lists", [PrefixList(
                 id=pl_id, name=body.get("PrefixListName", ""), address_family=body.get("AddressFamily") or "IPv4",
@@ -419,8 +420,8 @@ class AlibabaProvider(CloudProvider):
         for pr_id in port_ids:
             try:
                 body = self.call(region, DescribePortRangeListEntriesRequest(), PortRangeListId=pr_id)
-            except ServerException as exc:
-                errors.append(f"port list {pr_id}: {exc.get_error_code()}: {exc.get_error_msg()}")
+            except CloudApiError as exc:
+                errors.append(f"port list {pr_id}: {exc}")
                 continue
             _add(inv, "port_lists", [PortRangeList(
                 id=pr_id, entries=[e["PortRange"] for e in _items(body, "Entries", "Entry")])])
@@ -430,8 +431,8 @@ class AlibabaProvider(CloudProvider):
         try:
             lbs = list(self.paged(region, DescribeLoadBalancersRequest,
                                   "LoadBalancers", "LoadBalancer"))
-        except ServerException as exc:
-            errors.append(f"load balancers of {region}: {exc.get_error_code()}: {exc.get_error_msg()}")
+        except CloudApiError as exc:
+            errors.append(f"load balancers of {region}: {exc}")
             return
         if addresses or ids:
             lbs = [lb for lb in lbs if lb.get("Address") in addresses or lb["LoadBalancerId"] in ids]
@@ -439,8 +440,8 @@ class AlibabaProvider(CloudProvider):
         def detail(raw: dict[str, Any]) -> LoadBalancer | None:
             try:
                 return self._load_balancer(region, raw["LoadBalancerId"], inv)
-            except ServerException as exc:
-                errors.append(f"load balancer {raw['LoadBalancerId']}: {exc.get_error_code()}: {exc.get_error_msg()}")
+            except CloudApiError as exc:
+                errors.append(f"load balancer {raw['LoadBalancerId']}: {exc}")
                 return None
 
         inv.load_balancers.extend(lb for lb in self._fan_out(detail, lbs) if lb is not None)
