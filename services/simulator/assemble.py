@@ -23,7 +23,6 @@ from shared.schemas import (
     StageEnvelope,
     Verdict,
 )
-from shared.topology import TopologyReport
 
 STAGE = "simulator"
 
@@ -85,7 +84,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report = TopologyReport.model_validate(env.topology)
+        report = env.topology
         model = ModelSimulator(report, env.request).run()
         paths = model.paths
         findings = _merge(findings, model.findings)
