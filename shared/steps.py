@@ -97,7 +97,7 @@ class _Info(_Part):
 # ---------------------------------------------------------------- parts
 
 
-class Endpoint(_Part):
+class NatEndpoint(_Part):
     address: IPvAnyAddress
     port: int | None = Field(None, ge=0, le=65535, description="absent when the rewrite keeps the port")
 
@@ -161,7 +161,7 @@ class LbBackend(_Part):
     node: str | None = Field(None, description="the Kubernetes node, when the server is a node's instance")
 
 
-class Socket(_Part):
+class SocketMatch(_Part):
     protocol: str = Field(description="tcp, udp")
     address: str = Field(description="bound address; 0.0.0.0 / :: for the wildcard")
     port: int
@@ -214,8 +214,8 @@ class NatInfo(_Info):
     kind: Literal[StepKind.NAT] = StepKind.NAT
     type: Literal["DNAT", "SNAT", "MASQUERADE", "REDIRECT"] | None = Field(
         None, description="the translation; DNAT/REDIRECT rewrite the destination, SNAT/MASQUERADE the source")
-    original: Endpoint | None = Field(None, description="the rewritten side before")
-    translated: Endpoint | None = Field(None, description="the rewritten side after (absent: no translation)")
+    original: NatEndpoint | None = Field(None, description="the rewritten side before")
+    translated: NatEndpoint | None = Field(None, description="the rewritten side after (absent: no translation)")
     reverse: bool = Field(False, description="conntrack translating a reply back")
     rule: RuleHit | None = Field(None, description="the netfilter rule that did it")
     virtual_server: str | None = Field(None, description="IPVS: the virtual server")
@@ -357,7 +357,7 @@ class DeliveryInfo(_Info):
     """The end of the path: a socket (or the kernel) takes the packet, or it leaves the cluster."""
 
     kind: Literal[StepKind.DELIVERY] = StepKind.DELIVERY
-    socket: Socket | None = Field(None, description="the socket lookup's match")
+    socket: SocketMatch | None = Field(None, description="the socket lookup's match")
     reply: bool = Field(False, description="the reply reaching the client's connection")
 
 

@@ -20,7 +20,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
-from shared.steps import Endpoint as EndpointInfo
+from shared.steps import NatEndpoint
 from shared.steps import RuleHit as RuleHitInfo
 
 
@@ -35,8 +35,8 @@ def rule_hit(hit: RuleHit) -> RuleHitInfo:
                        family=hit.family or None)
 
 
-def endpoint_info(end: Endpoint) -> EndpointInfo:
-    return EndpointInfo(address=end[0], port=end[1])  # type: ignore[arg-type]
+def endpoint_info(end: Endpoint) -> NatEndpoint:
+    return NatEndpoint(address=end[0], port=end[1])  # type: ignore[arg-type]
 
 
 def copy_state(st: FlowState) -> FlowState:
