@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.render import render_diagnosis
+from shared import steps
 from shared.schemas import Diagnosis, Step, StepAction, StepKind
 from shared.steps import NatEndpoint, NatInfo, RouteInfo, RuleHit, StepInfo, TunnelInfo
 
@@ -113,3 +114,25 @@ def test_text_render_reads_the_typed_detail() -> None:
            f"#{drop.info.decided_by.position}: {drop.info.decided_by.rule}" in text  # type: ignore[union-attr]
     assert "→ NETWORK_POLICY_DENY" in text and "matched " not in text
     assert "matched filter/FORWARD #1" in render_diagnosis(d, verbose=True)
+
+
+def test_every_field_is_documented() -> None:
+    """The OpenAPI document and docs/steps.md say what each field means (the kind is its own answer)."""
+    models = [m for m in vars(steps).values() if isinstance(m, type) and issubclass(m, BaseModel)
+              and m.__module__ == steps.__name__ and not m.__name__.startswith("_")]
+    undocumented = [f"{m.__name__}.{name}" for m in models for name, field in m.model_fields.items()
+                    if not field.description and name != "kind"]
+    assert len(models) > 16 and undocumented == []
+
+
+def test_docs_list_every_kind_and_field() -> None:
+    doc = (HERE.parent.parent / "docs" / "steps.md").read_text()
+    models = [m for m in vars(steps).values() if isinstance(m, type) and issubclass(m, BaseModel)
+              and m.__module__ == steps.__name__ and not m.__name__.startswith("_")]
+    for model in models:
+        assert f"`{model.__name__}`" in doc, model.__name__
+        section = doc.split(f"`{model.__name__}`", 1)[1].split("\n### ", 1)[0]
+        common = ("kind", "finding", "legacy_evidence")  # listed once, for every kind
+        missing = [f for f in model.model_fields if f not in common and f"| `{f}` |" not in section]
+        assert not missing, (model.__name__, missing)
+    assert all(f"`{k.value}`" in doc for k in StepKind) and "| `finding` |" in doc and "| `legacy_evidence` |" in doc
