@@ -9,6 +9,7 @@ field. docs/steps.md lists the kinds and how to add a field or a kind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -389,9 +390,10 @@ StepInfo = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(StepInfo)
 
 
-def step_info(kind: StepKind, **fields: Any) -> Any:
+def step_info(kind: StepKind, **fields: Any) -> _Info:
     """The detail model of `kind` from keyword fields (None values are left out)."""
-    return _ADAPTER.validate_python({"kind": kind, **{k: v for k, v in fields.items() if v is not None}})
+    info: _Info = _ADAPTER.validate_python({"kind": kind, **{k: v for k, v in fields.items() if v is not None}})
+    return info
 
 
 # ---------------------------------------------------------------- results stored before typed steps
@@ -411,7 +413,8 @@ def _legacy_route(evidence: dict[str, Any]) -> dict[str, Any]:
     return {**inner, **{k: v for k, v in evidence.items() if k != "evidence"}} if isinstance(inner, dict) else evidence
 
 
-_LEGACY: dict[StepKind, Any] = {StepKind.NETFILTER: _legacy_netfilter, StepKind.ROUTE: _legacy_route}
+_LEGACY: dict[StepKind, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    StepKind.NETFILTER: _legacy_netfilter, StepKind.ROUTE: _legacy_route}
 
 
 def from_evidence(kind: StepKind | str, evidence: dict[str, Any]) -> dict[str, Any]:

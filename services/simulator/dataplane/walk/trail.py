@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.netfilter import FlowState, RuleHit
+from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.world import NetnsView, Place
 from shared.schemas import (
     FinalState,
@@ -33,6 +34,12 @@ def packet(st: FlowState, iif: str | None = None, oif: str | None = None) -> Pac
 def rule_hit(hit: RuleHit) -> RuleHitInfo:
     return RuleHitInfo(table=hit.label, chain=hit.chain, position=hit.position, rule=hit.rule,
                        family=hit.family or None)
+
+
+def route_info(d: RouteDecision) -> dict[str, object]:
+    """A route decision as RouteInfo fields (addresses as they are, not as text)."""
+    return dict(type=d.type, table=d.table, route=d.route, dev=d.dev, gateway=d.gateway, src=d.src, onlink=d.onlink,
+                probability=d.probability, rules=d.rules)
 
 
 def endpoint_info(end: Endpoint) -> NatEndpoint:

@@ -21,7 +21,15 @@ from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
-from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, endpoint_info, packet, rule_hit
+from services.simulator.dataplane.walk.trail import (
+    NatEntry,
+    Trail,
+    copy_state,
+    endpoint_info,
+    packet,
+    route_info,
+    rule_hit,
+)
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
@@ -400,7 +408,7 @@ class Walker:
                 found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
                                 evidence=first.as_dict())
             c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
-                         packet(st, iif), destination=st.dst, finding=found.code, **first.as_dict())
+                         packet(st, iif), destination=st.dst, finding=found.code, **route_info(first))
             self.finish(c, FinalState.DROP, found.code, found)
             return []
         pairs = []
@@ -412,7 +420,7 @@ class Walker:
             detail = (f"{note + ': ' if note else ''}route lookup for {st.dst}: {d.route} → "
                       + ("local delivery" if d.delivers_locally else f"dev {d.dev}{via}") + share)
             ci.trail.step(ci.trail.hop(view), StepKind.ROUTE, action, detail, packet(st, iif), destination=st.dst,
-                          **d.as_dict())
+                          **route_info(d))
             ci.trail.probability *= d.probability
             pairs.append((ci, d))
         return pairs
