@@ -10,7 +10,6 @@ import secrets
 import time
 from datetime import UTC, datetime
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
@@ -18,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validato
 # re-exported: contracts import these names from here
 from shared.findings import Assumption, Finding
 from shared.findings import Severity as Severity
+from shared.steps import IPAddress as IPAddress
 from shared.steps import StepAction as StepAction
 from shared.steps import StepInfo, StepKind, from_evidence, step_info
 from shared.topology import TopologyReport
 
 SCHEMA_VERSION = 1
 
-IPAddress = IPv4Address | IPv6Address
 
 
 def now() -> datetime:

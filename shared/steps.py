@@ -11,18 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
     model_serializer,
 )
+
+# addresses are ipaddress objects; the union (not pydantic's IPvAnyAddress) takes one as it is
+IPAddress = IPv4Address | IPv6Address
 
 
 class StepKind(StrEnum):
@@ -99,7 +102,7 @@ class _Info(_Part):
 
 
 class NatEndpoint(_Part):
-    address: IPvAnyAddress = Field(description="the address before or after the rewrite")
+    address: IPAddress = Field(description="the address before or after the rewrite")
     port: int | None = Field(None, ge=0, le=65535, description="absent when the rewrite keeps the port")
 
     def __str__(self) -> str:
@@ -156,7 +159,7 @@ class VpcRouteEntry(_Part):
 class LbBackend(_Part):
     server_id: str = Field(description="the backend server (ECS instance or ENI id)")
     type: str = Field(description="ecs (a node's NodePort) or eni (a pod address)")
-    ip: IPvAnyAddress | None = Field(None, description="the server's address")
+    ip: IPAddress | None = Field(None, description="the server's address")
     port: int | None = Field(None, description="the port the load balancer sends to")
     health: str = Field(description="normal, abnormal, unavailable, unknown")
     node: str | None = Field(None, description="the Kubernetes node, when the server is a node's instance")
@@ -185,14 +188,14 @@ class RouteInfo(_Info):
     """A kernel FIB lookup (`ip route get`): policy rules walked, then the matched route."""
 
     kind: Literal[StepKind.ROUTE] = StepKind.ROUTE
-    destination: IPvAnyAddress | None = Field(None, description="the address looked up")
+    destination: IPAddress | None = Field(None, description="the address looked up")
     type: str | None = Field(None, description="route type: unicast, local, broadcast, multicast, blackhole, "
                                                "unreachable, prohibit; no_route when nothing matched")
     table: int | None = Field(None, description="routing table of the matched route (254 = main, 255 = local)")
     route: str | None = Field(None, description="the matched route as `ip route` prints it")
     dev: str | None = Field(None, description="output device")
-    gateway: IPvAnyAddress | None = Field(None, description="next-hop router (`via`); absent: on-link destination")
-    src: IPvAnyAddress | None = Field(None, description="preferred source address of the route")
+    gateway: IPAddress | None = Field(None, description="next-hop router (`via`); absent: on-link destination")
+    src: IPAddress | None = Field(None, description="preferred source address of the route")
     onlink: bool = Field(False, description="the route's `onlink` flag (gateway reachable without a covering "
                                             "route)")
     probability: float = Field(1.0, ge=0, le=1, description="this next hop's share under ECMP")
@@ -268,7 +271,7 @@ class LinkInfo(_Info):
     device: str | None = Field(None, description="the device the packet leaves by (or the one that is down)")
     peer: str | None = Field(None, description="the device on the far side (veth peer, the other node's NIC)")
     peer_where: str | None = Field(None, description="where the peer is: `pod ns/name`, `node n`")
-    next_hop: IPvAnyAddress | None = Field(None, description="the route's gateway, or the destination itself")
+    next_hop: IPAddress | None = Field(None, description="the route's gateway, or the destination itself")
     state: str | None = Field(None, description="operstate when the link is the problem")
     admin_up: bool | None = Field(None, description="administratively up (`ip link set up`), when the link is "
                                                     "the problem")
@@ -281,7 +284,7 @@ class BridgeInfo(_Info):
     bridge: str | None = Field(None, description="the bridge device")
     port_in: str | None = Field(None, description="the port the frame came in through")
     port_out: str | None = Field(None, description="the port the FDB (or a local veth peer) sends it out of")
-    next_hop: IPvAnyAddress | None = Field(None, description="the address whose port is looked for")
+    next_hop: IPAddress | None = Field(None, description="the address whose port is looked for")
     bridge_nf_call_iptables: bool | None = Field(None, description="whether iptables sees bridged frames")
     hairpin: bool | None = Field(None, description="port_out's hairpin flag, when the frame goes back out")
 
@@ -290,7 +293,7 @@ class NeighborInfo(_Info):
     """A neighbour (ARP/NDP) entry the next hop needs."""
 
     kind: Literal[StepKind.NEIGHBOR] = StepKind.NEIGHBOR
-    address: IPvAnyAddress | None = Field(None, description="the neighbour's IP address (the next hop)")
+    address: IPAddress | None = Field(None, description="the neighbour's IP address (the next hop)")
     device: str | None = Field(None, description="the device the entry is on")
     lladdr: str | None = Field(None, description="MAC address of the entry")
     state: str | None = Field(None, description="NUD state (REACHABLE, STALE, FAILED, PERMANENT …) or what is "
@@ -315,8 +318,8 @@ class TunnelInfo(_Info):
     encapsulation: Literal["vxlan", "ipip"] | None = Field(None, description="the overlay's encapsulation")
     device: str | None = Field(None, description="the tunnel device")
     vni: int | None = Field(None, description="vxlan network identifier")
-    outer_src: IPvAnyAddress | None = Field(None, description="outer header source (the local tunnel endpoint)")
-    outer_dst: IPvAnyAddress | None = Field(None, description="outer header destination (the remote endpoint)")
+    outer_src: IPAddress | None = Field(None, description="outer header source (the local tunnel endpoint)")
+    outer_dst: IPAddress | None = Field(None, description="outer header destination (the remote endpoint)")
     outer_dport: int | None = Field(None, description="outer UDP destination port (vxlan)")
 
 
@@ -356,7 +359,7 @@ class LoadBalancerInfo(_Info):
     kind: Literal[StepKind.LOAD_BALANCER] = StepKind.LOAD_BALANCER
     lb: str | None = Field(None, description="load balancer id")
     status: str | None = Field(None, description="the load balancer's or listener's status when it decides")
-    address: IPvAnyAddress | None = Field(None, description="the load balancer's address")
+    address: IPAddress | None = Field(None, description="the load balancer's address")
     listener_port: int | None = Field(None, description="the listener the packet's port selects")
     listeners: list[str] = Field(default_factory=list, description="`port/protocol` of each listener")
     backends: list[LbBackend] = Field(default_factory=list, description="the listener's backend servers and "
