@@ -57,7 +57,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
-from shared.steps import Endpoint as StepEndpoint
+from shared.steps import NatEndpoint
 from shared.topology import CandidatePath, EndpointKind, TopologyReport
 
 STAGE = "simulator"
@@ -184,8 +184,8 @@ def _entry_hop(ctx: _Context, node: str, packet: Packet) -> Hop:
     hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE,
                              f"the load balancer delivers to NodePort on {node}; kube-proxy forwards to the endpoint "
                              f"{packet.dst} on another node, masqueraded to {after.src} (externalTrafficPolicy "
-                             "Cluster)", packet, after, type="MASQUERADE", original=StepEndpoint(address=packet.src),
-                             translated=StepEndpoint(address=after.src) if after is not packet else None))
+                             "Cluster)", packet, after, type="MASQUERADE", original=NatEndpoint(address=packet.src),
+                             translated=NatEndpoint(address=after.src) if after is not packet else None))
     return hop
 
 
