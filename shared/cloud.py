@@ -332,16 +332,21 @@ class CloudInventory(_Model):
     ipv4_gateways: list[Ipv4Gateway] | None = None
 
     def merge(self, other: CloudInventory) -> CloudInventory:
-        """Union of two inventories (e.g. one file per region)."""
+        """Union of two inventories (e.g. one file per region). An optional collection one of them did
+        not collect stays not collected (None): part of the cloud would otherwise pass for having none."""
         data = self.model_dump()
         for key, value in other.model_dump().items():
-            if isinstance(value, list):
-                mine = data[key] or []
-                data[key] = mine + [v for v in value if v not in mine]
+            if key in _OPTIONAL and (value is None or data[key] is None):
+                data[key] = None
+            elif isinstance(value, list):
+                data[key] = data[key] + [v for v in value if v not in data[key]]
             elif isinstance(value, dict):
                 data[key] = {**data[key], **value}
         data["modelled"] = self.modelled or other.modelled
         return CloudInventory.model_validate(data)
+
+
+_OPTIONAL = ("prefix_lists", "port_lists", "network_acls", "eips", "ipv4_gateways")
 
 
 def empty_inventory(provider: str = "none", reason: str = "no cloud provider configured") -> CloudInventory:

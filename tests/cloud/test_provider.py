@@ -270,3 +270,12 @@ def test_the_new_objects_round_trip_through_a_snapshot(collect, tmp_path) -> Non
     dump_inventory(inv, tmp_path / "cloud")
     loaded = load_inventory(tmp_path / "cloud")
     assert loaded == inv and loaded.network_acls and loaded.prefix_lists and loaded.eips and loaded.ipv4_gateways
+
+
+def test_merging_with_an_older_inventory_keeps_not_collected(collect) -> None:
+    """One region's file from before network ACLs were collected: the merged cloud does not pass for having none."""
+    new = collect(healthy())
+    old = CloudInventory(provider="alibaba", regions=["cn-beijing"])
+    assert old.network_acls is None and new.network_acls == []
+    assert new.merge(old).network_acls is None and old.merge(new).eips is None
+    assert new.merge(new).network_acls == []
