@@ -24,7 +24,7 @@ from shared.schemas import (
     StageEnvelope,
     Verdict,
 )
-from shared.topology import EndpointKind, TopologyReport
+from shared.topology import EndpointKind, TopologyReport, private_use
 
 STAGE = "simulator"
 
@@ -111,7 +111,7 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
     """A private destination nothing we know owns (no pod, node, Service or cloud address), reached by
     leaving the cluster: whatever is there was not checked, so the answer cannot be a confident REACHABLE."""
     dst = report.dst
-    if dst.kind != EndpointKind.UNKNOWN or report.service is not None or not any(
+    if dst.kind != EndpointKind.UNKNOWN or not private_use(dst.address) or report.service is not None or not any(
             p.direction == "forward" and p.final == FinalState.FORWARD for p in paths):
         return None
     modelled = inventory is not None and inventory.modelled
