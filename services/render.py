@@ -1,5 +1,9 @@
 """Text rendering of a diagnosis, the way a senior engineer answers: the verdict first,
-then the first failing hop and why, then the path(s), then what to do."""
+then the first failing hop and why, then the path(s), then what to do.
+
+Each explanation is printed once: a finding whose message is already the verdict's summary (a
+policy explanation runs to hundreds of characters) is not repeated under "because" or in the
+findings list, which then refers to it."""
 
 from __future__ import annotations
 
@@ -15,12 +19,20 @@ def _hop_line(hop: Hop) -> str:
     return f"{MARK[hop.status]} [{hop.kind.value}] {hop.name}{addr}{where}"
 
 
-def _finding_lines(f: Finding) -> list[str]:
+def _finding_lines(f: Finding, explained: bool, fixed: bool) -> list[str]:
     where = f" @ {f.hop}" if f.hop else ""
-    return [f"  {SEVERITY_TAG[f.severity]} {f.code}{where}: {f.message}", f"         fix: {f.suggestion}"]
+    text = "(explained above)" if explained else f.message
+    lines = [f"  {SEVERITY_TAG[f.severity]} {f.code}{where}: {text}"]
+    return lines if fixed else [*lines, f"         fix: {f.suggestion}"]
 
 
-def render_path(path: Path, verbose: bool = False) -> list[str]:
+def _once(detail: str, said: str) -> str:
+    """A step detail whose explanation the summary already gave: its head only."""
+    head, sep, rest = detail.partition(": ")
+    return f"{head}: (explained above)" if sep and len(rest) > 40 and rest in said else detail
+
+
+def render_path(path: Path, verbose: bool = False, said: str = "") -> list[str]:
     cause = f" ({path.cause})" if path.cause else ""
     lines = [f"  path {path.id} [{path.direction}] → {path.final.value}{cause}"
              + (f": {path.description}" if path.description else "")]
@@ -31,7 +43,7 @@ def render_path(path: Path, verbose: bool = False) -> list[str]:
                 pkt = ""
                 if step.action == StepAction.REWRITE and step.packet_in and step.packet_out:
                     pkt = f"  [{step.packet_in} ⇒ {step.packet_out}]"
-                lines.append(f"         {step.kind.value}: {step.action.value} {step.detail}{pkt}")
+                lines.append(f"         {step.kind.value}: {step.action.value} {_once(step.detail, said)}{pkt}")
     return lines
 
 
@@ -42,20 +54,23 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         return "\n".join(out)
     r = d.result
     out.append(f"verdict: {r.verdict.value} — {r.summary}")
+    fixed: Finding | None = None
     failure = r.first_failure  # the UI shows the same
     if failure:
         out.append(f"{failure.label}: {failure.hop_name} ({failure.hop_kind.value}) on path {failure.path}")
+        fixed = next((f for f in r.findings if f.hop == failure.hop and f.code == failure.code), None)
         if failure.because:
-            out.append(f"  because: {failure.because}")
+            if failure.because not in r.summary:
+                out.append(f"  because: {failure.because}")
             out.append(f"  fix:     {failure.fix}")
     if r.paths:
         out.append("paths:")
         for path in r.paths:
-            out.extend(render_path(path, verbose))
+            out.extend(render_path(path, verbose, said=r.summary))
     if r.findings:
         out.append("findings:")
         for f in sorted(r.findings, key=lambda f: list(Severity).index(f.severity)):
-            out.extend(_finding_lines(f))
+            out.extend(_finding_lines(f, explained=f is fixed or f.message in r.summary, fixed=f is fixed))
     if r.assumptions:
         out.append("assumptions:")
         for a in r.assumptions:

@@ -40,8 +40,7 @@ _ENTRIES = [
                 "a not-ready pod is removed from Service endpoints."),
     FindingCode("NETWORK_POLICY_DENY", E,
                 "network policy verdict of {policies}: deny the packet from {src} to {dst}, because {reason}",
-                "Add an {direction} rule to one of the isolating policies ({policies}) that admits "
-                "this peer and port, or remove the policy that isolates the pod."),
+                "{change} (or remove the policy that isolates the pod)."),
     FindingCode("NO_LISTENER", E, "no process listening on {address}:{port}/{protocol} in {where}",
                 "Start the server or fix its bind address/port in {where}{service_hint}."),
     FindingCode("NO_ROUTE", E, "no route to host {dst} in {where}",

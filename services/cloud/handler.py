@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from services.cloud.provider import CloudError, CloudProvider, make_provider
+from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
 from shared.cloud import LB_ID_ANNOTATION, CloudInventory, empty_inventory, load_inventory
 from shared.codes import finding
@@ -37,6 +38,7 @@ class CloudStage(Stage):
         self.bus = bus
         self.settings = settings
         self._provider = provider
+        self._blobs = ContentBlobs(bus, "cloud")
 
     @property
     def provider(self) -> CloudProvider:
@@ -50,7 +52,10 @@ class CloudStage(Stage):
         findings: list[Finding] = []
         snapshot_cloud = self.settings.snapshot / "cloud" if self.settings.snapshot is not None else None
         # a snapshot's own cloud/ wins; without one, a configured provider reads the cloud live
-        if snapshot_cloud is not None and (snapshot_cloud.is_dir() or self.settings.cloud_provider == "none"):
+        from_snapshot = snapshot_cloud is not None and (snapshot_cloud.is_dir()
+                                                        or self.settings.cloud_provider == "none")
+        if from_snapshot:
+            assert snapshot_cloud is not None
             inventory = await self._from_snapshot(snapshot_cloud, findings)
         elif self.settings.cloud_provider == "none":
             inventory = empty_inventory("none", "cloud provider is 'none'")
@@ -69,7 +74,9 @@ class CloudStage(Stage):
                         for e in inventory.errors]
         if inventory.modelled:
             data = inventory.model_dump_json().encode()
-            cloud: Any = await self.bus.put_blob(f"{env.id}/cloud.json", data)
+            # a snapshot's inventory is the same for every diagnosis: stored once, by content
+            cloud: Any = (await self._blobs.put(data) if from_snapshot
+                          else await self.bus.put_blob(f"{env.id}/cloud.json", data))
         else:
             cloud = inventory.model_dump(mode="json")
         await self.bus.progress(env.id, self.name, "progress",

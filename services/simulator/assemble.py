@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
-from services.simulator.dataplane.walk import walk
+from services.simulator.dataplane.walk import NodeView, walk
 from services.simulator.modelpath import ModelSimulator
-from shared.bus import Bus
+from shared.blobcache import Decoded
+from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
-from shared.netstack import NodeDump, decode_dump
+from shared.netstack import decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -134,15 +137,18 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
                                       could_change_outcome=True))
     else:
         report = TopologyReport.model_validate(env.topology)
-        model = ModelSimulator(report, env.request).run()
+        # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
+        # heartbeats (a short ack_wait then redelivers only what a dead replica held)
+        model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        dumps, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus)
         findings = _merge(findings, load_findings)
-        if dumps:
+        if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply)
+            walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+                                             expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -163,18 +169,29 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
     return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:
-    dumps: dict[str, NodeDump] = {}
+# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
+# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
+# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
+NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+
+
+async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+    views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
-        return dumps, problems
+        return views, problems
     for node, ref in env.nodes.items():
+        # only data that is absent or broken is missing data; the bus not answering (a timeout, a
+        # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            dumps[node] = decode_dump(await bus.get_blob(ref))
-        except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
+            views[node] = await NODE_VIEWS.get(bus, ref)
+        except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
+                raise
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
-    return dumps, problems
+    return views, problems
 
 
 def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
@@ -196,7 +213,7 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
 async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
     """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
     if isinstance(env.cloud, BlobRef):
-        return CloudInventory.model_validate_json(await bus.get_blob(env.cloud)) if bus else None
+        return await _INVENTORIES.get(bus, env.cloud) if bus else None
     return CloudInventory.model_validate(env.cloud) if env.cloud else None
 
 

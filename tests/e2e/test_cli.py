@@ -49,9 +49,11 @@ def test_unreachable_text_answer_exits_1() -> None:
     assert lines[1].startswith("verdict: UNREACHABLE — network policy verdict of secure/default-deny-all: deny the "
                                "packet")
     assert lines[2] == "first failing hop: secure/vault-0 (pod) on path p0"
-    assert lines[3].startswith("  because: network policy verdict of secure/default-deny-all")
-    assert lines[4].startswith("  fix:     Add an ingress rule")
-    assert "ERROR NETWORK_POLICY_DENY @ pod:secure/vault-0" in run.stdout
+    # the long policy explanation is the verdict's summary: printed once, not again as "because" or a finding
+    assert lines[3].startswith("  fix:     Add to policy secure/default-deny-all an ingress peer namespaceSelector ")
+    assert lines[3].endswith("on port 8200/TCP (or remove the policy that isolates the pod).")
+    assert run.stdout.count("is isolated for ingress and no rule allows") == 1
+    assert "ERROR NETWORK_POLICY_DENY @ pod:secure/vault-0: (explained above)" in run.stdout
     assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("1 forward path(s): 1 dropped")
 
 
@@ -118,12 +120,15 @@ def test_batch_keeps_order_and_reports_bad_lines() -> None:
     assert [o["result"]["verdict"] for o in answered] == ["AMBIGUOUS", "UNREACHABLE", "UNDETERMINED"]
 
 
-def test_batch_of_valid_lines_exits_0_whatever_the_verdicts() -> None:
-    run = netdiag("diagnose", "--snapshot", POLICY, "--batch", "-",
-                  stdin=request_line(POLICY_CASES["ingress_deny"]) + "\n")
-    assert run.returncode == 0, run.stderr
-    (doc,) = [json.loads(line) for line in run.stdout.splitlines()]
-    assert doc["result"]["verdict"] == "UNREACHABLE"
+def test_batch_exits_with_the_worst_line() -> None:
+    """0 only when every line is REACHABLE: a script can gate on `netdiag diagnose --batch`."""
+    reachable = netdiag("diagnose", "--snapshot", SHOP, "--batch", "-",
+                        stdin=request_line(SHOP_CASES["policy_allow"]) + "\n")
+    assert reachable.returncode == 0, reachable.stderr
+    lines = [request_line(SHOP_CASES["policy_allow"]), request_line(SHOP_CASES["policy_deny"])]
+    run = netdiag("diagnose", "--snapshot", SHOP, "--batch", "-", stdin="\n".join(lines) + "\n")
+    assert run.returncode == 1, run.stderr
+    assert [json.loads(line)["result"]["verdict"] for line in run.stdout.splitlines()] == ["REACHABLE", "UNREACHABLE"]
 
 
 # ------------------------------------------------------------------ matrix

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.config import Settings
+from shared.intake import RequestInvalid, parse_request
 from shared.schemas import (
     BlobRef,
     Diagnosis,
@@ -82,13 +83,14 @@ def test_request_port_is_strictly_an_integer(port: object) -> None:
     assert error_fields(exc.value) == {"port"}
 
 
-def test_request_from_json_is_the_one_parser() -> None:
+def test_parse_request_is_the_one_parser() -> None:
     """The API body and a --batch line go through the same parser: 53.0 is JSON's integer 53."""
-    assert DiagnosisRequest.from_json(json.dumps({**BASE, "port": 53.0})).port == 53
-    with pytest.raises(ValidationError):
-        DiagnosisRequest.from_json(json.dumps({**BASE, "port": "53"}))
-    with pytest.raises(ValueError, match="JSON object"):
-        DiagnosisRequest.from_json("[1]")
+    assert parse_request(json.dumps({**BASE, "port": 53.0})).port == 53
+    with pytest.raises(RequestInvalid) as exc:
+        parse_request(json.dumps({**BASE, "port": "53"}))
+    assert exc.value.status == 422 and [f["field"] for f in exc.value.fields] == ["port"]
+    with pytest.raises(RequestInvalid, match="JSON object"):
+        parse_request("[1]")
 
 
 @pytest.mark.parametrize(("change", "field"), [
