@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, IPvAnyAddress
 
-from shared.schemas import Assumption, Finding, IPAddress
+from shared.findings import Assumption, Finding
+from shared.steps import IPAddress
 
 # Address space a private network numbers its own hosts from (RFC 1918, the shared/CGNAT space clouds use
 # inside a VPC, IPv6 ULA): an address there that no object we know owns is someone's unknown host. Other

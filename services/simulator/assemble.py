@@ -136,7 +136,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report = TopologyReport.model_validate(env.topology)
+        report = env.topology
         # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
         # heartbeats (a short ack_wait then redelivers only what a dead replica held)
         model = await asyncio.to_thread(ModelSimulator(report, env.request).run)

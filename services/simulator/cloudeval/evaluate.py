@@ -34,7 +34,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
-from shared.steps import Endpoint, LbBackend, SecurityGroupRuleRef, VpcRouteEntry
+from shared.steps import LbBackend, NatEndpoint, SecurityGroupRuleRef, VpcRouteEntry
 from shared.topology import ServiceResolution
 
 STAGE = "cloud"
@@ -282,7 +282,7 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
     if public is not None:
         hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{flow.src} leaves through its public address "
                                  f"{public}", _packet(flow), _packet(flow, src=public), type="SNAT",
-                                 original=Endpoint(address=flow.src), translated=Endpoint(address=public),
+                                 original=NatEndpoint(address=flow.src), translated=NatEndpoint(address=public),
                                  nic=nic.id))
         internet = result.hop("internet", HopKind.INTERNET, "internet")
     else:
@@ -310,7 +310,7 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
         if entry is None:
             nat_hop.steps.append(Step.of(
                 StepKind.NAT, StepAction.DROP, f"no SNAT entry of {nat.id} covers {flow.src} (vSwitch "
-                f"{nic.vswitch_id})", _packet(flow), type="SNAT", original=Endpoint(address=flow.src),
+                f"{nic.vswitch_id})", _packet(flow), type="SNAT", original=NatEndpoint(address=flow.src),
                 nat_gateway=nat.id, finding="NAT_NO_SNAT",
                 snat_entries=[f"{e.id} {e.source_cidr or e.source_vswitch_id} → {e.snat_ip}"
                               for e in nat.snat_entries]))
@@ -320,7 +320,7 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
         nat_hop.steps.append(Step.of(
             StepKind.NAT, StepAction.REWRITE, f"SNAT entry {entry.id} of {nat.id} translates {flow.src} to {snat_ip}",
             _packet(flow), _packet(flow, src=snat_ip) if snat_ip else None, type="SNAT",
-            original=Endpoint(address=flow.src), translated=Endpoint(address=snat_ip) if snat_ip else None,
+            original=NatEndpoint(address=flow.src), translated=NatEndpoint(address=snat_ip) if snat_ip else None,
             nat_gateway=nat.id, snat_entry=entry.id))
         if nat.status != "Available":
             result.assume(f"NAT gateway {nat.id} is {nat.status}, not Available", could_change_outcome=True)
