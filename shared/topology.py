@@ -27,6 +27,7 @@ PRIVATE_USE = tuple(ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.
 def private_use(address: IPAddress) -> bool:
     return any(address.version == net.version and address in net for net in PRIVATE_USE)
 
+
 TOPOLOGY_VERSION = 1
 
 
