@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Literal
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
-from services.simulator.dataplane.walk.trail import copy_state, packet
+from services.simulator.dataplane.walk.trail import copy_state, packet, route_info
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
@@ -224,7 +224,7 @@ class Crossing:
         if unknown is not None:  # the destination itself is a free address of this node's pod network
             found = unknown.model_copy(update={"hop": view.hop_id, "severity": Severity.ERROR, "message": (
                 f"{unknown.message}: it is in {view.node}'s pod network, but no pod on {view.node} has it "
-                f"(no port of {bridge.name} leads to it)")})
+                f"(no port of {bridge.name} leads to it)"), "evidence": {**unknown.evidence, "refines": unknown.hop}})
             return self.w.drop(c, found, view, f"{bridge.name}: no pod on {view.node} has {nh}", StepKind.BRIDGE)
         return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
                                       where=view.where, state="unresolvable (no bridge port leads to it)"),
@@ -319,7 +319,7 @@ class Crossing:
             return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=d.route, where=view.where,
                                           expected=expected, dst=dst, evidence={"route": d.as_dict()}),
                                view, f"{dst} is in the pod network of {expected_node}, but the route sends it to "
-                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **d.as_dict())
+                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **route_info(d))
         bad = self._neighbor_failed(c, view, link.name, nh)
         if bad is not None:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
