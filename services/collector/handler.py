@@ -110,6 +110,10 @@ class CollectorStage(Stage):
             reply = await request_dump(self.bus, node, max(0.05, deadline - time.monotonic()),
                                        diagnosis_id=env.id, pod_ips=pod_ips)
         except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            if not await self.bus.round_trip():
+                # not the agent's silence: the bus itself is away or frozen, which says nothing about
+                # the node; the stage runner retries the diagnosis once NATS answers again
+                raise TimeoutError(f"no answer from NATS while asking {node}") from exc
             ms = (time.perf_counter() - started) * 1000
             metrics.COLLECTOR_TIMEOUTS.labels(node).inc()
             log.warning("node %s did not answer (%s)", node, type(exc).__name__,
@@ -123,6 +127,8 @@ class CollectorStage(Stage):
         ms = (time.perf_counter() - started) * 1000
         await self.bus.progress(env.id, self.name, "progress", f"{node} answered in {ms:.0f} ms", node=node,
                                 ms=round(ms, 1), ok=reply.ok)
+        if not reply.ok and reply.retryable:
+            raise TimeoutError(f"the agent on {node} could not reach NATS: {reply.error}")
         if not reply.ok or reply.blob is None:
             log.warning("the agent on %s failed: %s", node, reply.error,
                         extra=log_context(diagnosis_id=env.id, stage=self.name, node=node))

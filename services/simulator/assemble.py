@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import NodeView, walk
 from services.simulator.modelpath import ModelSimulator
 from shared.blobcache import Decoded
-from shared.bus import Bus
+from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
@@ -87,7 +89,9 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
                                       could_change_outcome=True))
     else:
         report = TopologyReport.model_validate(env.topology)
-        model = ModelSimulator(report, env.request).run()
+        # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
+        # heartbeats (a short ack_wait then redelivers only what a dead replica held)
+        model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
@@ -95,8 +99,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         findings = _merge(findings, load_findings)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = walk(report, env.request, {n: v.dump for n, v in views.items()}, expected=findings,
-                          reply=env.request.options.check_reply, views=views)
+            walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+                                             expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -126,9 +130,13 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
     if bus is None:
         return views, problems
     for node, ref in env.nodes.items():
+        # only data that is absent or broken is missing data; the bus not answering (a timeout, a
+        # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
             views[node] = await _NODES.get(bus, ref)
-        except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
+        except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
+                raise
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
     return views, problems
