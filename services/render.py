@@ -7,7 +7,8 @@ findings list, which then refers to it."""
 
 from __future__ import annotations
 
-from shared.schemas import Diagnosis, FinalState, Finding, Hop, HopStatus, Path, Severity, StepAction
+from shared.schemas import Diagnosis, Finding, Hop, HopStatus, Path, Severity, Step, StepAction
+from shared.steps import NatInfo, NetfilterInfo, PolicyInfo, RouteInfo, RuleHit, SecurityGroupInfo, ServiceInfo
 
 MARK = {HopStatus.OK: "  ", HopStatus.WARNING: "!~", HopStatus.ERROR: "!!", HopStatus.UNKNOWN: "??"}
 SEVERITY_TAG = {Severity.ERROR: "ERROR", Severity.WARNING: "WARN ", Severity.INFO: "info "}
@@ -17,19 +18,6 @@ def _hop_line(hop: Hop) -> str:
     addr = f" {hop.address}" if hop.address else ""
     where = f" on {hop.node}" if hop.node and hop.kind.value != "node" else ""
     return f"{MARK[hop.status]} [{hop.kind.value}] {hop.name}{addr}{where}"
-
-
-def _first_failure(paths: list[Path]) -> tuple[str, Path, Hop] | None:
-    for path in paths:
-        for hop in path.hops:
-            if hop.status == HopStatus.ERROR:
-                return "first failing hop", path, hop
-    # nothing failed, but a path could not be followed (e.g. an unknown address): say where it stopped
-    for path in paths:
-        for hop in path.hops:
-            if path.final == FinalState.ABORT and hop.status == HopStatus.UNKNOWN:
-                return "could not follow past", path, hop
-    return None
 
 
 def _finding_lines(f: Finding, explained: bool, fixed: bool) -> list[str]:
@@ -45,6 +33,39 @@ def _once(detail: str, said: str) -> str:
     return f"{head}: (explained above)" if sep and len(rest) > 40 and rest in said else detail
 
 
+def _rule(hit: RuleHit) -> str:
+    return f"{hit.table}/{hit.chain} #{hit.position}: {hit.rule}"
+
+
+def _facts(step: Step, verbose: bool) -> list[str]:
+    """What the step's typed detail adds to its sentence: the rule that decided, the finding it raised;
+    with `verbose`, every rule matched and the routing table."""
+    info, out = step.info, []
+    if isinstance(info, NetfilterInfo):
+        if info.decided_by is not None:
+            out.append(f"decided by {_rule(info.decided_by)}")
+        if verbose:
+            out += [f"matched {_rule(hit)}" for hit in info.rules if hit != info.decided_by]
+    elif isinstance(info, NatInfo) and info.rule is not None and verbose:
+        out.append(f"by {_rule(info.rule)}")
+    elif isinstance(info, PolicyInfo):
+        if info.enforced_by is not None and info.enforced_by.rule not in step.detail:
+            out.append(f"enforced by {_rule(info.enforced_by)}")
+        if info.allowed_by is not None and verbose:
+            out.append(f"allowed by {info.allowed_by.policy} rule {info.allowed_by.rule}")
+    elif isinstance(info, SecurityGroupInfo) and info.rule is not None:
+        rule = info.rule
+        out.append(f"rule {rule.id or '(no id)'} of {info.group}: {rule.policy} priority {rule.priority} "
+                   f"{rule.protocol} {rule.port_range}")
+    elif isinstance(info, ServiceInfo) and verbose:
+        out += [f"kube-proxy {r}" for r in info.rules]
+    elif isinstance(info, RouteInfo) and verbose and info.table is not None:
+        out.append(f"table {info.table}; rules walked: {', '.join(info.rules) or 'none'}")
+    if info.finding and step.action in (StepAction.DROP, StepAction.ABORT):
+        out.append(f"→ {info.finding}")
+    return out
+
+
 def render_path(path: Path, verbose: bool = False, said: str = "") -> list[str]:
     cause = f" ({path.cause})" if path.cause else ""
     lines = [f"  path {path.id} [{path.direction}] → {path.final.value}{cause}"
@@ -57,6 +78,7 @@ def render_path(path: Path, verbose: bool = False, said: str = "") -> list[str]:
                 if step.action == StepAction.REWRITE and step.packet_in and step.packet_out:
                     pkt = f"  [{step.packet_in} ⇒ {step.packet_out}]"
                 lines.append(f"         {step.kind.value}: {step.action.value} {_once(step.detail, said)}{pkt}")
+                lines.extend(f"             {fact}" for fact in _facts(step, verbose))
     return lines
 
 
@@ -68,17 +90,14 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     r = d.result
     out.append(f"verdict: {r.verdict.value} — {r.summary}")
     fixed: Finding | None = None
-    failure = _first_failure(r.paths)
+    failure = r.first_failure  # the UI shows the same
     if failure:
-        label, path, hop = failure
-        out.append(f"{label}: {hop.name} ({hop.kind.value}) on path {path.id}")
-        for f in r.findings:
-            if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause):
-                if f.message not in r.summary:
-                    out.append(f"  because: {f.message}")
-                out.append(f"  fix:     {f.suggestion}")
-                fixed = f
-                break
+        out.append(f"{failure.label}: {failure.hop_name} ({failure.hop_kind.value}) on path {failure.path}")
+        fixed = next((f for f in r.findings if f.hop == failure.hop and f.code == failure.code), None)
+        if failure.because:
+            if failure.because not in r.summary:
+                out.append(f"  because: {failure.because}")
+            out.append(f"  fix:     {failure.fix}")
     if r.paths:
         out.append("paths:")
         for path in r.paths:
@@ -92,7 +111,6 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         for a in r.assumptions:
             flag = " (could change the outcome)" if a.could_change_outcome else ""
             out.append(f"  - [{a.stage}] {a.text}{flag}")
-    delivered = sum(1 for p in r.paths if p.final == FinalState.DELIVER)
     if r.paths:
-        out.append(f"{delivered}/{len(r.paths)} path(s) deliver")
+        out.append(r.counts.text)  # the one counting rule, also the UI's
     return "\n".join(out)

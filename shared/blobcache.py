@@ -59,3 +59,7 @@ class Decoded(Generic[T]):
         while len(self._items) > self.size:
             self._items.popitem(last=False)
         return item
+
+    def clear(self) -> None:
+        """Forget every decoded blob (the next `get` fetches from the store again)."""
+        self._items.clear()

@@ -39,11 +39,10 @@ _ENTRIES = [
                 "Check `kubectl describe pod {pod}` for failing readiness probes or crash loops; "
                 "a not-ready pod is removed from Service endpoints."),
     FindingCode("NETWORK_POLICY_DENY", E,
-                "network policy {policies} deny the packet from {src} to {dst}: {reason}",
+                "network policy verdict of {policies}: deny the packet from {src} to {dst}, because {reason}",
                 "{change} (or remove the policy that isolates the pod)."),
     FindingCode("NO_LISTENER", E, "no process listening on {address}:{port}/{protocol} in {where}",
-                "Start the server or fix its bind address/port; check the container's listen "
-                "port matches the Service targetPort ({port})."),
+                "Start the server or fix its bind address/port in {where}{service_hint}."),
     FindingCode("NO_ROUTE", E, "no route to host {dst} in {where}",
                 "Add a route for {dst} (e.g. the pod CIDR route of the destination node) or "
                 "check the CNI's route programming on {where}."),
@@ -145,12 +144,25 @@ _ENTRIES = [
     FindingCode("ECS_INSTANCE_NOT_RUNNING", E, "ECS instance {instance} of node {node} is {status}, not Running",
                 "Start the instance {instance} (check overdue payment, a manual stop or a failed "
                 "maintenance event)."),
+    FindingCode("VPC_NETWORK_ACL_DENY", E, "network ACL {acl} of vSwitch {vswitch} drops {packet} ({direction}): "
+                "{entry}", "Add an {direction} accept entry for {packet} to network ACL {acl} ahead of {entry}; "
+                "network ACLs are stateless, so allow the reply direction too."),
+    FindingCode("VPC_NEXT_HOP_NOT_FORWARDING", E, "route entry {route} in {route_table} points at {next_hop}, which "
+                "is {state}: it does not forward", "Start {next_hop} (or attach the ENI to a running instance), or "
+                "point the route entry for {route} at a next hop that forwards."),
+    FindingCode("LB_BACKEND_WEIGHT_ZERO", W, "backend {backend} of slb {lb} listener {port} has weight 0: the load "
+                "balancer forwards it no request", "Give {backend} a weight above 0 on {lb} (SetBackendServers / "
+                "the vServer group), or remove it from the server group if it should not serve."),
     FindingCode("LB_BACKEND_MISMATCH", E, "backends of slb {lb} listener {port} do not match service {service}: "
                 "{detail}", "Let the cloud controller resync the load balancer of {service} (check its "
                 "events and logs), or fix the vserver group by hand."),
     FindingCode("UNKNOWN_ADDRESS", W, "address {address} belongs to no pod, node or Service known to the "
                 "cluster", "Check the address; if it is a pod that just restarted, its IP may have "
                 "changed."),
+    FindingCode("SERVICE_NOT_FOUND", E, "no Service has address {address}: it is in the Service CIDR {cidr}, "
+                "where only kube-proxy's rules for an existing Service answer",
+                "Check the address the client uses (`kubectl get svc -A -o wide | grep {address}`); a Service "
+                "that was deleted and re-created has a new ClusterIP, so connect to its DNS name instead."),
     FindingCode("COLLECTOR_UNAVAILABLE", E, "node {node} did not answer the collection request within "
                 "{timeout_s}s: its network state is unknown", "Check the netdiag agent on {node} "
                 "(DaemonSet pod running, NATS reachable).", abort=True),

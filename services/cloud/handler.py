@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from services.cloud.provider import CloudError, CloudProvider, make_provider
@@ -55,7 +56,7 @@ class CloudStage(Stage):
                                                         or self.settings.cloud_provider == "none")
         if from_snapshot:
             assert snapshot_cloud is not None
-            inventory = await asyncio.to_thread(load_inventory, snapshot_cloud)
+            inventory = await self._from_snapshot(snapshot_cloud, findings)
         elif self.settings.cloud_provider == "none":
             inventory = empty_inventory("none", "cloud provider is 'none'")
         else:
@@ -89,14 +90,32 @@ class CloudStage(Stage):
     async def _collect(self, env: StageEnvelope, findings: list[Finding]) -> CloudInventory:
         if env.topology is None:
             return empty_inventory(self.settings.cloud_provider, "no topology to find the nodes on the path")
-        topology = TopologyReport.model_validate(env.topology)
+        topology = env.topology
         nodes, addresses, lb_ids = _targets(topology)
         try:
             return await asyncio.to_thread(self.provider.collect, nodes, addresses, lb_ids)
         except CloudError as exc:
             log.warning("cloud inventory not collected: %s", exc)
-            findings.append(finding("DATA_MISSING", None, what="the cloud inventory", reason=str(exc)))
-            return empty_inventory(self.settings.cloud_provider, f"the cloud could not be read: {exc}")
+            reason = str(exc)
+        except Exception as exc:  # a provider's unexpected failure is missing cloud data, never a failed diagnosis
+            log.exception("cloud provider %s failed", self.settings.cloud_provider)
+            reason = f"the provider failed: {type(exc).__name__}: {exc}"
+        return _unreadable(self.settings.cloud_provider, "the cloud inventory", reason, findings)
+
+    async def _from_snapshot(self, directory: Path, findings: list[Finding]) -> CloudInventory:
+        """The snapshot's cloud/: a file that is not an inventory degrades like a corrupt node dump does
+        (DATA_MISSING, the cloud layer unmodelled and said so), instead of failing every diagnosis."""
+        try:
+            return await asyncio.to_thread(load_inventory, directory)
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError and JSON errors are ValueErrors
+            text = str(exc)
+            return _unreadable("snapshot", f"the cloud inventory in {directory}",
+                               text if len(text) < 300 else text[:300] + "…", findings)
+
+
+def _unreadable(provider: str, what: str, reason: str, findings: list[Finding]) -> CloudInventory:
+    findings.append(finding("DATA_MISSING", None, what=what, reason=reason))
+    return empty_inventory(provider, f"the cloud could not be read: {reason}")
 
 
 def _targets(topology: TopologyReport) -> tuple[list[dict[str, Any]], list[str], list[str]]:

@@ -144,7 +144,11 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     bus, store = request.app[BUS], request.app[STORE]
     if not bus.connected:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
-    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now())
+    try:
+        source = await asyncio.wait_for(store.current_source(), 3)
+    except (TimeoutError, nats.errors.Error):
+        source = None  # the topology stage names it on the way
+    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now(), source=source)
     # The root span of the diagnosis (continuing a caller's traceparent, if any): publish_model
     # injects it into the NATS headers, so every stage's span joins this one trace.
     with tracer.start_as_current_span("netdiag.gateway.create_diagnosis", kind=trace.SpanKind.SERVER,
@@ -223,16 +227,24 @@ async def list_diagnoses(request: web.Request) -> web.Response:
     if not request.app[BUS].connected:
         return bus_down("the result store (NATS)")
     try:
+        # the history of the cluster served now (an earlier `up` against another cluster is not this one's);
+        # ?source=all lists every diagnosis, ?source=<name> another cluster's
+        wanted = request.query.get("source") or await asyncio.wait_for(store.current_source(), KV_READ_TIMEOUT_S)
         ids = await asyncio.wait_for(store.ids(), KV_READ_TIMEOUT_S)
         if after:
             ids = [i for i in ids if i < after]
-        page = ids[:limit]
-        items = [d for d in await asyncio.gather(*(_read(request, i) for i in page)) if d is not None]
+        found: list[Diagnosis] = []
+        for start in range(0, len(ids), limit * 2):  # read in batches until one more than a page matched
+            batch = await asyncio.gather(*(_read(request, i) for i in ids[start:start + limit * 2]))
+            found += [d for d in batch if d is not None and wanted in ("all", d.source)]
+            if len(found) > limit:
+                break
     except (TimeoutError, nats.errors.Error):
         return bus_down("the result store (NATS)")
+    items = found[:limit]
     body = {
         "items": [json.loads(d.model_dump_json(exclude={"result": {"paths"}})) for d in items],
-        "next": page[-1] if len(ids) > limit else None,
+        "next": items[-1].id if len(found) > limit else None,
     }
     return web.json_response(body)
 
@@ -375,15 +387,17 @@ def _background(app: web.Application) -> Any:
 
 async def cluster_summary(request: web.Request) -> web.Response:
     """The topology stage's cluster summary (shared/cluster.py), as it published it."""
+    bus = request.app[BUS]
     try:
-        kv = await request.app[BUS].cluster_kv()
+        kv = await bus.cluster_kv()
         entry = await kv.get(SUMMARY_KEY)
+        body = await bus.unpack(entry.value or b"")  # a large cluster's summary lives in the object store
     except KeyNotFoundError:
         return error(404, "no cluster summary yet: the topology stage publishes it once its cluster model "
                           "is loaded (snapshot) or synced (live)")
     except (TimeoutError, nats.errors.Error):
         return bus_down("the cluster summary store (NATS)")
-    return web.Response(body=entry.value, content_type="application/json")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def finding_codes(_: web.Request) -> web.Response:

@@ -25,7 +25,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
-from shared.steps import Endpoint as NatEndpoint
+from shared.steps import NatEndpoint
 from shared.topology import CandidatePath, Endpoint, EndpointKind, TopologyReport
 
 STAGE = "simulator"
@@ -35,7 +35,7 @@ STAGE = "simulator"
 # from Service endpoints, which topology has already done).
 BREAKING = {
     "POD_NOT_RUNNING", "SERVICE_NO_ENDPOINT", "SERVICE_PORT_NOT_FOUND", "TARGET_PORT_NOT_FOUND",
-    "NO_LOCAL_ENDPOINT", "LB_SOURCE_RANGE_DENY",
+    "NO_LOCAL_ENDPOINT", "LB_SOURCE_RANGE_DENY", "SERVICE_NOT_FOUND",
 }
 NOT_BREAKING_ERRORS = {"POD_NOT_READY", "NODE_NOT_READY"}
 

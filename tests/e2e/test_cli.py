@@ -46,14 +46,15 @@ def test_unreachable_text_answer_exits_1() -> None:
     assert run.returncode == 1, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("diagnosis ") and lines[0].endswith(": tcp 10.244.1.10 → 10.244.2.12:8200")
-    assert lines[1].startswith("verdict: UNREACHABLE — network policy secure/default-deny-all deny the packet")
+    assert lines[1].startswith("verdict: UNREACHABLE — network policy verdict of secure/default-deny-all: deny the "
+                               "packet")
     assert lines[2] == "first failing hop: secure/vault-0 (pod) on path p0"
     # the long policy explanation is the verdict's summary: printed once, not again as "because" or a finding
     assert lines[3].startswith("  fix:     Add to policy secure/default-deny-all an ingress peer namespaceSelector ")
     assert lines[3].endswith("on port 8200/TCP (or remove the policy that isolates the pod).")
     assert run.stdout.count("is isolated for ingress and no rule allows") == 1
     assert "ERROR NETWORK_POLICY_DENY @ pod:secure/vault-0: (explained above)" in run.stdout
-    assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("0/1 path(s) deliver")
+    assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("1 forward path(s): 1 dropped")
 
 
 def test_reachable_exits_0() -> None:
@@ -77,7 +78,8 @@ def test_ambiguous_exits_2() -> None:
     run = netdiag("diagnose", "--snapshot", POLICY, *request_args(POLICY_CASES["one_endpoint_denied"]))
     assert run.returncode == 2, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy prod/default-deny-ingress")
+    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy verdict of "
+                               "prod/default-deny-ingress")
     assert lines[2] == "first failing hop: prod/search-1 (pod) on path p1"
 
 

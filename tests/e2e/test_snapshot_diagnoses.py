@@ -92,8 +92,9 @@ def test_ingress_deny_drops_at_the_destination_pod(policy: dict[str, Diagnosis])
     # node data is missing (kubernetes/ only), the deny is certain anyway: it is stated, not hidden
     assert codes_at(d) == {("NETWORK_POLICY_DENY", "pod:secure/vault-0", "error")} | missing_nodes("node-1", "node-2")
     deny = next(f for f in d.result.findings if f.code == "NETWORK_POLICY_DENY")
-    assert deny.message.startswith("network policy secure/default-deny-all deny the packet from 10.244.1.10 to "
-                                   "10.244.2.12:8200: pod secure/vault-0 is isolated for ingress")
+    assert deny.message.startswith("network policy verdict of secure/default-deny-all: deny the packet from "
+                                   "10.244.1.10 to 10.244.2.12:8200, because pod secure/vault-0 is isolated for "
+                                   "ingress")
     assert "it has no ingress rules" in deny.message
     assert d.result.summary == deny.message
     first_failing(d, "UNREACHABLE", "secure/vault-0", "pod")
@@ -105,7 +106,7 @@ def test_allow_from_namespace_denies_another_namespace_and_says_why(policy: dict
     assert finals(d) == [("DROP", "NETWORK_POLICY_DENY")]
     deny = next(f for f in d.result.findings if f.code == "NETWORK_POLICY_DENY")
     assert deny.hop == "pod:prod/api-7d9f8b6c5-a1b2c"
-    assert "network policy prod/allow-from-web, prod/default-deny-ingress deny" in deny.message
+    assert "network policy verdict of prod/allow-from-web, prod/default-deny-ingress: deny" in deny.message
     assert 'namespace "default" {kubernetes.io/metadata.name=default} does not match namespaceSelector team=web' \
         in deny.message
     first_failing(d, "UNREACHABLE", "prod/api-7d9f8b6c5-a1b2c", "pod")
@@ -215,8 +216,8 @@ def test_one_endpoint_denied_is_ambiguous(policy: dict[str, Diagnosis]) -> None:
     assert d.result is not None and d.result.verdict == "AMBIGUOUS"
     assert finals(d) == [("DELIVER", None), ("DROP", "NETWORK_POLICY_DENY")]
     assert ("NETWORK_POLICY_DENY", "pod:prod/search-1", "error") in codes_at(d)
-    assert d.result.summary.startswith("1 of 2 paths deliver; network policy prod/default-deny-ingress deny the "
-                                       "packet from 10.244.1.10 to 10.244.2.14:9200")
+    assert d.result.summary.startswith("1 of 2 paths deliver; network policy verdict of prod/default-deny-ingress: "
+                                       "deny the packet from 10.244.1.10 to 10.244.2.14:9200")
     # the delivering path's hops are clean: the deny belongs to the other endpoint only
     assert all(h.status.value == "ok" for h in d.result.paths[0].hops)
     first_failing(d, "AMBIGUOUS", "prod/search-1", "pod", "p1")

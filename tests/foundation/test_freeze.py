@@ -33,6 +33,9 @@ REQUEST = {"src": SRC, "dst": DST, "port": PORT, "protocol": PROTO}
 def freezing_simulator(server: NatsServer, freezes: list[float]) -> type[SimulatorStage]:
     class Freezing(SimulatorStage):
         async def handle(self, env: StageEnvelope) -> StageEnvelope:
+            # dumps this stage decoded before are cached by digest: forget them, so this run reads
+            # them from the object store while the server is frozen
+            self.blobs.nodes.clear()
             if freezes:
                 assert server.proc is not None
                 pid, seconds = server.proc.pid, freezes.pop(0)

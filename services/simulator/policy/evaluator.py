@@ -248,7 +248,9 @@ class PolicyIndex:
     def _direction(self, direction: Direction, subject: Pod | None, remote: Pod | None,
                    packet: PacketKey) -> DirectionVerdict:
         if subject is None:
-            return _open(direction, None, f"the {_side(direction)} is not a pod: no NetworkPolicy applies")
+            # the subject is the sender for egress, the receiver for ingress (_side names the remote end)
+            subject_side = "source" if direction == "egress" else "destination"
+            return _open(direction, None, f"the {subject_side} is not a pod: no {direction} NetworkPolicy applies")
         isolating = self.selecting(subject, direction)
         refs = tuple(p.ref for p in isolating)
         if not isolating:

@@ -48,7 +48,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
             _reply_outcome(trail, backs)
         out.paths.append(trail.to_path(path_id, description))
         _collect(out, trail)
-    for n, (path_id, back) in enumerate(replies):
+    numbered: dict[str, int] = {}  # reply ids follow their forward path: p1.reply0, p1.reply1, …
+    for path_id, back in replies:
+        n = numbered[path_id] = numbered.get(path_id, -1) + 1
         out.paths.append(back.to_path(f"{path_id}.reply{n}", f"reply of {path_id}", "reply"))
         _collect(out, back)
     return out

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Literal
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
-from services.simulator.dataplane.walk.trail import copy_state, packet
+from services.simulator.dataplane.walk.trail import copy_state, packet, route_info
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop
 from shared.netstack import Link
-from shared.schemas import FinalState, Finding, HopKind, StepAction, StepKind
+from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
 from shared.topology import EndpointKind
 
 if TYPE_CHECKING:
@@ -212,6 +212,12 @@ class Crossing:
                          f"pod {pod} ({nh}): its veth pair is gone", packet(c.st), device=bridge.name, next_hop=nh,
                          peer_where=f"pod {pod}", finding=found.code)
             return self.w.finish(c, FinalState.DROP, found.code, found)
+        unknown = self.w.expect.code_at("UNKNOWN_ADDRESS") if not self.w.reply and nh == self.w.request.dst else None
+        if unknown is not None:  # the destination itself is a free address of this node's pod network
+            found = unknown.model_copy(update={"hop": view.hop_id, "severity": Severity.ERROR, "message": (
+                f"{unknown.message}: it is in {view.node}'s pod network, but no pod on {view.node} has it "
+                f"(no port of {bridge.name} leads to it)"), "evidence": {**unknown.evidence, "refines": unknown.hop}})
+            return self.w.drop(c, found, view, f"{bridge.name}: no pod on {view.node} has {nh}", StepKind.BRIDGE)
         return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
                                       where=view.where, state="unresolvable (no bridge port leads to it)"),
                            view, f"{bridge.name}: no port leads to {nh}", StepKind.BRIDGE, bridge=bridge.name,
@@ -305,7 +311,7 @@ class Crossing:
             return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=d.route, where=view.where,
                                           expected=expected, dst=dst, evidence={"route": d.as_dict()}),
                                view, f"{dst} is in the pod network of {expected_node}, but the route sends it to "
-                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **d.as_dict())
+                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **route_info(d))
         bad = self._neighbor_failed(c, view, link.name, nh)
         if bad is not None:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
@@ -314,12 +320,13 @@ class Crossing:
                      "cluster's nodes", packet(c.st, c.iif, link.name), device=link.name, next_hop=nh)
         c.trail.left = (view.place, copy_state(c.st), link.name)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
-        return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
+        return self.w.external(c, kind, lambda: str(dst))  # the hop kind (internet/external) says where
 
     def _untranslated(self, c: Cursor, view: NetnsView, dst: IPAddress) -> list:
         """A Service-range address leaving the node untranslated: nothing behind it will answer."""
         known = next((f for f in self.w.expect.findings if f.code in ("SERVICE_PORT_NOT_FOUND",
-                                                                       "SERVICE_NO_ENDPOINT")), None)
+                                                                       "SERVICE_NO_ENDPOINT", "SERVICE_NOT_FOUND")),
+                     None)
         detail = f"{dst}:{c.st.dport}/{c.st.protocol} is a Service address no rule translated: it leaves {view.node} " \
                  "untranslated and nothing answers it"
         if known is not None:

@@ -21,7 +21,15 @@ from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
-from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, endpoint_info, packet, rule_hit
+from services.simulator.dataplane.walk.trail import (
+    NatEntry,
+    Trail,
+    copy_state,
+    endpoint_info,
+    packet,
+    route_info,
+    rule_hit,
+)
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
@@ -32,6 +40,7 @@ from shared.schemas import (
     Hop,
     HopKind,
     Severity,
+    Step,
     StepAction,
     StepKind,
 )
@@ -399,7 +408,7 @@ class Walker:
                 found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
                                 evidence=first.as_dict())
             c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
-                         packet(st, iif), destination=st.dst, finding=found.code, **first.as_dict())
+                         packet(st, iif), destination=st.dst, finding=found.code, **route_info(first))
             self.finish(c, FinalState.DROP, found.code, found)
             return []
         pairs = []
@@ -411,7 +420,7 @@ class Walker:
             detail = (f"{note + ': ' if note else ''}route lookup for {st.dst}: {d.route} → "
                       + ("local delivery" if d.delivers_locally else f"dev {d.dev}{via}") + share)
             ci.trail.step(ci.trail.hop(view), StepKind.ROUTE, action, detail, packet(st, iif), destination=st.dst,
-                          **d.as_dict())
+                          **route_info(d))
             ci.trail.probability *= d.probability
             pairs.append((ci, d))
         return pairs
@@ -483,7 +492,8 @@ class Walker:
                              src=c.st.src, reverse_device=rev_dev, mode="strict" if mode == 1 else "loose",
                              evidence={"reverse_route": [d.as_dict() for d in reverse]}),
                   view, f"rp_filter={mode} on {dev}: the route back to {c.st.src} leaves via {rev_dev}",
-                  StepKind.SYSCTL, name="rp_filter", value=mode, device=dev, reverse_device=rev_dev)
+                  StepKind.SYSCTL, name=f"net.ipv4.conf.{dev}.rp_filter", value=mode, device=dev,
+                  reverse_device=rev_dev)
         return False
 
     # ------------------------------------------------------------ netfilter
@@ -545,6 +555,8 @@ class Walker:
                 st.dst = entry.orig[0]  # type: ignore[assignment]
                 st.dport = entry.orig[1] if entry.orig[1] is not None else st.dport
             c.trail.pending_reverse.remove(entry)
+            if entry.orig == entry.new:
+                continue  # a no-op translation has nothing to undo
             c.trail.step(c.trail.hop(view), StepKind.NAT, StepAction.REWRITE, f"conntrack {hook}: reply of the "
                          f"{entry.kind} {entry.before} → {entry.after} translated back", before,
                          packet(st, st.iif, st.oif), type=entry.kind, original=endpoint_info(entry.new),
@@ -567,7 +579,7 @@ class Walker:
             return True
         verdict = br.verdict or "ACCEPT"
         action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
-        trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
+        step = trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
             f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
             action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
             hook=hook, verdict=verdict, rules=rules, reject_with=br.reject_with,
@@ -577,10 +589,15 @@ class Walker:
             orig = (before.dst, before.dport) if dnat else (before.src, before.sport)  # type: ignore[attr-defined]
             new = (after.dst, after.dport) if dnat else (after.src, after.sport)
             trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
-            trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
-                       f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
-                       type=rec.kind, original=endpoint_info(orig), translated=endpoint_info(new),
-                       rule=rule_hit(rec.hit))
+            where = f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})"
+            nat_info = {"type": rec.kind, "original": endpoint_info(orig), "translated": endpoint_info(new),
+                        "rule": rule_hit(rec.hit)}
+            if orig == new:  # e.g. a node's own packet masqueraded to the address it already has: no rewrite
+                trail.step(hop, StepKind.NAT, StepAction.INFO, f"{rec.kind} {where} keeps {rec.before}: the packet "
+                           "is not changed (conntrack still records the binding)", **nat_info)
+                continue
+            trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} {where}",
+                       before, after, **nat_info)  # type: ignore[arg-type]
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
             dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
             self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "
@@ -588,7 +605,7 @@ class Walker:
                               rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
             return True
-        self._netfilter_drop(c, view, hook, br)
+        self._netfilter_drop(c, view, hook, br, step)
         return False
 
     def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
@@ -605,7 +622,9 @@ class Walker:
                    **info)
         trail.hops.insert(len(trail.hops) - 1, svc)
 
-    def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
+    def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch, step: Step) -> None:
+        """Why the hook dropped: a policy, kube-proxy, or the rule itself (`step`, the hook's own step,
+        then names the finding)."""
         hit = br.decided_by
         rule = hit.rule if hit else f":{hook} DROP"
         fields = dict(where=view.where, table=hit.label if hit else "?", chain=hit.chain if hit else hook,
@@ -639,6 +658,7 @@ class Walker:
                             chain=hit.chain, rule=rule, evidence={"hook": hook, "position": hit.position})
         else:
             found = finding("IPTABLES_DROP", view.hop_id, **fields)
+        step.info.finding = found.code
         self.finish(c, FinalState.DROP, found.code, found)
 
     def _check_endpoints(self, cursors: list[Cursor], branches: list[Branch], view: NetnsView) -> None:
