@@ -434,11 +434,18 @@ async def _snapshot_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from services.collector.agent import run_agent
+    import asyncio
 
-    settings = _settings(args, nats_url=args.nats_url, live_probe=args.live_probe or None,
-                         drop_metrics=args.drop_metrics or None, metrics_port=args.metrics_port)
-    return int(run_agent(settings, args.node, args.netns) or 0)
+    from services.collector.agent import run_agent
+    from shared.bus import BusUnavailable
+
+    try:
+        settings = _settings(args, nats_url=args.nats_url, live_probe=args.live_probe or None,
+                             drop_metrics=args.drop_metrics or None, metrics_port=args.metrics_port)
+        asyncio.run(run_agent(settings, args.node, args.netns))
+    except BusUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    return 0
 
 
 # ------------------------------------------------------------------ parser
