@@ -60,7 +60,7 @@ class CliError(Exception):
 
 
 async def _sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    event, data = "message", []
+    event, data = "message", list[str]()
     async for raw in resp.content:
         line = raw.decode().rstrip("\n")
         if not line:

@@ -171,7 +171,7 @@ class Bus:
     async def progress(self, diagnosis_id: str, stage: str, state: str, message: str = "",
                        elapsed_ms: float | None = None, **detail: Any) -> None:
         """Fire-and-forget: the stream still records it (for SSE replay) without a round trip."""
-        event = ProgressEvent(id=diagnosis_id, stage=stage, state=state, message=message,  # type: ignore[arg-type]
+        event = ProgressEvent(id=diagnosis_id, stage=stage, state=state, message=message,
                               elapsed_ms=elapsed_ms, detail=detail)
         try:
             await self.nc.publish(progress_subject(diagnosis_id), event.model_dump_json().encode())

@@ -61,8 +61,8 @@ class NatsServer:
         ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = self.data_dir / "nats-server.log"
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {log}")
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see "
+                                   f"{self.data_dir / 'nats-server.log'}")
             if ports_file.exists():
                 try:
                     client = json.loads(ports_file.read_text())["nats"][0]

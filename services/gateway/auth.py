@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from kubernetes import client
 
 from shared.config import Settings
@@ -149,7 +150,7 @@ def _unauthorized(message: str) -> web.Response:
     return web.json_response({"error": message}, status=401, headers={"WWW-Authenticate": 'Bearer realm="netdiag"'})
 
 
-def auth_middleware(valid: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(valid: Authenticator) -> Middleware:
     async def refusal(candidate: str | None, message: str) -> web.Response | None:
         """None when `candidate` is accepted; else a 401 with `message` (a 503 when it cannot be checked)."""
         try:
@@ -190,7 +191,7 @@ class _Bucket:
     stamp: float = field(default_factory=time.monotonic)
 
 
-def rate_limit_middleware(rps: float, burst: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def rate_limit_middleware(rps: float, burst: int) -> Middleware:
     """A token bucket per client address: `burst` at once, `rps` sustained; 429 with Retry-After."""
     buckets: dict[str, _Bucket] = {}
 
@@ -219,11 +220,11 @@ def rate_limit_middleware(rps: float, burst: int) -> Callable[[web.Request, Hand
 
 def security_middlewares(
     settings: Settings | None,
-) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+) -> list[Middleware]:
     """Rate limit first (an unauthenticated flood is limited too), then authentication."""
     if settings is None:  # an app built for its routes only (the OpenAPI test)
         return []
-    out = []
+    out: list[Middleware] = []
     if settings.rate_limit_rps:
         out.append(rate_limit_middleware(settings.rate_limit_rps, settings.rate_limit_burst))
     authenticator = Authenticator.from_settings(settings)

@@ -127,9 +127,10 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
             _merge_internet_hop(result, path.hops[at])
     elif src_node and dst_node and src_node != dst_node:
         # the underlay lies between the last hop on the source node and the first on the destination node
-        at = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == dst_node), None)
-        if at is None or _dropped_before(path, at):
+        arrives = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == dst_node), None)
+        if arrives is None or _dropped_before(path, arrives):
             return None
+        at = arrives
         packet, notes = _leaving(report, src_node, path, at, request)
         encapsulation, tunnel_notes = _tunnel(report, packet)
         result = evaluate_node_to_node(index, src_node, dst_node, packet, encapsulation=encapsulation,
@@ -144,7 +145,9 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
     _extend(findings, result.findings)
     _extend(assumptions, result.assumptions)
     # only a delivered request has a reply that starts at dst_node (a FORWARD path left the cluster)
-    if back is None or not result.passed or path.final != FinalState.DELIVER or not request.options.check_reply:
+    if back is None or src_node is None or dst_node is None:  # set together: the packet crossed between nodes
+        return None
+    if not result.passed or path.final != FinalState.DELIVER or not request.options.check_reply:
         return None
     reply = evaluate_node_to_node(index, dst_node, src_node, back, encapsulation=_tunnel(report, back)[0],
                                   vxlan_port=VXLAN_PORT, reply=True)

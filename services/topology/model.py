@@ -179,7 +179,7 @@ class ClusterModel:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
         self.generation: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.graph = nx.DiGraph()
+        self.graph: nx.DiGraph[str] = nx.DiGraph()
         # address → object keys (several pods may hold one IP: a finished pod and its successor)
         self.pods_by_ip: dict[IPAddress, set[str]] = defaultdict(set)
         self.nodes_by_address: dict[IPAddress, set[str]] = defaultdict(set)

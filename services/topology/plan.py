@@ -113,9 +113,9 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
             if request.dst in detection.info.cluster_dns:
                 dst.endpoint.description += " (cluster DNS)"
         paths = _paths(src.endpoint, dst.endpoint, request.port, resolved)
-        hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED]
+        hosted: list[str | None] = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED]
         if resolved is not None:
-            hosted += [b.node for b in resolved.used] + resolved.entry_nodes
+            hosted += [*(b.node for b in resolved.used), *resolved.entry_nodes]
         nodes = _unique(hosted)
         objects = _objects(model, src.endpoint, dst.endpoint, resolved, nodes)
     findings = src.findings + dst.findings + (resolved.findings if resolved else [])

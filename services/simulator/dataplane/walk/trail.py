@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.netfilter import FlowState
-from services.simulator.dataplane.walk.world import NetnsView, Place
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place
 from shared.schemas import (
     FinalState,
     Finding,
@@ -32,7 +32,7 @@ def copy_state(st: FlowState) -> FlowState:
     return FlowState(**{k: getattr(st, k) for k in st.__slots__})
 
 
-Endpoint = tuple[object, int | None]  # (address, port)
+Endpoint = tuple[IPAddress, int | None]  # (address, port)
 
 
 @dataclass
@@ -108,5 +108,5 @@ class Trail:
                 hop.status = HopStatus.ERROR
             elif severities:
                 hop.status = HopStatus.WARNING
-        return Path(id=path_id, description=description, direction=direction, hops=self.hops,  # type: ignore[arg-type]
+        return Path(id=path_id, description=description, direction=direction, hops=self.hops,
                     final=self.final or FinalState.ABORT, cause=self.cause)

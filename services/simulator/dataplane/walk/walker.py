@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.dataplane.hooks import run_hook, stages
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
@@ -31,6 +32,7 @@ from shared.schemas import (
     Finding,
     Hop,
     HopKind,
+    Packet,
     Severity,
     StepAction,
     StepKind,
@@ -143,7 +145,7 @@ class Walker:
         res = self.report.service
         assert res is not None
         namespace, _, name = res.service.partition("/")
-        fields = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
+        fields: dict[str, dict[str, Any]] = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
                   "NO_LOCAL_ENDPOINT": dict(node=view.node),
                   "LB_SOURCE_RANGE_DENY": dict(src=c.st.src, ranges=", ".join(res.load_balancer_source_ranges))}
         found = self.expect.code_at(code) or finding(code, service_hop(res.service), service=res.service,
@@ -530,17 +532,17 @@ class Walker:
                 continue
             before = packet(st, st.iif, st.oif)
             if entry.rewrites_destination:
-                st.src = entry.orig[0]  # type: ignore[assignment]
+                st.src = entry.orig[0]
                 st.sport = entry.orig[1] if entry.orig[1] is not None else st.sport
             else:
-                st.dst = entry.orig[0]  # type: ignore[assignment]
+                st.dst = entry.orig[0]
                 st.dport = entry.orig[1] if entry.orig[1] is not None else st.dport
             c.trail.pending_reverse.remove(entry)
             c.trail.step(c.trail.hop(view), StepKind.NAT, StepAction.REWRITE, f"conntrack {hook}: reply of the "
                          f"{entry.kind} {entry.before} → {entry.after} translated back", before,
                          packet(st, st.iif, st.oif))
 
-    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: object,
+    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: Packet,
                      vip_before: bool) -> bool:
         trail = c.trail
         hop = trail.hop(view)
@@ -559,19 +561,19 @@ class Walker:
         action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
         trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
             f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
-            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
+            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,
             hook=hook, rules=rules)
         for rec in br.nat:
             dnat = rec.kind in ("DNAT", "REDIRECT")
-            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)  # type: ignore[attr-defined]
+            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)
             new = (after.dst, after.dport) if dnat else (after.src, after.sport)
             trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
             trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
-                       f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
+                       f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})", before, after,
                        rule=rec.hit.rule)
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
-            dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
-            self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "
+            last = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
+            self.service_step(trail, view, f"kube-proxy on {view.node} translates {last.before} → {last.after} "
                               f"(branch probability {br.probability:.2f})", before, after,
                               rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
@@ -579,7 +581,7 @@ class Walker:
         self._netfilter_drop(c, view, hook, br)
         return False
 
-    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
+    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: Packet, after: Packet,
                      **evidence: object) -> None:
         """The Service as this node's kube-proxy implements it: a hop before the node that translated it."""
         res = self.report.service
@@ -588,14 +590,15 @@ class Walker:
         if any(h.id == hop_id for h in trail.hops):
             return
         svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
-        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, **evidence)  # type: ignore[arg-type]
+        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, **evidence)
         trail.hops.insert(len(trail.hops) - 1, svc)
 
     def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
         hit = br.decided_by
         rule = hit.rule if hit else f":{hook} DROP"
-        fields = dict(where=view.where, table=hit.label if hit else "?", chain=hit.chain if hit else hook,
-                      position=hit.position if hit else 0, rule=rule, evidence={"hook": hook})
+        fields: dict[str, Any] = dict(where=view.where, table=hit.label if hit else "?",
+                                      chain=hit.chain if hit else hook, position=hit.position if hit else 0,
+                                      rule=rule, evidence={"hook": hook})
         policy = self.expect.policy_deny(rule) if hit else None
         res = self.report.service
         if policy is not None:
