@@ -364,9 +364,9 @@ class Crossing:
     def _mtu_check(self, c: Cursor, tunnel: Link) -> None:
         """Pods whose MTU exceeds the overlay's lose full-size packets (the SYN passes; bulk data does not)."""
         for hop in c.trail.hops:
-            if not hop.id.startswith("pod:"):
+            if hop.kind != HopKind.POD:
                 continue
-            ns = self.world.pod_netns(hop.node, hop.id.removeprefix("pod:"))
+            ns = self.world.pod_netns(hop.node, hop.name)  # a pod hop is named by its pod key
             eth = next((lk for lk in ns.dump.links if lk.kind == "veth"), None) if ns else None
             if ns is not None and eth is not None and eth.mtu > tunnel.mtu:
                 found = finding("MTU_MISMATCH", hop.id, mtu=eth.mtu, link=eth.name, where=f"pod {ns.dump.pod}",
