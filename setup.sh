@@ -30,6 +30,9 @@ stamp=.venv/.netdiag-installed
 want=$(cat pyproject.toml lab/pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing netdiag and its locked dependencies into .venv" >&2
+  # metadata an older install left in the tree is importable from here and would still declare the
+  # lab plugin as netdiag's (the lab is its own distribution now): `netdiag` would register it twice
+  rm -rf netdiag.egg-info lab/*.egg-info
   .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . -e ./lab
   echo "$want" > "$stamp"
