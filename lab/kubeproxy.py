@@ -96,6 +96,7 @@ class Config:
     node: str
     node_ip: str
     pod_cidr: str | None = "10.0.0.0/8"  # None: no LocalTrafficDetector
+    service_cidr: str = "172.30.0.0/16"  # nftables mode drops traffic to unallocated ClusterIPs in it
     masquerade_all: bool = False
     localhost_nodeports: bool = True
     nodeport_addresses: tuple[str, ...] = ()  # empty: every local address

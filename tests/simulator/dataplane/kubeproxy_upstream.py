@@ -52,6 +52,10 @@ REPEATED_INITIAL = [
     _port("ns2", "svc2", "p8080", 8080, Endpoint("10.0.2.1", 8080), cluster_ip="172.30.0.42"),
 ]
 
+# nftables mode: pkg/proxy/nftables/proxier_test.go's NewFakeProxier only accepts NodePorts on the node IP
+NFT_FAKE = replace(FAKE, nodeport_addresses=("192.168.0.2/32", "2001:db8::1/128"))
+NFT_PAYLOADS = [("TestOverallNFTablesRules", OVERALL, "nftables_TestOverallNFTablesRules.nft")]
+
 # whole payloads: (upstream test, inputs, fixture)
 PAYLOADS = [
     ("TestOverallIPTablesRules", OVERALL, "iptables_TestOverallIPTablesRules.restore"),
@@ -159,3 +163,18 @@ def sort_restore(text: str) -> str:
 def chain_rules(text: str, table: str, chain: str) -> list[str]:
     section = text.split(f"*{table}\n", 1)[1].split("COMMIT", 1)[0]
     return [line for line in section.splitlines() if line.startswith(f"-A {chain} ")]
+
+
+_NFT_OBJECTS = {"table": 0, "chain": 1, "set": 2, "map": 3, "element": 4, "rule": 5}
+
+
+def sort_nft(text: str) -> str:
+    """Upstream's sortNFTablesTransaction: blank and comment lines dropped, lines ordered by object type,
+    then object name, rules kept in the order added, any other lines of one object by their text."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    def key(line: str) -> tuple[int, str, str]:
+        words = line.split()
+        kind, name = words[1], words[4] if len(words) > 4 else ""
+        return _NFT_OBJECTS.get(kind, 9), name, "" if kind == "rule" else line
+    return "\n".join(sorted(lines, key=key)) + "\n"
