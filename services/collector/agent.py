@@ -30,10 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationErro
 
 from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
-from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
+from shared.bus import Bus, is_transient, node_collect_subject
 from shared.config import Settings
+from shared.health import Health
 from shared.logs import log_context
 from shared.schemas import BlobRef
+from shared.service import BusLost, start_health_server
 
 log = logging.getLogger("netdiag.agent")
 
@@ -61,6 +63,8 @@ class CollectReply(BaseModel):
     ok: bool
     blob: BlobRef | None = None
     error: str | None = None
+    retryable: bool = Field(False, description="the failure was the bus's (a timeout, a disconnection), not the "
+                            "node's: the requester retries rather than report missing data")
     duration_ms: float = 0.0
     namespaces: int = 0
     size: int = Field(0, description="uncompressed JSON bytes")
@@ -87,9 +91,10 @@ def queue_group(node: str) -> str:
 
 
 def blob_name(node: str, diagnosis_id: str | None) -> str:
-    """Keyed by diagnosis and node, so a redelivered request overwrites rather than piles up."""
-    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else f"adhoc-{time.time_ns()}"
-    return f"nodes/{key}/{_SAFE.sub('_', node)}.json.gz"
+    """Named by diagnosis and node, and unique per collection: an agent never replaces an object, which
+    would take reading and purging the bucket (rights an agent does not have). The bucket's TTL clears them."""
+    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else "adhoc"
+    return f"nodes/{key}/{_SAFE.sub('_', node)}-{time.time_ns():x}.json.gz"
 
 
 class NodeAgent:
@@ -186,7 +191,8 @@ class NodeAgent:
             return dump if isinstance(dump, CollectReply) else await self._store(request, dump)
         except Exception as exc:  # the requester gets the reason instead of a timeout
             log.exception("collection failed", extra=log_context(diagnosis_id=request.diagnosis_id, node=self.node))
-            return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}",
+                                retryable=is_transient(exc))
 
     async def _shared_dump(self, request: CollectRequest) -> _Dump | CollectReply:
         """Join the running collection when it names every pod this request names; else wait for
@@ -221,7 +227,7 @@ class NodeAgent:
             return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
                                 error=f"dump of {len(dump.data)} compressed bytes exceeds the limit of "
                                       f"{self.max_dump_bytes}")
-        ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), dump.data)
+        ref = await self.bus.put_node_blob(self.node, blob_name(self.node, request.diagnosis_id), dump.data)
         return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
                             namespaces=dump.namespaces, size=dump.size)
 
@@ -231,6 +237,7 @@ async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str
     """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
     nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
     the moment this side stops waiting, so the agent skips it if it only gets to it later."""
+    await bus.ensure_node_bucket(node)  # where the agent writes: it may not create it itself
     request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},
                              deadline=time.time() + timeout)
     msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
@@ -260,12 +267,20 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     if netns:
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     _return_big_buffers_to_the_kernel()
-    bus = await Bus.connect(name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node))
+    bus = await Bus.connect_agent(node, settings)
     agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
+    health = await start_health_server(Health([bus]), settings.health_port)
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))
-        await stop.wait()
+        ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.lost.wait())]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        for end in ends:
+            end.cancel()
+        if bus.lost.is_set():  # only a new process reconnects: exit so the DaemonSet restarts it
+            raise BusLost(bus.lost_reason)
     finally:
+        if health is not None:
+            await health.cleanup()
         await agent.stop()
         await bus.close()
