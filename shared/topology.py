@@ -113,7 +113,7 @@ class ClusterObjects(BaseModel):
 
 class TopologyReport(BaseModel):
     version: int = TOPOLOGY_VERSION
-    source: str = Field(description="'live' or 'snapshot:<dir>'")
+    source: str = Field(description="'live:<API server>' or 'snapshot:<dir>'")
     src: Endpoint
     dst: Endpoint
     service: ServiceResolution | None = None
