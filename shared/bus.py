@@ -284,7 +284,7 @@ class Bus:
         if not valid_id(diagnosis_id):  # nothing to tell, and no subject to tell it on
             log.warning("no progress published for an invalid diagnosis id %r", str(diagnosis_id)[:40])
             return
-        event = ProgressEvent(id=diagnosis_id, stage=stage, state=state, message=message,  # type: ignore[arg-type]
+        event = ProgressEvent(id=diagnosis_id, stage=stage, state=state, message=message,
                               elapsed_ms=elapsed_ms, detail=detail)
         try:
             await self.nc.publish(progress_subject(diagnosis_id), event.model_dump_json().encode())

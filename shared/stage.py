@@ -25,6 +25,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 from nats.aio.msg import Msg
@@ -340,7 +341,7 @@ async def _keep_alive(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
             await task
 
 
-async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[bool]) -> list[Msg]:
+async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[Any]) -> list[Msg]:
     """fetch(1), abandoned as soon as the runner is told to stop, so shutdown does not wait out
     the long poll (a message the server sent meanwhile is redelivered after ack_wait)."""
     fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))

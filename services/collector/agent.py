@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
 from services.collector.dropmetrics import DropMetrics
@@ -129,7 +130,7 @@ class NodeAgent:
         self.nft_refresh_s = nft_refresh_s
         self.clock_skew_s = clock_skew_s
         self.collections = 0  # collections run (shared ones once)
-        self._sub = None
+        self._sub: Subscription | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one collection at a time: bounded CPU and memory per node
         self._current: _Collection | None = None
@@ -340,7 +341,7 @@ async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str
     nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
     the moment this side stops waiting, so the agent skips it if it only gets to it later."""
     await bus.ensure_node_bucket(node)  # where the agent writes: it may not create it itself
-    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},  # type: ignore[arg-type]
+    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},
                              deadline=time.time() + timeout)
     msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
     try:

@@ -85,12 +85,12 @@ def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding],
     note = f"; but {here[0].message}" if here else ""
     if len(errors) > len(here):
         note += f" ({len(errors) - len(here)} problem(s) found off the path: see findings)"
-    left = [p for p in forward if p.final == FinalState.FORWARD]
-    if not left:
+    exits = [p for p in forward if p.final == FinalState.FORWARD]
+    if not exits:
         return f"every path delivers{note}"
-    delivered = len(forward) - len(left)
-    head = f"{delivered} path(s) deliver; {len(left)} " if delivered else "the packet "
-    return head + _exit_note(left[0], cloud_checked) + note
+    delivered = len(forward) - len(exits)
+    head = f"{delivered} path(s) deliver; {len(exits)} " if delivered else "the packet "
+    return head + _exit_note(exits[0], cloud_checked) + note
 
 
 def _exit_place(path: Path) -> str:
@@ -120,7 +120,8 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         return None
     modelled = inventory is not None and inventory.modelled
     if modelled and inventory is not None and str(dst.address) in {
-            ip for owner in (*inventory.instances, *inventory.network_interfaces) for ip in owner.private_ips}:
+            ip for owners in (inventory.instances, inventory.network_interfaces)
+            for o in owners for ip in o.private_ips}:
         return None  # a cloud instance of the VPC: the cloud layer checked the way there
     owners = "pod, node, Service or cloud resource" if modelled else "pod, node or Service"
     return Assumption(stage=STAGE, could_change_outcome=True, text=(
