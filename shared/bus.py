@@ -59,7 +59,7 @@ CHUNK_BYTES = 128 * 1024  # the object store's default chunk
 MAX_OUTSTANDING_PINGS = 3
 # The server's control line is 4 KiB: a longer subject makes it drop the connection, which nats-py
 # then closes for good. Every subject built from event data is checked against this first.
-MAX_SUBJECT = 256
+MAX_SUBJECT = 512
 # A Kubernetes node name (RFC 1123 subdomain, checked loosely): its dots become subject tokens.
 NODE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*")
 MAX_NODE_NAME = 253
