@@ -13,6 +13,7 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink
@@ -63,7 +64,13 @@ async def test_invalid_ids_are_refused_and_nothing_stops(fresh_nats: NatsServer)
     assert [item["id"] for item in listing["items"]] == [doc["id"]]  # nothing else got stored
 
 
+def rejected(reason: str) -> float:
+    labels = {"stage": "gateway-store", "reason": reason}
+    return REGISTRY.get_sample_value("netdiag_rejected_events_total", labels) or 0.0
+
+
 async def test_forged_unknown_and_repeated_final_events_are_not_stored(fresh_nats: NatsServer) -> None:
+    before = {r: rejected(r) for r in ("unsigned", "terminal", "unknown")}
     async with stack_on(fresh_nats.url) as st, aiohttp.ClientSession() as http:
         doc = await run_to_end(http, st.url)
         key = st.settings.signing_key()
@@ -89,6 +96,8 @@ async def test_forged_unknown_and_repeated_final_events_are_not_stored(fresh_nat
         after = await get_json(http, f"{st.url}/api/v1/diagnoses/{doc['id']}")
         listing = await get_json(http, f"{st.url}/api/v1/diagnoses?limit=200")
     assert sink.rejected == 2  # the unsigned and the wrongly signed: refused before handling
+    # and the signed ones the store refused: one for a finished diagnosis, one for an unknown id
+    assert {r: rejected(r) - n for r, n in before.items()} == {"unsigned": 2, "terminal": 1, "unknown": 1}
     assert after["result"] == doc["result"] and after["status"] == "completed"
     assert [item["id"] for item in listing["items"]] == [doc["id"]]
 
