@@ -287,7 +287,11 @@ class Bus:
     # ------------------------------------------------------------ blobs
 
     async def put_blob(self, name: str, data: bytes, *, bucket: str = BLOBS_BUCKET) -> BlobRef:
+        """Store `data` as a new object named `name` plus a unique suffix. Never a replacement: a stage
+        re-handling a redelivered message would otherwise purge the first copy's chunks from under a
+        reader that already holds the first reference (ObjectStore.put purges the replaced chunks)."""
         store = await self._store(bucket)
+        name = f"{name}.{secrets.token_hex(6)}"
         await store.put(name, data)
         return BlobRef(bucket=bucket, name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 

@@ -204,6 +204,27 @@ async def _finals(admin: Bus) -> Counter[str]:
     return found
 
 
+def _busy_replica(dep: Deployment, progress: list[tuple[float, dict[str, Any]]]) -> str | None:
+    """The stage replica that most recently started a message it has not finished, among those whose
+    sibling is up and working (has started a message itself): SIGKILL lands on work in flight, and
+    what it measures is the redelivery, not a restarted process's start-up."""
+    working = {str(e.get("detail", {}).get("replica", "")).rsplit(":", 1)[-1] for _, e in progress
+               if e["state"] == "started"}
+    alive = {name: str(p.pid) for name, p in dep.procs.items() if p.poll() is None}
+    finished = set()
+    for _, event in reversed(progress[-500:]):
+        key = (event["id"], event["stage"])
+        if event["state"] in ("done", "failed"):
+            finished.add(key)
+        elif event["state"] == "started" and key not in finished and event["stage"] in STAGES:
+            pid = str(event.get("detail", {}).get("replica", "")).rsplit(":", 1)[-1]
+            name = next((n for n, p in alive.items() if p == pid), None)
+            siblings = [p for n, p in alive.items() if n != name and n.rsplit("-", 1)[0] == event["stage"]]
+            if name is not None and any(p in working for p in siblings):
+                return name
+    return None
+
+
 def _redeliveries(kills: list[tuple[float, str, int]], progress: list[tuple[float, dict[str, Any]]],
                   nats_down: tuple[float, float]) -> list[float]:
     """For each replica kill: the messages the killed process was working on (its last event for the
@@ -211,8 +232,9 @@ def _redeliveries(kills: list[tuple[float, str, int]], progress: list[tuple[floa
     redelivery would fall into the NATS restart are left out: that wait is the outage's, not ack_wait's."""
     by_key: dict[tuple[str, str], list[tuple[float, str, str]]] = defaultdict(list)
     for at, event in progress:
-        replica = str(event.get("detail", {}).get("replica", ""))
-        by_key[(event["id"], event["stage"])].append((at, event["state"], replica))
+        if event["state"] in ("started", "done", "failed"):  # a stage's own "progress" notes say nothing here
+            replica = str(event.get("detail", {}).get("replica", ""))
+            by_key[(event["id"], event["stage"])].append((at, event["state"], replica))
     delays = []
     down_from, down_to = nats_down
     for killed_at, stage, pid in kills:
@@ -273,7 +295,9 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                         report.nats_restarts += 1
                         restarted = True
                     else:
-                        victim = f"{rng.choice(STAGES)}-{rng.randrange(dep.replicas)}"
+                        victim = _busy_replica(dep, progress)
+                        if victim is None:  # nothing in flight on a replica whose sibling works: wait
+                            continue
                         killed_at = time.time()
                         pid = await asyncio.to_thread(dep.kill, victim)
                         kills.append((killed_at, victim.rsplit("-", 1)[0], pid))
@@ -320,11 +344,16 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                 if doc["status"] == "completed":
                     report.completed += 1
                     if doc["result"]["verdict"] != calm[case]:
-                        report.wrong_verdicts.append(diagnosis_id)
+                        findings = [f"{f['code']}: {f['message']}" for f in doc["result"]["findings"]]
+                        report.wrong_verdicts.append(f"{diagnosis_id} {calm[case]} → {doc['result']['verdict']}: "
+                                                     f"{findings}")
                     report.latencies_s.append((datetime.fromisoformat(doc["completed_at"])
                                                - datetime.fromisoformat(doc["created_at"])).total_seconds())
             report.finals_per_id = await _finals(admin)
             report.redelivery_s = _redeliveries(kills, progress, (nats_down[0], nats_down[1]))
+            # for a post-mortem: what happened when, next to the processes' logs
+            (workdir / "events.json").write_text(json.dumps({"kills": kills, "nats_down": nats_down,
+                                                             "progress": progress}))
     finally:
         await admin.close()
         await asyncio.to_thread(dep.stop)
