@@ -107,8 +107,9 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, await _inventory(env, bus),
-                                                               env.request)
+        inventory, missing = await _inventory(env, bus)
+        findings = _merge(findings, missing)
+        paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
         assumptions = _merge(assumptions, cloud_assumptions)
     verdict = overall_verdict(paths, findings, assumptions)
@@ -150,11 +151,18 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
-    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
+async def _inventory(env: StageEnvelope, bus: Bus | None) -> tuple[CloudInventory | None, list[Finding]]:
+    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled). Absent or
+    broken is missing data; the bus not answering is raised (retried), as for the dumps."""
     if isinstance(env.cloud, BlobRef):
-        return CloudInventory.model_validate_json(await bus.get_blob(env.cloud)) if bus else None
-    return CloudInventory.model_validate(env.cloud) if env.cloud else None
+        if bus is None:
+            return None, []
+        try:
+            return CloudInventory.model_validate_json(await bus.get_blob(env.cloud)), []
+        except ValueError as exc:  # BlobUnreadable, or not an inventory (pydantic's ValidationError)
+            return None, [finding("DATA_MISSING", None, what="the cloud inventory",
+                                  reason=f"it could not be read: {type(exc).__name__}: {exc}")]
+    return (CloudInventory.model_validate(env.cloud) if env.cloud else None), []
 
 
 def _merge(first: list[Any], more: list[Any]) -> list[Any]:
