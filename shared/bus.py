@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import secrets
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -50,6 +51,11 @@ PROGRESS_PREFIX = f"{PREFIX}.progress"
 # Live notification (core NATS, outside the stream: no replay) carrying the id of each diagnosis
 # just stored; watchers read the result from the KV bucket.
 SUBJECT_STORED = "netdiag.results.stored"
+
+# A message or KV value is at most the server's max_payload (1 MiB by default): payloads past half of it go to
+# the object store and the message (or value) carries `{"$blob": BlobRef}` instead (Bus.pack / Bus.unpack).
+BLOB_MARK = b'{"$blob":'
+PAYLOADS_PREFIX = "payloads/"
 
 # JetStream drops a second publish with the same Nats-Msg-Id inside this window: this is
 # what makes a redelivered, re-handled stage message publish its output exactly once.
@@ -259,14 +265,15 @@ class Bus:
 
     async def publish_model(self, subject: str, model: BaseModel, *, msg_id: str | None = None,
                             sign_key: bytes | None = None) -> None:
-        """Durable publish (waits for the stream's ack) with trace context in the headers; signed
-        (shared.security.sign_event) when a key is given."""
+        """Durable publish (waits for the stream's ack) with trace context in the headers; a large
+        envelope travels through the object store (see `pack`); signed (shared.security.sign_event,
+        over the bytes sent) when a key is given."""
         headers: dict[str, str] = {}
         propagate.inject(headers)
         if msg_id:
             headers["Nats-Msg-Id"] = msg_id
         _check_subject(subject)
-        data = model.model_dump_json().encode()
+        data = await self.pack(f"{subject}/{msg_id or uuid.uuid4().hex}", model.model_dump_json().encode())
         if sign_key is not None:
             headers[SIGNATURE_HEADER] = sign_event(sign_key, data)
         await self.js.publish(subject, data, headers=headers or None, timeout=5)
@@ -294,6 +301,26 @@ class Bus:
         name = f"{name}.{secrets.token_hex(6)}"
         await store.put(name, data)
         return BlobRef(bucket=bucket, name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    @property
+    def inline_max(self) -> int:
+        """The largest payload a message or KV value carries itself: half the server's max_payload
+        (room for headers and the JSON around it)."""
+        return self.nc.max_payload // 2
+
+    async def pack(self, name: str, data: bytes) -> bytes:
+        """`data` itself when small, else a reference to it in the object store (a new object each time:
+        a re-handled message's second copy is orphaned, its output de-duplicated, and the bucket's TTL
+        clears it). Readers call `unpack`."""
+        if len(data) <= self.inline_max:
+            return data
+        ref = await self.put_blob(PAYLOADS_PREFIX + name, data)
+        return BLOB_MARK + ref.model_dump_json().encode() + b"}"
+
+    async def unpack(self, data: bytes) -> bytes:
+        if not data.startswith(BLOB_MARK):
+            return data
+        return await self.get_blob(BlobRef.model_validate_json(data[len(BLOB_MARK):-1]))
 
     async def put_node_blob(self, node: str, name: str, data: bytes) -> BlobRef:
         """Write a new object into node's own bucket by publishing its chunks and metadata entry, in the

@@ -13,11 +13,29 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+    WithJsonSchema,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+# re-exported: contracts import these names from here
+from shared.findings import Assumption, Finding
+from shared.findings import Severity as Severity
+from shared.steps import IPAddress as IPAddress
+from shared.steps import StepAction as StepAction
+from shared.steps import StepInfo, StepKind, from_evidence, step_info
+from shared.topology import TopologyReport
 
 SCHEMA_VERSION = 1
 
-IPAddress = IPv4Address | IPv6Address
 
 
 def now() -> datetime:
@@ -43,15 +61,67 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Port = Annotated[int, Field(ge=1, le=65535, strict=True, description="destination port (1-65535)")]
+"""A destination port at every edge (diagnosis, matrix): an integer, never a bool or a string."""
+
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def address_problem(address: IPAddress, role: Literal["src", "dst"]) -> str | None:
+    """Why `address` cannot be this end of a diagnosed unicast flow, or None when it can.
+
+    One rule for every entry point (API, CLI, batch, UI): a request the model cannot answer truthfully
+    is refused with what to give instead, never walked into a confident wrong verdict. Link-local
+    destinations stay allowed: NodeLocal DNSCache (169.254.20.10) and cloud metadata (169.254.169.254)
+    are real ones a pod talks to.
+    """
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return (f"::ffff:{address.ipv4_mapped} is an IPv4-mapped IPv6 address: write the IPv4 address itself "
+                f"({address.ipv4_mapped})")
+    if isinstance(address, IPv6Address):  # also an IPv4 source with an IPv6 destination
+        return ("IPv6 is not supported yet: netdiag models IPv4 paths end to end; give the pod's, node's or "
+                "host's IPv4 address")
+    if address.is_unspecified:
+        return (f"{address} means 'any address', not a host: give the IP address of the pod or node "
+                f"{'that sends' if role == 'src' else 'to reach'}")
+    if address.is_loopback:
+        return (f"{address} is a loopback address: it never leaves the network namespace it is used in; give the "
+                "pod's or node's own IP address")
+    if address.is_multicast or address == _LIMITED_BROADCAST:
+        kind = "multicast" if address.is_multicast else "the limited broadcast address"
+        what = "no packet is sent from it" if role == "src" else "it reaches no single host"
+        return (f"{address} is {kind}: {what}; netdiag diagnoses unicast flows, give a pod, node, Service or "
+                "public IP address")
+    if role == "src" and address.is_link_local:
+        return (f"{address} is a link-local address: it is never a pod's or node's source address across a router; "
+                "give the sending pod's or node's IP address")
+    return None
+
+
+def _request_address_schema(role: Literal["src", "dst"]) -> WithJsonSchema:
+    """What `address_problem` accepts, as the OpenAPI document states it to clients and generators."""
+    refused = r"0\.0\.0\.0$|127\.|2(2[4-9]|3[0-9])\.|255\.255\.255\.255$" + (r"|169\.254\." if role == "src" else "")
+    description = {"src": "source IPv4 address (pod, node or external)",
+                   "dst": "destination IPv4 address (pod, node, Service, LB or public)"}[role]
+    return WithJsonSchema({"type": "string", "format": "ipv4", "not": {"pattern": f"^({refused})"},
+                           "description": description + "; IPv6 is not supported yet"})
+
+
 class DiagnosisOptions(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")
 
 
 class DiagnosisRequest(Strict):
-    src: IPvAnyAddress = Field(description="source IP address (pod, node or external)")
-    dst: IPvAnyAddress = Field(description="destination IP address (pod, node, Service, LB or public)")
-    port: int = Field(ge=1, le=65535, description="destination port")
+    # strict: no silent coercion at any edge ("80" is not a port, true is not port 1), so the API, the CLI,
+    # --batch and the UI accept exactly what the OpenAPI document describes
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    src: Annotated[IPvAnyAddress, _request_address_schema("src")]
+    dst: Annotated[IPvAnyAddress, _request_address_schema("dst")]
+    port: Port
     protocol: Literal["tcp", "udp"] = Field(description="tcp or udp")
     options: DiagnosisOptions = Field(default_factory=DiagnosisOptions)
 
@@ -63,8 +133,34 @@ class DiagnosisRequest(Strict):
             raise ValueError("must be an IP address literal such as 10.0.0.1 or fd00::1, not a number")
         return value
 
+    @field_validator("src")
+    @classmethod
+    def _a_sender(cls, value: IPAddress) -> IPAddress:
+        problem = address_problem(value, "src")
+        if problem:
+            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
+        return value
+
+    @field_validator("dst")
+    @classmethod
+    def _a_receiver(cls, value: IPAddress) -> IPAddress:
+        problem = address_problem(value, "dst")
+        if problem:
+            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
+        return value
+
     def describe(self) -> str:
         return f"{self.protocol} {self.src} → {self.dst}:{self.port}"
+
+
+class MatrixRequest(Strict):
+    """A policy-matrix query (`netdiag matrix`): the port rule is the diagnosis request's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    port: Port = 80
+    protocol: Literal["tcp", "udp", "sctp"] = Field("tcp", description="a NetworkPolicy protocol")
+    namespace: str | None = Field(None, min_length=1, description="only the pods of this namespace")
 
 
 # ---------------------------------------------------------------- result model
@@ -75,12 +171,6 @@ class Verdict(StrEnum):
     UNREACHABLE = "UNREACHABLE"
     AMBIGUOUS = "AMBIGUOUS"
     UNDETERMINED = "UNDETERMINED"
-
-
-class Severity(StrEnum):
-    ERROR = "error"  # breaks the path
-    WARNING = "warning"  # may break it, or breaks it only under conditions
-    INFO = "info"  # worth knowing
 
 
 class FinalState(StrEnum):
@@ -110,42 +200,41 @@ class Packet(BaseModel):
         return f"{self.protocol} {self.src}{sp} → {self.dst}{dp}"
 
 
-class StepKind(StrEnum):
-    CLASSIFY = "classify"
-    ROUTE = "route"
-    NETFILTER = "netfilter"
-    NAT = "nat"
-    POLICY = "policy"
-    SERVICE = "service"
-    LINK = "link"
-    BRIDGE = "bridge"
-    ENCAP = "encap"
-    DECAP = "decap"
-    SYSCTL = "sysctl"
-    SECURITY_GROUP = "security_group"
-    VPC_ROUTE = "vpc_route"
-    LOAD_BALANCER = "load_balancer"
-    DELIVERY = "delivery"
-    ASSUMPTION = "assumption"
-
-
-class StepAction(StrEnum):
-    ALLOW = "ALLOW"  # passes this check
-    FORWARD = "FORWARD"  # sent on to the next hop
-    REWRITE = "REWRITE"  # packet changed (NAT, mark)
-    DELIVER = "DELIVER"
-    DROP = "DROP"
-    INFO = "INFO"
-    ABORT = "ABORT"
-
-
 class Step(BaseModel):
+    """One thing that happened to the packet at a hop: a sentence for people (`detail`) and the
+    facts behind it (`info`, typed per kind; see shared/steps.py and docs/steps.md)."""
+
     kind: StepKind
     action: StepAction
-    detail: str
-    packet_in: Packet | None = None
-    packet_out: Packet | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
+    detail: str = Field(description="what happened, as a sentence")
+    packet_in: Packet | None = Field(None, description="the packet as the step saw it")
+    packet_out: Packet | None = Field(None, description="the packet after the step, when it changed it")
+    info: StepInfo = Field(description="the step's typed detail; `info.kind` equals `kind`")
+
+    @classmethod
+    def of(cls, kind: StepKind, action: StepAction, detail: str, packet_in: Packet | None = None,
+           packet_out: Packet | None = None, **info: Any) -> Step:
+        """A step whose typed detail is built from `info`, the fields of `kind`'s model (None left out)."""
+        return cls(kind=kind, action=action, detail=detail, packet_in=packet_in, packet_out=packet_out,
+                   info=step_info(kind, **info))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_detail(cls, data: Any) -> Any:
+        # results stored before typed steps carry an `evidence` dict; a step built without a detail
+        # gets its kind's empty one
+        if not isinstance(data, dict) or "info" in data or "kind" not in data:
+            return data
+        data = dict(data)
+        evidence = data.pop("evidence", None)
+        data["info"] = from_evidence(data["kind"], evidence) if evidence else {"kind": data["kind"]}
+        return data
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> Step:
+        if self.info.kind != self.kind:
+            raise ValueError(f"info is a {self.info.kind} detail but the step is {self.kind}")
+        return self
 
 
 class HopKind(StrEnum):
@@ -185,19 +274,69 @@ class Path(BaseModel):
     cause: str | None = Field(None, description="finding code that decided the final state")
 
 
-class Finding(BaseModel):
-    code: str
-    severity: Severity
-    hop: str | None = Field(None, description="id of the hop the finding belongs to; None = cluster-level")
-    message: str
-    suggestion: str
-    evidence: dict[str, Any] = Field(default_factory=dict)
+class PathCounts(BaseModel):
+    """How the paths ended, counted once by one rule for every reader (CLI text, UI, JSON)."""
+
+    forward: int = Field(0, description="forward paths (Service endpoints, ECMP branches)")
+    delivered: int = Field(0, description="forward paths that reached a listening socket")
+    left_cluster: int = Field(0, description="forward paths that left the modelled world (final FORWARD)")
+    dropped: int = 0
+    aborted: int = Field(0, description="forward paths the analysis could not follow to their end")
+    replies: int = Field(0, description="reply paths walked")
+    replies_back: int = Field(0, description="reply paths that reach the client")
+
+    @classmethod
+    def of(cls, paths: list[Path]) -> PathCounts:
+        forward = [p.final for p in paths if p.direction == "forward"]
+        replies = [p.final for p in paths if p.direction == "reply"]
+        return cls(forward=len(forward), delivered=forward.count(FinalState.DELIVER),
+                   left_cluster=forward.count(FinalState.FORWARD), dropped=forward.count(FinalState.DROP),
+                   aborted=forward.count(FinalState.ABORT), replies=len(replies),
+                   replies_back=replies.count(FinalState.DELIVER))
+
+    @computed_field  # type: ignore[prop-decorator]  # in the JSON too: the UI shows this very line
+    @property
+    def text(self) -> str:
+        if not self.forward:
+            return "no path simulated"
+        parts = [f"{n} {what}" for n, what in ((self.delivered, "delivered"), (self.left_cluster, "left the "
+                 "cluster (not followed beyond)"), (self.dropped, "dropped"), (self.aborted, "not followed to "
+                 "the end")) if n]
+        out = f"{self.forward} forward path(s): {', '.join(parts)}"
+        if self.replies:
+            out += f"; {self.replies_back}/{self.replies} reply path(s) reach the client"
+        return out
 
 
-class Assumption(BaseModel):
-    stage: str
-    text: str
-    could_change_outcome: bool = False
+class FirstFailure(BaseModel):
+    """Where to look first, found once by one rule for every reader (CLI text, UI): the first hop
+    marked as an error, else the unknown hop an aborted path stopped at; with the finding that says why."""
+
+    label: Literal["first failing hop", "could not follow past"]
+    path: str = Field(description="path id")
+    hop: str = Field(description="hop id")
+    hop_name: str
+    hop_kind: HopKind
+    code: str | None = None
+    because: str | None = None
+    fix: str | None = None
+
+    @classmethod
+    def of(cls, paths: list[Path], findings: list[Finding]) -> FirstFailure | None:
+        found = next(((path, hop) for path in paths for hop in path.hops if hop.status == HopStatus.ERROR), None)
+        label: Literal["first failing hop", "could not follow past"] = "first failing hop"
+        if found is None:  # nothing failed, but a path could not be followed (e.g. an unknown address)
+            label = "could not follow past"
+            found = next(((path, hop) for path in paths if path.final == FinalState.ABORT for hop in path.hops
+                          if hop.status == HopStatus.UNKNOWN), None)
+        if found is None:
+            return None
+        path, hop = found
+        why = next((f for f in findings if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause)),
+                   None)
+        return cls(label=label, path=path.id, hop=hop.id, hop_name=hop.name, hop_kind=hop.kind,
+                   code=why.code if why else None, because=why.message if why else None,
+                   fix=why.suggestion if why else None)
 
 
 class DiagnosisResult(BaseModel):
@@ -206,6 +345,16 @@ class DiagnosisResult(BaseModel):
     paths: list[Path] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling
+    @property
+    def counts(self) -> PathCounts:
+        return PathCounts.of(self.paths)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def first_failure(self) -> FirstFailure | None:
+        return FirstFailure.of(self.paths, self.findings)
 
 
 class DiagnosisStatus(StrEnum):
@@ -220,6 +369,8 @@ class Diagnosis(BaseModel):
     id: str
     request: DiagnosisRequest
     status: DiagnosisStatus
+    source: str | None = Field(None, description="the cluster it ran against, as the topology stage names it: "
+                               "'snapshot:<dir>' or 'live:<API server>'; history is listed per source")
     created_at: datetime
     completed_at: datetime | None = None
     result: DiagnosisResult | None = None
@@ -242,16 +393,17 @@ class BlobRef(BaseModel):
 class StageEnvelope(BaseModel):
     """The event every stage consumes and publishes; each stage fills its own slot.
 
-    Stage payloads are plain JSON documents whose schemas live in `shared/` next to
-    their producer's contract (cluster model, node dumps, cloud inventory); big ones are
-    referenced through the object store instead of carried inline.
+    Stage payloads are typed by their producer's contract in `shared/` (the topology report,
+    node dumps, cloud inventory); big ones are referenced through the object store instead
+    of carried inline.
     """
 
     version: int = SCHEMA_VERSION
     id: DiagnosisId
     request: DiagnosisRequest
     created_at: datetime
-    topology: dict[str, Any] | None = None
+    topology: TopologyReport | None = Field(None, description="the topology stage's report: endpoints, Service, "
+                                                             "candidate paths, nodes to collect, objects")
     nodes: dict[str, BlobRef] = Field(default_factory=dict, description="node name → netstack dump")
     cloud: BlobRef | dict[str, Any] | None = None
     findings: list[Finding] = Field(default_factory=list)

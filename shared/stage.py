@@ -183,7 +183,7 @@ class StageRunner:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            env = StageEnvelope.model_validate_json(msg.data)
+            env = StageEnvelope.model_validate_json(await self.bus.unpack(msg.data))
         except ValidationError as exc:
             await self._poison(msg, exc)
             return
@@ -312,7 +312,7 @@ async def mark_failed(bus: Bus, diagnosis_id: str, reason: str) -> None:
         return  # unknown id: nothing was stored under it
     if not entry.value:
         return
-    stored = Diagnosis.model_validate_json(entry.value)
+    stored = Diagnosis.model_validate_json(await bus.unpack(entry.value))
     if stored.status == DiagnosisStatus.QUEUED:
         failed = stored.model_copy(update={"status": DiagnosisStatus.FAILED, "error": reason, "completed_at": now()})
         # compare-and-set: a result stored meanwhile wins over this failure

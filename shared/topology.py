@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, IPvAnyAddress
 
-from shared.schemas import Assumption, Finding
+from shared.findings import Assumption, Finding
 
 TOPOLOGY_VERSION = 1
 

@@ -11,12 +11,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
 
-from services.collector.agent import blob_name, request_dump
+from services.collector.agent import request_dump
 from shared import metrics
+from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
 from shared.config import Settings
@@ -67,6 +69,9 @@ class CollectorStage(Stage):
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+        # snapshot mode: node → ((mtime, size), encoded dump or why it is unusable)
+        self._snapshot_dumps: dict[str, tuple[tuple[int, int], bytes | str]] = {}
+        self._snapshot_blobs = ContentBlobs(bus, "snapshot-nodes")
 
     def timeout_s(self, env: StageEnvelope) -> float:
         options = env.request.options
@@ -79,7 +84,7 @@ class CollectorStage(Stage):
             note = Assumption(stage=self.name, text="no topology: no node state was collected",
                               could_change_outcome=True)
             return env.model_copy(update={"assumptions": [*env.assumptions, note]})
-        report = TopologyReport.model_validate(env.topology)
+        report = env.topology
         nodes = list(dict.fromkeys(report.nodes_to_collect))
         if self.settings.snapshot is not None:
             outcomes = await asyncio.gather(*(self._from_snapshot(env, n) for n in nodes))
@@ -140,23 +145,42 @@ class CollectorStage(Stage):
     # ------------------------------------------------------------ snapshot: nodes/<node>.json
 
     async def _from_snapshot(self, env: StageEnvelope, node: str) -> NodeOutcome:
+        """The node's file, validated and stored once while it is unchanged (same mtime and size):
+        every diagnosis of a snapshot then carries the same content-addressed blob."""
         assert self.settings.snapshot is not None
         path = self.settings.snapshot / "nodes" / f"{node}.json"
         started = time.perf_counter()
         try:
-            data = await asyncio.to_thread(path.read_bytes)
-            dump = decode_dump(data)
+            stat = path.stat()
         except FileNotFoundError:
             return self._missing(node, f"the snapshot has no {path.name} under nodes/")
-        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        except OSError as exc:
             return self._missing(node, f"{path} is not a valid node dump: {_short(exc)}")
-        if dump.node != node:
-            return self._missing(node, f"{path} holds the dump of node {dump.node!r}")
-        ref = await self.bus.put_blob(blob_name(node, env.id), encode_dump(dump))
+        key = (stat.st_mtime_ns, stat.st_size)
+        known = self._snapshot_dumps.get(node)
+        if known is None or known[0] != key:
+            known = self._snapshot_dumps[node] = (key, await asyncio.to_thread(_read_dump, path, node))
+        encoded = known[1]
+        if isinstance(encoded, str):
+            return self._missing(node, encoded)
+        ref = await self._snapshot_blobs.put(encoded)
         ms = (time.perf_counter() - started) * 1000
         await self.bus.progress(env.id, self.name, "progress", f"{node} read from the snapshot", node=node,
                                 ms=round(ms, 1), ok=True)
         return NodeOutcome(node, blob=ref, ms=ms)
+
+
+def _read_dump(path: Path, node: str) -> bytes | str:
+    """The object-store form of a snapshot's node file, or why it cannot be used."""
+    try:
+        dump = decode_dump(path.read_bytes())
+    except FileNotFoundError:
+        return f"the snapshot has no {path.name} under nodes/"
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        return f"{path} is not a valid node dump: {_short(exc)}"
+    if dump.node != node:
+        return f"{path} holds the dump of node {dump.node!r}"
+    return encode_dump(dump)
 
 
 def _short(exc: Any) -> str:

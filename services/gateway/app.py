@@ -25,7 +25,6 @@ from aiohttp import web
 from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 from opentelemetry import propagate, trace
-from pydantic import ValidationError
 
 from services.gateway.auth import CLIENT, client_middleware, security_middlewares
 from services.gateway.openapi import openapi_document
@@ -34,9 +33,10 @@ from shared.bus import DUPLICATE_WINDOW_S, SUBJECT_REQUESTED, SUBJECT_STORED, Bu
 from shared.cluster import SUMMARY_KEY
 from shared.codes import CATALOGUE
 from shared.health import Health
+from shared.intake import RequestInvalid, parse_request
 from shared.logs import log_context
 from shared.metrics import metrics_handler
-from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
+from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
 tracer = trace.get_tracer("netdiag")
@@ -113,20 +113,6 @@ class Pending:
                              extra=log_context(diagnosis_id=diagnosis_id, stage="gateway"))
 
 
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    out = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "body"
-        msg = "unknown field: remove it" if e["type"] == "extra_forbidden" else e["msg"]
-        out.append({"field": loc, "message": msg})
-    return out
-
-
-def _json_number(text: str) -> float | int:
-    """JSON has one number type: 65535.0 is the integer 65535 (JSON Schema's `integer` agrees),
-    which strict validation would otherwise refuse as a port."""
-    value = float(text)
-    return int(value) if value.is_integer() else value
 
 
 # ------------------------------------------------------------------ handlers
@@ -146,19 +132,10 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     except web.HTTPRequestEntityTooLarge:
         return error(413, f"request body too large: at most {MAX_BODY} bytes")
     try:
-        body = json.loads(raw or b"null", parse_float=_json_number)
-    except ValueError as exc:
-        return error(400, f"request body is not valid JSON: {exc}")
-    if not isinstance(body, dict):
-        return error(400, "request body must be a JSON object with src, dst, port and protocol")
-    try:
-        # strict: no silent coercion at the edge ("80" is not a port, 1 is not a boolean), so
-        # what is accepted is exactly what the OpenAPI document describes
-        req = DiagnosisRequest.model_validate(body, strict=True)
-    except ValidationError as exc:
-        fields = field_errors(exc)
-        summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
-        return error(422, f"invalid diagnosis request: {summary}", fields=fields)
+        req = parse_request(raw)
+    except RequestInvalid as exc:
+        message = f"request body is {exc}" if exc.status == 400 else str(exc)
+        return error(exc.status, message, **({"fields": exc.fields} if exc.fields else {}))
 
     key = request.headers.get("Idempotency-Key")
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
@@ -167,7 +144,11 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     bus, store = request.app[BUS], request.app[STORE]
     if not bus.connected:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
-    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now())
+    try:
+        source = await asyncio.wait_for(store.current_source(), 3)
+    except (TimeoutError, nats.errors.Error):
+        source = None  # the topology stage names it on the way
+    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now(), source=source)
     # The root span of the diagnosis (continuing a caller's traceparent, if any): publish_model
     # injects it into the NATS headers, so every stage's span joins this one trace.
     with tracer.start_as_current_span("netdiag.gateway.create_diagnosis", kind=trace.SpanKind.SERVER,
@@ -246,16 +227,24 @@ async def list_diagnoses(request: web.Request) -> web.Response:
     if not request.app[BUS].connected:
         return bus_down("the result store (NATS)")
     try:
+        # the history of the cluster served now (an earlier `up` against another cluster is not this one's);
+        # ?source=all lists every diagnosis, ?source=<name> another cluster's
+        wanted = request.query.get("source") or await asyncio.wait_for(store.current_source(), KV_READ_TIMEOUT_S)
         ids = await asyncio.wait_for(store.ids(), KV_READ_TIMEOUT_S)
         if after:
             ids = [i for i in ids if i < after]
-        page = ids[:limit]
-        items = [d for d in await asyncio.gather(*(_read(request, i) for i in page)) if d is not None]
+        found: list[Diagnosis] = []
+        for start in range(0, len(ids), limit * 2):  # read in batches until one more than a page matched
+            batch = await asyncio.gather(*(_read(request, i) for i in ids[start:start + limit * 2]))
+            found += [d for d in batch if d is not None and wanted in ("all", d.source)]
+            if len(found) > limit:
+                break
     except (TimeoutError, nats.errors.Error):
         return bus_down("the result store (NATS)")
+    items = found[:limit]
     body = {
         "items": [json.loads(d.model_dump_json(exclude={"result": {"paths"}})) for d in items],
-        "next": page[-1] if len(ids) > limit else None,
+        "next": items[-1].id if len(found) > limit else None,
     }
     return web.json_response(body)
 
@@ -398,15 +387,17 @@ def _background(app: web.Application) -> Any:
 
 async def cluster_summary(request: web.Request) -> web.Response:
     """The topology stage's cluster summary (shared/cluster.py), as it published it."""
+    bus = request.app[BUS]
     try:
-        kv = await request.app[BUS].cluster_kv()
+        kv = await bus.cluster_kv()
         entry = await kv.get(SUMMARY_KEY)
+        body = await bus.unpack(entry.value or b"")  # a large cluster's summary lives in the object store
     except KeyNotFoundError:
         return error(404, "no cluster summary yet: the topology stage publishes it once its cluster model "
                           "is loaded (snapshot) or synced (live)")
     except (TimeoutError, nats.errors.Error):
         return bus_down("the cluster summary store (NATS)")
-    return web.Response(body=entry.value, content_type="application/json")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def finding_codes(_: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysEr
 
 from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus, valid_id
+from shared.cluster import SUMMARY_KEY
 from shared.logs import log_context
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.stage import Stage
@@ -34,8 +36,10 @@ CACHE_SIZE = 2048  # finished diagnoses kept in memory: they never change, and a
 
 def diagnosis_from_envelope(env: StageEnvelope) -> Diagnosis:
     failed = env.error is not None or env.result is None
+    source = (env.topology or {}).get("source")
     return Diagnosis(
         id=env.id, request=env.request, created_at=env.created_at, completed_at=now(),
+        source=source if isinstance(source, str) else None,
         status=DiagnosisStatus.FAILED if failed else DiagnosisStatus.COMPLETED,
         result=env.result, error=env.error or (None if env.result else "no result produced"),
         timings_ms=env.timings_ms,
@@ -60,8 +64,12 @@ class ResultStore:
         self.bus = bus
         self._done: OrderedDict[str, Diagnosis] = OrderedDict()
 
+    async def _value(self, diagnosis: Diagnosis) -> bytes:
+        """The KV value: the diagnosis, or a reference to it in the object store when it is large."""
+        return await self.bus.pack(f"results/{diagnosis.id}", diagnosis.model_dump_json().encode())
+
     async def create(self, diagnosis: Diagnosis) -> None:
-        await self.bus.kv.create(diagnosis.id, diagnosis.model_dump_json().encode())
+        await self.bus.kv.create(diagnosis.id, await self._value(diagnosis))
 
     async def finish(self, diagnosis: Diagnosis, *, request_must_match: bool = True) -> Diagnosis:
         """Store a finished diagnosis over its queued record, once. Raises Rejected when there is no
@@ -72,15 +80,17 @@ class ResultStore:
             raise Rejected("unknown", f"no diagnosis {diagnosis.id} was accepted by the gateway") from None
         if not entry.value:
             raise Rejected("unknown", f"no diagnosis {diagnosis.id} was accepted by the gateway")
-        stored = Diagnosis.model_validate_json(entry.value)
+        stored = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
         if stored.status != DiagnosisStatus.QUEUED:
             self._remember(stored)
             raise Rejected("terminal", f"diagnosis {diagnosis.id} is already {stored.status.value}")
         if request_must_match and stored.request != diagnosis.request:
             raise Rejected("mismatch", f"the event for {diagnosis.id} names another request than the accepted one")
-        final = diagnosis.model_copy(update={"created_at": stored.created_at})
+        # a diagnosis that failed before the topology stage named its cluster keeps the one stamped at creation
+        final = diagnosis.model_copy(update={"created_at": stored.created_at,
+                                             "source": diagnosis.source or stored.source})
         try:
-            await self.bus.kv.update(diagnosis.id, final.model_dump_json().encode(), last=entry.revision)
+            await self.bus.kv.update(diagnosis.id, await self._value(final), last=entry.revision)
         except KeyWrongLastSequenceError:
             raise Rejected("terminal", f"diagnosis {diagnosis.id} was finished meanwhile") from None
         self._remember(final)
@@ -118,9 +128,20 @@ class ResultStore:
             return None
         if not entry.value:
             return None
-        diagnosis = Diagnosis.model_validate_json(entry.value)
+        diagnosis = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
         self._remember(diagnosis)
         return diagnosis
+
+    async def current_source(self) -> str | None:
+        """The cluster the topology stage serves now (its published summary's `source`), None before one is
+        published. New diagnoses are stamped with it and the history is listed for it."""
+        try:
+            kv = await self.bus.cluster_kv()
+            entry = await kv.get(SUMMARY_KEY)
+            source = json.loads(await self.bus.unpack(entry.value or b"{}")).get("source")
+        except (KeyNotFoundError, ValueError):
+            return None
+        return source if isinstance(source, str) else None
 
     async def ids(self) -> list[str]:
         """Newest first: ids are time-ordered (shared.schemas.new_id)."""

@@ -16,7 +16,7 @@ import pytest
 from services.cloud.handler import CloudStage
 from services.collector.handler import CollectorStage
 from services.gateway.store import ResultSink
-from services.simulator.assemble import diagnose
+from services.simulator import assemble
 from services.simulator.handler import SimulatorStage
 from services.topology.handler import TopologyStage
 from shared.bus import BLOBS_BUCKET, Bus
@@ -34,6 +34,9 @@ REQUEST = {"src": SRC, "dst": DST, "port": PORT, "protocol": PROTO}
 def freezing_simulator(server: NatsServer, freezes: list[float]) -> type[SimulatorStage]:
     class Freezing(SimulatorStage):
         async def handle(self, env: StageEnvelope) -> StageEnvelope:
+            # dumps decoded by an earlier run are cached by digest: forget them, so this run reads
+            # them from the object store while the server is frozen
+            assemble.NODE_VIEWS.clear()
             if freezes:
                 assert server.proc is not None
                 pid, seconds = server.proc.pid, freezes.pop(0)
@@ -91,7 +94,7 @@ async def test_absent_blobs_are_missing_data_not_a_retry(fresh_nats: NatsServer)
         env = await TopologyStage(bus, settings).handle(env)
         gone = BlobRef(bucket=BLOBS_BUCKET, name="nodes/never-written.json.gz", size=10, sha256="0" * 64)
         env = env.model_copy(update={"nodes": {"node-1": gone}, "cloud": gone})
-        result = await diagnose(env, bus)
+        result = await assemble.diagnose(env, bus)
     finally:
         await bus.close()
     missing = [f for f in result.findings if f.code == "DATA_MISSING"]

@@ -21,6 +21,7 @@ def deny_finding(verdict: PolicyVerdict, direction: DirectionVerdict, hop_id: st
         dst=f"{verdict.packet.dst}:{verdict.packet.port}",
         reason=reason,
         direction=direction.direction,
+        change=direction.change,
         evidence={
             "policy_verdict": direction.evidence(),
             "protocol": verdict.packet.protocol,
@@ -42,9 +43,6 @@ def policy_step(verdict: PolicyVerdict, direction: DirectionVerdict) -> Step:
         action = StepAction.ALLOW
     else:
         action = StepAction.INFO if verdict.enforced is False else StepAction.DROP
-    return Step(
-        kind=StepKind.POLICY,
-        action=action,
-        detail=f"NetworkPolicy {direction.direction}: {direction.explanation}",
-        evidence=direction.evidence(),
-    )
+    # the explanation is the detail's sentence; the rest is the step's typed PolicyInfo
+    info = {k: v for k, v in direction.evidence().items() if k != "explanation"}
+    return Step.of(StepKind.POLICY, action, f"NetworkPolicy {direction.direction}: {direction.explanation}", **info)

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from services.simulator.dataplane.walk.reply import walk_replies
 from services.simulator.dataplane.walk.trail import Trail
 from services.simulator.dataplane.walk.walker import Expectation, Walker
-from services.simulator.dataplane.walk.world import World
+from services.simulator.dataplane.walk.world import NodeView, World
 from shared.netstack import NodeDump
 from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Path
 from shared.topology import TopologyReport
 
 STAGE = "simulator"
 
-__all__ = ["WalkResult", "World", "walk"]
+__all__ = ["NodeView", "WalkResult", "World", "walk"]
 
 
 @dataclass
@@ -32,8 +32,9 @@ class WalkResult:
 
 
 def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, NodeDump],
-         expected: list[Finding] | None = None, reply: bool = True) -> WalkResult:
-    world = World(dumps)
+         expected: list[Finding] | None = None, reply: bool = True,
+         views: dict[str, NodeView] | None = None) -> WalkResult:
+    world = World(dumps, views)
     walker = Walker(world, report, request, Expectation(list(expected or [])))
     trails = walker.run()
     out = WalkResult()
@@ -47,7 +48,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
             _reply_outcome(trail, backs)
         out.paths.append(trail.to_path(path_id, description))
         _collect(out, trail)
-    for n, (path_id, back) in enumerate(replies):
+    numbered: dict[str, int] = {}  # reply ids follow their forward path: p1.reply0, p1.reply1, …
+    for path_id, back in replies:
+        n = numbered[path_id] = numbered.get(path_id, -1) + 1
         out.paths.append(back.to_path(f"{path_id}.reply{n}", f"reply of {path_id}", "reply"))
         _collect(out, back)
     return out

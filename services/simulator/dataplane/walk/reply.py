@@ -52,9 +52,9 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
                      "the cloud layer decides)", could_change=False)  # the cloud stage checks that part
     if iif is not None:
         hop = trail.hop_by_id(external_hop(st.dst), kind=HopKind.INTERNET if st.dst.is_global else HopKind.EXTERNAL,
-                              name=f"{'internet' if st.dst.is_global else 'outside the cluster'} {st.dst}")
+                              name=str(st.dst))
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
-                   packet(rst, iif))
+                   packet(rst, iif), endpoint="external", device=iif)
     return rw.run(Cursor(place, rst, iif, trail))
 
 
@@ -65,7 +65,7 @@ def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
     hop = c.trail.hop(view)
     if st.src == r.dst and st.sport in (r.port, None) and st.dst == r.src:
         c.trail.step(hop, StepKind.DELIVERY, StepAction.DELIVER, f"the reply reaches the client's connection in "
-                     f"{view.where}", packet(st, st.iif))
+                     f"{view.where}", packet(st, st.iif), reply=True)
         w.finish(c, FinalState.DELIVER)
         return
     undone = [e for e in c.trail.pending_reverse if e.rewrites_destination]
@@ -79,5 +79,6 @@ def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
         found = finding("INVALID_ROUTE", node_hop(where), route="the reply path", where=f"node {where}",
                         expected=f"back through node {where}, which translated the request", dst=r.src)
     c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply arrives as {packet(st)}, but the client "
-                 f"sent to {r.dst}:{r.port}: no connection matches, the client drops it", packet(st, st.iif))
+                 f"sent to {r.dst}:{r.port}: no connection matches, the client drops it", packet(st, st.iif),
+                 reply=True, finding=found.code)
     w.finish(c, FinalState.DROP, found.code, found)

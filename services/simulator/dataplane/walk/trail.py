@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.netfilter import FlowState, RuleHit
+from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.world import NetnsView, Place
 from shared.schemas import (
     FinalState,
@@ -20,12 +21,29 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
+from shared.steps import NatEndpoint
+from shared.steps import RuleHit as RuleHitInfo
 
 
 def packet(st: FlowState, iif: str | None = None, oif: str | None = None) -> Packet:
     proto = st.protocol if st.protocol in ("tcp", "udp", "icmp") else "tcp"
     return Packet(src=st.src, dst=st.dst, protocol=proto, sport=st.sport, dport=st.dport, mark=st.mark,
                   iif=iif, oif=oif)
+
+
+def rule_hit(hit: RuleHit) -> RuleHitInfo:
+    return RuleHitInfo(table=hit.label, chain=hit.chain, position=hit.position, rule=hit.rule,
+                       family=hit.family or None)
+
+
+def route_info(d: RouteDecision) -> dict[str, object]:
+    """A route decision as RouteInfo fields (addresses as they are, not as text)."""
+    return dict(type=d.type, table=d.table, route=d.route, dev=d.dev, gateway=d.gateway, src=d.src, onlink=d.onlink,
+                probability=d.probability, rules=d.rules)
+
+
+def endpoint_info(end: Endpoint) -> NatEndpoint:
+    return NatEndpoint(address=end[0], port=end[1])  # type: ignore[arg-type]
 
 
 def copy_state(st: FlowState) -> FlowState:
@@ -86,9 +104,9 @@ class Trail:
         return hop
 
     def step(self, hop: Hop, kind: StepKind, action: StepAction, detail: str, before: Packet | None = None,
-             after: Packet | None = None, **evidence: object) -> Step:
-        step = Step(kind=kind, action=action, detail=detail, packet_in=before, packet_out=after,
-                    evidence={k: v for k, v in evidence.items() if v is not None})
+             after: Packet | None = None, **info: object) -> Step:
+        """A step on `hop`; `info` are the fields of `kind`'s detail (shared/steps.py)."""
+        step = Step.of(kind, action, detail, before, after, **info)
         hop.steps.append(step)
         return step
 
