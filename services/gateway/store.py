@@ -36,10 +36,9 @@ CACHE_SIZE = 2048  # finished diagnoses kept in memory: they never change, and a
 
 def diagnosis_from_envelope(env: StageEnvelope) -> Diagnosis:
     failed = env.error is not None or env.result is None
-    source = (env.topology or {}).get("source")
     return Diagnosis(
         id=env.id, request=env.request, created_at=env.created_at, completed_at=now(),
-        source=source if isinstance(source, str) else None,
+        source=env.topology.source if env.topology is not None else None,
         status=DiagnosisStatus.FAILED if failed else DiagnosisStatus.COMPLETED,
         result=env.result, error=env.error or (None if env.result else "no result produced"),
         timings_ms=env.timings_ms,
