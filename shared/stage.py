@@ -109,11 +109,15 @@ class StageRunner:
         self.rejected = 0
         self.last_poll = time.monotonic()  # the fetch loop's heartbeat (liveness)
         self.running = False
+        self._awaiting_slot = False
 
     @property
     def alive(self) -> bool:
         """Still pulling: the loop turns (a fetch returns at least every second) and the bus lives."""
-        return self.running and not self.bus.lost.is_set() and time.monotonic() - self.last_poll < STALL_S
+        if not self.running or self.bus.lost.is_set():
+            return False
+        # waiting for a free slot is a busy replica, not a wedged one: its handlers' heartbeats speak for it
+        return self._awaiting_slot or time.monotonic() - self.last_poll < STALL_S
 
     async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
         s = self.bus.settings
@@ -147,7 +151,12 @@ class StageRunner:
             try:
                 if sub is None:
                     sub = await self._subscribe()
-                await self._slots.acquire()
+                self._awaiting_slot = True
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self._awaiting_slot = False
+                self.last_poll = time.monotonic()
                 try:
                     msgs = await _fetch_or_stop(sub, stopping)
                 except BaseException:
