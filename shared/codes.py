@@ -144,6 +144,15 @@ _ENTRIES = [
     FindingCode("ECS_INSTANCE_NOT_RUNNING", E, "ECS instance {instance} of node {node} is {status}, not Running",
                 "Start the instance {instance} (check overdue payment, a manual stop or a failed "
                 "maintenance event)."),
+    FindingCode("VPC_NETWORK_ACL_DENY", E, "network ACL {acl} of vSwitch {vswitch} drops {packet} ({direction}): "
+                "{entry}", "Add an {direction} accept entry for {packet} to network ACL {acl} ahead of {entry}; "
+                "network ACLs are stateless, so allow the reply direction too."),
+    FindingCode("VPC_NEXT_HOP_NOT_FORWARDING", E, "route entry {route} in {route_table} points at {next_hop}, which "
+                "is {state}: it does not forward", "Start {next_hop} (or attach the ENI to a running instance), or "
+                "point the route entry for {route} at a next hop that forwards."),
+    FindingCode("LB_BACKEND_WEIGHT_ZERO", W, "backend {backend} of slb {lb} listener {port} has weight 0: the load "
+                "balancer forwards it no request", "Give {backend} a weight above 0 on {lb} (SetBackendServers / "
+                "the vServer group), or remove it from the server group if it should not serve."),
     FindingCode("LB_BACKEND_MISMATCH", E, "backends of slb {lb} listener {port} do not match service {service}: "
                 "{detail}", "Let the cloud controller resync the load balancer of {service} (check its "
                 "events and logs), or fix the vserver group by hand."),

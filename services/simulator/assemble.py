@@ -27,7 +27,7 @@ from shared.schemas import (
     StageEnvelope,
     Verdict,
 )
-from shared.topology import EndpointKind, TopologyReport
+from shared.topology import EndpointKind, TopologyReport, private_use
 
 STAGE = "simulator"
 
@@ -114,7 +114,7 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
     """A private destination nothing we know owns (no pod, node, Service or cloud address), reached by
     leaving the cluster: whatever is there was not checked, so the answer cannot be a confident REACHABLE."""
     dst = report.dst
-    if dst.kind != EndpointKind.UNKNOWN or report.service is not None or not any(
+    if dst.kind != EndpointKind.UNKNOWN or not private_use(dst.address) or report.service is not None or not any(
             p.direction == "forward" and p.final == FinalState.FORWARD for p in paths):
         return None
     modelled = inventory is not None and inventory.modelled
@@ -150,7 +150,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
                                              expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
-            findings = _reconcile(_merge(findings, walked.findings), paths)
+            findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
             assumptions = _merge(assumptions, walked.assumptions)
         elif env.nodes:
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
@@ -193,6 +193,13 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
     return views, problems
+
+
+def _refined(findings: list[Finding]) -> list[Finding]:
+    """A finding the walk restated where it found it (evidence `refines`: the hop the model put it on)
+    replaces the model's: one UNKNOWN_ADDRESS, at the node whose pod network has the free address."""
+    replaced = {(f.code, f.evidence["refines"]) for f in findings if f.evidence.get("refines")}
+    return [f for f in findings if (f.code, f.hop) not in replaced]
 
 
 def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:

@@ -322,6 +322,7 @@ function showResult(d, { permalink = true } = {}) {
     `${result.findings.length} finding(s)${errors ? `, ${errors} error(s)` : ""}`,
     `${result.assumptions.length} assumption(s)${mattering ? `, ${mattering} could change the outcome` : ""}`,
   ].join(" · ");
+  $("verdict-counts").hidden = !r;  // a failed run counts nothing: its reason says it all
   learnFromDiagnosis(d);
   renderGraph(result);
   renderFindings(result);

@@ -216,7 +216,7 @@ class Crossing:
         if unknown is not None:  # the destination itself is a free address of this node's pod network
             found = unknown.model_copy(update={"hop": view.hop_id, "severity": Severity.ERROR, "message": (
                 f"{unknown.message}: it is in {view.node}'s pod network, but no pod on {view.node} has it "
-                f"(no port of {bridge.name} leads to it)")})
+                f"(no port of {bridge.name} leads to it)"), "evidence": {**unknown.evidence, "refines": unknown.hop}})
             return self.w.drop(c, found, view, f"{bridge.name}: no pod on {view.node} has {nh}", StepKind.BRIDGE)
         return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
                                       where=view.where, state="unresolvable (no bridge port leads to it)"),
