@@ -33,7 +33,7 @@ from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.bus import STREAM, SUBJECT_COMPLETED, Bus, is_transient, valid_id
+from shared.bus import STREAM, SUBJECT_COMPLETED, BlobUnreadable, Bus, is_transient, valid_id
 from shared.logs import log_context
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.security import SIGNATURE_HEADER, signature_valid
@@ -192,7 +192,16 @@ class StageRunner:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            env = StageEnvelope.model_validate_json(await self.bus.unpack(msg.data))
+            data = await self.bus.unpack(msg.data)
+        except BlobUnreadable as exc:  # a packed envelope whose blob is gone: nothing to retry into shape
+            await self._poison(msg, exc)
+            return
+        except (nats.errors.Error, TimeoutError) as exc:  # the bus, not the event: later
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=backoff_s(exc, msg.metadata.num_delivered))
+            return
+        try:
+            env = StageEnvelope.model_validate_json(data)
         except ValidationError as exc:
             await self._poison(msg, exc)
             return
@@ -270,7 +279,7 @@ class StageRunner:
             return
         await msg.ack()
 
-    async def _poison(self, msg: Msg, exc: ValidationError) -> None:
+    async def _poison(self, msg: Msg, exc: ValidationError | BlobUnreadable) -> None:
         """An unparseable event cannot be retried into shape: terminate it, count it, and fail its
         diagnosis when it names a real one, so it is visible rather than lost. A field used in a subject
         or key (the id) that is not in our own format is never used at all."""
@@ -305,8 +314,10 @@ class StageRunner:
         await fail_diagnosis(self.bus, self.stage, env, reason.removeprefix(f"stage {self.stage.name} failed: "))
 
 
-def _short_errors(exc: ValidationError, n: int = 3) -> str:
+def _short_errors(exc: ValidationError | BlobUnreadable, n: int = 3) -> str:
     """Pydantic's errors without the input (which may be 5,000 characters of id)."""
+    if isinstance(exc, BlobUnreadable):
+        return str(exc)
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:n])
 
 
