@@ -428,9 +428,16 @@ async def _snapshot_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from services.collector.agent import run_agent
+    import asyncio
 
-    return int(run_agent(_settings(args, nats_url=args.nats_url), args.node, args.netns) or 0)
+    from services.collector.agent import run_agent
+    from shared.bus import BusUnavailable
+
+    try:
+        asyncio.run(run_agent(_settings(args, nats_url=args.nats_url), args.node, args.netns))
+    except BusUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    return 0
 
 
 # ------------------------------------------------------------------ parser

@@ -127,7 +127,9 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         " (a VM, an on-premises host, nothing) and whether it answers was not checked"))
 
 
-async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResult:
+async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | None = None) -> DiagnosisResult:
+    """The result of one envelope; `blobs` (the stage's) reuses what earlier diagnoses decoded."""
+    blobs = blobs or Blobs()
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
@@ -143,7 +145,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        views, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus, blobs)
         findings = _merge(findings, load_findings)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
@@ -156,7 +158,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        inventory, missing = await _inventory(env, bus)
+        inventory, missing = await _inventory(env, bus, blobs)
         findings = _merge(findings, missing)
         cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
@@ -170,14 +172,18 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
     return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
 
 
-# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
-# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
-# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
-NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
-_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+class Blobs:
+    """What a simulator decodes from the object store, once per content digest: the requests of a
+    batch (one snapshot, one collection window) carry the same dumps and inventory, and decoding a
+    dump and parsing its rulesets costs more than walking it. A cached dump is never mutated: its
+    NodeView (parsed rulesets, routers) is reused too. One per SimulatorStage."""
+
+    def __init__(self) -> None:
+        self.nodes: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+        self.inventories: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+async def _load_dumps(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> tuple[dict[str, NodeView], list[Finding]]:
     views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
@@ -186,7 +192,7 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
         # only data that is absent or broken is missing data; the bus not answering (a timeout, a
         # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            views[node] = await NODE_VIEWS.get(bus, ref)
+            views[node] = await blobs.nodes.get(bus, ref)
         except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
                 raise
@@ -218,14 +224,15 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None) -> tuple[CloudInventory | None, list[Finding]]:
+async def _inventory(env: StageEnvelope, bus: Bus | None,
+                     blobs: Blobs) -> tuple[CloudInventory | None, list[Finding]]:
     """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled). Absent or
     broken is missing data; the bus not answering is raised (retried), as for the dumps."""
     if isinstance(env.cloud, BlobRef):
         if bus is None:
             return None, []
         try:
-            return await _INVENTORIES.get(bus, env.cloud), []
+            return await blobs.inventories.get(bus, env.cloud), []
         except ValueError as exc:  # BlobUnreadable, or not an inventory (pydantic's ValidationError)
             return None, [finding("DATA_MISSING", None, what="the cloud inventory",
                                   reason=f"it could not be read: {type(exc).__name__}: {exc}")]
