@@ -44,6 +44,7 @@ CASES = [  # tests/e2e/cases.py SHOP_CASES: a Service, a policy deny and allow, 
 ]
 STAGES = ("topology", "collector", "cloud", "simulator")
 ACK_WAIT_S = 3.0
+EXTRA_CHAOS_S = 20.0
 
 
 @dataclass
@@ -286,7 +287,17 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                 nonlocal last_fault
                 begin = time.monotonic()
                 restarted = False
-                while time.monotonic() - begin < chaos_s:
+                def more() -> bool:
+                    """Until chaos_s; then on for a while (clients keep submitting) until at least one kill
+                    caught a message in flight and its redelivery was seen: a run that measured none proves
+                    nothing about recovery."""
+                    elapsed = time.monotonic() - begin
+                    if elapsed < chaos_s:
+                        return True
+                    measured = _redeliveries(kills, progress, (nats_down[0], nats_down[1]))
+                    return not measured and elapsed < chaos_s + EXTRA_CHAOS_S
+
+                while more():
                     await asyncio.sleep(rng.uniform(1.0, 2.0))
                     if not restarted and time.monotonic() - begin > chaos_s / 3:
                         down_from = time.time()
@@ -311,6 +322,8 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
 
             async def client(n: int) -> None:
                 key, case = f"chaos-{n}", n % len(CASES)
+                # arrivals spread over the chaos window: a steady load, so every fault meets work in flight
+                await asyncio.sleep(n * chaos_s / diagnoses)
                 async with slots:
                     diagnosis_id = await _submit(http, dep.url, key, CASES[case], time.monotonic() + 120)
                     # the client retries once more anyway: it must name the same diagnosis
