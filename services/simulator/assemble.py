@@ -8,13 +8,14 @@ from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import NodeView, walk
+from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
 from shared.blobcache import Decoded
 from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
-from shared.netstack import decode_dump
+from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -133,6 +134,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    report: TopologyReport | None = None
+    dumps: dict[str, NodeDump] = {}
     cloud_checked = False
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
@@ -149,7 +152,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
         findings = _merge(findings, load_findings)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+            dumps = {n: v.dump for n, v in views.items()}
+            walked = await asyncio.to_thread(walk, report, env.request, dumps,
                                              expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
@@ -169,7 +173,21 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
             assumptions.append(unowned)
     verdict = overall_verdict(paths, findings, assumptions)
     summary = summarize(verdict, paths, findings, assumptions, cloud_checked=cloud_checked)
-    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
+    witness = None
+    if env.request.options.live:
+        if bus is None or report is None:
+            assumptions.append(Assumption(stage=STAGE, text="live confirmation was asked for but not possible: no "
+                                          "bus or no topology", could_change_outcome=False))
+        else:
+            live = await confirm(bus, env.request, report, dumps, verdict, paths, findings, env.id)
+            witness = live.witness
+            findings = _merge(findings, live.findings)
+            assumptions = _merge(assumptions, live.assumptions)
+            if live.verdict != verdict:  # the kernel is what happened
+                verdict = live.verdict
+                summary = f"the kernel says {verdict.value}: {witness.detail}"
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings,
+                           assumptions=assumptions, live=witness)
 
 
 class Blobs:
