@@ -108,10 +108,17 @@ def queue_group(node: str) -> str:
 
 
 def blob_name(node: str, diagnosis_id: str | None) -> str:
-    """Named by diagnosis and node, and unique per collection: an agent never replaces an object, which
-    would take reading and purging the bucket (rights an agent does not have). The bucket's TTL clears them."""
+    """A dump in the shared blob bucket (the collector's, from a snapshot): by diagnosis and node."""
+    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else f"adhoc-{time.time_ns()}"
+    return f"nodes/{key}/{_SAFE.sub('_', node)}.json.gz"
+
+
+def node_blob_name(diagnosis_id: str | None) -> str:
+    """A dump in the node's own bucket (the agent's): unique per collection, since an agent never
+    replaces an object (that would take reading and purging the bucket, rights it does not have); the
+    bucket's TTL clears them. Short, as it becomes a subject token (base64) after the bucket's name."""
     key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else "adhoc"
-    return f"nodes/{key}/{_SAFE.sub('_', node)}-{time.time_ns():x}.json.gz"
+    return f"{key}/{time.time_ns():x}.json.gz"
 
 
 class NodeAgent:
@@ -330,7 +337,7 @@ class NodeAgent:
             return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
                                 error=f"dump of {len(dump.data)} compressed bytes exceeds the limit of "
                                       f"{self.max_dump_bytes}")
-        ref = await self.bus.put_node_blob(self.node, blob_name(self.node, request.diagnosis_id), dump.data)
+        ref = await self.bus.put_node_blob(self.node, node_blob_name(request.diagnosis_id), dump.data)
         return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
                             namespaces=dump.namespaces, size=dump.size)
 

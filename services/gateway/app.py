@@ -113,8 +113,6 @@ class Pending:
                              extra=log_context(diagnosis_id=diagnosis_id, stage="gateway"))
 
 
-
-
 # ------------------------------------------------------------------ handlers
 
 

@@ -163,7 +163,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        inventory = await _inventory(env, bus, blobs)
+        inventory, missing = await _inventory(env, bus, blobs)
+        findings = _merge(findings, missing)
         cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
@@ -242,11 +243,19 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> CloudInventory | None:
-    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
+async def _inventory(env: StageEnvelope, bus: Bus | None,
+                     blobs: Blobs) -> tuple[CloudInventory | None, list[Finding]]:
+    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled). Absent or
+    broken is missing data; the bus not answering is raised (retried), as for the dumps."""
     if isinstance(env.cloud, BlobRef):
-        return await blobs.inventories.get(bus, env.cloud) if bus else None
-    return CloudInventory.model_validate(env.cloud) if env.cloud else None
+        if bus is None:
+            return None, []
+        try:
+            return await blobs.inventories.get(bus, env.cloud), []
+        except ValueError as exc:  # BlobUnreadable, or not an inventory (pydantic's ValidationError)
+            return None, [finding("DATA_MISSING", None, what="the cloud inventory",
+                                  reason=f"it could not be read: {type(exc).__name__}: {exc}")]
+    return (CloudInventory.model_validate(env.cloud) if env.cloud else None), []
 
 
 def _merge(first: list[Any], more: list[Any]) -> list[Any]:
