@@ -3,6 +3,10 @@ through the full embedded stack (live topology against the lab's Kubernetes API,
 lab node, the collector, the simulator's dataplane walk) must agree, and the diagnosis must name the
 injected cause (finding code at the catalogue's hop, on the first abnormal hop of a dropped path).
 Healthy scenarios must deliver with no error-severity finding.
+
+Each probe and each fault is its own test id (`basic::web/client->svc:shop/api:80/tcp`, `forward_drop`);
+the probes of one scenario share one lab and stack. A failure prints the kernel's outcome, the verdict,
+and the hops each path walked with the step that decided it.
 """
 
 from __future__ import annotations
@@ -10,22 +14,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 
 from lab.dataplane import Lab
 from lab.faults import CATALOGUE, Fault, ProbeSpec
+from lab.scenario import Scenario, resolve
 from services.stack import EmbeddedStack
-from shared.config import Settings
-from tests.lab.conftest import MakeLab
+from tests.lab.conftest import MakeLab, example, new_prefix, require_root
+from tests.lab.helpers import (
+    PROBE_TIMEOUT_S,
+    REACHED,
+    diagnose,
+    errors,
+    expected_verdict,
+    first_abnormal,
+    lab_stack,
+    probe,
+    probe_id,
+    report,
+)
 
 pytestmark = pytest.mark.lab
-
-PROBE_TIMEOUT_S = 1.0
-REACHED = {"connected", "reply"}
 
 # Faults the walk cannot diagnose yet, with the precise reason (strict: they fail once they pass).
 XFAIL: dict[str, str] = {}
@@ -93,97 +105,7 @@ for _fault in CATALOGUE:  # every catalogue probe is healthy before its fault
         _probes.insert(0, (_fault.probe, None))
 
 
-@asynccontextmanager
-async def lab_stack(lab: Lab) -> AsyncIterator[EmbeddedStack]:
-    api = await asyncio.to_thread(lab.start_api)
-    agents = {name: node.netns for name, node in lab.state.nodes.items()}
-    settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
-    async with EmbeddedStack(settings, agents=agents) as stack:
-        yield stack
-
-
-async def diagnose(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout: float = 20.0) -> dict[str, Any]:
-    body = {"src": lab.address(_src_ref(lab, spec.src)), "dst": lab.address(spec.dst), "port": spec.port,
-            "protocol": spec.protocol}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stack.url}/api/v1/diagnoses", json=body) as resp:
-            doc = await resp.json()
-            assert resp.status == 202, doc
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            async with session.get(f"{stack.url}/api/v1/diagnoses/{doc['id']}") as resp:
-                got = await resp.json()
-            if got.get("status") in ("completed", "failed"):
-                assert got["status"] == "completed", got
-                return got["result"]  # type: ignore[no-any-return]
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"diagnosis {doc['id']} did not complete in {timeout}s")
-
-
-def _src_ref(lab: Lab, src: str) -> str:
-    if src in lab.state.nodes:
-        return f"node:{src}"
-    if src in ("ext", "inet"):
-        return src
-    return f"pod:{src}"
-
-
-def expected_verdict(outcome: str) -> str:
-    return "REACHABLE" if outcome in REACHED else "UNREACHABLE"
-
-
-def errors(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return [f for f in result["findings"] if f["severity"] == "error"]
-
-
-def first_abnormal(result: dict[str, Any]) -> list[tuple[str | None, str | None]]:
-    """(first error hop id, cause) of every forward path that does not deliver."""
-    out = []
-    for path in result["paths"]:
-        if path["direction"] != "forward" or path["final"] in ("DELIVER", "FORWARD"):
-            continue
-        hop = next((h["id"] for h in path["hops"] if h["status"] == "error"), None)
-        out.append((hop, path["cause"]))
-    return out
-
-
-def explain(result: dict[str, Any]) -> str:
-    lines = [f"verdict {result['verdict']}: {result['summary']}"]
-    for p in result["paths"]:
-        lines.append(f"  path {p['id']} {p['direction']} {p['final']} cause={p['cause']}")
-        for h in p["hops"]:
-            lines.append(f"    {h['id']} [{h['status']}]")
-            lines += [f"      {s['kind']} {s['action']}: {s['detail']}" for s in h["steps"]]
-    lines += [f"  finding {f['code']} {f['severity']} @{f['hop']}: {f['message']}" for f in result["findings"]]
-    lines += [f"  assumption ({a['stage']}, matters={a['could_change_outcome']}): {a['text']}"
-              for a in result["assumptions"]]
-    return "\n".join(lines)
-
-
-async def _probe(lab: Lab, spec: ProbeSpec) -> str:
-    got = await asyncio.to_thread(lab.probe, spec.src, spec.dst, spec.port, spec.protocol, PROBE_TIMEOUT_S)
-    return got.outcome
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIO_PROBES))
-async def test_scenario_probes(scenario: str, make_lab: MakeLab) -> None:
-    """The unmodified scenario: what reaches has no error finding, what does not names its cause."""
-    lab = make_lab(scenario)
-    async with lab_stack(lab) as stack:
-        for spec, cause in SCENARIO_PROBES[scenario]:
-            outcome = await _probe(lab, spec)
-            result = await diagnose(stack, lab, spec)
-            text = f"{spec}: probe {outcome}\n{explain(result)}"
-            assert result["verdict"] == expected_verdict(outcome), text
-            if cause is None:
-                assert outcome in REACHED and not errors(result), text
-            else:
-                assert outcome not in REACHED, text
-                assert any(f["code"] == cause[0] and f["hop"] == cause[1] for f in result["findings"]), text
-                assert (cause[1], cause[0]) in first_abnormal(result), text
-
-
-def _params() -> list[Any]:
+def _fault_params() -> list[Any]:
     out = []
     for fault in CATALOGUE:
         marks = [pytest.mark.xfail(reason=XFAIL[fault.name], strict=True)] if fault.name in XFAIL else []
@@ -191,15 +113,15 @@ def _params() -> list[Any]:
     return out
 
 
-@pytest.mark.parametrize("fault", _params())
+@pytest.mark.parametrize("fault", _fault_params())
 async def test_fault_diagnosis_agrees_with_kernel(fault: Fault, make_lab: MakeLab) -> None:
     lab = make_lab(fault.scenario)
     async with lab_stack(lab) as stack:
         await asyncio.to_thread(fault.inject, lab)
         seen = await asyncio.to_thread(fault.observe, lab, PROBE_TIMEOUT_S)
-        assert seen == fault.outcomes_after, f"the kernel: {seen}"
+        assert seen == fault.outcomes_after, f"the kernel says {seen}, the catalogue {fault.outcomes_after}"
         result = await _diagnosis_after(stack, lab, fault)
-        text = explain(result)
+        text = report(fault.probe, sorted(seen), result)
         codes = {fault.finding.code, *fault.finding.also}
         named = [f for f in result["findings"] if f["code"] in codes and f["hop"] == fault.finding.hop]
         assert named, f"no {codes} finding at {fault.finding.hop}\n{text}"
@@ -223,3 +145,45 @@ async def _diagnosis_after(stack: EmbeddedStack, lab: Lab, fault: Fault) -> dict
             await asyncio.sleep(0.2)
             result = await diagnose(stack, lab, fault.probe)
     return result
+
+
+@dataclass
+class ScenarioLab:
+    lab: Lab
+    stack: EmbeddedStack
+
+
+@pytest.fixture(scope="module")
+async def scenario_lab(request: pytest.FixtureRequest) -> AsyncIterator[ScenarioLab]:
+    """One unmodified lab and stack per scenario (the indirect parameter), shared by its probes: pytest
+    runs a scenario's ids together and tears this down before the next scenario's is built (the last
+    one at the module's end, hence the probes after the faults, which build a lab each)."""
+    require_root()
+    scenario, prefix = request.param, new_prefix()
+    path = example(scenario)
+    try:
+        lab = await asyncio.to_thread(Lab.up, resolve(Scenario.load(path)), prefix=prefix, scenario_path=path)
+        async with lab_stack(lab) as stack:
+            yield ScenarioLab(lab, stack)
+    finally:  # swept by prefix, so a lab whose build failed half-way goes too
+        await asyncio.to_thread(Lab.sweep, prefix)
+
+
+def _probe_params() -> list[Any]:
+    return [pytest.param(scenario, spec, cause, id=f"{scenario}::{probe_id(spec)}")
+            for scenario in sorted(SCENARIO_PROBES) for spec, cause in SCENARIO_PROBES[scenario]]
+
+
+@pytest.mark.parametrize(("scenario_lab", "spec", "cause"), _probe_params(), indirect=["scenario_lab"])
+async def test_scenario_probes(scenario_lab: ScenarioLab, spec: ProbeSpec, cause: Cause) -> None:
+    """The unmodified scenario: what reaches has no error finding, what does not names its cause."""
+    outcome = await probe(scenario_lab.lab, spec)
+    result = await diagnose(scenario_lab.stack, scenario_lab.lab, spec)
+    text = report(spec, outcome, result)
+    assert result["verdict"] == expected_verdict(outcome), text
+    if cause is None:
+        assert outcome in REACHED and not errors(result), text
+    else:
+        assert outcome not in REACHED, text
+        assert any(f["code"] == cause[0] and f["hop"] == cause[1] for f in result["findings"]), text
+        assert (cause[1], cause[0]) in first_abnormal(result), text

@@ -21,7 +21,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.live import ProbeReply, ProbeRequest, node_probe_subject
 from tests.lab.conftest import MakeLab
-from tests.lab.test_differential import _src_ref, expected_verdict, explain
+from tests.lab.helpers import expected_verdict, explain, src_ref
 
 pytestmark = pytest.mark.lab
 
@@ -48,7 +48,7 @@ async def live_stack(lab: Lab, **settings: Any) -> AsyncIterator[EmbeddedStack]:
 
 
 async def diagnose_live(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout_s: float = 1.0) -> dict[str, Any]:
-    body = {"src": lab.address(_src_ref(lab, spec.src)), "dst": lab.address(spec.dst), "port": spec.port,
+    body = {"src": lab.address(src_ref(lab, spec.src)), "dst": lab.address(spec.dst), "port": spec.port,
             "protocol": spec.protocol, "options": {"live": True, "live_timeout_s": timeout_s}}
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/api/v1/diagnoses", json=body) as resp:
