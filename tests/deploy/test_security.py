@@ -12,30 +12,16 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
-from aiohttp import web
 
-from services.gateway.app import create_app
 from services.natsauth.natsperms import agent_permissions
 from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
 from tests.deploy.chart import chart_nats_server
 from tests.deploy.confinement import assert_confined, enumerate_grants, intended_agent_grant
+from tests.deploy.helpers import TOKEN, serve
 
-TOKEN = "s3cret-token-0123456789"
 REQUEST = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
-
-
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    bus = await Bus.connect(name="gateway", settings=settings)
-    runner = web.AppRunner(create_app(bus), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
-        await bus.close()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from lab.kubeapi import LabKubeAPI
 from services.gateway.auth import TokenReviewer
 from shared.config import Settings
 from shared.kube import api_client
-from tests.deploy.test_security import TOKEN, serve
+from tests.deploy.helpers import TOKEN, serve
 
 REVIEWS = "POST /apis/authentication.k8s.io/v1/tokenreviews"
 

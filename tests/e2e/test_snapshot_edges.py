@@ -13,7 +13,7 @@ import pytest
 from services.render import render_diagnosis
 from shared.schemas import Diagnosis
 from tests.e2e.cases import SHOP, Case
-from tests.e2e.test_snapshot_diagnoses import diagnose_all, finals, first_failing
+from tests.e2e.helpers import diagnose_all, finals, first_failing
 
 EDGE_CASES: dict[str, Case] = {
     "free_pod_address": ("10.244.1.2", "10.244.2.99", 80, "tcp"),  # in node-2's pod CIDR, no pod has it

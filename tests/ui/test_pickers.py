@@ -19,8 +19,8 @@ from lab.dataplane import Lab
 from services.stack import EmbeddedStack
 from shared.codes import CATALOGUE
 from tests.ui.conftest import FIXTURES, SNAPSHOT
+from tests.ui.helpers import api_get
 from tests.ui.stacks import snapshot_stack
-from tests.ui.test_ui import api_get
 
 OTHER_DNS = "10.100.0.10"  # not the Kubernetes default the form used to hard-code
 SUMMARY_TIMEOUT_MS = 10_000

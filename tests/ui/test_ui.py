@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from playwright.async_api import Page, expect
 
@@ -20,9 +18,9 @@ from lab.demo import CASES
 from services.stack import EmbeddedStack
 from shared.schemas import Diagnosis
 from tests.ui.conftest import FIXTURES
+from tests.ui.helpers import RESULT_TIMEOUT_MS, api_get, api_post, submit
 
 CLIENT, API_POD_IP, API_POD_HOP = "10.244.1.20", "10.244.2.40", "pod:prod/api-6d4b8c7f9-zz9zz"
-RESULT_TIMEOUT_MS = 15_000
 
 # what the canvas shows, read through Cytoscape (the page exposes its state as window.netdiag)
 GRAPH_NODES = """() => window.netdiag.cy.nodes().map((n) => ({
@@ -32,24 +30,6 @@ GRAPH_NODES = """() => window.netdiag.cy.nodes().map((n) => ({
 @pytest.mark.parametrize("fixture", sorted(FIXTURES.glob("*.json")), ids=lambda p: p.stem)
 def test_fixtures_follow_the_result_model(fixture: Path) -> None:
     Diagnosis.model_validate_json(fixture.read_text())
-
-
-async def api_get(stack: EmbeddedStack, path: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s, s.get(stack.url + path) as resp:
-        return await resp.json()
-
-
-async def api_post(stack: EmbeddedStack, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.post(stack.url + "/api/v1/diagnoses", json=body) as resp:
-        return resp.status, await resp.json()
-
-
-async def submit(page: Page, src: str, dst: str, port: str, protocol: str) -> None:
-    await page.fill("#src", src)
-    await page.fill("#dst", dst)
-    await page.fill("#port", port)
-    await page.select_option("#protocol", protocol)
-    await page.click("#submit")
 
 
 async def test_inline_validation_speaks_the_api_words(page: Page, stack: EmbeddedStack) -> None:

@@ -14,8 +14,8 @@ from playwright.async_api import Browser, Page, expect
 
 from services.stack import EmbeddedStack
 from shared.config import Settings
+from tests.ui.helpers import RESULT_TIMEOUT_MS, api_get, submit
 from tests.ui.stacks import snapshot_stack
-from tests.ui.test_ui import RESULT_TIMEOUT_MS, api_get, submit
 
 SHOP = Path(__file__).resolve().parents[2] / "examples" / "snapshots" / "shop"
 

@@ -3,72 +3,13 @@ the node agents' dumps of one diagnosis), edited in code to inject each fault th
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import pytest
 
-from services.simulator.dataplane.walk import WalkResult, walk
 from shared.codes import finding
-from shared.netstack import Link, Neighbor, NetnsDump, NodeDump, Route
-from shared.schemas import DiagnosisRequest, FinalState, HopStatus, StepAction, StepKind
-from shared.schemas import Path as ResultPath
+from shared.netstack import Link, Neighbor, Route
+from shared.schemas import FinalState, StepAction, StepKind
 from shared.steps import NetfilterInfo, RuleHit
-from shared.topology import TopologyReport
-
-FIXTURES = Path(__file__).parent / "fixtures" / "walk"
-PORTS = {"pod-cross-node": 8080, "clusterip": 80, "dns-same-node": 53, "pod-vxlan": 9000}
-
-
-class Case:
-    """One recorded diagnosis: its topology report and fresh, editable copies of the node dumps."""
-
-    def __init__(self, scenario: str, name: str, nodes: tuple[str, ...] = ("node-1", "node-2")) -> None:
-        self.report = TopologyReport.model_validate_json((FIXTURES / f"{scenario}-{name}.topology.json").read_text())
-        self.request = DiagnosisRequest(src=self.report.src.address, dst=self.report.dst.address, port=PORTS[name],
-                                        protocol="tcp")
-        self.dumps = {n: NodeDump.model_validate_json(gzip.decompress((FIXTURES / f"{scenario}-{n}.json.gz")
-                                                                      .read_bytes())) for n in nodes}
-
-    def host(self, node: str) -> NetnsDump:
-        return self.dumps[node].host
-
-    def pod(self, key: str) -> NetnsDump:
-        return next(ns for d in self.dumps.values() for ns in d.pods if ns.pod == key)
-
-    def iptables(self, node: str, table: str, rule: str, first: bool = True) -> None:
-        """Add an `-A` rule (at the top of its chain when `first`) to the node's save text."""
-        state = self.host(node).netfilter.iptables[0]
-        head, _, rest = state.save.partition(f"*{table}\n")
-        chain = rule.split()[1]
-        lines = rest.split("\n")
-        at = next(i for i, line in enumerate(lines) if line.startswith(f"-A {chain} ") or line == "COMMIT")
-        if not first:
-            at = next(i for i, line in enumerate(lines) if line == "COMMIT")
-        lines.insert(at, rule)
-        state.save = head + f"*{table}\n" + "\n".join(lines)
-
-    def drop_rules(self, node: str, needle: str) -> None:
-        state = self.host(node).netfilter.iptables[0]
-        state.save = "\n".join(line for line in state.save.split("\n") if needle not in line)
-
-    def run(self, **kw: object) -> WalkResult:
-        return walk(self.report, self.request, self.dumps, **kw)  # type: ignore[arg-type]
-
-
-def forward(result: WalkResult) -> list[ResultPath]:
-    return [p for p in result.paths if p.direction == "forward"]
-
-
-def only_cause(result: WalkResult, code: str, hop: str) -> None:
-    paths = forward(result)
-    assert paths and all(p.final == FinalState.DROP and p.cause == code for p in paths), [
-        (p.final, p.cause) for p in paths]
-    for p in paths:
-        first = next(h.id for h in p.hops if h.status == HopStatus.ERROR)
-        assert first == hop, [(h.id, h.status) for h in p.hops]
-    assert any(f.code == code and f.hop == hop for f in result.findings)
-
+from tests.simulator.dataplane.helpers import Case, forward, only_cause
 
 # ---------------------------------------------------------------- healthy walks
 

@@ -9,7 +9,7 @@ from services.simulator.assemble import overall_verdict
 from services.simulator.dataplane.walk import WalkResult
 from shared.netstack import BridgePort, CgroupProgram, Link, TcAction, TcFilter, TcQdisc, XdpProgram
 from shared.schemas import Verdict
-from tests.simulator.dataplane.test_walk import Case, only_cause
+from tests.simulator.dataplane.helpers import Case, only_cause
 
 DST_VETH = "veth072872ea"  # node-2's bridge port towards shop/api-2 (10.244.2.2)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from services.simulator.assemble import overall_verdict
 from shared.netstack import Route
 from shared.schemas import FinalState, Verdict
-from tests.simulator.dataplane.test_walk import Case, forward
+from tests.simulator.dataplane.helpers import Case, forward
 
 POD_CIDR_2 = "10.244.2.0/24"
 

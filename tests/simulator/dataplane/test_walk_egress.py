@@ -4,22 +4,9 @@ off the loopback device unless route_localnet allows it."""
 
 from __future__ import annotations
 
-import ipaddress
-
 from shared.netstack import Link, Route, Socket
 from shared.schemas import FinalState
-from shared.topology import Endpoint, EndpointKind
-from tests.simulator.dataplane.test_walk import Case, forward, only_cause
-
-INTERNET = ipaddress.ip_address("203.0.113.10")
-
-
-def to_internet() -> Case:
-    case = Case("basic", "pod-cross-node")
-    case.report.dst = Endpoint(address=INTERNET, kind=EndpointKind.PUBLIC)
-    case.report.paths = []
-    case.request = case.request.model_copy(update={"dst": INTERNET, "port": 80})
-    return case
+from tests.simulator.dataplane.helpers import INTERNET, Case, forward, only_cause, to_internet
 
 
 def test_the_reply_from_the_internet_is_un_snated_back_to_the_pod() -> None:

@@ -13,7 +13,7 @@ from services.simulator.assemble import overall_verdict
 from services.simulator.dataplane.walk import WalkResult
 from shared.netstack import NetfilterState
 from shared.schemas import FinalState, Verdict
-from tests.simulator.dataplane.test_walk import Case, forward
+from tests.simulator.dataplane.helpers import Case, forward
 
 
 def verdict(result: WalkResult) -> Verdict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shared.netstack import Link, Route
 from shared.schemas import FinalState
-from tests.simulator.dataplane.test_walk import Case, forward, only_cause
+from tests.simulator.dataplane.helpers import Case, forward, only_cause
 
 NODES = {"node-1": ("172.30.0.11", "10.244.1.0/24"), "node-2": ("172.30.0.12", "10.244.2.0/24")}
 

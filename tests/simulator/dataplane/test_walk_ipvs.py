@@ -8,22 +8,8 @@ import ipaddress
 
 from shared.schemas import FinalState
 from shared.topology import Endpoint, EndpointKind
-from tests.simulator.dataplane.ipvs_mode import ipvsadm_save, to_ipvs_mode
-from tests.simulator.dataplane.test_walk import Case, forward, only_cause
-
-VIP = "10.96.0.100"
-
-
-def ipvs_case(name: str = "clusterip", scheduler: str = "rr", nodes: tuple[str, ...] = ("node-1", "node-2")) -> Case:
-    case = Case("basic", name, nodes)
-    for node in nodes:
-        to_ipvs_mode(case.host(node), scheduler)
-    case.report.cluster.kube_proxy_mode = "ipvs"
-    return case
-
-
-def virtual_server(case: Case, node: str, address: str = VIP, port: int = 80) -> dict:
-    return next(s for s in case.host(node).netfilter.ipvs if s["address"] == address and s["port"] == port)
+from tests.simulator.dataplane.helpers import VIP, forward, ipvs_case, only_cause, virtual_server
+from tests.simulator.dataplane.ipvs_mode import ipvsadm_save
 
 
 def errors(result: object) -> list[str]:

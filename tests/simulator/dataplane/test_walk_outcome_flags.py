@@ -15,8 +15,7 @@ from services.simulator.dataplane.nftables import parse_nft_json
 from services.simulator.dataplane.walk import WalkResult
 from shared.codes import finding
 from shared.schemas import FinalState, Verdict
-from tests.simulator.dataplane.test_walk import Case, forward
-from tests.simulator.dataplane.test_walk_ipvs import ipvs_case, virtual_server
+from tests.simulator.dataplane.helpers import Case, forward, ipvs_case, virtual_server
 
 NODE_ADDRESSES = {"node-1": ["172.30.0.11"], "node-2": ["172.30.0.12"], "node-3": ["172.30.0.13"]}
 

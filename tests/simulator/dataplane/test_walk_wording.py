@@ -7,7 +7,7 @@ import ipaddress
 
 from shared.schemas import FinalState, StepAction, StepKind
 from shared.topology import Endpoint, EndpointKind
-from tests.simulator.dataplane.test_walk import Case, forward
+from tests.simulator.dataplane.helpers import Case, forward
 
 INTERNET = ipaddress.ip_address("203.0.113.10")
 NODE_1 = ipaddress.ip_address("172.30.0.11")
