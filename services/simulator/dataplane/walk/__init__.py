@@ -15,6 +15,7 @@ from services.simulator.dataplane.walk.reply import walk_replies
 from services.simulator.dataplane.walk.trail import Trail
 from services.simulator.dataplane.walk.walker import Expectation, Walker
 from services.simulator.dataplane.walk.world import World
+from shared.cloud import CloudInventory
 from shared.netstack import NodeDump
 from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Path
 from shared.topology import TopologyReport
@@ -29,12 +30,13 @@ class WalkResult:
     paths: list[Path] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     assumptions: list[Assumption] = field(default_factory=list)
+    wanted: list[str] = field(default_factory=list)  # uncollected nodes the packet reaches (collect on demand)
 
 
 def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, NodeDump],
-         expected: list[Finding] | None = None, reply: bool = True) -> WalkResult:
+         expected: list[Finding] | None = None, reply: bool = True, cloud: CloudInventory | None = None) -> WalkResult:
     world = World(dumps)
-    walker = Walker(world, report, request, Expectation(list(expected or [])))
+    walker = Walker(world, report, request, Expectation(list(expected or [])), cloud=cloud)
     trails = walker.run()
     out = WalkResult()
     used: set[str] = set()
@@ -50,6 +52,7 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
     for n, (path_id, back) in enumerate(replies):
         out.paths.append(back.to_path(f"{path_id}.reply{n}", f"reply of {path_id}", "reply"))
         _collect(out, back)
+    out.wanted = sorted(world.wanted)
     return out
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.reply import reply_leaves
 from services.simulator.dataplane.walk.trail import copy_state, packet
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
@@ -243,10 +244,12 @@ class Crossing:
 
     def _not_collected(self, node: str, how: str) -> Finding:
         """Why a node's dump is missing: the collector's finding for a node asked that did not answer,
-        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked)."""
-        found = self.w.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node))
+        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked), and the
+        node is wanted: the simulator asks its agent on demand and walks again."""
+        found = self.w.collection_failed(node)
         if found is not None:
             return found
+        self.world.wanted.add(node)  # asked for on demand (assemble.py), then walked again
         why = ("it was not collected (see the collector's findings)" if node in self.w.report.nodes_to_collect
                else f"{how}, but it is off the path the Kubernetes model expects, so its agent was not asked")
         return finding("DATA_MISSING", node_hop(node), what=f"the network state of node {node}", reason=why)
@@ -296,6 +299,8 @@ class Crossing:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved")
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
                      "cluster's nodes", packet(c.st, c.iif, link.name))
+        if self.w.reply:
+            return reply_leaves(self.w, c, view)
         c.trail.left = (view.place, copy_state(c.st), link.name)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
