@@ -25,14 +25,15 @@ import time
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
+from pydantic import ValidationError
 
 from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
+from shared.collect import CollectReply, CollectRequest
+from shared.collect import request_dump as request_dump  # the client side, re-exported
 from shared.config import Settings
 from shared.logs import log_context
-from shared.schemas import BlobRef
 
 log = logging.getLogger("netdiag.agent")
 
@@ -43,26 +44,6 @@ MMAP_THRESHOLD_BYTES = 256 * 1024
 MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
 CLOCK_SKEW_S = 1.0  # a deadline is the requester's wall clock: allow NTP-level skew between nodes
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class CollectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    node: str = Field(min_length=1, max_length=253)
-    diagnosis_id: str | None = Field(None, max_length=64)
-    pod_ips: dict[IPvAnyAddress, str] = Field(
-        default_factory=dict, max_length=100_000, description="pod IP → 'namespace/name', to name pod namespaces")
-    deadline: float | None = Field(None, description="epoch seconds after which the requester no longer waits")
-
-
-class CollectReply(BaseModel):
-    node: str
-    ok: bool
-    blob: BlobRef | None = None
-    error: str | None = None
-    duration_ms: float = 0.0
-    namespaces: int = 0
-    size: int = Field(0, description="uncompressed JSON bytes")
 
 
 @dataclass
@@ -223,20 +204,6 @@ class NodeAgent:
         ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), dump.data)
         return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
                             namespaces=dump.namespaces, size=dump.size)
-
-
-async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str | None = None,
-                       pod_ips: dict[str, str] | None = None) -> CollectReply:
-    """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
-    nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
-    the moment this side stops waiting, so the agent skips it if it only gets to it later."""
-    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},  # type: ignore[arg-type]
-                             deadline=time.time() + timeout)
-    msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
-    try:
-        return CollectReply.model_validate_json(msg.data)
-    except ValidationError as exc:
-        return CollectReply(node=node, ok=False, error=f"invalid reply: {exc.errors()[:2]}")
 
 
 def _return_big_buffers_to_the_kernel() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
-from services.simulator.dataplane.walk import walk
+from services.simulator.dataplane.walk import WalkResult, walk
 from services.simulator.modelpath import ModelSimulator
+from services.simulator.ondemand import MAX_ROUNDS, OnDemand
 from shared.bus import Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
+from shared.config import Settings
 from shared.hops import node_hop
 from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
@@ -77,7 +79,7 @@ def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding]) -> s
     return f"every path delivers{note}"
 
 
-async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResult:
+async def diagnose(env: StageEnvelope, bus: Bus | None = None, settings: Settings | None = None) -> DiagnosisResult:
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
@@ -92,9 +94,12 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         assumptions = _merge(assumptions, model.assumptions)
         dumps, load_findings = await _load_dumps(env, bus)
         findings = _merge(findings, load_findings)
+        inventory = await _inventory(env, bus)
         if dumps:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply)
+            ondemand = OnDemand(env, report, bus, settings.snapshot if settings else None, _timeout_s(env, settings))
+            walked, findings, assumptions = await _walk(report, env, dumps, findings, assumptions, inventory,
+                                                        ondemand)
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -102,13 +107,39 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, await _inventory(env, bus),
-                                                               env.request)
+        paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
         assumptions = _merge(assumptions, cloud_assumptions)
     verdict = overall_verdict(paths, findings, assumptions)
     return DiagnosisResult(verdict=verdict, summary=summarize(verdict, paths, findings), paths=paths,
                            findings=findings, assumptions=assumptions)
+
+
+async def _walk(report: TopologyReport, env: StageEnvelope, dumps: dict[str, NodeDump], findings: list[Finding],
+                assumptions: list[Assumption], inventory: CloudInventory | None,
+                ondemand: OnDemand) -> tuple[WalkResult, list[Finding], list[Assumption]]:
+    """Walk; when the packet reaches nodes nobody collected, collect them on demand and walk again
+    (the collection's failures become the expectation that names why a node stays unknown)."""
+    for _ in range(MAX_ROUNDS):
+        walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply,
+                      cloud=inventory)
+        wanted = [n for n in walked.wanted if n not in ondemand.asked]
+        if not wanted or not ondemand.possible or ondemand.left_s() <= 0:
+            return walked, findings, assumptions
+        fetched = await ondemand.fetch(wanted)
+        dumps = {**dumps, **fetched.dumps}
+        findings = _merge(findings, fetched.findings)
+        assumptions = _merge(assumptions, fetched.assumptions)
+    return walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply,
+                cloud=inventory), findings, assumptions
+
+
+def _timeout_s(env: StageEnvelope, settings: Settings | None) -> float:
+    """The diagnosis' collection deadline: the request's own, else the deployment's."""
+    options = env.request.options
+    if "collect_timeout_s" in options.model_fields_set or settings is None:
+        return options.collect_timeout_s
+    return settings.collect_timeout_s
 
 
 async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:

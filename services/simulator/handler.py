@@ -19,5 +19,5 @@ class SimulatorStage(Stage):
         self.settings = settings
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
-        result = await diagnose(env, self.bus)
+        result = await diagnose(env, self.bus, self.settings)
         return env.model_copy(update={"result": result})
