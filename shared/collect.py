@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
 
 from shared.bus import Bus, node_collect_subject
-from shared.schemas import BlobRef
+from shared.schemas import BlobRef, DiagnosisOptions
 
 
 class CollectRequest(BaseModel):
@@ -62,3 +62,8 @@ def pod_ips_on(pods: list[dict[str, Any]], nodes: set[str]) -> dict[str, str]:
             if entry.get("ip"):
                 ips[entry["ip"]] = key
     return ips
+
+
+def collect_timeout_s(options: DiagnosisOptions, default: float) -> float:
+    """A diagnosis' deadline for node agents: the request's own when it set one, else the deployment's."""
+    return options.collect_timeout_s if "collect_timeout_s" in options.model_fields_set else default

@@ -19,7 +19,7 @@ from services.collector.agent import blob_name
 from shared import metrics
 from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
-from shared.collect import pod_ips_on, request_dump
+from shared.collect import collect_timeout_s, pod_ips_on, request_dump
 from shared.config import Settings
 from shared.hops import node_hop
 from shared.logs import log_context
@@ -62,10 +62,7 @@ class CollectorStage(Stage):
         self.settings = settings
 
     def timeout_s(self, env: StageEnvelope) -> float:
-        options = env.request.options
-        if "collect_timeout_s" in options.model_fields_set:
-            return options.collect_timeout_s
-        return self.settings.collect_timeout_s
+        return collect_timeout_s(env.request.options, self.settings.collect_timeout_s)
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
         if env.topology is None:

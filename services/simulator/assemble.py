@@ -11,6 +11,7 @@ from services.simulator.ondemand import MAX_ROUNDS, OnDemand
 from shared.bus import Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
+from shared.collect import collect_timeout_s
 from shared.config import Settings
 from shared.hops import node_hop
 from shared.netstack import NodeDump, decode_dump
@@ -97,9 +98,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, settings: Setting
         inventory = await _inventory(env, bus)
         if dumps:
             # the collected dataplane decides; the model is the expectation that names causes
-            ondemand = OnDemand(env, report, bus, settings.snapshot if settings else None, _timeout_s(env, settings))
             walked, findings, assumptions = await _walk(report, env, dumps, findings, assumptions, inventory,
-                                                        ondemand)
+                                                        _on_demand(env, report, bus, settings))
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -134,12 +134,10 @@ async def _walk(report: TopologyReport, env: StageEnvelope, dumps: dict[str, Nod
                 cloud=inventory), findings, assumptions
 
 
-def _timeout_s(env: StageEnvelope, settings: Settings | None) -> float:
-    """The diagnosis' collection deadline: the request's own, else the deployment's."""
-    options = env.request.options
-    if "collect_timeout_s" in options.model_fields_set or settings is None:
-        return options.collect_timeout_s
-    return settings.collect_timeout_s
+def _on_demand(env: StageEnvelope, report: TopologyReport, bus: Bus | None, settings: Settings | None) -> OnDemand:
+    default = settings.collect_timeout_s if settings else env.request.options.collect_timeout_s
+    return OnDemand(env, report, bus, settings.snapshot if settings else None,
+                    collect_timeout_s(env.request.options, default))
 
 
 async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:

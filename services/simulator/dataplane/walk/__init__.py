@@ -47,6 +47,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
             backs = walk_replies(walker, trail)
             replies.extend((path_id, back) for back in backs)
             _reply_outcome(trail, backs)
+        elif not reply and trail.final in (FinalState.DELIVER, FinalState.FORWARD):  # unchecked is no success
+            trail.assume("the reply path was not checked (check_reply is off): the connection completes only if "
+                         "the reply comes back through every translation the request met", could_change=True)
         out.paths.append(trail.to_path(path_id, description))
         _collect(out, trail)
     for n, (path_id, back) in enumerate(replies):
