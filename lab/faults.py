@@ -294,6 +294,12 @@ CATALOGUE += [
           Expected("REPLY_NOT_TRANSLATED", "node:node-1"), verdict_after="AMBIGUOUS",
           commands=(_node("node-2", "{iptables}", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "{ext}/32", "-j",
                           "ACCEPT"),)),
+    Fault("asymmetric_reply_invalid", "node-2 routes node-3's pod CIDR via node-1: web-2's SYN-ACK reaches node-1, "
+          "whose conntrack never saw the SYN (ctstate INVALID), and kube-proxy's KUBE-FORWARD INVALID rule drops it",
+          "legacy", ProbeSpec("prod/toolbox", "pod:prod/web-2", 80), "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-1"),
+          commands=(_node("node-2", "ip", "route", "replace", "{podcidr:node-3}", "via", "{node:node-1}", "dev",
+                          "eth0"),)),
     Fault("snat_to_other_node_address", "node-1 SNATs the client pod's internet traffic to node-2's address: the "
           "internet host answers node-2, which never sent the request (it resets it)",
           "basic", ProbeSpec("web/client", "inet", 80), "connected", "timeout",

@@ -9,6 +9,7 @@ SERVICE_NO_ENDPOINT.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.walk.reply import walk_replies
@@ -67,11 +68,23 @@ def _reply_outcome(forward: Trail, backs: list[Trail]) -> None:
     if finals == {FinalState.DROP}:
         forward.final, forward.cause = FinalState.DROP, backs[0].cause
         forward.findings.extend(f for b in backs for f in b.findings if f not in forward.findings)
+        _show_reply_drop(forward, backs[0])
     elif FinalState.DROP in finals:
         forward.assume("UNSUPPORTED_RULE: the reply is dropped on some of its branches (see the reply paths)",
                        could_change=True)
     elif FinalState.ABORT in finals:
         forward.assume("the reply path could not be followed to the client", could_change=True)
+
+
+def _show_reply_drop(forward: Trail, back: Trail) -> None:
+    """The reply died on a hop the request never crossed (it was routed around the request's path):
+    that hop ends the forward path too, so the path shows where the connection failed."""
+    cause = next((f for f in back.findings if f.code == back.cause), None)
+    if cause is None or cause.hop is None or any(h.id == cause.hop for h in forward.hops):
+        return
+    hop = next((h for h in back.hops if h.id == cause.hop), None)
+    if hop is not None:
+        forward.hops.append(copy.deepcopy(hop))
 
 
 def _collect(out: WalkResult, trail: Trail) -> None:

@@ -61,14 +61,17 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
     return rw.run(Cursor(place, rst, iif, trail))
 
 
-def conntrack_state(c: Cursor) -> None:
+def conntrack_state(c: Cursor, view: NetnsView) -> None:
     """Each namespace has its own conntrack: a reply is ESTABLISHED only where the request created an
     entry. Elsewhere (a reply routed around the node that saw the request) a TCP reply — a SYN-ACK, no
     SYN seen — is INVALID, and a UDP one NEW (so nat, e.g. a masquerade, applies to it there)."""
     if c.place in c.trail.tracked:
         c.st.ctstate = "ESTABLISHED"
-    else:
-        c.st.ctstate = "NEW" if c.st.protocol == "udp" else "INVALID"
+        return
+    c.st.ctstate = "NEW" if c.st.protocol == "udp" else "INVALID"
+    c.trail.step(c.trail.hop(view), StepKind.CLASSIFY, StepAction.INFO, f"the reply enters {view.where}, whose "
+                 f"conntrack never saw the request: it is ctstate {c.st.ctstate} here", packet(c.st, c.iif),
+                 ctstate=c.st.ctstate)
 
 
 def _to_owner(trail: Trail, rst: FlowState, foreign: Finding) -> Trail:

@@ -309,7 +309,7 @@ class Walker:
         c.trail.hop(view)
         self.note_gaps(c.trail, view)
         if self.reply:
-            conntrack_state(c)
+            conntrack_state(c, view)
         else:
             c.trail.tracked.add(c.place)
         if c.iif is None:
