@@ -10,20 +10,24 @@ COLLECTOR_UNAVAILABLE (one that fails, DATA_MISSING). In snapshot mode the node'
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 
+from shared import metrics
 from shared.bus import Bus
 from shared.codes import finding
 from shared.collect import pod_ips_on, request_dump
 from shared.hops import node_hop
+from shared.logs import log_context
 from shared.netstack import NodeDump, decode_dump
 from shared.schemas import Assumption, Finding, StageEnvelope
 from shared.topology import TopologyReport
 
+log = logging.getLogger("netdiag.simulator")
 STAGE = "simulator"
 MAX_ROUNDS = 4  # walks that may each discover further nodes (a chain of unexpected hops)
 
@@ -91,6 +95,9 @@ class OnDemand:
             reply = await request_dump(self.bus, node, timeout, diagnosis_id=self.env.id,
                                        pod_ips=pod_ips_on(self.report.objects.pods, {node}))
         except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            metrics.COLLECTOR_TIMEOUTS.labels(node).inc()
+            log.warning("node %s did not answer an on-demand collection (%s)", node, type(exc).__name__,
+                        extra=log_context(diagnosis_id=self.env.id, stage=STAGE, node=node))
             return None, finding("COLLECTOR_UNAVAILABLE", node_hop(node), node=node, timeout_s=round(timeout, 2),
                                  evidence={"on_demand": True, "reason": "no agent subscribed" if isinstance(
                                      exc, nats.errors.NoRespondersError) else "timeout"})
