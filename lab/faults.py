@@ -303,7 +303,7 @@ CATALOGUE += [
     Fault("snat_to_other_node_address", "node-1 SNATs the client pod's internet traffic to node-2's address: the "
           "internet host answers node-2, which never sent the request (it resets it)",
           "basic", ProbeSpec("web/client", "inet", 80), "connected", "timeout",
-          Expected("NAT_ADDRESS_NOT_OWNED", "node:node-1"),
+          Expected("SNAT_ADDRESS_NOT_OWNED", "node:node-1"),
           commands=(_node("node-1", "{iptables}", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "{pod:web/client}/32",
                           "-d", "{inet}/32", "-j", "SNAT", "--to-source", "{node:node-2}"),)),
     Fault("snat_to_own_node_address", "decoy: node-1 SNATs the client pod's internet traffic to its own address",

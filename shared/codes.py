@@ -137,7 +137,7 @@ _ENTRIES = [
                 "Make the reply cross the conntrack entry that translated the request: remove NOTRACK/CT rules "
                 "that match it, masquerade the request ({missing}) so the reply comes back through that node, "
                 "or fix the route that sends the reply around it."),
-    FindingCode("NAT_ADDRESS_NOT_OWNED", E, "{nat} in {where} rewrites the {side} to {address}, which {where} "
+    FindingCode("SNAT_ADDRESS_NOT_OWNED", E, "{nat} in {where} rewrites the {side} to {address}, which {where} "
                 "does not own: {owner} owns it, so the {what} goes there",
                 "Translate to an address of {where} itself (MASQUERADE or its own IP), or remove the rule."),
     FindingCode("LB_SOURCE_RANGE_DENY", E, "source {src} is outside loadBalancerSourceRanges {ranges} of "

@@ -20,8 +20,8 @@ def test_snat_to_another_nodes_address_sends_the_reply_there() -> None:
     case = to_internet()
     _snat_to(case, "172.30.0.12")
     result = case.run()
-    only_cause(result, "NAT_ADDRESS_NOT_OWNED", "node:node-1")
-    found = next(f for f in result.findings if f.code == "NAT_ADDRESS_NOT_OWNED")
+    only_cause(result, "SNAT_ADDRESS_NOT_OWNED", "node:node-1")
+    found = next(f for f in result.findings if f.code == "SNAT_ADDRESS_NOT_OWNED")
     assert found.evidence["owner"] == "node node-2" and "172.30.0.12" in found.message
     (reply,) = [p for p in result.paths if p.direction == "reply"]
     assert reply.final == FinalState.DROP and reply.hops[-1].id == "node:node-2"
@@ -33,15 +33,15 @@ def test_snat_to_a_cloud_resource_names_it() -> None:
     cloud = CloudInventory(provider="alibaba", instances=[Instance(id="i-other", private_ips=["172.30.9.9"])],
                            nat_gateways=[NatGateway(id="ngw-1", vpc_id="vpc-1", ips=["47.0.0.9"])])
     result = case.run(cloud=cloud)
-    only_cause(result, "NAT_ADDRESS_NOT_OWNED", "node:node-1")
-    assert "NAT gateway ngw-1" in next(f.message for f in result.findings if f.code == "NAT_ADDRESS_NOT_OWNED")
+    only_cause(result, "SNAT_ADDRESS_NOT_OWNED", "node:node-1")
+    assert "NAT gateway ngw-1" in next(f.message for f in result.findings if f.code == "SNAT_ADDRESS_NOT_OWNED")
 
 
 def test_snat_to_an_address_nobody_owns_is_an_assumption_and_own_address_is_fine() -> None:
     case = to_internet()
     _snat_to(case, "198.51.100.7")
     result = case.run()
-    assert not any(f.code == "NAT_ADDRESS_NOT_OWNED" for f in result.findings)
+    assert not any(f.code == "SNAT_ADDRESS_NOT_OWNED" for f in result.findings)
     assert any("198.51.100.7" in a.text and a.could_change_outcome for a in result.assumptions)
     own = to_internet()
     _snat_to(own, "172.30.0.11")

@@ -89,7 +89,7 @@ def check_nat_address(w: Walker, c: Cursor, view: NetnsView, entry: NatEntry) ->
                        "network routes it to this node", could_change=True)
         return
     who, hop = owner
-    entry.foreign = finding("NAT_ADDRESS_NOT_OWNED", view.hop_id, nat=f"{entry.kind} {entry.before} → {entry.after}",
+    entry.foreign = finding("SNAT_ADDRESS_NOT_OWNED", view.hop_id, nat=f"{entry.kind} {entry.before} → {entry.after}",
                             where=view.where, side="source", address=addr, owner=who, what="reply",
                             evidence={"owner": who, "owner_hop": hop})
     if entry.foreign not in c.trail.findings:
