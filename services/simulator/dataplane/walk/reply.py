@@ -82,8 +82,8 @@ def _to_owner(trail: Trail, rst: FlowState, foreign: Finding) -> Trail:
                           name=f"{'internet' if rst.src.is_global else 'outside the cluster'} {rst.src}")
     trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply is addressed to {rst.dst}, which {owner} "
                "owns: the network delivers it there", packet(rst))
-    there = trail.hop_by_id(owner_hop, kind=HopKind.NODE if owner_hop.startswith("node:") else HopKind.EXTERNAL,
-                            name=owner)
+    kind = {"node": HopKind.NODE, "pod": HopKind.POD}.get(owner_hop.partition(":")[0], HopKind.EXTERNAL)
+    there = trail.hop_by_id(owner_hop, kind=kind, name=owner)
     trail.step(there, StepKind.DELIVERY, StepAction.DROP, f"{owner} never sent the request: no connection takes "
                "the reply", packet(rst))
     trail.end(FinalState.DROP, foreign.code, foreign)
