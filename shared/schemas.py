@@ -13,7 +13,9 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+
+from shared.steps import StepAction, StepInfo, StepKind, from_evidence, step_info
 
 SCHEMA_VERSION = 1
 
@@ -104,42 +106,41 @@ class Packet(BaseModel):
         return f"{self.protocol} {self.src}{sp} → {self.dst}{dp}"
 
 
-class StepKind(StrEnum):
-    CLASSIFY = "classify"
-    ROUTE = "route"
-    NETFILTER = "netfilter"
-    NAT = "nat"
-    POLICY = "policy"
-    SERVICE = "service"
-    LINK = "link"
-    BRIDGE = "bridge"
-    ENCAP = "encap"
-    DECAP = "decap"
-    SYSCTL = "sysctl"
-    SECURITY_GROUP = "security_group"
-    VPC_ROUTE = "vpc_route"
-    LOAD_BALANCER = "load_balancer"
-    DELIVERY = "delivery"
-    ASSUMPTION = "assumption"
-
-
-class StepAction(StrEnum):
-    ALLOW = "ALLOW"  # passes this check
-    FORWARD = "FORWARD"  # sent on to the next hop
-    REWRITE = "REWRITE"  # packet changed (NAT, mark)
-    DELIVER = "DELIVER"
-    DROP = "DROP"
-    INFO = "INFO"
-    ABORT = "ABORT"
-
-
 class Step(BaseModel):
+    """One thing that happened to the packet at a hop: a sentence for people (`detail`) and the
+    facts behind it (`info`, typed per kind; see shared/steps.py and docs/steps.md)."""
+
     kind: StepKind
     action: StepAction
-    detail: str
-    packet_in: Packet | None = None
-    packet_out: Packet | None = None
-    evidence: dict[str, Any] = Field(default_factory=dict)
+    detail: str = Field(description="what happened, as a sentence")
+    packet_in: Packet | None = Field(None, description="the packet as the step saw it")
+    packet_out: Packet | None = Field(None, description="the packet after the step, when it changed it")
+    info: StepInfo = Field(description="the step's typed detail; `info.kind` equals `kind`")
+
+    @classmethod
+    def of(cls, kind: StepKind, action: StepAction, detail: str, packet_in: Packet | None = None,
+           packet_out: Packet | None = None, **info: Any) -> Step:
+        """A step whose typed detail is built from `info`, the fields of `kind`'s model (None left out)."""
+        return cls(kind=kind, action=action, detail=detail, packet_in=packet_in, packet_out=packet_out,
+                   info=step_info(kind, **info))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_detail(cls, data: Any) -> Any:
+        # results stored before typed steps carry an `evidence` dict; a step built without a detail
+        # gets its kind's empty one
+        if not isinstance(data, dict) or "info" in data or "kind" not in data:
+            return data
+        data = dict(data)
+        evidence = data.pop("evidence", None)
+        data["info"] = from_evidence(data["kind"], evidence) if evidence else {"kind": data["kind"]}
+        return data
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> Step:
+        if self.info.kind != self.kind:
+            raise ValueError(f"info is a {self.info.kind} detail but the step is {self.kind}")
+        return self
 
 
 class HopKind(StrEnum):

@@ -25,6 +25,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
+from shared.steps import Endpoint as NatEndpoint
 from shared.topology import CandidatePath, Endpoint, EndpointKind, TopologyReport
 
 STAGE = "simulator"
@@ -113,22 +114,24 @@ class ModelSimulator:
         src = endpoint_hop(report.src, "source")
         path = Path(id=cp.id, description=cp.description, hops=[src])
         hops = path.hops  # pydantic copied the list: append to the path's own
-        src.steps.append(Step(kind=StepKind.CLASSIFY, action=StepAction.INFO,
-                              detail=f"source is {report.src.description or report.src.kind.value}", packet_in=packet))
+        src.steps.append(Step.of(StepKind.CLASSIFY, StepAction.INFO,
+                                 f"source is {report.src.description or report.src.kind.value}", packet,
+                                 endpoint=report.src.kind.value))
         res = report.service
         if res is not None:
             svc = Hop(id=service_hop(res.service), kind=HopKind.SERVICE, name=res.service, address=self.request.dst)
             hops.append(svc)
             if cp.backend is not None and cp.backend.port is not None:
                 after = packet.model_copy(update={"dst": cp.dst_address, "dport": cp.dst_port})
-                svc.steps.append(Step(kind=StepKind.NAT, action=StepAction.REWRITE, packet_in=packet,
-                                      packet_out=after, detail=f"Service DNAT to endpoint {cp.backend.pod or ''} "
-                                      f"{cp.dst_address}:{cp.dst_port}", evidence={"backend": cp.backend.model_dump(
-                                          mode="json")}))
+                svc.steps.append(Step.of(
+                    StepKind.NAT, StepAction.REWRITE, f"Service DNAT to endpoint {cp.backend.pod or ''} "
+                    f"{cp.dst_address}:{cp.dst_port}", packet, after, type="DNAT",
+                    original=NatEndpoint(address=packet.dst, port=packet.dport),
+                    translated=NatEndpoint(address=cp.dst_address, port=cp.dst_port), backend_pod=cp.backend.pod))
                 packet = after
             else:
-                svc.steps.append(Step(kind=StepKind.SERVICE, action=StepAction.DROP, packet_in=packet,
-                                      detail="no usable endpoint for this Service port"))
+                svc.steps.append(Step.of(StepKind.SERVICE, StepAction.DROP, "no usable endpoint for this Service port",
+                                         packet, service=res.service))
         if cp.backend is not None or res is None:
             dst = backend_hop(cp) if res is not None else endpoint_hop(report.dst, "destination")
             if dst.id != src.id or res is not None:

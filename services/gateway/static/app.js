@@ -407,7 +407,13 @@ function stepItem(step) {
     h("div", { class: "step-head" }, h("span", { class: "step-kind" }, step.kind.replace("_", " ")), badge(step.action)),
     h("p", { class: "step-detail" }, step.detail),
     packetTable(step.packet_in, step.packet_out),
-    evidenceList(step.evidence));
+    evidenceList(stepFacts(step)));
+}
+
+/** The step's typed detail (docs/steps.md) without its kind, already in the heading. */
+function stepFacts(step) {
+  const { kind, ...facts } = step.info || {};
+  return facts;
 }
 
 function packetTable(before, after) {

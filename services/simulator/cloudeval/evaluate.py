@@ -34,6 +34,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
+from shared.steps import Endpoint, LbBackend, SecurityGroupRuleRef, VpcRouteEntry
 from shared.topology import ServiceResolution
 
 STAGE = "cloud"
@@ -115,11 +116,18 @@ def _instance(result: CloudResult, index: CloudIndex, node: str | None, hop: Hop
 def _sg_step(result: CloudResult, hop: Hop, decision: SgDecision, flow: Flow, instance: Instance,
              peer: Instance | None = None) -> bool:
     verdict = "allowed" if decision.allowed else "denied"
-    hop.steps.append(Step(
-        kind=StepKind.SECURITY_GROUP, action=StepAction.ALLOW if decision.allowed else StepAction.DROP,
-        detail=f"security groups {', '.join(decision.groups) or '(none)'} of {decision.nic} ({instance.id}) "
-               f"{decision.direction}: {verdict} by {decision.reason}",
-        packet_in=_packet(flow), evidence={**decision.evidence(), "instance": instance.id, "flow": str(flow)}))
+    rule = decision.rule
+    hop.steps.append(Step.of(
+        StepKind.SECURITY_GROUP, StepAction.ALLOW if decision.allowed else StepAction.DROP,
+        f"security groups {', '.join(decision.groups) or '(none)'} of {decision.nic} ({instance.id}) "
+        f"{decision.direction}: {verdict} by {decision.reason}", _packet(flow),
+        direction=decision.direction, instance=instance.id, nic=decision.nic, groups=decision.groups,
+        group=decision.group, reason=decision.reason, shared_groups=decision.shared_groups, notes=decision.notes,
+        rule=SecurityGroupRuleRef(
+            id=rule.id, policy=rule.policy, priority=rule.priority, protocol=rule.protocol,
+            port_range=f"{rule.port_from}/{rule.port_to}", source=rule.source_cidr or rule.source_group_id,
+            destination=rule.dest_cidr or rule.dest_group_id, description=rule.description) if rule else None,
+        finding=None if decision.allowed else "SG_DENY"))
     for note in decision.notes:
         result.assume(note, could_change_outcome=not decision.allowed)
     if decision.allowed:
@@ -134,8 +142,15 @@ def _sg_step(result: CloudResult, hop: Hop, decision: SgDecision, flow: Flow, in
 
 
 def _route_step(hop: Hop, decision: RouteDecision, flow: Flow, ok: bool, detail: str) -> None:
-    hop.steps.append(Step(kind=StepKind.VPC_ROUTE, action=StepAction.FORWARD if ok else StepAction.DROP,
-                          detail=detail, packet_in=_packet(flow), evidence=decision.evidence()))
+    entry, next_hop = decision.entry, decision.next_hop
+    hop.steps.append(Step.of(
+        StepKind.VPC_ROUTE, StepAction.FORWARD if ok else StepAction.DROP, detail, _packet(flow),
+        route_table=decision.table.id if decision.table else None,
+        route_table_type=decision.table.type if decision.table else None,
+        entry=VpcRouteEntry(id=entry.id, destination=entry.destination, type=entry.type,
+                            next_hop_type=next_hop[0] if next_hop else None,
+                            next_hop=next_hop[1] if next_hop else None) if entry else None,
+        local_vswitch=decision.local.id if decision.local else None, notes=decision.notes))
 
 
 def _expected_hop(index: CloudIndex, instance: Instance, hop: tuple[str, str | None]) -> bool:
@@ -192,11 +207,11 @@ def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_n
                                             "endpoints", reason="not in the inventory"), outcome="abort")
         flow = (Flow(ip_address(outer_src), ip_address(outer_dst), "udp", None, vxlan_port)
                 if encapsulation == "vxlan" else Flow(ip_address(outer_src), ip_address(outer_dst), "ipip"))
-        hop.steps.append(Step(kind=StepKind.ENCAP, action=StepAction.INFO,
-                              detail=f"{encapsulation} tunnel: the VPC and the security groups see the outer "
-                                     f"packet {flow}, not the pod packet {packet}",
-                              packet_in=packet, packet_out=_packet(flow),
-                              evidence={"inner": str(packet), "outer": str(flow), "encapsulation": encapsulation}))
+        hop.steps.append(Step.of(StepKind.ENCAP, StepAction.INFO,
+                                 f"{encapsulation} tunnel: the VPC and the security groups see the outer "
+                                 f"packet {flow}, not the pod packet {packet}", packet, _packet(flow),
+                                 encapsulation=encapsulation, outer_src=flow.src, outer_dst=flow.dst,
+                                 outer_dport=flow.dport))
         if encapsulation == "vxlan":
             result.assume("vxlan outer source port is a per-flow hash: security-group rules restricting the "
                           "source port are treated as not matching")
@@ -205,8 +220,9 @@ def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_n
     result.flow = flow
     src_nic, dst_nic = index.nic_for(src, flow.src), index.nic_for(dst, flow.dst)
     if reply:
-        hop.steps.append(Step(kind=StepKind.SECURITY_GROUP, action=StepAction.ALLOW, packet_in=_packet(flow),
-                              detail="security groups are stateful: the reply of the allowed request passes"))
+        hop.steps.append(Step.of(StepKind.SECURITY_GROUP, StepAction.ALLOW,
+                                 "security groups are stateful: the reply of the allowed request passes",
+                                 _packet(flow), stateful_reply=True))
         _route(result, index, hop, src_nic, flow, dst, dst_node)
         return result
     if not _sg_step(result, hop, evaluate(index, src_nic, "egress", flow), flow, src):
@@ -264,10 +280,10 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
     public = _public_ip(src, nic, str(flow.src))
     internet = None
     if public is not None:
-        hop.steps.append(Step(kind=StepKind.NAT, action=StepAction.REWRITE,
-                              detail=f"{flow.src} leaves through its public address {public}",
-                              packet_in=_packet(flow), packet_out=_packet(flow, src=public),
-                              evidence={"public_ip": public, "nic": nic.id}))
+        hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{flow.src} leaves through its public address "
+                                 f"{public}", _packet(flow), _packet(flow, src=public), type="SNAT",
+                                 original=Endpoint(address=flow.src), translated=Endpoint(address=public),
+                                 nic=nic.id))
         internet = result.hop("internet", HopKind.INTERNET, "internet")
     else:
         decision = route_lookup(index, nic, flow.dst)
@@ -292,22 +308,25 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
                                                 reason="not in the inventory"), outcome="abort")
         entry = snat_entry_for(index, nat, flow.src, nic)
         if entry is None:
-            nat_hop.steps.append(Step(kind=StepKind.NAT, action=StepAction.DROP,
-                                      detail=f"no SNAT entry of {nat.id} covers {flow.src} (vSwitch {nic.vswitch_id})",
-                                      packet_in=_packet(flow),
-                                      evidence={"snat_entries": [e.model_dump() for e in nat.snat_entries]}))
+            nat_hop.steps.append(Step.of(
+                StepKind.NAT, StepAction.DROP, f"no SNAT entry of {nat.id} covers {flow.src} (vSwitch "
+                f"{nic.vswitch_id})", _packet(flow), type="SNAT", original=Endpoint(address=flow.src),
+                nat_gateway=nat.id, finding="NAT_NO_SNAT",
+                snat_entries=[f"{e.id} {e.source_cidr or e.source_vswitch_id} → {e.snat_ip}"
+                              for e in nat.snat_entries]))
             return result.fail(nat_hop, finding("NAT_NO_SNAT", nat_hop.id, nat_gateway=nat.id, src=flow.src,
                                                 evidence={"vswitch": nic.vswitch_id, "instance": src.id}))
         snat_ip = entry.snat_ip.split(",")[0]
-        nat_hop.steps.append(Step(kind=StepKind.NAT, action=StepAction.REWRITE,
-                                  detail=f"SNAT entry {entry.id} of {nat.id} translates {flow.src} to {snat_ip}",
-                                  packet_in=_packet(flow), packet_out=_packet(flow, src=snat_ip) if snat_ip else None,
-                                  evidence=entry.model_dump()))
+        nat_hop.steps.append(Step.of(
+            StepKind.NAT, StepAction.REWRITE, f"SNAT entry {entry.id} of {nat.id} translates {flow.src} to {snat_ip}",
+            _packet(flow), _packet(flow, src=snat_ip) if snat_ip else None, type="SNAT",
+            original=Endpoint(address=flow.src), translated=Endpoint(address=snat_ip) if snat_ip else None,
+            nat_gateway=nat.id, snat_entry=entry.id))
         if nat.status != "Available":
             result.assume(f"NAT gateway {nat.id} is {nat.status}, not Available", could_change_outcome=True)
         internet = result.hop("internet", HopKind.INTERNET, "internet")
-    internet.steps.append(Step(kind=StepKind.ROUTE, action=StepAction.FORWARD,
-                               detail=f"to the internet: {flow.dst}", evidence={}))
+    internet.steps.append(Step.of(StepKind.ROUTE, StepAction.FORWARD, f"to the internet: {flow.dst}",
+                                  destination=flow.dst))
     return result
 
 
@@ -336,19 +355,21 @@ def evaluate_internet_to_lb(inv: CloudInventory | CloudIndex, service: ServiceRe
         return result.fail(hop, finding("DATA_MISSING", hop.id, what=f"the load balancer of {packet.dst}",
                                         reason=how), outcome="abort")
     hop = result.hop(f"lb:{lb.id}", HopKind.LOAD_BALANCER, lb.name or lb.id, lb.address)
-    hop.steps.append(Step(kind=StepKind.LOAD_BALANCER, action=StepAction.INFO, packet_in=packet,
-                          detail=f"CLB {lb.id} ({lb.address_type}) found by {how}",
-                          evidence={"lb": lb.id, "status": lb.status, "address": lb.address}))
+    hop.steps.append(Step.of(StepKind.LOAD_BALANCER, StepAction.INFO, f"CLB {lb.id} ({lb.address_type}) found by "
+                             f"{how}", packet, lb=lb.id, status=lb.status, address=lb.address))
     if lb.status != "active":
-        return _lb_drop(result, hop, finding("LB_NOT_ACTIVE", hop.id, lb=lb.id, status=lb.status))
+        return _lb_drop(result, hop, finding("LB_NOT_ACTIVE", hop.id, lb=lb.id, status=lb.status), lb=lb.id,
+                        status=lb.status)
     listener = listener_for(lb, packet.dport, packet.protocol)
     if listener is None:
         return _lb_drop(result, hop, finding("LB_NO_LISTENER", hop.id, port=packet.dport, protocol=packet.protocol,
                                              lb=lb.id, evidence={"listeners": [f"{li.port}/{li.protocol}"
-                                                                               for li in lb.listeners]}))
+                                                                               for li in lb.listeners]}),
+                        lb=lb.id, listeners=[f"{li.port}/{li.protocol}" for li in lb.listeners])
     if listener.status != "running":
         return _lb_drop(result, hop, finding("LB_LISTENER_NOT_RUNNING", hop.id, lb=lb.id, port=listener.port,
-                                             status=listener.status, evidence={"protocol": listener.protocol}))
+                                             status=listener.status, evidence={"protocol": listener.protocol}),
+                        lb=lb.id, listener_port=listener.port, status=listener.status)
     if listener.acl_status == "on":
         acl = index.acls.get(listener.acl_id or "")
         if acl is None:
@@ -357,17 +378,19 @@ def evaluate_internet_to_lb(inv: CloudInventory | CloudIndex, service: ServiceRe
         if acl_denies(listener, acl, packet.src):
             return _lb_drop(result, hop, finding("LB_ACL_DENY", hop.id, acl=acl.name or acl.id, port=listener.port,
                                                  lb=lb.id, src=packet.src,
-                                                 evidence={"acl_type": listener.acl_type, "entries": acl.entries}))
-        hop.steps.append(Step(kind=StepKind.POLICY, action=StepAction.ALLOW,
-                              detail=f"{listener.acl_type}list ACL {acl.id} admits {packet.src}"))
+                                                 evidence={"acl_type": listener.acl_type, "entries": acl.entries}),
+                            lb=lb.id, listener_port=listener.port)
+        hop.steps.append(Step.of(StepKind.POLICY, StepAction.ALLOW, f"{listener.acl_type}list ACL {acl.id} admits "
+                                 f"{packet.src}", acl=acl.id, acl_type=listener.acl_type))
     _check_backends(result, index, hop, lb.id, listener.port, backends(index, lb, listener), service)
     result.assume("security groups of the CLB backends were not evaluated for load-balanced traffic",
                   could_change_outcome=False)
     return result
 
 
-def _lb_drop(result: CloudResult, hop: Hop, f: Finding) -> CloudResult:
-    hop.steps.append(Step(kind=StepKind.LOAD_BALANCER, action=StepAction.DROP, detail=f.message, evidence=f.evidence))
+def _lb_drop(result: CloudResult, hop: Hop, f: Finding, **info: Any) -> CloudResult:
+    """The load balancer drops: a step (`info`: LoadBalancerInfo fields) and the finding."""
+    hop.steps.append(Step.of(StepKind.LOAD_BALANCER, StepAction.DROP, f.message, finding=f.code, **info))
     return result.fail(hop, f)
 
 
@@ -377,7 +400,7 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
     evidence = {"backends": [t.__dict__ for t in targets]}
     if not targets:
         _lb_drop(result, hop, finding("LB_BACKEND_MISMATCH", hop.id, lb=lb_id, port=port, service=service_name,
-                                      detail="the listener has no backend servers"))
+                                      detail="the listener has no backend servers"), lb=lb_id, listener_port=port)
         return
     if service is not None:
         wrong = _mismatched(targets, service)
@@ -396,9 +419,9 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
                         evidence={"node": t.node, "type": t.type})
             result.findings.append(f)
     ok = bool(healthy or unknown)
-    hop.steps.append(Step(kind=StepKind.LOAD_BALANCER, action=StepAction.FORWARD if ok else StepAction.DROP,
-                          detail=f"{len(healthy)} of {len(targets)} backends healthy on listener {port}",
-                          evidence=evidence))
+    hop.steps.append(Step.of(StepKind.LOAD_BALANCER, StepAction.FORWARD if ok else StepAction.DROP,
+                             f"{len(healthy)} of {len(targets)} backends healthy on listener {port}", lb=lb_id,
+                             listener_port=port, backends=[LbBackend(**t.__dict__) for t in targets]))
     result.backends = healthy + unknown
     if not ok:
         hop.status, result.outcome = HopStatus.ERROR, "drop"

@@ -42,9 +42,6 @@ def policy_step(verdict: PolicyVerdict, direction: DirectionVerdict) -> Step:
         action = StepAction.ALLOW
     else:
         action = StepAction.INFO if verdict.enforced is False else StepAction.DROP
-    return Step(
-        kind=StepKind.POLICY,
-        action=action,
-        detail=f"NetworkPolicy {direction.direction}: {direction.explanation}",
-        evidence=direction.evidence(),
-    )
+    # the explanation is the detail's sentence; the rest is the step's typed PolicyInfo
+    info = {k: v for k, v in direction.evidence().items() if k != "explanation"}
+    return Step.of(StepKind.POLICY, action, f"NetworkPolicy {direction.direction}: {direction.explanation}", **info)

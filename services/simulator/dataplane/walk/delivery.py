@@ -60,5 +60,6 @@ def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
                     where=view.where, evidence={"sockets": [s.model_dump() for s in view.dump.sockets]})
     c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"no {st.protocol} socket on {st.dst}:{st.dport} in "
                  f"{view.where}" + (": the kernel answers with a TCP reset" if st.protocol == "tcp" else
-                                    ": the kernel answers ICMP port unreachable"), packet(st, st.iif))
+                                    ": the kernel answers ICMP port unreachable"), packet(st, st.iif),
+                 finding=found.code)
     w.finish(c, FinalState.DROP, found.code, found)

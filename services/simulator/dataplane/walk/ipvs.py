@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.simulator.dataplane.netfilter.model import endpoint
-from services.simulator.dataplane.walk.trail import NatEntry, packet
+from services.simulator.dataplane.walk.trail import NatEntry, endpoint_info, packet
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
 from shared.schemas import FinalState, StepAction, StepKind
@@ -165,7 +165,8 @@ class Ipvs:
             detail = (f"IPVS on {view.node} ({hook}) schedules {vs.text} → {real.endpoint} (weight {real.weight}, "
                       f"share {share:.2f}, forwarding {real.forward}){note}")
             if real.forward != "masq":
-                ci.trail.step(hop, StepKind.SERVICE, StepAction.ABORT, detail, before)
+                ci.trail.step(hop, StepKind.SERVICE, StepAction.ABORT, detail, before, virtual_server=vs.text,
+                              real_server=real.endpoint, forwarding=real.forward)
                 ci.trail.assume(f"IPVS forwarding method {real.forward} (real server {real.endpoint}) is not "
                                 "simulated: only masquerading (kube-proxy's) is", could_change=True)
                 self.w.finish(ci, FinalState.ABORT)
@@ -178,10 +179,11 @@ class Ipvs:
             ci.trail.nat.append(NatEntry(view.place, "DNAT", endpoint(*orig), real.endpoint, orig,  # type: ignore[arg-type]
                                          (real.address, ci.st.dport)))
             ci.trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"IPVS masquerading: {endpoint(*orig)} → "  # type: ignore[arg-type]
-                          f"{real.endpoint}", before, after, virtual_server=vs.text)
+                          f"{real.endpoint}", before, after, type="DNAT", original=endpoint_info(orig),  # type: ignore[arg-type]
+                          translated=endpoint_info((real.address, ci.st.dport)), virtual_server=vs.text)
             if self.w.report.service and self.w.service_address(orig[0], orig[1]):  # type: ignore[arg-type]
                 self.w.service_step(ci.trail, view, detail, before, after, virtual_server=vs.text,
-                                    real_server=real.endpoint)
+                                    real_server=real.endpoint, forwarding=real.forward, probability=share)
             ci.port_in = None  # IPVS sends from the node's stack: no hairpin through the bridge port
             out.extend(self.w.ipvs_forwarded(ci, view))
         return out
@@ -216,7 +218,8 @@ class Ipvs:
         if expected is not None and not expected:
             return self.w.no_endpoint(c, view, f"IPVS {vs.text} has no real server (ICMP port unreachable)")
         c.trail.step(c.trail.hop(view), StepKind.SERVICE, StepAction.DROP, f"IPVS {vs.text} on {view.node} has no "
-                     "real server with a weight: it answers ICMP port unreachable", packet(c.st, c.st.iif))
+                     "real server with a weight: it answers ICMP port unreachable", packet(c.st, c.st.iif),
+                     virtual_server=vs.text)
         found = next((f for f in c.trail.findings if f.code == "IPVS_BACKEND_MISMATCH"), None) or finding(
             "IPVS_BACKEND_MISMATCH", view.hop_id, vip=vs.text, node=view.node, actual="none",
             expected="unknown (not the diagnosed Service)")
@@ -242,6 +245,7 @@ class Ipvs:
         if matching_socket(view.dump.sockets, st) is not None:
             return False  # a node process answers instead of the Service's endpoints: delivered, with the finding
         c.trail.step(c.trail.hop(view), StepKind.SERVICE, StepAction.DROP, f"{what}: nothing owns it on "
-                     f"{view.node}; {mode_note(w, view)}", packet(st, st.iif))
+                     f"{view.node}; {mode_note(w, view)}", packet(st, st.iif), service=res.service if res else None,
+                     finding=found.code)
         w.finish(c, FinalState.DROP, found.code, found)
         return True

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
@@ -36,6 +36,9 @@ class Encap:
     """How one overlay wraps the inner packet and which device on the remote node unwraps it."""
 
     what: str  # the encapsulating device and the entry that chose the remote end, for the step
+    encapsulation: Literal["vxlan", "ipip"]
+    tunnel: str  # the encapsulating device
+    vni: int | None
     label: str  # the outer header, e.g. "udp", "ipip (protocol 4)"
     protocol: str
     dport: int | None
@@ -75,7 +78,7 @@ class Crossing:
         if link is None:
             found = finding("DATA_MISSING", view.hop_id, what=f"device {d.dev} in {view.where}",
                             reason="the route names a device the dump does not list")
-            return self.w.drop(c, found, view, f"out device {d.dev} unknown")
+            return self.w.drop(c, found, view, f"out device {d.dev} unknown", device=d.dev)
         if link.kind == "bridge":
             return self._to_port(c, view, link, nh)
         if link.kind == "vxlan":
@@ -87,7 +90,7 @@ class Crossing:
             return []
         if link.kind == "veth" and link.peer_missing:
             return self.w.drop(c, finding("VETH_PEER_MISSING", view.hop_id, link=link.name, where=view.where),
-                               view, f"veth {link.name} has no peer")
+                               view, f"veth {link.name} has no peer", device=link.name)
         if link.kind == "veth" and link.peer_netns in namespaces and link.peer_netns != view.dump.id:
             return self._veth(c, view, link, nh)
         return self._uplink(c, view, link, nh, d)
@@ -98,7 +101,8 @@ class Crossing:
             or peer_view.links.get(link.peer_name or "")
         if peer is None:
             return self.w.drop(c, finding("VETH_PEER_MISSING", view.hop_id, link=link.name, where=view.where),
-                               view, f"veth {link.name}: its peer is not in {peer_view.where}")
+                               view, f"veth {link.name}: its peer is not in {peer_view.where}", device=link.name,
+                               peer_where=peer_view.where)
         if not peer.admin_up:
             return self._link_down(c, peer_view, peer)
         if not link_up(link):
@@ -106,7 +110,8 @@ class Crossing:
         if not link_up(peer):
             return self._link_down(c, peer_view, peer)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD,
-                     f"out {link.name} (veth) → {peer.name} in {peer_view.where}", packet(c.st, c.iif, link.name))
+                     f"out {link.name} (veth) → {peer.name} in {peer_view.where}", packet(c.st, c.iif, link.name),
+                     device=link.name, peer=peer.name, peer_where=peer_view.where, next_hop=nh)
         st = copy_state(c.st)
         st.iif, st.oif = peer.name, None
         return [Cursor(peer_view.place, st, peer.name, c.trail, l2_dst=nh)]
@@ -115,7 +120,8 @@ class Crossing:
         state = "administratively down" if not link.admin_up else f"operstate {link.state}"
         return self.w.drop(c, finding("LINK_DOWN", view.hop_id, link=link.name, where=view.where,
                                       evidence={"state": link.state, "admin_up": link.admin_up}),
-                           view, f"link {link.name} is {state}")
+                           view, f"link {link.name} is {state}", device=link.name, state=link.state,
+                           admin_up=link.admin_up)
 
     # ------------------------------------------------------------ bridges
 
@@ -128,7 +134,8 @@ class Crossing:
         hop = c.trail.hop(view)
         if nh in view.local_ips:
             c.trail.step(hop, StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: frame from port {port.name} "
-                         f"for the node's own address {nh}: up to the IP stack", packet(c.st, port.name))
+                         f"for the node's own address {nh}: up to the IP stack", packet(c.st, port.name),
+                         bridge=bridge.name, port_in=port.name, next_hop=nh)
             c.iif, c.port_in = bridge.name, port.name
             return self.w._routed_in(c, view)
         target = self._port_towards(view, bridge, nh)
@@ -146,7 +153,8 @@ class Crossing:
             c.trail.bridged_without_nf.add(view.place)
             c.trail.step(hop, StepKind.BRIDGE, StepAction.INFO, f"{bridge.name}: bridged {port.name} → "
                          f"{target.name}; bridge-nf-call-iptables=0, so iptables does not see it",
-                         packet(c.st, port.name), sysctl="net.bridge.bridge-nf-call-iptables=0")
+                         packet(c.st, port.name), bridge=bridge.name, port_in=port.name, port_out=target.name,
+                         next_hop=nh, bridge_nf_call_iptables=False)
         out: list[Cursor] = []
         for ci in cursors:
             ci.port_in = port.name
@@ -169,9 +177,11 @@ class Crossing:
             return self.w.drop(c, finding("HAIRPIN_DISABLED", view.hop_id, port=port.name, bridge=bridge.name,
                                           where=view.where, pod=pod or "?"),
                                view, f"{bridge.name}: the frame must go back out of port {port.name}, the port it "
-                               "came in through, and hairpin is off", StepKind.BRIDGE)
+                               "came in through, and hairpin is off", StepKind.BRIDGE, bridge=bridge.name,
+                               port_in=port.name, port_out=port.name, next_hop=nh, hairpin=False)
         c.trail.step(c.trail.hop(view), StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: to port {port.name} "
-                     f"(towards {nh})", packet(c.st, c.st.iif, bridge.name))
+                     f"(towards {nh})", packet(c.st, c.st.iif, bridge.name), bridge=bridge.name, port_out=port.name,
+                     next_hop=nh, hairpin=port.hairpin if port.name == c.port_in else None)
         c.port_in = None
         return self._veth(c, view, port, nh)
 
@@ -200,11 +210,13 @@ class Crossing:
             found = finding("VETH_PEER_MISSING", hop.id, link=f"eth0 (veth to {bridge.name} on {view.node})",
                             where=f"pod {pod}")
             c.trail.step(hop, StepKind.LINK, StepAction.DROP, f"no port of {bridge.name} on {view.node} leads to "
-                         f"pod {pod} ({nh}): its veth pair is gone", packet(c.st))
+                         f"pod {pod} ({nh}): its veth pair is gone", packet(c.st), device=bridge.name, next_hop=nh,
+                         peer_where=f"pod {pod}", finding=found.code)
             return self.w.finish(c, FinalState.DROP, found.code, found)
         return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
                                       where=view.where, state="unresolvable (no bridge port leads to it)"),
-                           view, f"{bridge.name}: no port leads to {nh}", StepKind.BRIDGE)
+                           view, f"{bridge.name}: no port leads to {nh}", StepKind.BRIDGE, bridge=bridge.name,
+                           next_hop=nh)
 
     # ------------------------------------------------------------ the underlay
 
@@ -239,7 +251,8 @@ class Crossing:
         hop = c.trail.hop_by_id(node_hop(node), kind=HopKind.NODE, name=node)
         found = self._not_collected(node, f"the packet goes through it ({addr})")
         c.trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"node {node}'s network state was not collected: "
-                     "the walk cannot follow the packet there", packet(c.st))
+                     "the walk cannot follow the packet there", packet(c.st),
+                     missing=f"the network state of node {node}", finding=found.code)
         return self.w.finish(c, FinalState.ABORT, found.code, found)
 
     def _not_collected(self, node: str, how: str) -> Finding:
@@ -270,9 +283,11 @@ class Crossing:
         # the MAC check needs nh to be the owner's own address (not a router in front of it)
         bad = self._neighbor_failed(c, view, link.name, nh, owner if self.world.node_owning(nh) is owner else None)
         if bad is not None:
-            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} does not reach node {owner.node}")
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} does not reach node {owner.node}",
+                               StepKind.NEIGHBOR, address=nh, device=link.name)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the underlay → "
-                     f"node {owner.node} ({in_link.name})", packet(c.st, c.iif, link.name))
+                     f"node {owner.node} ({in_link.name})", packet(c.st, c.iif, link.name), device=link.name,
+                     peer=in_link.name, peer_where=f"node {owner.node}", next_hop=nh)
         st = copy_state(c.st)
         st.iif, st.oif = in_link.name, None
         return [Cursor(owner.place, st, in_link.name, c.trail)]
@@ -293,12 +308,13 @@ class Crossing:
             return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=d.route, where=view.where,
                                           expected=expected, dst=dst, evidence={"route": d.as_dict()}),
                                view, f"{dst} is in the pod network of {expected_node}, but the route sends it to "
-                               f"{nh}, which no node owns", StepKind.ROUTE)
+                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **d.as_dict())
         bad = self._neighbor_failed(c, view, link.name, nh)
         if bad is not None:
-            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved")
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
+                               address=nh, device=link.name)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
-                     "cluster's nodes", packet(c.st, c.iif, link.name))
+                     "cluster's nodes", packet(c.st, c.iif, link.name), device=link.name, next_hop=nh)
         if self.w.reply:
             return reply_leaves(self.w, c, view)
         c.trail.left = (view.place, copy_state(c.st), link.name)
@@ -314,10 +330,11 @@ class Crossing:
         if known is not None:
             hop = c.trail.hop_by_id(known.hop or view.hop_id, kind=HopKind.SERVICE, name=(known.hop or "").split(
                 ":", 1)[-1])
-            c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, detail, packet(c.st))
+            c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, detail, packet(c.st), finding=known.code)
             return self.w.finish(c, FinalState.DROP, known.code, known)
         return self.w.drop(c, finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node,
-                                      what=f"{dst}:{c.st.dport}/{c.st.protocol}"), view, detail, StepKind.SERVICE)
+                                      what=f"{dst}:{c.st.dport}/{c.st.protocol}"), view, detail, StepKind.SERVICE,
+                           service=self.w.report.service.service if self.w.report.service else None)
 
     # ------------------------------------------------------------ vxlan
 
@@ -331,7 +348,8 @@ class Crossing:
         if neigh is None or not neigh.lladdr or neigh.state.upper() in BAD_NEIGHBOR:
             state = neigh.state if neigh else "missing"
             return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=link.name,
-                                          where=view.where, state=state), view, f"no MAC for {nh} on {link.name}")
+                                          where=view.where, state=state), view, f"no MAC for {nh} on {link.name}",
+                               StepKind.NEIGHBOR, address=nh, device=link.name, state=state)
         fdb = next((f for f in view.dump.fdb if f.dev == link.name and f.dst and f.mac.lower() ==
                     neigh.lladdr.lower()), None)
         expected_node = self.w.node_for_pod_network(c.st.dst)
@@ -341,7 +359,9 @@ class Crossing:
         if fdb is None:
             return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=f"{nh} ({neigh.lladdr})",
                                           device=link.name, where=view.where, state="no FDB entry (remote VTEP "
-                                          "unknown)"), view, f"no FDB entry for {neigh.lladdr} on {link.name}")
+                                          "unknown)"), view, f"no FDB entry for {neigh.lladdr} on {link.name}",
+                               StepKind.NEIGHBOR, address=nh, device=link.name, lladdr=neigh.lladdr,
+                               state="no FDB entry (remote VTEP unknown)")
         vtep = ipaddress.ip_address(fdb.dst)
         missing = self._uncollected(c, vtep)
         if missing is not None:
@@ -354,12 +374,14 @@ class Crossing:
                                           evidence={"neighbor": neigh.model_dump(), "fdb": fdb.model_dump()}),
                                view, f"{link.name}: the FDB sends {c.st.dst}'s frames to VTEP {vtep}, which "
                                f"{'no node owns' if owner is None else 'is node ' + owner.node}; expected "
-                               f"{expected}", StepKind.ENCAP)
+                               f"{expected}", StepKind.ENCAP, encapsulation="vxlan", device=link.name,
+                               outer_dst=vtep)
         self._mtu_check(c, link)
         conf = link.vxlan or {}
         vni = conf.get("id")
         return self._encapsulate(c, view, vtep, owner, Encap(
-            what=f"{link.name} (vni {vni}): {fdb_text}", label="udp", protocol="udp",
+            what=f"{link.name} (vni {vni}): {fdb_text}", encapsulation="vxlan", tunnel=link.name,
+            vni=int(vni) if vni is not None else None, label="udp", protocol="udp",
             dport=int(conf.get("port") or 8472), local=ipaddress.ip_address(conf["local"]) if conf.get("local")
             else None, device=f"vxlan device with vni {vni}",
             decap=lambda node, _outer: next((lk for lk in node.dump.links if lk.kind == "vxlan" and
@@ -386,13 +408,16 @@ class Crossing:
         local = encap.local or d.src
         if local is None or d.drops or d.dev is None:
             return self.w.drop(c, finding("NO_ROUTE", view.hop_id, dst=remote_ip, where=view.where), view,
-                               f"no route to tunnel endpoint {remote_ip} for the outer packet", StepKind.ENCAP)
+                               f"no route to tunnel endpoint {remote_ip} for the outer packet", StepKind.ENCAP,
+                               encapsulation=encap.encapsulation, device=encap.tunnel, outer_dst=remote_ip)
         outer = FlowState(src=local, dst=remote_ip, protocol=encap.protocol, sport=None, dport=encap.dport,
                           oif=d.dev)
         inner = copy_state(c.st)
         port = f":{encap.dport}" if encap.dport else ""
         c.trail.step(c.trail.hop(view), StepKind.ENCAP, StepAction.REWRITE, f"{encap.what}; outer {encap.label} "
-                     f"{local} → {remote_ip}{port} via {d.dev}", packet(inner), None)
+                     f"{local} → {remote_ip}{port} via {d.dev}", packet(inner), None,
+                     encapsulation=encap.encapsulation, device=encap.tunnel, vni=encap.vni, outer_src=local,
+                     outer_dst=remote_ip, outer_dport=encap.dport)
         oc = Cursor(view.place, outer, None, c.trail)
         for hook in ("OUTPUT", "POSTROUTING"):
             alive = self.w.hook(oc, view, hook)
@@ -416,12 +441,15 @@ class Crossing:
         if remote is None:
             return self.w.drop(oc, finding("DATA_MISSING", owner.hop_id, what=f"{encap.device} on {owner.node}",
                                            reason="none in the dump"),
-                               owner, f"no {encap.device} to decapsulate into", StepKind.DECAP)
+                               owner, f"no {encap.device} to decapsulate into", StepKind.DECAP,
+                               encapsulation=encap.encapsulation, outer_src=local, outer_dst=remote_ip)
         if not link_up(remote):
             return self._link_down(oc, owner, remote)
         inner.iif, inner.oif = remote.name, None
         c.trail.step(c.trail.hop(owner), StepKind.DECAP, StepAction.REWRITE, f"{remote.name}: decapsulated "
-                     f"({encap.label} {local} → {remote_ip})", packet(inner), packet(inner, remote.name))
+                     f"({encap.label} {local} → {remote_ip})", packet(inner), packet(inner, remote.name),
+                     encapsulation=encap.encapsulation, device=remote.name, vni=encap.vni, outer_src=local,
+                     outer_dst=remote_ip, outer_dport=encap.dport)
         return [Cursor(owner.place, inner, remote.name, c.trail)]
 
     # ------------------------------------------------------------ ipip
@@ -441,7 +469,8 @@ class Crossing:
                                           expected=expected or "a gateway", dst=c.st.dst,
                                           evidence={"route": d.as_dict(), "tunnel": conf}),
                                view, f"{link.name} has no remote and the route names no gateway: the kernel "
-                               "cannot address the outer packet", StepKind.ENCAP)
+                               "cannot address the outer packet", StepKind.ENCAP, encapsulation="ipip",
+                               device=link.name)
         missing = self._uncollected(c, remote_ip)
         if missing is not None:
             return missing
@@ -452,11 +481,13 @@ class Crossing:
                                           evidence={"route": d.as_dict(), "tunnel": conf}),
                                view, f"{link.name}: {c.st.dst} is tunnelled to {remote_ip}, which "
                                f"{'no node owns' if owner is None else 'is node ' + owner.node}; expected "
-                               f"{expected}", StepKind.ENCAP)
+                               f"{expected}", StepKind.ENCAP, encapsulation="ipip", device=link.name,
+                               outer_dst=remote_ip)
         self._mtu_check(c, link)
         local = ipaddress.ip_address(conf["local"]) if conf.get("local") else None
         return self._encapsulate(c, view, remote_ip, owner, Encap(
-            what=f"{link.name} (ipip): {route}", label="ipip (protocol 4)", protocol=IPIP_PROTOCOL, dport=None,
+            what=f"{link.name} (ipip): {route}", encapsulation="ipip", tunnel=link.name, vni=None,
+            label="ipip (protocol 4)", protocol=IPIP_PROTOCOL, dport=None,
             local=local, decap=_ipip_receiver, device="ipip tunnel device"))
 
     # ------------------------------------------------------------ traffic from outside
@@ -469,7 +500,7 @@ class Crossing:
         entry = next((p.entry_node for p in report.paths if p.entry_node), None) or report.dst.node
         hop = trail.hop_by_id(external_hop(st.src), kind=HopKind.EXTERNAL, name=f"client {st.src}")  # type: ignore[attr-defined]
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "  # type: ignore[attr-defined]
-                   f"node's uplink ({entry or 'unknown'})", packet(st))
+                   f"node's uplink ({entry or 'unknown'})", packet(st), endpoint="external", entry_node=entry)
         if entry is None or entry not in self.world.nodes or report.src.kind not in (
                 EndpointKind.PUBLIC, EndpointKind.UNKNOWN):
             trail.assume("the walk cannot tell where an outside packet enters the cluster",  # type: ignore[attr-defined]

@@ -57,7 +57,7 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
         hop = trail.hop_by_id(external_hop(st.dst), kind=HopKind.INTERNET if st.dst.is_global else HopKind.EXTERNAL,
                               name=f"{'internet' if st.dst.is_global else 'outside the cluster'} {st.dst}")
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
-                   packet(rst, iif))
+                   packet(rst, iif), endpoint="external", device=iif)
     return rw.run(Cursor(place, rst, iif, trail))
 
 
@@ -71,7 +71,7 @@ def conntrack_state(c: Cursor, view: NetnsView) -> None:
     c.st.ctstate = "NEW" if c.st.protocol == "udp" else "INVALID"
     c.trail.step(c.trail.hop(view), StepKind.CLASSIFY, StepAction.INFO, f"the reply enters {view.where}, whose "
                  f"conntrack never saw the request: it is ctstate {c.st.ctstate} here", packet(c.st, c.iif),
-                 ctstate=c.st.ctstate)
+                 device=c.iif)
 
 
 def _to_owner(trail: Trail, rst: FlowState, foreign: Finding) -> Trail:
@@ -85,7 +85,7 @@ def _to_owner(trail: Trail, rst: FlowState, foreign: Finding) -> Trail:
     kind = {"node": HopKind.NODE, "pod": HopKind.POD}.get(owner_hop.partition(":")[0], HopKind.EXTERNAL)
     there = trail.hop_by_id(owner_hop, kind=kind, name=owner)
     trail.step(there, StepKind.DELIVERY, StepAction.DROP, f"{owner} never sent the request: no connection takes "
-               "the reply", packet(rst))
+               "the reply", packet(rst), reply=True, finding=foreign.code)
     trail.end(FinalState.DROP, foreign.code, foreign)
     return trail
 
@@ -113,7 +113,7 @@ def reply_leaves(w: Walker, c: Cursor, view: NetnsView) -> list:
         out = c.trail.hop_by_id(external_hop(r.src), kind=HopKind.INTERNET if r.src.is_global else HopKind.EXTERNAL,
                                 name=peer)
         c.trail.step(out, StepKind.DELIVERY, StepAction.FORWARD, f"the reply leaves {view.where} as {actual}: the "
-                     f"exact reverse of what the client sent", packet(st, st.iif, st.oif))
+                     f"exact reverse of what the client sent", packet(st, st.iif, st.oif), reply=True)
         c.trail.assume(f"the reply from {view.where} reaches {peer} through the network beyond the nodes (the "
                        "cloud layer decides there), and the client takes the exact reverse of its connection",
                        could_change=False)
@@ -126,7 +126,7 @@ def reply_leaves(w: Walker, c: Cursor, view: NetnsView) -> list:
             for e in c.trail.pending_reverse]})
     c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply leaves {view.where} as {actual}, but the "
                  f"client expects {expected}: no connection of the client matches, it drops the reply",
-                 packet(st, st.iif, st.oif))
+                 packet(st, st.iif, st.oif), reply=True, finding=found.code)
     return w.finish(c, FinalState.DROP, found.code, found)
 
 
@@ -152,7 +152,7 @@ def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
     hop = c.trail.hop(view)
     if st.src == r.dst and st.sport in (r.port, None) and st.dst == r.src:
         c.trail.step(hop, StepKind.DELIVERY, StepAction.DELIVER, f"the reply reaches the client's connection in "
-                     f"{view.where}", packet(st, st.iif))
+                     f"{view.where}", packet(st, st.iif), reply=True)
         w.finish(c, FinalState.DELIVER)
         return
     undone = [e for e in c.trail.pending_reverse if e.rewrites_destination]
@@ -167,5 +167,6 @@ def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
             "INVALID_ROUTE", node_hop(where), route="the reply path", where=f"node {where}",
             expected=f"back through node {where}, which translated the request", dst=r.src)
     c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply arrives as {packet(st)}, but the client "
-                 f"sent to {r.dst}:{r.port}: no connection matches, the client drops it", packet(st, st.iif))
+                 f"sent to {r.dst}:{r.port}: no connection matches, the client drops it", packet(st, st.iif),
+                 reply=True, finding=found.code)
     w.finish(c, FinalState.DROP, found.code, found)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.netfilter import FlowState, RuleHit
 from services.simulator.dataplane.walk.world import NetnsView, Place
 from shared.schemas import (
     FinalState,
@@ -20,12 +20,23 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
+from shared.steps import Endpoint as EndpointInfo
+from shared.steps import RuleHit as RuleHitInfo
 
 
 def packet(st: FlowState, iif: str | None = None, oif: str | None = None) -> Packet:
     proto = st.protocol if st.protocol in ("tcp", "udp", "icmp") else "tcp"
     return Packet(src=st.src, dst=st.dst, protocol=proto, sport=st.sport, dport=st.dport, mark=st.mark,
                   iif=iif, oif=oif)
+
+
+def rule_hit(hit: RuleHit) -> RuleHitInfo:
+    return RuleHitInfo(table=hit.label, chain=hit.chain, position=hit.position, rule=hit.rule,
+                       family=hit.family or None)
+
+
+def endpoint_info(end: Endpoint) -> EndpointInfo:
+    return EndpointInfo(address=end[0], port=end[1])  # type: ignore[arg-type]
 
 
 def copy_state(st: FlowState) -> FlowState:
@@ -89,9 +100,9 @@ class Trail:
         return hop
 
     def step(self, hop: Hop, kind: StepKind, action: StepAction, detail: str, before: Packet | None = None,
-             after: Packet | None = None, **evidence: object) -> Step:
-        step = Step(kind=kind, action=action, detail=detail, packet_in=before, packet_out=after,
-                    evidence={k: v for k, v in evidence.items() if v is not None})
+             after: Packet | None = None, **info: object) -> Step:
+        """A step on `hop`; `info` are the fields of `kind`'s detail (shared/steps.py)."""
+        step = Step.of(kind, action, detail, before, after, **info)
         hop.steps.append(step)
         return step
 

@@ -23,7 +23,7 @@ from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.owners import check_nat_address, cloud_owners
 from services.simulator.dataplane.walk.reply import conntrack_state
-from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, packet
+from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, endpoint_info, packet, rule_hit
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
 from shared.cloud import CloudInventory
 from shared.codes import finding
@@ -160,7 +160,8 @@ class Walker:
         found = self.expect.code_at(code) or finding(code, service_hop(res.service), service=res.service,
                                                      **fields[code])
         hop = c.trail.hop_by_id(found.hop or service_hop(res.service), kind=HopKind.SERVICE, name=res.service)
-        c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st, c.st.iif))
+        c.trail.step(hop, StepKind.SERVICE, StepAction.DROP, f"on {view.node}: {detail}", packet(c.st, c.st.iif),
+                     service=res.service, finding=found.code)
         return self.finish(c, FinalState.DROP, found.code, found)
 
     def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list:
@@ -235,7 +236,8 @@ class Walker:
         hop_id = pod_hop(hop_name) if hop_name and "/" in hop_name else node_hop(str(hop_name))
         hop = trail.hop_by_id(hop_id, kind=HopKind.POD if "/" in str(hop_name) else HopKind.NODE,
                               name=str(hop_name))
-        trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"{what} is unknown: {reason}")
+        trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"{what} is unknown: {reason}", missing=what,
+                   reason=reason, finding="DATA_MISSING")
         trail.end(FinalState.ABORT, "DATA_MISSING", finding("DATA_MISSING", hop_id, what=what, reason=reason))
         self.finished.append(trail)
 
@@ -269,7 +271,8 @@ class Walker:
             return False
         found = self.gap_finding(view, errors[0])
         c.trail.step(c.trail.hop(view), StepKind.ASSUMPTION, StepAction.ABORT, f"{what} of {view.where} could not "
-                     f"be read ({errors[0]}): the walk cannot tell what happens here", packet(c.st, c.iif, c.st.oif))
+                     f"be read ({errors[0]}): the walk cannot tell what happens here", packet(c.st, c.iif, c.st.oif),
+                     missing=f"{what} of {view.where}", reason=errors[0], finding=found.code)
         self.finish(c, FinalState.ABORT, found.code, found)
         return True
 
@@ -282,7 +285,8 @@ class Walker:
         found = finding("DATA_MISSING", view.hop_id, what=f"a network namespace of node {view.node}",
                         reason=f"the node agent could not read it ({error})")
         c.trail.step(c.trail.hop(view), StepKind.ASSUMPTION, StepAction.ABORT, f"{what}: it may lead into a "
-                     f"namespace the agent could not read ({error})", packet(c.st, c.iif, c.st.oif))
+                     f"namespace the agent could not read ({error})", packet(c.st, c.iif, c.st.oif),
+                     missing=f"a network namespace of node {view.node}", reason=error, finding=found.code)
         self.finish(c, FinalState.ABORT, found.code, found)
         return True
 
@@ -292,9 +296,12 @@ class Walker:
         return []
 
     def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
-             kind: StepKind = StepKind.LINK) -> list:
+             kind: StepKind = StepKind.LINK, **info: object) -> list:
+        """The branch ends in a DROP `found` decided; with a view and a detail, a `kind` step says where
+        (`info`: the fields of its typed detail)."""
         if view is not None and detail:
-            c.trail.step(c.trail.hop(view), kind, StepAction.DROP, detail, packet(c.st, c.iif, c.st.oif))
+            c.trail.step(c.trail.hop(view), kind, StepAction.DROP, detail, packet(c.st, c.iif, c.st.oif),
+                         finding=found.code, **info)
         return self.finish(c, FinalState.DROP, found.code, found)
 
     # ------------------------------------------------------------ one namespace
@@ -305,7 +312,7 @@ class Walker:
         if c.trail.visits > MAX_VISITS:
             hops = " → ".join(h.id for h in c.trail.hops[-6:])
             return self.drop(c, finding("ROUTING_LOOP", view.hop_id, dst=c.st.dst, hops=hops), view,
-                             f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE)
+                             f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE, destination=c.st.dst)
         c.trail.hop(view)
         self.note_gaps(c.trail, view)
         if self.reply:
@@ -355,7 +362,8 @@ class Walker:
                 ok, sysctl = view.forwarding(c2.iif or "")
                 if not ok:
                     self.drop(c2, finding("IP_FORWARD_DISABLED", view.hop_id, where=view.where, sysctl=sysctl),
-                              view, f"not forwarded: {sysctl}=0", StepKind.SYSCTL)
+                              view, f"not forwarded: {sysctl}=0", StepKind.SYSCTL, name=sysctl, value=0,
+                              device=c2.iif)
                     continue
                 c2.st.oif = d.dev
                 for c3 in self.hook(c2, view, "FORWARD"):
@@ -414,7 +422,7 @@ class Walker:
                 found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
                                 evidence=first.as_dict())
             c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
-                         packet(st, iif), evidence=first.as_dict())
+                         packet(st, iif), destination=st.dst, finding=found.code, **first.as_dict())
             self.finish(c, FinalState.DROP, found.code, found)
             return []
         pairs = []
@@ -425,8 +433,8 @@ class Walker:
             share = f" (ECMP share {d.probability:.2f})" if len(decisions) > 1 else ""
             detail = (f"{note + ': ' if note else ''}route lookup for {st.dst}: {d.route} → "
                       + ("local delivery" if d.delivers_locally else f"dev {d.dev}{via}") + share)
-            ci.trail.step(ci.trail.hop(view), StepKind.ROUTE, action, detail, packet(st, iif),
-                          evidence=d.as_dict())
+            ci.trail.step(ci.trail.hop(view), StepKind.ROUTE, action, detail, packet(st, iif), destination=st.dst,
+                          **d.as_dict())
             ci.trail.probability *= d.probability
             pairs.append((ci, d))
         return pairs
@@ -438,7 +446,7 @@ class Walker:
                              evidence={"detail": f"the packet is still addressed to the Service after {hook}: no "
                                        "rule translated it; nothing answers a virtual address",
                                        "mode": mode_note(self, view)}),
-                  view, f"{what} was not translated by {hook}", StepKind.SERVICE)
+                  view, f"{what} was not translated by {hook}", StepKind.SERVICE, service=res.service if res else None)
 
     def _translated(self, c: Cursor) -> bool:
         return any(n.kind in ("DNAT", "REDIRECT") for n in c.trail.nat)
@@ -477,7 +485,8 @@ class Walker:
                         device=dev, side=side, sysctl=sysctl,
                         evidence={"direction": "out" if out_dev else "in"})
         self.drop(c, found, view, f"martian {side} {c.st.dst if side == 'destination' else c.st.src} "
-                  f"{'out of' if out_dev else 'on'} {dev}: {sysctl}=0", StepKind.SYSCTL)
+                  f"{'out of' if out_dev else 'on'} {dev}: {sysctl}=0", StepKind.SYSCTL, name=sysctl, value=0,
+                  device=dev)
         return False
 
     def _rp_filter_ok(self, c: Cursor, view: NetnsView) -> bool:
@@ -497,7 +506,7 @@ class Walker:
                              src=c.st.src, reverse_device=rev_dev, mode="strict" if mode == 1 else "loose",
                              evidence={"reverse_route": [d.as_dict() for d in reverse]}),
                   view, f"rp_filter={mode} on {dev}: the route back to {c.st.src} leaves via {rev_dev}",
-                  StepKind.SYSCTL)
+                  StepKind.SYSCTL, name="rp_filter", value=mode, device=dev, reverse_device=rev_dev)
         return False
 
     # ------------------------------------------------------------ netfilter
@@ -573,7 +582,8 @@ class Walker:
             c.trail.pending_reverse.remove(entry)
             c.trail.step(c.trail.hop(view), StepKind.NAT, StepAction.REWRITE, f"conntrack {hook}: reply of the "
                          f"{entry.kind} {entry.before} → {entry.after} translated back", before,
-                         packet(st, st.iif, st.oif))
+                         packet(st, st.iif, st.oif), type=entry.kind, original=endpoint_info(entry.new),
+                         translated=endpoint_info(entry.orig), reverse=True)
 
     def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: object,
                      vip_before: bool) -> bool:
@@ -587,7 +597,7 @@ class Walker:
             if found not in trail.findings:
                 trail.findings.append(found)
         after = packet(br.state, br.state.iif, br.state.oif)
-        rules = [h.as_dict() for h in br.hits]
+        rules = [rule_hit(h) for h in br.hits]
         if not br.hits and br.verdict == "ACCEPT":
             return True
         verdict = br.verdict or "ACCEPT"
@@ -595,7 +605,8 @@ class Walker:
         trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
             f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
             action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
-            hook=hook, rules=rules)
+            hook=hook, verdict=verdict, rules=rules, reject_with=br.reject_with,
+            decided_by=rule_hit(br.decided_by) if br.decided_by and action == StepAction.DROP else None)
         for rec in br.nat:
             dnat = rec.kind in ("DNAT", "REDIRECT")
             orig = (before.dst, before.dport) if dnat else (before.src, before.sport)  # type: ignore[attr-defined]
@@ -606,11 +617,12 @@ class Walker:
             trail.nat.append(entry)
             trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
                        f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
-                       rule=rec.hit.rule)
+                       type=rec.kind, original=endpoint_info(orig), translated=endpoint_info(new),
+                       rule=rule_hit(rec.hit))
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
             dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
             self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "
-                              f"(branch probability {br.probability:.2f})", before, after,
+                              f"(branch probability {br.probability:.2f})", before, after, probability=br.probability,
                               rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
             return True
@@ -618,15 +630,17 @@ class Walker:
         return False
 
     def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
-                     **evidence: object) -> None:
-        """The Service as this node's kube-proxy implements it: a hop before the node that translated it."""
+                     **info: object) -> None:
+        """The Service as this node's kube-proxy implements it: a hop before the node that translated it
+        (`info`: fields of the step's ServiceInfo)."""
         res = self.report.service
         assert res is not None
         hop_id = service_hop(res.service)
         if any(h.id == hop_id for h in trail.hops):
             return
         svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
-        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, **evidence)  # type: ignore[arg-type]
+        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, service=res.service,  # type: ignore[arg-type]
+                   **info)
         trail.hops.insert(len(trail.hops) - 1, svc)
 
     def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
@@ -641,7 +655,7 @@ class Walker:
                                     name=(policy.hop or "").removeprefix("pod:"))
             c.trail.step(hop, StepKind.POLICY, StepAction.DROP, f"NetworkPolicy enforced on {view.node} "
                          f"({hook} {fields['table']}/{fields['chain']} rule {fields['position']}): {rule}",
-                         packet(br.state), rule=rule)
+                         packet(br.state), enforced_by=rule_hit(hit), finding=policy.code)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
         if res is not None and hit is not None and hit.table.endswith("kube-proxy") and hit.chain == "reject-chain":
