@@ -19,9 +19,12 @@ from services.simulator.dataplane.walk.world import NetnsView
 from shared.codes import finding
 from shared.hops import external_hop, node_hop
 from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
+from shared.topology import EndpointKind
 
 if TYPE_CHECKING:
     from services.simulator.dataplane.walk.walker import Cursor, Walker
+
+INSIDE = frozenset({EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE})  # clients on the nodes
 
 
 def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
@@ -109,6 +112,12 @@ def reply_leaves(w: Walker, c: Cursor, view: NetnsView) -> list:
     expected = _tuple(r.dst, r.port, r.src, None, r.protocol)
     actual = _tuple(st.src, st.sport, st.dst, st.dport, st.protocol)
     hop = c.trail.hop(view)
+    if w.report.src.kind in INSIDE:  # the client is inside the cluster: a reply leaving the nodes misses it
+        found = finding("INVALID_ROUTE", view.hop_id, route="the reply path", where=view.where, dst=r.src,
+                        expected=f"back to {r.src} inside the cluster")
+        c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply to {r.src}, a client inside the cluster, "
+                     f"leaves the nodes from {view.where}", packet(st, st.iif, st.oif), reply=True, finding=found.code)
+        return w.finish(c, FinalState.DROP, found.code, found)
     if st.src == r.dst and st.sport in (r.port, None) and st.dst == r.src:
         out = c.trail.hop_by_id(external_hop(r.src), kind=HopKind.INTERNET if r.src.is_global else HopKind.EXTERNAL,
                                 name=peer)
