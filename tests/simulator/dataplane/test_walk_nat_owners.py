@@ -60,3 +60,15 @@ def test_a_node_reached_without_a_dump_is_wanted() -> None:
     case = Case("basic", "pod-cross-node", nodes=("node-1",))
     result = case.run()
     assert [p.final for p in forward(result)] == [FinalState.ABORT] and result.wanted == ["node-2"]
+
+
+def test_a_dnat_to_an_address_nobody_owns_is_an_assumption() -> None:
+    case = Case("basic", "pod-cross-node")
+    case.iptables("node-1", "nat", "-A PREROUTING -d 10.244.2.2/32 -p tcp -m tcp --dport 8080 -j DNAT "
+                  "--to-destination 198.51.100.9:8080")
+    result = case.run()
+    assert any("198.51.100.9" in a.text and a.could_change_outcome for a in result.assumptions), result.assumptions
+    to_pod = Case("basic", "pod-cross-node")  # a DNAT to a pod address: the walk follows it, nothing assumed
+    to_pod.iptables("node-1", "nat", "-A PREROUTING -d 10.244.2.2/32 -p tcp -m tcp --dport 8080 -j DNAT "
+                    "--to-destination 10.244.2.2:8080")
+    assert not any("no pod, node, endpoint" in a.text for a in to_pod.run().assumptions)
