@@ -72,3 +72,17 @@ def test_a_dnat_to_an_address_nobody_owns_is_an_assumption() -> None:
     to_pod.iptables("node-1", "nat", "-A PREROUTING -d 10.244.2.2/32 -p tcp -m tcp --dport 8080 -j DNAT "
                     "--to-destination 10.244.2.2:8080")
     assert not any("no pod, node, endpoint" in a.text for a in to_pod.run().assumptions)
+
+
+def test_a_pod_address_leaving_the_nodes_is_not_a_confident_success() -> None:
+    """A DNAT to a pod address of a node the report does not describe, with no route for its CIDR: the
+    packet leaves for the underlay, and only the network beyond (the VPC) could bring it to its pod."""
+    case = Case("basic", "pod-cross-node")
+    case.report.objects.nodes = [n for n in case.report.objects.nodes if n["metadata"]["name"] != "node-2"]
+    case.host("node-1").routes = [r for r in case.host("node-1").routes if r.dst != "10.244.2.0/24"]
+    case.iptables("node-1", "nat", "-A PREROUTING -d 10.244.2.2/32 -p tcp -m tcp --dport 8080 -j DNAT "
+                  "--to-destination 10.244.2.77:8080")
+    result = case.run()
+    assert [p.final for p in forward(result)] == [FinalState.FORWARD]
+    assert any("10.244.2.77 is in the cluster's pod network" in a.text and a.could_change_outcome
+               for a in result.assumptions), result.assumptions

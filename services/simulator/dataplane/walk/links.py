@@ -318,6 +318,10 @@ class Crossing:
         if self.w.reply:
             return reply_leaves(self.w, c, view)
         c.trail.left = (view.place, copy_state(c.st), link.name)
+        if self.w.in_pod_network(dst):  # a pod of a node no route here names: only the network beyond can tell
+            c.trail.assume(f"{dst} is in the cluster's pod network but leaves the nodes from {view.where} via {nh}: "
+                           "it reaches its pod only if the network beyond the nodes (the VPC's routes) carries it "
+                           "to the pod's node, which the walk did not follow", could_change=True)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
 
