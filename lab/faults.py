@@ -9,7 +9,8 @@ A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab repr
 kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
 
 tests/lab/test_faults.py asserts the kernel outcomes; the simulator's differential test reuses the same
-catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding`:
+catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding` (a decoy, `finding=None`,
+is a correct NAT the kernel accepts: REACHABLE with no error finding):
 
     lab = Lab.up(resolve(Scenario.load(fault.scenario_path)), prefix=...); lab.start_api()
     fault.inject(lab)
