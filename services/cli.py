@@ -1,154 +1,115 @@
-"""The `netdiag` command (composition root: the one place that imports every service).
+"""The `netdiag` command (composition root: the one place that may import every service).
 
-Exit status of `diagnose`: 0 REACHABLE, 1 UNREACHABLE, 2 AMBIGUOUS/UNDETERMINED,
-3 usage error, 4 system error (bus/gateway unreachable, diagnosis failed).
+Exit status (README "Exit status" lists it per command):
+  diagnose   0 REACHABLE, 1 UNREACHABLE, 2 AMBIGUOUS/UNDETERMINED, 3 usage error,
+             4 system error (bus/gateway unreachable, diagnosis failed)
+  --batch    the highest status any line would have had alone (services/batch.py)
+  every command: 3 for a usage error (argparse's own 2 would read as AMBIGUOUS), 4 for a system error.
+
+Start-up is kept short: at module level only argparse and the thin gateway client
+(services/client.py, standard library only). The stack, the services, pydantic models,
+networkx and the Kubernetes client are imported by the commands that use them, so `--help`
+and `diagnose --server` do not pay for them.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import os
-import secrets
-import signal
 import sys
-from collections.abc import AsyncIterator, Callable
-from importlib.metadata import entry_points
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import aiohttp
-from pydantic import ValidationError
+from services.client import EXIT_SYSTEM, EXIT_USAGE, CommandError, Gateway
 
-from services.cloud.provider import CloudError, make_provider
-from services.collector.agent import run_agent
-from services.collector.capture import capture_nodes
-from services.natsauth.service import build_parser as natsauth_parser
-from services.natsauth.service import run as run_natsauth
-from services.render import render_diagnosis
-from services.simulator.dataplane.trace_cli import register as register_trace
-from services.simulator.matrix import compute_matrix
-from services.simulator.policy import PolicyIndex
-from services.stack import EmbeddedStack
-from services.topology.capture import capture_kubernetes
-from services.topology.plan import full_objects
-from services.topology.sources.live import LiveSource
-from services.topology.sources.snapshot import SnapshotError, load_snapshot
-from shared.bus import Bus, BusUnavailable
-from shared.cloud import dump_inventory, empty_inventory
-from shared.config import Settings
-from shared.kube import api_client
-from shared.logs import setup_logging
-from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, Verdict
+EXIT = {"REACHABLE": 0, "UNREACHABLE": 1, "AMBIGUOUS": 2, "UNDETERMINED": 2}
+BATCH_CONCURRENCY = 16
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EXAMPLE_SNAPSHOT = "examples/snapshots/shop"
 
-EXIT = {Verdict.REACHABLE: 0, Verdict.UNREACHABLE: 1, Verdict.AMBIGUOUS: 2, Verdict.UNDETERMINED: 2}
-EXIT_USAGE, EXIT_SYSTEM = 3, 4
-BATCH_CONCURRENCY = 20
-DEFAULT_WAIT_S = 120.0
-SUBMIT_RETRIES = 4  # 503s retried with the same Idempotency-Key (about 5 s in all)
+CliError = CommandError  # the name the commands (and plugins) raise
 
 
-class CliError(Exception):
-    def __init__(self, message: str, code: int = EXIT_SYSTEM) -> None:
-        super().__init__(message)
-        self.code = code
+# ------------------------------------------------------------------ argument checking
 
 
-# ------------------------------------------------------------------ gateway client
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line and exit 3: argparse's own 2 would read as
+    AMBIGUOUS/UNDETERMINED to a script checking the exit status."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-async def _sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    event, data = "message", []
-    async for raw in resp.content:
-        line = raw.decode().rstrip("\n")
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
+def port_number(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: use 1-65535") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number: use 1-65535")
+    return value
 
 
-class GatewayClient:
-    def __init__(self, base: str, session: aiohttp.ClientSession) -> None:
-        self.base = base.rstrip("/")
-        self.session = session
-
-    async def submit(self, req: DiagnosisRequest) -> str:
-        """POST with an Idempotency-Key, retrying a 503 (bus briefly down) with the same key: the
-        request ends durably accepted once, or clearly refused."""
-        headers = {"Content-Type": "application/json", "Idempotency-Key": secrets.token_hex(16)}
-        for attempt in range(SUBMIT_RETRIES + 1):
-            try:
-                async with self.session.post(f"{self.base}/api/v1/diagnoses", data=req.model_dump_json(),
-                                             headers=headers) as resp:
-                    body = await resp.json()
-                    if resp.status == 202:
-                        return str(body["id"])
-                    if resp.status != 503 or attempt == SUBMIT_RETRIES:
-                        raise CliError(f"gateway refused the request ({resp.status}): {body.get('error')}",
-                                       EXIT_USAGE if resp.status < 500 else EXIT_SYSTEM)
-            except aiohttp.ClientError as exc:
-                raise CliError(f"cannot reach the gateway at {self.base}: {exc}") from exc
-            await asyncio.sleep(0.5 * (attempt + 1))
-        raise AssertionError("unreachable")  # the loop returns or raises
-
-    async def follow(self, diagnosis_id: str, on_progress: Callable[[dict[str, Any]], None]) -> Diagnosis:
-        url = f"{self.base}/api/v1/diagnoses/{diagnosis_id}/events"
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=DEFAULT_WAIT_S)) as resp:
-            if resp.status != 200:
-                raise CliError(f"gateway refused the event stream of {diagnosis_id} ({resp.status})")
-            async for event, data in _sse(resp):
-                if event == "result":
-                    return Diagnosis.model_validate(data)
-                on_progress(data)
-        raise CliError(f"event stream of {diagnosis_id} ended without a result")
-
-    @contextlib.asynccontextmanager
-    async def results(self) -> AsyncIterator[AsyncIterator[Diagnosis]]:
-        """The live stream of completed diagnoses. Once entered, the gateway has subscribed
-        (it answers the headers after subscribing), so nothing submitted afterwards is missed."""
-        async with self.session.get(f"{self.base}/api/v1/events",
-                                    timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
-            if resp.status != 200:
-                raise CliError(f"gateway refused the watch ({resp.status})")
-
-            async def stream() -> AsyncIterator[Diagnosis]:
-                async for event, data in _sse(resp):
-                    if event == "result":
-                        yield Diagnosis.model_validate(data)
-
-            yield stream()
-
-    async def get(self, diagnosis_id: str) -> Diagnosis | None:
-        async with self.session.get(f"{self.base}/api/v1/diagnoses/{diagnosis_id}") as resp:
-            return Diagnosis.model_validate(await resp.json()) if resp.status == 200 else None
+def listen_port(text: str) -> int:
+    """A port to listen on: 0 lets the kernel pick a free one."""
+    return 0 if text.strip() == "0" else port_number(text)
 
 
-def _auth_headers() -> dict[str, str]:
-    """A gateway with auth (the Helm chart's) wants NETDIAG_TOKEN as a bearer token."""
-    token = os.environ.get("NETDIAG_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
+def collect_timeout(text: str) -> float:
+    """Seconds, within the API's own bounds (DiagnosisOptions.collect_timeout_s)."""
+    from pydantic import ValidationError
+
+    from shared.schemas import DiagnosisOptions
+
+    try:
+        return DiagnosisOptions(collect_timeout_s=float(text)).collect_timeout_s
+    except (ValueError, ValidationError) as exc:
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else "not a number"
+        raise argparse.ArgumentTypeError(f"{text!r}: {reason.lower()} (seconds)") from None
 
 
-@contextlib.asynccontextmanager
-async def gateway(args: argparse.Namespace) -> AsyncIterator[GatewayClient]:
-    """A running gateway (--server), or an embedded stack started for this command."""
-    async with aiohttp.ClientSession(headers=_auth_headers()) as session:
-        if args.server:
-            yield GatewayClient(args.server, session)
-            return
-        settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=getattr(args, "kubeconfig", None),
-                                     collect_timeout_s=getattr(args, "collect_timeout", None))
-        try:
-            async with EmbeddedStack(settings, agents=_agents(args)) as stack:
-                yield GatewayClient(stack.url, session)
-        except BusUnavailable as exc:
-            raise CliError(str(exc)) from exc
+def _snapshot_dir(path: Path | None, flag: str = "--snapshot") -> None:
+    """Fail fast, before any stack starts, on a snapshot path that cannot be one."""
+    if path is None:
+        return
+    if not path.exists():
+        raise CliError(f"{flag} {path}: no such directory (a snapshot directory, e.g. {EXAMPLE_SNAPSHOT})",
+                       EXIT_USAGE)
+    if not (path / "kubernetes").is_dir():
+        raise CliError(f"{flag} {path}: not a snapshot (no kubernetes/ directory; see docs/snapshot.md)",
+                       EXIT_USAGE)
+
+
+def require_cluster(kubeconfig: Path | None) -> None:
+    """A live-cluster command needs a kubeconfig that loads (or the in-cluster account): say so on
+    one line, naming what to pass, instead of starting and failing every diagnosis."""
+    if kubeconfig is not None and not Path(kubeconfig).is_file():
+        raise CliError(f"--kubeconfig {kubeconfig}: no such file", EXIT_USAGE)
+    from shared.kube import api_client
+
+    try:
+        api_client(kubeconfig)
+    except Exception as exc:  # ConfigException, YAML and key errors of a broken file: all "no cluster"
+        where = f"--kubeconfig {kubeconfig}" if kubeconfig else "no Kubernetes cluster configured"
+        reason = str(exc).splitlines()[0].rstrip(".") if str(exc) else type(exc).__name__
+        raise CliError(f"{where} ({reason}): pass --kubeconfig FILE, or --snapshot {EXAMPLE_SNAPSHOT} to try "
+                       "the bundled example", EXIT_USAGE) from None
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Any:
+    from pydantic import ValidationError
+
+    from shared.config import Settings
+
+    try:
+        return Settings.from_env(snapshot=getattr(args, "snapshot", None), kubeconfig=getattr(args, "kubeconfig", None),
+                                 collect_timeout_s=getattr(args, "collect_timeout", None), **extra)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(map(str, e["loc"]))
+        raise CliError(f"configuration {field} (NETDIAG_{field.upper()}): {e['msg']}", EXIT_USAGE) from None
 
 
 def _agents(args: argparse.Namespace) -> dict[str, str | None]:
@@ -162,179 +123,237 @@ def _agents(args: argparse.Namespace) -> dict[str, str | None]:
     return out
 
 
+# ------------------------------------------------------------------ gateway: --server or embedded
+
+
+def with_gateway(args: argparse.Namespace, work: Callable[[str], int]) -> int:
+    """`work(gateway_url)` against --server, or against an embedded stack started for it."""
+    if args.server:
+        Gateway(args.server)  # a malformed URL is a usage error before anything runs
+        return work(args.server)
+    settings = _settings(args)
+    if settings.snapshot is None:
+        require_cluster(settings.kubeconfig)
+    _snapshot_dir(settings.snapshot)
+    return _embedded(settings, _agents(args), work)
+
+
+def _embedded(settings: Any, agents: dict[str, str | None], work: Callable[[str], int]) -> int:
+    import asyncio
+
+    from services.stack import EmbeddedStack
+    from shared.bus import BusUnavailable
+
+    async def run() -> int:
+        async with EmbeddedStack(settings, agents=agents) as stack:
+            # the client is synchronous: it runs in a thread while this loop serves the stack
+            return await asyncio.to_thread(work, stack.url)
+
+    try:
+        return asyncio.run(run())
+    except BusUnavailable as exc:
+        raise CliError(str(exc)) from exc
+
+
 # ------------------------------------------------------------------ commands
 
 
-def _progress_printer(enabled: bool) -> Callable[[dict[str, Any]], None]:
+def _progress_printer(enabled: bool) -> Callable[[dict[str, Any]], None] | None:
+    if not enabled:
+        return None
+
     def show(event: dict[str, Any]) -> None:
-        if enabled:
-            ms = f" {event['elapsed_ms']:.0f} ms" if event.get("elapsed_ms") else ""
-            msg = f" {event['message']}" if event.get("message") else ""
-            print(f"\r\033[K… {event['stage']}: {event['state']}{msg}{ms}", end="", file=sys.stderr, flush=True)
+        ms = f" {event['elapsed_ms']:.0f} ms" if event.get("elapsed_ms") else ""
+        msg = f" {event['message']}" if event.get("message") else ""
+        print(f"\r\033[K… {event.get('stage')}: {event.get('state')}{msg}{ms}", end="", file=sys.stderr, flush=True)
     return show
 
 
-def _request_from_args(args: argparse.Namespace) -> DiagnosisRequest:
+FLAGS = {"src": "--src", "dst": "--dst", "port": "--port", "protocol": "--protocol",
+         "options.collect_timeout_s": "--collect-timeout"}
+
+
+def _invalid(fields: list[dict[str, str]], fallback: str) -> CliError:
+    details = "; ".join(f"{FLAGS.get(f['field'], f['field'])}: {f['message']}" for f in fields) or fallback
+    return CliError(f"invalid request: {details}", EXIT_USAGE)
+
+
+def _request_json(args: argparse.Namespace) -> str:
+    """The command line as a request body. Validated exactly as the API validates a body: here
+    for an embedded stack; by the gateway itself with --server (its 422 names the same fields),
+    so a command against a running gateway does not import pydantic before it sends."""
     missing = [f"--{n}" for n in ("src", "dst", "port", "protocol") if getattr(args, n) is None]
     if missing:
         raise CliError(f"missing {', '.join(missing)} (or use --batch FILE)", EXIT_USAGE)
+    body: dict[str, Any] = {"src": args.src, "dst": args.dst, "port": args.port, "protocol": args.protocol}
+    if args.collect_timeout is not None:
+        body["options"] = {"collect_timeout_s": args.collect_timeout}
+    if args.server:
+        return json.dumps(body)
+    from shared.intake import RequestInvalid, parse_request
+
     try:
-        return DiagnosisRequest(src=args.src, dst=args.dst, port=args.port, protocol=args.protocol)
-    except ValidationError as exc:
-        details = "; ".join(f"--{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise CliError(f"invalid request: {details}", EXIT_USAGE) from exc
+        return parse_request(json.dumps(body)).model_dump_json()
+    except RequestInvalid as exc:
+        raise _invalid(exc.fields, str(exc)) from None
 
 
-async def cmd_diagnose(args: argparse.Namespace) -> int:
-    if args.batch:
-        return await _diagnose_batch(args)
-    req = _request_from_args(args)
-    async with gateway(args) as gw:
-        diagnosis_id = await gw.submit(req)
-        diagnosis = await gw.follow(diagnosis_id, _progress_printer(args.output == "text" and sys.stderr.isatty()))
-    if args.output == "text" and sys.stderr.isatty():
-        print("\r\033[K", end="", file=sys.stderr)
-    if args.output == "json":
-        print(diagnosis.model_dump_json(indent=2))
+def print_diagnosis(doc: dict[str, Any], output: str, verbose: bool = False) -> int:
+    """Print one diagnosis document; its exit status."""
+    if output == "json":
+        print(json.dumps(doc, indent=2), flush=True)
     else:
-        print(render_diagnosis(diagnosis, verbose=args.verbose))
-    if diagnosis.status == DiagnosisStatus.FAILED or diagnosis.result is None:
+        from services.render import render_diagnosis
+        from shared.schemas import Diagnosis
+
+        print(render_diagnosis(Diagnosis.model_validate(doc), verbose=verbose), flush=True)
+    result = doc.get("result")
+    if doc.get("status") == "failed" or not isinstance(result, dict):
         return EXIT_SYSTEM
-    return EXIT[diagnosis.result.verdict]
+    return EXIT.get(str(result.get("verdict")), EXIT_SYSTEM)
 
 
-async def _diagnose_batch(args: argparse.Namespace) -> int:
-    """One request per line in, one JSON result per line out, same order; one stack start."""
-    lines = Path(args.batch).read_text().splitlines() if args.batch != "-" else sys.stdin.read().splitlines()
-    requests: list[DiagnosisRequest | str] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    if args.batch:
+        return _diagnose_batch(args)
+    request = _request_json(args)
+    show = args.output == "text" and sys.stderr.isatty()
+
+    def work(url: str) -> int:
+        gw = Gateway(url)
         try:
-            requests.append(DiagnosisRequest.model_validate_json(line))
-        except ValidationError as exc:
-            requests.append(f"line {n}: " + "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors()))
-    async with gateway(args) as gw, gw.results() as completed:
-        done: dict[str, Diagnosis] = {}
-        arrived = asyncio.Condition()
-
-        async def collect() -> None:
-            async for d in completed:
-                async with arrived:
-                    done[d.id] = d
-                    arrived.notify_all()
-
-        collector = asyncio.create_task(collect())
-        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
-
-        async def run(req: DiagnosisRequest | str) -> dict[str, Any]:
-            if isinstance(req, str):
-                return {"error": req}
-            request = json.loads(req.model_dump_json())
-            async with slots:
-                try:
-                    diagnosis_id = await gw.submit(req)
-                except CliError as exc:
-                    return {"request": request, "error": str(exc)}
-                try:
-                    async with arrived:  # a result that arrived before we looked is already in `done`
-                        await asyncio.wait_for(arrived.wait_for(lambda: diagnosis_id in done), DEFAULT_WAIT_S)
-                    result: Diagnosis | None = done.pop(diagnosis_id)
-                except TimeoutError:
-                    result = await gw.get(diagnosis_id)  # the stream may have dropped: ask directly
-                if result is None or result.status == DiagnosisStatus.QUEUED:
-                    return {"request": request, "id": diagnosis_id,
-                            "error": f"no result within {DEFAULT_WAIT_S:.0f}s"}
-                return json.loads(result.model_dump_json())
-
-        try:
-            outputs = await asyncio.gather(*(run(r) for r in requests))
+            doc = gw.follow(gw.submit(request), _progress_printer(show))
+        except CommandError as exc:
+            if exc.fields:  # the gateway refused a field: the same message as a local check
+                raise _invalid(exc.fields, str(exc)) from None
+            raise
         finally:
-            collector.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collector
-    for out in outputs:
-        print(json.dumps(out))
-    # every diagnosis document carries "error" (null unless it failed): count only real ones
-    errors = [o for o in outputs if o.get("error")]
-    if any("request" not in o for o in errors):  # a line that is not a valid request
-        return EXIT_USAGE
-    return EXIT_SYSTEM if errors else 0
+            gw.close()
+        if show:
+            print("\r\033[K", end="", file=sys.stderr)
+        return print_diagnosis(doc, args.output, args.verbose)
+
+    return with_gateway(args, work)
 
 
-async def cmd_watch(args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession(headers=_auth_headers()) as session:
-        gw = GatewayClient(args.server, session)
-        count = 0
-        async with gw.results() as completed:
-            async for diagnosis in completed:
-                if args.output == "json":
-                    print(diagnosis.model_dump_json(), flush=True)
-                else:
-                    print(render_diagnosis(diagnosis), "\n", flush=True)
-                count += 1
-                if args.count and count >= args.count:
-                    return 0
-    return 0
+def _diagnose_batch(args: argparse.Namespace) -> int:
+    from services.batch import diagnose_batch, open_batch
 
-
-async def cmd_up(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=args.kubeconfig)
-    stack = EmbeddedStack(settings, data_dir=args.data_dir, host=args.host, port=args.port, agents=_agents(args))
+    if any(getattr(args, n) is not None for n in ("src", "dst", "port", "protocol")):
+        raise CliError("--batch takes the requests from the file: drop --src/--dst/--port/--protocol", EXIT_USAGE)
+    fh = open_batch(args.batch)
     try:
-        await stack.start()
-    except BusUnavailable as exc:
-        await stack.stop()
-        raise CliError(str(exc)) from exc
-    print(f"netdiag is up: {stack.url}  (NATS {stack.nats_url}; Ctrl-C stops)", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM too: `netdiag up` under a supervisor
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
+        return with_gateway(args, lambda url: diagnose_batch(fh, url, args.concurrency))
     finally:
-        await stack.stop()
-    print("netdiag stopped", flush=True)
+        fh.close()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    gw = Gateway(args.server)
+    for count, doc in enumerate(gw.results(), 1):
+        if args.output == "json":
+            print(json.dumps(doc), flush=True)
+        else:
+            from services.render import render_diagnosis
+            from shared.schemas import Diagnosis
+
+            print(render_diagnosis(Diagnosis.model_validate(doc)), "\n", flush=True)
+        if args.count and count >= args.count:
+            return 0
     return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+
+    from services.stack import EmbeddedStack
+    from shared.bus import BusUnavailable
+
+    settings = _settings(args)
+    _snapshot_dir(settings.snapshot)
+    if settings.snapshot is None:
+        require_cluster(settings.kubeconfig)  # never "up" and "ready" while no cluster model can load
+
+    async def serve() -> int:
+        stack = EmbeddedStack(settings, data_dir=args.data_dir, host=args.host, port=args.port,
+                              agents=_agents(args))
+        try:
+            await stack.start()
+        except BusUnavailable as exc:
+            await stack.stop()
+            raise CliError(str(exc)) from exc
+        source = f"snapshot {settings.snapshot}" if settings.snapshot else "live cluster"
+        print(f"netdiag is up: {stack.url}  ({source}; NATS {stack.nats_url}; Ctrl-C stops)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM too: `netdiag up` under a supervisor
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await stack.stop()
+        print("netdiag stopped", flush=True)
+        return 0
+
+    return asyncio.run(serve())
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    """Pod-to-pod reachability under the NetworkPolicies of a snapshot (no cluster needed)."""
+    """Pod-to-pod reachability under the NetworkPolicies of a snapshot (no cluster needed).
+    Exit status: the table 0; --batch the highest of its lines (0 allowed, 1 denied, 3 invalid line)."""
+    from services.topology.plan import full_objects
+    from services.topology.sources.snapshot import SnapshotError, load_snapshot
+
+    _snapshot_dir(args.snapshot)
+    fh = None
+    if args.batch:
+        from services.batch import open_batch
+
+        fh = open_batch(args.batch)
     try:
         loaded = load_snapshot(args.snapshot)
     except SnapshotError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
     objects = full_objects(loaded.model)
-    if args.batch:
-        return _policy_batch(objects, args.batch)
+    if fh is not None:
+        try:
+            return _policy_batch(objects, fh)
+        finally:
+            fh.close()
+    if args.namespace is not None:
+        known = {n["metadata"]["name"] for n in objects.namespaces} | {
+            p["metadata"].get("namespace", "default") for p in objects.pods}
+        if args.namespace not in known:
+            raise CliError(f"--namespace {args.namespace}: no such namespace in {args.snapshot} "
+                           f"(namespaces: {', '.join(sorted(known))})", EXIT_USAGE)
+    from services.simulator.matrix import compute_matrix
+
     matrix = compute_matrix(objects, namespace=args.namespace, port=args.port, protocol=args.protocol.upper())
     print(json.dumps(matrix.to_json()) if args.output == "json" else matrix.to_text())
     return 0
 
 
-def _policy_batch(objects: Any, batch: str) -> int:
-    """NetworkPolicy verdicts for many queries at once (one JSON request per line)."""
+def _policy_batch(objects: Any, fh: Any) -> int:
+    """NetworkPolicy verdicts for many queries at once (one JSON request per line, in order)."""
+    from services.batch import validated
+    from services.simulator.policy import PolicyIndex
+
     index = PolicyIndex.build(objects)
-    lines = Path(batch).read_text().splitlines() if batch != "-" else sys.stdin.read().splitlines()
-    failed = False
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            req = DiagnosisRequest.model_validate_json(line)
-        except ValidationError as exc:
-            failed = True
-            print(json.dumps({"error": f"line {n}: {exc.errors()[0]['msg']}"}))
+    worst = 0
+    for _, req in validated(fh):
+        if isinstance(req, dict):
+            worst = max(worst, EXIT_USAGE)
+            print(json.dumps(req))
             continue
         v = index.evaluate(req.src, req.dst, req.protocol, req.port)
+        worst = max(worst, 0 if v.allowed else 1)
         print(json.dumps({"src": str(req.src), "dst": str(req.dst), "port": req.port, "protocol": req.protocol,
                           "allowed": v.allowed, "egress": v.egress.explanation, "ingress": v.ingress.explanation}))
-    return EXIT_USAGE if failed else 0
+    return worst
 
 
-def _pod_ips(source: LiveSource) -> dict[str, str]:
+def _pod_ips(source: Any) -> dict[str, str]:
     """Pod IP → ns/name, so each node dump names the pod behind each network namespace."""
     with source.model.lock:
         pods = list(source.model.objects["Pod"].values())
@@ -343,8 +362,27 @@ def _pod_ips(source: LiveSource) -> dict[str, str]:
             for ip in (p.get("status", {}).get("podIPs") or [])}
 
 
-async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
+def cmd_snapshot_capture(args: argparse.Namespace) -> int:
     """Freeze a live cluster into a snapshot directory: Kubernetes objects, node dumps."""
+    require_cluster(args.kubeconfig)
+    import asyncio
+
+    return asyncio.run(_snapshot_capture(args))
+
+
+async def _snapshot_capture(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from services.cloud.provider import CloudError, make_provider
+    from services.collector.capture import capture_nodes
+    from services.stack import EmbeddedStack
+    from services.topology.capture import capture_kubernetes
+    from services.topology.sources.live import LiveSource
+    from shared.bus import Bus, BusUnavailable
+    from shared.cloud import dump_inventory, empty_inventory
+    from shared.config import Settings
+    from shared.kube import api_client
+
     source = LiveSource(api_client(args.kubeconfig)).start()
     try:
         counts = await asyncio.to_thread(capture_kubernetes, source, args.out, sync_timeout_s=args.timeout)
@@ -389,24 +427,77 @@ async def cmd_snapshot_capture(args: argparse.Namespace) -> int:
     return EXIT_SYSTEM if any(outcome.values()) else 0
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from services.collector.agent import run_agent
+
+    return int(run_agent(_settings(args, nats_url=args.nats_url), args.node, args.netns) or 0)
+
+
 # ------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="netdiag", description="Kubernetes network diagnosis: why can't A reach B?")
-    p.add_argument("--log-level", help="debug, info, warning (default), error")
+def _register_natsauth(sub: argparse._SubParsersAction) -> None:
+    from services.natsauth.service import build_parser, run
+
+    build_parser(sub.add_parser(
+        "nats-auth", help="NATS auth callout: admit each node agent by its Kubernetes token, for its own node only",
+    )).set_defaults(func=run)
+
+
+def _register_trace(sub: argparse._SubParsersAction) -> None:
+    from services.simulator.dataplane.trace_cli import register
+
+    register(sub)
+
+
+Registrar = Callable[[argparse._SubParsersAction], None]
+
+
+def _lazy_commands() -> dict[str, tuple[str, Registrar]]:
+    """Commands whose modules are imported only when they run: name → (help, registrar).
+    Plugins (the `netdiag.commands` entry points, e.g. the lab's `lab`) are among them."""
+    from importlib.metadata import entry_points
+
+    lazy: dict[str, tuple[str, Registrar]] = {
+        "trace": ("trace a packet through one engine (iptables-save)", _register_trace),
+        "nats-auth": ("NATS auth callout for the node agents (a Deployment in a cluster)", _register_natsauth),
+    }
+    for plugin in entry_points(group="netdiag.commands"):
+        lazy[plugin.name] = (f"(plugin {plugin.value})", _plugin_registrar(plugin))
+    return lazy
+
+
+def _plugin_registrar(plugin: Any) -> Registrar:
+    def register(sub: argparse._SubParsersAction) -> None:
+        try:
+            plugin.load()(sub)
+        except (ImportError, AttributeError) as exc:
+            raise CliError(f"command plugin {plugin.name!r} unavailable: {exc}") from exc
+    return register
+
+
+def build_parser(full: str | None = None) -> Parser:
+    """The `netdiag` parser; lazy commands are stubs unless `full` names the one to register."""
+    p = Parser(prog="netdiag", description="Kubernetes network diagnosis: why can't A reach B?")
+    p.add_argument("--log-level", type=str.lower, choices=LOG_LEVELS, help="debug, info, warning (default), error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("diagnose", help="diagnose one path (or a batch)")
     d.add_argument("--src", help="source IP")
     d.add_argument("--dst", help="destination IP")
-    d.add_argument("--port", type=int, help="destination port")
-    d.add_argument("--protocol", choices=["tcp", "udp"], help="tcp or udp")
-    d.add_argument("--batch", help="JSONL file of requests ('-' = stdin); prints one JSON result per line")
-    d.add_argument("--server", help="gateway URL; without it an embedded stack runs for this command")
-    d.add_argument("--snapshot", type=Path, help="snapshot directory to diagnose (embedded stack)")
-    d.add_argument("--kubeconfig", type=Path, help="live cluster (embedded stack)")
-    d.add_argument("--collect-timeout", type=float, help="seconds to wait for node agents (default 5)")
+    d.add_argument("--port", type=port_number, help="destination port (1-65535)")
+    d.add_argument("--protocol", type=str.lower, choices=["tcp", "udp"], help="tcp or udp")
+    d.add_argument("--batch", metavar="FILE",
+                   help="JSONL file of requests ('-' = stdin); prints one JSON document per line, in order, "
+                        "as each completes")
+    d.add_argument("--concurrency", type=int, default=BATCH_CONCURRENCY, choices=range(1, 257), metavar="N",
+                   help=f"--batch: diagnoses in flight at once (1-256, default {BATCH_CONCURRENCY})")
+    source = d.add_mutually_exclusive_group()  # one cluster at a time
+    source.add_argument("--server", help="gateway URL; without it an embedded stack runs for this command")
+    source.add_argument("--snapshot", type=Path, help="snapshot directory to diagnose (embedded stack)")
+    source.add_argument("--kubeconfig", type=Path, help="live cluster (embedded stack)")
+    d.add_argument("--collect-timeout", type=collect_timeout, metavar="SECONDS",
+                   help="seconds to wait for node agents (more than 0, at most 60; default 5)")
     d.add_argument("--agent", action="append", metavar="NODE[=NETNS]",
                    help="run a node agent in the embedded stack (repeatable; the lab uses NODE=NETNS)")
     d.add_argument("--output", choices=["text", "json"], default="text")
@@ -421,10 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="run NATS, every service and the gateway in this process")
     u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=8080)
+    u.add_argument("--port", type=listen_port, default=8080, help="0: any free port (default 8080)")
     u.add_argument("--data-dir", type=Path, default=Path.home() / ".netdiag")
-    u.add_argument("--snapshot", type=Path)
-    u.add_argument("--kubeconfig", type=Path)
+    source = u.add_mutually_exclusive_group()
+    source.add_argument("--snapshot", type=Path, help=f"serve this snapshot (try {EXAMPLE_SNAPSHOT})")
+    source.add_argument("--kubeconfig", type=Path, help="serve this live cluster")
     u.add_argument("--agent", action="append", metavar="NODE[=NETNS]", help="run a node agent in this process")
     u.set_defaults(func=cmd_up)
 
@@ -432,19 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--node", required=True)
     a.add_argument("--netns", help="named netns that is this node's host namespace (the lab)")
     a.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
-    a.set_defaults(func=lambda args: run_agent(Settings.from_env(nats_url=args.nats_url), args.node, args.netns))
-
-    na = natsauth_parser(sub.add_parser(
-        "nats-auth", help="NATS auth callout: admit each node agent by its Kubernetes token, for its own node only"))
-    na.set_defaults(func=run_natsauth)
+    a.set_defaults(func=cmd_agent)
 
     m = sub.add_parser("matrix", help="pod-to-pod reachability matrix under the NetworkPolicies of a snapshot")
     m.add_argument("--snapshot", type=Path, required=True)
     m.add_argument("--namespace", help="only pods of this namespace (default: all)")
-    m.add_argument("--port", type=int, default=80)
-    m.add_argument("--protocol", choices=["tcp", "udp", "sctp"], default="tcp")
+    m.add_argument("--port", type=port_number, default=80)
+    m.add_argument("--protocol", type=str.lower, choices=["tcp", "udp", "sctp"], default="tcp")
     m.add_argument("--output", choices=["text", "json"], default="text")
-    m.add_argument("--batch", help="JSONL of {src,dst,port,protocol} queries: one policy verdict per line")
+    m.add_argument("--batch", metavar="FILE", help="JSONL of {src,dst,port,protocol} queries: one policy verdict "
+                                                   "per line")
     m.set_defaults(func=cmd_matrix)
 
     snap = sub.add_parser("snapshot", help="snapshot directories for offline analysis and bug reports")
@@ -458,31 +547,45 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--timeout", type=float, default=30.0)
     cap.set_defaults(func=cmd_snapshot_capture)
 
-    register_trace(sub)  # netdiag trace iptables ...
-
-    for plugin in entry_points(group="netdiag.commands"):
-        try:
-            plugin.load()(sub)
-        except (ImportError, AttributeError) as exc:
-            print(f"netdiag: command plugin {plugin.name!r} unavailable: {exc}", file=sys.stderr)
+    for name, (help_text, register) in _lazy_commands().items():
+        if name == full:
+            register(sub)
+        else:  # a stub for --help; the real parser is built when the command runs
+            sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.log_level)
-    func = args.func
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is None:  # a lazy command: parse again with it registered
+        args = build_parser(full=args.command).parse_args(argv)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        result = func(args)
-        if asyncio.iscoroutine(result):
+        args = parse(argv)
+        from shared.logs import setup_logging
+
+        try:
+            setup_logging(args.log_level)
+        except ValueError as exc:  # NETDIAG_LOG_LEVEL from the environment
+            raise CliError(f"log level: {exc}; use one of {', '.join(LOG_LEVELS)}", EXIT_USAGE) from None
+        result = args.func(args)
+        if hasattr(result, "__await__"):  # a plugin's async command
+            import asyncio
+
             result = asyncio.run(result)
         return int(result or 0)
     except CliError as exc:
         print(f"netdiag: {exc}", file=sys.stderr)
         return exc.code
-    except (aiohttp.ClientError, TimeoutError) as exc:  # never exit 1, which means UNREACHABLE
-        print(f"netdiag: lost the gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except (OSError, TimeoutError) as exc:  # never exit 1, which means UNREACHABLE
+        print(f"netdiag: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_SYSTEM
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,10 @@ kubeconfig with the official client (a bare IP passes through); then the normal 
 against a gateway with `--server`, or with no server at all — `netdiag snapshot capture` of
 the cluster (API objects, plus node dumps from the agents on `--nats` or run here with
 `--agent`), then `netdiag diagnose --snapshot` of it, locally. Any other command goes to the
-netdiag CLI unchanged. Exit status is the CLI's.
+netdiag CLI unchanged. Exit status is the CLI's (a usage error, an unloadable kubeconfig or a
+name that does not resolve: 3).
+
+Like `netdiag`, it imports the Kubernetes client only when `diagnose` runs, so `--help` is quick.
 """
 
 from __future__ import annotations
@@ -18,12 +21,9 @@ import ipaddress
 import sys
 import tempfile
 from pathlib import Path
-
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+from typing import Any
 
 from services import cli
-from shared.kube import api_client
 
 KINDS = {"pod": "pod", "pods": "pod", "po": "pod", "svc": "service", "service": "service", "services": "service",
          "node": "node", "nodes": "node", "no": "node"}
@@ -33,7 +33,7 @@ class ResolveError(Exception):
     pass
 
 
-def resolve(api: client.ApiClient, ref: str, namespace: str) -> str:
+def resolve(api: Any, ref: str, namespace: str) -> str:
     """`pod/NAME`, `svc/NAME`, `node/NAME` or an IP address → the address to diagnose."""
     try:
         return str(ipaddress.ip_address(ref))
@@ -43,6 +43,9 @@ def resolve(api: client.ApiClient, ref: str, namespace: str) -> str:
     if kind.lower() not in KINDS or not name:
         raise ResolveError(f"{ref!r}: expected pod/NAME, svc/NAME, node/NAME or an IP address")
     kind = KINDS[kind.lower()]
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
     core = client.CoreV1Api(api)
     try:
         if kind == "pod":
@@ -67,18 +70,19 @@ def resolve(api: client.ApiClient, ref: str, namespace: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kubectl netdiag", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(prog="kubectl netdiag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("diagnose", help="why can't --from reach --to on --port?")
     d.add_argument("--from", dest="src", required=True, metavar="pod/NAME|svc/NAME|node/NAME|IP")
     d.add_argument("--to", dest="dst", required=True, metavar="pod/NAME|svc/NAME|node/NAME|IP")
-    d.add_argument("--port", type=int, required=True)
-    d.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
+    d.add_argument("--port", type=cli.port_number, required=True, help="destination port (1-65535)")
+    d.add_argument("--protocol", type=str.lower, choices=["tcp", "udp"], default="tcp")
     d.add_argument("-n", "--namespace", default="default", help="namespace of pod/ and svc/ names")
     d.add_argument("--kubeconfig", type=Path, help="default: $KUBECONFIG, in-cluster, ~/.kube/config")
     d.add_argument("--server", help="a netdiag gateway URL; without it, capture a snapshot and diagnose here")
     d.add_argument("--nats", dest="nats_url", help="(no --server) NATS the cluster's node agents answer on")
+    d.add_argument("--collect-timeout", type=cli.collect_timeout, metavar="SECONDS",
+                   help="seconds to wait for node agents (more than 0, at most 60; default 5)")
     d.add_argument("--agent", action="append", metavar="NODE[=NETNS]", help="(no --server) run a node agent here")
     d.add_argument("--output", choices=["text", "json"], default="text")
     d.add_argument("-v", "--verbose", action="store_true")
@@ -88,12 +92,32 @@ def parser() -> argparse.ArgumentParser:
 def diagnose_argv(args: argparse.Namespace, src: str, dst: str) -> list[str]:
     argv = ["diagnose", "--src", src, "--dst", dst, "--port", str(args.port), "--protocol", args.protocol,
             "--output", args.output]
+    argv += ["--collect-timeout", str(args.collect_timeout)] if args.collect_timeout is not None else []
     return [*argv, "--verbose"] if args.verbose else argv
 
 
-def run_diagnose(args: argparse.Namespace) -> int:
+def _is_ip(ref: str) -> bool:
     try:
-        api = api_client(args.kubeconfig)
+        ipaddress.ip_address(ref)
+    except ValueError:
+        return False
+    return True
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    needs_cluster = not (args.server and _is_ip(args.src) and _is_ip(args.dst))  # names, or a capture
+    try:
+        if needs_cluster:
+            cli.require_cluster(args.kubeconfig)
+    except cli.CliError as exc:
+        print(f"kubectl-netdiag: {exc}", file=sys.stderr)
+        return exc.code
+    try:
+        api = None
+        if needs_cluster:
+            from shared.kube import api_client
+
+            api = api_client(args.kubeconfig)
         src, dst = resolve(api, args.src, args.namespace), resolve(api, args.dst, args.namespace)
     except ResolveError as exc:
         print(f"kubectl-netdiag: {exc}", file=sys.stderr)

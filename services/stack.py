@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from services.gateway.app import create_app
 from services.gateway.store import ResultSink
 from services.simulator.handler import SimulatorStage
 from services.topology.handler import TopologyStage
-from shared.bus import Bus, agent_inbox_prefix
+from shared.bus import Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
 from shared.stage import Stage, StageRunner
@@ -80,6 +81,8 @@ class EmbeddedStack:
         if self.nats:
             await asyncio.to_thread(self.nats.start)
         self.settings = self.settings.model_copy(update={"nats_url": self.nats_url})
+        if self.settings.signing_key() is None:  # one process: its simulator and its sink share a fresh key
+            self.settings = self.settings.model_copy(update={"result_key": secrets.token_hex(16)})
         for factory in self.stage_factories:
             bus = await Bus.connect(name=getattr(factory, "name", "stage"), settings=self.settings)
             self._buses.append(bus)
@@ -89,7 +92,7 @@ class EmbeddedStack:
         for node, netns in self.agents.items():
             # started here rather than as run_agent tasks so the stack is only "up" once every
             # agent is subscribed (a request right after start must not meet NoResponders)
-            bus = await Bus.connect(name=f"agent-{node}", settings=self.settings, inbox_prefix=agent_inbox_prefix(node))
+            bus = await Bus.connect_agent(node, self.settings)
             self._buses.append(bus)
             agent = NodeAgent(bus, node, netns)
             await agent.start()

@@ -68,7 +68,7 @@ class SummaryCounts(BaseModel):
 
 
 class ClusterSummary(BaseModel):
-    source: str = Field(description='"live" or "snapshot:<dir>"')
+    source: str = Field(description='"live:<API server>" or "snapshot:<dir>"')
     generated_at: datetime
     dns: list[IPAddress] = Field(default_factory=list, description="ClusterIP(s) of the cluster DNS Service")
     pods: list[PodSummary] = Field(default_factory=list, description="pods that have an IP")
@@ -76,3 +76,5 @@ class ClusterSummary(BaseModel):
     nodes: list[NodeSummary] = Field(default_factory=list)
     counts: SummaryCounts = Field(default_factory=SummaryCounts)
     truncated: bool = Field(False, description="a list was cut at the cap: counts has the totals")
+    notes: list[str] = Field(default_factory=list, description="what loading the source left out: a snapshot's "
+                             "skipped kinds (counted) and unusable objects")

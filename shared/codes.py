@@ -39,12 +39,10 @@ _ENTRIES = [
                 "Check `kubectl describe pod {pod}` for failing readiness probes or crash loops; "
                 "a not-ready pod is removed from Service endpoints."),
     FindingCode("NETWORK_POLICY_DENY", E,
-                "network policy {policies} deny the packet from {src} to {dst}: {reason}",
-                "Add an {direction} rule to one of the isolating policies ({policies}) that admits "
-                "this peer and port, or remove the policy that isolates the pod."),
+                "network policy verdict of {policies}: deny the packet from {src} to {dst}, because {reason}",
+                "{change} (or remove the policy that isolates the pod)."),
     FindingCode("NO_LISTENER", E, "no process listening on {address}:{port}/{protocol} in {where}",
-                "Start the server or fix its bind address/port; check the container's listen "
-                "port matches the Service targetPort ({port})."),
+                "Start the server or fix its bind address/port in {where}{service_hint}."),
     FindingCode("NO_ROUTE", E, "no route to host {dst} in {where}",
                 "Add a route for {dst} (e.g. the pod CIDR route of the destination node) or "
                 "check the CNI's route programming on {where}."),
@@ -160,6 +158,10 @@ _ENTRIES = [
     FindingCode("UNKNOWN_ADDRESS", W, "address {address} belongs to no pod, node or Service known to the "
                 "cluster", "Check the address; if it is a pod that just restarted, its IP may have "
                 "changed."),
+    FindingCode("SERVICE_NOT_FOUND", E, "no Service has address {address}: it is in the Service CIDR {cidr}, "
+                "where only kube-proxy's rules for an existing Service answer",
+                "Check the address the client uses (`kubectl get svc -A -o wide | grep {address}`); a Service "
+                "that was deleted and re-created has a new ClusterIP, so connect to its DNS name instead."),
     FindingCode("COLLECTOR_UNAVAILABLE", E, "node {node} did not answer the collection request within "
                 "{timeout_s}s: its network state is unknown", "Check the netdiag agent on {node} "
                 "(DaemonSet pod running, NATS reachable).", abort=True),

@@ -31,6 +31,8 @@ class CollectReply(BaseModel):
     ok: bool
     blob: BlobRef | None = None
     error: str | None = None
+    retryable: bool = Field(False, description="the failure was the bus's (a timeout, a disconnection), not the "
+                            "node's: the requester retries rather than report missing data")
     duration_ms: float = 0.0
     namespaces: int = 0
     size: int = Field(0, description="uncompressed JSON bytes")
@@ -41,6 +43,7 @@ async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str
     """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
     nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
     the moment this side stops waiting, so the agent skips it if it only gets to it later."""
+    await bus.ensure_node_bucket(node)  # where the agent writes: it may not create it itself
     request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},  # type: ignore[arg-type]
                              deadline=time.time() + timeout)
     msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)

@@ -25,7 +25,8 @@ class Settings(BaseModel):
     data_dir: Path | None = None
     # bus behaviour
     max_deliver: int = Field(3, ge=1, description="attempts per stage message before the diagnosis fails")
-    ack_wait_s: float = Field(30.0, gt=0, description="redeliver a message a crashed replica held this long")
+    ack_wait_s: float = Field(3.0, gt=0, description="redeliver a message a crashed replica held this long "
+                              "(a live one sends in-progress heartbeats every ack_wait/4)")
     max_inflight: int = Field(16, ge=1, description="messages one stage replica handles concurrently")
     result_ttl_s: float = Field(7 * 24 * 3600, gt=0, description="how long results and events are kept")
     stream_replicas: int = Field(1, ge=1, le=5)
@@ -63,7 +64,17 @@ class Settings(BaseModel):
     nats_auth_user_ttl_s: float = Field(0.0, ge=0, description="lifetime of an admitted agent's NATS identity "
                                         "(0: its connection's; every reconnect is checked anew). nats-py closes, "
                                         "rather than reconnects, when the server ends an expired identity")
+    result_key: str | None = Field(None, description="shared secret with which the simulator signs `completed` "
+                                   "events and the gateway checks them (None: unsigned, the gateway warns)")
+    result_key_file: Path | None = Field(None, description="file holding result_key (a mounted Secret)")
+    health_port: int | None = Field(None, ge=0, le=65535, description="a stage service's /healthz and /readyz "
+                                    "port (None: off; the gateway answers them on its HTTP port)")
+    pipeline_deadline_s: float = Field(300.0, gt=0, description="a diagnosis still queued this long after it was "
+                                       "accepted is ended as failed by the gateway's reconciler")
+    reconcile_interval_s: float = Field(15.0, gt=0, description="how often the gateway looks for overdue diagnoses")
     rate_limit_rps: float | None = Field(None, gt=0, description="sustained requests/s per client (None: no limit)")
+    trusted_proxies: tuple[str, ...] = Field((), description="comma-separated CIDRs of the proxies in front of the "
+                                             "gateway whose X-Forwarded-For names the client (rate limit, stream cap)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
     configmap_namespaces: tuple[str, ...] = Field(
@@ -71,13 +82,18 @@ class Settings(BaseModel):
     )
 
     @field_validator("configmap_namespaces", "auth_audiences", "auth_allowed_groups", "auth_allowed_users",
-                     "nats_auth_audiences", mode="before")
+                     "nats_auth_audiences", "trusted_proxies", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         # the environment gives one comma-separated string
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    def signing_key(self) -> bytes | None:
+        if self.result_key_file is not None:
+            return self.result_key_file.read_text().strip().encode() or None
+        return self.result_key.encode() if self.result_key else None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -23,6 +23,8 @@ STAGE_SECONDS = Histogram(
 REDELIVERIES = Counter("netdiag_stage_redeliveries_total", "Messages a stage received more than once", ["stage"])
 STAGE_ERRORS = Counter("netdiag_stage_errors_total", "Handler failures (retried, or failing the diagnosis)",
                        ["stage"])
+REJECTED_EVENTS = Counter("netdiag_rejected_events_total", "Bus events refused at the edge and not stored, by "
+                          "stage and reason (invalid, unknown id, already terminal, unsigned)", ["stage", "reason"])
 COLLECTOR_TIMEOUTS = Counter("netdiag_collector_timeouts_total", "Node agents that did not answer in time",
                              ["node"])
 

@@ -11,9 +11,20 @@ import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    StringConstraints,
+    WithJsonSchema,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from shared.steps import StepAction, StepInfo, StepKind, from_evidence, step_info
 
@@ -24,6 +35,12 @@ IPAddress = IPv4Address | IPv6Address
 
 def now() -> datetime:
     return datetime.now(UTC)
+
+
+# new_id()'s format, the only one a diagnosis id may have: it becomes a subject token and a KV key,
+# so anything else (`*`, `a.>`, 5,000 characters) is refused at the bus edge (StageEnvelope, ProgressEvent)
+ID_PATTERN = r"^[0-9a-f]{32}$"
+DiagnosisId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 
 def new_id() -> str:
@@ -39,15 +56,67 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Port = Annotated[int, Field(ge=1, le=65535, strict=True, description="destination port (1-65535)")]
+"""A destination port at every edge (diagnosis, matrix): an integer, never a bool or a string."""
+
+_LIMITED_BROADCAST = IPv4Address("255.255.255.255")
+
+
+def address_problem(address: IPAddress, role: Literal["src", "dst"]) -> str | None:
+    """Why `address` cannot be this end of a diagnosed unicast flow, or None when it can.
+
+    One rule for every entry point (API, CLI, batch, UI): a request the model cannot answer truthfully
+    is refused with what to give instead, never walked into a confident wrong verdict. Link-local
+    destinations stay allowed: NodeLocal DNSCache (169.254.20.10) and cloud metadata (169.254.169.254)
+    are real ones a pod talks to.
+    """
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return (f"::ffff:{address.ipv4_mapped} is an IPv4-mapped IPv6 address: write the IPv4 address itself "
+                f"({address.ipv4_mapped})")
+    if isinstance(address, IPv6Address):  # also an IPv4 source with an IPv6 destination
+        return ("IPv6 is not supported yet: netdiag models IPv4 paths end to end; give the pod's, node's or "
+                "host's IPv4 address")
+    if address.is_unspecified:
+        return (f"{address} means 'any address', not a host: give the IP address of the pod or node "
+                f"{'that sends' if role == 'src' else 'to reach'}")
+    if address.is_loopback:
+        return (f"{address} is a loopback address: it never leaves the network namespace it is used in; give the "
+                "pod's or node's own IP address")
+    if address.is_multicast or address == _LIMITED_BROADCAST:
+        kind = "multicast" if address.is_multicast else "the limited broadcast address"
+        what = "no packet is sent from it" if role == "src" else "it reaches no single host"
+        return (f"{address} is {kind}: {what}; netdiag diagnoses unicast flows, give a pod, node, Service or "
+                "public IP address")
+    if role == "src" and address.is_link_local:
+        return (f"{address} is a link-local address: it is never a pod's or node's source address across a router; "
+                "give the sending pod's or node's IP address")
+    return None
+
+
+def _request_address_schema(role: Literal["src", "dst"]) -> WithJsonSchema:
+    """What `address_problem` accepts, as the OpenAPI document states it to clients and generators."""
+    refused = r"0\.0\.0\.0$|127\.|2(2[4-9]|3[0-9])\.|255\.255\.255\.255$" + (r"|169\.254\." if role == "src" else "")
+    description = {"src": "source IPv4 address (pod, node or external)",
+                   "dst": "destination IPv4 address (pod, node, Service, LB or public)"}[role]
+    return WithJsonSchema({"type": "string", "format": "ipv4", "not": {"pattern": f"^({refused})"},
+                           "description": description + "; IPv6 is not supported yet"})
+
+
 class DiagnosisOptions(Strict):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")
 
 
 class DiagnosisRequest(Strict):
-    src: IPvAnyAddress = Field(description="source IP address (pod, node or external)")
-    dst: IPvAnyAddress = Field(description="destination IP address (pod, node, Service, LB or public)")
-    port: int = Field(ge=1, le=65535, description="destination port")
+    # strict: no silent coercion at any edge ("80" is not a port, true is not port 1), so the API, the CLI,
+    # --batch and the UI accept exactly what the OpenAPI document describes
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    src: Annotated[IPvAnyAddress, _request_address_schema("src")]
+    dst: Annotated[IPvAnyAddress, _request_address_schema("dst")]
+    port: Port
     protocol: Literal["tcp", "udp"] = Field(description="tcp or udp")
     options: DiagnosisOptions = Field(default_factory=DiagnosisOptions)
 
@@ -59,8 +128,34 @@ class DiagnosisRequest(Strict):
             raise ValueError("must be an IP address literal such as 10.0.0.1 or fd00::1, not a number")
         return value
 
+    @field_validator("src")
+    @classmethod
+    def _a_sender(cls, value: IPAddress) -> IPAddress:
+        problem = address_problem(value, "src")
+        if problem:
+            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
+        return value
+
+    @field_validator("dst")
+    @classmethod
+    def _a_receiver(cls, value: IPAddress) -> IPAddress:
+        problem = address_problem(value, "dst")
+        if problem:
+            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
+        return value
+
     def describe(self) -> str:
         return f"{self.protocol} {self.src} → {self.dst}:{self.port}"
+
+
+class MatrixRequest(Strict):
+    """A policy-matrix query (`netdiag matrix`): the port rule is the diagnosis request's."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    port: Port = 80
+    protocol: Literal["tcp", "udp", "sctp"] = Field("tcp", description="a NetworkPolicy protocol")
+    namespace: str | None = Field(None, min_length=1, description="only the pods of this namespace")
 
 
 # ---------------------------------------------------------------- result model
@@ -195,12 +290,87 @@ class Assumption(BaseModel):
     could_change_outcome: bool = False
 
 
+class PathCounts(BaseModel):
+    """How the paths ended, counted once by one rule for every reader (CLI text, UI, JSON)."""
+
+    forward: int = Field(0, description="forward paths (Service endpoints, ECMP branches)")
+    delivered: int = Field(0, description="forward paths that reached a listening socket")
+    left_cluster: int = Field(0, description="forward paths that left the modelled world (final FORWARD)")
+    dropped: int = 0
+    aborted: int = Field(0, description="forward paths the analysis could not follow to their end")
+    replies: int = Field(0, description="reply paths walked")
+    replies_back: int = Field(0, description="reply paths that reach the client")
+
+    @classmethod
+    def of(cls, paths: list[Path]) -> PathCounts:
+        forward = [p.final for p in paths if p.direction == "forward"]
+        replies = [p.final for p in paths if p.direction == "reply"]
+        return cls(forward=len(forward), delivered=forward.count(FinalState.DELIVER),
+                   left_cluster=forward.count(FinalState.FORWARD), dropped=forward.count(FinalState.DROP),
+                   aborted=forward.count(FinalState.ABORT), replies=len(replies),
+                   replies_back=replies.count(FinalState.DELIVER))
+
+    @computed_field  # type: ignore[prop-decorator]  # in the JSON too: the UI shows this very line
+    @property
+    def text(self) -> str:
+        if not self.forward:
+            return "no path simulated"
+        parts = [f"{n} {what}" for n, what in ((self.delivered, "delivered"), (self.left_cluster, "left the "
+                 "cluster (not followed beyond)"), (self.dropped, "dropped"), (self.aborted, "not followed to "
+                 "the end")) if n]
+        out = f"{self.forward} forward path(s): {', '.join(parts)}"
+        if self.replies:
+            out += f"; {self.replies_back}/{self.replies} reply path(s) reach the client"
+        return out
+
+
+class FirstFailure(BaseModel):
+    """Where to look first, found once by one rule for every reader (CLI text, UI): the first hop
+    marked as an error, else the unknown hop an aborted path stopped at; with the finding that says why."""
+
+    label: Literal["first failing hop", "could not follow past"]
+    path: str = Field(description="path id")
+    hop: str = Field(description="hop id")
+    hop_name: str
+    hop_kind: HopKind
+    code: str | None = None
+    because: str | None = None
+    fix: str | None = None
+
+    @classmethod
+    def of(cls, paths: list[Path], findings: list[Finding]) -> FirstFailure | None:
+        found = next(((path, hop) for path in paths for hop in path.hops if hop.status == HopStatus.ERROR), None)
+        label: Literal["first failing hop", "could not follow past"] = "first failing hop"
+        if found is None:  # nothing failed, but a path could not be followed (e.g. an unknown address)
+            label = "could not follow past"
+            found = next(((path, hop) for path in paths if path.final == FinalState.ABORT for hop in path.hops
+                          if hop.status == HopStatus.UNKNOWN), None)
+        if found is None:
+            return None
+        path, hop = found
+        why = next((f for f in findings if f.hop == hop.id and (f.severity == Severity.ERROR or f.code == path.cause)),
+                   None)
+        return cls(label=label, path=path.id, hop=hop.id, hop_name=hop.name, hop_kind=hop.kind,
+                   code=why.code if why else None, because=why.message if why else None,
+                   fix=why.suggestion if why else None)
+
+
 class DiagnosisResult(BaseModel):
     verdict: Verdict
     summary: str
     paths: list[Path] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling
+    @property
+    def counts(self) -> PathCounts:
+        return PathCounts.of(self.paths)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def first_failure(self) -> FirstFailure | None:
+        return FirstFailure.of(self.paths, self.findings)
 
 
 class DiagnosisStatus(StrEnum):
@@ -215,6 +385,8 @@ class Diagnosis(BaseModel):
     id: str
     request: DiagnosisRequest
     status: DiagnosisStatus
+    source: str | None = Field(None, description="the cluster it ran against, as the topology stage names it: "
+                               "'snapshot:<dir>' or 'live:<API server>'; history is listed per source")
     created_at: datetime
     completed_at: datetime | None = None
     result: DiagnosisResult | None = None
@@ -243,7 +415,7 @@ class StageEnvelope(BaseModel):
     """
 
     version: int = SCHEMA_VERSION
-    id: str
+    id: DiagnosisId
     request: DiagnosisRequest
     created_at: datetime
     topology: dict[str, Any] | None = None
@@ -257,8 +429,8 @@ class StageEnvelope(BaseModel):
 
 
 class ProgressEvent(BaseModel):
-    id: str
-    stage: str
+    id: DiagnosisId
+    stage: str = Field(max_length=64)
     state: Literal["started", "progress", "done", "failed", "result"]
     message: str = ""
     at: datetime = Field(default_factory=now)

@@ -6,6 +6,8 @@ services/natsauth/natsperms.py); the services only present credentials.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -58,3 +60,16 @@ def nats_connect_options(settings: Settings) -> dict[str, Any]:
     if tls is not None:
         opts["tls"] = tls
     return opts
+
+
+SIGNATURE_HEADER = "Netdiag-Signature"
+
+
+def sign_event(key: bytes, data: bytes) -> str:
+    """HMAC-SHA256 of a `completed` event's bytes: what the simulator attaches and the gateway checks,
+    so an identity that may publish on the bus but lacks the key cannot forge a verdict."""
+    return "hmac-sha256=" + hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def signature_valid(key: bytes, data: bytes, signature: str | None) -> bool:
+    return signature is not None and hmac.compare_digest(sign_event(key, data), signature)

@@ -2,9 +2,14 @@
 
 * Idempotent: the output carries `Nats-Msg-Id = <diagnosis id>:<stage>`, so a message
   re-handled after a crash publishes its output once (JetStream de-duplicates).
-* Bounded redelivery: a handler error NAKs with back-off; after `max_deliver` attempts the
-  diagnosis ends as failed with the reason (published on the completed subject), so a
-  poison message never vanishes and never loops.
+* Bounded redelivery: a handler error NAKs with back-off (longer for a bus error: NATS away
+  or frozen, which is no verdict on the diagnosis); after `max_deliver` attempts the diagnosis
+  ends as failed with the reason, so a poison message never vanishes and never loops.
+* Failures travel down the pipeline: a stage that gives up publishes the envelope with its
+  `error` on its own output subject, and the stages after it pass it on untouched. So only the
+  simulator ever publishes `completed` (its NATS identity alone may: docs/security.md).
+* Invalid events (a malformed envelope, an id not in new_id()'s format) are refused at the
+  edge and counted (netdiag_rejected_events_total), never handled.
 * Concurrent: one replica handles up to `max_inflight` messages at once (the collector
   waits seconds for agents); more replicas share the same durable consumer.
 """
@@ -15,6 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -26,21 +33,26 @@ from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.bus import STREAM, SUBJECT_COMPLETED, Bus
+from shared.bus import STREAM, SUBJECT_COMPLETED, Bus, is_transient, valid_id
 from shared.logs import log_context
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
+from shared.security import SIGNATURE_HEADER, signature_valid
 
 log = logging.getLogger("netdiag.stage")
 tracer = trace.get_tracer("netdiag")
 
 FINAL_MSG_ID = "{id}:final"  # one final event per diagnosis, whether it completed or failed
 FINALISE_TRIES = 3  # deliveries kept in reserve to publish a failure
+TRANSIENT_BACKOFF_MAX_S = 8.0
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"  # which process handled an attempt (progress events)
+STALL_S = 30.0  # a runner whose fetch loop has not turned for this long is wedged: not alive
 
 
 class Stage(ABC):
     name: str
     input_subject: str
     output_subject: str | None  # None: a sink (the gateway's result store)
+    signed_input = False  # True: with a result key configured, refuse events not signed with it
 
     @abstractmethod
     async def handle(self, env: StageEnvelope) -> StageEnvelope | None:
@@ -60,10 +72,29 @@ def _output_msg_id(stage: Stage, env: StageEnvelope) -> str:
     return f"{env.id}:{stage.name}"
 
 
-async def fail_diagnosis(bus: Bus, env: StageEnvelope, stage: str, reason: str) -> None:
-    failed = env.model_copy(update={"error": f"stage {stage} failed: {reason}", "result": None})
-    await bus.publish_model(SUBJECT_COMPLETED, failed, msg_id=FINAL_MSG_ID.format(id=env.id))
-    await bus.progress(env.id, stage, "failed", reason)
+async def publish_output(bus: Bus, stage: Stage, env: StageEnvelope) -> None:
+    """The stage's output, de-duplicated by its Nats-Msg-Id; the final event signed when a key is set."""
+    assert stage.output_subject is not None
+    key = bus.settings.signing_key() if stage.output_subject == SUBJECT_COMPLETED else None
+    await bus.publish_model(stage.output_subject, env, msg_id=_output_msg_id(stage, env), sign_key=key)
+
+
+def backoff_s(exc: BaseException, attempt: int) -> float:
+    """A bus error waits for the bus to come back (1, 2, 4, 8 s); a handler error retries soon."""
+    if is_transient(exc):
+        return min(TRANSIENT_BACKOFF_MAX_S, 2.0 ** (attempt - 1))
+    return 0.1 * attempt
+
+
+async def fail_diagnosis(bus: Bus, stage: Stage, env: StageEnvelope, reason: str) -> None:
+    """Send the diagnosis on as failed: down the pipeline (the simulator turns it into the final
+    event), or, from the result sink itself, straight into the results bucket."""
+    failed = env.model_copy(update={"error": f"stage {stage.name} failed: {reason}", "result": None})
+    if stage.output_subject is None:
+        await mark_failed(bus, env.id, str(failed.error))
+    else:
+        await publish_output(bus, stage, failed)
+    await bus.progress(env.id, stage.name, "failed", reason)
 
 
 class StageRunner:
@@ -75,6 +106,14 @@ class StageRunner:
         self._slots = asyncio.Semaphore(s.max_inflight)
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
+        self.rejected = 0
+        self.last_poll = time.monotonic()  # the fetch loop's heartbeat (liveness)
+        self.running = False
+
+    @property
+    def alive(self) -> bool:
+        """Still pulling: the loop turns (a fetch returns at least every second) and the bus lives."""
+        return self.running and not self.bus.lost.is_set() and time.monotonic() - self.last_poll < STALL_S
 
     async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
         s = self.bus.settings
@@ -98,7 +137,13 @@ class StageRunner:
     async def run(self, stop: asyncio.Event) -> None:
         sub = None
         stopping = asyncio.ensure_future(stop.wait())
+        self.running = True
         while not stop.is_set():
+            self.last_poll = time.monotonic()
+            if self.bus.lost.is_set():  # nothing more will ever arrive: end, so the process can exit
+                log.error("%s: stopping: %s", self.stage.name, self.bus.lost_reason,
+                          extra=log_context(stage=self.stage.name))
+                break
             try:
                 if sub is None:
                     sub = await self._subscribe()
@@ -111,8 +156,8 @@ class StageRunner:
             except TimeoutError:
                 continue
             except (nats.errors.Error, OSError) as exc:
-                log.debug("%s: fetch failed (%s); retrying", self.stage.name, exc,
-                          extra=log_context(stage=self.stage.name))
+                log.info("%s: fetch failed (%s); retrying", self.stage.name, exc,
+                         extra=log_context(stage=self.stage.name))
                 sub = None if isinstance(exc, nats.js.errors.NotFoundError) else sub
                 await _sleep_or_stop(stop, 0.25)
                 continue
@@ -120,6 +165,7 @@ class StageRunner:
                 task = asyncio.create_task(self._process(msg))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
+        self.running = False
         stopping.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=5)
@@ -137,9 +183,19 @@ class StageRunner:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            env = StageEnvelope.model_validate_json(msg.data)
+            env = StageEnvelope.model_validate_json(await self.bus.unpack(msg.data))
         except ValidationError as exc:
             await self._poison(msg, exc)
+            return
+        if self.stage.signed_input and not self._signed(msg):
+            self.rejected += 1
+            metrics.REJECTED_EVENTS.labels(self.stage.name, "unsigned").inc()
+            log.error("%s: event for %s dropped: not signed with the result key", self.stage.name, env.id,
+                      extra=log_context(diagnosis_id=env.id, stage=self.stage.name))
+            await msg.term()
+            return
+        if env.error is not None and self.stage.output_subject is not None:
+            await self._pass_failure(msg, env)
             return
         attempt = msg.metadata.num_delivered
         ctx = propagate.extract(dict(msg.headers or {}))
@@ -150,16 +206,18 @@ class StageRunner:
             if attempt > self.max_deliver:
                 await self._finalise(msg, env, "gave up after repeated errors")
                 return
-            await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt)
+            await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt, replica=REPLICA)
             try:
                 async with _keep_alive(msg, self.bus.settings.ack_wait_s):
                     out = await self.stage.handle(env)
                 if out is not None and self.stage.output_subject:
                     elapsed = (time.perf_counter() - started) * 1000
                     out.timings_ms[self.stage.name] = round(elapsed, 3)
-                    await self.bus.publish_model(self.stage.output_subject, out, msg_id=_output_msg_id(self.stage, out))
+                    await publish_output(self.bus, self.stage, out)
             except Exception as exc:  # any handler fault: retry, then fail the diagnosis with the reason
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if is_transient(exc) and isinstance(exc, nats.errors.Error):
+                    reason = f"the message bus did not answer ({reason})"
                 metrics.STAGE_ERRORS.labels(self.stage.name).inc()
                 log.warning("%s: diagnosis %s attempt %d failed: %s", self.stage.name, env.id, attempt, reason,
                             extra=log_context(diagnosis_id=env.id, stage=self.stage.name))
@@ -168,7 +226,7 @@ class StageRunner:
                     await self._finalise(msg, env, reason)
                 else:
                     with contextlib.suppress(nats.errors.Error):
-                        await msg.nak(delay=0.1 * attempt)
+                        await msg.nak(delay=backoff_s(exc, attempt))
                 return
         await msg.ack()
         self.handled += 1
@@ -180,7 +238,7 @@ class StageRunner:
         """End the diagnosis as failed; if even that cannot be published, NAK so one of the
         spare deliveries tries again (never leave it queued forever)."""
         try:
-            await fail_diagnosis(self.bus, env, self.stage.name, reason)
+            await fail_diagnosis(self.bus, self.stage, env, reason)
             await msg.ack()
         except (nats.errors.Error, TimeoutError) as exc:
             log.error("%s: could not fail diagnosis %s (%s); retrying", self.stage.name, env.id, exc,
@@ -188,36 +246,78 @@ class StageRunner:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=1.0)
 
+    def _signed(self, msg: Msg) -> bool:
+        key = self.bus.settings.signing_key()
+        return key is None or signature_valid(key, msg.data, (msg.headers or {}).get(SIGNATURE_HEADER))
+
+    async def _pass_failure(self, msg: Msg, env: StageEnvelope) -> None:
+        """An earlier stage gave up: carry its failure on, untouched, towards the final event."""
+        assert self.stage.output_subject is not None
+        try:
+            await publish_output(self.bus, self.stage, env)
+        except (nats.errors.Error, TimeoutError) as exc:
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=backoff_s(exc, msg.metadata.num_delivered))
+            return
+        await msg.ack()
+
     async def _poison(self, msg: Msg, exc: ValidationError) -> None:
-        """An unparseable event cannot be retried into shape: terminate it, and fail its
-        diagnosis if an id can be read, so it is visible rather than lost."""
+        """An unparseable event cannot be retried into shape: terminate it, count it, and fail its
+        diagnosis when it names a real one, so it is visible rather than lost. A field used in a subject
+        or key (the id) that is not in our own format is never used at all."""
         try:
             raw = json.loads(msg.data)
             diagnosis_id = raw.get("id") if isinstance(raw, dict) else None
         except ValueError:
             diagnosis_id = None
-        diagnosis_id = diagnosis_id if isinstance(diagnosis_id, str) else None
-        log.error("%s: invalid event dropped: %s", self.stage.name, exc.errors()[:3],
+        diagnosis_id = diagnosis_id if valid_id(diagnosis_id) else None
+        self.rejected += 1
+        metrics.REJECTED_EVENTS.labels(self.stage.name, "invalid").inc()
+        log.error("%s: invalid event dropped: %s", self.stage.name, _short_errors(exc),
                   extra=log_context(diagnosis_id=diagnosis_id, stage=self.stage.name))
         if diagnosis_id is not None:
-            reason = f"stage {self.stage.name} received an invalid event: {exc.errors()[:1]}"
-            await self.bus.progress(diagnosis_id, self.stage.name, "failed", reason)
-            await mark_failed(self.bus, diagnosis_id, reason)
+            reason = f"stage {self.stage.name} received an invalid event: {_short_errors(exc, 1)}"
+            with contextlib.suppress(nats.errors.Error, TimeoutError, ValueError):
+                await self._fail_stored(diagnosis_id, reason)
         await msg.term()
+
+    async def _fail_stored(self, diagnosis_id: str, reason: str) -> None:
+        """Fail the diagnosis the gateway stored under this id (its request is read back from there)."""
+        try:
+            entry = await self.bus.kv.get(diagnosis_id)
+        except nats.js.errors.KeyNotFoundError:
+            return  # never accepted by the gateway: nothing to fail
+        if not entry.value:
+            return
+        stored = Diagnosis.model_validate_json(entry.value)
+        if stored.status != DiagnosisStatus.QUEUED:
+            return
+        env = StageEnvelope(id=diagnosis_id, request=stored.request, created_at=stored.created_at)
+        await fail_diagnosis(self.bus, self.stage, env, reason.removeprefix(f"stage {self.stage.name} failed: "))
+
+
+def _short_errors(exc: ValidationError, n: int = 3) -> str:
+    """Pydantic's errors without the input (which may be 5,000 characters of id)."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:n])
 
 
 async def mark_failed(bus: Bus, diagnosis_id: str, reason: str) -> None:
-    """Turn a stored, still-queued diagnosis into a failed one (when no event can carry it)."""
+    """Turn a stored, still-queued diagnosis into a failed one (the result sink's own last resort;
+    the gateway's reconciler does the same for diagnoses past their deadline)."""
+    if not valid_id(diagnosis_id):
+        return
     try:
         entry = await bus.kv.get(diagnosis_id)
-    except (nats.errors.Error, ValueError):
-        return  # unknown or malformed id: nothing was stored under it
+    except nats.js.errors.KeyNotFoundError:
+        return  # unknown id: nothing was stored under it
     if not entry.value:
         return
-    stored = Diagnosis.model_validate_json(entry.value)
+    stored = Diagnosis.model_validate_json(await bus.unpack(entry.value))
     if stored.status == DiagnosisStatus.QUEUED:
         failed = stored.model_copy(update={"status": DiagnosisStatus.FAILED, "error": reason, "completed_at": now()})
-        await bus.kv.put(diagnosis_id, failed.model_dump_json().encode())
+        # compare-and-set: a result stored meanwhile wins over this failure
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError):
+            await bus.kv.update(diagnosis_id, failed.model_dump_json().encode(), last=entry.revision)
 
 
 @contextlib.asynccontextmanager
@@ -227,7 +327,7 @@ async def _keep_alive(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
 
     async def beat() -> None:
         while True:
-            await asyncio.sleep(ack_wait_s / 3)
+            await asyncio.sleep(ack_wait_s / 4)
             with contextlib.suppress(nats.errors.Error):
                 await msg.in_progress()
 

@@ -7,6 +7,8 @@ Control endpoints (not part of any cloud API) under `/_emulator/`:
   PUT  /_emulator/state      replace the state (JSON body, same format as a state file)
   POST /_emulator/throttle   body {"count": N, "action": "DescribeX" | null}: the next N
                              matching calls fail with Throttling
+  POST /_emulator/deny       body {"action": "DescribeX" | null, "code": "Forbidden.RAM" | null}: every
+                             matching call fails with that error (HTTP 403) until code is null
   GET  /_emulator/calls      the actions called so far (for pagination/retry tests)
 """
 
@@ -50,6 +52,7 @@ class EmulatorState:
     state: dict[str, Any]
     keys: dict[str, str]
     throttle: dict[str | None, int] = field(default_factory=dict)
+    denied: dict[str | None, str] = field(default_factory=dict)  # action (None: every one) → error code
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -93,6 +96,11 @@ async def _rpc(request: web.Request) -> web.Response:
         emu.calls.append(action)
     if _take_throttle(emu, action):
         return _error(400, "Throttling", "Request was denied due to request throttling.")
+    with emu.lock:
+        denied = emu.denied.get(action) or emu.denied.get(None)
+    if denied:  # what a RAM user without the Describe* permission gets
+        return _error(403, denied, "User not authorized to operate on the specified resource, or this API "
+                      "doesn't support RAM.")
     try:
         with emu.lock:
             body = handler(emu.state, params)
@@ -121,6 +129,21 @@ async def _throttle(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def _deny(request: web.Request) -> web.Response:
+    emu: EmulatorState = request.app[EMU]
+    body = await request.json()
+    _set_denied(emu, body.get("action"), body.get("code"))
+    return web.json_response({"ok": True})
+
+
+def _set_denied(emu: EmulatorState, action: str | None, code: str | None) -> None:
+    with emu.lock:
+        if code:
+            emu.denied[action] = code
+        else:
+            emu.denied.pop(action, None)
+
+
 async def _calls(request: web.Request) -> web.Response:
     emu: EmulatorState = request.app[EMU]
     with emu.lock:
@@ -133,6 +156,7 @@ def make_app(emu: EmulatorState) -> web.Application:
     app.router.add_route("*", "/", _rpc)
     app.router.add_put("/_emulator/state", _put_state)
     app.router.add_post("/_emulator/throttle", _throttle)
+    app.router.add_post("/_emulator/deny", _deny)
     app.router.add_get("/_emulator/calls", _calls)
     return app
 
@@ -170,6 +194,10 @@ class CloudEmulator:
     def throttle(self, count: int, action: str | None = None) -> None:
         with self.emu.lock:
             self.emu.throttle[action] = count
+
+    def deny(self, action: str | None = None, code: str | None = "Forbidden.RAM") -> None:
+        """Every call of `action` (None: of any action) fails with `code`; code None lifts it."""
+        _set_denied(self.emu, action, code)
 
     def start(self) -> CloudEmulator:
         started = threading.Event()

@@ -52,7 +52,7 @@ from aliyunsdkvpc.request.v20160428.DescribeSnatTableEntriesRequest import Descr
 from aliyunsdkvpc.request.v20160428.DescribeVpcsRequest import DescribeVpcsRequest
 from aliyunsdkvpc.request.v20160428.DescribeVSwitchesRequest import DescribeVSwitchesRequest
 
-from services.cloud.provider import CloudError, CloudProvider
+from services.cloud.provider import CloudApiError, CloudError, CloudProvider
 from shared.cloud import (
     AccessControlList,
     BackendHealth,
@@ -174,7 +174,8 @@ class AlibabaProvider(CloudProvider):
                 if code.startswith(FATAL):
                     raise CloudError(f"{action}: {code} (check the AccessKey)") from None
                 if not code.startswith(RETRYABLE) or attempt == self.max_attempts:
-                    raise
+                    # the SDK's exception never leaves the provider: callers handle one error type
+                    raise CloudApiError(action, code, exc.get_error_msg()) from None
             except ClientException as exc:
                 if exc.get_error_code() != "SDK.HttpError" or attempt == self.max_attempts:
                     raise CloudError(f"{action}: {exc.get_error_code()}: {exc.get_error_msg()}") from None
@@ -275,8 +276,8 @@ class AlibabaProvider(CloudProvider):
         def part(what: str, fn: Callable[[], None]) -> None:
             try:
                 fn()
-            except ServerException as exc:  # one unreadable kind of object must not hide the others
-                errors.append(f"{what} of {vpc_id}: {exc.get_error_code()}: {exc.get_error_msg()}")
+            except CloudApiError as exc:  # one unreadable kind of object must not hide the others
+                errors.append(f"{what} of {vpc_id}: {exc}")
 
         # every instance of the VPC, so group membership and route next hops resolve for non-nodes too
         part("instances", lambda: inv.instances.extend(self._instances_in(region, vpc_id)))
@@ -372,8 +373,8 @@ class AlibabaProvider(CloudProvider):
         try:
             lbs = list(self.paged(region, DescribeLoadBalancersRequest,
                                   "LoadBalancers", "LoadBalancer"))
-        except ServerException as exc:
-            errors.append(f"load balancers of {region}: {exc.get_error_code()}: {exc.get_error_msg()}")
+        except CloudApiError as exc:
+            errors.append(f"load balancers of {region}: {exc}")
             return
         if addresses or ids:
             lbs = [lb for lb in lbs if lb.get("Address") in addresses or lb["LoadBalancerId"] in ids]
@@ -381,8 +382,8 @@ class AlibabaProvider(CloudProvider):
         def detail(raw: dict[str, Any]) -> LoadBalancer | None:
             try:
                 return self._load_balancer(region, raw["LoadBalancerId"], inv)
-            except ServerException as exc:
-                errors.append(f"load balancer {raw['LoadBalancerId']}: {exc.get_error_code()}: {exc.get_error_msg()}")
+            except CloudApiError as exc:
+                errors.append(f"load balancer {raw['LoadBalancerId']}: {exc}")
                 return None
 
         inv.load_balancers.extend(lb for lb in self._fan_out(detail, lbs) if lb is not None)

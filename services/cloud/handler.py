@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from services.cloud.provider import CloudError, CloudProvider, make_provider
+from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
 from shared.cloud import LB_ID_ANNOTATION, CloudInventory, empty_inventory, load_inventory
 from shared.codes import finding
@@ -36,6 +38,7 @@ class CloudStage(Stage):
         self.bus = bus
         self.settings = settings
         self._provider = provider
+        self._blobs = ContentBlobs(bus, "cloud")
 
     @property
     def provider(self) -> CloudProvider:
@@ -49,8 +52,11 @@ class CloudStage(Stage):
         findings: list[Finding] = []
         snapshot_cloud = self.settings.snapshot / "cloud" if self.settings.snapshot is not None else None
         # a snapshot's own cloud/ wins; without one, a configured provider reads the cloud live
-        if snapshot_cloud is not None and (snapshot_cloud.is_dir() or self.settings.cloud_provider == "none"):
-            inventory = await asyncio.to_thread(load_inventory, snapshot_cloud)
+        from_snapshot = snapshot_cloud is not None and (snapshot_cloud.is_dir()
+                                                        or self.settings.cloud_provider == "none")
+        if from_snapshot:
+            assert snapshot_cloud is not None
+            inventory = await self._from_snapshot(snapshot_cloud, findings)
         elif self.settings.cloud_provider == "none":
             inventory = empty_inventory("none", "cloud provider is 'none'")
         else:
@@ -68,7 +74,9 @@ class CloudStage(Stage):
                         for e in inventory.errors]
         if inventory.modelled:
             data = inventory.model_dump_json().encode()
-            cloud: Any = await self.bus.put_blob(f"{env.id}/cloud.json", data)
+            # a snapshot's inventory is the same for every diagnosis: stored once, by content
+            cloud: Any = (await self._blobs.put(data) if from_snapshot
+                          else await self.bus.put_blob(f"{env.id}/cloud.json", data))
         else:
             cloud = inventory.model_dump(mode="json")
         await self.bus.progress(env.id, self.name, "progress",
@@ -88,8 +96,26 @@ class CloudStage(Stage):
             return await asyncio.to_thread(self.provider.collect, nodes, addresses, lb_ids)
         except CloudError as exc:
             log.warning("cloud inventory not collected: %s", exc)
-            findings.append(finding("DATA_MISSING", None, what="the cloud inventory", reason=str(exc)))
-            return empty_inventory(self.settings.cloud_provider, f"the cloud could not be read: {exc}")
+            reason = str(exc)
+        except Exception as exc:  # a provider's unexpected failure is missing cloud data, never a failed diagnosis
+            log.exception("cloud provider %s failed", self.settings.cloud_provider)
+            reason = f"the provider failed: {type(exc).__name__}: {exc}"
+        return _unreadable(self.settings.cloud_provider, "the cloud inventory", reason, findings)
+
+    async def _from_snapshot(self, directory: Path, findings: list[Finding]) -> CloudInventory:
+        """The snapshot's cloud/: a file that is not an inventory degrades like a corrupt node dump does
+        (DATA_MISSING, the cloud layer unmodelled and said so), instead of failing every diagnosis."""
+        try:
+            return await asyncio.to_thread(load_inventory, directory)
+        except (OSError, ValueError) as exc:  # pydantic's ValidationError and JSON errors are ValueErrors
+            text = str(exc)
+            return _unreadable("snapshot", f"the cloud inventory in {directory}",
+                               text if len(text) < 300 else text[:300] + "…", findings)
+
+
+def _unreadable(provider: str, what: str, reason: str, findings: list[Finding]) -> CloudInventory:
+    findings.append(finding("DATA_MISSING", None, what=what, reason=reason))
+    return empty_inventory(provider, f"the cloud could not be read: {reason}")
 
 
 def _targets(topology: TopologyReport) -> tuple[list[dict[str, Any]], list[str], list[str]]:

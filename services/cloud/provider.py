@@ -15,6 +15,15 @@ class CloudError(Exception):
     Partial failures are recorded in `CloudInventory.errors` instead."""
 
 
+class CloudApiError(CloudError):
+    """One API call the provider answered with an error it will not retry (e.g. `Forbidden.RAM`, or
+    `Throttling` after every attempt): the caller decides whether it is partial or total."""
+
+    def __init__(self, action: str, code: str, message: str) -> None:
+        super().__init__(f"{action}: {code}: {message}")
+        self.action, self.code = action, code
+
+
 class CloudProvider(ABC):
     name: str
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from services.collector.agent import run_agent
@@ -12,6 +11,7 @@ from services.collector.handler import CollectorStage
 from shared.config import Settings
 from shared.logs import setup_logging
 from shared.service import main as service_main
+from shared.service import run_service
 from shared.telemetry import setup_process
 
 
@@ -25,7 +25,7 @@ def agent_main(argv: list[str]) -> None:
     setup_logging(args.log_level)
     settings = Settings.from_env(nats_url=args.nats_url)
     setup_process("agent", settings)
-    asyncio.run(run_agent(settings, args.node, args.netns))
+    run_service("agent", lambda: run_agent(settings, args.node, args.netns))
 
 
 def main(argv: list[str] | None = None) -> None:

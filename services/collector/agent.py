@@ -29,11 +29,13 @@ from pydantic import ValidationError
 
 from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
-from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
+from shared.bus import Bus, is_transient, node_collect_subject
 from shared.collect import CollectReply, CollectRequest
 from shared.collect import request_dump as request_dump  # the client side, re-exported
 from shared.config import Settings
+from shared.health import Health
 from shared.logs import log_context
+from shared.service import BusLost, start_health_server
 
 log = logging.getLogger("netdiag.agent")
 
@@ -67,9 +69,10 @@ def queue_group(node: str) -> str:
 
 
 def blob_name(node: str, diagnosis_id: str | None) -> str:
-    """Keyed by diagnosis and node, so a redelivered request overwrites rather than piles up."""
-    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else f"adhoc-{time.time_ns()}"
-    return f"nodes/{key}/{_SAFE.sub('_', node)}.json.gz"
+    """Named by diagnosis and node, and unique per collection: an agent never replaces an object, which
+    would take reading and purging the bucket (rights an agent does not have). The bucket's TTL clears them."""
+    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else "adhoc"
+    return f"nodes/{key}/{_SAFE.sub('_', node)}-{time.time_ns():x}.json.gz"
 
 
 class NodeAgent:
@@ -166,7 +169,8 @@ class NodeAgent:
             return dump if isinstance(dump, CollectReply) else await self._store(request, dump)
         except Exception as exc:  # the requester gets the reason instead of a timeout
             log.exception("collection failed", extra=log_context(diagnosis_id=request.diagnosis_id, node=self.node))
-            return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}")
+            return CollectReply(node=self.node, ok=False, error=f"{type(exc).__name__}: {exc}",
+                                retryable=is_transient(exc))
 
     async def _shared_dump(self, request: CollectRequest) -> _Dump | CollectReply:
         """Join the running collection when it names every pod this request names; else wait for
@@ -201,7 +205,7 @@ class NodeAgent:
             return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
                                 error=f"dump of {len(dump.data)} compressed bytes exceeds the limit of "
                                       f"{self.max_dump_bytes}")
-        ref = await self.bus.put_blob(blob_name(self.node, request.diagnosis_id), dump.data)
+        ref = await self.bus.put_node_blob(self.node, blob_name(self.node, request.diagnosis_id), dump.data)
         return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
                             namespaces=dump.namespaces, size=dump.size)
 
@@ -226,12 +230,20 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
     if netns:
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     _return_big_buffers_to_the_kernel()
-    bus = await Bus.connect(name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node))
+    bus = await Bus.connect_agent(node, settings)
     agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
+    health = await start_health_server(Health([bus]), settings.health_port)
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))
-        await stop.wait()
+        ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(bus.lost.wait())]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        for end in ends:
+            end.cancel()
+        if bus.lost.is_set():  # only a new process reconnects: exit so the DaemonSet restarts it
+            raise BusLost(bus.lost_reason)
     finally:
+        if health is not None:
+            await health.cleanup()
         await agent.stop()
         await bus.close()

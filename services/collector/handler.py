@@ -11,12 +11,13 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import nats
 
-from services.collector.agent import blob_name
 from shared import metrics
+from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
 from shared.collect import collect_timeout_s, pod_ips_on, request_dump
@@ -60,6 +61,9 @@ class CollectorStage(Stage):
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+        # snapshot mode: node → ((mtime, size), encoded dump or why it is unusable)
+        self._snapshot_dumps: dict[str, tuple[tuple[int, int], bytes | str]] = {}
+        self._snapshot_blobs = ContentBlobs(bus, "snapshot-nodes")
 
     def timeout_s(self, env: StageEnvelope) -> float:
         return collect_timeout_s(env.request.options, self.settings.collect_timeout_s)
@@ -95,6 +99,10 @@ class CollectorStage(Stage):
             reply = await request_dump(self.bus, node, max(0.05, deadline - time.monotonic()),
                                        diagnosis_id=env.id, pod_ips=pod_ips)
         except (TimeoutError, nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            if not await self.bus.round_trip():
+                # not the agent's silence: the bus itself is away or frozen, which says nothing about
+                # the node; the stage runner retries the diagnosis once NATS answers again
+                raise TimeoutError(f"no answer from NATS while asking {node}") from exc
             ms = (time.perf_counter() - started) * 1000
             metrics.COLLECTOR_TIMEOUTS.labels(node).inc()
             log.warning("node %s did not answer (%s)", node, type(exc).__name__,
@@ -108,6 +116,8 @@ class CollectorStage(Stage):
         ms = (time.perf_counter() - started) * 1000
         await self.bus.progress(env.id, self.name, "progress", f"{node} answered in {ms:.0f} ms", node=node,
                                 ms=round(ms, 1), ok=reply.ok)
+        if not reply.ok and reply.retryable:
+            raise TimeoutError(f"the agent on {node} could not reach NATS: {reply.error}")
         if not reply.ok or reply.blob is None:
             log.warning("the agent on %s failed: %s", node, reply.error,
                         extra=log_context(diagnosis_id=env.id, stage=self.name, node=node))
@@ -124,23 +134,42 @@ class CollectorStage(Stage):
     # ------------------------------------------------------------ snapshot: nodes/<node>.json
 
     async def _from_snapshot(self, env: StageEnvelope, node: str) -> NodeOutcome:
+        """The node's file, validated and stored once while it is unchanged (same mtime and size):
+        every diagnosis of a snapshot then carries the same content-addressed blob."""
         assert self.settings.snapshot is not None
         path = self.settings.snapshot / "nodes" / f"{node}.json"
         started = time.perf_counter()
         try:
-            data = await asyncio.to_thread(path.read_bytes)
-            dump = decode_dump(data)
+            stat = path.stat()
         except FileNotFoundError:
             return self._missing(node, f"the snapshot has no {path.name} under nodes/")
-        except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        except OSError as exc:
             return self._missing(node, f"{path} is not a valid node dump: {_short(exc)}")
-        if dump.node != node:
-            return self._missing(node, f"{path} holds the dump of node {dump.node!r}")
-        ref = await self.bus.put_blob(blob_name(node, env.id), encode_dump(dump))
+        key = (stat.st_mtime_ns, stat.st_size)
+        known = self._snapshot_dumps.get(node)
+        if known is None or known[0] != key:
+            known = self._snapshot_dumps[node] = (key, await asyncio.to_thread(_read_dump, path, node))
+        encoded = known[1]
+        if isinstance(encoded, str):
+            return self._missing(node, encoded)
+        ref = await self._snapshot_blobs.put(encoded)
         ms = (time.perf_counter() - started) * 1000
         await self.bus.progress(env.id, self.name, "progress", f"{node} read from the snapshot", node=node,
                                 ms=round(ms, 1), ok=True)
         return NodeOutcome(node, blob=ref, ms=ms)
+
+
+def _read_dump(path: Path, node: str) -> bytes | str:
+    """The object-store form of a snapshot's node file, or why it cannot be used."""
+    try:
+        dump = decode_dump(path.read_bytes())
+    except FileNotFoundError:
+        return f"the snapshot has no {path.name} under nodes/"
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        return f"{path} is not a valid node dump: {_short(exc)}"
+    if dump.node != node:
+        return f"{path} holds the dump of node {dump.node!r}"
+    return encode_dump(dump)
 
 
 def _short(exc: Any) -> str:

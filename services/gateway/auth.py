@@ -14,6 +14,10 @@
   through `/?token=…`, which is turned into an HttpOnly, SameSite=Strict cookie, so the UI's
   fetch() and EventSource calls (which cannot set headers) are authenticated without UI changes.
 * A token itself is never logged nor kept (the review cache holds its hash).
+* Who "a client" is (rate limit, open event streams): the peer address — unless the peer is one of
+  NETDIAG_TRUSTED_PROXIES (CIDRs: the ingress controller, the load balancer), in which case it is the
+  right-most X-Forwarded-For address that is not itself a trusted proxy. Forwarded headers from any
+  other peer are ignored, so a client cannot choose its own bucket (docs/security.md).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -184,6 +189,44 @@ def auth_middleware(valid: Authenticator) -> Callable[[web.Request, Handler], Aw
     return authenticate
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+CLIENT: web.RequestKey[str] = web.RequestKey("client", str)
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The client behind `peer`: X-Forwarded-For is believed only as far as it was written by trusted
+    proxies, read from the right (each proxy appends the address it received the request from)."""
+    if peer is None:
+        return "unknown"
+    if not trusted or not _trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _trusted(address: str, trusted: Sequence[Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False  # garbage in a forwarded header is a client's own claim: the hop before it decides
+    return any(ip in net for net in trusted)
+
+
+def client_middleware(settings: Settings | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    """Sets request[CLIENT] (see client_address) for the rate limit and the stream cap."""
+    trusted = [ipaddress.ip_network(n, strict=False) for n in (settings.trusted_proxies if settings else ())]
+
+    @web.middleware
+    async def identify(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[CLIENT] = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+        return await handler(request)
+
+    return identify
+
+
 @dataclass
 class _Bucket:
     tokens: float
@@ -198,7 +241,7 @@ def rate_limit_middleware(rps: float, burst: int) -> Callable[[web.Request, Hand
     async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path in ("/healthz", "/readyz", "/metrics"):
             return await handler(request)
-        peer = request.remote or "unknown"
+        peer = request.get(CLIENT) or request.remote or "unknown"
         now = time.monotonic()
         bucket = buckets.get(peer)
         if bucket is None:

@@ -111,6 +111,9 @@ def openapi_document() -> dict[str, Any]:
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
                         {"name": "after", "in": "query", "schema": {"type": "string"},
                          "description": "the `next` value of the previous page"},
+                        {"name": "source", "in": "query", "schema": {"type": "string"},
+                         "description": "whose history: by default the cluster served now (the cluster summary's "
+                                        "`source`), `all` for every diagnosis, or another source's name"},
                     ],
                     "responses": {"200": _ok("newest first", "#/components/schemas/DiagnosisPage"),
                                   "422": _error("invalid parameter"), "503": _error("bus unavailable")},

@@ -1,31 +1,24 @@
 """NATS subject permissions per netdiag identity, as nats-server `permissions` blocks.
 
 The server enforces them (docs/security.md shows the configuration); tests/deploy/test_security.py
-runs a real agent under them and shows what is refused.
+enumerates, against a real server, everything an agent identity can do and compares it with this grant.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from shared.bus import BLOBS_BUCKET, RESULTS_BUCKET, STREAM, agent_inbox_prefix, node_collect_subject
+from shared.bus import agent_inbox_prefix, node_bucket, node_collect_subject
 
 
 def agent_permissions(node: str) -> dict[str, Any]:
     """What node `node`'s agent may do on NATS (a nats-server `permissions` block, docs/security.md):
-    receive only its own collect subject and answer it, write its dump into the blob object store —
-    and nothing else: no diagnosis subject, no results bucket, no other node's requests or replies."""
-    js = "$JS.API"
+    receive only its own collect subject and answer it, and put objects into its own node's blob bucket
+    — nothing else: no diagnosis subject, no results, no other node's requests, replies or blobs, no
+    stream management (no purge, no delete, no listing)."""
     return {
         "subscribe": {"allow": [node_collect_subject(node), f"{agent_inbox_prefix(node)}.>"]},
-        "publish": {"allow": [
-            f"{js}.INFO",
-            # Bus.ensure(): look the stream and buckets up (creating them is for the stages)
-            f"{js}.STREAM.INFO.{STREAM}", f"{js}.STREAM.INFO.KV_{RESULTS_BUCKET}",
-            f"{js}.STREAM.INFO.OBJ_{BLOBS_BUCKET}",
-            # object store put: chunks and metadata, replacing an older dump of the same name
-            f"$O.{BLOBS_BUCKET}.>", f"{js}.STREAM.PURGE.OBJ_{BLOBS_BUCKET}",
-            f"{js}.STREAM.MSG.GET.OBJ_{BLOBS_BUCKET}", f"{js}.DIRECT.GET.OBJ_{BLOBS_BUCKET}.>",
-        ]},
+        # Bus.put_node_blob: the chunks and metadata entry of a new object in its own bucket, no API call
+        "publish": {"allow": [f"$O.{node_bucket(node)}.>"]},
         "allow_responses": True,  # may publish once on the reply subject of a request it received
     }

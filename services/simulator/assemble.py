@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
-from services.simulator.dataplane.walk import WalkResult, walk
+from services.simulator.dataplane.walk import NodeView, WalkResult, walk
 from services.simulator.modelpath import ModelSimulator
 from services.simulator.ondemand import MAX_ROUNDS, OnDemand
-from shared.bus import Bus
+from shared.blobcache import Decoded
+from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.collect import collect_timeout_s
 from shared.config import Settings
 from shared.hops import node_hop
-from shared.netstack import NodeDump, decode_dump
+from shared.netstack import decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
     DiagnosisResult,
     FinalState,
     Finding,
+    HopKind,
     Path,
     Severity,
     StageEnvelope,
     Verdict,
 )
-from shared.topology import TopologyReport
+from shared.topology import EndpointKind, TopologyReport
 
 STAGE = "simulator"
 
@@ -50,8 +54,10 @@ def overall_verdict(paths: list[Path], findings: list[Finding], assumptions: lis
     return Verdict.AMBIGUOUS
 
 
-def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding]) -> str:
-    """One sentence an operator reads first: the deciding cause, not just the label."""
+def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding],
+              assumptions: list[Assumption] | None = None, *, cloud_checked: bool = False) -> str:
+    """One sentence an operator reads first: the deciding cause, not just the label; for a path that
+    leaves the cluster, what was checked and what was not."""
     forward = [p for p in paths if p.direction == "forward"]
     ok = sum(1 for p in forward if p.final in (FinalState.DELIVER, FinalState.FORWARD))
     causes = [f for p in forward if p.cause for f in findings if f.code == p.cause and
@@ -67,38 +73,86 @@ def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding]) -> s
         # an aborted path's own cause (e.g. UNKNOWN_ADDRESS) says more than node data missing elsewhere
         aborted = [f for f in causes if any(p.final == FinalState.ABORT and p.cause == f.code for p in forward)]
         aborts = aborted or [f for f in findings if is_abort(f.code)]
-        known = "every path delivers as far as the data goes, but " if ok == len(forward) else ""
+        left = next((p for p in forward if p.final == FinalState.FORWARD), None)
+        known = "" if ok < len(forward) else f"the packet {_exit_place(left)}, but " if left else \
+            "every path delivers as far as the data goes, but "
         if aborts:
             return f"{known}not enough data to decide: {aborts[0].message}"
-        return f"{known}not enough data to decide (see assumptions)"
+        deciding = next((a for a in assumptions or [] if a.could_change_outcome), None)
+        return f"{known}not enough data to decide: {deciding.text}" if deciding else \
+            f"{known}not enough data to decide (see assumptions)"
     # an error on a delivering path that does not break it (a not-ready pod hit by its IP) is not "off the path"
     on_path = {h.id for p in forward for h in p.hops}
     here = [f for f in errors if f.hop in on_path]
     note = f"; but {here[0].message}" if here else ""
     if len(errors) > len(here):
         note += f" ({len(errors) - len(here)} problem(s) found off the path: see findings)"
-    return f"every path delivers{note}"
+    left = [p for p in forward if p.final == FinalState.FORWARD]
+    if not left:
+        return f"every path delivers{note}"
+    delivered = len(forward) - len(left)
+    head = f"{delivered} path(s) deliver; {len(left)} " if delivered else "the packet "
+    return head + _exit_note(left[0], cloud_checked) + note
+
+
+def _exit_place(path: Path) -> str:
+    node = next((h.name for h in reversed(path.hops) if h.kind == HopKind.NODE), None)
+    dst = next((st.packet_in.dst for h in reversed(path.hops) for st in reversed(h.steps) if st.packet_in), None)
+    return f"leaves the cluster{f' at {node}' if node else ''} towards {dst or 'its destination'}"
+
+
+def _exit_note(path: Path, cloud_checked: bool) -> str:
+    """Where a path leaves the modelled world, what was checked up to there and what lies beyond."""
+    node = next((h.name for h in reversed(path.hops) if h.kind == HopKind.NODE), None)
+    checked = f"checked up to {node}'s uplink" if node else "checked inside the cluster"
+    if cloud_checked:
+        checked += " and through the cloud (security groups, VPC routes, NAT)"
+    beyond = ("the cloud (not modelled), " if not cloud_checked else "") + "the networks beyond and whether the " \
+        "destination answers"
+    return f"{_exit_place(path)}: {checked}; not checked: {beyond}"
+
+
+def unowned_destination(report: TopologyReport, paths: list[Path],
+                        inventory: CloudInventory | None) -> Assumption | None:
+    """A private destination nothing we know owns (no pod, node, Service or cloud address), reached by
+    leaving the cluster: whatever is there was not checked, so the answer cannot be a confident REACHABLE."""
+    dst = report.dst
+    if dst.kind != EndpointKind.UNKNOWN or report.service is not None or not any(
+            p.direction == "forward" and p.final == FinalState.FORWARD for p in paths):
+        return None
+    modelled = inventory is not None and inventory.modelled
+    if modelled and inventory is not None and str(dst.address) in {
+            ip for owner in (*inventory.instances, *inventory.network_interfaces) for ip in owner.private_ips}:
+        return None  # a cloud instance of the VPC: the cloud layer checked the way there
+    owners = "pod, node, Service or cloud resource" if modelled else "pod, node or Service"
+    return Assumption(stage=STAGE, could_change_outcome=True, text=(
+        f"{dst.address} is a private address no {owners} known here has: what is there "
+        " (a VM, an on-premises host, nothing) and whether it answers was not checked"))
 
 
 async def diagnose(env: StageEnvelope, bus: Bus | None = None, settings: Settings | None = None) -> DiagnosisResult:
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    cloud_checked = False
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
         report = TopologyReport.model_validate(env.topology)
-        model = ModelSimulator(report, env.request).run()
+        # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
+        # heartbeats (a short ack_wait then redelivers only what a dead replica held)
+        model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        dumps, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus)
         findings = _merge(findings, load_findings)
         inventory = await _inventory(env, bus)
-        if dumps:
+        cloud_checked = inventory is not None and inventory.modelled
+        if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked, findings, assumptions = await _walk(report, env, dumps, findings, assumptions, inventory,
+            walked, findings, assumptions = await _walk(report, env, views, findings, assumptions, inventory,
                                                         _on_demand(env, report, bus, settings))
             paths = walked.paths
             findings = _reconcile(_merge(findings, walked.findings), paths)
@@ -110,48 +164,68 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, settings: Setting
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
         assumptions = _merge(assumptions, cloud_assumptions)
+        unowned = unowned_destination(report, paths, inventory)
+        if unowned is not None:
+            assumptions.append(unowned)
     verdict = overall_verdict(paths, findings, assumptions)
-    return DiagnosisResult(verdict=verdict, summary=summarize(verdict, paths, findings), paths=paths,
-                           findings=findings, assumptions=assumptions)
+    summary = summarize(verdict, paths, findings, assumptions, cloud_checked=cloud_checked)
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
 
 
-async def _walk(report: TopologyReport, env: StageEnvelope, dumps: dict[str, NodeDump], findings: list[Finding],
+# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
+# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
+# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
+NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+
+
+async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, NodeView], findings: list[Finding],
                 assumptions: list[Assumption], inventory: CloudInventory | None,
                 ondemand: OnDemand) -> tuple[WalkResult, list[Finding], list[Assumption]]:
-    """Walk; when the packet reaches nodes nobody collected, collect them on demand and walk again
-    (the collection's failures become the expectation that names why a node stays unknown)."""
-    for _ in range(MAX_ROUNDS):
-        walked = walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply,
-                      cloud=inventory)
+    """Walk (in a thread: the event loop keeps the stage's heartbeats going); when the packet reaches
+    nodes nobody collected, collect them on demand and walk again (the collection's failures become
+    the expectation that names why a node stays unknown)."""
+    for round_ in range(MAX_ROUNDS + 1):
+        walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+                                         expected=findings, reply=env.request.options.check_reply, views=views,
+                                         cloud=inventory)
         wanted = [n for n in walked.wanted if n not in ondemand.asked]
-        if not wanted or not ondemand.possible or ondemand.left_s() <= 0:
-            return walked, findings, assumptions
+        if round_ == MAX_ROUNDS or not wanted or not ondemand.possible or ondemand.left_s() <= 0:
+            break
         fetched = await ondemand.fetch(wanted)
-        dumps = {**dumps, **fetched.dumps}
+        views = {**views, **fetched.views}
         findings = _merge(findings, fetched.findings)
         assumptions = _merge(assumptions, fetched.assumptions)
-    return walk(report, env.request, dumps, expected=findings, reply=env.request.options.check_reply,
-                cloud=inventory), findings, assumptions
+    return walked, findings, assumptions
 
 
 def _on_demand(env: StageEnvelope, report: TopologyReport, bus: Bus | None, settings: Settings | None) -> OnDemand:
     default = settings.collect_timeout_s if settings else env.request.options.collect_timeout_s
+
+    async def load(ref: BlobRef) -> NodeView:  # only asked for with a bus: an agent answered on it
+        assert bus is not None
+        return await NODE_VIEWS.get(bus, ref)
+
     return OnDemand(env, report, bus, settings.snapshot if settings else None,
-                    collect_timeout_s(env.request.options, default))
+                    collect_timeout_s(env.request.options, default), load=load)
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeDump], list[Finding]]:
-    dumps: dict[str, NodeDump] = {}
+async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+    views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
-        return dumps, problems
+        return views, problems
     for node, ref in env.nodes.items():
+        # only data that is absent or broken is missing data; the bus not answering (a timeout, a
+        # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            dumps[node] = decode_dump(await bus.get_blob(ref))
-        except Exception as exc:  # a broken blob is missing data, not a crash of the diagnosis
+            views[node] = await NODE_VIEWS.get(bus, ref)
+        except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
+                raise
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
-    return dumps, problems
+    return views, problems
 
 
 def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
@@ -173,7 +247,7 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
 async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
     """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
     if isinstance(env.cloud, BlobRef):
-        return CloudInventory.model_validate_json(await bus.get_blob(env.cloud)) if bus else None
+        return await _INVENTORIES.get(bus, env.cloud) if bus else None
     return CloudInventory.model_validate(env.cloud) if env.cloud else None
 
 

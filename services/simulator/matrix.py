@@ -13,6 +13,7 @@ from typing import Any
 
 from services.simulator.policy import PolicyIndex
 from services.simulator.policy.model import Pod
+from shared.schemas import MatrixRequest
 from shared.topology import ClusterObjects
 
 _TERMINAL_PHASES = ("Succeeded", "Failed")
@@ -65,9 +66,12 @@ def compute_matrix(
     port: int = 80,
     protocol: str = "TCP",
 ) -> Matrix:
-    """Reachability of every pod pair (optionally only pods of `namespace`) on port/protocol."""
+    """Reachability of every pod pair (optionally only pods of `namespace`) on port/protocol.
+
+    Raises pydantic's ValidationError (a ValueError) for a port or protocol a diagnosis would refuse."""
+    query = MatrixRequest.model_validate({"port": port, "protocol": protocol.lower(), "namespace": namespace})
+    namespace, port, protocol = query.namespace, query.port, query.protocol.upper()
     index = objects if isinstance(objects, PolicyIndex) else PolicyIndex.build(objects)
-    protocol = protocol.upper()
     pods: list[Pod] = []
     skipped: list[str] = []
     for pod in sorted(index.pods, key=lambda p: p.key):

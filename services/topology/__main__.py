@@ -10,7 +10,7 @@ from pathlib import Path
 from services.topology.handler import TopologyStage
 from services.topology.plan import Planner
 from services.topology.sources.live import shared_live_source
-from services.topology.sources.snapshot import load_snapshot
+from services.topology.sources.snapshot import load_notes, load_snapshot
 from shared.config import Settings
 from shared.schemas import DiagnosisRequest
 from shared.service import main as service_main
@@ -27,12 +27,13 @@ def plan_main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     settings = Settings.from_env(snapshot=args.snapshot, kubeconfig=args.kubeconfig)
     if settings.snapshot:
-        planner = Planner(load_snapshot(settings.snapshot).model, f"snapshot:{settings.snapshot}")
+        load = load_snapshot(settings.snapshot)
+        planner = Planner(load.model, f"snapshot:{settings.snapshot}", load_notes(load))
     else:
         source = shared_live_source(settings.kubeconfig)
         if not source.wait_synced(30):
             sys.exit(f"Kubernetes API cache did not sync: {source.errors()}")
-        planner = Planner(source.model, "live")
+        planner = Planner(source.model, source.name)
     request = DiagnosisRequest(src=args.src, dst=args.dst, port=args.port, protocol=args.protocol)
     print(planner.plan(request).model_dump_json(indent=2))
 

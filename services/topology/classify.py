@@ -7,6 +7,7 @@ container readiness, node Ready) becomes findings here, so every caller reports 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import ip_network
 
 from services.topology.model import (
     ClusterModel,
@@ -107,14 +108,16 @@ def _host_network_pod_on(model: ClusterModel, node: str, port: int | None, proto
 
 def classify(
     model: ClusterModel, address: IPAddress, *, port: int | None = None, protocol: str = "TCP",
-    role: str = "dst",
+    role: str = "dst", service_cidrs: list[str] | None = None,
 ) -> Classification:
-    """Classify `address`; `port`/`protocol` matter for the destination (NodePort, hostNetwork)."""
+    """Classify `address`; `port`/`protocol` matter for the destination (NodePort, hostNetwork);
+    `service_cidrs` (detected) name an address in the Service range that no Service has."""
     with model.lock:
-        return _classify(model, address, port, protocol.upper(), role)
+        return _classify(model, address, port, protocol.upper(), role, service_cidrs or [])
 
 
-def _classify(model: ClusterModel, address: IPAddress, port: int | None, protocol: str, role: str) -> Classification:
+def _classify(model: ClusterModel, address: IPAddress, port: int | None, protocol: str, role: str,
+              service_cidrs: list[str]) -> Classification:
     if role == "dst":
         how, services = model.services_by_ip(address)
         if services:
@@ -168,8 +171,43 @@ def _classify(model: ClusterModel, address: IPAddress, port: int | None, protoco
     if address.is_global:
         return Classification(Endpoint(address=address, kind=EndpointKind.PUBLIC,
                                        description="public address outside the cluster"))
+    return _unowned(model, address, role, service_cidrs)
+
+
+def _in_cidr(address: IPAddress, cidrs: list[str]) -> str | None:
+    for cidr in cidrs:
+        try:
+            net = ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        if net.version == address.version and address in net:
+            return cidr
+    return None
+
+
+def _unowned(model: ClusterModel, address: IPAddress, role: str, service_cidrs: list[str]) -> Classification:
+    """A private address no object holds, said as precisely as the cluster allows: a free address in a
+    node's pod CIDR is that node's to route (so the node is collected and the walk follows the packet
+    there), an address in the Service CIDR that no Service has answers to nothing."""
+    hop = external_hop(address)  # the hop the simulator gives an unknown address
+    for node in model.objects["Node"].values():
+        spec = node.get("spec") or {}
+        cidr = _in_cidr(address, spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
+        if cidr is not None:
+            name = object_key(node)
+            return Classification(
+                Endpoint(address=address, kind=EndpointKind.UNKNOWN, node=name,
+                         description=f"unknown address in node {name}'s pod CIDR {cidr} (no pod has it)"),
+                [finding("UNKNOWN_ADDRESS", hop, address=address,
+                         evidence={"pod_cidr": cidr, "node": name})])
+    cidr = _in_cidr(address, service_cidrs) if role == "dst" else None
+    if cidr is not None:
+        return Classification(
+            Endpoint(address=address, kind=EndpointKind.UNKNOWN,
+                     description=f"unknown address in the Service CIDR {cidr} (no Service has it)"),
+            [finding("SERVICE_NOT_FOUND", hop, address=address, cidr=cidr)])
     return Classification(
         Endpoint(address=address, kind=EndpointKind.UNKNOWN,
                  description="private address owned by no pod, node or Service"),
-        [finding("UNKNOWN_ADDRESS", external_hop(address), address=address)],  # the hop the simulator gives it
+        [finding("UNKNOWN_ADDRESS", hop, address=address)],
     )

@@ -18,7 +18,7 @@ import nats
 
 from services.topology.plan import Planner
 from services.topology.sources.live import close_shared_live_source, shared_live_source
-from services.topology.sources.snapshot import load_snapshot
+from services.topology.sources.snapshot import load_notes, load_snapshot
 from services.topology.summary import model_stamp, summary_within
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.cluster import SUMMARY_KEY
@@ -47,9 +47,10 @@ def _planner(settings: Settings) -> Planner:
             if settings.snapshot:
                 load = load_snapshot(settings.snapshot)
                 log.info("snapshot %s: %s in %.2fs", settings.snapshot, dict(load.loaded), load.seconds)
-                planner = Planner(load.model, f"snapshot:{settings.snapshot}")
+                planner = Planner(load.model, f"snapshot:{settings.snapshot}", load_notes(load))
             else:
-                planner = Planner(shared_live_source(settings.kubeconfig).model, "live")
+                source = shared_live_source(settings.kubeconfig)
+                planner = Planner(source.model, source.name)
             _planners[key] = planner
     return planner
 
@@ -140,7 +141,7 @@ class TopologyStage(Stage):
                     content, payload = await asyncio.to_thread(self._summary, planner)
                     if content != published:
                         kv = await self.bus.cluster_kv()
-                        await kv.put(SUMMARY_KEY, payload)
+                        await kv.put(SUMMARY_KEY, await self.bus.pack("cluster-summary", payload))
                         published = content
                     stamp = current
                 except (TimeoutError, nats.errors.Error) as exc:  # NATS away: try again next round
@@ -154,5 +155,6 @@ class TopologyStage(Stage):
     def _summary(self, planner: Planner) -> tuple[str, bytes]:
         """(what to compare with the last publish: all but generated_at, the value to publish). Blocking."""
         dns = planner.detector.detect().info.cluster_dns
-        summary = summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload)
+        summary = summary_within(planner.model, planner.source, list(dns), self.bus.nc.max_payload,
+                                 notes=planner.notes)
         return summary.model_dump_json(exclude={"generated_at"}), summary.model_dump_json().encode()

@@ -140,6 +140,25 @@ def pod_ips(pod: Obj) -> list[IPAddress]:
     return [ip for ip in (parse_ip(r) for r in raw if r) if ip is not None]
 
 
+def unusable_addresses(kind: str, obj: Obj) -> list[str]:
+    """The address fields of an object that are not IP addresses (a hand-edited snapshot's `not-an-ip`):
+    the object is kept, those addresses are not, and the load says so instead of dropping them silently."""
+    status, spec = obj.get("status") or {}, obj.get("spec") or {}
+    if kind == "Pod":
+        fields = [("status.podIP", status.get("podIP"))] + [("status.podIPs", p.get("ip"))
+                                                            for p in status.get("podIPs") or [] if isinstance(p, dict)]
+    elif kind == "Node":
+        fields = [(f"status.addresses {a.get('type')}", a.get("address")) for a in status.get("addresses") or []
+                  if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP")]
+    elif kind == "Service":
+        fields = [("spec.clusterIP", ip) for ip in spec.get("clusterIPs") or [spec.get("clusterIP")]
+                  if ip not in (None, "", "None")] + [("spec.externalIPs", ip) for ip in spec.get("externalIPs") or []]
+    else:
+        return []
+    return [f"{kind.lower()} {object_key(obj)}: {name} {value!r} is not an IP address"
+            for name, value in dict.fromkeys(fields) if value and parse_ip(value) is None]
+
+
 def node_addresses(node: Obj) -> list[IPAddress]:
     addrs = (node.get("status") or {}).get("addresses") or []
     return [ip for ip in (parse_ip(a.get("address")) for a in addrs) if ip is not None]

@@ -5,7 +5,7 @@ no scan over all pods per diagnosis)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.topology.classify import Classification, classify
 from services.topology.detect import Detector
@@ -24,16 +24,20 @@ _OBJECT_FIELDS = {
 
 @dataclass
 class Planner:
-    """Holds the model and its cached detection; one per source, shared by diagnoses."""
+    """Holds the model and its cached detection; one per source, shared by diagnoses. `notes` say what
+    loading the source left out (a snapshot's skipped kinds and unusable objects): every report states them."""
 
     model: ClusterModel
     source: str
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.detector = Detector(self.model)
 
     def plan(self, request: DiagnosisRequest) -> TopologyReport:
-        return build_report(self.model, self.detector, request, self.source)
+        report = build_report(self.model, self.detector, request, self.source)
+        report.assumptions += [Assumption(stage=STAGE, text=note) for note in self.notes]
+        return report
 
 
 def _unique(items: Iterable[str | None]) -> list[str]:
@@ -105,7 +109,8 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
     detection = detector.detect()
     with model.lock:
         src = classify(model, request.src, role="src")
-        dst = classify(model, request.dst, port=request.port, protocol=protocol, role="dst")
+        dst = classify(model, request.dst, port=request.port, protocol=protocol, role="dst",
+                       service_cidrs=detection.info.service_cidrs)
         resolved: Resolved | None = None
         if dst.service is not None:
             resolved = resolve_service(model, dst.service, src=src.endpoint, dst=dst.endpoint, port=request.port,
@@ -113,7 +118,8 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
             if request.dst in detection.info.cluster_dns:
                 dst.endpoint.description += " (cluster DNS)"
         paths = _paths(src.endpoint, dst.endpoint, request.port, resolved)
-        hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED]
+        # an unknown address inside a node's pod CIDR is that node's to route: collect it too
+        hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED or e.kind == EndpointKind.UNKNOWN]
         if resolved is not None:
             hosted += [b.node for b in resolved.used] + resolved.entry_nodes
         nodes = _unique(hosted)

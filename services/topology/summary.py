@@ -78,7 +78,8 @@ def _has_ip(pod: Obj) -> bool:
     return bool(status.get("podIP") or status.get("podIPs"))
 
 
-def build_summary(model: ClusterModel, source: str, dns: list[IPAddress], limit: int = MAX_ITEMS) -> ClusterSummary:
+def build_summary(model: ClusterModel, source: str, dns: list[IPAddress], limit: int = MAX_ITEMS,
+                  notes: list[str] | None = None) -> ClusterSummary:
     """At most `limit` entries per list, in namespace/name order; pods without an IP are left out
     (nothing can be sent to or from them)."""
     with model.lock:
@@ -90,15 +91,16 @@ def build_summary(model: ClusterModel, source: str, dns: list[IPAddress], limit:
         services=[service_summary(s) for s in sorted(services, key=object_key)[:limit]],
         nodes=[node_summary(n) for n in sorted(nodes, key=object_key)[:limit]],
         counts=SummaryCounts(pods=len(pods), services=len(services), nodes=len(nodes)),
-        truncated=max(len(pods), len(services), len(nodes)) > limit,
+        truncated=max(len(pods), len(services), len(nodes)) > limit, notes=list(notes or []),
     )
 
 
-def summary_within(model: ClusterModel, source: str, dns: list[IPAddress], max_bytes: int) -> ClusterSummary:
+def summary_within(model: ClusterModel, source: str, dns: list[IPAddress], max_bytes: int,
+                   notes: list[str] | None = None) -> ClusterSummary:
     """The fullest summary whose JSON fits `max_bytes`: built once, then its lists are cut in
     proportion to the excess (the size is about linear in the cap) until it fits."""
     budget = max_bytes - PAYLOAD_HEADROOM
-    summary = build_summary(model, source, dns)
+    summary = build_summary(model, source, dns, notes=notes)
     limit = MAX_ITEMS
     while limit and (size := len(summary.model_dump_json())) > budget:
         limit = min(limit - 1, int(limit * budget / size * 0.95))

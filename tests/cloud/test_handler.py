@@ -82,3 +82,15 @@ async def test_snapshot_mode_reads_the_cloud_directory(bus: Bus, nats_url: str, 
     out = await CloudStage(bus, Settings(nats_url=nats_url, snapshot=bare)).handle(envelope())
     assert out.cloud["modelled"] is False and out.cloud["statements"] == empty_inventory(
         "snapshot", f"no cloud inventory in {bare / 'cloud'}").statements
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"provider": 7}', "\x00\x01binary"])
+async def test_a_malformed_snapshot_inventory_degrades_like_a_corrupt_node_dump(
+        bus: Bus, nats_url: str, tmp_path: Path, content: str) -> None:
+    (tmp_path / "cloud").mkdir()
+    (tmp_path / "cloud" / "inventory.json").write_text(content)
+    out = await CloudStage(bus, Settings(nats_url=nats_url, snapshot=tmp_path)).handle(envelope())
+    (missing,) = out.findings
+    assert missing.code == "DATA_MISSING" and "inventory.json" in missing.message
+    assert isinstance(out.cloud, dict) and out.cloud["modelled"] is False
+    assert any(a.stage == "cloud" and a.could_change_outcome for a in out.assumptions)

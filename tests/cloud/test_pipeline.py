@@ -385,3 +385,27 @@ async def test_live_lab_cloud_judges_the_packet_the_node_really_sends(credential
             assert unmasqueraded["verdict"] == "UNREACHABLE", unmasqueraded["summary"]
     finally:
         await asyncio.to_thread(Lab.sweep, prefix)
+
+
+@pytest.mark.parametrize(("action", "how"), [("DescribeInstances", "deny"), ("DescribeInstances", "throttle")])
+async def test_a_cloud_api_error_is_missing_cloud_data_not_a_failed_diagnosis(
+        stacks: dict[str, EmbeddedStack], emulator: CloudEmulator, action: str, how: str) -> None:
+    """Forbidden.RAM (a RAM user without Describe* rights) and throttling after every retry, through the
+    real SDK: the diagnosis completes, says the cloud was not read, and cannot be a confident answer."""
+    rs = LABS["host-gw"]
+    emulator.set_state(cloud_state(rs))
+    if how == "deny":
+        emulator.deny(action, "Forbidden.RAM")
+    else:
+        emulator.throttle(1000, action)
+    try:
+        result = await diagnose(stacks["host-gw"], request(rs, "pod-to-pod"))
+    finally:
+        emulator.deny(action, None)
+        emulator.throttle(0, action)
+    expected = "Forbidden.RAM" if how == "deny" else "Throttling"
+    missing = [f for f in result["findings"] if f["code"] == "DATA_MISSING" and expected in f["message"]]
+    assert missing and "cloud inventory" in missing[0]["message"], result["findings"]
+    assert result["verdict"] == "UNDETERMINED", result["summary"]
+    assert any(a["stage"] == "cloud" and a["could_change_outcome"] and expected in a["text"]
+               for a in result["assumptions"])

@@ -156,3 +156,24 @@ def test_inventory_round_trips_through_a_snapshot_directory(collect, tmp_path) -
     assert merged.nodes["node-9"] == "i-bj" and len(merged.instances) == len(inv.instances)
     empty = load_inventory(tmp_path / "nothing")
     assert not empty.modelled and "no cloud inventory" in empty.statements[0]
+
+
+def test_forbidden_ram_on_the_nodes_instances_is_one_cloud_error(emulator: CloudEmulator,
+                                                                  provider: AlibabaProvider) -> None:
+    """The SDK's ServerException never leaves the provider: a call it will not retry is a CloudError."""
+    emulator.deny("DescribeInstances", "Forbidden.RAM")
+    try:
+        with pytest.raises(CloudError, match=r"DescribeInstances: Forbidden.RAM: User not authorized"):
+            provider.collect(NODES)
+    finally:
+        emulator.deny("DescribeInstances", None)
+
+
+def test_forbidden_ram_on_one_kind_is_a_partial_error(emulator: CloudEmulator, provider: AlibabaProvider) -> None:
+    emulator.deny("DescribeSecurityGroups", "Forbidden.RAM")
+    try:
+        inv = provider.collect(NODES)
+    finally:
+        emulator.deny("DescribeSecurityGroups", None)
+    assert inv.instances and inv.security_groups == []
+    assert any(e.startswith("security groups of ") and "Forbidden.RAM" in e for e in inv.errors), inv.errors

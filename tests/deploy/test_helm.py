@@ -111,7 +111,14 @@ def test_default_install_workloads() -> None:
         env = {e["name"]: e for e in container["env"]}
         assert env["NETDIAG_NATS_URL"]["value"] == f"nats://{RELEASE}-netdiag-nats.{NAMESPACE}.svc:4222"
         assert env["NETDIAG_STREAM_REPLICAS"]["value"] == "3"
-        assert env["NETDIAG_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "netdiag-password"
+        # its own NATS identity for the simulator (only it may publish `completed`) and the gateway (only it
+        # may write results); the other stages share `netdiag`
+        user = next((u for u in ("simulator", "gateway") if name.endswith(u)), "netdiag")
+        assert env["NETDIAG_NATS_USER"]["value"] == user, name
+        assert env["NETDIAG_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == f"{user}-password"
+        assert ("NETDIAG_RESULT_KEY" in env) is (user != "netdiag"), name  # the signer and the checker
+        probes = (container.get("livenessProbe"), container.get("readinessProbe"))
+        assert [p["httpGet"]["path"] for p in probes] == ["/healthz", "/readyz"], name
         # only the topology stage gets an API token
         assert spec["automountServiceAccountToken"] is name.endswith("topology"), name
     for stage in STAGES:
@@ -241,6 +248,7 @@ def test_non_default_values_take_effect() -> None:
 def test_existing_secrets_and_no_agent() -> None:
     objects = render({"agent": {"enabled": False}, "gateway": {"auth": {"existingSecret": "my-tokens"}},
                       "nats": {"auth": {"existingSecret": "my-nats"}, "replicas": 1},
+                      "resultKey": {"existingSecret": "my-result-key"},
                       "cloud": {"provider": "alibaba", "credentials": {"existingSecret": "my-ak"}},
                       "rbac": {"create": False}, "serviceAccount": {"create": False, "name": "sa"}})
     for obj in objects:
@@ -338,7 +346,7 @@ def test_rendered_nats_config_is_accepted_by_nats_server(values: dict[str, Any] 
     conf = by_kind(render(values), "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
     (tmp_path / "nats.conf").write_text(conf)
     env = {**os.environ, "POD_NAME": "nats-0", "NETDIAG_PASSWORD": "a", "AGENT_PASSWORD": "b",
-           "NATS_AUTH_PASSWORD": "c"}
+           "NATS_AUTH_PASSWORD": "c", "SIMULATOR_PASSWORD": "d", "GATEWAY_PASSWORD": "e"}
     check = subprocess.run([nats_server_binary(), "-c", str(tmp_path / "nats.conf"), "-t"], env=env,
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 0 and "is valid" in check.stdout + check.stderr, check.stderr
@@ -358,7 +366,7 @@ def test_callout_gives_each_agent_its_own_identity() -> None:
     objects = render(CALLOUT)
     conf = by_kind(objects, "ConfigMap")[f"{RELEASE}-netdiag-nats-config"]["data"]["nats.conf"]
     issuer = CALLOUT["nats"]["authCallout"]["issuerPublicKey"]
-    assert f"issuer: {issuer}" in conf and "auth_users: [netdiag, nats-auth]" in conf
+    assert f"issuer: {issuer}" in conf and "auth_users: [netdiag, simulator, gateway, nats-auth]" in conf
     assert "user: agent," not in conf  # no shared agent identity left
     nats_env = {e["name"] for e in pod_spec(by_kind(objects, "StatefulSet")[f"{RELEASE}-netdiag-nats"])
                 ["containers"][0]["env"]}

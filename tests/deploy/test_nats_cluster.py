@@ -28,7 +28,6 @@ from shared.bus import (
     SUBJECT_REQUESTED,
     SUBJECT_TOPOLOGY,
     Bus,
-    agent_inbox_prefix,
 )
 from shared.config import Settings
 from shared.schemas import DiagnosisResult, DiagnosisStatus, StageEnvelope, Verdict
@@ -148,7 +147,7 @@ async def test_diagnoses_survive_a_nats_server_and_a_replica_dying(tmp_path: Pat
             bus = await Bus.connect(name=f"gateway-store-{i}", settings=settings)
             replicas.append(Replica(bus, ResultSink(bus, settings)))
         for node in NODES:
-            bus = await Bus.connect(name=f"agent-{node}", settings=settings, inbox_prefix=agent_inbox_prefix(node))
+            bus = await Bus.connect_agent(node, settings)
             agent = NodeAgent(bus, node)
             await agent.start()
             agents.append((bus, agent))

@@ -30,7 +30,7 @@ from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
 from shared.kube import api_client
 from tests.deploy.chart import NAMESPACE, RELEASE, chart_nats_server
-from tests.deploy.confinement import assert_confined
+from tests.deploy.confinement import assert_confined, enumerate_grants, intended_agent_grant
 
 AGENT_SA = f"{RELEASE}-netdiag-agent"  # the chart's agent ServiceAccount
 AGENT_USER = f"system:serviceaccount:{NAMESPACE}:{AGENT_SA}"
@@ -65,7 +65,9 @@ async def start_callout(kube: LabKubeAPI, tmp_path: Path, user_ttl_s: float = 60
     values = {"nats": {"replicas": 1, "agentAuth": "callout", "authCallout": {
         "issuerPublicKey": natsjwt.public_key(natsjwt.keypair(seed)), "issuerSeed": seed.decode()}}}
     (tmp_path / "issuer-seed").write_bytes(seed)
-    with chart_nats_server(values, tmp_path, {"NETDIAG_PASSWORD": STAGE_PASS, "NATS_AUTH_PASSWORD": AUTH_PASS}) as url:
+    env = {"NETDIAG_PASSWORD": STAGE_PASS, "NATS_AUTH_PASSWORD": AUTH_PASS, "SIMULATOR_PASSWORD": "sim-pass",
+           "GATEWAY_PASSWORD": "gw-pass"}
+    with chart_nats_server(values, tmp_path, env) as url:
         # the environment the chart gives the nats-auth Deployment (tests/deploy/test_helm.py checks it)
         settings = Settings(nats_url=url, nats_user="nats-auth", nats_password=AUTH_PASS,
                             kubeconfig=kube.write_kubeconfig(tmp_path / "kubeconfig"),
@@ -103,10 +105,13 @@ async def test_an_agent_answers_its_own_node_and_nothing_else(callout: Callout) 
     stages = await Bus.connect(name="collector", settings=Settings(
         nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
     # the agent as the chart runs it: its projected token from a file (NETDIAG_NATS_TOKEN_FILE)
-    agent_bus = await Bus.connect(name="agent-node-a", settings=Settings(
-        nats_url=callout.url, nats_token_file=callout.token_file(token)), inbox_prefix=agent_inbox_prefix("node-a"))
+    agent_bus = await Bus.connect_agent("node-a", Settings(
+        nats_url=callout.url, nats_token_file=callout.token_file(token)))
     try:
         await assert_confined(stages, agent_bus, callout.url, token=token)
+        await stages.ensure_node_bucket("node-b")
+        # what the callout's identity can do, enumerated, is exactly the per-node grant
+        assert await enumerate_grants(callout.url, token=token) == intended_agent_grant("node-a")
     finally:
         await agent_bus.close()
         await stages.close()
@@ -149,8 +154,8 @@ async def test_a_reconnect_presents_the_rotated_token(callout: Callout) -> None:
     stages = await Bus.connect(name="collector", settings=Settings(
         nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
     first = callout.agent_token("node-a")
-    agent_bus = await Bus.connect(name="agent-node-a", settings=Settings(
-        nats_url=callout.url, nats_token_file=callout.token_file(first)), inbox_prefix=agent_inbox_prefix("node-a"))
+    agent_bus = await Bus.connect_agent("node-a", Settings(
+        nats_url=callout.url, nats_token_file=callout.token_file(first)))
     agent = NodeAgent(agent_bus, "node-a")
     try:
         await agent.start()
@@ -258,8 +263,8 @@ async def test_node_names_with_dots_are_admitted(callout: Callout) -> None:
     token = callout.agent_token(node)
     stages = await Bus.connect(name="collector", settings=Settings(
         nats_url=callout.url, nats_user="netdiag", nats_password=STAGE_PASS))
-    agent_bus = await Bus.connect(name="agent", settings=Settings(
-        nats_url=callout.url, nats_token_file=callout.token_file(token)), inbox_prefix=agent_inbox_prefix(node))
+    agent_bus = await Bus.connect_agent(node, Settings(
+        nats_url=callout.url, nats_token_file=callout.token_file(token)))
     try:
         await assert_confined(stages, agent_bus, callout.url, node=node, other="cn-hangzhou.192.168.0.2", token=token)
     finally:

@@ -16,11 +16,11 @@ from aiohttp import web
 
 from services.gateway.app import create_app
 from services.natsauth.natsperms import agent_permissions
-from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus, agent_inbox_prefix
+from shared.bus import RESULTS_BUCKET, STREAM, SUBJECT_COMPLETED, Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
-from tests.deploy.chart import chart_nats_server, nats_conf
-from tests.deploy.confinement import assert_confined
+from tests.deploy.chart import chart_nats_server
+from tests.deploy.confinement import assert_confined, enumerate_grants, intended_agent_grant
 
 TOKEN = "s3cret-token-0123456789"
 REQUEST = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
@@ -144,14 +144,29 @@ async def test_an_agent_may_answer_its_own_collect_subject_and_nothing_else(secu
     stage_settings = Settings(nats_url=secured_nats.url, nats_user="netdiag", nats_password="stage-pass")
     agent_settings = Settings(nats_url=secured_nats.url, nats_user="agent-node-a", nats_password="agent-pass")
     stages = await Bus.connect(name="collector", settings=stage_settings)  # creates the stream and buckets
-    agent_bus = await Bus.connect(name="agent-node-a", settings=agent_settings,
-                                  inbox_prefix=agent_inbox_prefix("node-a"))
+    agent_bus = await Bus.connect_agent("node-a", agent_settings)
     try:  # no forged result, no overwritten result, no listening to another node's requests
         await assert_confined(stages, agent_bus, secured_nats.url, user="agent-node-a", password="agent-pass",
                               forged=(SUBJECT_COMPLETED, f"$KV.{RESULTS_BUCKET}.0123"))
     finally:
         await agent_bus.close()
         await stages.close()
+
+
+async def test_an_agent_identity_can_do_exactly_its_grant_and_nothing_more(secured_nats: NatsServer) -> None:
+    """Everything an agent login can do, enumerated over the product's whole subject space against the
+    real server, equals the intended grant: a permission too wide (another node's blobs, a stream purge,
+    reading the results) fails this as surely as one too narrow."""
+    stages = await Bus.connect(name="collector", settings=Settings(
+        nats_url=secured_nats.url, nats_user="netdiag", nats_password="stage-pass"))
+    try:
+        for node in ("node-a", "node-b"):  # the buckets exist, so an allowed call would really succeed
+            await stages.ensure_node_bucket(node)
+        can_publish, can_subscribe = await enumerate_grants(secured_nats.url, user="agent-node-a",
+                                                            password="agent-pass")
+    finally:
+        await stages.close()
+    assert (can_publish, can_subscribe) == intended_agent_grant("node-a")
 
 
 async def test_results_expire_after_the_configured_ttl(fresh_nats: NatsServer) -> None:
@@ -173,15 +188,16 @@ async def test_results_expire_after_the_configured_ttl(fresh_nats: NatsServer) -
 def chart_nats(tmp_path: Path) -> Iterator[str]:
     """A nats-server started from the chart's rendered nats.conf (agentAuth password)."""
     with chart_nats_server({"nats": {"replicas": 1}}, tmp_path,
-                           {"NETDIAG_PASSWORD": "stage-pass", "AGENT_PASSWORD": "agent-pass"}) as url:
+                           {"NETDIAG_PASSWORD": "stage-pass", "AGENT_PASSWORD": "agent-pass",
+                            "SIMULATOR_PASSWORD": "sim-pass", "GATEWAY_PASSWORD": "gw-pass"}) as url:
         yield url
 
 
 async def test_the_charts_nats_config_lets_agents_collect_and_nothing_more(chart_nats: str) -> None:
     stages = await Bus.connect(name="collector", settings=Settings(
         nats_url=chart_nats, nats_user="netdiag", nats_password="stage-pass"))
-    agent_bus = await Bus.connect(name="agent", settings=Settings(
-        nats_url=chart_nats, nats_user="agent", nats_password="agent-pass"), inbox_prefix=agent_inbox_prefix("node-a"))
+    agent_bus = await Bus.connect_agent("node-a", Settings(
+        nats_url=chart_nats, nats_user="agent", nats_password="agent-pass"))
     try:  # the shared `agent` identity (agentAuth: password) may listen to any node, never publish results
         await assert_confined(stages, agent_bus, chart_nats, other=None, user="agent", password="agent-pass")
     finally:
@@ -189,8 +205,34 @@ async def test_the_charts_nats_config_lets_agents_collect_and_nothing_more(chart
         await stages.close()
 
 
-def test_the_charts_agent_permissions_match_the_documented_ones() -> None:
-    conf = nats_conf()
-    agent_block = conf.split("user: agent")[1]
-    for subject in agent_permissions("node-a")["publish"]["allow"]:
-        assert f'"{subject}"' in agent_block, subject
+async def test_the_charts_shared_agent_identity_can_do_exactly_its_grant(chart_nats: str) -> None:
+    """agentAuth=password: one identity for every agent, so any node's collect subject and blob bucket
+    (nats.agentAuth=callout narrows that to its own node) — but nothing of the product's own."""
+    stages = await Bus.connect(name="collector", settings=Settings(
+        nats_url=chart_nats, nats_user="netdiag", nats_password="stage-pass"))
+    try:
+        for node in ("node-a", "node-b"):
+            await stages.ensure_node_bucket(node)
+        can_publish, can_subscribe = await enumerate_grants(chart_nats, user="agent", password="agent-pass")
+    finally:
+        await stages.close()
+    own_publish, own_subscribe = intended_agent_grant("node-a")
+    other_publish, other_subscribe = intended_agent_grant("node-b")
+    assert can_publish == own_publish | other_publish
+    assert can_subscribe == own_subscribe | other_subscribe | {"netdiag.node.*.collect", "_INBOX_AGENT.>"}
+
+
+@pytest.mark.parametrize(("user", "password", "completed", "results"), [
+    ("netdiag", "stage-pass", False, False), ("simulator", "sim-pass", True, False),
+    ("gateway", "gw-pass", False, True),
+])
+async def test_the_charts_service_identities_split_final_events_and_results(
+        chart_nats: str, user: str, password: str, completed: bool, results: bool) -> None:
+    """Only the simulator may publish `completed`; only the gateway may write, purge or delete results."""
+    can_publish, _ = await enumerate_grants(chart_nats, user=user, password=password, allow_unrestricted=True)
+    results_api = {s for s in can_publish if s.startswith(("$KV.netdiag-results.", "$JS.API.STREAM.PURGE.KV_netdiag-r",
+                                                          "$JS.API.STREAM.DELETE.KV_netdiag-r",
+                                                          "$JS.API.STREAM.MSG.DELETE.KV_netdiag-r"))}
+    assert (SUBJECT_COMPLETED in can_publish) is completed
+    assert bool(results_api) is results, results_api
+    assert "$SYS.REQ.USER.AUTH" not in can_publish

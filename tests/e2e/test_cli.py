@@ -46,12 +46,15 @@ def test_unreachable_text_answer_exits_1() -> None:
     assert run.returncode == 1, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].startswith("diagnosis ") and lines[0].endswith(": tcp 10.244.1.10 → 10.244.2.12:8200")
-    assert lines[1].startswith("verdict: UNREACHABLE — network policy secure/default-deny-all deny the packet")
+    assert lines[1].startswith("verdict: UNREACHABLE — network policy verdict of secure/default-deny-all: deny the "
+                               "packet")
     assert lines[2] == "first failing hop: secure/vault-0 (pod) on path p0"
-    assert lines[3].startswith("  because: network policy secure/default-deny-all")
-    assert lines[4].startswith("  fix:     Add an ingress rule")
-    assert "ERROR NETWORK_POLICY_DENY @ pod:secure/vault-0" in run.stdout
-    assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("0/1 path(s) deliver")
+    # the long policy explanation is the verdict's summary: printed once, not again as "because" or a finding
+    assert lines[3].startswith("  fix:     Add to policy secure/default-deny-all an ingress peer namespaceSelector ")
+    assert lines[3].endswith("on port 8200/TCP (or remove the policy that isolates the pod).")
+    assert run.stdout.count("is isolated for ingress and no rule allows") == 1
+    assert "ERROR NETWORK_POLICY_DENY @ pod:secure/vault-0: (explained above)" in run.stdout
+    assert "\nassumptions:\n" in run.stdout and run.stdout.rstrip().endswith("1 forward path(s): 1 dropped")
 
 
 def test_reachable_exits_0() -> None:
@@ -75,7 +78,8 @@ def test_ambiguous_exits_2() -> None:
     run = netdiag("diagnose", "--snapshot", POLICY, *request_args(POLICY_CASES["one_endpoint_denied"]))
     assert run.returncode == 2, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy prod/default-deny-ingress")
+    assert lines[1].startswith("verdict: AMBIGUOUS — 1 of 2 paths deliver; network policy verdict of "
+                               "prod/default-deny-ingress")
     assert lines[2] == "first failing hop: prod/search-1 (pod) on path p1"
 
 
@@ -116,12 +120,15 @@ def test_batch_keeps_order_and_reports_bad_lines() -> None:
     assert [o["result"]["verdict"] for o in answered] == ["AMBIGUOUS", "UNREACHABLE", "UNDETERMINED"]
 
 
-def test_batch_of_valid_lines_exits_0_whatever_the_verdicts() -> None:
-    run = netdiag("diagnose", "--snapshot", POLICY, "--batch", "-",
-                  stdin=request_line(POLICY_CASES["ingress_deny"]) + "\n")
-    assert run.returncode == 0, run.stderr
-    (doc,) = [json.loads(line) for line in run.stdout.splitlines()]
-    assert doc["result"]["verdict"] == "UNREACHABLE"
+def test_batch_exits_with_the_worst_line() -> None:
+    """0 only when every line is REACHABLE: a script can gate on `netdiag diagnose --batch`."""
+    reachable = netdiag("diagnose", "--snapshot", SHOP, "--batch", "-",
+                        stdin=request_line(SHOP_CASES["policy_allow"]) + "\n")
+    assert reachable.returncode == 0, reachable.stderr
+    lines = [request_line(SHOP_CASES["policy_allow"]), request_line(SHOP_CASES["policy_deny"])]
+    run = netdiag("diagnose", "--snapshot", SHOP, "--batch", "-", stdin="\n".join(lines) + "\n")
+    assert run.returncode == 1, run.stderr
+    assert [json.loads(line)["result"]["verdict"] for line in run.stdout.splitlines()] == ["REACHABLE", "UNREACHABLE"]
 
 
 # ------------------------------------------------------------------ matrix

@@ -78,7 +78,8 @@ def first_failing(d: Diagnosis, verdict: str, hop_name: str, kind: str, path_id:
     head = text_head(d, 4)
     assert head[1].startswith(f"verdict: {verdict} — "), head
     assert head[2] == f"first failing hop: {hop_name} ({kind}) on path {path_id}", head
-    assert head[3].startswith("  because: "), head
+    # why: the verdict's summary, or a "because" line when the summary does not already say it (said once)
+    assert head[3].startswith("  because: ") or head[3].startswith("  fix:     "), head
 
 
 # ------------------------------------------------------------------ policy snapshot (calico enforces)
@@ -91,8 +92,9 @@ def test_ingress_deny_drops_at_the_destination_pod(policy: dict[str, Diagnosis])
     # node data is missing (kubernetes/ only), the deny is certain anyway: it is stated, not hidden
     assert codes_at(d) == {("NETWORK_POLICY_DENY", "pod:secure/vault-0", "error")} | missing_nodes("node-1", "node-2")
     deny = next(f for f in d.result.findings if f.code == "NETWORK_POLICY_DENY")
-    assert deny.message.startswith("network policy secure/default-deny-all deny the packet from 10.244.1.10 to "
-                                   "10.244.2.12:8200: pod secure/vault-0 is isolated for ingress")
+    assert deny.message.startswith("network policy verdict of secure/default-deny-all: deny the packet from "
+                                   "10.244.1.10 to 10.244.2.12:8200, because pod secure/vault-0 is isolated for "
+                                   "ingress")
     assert "it has no ingress rules" in deny.message
     assert d.result.summary == deny.message
     first_failing(d, "UNREACHABLE", "secure/vault-0", "pod")
@@ -104,7 +106,7 @@ def test_allow_from_namespace_denies_another_namespace_and_says_why(policy: dict
     assert finals(d) == [("DROP", "NETWORK_POLICY_DENY")]
     deny = next(f for f in d.result.findings if f.code == "NETWORK_POLICY_DENY")
     assert deny.hop == "pod:prod/api-7d9f8b6c5-a1b2c"
-    assert "network policy prod/allow-from-web, prod/default-deny-ingress deny" in deny.message
+    assert "network policy verdict of prod/allow-from-web, prod/default-deny-ingress: deny" in deny.message
     assert 'namespace "default" {kubernetes.io/metadata.name=default} does not match namespaceSelector team=web' \
         in deny.message
     first_failing(d, "UNREACHABLE", "prod/api-7d9f8b6c5-a1b2c", "pod")
@@ -117,7 +119,9 @@ def test_egress_deny_drops_at_the_source_pod(policy: dict[str, Diagnosis]) -> No
     assert codes_at(d) == {("NETWORK_POLICY_DENY", "pod:web/sandbox", "error")} | missing_nodes("node-1", "node-2")
     deny = next(f for f in d.result.findings if f.code == "NETWORK_POLICY_DENY")
     assert "web/sandbox-dns-only" in deny.message and "isolated for egress" in deny.message
-    assert deny.suggestion.startswith("Add an egress rule")
+    # the fix names the concrete change: the peer by its namespace's and pod's labels, and the port
+    assert deny.suggestion.startswith("Add to policy web/sandbox-dns-only an egress peer namespaceSelector ")
+    assert "+ podSelector " in deny.suggestion and "on port 8080/TCP" in deny.suggestion
     src = d.result.paths[0].hops[0]
     assert (src.id, src.status.value) == ("pod:web/sandbox", "error")
     assert [(s.kind.value, s.action.value) for s in src.steps] == [("classify", "INFO"), ("policy", "DROP")]
@@ -182,11 +186,10 @@ def test_unknown_address_is_undetermined_and_says_so(policy: dict[str, Diagnosis
     # the summary names the real reason, not the missing node data
     assert d.result.summary == ("not enough data to decide: address 10.244.3.77 belongs to no pod, node or "
                                 "Service known to the cluster")
-    head = text_head(d, 5)
+    head = text_head(d, 4)
     assert head[2] == ("could not follow past: private address owned by no pod, node or Service (external) on "
                        "path p0")
-    assert head[3] == "  because: address 10.244.3.77 belongs to no pod, node or Service known to the cluster"
-    assert head[4].startswith("  fix:     Check the address")
+    assert head[3].startswith("  fix:     Check the address")  # the summary above already says why
 
 
 def test_dns_resolves_to_every_coredns_pod(policy: dict[str, Diagnosis]) -> None:
@@ -213,8 +216,8 @@ def test_one_endpoint_denied_is_ambiguous(policy: dict[str, Diagnosis]) -> None:
     assert d.result is not None and d.result.verdict == "AMBIGUOUS"
     assert finals(d) == [("DELIVER", None), ("DROP", "NETWORK_POLICY_DENY")]
     assert ("NETWORK_POLICY_DENY", "pod:prod/search-1", "error") in codes_at(d)
-    assert d.result.summary.startswith("1 of 2 paths deliver; network policy prod/default-deny-ingress deny the "
-                                       "packet from 10.244.1.10 to 10.244.2.14:9200")
+    assert d.result.summary.startswith("1 of 2 paths deliver; network policy verdict of prod/default-deny-ingress: "
+                                       "deny the packet from 10.244.1.10 to 10.244.2.14:9200")
     # the delivering path's hops are clean: the deny belongs to the other endpoint only
     assert all(h.status.value == "ok" for h in d.result.paths[0].hops)
     first_failing(d, "AMBIGUOUS", "prod/search-1", "pod", "p1")

@@ -89,15 +89,19 @@ async def sse_events(session: aiohttp.ClientSession, base: str, diagnosis_id: st
                            timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
         assert resp.status == 200, await resp.text()
         assert resp.headers["Content-Type"].startswith("text/event-stream")
-        name = None
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: ") and name:
-                events.append((name, json.loads(line[len("data: "):])))
-                if name == "result":
-                    break
+        name, buffer = None, b""
+        # chunks, not `async for line`: aiohttp's line reader refuses lines past its buffer (a result of MBs)
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+            *lines, buffer = buffer.split(b"\n")
+            for raw in lines:
+                line = raw.decode()
+                if line.startswith("event: "):
+                    name = line[len("event: "):]
+                elif line.startswith("data: ") and name:
+                    events.append((name, json.loads(line[len("data: "):])))
+                    if name == "result":
+                        return events
     return events
 
 

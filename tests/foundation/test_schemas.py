@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 
 import pytest
 from pydantic import ValidationError
 
 from shared.config import Settings
+from shared.intake import RequestInvalid, parse_request
 from shared.schemas import (
     BlobRef,
     Diagnosis,
@@ -35,12 +37,60 @@ def error_fields(exc: ValidationError) -> set[str]:
     return {".".join(str(p) for p in e["loc"]) for e in exc.errors()}
 
 
-def test_request_accepts_v4_and_v6_and_keeps_address_objects() -> None:
+def test_request_keeps_address_objects() -> None:
     v4 = DiagnosisRequest.model_validate(BASE)
     assert isinstance(v4.src, IPv4Address) and v4.options.collect_timeout_s == 5.0
-    v6 = DiagnosisRequest.model_validate({**BASE, "src": "fd00::5", "dst": "2001:db8::1"})
-    assert isinstance(v6.src, IPv6Address)
-    assert v6.describe() == "udp fd00::5 → 2001:db8::1:53"
+    assert v4.describe() == "udp 10.244.1.5 → 10.96.0.10:53"
+
+
+# (change, field, words the message must contain: what is wrong and what to give instead)
+ADDRESS_CASES = [
+    ({"src": "fd00::5", "dst": "2001:db8::1"}, {"src", "dst"}, "IPv6 is not supported yet"),
+    ({"dst": "fd00::2"}, {"dst"}, "IPv6 is not supported yet"),  # IPv4 source, IPv6 destination
+    ({"src": "::ffff:10.244.1.5"}, {"src"}, "write the IPv4 address itself (10.244.1.5)"),
+    ({"dst": "::ffff:8.8.8.8"}, {"dst"}, "write the IPv4 address itself (8.8.8.8)"),
+    ({"src": "0.0.0.0"}, {"src"}, "'any address', not a host"),
+    ({"dst": "0.0.0.0"}, {"dst"}, "'any address', not a host"),
+    ({"dst": "255.255.255.255"}, {"dst"}, "limited broadcast address: it reaches no single host"),
+    ({"src": "255.255.255.255"}, {"src"}, "limited broadcast"),
+    ({"dst": "224.0.0.1"}, {"dst"}, "multicast"),
+    ({"dst": "239.255.255.250"}, {"dst"}, "multicast"),
+    ({"src": "224.0.0.5"}, {"src"}, "multicast: no packet is sent from it"),
+    ({"dst": "127.0.0.1"}, {"dst"}, "loopback"),
+    ({"src": "127.0.0.53"}, {"src"}, "loopback"),
+    ({"src": "169.254.1.1"}, {"src"}, "link-local"),
+]
+
+
+@pytest.mark.parametrize(("change", "fields", "words"), ADDRESS_CASES, ids=[str(c[0]) for c in ADDRESS_CASES])
+def test_request_refuses_addresses_no_unicast_flow_has(change: dict, fields: set[str], words: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DiagnosisRequest.model_validate({**BASE, **change})
+    assert error_fields(exc.value) == fields
+    assert all(words in e["msg"] for e in exc.value.errors())
+
+
+@pytest.mark.parametrize("dst", ["169.254.20.10", "169.254.169.254", "100.100.100.200", "8.8.8.8"])
+def test_request_keeps_real_destinations(dst: str) -> None:
+    """NodeLocal DNSCache and cloud metadata live at link-local addresses: real destinations."""
+    assert str(DiagnosisRequest.model_validate({**BASE, "dst": dst}).dst) == dst
+
+
+@pytest.mark.parametrize("port", [True, "53", 53.5, None])
+def test_request_port_is_strictly_an_integer(port: object) -> None:
+    with pytest.raises(ValidationError) as exc:
+        DiagnosisRequest.model_validate({**BASE, "port": port})
+    assert error_fields(exc.value) == {"port"}
+
+
+def test_parse_request_is_the_one_parser() -> None:
+    """The API body and a --batch line go through the same parser: 53.0 is JSON's integer 53."""
+    assert parse_request(json.dumps({**BASE, "port": 53.0})).port == 53
+    with pytest.raises(RequestInvalid) as exc:
+        parse_request(json.dumps({**BASE, "port": "53"}))
+    assert exc.value.status == 422 and [f["field"] for f in exc.value.fields] == ["port"]
+    with pytest.raises(RequestInvalid, match="JSON object"):
+        parse_request("[1]")
 
 
 @pytest.mark.parametrize(("change", "field"), [

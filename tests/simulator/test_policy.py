@@ -252,8 +252,9 @@ def test_deny_finding_names_objects_and_reason() -> None:
     v = index(deny_ingress_x(), allow_web).evaluate(YA, XA, "tcp", 8080)
     [f] = deny_findings(v, "pod:y/a", "pod:x/a")
     assert f.code == "NETWORK_POLICY_DENY" and f.severity == Severity.ERROR and f.hop == "pod:x/a"
-    assert f.message.startswith(f"network policy x/deny-ingress, x/allow-web deny the packet from {YA} to {XA}:8080: "
-                                f"pod x/a is isolated for ingress and no rule allows source pod y/a")
+    assert f.message.startswith(f"network policy verdict of x/deny-ingress, x/allow-web: deny the packet from {YA} "
+                                f"to {XA}:8080, because pod x/a is isolated for ingress and no rule allows source "
+                                f"pod y/a")
     assert 'namespace "y"' in f.message and "namespaceSelector ns=web" in f.message
     assert "no ingress rules" in f.message
     assert f.evidence["direction"] == "ingress" and f.evidence["policy_verdict"]["isolated"]
@@ -311,3 +312,18 @@ def test_matrix_skips_pods_without_ip() -> None:
     pending["status"] = {"phase": "Pending"}
     m = compute_matrix([*model_objects([]), pending])
     assert "x/pending" not in m.pods and m.skipped == ["x/pending (no pod IP)"]
+
+
+def test_a_non_pod_end_is_named_by_its_own_side() -> None:
+    """The egress side of a pod → external packet is the pod; the ingress side is the external address."""
+    to_outside = index().evaluate(XA, EXTERNAL, "tcp", 80)
+    assert to_outside.ingress.explanation == "the destination is not a pod: no ingress NetworkPolicy applies"
+    from_outside = index().evaluate(EXTERNAL, XA, "tcp", 80)
+    assert from_outside.egress.explanation == "the source is not a pod: no egress NetworkPolicy applies"
+
+
+@pytest.mark.parametrize(("port", "protocol"), [(0, "tcp"), (70000, "tcp"), (True, "tcp"), ("80", "tcp"),
+                                                (80, "icmp")])
+def test_matrix_refuses_what_a_diagnosis_refuses(port: object, protocol: str) -> None:
+    with pytest.raises(ValueError, match=r"port|protocol"):
+        compute_matrix(model_objects([]), port=port, protocol=protocol)  # type: ignore[arg-type]

@@ -22,6 +22,9 @@ CASES = [
     ("8.8.8.8", "10.0.0.11", 30080, "tcp", K.PUBLIC, K.NODE_PORT, "default/web-np", []),
     (CLIENT, "1.1.1.1", 443, "tcp", K.POD, K.PUBLIC, None, []),
     (CLIENT, "10.244.9.9", 80, "tcp", K.POD, K.UNKNOWN, None, ["UNKNOWN_ADDRESS"]),
+    (CLIENT, "10.244.2.99", 80, "tcp", K.POD, K.UNKNOWN, "node-2", ["UNKNOWN_ADDRESS"]),  # node-2's pod CIDR
+    (CLIENT, "10.96.0.99", 80, "tcp", K.POD, K.UNKNOWN, None, ["SERVICE_NOT_FOUND"]),  # the Service CIDR
+    (CLIENT, "192.168.7.7", 80, "tcp", K.POD, K.UNKNOWN, None, ["UNKNOWN_ADDRESS"]),
     (CLIENT, "10.244.1.99", 80, "tcp", K.POD, K.POD, "default/migrate-x2k9p", ["POD_NOT_RUNNING"]),
     (CLIENT, "10.244.2.30", 8080, "tcp", K.POD, K.POD, "default/crash-6b7d9f5c8-pqrst", ["POD_NOT_READY"]),
     (CLIENT, "10.244.3.5", 5432, "tcp", K.POD, K.POD, "prod/db-0", ["NODE_NOT_READY"]),
@@ -76,3 +79,20 @@ def test_policy_objects_cover_both_namespaces(planner: Planner) -> None:
 def test_public_source_to_cluster_ip_is_an_assumption(planner: Planner) -> None:
     report = plan(planner, "8.8.8.8", "10.244.2.10", 8080)
     assert any("outside the cluster" in a.text for a in report.assumptions)
+
+
+def test_a_free_address_in_a_nodes_pod_cidr_is_that_nodes_to_route(planner: Planner) -> None:
+    """The node that owns the pod CIDR is collected, so the walk follows the packet there instead of
+    blaming a node that was never asked."""
+    report = plan(planner, CLIENT, "10.244.2.99", 80)
+    assert report.dst.node == "node-2" and "node-2" in report.nodes_to_collect
+    assert "pod CIDR 10.244.2.0/24" in report.dst.description
+    assert "node-2" in {n["metadata"]["name"] for n in report.objects.nodes}
+
+
+def test_a_service_cidr_address_without_a_service_says_so(planner: Planner) -> None:
+    (found,) = plan(planner, CLIENT, "10.96.0.99", 80).findings
+    assert found.code == "SERVICE_NOT_FOUND" and "no Service has address 10.96.0.99" in found.message
+    assert "10.96.0.0/12" in found.message
+    # the source side is never "a Service address": a source in that range is only unknown
+    assert plan(planner, "10.96.0.99", CLIENT, 8080).src.kind == K.UNKNOWN

@@ -59,3 +59,58 @@ def test_unknown_layout_version_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "snapshot.json").write_text('{"version": 99}')
     with pytest.raises(SnapshotError, match="version 99 is not supported"):
         load_snapshot(tmp_path)
+
+
+def _bad_snapshot(tmp_path: Path) -> Path:
+    """The shop example plus a junk YAML file, a Deployment and a pod whose podIP is not an IP."""
+    import shutil
+
+    root = tmp_path / "shop"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "examples" / "snapshots" / "shop", root)
+    k8s = root / "kubernetes"
+    (k8s / "junk.yaml").write_text("just some words\n---\n- 1\n- 2\n---\n")
+    (k8s / "extra.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n---\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: broken, namespace: shop}\nspec: {nodeName: node-1}\n"
+        "status: {phase: Running, podIP: not-an-ip}\n")
+    return root
+
+
+def test_bad_objects_are_counted_and_named_not_dropped(tmp_path: Path) -> None:
+    from services.topology.sources.snapshot import load_notes
+
+    load = load_snapshot(_bad_snapshot(tmp_path))
+    assert load.skipped["Deployment"] == 1
+    assert load.problems == [  # files in name order
+        "pod shop/broken: status.podIP 'not-an-ip' is not an IP address",
+        "kubernetes/junk.yaml document 1 is not a Kubernetes object (no kind): 'just some words'",
+        "kubernetes/junk.yaml document 2 is not a Kubernetes object (no kind): [1, 2]",
+    ]
+    skipped, unusable = load_notes(load)
+    assert skipped == "snapshot: 1 object(s) of kinds the diagnosis does not read were skipped (Deployment 1)"
+    assert unusable.startswith("snapshot: 3 unusable object(s) or field(s) left out: pod shop/broken")
+
+
+async def test_every_diagnosis_and_the_cluster_summary_state_them(tmp_path: Path) -> None:
+    """Through the embedded stack: the result's assumptions and GET /api/v1/cluster carry the notes."""
+    import asyncio
+
+    import aiohttp
+
+    from services.stack import EmbeddedStack
+    from shared.config import Settings
+    from tests.foundation.helpers import get_json, run_to_end
+
+    async with EmbeddedStack(Settings(snapshot=_bad_snapshot(tmp_path))) as stack, aiohttp.ClientSession() as http:
+        doc = await run_to_end(http, stack.url, {"src": "10.244.1.2", "dst": "10.244.2.3", "port": 5432,
+                                                 "protocol": "tcp"}, timeout=30)
+        for _ in range(100):  # the summary is published shortly after the model loads
+            async with http.get(f"{stack.url}/api/v1/cluster") as resp:
+                if resp.status == 200:
+                    break
+            await asyncio.sleep(0.1)
+        summary = await get_json(http, f"{stack.url}/api/v1/cluster")
+    texts = [a["text"] for a in doc["result"]["assumptions"]]
+    assert any("were skipped (Deployment 1)" in t for t in texts), texts
+    assert any("pod shop/broken: status.podIP 'not-an-ip' is not an IP address" in t for t in texts), texts
+    assert len(summary["notes"]) == 2 and "Deployment 1" in summary["notes"][0]

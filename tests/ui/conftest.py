@@ -44,11 +44,13 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    """A fresh page at laptop width; any JavaScript error fails the test."""
+    """A fresh page at laptop width; any JavaScript error, or anything the gateway's Content-Security-Policy
+    blocks, fails the test."""
     context = await browser.new_context(viewport={"width": 1366, "height": 900}, accept_downloads=True)
     pg = await context.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None)
     try:
         yield pg
     finally:

@@ -128,7 +128,7 @@ async def test_dns_preset_uses_the_clusters_dns_ip(page: Page, other_dns_stack: 
 async def test_pickers_follow_the_live_lab(page: Page, lab: tuple[Lab, EmbeddedStack]) -> None:
     world, stack = lab
     await page.goto(stack.url)
-    await wait_for_cluster(page, "live, as of")
+    await wait_for_cluster(page, "live:http")
     client = world.resolved.pod("web/client").ip
     await page.locator("#src").fill("web/client")
     await option(page, "src", f"pod web/client ({client})").click()

@@ -64,7 +64,8 @@ def _legacy_tables(family: str) -> list[str]:
 def _nfnl(sock: nl.Netlink, subsys: int, msg: int, family: int = 0, payload: bytes = b"",
           dump: bool = True) -> list[tuple[int, nl.Attrs]]:
     """(nfgen family, attributes) of each reply to one nfnetlink request."""
-    replies = sock.request((subsys << 8) | msg, _NFGENMSG.pack(family, 0, 0) + payload, dump=dump)
+    request = (subsys << 8) | msg, _NFGENMSG.pack(family, 0, 0) + payload
+    replies = sock.dump(*request) if dump else sock.request(*request, dump=False)
     return [(body[0], nl.attrs(body, _NFGENMSG.size)) for _, body in replies]
 
 

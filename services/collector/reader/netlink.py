@@ -21,6 +21,7 @@ NETLINK_SOCK_DIAG = 4
 NETLINK_NETFILTER = 12
 
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP_INTR = 0x10  # the kernel's "this dump may be inconsistent": the table changed while it was read
 NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -35,8 +36,16 @@ _U16, _U32, _U64, _I32, _BE16, _BE32 = (struct.Struct(f) for f in ("=H", "=I", "
 Attrs = dict[int, bytes]
 
 
+DUMP_ATTEMPTS = 5  # dumps interrupted by churn are read again, like iproute2 and pyroute2 callers do
+
+
 class NetlinkError(OSError):
     """The kernel answered a request with an error (errno set)."""
+
+
+class DumpInterrupted(NetlinkError):
+    """A dump whose messages carried NLM_F_DUMP_INTR: the table changed between its parts, so what was
+    read may mix before and after (an entry missing or seen twice)."""
 
 
 def attrs(data: bytes, offset: int = 0) -> Attrs:
@@ -96,12 +105,16 @@ def mac(value: bytes | None) -> str | None:
 
 
 class Netlink:
-    """One netlink socket of `protocol` in the calling thread's namespace; close() or `with`."""
+    """One netlink socket of `protocol` in the calling thread's namespace; close() or `with`.
+    `sock` replaces the kernel socket (anything with send/recv_into/close), for replaying captured replies."""
 
-    def __init__(self, protocol: int) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
-        self._sock.bind((0, 0))
+    def __init__(self, protocol: int, sock: socket.socket | None = None) -> None:
+        if sock is None:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+            sock.bind((0, 0))
+        self._sock = sock
         self._seq = 0
+        self.interrupted = 0  # dumps read again because the kernel marked them NLM_F_DUMP_INTR
         self._buf = bytearray(_RECV_BYTES)
 
     def __enter__(self) -> Netlink:
@@ -120,28 +133,45 @@ class Netlink:
         except OSError:  # kernel < 5.14
             return None
 
+    def dump(self, msg_type: int, payload: bytes) -> list[tuple[int, bytes]]:
+        """Every reply of a dump request, read again while the kernel marks it interrupted (at most
+        DUMP_ATTEMPTS times; then DumpInterrupted: an inconsistent table is never returned as if whole)."""
+        for attempt in range(1, DUMP_ATTEMPTS + 1):
+            try:
+                return list(self.request(msg_type, payload))
+            except DumpInterrupted:
+                self.interrupted += 1
+                if attempt == DUMP_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
     def request(self, msg_type: int, payload: bytes, *, dump: bool = True) -> Iterator[tuple[int, bytes]]:
         """Send one request; yield (type, payload) of every reply until the dump ends (dump)
-        or the first reply arrives (a get). A kernel error raises NetlinkError."""
+        or the first reply arrives (a get). A kernel error raises NetlinkError; a dump the kernel
+        marked NLM_F_DUMP_INTR raises DumpInterrupted once it is read to its end (see `dump`)."""
         self._seq += 1
         seq = self._seq
         flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else 0)
         self._sock.send(_HEADER.pack(_HEADER.size + len(payload), msg_type, flags, seq, 0) + payload)
         view = memoryview(self._buf)
+        interrupted = False
         while True:
             size = self._sock.recv_into(self._buf, 0, socket.MSG_TRUNC)  # MSG_TRUNC: the real length
             if size > len(self._buf):
                 raise NetlinkError(errno.EMSGSIZE, f"netlink message of {size} bytes exceeds {len(self._buf)}")
             offset = 0
             while offset + _HEADER.size <= size:
-                length, kind, _, msg_seq, _ = _HEADER.unpack_from(self._buf, offset)
+                length, kind, flags, msg_seq, _ = _HEADER.unpack_from(self._buf, offset)
                 if length < _HEADER.size:
                     return
                 body = bytes(view[offset + _HEADER.size:offset + length])
                 offset += (length + 3) & ~3
                 if msg_seq != seq:  # a late answer to an earlier request on this socket
                     continue
+                interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)  # also set on NLMSG_DONE
                 if kind == NLMSG_DONE:
+                    if interrupted:
+                        raise DumpInterrupted(errno.EINTR, "netlink dump interrupted by a concurrent change")
                     return
                 if kind == NLMSG_ERROR:
                     code = -_I32.unpack_from(body)[0]

@@ -199,7 +199,7 @@ def _nsid(sock: nl.Netlink, path: str) -> int:
 
 
 def _dump(sock: nl.Netlink, msg_type: int, header: bytes) -> list[bytes]:
-    return [body for _, body in sock.request(msg_type, header)]
+    return [body for _, body in sock.dump(msg_type, header)]
 
 
 def read_rtnl(lookups: dict[str, str] | None = None) -> RtnlState:

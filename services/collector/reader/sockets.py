@@ -22,7 +22,7 @@ _ADDR_LEN = {socket.AF_INET: 4, socket.AF_INET6: 16}
 def _dump(sock: nl.Netlink, family: int, protocol: int, states: int) -> list[tuple[str, int, int]]:
     """(local address, local port, remote port) of each socket in `states` (a bit per state)."""
     found = []
-    for _, body in sock.request(SOCK_DIAG_BY_FAMILY, _REQUEST.pack(family, protocol, 0, states)):
+    for _, body in sock.dump(SOCK_DIAG_BY_FAMILY, _REQUEST.pack(family, protocol, 0, states)):
         sport, dport = _PORTS.unpack_from(body, 4)
         address = socket.inet_ntop(family, body[8:8 + _ADDR_LEN[family]])
         found.append((address, sport, dport))

@@ -187,32 +187,37 @@ function refreshStaleCluster() {
 
 // ------------------------------------------------------------------ known addresses (past diagnoses)
 
+// Per cluster (the summary's source): addresses of another cluster's diagnoses are no suggestion here.
+const knownKey = (source) => `${KNOWN_KEY}:${source || ""}`;
+
 function knownAddresses() {
-  try { return JSON.parse(localStorage.getItem(KNOWN_KEY)) || {}; } catch { return {}; }
+  try { return JSON.parse(localStorage.getItem(knownKey(state.cluster && state.cluster.source))) || {}; } catch { return {}; }
 }
 
 /** Remember addresses seen in diagnoses (hops name them), offered as the inputs' datalist. */
-function learnAddresses(entries) {
-  const known = knownAddresses();
+function learnAddresses(source, entries) {
+  let known;
+  try { known = JSON.parse(localStorage.getItem(knownKey(source))) || {}; } catch { known = {}; }
   let changed = false;
   for (const [addr, label] of entries) {
     if (!addr || (addr in known && (known[addr] || !label))) continue;
     known[addr] = label || "";
     changed = true;
   }
-  if (changed) localStorage.setItem(KNOWN_KEY, JSON.stringify(known));
+  if (changed) localStorage.setItem(knownKey(source), JSON.stringify(known));
 }
 
 function learnFromDiagnosis(d) {
   const entries = [[d.request.src, ""], [d.request.dst, ""]];
   for (const p of (d.result && d.result.paths) || []) for (const hop of p.hops) if (hop.address) entries.push([hop.address, `${hop.kind} ${hop.name}`]);
-  learnAddresses(entries);
+  learnAddresses(d.source, entries);
 }
 
 // ------------------------------------------------------------------ progress
 
-function resetProgress(text) {
+function resetProgress(text, { open = true } = {}) {
   $("progress").hidden = false;
+  $("progress-box").open = open;  // a finished run's stages fold away under their one-line status
   $("stage-rows").replaceChildren();
   $("progress-status").textContent = text;
 }
@@ -239,7 +244,8 @@ function onProgress(ev) {
 }
 
 function showTimings(d) {
-  resetProgress(d.status === "failed" ? `Failed: ${d.error || "unknown error"}` : `Completed${d.completed_at ? ` in ${ms(new Date(d.completed_at) - new Date(d.created_at))}` : ""}.`);
+  resetProgress(d.status === "failed" ? `Failed: ${d.error || "unknown error"}` : `Completed${d.completed_at ? ` in ${ms(new Date(d.completed_at) - new Date(d.created_at))}` : ""}.`,
+                { open: false });
   for (const [stage, t] of Object.entries(d.timings_ms || {})) {
     const row = stageRow(stage);
     row.querySelector(".state").replaceChildren(badge("done"));
@@ -265,6 +271,7 @@ function follow(id) {
     // The result is stored, so every stage has finished even if its "done" came after.
     for (const cell of document.querySelectorAll("#stage-rows .state")) if (cell.textContent === "started") cell.replaceChildren(badge("done"));
     $("progress-status").textContent = d.status === "failed" ? `Failed: ${d.error}` : "Completed.";
+    $("progress-box").open = false;
     showResult(d);
     loadHistory(true);
   });
@@ -279,7 +286,7 @@ function follow(id) {
 async function poll(id) {
   for (let i = 0; i < 120 && location.hash === `#/diagnoses/${id}`; i++) {
     const res = await api(`/diagnoses/${encodeURIComponent(id)}`).catch(() => null);
-    if (res && res.ok && res.body.status !== "queued") { showResult(res.body); return; }
+    if (res && res.ok && res.body.status !== "queued") { $("progress-box").open = false; showResult(res.body); return; }
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -304,12 +311,14 @@ function showResult(d, { permalink = true } = {}) {
   $("permalink").hidden = !permalink;
   $("permalink").href = `${location.origin}${location.pathname}#/diagnoses/${d.id}`;
   fillForm(d.request);
+  showFailure(r);
+  // a failed run has no paths, findings or assumptions: its reason (above) is the answer, not empty panels
+  for (const grid of document.querySelectorAll("#result .result-grid")) grid.hidden = !r;
   const result = r || { verdict, summary: "", paths: [], findings: [], assumptions: [] };
-  const forward = result.paths.filter((p) => p.direction === "forward");
   const errors = result.findings.filter((f) => f.severity === "error").length;
   const mattering = result.assumptions.filter((a) => a.could_change_outcome).length;
   $("verdict-counts").textContent = [
-    forward.length ? `${forward.filter((p) => p.final === "DELIVER" || p.final === "FORWARD").length}/${forward.length} forward path(s) deliver` : "no path simulated",
+    result.counts ? result.counts.text : "no path simulated",  // counted once, by the simulator (as the CLI shows it)
     `${result.findings.length} finding(s)${errors ? `, ${errors} error(s)` : ""}`,
     `${result.assumptions.length} assumption(s)${mattering ? `, ${mattering} could change the outcome` : ""}`,
   ].join(" · ");
@@ -318,7 +327,28 @@ function showResult(d, { permalink = true } = {}) {
   renderFindings(result);
   renderAssumptions(result);
   markHistory(d.id);
-  $("verdict-title").focus();
+  $("verdict-title").focus({ preventScroll: true });
+  // verdict, first failing hop and fix at the top of the window, whatever the form above takes
+  $("result").scrollIntoView({ block: "start" });
+}
+
+/** The first failing hop and its fix, as the CLI prints them (the result's first_failure). */
+function showFailure(r) {
+  const ff = r && r.first_failure;
+  $("verdict-failure").hidden = !ff;
+  if (!ff) return;
+  $("failure-label").textContent = `${ff.label[0].toUpperCase()}${ff.label.slice(1)}:`;
+  $("failure-hop").textContent = `${ff.hop_name} (${ff.hop_kind})`;
+  $("failure-hop").onclick = () => {
+    const id = state.model && state.model.order.find((n) => state.model.nodes.get(n).hopId === ff.hop);
+    if (id) selectNode(id, { focusDetails: true });
+  };
+  $("failure-path").textContent = `on path ${ff.path}`;
+  const because = ff.because && ff.because !== r.summary ? `Because: ${ff.because}` : "";
+  $("failure-because").textContent = because;
+  $("failure-because").hidden = !because;
+  $("failure-fix-text").textContent = ff.fix || "";
+  $("failure-fix").hidden = !ff.fix;
 }
 
 function renderGraph(result) {
@@ -550,15 +580,22 @@ async function loadHistory(reset) {
   if (reset) $("history-list").replaceChildren(...items); else $("history-list").append(...items);
   state.historyNext = res.body.next;
   $("history-more").hidden = !res.body.next;
-  learnAddresses(res.body.items.flatMap((d) => [[d.request.src, ""], [d.request.dst, ""]]));
+  for (const d of res.body.items) learnAddresses(d.source, [[d.request.src, ""], [d.request.dst, ""]]);
   if (state.diagnosis) markHistory(state.diagnosis.id);
+}
+
+/** The request with each address:port unbreakable, so a narrow column wraps between them only. */
+function requestLine(r) {
+  const [, ...rest] = describe(r).split(" ");  // protocol src → dst:port
+  return h("span", { class: "req" }, `${r.protocol} `, h("span", { class: "ep" }, rest[0]), " → ",
+           h("span", { class: "ep" }, rest[2]));
 }
 
 function historyItem(d) {
   const verdict = d.status === "queued" ? "queued" : d.status === "failed" ? "FAILED" : d.result ? d.result.verdict : d.status;
   const created = new Date(d.created_at);
   return h("li", {}, h("a", { href: `#/diagnoses/${d.id}`, "data-id": d.id },
-    badge(verdict, verdict === "FAILED" ? "failed" : verdict), " ", h("span", { class: "req" }, describe(d.request)),
+    badge(verdict, verdict === "FAILED" ? "failed" : verdict), " ", requestLine(d.request),
     h("time", { datetime: d.created_at }, created.toLocaleString())));
 }
 
@@ -616,9 +653,12 @@ function start() {
   $("preset-dns").addEventListener("click", dnsPreset);
   $("swap").addEventListener("click", () => { [$("src").value, $("dst").value] = [$("dst").value, $("src").value]; });
   for (const id of ["src", "dst", "port", "collect-timeout"]) {
-    // Inline validation once the user leaves a field (not on every keystroke).
+    // Inline validation once the user leaves a field (not on every keystroke); a field merely tabbed
+    // through stays quiet, one the user emptied says it is required
+    let edited = false;
+    $(id).addEventListener("input", () => { edited = true; });
     $(id).addEventListener("blur", () => {
-      if (!$(id).value.trim() && !$(id).hasAttribute("aria-invalid")) return;
+      if (!$(id).value.trim() && !edited && !$(id).hasAttribute("aria-invalid")) return;
       const { errors } = validateForm(formValues());
       const current = {};
       for (const name of ["src", "dst", "port", "protocol", "collect-timeout"]) current[name] = $(`${name}-error`).textContent;

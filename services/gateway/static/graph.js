@@ -90,27 +90,38 @@ function wrap(line) {
 
 export function labelLines(node) {
   if (node.terminal) return [(node.path.direction === "reply" ? "↩ " : "") + node.name];
-  const lines = [`${MARK[node.status]}${node.kind}`, ...wrap(node.name)];
-  if (node.address) lines.push(node.address);
+  // the kind line says what it is: a name repeating it ("internet 8.8.8.8") or an address repeating
+  // the name says nothing more
+  const name = node.name.startsWith(`${node.kind} `) ? node.name.slice(node.kind.length + 1) : node.name;
+  const lines = [`${MARK[node.status]}${node.direction === "reply" ? "↩ " : ""}${node.kind}`, ...wrap(name)];
+  if (node.address && !name.includes(node.address)) lines.push(node.address);
   for (const code of node.codes) lines.push(code);
   return lines;
 }
 
 let measurer = null;
-/** Node box size from its label (Cytoscape's own `width: label` is deprecated). */
-function boxSize(lines) {
+// How much larger than the text box a shape must be for the text to stay inside it (an ellipse's
+// inscribed rectangle is 1/√2 of it; hexagons and octagons cut their corners).
+const SHAPE_ROOM = { ellipse: [1.45, 1.45], hexagon: [1.3, 1.1], diamond: [1.9, 1.9], "round-octagon": [1.2, 1.2],
+                     octagon: [1.25, 1.25] };
+
+/** Node box size from its label and shape (Cytoscape's own `width: label` is deprecated). */
+function boxSize(lines, shape) {
   measurer = measurer || document.createElement("canvas").getContext("2d");
   measurer.font = FONT;
-  const w = Math.max(...lines.map((l) => measurer.measureText(l).width));
-  return { w: Math.ceil(w + 2 * PAD + 6), h: lines.length * LINE_H + 2 * PAD };
+  const w = Math.max(...lines.map((l) => measurer.measureText(l).width)) + 2 * PAD + 6;
+  const h = lines.length * LINE_H + 2 * PAD;
+  const [sw, sh] = SHAPE_ROOM[shape] || [1, 1];
+  return { w: Math.ceil(w * sw), h: Math.ceil(h * sh) };
 }
 
 function elements(model) {
   const out = [];
   for (const n of model.nodes.values()) {
     const lines = labelLines(n);
-    const { w, h } = boxSize(lines);
-    out.push({ group: "nodes", data: { id: n.id, label: lines.join("\n"), w, h, shape: n.terminal ? "round-rectangle" : (SHAPE[n.kind] || "round-rectangle") },
+    const shape = n.terminal ? "round-rectangle" : (SHAPE[n.kind] || "round-rectangle");
+    const { w, h } = boxSize(lines, shape);
+    out.push({ group: "nodes", data: { id: n.id, label: lines.join("\n"), w, h, shape },
                classes: [n.status, n.direction, n.terminal ? "terminal" : "hop"].join(" ") });
   }
   for (const e of model.edges) out.push({ group: "edges", data: e, classes: e.direction });
@@ -128,12 +139,14 @@ const STYLE = [
     "border-width": s === "unknown" ? 2 : 4, "border-style": s === "unknown" ? "dashed" : "solid",
     "font-weight": s === "unknown" ? "normal" : "bold" } })),
   { selector: "node.terminal.ok", style: { "background-color": "#e3f4e8", "border-color": "#1b6e3a", color: "#1b6e3a", "font-weight": "bold" } },
-  { selector: "node.reply", style: { "border-style": "dashed" } },
+  // reply lanes: dotted and blue, never mistaken for "unknown" (dashed grey); their status colours stay
+  { selector: "node.reply", style: { "border-style": "dotted", "border-width": 3 } },
+  { selector: "node.reply.ok", style: { "border-color": "#2f6db5", "background-color": "#eef4fb" } },
   { selector: "node:selected", style: { "overlay-color": "#0b5cad", "overlay-opacity": 0.18, "overlay-padding": 6,
                                           "underlay-color": "#0b5cad", "underlay-opacity": 0.25, "underlay-padding": 5 } },
   { selector: "edge", style: { width: 2, "line-color": "#7d8898", "target-arrow-color": "#7d8898",
                                "target-arrow-shape": "triangle", "curve-style": "bezier" } },
-  { selector: "edge.reply", style: { "line-style": "dashed" } },
+  { selector: "edge.reply", style: { "line-style": "dotted", "line-color": "#2f6db5", "target-arrow-color": "#2f6db5" } },
 ];
 
 /** Draw the model in `container`; `onSelect(node)` is called when a node is chosen. */

@@ -1,8 +1,14 @@
 """`netdiag trace iptables`: trace one packet through a node's `iptables-save` output.
 
 Prints the verdict, every DNAT destination with its probability, whether the packet is
-masqueraded, the rules that matched and the assumptions made. kube-proxy's own packet-flow tests
-(pkg/proxy/iptables/proxier_test.go) are the semantic reference (see docs/dataplane.md).
+masqueraded, the rules that matched and the assumptions made. A branch that exists only because
+a rule we do not model was assumed to match (or not) has no probability: it is a possibility,
+listed as such, so the probabilities shown never add past 100 %.
+
+Exit status: 0 every branch accepts, 1 some branch drops or rejects, 3 bad input (arguments, or
+a save file `iptables-restore` would refuse: cut short, garbled or empty — with the line number).
+kube-proxy's own packet-flow tests (pkg/proxy/iptables/proxier_test.go) are the semantic
+reference (see docs/dataplane.md).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from services.simulator.dataplane.netfilter import (
 )
 
 DEFAULT_SPORT = 40000
+EXIT_USAGE = 3  # as every netdiag command: argparse's 2 would read as AMBIGUOUS
 
 
 class TraceRequest(BaseModel):
@@ -37,8 +44,8 @@ class TraceRequest(BaseModel):
     ipset_save: Path | None = None
     src: IPvAnyAddress
     dst: IPvAnyAddress
-    port: int = Field(ge=0, le=65535)
-    sport: int = Field(DEFAULT_SPORT, ge=0, le=65535)
+    port: int = Field(ge=1, le=65535)
+    sport: int = Field(DEFAULT_SPORT, ge=1, le=65535)
     protocol: Literal["tcp", "udp", "sctp", "icmp"]
     hook: Literal["PREROUTING", "OUTPUT"] = "PREROUTING"
     iif: str | None = None
@@ -50,7 +57,7 @@ class TraceRequest(BaseModel):
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add `trace iptables …` to a `netdiag` sub-command parser set."""
     trace = subparsers.add_parser("trace", help="trace a packet through one engine")
-    engines = trace.add_subparsers(dest="engine", required=True)
+    engines = trace.add_subparsers(dest="engine", required=True, metavar="{iptables}")
     p = engines.add_parser("iptables", help="trace a packet through iptables-save output",
                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--save", required=True, help="iptables-save (or ip6tables-save) output file, '-' for stdin")
@@ -66,14 +73,24 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="PREROUTING (packet arrives at the node) or OUTPUT (sent by the node)")
     p.add_argument("--iif", help="incoming interface (PREROUTING)")
     p.add_argument("--oif", help="outgoing interface, if known")
-    p.add_argument("--mark", type=lambda s: int(s, 0), default=0)
+    p.add_argument("--mark", type=_mark, default=0, help="packet mark (decimal or 0x hex)")
     p.add_argument("--output", default="text", choices=["text", "json"])
     p.set_defaults(func=run)
     return p
 
 
+def _mark(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mark: use a number such as 16384 or 0x4000") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a mark: a 32-bit unsigned number")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    """Exit codes: 0 every branch accepts, 1 some branch drops/rejects, 2 bad input."""
+    """Exit codes: 0 every branch accepts, 1 some branch drops/rejects, 3 bad input."""
     try:
         req = TraceRequest(save=Path(args.save), node_ip=[ip for group in args.node_ip for ip in group],
                            ipset_save=Path(args.ipset_save) if args.ipset_save else None, src=args.src,
@@ -84,10 +101,16 @@ def run(args: argparse.Namespace) -> int:
         msgs = "; ".join(f"--{'-'.join(str(x) for x in e['loc']).replace('_', '-')}: {e['msg']}"
                          for e in exc.errors())
         print(f"netdiag trace iptables: invalid arguments: {msgs}", file=sys.stderr)
-        return 2
-    except (OSError, IptablesParseError, TraceTooLarge, ValueError) as exc:
+        return EXIT_USAGE
+    except IptablesParseError as exc:
+        print(f"netdiag trace iptables: {args.save}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"netdiag trace iptables: {exc.filename or args.save}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (TraceTooLarge, ValueError) as exc:
         print(f"netdiag trace iptables: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if req.output == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -104,7 +127,7 @@ def trace(req: TraceRequest) -> dict[str, Any]:
     family = req.dst.version
     if req.src.version != family:
         raise ValueError("--src and --dst must be of the same address family")
-    ruleset = parse_iptables_save(_read(req.save), family=family)
+    ruleset = parse_iptables_save(_read(req.save), family=family, strict=True)
     ipsets = parse_ipset_save(_read(req.ipset_save)) if req.ipset_save else None
     ctx = TraceContext(node_ips=list(req.node_ip), ipsets=ipsets)
     st = FlowState(src=req.src, dst=req.dst, protocol=req.protocol,
@@ -133,11 +156,14 @@ def trace(req: TraceRequest) -> dict[str, Any]:
 
 
 def _destinations(branches: list) -> list[dict[str, Any]]:
-    merged: dict[tuple[str | None, str | None], float] = {}
+    """Destination and verdict with its probability. Branches of an unsupported rule's two outcomes
+    are alternatives, not shares of one packet's fate: they carry no probability ("possible")."""
+    merged: dict[tuple[str | None, str | None, bool], float] = {}
     for b in branches:
-        key = (b.dnat_destination, b.verdict)
+        key = (b.dnat_destination, b.verdict, bool(b.unsupported))
         merged[key] = merged.get(key, 0.0) + b.probability
-    return [{"destination": d, "verdict": v, "probability": round(p, 6)} for (d, v), p in merged.items()]
+    return [{"destination": d, "verdict": v, "probability": None if possible else round(p, 6)}
+            for (d, v, possible), p in merged.items()]
 
 
 def _masquerade(branches: list) -> str:
@@ -150,10 +176,12 @@ def render_text(report: dict[str, Any]) -> str:
     lines.append("destinations:")
     for d in report["destinations"]:
         dest = d["destination"] or "(no DNAT)"
-        lines.append(f"  {dest:<28} {d['probability'] * 100:6.2f}%  {d['verdict']}")
+        share = "possible" if d["probability"] is None else f"{d['probability'] * 100:6.2f}%"
+        lines.append(f"  {dest:<28} {share:>8}  {d['verdict']}")
     lines.append(f"masquerade: {report['masquerade']}")
     for n, b in enumerate(report["branches"], 1):
-        head = f"branch {n}: {b['verdict']} p={b['probability']:.4f} hooks {' -> '.join(b['hooks'])}"
+        p = "possible (unsupported rule)" if b["unsupported"] else f"p={b['probability']:.4f}"
+        head = f"branch {n}: {b['verdict']} {p} hooks {' -> '.join(b['hooks'])}"
         if b["reject_with"]:
             head += f" (reject-with {b['reject_with']})"
         lines.append(head)

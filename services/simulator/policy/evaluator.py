@@ -34,6 +34,10 @@ from shared.topology import ClusterObjects
 
 STAGE = "simulator"
 _TERMINAL_PHASES = ("Succeeded", "Failed")
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"  # set on every namespace by the API server
+# labels controllers put on one replica or revision: a rule selecting them breaks on the next rollout
+_PER_REPLICA_LABELS = frozenset({"pod-template-hash", "controller-revision-hash", "pod-template-generation",
+                                 "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"})
 _MAX_RULE_REASONS = 4
 
 
@@ -71,6 +75,7 @@ class DirectionVerdict:
     allowed_by: RuleMatch | None = None
     denials: tuple[PolicyMiss, ...] = ()
     explanation: str = ""
+    change: str = ""  # a denial: the smallest rule that would admit the packet (the finding's fix)
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -243,7 +248,9 @@ class PolicyIndex:
     def _direction(self, direction: Direction, subject: Pod | None, remote: Pod | None,
                    packet: PacketKey) -> DirectionVerdict:
         if subject is None:
-            return _open(direction, None, f"the {_side(direction)} is not a pod: no NetworkPolicy applies")
+            # the subject is the sender for egress, the receiver for ingress (_side names the remote end)
+            subject_side = "source" if direction == "egress" else "destination"
+            return _open(direction, None, f"the {subject_side} is not a pod: no {direction} NetworkPolicy applies")
         isolating = self.selecting(subject, direction)
         refs = tuple(p.ref for p in isolating)
         if not isolating:
@@ -262,7 +269,25 @@ class PolicyIndex:
         )
         return DirectionVerdict(direction, False, True, subject.key, refs, None, misses, explanation=(
             f"pod {subject} is isolated for {direction} and no rule allows "
-            f"{_remote_words(direction, remote, remote_ip)} on port {packet.port}/{packet.protocol}"))
+            f"{_remote_words(direction, remote, remote_ip)} on port {packet.port}/{packet.protocol}"),
+            change=self._change(direction, subject, remote, remote_ip, packet, refs[0]))
+
+    def _change(self, direction: Direction, subject: Pod, remote: Pod | None, remote_ip: IPAddress,
+                packet: PacketKey, policy: PolicyRef) -> str:
+        """The concrete rule that admits this packet: its peer by the selectors of the remote pod and
+        its namespace (by address when the remote is not a pod), on this port."""
+        if remote is None:
+            peer = f"ipBlock {ipaddress.ip_network(remote_ip)}"
+        else:
+            pods = f"podSelector {_selector(remote.labels, _PER_REPLICA_LABELS)}"
+            if remote.namespace == subject.namespace:
+                peer = pods
+            else:
+                ns_labels = self.namespaces.get(remote.namespace, {})
+                custom = {k: v for k, v in ns_labels.items() if k != NAMESPACE_NAME_LABEL}
+                peer = (f"namespaceSelector {_selector(custom or {NAMESPACE_NAME_LABEL: remote.namespace})} "
+                        f"+ {pods}")
+        return f"Add to policy {policy} an {direction} peer {peer} on port {packet.port}/{packet.protocol}"
 
     def _allowing_rule(self, direction: Direction, subject: Pod, remote: Pod | None, dst_pod: Pod | None,
                        remote_ip: IPAddress, protocol: str, port: int) -> RuleMatch | None:
@@ -393,6 +418,11 @@ def _remote_words(direction: Direction, remote: Pod | None, ip: IPAddress) -> st
     if remote is None:
         return f"{side} {ip} (not a pod)"
     return f'{side} pod {remote} (namespace "{remote.namespace}", labels {format_labels(remote.labels)})'
+
+
+def _selector(labels: Mapping[str, str], drop: frozenset[str] = frozenset()) -> str:
+    kept = sorted((k, v) for k, v in labels.items() if k not in drop)
+    return ",".join(f"{k}={v}" for k, v in kept) if kept else "{} (every pod)"
 
 
 def _names(refs: Iterable[PolicyRef]) -> str:

@@ -21,6 +21,7 @@ def deny_finding(verdict: PolicyVerdict, direction: DirectionVerdict, hop_id: st
         dst=f"{verdict.packet.dst}:{verdict.packet.port}",
         reason=reason,
         direction=direction.direction,
+        change=direction.change,
         evidence={
             "policy_verdict": direction.evidence(),
             "protocol": verdict.packet.protocol,

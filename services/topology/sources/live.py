@@ -106,6 +106,11 @@ class LiveSource:
         self._threads: list[threading.Thread] = []
         self._open: dict[str, Any] = {}  # resource → its open watch response (closed on stop)
 
+    @property
+    def name(self) -> str:
+        """The source as diagnoses and the history name it: the API server it follows."""
+        return f"live:{self.api.configuration.host}"
+
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> LiveSource:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from services.topology.model import KINDS, ClusterModel, Obj, trim
+from services.topology.model import KINDS, ClusterModel, Obj, trim, unusable_addresses
 
 SNAPSHOT_VERSION = 1
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -33,7 +33,8 @@ class SnapshotLoad:
     directory: Path
     files: int = 0
     loaded: Counter[str] = field(default_factory=Counter)
-    skipped: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)  # kinds the diagnosis does not read
+    problems: list[str] = field(default_factory=list)  # documents that are no object, addresses that are no IP
     seconds: float = 0.0
 
 
@@ -49,18 +50,27 @@ def iter_documents(path: Path) -> Iterator[Any]:
         raise SnapshotError(f"{path}: cannot parse: {exc}") from exc
 
 
-def iter_objects(doc: Any, list_kind: str | None = None) -> Iterator[Obj]:
-    """Flatten Lists; an item without `kind` takes it from its typed list (PodList → Pod)."""
-    if not isinstance(doc, dict):
+def iter_objects(doc: Any, list_kind: str | None = None, junk: list[str] | None = None,
+                 where: str = "document") -> Iterator[Obj]:
+    """Flatten Lists; an item without `kind` takes it from its typed list (PodList → Pod). What is no
+    Kubernetes object at all is described in `junk` (when given) instead of vanishing."""
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    kind = kind or list_kind or ("List" if isinstance(doc, dict) and isinstance(doc.get("items"), list) else None)
+    if not isinstance(doc, dict) or not isinstance(kind, str) or not kind:
+        if junk is not None:
+            junk.append(f"{where} is not a Kubernetes object (no kind): {_shorten(doc)}")
         return
-    kind = doc.get("kind") or list_kind
-    if isinstance(doc.get("items"), list) and (kind is None or kind.endswith("List")):
-        item_kind = kind[:-4] if kind and kind != "List" else None
-        for item in doc["items"]:
-            yield from iter_objects(item, item_kind or None)
+    if isinstance(doc.get("items"), list) and kind.endswith("List"):
+        item_kind = kind[:-4] if kind != "List" else None
+        for n, item in enumerate(doc["items"]):
+            yield from iter_objects(item, item_kind or None, junk, f"{where} item {n}")
         return
-    if kind:
-        yield doc if doc.get("kind") else {**doc, "kind": kind}
+    yield doc if doc.get("kind") else {**doc, "kind": kind}
+
+
+def _shorten(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def check_version(directory: Path) -> None:
@@ -90,15 +100,32 @@ def load_snapshot(directory: str | Path, model: ClusterModel | None = None) -> S
     result = SnapshotLoad(model=model or ClusterModel(), directory=directory)
     for path in kubernetes_files(directory):
         result.files += 1
-        for doc in iter_documents(path):
-            for obj in iter_objects(doc):
+        for n, doc in enumerate(iter_documents(path), 1):
+            if doc is None:  # an empty YAML document (a trailing ---)
+                continue
+            for obj in iter_objects(doc, junk=result.problems, where=f"kubernetes/{path.name} document {n}"):
                 kind = obj["kind"]
                 if kind not in KINDS:
                     result.skipped[kind] += 1
                     continue
                 if not (obj.get("metadata") or {}).get("name"):
                     raise SnapshotError(f"{path}: a {kind} without metadata.name")
+                result.problems += unusable_addresses(kind, obj)
                 result.model.apply("ADDED", kind, trim(kind, obj))
                 result.loaded[kind] += 1
     result.seconds = time.perf_counter() - started
     return result
+
+
+def load_notes(load: SnapshotLoad) -> list[str]:
+    """What the load left out, as the sentences every diagnosis states (docs/snapshot.md promises the counts)."""
+    notes = []
+    if load.skipped:
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(load.skipped.items()))
+        notes.append(f"snapshot: {sum(load.skipped.values())} object(s) of kinds the diagnosis does not read were "
+                     f"skipped ({kinds})")
+    if load.problems:
+        shown = "; ".join(load.problems[:5]) + (f"; and {len(load.problems) - 5} more" if len(load.problems) > 5
+                                                else "")
+        notes.append(f"snapshot: {len(load.problems)} unusable object(s) or field(s) left out: {shown}")
+    return notes

@@ -172,3 +172,10 @@ seccompProfile:
   protocol: TCP
 {{- end }}
 {{- end -}}
+
+{{/* the key the simulator signs `completed` events with and the gateway checks them by (shared/security.py) */}}
+{{- define "netdiag.resultKeyEnv" -}}
+- name: NETDIAG_RESULT_KEY
+  valueFrom:
+    secretKeyRef: {name: {{ .Values.resultKey.existingSecret | default (printf "%s-result-key" (include "netdiag.fullname" .)) }}, key: result-key}
+{{- end -}}

@@ -59,11 +59,17 @@ def tokenize(line: str) -> list[str]:
     return out
 
 
-def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
-    """Parse a whole save file. Raises IptablesParseError only for text that is not a save file."""
+def parse_iptables_save(text: str, family: int = 4, strict: bool = False) -> Ruleset:
+    """Parse a whole save file. Raises IptablesParseError for text that is not a save file.
+
+    `strict` (a file a user hands us, `netdiag trace iptables`) refuses what `iptables-restore`
+    refuses, with its line number: a table left open at the end (a cut file: "COMMIT expected at
+    line N"), a line outside a table or one that is no chain, rule or COMMIT, and empty input.
+    Otherwise (dumps collected from a node) such lines are warnings and the rest is traced."""
     rs = Ruleset(family=family)
     table: Table | None = None
     seen_table = False
+    lineno = 0
     for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -72,24 +78,38 @@ def parse_iptables_save(text: str, family: int = 4) -> Ruleset:
             m = _COUNTERS.match(line)
             line = line[m.end():] if m else line
         if line.startswith("*"):
+            if table is not None:
+                _problem(rs, strict, f"COMMIT expected at line {lineno} (table *{table.name} is still open)")
             table = rs.tables.setdefault(line[1:].strip(), Table(name=line[1:].strip()))
             seen_table = True
         elif line == "COMMIT":
+            if table is None:
+                _problem(rs, strict, f"line {lineno} failed: COMMIT outside a table")
             table = None
         elif table is None:
-            rs.warnings.append(f"line {lineno}: outside a table: {line[:80]}")
+            _problem(rs, strict, f"line {lineno} failed: outside a table: {line[:80]}")
         elif line.startswith(":"):
             _parse_chain_line(table, line, rs, lineno)
         elif line.startswith("-A ") or line.startswith("-I "):
             _add_rule_line(table, line, rs)
         else:
-            rs.warnings.append(f"line {lineno}: ignored: {line[:80]}")
-    if not seen_table and text.strip():
-        raise IptablesParseError("not iptables-save output: no '*table' line")
+            _problem(rs, strict, f"line {lineno} failed: not a chain, rule or COMMIT: {line[:80]}")
+    if table is not None:  # iptables-restore applies nothing of a table it never saw committed
+        _problem(rs, strict, f"COMMIT expected at line {lineno + 1} (the input ends inside table *{table.name}: "
+                             "cut short?)")
+    if not seen_table and (text.strip() or strict):
+        raise IptablesParseError("not iptables-save output: no '*table' line" if text.strip()
+                                 else "empty input: no '*table' line to trace")
     for t in rs.tables.values():
         for c in t.chains.values():
             c.lines = tuple(c.lines)  # a tuple of strings: the garbage collector stops tracking it
     return rs
+
+
+def _problem(rs: Ruleset, strict: bool, message: str) -> None:
+    if strict:
+        raise IptablesParseError(message)
+    rs.warnings.append(message)
 
 
 def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None:

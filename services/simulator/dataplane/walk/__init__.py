@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from services.simulator.dataplane.walk.reply import walk_replies
 from services.simulator.dataplane.walk.trail import Trail
 from services.simulator.dataplane.walk.walker import Expectation, Walker
-from services.simulator.dataplane.walk.world import World
+from services.simulator.dataplane.walk.world import NodeView, World
 from shared.cloud import CloudInventory
 from shared.netstack import NodeDump
 from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Path
@@ -23,7 +23,7 @@ from shared.topology import TopologyReport
 
 STAGE = "simulator"
 
-__all__ = ["WalkResult", "World", "walk"]
+__all__ = ["NodeView", "WalkResult", "World", "walk"]
 
 
 @dataclass
@@ -35,8 +35,9 @@ class WalkResult:
 
 
 def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, NodeDump],
-         expected: list[Finding] | None = None, reply: bool = True, cloud: CloudInventory | None = None) -> WalkResult:
-    world = World(dumps)
+         expected: list[Finding] | None = None, reply: bool = True,
+         views: dict[str, NodeView] | None = None, cloud: CloudInventory | None = None) -> WalkResult:
+    world = World(dumps, views)
     walker = Walker(world, report, request, Expectation(list(expected or [])), cloud=cloud)
     trails = walker.run()
     out = WalkResult()
@@ -53,7 +54,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
                          "the reply comes back through every translation the request met", could_change=True)
         out.paths.append(trail.to_path(path_id, description))
         _collect(out, trail)
-    for n, (path_id, back) in enumerate(replies):
+    numbered: dict[str, int] = {}  # reply ids follow their forward path: p1.reply0, p1.reply1, …
+    for path_id, back in replies:
+        n = numbered[path_id] = numbered.get(path_id, -1) + 1
         out.paths.append(back.to_path(f"{path_id}.reply{n}", f"reply of {path_id}", "reply"))
         _collect(out, back)
     out.wanted = sorted(world.wanted)

@@ -56,8 +56,13 @@ def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
                      f"{st.protocol} itself)", packet(st, st.iif))
         w.finish(c, FinalState.DELIVER)
         return
+    # the targetPort advice only where a Service translated the packet (not on a plain node or pod port)
+    translated = any(n.rewrites_destination for n in c.trail.nat)
+    via = w.report.service.service if w.report.service is not None and translated else None
+    hint = f"; check the container's listen port matches the targetPort of Service {via} ({st.dport})" if via else ""
     found = finding("NO_LISTENER", view.hop_id, address=st.dst, port=st.dport, protocol=st.protocol,
-                    where=view.where, evidence={"sockets": [s.model_dump() for s in view.dump.sockets]})
+                    where=view.where, service_hint=hint,
+                    evidence={"sockets": [s.model_dump() for s in view.dump.sockets]})
     c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"no {st.protocol} socket on {st.dst}:{st.dport} in "
                  f"{view.where}" + (": the kernel answers with a TCP reset" if st.protocol == "tcp" else
                                     ": the kernel answers ICMP port unreachable"), packet(st, st.iif),

@@ -18,7 +18,7 @@ from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop
 from shared.netstack import Link
-from shared.schemas import FinalState, Finding, HopKind, StepAction, StepKind
+from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
 from shared.topology import EndpointKind
 
 if TYPE_CHECKING:
@@ -213,6 +213,12 @@ class Crossing:
                          f"pod {pod} ({nh}): its veth pair is gone", packet(c.st), device=bridge.name, next_hop=nh,
                          peer_where=f"pod {pod}", finding=found.code)
             return self.w.finish(c, FinalState.DROP, found.code, found)
+        unknown = self.w.expect.code_at("UNKNOWN_ADDRESS") if not self.w.reply and nh == self.w.request.dst else None
+        if unknown is not None:  # the destination itself is a free address of this node's pod network
+            found = unknown.model_copy(update={"hop": view.hop_id, "severity": Severity.ERROR, "message": (
+                f"{unknown.message}: it is in {view.node}'s pod network, but no pod on {view.node} has it "
+                f"(no port of {bridge.name} leads to it)")})
+            return self.w.drop(c, found, view, f"{bridge.name}: no pod on {view.node} has {nh}", StepKind.BRIDGE)
         return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
                                       where=view.where, state="unresolvable (no bridge port leads to it)"),
                            view, f"{bridge.name}: no port leads to {nh}", StepKind.BRIDGE, bridge=bridge.name,
@@ -323,12 +329,13 @@ class Crossing:
                            "it reaches its pod only if the network beyond the nodes (the VPC's routes) carries it "
                            "to the pod's node, which the walk did not follow", could_change=True)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
-        return self.w.external(c, kind, lambda: f"{'internet' if dst.is_global else 'outside the cluster'} {dst}")
+        return self.w.external(c, kind, lambda: str(dst))  # the hop kind (internet/external) says where
 
     def _untranslated(self, c: Cursor, view: NetnsView, dst: IPAddress) -> list:
         """A Service-range address leaving the node untranslated: nothing behind it will answer."""
         known = next((f for f in self.w.expect.findings if f.code in ("SERVICE_PORT_NOT_FOUND",
-                                                                       "SERVICE_NO_ENDPOINT")), None)
+                                                                       "SERVICE_NO_ENDPOINT", "SERVICE_NOT_FOUND")),
+                     None)
         detail = f"{dst}:{c.st.dport}/{c.st.protocol} is a Service address no rule translated: it leaves {view.node} " \
                  "untranslated and nothing answers it"
         if known is not None:

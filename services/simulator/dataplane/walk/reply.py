@@ -58,7 +58,7 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
                      "the cloud layer decides)", could_change=False)  # the cloud stage checks that part
     if iif is not None:
         hop = trail.hop_by_id(external_hop(st.dst), kind=HopKind.INTERNET if st.dst.is_global else HopKind.EXTERNAL,
-                              name=f"{'internet' if st.dst.is_global else 'outside the cluster'} {st.dst}")
+                              name=str(st.dst))
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
                    packet(rst, iif), endpoint="external", device=iif)
     return rw.run(Cursor(place, rst, iif, trail))

@@ -580,6 +580,8 @@ class Walker:
                 st.dst = entry.orig[0]  # type: ignore[assignment]
                 st.dport = entry.orig[1] if entry.orig[1] is not None else st.dport
             c.trail.pending_reverse.remove(entry)
+            if entry.orig == entry.new:
+                continue  # a no-op translation has nothing to undo
             c.trail.step(c.trail.hop(view), StepKind.NAT, StepAction.REWRITE, f"conntrack {hook}: reply of the "
                          f"{entry.kind} {entry.before} → {entry.after} translated back", before,
                          packet(st, st.iif, st.oif), type=entry.kind, original=endpoint_info(entry.new),
@@ -615,10 +617,15 @@ class Walker:
             if not self.reply:
                 check_nat_address(self, c, view, entry)
             trail.nat.append(entry)
-            trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} "
-                       f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})", before, after,  # type: ignore[arg-type]
-                       type=rec.kind, original=endpoint_info(orig), translated=endpoint_info(new),
-                       rule=rule_hit(rec.hit))
+            where = f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})"
+            nat_info = {"type": rec.kind, "original": endpoint_info(orig), "translated": endpoint_info(new),
+                        "rule": rule_hit(rec.hit)}
+            if orig == new:  # e.g. a node's own packet masqueraded to the address it already has: no rewrite
+                trail.step(hop, StepKind.NAT, StepAction.INFO, f"{rec.kind} {where} keeps {rec.before}: the packet "
+                           "is not changed (conntrack still records the binding)", **nat_info)
+                continue
+            trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} {where}",
+                       before, after, **nat_info)  # type: ignore[arg-type]
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
             dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
             self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "

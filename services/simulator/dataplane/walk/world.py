@@ -193,8 +193,12 @@ class NodeView:
 class World:
     """All node dumps of a diagnosis."""
 
-    def __init__(self, dumps: dict[str, NodeDump]) -> None:
-        self.nodes = {name: NodeView.build(d) for name, d in dumps.items()}
+    def __init__(self, dumps: dict[str, NodeDump], views: dict[str, NodeView] | None = None) -> None:
+        # `views`: NodeViews built earlier from these same (unchanged) dumps, whose parsed rulesets,
+        # routers and indexes the caller reuses across diagnoses (services/simulator/assemble.py)
+        known = views or {}
+        self.nodes = {name: known[name] if name in known and known[name].dump is d else NodeView.build(d)
+                      for name, d in dumps.items()}
         self.wanted: set[str] = set()  # nodes the packet reaches whose dump is missing: collect on demand
 
     def netns(self, place: Place) -> NetnsView:
