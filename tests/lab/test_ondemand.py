@@ -92,7 +92,7 @@ async def test_snapshot_reads_the_node_dump_on_demand(make_lab: MakeLab, tmp_pat
     argv = ["snapshot", "capture", "--out", str(snapshot), "--kubeconfig", str(api.kubeconfig), "--timeout", "10"]
     for name, node in lab.state.nodes.items():
         argv += ["--agent", f"{name}={node.netns}"]
-    assert await cmd_snapshot_capture(build_parser().parse_args(argv)) == 0
+    assert await asyncio.to_thread(cmd_snapshot_capture, build_parser().parse_args(argv)) == 0  # runs its own loop
     lab.down()  # the snapshot alone answers from here on
     async with EmbeddedStack(Settings(snapshot=snapshot)) as stack:
         result, events = await _run(stack, _body(lab))
