@@ -26,11 +26,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.steps import StepAction, StepInfo, StepKind, from_evidence, step_info
+# re-exported: contracts import these names from here
+from shared.findings import Assumption, Finding
+from shared.findings import Severity as Severity
+from shared.live import MAX_PROBE_TIMEOUT_S, LiveWitness
+from shared.steps import IPAddress as IPAddress
+from shared.steps import StepAction as StepAction
+from shared.steps import StepInfo, StepKind, from_evidence, step_info
+from shared.topology import TopologyReport
 
 SCHEMA_VERSION = 1
 
-IPAddress = IPv4Address | IPv6Address
 
 
 def now() -> datetime:
@@ -107,6 +113,9 @@ class DiagnosisOptions(Strict):
 
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")
+    live: bool = Field(False, description="also probe for real from the source's namespace and trace the kernel's "
+                       "drops of that flow (node agents with live probes on); the result gains a `live` section")
+    live_timeout_s: float = Field(2.0, gt=0, le=MAX_PROBE_TIMEOUT_S, description="the live probe's timeout")
 
 
 class DiagnosisRequest(Strict):
@@ -166,12 +175,6 @@ class Verdict(StrEnum):
     UNREACHABLE = "UNREACHABLE"
     AMBIGUOUS = "AMBIGUOUS"
     UNDETERMINED = "UNDETERMINED"
-
-
-class Severity(StrEnum):
-    ERROR = "error"  # breaks the path
-    WARNING = "warning"  # may break it, or breaks it only under conditions
-    INFO = "info"  # worth knowing
 
 
 class FinalState(StrEnum):
@@ -275,21 +278,6 @@ class Path(BaseModel):
     cause: str | None = Field(None, description="finding code that decided the final state")
 
 
-class Finding(BaseModel):
-    code: str
-    severity: Severity
-    hop: str | None = Field(None, description="id of the hop the finding belongs to; None = cluster-level")
-    message: str
-    suggestion: str
-    evidence: dict[str, Any] = Field(default_factory=dict)
-
-
-class Assumption(BaseModel):
-    stage: str
-    text: str
-    could_change_outcome: bool = False
-
-
 class PathCounts(BaseModel):
     """How the paths ended, counted once by one rule for every reader (CLI text, UI, JSON)."""
 
@@ -361,6 +349,7 @@ class DiagnosisResult(BaseModel):
     paths: list[Path] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+    live: LiveWitness | None = Field(None, description="the kernel's witness of the same flow (options.live)")
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling
     @property
@@ -409,16 +398,17 @@ class BlobRef(BaseModel):
 class StageEnvelope(BaseModel):
     """The event every stage consumes and publishes; each stage fills its own slot.
 
-    Stage payloads are plain JSON documents whose schemas live in `shared/` next to
-    their producer's contract (cluster model, node dumps, cloud inventory); big ones are
-    referenced through the object store instead of carried inline.
+    Stage payloads are typed by their producer's contract in `shared/` (the topology report,
+    node dumps, cloud inventory); big ones are referenced through the object store instead
+    of carried inline.
     """
 
     version: int = SCHEMA_VERSION
     id: DiagnosisId
     request: DiagnosisRequest
     created_at: datetime
-    topology: dict[str, Any] | None = None
+    topology: TopologyReport | None = Field(None, description="the topology stage's report: endpoints, Service, "
+                                                             "candidate paths, nodes to collect, objects")
     nodes: dict[str, BlobRef] = Field(default_factory=dict, description="node name → netstack dump")
     cloud: BlobRef | dict[str, Any] | None = None
     findings: list[Finding] = Field(default_factory=list)

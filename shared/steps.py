@@ -9,19 +9,23 @@ field. docs/steps.md lists the kinds and how to add a field or a kind.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
+from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    IPvAnyAddress,
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
     model_serializer,
 )
+
+# addresses are ipaddress objects; the union (not pydantic's IPvAnyAddress) takes one as it is
+IPAddress = IPv4Address | IPv6Address
 
 
 class StepKind(StrEnum):
@@ -88,7 +92,7 @@ class _Info(_Part):
 
     kind: StepKind = Field(description="equals the step's kind")
     finding: str | None = Field(None, description="code of the finding this step raised (a drop or an abort "
-                                                   "the walk stopped at); see docs/findings.md")
+                                                   "the walk stopped at); see GET /api/v1/codes")
     legacy_evidence: dict[str, Any] | None = Field(
         None, description="only on results stored before step details were typed: the old `evidence` keys "
                           "that have no typed field here. New results never carry it.")
@@ -97,8 +101,8 @@ class _Info(_Part):
 # ---------------------------------------------------------------- parts
 
 
-class Endpoint(_Part):
-    address: IPvAnyAddress
+class NatEndpoint(_Part):
+    address: IPAddress = Field(description="the address before or after the rewrite")
     port: int | None = Field(None, ge=0, le=65535, description="absent when the rewrite keeps the port")
 
     def __str__(self) -> str:
@@ -110,7 +114,7 @@ class RuleHit(_Part):
     """A netfilter rule a packet matched (or a chain's policy, position 0)."""
 
     table: str = Field(description="`nat`, `filter` … for iptables; `<family> <table>` for native nftables")
-    chain: str
+    chain: str = Field(description="the chain holding the rule")
     position: int = Field(ge=0, description="1-based rule position in the chain; 0 = the chain's policy")
     rule: str = Field(description="the rule as `iptables-save` / `nft list ruleset` prints it")
     family: str | None = Field(None, description="a native nftables rule's family (inet, ip, bridge …); "
@@ -128,24 +132,24 @@ class PolicyRuleRef(_Part):
 
 class PolicyDenial(_Part):
     policy: str = Field(description="namespace/name of an isolating policy that did not admit the packet")
-    reason: str
+    reason: str = Field(description="why none of its rules admits the packet")
 
 
 class SecurityGroupRuleRef(_Part):
     """The security-group rule that decided (provider vocabulary: Alibaba Cloud ECS)."""
 
-    id: str = ""
-    policy: Literal["accept", "drop"]
+    id: str = Field("", description="the rule's id (empty when the provider gives none)")
+    policy: Literal["accept", "drop"] = Field(description="what the rule does to a matching packet")
     priority: int = Field(description="1 is the highest")
-    protocol: str
+    protocol: str = Field(description="tcp, udp, icmp, all …")
     port_range: str = Field(description="`from/to`, `-1/-1` for every port")
     source: str | None = Field(None, description="source CIDR or security group")
     destination: str | None = Field(None, description="destination CIDR or security group")
-    description: str = ""
+    description: str = Field("", description="the rule's description, as its owner wrote it")
 
 
 class VpcRouteEntry(_Part):
-    id: str = ""
+    id: str = Field("", description="the route entry's id (empty for a system route)")
     destination: str = Field(description="destination CIDR")
     type: str = Field("Custom", description="System, Custom …")
     next_hop_type: str | None = Field(None, description="Instance, NetworkInterface, NatGateway …")
@@ -153,18 +157,20 @@ class VpcRouteEntry(_Part):
 
 
 class LbBackend(_Part):
-    server_id: str
+    server_id: str = Field(description="the backend server (ECS instance or ENI id)")
     type: str = Field(description="ecs (a node's NodePort) or eni (a pod address)")
-    ip: IPvAnyAddress | None = None
-    port: int | None = None
+    ip: IPAddress | None = Field(None, description="the server's address")
+    port: int | None = Field(None, description="the port the load balancer sends to")
     health: str = Field(description="normal, abnormal, unavailable, unknown")
     node: str | None = Field(None, description="the Kubernetes node, when the server is a node's instance")
+    weight: int | None = Field(None, description="0: the load balancer forwards it no request")
+    server_type: Literal["Master", "Slave"] | None = Field(None, description="in a primary/secondary group")
 
 
-class Socket(_Part):
+class SocketMatch(_Part):
     protocol: str = Field(description="tcp, udp")
     address: str = Field(description="bound address; 0.0.0.0 / :: for the wildcard")
-    port: int
+    port: int = Field(description="the bound port")
     state: str = Field(description="LISTEN for TCP; UNCONN/ESTAB for UDP")
 
 
@@ -184,15 +190,16 @@ class RouteInfo(_Info):
     """A kernel FIB lookup (`ip route get`): policy rules walked, then the matched route."""
 
     kind: Literal[StepKind.ROUTE] = StepKind.ROUTE
-    destination: IPvAnyAddress | None = Field(None, description="the address looked up")
+    destination: IPAddress | None = Field(None, description="the address looked up")
     type: str | None = Field(None, description="route type: unicast, local, broadcast, multicast, blackhole, "
                                                "unreachable, prohibit; no_route when nothing matched")
     table: int | None = Field(None, description="routing table of the matched route (254 = main, 255 = local)")
     route: str | None = Field(None, description="the matched route as `ip route` prints it")
     dev: str | None = Field(None, description="output device")
-    gateway: IPvAnyAddress | None = None
-    src: IPvAnyAddress | None = Field(None, description="preferred source address of the route")
-    onlink: bool = False
+    gateway: IPAddress | None = Field(None, description="next-hop router (`via`); absent: on-link destination")
+    src: IPAddress | None = Field(None, description="preferred source address of the route")
+    onlink: bool = Field(False, description="the route's `onlink` flag (gateway reachable without a covering "
+                                            "route)")
     probability: float = Field(1.0, ge=0, le=1, description="this next hop's share under ECMP")
     rules: list[str] = Field(default_factory=list, description="policy rules walked (`ip rule` form)")
 
@@ -201,8 +208,9 @@ class NetfilterInfo(_Info):
     """One netfilter hook traversed (iptables legacy/nft and native nftables rules together)."""
 
     kind: Literal[StepKind.NETFILTER] = StepKind.NETFILTER
-    hook: Hook | None = None
-    verdict: Literal["ACCEPT", "DROP", "REJECT"] | None = None
+    hook: Hook | None = Field(None, description="the hook traversed (bridged frames with br_netfilter too)")
+    verdict: Literal["ACCEPT", "DROP", "REJECT"] | None = Field(None, description="the hook's outcome for the "
+                                                                                   "packet")
     decided_by: RuleHit | None = Field(None, description="the rule (or chain policy) that gave a DROP/REJECT")
     reject_with: str | None = Field(None, description="REJECT's --reject-with")
     rules: list[RuleHit] = Field(default_factory=list, description="every rule matched, in traversal order")
@@ -214,8 +222,8 @@ class NatInfo(_Info):
     kind: Literal[StepKind.NAT] = StepKind.NAT
     type: Literal["DNAT", "SNAT", "MASQUERADE", "REDIRECT"] | None = Field(
         None, description="the translation; DNAT/REDIRECT rewrite the destination, SNAT/MASQUERADE the source")
-    original: Endpoint | None = Field(None, description="the rewritten side before")
-    translated: Endpoint | None = Field(None, description="the rewritten side after (absent: no translation)")
+    original: NatEndpoint | None = Field(None, description="the rewritten side before")
+    translated: NatEndpoint | None = Field(None, description="the rewritten side after (absent: no translation)")
     reverse: bool = Field(False, description="conntrack translating a reply back")
     rule: RuleHit | None = Field(None, description="the netfilter rule that did it")
     virtual_server: str | None = Field(None, description="IPVS: the virtual server")
@@ -231,16 +239,22 @@ class PolicyInfo(_Info):
     """A NetworkPolicy verdict for one direction, or the netfilter rule a CNI enforces it with."""
 
     kind: Literal[StepKind.POLICY] = StepKind.POLICY
-    direction: Literal["ingress", "egress"] | None = None
+    direction: Literal["ingress", "egress"] | None = Field(None, description="ingress at the destination pod, "
+                                                                              "egress at the source pod")
     pod: str | None = Field(None, description="the pod the direction is about (namespace/name)")
-    allowed: bool | None = None
+    allowed: bool | None = Field(None, description="the policies admit the packet in this direction")
     isolated: bool | None = Field(None, description="some policy selects the pod for this direction")
-    isolating_policies: list[str] = Field(default_factory=list)
+    isolating_policies: list[str] = Field(default_factory=list, description="policies selecting the pod for this "
+                                                                            "direction (namespace/name)")
     allowed_by: PolicyRuleRef | None = Field(None, description="the policy rule that admitted it")
     denials: list[PolicyDenial] = Field(default_factory=list, description="why each isolating policy refused")
     enforced_by: RuleHit | None = Field(None, description="the node rule that enforced a deny")
-    acl: str | None = Field(None, description="cloud: the load balancer access-control list")
-    acl_type: Literal["white", "black"] | None = None
+    acl: str | None = Field(None, description="cloud: the load balancer access-control list(s)")
+    acl_type: Literal["white", "black"] | None = Field(None, description="cloud: allow-list or deny-list")
+    network_acl: str | None = Field(None, description="cloud: the vSwitch network ACL (stateless)")
+    vswitch: str | None = Field(None, description="cloud: the vSwitch the network ACL is bound to")
+    entry: str | None = Field(None, description="cloud: the network ACL entry that decided, or why none did")
+    undecided: list[str] | None = Field(None, description="cloud: entries ahead whose match is unknown")
 
 
 class ServiceInfo(_Info):
@@ -260,22 +274,23 @@ class LinkInfo(_Info):
     """A packet crossing (or failing to cross) a device: veth, the underlay, the uplink."""
 
     kind: Literal[StepKind.LINK] = StepKind.LINK
-    device: str | None = None
+    device: str | None = Field(None, description="the device the packet leaves by (or the one that is down)")
     peer: str | None = Field(None, description="the device on the far side (veth peer, the other node's NIC)")
     peer_where: str | None = Field(None, description="where the peer is: `pod ns/name`, `node n`")
-    next_hop: IPvAnyAddress | None = None
+    next_hop: IPAddress | None = Field(None, description="the route's gateway, or the destination itself")
     state: str | None = Field(None, description="operstate when the link is the problem")
-    admin_up: bool | None = None
+    admin_up: bool | None = Field(None, description="administratively up (`ip link set up`), when the link is "
+                                                    "the problem")
 
 
 class BridgeInfo(_Info):
     """A Linux bridge forwarding a frame between ports (the FDB decides the port)."""
 
     kind: Literal[StepKind.BRIDGE] = StepKind.BRIDGE
-    bridge: str | None = None
-    port_in: str | None = None
-    port_out: str | None = None
-    next_hop: IPvAnyAddress | None = None
+    bridge: str | None = Field(None, description="the bridge device")
+    port_in: str | None = Field(None, description="the port the frame came in through")
+    port_out: str | None = Field(None, description="the port the FDB (or a local veth peer) sends it out of")
+    next_hop: IPAddress | None = Field(None, description="the address whose port is looked for")
     bridge_nf_call_iptables: bool | None = Field(None, description="whether iptables sees bridged frames")
     hairpin: bool | None = Field(None, description="port_out's hairpin flag, when the frame goes back out")
 
@@ -284,8 +299,8 @@ class NeighborInfo(_Info):
     """A neighbour (ARP/NDP) entry the next hop needs."""
 
     kind: Literal[StepKind.NEIGHBOR] = StepKind.NEIGHBOR
-    address: IPvAnyAddress | None = None
-    device: str | None = None
+    address: IPAddress | None = Field(None, description="the neighbour's IP address (the next hop)")
+    device: str | None = Field(None, description="the device the entry is on")
     lladdr: str | None = Field(None, description="MAC address of the entry")
     state: str | None = Field(None, description="NUD state (REACHABLE, STALE, FAILED, PERMANENT …) or what is "
                                                 "wrong with it")
@@ -296,8 +311,9 @@ class SysctlInfo(_Info):
 
     kind: Literal[StepKind.SYSCTL] = StepKind.SYSCTL
     name: str | None = Field(None, description="e.g. net.ipv4.conf.eth0.rp_filter")
-    value: int | None = None
-    device: str | None = None
+    value: int | None = Field(None, description="the effective value (rp_filter: the maximum of conf.all and "
+                                                "the device's)")
+    device: str | None = Field(None, description="the device the setting applies to")
     reverse_device: str | None = Field(None, description="rp_filter: the device the route back leaves by")
 
 
@@ -305,40 +321,44 @@ class TunnelInfo(_Info):
     """Encapsulation (`encap`) or decapsulation (`decap`): vxlan, ipip, the cloud's view of an overlay."""
 
     kind: Literal[StepKind.ENCAP, StepKind.DECAP] = StepKind.ENCAP
-    encapsulation: Literal["vxlan", "ipip"] | None = None
+    encapsulation: Literal["vxlan", "ipip"] | None = Field(None, description="the overlay's encapsulation")
     device: str | None = Field(None, description="the tunnel device")
-    vni: int | None = None
-    outer_src: IPvAnyAddress | None = None
-    outer_dst: IPvAnyAddress | None = None
-    outer_dport: int | None = None
+    vni: int | None = Field(None, description="vxlan network identifier")
+    outer_src: IPAddress | None = Field(None, description="outer header source (the local tunnel endpoint)")
+    outer_dst: IPAddress | None = Field(None, description="outer header destination (the remote endpoint)")
+    outer_dport: int | None = Field(None, description="outer UDP destination port (vxlan)")
 
 
 class SecurityGroupInfo(_Info):
     """Cloud security groups of a network interface, one direction."""
 
     kind: Literal[StepKind.SECURITY_GROUP] = StepKind.SECURITY_GROUP
-    direction: Literal["ingress", "egress"] | None = None
-    instance: str | None = None
-    nic: str | None = None
+    direction: Literal["ingress", "egress"] | None = Field(None, description="egress of the source's interface, "
+                                                                              "ingress of the destination's")
+    instance: str | None = Field(None, description="the ECS instance")
+    nic: str | None = Field(None, description="the network interface (ENI) whose groups apply")
     groups: list[str] = Field(default_factory=list, description="every group of the interface")
     group: str | None = Field(None, description="the group whose rule (or default) decided")
     rule: SecurityGroupRuleRef | None = Field(None, description="the deciding rule; absent when a default "
                                                                 "decided")
-    reason: str | None = None
+    reason: str | None = Field(None, description="what decided, in words (rule or default)")
     stateful_reply: bool = Field(False, description="the reply of an allowed connection (not evaluated)")
-    shared_groups: list[str] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
+    shared_groups: list[str] = Field(default_factory=list, description="groups both ends are in (intra-group "
+                                                                       "access)")
+    notes: list[str] = Field(default_factory=list, description="caveats of the evaluation")
+    undecided: list[str] | None = Field(None, description="rules ahead of the decision whose match is unknown (a "
+                                                          "list or group not collected)")
 
 
 class VpcRouteInfo(_Info):
     """A VPC route-table lookup."""
 
     kind: Literal[StepKind.VPC_ROUTE] = StepKind.VPC_ROUTE
-    route_table: str | None = None
-    route_table_type: str | None = None
+    route_table: str | None = Field(None, description="the route table of the source vSwitch")
+    route_table_type: str | None = Field(None, description="System or Custom")
     entry: VpcRouteEntry | None = Field(None, description="the matched entry")
     local_vswitch: str | None = Field(None, description="delivered inside the VPC through this vSwitch")
-    notes: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="caveats of the lookup")
 
 
 class LoadBalancerInfo(_Info):
@@ -346,18 +366,22 @@ class LoadBalancerInfo(_Info):
 
     kind: Literal[StepKind.LOAD_BALANCER] = StepKind.LOAD_BALANCER
     lb: str | None = Field(None, description="load balancer id")
-    status: str | None = None
-    address: IPvAnyAddress | None = None
-    listener_port: int | None = None
+    status: str | None = Field(None, description="the load balancer's or listener's status when it decides")
+    address: IPAddress | None = Field(None, description="the load balancer's address")
+    listener_port: int | None = Field(None, description="the listener the packet's port selects")
     listeners: list[str] = Field(default_factory=list, description="`port/protocol` of each listener")
-    backends: list[LbBackend] = Field(default_factory=list)
+    backends: list[LbBackend] = Field(default_factory=list, description="the listener's backend servers and "
+                                                                        "their health")
+    scheduler: str | None = Field(None, description="wrr, rr, sch, tch …")
+    health_check: Literal["on", "off"] | None = Field(None, description="the listener's health check")
+    serving: list[str] | None = Field(None, description="the backends that take traffic")
 
 
 class DeliveryInfo(_Info):
     """The end of the path: a socket (or the kernel) takes the packet, or it leaves the cluster."""
 
     kind: Literal[StepKind.DELIVERY] = StepKind.DELIVERY
-    socket: Socket | None = Field(None, description="the socket lookup's match")
+    socket: SocketMatch | None = Field(None, description="the socket lookup's match")
     reply: bool = Field(False, description="the reply reaching the client's connection")
 
 
@@ -366,7 +390,7 @@ class AssumptionInfo(_Info):
 
     kind: Literal[StepKind.ASSUMPTION] = StepKind.ASSUMPTION
     missing: str | None = Field(None, description="what could not be read")
-    reason: str | None = None
+    reason: str | None = Field(None, description="why it could not be read")
 
 
 # Adding a kind: a StepKind member, its model above, and one entry here.
@@ -380,9 +404,10 @@ StepInfo = Annotated[
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(StepInfo)
 
 
-def step_info(kind: StepKind, **fields: Any) -> Any:
+def step_info(kind: StepKind, **fields: Any) -> _Info:
     """The detail model of `kind` from keyword fields (None values are left out)."""
-    return _ADAPTER.validate_python({"kind": kind, **{k: v for k, v in fields.items() if v is not None}})
+    info: _Info = _ADAPTER.validate_python({"kind": kind, **{k: v for k, v in fields.items() if v is not None}})
+    return info
 
 
 # ---------------------------------------------------------------- results stored before typed steps
@@ -402,7 +427,8 @@ def _legacy_route(evidence: dict[str, Any]) -> dict[str, Any]:
     return {**inner, **{k: v for k, v in evidence.items() if k != "evidence"}} if isinstance(inner, dict) else evidence
 
 
-_LEGACY: dict[StepKind, Any] = {StepKind.NETFILTER: _legacy_netfilter, StepKind.ROUTE: _legacy_route}
+_LEGACY: dict[StepKind, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    StepKind.NETFILTER: _legacy_netfilter, StepKind.ROUTE: _legacy_route}
 
 
 def from_evidence(kind: StepKind | str, evidence: dict[str, Any]) -> dict[str, Any]:

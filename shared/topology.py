@@ -9,11 +9,24 @@ json` prints them), trimmed of managedFields and annotations the diagnosis never
 from __future__ import annotations
 
 from enum import StrEnum
+from ipaddress import ip_network
 from typing import Any
 
 from pydantic import BaseModel, Field, IPvAnyAddress
 
-from shared.schemas import Assumption, Finding
+from shared.findings import Assumption, Finding
+from shared.steps import IPAddress
+
+# Address space a private network numbers its own hosts from (RFC 1918, the shared/CGNAT space clouds use
+# inside a VPC, IPv6 ULA): an address there that no object we know owns is someone's unknown host. Other
+# non-global space (documentation, benchmarking) is not: a lab uses it to stand in for the Internet.
+PRIVATE_USE = tuple(ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                                             "fc00::/7"))
+
+
+def private_use(address: IPAddress) -> bool:
+    return any(address.version == net.version and address in net for net in PRIVATE_USE)
+
 
 TOPOLOGY_VERSION = 1
 
@@ -113,7 +126,7 @@ class ClusterObjects(BaseModel):
 
 class TopologyReport(BaseModel):
     version: int = TOPOLOGY_VERSION
-    source: str = Field(description="'live' or 'snapshot:<dir>'")
+    source: str = Field(description="'live:<API server>' or 'snapshot:<dir>'")
     src: Endpoint
     dst: Endpoint
     service: ServiceResolution | None = None

@@ -90,7 +90,7 @@ class CloudStage(Stage):
     async def _collect(self, env: StageEnvelope, findings: list[Finding]) -> CloudInventory:
         if env.topology is None:
             return empty_inventory(self.settings.cloud_provider, "no topology to find the nodes on the path")
-        topology = TopologyReport.model_validate(env.topology)
+        topology = env.topology
         nodes, addresses, lb_ids = _targets(topology)
         try:
             return await asyncio.to_thread(self.provider.collect, nodes, addresses, lb_ids)

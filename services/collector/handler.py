@@ -73,7 +73,7 @@ class CollectorStage(Stage):
             note = Assumption(stage=self.name, text="no topology: no node state was collected",
                               could_change_outcome=True)
             return env.model_copy(update={"assumptions": [*env.assumptions, note]})
-        report = TopologyReport.model_validate(env.topology)
+        report = env.topology
         nodes = list(dict.fromkeys(report.nodes_to_collect))
         if self.settings.snapshot is not None:
             outcomes = await asyncio.gather(*(self._from_snapshot(env, n) for n in nodes))

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import NodeView, WalkResult, walk
+from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
 from services.simulator.ondemand import MAX_ROUNDS, OnDemand
 from shared.blobcache import Decoded
@@ -17,7 +18,7 @@ from shared.codes import finding, is_abort
 from shared.collect import collect_timeout_s
 from shared.config import Settings
 from shared.hops import node_hop
-from shared.netstack import decode_dump
+from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -30,7 +31,7 @@ from shared.schemas import (
     StageEnvelope,
     Verdict,
 )
-from shared.topology import EndpointKind, TopologyReport
+from shared.topology import EndpointKind, TopologyReport, private_use
 
 STAGE = "simulator"
 
@@ -117,7 +118,7 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
     """A private destination nothing we know owns (no pod, node, Service or cloud address), reached by
     leaving the cluster: whatever is there was not checked, so the answer cannot be a confident REACHABLE."""
     dst = report.dst
-    if dst.kind != EndpointKind.UNKNOWN or report.service is not None or not any(
+    if dst.kind != EndpointKind.UNKNOWN or not private_use(dst.address) or report.service is not None or not any(
             p.direction == "forward" and p.final == FinalState.FORWARD for p in paths):
         return None
     modelled = inventory is not None and inventory.modelled
@@ -130,37 +131,44 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         " (a VM, an on-premises host, nothing) and whether it answers was not checked"))
 
 
-async def diagnose(env: StageEnvelope, bus: Bus | None = None, settings: Settings | None = None) -> DiagnosisResult:
+async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | None = None,
+                   settings: Settings | None = None) -> DiagnosisResult:
+    """The result of one envelope; `blobs` (the stage's) reuses what earlier diagnoses decoded;
+    `settings` say where to collect on demand (the snapshot, or the agents' deadline)."""
+    blobs = blobs or Blobs()
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    report: TopologyReport | None = None
+    dumps: dict[str, NodeDump] = {}
     cloud_checked = False
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report = TopologyReport.model_validate(env.topology)
+        report = env.topology
         # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
         # heartbeats (a short ack_wait then redelivers only what a dead replica held)
         model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        views, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus, blobs)
         findings = _merge(findings, load_findings)
-        inventory = await _inventory(env, bus)
-        cloud_checked = inventory is not None and inventory.modelled
+        inventory = await _inventory(env, bus, blobs)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked, findings, assumptions = await _walk(report, env, views, findings, assumptions, inventory,
-                                                        _on_demand(env, report, bus, settings))
+            walked, views, findings, assumptions = await _walk(report, env, views, findings, assumptions, inventory,
+                                                               _on_demand(env, report, bus, blobs, settings))
+            dumps = {n: v.dump for n, v in views.items()}
             paths = walked.paths
-            findings = _reconcile(_merge(findings, walked.findings), paths)
+            findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
             assumptions = _merge(assumptions, walked.assumptions)
         elif env.nodes:
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
+        cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
         assumptions = _merge(assumptions, cloud_assumptions)
@@ -169,19 +177,37 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, settings: Setting
             assumptions.append(unowned)
     verdict = overall_verdict(paths, findings, assumptions)
     summary = summarize(verdict, paths, findings, assumptions, cloud_checked=cloud_checked)
-    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
+    witness = None
+    if env.request.options.live:
+        if bus is None or report is None:
+            assumptions.append(Assumption(stage=STAGE, text="live confirmation was asked for but not possible: no "
+                                          "bus or no topology", could_change_outcome=False))
+        else:
+            live = await confirm(bus, env.request, report, dumps, verdict, paths, findings, env.id)
+            witness = live.witness
+            findings = _merge(findings, live.findings)
+            assumptions = _merge(assumptions, live.assumptions)
+            if live.verdict != verdict:  # the kernel is what happened
+                verdict = live.verdict
+                summary = f"the kernel says {verdict.value}: {witness.detail}"
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings,
+                           assumptions=assumptions, live=witness)
 
 
-# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
-# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
-# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
-NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
-_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+class Blobs:
+    """What a simulator decodes from the object store, once per content digest: the requests of a
+    batch (one snapshot, one collection window) carry the same dumps and inventory, and decoding a
+    dump and parsing its rulesets costs more than walking it. A cached dump is never mutated: its
+    NodeView (parsed rulesets, routers) is reused too. One per SimulatorStage."""
+
+    def __init__(self) -> None:
+        self.nodes: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+        self.inventories: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
 
 
 async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, NodeView], findings: list[Finding],
-                assumptions: list[Assumption], inventory: CloudInventory | None,
-                ondemand: OnDemand) -> tuple[WalkResult, list[Finding], list[Assumption]]:
+                assumptions: list[Assumption], inventory: CloudInventory | None, ondemand: OnDemand,
+                ) -> tuple[WalkResult, dict[str, NodeView], list[Finding], list[Assumption]]:
     """Walk (in a thread: the event loop keeps the stage's heartbeats going); when the packet reaches
     nodes nobody collected, collect them on demand and walk again (the collection's failures become
     the expectation that names why a node stays unknown)."""
@@ -196,21 +222,22 @@ async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, Nod
         views = {**views, **fetched.views}
         findings = _merge(findings, fetched.findings)
         assumptions = _merge(assumptions, fetched.assumptions)
-    return walked, findings, assumptions
+    return walked, views, findings, assumptions
 
 
-def _on_demand(env: StageEnvelope, report: TopologyReport, bus: Bus | None, settings: Settings | None) -> OnDemand:
+def _on_demand(env: StageEnvelope, report: TopologyReport, bus: Bus | None, blobs: Blobs,
+               settings: Settings | None) -> OnDemand:
     default = settings.collect_timeout_s if settings else env.request.options.collect_timeout_s
 
     async def load(ref: BlobRef) -> NodeView:  # only asked for with a bus: an agent answered on it
         assert bus is not None
-        return await NODE_VIEWS.get(bus, ref)
+        return await blobs.nodes.get(bus, ref)
 
     return OnDemand(env, report, bus, settings.snapshot if settings else None,
                     collect_timeout_s(env.request.options, default), load=load)
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+async def _load_dumps(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> tuple[dict[str, NodeView], list[Finding]]:
     views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
@@ -219,13 +246,20 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
         # only data that is absent or broken is missing data; the bus not answering (a timeout, a
         # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            views[node] = await NODE_VIEWS.get(bus, ref)
+            views[node] = await blobs.nodes.get(bus, ref)
         except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
                 raise
             problems.append(finding("DATA_MISSING", node_hop(node), what=f"network state of node {node}",
                                     reason=f"its dump could not be read: {type(exc).__name__}: {exc}"))
     return views, problems
+
+
+def _refined(findings: list[Finding]) -> list[Finding]:
+    """A finding the walk restated where it found it (evidence `refines`: the hop the model put it on)
+    replaces the model's: one UNKNOWN_ADDRESS, at the node whose pod network has the free address."""
+    replaced = {(f.code, f.evidence["refines"]) for f in findings if f.evidence.get("refines")}
+    return [f for f in findings if (f.code, f.hop) not in replaced]
 
 
 def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
@@ -244,10 +278,10 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
+async def _inventory(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> CloudInventory | None:
     """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
     if isinstance(env.cloud, BlobRef):
-        return await _INVENTORIES.get(bus, env.cloud) if bus else None
+        return await blobs.inventories.get(bus, env.cloud) if bus else None
     return CloudInventory.model_validate(env.cloud) if env.cloud else None
 
 

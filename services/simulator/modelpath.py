@@ -25,7 +25,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
-from shared.steps import Endpoint as NatEndpoint
+from shared.steps import NatEndpoint
 from shared.topology import CandidatePath, Endpoint, EndpointKind, TopologyReport
 
 STAGE = "simulator"

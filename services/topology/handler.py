@@ -105,7 +105,7 @@ class TopologyStage(Stage):
             f"nodes {', '.join(report.nodes_to_collect) or 'none'}",
             elapsed_ms=elapsed, nodes=report.nodes_to_collect, findings=[f.code for f in report.findings],
         )
-        return env.model_copy(update={"topology": report.model_dump(mode="json")})
+        return env.model_copy(update={"topology": report})
 
     # ------------------------------------------------------------ cluster summary
 

@@ -37,6 +37,8 @@ def test_a_free_address_in_a_pod_cidr_is_read_on_its_node_and_named(edges: dict[
     first_failing(d, "UNREACHABLE", "node-2", "node")
     assert "it is in node-2's pod network, but no pod on node-2 has it" in d.result.summary
     assert "pod CIDR 10.244.2.0/24" in d.result.paths[0].description
+    # one finding, where the walk found it (the model's external-hop warning is superseded)
+    assert [(f.code, f.hop, f.severity) for f in d.result.findings] == [("UNKNOWN_ADDRESS", "node:node-2", "error")]
 
 
 def test_a_service_cidr_address_without_a_service_is_not_blamed_on_kube_proxy(edges: dict[str, Diagnosis]) -> None:

@@ -11,6 +11,7 @@ import schemathesis
 
 from services.gateway.app import create_app
 from services.gateway.openapi import openapi_document
+from shared.schemas import StepKind
 from tests.foundation.helpers import ThreadedStack, stack_on
 
 UI_ROUTES = {("GET", "/"), ("HEAD", "/")}  # the web page, not part of the API
@@ -47,3 +48,15 @@ def api_url(nats_url: str) -> Iterator[str]:
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_operation_conforms(case: schemathesis.Case, api_url: str) -> None:
     case.call_and_validate(base_url=api_url, timeout=STREAM_READ_S)
+
+
+def test_document_describes_every_step_detail() -> None:
+    """A client knows what each kind of step carries: Step.info is a oneOf discriminated by kind."""
+    schemas = openapi_document()["components"]["schemas"]
+    info = schemas["Step"]["properties"]["info"]
+    mapping = info["discriminator"]["mapping"]
+    assert info["discriminator"]["propertyName"] == "kind" and set(mapping) == {k.value for k in StepKind}
+    for kind, ref in mapping.items():
+        detail = schemas[ref.removeprefix("#/components/schemas/")]
+        assert detail["description"] and "kind" in detail["required"], kind
+        assert kind in detail["properties"]["kind"].get("enum", [detail["properties"]["kind"].get("const")])

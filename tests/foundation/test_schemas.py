@@ -29,6 +29,7 @@ from shared.schemas import (
     new_id,
     now,
 )
+from shared.topology import TopologyReport
 
 BASE = {"src": "10.244.1.5", "dst": "10.96.0.10", "port": 53, "protocol": "udp"}
 
@@ -152,3 +153,16 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETDIAG_MAX_DELIVER", "0")
     with pytest.raises(ValidationError):
         Settings.from_env()
+
+
+def test_envelope_topology_is_typed_and_tolerant() -> None:
+    """The topology slot is the topology stage's report; a report from a newer producer with a field
+    this version does not know still loads (the stages read what they know)."""
+    req = DiagnosisRequest.model_validate(BASE)
+    report = {"source": "snapshot:x", "src": {"kind": "pod", "address": str(req.src), "pod": "default/a"},
+              "dst": {"kind": "unknown", "address": str(req.dst)}, "nodes_to_collect": ["n1"], "future": 1}
+    env = StageEnvelope(id=new_id(), request=req, created_at=now(), topology=report)
+    assert isinstance(env.topology, TopologyReport) and env.topology.nodes_to_collect == ["n1"]
+    assert StageEnvelope.model_validate_json(env.model_dump_json()) == env
+    with pytest.raises(ValidationError, match=r"topology\.src"):
+        StageEnvelope(id=new_id(), request=req, created_at=now(), topology={"source": "live"})

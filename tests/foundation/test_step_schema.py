@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from services.render import render_diagnosis
+from shared import steps
 from shared.schemas import Diagnosis, Step, StepAction, StepKind
-from shared.steps import Endpoint, NatInfo, RouteInfo, RuleHit, StepInfo, TunnelInfo
+from shared.steps import NatEndpoint, NatInfo, RouteInfo, RuleHit, StepInfo, TunnelInfo
 
 HERE = Path(__file__).parent
 SNAPSHOT = HERE / "step-schema.json"
@@ -39,7 +41,7 @@ def test_every_kind_has_one_detail_model() -> None:
 
 def test_step_builds_its_kinds_detail() -> None:
     step = Step.of(StepKind.NAT, StepAction.REWRITE, "DNAT 10.96.0.10:80 → 10.244.1.5:8080", type="DNAT",
-                   original=Endpoint(address=IPv4Address("10.96.0.10"), port=80),
+                   original=NatEndpoint(address=IPv4Address("10.96.0.10"), port=80),
                    translated={"address": "10.244.1.5", "port": 8080}, rule=None)
     assert isinstance(step.info, NatInfo) and str(step.info.translated) == "10.244.1.5:8080"
     assert Step.model_validate_json(step.model_dump_json()) == step
@@ -99,3 +101,38 @@ def test_fresh_results_are_fully_typed(name: str) -> None:
     assert "legacy_evidence" not in text
     steps = _old_steps(json.loads(text))
     assert steps and all("evidence" not in s and s["info"]["kind"] == s["kind"] for s in steps)
+
+
+def test_text_render_reads_the_typed_detail() -> None:
+    """The CLI's text names the rule that decided a drop and the finding it raised (from `info`)."""
+    stored = json.loads((GOLDEN / "shop.json").read_text())["policy_deny"]
+    d = Diagnosis.model_validate({**stored, "id": "0" * 32, "created_at": "2026-12-01T00:00:00Z"})
+    drop = next(s for p in d.result.paths for h in p.hops for s in h.steps  # type: ignore[union-attr]
+                if s.kind == StepKind.NETFILTER and s.action == StepAction.DROP)
+    text = render_diagnosis(d)
+    assert f"decided by {drop.info.decided_by.table}/{drop.info.decided_by.chain} " \
+           f"#{drop.info.decided_by.position}: {drop.info.decided_by.rule}" in text  # type: ignore[union-attr]
+    assert "→ NETWORK_POLICY_DENY" in text and "matched " not in text
+    assert "matched filter/FORWARD #1" in render_diagnosis(d, verbose=True)
+
+
+def test_every_field_is_documented() -> None:
+    """The OpenAPI document and docs/steps.md say what each field means (the kind is its own answer)."""
+    models = [m for m in vars(steps).values() if isinstance(m, type) and issubclass(m, BaseModel)
+              and m.__module__ == steps.__name__ and not m.__name__.startswith("_")]
+    undocumented = [f"{m.__name__}.{name}" for m in models for name, field in m.model_fields.items()
+                    if not field.description and name != "kind"]
+    assert len(models) > 16 and undocumented == []
+
+
+def test_docs_list_every_kind_and_field() -> None:
+    doc = (HERE.parent.parent / "docs" / "steps.md").read_text()
+    models = [m for m in vars(steps).values() if isinstance(m, type) and issubclass(m, BaseModel)
+              and m.__module__ == steps.__name__ and not m.__name__.startswith("_")]
+    for model in models:
+        assert f"`{model.__name__}`" in doc, model.__name__
+        section = doc.split(f"`{model.__name__}`", 1)[1].split("\n### ", 1)[0]
+        common = ("kind", "finding", "legacy_evidence")  # listed once, for every kind
+        missing = [f for f in model.model_fields if f not in common and f"| `{f}` |" not in section]
+        assert not missing, (model.__name__, missing)
+    assert all(f"`{k.value}`" in doc for k in StepKind) and "| `finding` |" in doc and "| `legacy_evidence` |" in doc

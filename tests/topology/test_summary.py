@@ -108,7 +108,7 @@ async def test_live_summary_waits_for_sync_and_follows_watch_events(bus: Bus, la
     stage = TopologyStage(bus, settings)
     try:
         summary = await published(bus, lambda s: True)
-        assert summary.source == "live"
+        assert summary.source == f"live:{lab_api.url}"  # a live source is named by its API server
         pods = by_key(summary.pods)
         for pod in resolved.scenario.pods:  # synced before the first publish: every pod is there
             assert [str(ip) for ip in pods[f"{pod.namespace}/{pod.name}"].ips] == [resolved.pod(

@@ -118,6 +118,11 @@ async def test_diagnose_policy_deny_end_to_end(page: Page, stack: EmbeddedStack,
     policy_step = next(s for s in api_hop["steps"] if s["kind"] == "policy")
     await expect(details.locator(f"li.a-{policy_step['action']}")).to_contain_text(policy_step["detail"])
     await expect(details).to_contain_text("NETWORK_POLICY_DENY")
+    # ... and the facts of its typed detail (docs/steps.md), by their names
+    step_item = details.locator(f"li.a-{policy_step['action']}").first
+    await expect(step_item.locator("dt", has_text="isolating policies")).to_have_count(1)
+    for name in policy_step["info"]["isolating_policies"]:
+        await expect(step_item.locator("dd").filter(has_text=name)).not_to_have_count(0)
     selected = {n["id"] for n in await page.evaluate(GRAPH_NODES) if n["selected"]}
     assert selected and selected <= {n["id"] for n in hop_nodes}
 
@@ -203,6 +208,33 @@ async def test_branches_aborts_and_keyboard_on_exported_results(page: Page, stac
     await expect(page.locator("#details-title")).to_be_focused()
 
 
+async def test_typed_step_details_on_graph_and_in_details(page: Page, stack: EmbeddedStack) -> None:
+    """A result's typed step details (docs/steps.md) read as named facts; a result exported before
+    steps were typed still shows its evidence."""
+    doc = json.loads((FIXTURES / "typed-service.json").read_text())
+    node1 = next(h for p in doc["result"]["paths"] for h in p["hops"] if h["id"] == "node:node-1")
+    nat = next(s for s in node1["steps"] if s["kind"] == "nat")
+    await page.goto(stack.url)
+    await page.set_input_files("#import-file", str(FIXTURES / "typed-service.json"))
+    await expect(page.locator("#verdict-word")).to_contain_text("REACHABLE")
+    labels = [n["label"] for n in await page.evaluate(GRAPH_NODES)]
+    # node-1 translates to both endpoints of shop/api: the shared hop says so
+    assert any(lb.startswith("node\nnode-1") and "DNAT → 2 addresses" in lb for lb in labels), labels
+    await page.get_by_role("button", name="node node-1, status ok").first.click()
+    item = page.locator("#details li.a-REWRITE", has_text=nat["detail"]).first
+    original, translated = nat["info"]["original"], nat["info"]["translated"]
+    await expect(item.locator("dd", has_text=f"{original['address']}:{original['port']} → "
+                                             f"{translated['address']}:{translated['port']}")).to_have_count(1)
+    await expect(item.locator("dd", has_text=nat["info"]["rule"]["rule"])).to_have_count(1)
+    netfilter = page.locator("#details li.a-ALLOW", has_text="PREROUTING").first
+    await expect(netfilter.locator("dt", has_text="rules matched")).to_have_count(1)
+
+    await page.set_input_files("#import-file", str(FIXTURES / "reachable.json"))  # exported before typed steps
+    await expect(page.locator("#verdict-word")).to_contain_text("REACHABLE")
+    await page.locator(".hop-btn", has_text="node node-1").first.click()
+    await expect(page.locator("#details summary", has_text="Stored evidence (older result)")).not_to_have_count(0)
+
+
 # WCAG contrast of every visible text element against its effective (first opaque) background
 LOW_CONTRAST = """() => {
   const rgb = (c) => c.match(/[\\d.]+/g).map(Number);
@@ -237,3 +269,22 @@ async def test_labels_contrast_and_widths(page: Page, stack: EmbeddedStack) -> N
         graph = await page.locator(".graph-card").bounding_box()
         details = await page.locator(".details-card").bounding_box()
         assert (details["x"] > graph["x"] + graph["width"] - 1) is side_by_side
+
+
+async def test_the_live_witness_is_shown_and_its_drop_point_drawn_apart(page: Page, stack: EmbeddedStack) -> None:
+    """A recorded lab diagnosis where the kernel disagreed (tests/lab/test_live.py's model gap): the live
+    card names both answers, LIVE_DIVERGES is listed, the kernel's drop hop has its own mark."""
+    await page.goto(stack.url)
+    await page.set_input_files("#import-file", str(FIXTURES / "live-diverges.json"))
+    await expect(page.locator("#verdict-word")).to_contain_text("UNREACHABLE")
+    card = page.locator("#live-card")
+    await expect(card).to_be_visible()
+    await expect(card).to_contain_text("diverges")
+    await expect(card).to_contain_text("simulated REACHABLE, kernel UNREACHABLE")
+    await expect(card.locator("li.kernel-drop").first).to_contain_text("OTHERHOST")
+    await expect(page.locator('#findings > li[data-code="LIVE_DIVERGES"]')).to_be_visible()
+    marked = [n for n in await page.evaluate(GRAPH_NODES) if "kernel-drop" in n["classes"]]
+    assert marked and any("node-1" in n["label"] for n in marked), marked
+    assert await page.evaluate("() => document.getElementById('live').checked") is True  # the request's option
+    await page.set_input_files("#import-file", str(FIXTURES / "reachable.json"))
+    await expect(card).to_be_hidden()

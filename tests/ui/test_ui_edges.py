@@ -112,6 +112,7 @@ async def test_a_failed_run_shows_its_reason(browser: Browser, tmp_path: Path) -
         for grid in await page.locator("#result .result-grid").all():  # no empty graph, findings, assumptions
             await expect(grid).to_be_hidden()
         assert await _in_view(page, "#verdict-summary")
+        await expect(page.locator("#verdict-counts")).to_be_hidden()
         await page.context.close()
 
 

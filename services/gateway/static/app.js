@@ -57,7 +57,8 @@ function showFieldErrors(errors) {
 
 function formValues() {
   return { src: $("src").value.trim(), dst: $("dst").value.trim(), port: $("port").value.trim(),
-           protocol: $("protocol").value, collect_timeout_s: $("collect-timeout").value.trim(), check_reply: $("check-reply").checked };
+           protocol: $("protocol").value, collect_timeout_s: $("collect-timeout").value.trim(), check_reply: $("check-reply").checked,
+           live: $("live").checked };
 }
 
 const API_FIELD = { src: "src", dst: "dst", port: "port", protocol: "protocol", "options.collect_timeout_s": "collect-timeout" };
@@ -106,6 +107,7 @@ function fillForm(request) {
   if (request.options) {
     $("collect-timeout").value = request.options.collect_timeout_s;
     $("check-reply").checked = request.options.check_reply;
+    $("live").checked = Boolean(request.options.live);
   }
   showFieldErrors({});
 }
@@ -322,10 +324,12 @@ function showResult(d, { permalink = true } = {}) {
     `${result.findings.length} finding(s)${errors ? `, ${errors} error(s)` : ""}`,
     `${result.assumptions.length} assumption(s)${mattering ? `, ${mattering} could change the outcome` : ""}`,
   ].join(" · ");
+  $("verdict-counts").hidden = !r;  // a failed run counts nothing: its reason says it all
   learnFromDiagnosis(d);
   renderGraph(result);
   renderFindings(result);
   renderAssumptions(result);
+  renderLive(result);
   markHistory(d.id);
   $("verdict-title").focus({ preventScroll: true });
   // verdict, first failing hop and fix at the top of the window, whatever the form above takes
@@ -433,17 +437,61 @@ function findingLinks(findings) {
 }
 
 function stepItem(step) {
+  // an exported result from before typed steps (imported from a file) has an `evidence` dict instead
+  const info = step.info || { kind: step.kind, legacy_evidence: step.evidence && Object.keys(step.evidence).length ? step.evidence : null };
   return h("li", { class: `a-${step.action}` },
-    h("div", { class: "step-head" }, h("span", { class: "step-kind" }, step.kind.replace("_", " ")), badge(step.action)),
+    h("div", { class: "step-head" }, h("span", { class: "step-kind" }, step.kind.replace("_", " ")), badge(step.action),
+      info.finding ? stepFinding(info.finding) : null),
     h("p", { class: "step-detail" }, step.detail),
     packetTable(step.packet_in, step.packet_out),
-    evidenceList(stepFacts(step)));
+    evidenceList(stepFacts(info)),
+    info.legacy_evidence ? h("details", { class: "evidence" }, h("summary", {}, "Stored evidence (older result)"), evidenceList(info.legacy_evidence)) : null);
 }
 
-/** The step's typed detail (docs/steps.md) without its kind, already in the heading. */
-function stepFacts(step) {
-  const { kind, ...facts } = step.info || {};
-  return facts;
+// ------------------------------------------------------------------ typed step details (docs/steps.md)
+
+const ruleText = (r) => `${r.table}/${r.chain} #${r.position}: ${r.rule}`;
+const endpointText = (e) => (e.port === null || e.port === undefined ? e.address : e.address.includes(":") ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`);
+
+/** How a kind's detail reads: [label, value] pairs for the fields it names (`covers`); any other
+ * field of the detail is listed as it is, so a field added to the schema shows without a change here. */
+const STEP_FACTS = {
+  netfilter: { covers: ["decided_by", "rules"], facts: (i) => [
+    ["decided by", i.decided_by && ruleText(i.decided_by)], ["rules matched", (i.rules || []).map(ruleText)]] },
+  nat: { covers: ["type", "original", "translated", "reverse", "rule"], facts: (i) => [
+    ["translation", i.type && `${i.type}${i.reverse ? " undone on the reply (conntrack)" : ""}`],
+    ["rewrite", i.original && `${endpointText(i.original)} → ${i.translated ? endpointText(i.translated) : "(none)"}`],
+    ["rule", i.rule && ruleText(i.rule)]] },
+  policy: { covers: ["allowed_by", "denials", "enforced_by"], facts: (i) => [
+    ["allowed by", i.allowed_by && `${i.allowed_by.policy} rule #${i.allowed_by.rule}`],
+    ["denials", (i.denials || []).map((d) => `${d.policy}: ${d.reason}`)],
+    ["enforced by", i.enforced_by && ruleText(i.enforced_by)]] },
+  security_group: { covers: ["rule"], facts: (i) => [
+    ["rule", i.rule && `${i.rule.id || "(no id)"}: ${i.rule.policy} priority ${i.rule.priority} ${i.rule.protocol} ${i.rule.port_range}`
+      + (i.rule.source ? ` from ${i.rule.source}` : "") + (i.rule.destination ? ` to ${i.rule.destination}` : "")]] },
+  vpc_route: { covers: ["entry"], facts: (i) => [
+    ["entry", i.entry && `${i.entry.destination} → ${i.entry.next_hop_type || "?"} ${i.entry.next_hop || ""}`.trimEnd()]] },
+  load_balancer: { covers: ["backends"], facts: (i) => [
+    ["backends", (i.backends || []).map((b) => `${b.server_id} ${b.ip || "?"}:${b.port ?? "?"} ${b.health}${b.node ? ` (node ${b.node})` : ""}`)]] },
+  delivery: { covers: ["socket"], facts: (i) => [
+    ["socket", i.socket && `${i.socket.protocol} ${i.socket.address}:${i.socket.port} ${i.socket.state}`]] },
+};
+const SHOWN_ELSEWHERE = ["kind", "finding", "legacy_evidence"];
+
+/** The step's typed detail as [label, value] pairs; empty values (null, [], false, "") are left out. */
+function stepFacts(info) {
+  const known = STEP_FACTS[info.kind] || { covers: [], facts: () => [] };
+  const rest = Object.entries(info).filter(([k]) => !known.covers.includes(k) && !SHOWN_ELSEWHERE.includes(k))
+    .map(([k, v]) => [k.replaceAll("_", " "), v && typeof v === "object" && "address" in v && "port" in v ? endpointText(v) : v]);
+  return Object.fromEntries([...known.facts(info), ...rest].filter(([, v]) =>
+    v !== null && v !== undefined && v !== false && v !== "" && !(Array.isArray(v) && !v.length)));
+}
+
+/** The finding a drop or abort step raised, linked to its entry in the findings list. */
+function stepFinding(code) {
+  const f = ((state.diagnosis && state.diagnosis.result && state.diagnosis.result.findings) || []).find((x) => x.code === code);
+  return f ? h("button", { type: "button", class: "link step-finding", onclick: () => highlightFinding(f) }, code)
+    : h("span", { class: "step-finding mono" }, code);
 }
 
 function packetTable(before, after) {
@@ -493,6 +541,25 @@ function highlightFinding(f) {
     li.classList.toggle("highlight", hit);
     if (hit) { li.scrollIntoView({ block: "center" }); li.focus(); }
   }
+}
+
+/** The kernel's answer beside the simulation: probe outcome, agreement, the drops it traced. */
+function renderLive(result) {
+  const w = result.live;
+  $("live-card").hidden = !w;
+  if (!w) return;
+  const probe = w.probe && w.probe.outcome
+    ? h("p", {}, `Probe from ${w.probe.src}:${w.probe.sport} on ${w.probe.node}: ${w.probe.outcome} (${w.probe.detail}, ${Math.round(w.probe.elapsed_ms)} ms)`)
+    : null;
+  const drops = (w.drops || []).map((d) => h("li", { class: "kernel-drop" },
+    `${d.reason} at ${d.location}${d.device ? ` dev ${d.device}` : ""} in ${d.where || d.netns_inode} on ${d.node}` +
+    (d.codes.length ? ` → ${d.codes.join(", ")}` : "")));
+  $("live-witness").replaceChildren(
+    h("p", { class: "f-head" }, badge(w.agreement, w.agreement === "diverges" ? "error" : "INFO"),
+      ` simulated ${w.simulated}, kernel ${w.kernel || "not probed"}`),
+    probe, drops.length ? h("ul", { class: "findings" }, ...drops) : h("p", { class: "hint" }, "No kernel drop of the flow was traced."),
+    w.detail ? h("p", { class: "f-msg" }, w.detail) : null,
+    ...(w.notes || []).map((n) => h("p", { class: "hint" }, n)));
 }
 
 function renderAssumptions(result) {

@@ -38,6 +38,8 @@ export function buildModel(result) {
   const pathNodes = new Map();
   const keyToId = new Map();
   let counter = 0;
+  // where the kernel dropped the live probe's packets: drawn apart from the simulated drop
+  const kernelHops = new Set(((result.live && result.live.drops) || []).filter((d) => d.codes.length && d.hop).map((d) => d.hop));
   for (const path of result.paths || []) {
     let prefix = path.direction;
     let parent = null;
@@ -49,7 +51,8 @@ export function buildModel(result) {
         id = `n${counter++}`;
         keyToId.set(prefix, id);
         nodes.set(id, { id, kind: hop.kind, name: hop.name, address: hop.address, hopId: hop.id,
-                        direction: path.direction, status: "ok", occurrences: [], codes: new Set() });
+                        direction: path.direction, status: "ok", occurrences: [], codes: new Set(), rewrites: new Set(),
+                        kernelDrop: kernelHops.has(hop.id) });
         order.push(id);
         if (parent) edges.push({ id: `e${parent}-${id}`, source: parent, target: id, direction: path.direction });
       }
@@ -57,13 +60,17 @@ export function buildModel(result) {
       node.occurrences.push({ path, hop });
       node.status = worst(node.status, hopStatus(hop, findings));
       for (const f of findings) if (f.hop === hop.id && f.severity !== "info") node.codes.add(f.code);
+      for (const step of hop.steps || []) {
+        const text = rewriteText(step);
+        if (text) node.rewrites.add(text);
+      }
       parent = id;
       ids.push(id);
     }
     const end = `end-${path.id}`;
     const final = path.final || "ABORT";
     nodes.set(end, { id: end, terminal: true, path, direction: path.direction, status: FINAL_STATUS[final] || "unknown",
-                     name: final + (path.cause ? ` · ${path.cause}` : ""), occurrences: [], codes: new Set() });
+                     name: final + (path.cause ? ` · ${path.cause}` : ""), occurrences: [], codes: new Set(), rewrites: new Set() });
     order.push(end);
     pathNodes.set(path.id, [...ids, end]);
     if (parent) edges.push({ id: `e${parent}-${end}`, source: parent, target: end, direction: path.direction });
@@ -88,6 +95,16 @@ function wrap(line) {
   return [...out, line];
 }
 
+/** A NAT step's translation as the graph shows it (from its typed detail, docs/steps.md), e.g.
+ * "DNAT → 10.244.1.3:8080"; null for any other step, and for conntrack undoing one on a reply. */
+export function rewriteText(step) {
+  const i = step.info || {};
+  if (step.kind !== "nat" || step.action !== "REWRITE" || i.reverse || !i.type || !i.translated) return null;
+  const t = i.translated;
+  const at = t.port === null || t.port === undefined ? t.address : t.address.includes(":") ? `[${t.address}]:${t.port}` : `${t.address}:${t.port}`;
+  return `${i.type} → ${at}`;
+}
+
 export function labelLines(node) {
   if (node.terminal) return [(node.path.direction === "reply" ? "↩ " : "") + node.name];
   // the kind line says what it is: a name repeating it ("internet 8.8.8.8") or an address repeating
@@ -95,6 +112,10 @@ export function labelLines(node) {
   const name = node.name.startsWith(`${node.kind} `) ? node.name.slice(node.kind.length + 1) : node.name;
   const lines = [`${MARK[node.status]}${node.direction === "reply" ? "↩ " : ""}${node.kind}`, ...wrap(name)];
   if (node.address && !name.includes(node.address)) lines.push(node.address);
+  // where the packet is rewritten; a hop shared by several paths (one per endpoint) says how many
+  const types = new Set([...node.rewrites].map((r) => r.split(" ")[0]));
+  if (node.rewrites.size === 1) lines.push(...node.rewrites);
+  else if (node.rewrites.size > 1) lines.push(types.size === 1 ? `${[...types][0]} → ${node.rewrites.size} addresses` : `${node.rewrites.size} translations`);
   for (const code of node.codes) lines.push(code);
   return lines;
 }
@@ -122,7 +143,7 @@ function elements(model) {
     const shape = n.terminal ? "round-rectangle" : (SHAPE[n.kind] || "round-rectangle");
     const { w, h } = boxSize(lines, shape);
     out.push({ group: "nodes", data: { id: n.id, label: lines.join("\n"), w, h, shape },
-               classes: [n.status, n.direction, n.terminal ? "terminal" : "hop"].join(" ") });
+               classes: [n.status, n.direction, n.terminal ? "terminal" : "hop", n.kernelDrop ? "kernel-drop" : ""].join(" ").trim() });
   }
   for (const e of model.edges) out.push({ group: "edges", data: e, classes: e.direction });
   return out;
@@ -142,6 +163,8 @@ const STYLE = [
   // reply lanes: dotted and blue, never mistaken for "unknown" (dashed grey); their status colours stay
   { selector: "node.reply", style: { "border-style": "dotted", "border-width": 3 } },
   { selector: "node.reply.ok", style: { "border-color": "#2f6db5", "background-color": "#eef4fb" } },
+  // the live probe's kernel drop point: a double violet border, distinct from the simulated (red) drop
+  { selector: "node.kernel-drop", style: { "border-style": "double", "border-width": 7, "border-color": "#6a1b9a" } },
   { selector: "node:selected", style: { "overlay-color": "#0b5cad", "overlay-opacity": 0.18, "overlay-padding": 6,
                                           "underlay-color": "#0b5cad", "underlay-opacity": 0.25, "underlay-padding": 5 } },
   { selector: "edge", style: { width: 2, "line-color": "#7d8898", "target-arrow-color": "#7d8898",

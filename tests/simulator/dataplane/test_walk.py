@@ -11,8 +11,9 @@ import pytest
 from services.simulator.dataplane.walk import WalkResult, walk
 from shared.codes import finding
 from shared.netstack import Link, Neighbor, NetnsDump, NodeDump, Route
-from shared.schemas import DiagnosisRequest, FinalState, HopStatus
+from shared.schemas import DiagnosisRequest, FinalState, HopStatus, StepAction, StepKind
 from shared.schemas import Path as ResultPath
+from shared.steps import NetfilterInfo, RuleHit
 from shared.topology import TopologyReport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "walk"
@@ -127,6 +128,13 @@ def test_forward_drop_names_namespace_hook_table_chain_rule_and_position() -> No
     f = next(f for f in result.findings if f.code == "IPTABLES_DROP")
     assert f.evidence["chain"] == "FORWARD" and f.evidence["position"] == 1 and f.evidence["hook"] == "FORWARD"
     assert "--dport 8080 -j DROP" in f.evidence["rule"] and f.evidence["where"] == "node node-2"
+    # the hook's step carries the same facts, typed (docs/steps.md), and names the finding
+    (step,) = [s for p in result.paths for h in p.hops if h.id == "node:node-2" for s in h.steps
+               if s.kind == StepKind.NETFILTER and s.action == StepAction.DROP]
+    info = step.info
+    assert isinstance(info, NetfilterInfo) and info.hook == "FORWARD" and info.verdict == "DROP"
+    assert info.decided_by == RuleHit(table="filter", chain="FORWARD", position=1, rule=f.evidence["rule"])
+    assert info.finding == "IPTABLES_DROP" and info.rules[-1] == info.decided_by
 
 
 def test_reject_names_its_reason() -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.reply import reply_leaves
-from services.simulator.dataplane.walk.trail import copy_state, packet
+from services.simulator.dataplane.walk.trail import copy_state, packet, route_info
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
@@ -79,6 +79,8 @@ class Crossing:
             found = finding("DATA_MISSING", view.hop_id, what=f"device {d.dev} in {view.where}",
                             reason="the route names a device the dump does not list")
             return self.w.drop(c, found, view, f"out device {d.dev} unknown", device=d.dev)
+        if not self.w.devices.egress(c, view, link.name):
+            return []
         if link.kind == "bridge":
             return self._to_port(c, view, link, nh)
         if link.kind == "vxlan":
@@ -130,6 +132,8 @@ class Crossing:
         bridge = view.links.get(port.master or "")
         if bridge is None:
             return self.w._routed_in(c, view)
+        if not self.w.devices.port_forwards(c, view, bridge, port, "frame received"):
+            return []
         nh = c.l2_dst or c.st.dst
         hop = c.trail.hop(view)
         if nh in view.local_ips:
@@ -179,10 +183,14 @@ class Crossing:
                                view, f"{bridge.name}: the frame must go back out of port {port.name}, the port it "
                                "came in through, and hairpin is off", StepKind.BRIDGE, bridge=bridge.name,
                                port_in=port.name, port_out=port.name, next_hop=nh, hairpin=False)
+        if not self.w.devices.port_forwards(c, view, bridge, port, "frame sent"):
+            return []
         c.trail.step(c.trail.hop(view), StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: to port {port.name} "
                      f"(towards {nh})", packet(c.st, c.st.iif, bridge.name), bridge=bridge.name, port_out=port.name,
                      next_hop=nh, hairpin=port.hairpin if port.name == c.port_in else None)
         c.port_in = None
+        if not self.w.devices.egress(c, view, port.name):
+            return []
         return self._veth(c, view, port, nh)
 
     def _port_towards(self, view: NetnsView, bridge: Link, nh: IPAddress) -> Link | None:
@@ -217,7 +225,7 @@ class Crossing:
         if unknown is not None:  # the destination itself is a free address of this node's pod network
             found = unknown.model_copy(update={"hop": view.hop_id, "severity": Severity.ERROR, "message": (
                 f"{unknown.message}: it is in {view.node}'s pod network, but no pod on {view.node} has it "
-                f"(no port of {bridge.name} leads to it)")})
+                f"(no port of {bridge.name} leads to it)"), "evidence": {**unknown.evidence, "refines": unknown.hop}})
             return self.w.drop(c, found, view, f"{bridge.name}: no pod on {view.node} has {nh}", StepKind.BRIDGE)
         return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=bridge.name,
                                       where=view.where, state="unresolvable (no bridge port leads to it)"),
@@ -314,7 +322,7 @@ class Crossing:
             return self.w.drop(c, finding("INVALID_ROUTE", view.hop_id, route=d.route, where=view.where,
                                           expected=expected, dst=dst, evidence={"route": d.as_dict()}),
                                view, f"{dst} is in the pod network of {expected_node}, but the route sends it to "
-                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **d.as_dict())
+                               f"{nh}, which no node owns", StepKind.ROUTE, destination=dst, **route_info(d))
         bad = self._neighbor_failed(c, view, link.name, nh)
         if bad is not None:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
@@ -443,6 +451,8 @@ class Crossing:
             return self._link_down(oc, owner, in_link or uplink or view.links[d.dev])
         oc.st.iif, oc.st.oif = in_link.name, None
         c.trail.hop(owner)
+        if not self.w.devices.egress(oc, view, d.dev) or not self.w.devices.ingress(oc, owner, in_link.name):
+            return []
         for hook in ("PREROUTING", "INPUT"):
             alive = self.w.hook(oc, owner, hook)
             if not alive:

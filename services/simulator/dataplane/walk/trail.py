@@ -6,6 +6,7 @@ import copy
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.netfilter import FlowState, RuleHit
+from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.world import NetnsView, Place
 from shared.schemas import (
     FinalState,
@@ -20,7 +21,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
 )
-from shared.steps import Endpoint as EndpointInfo
+from shared.steps import NatEndpoint
 from shared.steps import RuleHit as RuleHitInfo
 
 
@@ -35,8 +36,14 @@ def rule_hit(hit: RuleHit) -> RuleHitInfo:
                        family=hit.family or None)
 
 
-def endpoint_info(end: Endpoint) -> EndpointInfo:
-    return EndpointInfo(address=end[0], port=end[1])  # type: ignore[arg-type]
+def route_info(d: RouteDecision) -> dict[str, object]:
+    """A route decision as RouteInfo fields (addresses as they are, not as text)."""
+    return dict(type=d.type, table=d.table, route=d.route, dev=d.dev, gateway=d.gateway, src=d.src, onlink=d.onlink,
+                probability=d.probability, rules=d.rules)
+
+
+def endpoint_info(end: Endpoint) -> NatEndpoint:
+    return NatEndpoint(address=end[0], port=end[1])  # type: ignore[arg-type]
 
 
 def copy_state(st: FlowState) -> FlowState:

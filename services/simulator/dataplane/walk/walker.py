@@ -20,10 +20,19 @@ from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
+from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.owners import check_nat_address, cloud_owners
 from services.simulator.dataplane.walk.reply import conntrack_state
-from services.simulator.dataplane.walk.trail import NatEntry, Trail, copy_state, endpoint_info, packet, rule_hit
+from services.simulator.dataplane.walk.trail import (
+    NatEntry,
+    Trail,
+    copy_state,
+    endpoint_info,
+    packet,
+    route_info,
+    rule_hit,
+)
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
 from shared.cloud import CloudInventory
 from shared.codes import finding
@@ -35,6 +44,7 @@ from shared.schemas import (
     Hop,
     HopKind,
     Severity,
+    Step,
     StepAction,
     StepKind,
 )
@@ -108,6 +118,7 @@ class Walker:
 
         self.links = links.Crossing(self)
         self.ipvs = Ipvs(self)
+        self.devices = DeviceHooks(self)
 
     # ------------------------------------------------------------ the Kubernetes objects we need
 
@@ -320,7 +331,10 @@ class Walker:
         else:
             c.trail.tracked.add(c.place)
         if c.iif is None:
+            self.devices.cgroups(c, view, "reply's sender" if self.reply else "source")
             return self._local_out(c, view)
+        if not self.devices.ingress(c, view, c.iif):
+            return []
         port = view.links.get(c.iif)
         if port is not None and port.master and c.port_in is None:
             return self.links.bridge_in(c, view, port)
@@ -422,7 +436,7 @@ class Walker:
                 found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
                                 evidence=first.as_dict())
             c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
-                         packet(st, iif), destination=st.dst, finding=found.code, **first.as_dict())
+                         packet(st, iif), destination=st.dst, finding=found.code, **route_info(first))
             self.finish(c, FinalState.DROP, found.code, found)
             return []
         pairs = []
@@ -434,7 +448,7 @@ class Walker:
             detail = (f"{note + ': ' if note else ''}route lookup for {st.dst}: {d.route} → "
                       + ("local delivery" if d.delivers_locally else f"dev {d.dev}{via}") + share)
             ci.trail.step(ci.trail.hop(view), StepKind.ROUTE, action, detail, packet(st, iif), destination=st.dst,
-                          **d.as_dict())
+                          **route_info(d))
             ci.trail.probability *= d.probability
             pairs.append((ci, d))
         return pairs
@@ -506,7 +520,8 @@ class Walker:
                              src=c.st.src, reverse_device=rev_dev, mode="strict" if mode == 1 else "loose",
                              evidence={"reverse_route": [d.as_dict() for d in reverse]}),
                   view, f"rp_filter={mode} on {dev}: the route back to {c.st.src} leaves via {rev_dev}",
-                  StepKind.SYSCTL, name="rp_filter", value=mode, device=dev, reverse_device=rev_dev)
+                  StepKind.SYSCTL, name=f"net.ipv4.conf.{dev}.rp_filter", value=mode, device=dev,
+                  reverse_device=rev_dev)
         return False
 
     # ------------------------------------------------------------ netfilter
@@ -604,7 +619,7 @@ class Walker:
             return True
         verdict = br.verdict or "ACCEPT"
         action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
-        trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
+        step = trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
             f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
             action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
             hook=hook, verdict=verdict, rules=rules, reject_with=br.reject_with,
@@ -633,7 +648,7 @@ class Walker:
                               rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
             return True
-        self._netfilter_drop(c, view, hook, br)
+        self._netfilter_drop(c, view, hook, br, step)
         return False
 
     def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
@@ -650,7 +665,9 @@ class Walker:
                    **info)
         trail.hops.insert(len(trail.hops) - 1, svc)
 
-    def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch) -> None:
+    def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch, step: Step) -> None:
+        """Why the hook dropped: a policy, kube-proxy, or the rule itself (`step`, the hook's own step,
+        then names the finding)."""
         hit = br.decided_by
         rule = hit.rule if hit else f":{hook} DROP"
         fields = dict(where=view.where, table=hit.label if hit else "?", chain=hit.chain if hit else hook,
@@ -684,6 +701,7 @@ class Walker:
                             chain=hit.chain, rule=rule, evidence={"hook": hook, "position": hit.position})
         else:
             found = finding("IPTABLES_DROP", view.hop_id, **fields)
+        step.info.finding = found.code
         self.finish(c, FinalState.DROP, found.code, found)
 
     def _check_endpoints(self, cursors: list[Cursor], branches: list[Branch], view: NetnsView) -> None:
