@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.reply import reply_leaves
 from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
@@ -271,10 +272,12 @@ class Crossing:
 
     def _not_collected(self, node: str, how: str) -> Finding:
         """Why a node's dump is missing: the collector's finding for a node asked that did not answer,
-        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked)."""
-        found = self.w.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node))
+        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked), and the
+        node is wanted: the simulator asks its agent on demand and walks again."""
+        found = self.w.collection_failed(node)
         if found is not None:
             return found
+        self.world.wanted.add(node)  # asked for on demand (assemble.py), then walked again
         why = ("it was not collected (see the collector's findings)" if node in self.w.report.nodes_to_collect
                else f"{how}, but it is off the path the Kubernetes model expects, so its agent was not asked")
         return finding("DATA_MISSING", node_hop(node), what=f"the network state of node {node}", reason=why)
@@ -327,7 +330,13 @@ class Crossing:
                                address=nh, device=link.name)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
                      "cluster's nodes", packet(c.st, c.iif, link.name), device=link.name, next_hop=nh)
+        if self.w.reply:
+            return reply_leaves(self.w, c, view)
         c.trail.left = (view.place, copy_state(c.st), link.name)
+        if self.w.in_pod_network(dst):  # a pod of a node no route here names: only the network beyond can tell
+            c.trail.assume(f"{dst} is in the cluster's pod network but leaves the nodes from {view.where} via {nh}: "
+                           "it reaches its pod only if the network beyond the nodes (the VPC's routes) carries it "
+                           "to the pod's node, which the walk did not follow", could_change=True)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: str(dst))  # the hop kind (internet/external) says where
 
