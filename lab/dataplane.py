@@ -38,6 +38,11 @@ INET_NET = ipaddress.ip_network("203.0.113.0/24")
 INET_GW, INET_IP, EXT_IP = "203.0.113.1", "203.0.113.10", "203.0.113.20"
 INET_LISTEN: list[tuple[int, str]] = [(80, "TCP"), (443, "TCP"), (53, "UDP"), (123, "UDP")]
 VXLAN_MTU = 1450
+# Calico: the pod's default gateway (answered by proxy ARP on the host's cali interface), the host side's
+# fixed MAC, BIRD's route protocol number, and felix's IPAM-pool ipsets
+CALICO_GATEWAY = "169.254.1.1"
+CALICO_HOST_MAC = "ee:ee:ee:ee:ee:ee"
+CALICO_ALL_POOLS, CALICO_MASQ_POOLS = "cali40all-ipam-pools", "cali40masq-ipam-pools"
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _PARALLEL = 8
 
@@ -46,7 +51,9 @@ def new_prefix() -> str:
     return "ndt" + secrets.token_hex(3)
 
 
-def veth_name(pod_key: str) -> str:
+def veth_name(pod_key: str, cni: str = "host-gw") -> str:
+    if cni == "calico":  # Calico's VethNameForWorkload: "cali" + sha1("<namespace>.<pod>")[:11]
+        return "cali" + hashlib.sha1(pod_key.replace("/", ".", 1).encode()).hexdigest()[:11]
     return "veth" + hashlib.sha1(pod_key.encode()).hexdigest()[:8]
 
 
@@ -75,12 +82,32 @@ def flannel_rules(sc: ResolvedScenario, node: str) -> Ruleset:
     return rs
 
 
+def calico_ipsets(sc: ResolvedScenario) -> str:
+    """felix's IPAM-pool ipsets (`ipset restore` input): every pool, and the natOutgoing ones."""
+    lines = [f"create {s} hash:net family inet -exist" for s in (CALICO_ALL_POOLS, CALICO_MASQ_POOLS)]
+    lines += [f"flush {CALICO_ALL_POOLS}", f"flush {CALICO_MASQ_POOLS}",
+              f"add {CALICO_ALL_POOLS} {sc.scenario.cluster_cidr}"]
+    if sc.scenario.calico.nat_outgoing:
+        lines.append(f"add {CALICO_MASQ_POOLS} {sc.scenario.cluster_cidr}")
+    return "\n".join(lines) + "\n"
+
+
+def calico_rules(sc: ResolvedScenario) -> Ruleset:
+    """felix's natOutgoing chain (iptables dataplane): pod → outside every IPPool leaves masqueraded."""
+    rs = Ruleset()
+    rs.add("nat", "POSTROUTING", f"{comment('cali:O3lYWMrLQYEMJtB5')} -j cali-POSTROUTING")
+    rs.add("nat", "cali-POSTROUTING", f"{comment('cali:Z-c7XtVd2Bq7s_hA')} -j cali-nat-outgoing")
+    rs.add("nat", "cali-nat-outgoing", f"{comment('cali:flqWnvo8yq4ULQLa')} -m set --match-set {CALICO_MASQ_POOLS} "
+           f"src -m set ! --match-set {CALICO_ALL_POOLS} dst -j MASQUERADE --random-fully")
+    return rs
+
+
 def node_ruleset(sc: ResolvedScenario, node: str) -> str:
     """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router."""
     rs = netpol.rules(sc, node)
     if sc.scenario.kube_proxy_mode == "iptables":  # nftables mode: its own table, see program_rules
         rs.extend(kubeproxy.rules(sc, node))
-    rs.extend(flannel_rules(sc, node))
+    rs.extend(calico_rules(sc) if sc.scenario.cni == "calico" else flannel_rules(sc, node))
     return rs.render()
 
 
@@ -211,8 +238,11 @@ class Lab:
         vxlan = sc.scenario.cni == "vxlan"
         mtu = f" mtu {VXLAN_MTU}" if vxlan else ""
         lines = ["link set lo up", f"addr add {node.ip}/{underlay_len} dev eth0", "link set eth0 up",
-                 f"route add default via {_underlay_gateway(sc)} dev eth0",
-                 "link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
+                 f"route add default via {_underlay_gateway(sc)} dev eth0"]
+        if sc.scenario.cni == "calico":
+            self._configure_calico_node(name, lines)
+            return
+        lines += ["link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
         for pod in st.pods.values():
             if pod.node != name or pod.host_network:
                 continue
@@ -237,9 +267,36 @@ class Lab:
         netns.ip_batch(fdb, ns, tool="bridge")
         netns.write_sysctls(ns, {"net.ipv4.ip_forward": 1})
 
+    def _configure_calico_node(self, name: str, lines: list[str]) -> None:
+        """Calico BGP mode without encapsulation, as the CNI plug-in, felix and BIRD program a node: a veth
+        `cali<hash>` per pod (no bridge, MAC ee:ee:ee:ee:ee:ee, proxy_arp=1 so it answers the pod's
+        169.254.1.1), `podIP dev cali<hash> scope link`, a blackhole for the node's own block, and each peer's
+        block `via <peer node IP>` as BIRD learns it over BGP."""
+        sc, st = self.resolved, self.state
+        node = sc.node(name)
+        ns = st.nodes[name].netns
+        sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
+        for pod in st.pods.values():
+            if pod.node != name or pod.host_network:
+                continue
+            lines += [f"link add {pod.veth} address {CALICO_HOST_MAC} type veth peer name eth0 netns {pod.netns}",
+                      f"link set {pod.veth} up", f"route add {pod.ip}/32 dev {pod.veth} scope link"]
+            # felix's configureInterface for a workload interface
+            sysctls |= {f"net.ipv4.conf.{pod.veth}.proxy_arp": 1, f"net.ipv4.neigh.{pod.veth}.proxy_delay": 0,
+                        f"net.ipv4.conf.{pod.veth}.forwarding": 1, f"net.ipv4.conf.{pod.veth}.rp_filter": 1}
+        lines.append(f"route add blackhole {node.pod_cidr} proto bird")
+        lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0 proto bird"
+                  for other in sc.nodes if other.name != name]
+        netns.ip_batch(lines, ns)
+        netns.write_sysctls(ns, sysctls)
+
     def _pod_batch(self, key: str) -> list[str]:
         pod = self.state.pods[key]
         node = self.resolved.node(pod.node)
+        if self.resolved.scenario.cni == "calico":  # the Calico CNI plug-in's container side
+            return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
+                    f"route add {CALICO_GATEWAY} dev eth0 scope link",
+                    f"route add default via {CALICO_GATEWAY} dev eth0"]
         pod_len = ipaddress.ip_network(node.pod_cidr).prefixlen
         return ["link set lo up", f"addr add {pod.ip}/{pod_len} dev eth0", "link set eth0 up",
                 f"route add default via {node.gateway_ip} dev eth0"]
@@ -249,6 +306,9 @@ class Lab:
         restore = RESTORE[self.resolved.scenario.iptables_backend]
 
         def load(node: str) -> None:
+            if self.resolved.scenario.cni == "calico":  # felix's ipsets before the rules that name them
+                netns.run(netns.in_ns(self.state.nodes[node].netns, ["ipset", "restore"]),
+                          stdin=calico_ipsets(self.resolved))
             netns.run(netns.in_ns(self.state.nodes[node].netns, [restore]),
                       stdin=node_ruleset(self.resolved, node))
             if self.resolved.scenario.kube_proxy_mode == "nftables":
@@ -445,7 +505,8 @@ def _plan(sc: ResolvedScenario, prefix: str, scenario_path: str | Path | None) -
         host = rp.spec.host_network
         st.pods[rp.spec.key] = PodState(
             netns=st.nodes[rp.spec.node].netns if host else f"{prefix}-{rp.spec.namespace}-{rp.spec.name}",
-            node=rp.spec.node, ip=rp.ip, host_network=host, veth=None if host else veth_name(rp.spec.key))
+            node=rp.spec.node, ip=rp.ip, host_network=host,
+            veth=None if host else veth_name(rp.spec.key, sc.scenario.cni))
     names = [st.underlay_netns, st.inet_netns, st.ext_netns, *(n.netns for n in st.nodes.values()),
              *(p.netns for p in st.pods.values() if not p.host_network)]
     dupes = {n for n in names if n and names.count(n) > 1}

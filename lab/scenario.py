@@ -107,9 +107,17 @@ class CloudSpec(_Model):
         "JSON Patch (RFC 6902 add/replace/remove) applied to the generated emulator state: a cloud fault"))
 
 
+class CalicoSpec(_Model):
+    """The default IPPool of a `cni: calico` lab (BGP mode, no encapsulation: ipipMode/vxlanMode Never)."""
+
+    nat_outgoing: bool = Field(True, alias="natOutgoing", description="masquerade pod → outside-the-pools traffic")
+    block_size: int = Field(26, alias="blockSize", ge=20, le=30, description="the per-node IPAM block prefix")
+
+
 class Scenario(_Model):
     name: str
-    cni: Literal["host-gw", "vxlan"] = "host-gw"
+    cni: Literal["host-gw", "vxlan", "calico"] = "host-gw"
+    calico: CalicoSpec = Field(default_factory=CalicoSpec, description="IPPool settings when cni is calico")
     iptables_backend: Literal["nft", "legacy"] = Field("nft", alias="iptablesBackend")
     kube_proxy_mode: Literal["iptables", "nftables"] = Field(
         "iptables", alias="kubeProxyMode", description="nftables: kube-proxy programs its `ip kube-proxy` table")
@@ -237,8 +245,10 @@ def resolve(sc: Scenario) -> ResolvedScenario:
     sc = _with_dns(sc)
     underlay = ipaddress.ip_network(sc.underlay_cidr)
     cluster = ipaddress.ip_network(sc.cluster_cidr)
-    pod_subnets = cluster.subnets(new_prefix=24)
-    next(pod_subnets)  # .0.0/24 stays unused, like flannel's first lease
+    # flannel leases a /24 per node; Calico's IPAM affines a block (default /26) of the IPPool to each node,
+    # and the lab serves that block as the node's podCIDR (real clusters may carry an unrelated podCIDR)
+    pod_subnets = cluster.subnets(new_prefix=sc.calico.block_size if sc.cni == "calico" else 24)
+    next(pod_subnets)  # the first subnet stays unused, like flannel's first lease
     nodes: list[ResolvedNode] = []
     for i, n in enumerate(sc.nodes):
         cidr = ipaddress.ip_network(n.pod_cidr) if n.pod_cidr else next(pod_subnets)
