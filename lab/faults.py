@@ -269,4 +269,42 @@ CATALOGUE: list[Fault] = [
           commands=(Cmd(None, ("kill", "-9", "{pid:kube-system/coredns}")),)),
 ]
 
+CALICO_CROSS_NODE = ProbeSpec("shop/client", "pod:shop/api-2", 8080)
+CATALOGUE += [  # Calico BGP mode (examples/lab/calico.yaml): what operators of the plug-in hit
+    Fault("calico_pod_route_missing", "node-2 lost its `podIP dev cali* scope link` route to the destination "
+          "pod: the lookup falls to the node's blackhole route for its own block",
+          "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("POD_ROUTE_MISSING", "node:node-2", ("ROUTE_BLACKHOLE",)),
+          commands=(_node("node-2", "ip", "route", "del", "{pod:shop/api-2}/32", "dev", "{veth:shop/api-2}"),)),
+    Fault("calico_proxy_arp_off", "proxy_arp is off on the client's cali interface (and the pod's neighbour "
+          "cache is flushed): nothing answers ARP for the pod's gateway 169.254.1.1",
+          "calico", CALICO_CROSS_NODE, "connected", "timeout", Expected("PROXY_ARP_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "sysctl", "-w", "net.ipv4.conf.{veth:shop/client}.proxy_arp=0"),
+                    _node("shop/client", "ip", "neigh", "flush", "dev", "eth0"))),
+    Fault("calico_block_route_missing", "node-1 has no route for node-2's block (its BGP session to node-2 is "
+          "down, BIRD withdrew the route): the packet follows the default route to the VPC router, which has no "
+          "route for pod addresses", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("INVALID_ROUTE", "node:node-1", ("NO_ROUTE",)),
+          commands=(_node("node-1", "ip", "route", "del", "{podcidr:node-2}"),)),
+    Fault("calico_nat_outgoing_off", "the IPPool's natOutgoing is off (felix empties cali40masq-ipam-pools): pod → "
+          "internet leaves with the pod address, which the internet host cannot answer",
+          "calico", ProbeSpec("shop/client", "inet", 80), "connected", "timeout",
+          Expected("POD_SOURCE_NOT_MASQUERADED", "node:node-1"), verdict_after="UNDETERMINED",
+          commands=(_node("node-1", "ipset", "flush", "cali40masq-ipam-pools"),)),
+    Fault("calico_workload_forwarding_off", "forwarding is off on the client's cali interface: the node does not "
+          "route what the pod sends", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("IP_FORWARD_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "sysctl", "-w", "net.ipv4.conf.{veth:shop/client}.forwarding=0"),)),
+    Fault("calico_workload_link_down", "the host side of the destination pod's cali veth is down",
+          "calico", CALICO_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "{veth:shop/api-2}", "down"),)),
+    Fault("calico_pod_default_route_missing", "the client pod lost its default route via 169.254.1.1",
+          "calico", CALICO_CROSS_NODE, "connected", "unreachable", Expected("NO_ROUTE", "pod:shop/client"),
+          commands=(_node("shop/client", "ip", "route", "del", "default"),)),
+    Fault("calico_same_node_pod_route_missing", "node-1 lost the route to its own pod api-1: same-node traffic "
+          "from the client falls to the block's blackhole", "calico", ProbeSpec("shop/client", "pod:shop/api-1", 8080),
+          "connected", "timeout", Expected("POD_ROUTE_MISSING", "node:node-1", ("ROUTE_BLACKHOLE",)),
+          commands=(_node("node-1", "ip", "route", "del", "{pod:shop/api-1}/32", "dev", "{veth:shop/api-1}"),)),
+]
+
 BY_NAME = {f.name: f for f in CATALOGUE}

@@ -105,6 +105,12 @@ _ENTRIES = [
                 "pod {pod} cannot reach itself through its Service",
                 "Enable hairpin: `ip link set {port} type bridge_slave hairpin on` (kubelet "
                 "--hairpin-mode=hairpin-veth or the CNI's hairpinMode)."),
+    FindingCode("PROXY_ARP_DISABLED", E, "{where} does not answer ARP for {gateway} on {device} ({sysctl}=0): "
+                "{source} cannot resolve its next hop", "Set `sysctl -w {sysctl}=1` on {where}: Calico's felix "
+                "sets proxy_arp on every workload interface (restart calico-node to reprogram it)."),
+    FindingCode("POD_ROUTE_MISSING", E, "{where} has no route to its local pod {pod} ({dst}): the lookup ends in "
+                "{route}", "Restore `{dst} dev {device} scope link` on {where}: the CNI (Calico's felix) programs "
+                "a route per local pod; restarting calico-node, or the pod, re-adds it."),
     FindingCode("LINK_DOWN", E, "link {link} in {where} is down", "Bring it up: `ip link set {link} up` "
                 "in {where}; if a pod's eth0, restart the pod so the CNI re-adds its routes."),
     FindingCode("VETH_PEER_MISSING", E, "veth {link} in {where} has no peer",

@@ -108,12 +108,45 @@ class Crossing:
             return self._link_down(c, view, link)
         if not link_up(peer):
             return self._link_down(c, peer_view, peer)
+        if not peer.master and nh not in peer_view.local_ips:
+            unanswered = self._proxy_arp(c, view, link, peer_view, peer, nh)
+            if unanswered is not None:
+                return unanswered
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD,
                      f"out {link.name} (veth) → {peer.name} in {peer_view.where}", packet(c.st, c.iif, link.name),
                      device=link.name, peer=peer.name, peer_where=peer_view.where, next_hop=nh)
         st = copy_state(c.st)
         st.iif, st.oif = peer.name, None
         return [Cursor(peer_view.place, st, peer.name, c.trail, l2_dst=nh)]
+
+    def _proxy_arp(self, c: Cursor, view: NetnsView, link: Link, peer_view: NetnsView, peer: Link,
+                   nh: IPAddress) -> list[Cursor] | None:
+        """A next hop the routed peer does not own (Calico's 169.254.1.1 behind a cali* veth): the frame
+        leaves only if the sender holds a usable neighbour entry for it, or the peer answers its ARP request
+        by proxy (arp_process → arp_fwd_proxy: proxy_arp on conf/all or the device, and a route to the next
+        hop out of another device). None = the frame goes."""
+        if any(n.dev == link.name and ipaddress.ip_address(n.dst) == nh and n.lladdr and
+               n.state.upper() not in BAD_NEIGHBOR for n in view.dump.neighbors):
+            return None
+        values = {k: peer_view.sysctl(f"ipv4/conf/{k}/proxy_arp") for k in ("all", peer.name)}
+        if values[peer.name] is None:
+            c.trail.assume(f"proxy_arp of {peer.name} in {peer_view.where} was not collected: it is assumed to "
+                           f"answer ARP for {nh}", could_change=True)
+            return None
+        sysctl = f"net.ipv4.conf.{peer.name}.proxy_arp"
+        if not any((v or "0").strip() == "1" for v in values.values()):
+            found = finding("PROXY_ARP_DISABLED", peer_view.hop_id, where=peer_view.where, device=peer.name,
+                            gateway=nh, source=view.where, sysctl=sysctl)
+            return self.w.drop(c, found, peer_view, f"nothing answers ARP for {nh} from {view.where}: "
+                               f"{sysctl}=0 (and conf.all)", StepKind.SYSCTL, name=sysctl, value=0, device=peer.name)
+        d = peer_view.router.lookup(nh, src=c.st.src, iif=peer.name)[0]
+        if d.drops or d.dev == peer.name:
+            found = finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=link.name, where=view.where,
+                            state=f"unanswered: {peer_view.where} proxies ARP on {peer.name} only for addresses it "
+                                  f"routes out of another device ({d.route or d.type})")
+            return self.w.drop(c, found, view, f"no proxy ARP answer for {nh}", StepKind.NEIGHBOR, address=nh,
+                               device=link.name)
+        return None
 
     def _link_down(self, c: Cursor, view: NetnsView, link: Link) -> list[Cursor]:
         state = "administratively down" if not link.admin_up else f"operstate {link.state}"
