@@ -43,6 +43,14 @@ VXLAN_MTU = 1450
 CALICO_GATEWAY = "169.254.1.1"
 CALICO_HOST_MAC = "ee:ee:ee:ee:ee:ee"
 CALICO_ALL_POOLS, CALICO_MASQ_POOLS = "cali40all-ipam-pools", "cali40masq-ipam-pools"
+# Terway (eniip, veth datapath): the pod's gateway (a static neighbour at the host veth's MAC), the rule
+# priorities of terway's EnsurePolicyRule, the ENI route table (1000 + the ENI's ifindex) and the MAC an
+# Alibaba Cloud vSwitch answers with
+TERWAY_GATEWAY = "169.254.1.1"
+TERWAY_TO_POD_PRIORITY, TERWAY_FROM_POD_PRIORITY = 512, 2048
+TERWAY_TABLE_BASE = 1000
+VSWITCH_MAC = "ee:ff:ff:ff:ff:ff"
+ENI_DEVICE = "eth1"
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _PARALLEL = 8
 
@@ -52,7 +60,7 @@ def new_prefix() -> str:
 
 
 def veth_name(pod_key: str, cni: str = "host-gw") -> str:
-    if cni == "calico":  # Calico's VethNameForWorkload: "cali" + sha1("<namespace>.<pod>")[:11]
+    if cni in ("calico", "terway-eniip"):  # Calico's VethNameForWorkload: "cali" + sha1("<namespace>.<pod>")[:11]
         return "cali" + hashlib.sha1(pod_key.replace("/", ".", 1).encode()).hexdigest()[:11]
     return "veth" + hashlib.sha1(pod_key.encode()).hexdigest()[:8]
 
@@ -107,8 +115,20 @@ def node_ruleset(sc: ResolvedScenario, node: str) -> str:
     rs = netpol.rules(sc, node)
     if sc.scenario.kube_proxy_mode == "iptables":  # nftables mode: its own table, see program_rules
         rs.extend(kubeproxy.rules(sc, node))
-    rs.extend(calico_rules(sc) if sc.scenario.cni == "calico" else flannel_rules(sc, node))
+    if sc.scenario.cni == "calico":
+        rs.extend(calico_rules(sc))
+    elif sc.scenario.cni != "terway-eniip":  # Terway: pod addresses are VPC addresses, nothing masquerades
+        rs.extend(flannel_rules(sc, node))
     return rs.render()
+
+
+def eni_mac(node_index: int) -> str:
+    return f"00:16:3e:00:{(node_index >> 8) & 0xff:02x}:{node_index & 0xff:02x}"  # Alibaba Cloud's OUI
+
+
+def host_veth_mac(veth: str) -> str:
+    digest = hashlib.sha1(veth.encode()).hexdigest()
+    return "02:" + ":".join(digest[i:i + 2] for i in range(0, 10, 2))
 
 
 def dns_records(sc: ResolvedScenario) -> dict[str, list[str]]:
@@ -191,6 +211,11 @@ class Lab:
             batches += [(st.inet_netns, _host_batch(INET_IP)), (st.ext_netns, _host_batch(EXT_IP))]
         _parallel(lambda b: netns.ip_batch(b[1], b[0]), batches)
         netns.ip_batch(self._external_routes(), st.underlay_netns)
+        if sc.scenario.cni == "terway-eniip":
+            # the VPC's source check: a pod address is forwarded only from the ENI owning it, never from a
+            # node's primary NIC (the underlay bridge br0)
+            netns.run(netns.in_ns(st.underlay_netns, [CLI[sc.scenario.iptables_backend], "-A", "FORWARD", "-i",
+                                                      "br0", "-s", sc.scenario.terway.pod_vswitch_cidr, "-j", "DROP"]))
         self.program_rules()
         self._start_workloads()
         lab_state.save(st)
@@ -212,8 +237,25 @@ class Lab:
             for name, ns in (("inet", st.inet_netns), ("ext", st.ext_netns)):
                 lines += [f"link add {name} type veth peer name eth0 netns {ns}",
                           f"link set {name} master br1", f"link set {name} up"]
+        if sc.scenario.cni == "terway-eniip":
+            lines += self._vpc_eni_batch()
         netns_sysctls = {"net.ipv4.ip_forward": 1}
         netns.write_sysctls(st.underlay_netns, netns_sysctls)
+        return lines
+
+    def _vpc_eni_batch(self) -> list[str]:
+        """The VPC side of each node's ENI: a point-to-point link `e<i>` answering as the pod vSwitch's
+        gateway (its MAC ee:ff:ff:ff:ff:ff), and the VPC's delivery of each secondary IP to the ENI owning it."""
+        sc, st = self.resolved, self.state
+        gateway = _pod_vswitch_gateway(sc)
+        lines = []
+        for i, node in enumerate(sc.nodes):
+            lines += [f"link add e{i} address {VSWITCH_MAC} type veth peer name {ENI_DEVICE} address {eni_mac(i)} "
+                      f"netns {st.nodes[node.name].netns}", f"addr add {gateway}/32 dev e{i}", f"link set e{i} up"]
+            for pod in st.pods.values():
+                if pod.node == node.name and not pod.host_network:
+                    lines += [f"route add {pod.ip}/32 dev e{i}",
+                              f"neigh add {pod.ip} lladdr {eni_mac(i)} dev e{i} nud permanent"]
         return lines
 
     def _external_routes(self) -> list[str]:
@@ -241,6 +283,9 @@ class Lab:
                  f"route add default via {_underlay_gateway(sc)} dev eth0"]
         if sc.scenario.cni == "calico":
             self._configure_calico_node(name, lines)
+            return
+        if sc.scenario.cni == "terway-eniip":
+            self._configure_terway_node(name, lines)
             return
         lines += ["link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
         for pod in st.pods.values():
@@ -290,9 +335,41 @@ class Lab:
         netns.ip_batch(lines, ns)
         netns.write_sysctls(ns, sysctls)
 
+    def _configure_terway_node(self, name: str, lines: list[str]) -> None:
+        """Terway eniip with the veth datapath, as terway's CNI (plugin/driver/veth.go) programs a node: the ENI
+        (eth1, on the pod vSwitch through the VPC router) up with the node IP /32 and table 1000+ifindex whose
+        default route is the vSwitch gateway onlink; per pod a veth `cali<hash>` (no bridge), `podIP dev
+        cali<hash> scope link`, `to podIP lookup main` (512) and `from podIP iif cali<hash> lookup <ENI table>`
+        (2048); forwarding=1 and rp_filter=0 on every link."""
+        sc, st = self.resolved, self.state
+        node = sc.node(name)
+        ns = st.nodes[name].netns
+        lines += [f"addr add {node.ip}/32 dev {ENI_DEVICE}", f"link set {ENI_DEVICE} up"]
+        pods = [p for p in st.pods.values() if p.node == name and not p.host_network]
+        for pod in pods:
+            lines += [f"link add {pod.veth} address {host_veth_mac(pod.veth)} type veth peer name eth0 netns "
+                      f"{pod.netns}", f"link set {pod.veth} up", f"route add {pod.ip}/32 dev {pod.veth} scope link"]
+        netns.ip_batch(lines, ns)
+        table = TERWAY_TABLE_BASE + netns.ifindex(ns, ENI_DEVICE)
+        gateway = _pod_vswitch_gateway(sc)
+        rules = [f"route add default via {gateway} dev {ENI_DEVICE} onlink table {table}"]
+        for pod in pods:
+            rules += [f"rule add to {pod.ip}/32 lookup main priority {TERWAY_TO_POD_PRIORITY}",
+                      f"rule add from {pod.ip}/32 iif {pod.veth} lookup {table} priority {TERWAY_FROM_POD_PRIORITY}"]
+        netns.ip_batch(rules, ns)
+        devices = ["all", "eth0", ENI_DEVICE, *(p.veth for p in pods if p.veth)]
+        sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
+        for dev in devices:
+            sysctls |= {f"net.ipv4.conf.{dev}.forwarding": 1, f"net.ipv4.conf.{dev}.rp_filter": 0}
+        netns.write_sysctls(ns, sysctls)
+
     def _pod_batch(self, key: str) -> list[str]:
         pod = self.state.pods[key]
         node = self.resolved.node(pod.node)
+        if self.resolved.scenario.cni == "terway-eniip":  # terway's container side: a static gateway neighbour
+            return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
+                    f"route add default via {TERWAY_GATEWAY} dev eth0 onlink",
+                    f"neigh add {TERWAY_GATEWAY} lladdr {host_veth_mac(pod.veth or '')} dev eth0 nud permanent"]
         if self.resolved.scenario.cni == "calico":  # the Calico CNI plug-in's container side
             return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
                     f"route add {CALICO_GATEWAY} dev eth0 scope link",
@@ -482,6 +559,11 @@ def _is_daemon(pid: int, module: bytes, state_file: str) -> bool:
 
 def _underlay_gateway(sc: ResolvedScenario) -> str:
     return str(ipaddress.ip_network(sc.scenario.underlay_cidr).network_address + 1)
+
+
+def _pod_vswitch_gateway(sc: ResolvedScenario) -> str:
+    """An Alibaba Cloud vSwitch's gateway is its CIDR's first host (x.x.x.253 is reserved too, not modelled)."""
+    return str(ipaddress.ip_network(sc.scenario.terway.pod_vswitch_cidr).network_address + 1)
 
 
 def _host_batch(ip: str) -> list[str]:

@@ -307,4 +307,39 @@ CATALOGUE += [  # Calico BGP mode (examples/lab/calico.yaml): what operators of 
           commands=(_node("node-1", "ip", "route", "del", "{pod:shop/api-1}/32", "dev", "{veth:shop/api-1}"),)),
 ]
 
+TERWAY_CROSS_NODE = ProbeSpec("shop/client", "pod:shop/api-2", 8080)
+CATALOGUE += [  # Terway eniip, veth datapath (examples/lab/terway.yaml)
+    Fault("terway_pod_rule_missing", "node-1 lost the client's `from <pod> iif <veth> lookup <ENI table>` rule: its "
+          "traffic leaves by the primary NIC, and the VPC drops a source that is not that NIC's address",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("POD_EGRESS_WRONG_ENI", "node:node-1"),
+          commands=(_node("node-1", "ip", "rule", "del", "from", "{pod:shop/client}/32", "priority", "2048"),)),
+    Fault("terway_pod_route_missing", "node-2 lost its `podIP dev <veth>` route to the destination pod: the main "
+          "table sends the pod's address back out to the VPC",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("POD_ROUTE_MISSING", "node:node-2"),
+          commands=(_node("node-2", "ip", "route", "del", "{pod:shop/api-2}/32", "dev", "{veth:shop/api-2}"),)),
+    Fault("terway_eni_down_destination", "node-2's ENI (eth1) is down: the VPC cannot deliver the pod's address",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "eth1", "down"),)),
+    Fault("terway_eni_down_source", "node-1's ENI (eth1) is down: its table lost its default route, the client's "
+          "traffic falls through to the main table and leaves by the primary NIC, where the VPC drops it",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-1"),
+          commands=(_node("node-1", "ip", "link", "set", "eth1", "down"),)),
+    Fault("terway_pod_veth_down", "the host side of the destination pod's veth is down (its route went with it)",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "{veth:shop/api-2}", "down"),)),
+    Fault("terway_forward_drop", "an iptables DROP in node-2's FORWARD chain for the destination pod (as a policy "
+          "agent's chain would)", "terway", TERWAY_CROSS_NODE, "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-I", "FORWARD", "1", "-d", "{pod:shop/api-2}/32", "-p", "tcp",
+                          "--dport", "8080", "-j", "DROP"),)),
+    Fault("terway_pod_gateway_neighbor_wrong", "the client pod's static neighbour for its gateway 169.254.1.1 "
+          "holds a MAC nobody has: every frame to the host is discarded", "terway", TERWAY_CROSS_NODE, "connected",
+          "timeout", Expected("NEIGHBOR_FAILED", "pod:shop/client"),
+          commands=(_node("shop/client", "ip", "neigh", "replace", "169.254.1.1", "lladdr", "02:00:00:00:00:99",
+                          "dev", "eth0", "nud", "permanent"),)),
+    Fault("terway_ip_forward_off", "net.ipv4.ip_forward=0 on the destination pod's node",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("IP_FORWARD_DISABLED", "node:node-2"),
+          commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+]
+
 BY_NAME = {f.name: f for f in CATALOGUE}

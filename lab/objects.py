@@ -151,6 +151,8 @@ def node_ready_patch(node: Obj, ready: bool) -> Obj:
 
 
 def _cni_annotations(sc: Scenario, node: ResolvedNode) -> dict[str, str]:
+    if sc.cni == "terway-eniip":
+        return {}
     if sc.cni == "calico":  # calico-node's autodetected BGP address
         prefixlen = ipaddress.ip_network(sc.underlay_cidr).prefixlen
         return {"projectcalico.org/IPv4Address": f"{node.ip}/{prefixlen}"}
@@ -178,7 +180,9 @@ def node_object(sc: Scenario, node: ResolvedNode, created: str) -> Obj:
                  "memory": "7853256Ki", "pods": "64"}
     obj = _obj(
         "Node", meta,
-        spec={"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr], "providerID": provider_id(sc.name, node.name)},
+        # Terway nodes have no pod CIDR: pods take ENI secondary IPs from the pod vSwitch
+        spec={"providerID": provider_id(sc.name, node.name)} if sc.cni == "terway-eniip" else
+        {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr], "providerID": provider_id(sc.name, node.name)},
         status={
             "addresses": [{"type": "InternalIP", "address": node.ip}, {"type": "Hostname", "address": node.name}],
             "allocatable": resources, "capacity": resources,
@@ -571,6 +575,8 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     ]
     if sc.cni == "calico":
         objs += calico_objects(rs, created)
+    elif sc.cni == "terway-eniip":
+        objs += terway_objects(rs, created)
     else:
         objs += [
             _configmap(sc, "kube-flannel-cfg", {
@@ -584,7 +590,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         ]
     if sc.dns:
         objs.append(_configmap(sc, "coredns", {"Corefile": corefile}, {}, created))
-    if sc.network_policy and sc.cni != "calico":
+    if sc.network_policy and sc.cni not in ("calico", "terway-eniip"):
         # flannel itself enforces no NetworkPolicy; the lab's enforcement stands for a policy-only agent
         objs.append(_daemonset(sc, "kube-router", {"k8s-app": "kube-router"}, [{
             "name": "kube-router", "image": "docker.io/cloudnativelabs/kube-router:v2.2.1",
@@ -625,6 +631,32 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
             "name": "calico-node", "image": "docker.io/calico/node:v3.28.2", "env": env,
         }], rs.nodes, created),
         pool,
+    ]
+
+
+def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
+    """ACK's Terway add-on in eniip mode: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone,
+    the ENIs' security groups, the service CIDR) and the terway-eniip DaemonSet. Terway enforces
+    NetworkPolicies with felix-style chains (disable_network_policy false); the lab's enforcement stands for them."""
+    sc = rs.scenario
+    eni_conf = {
+        "version": "1", "max_pool_size": 5, "min_pool_size": 0,
+        "vswitches": {ZONE: [sc.terway.pod_vswitch_id]}, "security_groups": [sc.terway.security_group_id],
+        "service_cidr": sc.service_cidr, "vswitch_selection_policy": "ordered", "ip_stack": "ipv4",
+    }
+    cni_conf = {"cniVersion": "0.4.0", "name": "terway", "type": "terway",
+                "eniip_virtual_type": "Veth"}
+    return [
+        _configmap(sc, "eni-config", {
+            "eni_conf": json.dumps(eni_conf, indent=2), "10-terway.conf": json.dumps(cni_conf, indent=2),
+            "disable_network_policy": "false", "in_cluster_loadbalance": "false",
+        }, {}, created),
+        _daemonset(sc, "terway-eniip", {"app": "terway-eniip"}, [
+            {"name": "terway", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
+             "command": ["/usr/bin/terwayd", "-log-level", "info", "-daemon-mode", "ENIMultiIP"]},
+            {"name": "policy", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
+             "command": ["/bin/policyinit.sh"]},
+        ], rs.nodes, created),
     ]
 
 

@@ -111,6 +111,10 @@ _ENTRIES = [
     FindingCode("POD_ROUTE_MISSING", E, "{where} has no route to its local pod {pod} ({dst}): the lookup ends in "
                 "{route}", "Restore `{dst} dev {device} scope link` on {where}: the CNI (Calico's felix) programs "
                 "a route per local pod; restarting calico-node, or the pod, re-adds it."),
+    FindingCode("POD_EGRESS_WRONG_ENI", E, "pod {pod} ({src}) leaves {where} by {device}, not by an ENI ({enis}): "
+                "the VPC drops a packet whose source is not an address of the interface that sent it",
+                "Restore the pod's policy rule on {where} (`ip rule add from {src} iif <its veth> lookup <its "
+                "ENI's table> priority 2048`): Terway re-adds it when it re-checks the pod; else recreate the pod."),
     FindingCode("LINK_DOWN", E, "link {link} in {where} is down", "Bring it up: `ip link set {link} up` "
                 "in {where}; if a pod's eth0, restart the pod so the CNI re-adds its routes."),
     FindingCode("VETH_PEER_MISSING", E, "veth {link} in {where} has no peer",

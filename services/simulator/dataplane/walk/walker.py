@@ -402,7 +402,7 @@ class Walker:
         first = decisions[0]
         if first.drops:
             text = first.route or (first.rules[-1] if first.rules else "no matching route")
-            found = self._pod_route_missing(view, st.dst, text, first)
+            found = self.pod_route_missing(view, st.dst, text, first)
             if found is None and first.type == "no_route":
                 found = finding("NO_ROUTE", view.hop_id, dst=st.dst, where=view.where, evidence=first.as_dict())
             elif found is None:
@@ -426,7 +426,7 @@ class Walker:
             pairs.append((ci, d))
         return pairs
 
-    def _pod_route_missing(self, view: NetnsView, dst: IPAddress, route: str, d: RouteDecision) -> Finding | None:
+    def pod_route_missing(self, view: NetnsView, dst: IPAddress, route: str, d: RouteDecision) -> Finding | None:
         """A node's route lookup for one of its own routed (unbridged) pods fails: the per-pod route the
         CNI programs (`podIP dev cali* scope link`) is gone, and the lookup fell to the block's blackhole."""
         pod = self.pod_ips.get(dst)
