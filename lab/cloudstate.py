@@ -138,10 +138,15 @@ def _route(state: State, rs: ResolvedScenario, node: str) -> dict[str, Any]:
     return next(e for e in state["route_tables"][0]["Entries"] if e["DestinationCidrBlock"] == cidr)
 
 
-def sg_deny(state: State, rs: ResolvedScenario, *, protocol: str, port: int) -> None:
-    """A priority-1 ingress drop rule on the node group, which wins over every accept."""
-    state["security_groups"][0]["Permissions"].insert(0, _permission(
+def sg_deny(state: State, rs: ResolvedScenario, *, protocol: str, port: int,
+            inner_access_policy: str | None = None) -> None:
+    """A priority-1 ingress drop rule on the node group, which wins over every accept rule — but not
+    over InnerAccessPolicy Accept between the nodes themselves (pass "Drop" for node → node packets)."""
+    group = state["security_groups"][0]
+    group["Permissions"].insert(0, _permission(
         "ingress", protocol.upper(), f"{port}/{port}", "0.0.0.0/0", f"block {protocol} {port}", policy="Drop"))
+    if inner_access_policy is not None:
+        group["InnerAccessPolicy"] = inner_access_policy
 
 
 def sg_not_shared(state: State, rs: ResolvedScenario, *, node: str) -> None:
@@ -196,11 +201,52 @@ def lb_backend_unhealthy(state: State, rs: ResolvedScenario, *, service: str, po
             health["ServerHealthStatus"] = "abnormal"
 
 
+def network_acl_deny(state: State, rs: ResolvedScenario, *, direction: str = "egress", allow: str = "10.0.0.0/8",
+                     port: str = "-1/-1", protocol: str = "all") -> None:
+    """A network ACL on the lab's vSwitch that accepts only `allow` (port `port`) in `direction`, and
+    everything the other way (network ACLs are stateless: each direction has its own entries)."""
+    key, other = ("EgressAclEntries", "IngressAclEntries") if direction == "egress" else \
+        ("IngressAclEntries", "EgressAclEntries")
+    peer = {"EgressAclEntries": "DestinationCidrIp", "IngressAclEntries": "SourceCidrIp"}
+    state.setdefault("network_acls", []).append({
+        "NetworkAclId": _id("nacl", rs.scenario.name), "NetworkAclName": "restricted", "VpcId": ids(rs)["vpc"],
+        "Resources": [{"ResourceId": ids(rs)["vswitch"], "ResourceType": "VSwitch"}],
+        key: [{"Policy": "accept", "Protocol": protocol, peer[key]: allow, "Port": port}],
+        other: [{"Policy": "accept", "Protocol": "all", peer[other]: "0.0.0.0/0", "Port": "-1/-1"}]})
+
+
+def next_hop_not_forwarding(state: State, rs: ResolvedScenario, *, node: str, via: str = "stopped") -> None:
+    """The VPC route to `node`'s pod CIDR points at a router that does not forward: a Stopped ECS
+    instance (`via="stopped"`) or an ENI attached to no instance (`via="detached"`)."""
+    router = _id("i", rs.scenario.name, "router") if via == "stopped" else _id("eni", rs.scenario.name, "router")
+    if via == "stopped":
+        state["instances"].append({"InstanceId": router, "InstanceName": "router", "ZoneId": ZONE, "Status": "Stopped",
+                                   "VpcId": ids(rs)["vpc"], "VSwitchId": ids(rs)["vswitch"],
+                                   "PrivateIpAddress": [], "SecurityGroupIds": [ids(rs)["group"]]})
+        _route(state, rs, node).update(NextHopType="Instance", NextHopId=router)
+    else:
+        state.setdefault("network_interfaces", []).append({
+            "NetworkInterfaceId": router, "Type": "Secondary", "Status": "Available", "VpcId": ids(rs)["vpc"],
+            "VSwitchId": ids(rs)["vswitch"], "PrivateIpAddress": "", "SecurityGroupIds": [ids(rs)["group"]]})
+        _route(state, rs, node).update(NextHopType="NetworkInterface", NextHopId=router)
+
+
+def lb_backend_weight_zero(state: State, rs: ResolvedScenario, *, service: str,
+                           nodes: list[str] | None = None) -> None:
+    """Backends (every node, or `nodes`) of the default server group get weight 0."""
+    wanted = {instance_id(rs.scenario.name, n) for n in (nodes or [n.name for n in rs.nodes])}
+    for backend in _lb(state, rs, service)["BackendServers"]:
+        if backend["ServerId"] in wanted:
+            backend["Weight"] = 0
+
+
 FAULTS: dict[str, Callable[..., None]] = {
     "SG_DENY": sg_deny, "SG_NOT_SHARED": sg_not_shared, "VPC_NO_ROUTE": vpc_no_route,
     "VPC_WRONG_NEXT_HOP": vpc_wrong_next_hop, "NAT_NO_SNAT": nat_no_snat, "LB_NOT_ACTIVE": lb_not_active,
     "LB_NO_LISTENER": lb_no_listener, "LB_LISTENER_NOT_RUNNING": lb_listener_not_running,
     "LB_ACL_DENY": lb_acl_deny, "LB_BACKEND_UNHEALTHY": lb_backend_unhealthy,
+    "VPC_NETWORK_ACL_DENY": network_acl_deny, "VPC_NEXT_HOP_NOT_FORWARDING": next_hop_not_forwarding,
+    "LB_BACKEND_WEIGHT_ZERO": lb_backend_weight_zero,
 }
 
 

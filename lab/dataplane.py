@@ -29,6 +29,7 @@ from typing import Any
 
 from lab import kubeproxy, kubeproxy_nft, netns, netpol, workloads
 from lab import state as lab_state
+from lab.bpf import compiled
 from lab.iptables import CLI, RESTORE, Ruleset, comment
 from lab.probe import ProbeResult, probe_in
 from lab.scenario import ResolvedPod, ResolvedScenario, Scenario, resolve
@@ -509,7 +510,7 @@ class Lab:
 
     def expand(self, template: str) -> str:
         """Fill {kind:arg} placeholders used by fault commands: addresses plus iptables, veth, pid,
-        podcidr, vtepmac and netns."""
+        podcidr, vtepmac, netns and bpf (a compiled lab/bpf/<name>.c object)."""
 
         def one(match: re.Match[str]) -> str:
             kind, _, arg = match.group(1).partition(":")
@@ -528,6 +529,8 @@ class Lab:
                 return self.resolved.node(arg).vtep_mac
             if kind == "netns":
                 return self.netns_of(arg)
+            if kind == "bpf":
+                return str(compiled(arg))
             return self.address(match.group(1))
 
         return re.sub(r"\{([a-z]+(?::[^{}]*)?)\}", one, template)

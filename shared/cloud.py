@@ -46,6 +46,13 @@ class SecurityGroupRule(_Model):
     source_port_to: int = -1
     nic_type: str = "intranet"
     description: str = ""
+    # the peer as a prefix list (its entries are in CloudInventory.prefix_lists), a port list
+    # instead of port_from/port_to (CloudInventory.port_lists), the account owning source_group_id
+    source_prefix_list_id: str | None = None
+    dest_prefix_list_id: str | None = None
+    port_range_list_id: str | None = None
+    source_group_owner_account: str | None = None
+    dest_group_owner_account: str | None = None
 
     @field_validator("policy", "protocol", mode="before")
     @classmethod
@@ -54,8 +61,12 @@ class SecurityGroupRule(_Model):
 
     def describe(self) -> str:
         peer_key = "source" if self.direction == "ingress" else "dest"
-        peer = getattr(self, f"{peer_key}_group_id") or getattr(self, f"{peer_key}_cidr") or "any"
-        ports = "all ports" if self.port_from == -1 else f"{self.port_from}/{self.port_to}"
+        peer = (getattr(self, f"{peer_key}_group_id") or getattr(self, f"{peer_key}_prefix_list_id")
+                or getattr(self, f"{peer_key}_cidr") or "any")
+        owner = getattr(self, f"{peer_key}_group_owner_account")
+        peer += f" (account {owner})" if owner else ""
+        ports = (f"port list {self.port_range_list_id}" if self.port_range_list_id else
+                 "all ports" if self.port_from == -1 else f"{self.port_from}/{self.port_to}")
         return (f"rule {self.id or '?'} ({self.direction} {self.policy} priority {self.priority} "
                 f"{self.protocol} {ports} {peer_key} {peer})")
 
@@ -67,6 +78,73 @@ class SecurityGroup(_Model):
     type: Literal["normal", "enterprise"] = "normal"
     inner_access_policy: Literal["Accept", "Drop"] = "Accept"
     rules: list[SecurityGroupRule] = Field(default_factory=list)
+
+
+class PrefixList(_Model):
+    """An ECS prefix list: a named set of CIDRs security-group rules can reference."""
+
+    id: str
+    name: str = ""
+    address_family: str = "IPv4"
+    entries: list[str] = Field(default_factory=list, description="CIDRs")
+
+
+class PortRangeList(_Model):
+    """An ECS port list: a named set of port ranges security-group rules can reference."""
+
+    id: str
+    name: str = ""
+    entries: list[str] = Field(default_factory=list, description='port ranges, "80/80" or "8000/8999"')
+
+
+class NetworkAclEntry(_Model):
+    id: str = ""
+    name: str = ""
+    policy: Literal["accept", "drop"]
+    protocol: str = Field("all", description="all, tcp, udp, icmp, gre, icmpv6")
+    cidr: str = Field(description="source CIDR (inbound) or destination CIDR (outbound); empty: not read")
+    port: str = Field("-1/-1", description="destination port range; -1/-1 is every port")
+    entry_type: str = Field("custom", description="custom, system or service")
+
+    @field_validator("policy", "protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower() if isinstance(value, str) else value
+
+    def describe(self) -> str:
+        return f"entry {self.id or self.name or '?'} ({self.policy} {self.protocol} {self.cidr} port {self.port})"
+
+
+class NetworkAcl(_Model):
+    """A VPC network ACL: stateless, ordered inbound and outbound entries, bound to vSwitches."""
+
+    id: str
+    name: str = ""
+    vpc_id: str | None = None
+    status: str = "Available"
+    vswitch_ids: list[str] = Field(default_factory=list)
+    ingress: list[NetworkAclEntry] = Field(default_factory=list, description="in evaluation order")
+    egress: list[NetworkAclEntry] = Field(default_factory=list, description="in evaluation order")
+
+
+class Eip(_Model):
+    """An elastic IP address and what it is bound to (an instance, or one private IP of an ENI)."""
+
+    id: str = Field(description="AllocationId")
+    ip: str
+    status: str = "InUse"
+    instance_type: str = Field("", description="EcsInstance, NetworkInterface, Nat, SlbInstance, HaVip, …")
+    instance_id: str | None = None
+    private_ip: str | None = Field(None, description="the private IP it serves (ENI bindings)")
+    mode: str = Field("NAT", description="NAT, MULTI_BINDED or BINDED (cut-through)")
+
+
+class Ipv4Gateway(_Model):
+    id: str
+    vpc_id: str
+    enabled: bool = True
+    status: str = "Created"
+    route_table_id: str | None = Field(None, description="its gateway route table")
 
 
 class NetworkInterface(_Model):
@@ -112,6 +190,7 @@ class VSwitch(_Model):
     cidr: str
     zone: str = ""
     route_table_id: str | None = None
+    network_acl_id: str | None = None
 
 
 class NextHop(_Model):
@@ -132,6 +211,8 @@ class RouteTable(_Model):
     id: str
     vpc_id: str
     type: Literal["System", "Custom"] = "System"
+    associate_type: str | None = Field(None, description="VSwitch, or Gateway for a gateway route table (bound to "
+                                                         "an IPv4 gateway); None: not collected")
     vswitch_ids: list[str] = Field(default_factory=list)
     entries: list[RouteEntry] = Field(default_factory=list)
 
@@ -178,7 +259,8 @@ class LbBackend(_Model):
     type: str = "ecs"
     server_ip: str | None = None
     port: int | None = Field(None, description="None: the listener's backend port")
-    weight: int = 100
+    weight: int = Field(100, description="0: the load balancer forwards it no request")
+    server_type: Literal["Master", "Slave"] | None = Field(None, description="in a primary/secondary group")
 
 
 class BackendHealth(_Model):
@@ -197,7 +279,11 @@ class Listener(_Model):
     acl_status: Literal["on", "off"] = "off"
     acl_type: Literal["white", "black"] | None = None
     acl_id: str | None = None
+    acl_ids: list[str] = Field(default_factory=list, description="every ACL of the listener (up to three)")
     health: list[BackendHealth] = Field(default_factory=list)
+    scheduler: str | None = Field(None, description="wrr, rr, sch, tch, qch; None: not collected")
+    health_check: Literal["on", "off"] | None = Field(None, description="None: not collected")
+    master_slave_server_group_id: str | None = None
 
 
 class VServerGroup(_Model):
@@ -216,6 +302,8 @@ class LoadBalancer(_Model):
     listeners: list[Listener] = Field(default_factory=list)
     backends: list[LbBackend] = Field(default_factory=list, description="default server group")
     vserver_groups: list[VServerGroup] = Field(default_factory=list)
+    master_slave_server_groups: list[VServerGroup] = Field(default_factory=list,
+                                                           description="primary/secondary server groups")
 
 
 class CloudInventory(_Model):
@@ -236,17 +324,29 @@ class CloudInventory(_Model):
     nat_gateways: list[NatGateway] = Field(default_factory=list)
     load_balancers: list[LoadBalancer] = Field(default_factory=list)
     acls: list[AccessControlList] = Field(default_factory=list)
+    # collected since version 1 was defined: None means "not collected" (an older inventory), never "none exist"
+    prefix_lists: list[PrefixList] | None = None
+    port_lists: list[PortRangeList] | None = None
+    network_acls: list[NetworkAcl] | None = None
+    eips: list[Eip] | None = None
+    ipv4_gateways: list[Ipv4Gateway] | None = None
 
     def merge(self, other: CloudInventory) -> CloudInventory:
-        """Union of two inventories (e.g. one file per region)."""
+        """Union of two inventories (e.g. one file per region). An optional collection one of them did
+        not collect stays not collected (None): part of the cloud would otherwise pass for having none."""
         data = self.model_dump()
         for key, value in other.model_dump().items():
-            if isinstance(value, list):
+            if key in _OPTIONAL and (value is None or data[key] is None):
+                data[key] = None
+            elif isinstance(value, list):
                 data[key] = data[key] + [v for v in value if v not in data[key]]
             elif isinstance(value, dict):
                 data[key] = {**data[key], **value}
         data["modelled"] = self.modelled or other.modelled
         return CloudInventory.model_validate(data)
+
+
+_OPTIONAL = ("prefix_lists", "port_lists", "network_acls", "eips", "ipv4_gateways")
 
 
 def empty_inventory(provider: str = "none", reason: str = "no cloud provider configured") -> CloudInventory:

@@ -163,6 +163,8 @@ class LbBackend(_Part):
     port: int | None = Field(None, description="the port the load balancer sends to")
     health: str = Field(description="normal, abnormal, unavailable, unknown")
     node: str | None = Field(None, description="the Kubernetes node, when the server is a node's instance")
+    weight: int | None = Field(None, description="0: the load balancer forwards it no request")
+    server_type: Literal["Master", "Slave"] | None = Field(None, description="in a primary/secondary group")
 
 
 class SocketMatch(_Part):
@@ -247,8 +249,12 @@ class PolicyInfo(_Info):
     allowed_by: PolicyRuleRef | None = Field(None, description="the policy rule that admitted it")
     denials: list[PolicyDenial] = Field(default_factory=list, description="why each isolating policy refused")
     enforced_by: RuleHit | None = Field(None, description="the node rule that enforced a deny")
-    acl: str | None = Field(None, description="cloud: the load balancer access-control list")
+    acl: str | None = Field(None, description="cloud: the load balancer access-control list(s)")
     acl_type: Literal["white", "black"] | None = Field(None, description="cloud: allow-list or deny-list")
+    network_acl: str | None = Field(None, description="cloud: the vSwitch network ACL (stateless)")
+    vswitch: str | None = Field(None, description="cloud: the vSwitch the network ACL is bound to")
+    entry: str | None = Field(None, description="cloud: the network ACL entry that decided, or why none did")
+    undecided: list[str] | None = Field(None, description="cloud: entries ahead whose match is unknown")
 
 
 class ServiceInfo(_Info):
@@ -340,6 +346,8 @@ class SecurityGroupInfo(_Info):
     shared_groups: list[str] = Field(default_factory=list, description="groups both ends are in (intra-group "
                                                                        "access)")
     notes: list[str] = Field(default_factory=list, description="caveats of the evaluation")
+    undecided: list[str] | None = Field(None, description="rules ahead of the decision whose match is unknown (a "
+                                                          "list or group not collected)")
 
 
 class VpcRouteInfo(_Info):
@@ -364,6 +372,9 @@ class LoadBalancerInfo(_Info):
     listeners: list[str] = Field(default_factory=list, description="`port/protocol` of each listener")
     backends: list[LbBackend] = Field(default_factory=list, description="the listener's backend servers and "
                                                                         "their health")
+    scheduler: str | None = Field(None, description="wrr, rr, sch, tch …")
+    health_check: Literal["on", "off"] | None = Field(None, description="the listener's health check")
+    serving: list[str] | None = Field(None, description="the backends that take traffic")
 
 
 class DeliveryInfo(_Info):

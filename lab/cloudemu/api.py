@@ -216,7 +216,8 @@ def describe_security_groups(state: State, params: Params) -> dict[str, Any]:
 
 _RULE_FIELDS = ("SecurityGroupRuleId", "Direction", "Policy", "Priority", "IpProtocol", "PortRange",
                 "SourceCidrIp", "DestCidrIp", "SourceGroupId", "DestGroupId", "SourcePortRange", "NicType",
-                "Description", "Ipv6SourceCidrIp", "Ipv6DestCidrIp")
+                "Description", "Ipv6SourceCidrIp", "Ipv6DestCidrIp", "SourcePrefixListId", "DestPrefixListId",
+                "PortRangeListId", "SourceGroupOwnerAccount", "DestGroupOwnerAccount")
 
 
 def describe_security_group_attribute(state: State, params: Params) -> dict[str, Any]:
@@ -245,7 +246,66 @@ def describe_security_group_attribute(state: State, params: Params) -> dict[str,
     }
 
 
+def describe_prefix_list_attributes(state: State, params: Params) -> dict[str, Any]:
+    pl = _find(state, "prefix_lists", "PrefixListId", _required(params, "PrefixListId"),
+               "InvalidPrefixListId.NotFound")
+    return {"PrefixListId": pl["PrefixListId"], "PrefixListName": pl.get("PrefixListName", ""),
+            "AddressFamily": pl.get("AddressFamily", "IPv4"), "MaxEntries": pl.get("MaxEntries", 20),
+            "Entries": {"Entry": [{"Cidr": e["Cidr"], "Description": e.get("Description", "")}
+                                  for e in pl.get("Entries", [])]}}
+
+
+def describe_port_range_list_entries(state: State, params: Params) -> dict[str, Any]:
+    pl = _find(state, "port_lists", "PortRangeListId", _required(params, "PortRangeListId"),
+               "InvalidPortRangeListId.NotFound")
+    return {"Entries": [{"PortRange": e["PortRange"], "Description": e.get("Description", "")}
+                        for e in pl.get("Entries", [])]}
+
+
 # ---------------------------------------------------------------- VPC
+
+
+def describe_network_acls(state: State, params: Params) -> dict[str, Any]:
+    items = _filter(state["network_acls"] if _region(state, params) else [], params, "VpcId", "NetworkAclId")
+    page, meta = by_page(items, params, max_size=50)
+    out = [{
+        "NetworkAclId": a["NetworkAclId"], "NetworkAclName": a.get("NetworkAclName", ""), "VpcId": a.get("VpcId", ""),
+        "Status": a.get("Status", "Available"), "RegionId": state["region"],
+        "Resources": {"Resource": [{"ResourceId": r["ResourceId"], "ResourceType": r.get("ResourceType", "VSwitch"),
+                                    "Status": r.get("Status", "BINDED")} for r in a.get("Resources", [])]},
+        "IngressAclEntries": {"IngressAclEntry": [
+            {"NetworkAclEntryId": e.get("NetworkAclEntryId", f"nae-in-{n}"), "Policy": e.get("Policy", "accept"),
+             "Protocol": e.get("Protocol", "all"), "SourceCidrIp": e["SourceCidrIp"], "Port": e.get("Port", "-1/-1"),
+             "EntryType": e.get("EntryType", "custom"), "NetworkAclEntryName": e.get("NetworkAclEntryName", "")}
+            for n, e in enumerate(a.get("IngressAclEntries", []))]},
+        "EgressAclEntries": {"EgressAclEntry": [
+            {"NetworkAclEntryId": e.get("NetworkAclEntryId", f"nae-out-{n}"), "Policy": e.get("Policy", "accept"),
+             "Protocol": e.get("Protocol", "all"), "DestinationCidrIp": e["DestinationCidrIp"],
+             "Port": e.get("Port", "-1/-1"), "EntryType": e.get("EntryType", "custom"),
+             "NetworkAclEntryName": e.get("NetworkAclEntryName", "")}
+            for n, e in enumerate(a.get("EgressAclEntries", []))]},
+    } for a in page]
+    return {"NetworkAcls": {"NetworkAcl": out}, **meta}
+
+
+def describe_eip_addresses(state: State, params: Params) -> dict[str, Any]:
+    items = _filter(state["eips"] if _region(state, params) else [], params, "AllocationId", "Status")
+    page, meta = by_page(items, params, max_size=100)
+    out = [{k: e.get(k, "") for k in ("AllocationId", "IpAddress", "InstanceType", "InstanceId", "PrivateIpAddress",
+                                       "Mode")} | {"Status": e.get("Status", "InUse"), "RegionId": state["region"]}
+           for e in page]
+    return {"EipAddresses": {"EipAddress": out}, **meta}
+
+
+def list_ipv4_gateways(state: State, params: Params) -> dict[str, Any]:
+    items = _filter(state["ipv4_gateways"] if _region(state, params) else [], params, "VpcId")
+    page, meta = by_token(items, params, max_size=100)
+    return {"Ipv4GatewayModels": [{
+        "Ipv4GatewayId": g["Ipv4GatewayId"], "VpcId": g["VpcId"], "Enabled": g.get("Enabled", True),
+        "Status": g.get("Status", "Created"), "Ipv4GatewayRouteTableId": g.get("Ipv4GatewayRouteTableId", "")}
+        for g in page], **meta}
+
+
 
 
 def describe_vpcs(state: State, params: Params) -> dict[str, Any]:
@@ -285,6 +345,8 @@ def describe_vswitches(state: State, params: Params) -> dict[str, Any]:
             "ZoneId": s.get("ZoneId", ""), "Status": "Available",
             "RouteTable": {"RouteTableId": table.get("RouteTableId", ""),
                            "RouteTableType": table.get("RouteTableType", "")},
+            "NetworkAclId": next((a["NetworkAclId"] for a in state["network_acls"]
+                                  if any(r["ResourceId"] == s["VSwitchId"] for r in a.get("Resources", []))), ""),
         })
     return {"VSwitches": {"VSwitch": out}, **meta}
 
@@ -295,7 +357,7 @@ def describe_route_table_list(state: State, params: Params) -> dict[str, Any]:
     out = [{
         "RouteTableId": t["RouteTableId"], "VpcId": t["VpcId"], "RouteTableType": t.get("RouteTableType", "System"),
         "RouterId": "vrt-" + t["VpcId"].removeprefix("vpc-"), "RouterType": "VRouter", "Status": "Available",
-        "VSwitchIds": {"VSwitchId": t.get("VSwitchIds", [])}, "AssociateType": "VSwitch",
+        "VSwitchIds": {"VSwitchId": t.get("VSwitchIds", [])}, "AssociateType": t.get("AssociateType", "VSwitch"),
     } for t in page]
     return {"RouterTableList": {"RouterTableListType": out}, **meta}
 
@@ -424,7 +486,9 @@ def _listener_attribute(protocol: str) -> Callable[[State, Params], dict[str, An
             "ListenerPort": li["ListenerPort"], "BackendServerPort": li.get("BackendServerPort", li["ListenerPort"]),
             "Status": li.get("Status", "running"), "VServerGroupId": li.get("VServerGroupId", ""),
             "AclStatus": li.get("AclStatus", "off"), "AclType": li.get("AclType", ""), "AclId": li.get("AclId", ""),
-            "HealthCheck": "on", "Bandwidth": -1, "Scheduler": "wrr",
+            "AclIds": {"AclId": li.get("AclIds") or ([li["AclId"]] if li.get("AclId") else [])},
+            "HealthCheck": li.get("HealthCheck", "on"), "Bandwidth": -1, "Scheduler": li.get("Scheduler", "wrr"),
+            "MasterSlaveServerGroupId": li.get("MasterSlaveServerGroupId", ""),
         }
     return action
 
@@ -439,6 +503,21 @@ def describe_vserver_group_attribute(state: State, params: Params) -> dict[str, 
             {"ServerId": b["ServerId"], "Port": b.get("Port"), "Weight": b.get("Weight", 100),
              "Type": b.get("Type", "ecs"), "ServerIp": b.get("ServerIp", ""), "Description": ""}
             for b in group.get("BackendServers", [])]},
+    }
+
+
+def describe_master_slave_server_group_attribute(state: State, params: Params) -> dict[str, Any]:
+    group = _find(state, "master_slave_server_groups", "MasterSlaveServerGroupId",
+                  _required(params, "MasterSlaveServerGroupId"), "InvalidMasterSlaveServerGroupId.NotFound")
+    return {
+        "MasterSlaveServerGroupId": group["MasterSlaveServerGroupId"],
+        "MasterSlaveServerGroupName": group.get("MasterSlaveServerGroupName", ""),
+        "LoadBalancerId": group.get("LoadBalancerId", ""),
+        "MasterSlaveBackendServers": {"MasterSlaveBackendServer": [
+            {"ServerId": b["ServerId"], "Port": b.get("Port"), "Weight": b.get("Weight", 100),
+             "ServerType": b.get("ServerType", "Master"), "Type": b.get("Type", "ecs"),
+             "ServerIp": b.get("ServerIp", ""), "Description": ""}
+            for b in group.get("MasterSlaveBackendServers", [])]},
     }
 
 
@@ -473,6 +552,11 @@ ACTIONS: dict[tuple[str, str], Callable[[State, Params], dict[str, Any]]] = {
     ("2014-05-26", "DescribeNetworkInterfaces"): describe_network_interfaces,
     ("2014-05-26", "DescribeSecurityGroups"): describe_security_groups,
     ("2014-05-26", "DescribeSecurityGroupAttribute"): describe_security_group_attribute,
+    ("2014-05-26", "DescribePrefixListAttributes"): describe_prefix_list_attributes,
+    ("2014-05-26", "DescribePortRangeListEntries"): describe_port_range_list_entries,
+    ("2016-04-28", "DescribeNetworkAcls"): describe_network_acls,
+    ("2016-04-28", "DescribeEipAddresses"): describe_eip_addresses,
+    ("2016-04-28", "ListIpv4Gateways"): list_ipv4_gateways,
     ("2016-04-28", "DescribeVpcs"): describe_vpcs,
     ("2016-04-28", "DescribeVSwitches"): describe_vswitches,
     ("2016-04-28", "DescribeRouteTableList"): describe_route_table_list,
@@ -485,6 +569,7 @@ ACTIONS: dict[tuple[str, str], Callable[[State, Params], dict[str, Any]]] = {
     ("2014-05-15", "DescribeLoadBalancerTCPListenerAttribute"): _listener_attribute("tcp"),
     ("2014-05-15", "DescribeLoadBalancerUDPListenerAttribute"): _listener_attribute("udp"),
     ("2014-05-15", "DescribeVServerGroupAttribute"): describe_vserver_group_attribute,
+    ("2014-05-15", "DescribeMasterSlaveServerGroupAttribute"): describe_master_slave_server_group_attribute,
     ("2014-05-15", "DescribeAccessControlListAttribute"): describe_access_control_list_attribute,
     ("2014-05-15", "DescribeHealthStatus"): describe_health_status,
 }

@@ -19,7 +19,8 @@ from typing import Any
 
 COLLECTIONS = (
     "instances", "network_interfaces", "security_groups", "vpcs", "vswitches", "route_tables",
-    "nat_gateways", "load_balancers", "vserver_groups", "acls",
+    "nat_gateways", "load_balancers", "vserver_groups", "acls", "prefix_lists", "port_lists", "network_acls",
+    "eips", "ipv4_gateways", "master_slave_server_groups",
 )
 
 

@@ -29,6 +29,8 @@ from aliyunsdkcore.client import AcsClient
 from aliyunsdkcore.request import RpcRequest
 from aliyunsdkecs.request.v20140526.DescribeInstancesRequest import DescribeInstancesRequest
 from aliyunsdkecs.request.v20140526.DescribeNetworkInterfacesRequest import DescribeNetworkInterfacesRequest
+from aliyunsdkecs.request.v20140526.DescribePortRangeListEntriesRequest import DescribePortRangeListEntriesRequest
+from aliyunsdkecs.request.v20140526.DescribePrefixListAttributesRequest import DescribePrefixListAttributesRequest
 from aliyunsdkecs.request.v20140526.DescribeSecurityGroupAttributeRequest import DescribeSecurityGroupAttributeRequest
 from aliyunsdkecs.request.v20140526.DescribeSecurityGroupsRequest import DescribeSecurityGroupsRequest
 from aliyunsdkslb.request.v20140515.DescribeAccessControlListAttributeRequest import (
@@ -43,14 +45,20 @@ from aliyunsdkslb.request.v20140515.DescribeLoadBalancerTCPListenerAttributeRequ
 from aliyunsdkslb.request.v20140515.DescribeLoadBalancerUDPListenerAttributeRequest import (
     DescribeLoadBalancerUDPListenerAttributeRequest,
 )
+from aliyunsdkslb.request.v20140515.DescribeMasterSlaveServerGroupAttributeRequest import (
+    DescribeMasterSlaveServerGroupAttributeRequest,
+)
 from aliyunsdkslb.request.v20140515.DescribeVServerGroupAttributeRequest import DescribeVServerGroupAttributeRequest
+from aliyunsdkvpc.request.v20160428.DescribeEipAddressesRequest import DescribeEipAddressesRequest
 from aliyunsdkvpc.request.v20160428.DescribeForwardTableEntriesRequest import DescribeForwardTableEntriesRequest
 from aliyunsdkvpc.request.v20160428.DescribeNatGatewaysRequest import DescribeNatGatewaysRequest
+from aliyunsdkvpc.request.v20160428.DescribeNetworkAclsRequest import DescribeNetworkAclsRequest
 from aliyunsdkvpc.request.v20160428.DescribeRouteEntryListRequest import DescribeRouteEntryListRequest
 from aliyunsdkvpc.request.v20160428.DescribeRouteTableListRequest import DescribeRouteTableListRequest
 from aliyunsdkvpc.request.v20160428.DescribeSnatTableEntriesRequest import DescribeSnatTableEntriesRequest
 from aliyunsdkvpc.request.v20160428.DescribeVpcsRequest import DescribeVpcsRequest
 from aliyunsdkvpc.request.v20160428.DescribeVSwitchesRequest import DescribeVSwitchesRequest
+from aliyunsdkvpc.request.v20160428.ListIpv4GatewaysRequest import ListIpv4GatewaysRequest
 
 from services.cloud.provider import CloudApiError, CloudError, CloudProvider
 from shared.cloud import (
@@ -58,13 +66,19 @@ from shared.cloud import (
     BackendHealth,
     CloudInventory,
     DnatEntry,
+    Eip,
     Instance,
+    Ipv4Gateway,
     LbBackend,
     Listener,
     LoadBalancer,
     NatGateway,
+    NetworkAcl,
+    NetworkAclEntry,
     NetworkInterface,
     NextHop,
+    PortRangeList,
+    PrefixList,
     RouteEntry,
     RouteTable,
     SecurityGroup,
@@ -119,8 +133,10 @@ class Credentials:
         raise CloudError(f"{path} holds no access-key-id/access-key-secret (or AccessKeyId/AccessKeySecret)")
 
 
-def _items(body: dict[str, Any], outer: str, inner: str) -> list[dict[str, Any]]:
-    return (body.get(outer) or {}).get(inner) or []
+def _items(body: dict[str, Any], outer: str, inner: str) -> list[Any]:
+    """`{outer: {inner: [...]}}` (RPC XML-style), or `{outer: [...]}` (the newer list APIs)."""
+    value = body.get(outer) or {}
+    return value if isinstance(value, list) else value.get(inner) or []
 
 
 class AlibabaProvider(CloudProvider):
@@ -215,7 +231,8 @@ class AlibabaProvider(CloudProvider):
         by_region, unmatched = self._node_regions(nodes)
         statements: list[str] = []
         errors: list[str] = []
-        inv = CloudInventory(provider=self.name, regions=sorted(by_region) or [r for r in [self.default_region] if r])
+        inv = CloudInventory(provider=self.name, regions=sorted(by_region) or [r for r in [self.default_region] if r],
+                             prefix_lists=[], port_lists=[], network_acls=[], eips=[], ipv4_gateways=[])
         for region in inv.regions:
             wanted = by_region.get(region, {})
             instances = self._instances(region, list(wanted.values()))
@@ -227,6 +244,13 @@ class AlibabaProvider(CloudProvider):
                 self._collect_vpc(region, vpc_id, inv, errors)
             inv.nodes.update({n: i for n, i in wanted.items() if i not in missing})
             self._collect_lbs(region, set(addresses), set(load_balancer_ids), inv, errors)
+            self._collect_rule_lists(region, inv, errors)
+            try:  # EIPs are regional: the ones bound to secondary private IPs of ENIs matter here
+                _add(inv, "eips", [_eip(e) for e in self.paged(region, DescribeEipAddressesRequest,
+                                                               "EipAddresses", "EipAddress")])
+            except CloudApiError as exc:
+                inv.eips = None
+                errors.append(f"EIPs of {region}: {exc}")
         if unmatched:
             self._match_by_ip(unmatched, inv, statements)
         inv.statements.extend(statements)
@@ -293,6 +317,16 @@ class AlibabaProvider(CloudProvider):
                                             "VSwitches", "VSwitch", VpcId=vpc_id)))
         part("route tables", lambda: inv.route_tables.extend(self._route_tables(region, vpc_id)))
         part("NAT gateways", lambda: inv.nat_gateways.extend(self._nat_gateways(region, vpc_id)))
+        part("network ACLs", lambda: _add(inv, "network_acls", [
+            _network_acl(a) for a in self.paged(region, DescribeNetworkAclsRequest, "NetworkAcls", "NetworkAcl",
+                                                VpcId=vpc_id)]))
+        part("IPv4 gateways", lambda: _add(inv, "ipv4_gateways", [
+            _ipv4_gateway(g) for g in self.tokened(region, ListIpv4GatewaysRequest, "Ipv4GatewayModels",
+                                                   "Ipv4GatewayModel", VpcId=vpc_id)]))
+        # a kind that could not be read is "not collected", never "none exist"
+        for what, key in (("network ACLs", "network_acls"), ("IPv4 gateways", "ipv4_gateways")):
+            if any(e.startswith(f"{what} of {vpc_id}:") for e in errors):
+                setattr(inv, key, None)
 
     def _instances_in(self, region: str, vpc_id: str) -> list[Instance]:
         return [_instance(raw, region) for raw in self.tokened(
@@ -336,6 +370,7 @@ class AlibabaProvider(CloudProvider):
                                    RouteTableId=raw["RouteTableId"])
             return RouteTable(
                 id=raw["RouteTableId"], vpc_id=raw.get("VpcId", vpc_id), type=raw.get("RouteTableType") or "System",
+                associate_type=raw.get("AssociateType") or None,
                 vswitch_ids=_items(raw, "VSwitchIds", "VSwitchId"), entries=[_route_entry(e) for e in entries])
 
         return self._fan_out(detail, tables)
@@ -368,6 +403,29 @@ class AlibabaProvider(CloudProvider):
 
         return self._fan_out(detail, gateways)
 
+    def _collect_rule_lists(self, region: str, inv: CloudInventory, errors: list[str]) -> None:
+        """The prefix lists and port lists the collected security-group rules reference."""
+        rules = [r for g in inv.security_groups for r in g.rules]
+        prefix_ids = sorted({i for r in rules for i in (r.source_prefix_list_id, r.dest_prefix_list_id) if i})
+        port_ids = sorted({r.port_range_list_id for r in rules if r.port_range_list_id})
+        for pl_id in prefix_ids:
+            try:
+                body = self.call(region, DescribePrefixListAttributesRequest(), PrefixListId=pl_id)
+            except CloudApiError as exc:
+                errors.append(f"prefix list {pl_id}: {exc}")
+                continue
+            _add(inv, "prefix_lists", [PrefixList(
+                id=pl_id, name=body.get("PrefixListName", ""), address_family=body.get("AddressFamily") or "IPv4",
+                entries=[e["Cidr"] for e in _items(body, "Entries", "Entry")])])
+        for pr_id in port_ids:
+            try:
+                body = self.call(region, DescribePortRangeListEntriesRequest(), PortRangeListId=pr_id)
+            except CloudApiError as exc:
+                errors.append(f"port list {pr_id}: {exc}")
+                continue
+            _add(inv, "port_lists", [PortRangeList(
+                id=pr_id, entries=[e["PortRange"] for e in _items(body, "Entries", "Entry")])])
+
     def _collect_lbs(self, region: str, addresses: set[str], ids: set[str], inv: CloudInventory,
                      errors: list[str]) -> None:
         try:
@@ -393,7 +451,7 @@ class AlibabaProvider(CloudProvider):
                          LoadBalancerId=lb_id)
         health = _items(self.call(region, DescribeHealthStatusRequest(),
                                   LoadBalancerId=lb_id), "BackendServers", "BackendServer")
-        listeners, groups = [], {}
+        listeners, groups, master_slave = [], {}, {}
         for lp in _items(attr, "ListenerPortsAndProtocol", "ListenerPortAndProtocol"):
             protocol = str(lp.get("ListenerProtocol", "")).lower()
             port = int(lp["ListenerPort"])
@@ -411,13 +469,24 @@ class AlibabaProvider(CloudProvider):
                 groups[group_id] = VServerGroup(id=group_id, name=vg.get("VServerGroupName", ""),
                                                 backends=[_backend(b) for b in _items(vg, "BackendServers",
                                                                                        "BackendServer")])
+            ms_id = la.get("MasterSlaveServerGroupId") or None
+            if ms_id and ms_id not in master_slave:
+                ms = self.call(region, DescribeMasterSlaveServerGroupAttributeRequest(), MasterSlaveServerGroupId=ms_id)
+                master_slave[ms_id] = VServerGroup(
+                    id=ms_id, name=ms.get("MasterSlaveServerGroupName", ""),
+                    backends=[_backend(b) for b in _items(ms, "MasterSlaveBackendServers",
+                                                          "MasterSlaveBackendServer")])
             acl_id = la.get("AclId") or None
-            if acl_id and la.get("AclStatus") == "on" and acl_id not in {a.id for a in inv.acls}:
-                inv.acls.append(self._acl(region, acl_id))
+            acl_ids = [a for a in _items(la, "AclIds", "AclId") if a] or ([acl_id] if acl_id else [])
+            for one in acl_ids if la.get("AclStatus") == "on" else []:
+                if one not in {a.id for a in inv.acls}:
+                    inv.acls.append(self._acl(region, one))
             listeners.append(Listener(
                 port=port, protocol=protocol, status=la.get("Status", "unknown"),
                 backend_port=la.get("BackendServerPort"), vserver_group_id=group_id,
                 acl_status=la.get("AclStatus") or "off", acl_type=la.get("AclType") or None, acl_id=acl_id,
+                acl_ids=acl_ids, scheduler=la.get("Scheduler") or None,
+                health_check=la.get("HealthCheck") or None, master_slave_server_group_id=ms_id,
                 health=[BackendHealth(server_id=h["ServerId"], server_ip=h.get("ServerIp") or None,
                                       port=h.get("Port"), status=h.get("ServerHealthStatus", "unknown"))
                         for h in health if int(h.get("ListenerPort", port)) == port
@@ -427,7 +496,7 @@ class AlibabaProvider(CloudProvider):
             address=attr.get("Address") or None, address_type=attr.get("AddressType", "internet"),
             vpc_id=attr.get("VpcId") or None, listeners=listeners,
             backends=[_backend(b) for b in _items(attr, "BackendServers", "BackendServer")],
-            vserver_groups=list(groups.values()))
+            vserver_groups=list(groups.values()), master_slave_server_groups=list(master_slave.values()))
 
     def _acl(self, region: str, acl_id: str) -> AccessControlList:
         entries, name, page = [], "", 1
@@ -440,6 +509,13 @@ class AlibabaProvider(CloudProvider):
             if not batch or len(entries) >= int(body.get("TotalAclEntry", len(entries))):
                 return AccessControlList(id=acl_id, name=name, entries=entries)
             page += 1
+
+
+def _add(inv: CloudInventory, key: str, items: list[Any]) -> None:
+    """Extend one of the optional collections, unless an earlier failure marked it not collected (None)."""
+    current = getattr(inv, key)
+    if current is not None:
+        current.extend(items)
 
 
 def _node_of(wanted: dict[str, str], instance_id: str) -> str:
@@ -490,7 +566,10 @@ def _rule(raw: dict[str, Any]) -> SecurityGroupRule:
         dest_cidr=raw.get("DestCidrIp") or raw.get("Ipv6DestCidrIp") or None,
         source_group_id=raw.get("SourceGroupId") or None, dest_group_id=raw.get("DestGroupId") or None,
         source_port_from=sport_from, source_port_to=sport_to, nic_type=raw.get("NicType") or "intranet",
-        description=raw.get("Description", ""))
+        description=raw.get("Description", ""), source_prefix_list_id=raw.get("SourcePrefixListId") or None,
+        dest_prefix_list_id=raw.get("DestPrefixListId") or None, port_range_list_id=raw.get("PortRangeListId") or None,
+        source_group_owner_account=raw.get("SourceGroupOwnerAccount") or None,
+        dest_group_owner_account=raw.get("DestGroupOwnerAccount") or None)
 
 
 def _vpc(raw: dict[str, Any]) -> Vpc:
@@ -501,7 +580,8 @@ def _vpc(raw: dict[str, Any]) -> Vpc:
 
 def _vswitch(raw: dict[str, Any]) -> VSwitch:
     return VSwitch(id=raw["VSwitchId"], vpc_id=raw["VpcId"], cidr=raw.get("CidrBlock", ""), zone=raw.get("ZoneId", ""),
-                   route_table_id=(raw.get("RouteTable") or {}).get("RouteTableId") or None)
+                   route_table_id=(raw.get("RouteTable") or {}).get("RouteTableId") or None,
+                   network_acl_id=raw.get("NetworkAclId") or None)
 
 
 def _route_entry(raw: dict[str, Any]) -> RouteEntry:
@@ -513,4 +593,33 @@ def _route_entry(raw: dict[str, Any]) -> RouteEntry:
 
 def _backend(raw: dict[str, Any]) -> LbBackend:
     return LbBackend(server_id=raw["ServerId"], type=raw.get("Type") or "ecs", server_ip=raw.get("ServerIp") or None,
-                     port=raw.get("Port"), weight=int(raw.get("Weight", 100)))
+                     port=raw.get("Port"), weight=int(raw.get("Weight", 100)),
+                     server_type=raw.get("ServerType") or None)
+
+
+def _acl_entry(raw: dict[str, Any], peer_key: str) -> NetworkAclEntry:
+    return NetworkAclEntry(id=raw.get("NetworkAclEntryId", ""), name=raw.get("NetworkAclEntryName", ""),
+                           policy=raw.get("Policy") or "accept", protocol=raw.get("Protocol") or "all",
+                           cidr=raw.get(peer_key) or raw.get(f"Ipv6{peer_key}") or "", port=raw.get("Port") or "-1/-1",
+                           entry_type=raw.get("EntryType") or "custom")
+
+
+def _network_acl(raw: dict[str, Any]) -> NetworkAcl:
+    return NetworkAcl(
+        id=raw["NetworkAclId"], name=raw.get("NetworkAclName", ""), vpc_id=raw.get("VpcId") or None,
+        status=raw.get("Status", "Available"),
+        vswitch_ids=[r["ResourceId"] for r in _items(raw, "Resources", "Resource")
+                     if r.get("ResourceType", "VSwitch") == "VSwitch" and r.get("Status", "BINDED") != "UNBINDED"],
+        ingress=[_acl_entry(e, "SourceCidrIp") for e in _items(raw, "IngressAclEntries", "IngressAclEntry")],
+        egress=[_acl_entry(e, "DestinationCidrIp") for e in _items(raw, "EgressAclEntries", "EgressAclEntry")])
+
+
+def _eip(raw: dict[str, Any]) -> Eip:
+    return Eip(id=raw["AllocationId"], ip=raw.get("IpAddress", ""), status=raw.get("Status", ""),
+               instance_type=raw.get("InstanceType", ""), instance_id=raw.get("InstanceId") or None,
+               private_ip=raw.get("PrivateIpAddress") or None, mode=raw.get("Mode") or "NAT")
+
+
+def _ipv4_gateway(raw: dict[str, Any]) -> Ipv4Gateway:
+    return Ipv4Gateway(id=raw["Ipv4GatewayId"], vpc_id=raw.get("VpcId", ""), enabled=bool(raw.get("Enabled", True)),
+                       status=raw.get("Status", ""), route_table_id=raw.get("Ipv4GatewayRouteTableId") or None)

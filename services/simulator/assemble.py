@@ -8,13 +8,14 @@ from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import NodeView, walk
+from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
 from shared.blobcache import Decoded
 from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
-from shared.netstack import decode_dump
+from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -127,10 +128,14 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         " (a VM, an on-premises host, nothing) and whether it answers was not checked"))
 
 
-async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResult:
+async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | None = None) -> DiagnosisResult:
+    """The result of one envelope; `blobs` (the stage's) reuses what earlier diagnoses decoded."""
+    blobs = blobs or Blobs()
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    report: TopologyReport | None = None
+    dumps: dict[str, NodeDump] = {}
     cloud_checked = False
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
@@ -143,11 +148,12 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        views, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus, blobs)
         findings = _merge(findings, load_findings)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+            dumps = {n: v.dump for n, v in views.items()}
+            walked = await asyncio.to_thread(walk, report, env.request, dumps,
                                              expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
@@ -156,7 +162,7 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        inventory = await _inventory(env, bus)
+        inventory = await _inventory(env, bus, blobs)
         cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
@@ -166,17 +172,35 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(unowned)
     verdict = overall_verdict(paths, findings, assumptions)
     summary = summarize(verdict, paths, findings, assumptions, cloud_checked=cloud_checked)
-    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
+    witness = None
+    if env.request.options.live:
+        if bus is None or report is None:
+            assumptions.append(Assumption(stage=STAGE, text="live confirmation was asked for but not possible: no "
+                                          "bus or no topology", could_change_outcome=False))
+        else:
+            live = await confirm(bus, env.request, report, dumps, verdict, paths, findings, env.id)
+            witness = live.witness
+            findings = _merge(findings, live.findings)
+            assumptions = _merge(assumptions, live.assumptions)
+            if live.verdict != verdict:  # the kernel is what happened
+                verdict = live.verdict
+                summary = f"the kernel says {verdict.value}: {witness.detail}"
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings,
+                           assumptions=assumptions, live=witness)
 
 
-# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
-# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
-# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
-NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
-_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+class Blobs:
+    """What a simulator decodes from the object store, once per content digest: the requests of a
+    batch (one snapshot, one collection window) carry the same dumps and inventory, and decoding a
+    dump and parsing its rulesets costs more than walking it. A cached dump is never mutated: its
+    NodeView (parsed rulesets, routers) is reused too. One per SimulatorStage."""
+
+    def __init__(self) -> None:
+        self.nodes: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+        self.inventories: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+async def _load_dumps(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> tuple[dict[str, NodeView], list[Finding]]:
     views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
@@ -185,7 +209,7 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
         # only data that is absent or broken is missing data; the bus not answering (a timeout, a
         # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            views[node] = await NODE_VIEWS.get(bus, ref)
+            views[node] = await blobs.nodes.get(bus, ref)
         except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
                 raise
@@ -217,10 +241,10 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
+async def _inventory(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> CloudInventory | None:
     """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
     if isinstance(env.cloud, BlobRef):
-        return await _INVENTORIES.get(bus, env.cloud) if bus else None
+        return await blobs.inventories.get(bus, env.cloud) if bus else None
     return CloudInventory.model_validate(env.cloud) if env.cloud else None
 
 

@@ -10,7 +10,12 @@ collected inventory:
   and is spliced into the walk's reply paths where they cross;
 * out of the cluster to a public address: security groups, then an EIP or the NAT
   gateway's SNAT;
-* in from outside to a LoadBalancer address: the CLB (status, listener, ACL, backends).
+* in from outside to a LoadBalancer address: the CLB (status, listener, ACL, backends); then,
+  per node the CLB forwards to, the leg from that entry node to the endpoint, which crosses
+  the VPC again when the endpoint is on another node (a path per entry node: endpoints on
+  different nodes that disagree make the verdict AMBIGUOUS, each path with its own end);
+* every other change of node along a path (node-1 → node-2 → node-1 crosses twice, a VPC hop
+  each time, `vpc:<id>` then `vpc:<id>#2`).
 
     paths, findings, assumptions = apply_cloud(paths, report, inventory, request)
 
@@ -36,6 +41,7 @@ from services.simulator.cloudeval.evaluate import (
 )
 from services.simulator.cloudeval.index import CloudIndex
 from shared.cloud import CloudInventory
+from shared.hops import node_hop
 from shared.schemas import (
     Assumption,
     DiagnosisRequest,
@@ -47,9 +53,11 @@ from shared.schemas import (
     Packet,
     Path,
     Severity,
+    Step,
     StepAction,
     StepKind,
 )
+from shared.steps import NatEndpoint
 from shared.topology import CandidatePath, EndpointKind, TopologyReport
 
 STAGE = "simulator"
@@ -82,13 +90,26 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
         return CloudOutcome(paths, findings, assumptions)
     index = CloudIndex(inventory)
     candidates = {cp.id: cp for cp in report.paths}
-    out = [p.model_copy(deep=True) for p in paths]
+    lb: CloudResult | None = None
+    if report.dst.kind == EndpointKind.LOAD_BALANCER_IP and report.src.kind in OUTSIDE:
+        # the CLB is the first thing an outside client meets; one evaluation serves every path
+        lb = evaluate_internet_to_lb(index, report.service, _request_packet(request),
+                                     service_object=_service_object(report))
+    out: list[Path] = []
     replies: dict[str, tuple[str, CloudResult]] = {}  # forward path id → (its source node, reply crossing)
-    for path in out:
-        if path.direction == "forward":
-            crossed = _cross(path, candidates.get(path.id), report, index, request, findings, assumptions)
+    for original in paths:
+        path = original.model_copy(deep=True)
+        if path.direction != "forward":
+            out.append(path)
+            continue
+        cp = candidates.get(path.id)
+        ctx = _Context(report, index, request, findings, assumptions)
+        variants = _through_lb(path, cp, lb, ctx) if lb is not None else [path]
+        for variant in variants:
+            crossed = _cross(variant, cp, ctx, lb is not None)
             if crossed is not None:
-                replies[path.id] = crossed
+                replies[variant.id] = crossed
+        out.extend(variants)
     for path in out:
         forward_id = path.id.rpartition(".reply")[0]
         if path.direction == "reply" and forward_id in replies:
@@ -99,23 +120,83 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
     return CloudOutcome(out, findings, assumptions)
 
 
-def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: CloudIndex,
-           request: DiagnosisRequest, findings: list[Finding],
-           assumptions: list[Assumption]) -> tuple[str, CloudResult] | None:
-    """Splice the cloud into a forward path; returns (source node, the reply's crossing) when
+class _Context(NamedTuple):
+    report: TopologyReport
+    index: CloudIndex
+    request: DiagnosisRequest
+    findings: list[Finding]
+    assumptions: list[Assumption]
+
+    def record(self, result: CloudResult) -> None:
+        _extend(self.findings, result.findings)
+        _extend(self.assumptions, result.assumptions)
+
+
+def _through_lb(path: Path, cp: CandidatePath | None, lb: CloudResult, ctx: _Context) -> list[Path]:
+    """An outside client's path through the CLB: the CLB hop first; then, for each node the CLB
+    forwards to (its serving ECS backends, NodePort), a path from that entry node to this path's
+    endpoint. An entry node other than the endpoint's crosses the VPC again (kube-proxy DNATs to the
+    endpoint and masquerades the client to the node address, externalTrafficPolicy Cluster; with
+    Local a node only serves its own endpoints)."""
+    if path.final == FinalState.ABORT or not path.hops or _dropped_before(path, 1):
+        return [path]
+    if not lb.passed:
+        _splice(path, 1, copy.deepcopy(lb))
+        ctx.record(lb)
+        return [path]
+    ctx.record(lb)
+    endpoint_node = cp.dst_node if cp else None
+    entries = sorted({t.node for t in lb.backends if t.type == "ecs" and t.node})
+    local = ctx.report.service is not None and ctx.report.service.external_traffic_policy == "Local"
+    if not entries or endpoint_node is None or local:
+        # externalTrafficPolicy Local: a node serves only its own endpoints, no leg to another node
+        if local and entries and endpoint_node not in entries:
+            ctx.assumptions.append(_assume(f"externalTrafficPolicy Local and the load balancer forwards to "
+                                           f"{', '.join(entries)}, not to {endpoint_node}: this endpoint receives "
+                                           "no traffic through it", True))
+        _splice(path, 1, copy.deepcopy(lb))
+        return [path]
+    variants = []
+    for entry in entries:
+        variant = path.model_copy(deep=True)
+        _splice(variant, 1, copy.deepcopy(lb))
+        if entry != endpoint_node:
+            variant.id = f"{path.id}@{entry}"
+            variant.description = f"{path.description or path.id} via entry node {entry}".strip()
+            at = next((i for i, h in enumerate(variant.hops) if h.node == endpoint_node), len(variant.hops))
+            variant.hops.insert(at, _entry_hop(ctx, entry, _packet_at(variant, at, ctx.request)))
+        variants.append(variant)
+    return variants
+
+
+def _entry_hop(ctx: _Context, node: str, packet: Packet) -> Hop:
+    """The CLB's backend node that is not the endpoint's: kube-proxy forwards the translated packet
+    to the endpoint on another node, with the client masqueraded to this node's address."""
+    hop = Hop(id=node_hop(node), kind=HopKind.NODE, name=node, node=node)
+    node_ip = _node_ip(ctx.report, node, ip_address(packet.src).version)
+    if node_ip is None:
+        ctx.assumptions.append(_assume(f"the InternalIP of node {node} is unknown: the cloud checked the client "
+                                       f"source {packet.src} on the way to the endpoint instead of the node address",
+                                       True))
+        after = packet
+    else:
+        after = packet.model_copy(update={"src": ip_address(node_ip), "sport": None})
+    hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE,
+                             f"the load balancer delivers to NodePort on {node}; kube-proxy forwards to the endpoint "
+                             f"{packet.dst} on another node, masqueraded to {after.src} (externalTrafficPolicy "
+                             "Cluster)", packet, after, type="MASQUERADE", original=NatEndpoint(address=packet.src),
+                             translated=NatEndpoint(address=after.src) if after is not packet else None))
+    return hop
+
+
+def _cross(path: Path, cp: CandidatePath | None, ctx: _Context, through_lb: bool) -> tuple[str, CloudResult] | None:
+    """Splice the cloud into a forward path; returns (source node, the reply's first crossing) when
     the packet went from node to node and arrived, for the reply paths to show it too."""
     if path.final == FinalState.ABORT or not path.hops:
         return None
-    back: Packet | None = None  # what the reply carries across the VPC, when the packet crossed between nodes
+    report, index, request = ctx.report, ctx.index, ctx.request
     src_node = (cp.src_node if cp else None) or report.src.node
-    dst_node = cp.dst_node if cp else None
-    if report.dst.kind == EndpointKind.LOAD_BALANCER_IP and report.src.kind in OUTSIDE:
-        at = 1  # the CLB is the first thing an outside client meets
-        if _dropped_before(path, at):
-            return None
-        result = evaluate_internet_to_lb(index, report.service, _request_packet(request),
-                                         service_object=_service_object(report))
-    elif report.dst.kind == EndpointKind.PUBLIC and src_node:
+    if not through_lb and report.dst.kind == EndpointKind.PUBLIC and src_node:
         at = next((i for i, h in enumerate(path.hops) if h.kind in (HopKind.INTERNET, HopKind.EXTERNAL)
                    and i > 0), len(path.hops))
         if _dropped_before(path, at):
@@ -125,34 +206,57 @@ def _cross(path: Path, cp: CandidatePath | None, report: TopologyReport, index: 
         result.assumptions[:0] = notes
         if at < len(path.hops):
             _merge_internet_hop(result, path.hops[at])
-    elif src_node and dst_node and src_node != dst_node:
-        # the underlay lies between the last hop on the source node and the first on the destination node
-        at = next((i for i, h in enumerate(path.hops) if i > 0 and h.node == dst_node), None)
-        if at is None or _dropped_before(path, at):
-            return None
-        packet, notes = _leaving(report, src_node, path, at, request)
-        encapsulation, tunnel_notes = _tunnel(report, packet)
-        result = evaluate_node_to_node(index, src_node, dst_node, packet, encapsulation=encapsulation,
-                                       vxlan_port=VXLAN_PORT)
-        result.assumptions[:0] = notes + tunnel_notes
+        _splice(path, at, result)
+        ctx.record(result)
+        return None
+    return _cross_nodes(path, ctx)
+
+
+def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
+    """A VPC crossing wherever consecutive hops sit on different nodes (node-1 → node-2 → node-1
+    crosses twice: a hop each time), then the replies of those crossings, in reverse. Returns the
+    reply crossing the walk's reply paths should show: the one that fails, else the first."""
+    report, index, request = ctx.report, ctx.index, ctx.request
+    crossings: list[tuple[str, str, Packet, int]] = []  # (from node, to node, packet carried, crossing number)
+    last: str | None = None
+    i = 0
+    while i < len(path.hops):
+        node = path.hops[i].node
+        if node and last and node != last and i > 0:
+            if _dropped_before(path, i):
+                return None
+            packet, notes = _leaving(report, last, path, i, request)
+            encapsulation, tunnel_notes = _tunnel(report, packet)
+            number = len(crossings) + 1
+            result = evaluate_node_to_node(index, last, node, packet, encapsulation=encapsulation,
+                                           vxlan_port=VXLAN_PORT, crossing=number)
+            result.assumptions[:0] = notes + tunnel_notes
+            _splice(path, i, result)
+            ctx.record(result)
+            if not result.passed:
+                return None
+            crossings.append((last, node, packet, number))
+            i += len(result.hops)
+        last = node or last
+        i += 1
+    # only a delivered request has a reply (a FORWARD path left the cluster)
+    if not crossings or path.final != FinalState.DELIVER or not request.options.check_reply:
+        return None
+    first: CloudResult | None = None
+    for src, dst, packet, number in reversed(crossings):
         # the reply mirrors what the VPC carried (after DNAT and masquerade)
         back = Packet(src=packet.dst, dst=packet.src, protocol=packet.protocol, sport=packet.dport,
                       dport=packet.sport)
-    else:
-        return None
-    _splice(path, at, result)
-    _extend(findings, result.findings)
-    _extend(assumptions, result.assumptions)
-    # only a delivered request has a reply that starts at dst_node (a FORWARD path left the cluster)
-    if back is None or not result.passed or path.final != FinalState.DELIVER or not request.options.check_reply:
-        return None
-    reply = evaluate_node_to_node(index, dst_node, src_node, back, encapsulation=_tunnel(report, back)[0],
-                                  vxlan_port=VXLAN_PORT, reply=True)
-    _extend(assumptions, reply.assumptions)
-    if not reply.passed:  # the request arrives, its answer is lost: the connection fails at the reply hop
-        _splice(path, len(path.hops), copy.deepcopy(reply))
-        _extend(findings, reply.findings)
-    return src_node, reply
+        reply = evaluate_node_to_node(index, dst, src, back, encapsulation=_tunnel(report, back)[0],
+                                      vxlan_port=VXLAN_PORT, reply=True, crossing=number)
+        _extend(ctx.assumptions, reply.assumptions)
+        if not reply.passed:  # the request arrives, its answer is lost: the connection fails at the reply hop
+            _splice(path, len(path.hops), copy.deepcopy(reply))
+            _extend(ctx.findings, reply.findings)
+            return src, reply  # the walk's reply paths show it where they cross back into `src`
+        if number == 1:
+            first = reply
+    return (crossings[0][0], first) if first is not None else None
 
 
 def _splice(path: Path, at: int, result: CloudResult) -> None:

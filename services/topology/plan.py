@@ -123,7 +123,9 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
         if resolved is not None:
             hosted += [b.node for b in resolved.used] + resolved.entry_nodes
         nodes = _unique(hosted)
-        objects = _objects(model, src.endpoint, dst.endpoint, resolved, nodes)
+        # a cloud load balancer may forward to any node (its backends): the cloud stage maps them all
+        lb_nodes = sorted(model.objects["Node"]) if dst.kind == EndpointKind.LOAD_BALANCER_IP else nodes
+        objects = _objects(model, src.endpoint, dst.endpoint, resolved, lb_nodes)
     findings = src.findings + dst.findings + (resolved.findings if resolved else [])
     assumptions = [*detection.assumptions, *_ambiguity("source", src), *_ambiguity("destination", dst),
                    *(resolved.assumptions if resolved else [])]

@@ -57,3 +57,31 @@ def collect(emulator: CloudEmulator, provider: AlibabaProvider):
         return inventory
 
     return run
+
+
+# The Alibaba Cloud page each cloud finding code's expectation comes from (docs/cloud.md, Sources).
+PAGES: dict[str, str] = {
+    "SG_DENY": "ECS, Security group rules — https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules",
+    "SG_NOT_SHARED": "ECS, Basic and advanced security groups — https://www.alibabacloud.com/help/en/ecs/user-guide/"
+                     "basic-security-groups-and-advanced-security-groups",
+    "VPC_NO_ROUTE": "VPC, Route tables — https://www.alibabacloud.com/help/en/vpc/vpc-route-table",
+    "VPC_WRONG_NEXT_HOP": "VPC, Route tables — https://www.alibabacloud.com/help/en/vpc/vpc-route-table",
+    "VPC_NETWORK_ACL_DENY": "VPC, Network ACLs — https://www.alibabacloud.com/help/en/vpc/network-acl-overview",
+    "VPC_NEXT_HOP_NOT_FORWARDING": "ECS, Instance lifecycle — https://www.alibabacloud.com/help/doc-detail/25380.htm",
+    "NAT_NO_SNAT": "NAT Gateway, Create and manage SNAT entries — https://www.alibabacloud.com/help/en/nat-gateway/"
+                   "latest/create-and-manage-snat-entries",
+    "LB_NOT_ACTIVE": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "
+                     "https://www.alibabacloud.com/help/doc-detail/27608.html",
+    "LB_NO_LISTENER": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "
+                      "https://www.alibabacloud.com/help/doc-detail/27608.html",
+    "LB_LISTENER_NOT_RUNNING": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "
+                               "https://www.alibabacloud.com/help/doc-detail/27608.html",
+    "LB_ACL_DENY": "CLB, Access control — https://www.alibabacloud.com/help/en/slb/classic-load-balancer/user-guide/"
+                   "overview-3",
+    "LB_BACKEND_UNHEALTHY": "CLB, Configure and manage CLB health checks — https://alibabacloud.com/help/ja/slb/"
+                            "classic-load-balancer/user-guide/configure-and-manage-health-checks",
+    "LB_BACKEND_WEIGHT_ZERO": "CLB API, SetBackendServers — https://alibabacloud.com/help/en/slb/"
+                              "classic-load-balancer/developer-reference/api-slb-2014-05-15-setbackendservers",
+    "LB_BACKEND_MISMATCH": "CLB, CLB server groups — https://www.alibabacloud.com/help/en/slb/classic-load-balancer/"
+                           "user-guide/backend-server-overview/",
+}

@@ -1,5 +1,6 @@
 """Every cloud finding code: a state file with the fault and the healthy one, collected
-through the real SDK from the emulator, evaluated on the scenario the fault breaks."""
+through the real SDK from the emulator, evaluated on the scenario the fault breaks. The
+documentation page behind each expectation is listed per code in docs/cloud.md."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from services.simulator.cloudeval.evaluate import (
 from shared.cloud import CloudInventory
 from shared.codes import CATALOGUE
 from shared.schemas import Packet
-from tests.cloud.conftest import EXAMPLES
+from tests.cloud.conftest import EXAMPLES, PAGES
 
 Scenario = Callable[[CloudInventory], CloudResult]
 
@@ -53,29 +54,37 @@ CASES: dict[str, tuple[Scenario, str]] = {
     "LB_LISTENER_NOT_RUNNING": (lb("udp", 53), "drop"),  # a stopped UDP listener (KubeSkoop crashed on it)
     "LB_ACL_DENY": (lb("tcp", 80), "drop"),
     "LB_BACKEND_UNHEALTHY": (lb("tcp", 80), "pass"),  # 2 of 3 healthy: reported, traffic still flows
+    "VPC_NETWORK_ACL_DENY": (node_to_other_zone, "drop"),
+    "VPC_NEXT_HOP_NOT_FORWARDING": (to_internet, "drop"),
+    "LB_BACKEND_WEIGHT_ZERO": (lb("tcp", 80), "drop"),
 }
 
 
 @pytest.mark.parametrize("code", sorted(CASES))
 def test_fault_is_found_and_healthy_is_clean(collect, code: str) -> None:
+    """The fault file of `code` against the healthy state; the expectation comes from PAGES[code]."""
     scenario, outcome = CASES[code]
     healthy = scenario(collect(EXAMPLES / "healthy.json"))
     assert healthy.outcome == "pass" and healthy.findings == []
     faulty = scenario(collect(EXAMPLES / "faults" / f"{code}.json"))
     assert faulty.outcome == outcome
-    assert code in [f.code for f in faulty.findings]
+    assert code in [f.code for f in faulty.findings], PAGES[code]
     f = next(f for f in faulty.findings if f.code == code)
     assert f.suggestion and "?" not in f.message, f.message
     assert f.hop in {h.id for h in faulty.hops}
 
 
 def test_every_cloud_code_has_a_fault_file() -> None:
+    """every cloud code has a fault file; its page is PAGES[code]."""
     cloud_codes = {c for c in CATALOGUE if c.startswith(("SG_", "VPC_", "NAT_", "LB_"))} - {"LB_SOURCE_RANGE_DENY"}
     assert cloud_codes - {"LB_BACKEND_MISMATCH"} <= set(CASES)
     assert {p.stem for p in (EXAMPLES / "faults").glob("*.json")} == set(CASES)
 
 
 def test_findings_name_the_cause(collect) -> None:
+    """ECS, Security group rules — https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules; VPC,
+    Route tables — https://www.alibabacloud.com/help/en/vpc/vpc-route-table; CLB health checks —
+    https://alibabacloud.com/help/ja/slb/classic-load-balancer/user-guide/configure-and-manage-health-checks."""
     sg = pod_to_pod(collect(EXAMPLES / "faults" / "SG_DENY.json"))
     deny = next(f for f in sg.findings if f.code == "SG_DENY")
     assert deny.evidence["group"] == "sg-nodes" and "block" not in deny.message
@@ -88,3 +97,12 @@ def test_findings_name_the_cause(collect) -> None:
     assert [b.server_id for b in unhealthy.backends] == ["i-node1", "i-node2"]
     pods = lb("tcp", 443)(collect(EXAMPLES / "faults" / "LB_BACKEND_UNHEALTHY.json"))
     assert [f.evidence["backend"] for f in pods.findings] == ["eni-pods2(192.168.0.102)"]
+
+
+def test_every_cloud_code_cites_a_page_listed_in_the_docs() -> None:
+    """Done means no rule without a cited page: each cloud code's page is in docs/cloud.md's sources."""
+    docs = (EXAMPLES.parents[1] / "docs" / "cloud.md").read_text()
+    cloud_codes = {c for c in CATALOGUE if c.startswith(("SG_", "VPC_", "NAT_", "LB_"))} - {"LB_SOURCE_RANGE_DENY"}
+    assert cloud_codes <= set(PAGES)
+    for code, page in PAGES.items():
+        assert page.rsplit(" — ", 1)[1] in docs, code

@@ -3,6 +3,8 @@ throttling, signatures, credentials."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lab.cloudemu import DEFAULT_KEY_ID, CloudEmulator
@@ -177,3 +179,103 @@ def test_forbidden_ram_on_one_kind_is_a_partial_error(emulator: CloudEmulator, p
         emulator.deny("DescribeSecurityGroups", None)
     assert inv.instances and inv.security_groups == []
     assert any(e.startswith("security groups of ") and "Forbidden.RAM" in e for e in inv.errors), inv.errors
+
+
+def _extended_state() -> dict:
+    """The healthy state plus one of every object collected since inventory version 1 was defined."""
+    state = healthy()
+    state["prefix_lists"] = [{"PrefixListId": "pl-office", "PrefixListName": "office",
+                              "Entries": [{"Cidr": "10.8.0.0/16"}, {"Cidr": "10.9.0.0/16"}]},
+                             {"PrefixListId": "pl-unused", "Entries": [{"Cidr": "10.10.0.0/16"}]}]
+    state["port_lists"] = [{"PortRangeListId": "prl-web", "Entries": [{"PortRange": "80/80"},
+                                                                      {"PortRange": "8000/8999"}]}]
+    state["security_groups"][0]["Permissions"] += [
+        {"Direction": "ingress", "Policy": "Accept", "Priority": 2, "IpProtocol": "TCP", "PortRangeListId": "prl-web",
+         "SourcePrefixListId": "pl-office"},
+        {"Direction": "ingress", "Policy": "Accept", "Priority": 3, "IpProtocol": "ALL", "PortRange": "-1/-1",
+         "SourceGroupId": "sg-partner", "SourceGroupOwnerAccount": "1234567890"}]
+    state["network_acls"] = [{"NetworkAclId": "nacl-b", "VpcId": "vpc-k8s",
+                              "Resources": [{"ResourceId": "vsw-b", "ResourceType": "VSwitch"}],
+                              "IngressAclEntries": [
+                                  {"Policy": "drop", "Protocol": "tcp", "SourceCidrIp": "0.0.0.0/0", "Port": "22/22"},
+                                  {"Policy": "accept", "Protocol": "all", "SourceCidrIp": "0.0.0.0/0"}],
+                              "EgressAclEntries": [{"Policy": "accept", "Protocol": "all",
+                                                    "DestinationCidrIp": "0.0.0.0/0"}]}]
+    state["eips"] = [{"AllocationId": "eip-pod", "IpAddress": "47.1.1.101", "InstanceType": "NetworkInterface",
+                      "InstanceId": "eni-pods2", "PrivateIpAddress": "192.168.0.101", "Status": "InUse"}]
+    state["ipv4_gateways"] = [{"Ipv4GatewayId": "ipv4gw-k8s", "VpcId": "vpc-k8s", "Enabled": True,
+                               "Ipv4GatewayRouteTableId": "vtb-gw"}]
+    state["route_tables"].append({"RouteTableId": "vtb-gw", "VpcId": "vpc-k8s", "RouteTableType": "Custom",
+                                  "AssociateType": "Gateway", "Entries": [
+                                      {"DestinationCidrBlock": "192.168.0.0/24", "NextHopType": "NetworkInterface",
+                                       "NextHopId": "eni-pods2"}]})
+    listener = state["load_balancers"][0]["Listeners"][0]
+    listener.update(AclStatus="on", AclType="white", AclIds=["acl-office", "acl-empty"], Scheduler="rr",
+                    HealthCheck="off", MasterSlaveServerGroupId="rsp-ms")
+    state["acls"].append({"AclId": "acl-empty", "AclName": "empty", "Entries": []})
+    state["master_slave_server_groups"] = [{"MasterSlaveServerGroupId": "rsp-ms", "MasterSlaveBackendServers": [
+        {"ServerId": "i-node1", "Port": 30080, "ServerType": "Master"},
+        {"ServerId": "i-node2", "Port": 30080, "ServerType": "Slave", "Weight": 50}]}]
+    return state
+
+
+def test_collects_the_objects_added_since_version_1(collect, emulator: CloudEmulator) -> None:
+    """Prefix lists and port lists referenced by rules (DescribePrefixListAttributes, DescribePortRangeListEntries),
+    network ACLs with ordered entries and their vSwitches (DescribeNetworkAcls), EIPs with the private IP they
+    serve (DescribeEipAddresses), IPv4 gateways (ListIpv4Gateways), and listener details (Scheduler, HealthCheck,
+    AclIds, primary/secondary server groups) — each through the real SDK."""
+    inv = collect(_extended_state())
+    assert inv.errors == []
+    assert [(p.id, p.entries) for p in inv.prefix_lists] == [("pl-office", ["10.8.0.0/16", "10.9.0.0/16"])]
+    assert [(p.id, p.entries) for p in inv.port_lists] == [("prl-web", ["80/80", "8000/8999"])]
+    rules = {r.source_prefix_list_id or r.source_group_id: r for r in inv.security_groups[0].rules}
+    assert rules["pl-office"].port_range_list_id == "prl-web"
+    assert rules["sg-partner"].source_group_owner_account == "1234567890"
+    (acl,) = inv.network_acls
+    assert acl.vswitch_ids == ["vsw-b"] and [(e.policy, e.port) for e in acl.ingress] == [("drop", "22/22"),
+                                                                                           ("accept", "-1/-1")]
+    assert {v.id: v.network_acl_id for v in inv.vswitches} == {"vsw-a": None, "vsw-b": "nacl-b"}
+    assert [(e.ip, e.private_ip, e.instance_id) for e in inv.eips] == [("47.1.1.101", "192.168.0.101", "eni-pods2")]
+    assert [(g.id, g.enabled, g.route_table_id) for g in inv.ipv4_gateways] == [("ipv4gw-k8s", True, "vtb-gw")]
+    gateway_table = next(t for t in inv.route_tables if t.id == "vtb-gw")
+    assert gateway_table.associate_type == "Gateway" and gateway_table.entries[0].next_hops[0].id == "eni-pods2"
+    listener = inv.load_balancers[0].listeners[0]
+    assert (listener.scheduler, listener.health_check, listener.acl_ids, listener.master_slave_server_group_id) == \
+        ("rr", "off", ["acl-office", "acl-empty"], "rsp-ms")
+    assert {a.id for a in inv.acls} == {"acl-office", "acl-empty"}
+    (ms,) = inv.load_balancers[0].master_slave_server_groups
+    assert [(b.server_id, b.server_type, b.weight) for b in ms.backends] == [("i-node1", "Master", 100),
+                                                                            ("i-node2", "Slave", 50)]
+    for action in ("DescribePrefixListAttributes", "DescribePortRangeListEntries", "DescribeNetworkAcls",
+                   "DescribeEipAddresses", "ListIpv4Gateways", "DescribeMasterSlaveServerGroupAttribute"):
+        assert action in emulator.calls, action
+
+
+def test_an_inventory_without_the_new_fields_still_loads(collect, tmp_path) -> None:
+    """Absent means not collected (None), never "none exist"."""
+    inv = collect(healthy())
+    assert inv.network_acls == [] and inv.prefix_lists == []  # collected: there are none
+    old = json.loads(inv.model_dump_json())
+    for key in ("prefix_lists", "port_lists", "network_acls", "eips", "ipv4_gateways"):
+        old.pop(key)
+    (tmp_path / "inventory.json").write_text(json.dumps(old))
+    loaded = load_inventory(tmp_path)
+    assert loaded.network_acls is None and loaded.prefix_lists is None and loaded.eips is None
+    assert loaded.load_balancers[0].listeners[0].scheduler == "wrr"
+
+
+def test_the_new_objects_round_trip_through_a_snapshot(collect, tmp_path) -> None:
+    """Snapshot capture writes what was collected, snapshot mode reads the same back (docs/cloud.md, Snapshot)."""
+    inv = collect(_extended_state())
+    dump_inventory(inv, tmp_path / "cloud")
+    loaded = load_inventory(tmp_path / "cloud")
+    assert loaded == inv and loaded.network_acls and loaded.prefix_lists and loaded.eips and loaded.ipv4_gateways
+
+
+def test_merging_with_an_older_inventory_keeps_not_collected(collect) -> None:
+    """One region's file from before network ACLs were collected: the merged cloud does not pass for having none."""
+    new = collect(healthy())
+    old = CloudInventory(provider="alibaba", regions=["cn-beijing"])
+    assert old.network_acls is None and new.network_acls == []
+    assert new.merge(old).network_acls is None and old.merge(new).eips is None
+    assert new.merge(new).network_acls == []

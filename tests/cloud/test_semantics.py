@@ -1,6 +1,7 @@
 """Alibaba Cloud semantics, each through the real SDK and the emulator: rule priority,
 drop-wins, group-to-group, enterprise groups, InnerAccessPolicy, tunnels checked on the
-outer packet, every CLB backend, EIP vs SNAT."""
+outer packet, every CLB backend, EIP vs SNAT. Each test names the documentation page its
+expectation comes from (the pages are listed in docs/cloud.md)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def codes(result) -> list[str]:
 
 
 def test_priority_then_drop_wins_at_equal_priority(collect) -> None:
+    """ECS "Create a security group" (https://www.alibabacloud.com/help/en/elastic-compute-service/latest/
+    create-a-security-group-2): 1 is the highest priority; rules that differ only in their action: the drop
+    (Forbid) rule wins. InnerAccessPolicy Drop so the rules decide (ModifySecurityGroupPolicy,
+    https://www.alibabacloud.com/help/en/ecs/developer-reference/api-modifysecuritygrouppolicy)."""
     state = healthy()
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
     perms = state["security_groups"][0]["Permissions"]
     perms += [rule("ingress", "Drop", 10, SourceCidrIp="0.0.0.0/0"),
               rule("ingress", "Accept", 5, SourceCidrIp=N1 + "/32")]
@@ -48,14 +54,29 @@ def test_priority_then_drop_wins_at_equal_priority(collect) -> None:
     assert r.findings[0].evidence["rule"]["policy"] == "drop" and r.findings[0].evidence["rule"]["priority"] == 5
 
 
-def test_explicit_rules_beat_intra_group_access(collect) -> None:
-    """Intra-group access has the lowest priority: a drop rule of priority 100 still wins."""
+def test_accept_intra_group_policy_wins_over_custom_rules(collect) -> None:
+    """ECS API "ModifySecurityGroupPolicy" (https://www.alibabacloud.com/help/en/ecs/developer-reference/
+    api-modifysecuritygrouppolicy): with InnerAccessPolicy Accept the instances of the group reach each other,
+    the Accept policy taking precedence over user-created rules; with Drop, the user-created rules take precedence.
+    Decoy: a priority-1 drop of everything beside the Accept policy stays REACHABLE between members."""
     state = healthy()
-    state["security_groups"][0]["Permissions"].append(rule("ingress", "Drop", 100, SourceCidrIp="0.0.0.0/0"))
-    assert evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2)).outcome == "drop"
+    state["security_groups"][0]["Permissions"][:0] = [rule("ingress", "Drop", 1, "ALL", "-1/-1",
+                                                           SourceCidrIp="0.0.0.0/0"),
+                                                      rule("egress", "Drop", 1, "ALL", "-1/-1", DestCidrIp="0.0.0.0/0")]
+    r = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2))
+    assert r.outcome == "pass" and "InnerAccessPolicy Accept" in r.hops[0].steps[-1].detail
+    assert r.findings == []
+    # a routed (host-gw) pod address is no member of the group: the drop rule decides for it
+    pods = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp("172.16.0.5", "172.16.1.7"))
+    assert pods.outcome == "drop" and codes(pods) == ["SG_DENY"]
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
+    r = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2))
+    assert r.outcome == "drop" and codes(r) == ["SG_DENY"] and "priority 1" in r.findings[0].message
 
 
 def test_group_to_group_rules_match_member_enis_only(collect) -> None:
+    """ECS, Create a security group (a security group as authorization object admits the instances/ENIs in it) —
+    https://www.alibabacloud.com/help/en/elastic-compute-service/latest/create-a-security-group-2."""
     state = healthy()
     state["instances"][2]["SecurityGroupIds"] = ["sg-b"]
     state["security_groups"].append(group("sg-b", rule("ingress", "Accept", 1, "ALL", "-1/-1",
@@ -71,6 +92,8 @@ def test_group_to_group_rules_match_member_enis_only(collect) -> None:
 
 
 def test_sg_not_shared_only_where_it_matters(collect) -> None:
+    """ECS, Basic and advanced security groups (instances in different groups are isolated unless rules allow) —
+    https://www.alibabacloud.com/help/en/ecs/user-guide/basic-security-groups-and-advanced-security-groups."""
     state = healthy()
     state["instances"][2]["SecurityGroupIds"] = ["sg-b"]
     state["security_groups"].append(group("sg-b", rule("ingress", "Accept", 1, SourceCidrIp="192.168.0.0/16")))
@@ -83,6 +106,8 @@ def test_sg_not_shared_only_where_it_matters(collect) -> None:
 
 
 def test_enterprise_groups_deny_intra_group_and_default_egress(collect) -> None:
+    """ECS, Basic and advanced security groups (advanced groups isolate members, deny by default) —
+    https://www.alibabacloud.com/help/en/ecs/user-guide/basic-security-groups-and-advanced-security-groups."""
     state = healthy()
     state["security_groups"] = [group("sg-ent", rule("egress", "Accept", 1, "ALL", "-1/-1", DestCidrIp="0.0.0.0/0"),
                                       kind="enterprise")]
@@ -98,6 +123,8 @@ def test_enterprise_groups_deny_intra_group_and_default_egress(collect) -> None:
 
 
 def test_inner_access_policy(collect) -> None:
+    """ECS API, ModifySecurityGroupPolicy —
+    https://www.alibabacloud.com/help/en/ecs/developer-reference/api-modifysecuritygrouppolicy."""
     state = healthy()
     state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
     r = evaluate_node_to_node(collect(state), "node-1", "node-2", tcp(N1, N2))
@@ -111,6 +138,8 @@ def test_inner_access_policy(collect) -> None:
 
 
 def test_tunnels_are_checked_on_the_outer_packet(collect) -> None:
+    """ECS, Security group rules (rules match protocol, port and address of the packet the NIC carries) —
+    https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules."""
     pod = tcp("172.16.0.5", "172.16.1.7")
     # a drop of tcp 8080 and a missing pod route do not touch vxlan: the VPC sees udp node → node
     for fault in ("SG_DENY", "VPC_NO_ROUTE"):
@@ -119,6 +148,10 @@ def test_tunnels_are_checked_on_the_outer_packet(collect) -> None:
         vx = evaluate_node_to_node(inv, "node-1", "node-2", pod, encapsulation="vxlan")
         assert vx.outcome == "pass" and str(vx.flow) == f"udp {N1} → {N2}:8472"
     state = healthy()
+    # InnerAccessPolicy Drop: the rules decide between the nodes (ModifySecurityGroupPolicy)
+    state["security_groups"][0]["InnerAccessPolicy"] = "Drop"
+    state["security_groups"][0]["Permissions"] += [rule("ingress", "Accept", 100, "ALL", "-1/-1",
+                                                        SourceCidrIp="192.168.0.0/16")]
     state["security_groups"][0]["Permissions"].insert(0, rule("ingress", "Drop", 1, "UDP", "8472/8472",
                                                               SourceCidrIp="0.0.0.0/0"))
     vx = evaluate_node_to_node(collect(state), "node-1", "node-2", pod, encapsulation="vxlan")
@@ -131,6 +164,8 @@ def test_tunnels_are_checked_on_the_outer_packet(collect) -> None:
 
 
 def test_every_clb_backend_health_is_checked(collect) -> None:
+    """CLB, Configure and manage CLB health checks —
+    https://alibabacloud.com/help/ja/slb/classic-load-balancer/user-guide/configure-and-manage-health-checks."""
     state = healthy()
     listener = state["load_balancers"][0]["Listeners"][0]
     backends = state["load_balancers"][0]["BackendServers"]
@@ -152,6 +187,8 @@ def test_every_clb_backend_health_is_checked(collect) -> None:
 
 
 def test_backends_are_checked_against_the_service(collect) -> None:
+    """CLB, CLB server groups —
+    https://www.alibabacloud.com/help/en/slb/classic-load-balancer/user-guide/backend-server-overview/."""
     service = ServiceResolution(service="default/web", type="LoadBalancer", port=80, node_port=30081)
     obj = {"metadata": {"annotations": {"service.beta.kubernetes.io/alibaba-cloud-loadbalancer-id": "lb-web"}}}
     packet = Packet(src="203.0.113.9", dst="47.100.9.9", protocol="tcp", dport=80)  # found by the annotation
@@ -160,6 +197,8 @@ def test_backends_are_checked_against_the_service(collect) -> None:
 
 
 def test_eip_bypasses_nat_and_snat_must_cover_the_source(collect) -> None:
+    """NAT Gateway, Create and manage SNAT entries (EIP bypasses SNAT; longest source mask wins) —
+    https://www.alibabacloud.com/help/en/nat-gateway/latest/create-and-manage-snat-entries."""
     state = load_state(EXAMPLES / "faults" / "NAT_NO_SNAT.json")
     state["instances"][0]["EipAddress"] = "47.1.2.3"
     r = evaluate_to_internet(collect(state), "node-1", tcp(N1, "8.8.8.8", 443))
@@ -174,6 +213,7 @@ def test_eip_bypasses_nat_and_snat_must_cover_the_source(collect) -> None:
 
 
 def test_instance_state_and_unmapped_nodes(collect) -> None:
+    """ECS, Instance lifecycle — https://www.alibabacloud.com/help/doc-detail/25380.htm."""
     state = healthy()
     state["instances"][1]["Status"] = "Stopped"
     inv = collect(state)
@@ -184,6 +224,7 @@ def test_instance_state_and_unmapped_nodes(collect) -> None:
 
 
 def test_unmodelled_cloud_passes_with_a_stated_assumption() -> None:
+    """no provider page: an unmodelled cloud is a stated assumption (docs/cloud.md)."""
     r = evaluate_node_to_node(empty_inventory(), "node-1", "node-2", tcp(N1, N2))
     assert r.outcome == "pass" and r.findings == [] and r.assumptions[0].could_change_outcome
     assert "not modelled" in r.assumptions[0].text

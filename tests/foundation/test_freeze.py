@@ -16,7 +16,6 @@ import pytest
 from services.cloud.handler import CloudStage
 from services.collector.handler import CollectorStage
 from services.gateway.store import ResultSink
-from services.simulator import assemble
 from services.simulator.handler import SimulatorStage
 from services.topology.handler import TopologyStage
 from shared.bus import Bus
@@ -34,9 +33,9 @@ REQUEST = {"src": SRC, "dst": DST, "port": PORT, "protocol": PROTO}
 def freezing_simulator(server: NatsServer, freezes: list[float]) -> type[SimulatorStage]:
     class Freezing(SimulatorStage):
         async def handle(self, env: StageEnvelope) -> StageEnvelope:
-            # dumps decoded by an earlier run are cached by digest: forget them, so this run reads
+            # dumps this stage decoded before are cached by digest: forget them, so this run reads
             # them from the object store while the server is frozen
-            assemble.NODE_VIEWS.clear()
+            self.blobs.nodes.clear()
             if freezes:
                 assert server.proc is not None
                 pid, seconds = server.proc.pid, freezes.pop(0)

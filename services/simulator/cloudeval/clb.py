@@ -1,8 +1,12 @@
 """CLB (classic load balancer) lookups: which load balancer serves a Service, its listener
-for a port, the listener's access control, and every backend with its health.
+for a port, the listener's access control, and every backend with its weight and health.
 
 Layer-4 listeners (TCP/UDP) only, like the seed; any number of backends (the seed looked
-at ten, KubeSkoop at the first one).
+at ten, KubeSkoop at the first one). Pages cited in docs/cloud.md:
+* access control: a whitelist forwards only its entries, a blacklist drops its entries, and an
+  ACL with no entries (either kind) forwards everything; a listener has up to three ACLs;
+* SetBackendServers: a backend of weight 0 is forwarded no request;
+* a primary/secondary server group sends to the primary while it is healthy, else the secondary.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class BackendTarget:
     port: int | None
     health: str  # normal, abnormal, unavailable, unknown
     node: str | None = None  # the Kubernetes node when the server is a node's instance
+    weight: int = 100
+    server_type: str | None = None  # Master / Slave in a primary/secondary server group
 
     @property
     def label(self) -> str:
@@ -48,15 +54,26 @@ def listener_for(lb: LoadBalancer, port: int | None, protocol: str) -> Listener 
     return next((li for li in lb.listeners if li.port == port and li.protocol == protocol), None)
 
 
-def acl_denies(listener: Listener, acl: AccessControlList, src: IP) -> bool:
-    inside = any(contains(cidr, src) for cidr in acl.entries)
+def listener_acl_ids(listener: Listener) -> list[str]:
+    """Every ACL of the listener (AclIds), or the one AclId older inventories carry."""
+    return list(dict.fromkeys([*listener.acl_ids, *([listener.acl_id] if listener.acl_id else [])]))
+
+
+def acl_denies(listener: Listener, acls: list[AccessControlList], src: IP) -> bool:
+    """The listener's access control over the union of its ACLs' entries; no entry at all
+    means access control does not take effect (the listener forwards every request)."""
+    entries = [cidr for acl in acls for cidr in acl.entries]
+    if not entries:
+        return False
+    inside = any(contains(cidr, src) for cidr in entries)
     return not inside if listener.acl_type == "white" else inside
 
 
 def backends(index: CloudIndex, lb: LoadBalancer, listener: Listener) -> list[BackendTarget]:
-    """Every backend of the listener (its vserver group, else the default server group) with
-    the health the load balancer reports for it on this listener."""
-    group = next((g for g in lb.vserver_groups if g.id == listener.vserver_group_id), None)
+    """Every backend of the listener (its primary/secondary group, its vserver group, else the
+    default server group) with the health the load balancer reports for it on this listener."""
+    group = next((g for g in lb.master_slave_server_groups if g.id == listener.master_slave_server_group_id), None) \
+        or next((g for g in lb.vserver_groups if g.id == listener.vserver_group_id), None)
     servers = group.backends if group is not None else lb.backends
     node_of = {instance: node for node, instance in index.inv.nodes.items()}
     out = []
@@ -68,7 +85,7 @@ def backends(index: CloudIndex, lb: LoadBalancer, listener: Listener) -> list[Ba
                       "unknown")
         owner = index.enis[server.server_id].instance_id if server.server_id in index.enis else server.server_id
         out.append(BackendTarget(server_id=server.server_id, type=server.type, ip=ip, port=port, health=health,
-                                 node=node_of.get(owner or "")))
+                                 node=node_of.get(owner or ""), weight=server.weight, server_type=server.server_type))
     return out
 
 

@@ -16,11 +16,19 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Literal
 
-from services.simulator.cloudeval.clb import BackendTarget, acl_denies, backends, find_load_balancer, listener_for
+from services.simulator.cloudeval import netacl
+from services.simulator.cloudeval.clb import (
+    BackendTarget,
+    acl_denies,
+    backends,
+    find_load_balancer,
+    listener_acl_ids,
+    listener_for,
+)
 from services.simulator.cloudeval.index import CloudIndex
 from services.simulator.cloudeval.security_groups import Flow, SgDecision, evaluate
 from services.simulator.cloudeval.vpc import RouteDecision, route_lookup, snat_entry_for
-from shared.cloud import CloudInventory, Instance, NetworkInterface
+from shared.cloud import CloudInventory, Instance, Listener, NetworkInterface
 from shared.codes import finding
 from shared.schemas import (
     Assumption,
@@ -76,7 +84,9 @@ class CloudResult:
             hop.status = HopStatus.WARNING
 
     def assume(self, text: str, could_change_outcome: bool = False) -> None:
-        self.assumptions.append(Assumption(stage=STAGE, text=text, could_change_outcome=could_change_outcome))
+        new = Assumption(stage=STAGE, text=text, could_change_outcome=could_change_outcome)
+        if new not in self.assumptions:
+            self.assumptions.append(new)
 
 
 def _index(inv: CloudInventory | CloudIndex) -> CloudIndex:
@@ -123,18 +133,30 @@ def _sg_step(result: CloudResult, hop: Hop, decision: SgDecision, flow: Flow, in
         f"{decision.direction}: {verdict} by {decision.reason}", _packet(flow),
         direction=decision.direction, instance=instance.id, nic=decision.nic, groups=decision.groups,
         group=decision.group, reason=decision.reason, shared_groups=decision.shared_groups, notes=decision.notes,
+        undecided=decision.undecided or None,
         rule=SecurityGroupRuleRef(
             id=rule.id, policy=rule.policy, priority=rule.priority, protocol=rule.protocol,
-            port_range=f"{rule.port_from}/{rule.port_to}", source=rule.source_cidr or rule.source_group_id,
-            destination=rule.dest_cidr or rule.dest_group_id, description=rule.description) if rule else None,
+            port_range=(f"port list {rule.port_range_list_id}" if rule.port_range_list_id else
+                        f"{rule.port_from}/{rule.port_to}"),
+            source=rule.source_cidr or rule.source_group_id or rule.source_prefix_list_id,
+            destination=rule.dest_cidr or rule.dest_group_id or rule.dest_prefix_list_id,
+            description=rule.description) if rule else None,
         finding=None if decision.allowed else "SG_DENY"))
     for note in decision.notes:
         result.assume(note, could_change_outcome=not decision.allowed)
+    for note in decision.undecided:
+        result.assume(f"security group rule not decidable: {note}; it would have "
+                      f"{'allowed' if not decision.allowed else 'denied'} the packet", could_change_outcome=True)
     if decision.allowed:
         return True
-    result.fail(hop, finding("SG_DENY", hop.id, group=decision.group or "(none)", packet=str(flow),
-                             direction=decision.direction, rule=decision.reason,
-                             evidence={**decision.evidence(), "instance": instance.id}))
+    deny = finding("SG_DENY", hop.id, group=decision.group or "(none)", packet=str(flow),
+                   direction=decision.direction, rule=decision.reason,
+                   evidence={**decision.evidence(), "instance": instance.id})
+    if decision.undecided:
+        # a rule ahead that could not be decided would have admitted it: the drop is not known
+        _undecidable(result, hop, deny, f"what security-group rule(s) {'; '.join(decision.undecided)} match")
+        return False
+    result.fail(hop, deny)
     # sharing a group would have admitted it: say so, but only where it decided the outcome
     if decision.direction == "ingress" and decision.default and not decision.shared_groups and peer is not None:
         result.findings.append(finding("SG_NOT_SHARED", hop.id, src_instance=peer.id, dst_instance=instance.id))
@@ -153,6 +175,76 @@ def _route_step(hop: Hop, decision: RouteDecision, flow: Flow, ok: bool, detail:
         local_vswitch=decision.local.id if decision.local else None, notes=decision.notes))
 
 
+def _acl_step(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInterface, peer_vswitch: str | None,
+              direction: str, flow: Flow) -> bool:
+    """The network ACL of `nic`'s vSwitch on `flow` leaving (egress) or entering (ingress) it."""
+    if index.network_acls is None:
+        result.assume("network ACLs were not collected (an inventory older than their support): vSwitch ACLs "
+                      "were not checked", could_change_outcome=True)
+        return True
+    decision = netacl.check(index, nic.vswitch_id, peer_vswitch, direction, flow)
+    if decision is None:
+        return True
+    hop.steps.append(Step.of(
+        StepKind.POLICY, StepAction.ALLOW if decision.allowed else StepAction.DROP,
+        f"network ACL {decision.acl.id} of vSwitch {decision.vswitch} ({direction}, stateless): "
+        f"{'allowed' if decision.allowed else 'denied'} by {decision.reason}", _packet(flow),
+        direction=direction, allowed=decision.allowed, network_acl=decision.acl.id, vswitch=decision.vswitch,
+        entry=decision.reason, undecided=decision.undecided or None,
+        finding=None if decision.allowed else "VPC_NETWORK_ACL_DENY"))
+    for note in decision.undecided:
+        result.assume(f"network ACL {decision.acl.id}: {note}", could_change_outcome=True)
+    for note in decision.assumed:
+        result.assume(f"network ACL {decision.acl.id}: {note}")
+    if decision.allowed:
+        return True
+    deny = finding("VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id,
+                   vswitch=decision.vswitch, packet=str(flow), direction=direction,
+                   entry=decision.reason, evidence=decision.evidence())
+    if decision.undecided:
+        _undecidable(result, hop, deny, f"what network ACL entries {'; '.join(decision.undecided)} match")
+        return False
+    result.fail(hop, deny)
+    return False
+
+
+def _undecidable(result: CloudResult, hop: Hop, deny: Finding, what: str) -> None:
+    """A drop that an undecidable rule ahead of it could have turned into a pass: not a confident
+    UNREACHABLE — the data is missing (abort), the drop is kept as a warning."""
+    result.fail(hop, finding("DATA_MISSING", hop.id, what=what, reason="the list, group or port they name was "
+                             "not collected, and they would have admitted the packet"), outcome="abort")
+    result.findings.append(deny.model_copy(update={"severity": Severity.WARNING}))
+
+
+def _not_forwarding(index: CloudIndex, hop: tuple[str, str | None]) -> str | None:
+    """Why a route's next hop does not forward (a stopped instance, a detached ENI), or None.
+    An ECS instance can be reached only while it is Running (instance lifecycle)."""
+    kind, hop_id = hop
+    if kind == "Instance":
+        instance = index.instances.get(hop_id or "")
+        return f"instance {hop_id} {instance.status}" if instance and instance.status != "Running" else None
+    if kind == "NetworkInterface":
+        eni = index.enis.get(hop_id or "")
+        if eni is None:
+            return None
+        if not eni.instance_id or eni.status not in ("InUse", ""):
+            return f"ENI {hop_id} {eni.status or 'detached'} (attached to no instance)"
+        owner = index.instances.get(eni.instance_id)
+        if owner is not None and owner.status != "Running":
+            return f"ENI {hop_id} on instance {owner.id} {owner.status}"
+    return None
+
+
+def _fail_next_hop(result: CloudResult, hop: Hop, decision: RouteDecision, flow: Flow, state: str) -> None:
+    next_hop = decision.next_hop or ("?", None)
+    table = decision.table.id if decision.table else "(no table)"
+    route = decision.entry.destination if decision.entry else str(flow.dst)
+    _route_step(hop, decision, flow, False, f"{decision.describe()}: the next hop does not forward ({state})")
+    result.fail(hop, finding("VPC_NEXT_HOP_NOT_FORWARDING", hop.id, route=route, route_table=table,
+                             next_hop=f"{next_hop[0]} {next_hop[1]}", state=state,
+                             evidence={"dst": str(flow.dst), **decision.evidence()}))
+
+
 def _expected_hop(index: CloudIndex, instance: Instance, hop: tuple[str, str | None]) -> bool:
     kind, hop_id = hop
     if kind == "Instance":
@@ -163,13 +255,17 @@ def _expected_hop(index: CloudIndex, instance: Instance, hop: tuple[str, str | N
     return False
 
 
-def _leave_source(index: CloudIndex, src_node: str, reply: bool = False) -> tuple[CloudResult, Hop, Instance | None]:
+def _leave_source(index: CloudIndex, src_node: str, reply: bool = False,
+                  crossing: int = 1) -> tuple[CloudResult, Hop, Instance | None]:
     """A new result whose VPC hop the packet enters from `src_node`'s instance (None: the
-    instance is missing or not running, and the result says so)."""
+    instance is missing or not running, and the result says so). `crossing` numbers the VPC
+    crossings of one path (the second one is hop `vpc:<id>#2`)."""
     result = CloudResult()
     src_instance = index.instance_of_node(src_node)
     vpc = src_instance.vpc_id if src_instance and src_instance.vpc_id else None
     hop_id, name = f"vpc:{vpc or '?'}", vpc or "VPC"
+    if crossing > 1:
+        hop_id, name = f"{hop_id}#{crossing}", f"{name} (crossing {crossing})"
     hop = result.hop(f"{hop_id}:reply", HopKind.VPC, f"{name} (reply)") if reply else \
         result.hop(hop_id, HopKind.VPC, name)
     return result, hop, _instance(result, index, src_node, hop, "source")
@@ -177,16 +273,16 @@ def _leave_source(index: CloudIndex, src_node: str, reply: bool = False) -> tupl
 
 def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_node: str | None, packet: Packet,
                           encapsulation: Encapsulation = None, vxlan_port: int = VXLAN_PORT,
-                          reply: bool = False) -> CloudResult:
+                          reply: bool = False, crossing: int = 1) -> CloudResult:
     """A packet leaving `src_node`'s uplink for `dst_node` (or for the VPC address `packet.dst`
     when dst_node is None): egress security groups, the VPC route, ingress security groups.
     `reply`: the answer of an allowed connection (hop `vpc:<id>:reply`) — security groups are
-    stateful and let it pass, but VPC routes are not: a route that exists one way only
-    (host-gw pod CIDRs) delivers the request and loses every reply."""
+    stateful and let it pass, but VPC routes and network ACLs are not: a route that exists one way
+    only (host-gw pod CIDRs) delivers the request and loses every reply."""
     index = _index(inv)
     if (skip := _not_modelled(index.inv)) is not None:
         return skip
-    result, hop, src = _leave_source(index, src_node, reply)
+    result, hop, src = _leave_source(index, src_node, reply, crossing)
     if src is None:
         return result
     owner = index.eni_by_ip.get(packet.dst)
@@ -223,11 +319,17 @@ def evaluate_node_to_node(inv: CloudInventory | CloudIndex, src_node: str, dst_n
         hop.steps.append(Step.of(StepKind.SECURITY_GROUP, StepAction.ALLOW,
                                  "security groups are stateful: the reply of the allowed request passes",
                                  _packet(flow), stateful_reply=True))
-        _route(result, index, hop, src_nic, flow, dst, dst_node)
+        if _acl_step(result, index, hop, src_nic, dst_nic.vswitch_id, "egress", flow) and \
+                _route(result, index, hop, src_nic, flow, dst, dst_node):
+            _acl_step(result, index, hop, dst_nic, src_nic.vswitch_id, "ingress", flow)
         return result
     if not _sg_step(result, hop, evaluate(index, src_nic, "egress", flow), flow, src):
         return result
+    if not _acl_step(result, index, hop, src_nic, dst_nic.vswitch_id, "egress", flow):
+        return result
     if not _route(result, index, hop, src_nic, flow, dst, dst_node):
+        return result
+    if not _acl_step(result, index, hop, dst_nic, src_nic.vswitch_id, "ingress", flow):
         return result
     peer_eni = index.eni_by_ip.get(flow.src)
     peer = index.instances.get(peer_eni.instance_id or "") if peer_eni else None
@@ -243,6 +345,9 @@ def _route(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInterfa
     owner = index.eni_by_ip.get(flow.dst)
     next_hop = decision.next_hop
     expected = f"{dst.id} (node {dst_node})" if dst_node else dst.id
+    if next_hop is not None and (state := _not_forwarding(index, next_hop)) is not None:
+        _fail_next_hop(result, hop, decision, flow, state)
+        return False
     if next_hop is not None and next_hop[0] == "local" and owner is not None:
         _route_step(hop, decision, flow, True, f"{decision.describe()}: {flow.dst} is {owner.id} of "
                                                f"{owner.instance_id}")
@@ -277,8 +382,21 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
     nic = index.nic_for(src, flow.src)
     if not _sg_step(result, hop, evaluate(index, nic, "egress", flow), flow, src):
         return result
-    public = _public_ip(src, nic, str(flow.src))
+    if not _acl_step(result, index, hop, nic, None, "egress", flow):
+        return result
+    public = _public_ip(index, src, nic, str(flow.src))
     internet = None
+    if public is not None and (gateway := _ipv4_gateway(index, nic)) is not None:
+        # with an active IPv4 gateway, public addresses reach the internet only through a route to it
+        decision = route_lookup(index, nic, flow.dst)
+        next_hop = decision.next_hop
+        table = decision.table.id if decision.table else f"(none for {nic.vswitch_id})"
+        if next_hop is None or next_hop[0] != "Ipv4Gateway":
+            _route_step(hop, decision, flow, False, f"{decision.describe()}: the VPC's IPv4 gateway {gateway} is "
+                                                    "active and this route does not lead to it")
+            return result.fail(hop, finding("VPC_NO_ROUTE", hop.id, dst=flow.dst, route_table=table,
+                                            evidence={"ipv4_gateway": gateway, **decision.evidence()}))
+        _route_step(hop, decision, flow, True, f"{decision.describe()} (IPv4 gateway)")
     if public is not None:
         hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{flow.src} leaves through its public address "
                                  f"{public}", _packet(flow), _packet(flow, src=public), type="SNAT",
@@ -293,6 +411,9 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
             _route_step(hop, decision, flow, False, decision.describe())
             return result.fail(hop, finding("VPC_NO_ROUTE", hop.id, dst=flow.dst, route_table=table,
                                             evidence=decision.evidence()))
+        if (state := _not_forwarding(index, next_hop)) is not None:
+            _fail_next_hop(result, hop, decision, flow, state)
+            return result
         _route_step(hop, decision, flow, True, decision.describe())
         if next_hop[0] == "local":
             result.assume(f"{flow.dst} is inside the VPC: not internet traffic")
@@ -324,14 +445,28 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
             nat_gateway=nat.id, snat_entry=entry.id))
         if nat.status != "Available":
             result.assume(f"NAT gateway {nat.id} is {nat.status}, not Available", could_change_outcome=True)
+        if (gateway := _ipv4_gateway(index, nic)) is not None:
+            result.assume(f"the VPC's IPv4 gateway {gateway} is active: the NAT gateway's own vSwitch must route to it "
+                          "for the translated traffic to reach the internet; that route was not checked",
+                          could_change_outcome=True)
         internet = result.hop("internet", HopKind.INTERNET, "internet")
     internet.steps.append(Step.of(StepKind.ROUTE, StepAction.FORWARD, f"to the internet: {flow.dst}",
                                   destination=flow.dst))
     return result
 
 
-def _public_ip(instance: Instance, nic: NetworkInterface, src: str) -> str | None:
-    """An EIP (or fixed public IP) serves the primary private address it is bound to."""
+def _ipv4_gateway(index: CloudIndex, nic: NetworkInterface) -> str | None:
+    """The active IPv4 gateway of the NIC's VPC, if any (None also when not collected)."""
+    gateways = index.inv.ipv4_gateways or []
+    return next((g.id for g in gateways if g.vpc_id == nic.vpc_id and g.enabled), None)
+
+
+def _public_ip(index: CloudIndex, instance: Instance, nic: NetworkInterface, src: str) -> str | None:
+    """An EIP (or fixed public IP) serves the private address it is bound to: an ENI's secondary
+    private IP when the EIP names it (DescribeEipAddresses PrivateIpAddress), otherwise the primary one."""
+    eip = (index.eips or {}).get(src)
+    if eip is not None and (eip.instance_id in (nic.id, instance.id) or eip.instance_type == "NetworkInterface"):
+        return eip.ip
     if nic.public_ip and src == nic.primary_ip:
         return nic.public_ip
     if nic.type == "Primary" and instance.private_ips and src == instance.private_ips[0]:
@@ -371,21 +506,53 @@ def evaluate_internet_to_lb(inv: CloudInventory | CloudIndex, service: ServiceRe
                                              status=listener.status, evidence={"protocol": listener.protocol}),
                         lb=lb.id, listener_port=listener.port, status=listener.status)
     if listener.acl_status == "on":
-        acl = index.acls.get(listener.acl_id or "")
-        if acl is None:
-            return result.fail(hop, finding("DATA_MISSING", hop.id, what=f"ACL {listener.acl_id} of listener "
-                                            f"{listener.port}", reason="not in the inventory"), outcome="abort")
-        if acl_denies(listener, acl, packet.src):
-            return _lb_drop(result, hop, finding("LB_ACL_DENY", hop.id, acl=acl.name or acl.id, port=listener.port,
+        ids = listener_acl_ids(listener)
+        missing = [i for i in ids if i not in index.acls]
+        if missing or not ids:
+            return result.fail(hop, finding("DATA_MISSING", hop.id, what=f"ACL {', '.join(missing) or '(none named)'} "
+                                            f"of listener {listener.port}", reason="not in the inventory"),
+                               outcome="abort")
+        acls = [index.acls[i] for i in ids]
+        names = ", ".join(a.name or a.id for a in acls)
+        entries = [e for a in acls for e in a.entries]
+        if acl_denies(listener, acls, packet.src):
+            return _lb_drop(result, hop, finding("LB_ACL_DENY", hop.id, acl=names, port=listener.port,
                                                  lb=lb.id, src=packet.src,
-                                                 evidence={"acl_type": listener.acl_type, "entries": acl.entries}),
+                                                 evidence={"acl_type": listener.acl_type, "entries": entries}),
                             lb=lb.id, listener_port=listener.port)
-        hop.steps.append(Step.of(StepKind.POLICY, StepAction.ALLOW, f"{listener.acl_type}list ACL {acl.id} admits "
-                                 f"{packet.src}", acl=acl.id, acl_type=listener.acl_type))
-    _check_backends(result, index, hop, lb.id, listener.port, backends(index, lb, listener), service)
-    result.assume("security groups of the CLB backends were not evaluated for load-balanced traffic",
-                  could_change_outcome=False)
+        hop.steps.append(Step.of(StepKind.POLICY, StepAction.ALLOW, (
+            f"{listener.acl_type}list ACL {names} admits {packet.src}" if entries else
+            f"{listener.acl_type}list ACL {names} has no entries: access control does not take effect"),
+            acl=", ".join(ids), acl_type=listener.acl_type))
+    targets = backends(index, lb, listener)
+    _check_backends(result, index, hop, lb.id, listener, targets, service, packet)
+    _backend_security_groups(result, index, lb.id, packet)
     return result
+
+
+def _backend_security_groups(result: CloudResult, index: CloudIndex, lb_id: str, packet: Packet) -> None:
+    """Whether the backends' security groups filter layer-4 CLB traffic is left open by the pages read
+    (docs/cloud.md): the groups are not a verdict, but where one would refuse the client's packet
+    that could change the outcome, and it is said."""
+    refused = []
+    for t in result.backends:
+        instance = index.instances.get(t.server_id) or index.instances.get(
+            (index.enis.get(t.server_id) or NetworkInterface(id="")).instance_id or "")
+        if t.ip is None or instance is None:
+            continue
+        nic = index.nic_for(instance, ip_address(t.ip))
+        decision = evaluate(index, nic, "ingress", Flow(packet.src, ip_address(t.ip), packet.protocol, packet.sport,
+                                                        t.port))
+        if not decision.allowed:
+            refused.append(f"{t.label} ({decision.reason})")
+    if refused:
+        result.assume(f"the security groups of backends {'; '.join(refused)} of {lb_id} would refuse the client "
+                      f"{packet.src} if they filter layer-4 CLB traffic, which the Alibaba Cloud pages read leave open "
+                      "(docs/cloud.md)", could_change_outcome=True)
+    else:
+        result.assume("CLB backend security groups are not a verdict for load-balanced traffic (the Alibaba Cloud "
+                      "pages read leave open whether they filter layer-4 CLB traffic; see docs/cloud.md); they would "
+                      "admit this client", could_change_outcome=False)
 
 
 def _lb_drop(result: CloudResult, hop: Hop, f: Finding, **info: Any) -> CloudResult:
@@ -394,10 +561,15 @@ def _lb_drop(result: CloudResult, hop: Hop, f: Finding, **info: Any) -> CloudRes
     return result.fail(hop, f)
 
 
-def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str, port: int,
-                    targets: list[BackendTarget], service: ServiceResolution | None) -> None:
+def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str, listener: Listener,
+                    targets: list[BackendTarget], service: ServiceResolution | None, packet: Packet) -> None:
+    """Which backends the listener forwards to: weight above 0, healthy (unless the health check is
+    off), the primary of a primary/secondary group while it is healthy, and admitted by the network
+    ACL of its vSwitch (which filters CLB-forwarded traffic too; layer-4 CLB keeps the client address)."""
+    port = listener.port
     service_name = service.service if service else "?"
-    evidence = {"backends": [t.__dict__ for t in targets]}
+    evidence = {"backends": [t.__dict__ for t in targets], "scheduler": listener.scheduler,
+                "health_check": listener.health_check}
     if not targets:
         _lb_drop(result, hop, finding("LB_BACKEND_MISMATCH", hop.id, lb=lb_id, port=port, service=service_name,
                                       detail="the listener has no backend servers"), lb=lb_id, listener_port=port)
@@ -407,26 +579,84 @@ def _check_backends(result: CloudResult, index: CloudIndex, hop: Hop, lb_id: str
         if wrong:
             result.warn(hop, finding("LB_BACKEND_MISMATCH", hop.id, lb=lb_id, port=port, service=service_name,
                                      detail="; ".join(wrong), evidence=evidence))
-    healthy = [t for t in targets if t.health == "normal"]
-    unknown = [t for t in targets if t.health == "unknown"]
-    for t in unknown:
-        result.assume(f"the health of backend {t.label} port {t.port} of {lb_id} was not reported",
-                      could_change_outcome=not healthy)
+    # weights take effect under the weighted schedulers only: round robin ignores them (CLB server groups)
+    weights_apply = listener.scheduler != "rr"
+    weighted = [t for t in targets if t.weight > 0 or not weights_apply]
     for t in targets:
-        if t.health not in ("normal", "unknown"):
-            f = finding("LB_BACKEND_UNHEALTHY", hop.id, backend=t.label, port=t.port, status=t.health, lb=lb_id,
-                        severity=Severity.WARNING if healthy or unknown else Severity.ERROR,
-                        evidence={"node": t.node, "type": t.type})
-            result.findings.append(f)
-    ok = bool(healthy or unknown)
+        if t.weight <= 0 and weights_apply:
+            result.findings.append(finding("LB_BACKEND_WEIGHT_ZERO", hop.id, backend=t.label, lb=lb_id, port=port,
+                                           severity=Severity.WARNING if weighted else Severity.ERROR,
+                                           evidence={"node": t.node, "type": t.type,
+                                                     "scheduler": listener.scheduler}))
+    if not weights_apply and any(t.weight <= 0 for t in targets):
+        result.assume(f"listener {port} of {lb_id} schedules round robin (rr), where backend weights do not take "
+                      "effect: its backends of weight 0 still receive requests")
+    if listener.health_check == "off":
+        # without a health check the CLB cannot tell a dead backend: every weighted one is used
+        result.assume(f"the health check of listener {port} on {lb_id} is off: the load balancer forwards to every "
+                      "backend with a weight above 0, answering or not", could_change_outcome=True)
+        healthy, unknown = weighted, []
+    else:
+        # DescribeHealthStatus "unavailable": the health check did not complete — no verdict on the backend
+        healthy = [t for t in weighted if t.health == "normal"]
+        unknown = [t for t in weighted if t.health in ("unknown", "unavailable")]
+        for t in unknown:
+            result.assume(f"the health of backend {t.label} port {t.port} of {lb_id} is "
+                          f"{'not reported' if t.health == 'unknown' else 'unavailable (no completed check)'}",
+                          could_change_outcome=not healthy)
+        for t in weighted:
+            if t.health not in ("normal", "unknown", "unavailable"):
+                result.findings.append(finding(
+                    "LB_BACKEND_UNHEALTHY", hop.id, backend=t.label, port=t.port, status=t.health, lb=lb_id,
+                    severity=Severity.WARNING if healthy or unknown else Severity.ERROR,
+                    evidence={"node": t.node, "type": t.type}))
+    serving = healthy + unknown
+    if any(t.server_type for t in targets):
+        # primary/secondary group: the primary while its health check passes, else the secondary, which is
+        # not health-checked by default (CLB server groups)
+        primary = [t for t in serving if t.server_type == "Master"]
+        secondary = [t for t in weighted if t.server_type == "Slave"]
+        serving = primary or secondary
+        if not primary and secondary:
+            result.assume(f"the primary server of listener {port} on {lb_id} fails its health check: traffic goes to "
+                          f"the secondary {', '.join(t.label for t in secondary)}, which the load balancer does not "
+                          "health-check by default", could_change_outcome=True)
+    if index.network_acls is None:
+        result.assume("network ACLs were not collected (an inventory older than their support): the backends' "
+                      "vSwitch ACLs were not checked", could_change_outcome=True)
+    denied = [(t, d) for t in serving if (d := _backend_acl(index, t, packet)) is not None]
+    serving = [t for t in serving if all(t is not other for other, _ in denied)]
+    for t, decision in denied:
+        result.findings.append(finding(
+            "VPC_NETWORK_ACL_DENY", hop.id, acl=decision.acl.name or decision.acl.id, vswitch=decision.vswitch,
+            packet=f"{packet.protocol} {packet.src} → {t.ip}:{t.port}", direction="ingress", entry=decision.reason,
+            severity=Severity.WARNING if serving else Severity.ERROR,
+            evidence={"backend": t.label, "lb": lb_id, **decision.evidence()}))
+    ok = bool(serving)
     hop.steps.append(Step.of(StepKind.LOAD_BALANCER, StepAction.FORWARD if ok else StepAction.DROP,
-                             f"{len(healthy)} of {len(targets)} backends healthy on listener {port}", lb=lb_id,
-                             listener_port=port, backends=[LbBackend(**t.__dict__) for t in targets]))
-    result.backends = healthy + unknown
+                             f"{len(serving)} of {len(targets)} backends take traffic on listener {port} "
+                             f"({len(weighted)} with a weight above 0, scheduler "
+                             f"{listener.scheduler or 'not collected'})",
+                             lb=lb_id, listener_port=port, scheduler=listener.scheduler,
+                             health_check=listener.health_check, backends=[LbBackend(**t.__dict__) for t in targets],
+                             serving=[t.label for t in serving]))
+    result.backends = serving
     if not ok:
         hop.status, result.outcome = HopStatus.ERROR, "drop"
-    elif len(healthy) < len(targets) and hop.status == HopStatus.OK:
+    elif len(serving) < len(targets) and hop.status == HopStatus.OK:
         hop.status = HopStatus.WARNING
+
+
+def _backend_acl(index: CloudIndex, target: BackendTarget, packet: Packet) -> netacl.AclDecision | None:
+    """The network ACL of the backend's vSwitch when it drops the forwarded packet (client address kept)."""
+    if target.ip is None:
+        return None
+    eni = index.eni_by_ip.get(ip_address(target.ip))
+    instance = index.instances.get(target.server_id)
+    vswitch = eni.vswitch_id if eni else (instance.vswitch_id if instance else None)
+    flow = Flow(packet.src, ip_address(target.ip), packet.protocol, packet.sport, target.port)
+    decision = netacl.check(index, vswitch, None, "ingress", flow)
+    return decision if decision is not None and not decision.allowed else None
 
 
 def _mismatched(targets: list[BackendTarget], service: ServiceResolution) -> list[str]:

@@ -9,10 +9,14 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from shared.cloud import (
     AccessControlList,
     CloudInventory,
+    Eip,
     Instance,
     LoadBalancer,
     NatGateway,
+    NetworkAcl,
     NetworkInterface,
+    PortRangeList,
+    PrefixList,
     RouteTable,
     SecurityGroup,
     Vpc,
@@ -46,6 +50,11 @@ class CloudIndex:
     lbs: dict[str, LoadBalancer] = field(init=False)
     acls: dict[str, AccessControlList] = field(init=False)
     eni_by_ip: dict[IP, NetworkInterface] = field(init=False)
+    # None: the inventory predates these objects (not collected), as opposed to none existing
+    prefix_lists: dict[str, PrefixList] | None = field(init=False)
+    port_lists: dict[str, PortRangeList] | None = field(init=False)
+    network_acls: dict[str, NetworkAcl] | None = field(init=False)  # by vSwitch id
+    eips: dict[str, Eip] | None = field(init=False)  # by the private IP (or instance id) they serve
     members: dict[str, set[IP]] = field(init=False, repr=False)
     memo: dict[object, object] = field(init=False, repr=False, default_factory=dict)  # per-engine caches
 
@@ -60,6 +69,12 @@ class CloudIndex:
         self.nats = {n.id: n for n in inv.nat_gateways}
         self.lbs = {lb.id: lb for lb in inv.load_balancers}
         self.acls = {a.id: a for a in inv.acls}
+        self.prefix_lists = None if inv.prefix_lists is None else {p.id: p for p in inv.prefix_lists}
+        self.port_lists = None if inv.port_lists is None else {p.id: p for p in inv.port_lists}
+        self.network_acls = None if inv.network_acls is None else {
+            vsw: acl for acl in inv.network_acls for vsw in acl.vswitch_ids}
+        self.eips = None if inv.eips is None else {
+            e.private_ip or e.instance_id or e.id: e for e in inv.eips if e.status == "InUse"}
         self.eni_by_ip = {}
         self.members = {}
         for eni in inv.network_interfaces:
@@ -98,7 +113,9 @@ class CloudIndex:
         for table in self.inv.route_tables:
             if vswitch_id in table.vswitch_ids:
                 return table
-        return next((t for t in self.inv.route_tables if t.vpc_id == vpc_id and t.type == "System"), None)
+        # a gateway route table steers traffic entering through an IPv4 gateway, never a vSwitch's
+        return next((t for t in self.inv.route_tables if t.vpc_id == vpc_id and t.type == "System"
+                     and t.associate_type != "Gateway"), None)
 
     @cached_property
     def vswitch_networks(self) -> list[tuple[VSwitch, Network]]:

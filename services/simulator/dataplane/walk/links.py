@@ -79,6 +79,8 @@ class Crossing:
             found = finding("DATA_MISSING", view.hop_id, what=f"device {d.dev} in {view.where}",
                             reason="the route names a device the dump does not list")
             return self.w.drop(c, found, view, f"out device {d.dev} unknown", device=d.dev)
+        if not self.w.devices.egress(c, view, link.name):
+            return []
         if link.kind == "bridge":
             return self._to_port(c, view, link, nh)
         if link.kind == "vxlan":
@@ -172,6 +174,8 @@ class Crossing:
         bridge = view.links.get(port.master or "")
         if bridge is None:
             return self.w._routed_in(c, view)
+        if not self.w.devices.port_forwards(c, view, bridge, port, "frame received"):
+            return []
         nh = c.l2_dst or c.st.dst
         hop = c.trail.hop(view)
         if nh in view.local_ips:
@@ -221,10 +225,14 @@ class Crossing:
                                view, f"{bridge.name}: the frame must go back out of port {port.name}, the port it "
                                "came in through, and hairpin is off", StepKind.BRIDGE, bridge=bridge.name,
                                port_in=port.name, port_out=port.name, next_hop=nh, hairpin=False)
+        if not self.w.devices.port_forwards(c, view, bridge, port, "frame sent"):
+            return []
         c.trail.step(c.trail.hop(view), StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: to port {port.name} "
                      f"(towards {nh})", packet(c.st, c.st.iif, bridge.name), bridge=bridge.name, port_out=port.name,
                      next_hop=nh, hairpin=port.hairpin if port.name == c.port_in else None)
         c.port_in = None
+        if not self.w.devices.egress(c, view, port.name):
+            return []
         return self._veth(c, view, port, nh)
 
     def _port_towards(self, view: NetnsView, bridge: Link, nh: IPAddress) -> Link | None:
@@ -524,6 +532,8 @@ class Crossing:
             return self._link_down(oc, owner, in_link or uplink or view.links[d.dev])
         oc.st.iif, oc.st.oif = in_link.name, None
         c.trail.hop(owner)
+        if not self.w.devices.egress(oc, view, d.dev) or not self.w.devices.ingress(oc, owner, in_link.name):
+            return []
         for hook in ("PREROUTING", "INPUT"):
             alive = self.w.hook(oc, owner, hook)
             if not alive:

@@ -20,6 +20,7 @@ from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
+from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.trail import (
     NatEntry,
@@ -111,6 +112,7 @@ class Walker:
 
         self.links = links.Crossing(self)
         self.ipvs = Ipvs(self)
+        self.devices = DeviceHooks(self)
 
     # ------------------------------------------------------------ the Kubernetes objects we need
 
@@ -306,7 +308,10 @@ class Walker:
         c.trail.hop(view)
         self.note_gaps(c.trail, view)
         if c.iif is None:
+            self.devices.cgroups(c, view, "reply's sender" if self.reply else "source")
             return self._local_out(c, view)
+        if not self.devices.ingress(c, view, c.iif):
+            return []
         port = view.links.get(c.iif)
         if port is not None and port.master and c.port_in is None:
             return self.links.bridge_in(c, view, port)
