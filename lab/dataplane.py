@@ -44,6 +44,7 @@ VXLAN_MTU = 1450
 CALICO_GATEWAY = "169.254.1.1"
 CALICO_HOST_MAC = "ee:ee:ee:ee:ee:ee"
 CALICO_ALL_POOLS, CALICO_MASQ_POOLS = "cali40all-ipam-pools", "cali40masq-ipam-pools"
+CALICO_VXLAN_DEVICE, CALICO_VXLAN_VNI, CALICO_VXLAN_PORT = "vxlan.calico", 4096, 4789  # felix's defaults
 # Terway (eniip, veth datapath): the pod's gateway (a static neighbour at the host veth's MAC), the rule
 # priorities of terway's EnsurePolicyRule, the ENI route table (1000 + the ENI's ifindex) and the MAC an
 # Alibaba Cloud vSwitch answers with
@@ -121,6 +122,11 @@ def node_ruleset(sc: ResolvedScenario, node: str) -> str:
     elif sc.scenario.cni != "terway-eniip":  # Terway: pod addresses are VPC addresses, nothing masquerades
         rs.extend(flannel_rules(sc, node))
     return rs.render()
+
+
+def calico_vtep_ip(block: str) -> str:
+    """The node's IPv4VXLANTunnelAddr: Calico's IPAM gives the tunnel the block's first address."""
+    return str(ipaddress.ip_network(block).network_address)
 
 
 def eni_mac(node_index: int) -> str:
@@ -321,19 +327,36 @@ class Lab:
         sc, st = self.resolved, self.state
         node = sc.node(name)
         ns = st.nodes[name].netns
+        mtu = f" mtu {VXLAN_MTU}" if sc.scenario.calico.vxlan_mode == "Always" else ""
         sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
         for pod in st.pods.values():
             if pod.node != name or pod.host_network:
                 continue
-            lines += [f"link add {pod.veth} address {CALICO_HOST_MAC} type veth peer name eth0 netns {pod.netns}",
+            lines += [f"link add {pod.veth} address {CALICO_HOST_MAC}{mtu} type veth peer name eth0{mtu} netns "
+                      f"{pod.netns}",
                       f"link set {pod.veth} up", f"route add {pod.ip}/32 dev {pod.veth} scope link"]
             # felix's configureInterface for a workload interface
             sysctls |= {f"net.ipv4.conf.{pod.veth}.proxy_arp": 1, f"net.ipv4.neigh.{pod.veth}.proxy_delay": 0,
                         f"net.ipv4.conf.{pod.veth}.forwarding": 1, f"net.ipv4.conf.{pod.veth}.rp_filter": 1}
         lines.append(f"route add blackhole {node.pod_cidr} proto bird")
-        lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0 proto bird"
-                  for other in sc.nodes if other.name != name]
+        others = [other for other in sc.nodes if other.name != name]
+        fdb: list[str] = []
+        if sc.scenario.calico.vxlan_mode == "Always":
+            # felix's VXLAN manager: the VTEP holds the tunnel address (the block's first), each peer block
+            # `via <peer VTEP> dev vxlan.calico onlink` with a permanent ARP and FDB entry (felix, not BIRD)
+            lines += [f"link add {CALICO_VXLAN_DEVICE} address {node.vtep_mac} mtu {VXLAN_MTU} type vxlan id "
+                      f"{CALICO_VXLAN_VNI} local {node.ip} dev eth0 dstport {CALICO_VXLAN_PORT} nolearning",
+                      f"addr add {calico_vtep_ip(node.pod_cidr)}/32 dev {CALICO_VXLAN_DEVICE}",
+                      f"link set {CALICO_VXLAN_DEVICE} up"]
+            for other in others:
+                vtep = calico_vtep_ip(other.pod_cidr)
+                lines += [f"route add {other.pod_cidr} via {vtep} dev {CALICO_VXLAN_DEVICE} onlink proto 80",
+                          f"neigh add {vtep} lladdr {other.vtep_mac} dev {CALICO_VXLAN_DEVICE} nud permanent"]
+                fdb.append(f"fdb append {other.vtep_mac} dev {CALICO_VXLAN_DEVICE} dst {other.ip} self permanent")
+        else:
+            lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0 proto bird" for other in others]
         netns.ip_batch(lines, ns)
+        netns.ip_batch(fdb, ns, tool="bridge")
         netns.write_sysctls(ns, sysctls)
 
     def _configure_terway_node(self, name: str, lines: list[str]) -> None:
@@ -527,6 +550,8 @@ class Lab:
                 return self.resolved.node(arg).pod_cidr
             if kind == "vtepmac":
                 return self.resolved.node(arg).vtep_mac
+            if kind == "vtep":
+                return calico_vtep_ip(self.resolved.node(arg).pod_cidr)
             if kind == "netns":
                 return self.netns_of(arg)
             if kind == "bpf":

@@ -4,7 +4,8 @@ Each Fault names its scenario (examples/lab/<scenario>.yaml), the probe that exp
 outcome before and after injection, the verdict a diagnosis must reach and the finding code + hop id it
 must name. Injection uses plain commands (`ip`, `iptables`, `sysctl`, `bridge`, `kill`) run inside a lab
 namespace; argv strings may hold placeholders expanded by `Lab.expand` ({pod:ns/name}, {node:name},
-{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables},
+{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {vtep:node} (Calico's VXLAN tunnel address), {veth:ns/pod},
+{pid:ns/pod}, {netns:name}, {iptables},
 {bpf:name} — lab/bpf/<name>.c compiled with clang).
 A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab reprograms the nodes the way
 kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
@@ -334,6 +335,15 @@ CATALOGUE += [  # Calico BGP mode (examples/lab/calico.yaml): what operators of 
           "from the client falls to the block's blackhole", "calico", ProbeSpec("shop/client", "pod:shop/api-1", 8080),
           "connected", "timeout", Expected("POD_ROUTE_MISSING", "node:node-1", ("ROUTE_BLACKHOLE",)),
           commands=(_node("node-1", "ip", "route", "del", "{pod:shop/api-1}/32", "dev", "{veth:shop/api-1}"),)),
+    Fault("calico_vxlan_fdb_wrong", "node-1's FDB entry for node-2's VTEP on vxlan.calico points at an address "
+          "nobody owns", "calico-vxlan", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("INVALID_ROUTE", "node:node-1", ("NEIGHBOR_FAILED",)),
+          commands=(_node("node-1", "bridge", "fdb", "replace", "{vtepmac:node-2}", "dev", "vxlan.calico", "dst",
+                          "172.30.0.99", "self", "permanent"),)),
+    Fault("calico_vxlan_neighbor_missing", "node-1 lost felix's static ARP entry for node-2's VTEP (vxlan.calico "
+          "learns nothing): the peer block's next hop is unresolved", "calico-vxlan", CALICO_CROSS_NODE,
+          "connected", "timeout", Expected("NEIGHBOR_FAILED", "node:node-1"),
+          commands=(_node("node-1", "ip", "neigh", "del", "{vtep:node-2}", "dev", "vxlan.calico"),)),
 ]
 
 TERWAY_CROSS_NODE = ProbeSpec("shop/client", "pod:shop/api-2", 8080)

@@ -153,9 +153,12 @@ def node_ready_patch(node: Obj, ready: bool) -> Obj:
 def _cni_annotations(sc: Scenario, node: ResolvedNode) -> dict[str, str]:
     if sc.cni == "terway-eniip":
         return {}
-    if sc.cni == "calico":  # calico-node's autodetected BGP address
+    if sc.cni == "calico":  # calico-node's autodetected BGP address (and VXLAN tunnel address)
         prefixlen = ipaddress.ip_network(sc.underlay_cidr).prefixlen
-        return {"projectcalico.org/IPv4Address": f"{node.ip}/{prefixlen}"}
+        out = {"projectcalico.org/IPv4Address": f"{node.ip}/{prefixlen}"}
+        if sc.calico.vxlan_mode != "Never":
+            out["projectcalico.org/IPv4VXLANTunnelAddr"] = str(ipaddress.ip_network(node.pod_cidr).network_address)
+        return out
     backend_data = {"VNI": FLANNEL_VXLAN_VNI, "VtepMAC": node.vtep_mac} if sc.cni == "vxlan" else None
     return {
         "flannel.alpha.coreos.com/backend-type": sc.cni,
@@ -604,6 +607,7 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     default IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org
     object). felix enforces NetworkPolicies itself; the lab's enforcement stands for its chains."""
     sc = rs.scenario
+    vxlan = sc.calico.vxlan_mode
     cni_conf = {"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [
         {"type": "calico", "log_level": "info", "datastore_type": "kubernetes", "nodename": "__KUBERNETES_NODE_NAME__",
          "mtu": "__CNI_MTU__", "ipam": {"type": "calico-ipam"}, "policy": {"type": "k8s"},
@@ -612,19 +616,23 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         {"type": "bandwidth", "capabilities": {"bandwidth": True}},
     ]}
     env = [{"name": k, "value": v} for k, v in (
-        ("DATASTORE_TYPE", "kubernetes"), ("CALICO_NETWORKING_BACKEND", "bird"), ("CLUSTER_TYPE", "k8s,bgp"),
+        ("DATASTORE_TYPE", "kubernetes"), ("CALICO_NETWORKING_BACKEND", "bird" if vxlan == "Never" else "vxlan"),
+        ("CLUSTER_TYPE", "k8s,bgp" if vxlan == "Never" else "k8s"),
         ("IP", "autodetect"), ("CALICO_IPV4POOL_CIDR", sc.cluster_cidr),
         ("CALICO_IPV4POOL_BLOCK_SIZE", str(sc.calico.block_size)), ("CALICO_IPV4POOL_IPIP", "Never"),
-        ("CALICO_IPV4POOL_VXLAN", "Never"), ("CALICO_IPV4POOL_NAT_OUTGOING", str(sc.calico.nat_outgoing).lower()),
+        ("CALICO_IPV4POOL_VXLAN", sc.calico.vxlan_mode),
+        ("CALICO_IPV4POOL_NAT_OUTGOING", str(sc.calico.nat_outgoing).lower()),
         ("FELIX_IPTABLESBACKEND", "NFT" if sc.iptables_backend == "nft" else "Legacy"),
         ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"))]
     meta = _meta(sc.name, "IPPool", "default-ipv4-ippool", None, created, generation=1)
     pool = _obj("IPPool", meta, spec={
         "allowedUses": ["Workload", "Tunnel"], "blockSize": sc.calico.block_size, "cidr": sc.cluster_cidr,
-        "ipipMode": "Never", "natOutgoing": sc.calico.nat_outgoing, "nodeSelector": "all()", "vxlanMode": "Never"})
+        "ipipMode": "Never", "natOutgoing": sc.calico.nat_outgoing, "nodeSelector": "all()",
+        "vxlanMode": sc.calico.vxlan_mode})
     return [
         _configmap(sc, "calico-config", {
-            "calico_backend": "bird", "cni_network_config": json.dumps(cni_conf, indent=2),
+            "calico_backend": "bird" if vxlan == "Never" else "vxlan",
+            "cni_network_config": json.dumps(cni_conf, indent=2),
             "typha_service_name": "none", "veth_mtu": "0",
         }, {}, created),
         _daemonset(sc, "calico-node", {"k8s-app": "calico-node"}, [{

@@ -108,10 +108,12 @@ class CloudSpec(_Model):
 
 
 class CalicoSpec(_Model):
-    """The default IPPool of a `cni: calico` lab (BGP mode, no encapsulation: ipipMode/vxlanMode Never)."""
+    """The default IPPool of a `cni: calico` lab (ipipMode Never; vxlanMode Never = BGP without encapsulation)."""
 
     nat_outgoing: bool = Field(True, alias="natOutgoing", description="masquerade pod → outside-the-pools traffic")
     block_size: int = Field(26, alias="blockSize", ge=20, le=30, description="the per-node IPAM block prefix")
+    vxlan_mode: Literal["Never", "Always"] = Field("Never", alias="vxlanMode", description=(
+        "Always: felix's vxlan.calico overlay (VNI 4096, port 4789) instead of BGP routes via the node IPs"))
 
 
 class TerwaySpec(_Model):

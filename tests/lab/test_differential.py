@@ -92,6 +92,15 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("ext", "node:node-2", 30000), None),
         (ProbeSpec("shop/client", "inet", 80), None),  # IPPool natOutgoing
     ],
+    "calico-vxlan": [  # IPPool vxlanMode Always: peer blocks via the peer VTEP on vxlan.calico
+        (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),
+        (ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), None),
+        (ProbeSpec("shop/client", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), None),
+        (ProbeSpec("node-2", "pod:shop/api-1", 8080), None),
+        (ProbeSpec("ext", "node:node-2", 30000), None),
+        (ProbeSpec("shop/client", "inet", 80), None),
+    ],
     "terway": [  # eniip, veth datapath: policy routing out of the ENI, the VPC delivers to the owning ENI
         (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),  # same node: the to-pod rule, main table
         (ProbeSpec("shop/client", "pod:shop/api-2", 8080), None),  # cross node: ENI table → VPC → node-2's ENI
