@@ -590,8 +590,9 @@ def _underlay_gateway(sc: ResolvedScenario) -> str:
 
 
 def _pod_vswitch_gateway(sc: ResolvedScenario) -> str:
-    """An Alibaba Cloud vSwitch's gateway is its CIDR's first host (x.x.x.253 is reserved too, not modelled)."""
-    return str(ipaddress.ip_network(sc.scenario.terway.pod_vswitch_cidr).network_address + 1)
+    """An Alibaba Cloud vSwitch reserves its first and last three addresses; the gateway is the .253 of a /24
+    (the third-last address: VPC CreateVSwitch documentation)."""
+    return str(ipaddress.ip_network(sc.scenario.terway.pod_vswitch_cidr).broadcast_address - 2)
 
 
 def _host_batch(ip: str) -> list[str]:
