@@ -371,7 +371,7 @@ class Lab:
         lines += [f"addr add {node.ip}/32 dev {ENI_DEVICE}", f"link set {ENI_DEVICE} up"]
         pods = [p for p in st.pods.values() if p.node == name and not p.host_network]
         for pod in pods:
-            lines += [f"link add {pod.veth} address {host_veth_mac(pod.veth)} type veth peer name eth0 netns "
+            lines += [f"link add {pod.veth} address {host_veth_mac(pod.veth or '')} type veth peer name eth0 netns "
                       f"{pod.netns}", f"link set {pod.veth} up", f"route add {pod.ip}/32 dev {pod.veth} scope link"]
         netns.ip_batch(lines, ns)
         table = TERWAY_TABLE_BASE + netns.ifindex(ns, ENI_DEVICE)

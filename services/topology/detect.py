@@ -131,7 +131,7 @@ def _calico_pools(model: ClusterModel, out: Detection) -> None:
         summary.append({"name": (pool.get("metadata") or {}).get("name"), "cidr": spec.get("cidr"),
                         "encapsulation": encap, "natOutgoing": bool(spec.get("natOutgoing")),
                         "blockSize": spec.get("blockSize")})
-    encaps = {p["encapsulation"] for p in summary}
+    encaps = {str(p["encapsulation"]) for p in summary}
     only = next(iter(encaps)) if len(encaps) == 1 else "mixed"
     info.cni_mode = "bgp" if only == "none" else only
     info.cni_config = {"ippools": summary}  # the walk follows whatever the nodes hold; this says what to expect
