@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.simulator.dataplane.walk.cursor import Expectation
 from services.simulator.dataplane.walk.reply import walk_replies
 from services.simulator.dataplane.walk.trail import Trail
-from services.simulator.dataplane.walk.walker import Expectation, Walker
+from services.simulator.dataplane.walk.walker import Walker
 from services.simulator.dataplane.walk.world import NodeView, World
 from shared.netstack import NodeDump
 from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Path

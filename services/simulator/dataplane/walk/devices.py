@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.walk.trail import packet
-from services.simulator.dataplane.walk.world import NetnsView
+from services.simulator.dataplane.walk.world import NetnsView, link_up
 from shared.codes import finding
 from shared.netstack import Link, TcAction, TcFilter
 from shared.schemas import StepAction, StepKind
@@ -277,8 +277,6 @@ class DeviceHooks:
         state = port.bridge_port.state
         if state == "forwarding":
             return True
-        from services.simulator.dataplane.walk.walker import link_up  # walker imports this module
-
         if state == "disabled" and not link_up(port):
             return True  # the bridge disables a port whose link lost carrier: LINK_DOWN is the cause, named next
         found = finding("BRIDGE_PORT_BLOCKED", view.hop_id, port=port.name, bridge=bridge.name, where=view.where,

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Literal
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.cursor import Cursor
 from services.simulator.dataplane.walk.trail import copy_state, packet, route_info
-from services.simulator.dataplane.walk.walker import Cursor, link_up
-from services.simulator.dataplane.walk.world import IPAddress, NetnsView
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, link_up
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop
 from shared.netstack import Link

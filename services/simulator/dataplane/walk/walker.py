@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from services.simulator.dataplane.hooks import run_hook, stages
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
@@ -19,19 +18,19 @@ from services.simulator.dataplane.netfilter.tracer import TraceContext
 from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
+from services.simulator.dataplane.walk.cursor import Cursor, Expectation
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.trail import (
     NatEntry,
     Trail,
-    copy_state,
     endpoint_info,
     packet,
     route_info,
     rule_hit,
 )
-from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, World
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
 from shared.schemas import (
@@ -40,7 +39,6 @@ from shared.schemas import (
     Finding,
     Hop,
     HopKind,
-    Severity,
     Step,
     StepAction,
     StepKind,
@@ -49,50 +47,9 @@ from shared.topology import EndpointKind, TopologyReport
 
 MAX_VISITS = 24  # namespaces a packet may enter before the walk calls it a loop
 MAX_TRAILS = 256
-DOWN_STATES = frozenset({"DOWN", "LOWERLAYERDOWN", "NOTPRESENT"})
-
-
-def link_up(link: object) -> bool:
-    return bool(getattr(link, "admin_up", True)) and getattr(link, "state", "UNKNOWN") not in DOWN_STATES
-
-
-@dataclass
-class Cursor:
-    """The packet at the door of a namespace: `iif=None` means generated there."""
-
-    place: Place
-    st: FlowState
-    iif: str | None
-    trail: Trail
-    port_in: str | None = None  # bridge port the packet entered this namespace's bridge through
-    l2_dst: IPAddress | None = None  # next-hop address the frame is addressed to (set by the sender)
-
-    def fork(self) -> Cursor:
-        return Cursor(self.place, copy_state(self.st), self.iif, self.trail.fork(), self.port_in, self.l2_dst)
-
-
 # kube-proxy's own rule comments that say why it drops or rejects a Service packet (iptables mode)
 KUBE_PROXY_CAUSES = (("has no endpoints", "SERVICE_NO_ENDPOINT"), ("has no local endpoints", "NO_LOCAL_ENDPOINT"),
                      ("traffic not accepted by KUBE-FW-", "LB_SOURCE_RANGE_DENY"))
-
-
-@dataclass
-class Expectation:
-    """What the Kubernetes model says, used to name causes (topology + model findings)."""
-
-    findings: list[Finding] = field(default_factory=list)
-
-    def policy_deny(self, rule_text: str) -> Finding | None:
-        for f in self.findings:
-            if f.code != "NETWORK_POLICY_DENY" or f.severity != Severity.ERROR:
-                continue
-            names = [p.strip() for p in str(f.evidence.get("policies", "")).split(",") if p.strip()]
-            if any(n in rule_text or n.split("/")[-1] in rule_text for n in names):
-                return f
-        return None
-
-    def code_at(self, code: str, hop: str | None = None) -> Finding | None:
-        return next((f for f in self.findings if f.code == code and hop in (None, f.hop)), None)
 
 
 class Walker:

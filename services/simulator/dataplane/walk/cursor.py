@@ -1,0 +1,50 @@
+"""The packet at the door of a namespace, and what the model expects of it.
+
+A `Cursor` is one branch of the walk in flight: where the packet is, its header state and the trail
+it has left. `Expectation` holds the Kubernetes model's findings, used to name the cause of a drop.
+The walk's handlers (crossing, delivery, IPVS, reply, device hooks) share these types and nothing
+else of the walker: what each may do to the walk is a Protocol in `ops.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.trail import Trail, copy_state
+from services.simulator.dataplane.walk.world import IPAddress, Place
+from shared.schemas import Finding, Severity
+
+
+@dataclass
+class Cursor:
+    """The packet at the door of a namespace: `iif=None` means generated there."""
+
+    place: Place
+    st: FlowState
+    iif: str | None
+    trail: Trail
+    port_in: str | None = None  # bridge port the packet entered this namespace's bridge through
+    l2_dst: IPAddress | None = None  # next-hop address the frame is addressed to (set by the sender)
+
+    def fork(self) -> Cursor:
+        return Cursor(self.place, copy_state(self.st), self.iif, self.trail.fork(), self.port_in, self.l2_dst)
+
+
+@dataclass
+class Expectation:
+    """What the Kubernetes model says, used to name causes (topology + model findings)."""
+
+    findings: list[Finding] = field(default_factory=list)
+
+    def policy_deny(self, rule_text: str) -> Finding | None:
+        for f in self.findings:
+            if f.code != "NETWORK_POLICY_DENY" or f.severity != Severity.ERROR:
+                continue
+            names = [p.strip() for p in str(f.evidence.get("policies", "")).split(",") if p.strip()]
+            if any(n in rule_text or n.split("/")[-1] in rule_text for n in names):
+                return f
+        return None
+
+    def code_at(self, code: str, hop: str | None = None) -> Finding | None:
+        return next((f for f in self.findings if f.code == code and hop in (None, f.hop)), None)
