@@ -2,18 +2,22 @@
 
 A `Cursor` is one branch of the walk in flight: where the packet is, its header state and the trail
 it has left. `Expectation` holds the Kubernetes model's findings, used to name the cause of a drop.
-The walk's handlers (crossing, delivery, IPVS, reply, device hooks) share these types and nothing
-else of the walker: what each may do to the walk is a Protocol in `ops.py`.
+`Walk` is what every handler (crossing, delivery, IPVS, reply, device hooks) may do to the walk:
+read the model and end a branch. A handler that needs more (route the packet in a namespace, run a
+hook) declares it as its own Protocol extending `Walk`; the walker satisfies them all, and no
+handler imports the walker.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.walk.trail import Trail, copy_state
-from services.simulator.dataplane.walk.world import IPAddress, Place
-from shared.schemas import Finding, Severity
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
+from shared.schemas import DiagnosisRequest, FinalState, Finding, Severity, StepKind
+from shared.topology import TopologyReport
 
 
 @dataclass
@@ -48,3 +52,30 @@ class Expectation:
 
     def code_at(self, code: str, hop: str | None = None) -> Finding | None:
         return next((f for f in self.findings if f.code == code and hop in (None, f.hop)), None)
+
+
+class Walk(Protocol):
+    """What every handler may do to the walk: read the model it walks, end a branch."""
+
+    @property
+    def world(self) -> World: ...
+
+    @property
+    def report(self) -> TopologyReport: ...
+
+    @property
+    def request(self) -> DiagnosisRequest: ...
+
+    @property
+    def reply(self) -> bool:
+        """Walking a reply: conntrack ESTABLISHED, translations undone where they happened."""
+
+    def finish(self, c: Cursor, final: FinalState, cause: str | None = None, found: Finding | None = None) -> list:
+        """The branch ends in `final` (its trail is recorded)."""
+
+    def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
+             kind: StepKind = StepKind.LINK, **info: object) -> list:
+        """The branch ends in a DROP `found` decided, with a `kind` step saying where."""
+
+    def blind(self, c: Cursor, view: NetnsView, parts: tuple[str, ...], what: str) -> bool:
+        """The next decision needs a part of the dump the agent could not read: the branch ended ABORT."""

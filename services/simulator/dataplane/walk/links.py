@@ -7,21 +7,19 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
-from services.simulator.dataplane.walk.cursor import Cursor
-from services.simulator.dataplane.walk.trail import copy_state, packet, route_info
+from services.simulator.dataplane.walk.cursor import Cursor, Expectation, Walk
+from services.simulator.dataplane.walk.devices import DeviceHooks
+from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, link_up
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop
 from shared.netstack import Link
 from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
 from shared.topology import EndpointKind
-
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Walker
 
 BAD_NEIGHBOR = frozenset({"FAILED", "INCOMPLETE"})
 STATIC_NEIGHBOR = frozenset({"PERMANENT", "NOARP"})
@@ -64,8 +62,51 @@ def _ipip_receiver(node: NetnsView, outer: FlowState) -> Link | None:
     return best[1] if best else None
 
 
+class CrossingWalk(Walk, Protocol):
+    """What a crossing may do to the walk: hand the packet to the next namespace's routing, run a
+    hook on a bridge or a tunnel's outer packet, end a branch; and what it reads to find the next
+    namespace (the cluster's addresses, the Service)."""
+
+    @property
+    def devices(self) -> DeviceHooks: ...
+
+    @property
+    def expect(self) -> Expectation: ...
+
+    @property
+    def node_ips(self) -> dict[IPAddress, str]: ...
+
+    @property
+    def pod_ips(self) -> dict[IPAddress, str]: ...
+
+    def node_ip(self, node: str) -> IPAddress | None: ...
+
+    def node_for_pod_network(self, addr: IPAddress) -> str | None: ...
+
+    def has_endpoints(self) -> bool: ...
+
+    def virtual(self, addr: IPAddress) -> bool: ...
+
+    def service_vip(self, st: FlowState) -> bool: ...
+
+    def routed_in(self, c: Cursor, view: NetnsView) -> list[Cursor]: ...
+
+    def hook(self, c: Cursor, view: NetnsView, hook: str, nat: bool = True, **ctx: object) -> list[Cursor]: ...
+
+    def rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None: ...
+
+    def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list: ...
+
+    def unreadable_netns(self, c: Cursor, view: NetnsView, netns_ids: list[str | None], what: str) -> bool: ...
+
+    def external(self, c: Cursor, hop_kind: HopKind, describe: Callable[[], str]) -> list: ...
+
+    def end_trail(self, trail: Trail, final: FinalState, cause: str | None = None,
+                  found: Finding | None = None) -> None: ...
+
+
 class Crossing:
-    def __init__(self, walker: Walker) -> None:
+    def __init__(self, walker: CrossingWalk) -> None:
         self.w = walker
         self.world = walker.world
 
@@ -130,7 +171,7 @@ class Crossing:
         """A frame entering a bridge port: up to the host stack, or L2-forwarded to another port."""
         bridge = view.links.get(port.master or "")
         if bridge is None:
-            return self.w._routed_in(c, view)
+            return self.w.routed_in(c, view)
         if not self.w.devices.port_forwards(c, view, bridge, port, "frame received"):
             return []
         nh = c.l2_dst or c.st.dst
@@ -140,7 +181,7 @@ class Crossing:
                          f"for the node's own address {nh}: up to the IP stack", packet(c.st, port.name),
                          bridge=bridge.name, port_in=port.name, next_hop=nh)
             c.iif, c.port_in = bridge.name, port.name
-            return self.w._routed_in(c, view)
+            return self.w.routed_in(c, view)
         target = self._port_towards(view, bridge, nh)
         if target is None:
             return self._no_port(c, view, bridge, nh)
@@ -308,7 +349,7 @@ class Crossing:
         if self.w.service_vip(c.st) and not self.w.reply:
             if not self.w.has_endpoints():
                 return self.w.no_endpoint(c, view, f"{dst} is a virtual address with no endpoint behind it")
-            self.w._rules_missing(c, view, "routing")
+            self.w.rules_missing(c, view, "routing")
             return []
         if self.w.virtual(dst) and not self.w.reply:
             return self._untranslated(c, view, dst)
@@ -504,26 +545,25 @@ class Crossing:
 
     # ------------------------------------------------------------ traffic from outside
 
-    def external_start(self, st: FlowState, trail: object) -> Cursor | None:
+    def external_start(self, st: FlowState, trail: Trail) -> Cursor | None:
         """An external source: the packet enters the cluster at the node owning the destination (NodePort)
         or the node the model names as the Service's entry, through that node's uplink."""
         w = self.w
         report = w.report
         entry = next((p.entry_node for p in report.paths if p.entry_node), None) or report.dst.node
-        hop = trail.hop_by_id(external_hop(st.src), kind=HopKind.EXTERNAL, name=f"client {st.src}")  # type: ignore[attr-defined]
-        trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "  # type: ignore[attr-defined]
+        hop = trail.hop_by_id(external_hop(st.src), kind=HopKind.EXTERNAL, name=f"client {st.src}")
+        trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "
                    f"node's uplink ({entry or 'unknown'})", packet(st), endpoint="external", entry_node=entry)
         if entry is None or entry not in self.world.nodes or report.src.kind not in (
                 EndpointKind.PUBLIC, EndpointKind.UNKNOWN):
-            trail.assume("the walk cannot tell where an outside packet enters the cluster",  # type: ignore[attr-defined]
+            trail.assume("the walk cannot tell where an outside packet enters the cluster",
                          could_change=True)
             found = self._not_collected(entry, "outside traffic enters through it") \
                 if entry and entry not in self.world.nodes else None
-            trail.end(FinalState.ABORT, found.code if found else None, found)  # type: ignore[attr-defined]
-            w.finished.append(trail)  # type: ignore[arg-type]
+            w.end_trail(trail, FinalState.ABORT, found.code if found else None, found)
             return None
         view = self.world.nodes[entry].host
         default = view.router.lookup(st.src)[0]
         in_dev = default.dev or next(iter(view.links))
         st.iif = in_dev
-        return Cursor(view.place, st, in_dev, trail)  # type: ignore[arg-type]
+        return Cursor(view.place, st, in_dev, trail)

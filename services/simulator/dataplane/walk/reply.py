@@ -11,36 +11,32 @@ not match the client's connection and is dropped there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.cursor import Cursor, Walk
 from services.simulator.dataplane.walk.trail import Trail, packet
-from services.simulator.dataplane.walk.world import NetnsView
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
 from shared.hops import external_hop, node_hop
 from shared.schemas import FinalState, HopKind, Severity, StepAction, StepKind
 
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Cursor, Walker
 
-
-def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
-    """Reply trails of one delivered forward trail (empty when it was not delivered)."""
-    from services.simulator.dataplane.walk.walker import Cursor, Walker  # the walker imports this module
-
+def reply_start(forward: Trail, node_for_pod_network: Callable[[IPAddress], str | None]) -> Cursor | None:
+    """Where the reply of one forward trail starts (None when the request was neither delivered nor
+    left the cluster); a reply walker runs it. `node_for_pod_network`: the node whose pod CIDR holds
+    an address."""
     if forward.delivered is not None:
         (place, st), iif = forward.delivered, None
     elif forward.left is not None:
         place, st, iif = forward.left
     else:
-        return []
+        return None
     flags = frozenset({"SYN", "ACK"}) if st.protocol == "tcp" else frozenset()
     rst = FlowState(src=st.dst, dst=st.src, protocol=st.protocol, sport=st.dport, dport=st.sport,
                     ctstate="ESTABLISHED", tcp_flags=flags, iif=iif)
-    rw = Walker(walker.world, walker.report, walker.request, walker.expect, reply=True)
     trail = Trail(pending_reverse=list(forward.nat))
-    if iif is not None and walker.node_for_pod_network(st.src) is not None and \
-            walker.node_for_pod_network(st.dst) is None:
+    if iif is not None and node_for_pod_network(st.src) is not None and node_for_pod_network(st.dst) is None:
         # the request left with a pod address: the outside cannot answer it unless a NAT (the cloud's,
         # checked by the cloud stage when modelled) or a route for the pod CIDR brings the reply back
         forward.findings.append(finding("POD_SOURCE_NOT_MASQUERADED", node_hop(place.node), src=st.src,
@@ -55,10 +51,10 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
                               name=str(st.dst))
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
                    packet(rst, iif), endpoint="external", device=iif)
-    return rw.run(Cursor(place, rst, iif, trail))
+    return Cursor(place, rst, iif, trail)
 
 
-def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
+def reply_arrived(w: Walk, c: Cursor, view: NetnsView) -> None:
     """The reply reached a local socket: the client's connection takes it only if it is the exact
     reverse of what the client sent."""
     r, st = w.request, c.st
