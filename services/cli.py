@@ -379,7 +379,8 @@ def cmd_snapshot_capture(args: argparse.Namespace) -> int:
 async def _snapshot_capture(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.cloud.provider import CloudError, make_provider
+    from services.cloud.factory import make_provider
+    from services.cloud.provider import CloudError
     from services.collector.capture import capture_nodes
     from services.stack import EmbeddedStack
     from services.topology.capture import capture_kubernetes

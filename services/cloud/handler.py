@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cloud.provider import CloudError, CloudProvider, make_provider
+from services.cloud.factory import make_provider
+from services.cloud.provider import CloudError, CloudProvider
 from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
 from shared.cloud import LB_ID_ANNOTATION, CloudInventory, empty_inventory, load_inventory
