@@ -186,7 +186,7 @@ class Lab:
             for name, ns in (("inet", st.inet_netns), ("ext", st.ext_netns)):
                 lines += [f"link add {name} type veth peer name eth0 netns {ns}",
                           f"link set {name} master br1", f"link set {name} up"]
-        netns_sysctls = {"net.ipv4.ip_forward": 1}
+        netns_sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
         netns.write_sysctls(st.underlay_netns, netns_sysctls)
         return lines
 
@@ -263,7 +263,8 @@ class Lab:
         records = dns_records(sc)
         specs = []
         for rp in sc.pods:
-            listen = sorted({(lst.port, lst.protocol) for c in rp.spec.containers for lst in c.listeners()})
+            listen: list[tuple[int, str]] = sorted({(lst.port, lst.protocol) for c in rp.spec.containers
+                                                    for lst in c.listeners()})
             if listen and rp.spec.phase == "Running":
                 specs.append(workloads.Workload(key=rp.spec.key, netns=st.pods[rp.spec.key].netns, listen=listen,
                                                 dns=records if rp.spec.role == "dns" else None))
@@ -328,8 +329,8 @@ class Lab:
         """Namespace of a node name, a pod ("ns/pod" or a unique pod name), or ext / inet / underlay."""
         st = self.state
         special = {"ext": st.ext_netns, "inet": st.inet_netns, "underlay": st.underlay_netns}
-        if special.get(name):
-            return special[name]  # type: ignore[return-value]
+        if found := special.get(name):
+            return found
         if name in st.nodes:
             return st.nodes[name].netns
         return st.pods[self.pod(name).spec.key].netns

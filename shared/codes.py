@@ -147,6 +147,14 @@ _ENTRIES = [
                 "masquerade: only a NAT or route beyond the node can bring the reply back to the pod address",
                 "Check the CNI's masquerade for traffic leaving the cluster (flannel --ip-masq / FLANNEL-POSTRTG, "
                 "calico natOutgoing, ip-masq-agent nonMasqueradeCIDRs), or SNAT the pod CIDR at the NAT gateway."),
+    FindingCode("REPLY_NOT_TRANSLATED", E, "the reply leaves {where} towards {peer} as {actual}, but {peer} "
+                "sent {sent} and accepts only {expected}: {missing}",
+                "Make the reply cross the conntrack entry that translated the request: remove NOTRACK/CT rules "
+                "that match it, masquerade the request ({missing}) so the reply comes back through that node, "
+                "or fix the route that sends the reply around it."),
+    FindingCode("SNAT_ADDRESS_NOT_OWNED", E, "{nat} in {where} rewrites the {side} to {address}, which {where} "
+                "does not own: {owner} owns it, so the {what} goes there",
+                "Translate to an address of {where} itself (MASQUERADE or its own IP), or remove the rule."),
     FindingCode("LB_SOURCE_RANGE_DENY", E, "source {src} is outside loadBalancerSourceRanges {ranges} of "
                 "service {service}", "Add {src} to spec.loadBalancerSourceRanges of {service}."),
     FindingCode("KUBE_PROXY_RULES_MISSING", E, "node {node} has no kube-proxy rules for {what}",

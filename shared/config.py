@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -9,6 +10,12 @@ from pydantic import BaseModel, Field, field_validator
 
 # Namespaces whose ConfigMaps CNI / kube-proxy detection reads (the topology stage's live source).
 DEFAULT_CONFIGMAP_NAMESPACES = ("kube-system", "kube-flannel", "calico-system")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_key(path: Path) -> bytes | None:
+    """Read once per process (every final event is signed or checked with it)."""
+    return path.read_text().strip().encode() or None
 
 
 class Settings(BaseModel):
@@ -99,7 +106,7 @@ class Settings(BaseModel):
 
     def signing_key(self) -> bytes | None:
         if self.result_key_file is not None:
-            return self.result_key_file.read_text().strip().encode() or None
+            return _read_key(self.result_key_file)
         return self.result_key.encode() if self.result_key else None
 
     @classmethod

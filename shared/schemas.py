@@ -356,7 +356,7 @@ class DiagnosisResult(BaseModel):
     def counts(self) -> PathCounts:
         return PathCounts.of(self.paths)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented use on a property
     @property
     def first_failure(self) -> FirstFailure | None:
         return FirstFailure.of(self.paths, self.findings)

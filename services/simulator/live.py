@@ -109,7 +109,7 @@ async def _drops(bus: Bus, dumps: dict[str, NodeDump], src_node: str, probe: Pro
     until = since + probe.elapsed_ms / 1000
 
     async def one(node: str) -> DropsReply:
-        body = DropsRequest(node=node, sport=sport, protocol=protocol, since=since, until=until)  # type: ignore[arg-type]
+        body = DropsRequest(node=node, sport=sport, protocol=protocol, since=since, until=until)
         try:
             return DropsReply.model_validate_json(await _ask(bus, node_drops_subject(node), body.model_dump_json(),
                                                              DROPS_TIMEOUT_S))
@@ -183,7 +183,7 @@ def judge(w: LiveWitness, verdict: Verdict, paths: list[Path], findings: list[Fi
     flow = [d for d in w.drops if d.protocol != "arp"]
     arp = [d for d in w.drops if d.protocol == "arp"]
     strong = [d for d in flow if d.codes] or [d for d in arp if d.codes]
-    drop = strong[0] if strong else (flow or arp or [None])[0]
+    drop: LiveDrop | None = strong[0] if strong else next(iter(flow or arp), None)
     causes = {p.cause for p in paths if p.direction == "forward" and p.cause}
     out = Outcome(w, verdict)
     for note in w.notes:

@@ -15,6 +15,7 @@ import ipaddress
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import cast
 
 from services.collector.reader import bpf, netfilter, netns, procfs, rtnl, sockets, tc
 from services.collector.reader.facts import read_facts
@@ -132,12 +133,12 @@ def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, st
     if isinstance(host_result, BaseException):
         raise host_result
     errors: list[str] = []
-    pods = []
+    pods: list[tuple[NetnsDump, rtnl.RtnlState]] = []
     for ref, result in zip(linked, pod_results, strict=True):
         if isinstance(result, BaseException):
             errors.append(f"netns {ref.id} ({ref.path}): {type(result).__name__}: {result}")
         elif result is not None:
-            pods.append(result)
+            pods.append(cast("tuple[NetnsDump, rtnl.RtnlState]", result))  # _read_pod's value (run_many: object)
     _link_peers(host, host_rt, pods, {str(c.inode): c.inode for c in candidates})
     pod_dumps = [p for p, _ in pods]
     _name_pods(pod_dumps, pod_ips or {})

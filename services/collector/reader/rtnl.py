@@ -204,11 +204,6 @@ def _rule(body: bytes) -> Rule:
     )
 
 
-def _nud_state(state: int) -> str:
-    names = [name for bit, name in NUD_STATES.items() if state & bit]
-    return "|".join(names) or "NONE"
-
-
 def _nsid(sock: nl.Netlink, path: str) -> int:
     """RTM_GETNSID only looks the id up (peernet2id): it never allocates one."""
     try:

@@ -11,7 +11,7 @@ handler imports the walker.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.walk.trail import Trail, copy_state
@@ -74,7 +74,7 @@ class Walk(Protocol):
         """The branch ends in `final` (its trail is recorded)."""
 
     def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
-             kind: StepKind = StepKind.LINK, **info: object) -> list:
+             kind: StepKind = StepKind.LINK, **info: Any) -> list:
         """The branch ends in a DROP `found` decided, with a `kind` step saying where."""
 
     def blind(self, c: Cursor, view: NetnsView, parts: tuple[str, ...], what: str) -> bool:

@@ -200,8 +200,8 @@ class DeviceHooks:
         name = f"{getattr(prog, 'name', None) or '?'} (id {getattr(prog, 'prog_id', '?')}, " \
                f"{getattr(prog, 'mode', '?')} mode)"
         dev = getattr(prog, "dev", "?")
-        action = XDP_ACTIONS.get(getattr(prog, "constant", None) if getattr(prog, "constant", None) is not None
-                                 else -1)
+        constant = getattr(prog, "constant", None)
+        action = XDP_ACTIONS.get(constant if isinstance(constant, int) else -1)
         if action in ("XDP_DROP", "XDP_ABORTED"):
             found = finding("XDP_DROP", view.hop_id, program=name, device=dev, where=view.where,
                             evidence={"action": action})

@@ -7,12 +7,13 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.cursor import Cursor, Expectation, Walk
 from services.simulator.dataplane.walk.devices import DeviceHooks
+from services.simulator.dataplane.walk.reply import reply_leaves
 from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, link_up
 from shared.codes import finding
@@ -82,6 +83,10 @@ class CrossingWalk(Walk, Protocol):
     def node_ip(self, node: str) -> IPAddress | None: ...
 
     def node_for_pod_network(self, addr: IPAddress) -> str | None: ...
+
+    def in_pod_network(self, addr: IPAddress) -> bool: ...
+
+    def collection_failed(self, node: str) -> Finding | None: ...
 
     def has_endpoints(self) -> bool: ...
 
@@ -188,7 +193,7 @@ class Crossing:
         cursors = [c]
         if view.bridge_nf():
             c.st.iif, c.st.oif = bridge.name, bridge.name
-            ctx_in = {"bridged": True, "physdev_in": port.name}
+            ctx_in: dict[str, Any] = {"bridged": True, "physdev_in": port.name}
             ctx_all = {**ctx_in, "physdev_out": target.name}
             cursors = [c2 for c1 in self.w.hook(c, view, "PREROUTING", **ctx_in)
                        for c2 in self.w.hook(c1, view, "FORWARD", **ctx_all)]
@@ -290,7 +295,8 @@ class Crossing:
             if n.lladdr and macs and n.lladdr.lower() not in macs | GATEWAY_MACS and \
                     STATIC_NEIGHBOR & set(state.split("|")):
                 return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
-                               state=f"{n.state} at {n.lladdr}, a MAC no interface of node {owner.node} has "
+                               state=f"{n.state} at {n.lladdr}, a MAC no interface of node "
+                                     f"{owner.node if owner else '?'} has "
                                      f"(a stale static entry: replace or delete it)",
                                evidence={"lladdr": n.lladdr, "owner_macs": sorted(macs)})
         return None
@@ -311,10 +317,12 @@ class Crossing:
 
     def _not_collected(self, node: str, how: str) -> Finding:
         """Why a node's dump is missing: the collector's finding for a node asked that did not answer,
-        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked)."""
-        found = self.w.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node))
+        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked), and the
+        node is wanted: the simulator asks its agent on demand and walks again."""
+        found = self.w.collection_failed(node)
         if found is not None:
             return found
+        self.world.wanted.add(node)  # asked for on demand (assemble.py), then walked again
         why = ("it was not collected (see the collector's findings)" if node in self.w.report.nodes_to_collect
                else f"{how}, but it is off the path the Kubernetes model expects, so its agent was not asked")
         return finding("DATA_MISSING", node_hop(node), what=f"the network state of node {node}", reason=why)
@@ -367,7 +375,13 @@ class Crossing:
                                address=nh, device=link.name)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
                      "cluster's nodes", packet(c.st, c.iif, link.name), device=link.name, next_hop=nh)
+        if self.w.reply:
+            return reply_leaves(self.w, c, view)
         c.trail.left = (view.place, copy_state(c.st), link.name)
+        if self.w.in_pod_network(dst):  # a pod of a node no route here names: only the network beyond can tell
+            c.trail.assume(f"{dst} is in the cluster's pod network but leaves the nodes from {view.where} via {nh}: "
+                           "it reaches its pod only if the network beyond the nodes (the VPC's routes) carries it "
+                           "to the pod's node, which the walk did not follow", could_change=True)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: str(dst))  # the hop kind (internet/external) says where
 
@@ -407,7 +421,7 @@ class Crossing:
         expected = self.w.node_ip(expected_node) if expected_node else None
         if fdb is None and self.w.blind(c, view, ("fdb",), "the bridge forwarding database"):
             return []
-        if fdb is None:
+        if fdb is None or fdb.dst is None:
             return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=f"{nh} ({neigh.lladdr})",
                                           device=link.name, where=view.where, state="no FDB entry (remote VTEP "
                                           "unknown)"), view, f"no FDB entry for {neigh.lladdr} on {link.name}",
@@ -441,11 +455,11 @@ class Crossing:
     def _mtu_check(self, c: Cursor, tunnel: Link) -> None:
         """Pods whose MTU exceeds the overlay's lose full-size packets (the SYN passes; bulk data does not)."""
         for hop in c.trail.hops:
-            if not hop.id.startswith("pod:"):
+            if hop.kind != HopKind.POD:
                 continue
-            ns = self.world.pod_netns(hop.node, hop.id.removeprefix("pod:"))
+            ns = self.world.pod_netns(hop.node, hop.name)  # a pod hop is named by its pod key
             eth = next((lk for lk in ns.dump.links if lk.kind == "veth"), None) if ns else None
-            if eth is not None and eth.mtu > tunnel.mtu:
+            if ns is not None and eth is not None and eth.mtu > tunnel.mtu:
                 found = finding("MTU_MISMATCH", hop.id, mtu=eth.mtu, link=eth.name, where=f"pod {ns.dump.pod}",
                                 path_mtu=tunnel.mtu)
                 if found not in c.trail.findings:
