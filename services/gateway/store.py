@@ -65,12 +65,12 @@ class ResultStore:
         # to scan (2048 live Diagnosis models cost ~300 KB each and slowed a batch by a fifth)
         self._done: OrderedDict[str, bytes] = OrderedDict()
 
-    async def _value(self, diagnosis: Diagnosis) -> bytes:
-        """The KV value: the diagnosis, or a reference to it in the object store when it is large."""
-        return await self.bus.pack(f"results/{diagnosis.id}", diagnosis.model_dump_json().encode())
+    async def _value(self, diagnosis_id: str, data: bytes) -> bytes:
+        """The KV value of a diagnosis's JSON: itself, or a reference to it in the object store when large."""
+        return await self.bus.pack(f"results/{diagnosis_id}", data)
 
     async def create(self, diagnosis: Diagnosis) -> None:
-        await self.bus.kv.create(diagnosis.id, await self._value(diagnosis))
+        await self.bus.kv.create(diagnosis.id, await self._value(diagnosis.id, diagnosis.model_dump_json().encode()))
 
     async def finish(self, diagnosis: Diagnosis, *, request_must_match: bool = True) -> Diagnosis:
         """Store a finished diagnosis over its queued record, once. Raises Rejected when there is no
@@ -83,18 +83,19 @@ class ResultStore:
             raise Rejected("unknown", f"no diagnosis {diagnosis.id} was accepted by the gateway")
         stored = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
         if stored.status != DiagnosisStatus.QUEUED:
-            self._remember(stored)
+            self._remember(stored, stored.model_dump_json().encode())
             raise Rejected("terminal", f"diagnosis {diagnosis.id} is already {stored.status.value}")
         if request_must_match and stored.request != diagnosis.request:
             raise Rejected("mismatch", f"the event for {diagnosis.id} names another request than the accepted one")
         # a diagnosis that failed before the topology stage named its cluster keeps the one stamped at creation
         final = diagnosis.model_copy(update={"created_at": stored.created_at,
                                              "source": diagnosis.source or stored.source})
+        data = final.model_dump_json().encode()  # serialised once: the KV value and the cached copy
         try:
-            await self.bus.kv.update(diagnosis.id, await self._value(final), last=entry.revision)
+            await self.bus.kv.update(diagnosis.id, await self._value(diagnosis.id, data), last=entry.revision)
         except KeyWrongLastSequenceError:
             raise Rejected("terminal", f"diagnosis {diagnosis.id} was finished meanwhile") from None
-        self._remember(final)
+        self._remember(final, data)
         return final
 
     async def fail_if_queued(self, diagnosis_id: str, reason: str) -> Diagnosis | None:
@@ -107,10 +108,11 @@ class ResultStore:
         except Rejected:
             return None
 
-    def _remember(self, diagnosis: Diagnosis) -> None:
+    def _remember(self, diagnosis: Diagnosis, data: bytes) -> None:
+        """Keep a finished diagnosis's JSON (`data`: exactly its model_dump_json)."""
         if diagnosis.status == DiagnosisStatus.QUEUED:
             return
-        self._done[diagnosis.id] = diagnosis.model_dump_json().encode()
+        self._done[diagnosis.id] = data
         self._done.move_to_end(diagnosis.id)
         while len(self._done) > CACHE_SIZE:
             self._done.popitem(last=False)
@@ -120,10 +122,22 @@ class ResultStore:
         return Diagnosis.model_validate_json(data) if data is not None else None
 
     async def get(self, diagnosis_id: str) -> Diagnosis | None:
+        found = await self._lookup(diagnosis_id)
+        return found[0] if found is not None else None
+
+    async def get_json(self, diagnosis_id: str) -> bytes | None:
+        """The diagnosis as JSON, what `get(...).model_dump_json()` gives; a finished one straight from
+        memory (the result stream sends every diagnosis: no parse and re-serialise per event)."""
+        if (data := self._done.get(diagnosis_id)) is not None:
+            return data
+        found = await self._lookup(diagnosis_id)
+        return found[1] if found is not None else None
+
+    async def _lookup(self, diagnosis_id: str) -> tuple[Diagnosis, bytes] | None:
         if not valid_id(diagnosis_id):
             return None
-        if (done := self.cached(diagnosis_id)) is not None:
-            return done
+        if (data := self._done.get(diagnosis_id)) is not None:
+            return Diagnosis.model_validate_json(data), data
         try:
             entry = await self.bus.kv.get(diagnosis_id)
         except KeyNotFoundError:
@@ -131,8 +145,9 @@ class ResultStore:
         if not entry.value:
             return None
         diagnosis = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
-        self._remember(diagnosis)
-        return diagnosis
+        data = diagnosis.model_dump_json().encode()
+        self._remember(diagnosis, data)
+        return diagnosis, data
 
     async def current_source(self) -> str | None:
         """The cluster the topology stage serves now (its published summary's `source`), None before one is
