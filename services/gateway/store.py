@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import nats
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from pydantic import BaseModel
 
 from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus, valid_id
@@ -48,6 +49,12 @@ def diagnosis_from_envelope(env: StageEnvelope) -> Diagnosis:
 def created_at_ms(diagnosis_id: str) -> int:
     """new_id() starts with the creation time in milliseconds."""
     return int(diagnosis_id[:12], 16)
+
+
+class _Head(BaseModel):
+    """The one field of a stored diagnosis the result stream needs to read."""
+
+    status: DiagnosisStatus
 
 
 class Rejected(Exception):
@@ -83,7 +90,7 @@ class ResultStore:
             raise Rejected("unknown", f"no diagnosis {diagnosis.id} was accepted by the gateway")
         stored = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
         if stored.status != DiagnosisStatus.QUEUED:
-            self._remember(stored, stored.model_dump_json().encode())
+            self._remember(stored.id, stored.status, stored.model_dump_json().encode())
             raise Rejected("terminal", f"diagnosis {diagnosis.id} is already {stored.status.value}")
         if request_must_match and stored.request != diagnosis.request:
             raise Rejected("mismatch", f"the event for {diagnosis.id} names another request than the accepted one")
@@ -95,7 +102,7 @@ class ResultStore:
             await self.bus.kv.update(diagnosis.id, await self._value(diagnosis.id, data), last=entry.revision)
         except KeyWrongLastSequenceError:
             raise Rejected("terminal", f"diagnosis {diagnosis.id} was finished meanwhile") from None
-        self._remember(final, data)
+        self._remember(final.id, final.status, data)
         return final
 
     async def fail_if_queued(self, diagnosis_id: str, reason: str) -> Diagnosis | None:
@@ -108,12 +115,12 @@ class ResultStore:
         except Rejected:
             return None
 
-    def _remember(self, diagnosis: Diagnosis, data: bytes) -> None:
+    def _remember(self, diagnosis_id: str, status: DiagnosisStatus, data: bytes) -> None:
         """Keep a finished diagnosis's JSON (`data`: exactly its model_dump_json)."""
-        if diagnosis.status == DiagnosisStatus.QUEUED:
+        if status == DiagnosisStatus.QUEUED:
             return
-        self._done[diagnosis.id] = data
-        self._done.move_to_end(diagnosis.id)
+        self._done[diagnosis_id] = data
+        self._done.move_to_end(diagnosis_id)
         while len(self._done) > CACHE_SIZE:
             self._done.popitem(last=False)
 
@@ -122,32 +129,37 @@ class ResultStore:
         return Diagnosis.model_validate_json(data) if data is not None else None
 
     async def get(self, diagnosis_id: str) -> Diagnosis | None:
-        found = await self._lookup(diagnosis_id)
-        return found[0] if found is not None else None
+        if not valid_id(diagnosis_id):
+            return None
+        if (done := self.cached(diagnosis_id)) is not None:
+            return done
+        if (data := await self._stored(diagnosis_id)) is None:
+            return None
+        diagnosis = Diagnosis.model_validate_json(data)
+        self._remember(diagnosis.id, diagnosis.status, diagnosis.model_dump_json().encode())
+        return diagnosis
 
     async def get_json(self, diagnosis_id: str) -> bytes | None:
-        """The diagnosis as JSON, what `get(...).model_dump_json()` gives; a finished one straight from
-        memory (the result stream sends every diagnosis: no parse and re-serialise per event)."""
-        if (data := self._done.get(diagnosis_id)) is not None:
-            return data
-        found = await self._lookup(diagnosis_id)
-        return found[1] if found is not None else None
-
-    async def _lookup(self, diagnosis_id: str) -> tuple[Diagnosis, bytes] | None:
+        """The stored diagnosis as JSON (the sink's model_dump_json) without building the model: the
+        result stream sends every diagnosis, and validating a result's paths only to serialise them
+        again cost more than the stream itself. Only its status is read (to cache a finished one)."""
         if not valid_id(diagnosis_id):
             return None
         if (data := self._done.get(diagnosis_id)) is not None:
-            return Diagnosis.model_validate_json(data), data
+            return data
+        if (data := await self._stored(diagnosis_id)) is not None:
+            self._remember(diagnosis_id, _Head.model_validate_json(data).status, data)
+        return data
+
+    async def _stored(self, diagnosis_id: str) -> bytes | None:
+        """The diagnosis's JSON in the KV (its object-store copy when large), None when there is none."""
         try:
             entry = await self.bus.kv.get(diagnosis_id)
         except KeyNotFoundError:
             return None
         if not entry.value:
             return None
-        diagnosis = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
-        data = diagnosis.model_dump_json().encode()
-        self._remember(diagnosis, data)
-        return diagnosis, data
+        return await self.bus.unpack(entry.value)
 
     async def current_source(self) -> str | None:
         """The cluster the topology stage serves now (its published summary's `source`), None before one is
