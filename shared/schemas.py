@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 # re-exported: contracts import these names from here
+from shared.addresses import Address
 from shared.findings import Assumption, Finding
 from shared.findings import Severity as Severity
 from shared.steps import IPAddress as IPAddress
@@ -185,8 +186,8 @@ class FinalState(StrEnum):
 class Packet(BaseModel):
     """A packet header as a hop sees it; NAT steps show one before and one after."""
 
-    src: IPvAnyAddress
-    dst: IPvAnyAddress
+    src: Address
+    dst: Address
     protocol: Literal["tcp", "udp", "icmp"]
     sport: int | None = None
     dport: int | None = None
