@@ -8,26 +8,31 @@ address object is immutable, so the parse of each distinct string is kept and sh
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated, Any
 
 from pydantic import IPvAnyAddress, ValidatorFunctionWrapHandler, WrapValidator
 
-MAX_KEPT = 65_536  # distinct strings kept; beyond that, parsed each time as before
-
-_parsed: dict[str, IPv4Address | IPv6Address] = {}
+MAX_KEPT = 65_536  # distinct strings kept per address type; beyond that, parsed each time as before
 
 
-def _cached(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
-    if not isinstance(value, str):
-        return handler(value)  # an address object (or junk): validated as before
-    address = _parsed.get(value)
-    if address is None:
-        address = handler(value)  # raises for a string that is no address: nothing kept
-        if len(_parsed) < MAX_KEPT:
-            _parsed[value] = address
-    return address
+def parsed_once() -> Callable[[Any, ValidatorFunctionWrapHandler], Any]:
+    """A wrap validator for an address type that keeps each distinct string's parse: the field
+    validates, serialises and documents exactly as without it. One per type (its own cache)."""
+    parsed: dict[str, IPv4Address | IPv6Address] = {}
+
+    def cached(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if not isinstance(value, str):
+            return handler(value)  # an address object (or junk): validated as before
+        address = parsed.get(value)
+        if address is None:
+            address = handler(value)  # raises for a string that is no address: nothing kept
+            if len(parsed) < MAX_KEPT:
+                parsed[value] = address
+        return address
+
+    return cached
 
 
-# validates, serialises and documents exactly as IPvAnyAddress
-Address = Annotated[IPvAnyAddress, WrapValidator(_cached)]
+Address = Annotated[IPvAnyAddress, WrapValidator(parsed_once())]
