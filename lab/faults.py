@@ -4,7 +4,8 @@ Each Fault names its scenario (examples/lab/<scenario>.yaml), the probe that exp
 outcome before and after injection, the verdict a diagnosis must reach and the finding code + hop id it
 must name. Injection uses plain commands (`ip`, `iptables`, `sysctl`, `bridge`, `kill`) run inside a lab
 namespace; argv strings may hold placeholders expanded by `Lab.expand` ({pod:ns/name}, {node:name},
-{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables}).
+{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables},
+{bpf:name} — lab/bpf/<name>.c compiled with clang).
 A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab reprograms the nodes the way
 kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
 
@@ -263,6 +264,34 @@ CATALOGUE: list[Fault] = [
                     "eth0", "nexthop", "via", "{node:node-2}", "dev", "eth1", "onlink"),
               _node("node-1", "{iptables}", "-I", "FORWARD", "1", "-o", "eth1", "-j", "DROP"),
           )),
+    # tc, bridge port state and XDP (issue 15): what the walk once passed as REACHABLE
+    Fault("tc_blackhole_pod_veth", "a blackhole root qdisc on the node side of the destination pod's veth: every "
+          "frame towards the pod is dropped", "basic", CLIENT_TO_API2, "connected", "timeout",
+          Expected("TC_DROP", "node:node-2"),
+          commands=(_node("node-2", "tc", "qdisc", "add", "dev", "{veth:shop/api-2}", "root", "blackhole"),)),
+    # this kernel has the u32 classifier but no tc action modules (`u32 ... action drop` fails: "Failed to
+    # load TC action module"): the u32 filter drops by classifying into an htb class whose leaf is blackhole
+    Fault("tc_u32_to_blackhole_class", "an htb root on the destination pod's veth whose u32 filter sends port "
+          "8080 into a class with a blackhole leaf qdisc (other ports take the default class)", "basic",
+          CLIENT_TO_API2, "connected", "timeout", Expected("TC_DROP", "node:node-2"),
+          commands=(_node("node-2", "tc", "qdisc", "add", "dev", "{veth:shop/api-2}", "root", "handle", "1:", "htb",
+                          "default", "10"),
+                    _node("node-2", "tc", "class", "add", "dev", "{veth:shop/api-2}", "parent", "1:", "classid",
+                          "1:10", "htb", "rate", "1gbit", "quantum", "60000"),
+                    _node("node-2", "tc", "class", "add", "dev", "{veth:shop/api-2}", "parent", "1:", "classid",
+                          "1:20", "htb", "rate", "1gbit", "quantum", "60000"),
+                    _node("node-2", "tc", "qdisc", "add", "dev", "{veth:shop/api-2}", "parent", "1:20", "handle",
+                          "20:", "blackhole"),
+                    _node("node-2", "tc", "filter", "add", "dev", "{veth:shop/api-2}", "parent", "1:", "protocol",
+                          "ip", "prio", "1", "u32", "match", "ip", "dport", "8080", "0xffff", "flowid", "1:20"))),
+    Fault("bridge_port_disabled", "the destination pod's bridge port on cni0 set to STP state disabled "
+          "(`bridge link set ... state 0`)", "basic", CLIENT_TO_API2, "connected", "timeout",
+          Expected("BRIDGE_PORT_BLOCKED", "node:node-2"),
+          commands=(_node("node-2", "bridge", "link", "set", "dev", "{veth:shop/api-2}", "state", "0"),)),
+    Fault("xdp_drop_pod_eth0", "an XDP program that returns XDP_DROP attached to the destination pod's eth0",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("XDP_DROP", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "link", "set", "dev", "eth0", "xdp", "obj", "{bpf:xdp_drop}", "sec",
+                          "xdp"),)),
     Fault("dns_not_listening", "the coredns process is gone: DNS queries to kube-dns get ICMP port unreachable",
           "basic", ProbeSpec("web/client", "svc:kube-system/kube-dns", 53, "udp"), "reply", "refused",
           Expected("NO_LISTENER", "pod:kube-system/coredns"),

@@ -8,13 +8,14 @@ from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
 from services.simulator.dataplane.walk import NodeView, walk
+from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
 from shared.blobcache import Decoded
 from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
 from shared.hops import node_hop
-from shared.netstack import decode_dump
+from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -84,12 +85,12 @@ def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding],
     note = f"; but {here[0].message}" if here else ""
     if len(errors) > len(here):
         note += f" ({len(errors) - len(here)} problem(s) found off the path: see findings)"
-    left = [p for p in forward if p.final == FinalState.FORWARD]
-    if not left:
+    exits = [p for p in forward if p.final == FinalState.FORWARD]
+    if not exits:
         return f"every path delivers{note}"
-    delivered = len(forward) - len(left)
-    head = f"{delivered} path(s) deliver; {len(left)} " if delivered else "the packet "
-    return head + _exit_note(left[0], cloud_checked) + note
+    delivered = len(forward) - len(exits)
+    head = f"{delivered} path(s) deliver; {len(exits)} " if delivered else "the packet "
+    return head + _exit_note(exits[0], cloud_checked) + note
 
 
 def _exit_place(path: Path) -> str:
@@ -119,7 +120,8 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         return None
     modelled = inventory is not None and inventory.modelled
     if modelled and inventory is not None and str(dst.address) in {
-            ip for owner in (*inventory.instances, *inventory.network_interfaces) for ip in owner.private_ips}:
+            ip for owners in (inventory.instances, inventory.network_interfaces)
+            for o in owners for ip in o.private_ips}:
         return None  # a cloud instance of the VPC: the cloud layer checked the way there
     owners = "pod, node, Service or cloud resource" if modelled else "pod, node or Service"
     return Assumption(stage=STAGE, could_change_outcome=True, text=(
@@ -133,6 +135,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    report: TopologyReport | None = None
+    dumps: dict[str, NodeDump] = {}
     cloud_checked = False
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
@@ -149,7 +153,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
         findings = _merge(findings, load_findings)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+            dumps = {n: v.dump for n, v in views.items()}
+            walked = await asyncio.to_thread(walk, report, env.request, dumps,
                                              expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
@@ -158,7 +163,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        inventory = await _inventory(env, bus, blobs)
+        inventory, missing = await _inventory(env, bus, blobs)
+        findings = _merge(findings, missing)
         cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
@@ -168,7 +174,21 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
             assumptions.append(unowned)
     verdict = overall_verdict(paths, findings, assumptions)
     summary = summarize(verdict, paths, findings, assumptions, cloud_checked=cloud_checked)
-    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
+    witness = None
+    if env.request.options.live:
+        if bus is None or report is None:
+            assumptions.append(Assumption(stage=STAGE, text="live confirmation was asked for but not possible: no "
+                                          "bus or no topology", could_change_outcome=False))
+        else:
+            live = await confirm(bus, env.request, report, dumps, verdict, paths, findings, env.id)
+            witness = live.witness
+            findings = _merge(findings, live.findings)
+            assumptions = _merge(assumptions, live.assumptions)
+            if live.verdict != verdict:  # the kernel is what happened
+                verdict = live.verdict
+                summary = f"the kernel says {verdict.value}: {witness.detail}"
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings,
+                           assumptions=assumptions, live=witness)
 
 
 class Blobs:
@@ -223,11 +243,19 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> CloudInventory | None:
-    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
+async def _inventory(env: StageEnvelope, bus: Bus | None,
+                     blobs: Blobs) -> tuple[CloudInventory | None, list[Finding]]:
+    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled). Absent or
+    broken is missing data; the bus not answering is raised (retried), as for the dumps."""
     if isinstance(env.cloud, BlobRef):
-        return await blobs.inventories.get(bus, env.cloud) if bus else None
-    return CloudInventory.model_validate(env.cloud) if env.cloud else None
+        if bus is None:
+            return None, []
+        try:
+            return await blobs.inventories.get(bus, env.cloud), []
+        except ValueError as exc:  # BlobUnreadable, or not an inventory (pydantic's ValidationError)
+            return None, [finding("DATA_MISSING", None, what="the cloud inventory",
+                                  reason=f"it could not be read: {type(exc).__name__}: {exc}")]
+    return (CloudInventory.model_validate(env.cloud) if env.cloud else None), []
 
 
 def _merge(first: list[Any], more: list[Any]) -> list[Any]:

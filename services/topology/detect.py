@@ -157,7 +157,7 @@ def _detect_node_addresses(model: ClusterModel, out: Detection) -> None:
                      if a.get("type") in ("InternalIP", "ExternalIP")]
         valid = [a for a in addresses if isinstance(a, str) and _is_ip(a)]
         if name and valid:
-            out.info.node_addresses[name] = valid
+            out.info.node_addresses[name] = [ipaddress.ip_address(a) for a in valid]
 
 
 def _is_ip(text: str) -> bool:

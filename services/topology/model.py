@@ -198,7 +198,7 @@ class ClusterModel:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
         self.generation: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.graph = nx.DiGraph()
+        self.graph: nx.DiGraph[str] = nx.DiGraph()
         # address → object keys (several pods may hold one IP: a finished pod and its successor)
         self.pods_by_ip: dict[IPAddress, set[str]] = defaultdict(set)
         self.nodes_by_address: dict[IPAddress, set[str]] = defaultdict(set)
@@ -276,28 +276,40 @@ class ClusterModel:
             index[value].add(key)
         g = self.graph
         if kind == "Pod":
-            g.add_node(f"pod:{key}", kind="pod")
+            pod = self._vertex("pod", key)
             node = (obj.get("spec") or {}).get("nodeName")
             if node:
-                g.add_edge(f"pod:{key}", f"node:{node}", rel="runs_on")
+                g.add_edge(pod, self._vertex("node", node), rel="runs_on")
         elif kind == "Node":
-            g.add_node(f"node:{key}", kind="node")
+            self._vertex("node", key)
         elif kind == "Service":
-            g.add_node(f"service:{key}", kind="service")
+            self._vertex("service", key)
         elif kind == "EndpointSlice":
             self._index_slice(key, obj)
+
+    def _vertex(self, kind: str, key: str) -> str:
+        """The graph vertex of object `key` of `kind` ("pod:ns/name"), with both as attributes: readers
+        take the object key from the vertex, never from its id. A vertex may come before its object
+        (a slice naming a pod not seen yet)."""
+        vid = f"{kind}:{key}"
+        self.graph.add_node(vid, kind=kind, key=key)
+        return vid
+
+    def _keys(self, vertices: Iterable[str], kind: str) -> list[str]:
+        nodes = self.graph.nodes
+        return sorted(nodes[v]["key"] for v in vertices if nodes[v]["kind"] == kind)
 
     def _index_slice(self, key: str, obj: Obj) -> None:
         g = self.graph
         meta = obj.get("metadata") or {}
-        g.add_node(f"slice:{key}", kind="slice")
+        sl = self._vertex("slice", key)
         svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
         if svc:
-            g.add_edge(f"service:{meta.get('namespace')}/{svc}", f"slice:{key}", rel="owns")
+            g.add_edge(self._vertex("service", f"{meta.get('namespace')}/{svc}"), sl, rel="owns")
         for ep in obj.get("endpoints") or []:
             ref = ep.get("targetRef") or {}
             if ref.get("kind") == "Pod" and ref.get("name"):
-                g.add_edge(f"slice:{key}", f"pod:{ref.get('namespace') or meta.get('namespace')}/{ref['name']}",
+                g.add_edge(sl, self._vertex("pod", f"{ref.get('namespace') or meta.get('namespace')}/{ref['name']}"),
                            rel="endpoint")
 
     def _unindex(self, kind: str, key: str, obj: Obj) -> None:
@@ -354,21 +366,22 @@ class ClusterModel:
         if not self.graph.has_node(sid):
             return []
         slices = self.objects["EndpointSlice"]
-        return [slices[s[6:]] for s in sorted(self.graph.successors(sid)) if s[6:] in slices]
+        return [slices[k] for k in self._keys(self.graph.successors(sid), "slice") if k in slices]
 
     def services_of_pod(self, pod_key: str) -> list[str]:
         """Services whose EndpointSlices list this pod (graph: service → slice → pod)."""
         pid = f"pod:{pod_key}"
         if not self.graph.has_node(pid):
             return []
-        return sorted({svc[8:] for sl in self.graph.predecessors(pid) if sl.startswith("slice:")
-                       for svc in self.graph.predecessors(sl) if svc.startswith("service:")})
+        g = self.graph
+        slices = [s for s in g.predecessors(pid) if g.nodes[s]["kind"] == "slice"]
+        return sorted(set(self._keys((svc for s in slices for svc in g.predecessors(s)), "service")))
 
     def pods_on_node(self, node: str) -> list[str]:
         nid = f"node:{node}"
         if not self.graph.has_node(nid):
             return []
-        return sorted(p[4:] for p in self.graph.predecessors(nid) if p.startswith("pod:"))
+        return self._keys(self.graph.predecessors(nid), "pod")
 
     def policies_in(self, namespace: str) -> list[Obj]:
         return [self.objects["NetworkPolicy"][k] for k in sorted(self.policies_by_namespace.get(namespace, ()))]

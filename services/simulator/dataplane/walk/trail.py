@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.dataplane.netfilter import FlowState, RuleHit
 from services.simulator.dataplane.routing import RouteDecision
-from services.simulator.dataplane.walk.world import NetnsView, Place
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place
 from shared.schemas import (
     FinalState,
     Finding,
@@ -36,21 +37,21 @@ def rule_hit(hit: RuleHit) -> RuleHitInfo:
                        family=hit.family or None)
 
 
-def route_info(d: RouteDecision) -> dict[str, object]:
+def route_info(d: RouteDecision) -> dict[str, Any]:
     """A route decision as RouteInfo fields (addresses as they are, not as text)."""
     return dict(type=d.type, table=d.table, route=d.route, dev=d.dev, gateway=d.gateway, src=d.src, onlink=d.onlink,
                 probability=d.probability, rules=d.rules)
 
 
 def endpoint_info(end: Endpoint) -> NatEndpoint:
-    return NatEndpoint(address=end[0], port=end[1])  # type: ignore[arg-type]
+    return NatEndpoint(address=end[0], port=end[1])
 
 
 def copy_state(st: FlowState) -> FlowState:
     return FlowState(**{k: getattr(st, k) for k in st.__slots__})
 
 
-Endpoint = tuple[object, int | None]  # (address, port)
+Endpoint = tuple[IPAddress, int | None]  # (address, port)
 
 
 @dataclass
@@ -126,5 +127,5 @@ class Trail:
                 hop.status = HopStatus.ERROR
             elif severities:
                 hop.status = HopStatus.WARNING
-        return Path(id=path_id, description=description, direction=direction, hops=self.hops,  # type: ignore[arg-type]
+        return Path(id=path_id, description=description, direction=direction, hops=self.hops,
                     final=self.final or FinalState.ABORT, cause=self.cause)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.dataplane.hooks import run_hook, stages
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
@@ -20,6 +21,7 @@ from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
+from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
 from services.simulator.dataplane.walk.trail import (
     NatEntry,
@@ -39,6 +41,7 @@ from shared.schemas import (
     Finding,
     Hop,
     HopKind,
+    Packet,
     Severity,
     Step,
     StepAction,
@@ -111,6 +114,7 @@ class Walker:
 
         self.links = links.Crossing(self)
         self.ipvs = Ipvs(self)
+        self.devices = DeviceHooks(self)
 
     # ------------------------------------------------------------ the Kubernetes objects we need
 
@@ -152,7 +156,7 @@ class Walker:
         res = self.report.service
         assert res is not None
         namespace, _, name = res.service.partition("/")
-        fields = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
+        fields: dict[str, dict[str, Any]] = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
                   "NO_LOCAL_ENDPOINT": dict(node=view.node),
                   "LB_SOURCE_RANGE_DENY": dict(src=c.st.src, ranges=", ".join(res.load_balancer_source_ranges))}
         found = self.expect.code_at(code) or finding(code, service_hop(res.service), service=res.service,
@@ -286,7 +290,7 @@ class Walker:
         return []
 
     def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
-             kind: StepKind = StepKind.LINK, **info: object) -> list:
+             kind: StepKind = StepKind.LINK, **info: Any) -> list:
         """The branch ends in a DROP `found` decided; with a view and a detail, a `kind` step says where
         (`info`: the fields of its typed detail)."""
         if view is not None and detail:
@@ -306,7 +310,10 @@ class Walker:
         c.trail.hop(view)
         self.note_gaps(c.trail, view)
         if c.iif is None:
+            self.devices.cgroups(c, view, "reply's sender" if self.reply else "source")
             return self._local_out(c, view)
+        if not self.devices.ingress(c, view, c.iif):
+            return []
         port = view.links.get(c.iif)
         if port is not None and port.master and c.port_in is None:
             return self.links.bridge_in(c, view, port)
@@ -549,10 +556,10 @@ class Walker:
                 continue
             before = packet(st, st.iif, st.oif)
             if entry.rewrites_destination:
-                st.src = entry.orig[0]  # type: ignore[assignment]
+                st.src = entry.orig[0]
                 st.sport = entry.orig[1] if entry.orig[1] is not None else st.sport
             else:
-                st.dst = entry.orig[0]  # type: ignore[assignment]
+                st.dst = entry.orig[0]
                 st.dport = entry.orig[1] if entry.orig[1] is not None else st.dport
             c.trail.pending_reverse.remove(entry)
             if entry.orig == entry.new:
@@ -562,7 +569,7 @@ class Walker:
                          packet(st, st.iif, st.oif), type=entry.kind, original=endpoint_info(entry.new),
                          translated=endpoint_info(entry.orig), reverse=True)
 
-    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: object,
+    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: Packet,
                      vip_before: bool) -> bool:
         trail = c.trail
         hop = trail.hop(view)
@@ -581,26 +588,26 @@ class Walker:
         action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
         step = trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
             f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
-            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
+            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,
             hook=hook, verdict=verdict, rules=rules, reject_with=br.reject_with,
             decided_by=rule_hit(br.decided_by) if br.decided_by and action == StepAction.DROP else None)
         for rec in br.nat:
             dnat = rec.kind in ("DNAT", "REDIRECT")
-            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)  # type: ignore[attr-defined]
+            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)
             new = (after.dst, after.dport) if dnat else (after.src, after.sport)
             trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
             where = f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})"
-            nat_info = {"type": rec.kind, "original": endpoint_info(orig), "translated": endpoint_info(new),
-                        "rule": rule_hit(rec.hit)}
+            nat_info: dict[str, Any] = {"type": rec.kind, "original": endpoint_info(orig),
+                                        "translated": endpoint_info(new), "rule": rule_hit(rec.hit)}
             if orig == new:  # e.g. a node's own packet masqueraded to the address it already has: no rewrite
                 trail.step(hop, StepKind.NAT, StepAction.INFO, f"{rec.kind} {where} keeps {rec.before}: the packet "
                            "is not changed (conntrack still records the binding)", **nat_info)
                 continue
             trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} {where}",
-                       before, after, **nat_info)  # type: ignore[arg-type]
+                       before, after, **nat_info)
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
-            dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
-            self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "
+            last = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
+            self.service_step(trail, view, f"kube-proxy on {view.node} translates {last.before} → {last.after} "
                               f"(branch probability {br.probability:.2f})", before, after, probability=br.probability,
                               rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
@@ -608,8 +615,8 @@ class Walker:
         self._netfilter_drop(c, view, hook, br, step)
         return False
 
-    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
-                     **info: object) -> None:
+    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: Packet, after: Packet,
+                     **info: Any) -> None:
         """The Service as this node's kube-proxy implements it: a hop before the node that translated it
         (`info`: fields of the step's ServiceInfo)."""
         res = self.report.service
@@ -618,8 +625,7 @@ class Walker:
         if any(h.id == hop_id for h in trail.hops):
             return
         svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
-        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, service=res.service,  # type: ignore[arg-type]
-                   **info)
+        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, service=res.service, **info)
         trail.hops.insert(len(trail.hops) - 1, svc)
 
     def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch, step: Step) -> None:
@@ -627,8 +633,9 @@ class Walker:
         then names the finding)."""
         hit = br.decided_by
         rule = hit.rule if hit else f":{hook} DROP"
-        fields = dict(where=view.where, table=hit.label if hit else "?", chain=hit.chain if hit else hook,
-                      position=hit.position if hit else 0, rule=rule, evidence={"hook": hook})
+        fields: dict[str, Any] = dict(where=view.where, table=hit.label if hit else "?",
+                                      chain=hit.chain if hit else hook, position=hit.position if hit else 0,
+                                      rule=rule, evidence={"hook": hook})
         policy = self.expect.policy_deny(rule) if hit else None
         res = self.report.service
         if policy is not None:
@@ -636,7 +643,7 @@ class Walker:
                                     name=(policy.hop or "").removeprefix("pod:"))
             c.trail.step(hop, StepKind.POLICY, StepAction.DROP, f"NetworkPolicy enforced on {view.node} "
                          f"({hook} {fields['table']}/{fields['chain']} rule {fields['position']}): {rule}",
-                         packet(br.state), enforced_by=rule_hit(hit), finding=policy.code)
+                         packet(br.state), enforced_by=rule_hit(hit) if hit else None, finding=policy.code)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
         if res is not None and hit is not None and hit.table.endswith("kube-proxy") and hit.chain == "reject-chain":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from services.simulator.dataplane.netfilter import (
     IpsetStore,
@@ -127,8 +128,8 @@ class NetnsView:
         text = self.dump.netfilter.ipsets
         return parse_ipset_save(text) if text else None
 
-    def context(self, **kw: object) -> TraceContext:
-        return TraceContext(addresses=self.addresses, ipsets=self.ipsets, **kw)  # type: ignore[arg-type]
+    def context(self, **kw: Any) -> TraceContext:
+        return TraceContext(addresses=self.addresses, ipsets=self.ipsets, **kw)
 
     def unread(self, *parts: str) -> list[str]:
         """The agent's errors that leave any of these parts of this namespace unknown (gaps.py)."""
