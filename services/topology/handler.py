@@ -97,8 +97,9 @@ class TopologyStage(Stage):
         started = time.perf_counter()
         # a loaded snapshot's planner is a dict look-up: no thread hop for it (the first request,
         # and every live one, may block on a load or a sync)
-        planner = (_planners.get(_key(self.settings)) if self.settings.snapshot else None) or \
-            await asyncio.to_thread(planner_for, self.settings)
+        planner = _planners.get(_key(self.settings)) if self.settings.snapshot else None
+        if planner is None:
+            planner = await asyncio.to_thread(planner_for, self.settings)
         await self.bus.progress(env.id, self.name, "progress", f"classifying {env.request.describe()}")
         report = await asyncio.to_thread(planner.plan, env.request)
         elapsed = round((time.perf_counter() - started) * 1000, 3)
