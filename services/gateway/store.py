@@ -151,6 +151,11 @@ class ResultStore:
             self._remember(diagnosis_id, _Head.model_validate_json(data).status, data)
         return data
 
+    async def status(self, diagnosis_id: str) -> DiagnosisStatus | None:
+        """The stored diagnosis's status, without building the whole model."""
+        data = await self.get_json(diagnosis_id)
+        return _Head.model_validate_json(data).status if data is not None else None
+
     async def _stored(self, diagnosis_id: str) -> bytes | None:
         """The diagnosis's JSON in the KV (its object-store copy when large), None when there is none."""
         try:
@@ -218,10 +223,10 @@ class Reconciler:
         overdue = [i for i in await self.store.ids() if i not in self._settled and created_at_ms(i) < horizon]
         ended = 0
         for diagnosis_id in overdue:
-            stored = await self.store.get(diagnosis_id)
-            if stored is None:
+            status = await self.store.status(diagnosis_id)  # every diagnosis passes here once: no full parse
+            if status is None:
                 continue
-            if stored.status == DiagnosisStatus.QUEUED:
+            if status == DiagnosisStatus.QUEUED:
                 reason = (f"no result within {self.deadline_s:g}s of being accepted: the pipeline lost it or "
                           "a stage is not running; submit it again")
                 if await self.store.fail_if_queued(diagnosis_id, reason) is not None:
