@@ -105,6 +105,16 @@ _ENTRIES = [
                 "pod {pod} cannot reach itself through its Service",
                 "Enable hairpin: `ip link set {port} type bridge_slave hairpin on` (kubelet "
                 "--hairpin-mode=hairpin-veth or the CNI's hairpinMode)."),
+    FindingCode("PROXY_ARP_DISABLED", E, "{where} does not answer ARP for {gateway} on {device} ({sysctl}=0): "
+                "{source} cannot resolve its next hop", "Set `sysctl -w {sysctl}=1` on {where}: Calico's felix "
+                "sets proxy_arp on every workload interface (restart calico-node to reprogram it)."),
+    FindingCode("POD_ROUTE_MISSING", E, "{where} has no route to its local pod {pod} ({dst}): the lookup ends in "
+                "{route}", "Restore `{dst} dev {device} scope link` on {where}: the CNI (Calico's felix) programs "
+                "a route per local pod; restarting calico-node, or the pod, re-adds it."),
+    FindingCode("POD_EGRESS_WRONG_ENI", E, "pod {pod} ({src}) leaves {where} by {device}, not by an ENI ({enis}): "
+                "the VPC drops a packet whose source is not an address of the interface that sent it",
+                "Restore the pod's policy rule on {where} (`ip rule add from {src} iif <its veth> lookup <its "
+                "ENI's table> priority 2048`): Terway re-adds it when it re-checks the pod; else recreate the pod."),
     FindingCode("BRIDGE_PORT_BLOCKED", E, "bridge port {port} of {bridge} in {where} is in STP state {state}: "
                 "only a forwarding port passes frames ({direction})",
                 "Set the port forwarding: `bridge link set dev {port} state 3` in {where}, or find what "
@@ -147,6 +157,14 @@ _ENTRIES = [
                 "masquerade: only a NAT or route beyond the node can bring the reply back to the pod address",
                 "Check the CNI's masquerade for traffic leaving the cluster (flannel --ip-masq / FLANNEL-POSTRTG, "
                 "calico natOutgoing, ip-masq-agent nonMasqueradeCIDRs), or SNAT the pod CIDR at the NAT gateway."),
+    FindingCode("REPLY_NOT_TRANSLATED", E, "the reply leaves {where} towards {peer} as {actual}, but {peer} "
+                "sent {sent} and accepts only {expected}: {missing}",
+                "Make the reply cross the conntrack entry that translated the request: remove NOTRACK/CT rules "
+                "that match it, masquerade the request ({missing}) so the reply comes back through that node, "
+                "or fix the route that sends the reply around it."),
+    FindingCode("SNAT_ADDRESS_NOT_OWNED", E, "{nat} in {where} rewrites the {side} to {address}, which {where} "
+                "does not own: {owner} owns it, so the {what} goes there",
+                "Translate to an address of {where} itself (MASQUERADE or its own IP), or remove the rule."),
     FindingCode("LB_SOURCE_RANGE_DENY", E, "source {src} is outside loadBalancerSourceRanges {ranges} of "
                 "service {service}", "Add {src} to spec.loadBalancerSourceRanges of {service}."),
     FindingCode("KUBE_PROXY_RULES_MISSING", E, "node {node} has no kube-proxy rules for {what}",

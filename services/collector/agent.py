@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.collector.dropmetrics import DropMetrics
 from services.collector.droptrace import DropCounter, DropTracer
@@ -35,6 +35,8 @@ from services.collector.probe import ProbeLimits, Prober
 from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, is_transient, node_collect_subject
+from shared.collect import CollectReply, CollectRequest
+from shared.collect import request_dump as request_dump  # the client side, re-exported
 from shared.config import Settings
 from shared.health import Health
 from shared.live import (
@@ -48,7 +50,6 @@ from shared.live import (
 )
 from shared.logs import log_context
 from shared.metrics import start_metrics_server
-from shared.schemas import BlobRef
 from shared.service import BusLost, start_health_server
 
 log = logging.getLogger("netdiag.agent")
@@ -63,28 +64,6 @@ TRACE_SETTLE_S = 0.05  # bpftrace prints each event as its perf buffer wakes it 
 TRACE_SKEW_S = 0.5  # a drops window spans nodes' wall clocks
 TRACER_WAIT_S = 20.0  # a probe waits this long for a tracer still attaching (bpftrace compiles for seconds)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class CollectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    node: str = Field(min_length=1, max_length=253)
-    diagnosis_id: str | None = Field(None, max_length=64)
-    pod_ips: dict[IPvAnyAddress, str] = Field(
-        default_factory=dict, max_length=100_000, description="pod IP → 'namespace/name', to name pod namespaces")
-    deadline: float | None = Field(None, description="epoch seconds after which the requester no longer waits")
-
-
-class CollectReply(BaseModel):
-    node: str
-    ok: bool
-    blob: BlobRef | None = None
-    error: str | None = None
-    retryable: bool = Field(False, description="the failure was the bus's (a timeout, a disconnection), not the "
-                            "node's: the requester retries rather than report missing data")
-    duration_ms: float = 0.0
-    namespaces: int = 0
-    size: int = Field(0, description="uncompressed JSON bytes")
 
 
 @dataclass
@@ -340,21 +319,6 @@ class NodeAgent:
         ref = await self.bus.put_node_blob(self.node, node_blob_name(request.diagnosis_id), dump.data)
         return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
                             namespaces=dump.namespaces, size=dump.size)
-
-
-async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str | None = None,
-                       pod_ips: dict[str, str] | None = None) -> CollectReply:
-    """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
-    nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
-    the moment this side stops waiting, so the agent skips it if it only gets to it later."""
-    await bus.ensure_node_bucket(node)  # where the agent writes: it may not create it itself
-    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},
-                             deadline=time.time() + timeout)
-    msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
-    try:
-        return CollectReply.model_validate_json(msg.data)
-    except ValidationError as exc:
-        return CollectReply(node=node, ok=False, error=f"invalid reply: {exc.errors()[:2]}")
 
 
 def _return_big_buffers_to_the_kernel() -> None:

@@ -7,13 +7,16 @@ import zlib
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
-from services.simulator.dataplane.walk import NodeView, walk
+from services.simulator.dataplane.walk import NodeView, WalkResult, walk
 from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
+from services.simulator.ondemand import MAX_ROUNDS, OnDemand
 from shared.blobcache import Decoded
 from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
+from shared.collect import collect_timeout_s
+from shared.config import Settings
 from shared.hops import node_hop
 from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
@@ -129,8 +132,10 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         " (a VM, an on-premises host, nothing) and whether it answers was not checked"))
 
 
-async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | None = None) -> DiagnosisResult:
-    """The result of one envelope; `blobs` (the stage's) reuses what earlier diagnoses decoded."""
+async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | None = None,
+                   settings: Settings | None = None) -> DiagnosisResult:
+    """The result of one envelope; `blobs` (the stage's) reuses what earlier diagnoses decoded;
+    `settings` say where to collect on demand (the snapshot, or the agents' deadline)."""
     blobs = blobs or Blobs()
     findings = list(env.findings)
     assumptions = list(env.assumptions)
@@ -151,11 +156,13 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
         assumptions = _merge(assumptions, model.assumptions)
         views, load_findings = await _load_dumps(env, bus, blobs)
         findings = _merge(findings, load_findings)
+        inventory, missing = await _inventory(env, bus, blobs)
+        findings = _merge(findings, missing)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
+            walked, views, findings, assumptions = await _walk(report, env, views, findings, assumptions, inventory,
+                                                               _on_demand(env, report, bus, blobs, settings))
             dumps = {n: v.dump for n, v in views.items()}
-            walked = await asyncio.to_thread(walk, report, env.request, dumps,
-                                             expected=findings, reply=env.request.options.check_reply, views=views)
             paths = walked.paths
             findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -163,8 +170,6 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        inventory, missing = await _inventory(env, bus, blobs)
-        findings = _merge(findings, missing)
         cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
@@ -200,6 +205,38 @@ class Blobs:
     def __init__(self) -> None:
         self.nodes: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
         self.inventories: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+
+
+async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, NodeView], findings: list[Finding],
+                assumptions: list[Assumption], inventory: CloudInventory | None, ondemand: OnDemand,
+                ) -> tuple[WalkResult, dict[str, NodeView], list[Finding], list[Assumption]]:
+    """Walk (in a thread: the event loop keeps the stage's heartbeats going); when the packet reaches
+    nodes nobody collected, collect them on demand and walk again (the collection's failures become
+    the expectation that names why a node stays unknown)."""
+    for round_ in range(MAX_ROUNDS + 1):
+        walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+                                         expected=findings, reply=env.request.options.check_reply, views=views,
+                                         cloud=inventory)
+        wanted = [n for n in walked.wanted if n not in ondemand.asked]
+        if round_ == MAX_ROUNDS or not wanted or not ondemand.possible or ondemand.left_s() <= 0:
+            break
+        fetched = await ondemand.fetch(wanted)
+        views = {**views, **fetched.views}
+        findings = _merge(findings, fetched.findings)
+        assumptions = _merge(assumptions, fetched.assumptions)
+    return walked, views, findings, assumptions
+
+
+def _on_demand(env: StageEnvelope, report: TopologyReport, bus: Bus | None, blobs: Blobs,
+               settings: Settings | None) -> OnDemand:
+    default = settings.collect_timeout_s if settings else env.request.options.collect_timeout_s
+
+    async def load(ref: BlobRef) -> NodeView:  # only asked for with a bus: an agent answered on it
+        assert bus is not None
+        return await blobs.nodes.get(bus, ref)
+
+    return OnDemand(env, report, bus, settings.snapshot if settings else None,
+                    collect_timeout_s(env.request.options, default), load=load)
 
 
 async def _load_dumps(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> tuple[dict[str, NodeView], list[Finding]]:

@@ -20,5 +20,5 @@ class SimulatorStage(Stage):
         self.blobs = Blobs()  # dumps and inventories decoded once per digest, for this stage's lifetime
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
-        result = await diagnose(env, self.bus, self.blobs)
+        result = await diagnose(env, self.bus, self.blobs, self.settings)
         return env.model_copy(update={"result": result})

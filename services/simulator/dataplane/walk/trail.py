@@ -64,6 +64,7 @@ class NatEntry:
     after: str
     orig: Endpoint  # the rewritten field before: destination for DNAT/REDIRECT, source for SNAT/MASQUERADE
     new: Endpoint
+    foreign: Finding | None = None  # an SNAT to an address someone else owns: where its reply goes instead
 
     @property
     def rewrites_destination(self) -> bool:
@@ -79,6 +80,8 @@ class Trail:
     bridged_without_nf: set[Place] = field(default_factory=set)
     ipvs_done: set[Place] = field(default_factory=set)  # IPVS took the packet there (it does so once)
     pending_reverse: list[NatEntry] = field(default_factory=list)  # reply: translations still to undo
+    tracked: set[Place] = field(default_factory=set)  # namespaces whose conntrack saw the request
+    untracked: set[Place] = field(default_factory=set)  # reply: namespaces where a NOTRACK rule matched it
     delivered: tuple[Place, FlowState] | None = None
     left: tuple[Place, FlowState, str] | None = None  # left the cluster: node, packet as sent, uplink device
     probability: float = 1.0

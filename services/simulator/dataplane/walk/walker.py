@@ -23,6 +23,8 @@ from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
+from services.simulator.dataplane.walk.owners import check_nat_address, cloud_owners
+from services.simulator.dataplane.walk.reply import conntrack_state
 from services.simulator.dataplane.walk.trail import (
     NatEntry,
     Trail,
@@ -33,6 +35,7 @@ from services.simulator.dataplane.walk.trail import (
     rule_hit,
 )
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
+from shared.cloud import CloudInventory
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
 from shared.schemas import (
@@ -99,8 +102,11 @@ class Expectation:
 
 class Walker:
     def __init__(self, world: World, report: TopologyReport, request: DiagnosisRequest,
-                 expectation: Expectation | None = None, reply: bool = False) -> None:
+                 expectation: Expectation | None = None, reply: bool = False,
+                 cloud: CloudInventory | None = None) -> None:
         self.reply = reply  # walking a reply: conntrack ESTABLISHED, translations undone where they happened
+        self.cloud_owners = cloud_owners(cloud)  # address → cloud resource, for NAT addresses (owners.py)
+        self.cloud_nodes = dict(cloud.nodes) if cloud else {}
         self.world = world
         self.report = report
         self.request = request
@@ -140,6 +146,11 @@ class Walker:
 
     def node_for_pod_network(self, addr: IPAddress) -> str | None:
         return next((node for net, node in self.pod_cidrs if addr.version == net.version and addr in net), None)
+
+    def in_pod_network(self, addr: IPAddress) -> bool:
+        return self.node_for_pod_network(addr) is not None or any(
+            addr.version == net.version and addr in net
+            for net in (ipaddress.ip_network(c, strict=False) for c in self.report.cluster.pod_cidrs))
 
     def node_ip(self, node: str) -> IPAddress | None:
         return next((ip for ip, n in self.node_ips.items() if n == node), None)
@@ -211,6 +222,8 @@ class Walker:
         node = src.node
         if src.kind in (EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE):
             if node not in self.world.nodes:
+                if node and self.collection_failed(node) is None:
+                    self.world.wanted.add(node)
                 self._abort(trail, src.pod or node, f"the network state of node {node}",
                             "it was not collected (see the collector's findings)")
                 return None
@@ -225,6 +238,12 @@ class Walker:
                 return None
             return Cursor(view.place, st, None, trail)
         return self.links.external_start(st, trail)
+
+    def collection_failed(self, node: str) -> Finding | None:
+        """The finding of a node whose collection was tried and failed (its agent did not answer, or
+        answered with an error, or the snapshot lacks it): asking again would not help."""
+        return self.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node)) or \
+            self.expect.code_at("DATA_MISSING", node_hop(node))
 
     def _abort(self, trail: Trail, hop_name: str | None, what: str, reason: str) -> None:
         hop_id = pod_hop(hop_name) if hop_name and "/" in hop_name else node_hop(str(hop_name))
@@ -309,6 +328,10 @@ class Walker:
                              f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE, destination=c.st.dst)
         c.trail.hop(view)
         self.note_gaps(c.trail, view)
+        if self.reply:
+            conntrack_state(c, view)
+        else:
+            c.trail.tracked.add(c.place)
         if c.iif is None:
             self.devices.cgroups(c, view, "reply's sender" if self.reply else "source")
             return self._local_out(c, view)
@@ -409,9 +432,10 @@ class Walker:
         first = decisions[0]
         if first.drops:
             text = first.route or (first.rules[-1] if first.rules else "no matching route")
-            if first.type == "no_route":
+            found = self.pod_route_missing(view, st.dst, text, first)
+            if found is None and first.type == "no_route":
                 found = finding("NO_ROUTE", view.hop_id, dst=st.dst, where=view.where, evidence=first.as_dict())
-            else:
+            elif found is None:
                 found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
                                 evidence=first.as_dict())
             c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
@@ -431,6 +455,22 @@ class Walker:
             ci.trail.probability *= d.probability
             pairs.append((ci, d))
         return pairs
+
+    def pod_route_missing(self, view: NetnsView, dst: IPAddress, route: str, d: RouteDecision) -> Finding | None:
+        """A node's route lookup for one of its own routed (unbridged) pods fails: the per-pod route the
+        CNI programs (`podIP dev cali* scope link`) is gone, and the lookup fell to the block's blackhole."""
+        pod = self.pod_ips.get(dst)
+        pod_view = self.world.pod_netns(view.node, pod) if pod and view.is_host else None
+        if pod_view is None or pod_view.node != view.node:
+            return None
+        veth = next((lk for lk in view.dump.links if lk.kind == "veth" and lk.peer_netns == pod_view.dump.id), None)
+        if veth is None or veth.master:
+            return None
+        if not link_up(veth):  # taking a device down flushes its routes: the link is the cause
+            return finding("LINK_DOWN", view.hop_id, link=veth.name, where=view.where,
+                           evidence={"state": veth.state, "admin_up": veth.admin_up, "route": d.as_dict()})
+        return finding("POD_ROUTE_MISSING", view.hop_id, where=view.where, pod=pod, dst=dst, route=route,
+                       device=veth.name, evidence=d.as_dict())
 
     def _rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None:
         res = self.report.service
@@ -510,7 +550,6 @@ class Walker:
         order (hooks.run_hook); one cursor per surviving branch. `nat=False`: the connection's nat is
         already bound (a packet IPVS forwards), nat stages are skipped."""
         if self.reply:
-            self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
         self.note_gaps(c.trail, view)
         if self.blind(c, view, ("iptables" if c.st.dst.version == 4 else "ip6tables", "nftables"),
@@ -519,7 +558,7 @@ class Walker:
         if view.unmodelled_netfilter:
             c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}", could_change=True)
         if not view.rulesets and view.nft is None:
-            return [c]
+            return self._reverse_nat([c], view, hook)
         before = packet(c.st, c.st.iif, c.st.oif)
         vip_before = self.service_vip(c.st)
         context = view.context(**ctx)
@@ -539,7 +578,20 @@ class Walker:
                 survivors.append(ci)
         if vip_before and hook in ("PREROUTING", "OUTPUT") and view.is_host and not self.reply:
             self._check_endpoints(cursors, branches, view)
-        return survivors
+        return self._reverse_nat(survivors, view, hook)
+
+    def _reverse_nat(self, cursors: list[Cursor], view: NetnsView, hook: str) -> list[Cursor]:
+        """A reply's translation back happens at the nat priority, after raw and mangle (and, on the
+        way out, after filter): so after the hook's rules, and only for a reply conntrack tracks —
+        one a NOTRACK rule matched keeps the addresses the request was translated to."""
+        if not self.reply:
+            return cursors
+        for c in cursors:
+            if c.st.ctstate == "UNTRACKED":
+                c.trail.untracked.add(view.place)
+            elif c.st.ctstate == "ESTABLISHED":
+                self._undo_nat(c, view, hook)
+        return cursors
 
     def _undo_nat(self, c: Cursor, view: NetnsView, hook: str) -> None:
         """conntrack's reverse NAT for a reply: un-SNAT (destination) before routing, un-DNAT (source)
@@ -595,7 +647,10 @@ class Walker:
             dnat = rec.kind in ("DNAT", "REDIRECT")
             orig = (before.dst, before.dport) if dnat else (before.src, before.sport)
             new = (after.dst, after.dport) if dnat else (after.src, after.sport)
-            trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
+            entry = NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new)
+            if not self.reply:
+                check_nat_address(self, c, view, entry)
+            trail.nat.append(entry)
             where = f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})"
             nat_info: dict[str, Any] = {"type": rec.kind, "original": endpoint_info(orig),
                                         "translated": endpoint_info(new), "rule": rule_hit(rec.hit)}
@@ -676,6 +731,8 @@ class Walker:
         targets = {n.after for br in branches for n in br.nat if n.kind == "DNAT"}
         if not targets:
             return
+        endpoints = {f"{b.address}:{b.port}" if b.address.version == 4 else f"[{b.address}]:{b.port}"
+                     for b in res.backends if b.port is not None}
         external = cursors[0].st.orig_dst not in res.cluster_ips if cursors else False
         local_only = res.external_traffic_policy == "Local" if external else res.internal_traffic_policy == "Local"
         for b in res.backends:
@@ -683,8 +740,13 @@ class Walker:
                 continue
             ep = f"{b.address}:{b.port}" if b.address.version == 4 else f"[{b.address}]:{b.port}"
             if ep not in targets:
+                # a rule left over for an address that is no endpoint (a stale DNAT) is what took its place
+                stale = sorted(t for t in targets if t not in endpoints)
                 found = finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node,
-                                what=f"endpoint {ep} of Service {res.service}")
+                                what=f"endpoint {ep} of Service {res.service}" + (
+                                    f" (its traffic is translated to {', '.join(stale)} instead, which is no "
+                                    "endpoint: a stale rule)" if stale else ""),
+                                evidence={"dnat_targets": sorted(targets), "stale": stale})
                 for c in cursors:
                     if found not in c.trail.findings:
                         c.trail.findings.append(found)

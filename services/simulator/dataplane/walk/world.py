@@ -57,7 +57,11 @@ class NetnsView:
         """How findings name this namespace."""
         if self.is_host:
             return f"node {self.node}"
-        return f"pod {self.dump.pod}" if self.dump.pod else f"netns {self.dump.id} on {self.node}"
+        if self.dump.pod:
+            return f"pod {self.dump.pod}"
+        # a pod namespace nobody named (a node collected on demand, off the model's path): its address says which
+        held = sorted(str(ip) for ip in self.local_ips if not ip.is_loopback and not ip.is_link_local)
+        return f"netns {self.dump.id}{' (' + ', '.join(held) + ')' if held else ''} on {self.node}"
 
     @cached_property
     def links(self) -> dict[str, Link]:
@@ -196,6 +200,7 @@ class World:
         known = views or {}
         self.nodes = {name: known[name] if name in known and known[name].dump is d else NodeView.build(d)
                       for name, d in dumps.items()}
+        self.wanted: set[str] = set()  # nodes the packet reaches whose dump is missing: collect on demand
 
     def netns(self, place: Place) -> NetnsView:
         return self.nodes[place.node].namespaces[place.netns]
