@@ -178,7 +178,7 @@ def _detect_cidrs(model: ClusterModel, out: Detection) -> None:
     if not pod_cidrs:
         _assume(out, "nodes carry no podCIDR (CNI-managed IPAM): pod addresses are known only from pods",
                 could_change=False)
-    for key in sorted(model.pods_by_component.get("kube-apiserver", ())):
+    for key in model.pods_by_component.keys_of("kube-apiserver"):
         pod = model.objects["Pod"].get(key) or {}
         for container in (pod.get("spec") or {}).get("containers") or []:
             match = _SERVICE_RANGE_FLAG.search(" ".join(map(str, (container.get("command") or [])
@@ -229,7 +229,7 @@ class Detector:
     def detect(self) -> Detection:
         with self.model.lock:
             stamp = (*(self.model.generation[k] for k in self._KINDS),
-                     len(self.model.pods_by_component.get("kube-apiserver", ())))
+                     len(self.model.pods_by_component.keys_of("kube-apiserver")))
             if self._cached is None or stamp != self._stamp:
                 self._cached, self._stamp = detect(self.model), stamp
             return self._cached
