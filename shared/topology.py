@@ -12,7 +12,7 @@ from enum import StrEnum
 from ipaddress import ip_network
 from typing import Any
 
-from pydantic import BaseModel, Field, IPvAnyAddress
+from pydantic import BaseModel, Field, IPvAnyAddress, TypeAdapter
 
 from shared.findings import Assumption, Finding
 from shared.steps import IPAddress
@@ -111,6 +111,11 @@ class ClusterInfo(BaseModel):
     node_addresses: dict[str, list[IPvAnyAddress]] = Field(
         default_factory=dict, description="every Node's InternalIP/ExternalIP addresses, also of nodes off the "
         "expected path: a route may go through one, and the walk must know it is a node it has no dump of")
+
+
+# ClusterInfo.node_addresses on its own: a big cluster's travels through the object store
+# (StageEnvelope.node_addresses) and the simulator puts it back
+NODE_ADDRESSES: TypeAdapter[dict[str, list[IPvAnyAddress]]] = TypeAdapter(dict[str, list[IPvAnyAddress]])
 
 
 class ClusterObjects(BaseModel):

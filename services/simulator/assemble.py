@@ -27,7 +27,7 @@ from shared.schemas import (
     StageEnvelope,
     Verdict,
 )
-from shared.topology import EndpointKind, TopologyReport, private_use
+from shared.topology import NODE_ADDRESSES, EndpointKind, TopologyReport, private_use
 
 STAGE = "simulator"
 
@@ -136,7 +136,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report = env.topology
+        report, missing = await _with_node_addresses(env.topology, env, bus)
+        assumptions += missing
         # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
         # heartbeats (a short ack_wait then redelivers only what a dead replica held)
         model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
@@ -174,6 +175,24 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
 # walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
 NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
 _INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+
+
+_NODE_ADDRESS_MAPS: Decoded[dict[str, Any]] = Decoded(NODE_ADDRESSES.validate_json, size=4)
+
+
+async def _with_node_addresses(report: TopologyReport, env: StageEnvelope,
+                               bus: Bus | None) -> tuple[TopologyReport, list[Assumption]]:
+    """The report with every node's addresses back in place when the topology stage sent them through the object
+    store (a big cluster's); unreadable, the walk still runs but cannot name nodes off the expected path."""
+    if env.node_addresses is None or bus is None:
+        return report, []
+    try:
+        addresses = await _NODE_ADDRESS_MAPS.get(bus, env.node_addresses)
+    except (BlobUnreadable, ValueError) as exc:
+        return report, [Assumption(stage=STAGE, could_change_outcome=True, text=(
+            f"the cluster's node addresses could not be read ({type(exc).__name__}: {exc}): a next hop on a node "
+            "off the expected path is not recognised as a node"))]
+    return report.model_copy(update={"cluster": report.cluster.model_copy(update={"node_addresses": addresses})}), []
 
 
 async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:

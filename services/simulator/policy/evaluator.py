@@ -28,7 +28,7 @@ from services.simulator.policy.model import (
     compile_policy,
     namespace_labels,
 )
-from services.simulator.policy.selectors import format_labels
+from shared.selectors import format_labels
 from shared.schemas import Assumption
 from shared.topology import ClusterObjects
 
