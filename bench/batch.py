@@ -90,6 +90,8 @@ def run_batch(lines: list[str], concurrency: int) -> dict[str, float]:
         doc = json.loads(line)
         key = doc["result"]["verdict"] if doc.get("result") else "error"
         verdicts[key] = verdicts.get(key, 0) + 1
+        if done % max(1, len(lines) // 10) == 0:  # a figure every 10 %, so a cut run still reports
+            print(f"  {done:>6} lines  {done / (now - t0):6.1f}/s  RSS {rss_mb(proc.pid):5.0f} MB", flush=True)
     proc.wait()
     end = time.perf_counter()
     stop.set()

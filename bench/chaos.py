@@ -1,6 +1,6 @@
 """The chaos run of tests/chaos at a chosen size, printing its figures.
 
-    .venv/bin/python bench/chaos.py [--diagnoses 300] [--clients 12] [--chaos-s 15]
+    .venv/bin/python -m bench.chaos [--diagnoses 300] [--clients 12] [--chaos-s 15]   (from the repository root)
 
 Separate processes (nats-server, two replicas per stage, a gateway) on the shop snapshot; stage
 replicas SIGKILLed every 1-2 s and restarted, nats-server SIGKILLed and restarted once. Prints:

@@ -132,16 +132,16 @@ def main(runs: int) -> None:
         first = statistics.median(p[0] for p in pairs)
         done = statistics.median(p[1] for p in pairs)
         figures["diagnose --server first output"] = first
-        server = statistics.median(server_seconds(url) for _ in range(runs))
+        gateway_s = statistics.median(server_seconds(url) for _ in range(runs))
         print(f"{'diagnose --server: first output':<34} {first:6.3f} s   exit {done:.3f} s   "
-              f"(of which the gateway's own POST-to-result {server:.3f} s)")
+              f"(of which the gateway's own POST-to-result {gateway_s:.3f} s)")
     finally:
         server.terminate()
         server.wait(15)
         shutil.rmtree(data_dir, ignore_errors=True)
     for label, code in (("netdiag --help imports", "import services.cli; services.cli.build_parser()"),
-                        ("diagnose --server imports", "import services.cli, services.client, shared.intake, "
-                                                      "http.client, secrets")):
+                        ("diagnose --server --output json imports",
+                         "import services.cli, services.client, http.client, secrets, urllib.parse")):
         print(f"\n{label} (cumulative µs, top level):")
         for us, mod in import_profile(code):
             print(f"  {us:>9}  {mod}")

@@ -22,13 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lab.kubeproxy import Config, Endpoint, ServicePort, ensured, payload
 from services.simulator.dataplane.netfilter import (
     FlowState,
     TraceContext,
     Tracer,
     parse_iptables_save,
 )
-from tests.simulator.dataplane.kubeproxy_rules import Endpoint, Service, kube_proxy_save
 
 NODE_IP = "192.168.0.2"
 DISTINCT = 50  # Services whose first packet is timed
@@ -48,14 +48,20 @@ class Figures:
     gc_objects: int
 
 
-def services(n: int) -> list[Service]:
+def services(n: int) -> list[ServicePort]:
     out = []
     for i in range(n):
         vip = ipaddress.ip_address("172.30.0.0") + i + 1
-        eps = [Endpoint(str(ipaddress.ip_address("10.128.0.0") + 3 * i + k), 8080) for k in range(3)]
-        out.append(Service(f"ns{i % 50}/svc{i}:http", str(vip), 80, node_port=30000 + i % 2000 if i < 2000 else None,
-                           endpoints=eps))
+        eps = tuple(Endpoint(str(ipaddress.ip_address("10.128.0.0") + 3 * i + k), 8080) for k in range(3))
+        out.append(ServicePort(namespace=f"ns{i % 50}", name=f"svc{i}", port_name="http", port=80, cluster_ip=str(vip),
+                               node_port=30000 + i % 2000 if i < 2000 else None, endpoints=eps))
     return out
+
+
+def kube_proxy_save(ports: list[ServicePort]) -> str:
+    """The node's kube-proxy rules: the jumps it ensures plus a full sync (lab.kubeproxy, upstream's shape)."""
+    config = Config(node="node-1", node_ip=NODE_IP)
+    return ensured(config).render() + payload(ports, config)
 
 
 def _rss_mb() -> float:
@@ -73,7 +79,7 @@ def _trace_ms(tracer: Tracer, vip: ipaddress.IPv4Address, sport: int) -> float:
 
 
 def measure(n: int) -> Figures:
-    text = kube_proxy_save(services(n), node_ip=NODE_IP)
+    text = kube_proxy_save(services(n))
     rss0 = _rss_mb()
     t0 = time.perf_counter()
     rs = parse_iptables_save(text)
@@ -93,7 +99,7 @@ def measure(n: int) -> Figures:
 
 
 def full_compile_s(n: int) -> float:
-    rs = parse_iptables_save(kube_proxy_save(services(n), node_ip=NODE_IP))
+    rs = parse_iptables_save(kube_proxy_save(services(n)))
     t0 = time.perf_counter()
     rs.unsupported_rules()  # compiles every rule
     return time.perf_counter() - t0

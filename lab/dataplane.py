@@ -29,6 +29,7 @@ from typing import Any
 
 from lab import kubeproxy, kubeproxy_nft, netns, netpol, workloads
 from lab import state as lab_state
+from lab.bpf import compiled
 from lab.iptables import CLI, RESTORE, Ruleset, comment
 from lab.probe import ProbeResult, probe_in
 from lab.scenario import ResolvedPod, ResolvedScenario, Scenario, resolve
@@ -185,7 +186,7 @@ class Lab:
             for name, ns in (("inet", st.inet_netns), ("ext", st.ext_netns)):
                 lines += [f"link add {name} type veth peer name eth0 netns {ns}",
                           f"link set {name} master br1", f"link set {name} up"]
-        netns_sysctls = {"net.ipv4.ip_forward": 1}
+        netns_sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
         netns.write_sysctls(st.underlay_netns, netns_sysctls)
         return lines
 
@@ -262,7 +263,8 @@ class Lab:
         records = dns_records(sc)
         specs = []
         for rp in sc.pods:
-            listen = sorted({(lst.port, lst.protocol) for c in rp.spec.containers for lst in c.listeners()})
+            listen: list[tuple[int, str]] = sorted({(lst.port, lst.protocol) for c in rp.spec.containers
+                                                    for lst in c.listeners()})
             if listen and rp.spec.phase == "Running":
                 specs.append(workloads.Workload(key=rp.spec.key, netns=st.pods[rp.spec.key].netns, listen=listen,
                                                 dns=records if rp.spec.role == "dns" else None))
@@ -327,8 +329,8 @@ class Lab:
         """Namespace of a node name, a pod ("ns/pod" or a unique pod name), or ext / inet / underlay."""
         st = self.state
         special = {"ext": st.ext_netns, "inet": st.inet_netns, "underlay": st.underlay_netns}
-        if special.get(name):
-            return special[name]  # type: ignore[return-value]
+        if found := special.get(name):
+            return found
         if name in st.nodes:
             return st.nodes[name].netns
         return st.pods[self.pod(name).spec.key].netns
@@ -372,7 +374,7 @@ class Lab:
 
     def expand(self, template: str) -> str:
         """Fill {kind:arg} placeholders used by fault commands: addresses plus iptables, veth, pid,
-        podcidr, vtepmac and netns."""
+        podcidr, vtepmac, netns and bpf (a compiled lab/bpf/<name>.c object)."""
 
         def one(match: re.Match[str]) -> str:
             kind, _, arg = match.group(1).partition(":")
@@ -391,6 +393,8 @@ class Lab:
                 return self.resolved.node(arg).vtep_mac
             if kind == "netns":
                 return self.netns_of(arg)
+            if kind == "bpf":
+                return str(compiled(arg))
             return self.address(match.group(1))
 
         return re.sub(r"\{([a-z]+(?::[^{}]*)?)\}", one, template)

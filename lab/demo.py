@@ -1,6 +1,7 @@
 """`netdiag lab demo`: the main job. Builds the basic lab, then diagnoses one healthy and one
 broken path through the full embedded stack (the product's CLI, the lab's Kubernetes API,
-real node agents), printing the kernel's own probe next to each diagnosis. Tears down after.
+real node agents), printing the kernel's own probe next to each diagnosis and, as root, the
+product's live witness inside it (`--live`: the agents' probe and their kernel drop tracing).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def run_demo() -> int:
             print(f"kernel probe: {probe.outcome} ({probe.detail})", flush=True)
             rc = _netdiag("diagnose", "--kubeconfig", str(api.kubeconfig), *agents, "--src",
                           lab.source_address(case.src), "--dst", case.dst, "--port", str(case.port),
-                          "--protocol", case.protocol)
+                          "--protocol", case.protocol, "--live")
             failures += rc >= 3
             print(flush=True)
         return 1 if failures else 0

@@ -4,12 +4,14 @@ Each Fault names its scenario (examples/lab/<scenario>.yaml), the probe that exp
 outcome before and after injection, the verdict a diagnosis must reach and the finding code + hop id it
 must name. Injection uses plain commands (`ip`, `iptables`, `sysctl`, `bridge`, `kill`) run inside a lab
 namespace; argv strings may hold placeholders expanded by `Lab.expand` ({pod:ns/name}, {node:name},
-{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables}).
+{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables},
+{bpf:name} — lab/bpf/<name>.c compiled with clang).
 A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab reprograms the nodes the way
 kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
 
 tests/lab/test_faults.py asserts the kernel outcomes; the simulator's differential test reuses the same
-catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding`:
+catalogue to assert `netdiag diagnose` returns `verdict_after` and names `finding` (a decoy, `finding=None`,
+is a correct NAT the kernel accepts: REACHABLE with no error finding):
 
     lab = Lab.up(resolve(Scenario.load(fault.scenario_path)), prefix=...); lab.start_api()
     fault.inject(lab)
@@ -61,12 +63,17 @@ class Fault:
     probe: ProbeSpec
     before: Outcome
     after: Outcome
-    finding: Expected
+    finding: Expected | None  # None: a healthy decoy (a correct NAT): the diagnosis must find nothing wrong
     commands: tuple[Cmd, ...] = ()
     not_ready: tuple[str, ...] = ()  # pods whose containers turn not ready (Kubernetes-level fault)
     add_policy: dict[str, Any] | None = field(default=None, hash=False)
     verdict_before: str = "REACHABLE"
     verdict_after: str = "UNREACHABLE"
+    ends: str | None = None  # the dropped path's final cause, when the packet dies after the named cause
+
+    @property
+    def decoy(self) -> bool:
+        return self.finding is None
 
     @property
     def scenario_path(self) -> Path:
@@ -263,10 +270,90 @@ CATALOGUE: list[Fault] = [
                     "eth0", "nexthop", "via", "{node:node-2}", "dev", "eth1", "onlink"),
               _node("node-1", "{iptables}", "-I", "FORWARD", "1", "-o", "eth1", "-j", "DROP"),
           )),
+    # tc, bridge port state and XDP (issue 15): what the walk once passed as REACHABLE
+    Fault("tc_blackhole_pod_veth", "a blackhole root qdisc on the node side of the destination pod's veth: every "
+          "frame towards the pod is dropped", "basic", CLIENT_TO_API2, "connected", "timeout",
+          Expected("TC_DROP", "node:node-2"),
+          commands=(_node("node-2", "tc", "qdisc", "add", "dev", "{veth:shop/api-2}", "root", "blackhole"),)),
+    # this kernel has the u32 classifier but no tc action modules (`u32 ... action drop` fails: "Failed to
+    # load TC action module"): the u32 filter drops by classifying into an htb class whose leaf is blackhole
+    Fault("tc_u32_to_blackhole_class", "an htb root on the destination pod's veth whose u32 filter sends port "
+          "8080 into a class with a blackhole leaf qdisc (other ports take the default class)", "basic",
+          CLIENT_TO_API2, "connected", "timeout", Expected("TC_DROP", "node:node-2"),
+          commands=(_node("node-2", "tc", "qdisc", "add", "dev", "{veth:shop/api-2}", "root", "handle", "1:", "htb",
+                          "default", "10"),
+                    _node("node-2", "tc", "class", "add", "dev", "{veth:shop/api-2}", "parent", "1:", "classid",
+                          "1:10", "htb", "rate", "1gbit", "quantum", "60000"),
+                    _node("node-2", "tc", "class", "add", "dev", "{veth:shop/api-2}", "parent", "1:", "classid",
+                          "1:20", "htb", "rate", "1gbit", "quantum", "60000"),
+                    _node("node-2", "tc", "qdisc", "add", "dev", "{veth:shop/api-2}", "parent", "1:20", "handle",
+                          "20:", "blackhole"),
+                    _node("node-2", "tc", "filter", "add", "dev", "{veth:shop/api-2}", "parent", "1:", "protocol",
+                          "ip", "prio", "1", "u32", "match", "ip", "dport", "8080", "0xffff", "flowid", "1:20"))),
+    Fault("bridge_port_disabled", "the destination pod's bridge port on cni0 set to STP state disabled "
+          "(`bridge link set ... state 0`)", "basic", CLIENT_TO_API2, "connected", "timeout",
+          Expected("BRIDGE_PORT_BLOCKED", "node:node-2"),
+          commands=(_node("node-2", "bridge", "link", "set", "dev", "{veth:shop/api-2}", "state", "0"),)),
+    Fault("xdp_drop_pod_eth0", "an XDP program that returns XDP_DROP attached to the destination pod's eth0",
+          "basic", CLIENT_TO_API2, "connected", "timeout", Expected("XDP_DROP", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "link", "set", "dev", "eth0", "xdp", "obj", "{bpf:xdp_drop}", "sec",
+                          "xdp"),)),
     Fault("dns_not_listening", "the coredns process is gone: DNS queries to kube-dns get ICMP port unreachable",
           "basic", ProbeSpec("web/client", "svc:kube-system/kube-dns", 53, "udp"), "reply", "refused",
           Expected("NO_LISTENER", "pod:kube-system/coredns"),
           commands=(Cmd(None, ("kill", "-9", "{pid:kube-system/coredns}")),)),
+]
+
+# ---- replies that leave the nodes for an outside client, NAT addresses, collection on demand (issue 18)
+_UNTRACK_WEB1_REPLY = _node("node-1", "{iptables}", "-t", "raw", "-I", "PREROUTING", "1", "-s", "{pod:prod/web-1}/32",
+                            "-p", "tcp", "--sport", "80", "-j", "NOTRACK")
+CATALOGUE += [
+    Fault("nodeport_reply_untracked", "a raw-table NOTRACK on node-1 matches the replies of web-1: conntrack cannot "
+          "undo the NodePort DNAT (externalTrafficPolicy Local, no masquerade), so the SYN-ACK leaves for the client "
+          "from web-1's address instead of node-1:30000 and the client resets it",
+          "legacy", ProbeSpec("ext", "node:node-1", 30000), "connected", "timeout",
+          Expected("REPLY_NOT_TRANSLATED", "node:node-1"), commands=(_UNTRACK_WEB1_REPLY,)),
+    Fault("lb_reply_untracked", "the same NOTRACK for web-1's replies, seen from a client of the LoadBalancer IP: "
+          "the reply leaves node-1 from the pod address, not the LB IP the client connected to",
+          "legacy", ProbeSpec("ext", "lb:prod/web", 80), "connected", "timeout",
+          Expected("REPLY_NOT_TRANSLATED", "node:node-1"), commands=(_UNTRACK_WEB1_REPLY,)),
+    Fault("nodeport_masquerade_exempted", "node-2 exempts the external client from masquerade (a POSTROUTING ACCEPT "
+          "before kube-proxy's and flannel's MASQUERADE): NodePort traffic DNATed to api-1 on node-1 keeps the "
+          "client's address, api-1's reply leaves through node-1 untranslated; flows to api-2 on node-2 still work",
+          "basic", ProbeSpec("ext", "node:node-2", 30000), "connected", "timeout",
+          Expected("REPLY_NOT_TRANSLATED", "node:node-1"), verdict_after="AMBIGUOUS",
+          commands=(_node("node-2", "{iptables}", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "{ext}/32", "-j",
+                          "ACCEPT"),)),
+    Fault("asymmetric_reply_invalid", "node-2 routes node-3's pod CIDR via node-1: web-2's SYN-ACK reaches node-1, "
+          "whose conntrack never saw the SYN (ctstate INVALID), and kube-proxy's KUBE-FORWARD INVALID rule drops it",
+          "legacy", ProbeSpec("prod/toolbox", "pod:prod/web-2", 80), "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-1"),
+          commands=(_node("node-2", "ip", "route", "replace", "{podcidr:node-3}", "via", "{node:node-1}", "dev",
+                          "eth0"),)),
+    Fault("snat_to_other_node_address", "node-1 SNATs the client pod's internet traffic to node-2's address: the "
+          "internet host answers node-2, which never sent the request (it resets it)",
+          "basic", ProbeSpec("web/client", "inet", 80), "connected", "timeout",
+          Expected("SNAT_ADDRESS_NOT_OWNED", "node:node-1"),
+          commands=(_node("node-1", "{iptables}", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "{pod:web/client}/32",
+                          "-d", "{inet}/32", "-j", "SNAT", "--to-source", "{node:node-2}"),)),
+    Fault("snat_to_own_node_address", "decoy: node-1 SNATs the client pod's internet traffic to its own address",
+          "basic", ProbeSpec("web/client", "inet", 80), "connected", "connected", None,
+          verdict_after="REACHABLE",
+          commands=(_node("node-1", "{iptables}", "-t", "nat", "-I", "POSTROUTING", "1", "-s", "{pod:web/client}/32",
+                          "-d", "{inet}/32", "-j", "SNAT", "--to-source", "{node:node-1}"),)),
+    # node-3 alone is on the model's path (toolbox and the hostNetwork node-exporter): node-1 is collected on demand
+    Fault("stale_dnat_to_uncollected_node", "a stale DNAT on node-3 sends the node-exporter Service to port 9100 of "
+          "web-1 on node-1 (not an endpoint), where nothing listens", "legacy",
+          ProbeSpec("prod/toolbox", "svc:kube-system/node-exporter", 9100), "connected", "refused",
+          Expected("KUBE_PROXY_RULES_MISSING", "node:node-3"), ends="NO_LISTENER",
+          commands=(_node("node-3", "{iptables}", "-t", "nat", "-I", "KUBE-SERVICES", "1", "-d",
+                          "{svc:kube-system/node-exporter}/32", "-p", "tcp", "--dport", "9100", "-j", "DNAT",
+                          "--to-destination", "{pod:prod/web-1}:9100"),)),
+    Fault("dnat_to_pod_on_uncollected_node", "decoy: node-3 DNATs an address outside the cluster to web-1:80 on "
+          "node-1 (a node the model does not plan to collect), which serves it", "legacy",
+          ProbeSpec("prod/toolbox", "192.0.2.77", 80), "unreachable", "connected", None, verdict_after="REACHABLE",
+          commands=(_node("node-3", "{iptables}", "-t", "nat", "-I", "PREROUTING", "1", "-d", "192.0.2.77/32", "-p",
+                          "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "{pod:prod/web-1}:80"),)),
 ]
 
 BY_NAME = {f.name: f for f in CATALOGUE}

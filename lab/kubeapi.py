@@ -230,6 +230,7 @@ class LabKubeAPI(ObjectStore):
 
     def review_token(self, token: str, audiences: list[str]) -> Obj:
         """The TokenReview status for `token`, asked for `audiences` (empty: the API's own)."""
+        valid_for: tuple[str, ...]
         if token == self.token:
             user, valid_for = ADMIN_USER, (API_AUDIENCE,)
         elif token in self._tokens:

@@ -1,174 +1,399 @@
-"""kube-proxy, iptables mode: the rules a node's kube-proxy would program for the resolved scenario.
+"""kube-proxy, iptables mode: the rules a node's kube-proxy programs, as upstream writes them.
 
-A pure function of the scenario (and the node, for externalTrafficPolicy: Local), modelled on upstream
-pkg/proxy/iptables/proxier.go: chain names (KUBE-SVC/SEP/EXT/SVL/FW-<base32(sha256)>), comments,
-`statistic --mode random` endpoint selection, KUBE-MARK-MASQ / KUBE-POSTROUTING (mark 0x4000), NodePorts,
-LoadBalancer ingress IPs with loadBalancerSourceRanges, externalIPs, and REJECT/DROP for Services
-without (local) endpoints in filter KUBE-SERVICES / KUBE-EXTERNAL-SERVICES. Only ready endpoints count.
+A port of upstream pkg/proxy/iptables/proxier.go `syncProxyRules` for the features the lab uses, checked
+line for line against upstream's own unit tests (tests/lab/test_kubeproxy_upstream.py replays
+`TestOverallIPTablesRules` and friends on the same Services and EndpointSlices):
+
+* `payload(ports, config)` is the `iptables-restore` input of one full sync (filter + nat, KUBE-* chains
+  only), with upstream's argument order, comments and chain names (KUBE-SVC/SVL/EXT/FW/SEP-<base32(sha256)>);
+* `ensured(config)` is what kube-proxy adds with `EnsureChain`/`EnsureRule` outside the payload: the jumps
+  from the built-in chains (each prepended, so the last one ensured is first) and the canary chains;
+* `rules(sc, node)` turns a lab scenario into both, for the node's single `iptables-restore`.
+
+Covered: ClusterIP, NodePort (with localhost NodePorts), externalIPs, LoadBalancer ingress with
+loadBalancerSourceRanges, external/internal traffic policy Local, ClientIP session affinity, health-check
+NodePorts, REJECT/DROP for Services without (local) endpoints, nfacct counters when the kernel has them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from dataclasses import dataclass, field
 
-from lab.iptables import Ruleset, chain_hash, comment
-from lab.scenario import ResolvedScenario, ResolvedService, ResolvedServicePort
+from lab.iptables import Ruleset, chain_hash
+from lab.scenario import ResolvedScenario
 
 MASQ_MARK = "0x4000"
+LOCALHOST_NODEPORTS_COUNTER = "localhost_nps_accepted_pkts"
+INVALID_DROPPED_COUNTER = "ct_state_invalid_dropped_pkts"
+LAST_RULE = '"kubernetes service nodeports; NOTE: this must be the last rule in this chain"'
+
+# (table, chain, jumped-from chain, comment, extra match) in upstream's iptablesJumpChains order, then
+# iptablesKubeletJumpChains (KUBE-FIREWALL, only with localhost NodePorts).
+JUMPS = (
+    ("filter", "KUBE-EXTERNAL-SERVICES", "INPUT", "kubernetes externally-visible service portals", True),
+    ("filter", "KUBE-EXTERNAL-SERVICES", "FORWARD", "kubernetes externally-visible service portals", True),
+    ("filter", "KUBE-NODEPORTS", "INPUT", "kubernetes health check service ports", False),
+    ("filter", "KUBE-SERVICES", "FORWARD", "kubernetes service portals", True),
+    ("filter", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", True),
+    ("filter", "KUBE-FORWARD", "FORWARD", "kubernetes forwarding rules", False),
+    ("filter", "KUBE-PROXY-FIREWALL", "INPUT", "kubernetes load balancer firewall", True),
+    ("filter", "KUBE-PROXY-FIREWALL", "OUTPUT", "kubernetes load balancer firewall", True),
+    ("filter", "KUBE-PROXY-FIREWALL", "FORWARD", "kubernetes load balancer firewall", True),
+    ("nat", "KUBE-SERVICES", "OUTPUT", "kubernetes service portals", False),
+    ("nat", "KUBE-SERVICES", "PREROUTING", "kubernetes service portals", False),
+    ("nat", "KUBE-POSTROUTING", "POSTROUTING", "kubernetes postrouting rules", False),
+)
+KUBELET_JUMPS = (("filter", "KUBE-FIREWALL", "INPUT"), ("filter", "KUBE-FIREWALL", "OUTPUT"))
 
 
 @dataclass(frozen=True)
-class _Endpoint:
+class Endpoint:
     ip: str
     port: int
-    node: str
+    node: str | None = None  # EndpointSlice nodeName; None is never local
+    ready: bool = True
+
+    def __str__(self) -> str:
+        return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    """One port of a Service with its endpoints: upstream's ServicePortName plus serviceInfo."""
+
+    namespace: str
+    name: str
+    port_name: str
+    port: int
+    protocol: str = "TCP"
+    cluster_ip: str | None = None
+    load_balancer: bool = False  # type LoadBalancer
+    node_port: int | None = None
+    external_ips: tuple[str, ...] = ()
+    lb_ips: tuple[str, ...] = ()  # status.loadBalancer.ingress[].ip
+    source_ranges: tuple[str, ...] = ()
+    etp_local: bool = False
+    itp_local: bool = False
+    health_check_node_port: int | None = None  # kept only for LoadBalancer + externalTrafficPolicy Local
+    affinity_timeout: int | None = None  # ClientIP session affinity (seconds)
+    endpoints: tuple[Endpoint, ...] = ()
 
     @property
-    def address(self) -> str:
-        return f"{self.ip}:{self.port}"
+    def key(self) -> str:
+        """ServicePortName.String(): "ns/name" plus ":port" when the port is named."""
+        return f"{self.namespace}/{self.name}" + (f":{self.port_name}" if self.port_name else "")
+
+    @property
+    def externally_accessible(self) -> bool:
+        return bool(self.node_port or self.lb_ips or self.external_ips)
 
 
-def base_rules() -> Ruleset:
+@dataclass(frozen=True)
+class Config:
+    """What NewProxier is given: the node, the local-traffic detector's pod CIDR, and what the host has."""
+
+    node: str
+    node_ip: str
+    pod_cidr: str | None = "10.0.0.0/8"  # None: no LocalTrafficDetector
+    service_cidr: str = "172.30.0.0/16"  # nftables mode drops traffic to unallocated ClusterIPs in it
+    masquerade_all: bool = False
+    localhost_nodeports: bool = True
+    nodeport_addresses: tuple[str, ...] = ()  # empty: every local address
+    nfacct: bool = True  # the nfacct counters could be created (xt_nfacct in the kernel)
+    random_fully: bool = False  # iptables supports MASQUERADE --random-fully
+    tcp_liberal: bool = False  # nf_conntrack_tcp_be_liberal: no INVALID drop
+    ipv6: bool = False  # the IPv6 proxier: localhost NodePorts never work there
+
+
+@dataclass
+class _Table:
+    chains: list[str] = field(default_factory=list)
+    rules: list[str] = field(default_factory=list)
+
+    def chain(self, name: str) -> str:
+        if name not in self.chains:
+            self.chains.append(name)
+        return name
+
+    def add(self, *parts: str) -> None:
+        self.rules.append(" ".join(p for p in parts if p))
+
+
+class _Sync:
+    def __init__(self, config: Config) -> None:
+        self.cfg = config
+        self.filter, self.nat = _Table(), _Table()
+        for name in ("KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL", "KUBE-FORWARD",
+                     "KUBE-PROXY-FIREWALL"):
+            self.filter.chain(name)
+        for name in ("KUBE-NODEPORTS", "KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING"):
+            self.nat.chain(name)
+
+    # ------------------------------------------------------------ what every sync writes
+
+    def static(self) -> None:
+        cfg = self.cfg
+        if self._localhost_nodeports():
+            self.filter.add('-A KUBE-FIREWALL -m comment --comment "block incoming localnet connections"',
+                            "-d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP")
+        if not cfg.tcp_liberal:
+            count = f"-m nfacct --nfacct-name {INVALID_DROPPED_COUNTER}" if cfg.nfacct else ""
+            self.filter.add("-A KUBE-FORWARD -m conntrack --ctstate INVALID", count, "-j DROP")
+        self.filter.add('-A KUBE-FORWARD -m comment --comment "kubernetes forwarding rules"',
+                        f"-m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT")
+        self.filter.add('-A KUBE-FORWARD -m comment --comment "kubernetes forwarding conntrack rule"',
+                        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+        self.nat.add(f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
+        self.nat.add(f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}")
+        self.nat.add('-A KUBE-POSTROUTING -m comment --comment "kubernetes service traffic requiring SNAT"',
+                     "-j MASQUERADE", "--random-fully" if cfg.random_fully else "")
+        self.nat.add(f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}")
+
+    def nodeports_jump(self) -> None:
+        """The tail call to KUBE-NODEPORTS: last in KUBE-SERVICES."""
+        cfg = self.cfg
+        if not cfg.nodeport_addresses:
+            block = "! -d ::1/128" if cfg.ipv6 else "" if cfg.localhost_nodeports else "! -d 127.0.0.0/8"
+            self.nat.add(f"-A KUBE-SERVICES -m comment --comment {LAST_RULE} -m addrtype --dst-type LOCAL", block,
+                         "-j KUBE-NODEPORTS")
+            return
+        for ip in self._nodeport_ips():
+            self.nat.add(f"-A KUBE-SERVICES -m comment --comment {LAST_RULE} -d {ip} -j KUBE-NODEPORTS")
+
+    def _nodeport_ips(self) -> list[str]:
+        nets = [ipaddress.ip_network(c.strip(), strict=False) for c in self.cfg.nodeport_addresses]
+        node = ipaddress.ip_address(self.cfg.node_ip)
+        found = [str(node)] if any(node.version == n.version and node in n for n in nets) else []
+        if not self.cfg.ipv6 and any(ipaddress.ip_address("127.0.0.1") in n for n in nets):
+            found.append("127.0.0.1")
+        return found
+
+    def _localhost_nodeports(self) -> bool:
+        cfg = self.cfg
+        if not cfg.localhost_nodeports or cfg.ipv6:
+            return False
+        nets = [ipaddress.ip_network(c.strip(), strict=False) for c in cfg.nodeport_addresses]
+        return not nets or any(n.version == 4 and ipaddress.ip_address("127.0.0.1") in n for n in nets)
+
+    # ------------------------------------------------------------ one Service port
+
+    def service(self, sp: ServicePort) -> None:
+        cfg, key, proto = self.cfg, sp.key, sp.protocol.lower()
+        if not sp.cluster_ip or sp.cluster_ip == "None":
+            return
+        svc_chain = chain_hash("KUBE-SVC-", key, proto)
+        svl_chain = chain_hash("KUBE-SVL-", key, proto)
+        ext_chain = chain_hash("KUBE-EXT-", key, proto)
+        fw_chain = chain_hash("KUBE-FW-", key, proto)
+        ready = sorted((e for e in sp.endpoints if e.ready), key=lambda e: (e.ip, e.port))
+        uses_cluster = not sp.itp_local or (sp.externally_accessible and not sp.etp_local)
+        uses_local = sp.itp_local or (sp.externally_accessible and sp.etp_local)
+        cluster_eps = ready if uses_cluster else []
+        local_eps = [e for e in ready if e.node == cfg.node] if uses_local else []
+        reachable = [e for e in ready if e in cluster_eps or e in local_eps]
+        has_endpoints = bool(reachable)
+        uses_cluster_chain, uses_local_chain = bool(cluster_eps), bool(local_eps)
+        internal_chain = svl_chain if sp.itp_local else svc_chain
+        has_internal = has_endpoints and (bool(local_eps) if sp.itp_local else True)
+        external_policy_chain = svl_chain if sp.etp_local else svc_chain
+        has_external = has_endpoints and (bool(local_eps) if sp.etp_local else True)
+        uses_ext_chain = has_endpoints and sp.externally_accessible
+        uses_fw = has_endpoints and bool(sp.lb_ips) and bool(sp.source_ranges)
+        lb_chain = fw_chain if uses_fw else ext_chain
+        if not has_endpoints:
+            int_target, int_comment = "REJECT", f'"{key} has no endpoints"'
+            ext_target, ext_comment = int_target, int_comment
+        else:
+            int_target, int_comment = "DROP", f'"{key} has no local endpoints"'
+            ext_target, ext_comment = int_target, int_comment
+        for used, name in ((uses_cluster_chain, svc_chain), (uses_local_chain, svl_chain),
+                           (uses_ext_chain, ext_chain), (uses_fw, fw_chain)):
+            if used:
+                self.nat.chain(name)
+        for ep in reachable:
+            self.nat.chain(chain_hash("KUBE-SEP-", key, proto, str(ep)))
+
+        match, dport = f"-m {proto} -p {proto}", f"--dport {sp.port}"
+        # ClusterIP
+        if has_internal:
+            self.nat.add(f'-A KUBE-SERVICES -m comment --comment "{key} cluster IP"', match, f"-d {sp.cluster_ip}",
+                         dport, f"-j {internal_chain}")
+        else:
+            self.filter.add(f"-A KUBE-SERVICES -m comment --comment {int_comment}", match, f"-d {sp.cluster_ip}",
+                            dport, f"-j {int_target}")
+        # externalIPs
+        for ip in sp.external_ips:
+            if has_endpoints:
+                self.nat.add(f'-A KUBE-SERVICES -m comment --comment "{key} external IP"', match, f"-d {ip}", dport,
+                             f"-j {ext_chain}")
+            if not has_external:
+                self.filter.add(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}", match, f"-d {ip}",
+                                dport, f"-j {ext_target}")
+        # LoadBalancer ingress
+        for ip in sp.lb_ips:
+            if has_endpoints:
+                self.nat.add(f'-A KUBE-SERVICES -m comment --comment "{key} loadbalancer IP"', match, f"-d {ip}",
+                             dport, f"-j {lb_chain}")
+            if uses_fw:
+                self.filter.add(f'-A KUBE-PROXY-FIREWALL -m comment --comment "{key} traffic not accepted by '
+                                f'{fw_chain}"', match, f"-d {ip}", dport, "-j DROP")
+        if not has_external:
+            for ip in sp.lb_ips:
+                self.filter.add(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}", match, f"-d {ip}",
+                                dport, f"-j {ext_target}")
+        # NodePort
+        if sp.node_port:
+            if has_endpoints:
+                if self._localhost_nodeports() and cfg.nfacct:
+                    self.nat.add(f"-A KUBE-NODEPORTS -m comment --comment {key}", match, "-d 127.0.0.0/8",
+                                 f"--dport {sp.node_port} -m nfacct --nfacct-name {LOCALHOST_NODEPORTS_COUNTER}",
+                                 f"-j {ext_chain}")
+                self.nat.add(f"-A KUBE-NODEPORTS -m comment --comment {key}", match, f"--dport {sp.node_port}",
+                             f"-j {ext_chain}")
+            if not has_external:
+                self.filter.add(f"-A KUBE-EXTERNAL-SERVICES -m comment --comment {ext_comment}",
+                                "-m addrtype --dst-type LOCAL", match, f"--dport {sp.node_port}", f"-j {ext_target}")
+        if sp.health_check_node_port and sp.load_balancer and sp.etp_local:  # upstream NeedsHealthCheck
+            self.filter.add(f'-A KUBE-NODEPORTS -m comment --comment "{key} health check node port"',
+                            f"-m tcp -p tcp --dport {sp.health_check_node_port} -j ACCEPT")
+        if not has_endpoints:
+            return
+
+        if has_internal:  # off-cluster traffic to the ClusterIP is masqueraded
+            masq = f'-A {internal_chain} -m comment --comment "{key} cluster IP" {match} -d {sp.cluster_ip} {dport}'
+            if cfg.masquerade_all:
+                self.nat.add(masq, "-j KUBE-MARK-MASQ")
+            elif cfg.pod_cidr:
+                self.nat.add(masq, f"! -s {cfg.pod_cidr} -j KUBE-MARK-MASQ")
+        if uses_ext_chain:
+            if not sp.etp_local:
+                self.nat.add(f'-A {ext_chain} -m comment --comment "masquerade traffic for {key} external '
+                             'destinations" -j KUBE-MARK-MASQ')
+            else:
+                if cfg.pod_cidr:  # pods reaching an external IP short-circuit to the cluster chain
+                    self.nat.add(f'-A {ext_chain} -m comment --comment "pod traffic for {key} external '
+                                 f'destinations" -s {cfg.pod_cidr} -j {svc_chain}')
+                self.nat.add(f'-A {ext_chain} -m comment --comment "masquerade LOCAL traffic for {key} external '
+                             'destinations" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ')
+                self.nat.add(f'-A {ext_chain} -m comment --comment "route LOCAL traffic for {key} external '
+                             f'destinations" -m addrtype --src-type LOCAL -j {svc_chain}')
+            if has_external:
+                self.nat.add(f"-A {ext_chain} -j {external_policy_chain}")
+        if uses_fw:
+            head = f'-A {fw_chain} -m comment --comment "{key} loadbalancer IP"'
+            node_ip = ipaddress.ip_address(cfg.node_ip)
+            ranges = [ipaddress.ip_network(r.strip(), strict=False) for r in sp.source_ranges]
+            for net in ranges:
+                self.nat.add(head, f"-s {net}", f"-j {ext_chain}")
+            if any(node_ip in net for net in ranges):  # a node reaching its own VIP arrives from the VIP
+                for ip in sp.lb_ips:
+                    self.nat.add(head, f"-s {ip}", f"-j {ext_chain}")
+            self.nat.add(f'-A {fw_chain} -m comment --comment "other traffic to {key} will be dropped by '
+                         'KUBE-PROXY-FIREWALL"')
+        if uses_cluster_chain:
+            self._to_endpoints(sp, svc_chain, cluster_eps)
+        if uses_local_chain:
+            self._to_endpoints(sp, svl_chain, local_eps)
+        for ep in reachable:
+            sep = chain_hash("KUBE-SEP-", key, proto, str(ep))
+            self.nat.add(f"-A {sep} -m comment --comment {key} -s {ep.ip} -j KUBE-MARK-MASQ")
+            sticky = f"-m recent --name {sep} --set" if sp.affinity_timeout else ""
+            self.nat.add(f"-A {sep} -m comment --comment {key}", sticky, match, f"-j DNAT --to-destination {ep}")
+
+    def _to_endpoints(self, sp: ServicePort, chain: str, endpoints: list[Endpoint]) -> None:
+        key, proto = sp.key, sp.protocol.lower()
+        seps = [(ep, chain_hash("KUBE-SEP-", key, proto, str(ep))) for ep in endpoints]
+        if sp.affinity_timeout:
+            for ep, sep in seps:
+                self.nat.add(f'-A {chain} -m comment --comment "{key} -> {ep}" -m recent --name {sep} --rcheck '
+                             f"--seconds {sp.affinity_timeout} --reap -j {sep}")
+        for i, (ep, sep) in enumerate(seps):
+            stat = (f"-m statistic --mode random --probability {1.0 / (len(seps) - i):0.10f}"
+                    if i < len(seps) - 1 else "")
+            self.nat.add(f'-A {chain} -m comment --comment "{key} -> {ep}"', stat, f"-j {sep}")
+
+    def render(self) -> str:
+        out: list[str] = []
+        for name, table in (("filter", self.filter), ("nat", self.nat)):
+            out.append(f"*{name}")
+            out.extend(f":{c} - [0:0]" for c in table.chains)
+            out.extend(table.rules)
+            out.append("COMMIT")
+        return "\n".join(out) + "\n"
+
+
+def _sync(ports: list[ServicePort], config: Config) -> _Sync:
+    sync = _Sync(config)
+    sync.static()
+    for sp in ports:
+        sync.service(sp)
+    sync.nodeports_jump()
+    return sync
+
+
+def payload(ports: list[ServicePort], config: Config) -> str:
+    """The `iptables-restore` input of a full sync, as upstream's fake iptables records it."""
+    return _sync(ports, config).render()
+
+
+def ensured(config: Config) -> Ruleset:
+    """The chains and jump rules kube-proxy ensures outside the payload. EnsureRule prepends, so the
+    jump ensured last is the first rule of its chain."""
     rs = Ruleset()
-    for chain in ("KUBE-PROXY-FIREWALL", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD",
-                  "KUBE-SERVICES", "KUBE-PROXY-CANARY"):
-        rs.chain("filter", chain)
-    new = "-m conntrack --ctstate NEW"
-    rs.add("filter", "INPUT", f'{new} {comment("kubernetes load balancer firewall")} -j KUBE-PROXY-FIREWALL')
-    rs.add("filter", "INPUT", f'{comment("kubernetes health check service ports")} -j KUBE-NODEPORTS')
-    rs.add("filter", "INPUT",
-           f'{new} {comment("kubernetes externally-visible service portals")} -j KUBE-EXTERNAL-SERVICES')
-    rs.add("filter", "FORWARD", f'{new} {comment("kubernetes load balancer firewall")} -j KUBE-PROXY-FIREWALL')
-    rs.add("filter", "FORWARD", f'{comment("kubernetes forwarding rules")} -j KUBE-FORWARD')
-    rs.add("filter", "FORWARD", f'{new} {comment("kubernetes service portals")} -j KUBE-SERVICES')
-    rs.add("filter", "FORWARD",
-           f'{new} {comment("kubernetes externally-visible service portals")} -j KUBE-EXTERNAL-SERVICES')
-    rs.add("filter", "OUTPUT", f'{new} {comment("kubernetes load balancer firewall")} -j KUBE-PROXY-FIREWALL')
-    rs.add("filter", "OUTPUT", f'{new} {comment("kubernetes service portals")} -j KUBE-SERVICES')
-    rs.add("filter", "KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
-    rs.add("filter", "KUBE-FORWARD",
-           f'{comment("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT')
-    rs.add("filter", "KUBE-FORWARD", f'{comment("kubernetes forwarding conntrack rule")} '
-           "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
-
-    for chain in ("KUBE-SERVICES", "KUBE-POSTROUTING", "KUBE-NODEPORTS", "KUBE-MARK-MASQ", "KUBE-PROXY-CANARY"):
-        rs.chain("nat", chain)
-    rs.add("nat", "PREROUTING", f'{comment("kubernetes service portals")} -j KUBE-SERVICES')
-    rs.add("nat", "OUTPUT", f'{comment("kubernetes service portals")} -j KUBE-SERVICES')
-    rs.add("nat", "POSTROUTING", f'{comment("kubernetes postrouting rules")} -j KUBE-POSTROUTING')
-    rs.add("nat", "KUBE-MARK-MASQ", f"-j MARK --set-xmark {MASQ_MARK}/{MASQ_MARK}")
-    rs.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
-    rs.add("nat", "KUBE-POSTROUTING", f"-j MARK --set-xmark {MASQ_MARK}/0x0")
-    rs.add("nat", "KUBE-POSTROUTING",
-           f'{comment("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully')
+    jumps = [(t, dst, src, f'-m comment --comment "{text}"', "-m conntrack --ctstate NEW" if new else "")
+             for t, dst, src, text, new in JUMPS]
+    if config.localhost_nodeports:
+        jumps += [(t, dst, src, "", "") for t, dst, src in KUBELET_JUMPS]
+    by_chain: dict[tuple[str, str], list[str]] = {}
+    for table, dst, src, note, extra in jumps:
+        rs.chain(table, dst)
+        by_chain.setdefault((table, src), []).insert(0, " ".join(p for p in (extra, note, f"-j {dst}") if p))
+    for (table, src), rules in by_chain.items():
+        for rule in rules:
+            rs.add(table, src, rule)
+    for table in ("filter", "nat"):
+        rs.chain(table, "KUBE-PROXY-CANARY")  # the monitor's canary: its loss triggers a full resync
     return rs
 
 
-def port_name(svc: ResolvedService, port: ResolvedServicePort) -> str:
-    """Upstream ServicePortName.String(): "ns/name" plus ":portname" when the port is named."""
-    return svc.spec.key + (f":{port.spec.name}" if port.spec.name else "")
+def scenario_ports(sc: ResolvedScenario) -> list[ServicePort]:
+    """The scenario's Services as kube-proxy sees them (ready endpoints whose target port resolved)."""
+    out: list[ServicePort] = []
+    for svc in sorted(sc.services, key=lambda s: s.spec.key):
+        spec = svc.spec
+        lb_ips = (svc.load_balancer_ip,) if spec.type == "LoadBalancer" and svc.load_balancer_ip else ()
+        for port in svc.ports:
+            out.append(ServicePort(
+                namespace=spec.namespace, name=spec.name, port_name=port.spec.name or "", port=port.spec.port,
+                protocol=port.spec.protocol, cluster_ip=svc.cluster_ip, load_balancer=spec.type == "LoadBalancer",
+                node_port=port.node_port,
+                external_ips=tuple(spec.external_ips), lb_ips=lb_ips,
+                source_ranges=tuple(spec.load_balancer_source_ranges),
+                etp_local=spec.external_traffic_policy == "Local",
+                endpoints=tuple(Endpoint(e.ip, e.port, e.node, e.ready) for e in port.endpoints
+                                if e.port is not None)))
+    return out
 
 
-def _probability(index: int, count: int) -> str:
-    return f"-m statistic --mode random --probability {1.0 / (count - index):0.10f} "
-
-
-def _endpoint_jumps(rs: Ruleset, chain: str, name: str, proto: str, endpoints: list[_Endpoint]) -> None:
-    for i, ep in enumerate(endpoints):
-        sep = chain_hash("KUBE-SEP-", name, proto, ep.address)
-        stat = _probability(i, len(endpoints)) if i < len(endpoints) - 1 else ""
-        rs.add("nat", chain, f'{comment(f"{name} -> {ep.address}")} {stat}-j {sep}')
-
-
-def _service_port_rules(rs: Ruleset, sc: ResolvedScenario, svc: ResolvedService, port: ResolvedServicePort,
-                        node: str) -> None:
-    name = port_name(svc, port)
-    proto = port.spec.protocol.lower()
-    match_port = f"-p {proto} -m {proto} --dport"
-    endpoints = [_Endpoint(e.ip, e.port, e.node) for e in port.endpoints if e.ready and e.port is not None]
-    local = svc.spec.external_traffic_policy == "Local"
-    external_endpoints = [e for e in endpoints if e.node == node] if local else endpoints
-    svc_chain = chain_hash("KUBE-SVC-", name, proto)
-    ext_chain = chain_hash("KUBE-EXT-", name, proto)
-    cluster_cidr = sc.scenario.cluster_cidr
-
-    if endpoints:
-        for ep in endpoints:
-            sep = rs.chain("nat", chain_hash("KUBE-SEP-", name, proto, ep.address))
-            rs.add("nat", sep, f'-s {ep.ip}/32 {comment(name)} -j KUBE-MARK-MASQ')
-            rs.add("nat", sep, f"-p {proto} {comment(name)} -m {proto} -j DNAT --to-destination {ep.address}")
-        rs.chain("nat", svc_chain)
-        if svc.cluster_ip:
-            rs.add("nat", svc_chain, f'! -s {cluster_cidr} -d {svc.cluster_ip}/32 '
-                   f'{comment(f"{name} cluster IP")} {match_port} {port.spec.port} -j KUBE-MARK-MASQ')
-        _endpoint_jumps(rs, svc_chain, name, proto, endpoints)
-
-    if svc.cluster_ip:
-        if endpoints:
-            rs.add("nat", "KUBE-SERVICES", f'-d {svc.cluster_ip}/32 {comment(f"{name} cluster IP")} '
-                   f"{match_port} {port.spec.port} -j {svc_chain}")
-        else:
-            rs.add("filter", "KUBE-SERVICES", f'-d {svc.cluster_ip}/32 {comment(f"{name} has no endpoints")} '
-                   f"{match_port} {port.spec.port} -j REJECT --reject-with icmp-port-unreachable")
-
-    externals: list[tuple[str, str]] = [(ip, "external IP") for ip in svc.spec.external_ips]
-    if svc.spec.type == "LoadBalancer" and svc.load_balancer_ip:
-        externals.append((svc.load_balancer_ip, "loadbalancer IP"))
-    has_external = bool(externals) or port.node_port is not None
-    if not has_external:
-        return
-    if not external_endpoints:
-        reason, target = (("has no local endpoints", "DROP") if endpoints
-                          else ("has no endpoints", "REJECT --reject-with icmp-port-unreachable"))
-        for ip, _ in externals:
-            rs.add("filter", "KUBE-EXTERNAL-SERVICES", f'-d {ip}/32 {comment(f"{name} {reason}")} '
-                   f"{match_port} {port.spec.port} -j {target}")
-        if port.node_port is not None:
-            rs.add("filter", "KUBE-EXTERNAL-SERVICES", f'{comment(f"{name} {reason}")} '
-                   f"-m addrtype --dst-type LOCAL {match_port} {port.node_port} -j {target}")
-        return
-
-    rs.chain("nat", ext_chain)
-    if local:
-        svl_chain = rs.chain("nat", chain_hash("KUBE-SVL-", name, proto))
-        rs.add("nat", ext_chain, f'-s {cluster_cidr} {comment(f"pod traffic for {name} external destinations")} '
-               f"-j {svc_chain}")
-        rs.add("nat", ext_chain, f'{comment(f"masquerade LOCAL traffic for {name} external destinations")} '
-               "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ")
-        rs.add("nat", ext_chain, f'{comment(f"route LOCAL traffic for {name} external destinations")} '
-               f"-m addrtype --src-type LOCAL -j {svc_chain}")
-        rs.add("nat", ext_chain, f"-j {svl_chain}")
-        _endpoint_jumps(rs, svl_chain, name, proto, external_endpoints)
-    else:
-        rs.add("nat", ext_chain, f'{comment(f"masquerade traffic for {name} external destinations")} '
-               "-j KUBE-MARK-MASQ")
-        rs.add("nat", ext_chain, f"-j {svc_chain}")
-
-    for ip, kind in externals:
-        target = ext_chain
-        ranges = svc.spec.load_balancer_source_ranges if kind == "loadbalancer IP" else []
-        if ranges:
-            target = rs.chain("nat", chain_hash("KUBE-FW-", name, proto))
-            for cidr in ranges:
-                rs.add("nat", target, f'-s {cidr} {comment(f"{name} loadbalancer IP")} -j {ext_chain}')
-            rs.add("filter", "KUBE-PROXY-FIREWALL", f'-d {ip}/32 '
-                   f'{comment(f"{name} traffic not accepted by {target}")} {match_port} {port.spec.port} -j DROP')
-        rs.add("nat", "KUBE-SERVICES", f'-d {ip}/32 {comment(f"{name} {kind}")} '
-               f"{match_port} {port.spec.port} -j {target}")
-    if port.node_port is not None:
-        rs.add("nat", "KUBE-NODEPORTS", f'{comment(name)} {match_port} {port.node_port} -j {ext_chain}')
+def lab_config(sc: ResolvedScenario, node: str) -> Config:
+    # The lab's kernel has no xt_nfacct (kube-proxy then creates no counters) and its iptables has
+    # --random-fully; localhost NodePorts stay on, kube-proxy's default.
+    return Config(node=node, node_ip=sc.node(node).ip, pod_cidr=sc.scenario.cluster_cidr, nfacct=False,
+                  random_fully=True)
 
 
 def rules(sc: ResolvedScenario, node: str) -> Ruleset:
-    """Everything kube-proxy programs on `node` (filter + nat)."""
-    rs = base_rules()
-    for svc in sorted(sc.services, key=lambda s: s.spec.key):
-        if svc.cluster_ip is None:  # headless: DNS only, no proxying
-            continue
-        for port in svc.ports:
-            _service_port_rules(rs, sc, svc, port, node)
-    last = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
-    rs.add("nat", "KUBE-SERVICES", f"{last} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    """Everything kube-proxy programs on `node` (filter + nat): the ensured jumps, then the payload."""
+    config = lab_config(sc, node)
+    rs = ensured(config)
+    sync = _sync(scenario_ports(sc), config)
+    for table_name, table in (("filter", sync.filter), ("nat", sync.nat)):
+        for chain in table.chains:
+            rs.chain(table_name, chain)
+        for line in table.rules:
+            chain, _, rest = line.removeprefix("-A ").partition(" ")
+            rs.add(table_name, chain, rest)
     return rs
 
 

@@ -1,62 +1,29 @@
-"""kube-proxy, nftables mode: the `ip kube-proxy` table a node's kube-proxy would program, as `nft -f` input.
+"""kube-proxy, nftables mode: the `ip kube-proxy` table a node's kube-proxy programs, as upstream writes it.
 
-A pure function of the resolved scenario (and the node, for externalTrafficPolicy: Local), modelled on
-upstream pkg/proxy/nftables/proxier.go (IPv4 only): the services / service-ips / service-nodeports verdict
-maps dispatch to `service-<hash>-ns/name/proto/port` chains, whose `numgen random mod N vmap` picks an
-`endpoint-…` chain that DNATs; `external-…` chains mark for masquerade; `masquerading` SNATs marked
-packets; no-endpoint Services are rejected (goto reject-chain) through the no-endpoint-* maps in
-filter chains, Services with no local endpoints dropped; unallocated ClusterIPs dropped.
+A port of upstream pkg/proxy/nftables/proxier.go (IPv4) for the features the lab uses, checked against
+upstream's `TestOverallNFTablesRules` (tests/lab/test_kubeproxy_upstream.py): `payload(ports, config)` is
+the transaction of one full sync in knftables' dump syntax (`add table/set/map/chain/rule/element ...`),
+which `nft -f` reads as is. The services / service-ips / service-nodeports verdict maps dispatch to
+`service-<hash>-ns/name/proto/port` chains, whose `numgen random mod N vmap` picks an `endpoint-…` chain
+that DNATs; `external-…` chains mark for masquerade (or short-circuit pod and local traffic under
+externalTrafficPolicy Local); `firewall-…` chains enforce loadBalancerSourceRanges; ClientIP affinity
+uses `affinity-…` dynamic sets; no-endpoint Services are rejected (goto reject-chain) and Services
+without local endpoints dropped through the no-endpoint-* maps; unallocated ClusterIPs are dropped.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
+import ipaddress
 
-from lab.scenario import ResolvedScenario, ResolvedService, ResolvedServicePort
+from lab.kubeproxy import MASQ_MARK, Config, Endpoint, ServicePort, scenario_ports
+from lab.scenario import ResolvedScenario
 
 TABLE = "kube-proxy"
-MASQ_MARK = "0x4000"
 CHAIN_NAME_MAX = 256 - 1
-
-
-@dataclass
-class NftTable:
-    """Chains, sets/maps and elements of one table, rendered as a `nft -f` script."""
-
-    chains: dict[str, list[str]] = field(default_factory=dict)
-    heads: dict[str, str] = field(default_factory=dict)  # base-chain headers
-    sets: list[str] = field(default_factory=list)
-    elements: dict[str, list[str]] = field(default_factory=dict)
-
-    def chain(self, name: str, head: str | None = None) -> str:
-        self.chains.setdefault(name, [])
-        if head:
-            self.heads[name] = head
-        return name
-
-    def add(self, chain: str, rule: str) -> None:
-        self.chains.setdefault(chain, []).append(rule)
-
-    def element(self, set_name: str, element: str) -> None:
-        self.elements.setdefault(set_name, []).append(element)
-
-    def render(self) -> str:
-        # replace the whole table atomically, as kube-proxy's full resync does
-        out = [f"add table ip {TABLE}", f"delete table ip {TABLE}", f"table ip {TABLE} {{",
-               '\tcomment "rules for kube-proxy"']
-        out.extend(f"\t{s}" for s in self.sets)
-        for name, rules in self.chains.items():
-            out.append(f"\tchain {name} {{")
-            if name in self.heads:
-                out.append(f"\t\t{self.heads[name]}")
-            out.extend(f"\t\t{r}" for r in rules)
-            out.append("\t}")
-        out.append("}")
-        for set_name, elements in self.elements.items():
-            out.append(f"add element ip {TABLE} {set_name} {{ {', '.join(elements)} }}")
-        return "\n".join(out) + "\n"
+_T = f"ip {TABLE}"
+_KEY = "ipv4_addr . inet_proto . inet_service"
 
 
 def _hash_and_truncate(name: str) -> str:
@@ -66,149 +33,195 @@ def _hash_and_truncate(name: str) -> str:
     return full if len(full) <= CHAIN_NAME_MAX else full[: CHAIN_NAME_MAX - 3] + "..."
 
 
-def _base_name(svc: ResolvedService, port: ResolvedServicePort) -> str:
-    return f"{svc.spec.namespace}/{svc.spec.name}/{port.spec.protocol.lower()}/{port.spec.name or ''}"
+def _base(sp: ServicePort) -> str:
+    return f"{sp.namespace}/{sp.name}/{sp.protocol.lower()}/{sp.port_name}"
 
 
-def _display(svc: ResolvedService, port: ResolvedServicePort) -> str:
-    return svc.spec.key + (f":{port.spec.name}" if port.spec.name else "")
+def _ep_base(sp: ServicePort, ep: Endpoint) -> str:
+    return f"{_base(sp)}__{ep.ip}/{ep.port}"
 
 
-def base_table(sc: ResolvedScenario, node: str) -> NftTable:
-    t = NftTable()
-    t.sets = [
-        'set cluster-ips { type ipv4_addr; comment "Active ClusterIPs"; }',
-        'set nodeport-ips { type ipv4_addr; comment "IPs that accept NodePort traffic"; }',
-        "map firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict; "
-        'comment "destinations that are subject to LoadBalancerSourceRanges"; }',
-        "map no-endpoint-nodeports { type inet_proto . inet_service : verdict; "
-        'comment "vmap to drop or reject packets to service nodeports with no endpoints"; }',
-        "map no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict; "
-        'comment "vmap to drop or reject packets to services with no endpoints"; }',
-        "map service-ips { type ipv4_addr . inet_proto . inet_service : verdict; "
-        'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic"; }',
-        'map service-nodeports { type inet_proto . inet_service : verdict; comment "NodePort traffic"; }',
-    ]
+class _Tx:
+    """The lines of one transaction, in the order a full sync adds them."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def add(self, kind: str, rest: str) -> None:
+        self.lines.append(f"add {kind} {_T} {rest}")
+
+    def rule(self, chain: str, rule: str) -> None:
+        self.add("rule", f"{chain} {rule}")
+
+
+def _base_rules(tx: _Tx, config: Config) -> None:
+    tx.lines.append(f'add table {_T} {{ comment "rules for kube-proxy" ; }}')
+    tx.add("set", 'cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }')
+    tx.add("set", 'nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }')
+    for name, key, comment in (
+            ("firewall-ips", _KEY, "destinations that are subject to LoadBalancerSourceRanges"),
+            ("no-endpoint-nodeports", "inet_proto . inet_service",
+             "vmap to drop or reject packets to service nodeports with no endpoints"),
+            ("no-endpoint-services", _KEY, "vmap to drop or reject packets to services with no endpoints"),
+            ("service-ips", _KEY, "ClusterIP, ExternalIP and LoadBalancer IP traffic"),
+            ("service-nodeports", "inet_proto . inet_service", "NodePort traffic")):
+        tx.add("map", f'{name} {{ type {key} : verdict ; comment "{comment}" ; }}')
+    for name, hook in (
+            ("cluster-ips-check", None), ("filter-prerouting-pre-dnat", "filter hook prerouting priority -110"),
+            ("filter-output-pre-dnat", "filter hook output priority -110"),
+            ("filter-forward", "filter hook forward priority 0"), ("filter-input", "filter hook input priority 0"),
+            ("filter-output", "filter hook output priority 0"), ("firewall-check", None),
+            ("mark-for-masquerade", None), ("masquerading", None), ("nat-output", "nat hook output priority -100"),
+            ("nat-postrouting", "nat hook postrouting priority 100"),
+            ("nat-prerouting", "nat hook prerouting priority -100"), ("nodeport-endpoints-check", None),
+            ("reject-chain", None), ("services", None), ("service-endpoints-check", None)):
+        head = (f" {{ type {hook} ; }}" if hook else
+                ' { comment "helper for @no-endpoint-services / @no-endpoint-nodeports" ; }'
+                if name == "reject-chain" else "")
+        tx.add("chain", name + head)
     new = "ct state new"
-    t.add("cluster-ips-check", 'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"')
-    t.add("cluster-ips-check",
-          f'ip daddr {{ {sc.scenario.service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"')
-    t.chain("filter-prerouting-pre-dnat", "type filter hook prerouting priority -110; policy accept;")
-    t.add("filter-prerouting-pre-dnat", f"{new} jump firewall-check")
-    t.chain("filter-output-pre-dnat", "type filter hook output priority -110; policy accept;")
-    t.add("filter-output-pre-dnat", f"{new} jump firewall-check")
-    t.chain("filter-forward", "type filter hook forward priority 0; policy accept;")
-    t.add("filter-forward", f"{new} jump service-endpoints-check")
-    t.add("filter-forward", f"{new} jump cluster-ips-check")
-    t.chain("filter-input", "type filter hook input priority 0; policy accept;")
-    t.add("filter-input", f"{new} jump nodeport-endpoints-check")
-    t.add("filter-input", f"{new} jump service-endpoints-check")
-    t.chain("filter-output", "type filter hook output priority 0; policy accept;")
-    t.add("filter-output", f"{new} jump service-endpoints-check")
-    t.add("filter-output", f"{new} jump cluster-ips-check")
-    t.add("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
-    t.add("mark-for-masquerade", f"meta mark set meta mark or {MASQ_MARK}")
-    t.add("masquerading", f"meta mark & {MASQ_MARK} == 0 return")
-    t.add("masquerading", f"meta mark set meta mark xor {MASQ_MARK}")
-    t.add("masquerading", "masquerade fully-random")
-    t.chain("nat-output", "type nat hook output priority -100; policy accept;")
-    t.add("nat-output", "jump services")
-    t.chain("nat-postrouting", "type nat hook postrouting priority 100; policy accept;")
-    t.add("nat-postrouting", "jump masquerading")
-    t.chain("nat-prerouting", "type nat hook prerouting priority -100; policy accept;")
-    t.add("nat-prerouting", "jump services")
-    t.add("nodeport-endpoints-check", "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports")
-    t.add("reject-chain", "reject")
-    t.add("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
-    t.add("services", "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
-    t.add("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
-    t.element("nodeport-ips", sc.node(node).ip)
-    return t
+    tx.rule("cluster-ips-check", 'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"')
+    tx.rule("cluster-ips-check",
+            f'ip daddr {{ {config.service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"')
+    tx.rule("filter-prerouting-pre-dnat", f"{new} jump firewall-check")
+    tx.rule("filter-forward", f"{new} jump service-endpoints-check")
+    tx.rule("filter-forward", f"{new} jump cluster-ips-check")
+    tx.rule("filter-input", f"{new} jump nodeport-endpoints-check")
+    tx.rule("filter-input", f"{new} jump service-endpoints-check")
+    tx.rule("filter-output", f"{new} jump service-endpoints-check")
+    tx.rule("filter-output-pre-dnat", f"{new} jump firewall-check")
+    tx.rule("filter-output", f"{new} jump cluster-ips-check")
+    tx.rule("firewall-check", "ip daddr . meta l4proto . th dport vmap @firewall-ips")
+    tx.rule("mark-for-masquerade", f"mark set mark or {MASQ_MARK}")
+    tx.rule("masquerading", f"mark and {MASQ_MARK} == 0 return")
+    tx.rule("masquerading", f"mark set mark xor {MASQ_MARK}")
+    tx.rule("masquerading", "masquerade fully-random")
+    tx.rule("nat-output", "jump services")
+    tx.rule("nat-postrouting", "jump masquerading")
+    tx.rule("nat-prerouting", "jump services")
+    tx.rule("nodeport-endpoints-check", "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports")
+    tx.rule("reject-chain", "reject")
+    tx.rule("services", "ip daddr . meta l4proto . th dport vmap @service-ips")
+    tx.rule("services", "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
+    node_ip = ipaddress.ip_address(config.node_ip)
+    if any(n.version == 4 and node_ip in n for n in map(ipaddress.ip_network, config.nodeport_addresses)):
+        tx.add("element", f"nodeport-ips {{ {config.node_ip} }}")
+    tx.rule("service-endpoints-check", "ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
 
 
-def _numgen(chains: list[str]) -> str:
-    arms = " , ".join(f"{i} : goto {c}" for i, c in enumerate(chains))
-    return f"numgen random mod {len(chains)} vmap {{ {arms} }}"
+def _service(tx: _Tx, sp: ServicePort, config: Config) -> None:
+    if not sp.cluster_ip or sp.cluster_ip == "None":
+        return
+    proto, base, key = sp.protocol.lower(), _base(sp), sp.key
+    h = _hash_and_truncate(base)
+    svc_chain, ext_chain, local_chain, fw_chain = (f"service-{h}", f"external-{h}", f"local-{h}",
+                                                   f"firewall-{h}")
+    ready = sorted((e for e in sp.endpoints if e.ready), key=lambda e: (e.ip, e.port))
+    uses_cluster = not sp.itp_local or (sp.externally_accessible and not sp.etp_local)
+    uses_local = sp.itp_local or (sp.externally_accessible and sp.etp_local)
+    cluster_eps = ready if uses_cluster else []
+    local_eps = [e for e in ready if e.node == config.node] if uses_local else []
+    reachable = [e for e in ready if e in cluster_eps or e in local_eps]
+    has_endpoints = bool(reachable)
+    internal_chain = local_chain if sp.itp_local else svc_chain
+    has_internal = has_endpoints and (bool(local_eps) if sp.itp_local else True)
+    external_policy_chain = local_chain if sp.etp_local else svc_chain
+    has_external = has_endpoints and (bool(local_eps) if sp.etp_local else True)
+    uses_ext = has_endpoints and sp.externally_accessible
+    uses_fw = has_endpoints and bool(sp.lb_ips) and bool(sp.source_ranges)
+    verdict = "goto reject-chain" if not has_endpoints else "drop"
+    ep_chain = {ep: f"endpoint-{_hash_and_truncate(_ep_base(sp, ep))}" for ep in reachable}
+    affinity = {ep: f"affinity-{_hash_and_truncate(_ep_base(sp, ep))}" for ep in reachable}
 
+    def to_endpoints(chain: str, endpoints: list[Endpoint]) -> None:
+        tx.add("chain", chain)
+        if chain == internal_chain and has_internal:  # off-cluster traffic to the ClusterIP is masqueraded
+            masq = f"ip daddr {sp.cluster_ip}" + ("" if config.masquerade_all else f" ip saddr != {config.pod_cidr}")
+            if config.masquerade_all or config.pod_cidr:
+                tx.rule(chain, f"{masq} jump mark-for-masquerade")
+        if sp.affinity_timeout:
+            for ep in endpoints:
+                tx.rule(chain, f"ip saddr @{affinity[ep]} goto {ep_chain[ep]}")
+        arms = " , ".join(f"{i} : goto {ep_chain[ep]}" for i, ep in enumerate(endpoints))
+        tx.rule(chain, f"numgen random mod {len(endpoints)} vmap {{ {arms} }}")
 
-def _service_port(t: NftTable, sc: ResolvedScenario, svc: ResolvedService, port: ResolvedServicePort,
-                  node: str) -> None:
-    base, name = _base_name(svc, port), _display(svc, port)
-    proto = port.spec.protocol.lower()
-    endpoints = [e for e in port.endpoints if e.ready and e.port is not None]
-    local = svc.spec.external_traffic_policy == "Local"
-    external_endpoints = [e for e in endpoints if e.node == node] if local else endpoints
-    cluster_cidr = sc.scenario.cluster_cidr
-    svc_chain = f"service-{_hash_and_truncate(base)}"
-    ext_chain = f"external-{_hash_and_truncate(base)}"
-
-    ep_chains = {}
-    for ep in endpoints:
-        chain = t.chain(f"endpoint-{_hash_and_truncate(f'{base}__{ep.ip}/{ep.port}')}")
-        t.add(chain, f"ip saddr {ep.ip} jump mark-for-masquerade")
-        t.add(chain, f"meta l4proto {proto} dnat to {ep.ip}:{ep.port}")
-        ep_chains[ep.ip, ep.port] = chain
-    if endpoints:
-        if svc.cluster_ip:
-            t.add(svc_chain, f"ip daddr {svc.cluster_ip} ip saddr != {cluster_cidr} jump mark-for-masquerade")
-        t.add(svc_chain, _numgen([ep_chains[e.ip, e.port] for e in endpoints]))
-
-    def to(ip: str, p: int, chain: str) -> str:
-        return f"{ip} . {proto} . {p} : goto {chain}"
-
-    def no_endpoint(ip: str | None, p: int, verdict: str) -> None:
-        key = f"{ip} . {proto} . {p}" if ip else f"{proto} . {p}"
-        t.element("no-endpoint-services" if ip else "no-endpoint-nodeports", f'{key} comment "{name}" : {verdict}')
-
-    if svc.cluster_ip:
-        t.element("cluster-ips", svc.cluster_ip)
-        if endpoints:
-            t.element("service-ips", to(svc.cluster_ip, port.spec.port, svc_chain))
+    if sp.affinity_timeout:
+        for ep in reachable:
+            tx.add("set", f"{affinity[ep]} {{ type ipv4_addr ; flags dynamic,timeout ; "
+                          f"timeout {sp.affinity_timeout}s ; }}")
+    if cluster_eps:
+        to_endpoints(svc_chain, cluster_eps)
+    if local_eps:
+        to_endpoints(local_chain, local_eps)
+    if uses_ext:
+        tx.add("chain", ext_chain)
+        if not sp.etp_local:
+            tx.rule(ext_chain, "jump mark-for-masquerade")
         else:
-            no_endpoint(svc.cluster_ip, port.spec.port, "goto reject-chain")
+            if config.pod_cidr:
+                tx.rule(ext_chain, f'ip saddr {config.pod_cidr} goto {svc_chain} comment "short-circuit pod traffic"')
+            tx.rule(ext_chain, 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"')
+            tx.rule(ext_chain, f'fib saddr type local goto {svc_chain} comment "short-circuit local traffic"')
+        if has_external:
+            tx.rule(ext_chain, f"goto {external_policy_chain}")
+    for ep in reachable:
+        chain = ep_chain[ep]
+        tx.add("chain", chain)
+        tx.rule(chain, f"ip saddr {ep.ip} jump mark-for-masquerade")
+        if sp.affinity_timeout:
+            tx.rule(chain, f"update @{affinity[ep]} {{ ip saddr }}")
+        tx.rule(chain, f"meta l4proto {proto} dnat to {ep}")
+    if uses_fw:
+        allowed = [str(ipaddress.ip_network(r.strip(), strict=False)) for r in sp.source_ranges]
+        node_ip = ipaddress.ip_address(config.node_ip)
+        if any(node_ip in ipaddress.ip_network(r) for r in allowed):  # a node reaching its VIP comes from it
+            allowed += list(sp.lb_ips)
+        tx.add("chain", fw_chain)
+        tx.rule(fw_chain, f"ip saddr != {{ {', '.join(allowed)} }} drop")
 
-    externals = list(svc.spec.external_ips)
-    if svc.spec.type == "LoadBalancer" and svc.load_balancer_ip:
-        externals.append(svc.load_balancer_ip)
-    if not externals and port.node_port is None:
-        return
-    if not external_endpoints:
-        verdict = "drop" if endpoints else "goto reject-chain"
-        for ip in externals:
-            no_endpoint(ip, port.spec.port, verdict)
-        if port.node_port is not None:
-            no_endpoint(None, port.node_port, verdict)
-        return
-    if local:
-        local_chain = f"local-{_hash_and_truncate(base)}"
-        t.add(ext_chain, f'ip saddr {cluster_cidr} goto {svc_chain} comment "short-circuit pod traffic"')
-        t.add(ext_chain, 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"')
-        t.add(ext_chain, f'fib saddr type local goto {svc_chain} comment "short-circuit local traffic"')
-        t.add(ext_chain, f"goto {local_chain}")
-        t.add(local_chain, _numgen([ep_chains[e.ip, e.port] for e in external_endpoints]))
+    def element(name: str, entry: str) -> None:
+        tx.add("element", f"{name} {{ {entry} }}")
+
+    def no_endpoint(name: str, match: str) -> None:
+        element(name, f'{match} comment "{key}" : {verdict}')
+
+    element("cluster-ips", sp.cluster_ip)
+    if has_internal:
+        element("service-ips", f"{sp.cluster_ip} . {proto} . {sp.port} : goto {internal_chain}")
     else:
-        t.add(ext_chain, "jump mark-for-masquerade")
-        t.add(ext_chain, f"goto {svc_chain}")
-    ranges = svc.spec.load_balancer_source_ranges
-    for ip in externals:
-        t.element("service-ips", to(ip, port.spec.port, ext_chain))
-        if ranges and ip == svc.load_balancer_ip:
-            fw_chain = f"firewall-{_hash_and_truncate(base)}"
-            t.add(fw_chain, f"ip saddr != {{ {', '.join(ranges)} }} drop")
-            t.element("firewall-ips", to(ip, port.spec.port, fw_chain))
-    if port.node_port is not None:
-        t.element("service-nodeports", f"{proto} . {port.node_port} : goto {ext_chain}")
+        no_endpoint("no-endpoint-services", f"{sp.cluster_ip} . {proto} . {sp.port}")
+    for ip in (*sp.external_ips, *sp.lb_ips):
+        if has_endpoints:
+            element("service-ips", f"{ip} . {proto} . {sp.port} : goto {ext_chain}")
+        if not has_external:
+            no_endpoint("no-endpoint-services", f"{ip} . {proto} . {sp.port}")
+    if sp.node_port:
+        if has_endpoints:
+            element("service-nodeports", f"{proto} . {sp.node_port} : goto {ext_chain}")
+        if not has_external:
+            no_endpoint("no-endpoint-nodeports", f"{proto} . {sp.node_port}")
+    if uses_fw:
+        for ip in sp.lb_ips:
+            element("firewall-ips", f"{ip} . {proto} . {sp.port} : goto {fw_chain}")
 
 
-def table(sc: ResolvedScenario, node: str) -> NftTable:
-    t = base_table(sc, node)
-    for svc in sorted(sc.services, key=lambda s: s.spec.key):
-        if svc.cluster_ip is None:  # headless: DNS only, no proxying
-            continue
-        for port in svc.ports:
-            _service_port(t, sc, svc, port, node)
-    return t
+def payload(ports: list[ServicePort], config: Config) -> str:
+    """One full sync's transaction, as upstream's knftables fake dumps it."""
+    tx = _Tx()
+    _base_rules(tx, config)
+    for sp in ports:
+        _service(tx, sp, config)
+    return "\n".join(tx.lines) + "\n"
 
 
 def nft_script(sc: ResolvedScenario, node: str) -> str:
-    return table(sc, node).render()
+    """`nft -f` input replacing the node's whole table atomically, as kube-proxy's full resync does."""
+    n = sc.node(node)
+    config = Config(node=node, node_ip=n.ip, pod_cidr=sc.scenario.cluster_cidr,
+                    service_cidr=sc.scenario.service_cidr, nodeport_addresses=(f"{n.ip}/32",))
+    lines = payload(scenario_ports(sc), config).splitlines()
+    # `nft -f` resolves a goto when it reads the rule: declare every object before the rules and
+    # elements that name them (the same transaction, reordered)
+    declared = [line for line in lines if line.split()[1] in ("table", "set", "map", "chain")]
+    rest = [line for line in lines if line.split()[1] not in ("table", "set", "map", "chain")]
+    return "\n".join([f"add table {_T}", f"delete table {_T}", *declared, *rest]) + "\n"

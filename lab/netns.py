@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
@@ -140,7 +140,7 @@ def enter(netns: str) -> None:
 
 def call_in(netns: str, fn: Callable[[], T]) -> T:
     """Run fn in a fresh thread that lives in `netns`; sockets it creates stay in that namespace."""
-    box: dict[str, object] = {}
+    box: dict[str, Any] = {}  # the thread's value or its exception
 
     def target() -> None:
         try:
@@ -153,8 +153,8 @@ def call_in(netns: str, fn: Callable[[], T]) -> T:
     thread.start()
     thread.join()
     if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
+        raise box["error"]
+    return box["value"]
 
 
 def write_sysctls(netns: str, values: dict[str, str | int]) -> None:

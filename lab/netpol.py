@@ -168,11 +168,12 @@ def _policy_chain(rs: Ruleset, cl: _Cluster, policy: NetworkPolicy, pod: Resolve
         for peer in peers:
             for pport in ports:
                 named = pport is not None and isinstance(pport.port, str) and not pport.port.isdigit()
-                if named and direction == "egress":
+                if named and pport is not None and direction == "egress":
                     # A named egress port means "that port on the destination pod": expand per pod.
                     candidates = (cl.peer_pods(peer, policy.metadata.namespace)
                                   if peer is not None and peer.ip_block is None else
-                                  [p for p in cl.pods if peer is None or _in_block(p.ip, peer.ip_block)])
+                                  [p for p in cl.pods
+                                   if peer is None or peer.ip_block is None or _in_block(p.ip, peer.ip_block)])
                     for target in candidates:
                         number = _named_port(target, str(pport.port), pport.protocol)
                         if number is not None:
@@ -192,14 +193,14 @@ def _policy_chain(rs: Ruleset, cl: _Cluster, policy: NetworkPolicy, pod: Resolve
                 if peer is None:
                     rs.add("filter", chain, f"{port_match} {note} {mark}".strip())
                 elif peer.ip_block is not None:
-                    target = mark
+                    jump = mark
                     if peer.ip_block.except_:
-                        target = "-j " + rs.chain("filter", chain_hash(
+                        jump = "-j " + rs.chain("filter", chain_hash(
                             "KUBE-NWPEXC-", chain, str(index), peer.ip_block.cidr, port_match))
                         for excluded in peer.ip_block.except_:
-                            rs.add("filter", target[3:], f"{flag} {excluded} -j RETURN")
-                        rs.add("filter", target[3:], mark)
-                    rs.add("filter", chain, f"{flag} {peer.ip_block.cidr} {port_match} {note} {target}")
+                            rs.add("filter", jump[3:], f"{flag} {excluded} -j RETURN")
+                        rs.add("filter", jump[3:], mark)
+                    rs.add("filter", chain, f"{flag} {peer.ip_block.cidr} {port_match} {note} {jump}")
                 else:
                     for peer_pod in cl.peer_pods(peer, policy.metadata.namespace):
                         rs.add("filter", chain, f"{flag} {peer_pod.ip}/32 {port_match} {note} {mark}")

@@ -227,6 +227,8 @@ def pod_status_patch(pod: Obj, phase: str, container_ready: dict[str, bool]) -> 
         statuses.append(cs)
     unready = [cs["name"] for cs in statuses if not cs["ready"]]
     all_ready = not unready
+    reason: str | None
+    message: str | None
     if terminal:
         reason, message = "PodCompleted", None
     else:
@@ -389,12 +391,12 @@ def endpoint_objects(service: Obj, pods: list[Obj]) -> list[Obj]:
     )
     groups: dict[tuple[tuple[str, int, str], ...], list[Obj]] = {}
     for pod in selected:
-        ports = []
+        resolved = []
         for sp in service["spec"].get("ports", []):
             number = _resolve_target_port(pod, sp)
             if number is not None:
-                ports.append((sp.get("name", ""), number, sp.get("protocol", "TCP")))
-        groups.setdefault(tuple(ports), []).append(pod)
+                resolved.append((sp.get("name", ""), number, sp.get("protocol", "TCP")))
+        groups.setdefault(tuple(resolved), []).append(pod)
     owner = {"apiVersion": "v1", "kind": "Service", "name": name, "uid": meta["uid"],
              "blockOwnerDeletion": True, "controller": True}
     labels = {"endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
@@ -440,8 +442,8 @@ def endpoint_objects(service: Obj, pods: list[Obj]) -> list[Obj]:
                       "targetRef": {"kind": "Pod", "namespace": ns, "name": p["metadata"]["name"],
                                     "uid": p["metadata"]["uid"]}} for p in live]
         subset: Obj = {}
-        if ready := [a for a, p in zip(addresses, live, strict=True) if pod_is_ready(p)]:
-            subset["addresses"] = ready
+        if ready_addresses := [a for a, p in zip(addresses, live, strict=True) if pod_is_ready(p)]:
+            subset["addresses"] = ready_addresses
         if not_ready := [a for a, p in zip(addresses, live, strict=True) if not pod_is_ready(p)]:
             subset["notReadyAddresses"] = not_ready
         if subset and ports:

@@ -8,6 +8,7 @@ Documented in docs/lab.md; examples in examples/lab/.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -219,16 +220,16 @@ def _with_dns(sc: Scenario) -> Scenario:
         name="coredns", namespace="kube-system", node=sc.nodes[0].name, role="dns",
         labels={"k8s-app": "kube-dns"},
         containers=[Container(name="coredns", ports=[
-            ContainerPort(name="dns", containerPort=53, protocol="UDP"),
-            ContainerPort(name="dns-tcp", containerPort=53, protocol="TCP"),
+            ContainerPort(name="dns", container_port=53, protocol="UDP"),
+            ContainerPort(name="dns-tcp", container_port=53, protocol="TCP"),
         ])],
     )
     svc_net = ipaddress.ip_network(sc.service_cidr)
     dns_svc = ServiceSpec(
         name="kube-dns", namespace="kube-system", selector={"k8s-app": "kube-dns"},
-        clusterIP=str(svc_net.network_address + DNS_SERVICE_HOST),
-        ports=[ServicePort(name="dns", port=53, targetPort="dns", protocol="UDP"),
-               ServicePort(name="dns-tcp", port=53, targetPort="dns-tcp", protocol="TCP")],
+        cluster_ip=str(svc_net.network_address + DNS_SERVICE_HOST),
+        ports=[ServicePort(name="dns", port=53, target_port="dns", protocol="UDP"),
+               ServicePort(name="dns-tcp", port=53, target_port="dns-tcp", protocol="TCP")],
     )
     return sc.model_copy(update={"pods": [*sc.pods, dns_pod], "services": [*sc.services, dns_svc]})
 
@@ -237,7 +238,7 @@ def resolve(sc: Scenario) -> ResolvedScenario:
     sc = _with_dns(sc)
     underlay = ipaddress.ip_network(sc.underlay_cidr)
     cluster = ipaddress.ip_network(sc.cluster_cidr)
-    pod_subnets = cluster.subnets(new_prefix=24)
+    pod_subnets: Iterator[ipaddress.IPv4Network | ipaddress.IPv6Network] = cluster.subnets(new_prefix=24)
     next(pod_subnets)  # .0.0/24 stays unused, like flannel's first lease
     nodes: list[ResolvedNode] = []
     for i, n in enumerate(sc.nodes):

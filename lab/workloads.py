@@ -91,7 +91,7 @@ def _serve(socks: list[socket.socket], dns: dict[str, list[str]] | None) -> None
     buffers: dict[socket.socket, bytes] = {}
     while True:
         for key, _ in sel.select():
-            sock: socket.socket = key.fileobj  # type: ignore[assignment]
+            sock: socket.socket = key.fileobj  # type: ignore[assignment]  # only sockets are registered
             role, is_dns = key.data
             try:
                 if role == "listen":

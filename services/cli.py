@@ -104,8 +104,10 @@ def _settings(args: argparse.Namespace, **extra: Any) -> Any:
     from shared.config import Settings
 
     try:
+        # --live with in-process agents (--agent): they answer the probe and trace its drops
+        live = {"live_probe": True} if getattr(args, "live", False) else {}
         return Settings.from_env(snapshot=getattr(args, "snapshot", None), kubeconfig=getattr(args, "kubeconfig", None),
-                                 collect_timeout_s=getattr(args, "collect_timeout", None), **extra)
+                                 collect_timeout_s=getattr(args, "collect_timeout", None), **{**live, **extra})
     except ValidationError as exc:
         e = exc.errors()[0]
         field = ".".join(map(str, e["loc"]))
@@ -188,6 +190,10 @@ def _request_json(args: argparse.Namespace) -> str:
     body: dict[str, Any] = {"src": args.src, "dst": args.dst, "port": args.port, "protocol": args.protocol}
     if args.collect_timeout is not None:
         body["options"] = {"collect_timeout_s": args.collect_timeout}
+    if args.live:  # the kernel as a second witness (docs/live.md)
+        body.setdefault("options", {})["live"] = True
+        if args.live_timeout is not None:
+            body["options"]["live_timeout_s"] = args.live_timeout
     if args.server:
         return json.dumps(body)
     from shared.intake import RequestInvalid, parse_request
@@ -428,9 +434,18 @@ async def _snapshot_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from services.collector.agent import run_agent
+    import asyncio
 
-    return int(run_agent(_settings(args, nats_url=args.nats_url), args.node, args.netns) or 0)
+    from services.collector.agent import run_agent
+    from shared.bus import BusUnavailable
+
+    try:
+        settings = _settings(args, nats_url=args.nats_url, live_probe=args.live_probe or None,
+                             drop_metrics=args.drop_metrics or None, metrics_port=args.metrics_port)
+        asyncio.run(run_agent(settings, args.node, args.netns))
+    except BusUnavailable as exc:
+        raise CliError(str(exc)) from exc
+    return 0
 
 
 # ------------------------------------------------------------------ parser
@@ -500,6 +515,9 @@ def build_parser(full: str | None = None) -> Parser:
                    help="seconds to wait for node agents (more than 0, at most 60; default 5)")
     d.add_argument("--agent", action="append", metavar="NODE[=NETNS]",
                    help="run a node agent in the embedded stack (repeatable; the lab uses NODE=NETNS)")
+    d.add_argument("--live", action="store_true", help="also probe for real from the source and trace the kernel's "
+                   "drops of that flow (node agents with live probes on); the kernel's answer wins")
+    d.add_argument("--live-timeout", type=float, metavar="SECONDS", help="the live probe's timeout (≤ 5, default 2)")
     d.add_argument("--output", choices=["text", "json"], default="text")
     d.add_argument("-v", "--verbose", action="store_true", help="show every step of every hop")
     d.set_defaults(func=cmd_diagnose)
@@ -524,6 +542,10 @@ def build_parser(full: str | None = None) -> Parser:
     a.add_argument("--node", required=True)
     a.add_argument("--netns", help="named netns that is this node's host namespace (the lab)")
     a.add_argument("--nats", dest="nats_url", help="NATS URL (env NETDIAG_NATS_URL)")
+    a.add_argument("--live-probe", action="store_true", help="answer live probes and trace their kernel drops")
+    a.add_argument("--drop-metrics", action="store_true", help="export kernel drop counters (by reason, location, "
+                   "pod) on the metrics port (--metrics-port / NETDIAG_METRICS_PORT)")
+    a.add_argument("--metrics-port", type=int, help="Prometheus /metrics port")
     a.set_defaults(func=cmd_agent)
 
     m = sub.add_parser("matrix", help="pod-to-pod reachability matrix under the NetworkPolicies of a snapshot")

@@ -47,7 +47,7 @@ def auth_headers() -> dict[str, str]:
 def sse_events(resp: http.client.HTTPResponse) -> Iterator[tuple[str, str]]:
     """(event, data) of a text/event-stream, per the WHATWG rules we use: `event:`/`data:` fields,
     a blank line ends an event, `:` lines are comments (keep-alives). Lines of any length."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     while True:
         raw = resp.readline()
         if not raw:

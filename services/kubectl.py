@@ -55,11 +55,12 @@ def resolve(api: Any, ref: str, namespace: str) -> str:
             return str(pod.status.pod_ip)
         if kind == "service":
             svc = core.read_namespaced_service(name, namespace)
-            if not svc.spec.cluster_ip or svc.spec.cluster_ip == "None":
+            cluster_ip = svc.spec.cluster_ip if svc.spec else None
+            if not cluster_ip or cluster_ip == "None":
                 raise ResolveError(f"service {namespace}/{name} is headless: diagnose one of its pods instead")
-            return str(svc.spec.cluster_ip)
+            return str(cluster_ip)
         node = core.read_node(name)
-        addresses = {a.type: a.address for a in (node.status.addresses or [])}
+        addresses = {a.type: a.address for a in ((node.status and node.status.addresses) or [])}
         if "InternalIP" not in addresses:
             raise ResolveError(f"node {name} reports no InternalIP")
         return str(addresses["InternalIP"])

@@ -7,6 +7,7 @@ findings list, which then refers to it."""
 
 from __future__ import annotations
 
+from shared.live import LiveWitness
 from shared.schemas import Diagnosis, Finding, Hop, HopStatus, Path, Severity, Step, StepAction
 from shared.steps import NatInfo, NetfilterInfo, PolicyInfo, RouteInfo, RuleHit, SecurityGroupInfo, ServiceInfo
 
@@ -106,6 +107,8 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
         out.append("findings:")
         for f in sorted(r.findings, key=lambda f: list(Severity).index(f.severity)):
             out.extend(_finding_lines(f, explained=f is fixed or f.message in r.summary, fixed=f is fixed))
+    if r.live is not None:
+        out.extend(render_live(r.live))
     if r.assumptions:
         out.append("assumptions:")
         for a in r.assumptions:
@@ -114,3 +117,22 @@ def render_diagnosis(d: Diagnosis, verbose: bool = False) -> str:
     if r.paths:
         out.append(r.counts.text)  # the one counting rule, also the UI's
     return "\n".join(out)
+
+
+def render_live(w: LiveWitness) -> list[str]:
+    """The kernel's witness beside the simulation."""
+    out = [f"live witness: {w.agreement} — simulated {w.simulated}, kernel {w.kernel or 'not probed'}"]
+    if w.probe is not None and w.probe.outcome:
+        out.append(f"  probe from {w.probe.src}:{w.probe.sport} on {w.probe.node}: {w.probe.outcome} "
+                   f"({w.probe.detail}, {w.probe.elapsed_ms:.0f} ms)")
+    start = w.probe.started_at if w.probe is not None else None
+    for d in w.drops:
+        codes = f" → {', '.join(d.codes[:3])}{' …' if len(d.codes) > 3 else ''}" if d.codes else ""
+        at = f" +{(d.time - start) * 1000:.0f} ms" if start else ""
+        dev = f" dev {d.device}" if d.device else ""
+        out.append(f"  kernel drop{at}: {d.reason} at {d.location}{dev} in {d.where or d.netns_inode} on {d.node} "
+                   f"({d.protocol} {d.src}:{d.sport} → {d.dst}:{d.dport}){codes}")
+    if w.detail:
+        out.append(f"  {w.detail}")
+    out.extend(f"  note: {n}" for n in w.notes)
+    return out

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from services.cloud.handler import CloudStage
 from services.collector.agent import NodeAgent
 from services.collector.handler import CollectorStage
+from services.collector.probe import ProbeLimits
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink
 from services.simulator.handler import SimulatorStage
@@ -35,6 +36,10 @@ PIPELINE: tuple[StageFactory, ...] = (TopologyStage, CollectorStage, CloudStage,
 
 class EmbeddedStack:
     """`async with EmbeddedStack(settings) as stack:` → `stack.url` is the gateway."""
+
+    @property
+    def node_agents(self) -> list[NodeAgent]:
+        return list(self._agents)
 
     def __init__(
         self,
@@ -94,7 +99,8 @@ class EmbeddedStack:
             # agent is subscribed (a request right after start must not meet NoResponders)
             bus = await Bus.connect_agent(node, self.settings)
             self._buses.append(bus)
-            agent = NodeAgent(bus, node, netns)
+            agent = NodeAgent(bus, node, netns, live=self.settings.live_probe,
+                              probe_limits=ProbeLimits.of(self.settings))
             await agent.start()
             self._agents.append(agent)
         if self.with_gateway:

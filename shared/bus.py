@@ -65,7 +65,7 @@ CHUNK_BYTES = 128 * 1024  # the object store's default chunk
 MAX_OUTSTANDING_PINGS = 3
 # The server's control line is 4 KiB: a longer subject makes it drop the connection, which nats-py
 # then closes for good. Every subject built from event data is checked against this first.
-MAX_SUBJECT = 256
+MAX_SUBJECT = 512
 # A Kubernetes node name (RFC 1123 subdomain, checked loosely): its dots become subject tokens.
 NODE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*")
 MAX_NODE_NAME = 253
@@ -284,7 +284,7 @@ class Bus:
         if not valid_id(diagnosis_id):  # nothing to tell, and no subject to tell it on
             log.warning("no progress published for an invalid diagnosis id %r", str(diagnosis_id)[:40])
             return
-        event = ProgressEvent(id=diagnosis_id, stage=stage, state=state, message=message,  # type: ignore[arg-type]
+        event = ProgressEvent(id=diagnosis_id, stage=stage, state=state, message=message,
                               elapsed_ms=elapsed_ms, detail=detail)
         try:
             await self.nc.publish(progress_subject(diagnosis_id), event.model_dump_json().encode())
@@ -294,7 +294,11 @@ class Bus:
     # ------------------------------------------------------------ blobs
 
     async def put_blob(self, name: str, data: bytes, *, bucket: str = BLOBS_BUCKET) -> BlobRef:
+        """Store `data` as a new object named `name` plus a unique suffix. Never a replacement: a stage
+        re-handling a redelivered message would otherwise purge the first copy's chunks from under a
+        reader that already holds the first reference (ObjectStore.put purges the replaced chunks)."""
         store = await self._store(bucket)
+        name = f"{name}.{secrets.token_hex(6)}"
         await store.put(name, data)
         return BlobRef(bucket=bucket, name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
@@ -305,8 +309,9 @@ class Bus:
         return self.nc.max_payload // 2
 
     async def pack(self, name: str, data: bytes) -> bytes:
-        """`data` itself when small, else a reference to it in the object store (same name → overwritten,
-        so a re-handled message stays idempotent). Readers call `unpack`."""
+        """`data` itself when small, else a reference to it in the object store (a new object each time:
+        a re-handled message's second copy is orphaned, its output de-duplicated, and the bucket's TTL
+        clears it). Readers call `unpack`."""
         if len(data) <= self.inline_max:
             return data
         ref = await self.put_blob(PAYLOADS_PREFIX + name, data)

@@ -105,6 +105,23 @@ _ENTRIES = [
                 "pod {pod} cannot reach itself through its Service",
                 "Enable hairpin: `ip link set {port} type bridge_slave hairpin on` (kubelet "
                 "--hairpin-mode=hairpin-veth or the CNI's hairpinMode)."),
+    FindingCode("BRIDGE_PORT_BLOCKED", E, "bridge port {port} of {bridge} in {where} is in STP state {state}: "
+                "only a forwarding port passes frames ({direction})",
+                "Set the port forwarding: `bridge link set dev {port} state 3` in {where}, or find what "
+                "(STP, a CNI, an operator) disabled it."),
+    FindingCode("TC_DROP", E, "tc drops the packet on {device} ({direction}) in {where}: {filter}",
+                "Inspect `tc qdisc show dev {device}` and `tc filter show dev {device} {direction}` in {where}; "
+                "remove the {filter} if it is not intended."),
+    FindingCode("XDP_DROP", E, "the XDP program {program} on {device} in {where} drops the packet",
+                "Detach it (`ip link set dev {device} xdp off` in {where}) or fix the program that owns it."),
+    FindingCode("BPF_PROGRAM_ON_PATH", W, "the {hook} BPF program {program} on {where} acts on this packet and "
+                "netdiag cannot evaluate it: the outcome there is unknown",
+                "Check the program's owner (a CNI datapath such as Cilium, a load balancer, a security agent) "
+                "or confirm with a live probe (`netdiag diagnose --live`)."),
+    FindingCode("LIVE_DIVERGES", E, "the kernel disagrees with the simulation: the live probe {probe} "
+                "({kernel}), the simulation said {simulated}; {detail}",
+                "The kernel's answer is what happened: trust it. Report this diagnosis to the netdiag "
+                "project (its model missed {detail}) and check the device named there by hand."),
     FindingCode("LINK_DOWN", E, "link {link} in {where} is down", "Bring it up: `ip link set {link} up` "
                 "in {where}; if a pod's eth0, restart the pod so the CNI re-adds its routes."),
     FindingCode("VETH_PEER_MISSING", E, "veth {link} in {where} has no peer",
@@ -130,6 +147,14 @@ _ENTRIES = [
                 "masquerade: only a NAT or route beyond the node can bring the reply back to the pod address",
                 "Check the CNI's masquerade for traffic leaving the cluster (flannel --ip-masq / FLANNEL-POSTRTG, "
                 "calico natOutgoing, ip-masq-agent nonMasqueradeCIDRs), or SNAT the pod CIDR at the NAT gateway."),
+    FindingCode("REPLY_NOT_TRANSLATED", E, "the reply leaves {where} towards {peer} as {actual}, but {peer} "
+                "sent {sent} and accepts only {expected}: {missing}",
+                "Make the reply cross the conntrack entry that translated the request: remove NOTRACK/CT rules "
+                "that match it, masquerade the request ({missing}) so the reply comes back through that node, "
+                "or fix the route that sends the reply around it."),
+    FindingCode("SNAT_ADDRESS_NOT_OWNED", E, "{nat} in {where} rewrites the {side} to {address}, which {where} "
+                "does not own: {owner} owns it, so the {what} goes there",
+                "Translate to an address of {where} itself (MASQUERADE or its own IP), or remove the rule."),
     FindingCode("LB_SOURCE_RANGE_DENY", E, "source {src} is outside loadBalancerSourceRanges {ranges} of "
                 "service {service}", "Add {src} to spec.loadBalancerSourceRanges of {service}."),
     FindingCode("KUBE_PROXY_RULES_MISSING", E, "node {node} has no kube-proxy rules for {what}",
@@ -175,6 +200,55 @@ _ENTRIES = [
 ]
 
 CATALOGUE: dict[str, FindingCode] = {c.code: c for c in _ENTRIES}
+
+# The kernel's `enum skb_drop_reason` (include/net/dropreason-core.h; the `skb:kfree_skb` tracepoint's
+# `reason`) → the finding codes that name that cause. A live probe's drop agrees with the simulation
+# when the simulated cause is one of these. Reasons absent here agree with nothing in particular.
+DROP_REASON_CODES: dict[str, tuple[str, ...]] = {
+    "NETFILTER_DROP": ("IPTABLES_DROP", "NFTABLES_DROP", "NETWORK_POLICY_DENY", "LB_SOURCE_RANGE_DENY",
+                       "NO_LOCAL_ENDPOINT", "SERVICE_NO_ENDPOINT", "KUBE_PROXY_RULES_MISSING", "IPTABLES_REJECT"),
+    "IP_INNOROUTES": ("NO_ROUTE", "ROUTE_BLACKHOLE", "INVALID_ROUTE"),
+    "IP_OUTNOROUTES": ("NO_ROUTE", "ROUTE_BLACKHOLE", "INVALID_ROUTE", "KUBE_PROXY_RULES_MISSING"),
+    # ip_route_input_slow: forwarding off on the ingress device is EHOSTUNREACH, which ip_error reports so
+    # (seen in the lab: ip_forward=0 on either node)
+    "IP_INADDRERRORS": ("IP_FORWARD_DISABLED", "NO_ROUTE", "ROUTE_BLACKHOLE"),
+    # a frame for a MAC the receiver does not own: the sender's neighbour entry is wrong
+    "OTHERHOST": ("NEIGHBOR_FAILED", "INVALID_ROUTE"),
+    "NEIGH_FAILED": ("NEIGHBOR_FAILED", "INVALID_ROUTE"),
+    "NEIGH_QUEUEFULL": ("NEIGHBOR_FAILED",),
+    "IP_RPFILTER": ("RP_FILTER_DROP",),
+    "NO_SOCKET": ("NO_LISTENER",),
+    "SOCKET_FILTER": ("BPF_PROGRAM_ON_PATH",),
+    "TC_INGRESS": ("TC_DROP", "BPF_PROGRAM_ON_PATH"),
+    "TC_EGRESS": ("TC_DROP", "BPF_PROGRAM_ON_PATH"),
+    "QDISC_DROP": ("TC_DROP",),
+    "BRIDGE_INGRESS_STP_STATE": ("BRIDGE_PORT_BLOCKED",),
+    "XDP": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+    "DEV_READY": ("LINK_DOWN", "VETH_PEER_MISSING"),
+    "PKT_TOO_BIG": ("MTU_MISMATCH",),
+    "IP_LOCALNET": ("ROUTE_LOCALNET_DISABLED",),
+    "BPF_CGROUP_EGRESS": ("BPF_PROGRAM_ON_PATH",),
+}
+
+# Where the kernel frees a packet without naming a reason (NOT_SPECIFIED), the freeing function can
+# (each seen in the lab's faults, tests/lab/test_live.py): veth's XDP receive path frees what its
+# program dropped that way (drivers/net/veth.c).
+DROP_LOCATION_CODES: dict[str, tuple[str, ...]] = {
+    # ip_error's EINVAL branch: a blackhole route (incl. via a policy rule) frees without a reason
+    "ip_error": ("ROUTE_BLACKHOLE", "NO_ROUTE"),
+    # br_forward (inlined here) frees a frame it must not send back out of its ingress port (hairpin
+    # off) or out of a port that is not forwarding
+    "br_handle_frame_finish": ("HAIRPIN_DISABLED", "BRIDGE_PORT_BLOCKED"),
+    "br_forward": ("HAIRPIN_DISABLED", "BRIDGE_PORT_BLOCKED"),
+    "veth_xdp_rcv_skb": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+    "veth_xdp_rcv_one": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+    "do_xdp_generic": ("XDP_DROP", "BPF_PROGRAM_ON_PATH"),
+}
+
+
+def drop_codes(reason: str, location: str) -> tuple[str, ...]:
+    """The finding codes a kernel drop (reason, freeing function) stands for; () when it names none."""
+    return DROP_REASON_CODES.get(reason) or DROP_LOCATION_CODES.get(location, ())
 
 SEED_CODES = (
     "POD_NOT_READY", "NETWORK_POLICY_DENY", "NO_LISTENER", "NO_ROUTE", "INVALID_ROUTE",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -9,6 +10,12 @@ from pydantic import BaseModel, Field, field_validator
 
 # Namespaces whose ConfigMaps CNI / kube-proxy detection reads (the topology stage's live source).
 DEFAULT_CONFIGMAP_NAMESPACES = ("kube-system", "kube-flannel", "calico-system")
+
+
+@functools.lru_cache(maxsize=8)
+def _read_key(path: Path) -> bytes | None:
+    """Read once per process (every final event is signed or checked with it)."""
+    return path.read_text().strip().encode() or None
 
 
 class Settings(BaseModel):
@@ -77,6 +84,13 @@ class Settings(BaseModel):
                                              "gateway whose X-Forwarded-For names the client (rate limit, stream cap)")
     rate_limit_burst: int = Field(40, ge=1, description="requests a client may send at once")
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus /metrics port (None: off)")
+    live_probe: bool = Field(False, description="node agents answer live probes and trace the kernel's drops of "
+                             "them (bpftrace); diagnoses may then ask for `live: true`")
+    probe_rate_per_s: float = Field(5.0, gt=0, le=100, description="live probes per second per node agent")
+    probe_concurrency: int = Field(4, ge=1, le=64, description="live probes one node agent runs at once")
+    drop_metrics: bool = Field(False, description="node agents export kernel drop counters (bpftrace, counted "
+                               "in the kernel) as netdiag_kernel_drops_total on the metrics port")
+    drop_metrics_interval_s: int = Field(5, ge=1, le=300, description="how often the kernel's counts are read")
     configmap_namespaces: tuple[str, ...] = Field(
         DEFAULT_CONFIGMAP_NAMESPACES, description="comma-separated namespaces whose ConfigMaps detection reads"
     )
@@ -92,7 +106,7 @@ class Settings(BaseModel):
 
     def signing_key(self) -> bytes | None:
         if self.result_key_file is not None:
-            return self.result_key_file.read_text().strip().encode() or None
+            return _read_key(self.result_key_file)
         return self.result_key.encode() if self.result_key else None
 
     @classmethod

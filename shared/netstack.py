@@ -16,6 +16,18 @@ from pydantic import BaseModel, Field
 NODE_DUMP_VERSION = 1
 
 
+BRIDGE_PORT_STATES = ("disabled", "listening", "learning", "forwarding", "blocking")  # BR_STATE_* 0..4
+
+
+class BridgePort(BaseModel):
+    """IFLA_PROTINFO / IFLA_BRPORT_*: only a `forwarding` port passes frames (br_forward.c should_deliver,
+    br_input.c br_handle_frame)."""
+
+    state: str = "forwarding"
+    learning: bool = True
+    flooding: bool = True  # unicast flood to unknown destinations
+
+
 class Link(BaseModel):
     index: int
     name: str
@@ -32,6 +44,9 @@ class Link(BaseModel):
     vxlan: dict[str, Any] | None = None  # id, port, local, dev, learning
     tunnel: dict[str, Any] | None = None  # ipip/gre: local, remote, dev
     hairpin: bool | None = None  # bridge port flag
+    bridge_port: BridgePort | None = Field(
+        None, description="a bridge port's STP state and flags; null on a port: not read (older agent)")
+    vlan_filtering: bool | None = Field(None, description="a bridge's VLAN filtering; null: not read / not a bridge")
     addresses: list[str] = Field(default_factory=list, description="CIDR form, e.g. 10.244.1.1/24")
 
 
@@ -91,6 +106,60 @@ class Socket(BaseModel):
     state: str = "LISTEN"
 
 
+class TcQdisc(BaseModel):
+    dev: str
+    kind: str  # noqueue, pfifo_fast, mq, fq_codel, htb, tbf, blackhole, clsact, ingress …
+    handle: str  # iproute2 form, "8001:" / "1:20"
+    parent: str  # "root", "ingress" (clsact/ingress), or the parent class handle ("1:20")
+    options: dict[str, Any] = Field(default_factory=dict, description="decoded where the walk needs it "
+                                    "(htb: default class)")
+
+
+class TcAction(BaseModel):
+    kind: str  # gact, police, mirred, bpf …
+    control: list[str] = Field(default_factory=list, description="control actions in order (gact: the verdict; "
+                               "police: exceed, then conform)")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TcFilter(BaseModel):
+    dev: str
+    parent: str  # "ingress" / "egress" (clsact/ingress qdisc) or the qdisc handle it hangs on ("1:")
+    kind: str  # u32, bpf, matchall, flower, basic …
+    protocol: str = "all"  # ip, ipv6, all, 802.1q …
+    pref: int = 0
+    chain: int = 0
+    handle: str | None = None
+    classid: str | None = None  # flowid / classid the filter assigns
+    keys: list[dict[str, Any]] = Field(default_factory=list, description="u32: {value, mask, off, offmask} "
+                                       "(32-bit words, hex, offsets from the network header)")
+    link: str | None = None  # u32 hash-table link (not evaluated)
+    actions: list[TcAction] = Field(default_factory=list)
+    bpf: dict[str, Any] | None = None  # bpf filter: {id, name, direct_action}
+    options: dict[str, Any] = Field(default_factory=dict, description="the rest of `tc -j` options, verbatim")
+
+
+class TcState(BaseModel):
+    qdiscs: list[TcQdisc] = Field(default_factory=list)
+    filters: list[TcFilter] = Field(default_factory=list)
+
+
+class XdpProgram(BaseModel):
+    dev: str
+    mode: str  # driver, generic (skb), offload, multi
+    prog_id: int
+    name: str | None = None
+    constant: int | None = Field(None, description="the XDP action when the program only returns a constant "
+                                 "(xlated `r0 = K; exit`): 0 aborted, 1 drop, 2 pass, 3 tx, 4 redirect")
+
+
+class CgroupProgram(BaseModel):
+    cgroup: str  # path in the cgroup2 hierarchy: '/' is the root, pods live under …kubepods…
+    attach_type: str  # ingress, egress (cgroup_skb), connect4, sendmsg4, sock_create … (bpftool names)
+    prog_id: int
+    name: str | None = None
+
+
 class IptablesState(BaseModel):
     backend: str  # legacy, nft
     save: str  # `iptables-<backend>-save` output, verbatim
@@ -125,6 +194,8 @@ class NetnsDump(BaseModel):
     netfilter: NetfilterState = Field(default_factory=NetfilterState)
     sockets: list[Socket] = Field(default_factory=list)
     counters: dict[str, int] = Field(default_factory=dict, description="e.g. TcpExt.IPReversePathFilter")
+    tc: TcState | None = Field(None, description="tc qdiscs and filters; null: not read (older agent)")
+    xdp: list[XdpProgram] | None = Field(None, description="XDP programs on links; null: not read (older agent)")
     errors: list[str] = Field(default_factory=list, description="what could not be read, and why")
 
 
@@ -144,6 +215,8 @@ class NodeDump(BaseModel):
     facts: NodeFacts = Field(default_factory=NodeFacts)
     host: NetnsDump
     pods: list[NetnsDump] = Field(default_factory=list)
+    cgroup_bpf: list[CgroupProgram] | None = Field(
+        None, description="BPF programs attached to cgroups (node-wide); null: not read (older agent, no bpftool)")
     errors: list[str] = Field(default_factory=list)
 
 

@@ -29,6 +29,7 @@ from pydantic_core import PydanticCustomError
 # re-exported: contracts import these names from here
 from shared.findings import Assumption, Finding
 from shared.findings import Severity as Severity
+from shared.live import MAX_PROBE_TIMEOUT_S, LiveWitness
 from shared.steps import IPAddress as IPAddress
 from shared.steps import StepAction as StepAction
 from shared.steps import StepInfo, StepKind, from_evidence, step_info
@@ -112,6 +113,9 @@ class DiagnosisOptions(Strict):
 
     collect_timeout_s: float = Field(5.0, gt=0, le=60, description="deadline for node agents to answer")
     check_reply: bool = Field(True, description="also trace the reply path")
+    live: bool = Field(False, description="also probe for real from the source's namespace and trace the kernel's "
+                       "drops of that flow (node agents with live probes on); the result gains a `live` section")
+    live_timeout_s: float = Field(2.0, gt=0, le=MAX_PROBE_TIMEOUT_S, description="the live probe's timeout")
 
 
 class DiagnosisRequest(Strict):
@@ -345,13 +349,14 @@ class DiagnosisResult(BaseModel):
     paths: list[Path] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+    live: LiveWitness | None = Field(None, description="the kernel's witness of the same flow (options.live)")
 
     @computed_field  # type: ignore[prop-decorator]  # pydantic's documented spelling
     @property
     def counts(self) -> PathCounts:
         return PathCounts.of(self.paths)
 
-    @computed_field  # type: ignore[prop-decorator]
+    @computed_field  # type: ignore[prop-decorator]  # pydantic's documented use on a property
     @property
     def first_failure(self) -> FirstFailure | None:
         return FirstFailure.of(self.paths, self.findings)

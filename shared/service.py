@@ -8,8 +8,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -90,10 +91,10 @@ async def serve(factory: StageFactory, settings: Settings, stop: asyncio.Event |
         await shutdown_tracing(spans)
 
 
-def run_service(name: str, main: Callable[[], object]) -> None:
+def run_service(name: str, main: Callable[[], Coroutine[Any, Any, object]]) -> None:
     """asyncio.run(main()) with the two ways a service ends for NATS said plainly."""
     try:
-        asyncio.run(main())  # type: ignore[arg-type]
+        asyncio.run(main())
     except BusUnavailable as exc:
         print(f"netdiag {name}: {exc}. Check NETDIAG_NATS_URL / --nats and that NATS is running.", file=sys.stderr)
         raise SystemExit(EXIT_NO_BUS) from None

@@ -25,6 +25,7 @@ import socket
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 from nats.aio.msg import Msg
@@ -33,7 +34,7 @@ from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.bus import STREAM, SUBJECT_COMPLETED, Bus, is_transient, valid_id
+from shared.bus import STREAM, SUBJECT_COMPLETED, BlobUnreadable, Bus, is_transient, valid_id
 from shared.logs import log_context
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.security import SIGNATURE_HEADER, signature_valid
@@ -109,11 +110,15 @@ class StageRunner:
         self.rejected = 0
         self.last_poll = time.monotonic()  # the fetch loop's heartbeat (liveness)
         self.running = False
+        self._awaiting_slot = False
 
     @property
     def alive(self) -> bool:
         """Still pulling: the loop turns (a fetch returns at least every second) and the bus lives."""
-        return self.running and not self.bus.lost.is_set() and time.monotonic() - self.last_poll < STALL_S
+        if not self.running or self.bus.lost.is_set():
+            return False
+        # waiting for a free slot is a busy replica, not a wedged one: its handlers' heartbeats speak for it
+        return self._awaiting_slot or time.monotonic() - self.last_poll < STALL_S
 
     async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
         s = self.bus.settings
@@ -147,7 +152,12 @@ class StageRunner:
             try:
                 if sub is None:
                     sub = await self._subscribe()
-                await self._slots.acquire()
+                self._awaiting_slot = True
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self._awaiting_slot = False
+                self.last_poll = time.monotonic()
                 try:
                     msgs = await _fetch_or_stop(sub, stopping)
                 except BaseException:
@@ -183,7 +193,16 @@ class StageRunner:
 
     async def _process(self, msg: Msg) -> None:
         try:
-            env = StageEnvelope.model_validate_json(await self.bus.unpack(msg.data))
+            data = await self.bus.unpack(msg.data)
+        except BlobUnreadable as exc:  # a packed envelope whose blob is gone: nothing to retry into shape
+            await self._poison(msg, exc)
+            return
+        except (nats.errors.Error, TimeoutError) as exc:  # the bus, not the event: later
+            with contextlib.suppress(nats.errors.Error):
+                await msg.nak(delay=backoff_s(exc, msg.metadata.num_delivered))
+            return
+        try:
+            env = StageEnvelope.model_validate_json(data)
         except ValidationError as exc:
             await self._poison(msg, exc)
             return
@@ -261,7 +280,7 @@ class StageRunner:
             return
         await msg.ack()
 
-    async def _poison(self, msg: Msg, exc: ValidationError) -> None:
+    async def _poison(self, msg: Msg, exc: ValidationError | BlobUnreadable) -> None:
         """An unparseable event cannot be retried into shape: terminate it, count it, and fail its
         diagnosis when it names a real one, so it is visible rather than lost. A field used in a subject
         or key (the id) that is not in our own format is never used at all."""
@@ -296,8 +315,10 @@ class StageRunner:
         await fail_diagnosis(self.bus, self.stage, env, reason.removeprefix(f"stage {self.stage.name} failed: "))
 
 
-def _short_errors(exc: ValidationError, n: int = 3) -> str:
+def _short_errors(exc: ValidationError | BlobUnreadable, n: int = 3) -> str:
     """Pydantic's errors without the input (which may be 5,000 characters of id)."""
+    if isinstance(exc, BlobUnreadable):
+        return str(exc)
     return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:n])
 
 
@@ -340,7 +361,7 @@ async def _keep_alive(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
             await task
 
 
-async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[bool]) -> list[Msg]:
+async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[Any]) -> list[Msg]:
     """fetch(1), abandoned as soon as the runner is told to stop, so shutdown does not wait out
     the long poll (a message the server sent meanwhile is redelivered after ack_wait)."""
     fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))

@@ -406,6 +406,8 @@ _ADAPTER: TypeAdapter[Any] = TypeAdapter(StepInfo)
 
 def step_info(kind: StepKind, **fields: Any) -> _Info:
     """The detail model of `kind` from keyword fields (None values are left out)."""
+    if "legacy_evidence" in fields:  # only loading a stored result may fill it (Step's validator)
+        raise TypeError("legacy_evidence is for results stored before typed steps; give the typed fields")
     info: _Info = _ADAPTER.validate_python({"kind": kind, **{k: v for k, v in fields.items() if v is not None}})
     return info
 

@@ -105,7 +105,8 @@ class ClusterInfo(BaseModel):
         None, description="None = unknown (assume enforced, stated as an assumption)"
     )
     kube_proxy_mode: str = Field("unknown", description="iptables, ipvs, nftables, unknown")
-    pod_cidrs: list[str] = Field(default_factory=list)
+    pod_cidrs: list[str] = Field(default_factory=list, description="the pod network: the union of the nodes' "
+                                 "podCIDRs as the fewest CIDRs (each node's own is on its Node object)")
     service_cidrs: list[str] = Field(default_factory=list)
     cluster_dns: list[IPvAnyAddress] = Field(default_factory=list)
     node_addresses: dict[str, list[IPvAnyAddress]] = Field(

@@ -225,7 +225,7 @@ def describe_security_group_attribute(state: State, params: Params) -> dict[str,
                   "InvalidSecurityGroupId.NotFound")
     rules = []
     for n, rule in enumerate(group.get("Permissions", [])):
-        body = {k: "" for k in _RULE_FIELDS}
+        body: dict[str, Any] = dict.fromkeys(_RULE_FIELDS, "")
         body.update({"SecurityGroupRuleId": f"sgr-{group['SecurityGroupId']}-{n}", "NicType": "intranet",
                      "Policy": "Accept", "Priority": 1, "SourcePortRange": "", "CreateTime": ""})
         body.update(rule)

@@ -208,7 +208,7 @@ class CloudEmulator:
             await self._runner.setup()
             site = web.TCPSite(self._runner, self.host, self.port)
             await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # started above
             started.set()
 
         def run() -> None:

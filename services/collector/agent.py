@@ -22,18 +22,34 @@ import math
 import re
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, ValidationError
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ValidationError
 
+from services.collector.dropmetrics import DropMetrics
+from services.collector.droptrace import DropCounter, DropTracer
+from services.collector.probe import ProbeLimits, Prober
 from services.collector.reader import collect_node, warm_host_nft_cache
 from services.collector.reader.netns import host_ref
 from shared.bus import Bus, is_transient, node_collect_subject
+from shared.collect import CollectReply, CollectRequest
+from shared.collect import request_dump as request_dump  # the client side, re-exported
 from shared.config import Settings
 from shared.health import Health
+from shared.live import (
+    DropsReply,
+    DropsRequest,
+    ProbeReply,
+    ProbeRequest,
+    TracingStatus,
+    node_drops_subject,
+    node_probe_subject,
+)
 from shared.logs import log_context
-from shared.schemas import BlobRef
+from shared.metrics import start_metrics_server
 from shared.service import BusLost, start_health_server
 
 log = logging.getLogger("netdiag.agent")
@@ -44,29 +60,10 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt(3)
 MMAP_THRESHOLD_BYTES = 256 * 1024
 MAX_DUMP_BYTES = 32 * 1024 * 1024  # compressed; NATS object store chunks it, but bounded on purpose
 CLOCK_SKEW_S = 1.0  # a deadline is the requester's wall clock: allow NTP-level skew between nodes
+TRACE_SETTLE_S = 0.05  # bpftrace prints each event as its perf buffer wakes it (line-buffered)
+TRACE_SKEW_S = 0.5  # a drops window spans nodes' wall clocks
+TRACER_WAIT_S = 20.0  # a probe waits this long for a tracer still attaching (bpftrace compiles for seconds)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-class CollectRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    node: str = Field(min_length=1, max_length=253)
-    diagnosis_id: str | None = Field(None, max_length=64)
-    pod_ips: dict[IPvAnyAddress, str] = Field(
-        default_factory=dict, max_length=100_000, description="pod IP → 'namespace/name', to name pod namespaces")
-    deadline: float | None = Field(None, description="epoch seconds after which the requester no longer waits")
-
-
-class CollectReply(BaseModel):
-    node: str
-    ok: bool
-    blob: BlobRef | None = None
-    error: str | None = None
-    retryable: bool = Field(False, description="the failure was the bus's (a timeout, a disconnection), not the "
-                            "node's: the requester retries rather than report missing data")
-    duration_ms: float = 0.0
-    namespaces: int = 0
-    size: int = Field(0, description="uncompressed JSON bytes")
 
 
 @dataclass
@@ -90,10 +87,17 @@ def queue_group(node: str) -> str:
 
 
 def blob_name(node: str, diagnosis_id: str | None) -> str:
-    """Named by diagnosis and node, and unique per collection: an agent never replaces an object, which
-    would take reading and purging the bucket (rights an agent does not have). The bucket's TTL clears them."""
+    """A dump in the shared blob bucket (the collector's, from a snapshot): by diagnosis and node."""
+    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else f"adhoc-{time.time_ns()}"
+    return f"nodes/{key}/{_SAFE.sub('_', node)}.json.gz"
+
+
+def node_blob_name(diagnosis_id: str | None) -> str:
+    """A dump in the node's own bucket (the agent's): unique per collection, since an agent never
+    replaces an object (that would take reading and purging the bucket, rights it does not have); the
+    bucket's TTL clears them. Short, as it becomes a subject token (base64) after the bucket's name."""
     key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else "adhoc"
-    return f"nodes/{key}/{_SAFE.sub('_', node)}-{time.time_ns():x}.json.gz"
+    return f"{key}/{time.time_ns():x}.json.gz"
 
 
 class NodeAgent:
@@ -103,7 +107,8 @@ class NodeAgent:
 
     def __init__(self, bus: Bus, node: str, netns: str | None = None,
                  max_dump_bytes: int = MAX_DUMP_BYTES, nft_refresh_s: float | None = None,
-                 clock_skew_s: float = CLOCK_SKEW_S) -> None:
+                 clock_skew_s: float = CLOCK_SKEW_S, live: bool = False,
+                 probe_limits: ProbeLimits | None = None) -> None:
         self.bus = bus
         self.node = node
         self.netns = netns
@@ -111,19 +116,102 @@ class NodeAgent:
         self.nft_refresh_s = nft_refresh_s
         self.clock_skew_s = clock_skew_s
         self.collections = 0  # collections run (shared ones once)
-        self._sub = None
+        self._sub: Subscription | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one collection at a time: bounded CPU and memory per node
         self._current: _Collection | None = None
         self._answering: set[asyncio.Task[None]] = set()
+        # live probes (off unless asked): the prober and the process's drop tracer
+        self.live = live
+        self.prober = Prober(node, netns, probe_limits) if live else None
+        self.tracer: DropTracer | None = None
+        self._tracer_task: asyncio.Task[DropTracer] | None = None
+        self._live_subs: list[object] = []
+        self.drop_metrics: DropMetrics | None = None  # names pods in the drop counters after each collection
 
     async def start(self) -> None:
         self._sub = await self.bus.subscribe(node_collect_subject(self.node), queue=queue_group(self.node),
                                              cb=self._on_request)
+        if self.live:
+            # the tracer compiles for seconds: probes are answered meanwhile, their drops say "starting"
+            self._tracer_task = asyncio.create_task(asyncio.to_thread(DropTracer.acquire))
+            for subject, handler in ((node_probe_subject(self.node), self._on_probe),
+                                     (node_drops_subject(self.node), self._on_drops)):
+                self._live_subs.append(await self.bus.subscribe(subject, queue=queue_group(self.node),
+                                                                cb=self._answer_in_task(handler)))
+
+    async def tracing_ready(self) -> TracingStatus:
+        """Wait for the drop tracer to attach (or to fail); its status."""
+        if self._tracer_task is None:
+            return TracingStatus(available=False, reason="live probes are off on this agent")
+        self.tracer = await asyncio.shield(self._tracer_task)
+        return self.tracer.status
+
+    def tracing_status(self) -> TracingStatus:
+        if self._tracer_task is None:
+            return TracingStatus(available=False, reason="live probes are off on this agent")
+        if not self._tracer_task.done():
+            return TracingStatus(available=False, reason="the drop tracer is still starting on this node")
+        return self._tracer_task.result().status
+
+    def _answer_in_task(self, handler: Callable[[bytes], Awaitable[BaseModel]]) -> Callable[[Msg], Awaitable[None]]:
+        async def on_msg(msg: Msg) -> None:
+            async def respond() -> None:
+                reply = await handler(msg.data)
+                if msg.reply:
+                    await msg.respond(reply.model_dump_json().encode())
+
+            task = asyncio.create_task(respond())
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
+
+        return on_msg
+
+    async def _on_probe(self, data: bytes) -> ProbeReply:
+        assert self.prober is not None
+        try:
+            request = ProbeRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return ProbeReply(node=self.node, ok=False, error=f"invalid request: {exc.errors()[:3]}")
+        if self._tracer_task is not None and not self._tracer_task.done():
+            # an agent that just started: probe once its tracer watches, or the drops go unseen
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tracer_task), TRACER_WAIT_S)
+        reply = await self.prober.probe(request)
+        reply.tracing = self.tracing_status()
+        return reply
+
+    async def _on_drops(self, data: bytes) -> DropsReply:
+        try:
+            request = DropsRequest.model_validate_json(data)
+        except ValidationError as exc:
+            return DropsReply(node=self.node, ok=False, error=f"invalid request: {exc.errors()[:3]}")
+        if request.node != self.node:
+            return DropsReply(node=self.node, ok=False, error=f"this agent serves node {self.node!r}")
+        status = self.tracing_status()
+        if not status.available or self._tracer_task is None:
+            return DropsReply(node=self.node, ok=True, tracing=status)
+        tracer = self._tracer_task.result()
+        # events of the probe's last packets may still be in bpftrace's buffers
+        await asyncio.sleep(max(0.0, request.until + TRACE_SETTLE_S - time.time()))
+        assert self.prober is not None
+        inodes = {ref.inode for _, ref, _ in await self.prober.namespaces()}
+        events = tracer.matching(request.sport, request.protocol, request.since - TRACE_SKEW_S,
+                                 request.until + TRACE_SKEW_S, inodes)
+        return DropsReply(node=self.node, ok=True, events=events, tracing=status)
         if self.nft_refresh_s is not None:
             self._refresher = asyncio.create_task(self._keep_nft_rules_read(self.nft_refresh_s))
 
     async def stop(self) -> None:
+        for sub in self._live_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+        self._live_subs = []
+        if self._tracer_task is not None:
+            with contextlib.suppress(Exception):
+                tracer = await self._tracer_task
+                await asyncio.to_thread(tracer.release)
+            self._tracer_task = None
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -214,6 +302,8 @@ class NodeAgent:
     async def _dump(self, pod_ips: dict[str, str]) -> _Dump:
         self.collections += 1
         dump = await asyncio.to_thread(collect_node, self.node, self.netns, pod_ips)
+        if self.drop_metrics is not None:
+            self.drop_metrics.pods.update({p.inode: p.pod for p in dump.pods if p.inode and p.pod})
         duration_ms, namespaces = dump.duration_ms, 1 + len(dump.pods)
         raw = dump.model_dump_json(exclude_none=True).encode()
         raw_size = len(raw)
@@ -226,24 +316,9 @@ class NodeAgent:
             return CollectReply(node=self.node, ok=False, duration_ms=dump.duration_ms,
                                 error=f"dump of {len(dump.data)} compressed bytes exceeds the limit of "
                                       f"{self.max_dump_bytes}")
-        ref = await self.bus.put_node_blob(self.node, blob_name(self.node, request.diagnosis_id), dump.data)
+        ref = await self.bus.put_node_blob(self.node, node_blob_name(request.diagnosis_id), dump.data)
         return CollectReply(node=self.node, ok=True, blob=ref, duration_ms=dump.duration_ms,
                             namespaces=dump.namespaces, size=dump.size)
-
-
-async def request_dump(bus: Bus, node: str, timeout: float, *, diagnosis_id: str | None = None,
-                       pod_ips: dict[str, str] | None = None) -> CollectReply:
-    """Ask node's agent for a dump (client side). Raises TimeoutError / NoRespondersError when
-    nobody answers in time; an invalid reply becomes a failed CollectReply. The request carries
-    the moment this side stops waiting, so the agent skips it if it only gets to it later."""
-    await bus.ensure_node_bucket(node)  # where the agent writes: it may not create it itself
-    request = CollectRequest(node=node, diagnosis_id=diagnosis_id, pod_ips=pod_ips or {},  # type: ignore[arg-type]
-                             deadline=time.time() + timeout)
-    msg = await bus.nc.request(node_collect_subject(node), request.model_dump_json().encode(), timeout=timeout)
-    try:
-        return CollectReply.model_validate_json(msg.data)
-    except ValidationError as exc:
-        return CollectReply(node=node, ok=False, error=f"invalid reply: {exc.errors()[:2]}")
 
 
 def _return_big_buffers_to_the_kernel() -> None:
@@ -267,8 +342,10 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
         host_ref(netns)  # fail at start, clearly, if the namespace does not exist
     _return_big_buffers_to_the_kernel()
     bus = await Bus.connect_agent(node, settings)
-    agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S)
+    agent = NodeAgent(bus, node, netns, nft_refresh_s=NFT_REFRESH_S, live=settings.live_probe,
+                      probe_limits=ProbeLimits.of(settings))
     health = await start_health_server(Health([bus]), settings.health_port)
+    metrics = await _start_drop_metrics(settings, agent) if settings.drop_metrics else None
     try:
         await agent.start()
         log.info("agent for node %s serving %s", node, node_collect_subject(node), extra=log_context(node=node))
@@ -283,3 +360,19 @@ async def run_agent(settings: Settings, node: str, netns: str | None = None,
             await health.cleanup()
         await agent.stop()
         await bus.close()
+        if metrics is not None:
+            metrics.unregister()
+            await asyncio.to_thread(metrics.counter.stop)
+
+
+async def _start_drop_metrics(settings: Settings, agent: NodeAgent) -> DropMetrics:
+    """Kernel drop counters on the metrics port; when tracing is impossible here, say why and go on."""
+    counter = DropCounter(settings.drop_metrics_interval_s)
+    status = await asyncio.to_thread(counter.start)
+    if not status.available:
+        log.warning("drop metrics unavailable: %s", status.reason)
+    metrics = DropMetrics(agent.node, counter, host_ref(agent.netns).inode)
+    agent.drop_metrics = metrics
+    metrics.register()
+    start_metrics_server(settings)
+    return metrics

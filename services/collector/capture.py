@@ -11,8 +11,8 @@ from pathlib import Path
 
 import nats
 
-from services.collector.agent import request_dump
 from shared.bus import Bus
+from shared.collect import request_dump
 from shared.netstack import decode_dump
 
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import nats
 
-from services.collector.agent import request_dump
 from shared import metrics
 from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_COLLECTED, SUBJECT_TOPOLOGY, Bus
 from shared.codes import finding
+from shared.collect import collect_timeout_s, pod_ips_on, request_dump
 from shared.config import Settings
 from shared.hops import node_hop
 from shared.logs import log_context
@@ -35,15 +35,7 @@ log = logging.getLogger("netdiag.collector")
 def pod_ips_for(report: TopologyReport) -> dict[str, str]:
     """Pod IP → 'namespace/name' for pods on the nodes being collected (names pod namespaces)."""
     nodes = set(report.nodes_to_collect)
-    ips: dict[str, str] = {}
-    for pod in report.objects.pods:
-        spec, status, meta = pod.get("spec", {}), pod.get("status", {}), pod.get("metadata", {})
-        if spec.get("hostNetwork") or spec.get("nodeName") not in nodes:
-            continue
-        key = f"{meta.get('namespace', 'default')}/{meta.get('name')}"
-        for entry in status.get("podIPs") or [{"ip": status.get("podIP")}]:
-            if entry.get("ip"):
-                ips[entry["ip"]] = key
+    ips = pod_ips_on(report.objects.pods, nodes)
     for ep in (report.src, report.dst):
         if ep.pod and ep.node in nodes:
             ips.setdefault(str(ep.address), ep.pod)
@@ -74,10 +66,7 @@ class CollectorStage(Stage):
         self._snapshot_blobs = ContentBlobs(bus, "snapshot-nodes")
 
     def timeout_s(self, env: StageEnvelope) -> float:
-        options = env.request.options
-        if "collect_timeout_s" in options.model_fields_set:
-            return options.collect_timeout_s
-        return self.settings.collect_timeout_s
+        return collect_timeout_s(env.request.options, self.settings.collect_timeout_s)
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
         if env.topology is None:

@@ -113,8 +113,6 @@ class Pending:
                              extra=log_context(diagnosis_id=diagnosis_id, stage="gateway"))
 
 
-
-
 # ------------------------------------------------------------------ handlers
 
 
@@ -360,7 +358,8 @@ def _track_stream(request: web.Request) -> None:
 
 
 async def _end_streams(app: web.Application) -> None:
-    for task in list(app[STREAMS]):
+    streams = app[STREAMS]  # (read apart from list(): mypy infers the key's type from the call's context)
+    for task in list(streams):
         task.cancel()  # the stream handlers treat cancellation as the end of the stream
 
 

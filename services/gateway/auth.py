@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from kubernetes import client
 
 from shared.config import Settings
@@ -154,7 +155,7 @@ def _unauthorized(message: str) -> web.Response:
     return web.json_response({"error": message}, status=401, headers={"WWW-Authenticate": 'Bearer realm="netdiag"'})
 
 
-def auth_middleware(valid: Authenticator) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def auth_middleware(valid: Authenticator) -> Middleware:
     async def refusal(candidate: str | None, message: str) -> web.Response | None:
         """None when `candidate` is accepted; else a 401 with `message` (a 503 when it cannot be checked)."""
         try:
@@ -215,7 +216,7 @@ def _trusted(address: str, trusted: Sequence[Network]) -> bool:
     return any(ip in net for net in trusted)
 
 
-def client_middleware(settings: Settings | None) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def client_middleware(settings: Settings | None) -> Middleware:
     """Sets request[CLIENT] (see client_address) for the rate limit and the stream cap."""
     trusted = [ipaddress.ip_network(n, strict=False) for n in (settings.trusted_proxies if settings else ())]
 
@@ -233,7 +234,7 @@ class _Bucket:
     stamp: float = field(default_factory=time.monotonic)
 
 
-def rate_limit_middleware(rps: float, burst: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def rate_limit_middleware(rps: float, burst: int) -> Middleware:
     """A token bucket per client address: `burst` at once, `rps` sustained; 429 with Retry-After."""
     buckets: dict[str, _Bucket] = {}
 
@@ -262,11 +263,11 @@ def rate_limit_middleware(rps: float, burst: int) -> Callable[[web.Request, Hand
 
 def security_middlewares(
     settings: Settings | None,
-) -> list[Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]]:
+) -> list[Middleware]:
     """Rate limit first (an unauthenticated flood is limited too), then authentication."""
     if settings is None:  # an app built for its routes only (the OpenAPI test)
         return []
-    out = []
+    out: list[Middleware] = []
     if settings.rate_limit_rps:
         out.append(rate_limit_middleware(settings.rate_limit_rps, settings.rate_limit_burst))
     authenticator = Authenticator.from_settings(settings)

@@ -124,6 +124,7 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Server-Sent Events: one `result` event (Diagnosis) per "
                                       "diagnosis as it completes", "content": {"text/event-stream": {
                                           "schema": _sse_event("result", "#/components/schemas/Diagnosis")}}},
+                              "429": _error("too many open event streams for this client (Retry-After)"),
                               "503": _error("bus unavailable")},
             }},
             "/api/v1/cluster": {"get": {
@@ -154,7 +155,9 @@ def openapi_document() -> dict[str, Any]:
                                       "content": {"text/event-stream": {"schema": {"oneOf": [
                                           _sse_event("progress", "#/components/schemas/ProgressEvent"),
                                           _sse_event("result", "#/components/schemas/Diagnosis")]}}}},
-                              "404": _error("unknown id"), "503": _error("bus unavailable")},
+                              "404": _error("unknown id"),
+                              "429": _error("too many open event streams for this client (Retry-After)"),
+                              "503": _error("bus unavailable")},
             }},
         },
         "components": {"schemas": schemas},

@@ -17,6 +17,7 @@ from services.natsauth.handler import AUTH_SUBJECT, AgentAuthorizer, serve_callo
 from shared.bus import BusUnavailable, connect_core
 from shared.config import Settings
 from shared.logs import setup_logging
+from shared.service import EXIT_BUS_LOST, BusLost
 from shared.telemetry import setup_process
 
 log = logging.getLogger("netdiag.natsauth")
@@ -32,15 +33,28 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None, ready: as
                 loop.add_signal_handler(sig, stop.set)
     authorizer = AgentAuthorizer.from_settings(settings)
     setup_process("nats-auth", settings)
-    nc = await connect_core(settings.nats_url, "nats-auth", settings, timeout=10)
+    lost = asyncio.Event()  # the connection ended for good (not by us): exit, to be restarted
+    closing = False
+
+    async def closed() -> None:
+        if not closing:
+            lost.set()
+
+    nc = await connect_core(settings.nats_url, "nats-auth", settings, timeout=10, closed_cb=closed)
     try:
         await serve_callout(nc, authorizer)
         log.info("answering %s as issuer %s for %s", AUTH_SUBJECT, authorizer.issuer_public_key,
                  settings.nats_auth_agent_user)
         if ready is not None:
             ready.set()
-        await stop.wait()
+        ends = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(lost.wait())]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        for end in ends:
+            end.cancel()
+        if lost.is_set():
+            raise BusLost(f"the NATS connection was closed for good: {nc.last_error}")
     finally:
+        closing = True
         await nc.close()
 
 
@@ -70,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     except BusUnavailable as exc:
         print(f"netdiag nats-auth: {exc}", file=sys.stderr)
         return 4
+    except BusLost as exc:
+        print(f"netdiag nats-auth: {exc}; exiting so the process is restarted", file=sys.stderr)
+        return EXIT_BUS_LOST
     return 0
 
 

@@ -7,14 +7,18 @@ import zlib
 from typing import Any
 
 from services.simulator.cloudpath import apply_cloud
-from services.simulator.dataplane.walk import NodeView, walk
+from services.simulator.dataplane.walk import NodeView, WalkResult, walk
+from services.simulator.live import witness as confirm
 from services.simulator.modelpath import ModelSimulator
+from services.simulator.ondemand import MAX_ROUNDS, OnDemand
 from shared.blobcache import Decoded
 from shared.bus import BlobUnreadable, Bus
 from shared.cloud import CloudInventory
 from shared.codes import finding, is_abort
+from shared.collect import collect_timeout_s
+from shared.config import Settings
 from shared.hops import node_hop
-from shared.netstack import decode_dump
+from shared.netstack import NodeDump, decode_dump
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -22,6 +26,7 @@ from shared.schemas import (
     FinalState,
     Finding,
     HopKind,
+    IPAddress,
     Path,
     Severity,
     StageEnvelope,
@@ -84,12 +89,12 @@ def summarize(verdict: Verdict, paths: list[Path], findings: list[Finding],
     note = f"; but {here[0].message}" if here else ""
     if len(errors) > len(here):
         note += f" ({len(errors) - len(here)} problem(s) found off the path: see findings)"
-    left = [p for p in forward if p.final == FinalState.FORWARD]
-    if not left:
+    exits = [p for p in forward if p.final == FinalState.FORWARD]
+    if not exits:
         return f"every path delivers{note}"
-    delivered = len(forward) - len(left)
-    head = f"{delivered} path(s) deliver; {len(left)} " if delivered else "the packet "
-    return head + _exit_note(left[0], cloud_checked) + note
+    delivered = len(forward) - len(exits)
+    head = f"{delivered} path(s) deliver; {len(exits)} " if delivered else "the packet "
+    return head + _exit_note(exits[0], cloud_checked) + note
 
 
 def _exit_place(path: Path) -> str:
@@ -119,7 +124,8 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         return None
     modelled = inventory is not None and inventory.modelled
     if modelled and inventory is not None and str(dst.address) in {
-            ip for owner in (*inventory.instances, *inventory.network_interfaces) for ip in owner.private_ips}:
+            ip for owners in (inventory.instances, inventory.network_interfaces)
+            for o in owners for ip in o.private_ips}:
         return None  # a cloud instance of the VPC: the cloud layer checked the way there
     owners = "pod, node, Service or cloud resource" if modelled else "pod, node or Service"
     return Assumption(stage=STAGE, could_change_outcome=True, text=(
@@ -127,16 +133,22 @@ def unowned_destination(report: TopologyReport, paths: list[Path],
         " (a VM, an on-premises host, nothing) and whether it answers was not checked"))
 
 
-async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResult:
+async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | None = None,
+                   settings: Settings | None = None) -> DiagnosisResult:
+    """The result of one envelope; `blobs` (the stage's) reuses what earlier diagnoses decoded;
+    `settings` say where to collect on demand (the snapshot, or the agents' deadline)."""
+    blobs = blobs or Blobs()
     findings = list(env.findings)
     assumptions = list(env.assumptions)
     paths: list[Path] = []
+    report: TopologyReport | None = None
+    dumps: dict[str, NodeDump] = {}
     cloud_checked = False
     if env.topology is None:
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report, missing = await _with_node_addresses(env.topology, env, bus)
+        report, missing = await _with_node_addresses(env.topology, env, bus, blobs)
         assumptions += missing
         # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
         # heartbeats (a short ack_wait then redelivers only what a dead replica held)
@@ -144,12 +156,15 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
-        views, load_findings = await _load_dumps(env, bus)
+        views, load_findings = await _load_dumps(env, bus, blobs)
         findings = _merge(findings, load_findings)
+        inventory, missing = await _inventory(env, bus, blobs)
+        findings = _merge(findings, missing)
         if views:
             # the collected dataplane decides; the model is the expectation that names causes
-            walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
-                                             expected=findings, reply=env.request.options.check_reply, views=views)
+            walked, views, findings, assumptions = await _walk(report, env, views, findings, assumptions, inventory,
+                                                               _on_demand(env, report, bus, blobs, settings))
+            dumps = {n: v.dump for n, v in views.items()}
             paths = walked.paths
             findings = _reconcile(_refined(_merge(findings, walked.findings)), paths)
             assumptions = _merge(assumptions, walked.assumptions)
@@ -157,7 +172,6 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
                 "node network state was collected but could not be read: the paths follow the Kubernetes "
                 "model only")))
-        inventory = await _inventory(env, bus)
         cloud_checked = inventory is not None and inventory.modelled
         paths, cloud_findings, cloud_assumptions = apply_cloud(paths, report, inventory, env.request)
         findings = _merge(findings, cloud_findings)
@@ -167,27 +181,44 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None) -> DiagnosisResul
             assumptions.append(unowned)
     verdict = overall_verdict(paths, findings, assumptions)
     summary = summarize(verdict, paths, findings, assumptions, cloud_checked=cloud_checked)
-    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings, assumptions=assumptions)
+    witness = None
+    if env.request.options.live:
+        if bus is None or report is None:
+            assumptions.append(Assumption(stage=STAGE, text="live confirmation was asked for but not possible: no "
+                                          "bus or no topology", could_change_outcome=False))
+        else:
+            live = await confirm(bus, env.request, report, dumps, verdict, paths, findings, env.id)
+            witness = live.witness
+            findings = _merge(findings, live.findings)
+            assumptions = _merge(assumptions, live.assumptions)
+            if live.verdict != verdict:  # the kernel is what happened
+                verdict = live.verdict
+                summary = f"the kernel says {verdict.value}: {witness.detail}"
+    return DiagnosisResult(verdict=verdict, summary=summary, paths=paths, findings=findings,
+                           assumptions=assumptions, live=witness)
 
 
-# Decoded once per content digest: the requests of a batch (one snapshot, one collection window)
-# carry the same dumps and inventory, and decoding a dump and parsing its rulesets costs more than
-# walking it. A cached dump is never mutated: its NodeView (parsed rulesets, routers) is reused too.
-NODE_VIEWS: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
-_INVENTORIES: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+class Blobs:
+    """What a simulator decodes from the object store, once per content digest: the requests of a
+    batch (one snapshot, one collection window) carry the same dumps and inventory, and decoding a
+    dump and parsing its rulesets costs more than walking it. A cached dump is never mutated: its
+    NodeView (parsed rulesets, routers) is reused too. One per SimulatorStage."""
 
-
-_NODE_ADDRESS_MAPS: Decoded[dict[str, Any]] = Decoded(NODE_ADDRESSES.validate_json, size=4)
+    def __init__(self) -> None:
+        self.nodes: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
+        self.inventories: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+        # a big cluster's node address map (the topology stage's StageEnvelope.node_addresses)
+        self.node_addresses: Decoded[dict[str, list[IPAddress]]] = Decoded(NODE_ADDRESSES.validate_json, size=4)
 
 
 async def _with_node_addresses(report: TopologyReport, env: StageEnvelope,
-                               bus: Bus | None) -> tuple[TopologyReport, list[Assumption]]:
+                               bus: Bus | None, blobs: Blobs) -> tuple[TopologyReport, list[Assumption]]:
     """The report with every node's addresses back in place when the topology stage sent them through the object
     store (a big cluster's); unreadable, the walk still runs but cannot name nodes off the expected path."""
     if env.node_addresses is None or bus is None:
         return report, []
     try:
-        addresses = await _NODE_ADDRESS_MAPS.get(bus, env.node_addresses)
+        addresses = await blobs.node_addresses.get(bus, env.node_addresses)
     except (BlobUnreadable, ValueError) as exc:
         return report, [Assumption(stage=STAGE, could_change_outcome=True, text=(
             f"the cluster's node addresses could not be read ({type(exc).__name__}: {exc}): a next hop on a node "
@@ -195,7 +226,39 @@ async def _with_node_addresses(report: TopologyReport, env: StageEnvelope,
     return report.model_copy(update={"cluster": report.cluster.model_copy(update={"node_addresses": addresses})}), []
 
 
-async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, NodeView], list[Finding]]:
+async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, NodeView], findings: list[Finding],
+                assumptions: list[Assumption], inventory: CloudInventory | None, ondemand: OnDemand,
+                ) -> tuple[WalkResult, dict[str, NodeView], list[Finding], list[Assumption]]:
+    """Walk (in a thread: the event loop keeps the stage's heartbeats going); when the packet reaches
+    nodes nobody collected, collect them on demand and walk again (the collection's failures become
+    the expectation that names why a node stays unknown)."""
+    for round_ in range(MAX_ROUNDS + 1):
+        walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
+                                         expected=findings, reply=env.request.options.check_reply, views=views,
+                                         cloud=inventory)
+        wanted = [n for n in walked.wanted if n not in ondemand.asked]
+        if round_ == MAX_ROUNDS or not wanted or not ondemand.possible or ondemand.left_s() <= 0:
+            break
+        fetched = await ondemand.fetch(wanted)
+        views = {**views, **fetched.views}
+        findings = _merge(findings, fetched.findings)
+        assumptions = _merge(assumptions, fetched.assumptions)
+    return walked, views, findings, assumptions
+
+
+def _on_demand(env: StageEnvelope, report: TopologyReport, bus: Bus | None, blobs: Blobs,
+               settings: Settings | None) -> OnDemand:
+    default = settings.collect_timeout_s if settings else env.request.options.collect_timeout_s
+
+    async def load(ref: BlobRef) -> NodeView:  # only asked for with a bus: an agent answered on it
+        assert bus is not None
+        return await blobs.nodes.get(bus, ref)
+
+    return OnDemand(env, report, bus, settings.snapshot if settings else None,
+                    collect_timeout_s(env.request.options, default), load=load)
+
+
+async def _load_dumps(env: StageEnvelope, bus: Bus | None, blobs: Blobs) -> tuple[dict[str, NodeView], list[Finding]]:
     views: dict[str, NodeView] = {}
     problems: list[Finding] = []
     if bus is None:
@@ -204,7 +267,7 @@ async def _load_dumps(env: StageEnvelope, bus: Bus | None) -> tuple[dict[str, No
         # only data that is absent or broken is missing data; the bus not answering (a timeout, a
         # disconnection) is raised, and the stage runner retries the diagnosis with back-off
         try:
-            views[node] = await NODE_VIEWS.get(bus, ref)
+            views[node] = await blobs.nodes.get(bus, ref)
         except (BlobUnreadable, ValueError, EOFError, zlib.error, OSError) as exc:
             if isinstance(exc, TimeoutError):  # an OSError too, but the bus's, not the data's
                 raise
@@ -236,11 +299,19 @@ def _reconcile(findings: list[Finding], paths: list[Path]) -> list[Finding]:
     return out
 
 
-async def _inventory(env: StageEnvelope, bus: Bus | None) -> CloudInventory | None:
-    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled)."""
+async def _inventory(env: StageEnvelope, bus: Bus | None,
+                     blobs: Blobs) -> tuple[CloudInventory | None, list[Finding]]:
+    """The cloud stage's inventory: in the object store (BlobRef) or inline (unmodelled). Absent or
+    broken is missing data; the bus not answering is raised (retried), as for the dumps."""
     if isinstance(env.cloud, BlobRef):
-        return await _INVENTORIES.get(bus, env.cloud) if bus else None
-    return CloudInventory.model_validate(env.cloud) if env.cloud else None
+        if bus is None:
+            return None, []
+        try:
+            return await blobs.inventories.get(bus, env.cloud), []
+        except ValueError as exc:  # BlobUnreadable, or not an inventory (pydantic's ValidationError)
+            return None, [finding("DATA_MISSING", None, what="the cloud inventory",
+                                  reason=f"it could not be read: {type(exc).__name__}: {exc}")]
+    return (CloudInventory.model_validate(env.cloud) if env.cloud else None), []
 
 
 def _merge(first: list[Any], more: list[Any]) -> list[Any]:

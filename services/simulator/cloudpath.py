@@ -28,6 +28,7 @@ already stated it as an assumption.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from ipaddress import ip_address, ip_network
 from typing import Any, NamedTuple
 
@@ -120,7 +121,8 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
     return CloudOutcome(out, findings, assumptions)
 
 
-class _Context(NamedTuple):
+@dataclass(frozen=True, slots=True)  # not a NamedTuple: its `index` field would shadow tuple.index
+class _Context:
     report: TopologyReport
     index: CloudIndex
     request: DiagnosisRequest

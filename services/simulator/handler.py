@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.simulator.assemble import diagnose
+from services.simulator.assemble import Blobs, diagnose
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COMPLETED, Bus
 from shared.config import Settings
 from shared.schemas import StageEnvelope
@@ -17,7 +17,8 @@ class SimulatorStage(Stage):
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+        self.blobs = Blobs()  # dumps and inventories decoded once per digest, for this stage's lifetime
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
-        result = await diagnose(env, self.bus)
+        result = await diagnose(env, self.bus, self.blobs, self.settings)
         return env.model_copy(update={"result": result})

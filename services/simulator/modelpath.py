@@ -184,14 +184,14 @@ class ModelSimulator:
             path.final, path.cause = FinalState.ABORT, "UNKNOWN_ADDRESS"
             return path
         if dst.kind in (HopKind.INTERNET, HopKind.EXTERNAL):
-            dst.steps.append(Step(kind=StepKind.DELIVERY, action=StepAction.FORWARD, packet_in=packet,
-                                  detail="leaves the cluster; the route out (node SNAT, NAT gateway) is "
-                                         "checked by the dataplane and cloud layers"))
+            dst.steps.append(Step.of(StepKind.DELIVERY, StepAction.FORWARD,
+                                     "leaves the cluster; the route out (node SNAT, NAT gateway) is "
+                                     "checked by the dataplane and cloud layers", packet))
             path.final = FinalState.FORWARD
             return path
         declared = self._declared_port(path, packet)
-        dst.steps.append(Step(kind=StepKind.DELIVERY, action=StepAction.DELIVER, packet_in=packet, detail=(
-            f"delivered to {dst.name} port {packet.dport}/{packet.protocol}" + declared)))
+        dst.steps.append(Step.of(StepKind.DELIVERY, StepAction.DELIVER,
+                                 f"delivered to {dst.name} port {packet.dport}/{packet.protocol}" + declared, packet))
         path.final = FinalState.DELIVER
         return path
 

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import collapse_addresses, ip_network
 
 import yaml
 
@@ -157,7 +158,7 @@ def _detect_node_addresses(model: ClusterModel, out: Detection) -> None:
                      if a.get("type") in ("InternalIP", "ExternalIP")]
         valid = [a for a in addresses if isinstance(a, str) and _is_ip(a)]
         if name and valid:
-            out.info.node_addresses[name] = valid
+            out.info.node_addresses[name] = [ipaddress.ip_address(a) for a in valid]
 
 
 def _is_ip(text: str) -> bool:
@@ -168,13 +169,25 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _union(cidrs: set[str]) -> list[str]:
+    """The pod network as the fewest CIDRs covering exactly the nodes' podCIDRs (5,000 adjacent /24s are a few
+    supernets: every topology event carries this). A podCIDR that is no network is left out, as the walk would."""
+    nets = []
+    for cidr in cidrs:
+        try:
+            nets.append(ip_network(cidr, strict=False))
+        except ValueError:
+            continue
+    return [str(n) for version in (4, 6) for n in collapse_addresses([n for n in nets if n.version == version])]
+
+
 def _detect_cidrs(model: ClusterModel, out: Detection) -> None:
     info = out.info
     pod_cidrs: set[str] = set()
     for node in model.objects["Node"].values():
         spec = node.get("spec") or {}
         pod_cidrs.update(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
-    info.pod_cidrs = sorted(pod_cidrs)
+    info.pod_cidrs = _union(pod_cidrs)
     if not pod_cidrs:
         _assume(out, "nodes carry no podCIDR (CNI-managed IPAM): pod addresses are known only from pods",
                 could_change=False)

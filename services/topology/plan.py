@@ -139,7 +139,7 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
         # an unknown address inside a node's pod CIDR is that node's to route: collect it too
         hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED or e.kind == EndpointKind.UNKNOWN]
         if resolved is not None:
-            hosted += [b.node for b in resolved.used] + resolved.entry_nodes
+            hosted += [*(b.node for b in resolved.used), *resolved.entry_nodes]
         nodes = _unique(hosted)
         # a cloud load balancer may forward to any node (its backends): the cloud stage maps them all
         lb_nodes = sorted(model.objects["Node"]) if dst.kind == EndpointKind.LOAD_BALANCER_IP else nodes

@@ -44,6 +44,7 @@ CASES = [  # tests/e2e/cases.py SHOP_CASES: a Service, a policy deny and allow, 
 ]
 STAGES = ("topology", "collector", "cloud", "simulator")
 ACK_WAIT_S = 3.0
+EXTRA_CHAOS_S = 20.0
 
 
 @dataclass
@@ -204,6 +205,27 @@ async def _finals(admin: Bus) -> Counter[str]:
     return found
 
 
+def _busy_replica(dep: Deployment, progress: list[tuple[float, dict[str, Any]]]) -> str | None:
+    """The stage replica that most recently started a message it has not finished, among those whose
+    sibling is up and working (has started a message itself): SIGKILL lands on work in flight, and
+    what it measures is the redelivery, not a restarted process's start-up."""
+    working = {str(e.get("detail", {}).get("replica", "")).rsplit(":", 1)[-1] for _, e in progress
+               if e["state"] == "started"}
+    alive = {name: str(p.pid) for name, p in dep.procs.items() if p.poll() is None}
+    finished = set()
+    for _, event in reversed(progress[-500:]):
+        key = (event["id"], event["stage"])
+        if event["state"] in ("done", "failed"):
+            finished.add(key)
+        elif event["state"] == "started" and key not in finished and event["stage"] in STAGES:
+            pid = str(event.get("detail", {}).get("replica", "")).rsplit(":", 1)[-1]
+            name = next((n for n, p in alive.items() if p == pid), None)
+            siblings = [p for n, p in alive.items() if n != name and n.rsplit("-", 1)[0] == event["stage"]]
+            if name is not None and any(p in working for p in siblings):
+                return name
+    return None
+
+
 def _redeliveries(kills: list[tuple[float, str, int]], progress: list[tuple[float, dict[str, Any]]],
                   nats_down: tuple[float, float]) -> list[float]:
     """For each replica kill: the messages the killed process was working on (its last event for the
@@ -211,8 +233,9 @@ def _redeliveries(kills: list[tuple[float, str, int]], progress: list[tuple[floa
     redelivery would fall into the NATS restart are left out: that wait is the outage's, not ack_wait's."""
     by_key: dict[tuple[str, str], list[tuple[float, str, str]]] = defaultdict(list)
     for at, event in progress:
-        replica = str(event.get("detail", {}).get("replica", ""))
-        by_key[(event["id"], event["stage"])].append((at, event["state"], replica))
+        if event["state"] in ("started", "done", "failed"):  # a stage's own "progress" notes say nothing here
+            replica = str(event.get("detail", {}).get("replica", ""))
+            by_key[(event["id"], event["stage"])].append((at, event["state"], replica))
     delays = []
     down_from, down_to = nats_down
     for killed_at, stage, pid in kills:
@@ -264,7 +287,17 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                 nonlocal last_fault
                 begin = time.monotonic()
                 restarted = False
-                while time.monotonic() - begin < chaos_s:
+                def more() -> bool:
+                    """Until chaos_s; then on for a while (clients keep submitting) until at least one kill
+                    caught a message in flight and its redelivery was seen: a run that measured none proves
+                    nothing about recovery."""
+                    elapsed = time.monotonic() - begin
+                    if elapsed < chaos_s:
+                        return True
+                    measured = _redeliveries(kills, progress, (nats_down[0], nats_down[1]))
+                    return not measured and elapsed < chaos_s + EXTRA_CHAOS_S
+
+                while more():
                     await asyncio.sleep(rng.uniform(1.0, 2.0))
                     if not restarted and time.monotonic() - begin > chaos_s / 3:
                         down_from = time.time()
@@ -273,7 +306,9 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                         report.nats_restarts += 1
                         restarted = True
                     else:
-                        victim = f"{rng.choice(STAGES)}-{rng.randrange(dep.replicas)}"
+                        victim = _busy_replica(dep, progress)
+                        if victim is None:  # nothing in flight on a replica whose sibling works: wait
+                            continue
                         killed_at = time.time()
                         pid = await asyncio.to_thread(dep.kill, victim)
                         kills.append((killed_at, victim.rsplit("-", 1)[0], pid))
@@ -287,6 +322,8 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
 
             async def client(n: int) -> None:
                 key, case = f"chaos-{n}", n % len(CASES)
+                # arrivals spread over the chaos window: a steady load, so every fault meets work in flight
+                await asyncio.sleep(n * chaos_s / diagnoses)
                 async with slots:
                     diagnosis_id = await _submit(http, dep.url, key, CASES[case], time.monotonic() + 120)
                     # the client retries once more anyway: it must name the same diagnosis
@@ -320,11 +357,16 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                 if doc["status"] == "completed":
                     report.completed += 1
                     if doc["result"]["verdict"] != calm[case]:
-                        report.wrong_verdicts.append(diagnosis_id)
+                        findings = [f"{f['code']}: {f['message']}" for f in doc["result"]["findings"]]
+                        report.wrong_verdicts.append(f"{diagnosis_id} {calm[case]} → {doc['result']['verdict']}: "
+                                                     f"{findings}")
                     report.latencies_s.append((datetime.fromisoformat(doc["completed_at"])
                                                - datetime.fromisoformat(doc["created_at"])).total_seconds())
             report.finals_per_id = await _finals(admin)
             report.redelivery_s = _redeliveries(kills, progress, (nats_down[0], nats_down[1]))
+            # for a post-mortem: what happened when, next to the processes' logs
+            (workdir / "events.json").write_text(json.dumps({"kills": kills, "nats_down": nats_down,
+                                                             "progress": progress}))
     finally:
         await admin.close()
         await asyncio.to_thread(dep.stop)

@@ -152,6 +152,13 @@ def cloud_errors(result: dict[str, Any]) -> list[dict[str, Any]]:
     return [f for f in result["findings"] if f["code"] in CLOUD_CODES and f["severity"] == "error"]
 
 
+def delivers_as_far_as_the_data_goes(result: dict[str, Any]) -> bool:
+    """The healthy verdict on these snapshots: they carry no node dumps (the cloud is what they test), so
+    the packet gets as far as the data goes and the diagnosis is UNDETERMINED for the missing nodes."""
+    return result["verdict"] == "UNDETERMINED" and \
+        "not enough data to decide: network state of node" in result["summary"]
+
+
 def hop_ids(result: dict[str, Any]) -> list[str]:
     return [h["id"] for p in result["paths"] if p["direction"] == "forward" for h in p["hops"]]
 
@@ -195,7 +202,7 @@ async def test_healthy_cloud_gives_no_cloud_error(stacks: dict[str, EmbeddedStac
     emulator.set_state(cloud_state(rs))
     result = await diagnose(stacks[cni], request(rs, path))
     assert cloud_errors(result) == []
-    assert result["verdict"] != "UNREACHABLE", result["summary"]
+    assert delivers_as_far_as_the_data_goes(result), (result["summary"], result["assumptions"])
     assert all(p["final"] in ("DELIVER", "FORWARD") for p in result["paths"] if p["direction"] == "forward")
     assert cloud_hop(rs, hop) in hop_ids(result)
     cloud = [h for p in result["paths"] for h in p["hops"] if h["id"] == cloud_hop(rs, hop)]
@@ -235,7 +242,7 @@ async def test_a_missing_reply_route_is_found_where_it_matters(stacks: dict[str,
     assert [h["id"] for h in forward["hops"]].index("pod:default/server") < len(forward["hops"]) - 1
     route = next(s for s in reply_hop["steps"] if s["kind"] == "vpc_route")
     unchecked = await diagnose(stacks["host-gw"], {**request(rs, "pod-to-pod"), "options": {"check_reply": False}})
-    assert unchecked["verdict"] != "UNREACHABLE" and cloud_hop(rs, "vpc-reply") not in hop_ids(unchecked)
+    assert delivers_as_far_as_the_data_goes(unchecked) and cloud_hop(rs, "vpc-reply") not in hop_ids(unchecked)
     assert route["action"] == "DROP" and route["packet_in"]["dst"] == rs.pod("client").ip
     missing = next(f for f in result["findings"] if f["code"] == "VPC_NO_ROUTE")
     assert missing["hop"] == reply_hop["id"] and rs.pod("client").ip in missing["message"]
@@ -246,7 +253,7 @@ async def test_a_missing_reply_route_is_found_where_it_matters(stacks: dict[str,
     assert not {n.pod_cidr for n in rs.nodes} & {e["DestinationCidrBlock"] for e in state["route_tables"][0]["Entries"]}
     emulator.set_state(state)
     result = await diagnose(stacks["vxlan"], request(rs, "pod-to-pod"))
-    assert cloud_errors(result) == [] and result["verdict"] != "UNREACHABLE", result["summary"]
+    assert cloud_errors(result) == [] and delivers_as_far_as_the_data_goes(result), result["summary"]
     assert cloud_hop(rs, "vpc-reply") not in hop_ids(result)  # a passing reply adds no hop to the forward path
 
 
@@ -270,7 +277,7 @@ async def test_one_unhealthy_backend_is_reported_not_fatal(stacks: dict[str, Emb
     unhealthy = [f for f in result["findings"] if f["code"] == "LB_BACKEND_UNHEALTHY"]
     assert [f["severity"] for f in unhealthy] == ["warning"]
     assert rs.node("node-1").ip in unhealthy[0]["message"]
-    assert result["verdict"] != "UNREACHABLE"
+    assert delivers_as_far_as_the_data_goes(result), (result["summary"], result["assumptions"])
 
 
 def test_cloud_state_matches_the_lab_objects() -> None:
@@ -405,7 +412,7 @@ async def test_live_lab_cloud_judges_the_packet_the_node_really_sends(credential
         agents = {name: node.netns for name, node in lab.state.nodes.items()}
         async with EmbeddedStack(settings, agents=agents) as stack:
             healthy = await diagnose(stack, body)
-            assert cloud_errors(healthy) == [] and healthy["verdict"] != "UNREACHABLE", healthy["summary"]
+            assert cloud_errors(healthy) == [] and healthy["verdict"] == "REACHABLE", healthy["summary"]
             await asyncio.to_thread(lab.exec, "node-1", ["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"])
             unmasqueraded = await diagnose(stack, body)
             codes = {f["code"] for f in unmasqueraded["findings"]}

@@ -431,3 +431,26 @@ def test_callout_needs_the_charts_own_nats() -> None:
     objects = render({**CALLOUT, "nats": {**CALLOUT["nats"], "external": {"url": "nats://nats:4222"}}})
     assert f"{RELEASE}-netdiag-nats-auth" not in by_kind(objects, "Deployment")
     assert "serviceAccountName" not in pod_spec(by_kind(objects, "DaemonSet")[f"{RELEASE}-netdiag-agent"])
+
+
+def test_live_probe_is_off_by_default_and_adds_only_what_tracing_needs() -> None:
+    (agent,) = by_kind(render(), "DaemonSet").values()
+    (container,) = pod_spec(agent)["containers"]
+    assert "NETDIAG_LIVE_PROBE" not in {e["name"] for e in container["env"]}
+    (agent,) = by_kind(render({"liveProbe": {"enabled": True, "ratePerSecond": 2, "concurrency": 1}}),
+                       "DaemonSet").values()
+    spec = pod_spec(agent)
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["NETDIAG_LIVE_PROBE"], env["NETDIAG_PROBE_RATE_PER_S"], env["NETDIAG_PROBE_CONCURRENCY"]) == (
+        "true", "2", "1")
+    assert set(container["securityContext"]["capabilities"]["add"]) == AGENT_CAPABILITIES | {"BPF", "PERFMON"}
+    assert container["securityContext"]["privileged"] is False
+    assert {v["name"]: v for v in spec["volumes"]}["tracefs"]["hostPath"]["path"] == "/sys/kernel/tracing"
+    text = (CHART / "templates" / "agent.yaml").read_text()
+    assert "# BPF:" in text and "# PERFMON:" in text
+    (agent,) = by_kind(render({"dropMetrics": {"enabled": True}}), "DaemonSet").values()
+    (container,) = pod_spec(agent)["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["NETDIAG_DROP_METRICS"] == "true" and "NETDIAG_LIVE_PROBE" not in env
+    assert {"BPF", "PERFMON"} <= set(container["securityContext"]["capabilities"]["add"])

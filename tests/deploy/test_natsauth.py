@@ -29,6 +29,7 @@ from services.natsauth.service import serve
 from shared.bus import Bus, agent_inbox_prefix, node_collect_subject
 from shared.config import Settings
 from shared.kube import api_client
+from shared.live import node_drops_subject, node_probe_subject
 from tests.deploy.chart import NAMESPACE, RELEASE, chart_nats_server
 from tests.deploy.confinement import assert_confined, enumerate_grants, intended_agent_grant
 
@@ -222,7 +223,8 @@ async def test_requests_not_from_the_server_are_not_answered(kube: LabKubeAPI, t
     assert response["aud"] == natsjwt.public_key(server) and response["sub"] == user_nkey
     user = natsjwt.decode(response["nats"]["jwt"])
     assert user["iss"] == authorizer.issuer_public_key and user["aud"] == "$G" and "exp" not in user
-    assert user["nats"]["sub"]["allow"] == [node_collect_subject("node-a"), f"{agent_inbox_prefix('node-a')}.>"]
+    assert user["nats"]["sub"]["allow"] == [node_collect_subject("node-a"), node_probe_subject("node-a"),
+                                            node_drops_subject("node-a"), f"{agent_inbox_prefix('node-a')}.>"]
     assert user["nats"]["resp"] == {"max": 1, "ttl": 0}
     with pytest.raises(natsjwt.JwtError, match="not by server"):
         await authorizer(request(natsjwt.keypair(natsjwt.new_seed(nkeys.PREFIX_BYTE_USER))))  # signed by someone else

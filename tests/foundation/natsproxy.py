@@ -17,6 +17,7 @@ class NatsProxy:
         self.port = 0
         self.dropped: list[bytes] = []
         self._drop: Match | None = None
+        self._drop_sent: Match | None = None
         self._server: asyncio.Server | None = None
         self._clients: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -43,6 +44,10 @@ class NatsProxy:
         """Swallow the next server→client MSG/HMSG frame `match` accepts (one frame, then pass again)."""
         self._drop = match
 
+    def drop_next_sent(self, match: Match) -> None:
+        """Swallow the next client→server PUB/HPUB frame `match` accepts: a publish lost on the way."""
+        self._drop_sent = match
+
     async def inject(self, raw: bytes) -> None:
         """Send `raw` to every connected client as if the server had said it."""
         for w in list(self._clients):
@@ -53,7 +58,7 @@ class NatsProxy:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         self._clients.add(writer)
-        tasks = [asyncio.create_task(self._pipe(reader, up_writer)),
+        tasks = [asyncio.create_task(self._frames(reader, up_writer, sent=True)),
                  asyncio.create_task(self._frames(up_reader, writer))]
         self._tasks.update(tasks)
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -64,21 +69,22 @@ class NatsProxy:
         self._clients.discard(writer)
         self._tasks.difference_update(tasks)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-
-    async def _frames(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _frames(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, sent: bool = False) -> None:
+        """Forward frame by frame; `sent`: the client's side (PUB/HPUB carry payloads), else the server's."""
+        with_payload = (b"PUB", b"HPUB") if sent else (b"MSG", b"HMSG")
         while True:
             line = await reader.readuntil(b"\r\n")
             words = line.split()
             payload = b""
-            if words and words[0] in (b"MSG", b"HMSG"):
-                size = int(words[-1])  # MSG: payload size; HMSG: headers + payload
+            if words and words[0].upper() in with_payload:
+                size = int(words[-1])  # the payload's size (HPUB/HMSG: headers included)
                 payload = await reader.readexactly(size + 2)
-            if self._drop is not None and payload and self._drop(line, payload):
-                self._drop = None
+            drop = self._drop_sent if sent else self._drop
+            if drop is not None and payload and drop(line, payload):
+                if sent:
+                    self._drop_sent = None
+                else:
+                    self._drop = None
                 self.dropped.append(payload)
                 continue
             writer.write(line + payload)

@@ -13,19 +13,20 @@ import aiohttp
 import nats
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink
 from services.simulator.handler import SimulatorStage
-from shared.bus import SUBJECT_COMPLETED, SUBJECT_TOPOLOGY, Bus
+from shared.bus import SUBJECT_COMPLETED, SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.config import Settings
 from shared.health import Health
 from shared.natsserver import NatsServer
 from shared.schemas import StageEnvelope, new_id, now
 from shared.security import SIGNATURE_HEADER, sign_event
 from shared.service import BusLost, serve
-from shared.stage import StageRunner
-from tests.foundation.helpers import REQUEST, get_json, run_to_end, stack_on
+from shared.stage import STALL_S, StageRunner
+from tests.foundation.helpers import REQUEST, ScriptedStage, get_json, run_to_end, stack_on
 from tests.foundation.natsproxy import NatsProxy
 
 BAD_IDS = ["x" * 5000, "*", "a.>", "../../etc/passwd", "with space", "0" * 31, "0" * 32 + ".x"]
@@ -63,7 +64,13 @@ async def test_invalid_ids_are_refused_and_nothing_stops(fresh_nats: NatsServer)
     assert [item["id"] for item in listing["items"]] == [doc["id"]]  # nothing else got stored
 
 
+def rejected(reason: str) -> float:
+    labels = {"stage": "gateway-store", "reason": reason}
+    return REGISTRY.get_sample_value("netdiag_rejected_events_total", labels) or 0.0
+
+
 async def test_forged_unknown_and_repeated_final_events_are_not_stored(fresh_nats: NatsServer) -> None:
+    before = {r: rejected(r) for r in ("unsigned", "terminal", "unknown")}
     async with stack_on(fresh_nats.url) as st, aiohttp.ClientSession() as http:
         doc = await run_to_end(http, st.url)
         key = st.settings.signing_key()
@@ -89,6 +96,8 @@ async def test_forged_unknown_and_repeated_final_events_are_not_stored(fresh_nat
         after = await get_json(http, f"{st.url}/api/v1/diagnoses/{doc['id']}")
         listing = await get_json(http, f"{st.url}/api/v1/diagnoses?limit=200")
     assert sink.rejected == 2  # the unsigned and the wrongly signed: refused before handling
+    # and the signed ones the store refused: one for a finished diagnosis, one for an unknown id
+    assert {r: rejected(r) - n for r, n in before.items()} == {"unsigned": 2, "terminal": 1, "unknown": 1}
     assert after["result"] == doc["result"] and after["status"] == "completed"
     assert [item["id"] for item in listing["items"]] == [doc["id"]]
 
@@ -188,3 +197,40 @@ async def test_nothing_publishes_on_a_subject_built_from_an_invalid_id(fresh_nat
         await bus.close()
     assert not bus.lost.is_set()
     assert nats  # the client library itself is real: no stub anywhere above
+
+
+async def test_a_replica_busy_with_every_slot_is_alive(fresh_nats: NatsServer) -> None:
+    """All max_inflight messages in long handlers (a collector waiting on slow agents): the fetch loop
+    waits for a slot, which is load, not death; liveness must not restart it. A loop that stopped
+    turning with free slots is wedged, and not alive."""
+    release = asyncio.Event()
+
+    async def slow(env: StageEnvelope) -> StageEnvelope:
+        await release.wait()
+        return env
+
+    settings = Settings(nats_url=fresh_nats.url, max_inflight=1)
+    bus = await Bus.connect(name="topology-busy", settings=settings)
+    busy = StageRunner(bus, ScriptedStage("topology", slow))
+    stop = asyncio.Event()
+    task = asyncio.create_task(busy.run(stop))
+    try:
+        await bus.publish_model(SUBJECT_REQUESTED, StageEnvelope.model_validate_json(envelope(new_id())))
+        for _ in range(100):
+            if busy._awaiting_slot:
+                break
+            await asyncio.sleep(0.05)
+        busy.last_poll -= STALL_S + 1  # as if the loop had waited that long for the slot
+        assert busy.alive
+        release.set()
+        for _ in range(100):
+            if not busy._awaiting_slot:
+                break
+            await asyncio.sleep(0.05)
+        busy.last_poll -= STALL_S + 1  # now free to pull, yet the loop has not turned that long: wedged
+        assert not busy.alive
+    finally:
+        release.set()
+        stop.set()
+        await task
+        await bus.close()

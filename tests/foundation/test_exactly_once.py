@@ -50,6 +50,27 @@ async def test_a_lost_publish_ack_neither_loses_nor_duplicates_the_diagnosis(fre
     assert len(await completed_events(fresh_nats.url, diagnosis_id)) == 1
 
 
+async def test_a_publish_lost_on_the_way_is_republished_without_a_client_retry(fresh_nats: NatsServer) -> None:
+    """The stream never got the requested event and the client does not retry: the gateway, which
+    kept the record, re-publishes it until the stream confirms, and the diagnosis runs once."""
+    proxy = await NatsProxy(fresh_nats.port).start()
+    try:
+        async with stack_on(fresh_nats.url, gateway=False) as st, gateway_on(proxy.url) as gw, \
+                aiohttp.ClientSession() as http:
+            proxy.drop_next_sent(lambda line, _payload: b"netdiag.diagnosis.requested" in line)
+            status, first = await _post(http, gw.url, "lost-pub-1")
+            assert proxy.dropped, "the proxy did not see the publish"
+            assert status == 202, first
+            events = await sse_events(http, gw.url, str(first["id"]), timeout=20)
+            doc = await get_json(http, f"{gw.url}/api/v1/diagnoses/{first['id']}")
+            topology = next(r for r in st.runners if r.stage.name == "topology")
+    finally:
+        await proxy.stop()
+    assert events[-1][0] == "result" and doc["status"] == "completed", doc
+    assert topology.handled == 1
+    assert len(await completed_events(fresh_nats.url, str(first["id"]))) == 1
+
+
 async def test_the_reconciler_ends_what_stays_queued_past_its_deadline(fresh_nats: NatsServer) -> None:
     bus = await Bus.connect(fresh_nats.url, name="gateway", settings=Settings(nats_url=fresh_nats.url))
     try:

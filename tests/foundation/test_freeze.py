@@ -19,10 +19,10 @@ from services.gateway.store import ResultSink
 from services.simulator import assemble
 from services.simulator.handler import SimulatorStage
 from services.topology.handler import TopologyStage
-from shared.bus import Bus
+from shared.bus import BLOBS_BUCKET, Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
-from shared.schemas import StageEnvelope
+from shared.schemas import BlobRef, DiagnosisRequest, StageEnvelope, new_id, now
 from tests.e2e.cases import SHOP, SHOP_CASES
 from tests.foundation.helpers import run_to_end, stack_on
 
@@ -34,9 +34,9 @@ REQUEST = {"src": SRC, "dst": DST, "port": PORT, "protocol": PROTO}
 def freezing_simulator(server: NatsServer, freezes: list[float]) -> type[SimulatorStage]:
     class Freezing(SimulatorStage):
         async def handle(self, env: StageEnvelope) -> StageEnvelope:
-            # dumps decoded by an earlier run are cached by digest: forget them, so this run reads
+            # dumps this stage decoded before are cached by digest: forget them, so this run reads
             # them from the object store while the server is frozen
-            assemble.NODE_VIEWS.clear()
+            self.blobs.nodes.clear()
             if freezes:
                 assert server.proc is not None
                 pid, seconds = server.proc.pid, freezes.pop(0)
@@ -83,3 +83,20 @@ async def test_a_freeze_longer_than_the_budget_fails_with_the_reason(fresh_nats:
     assert doc["status"] == "failed" and doc["result"] is None, doc
     assert doc["error"].startswith("stage simulator failed:") and "Timeout" in doc["error"], doc["error"]
     assert Bus  # the real bus, the real server: nothing above is a stand-in
+
+
+async def test_absent_blobs_are_missing_data_not_a_retry(fresh_nats: NatsServer) -> None:
+    """The other side of the line: a dump or inventory that is not there is DATA_MISSING at once."""
+    settings = Settings(nats_url=fresh_nats.url, snapshot=SHOP)
+    bus = await Bus.connect(name="simulator", settings=settings)
+    try:
+        env = StageEnvelope(id=new_id(), request=DiagnosisRequest.model_validate(REQUEST), created_at=now())
+        env = await TopologyStage(bus, settings).handle(env)
+        gone = BlobRef(bucket=BLOBS_BUCKET, name="nodes/never-written.json.gz", size=10, sha256="0" * 64)
+        env = env.model_copy(update={"nodes": {"node-1": gone}, "cloud": gone})
+        result = await assemble.diagnose(env, bus)
+    finally:
+        await bus.close()
+    missing = [f for f in result.findings if f.code == "DATA_MISSING"]
+    assert {f.hop for f in missing} >= {"node:node-1", None}, missing
+    assert any("could not be read: BlobUnreadable" in f.message for f in missing), missing

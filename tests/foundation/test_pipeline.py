@@ -1,5 +1,8 @@
-"""A diagnosis crosses all five services over real NATS JetStream, is stored and served,
-and carries one trace id from the gateway through every stage."""
+"""The pipeline's plumbing: a diagnosis crosses the stage chain over real NATS JetStream, reaches the
+real simulator, is stored and served, and carries one trace id from the gateway through every stage.
+Topology, collector and cloud are pass-through stand-ins here (tests/foundation/helpers.py): what they
+compute is tested with their own services (tests/topology, tests/collector, tests/cloud) and end to end
+in tests/e2e."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from tests.foundation.helpers import (
 )
 
 
-async def test_diagnosis_crosses_all_five_services_and_is_served(nats_url: str) -> None:
+async def test_diagnosis_crosses_stand_in_stages_to_the_real_simulator_and_is_served(nats_url: str) -> None:
     async with stack_on(nats_url) as st, aiohttp.ClientSession() as http:
         doc = await run_to_end(http, st.url)
     assert doc["status"] == "completed", doc
@@ -49,7 +52,7 @@ def spans() -> Iterator[InMemorySpanExporter]:
     exporter.shutdown()  # stops collecting: the processor stays on the global provider
 
 
-async def test_one_trace_id_across_gateway_and_stages(nats_url: str, spans: InMemorySpanExporter) -> None:
+async def test_one_trace_id_across_gateway_and_stand_in_stages(nats_url: str, spans: InMemorySpanExporter) -> None:
     async with stack_on(nats_url) as st, aiohttp.ClientSession() as http:
         diagnosis_id = await post(http, st.url)
         await sse_events(http, st.url, diagnosis_id)

@@ -62,6 +62,8 @@ def test_mistakes_are_errors() -> None:
         Step.of(StepKind.NETFILTER, StepAction.ALLOW, "x", hook="PREROUTNG")
     with pytest.raises(ValidationError):
         Step.of(StepKind.ROUTE, StepAction.FORWARD, "x", gateway="not an address")
+    with pytest.raises(TypeError, match="legacy_evidence"):  # new steps are typed, never the catch-all
+        Step.of(StepKind.ROUTE, StepAction.FORWARD, "x", legacy_evidence={"gateway": "10.0.0.1"})
 
 
 def _old_steps(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -32,10 +32,11 @@ def lab(make_module_lab: MakeLab) -> Lab:
 def test_generator_matches_upstream_layout() -> None:
     sc = resolve(Scenario.load(example("nftables")))
     script = kubeproxy_nft.nft_script(sc, "node-1")
-    for needle in ("map service-ips { type ipv4_addr . inet_proto . inet_service : verdict;",
+    for needle in ("add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ;",
                    "ip daddr . meta l4proto . th dport vmap @service-ips",
-                   "type nat hook prerouting priority -100;", "masquerade fully-random",
-                   "numgen random mod 2 vmap", "chain service-NWBZK7IH-kube-system/kube-dns/tcp/dns-tcp",
+                   "type nat hook prerouting priority -100 ;", "masquerade fully-random",
+                   "numgen random mod 2 vmap",
+                   "add chain ip kube-proxy service-NWBZK7IH-kube-system/kube-dns/tcp/dns-tcp",
                    ": goto reject-chain"):
         assert needle in script
 

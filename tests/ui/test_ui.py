@@ -269,3 +269,22 @@ async def test_labels_contrast_and_widths(page: Page, stack: EmbeddedStack) -> N
         graph = await page.locator(".graph-card").bounding_box()
         details = await page.locator(".details-card").bounding_box()
         assert (details["x"] > graph["x"] + graph["width"] - 1) is side_by_side
+
+
+async def test_the_live_witness_is_shown_and_its_drop_point_drawn_apart(page: Page, stack: EmbeddedStack) -> None:
+    """A recorded lab diagnosis where the kernel disagreed (tests/lab/test_live.py's model gap): the live
+    card names both answers, LIVE_DIVERGES is listed, the kernel's drop hop has its own mark."""
+    await page.goto(stack.url)
+    await page.set_input_files("#import-file", str(FIXTURES / "live-diverges.json"))
+    await expect(page.locator("#verdict-word")).to_contain_text("UNREACHABLE")
+    card = page.locator("#live-card")
+    await expect(card).to_be_visible()
+    await expect(card).to_contain_text("diverges")
+    await expect(card).to_contain_text("simulated REACHABLE, kernel UNREACHABLE")
+    await expect(card.locator("li.kernel-drop").first).to_contain_text("OTHERHOST")
+    await expect(page.locator('#findings > li[data-code="LIVE_DIVERGES"]')).to_be_visible()
+    marked = [n for n in await page.evaluate(GRAPH_NODES) if "kernel-drop" in n["classes"]]
+    assert marked and any("node-1" in n["label"] for n in marked), marked
+    assert await page.evaluate("() => document.getElementById('live').checked") is True  # the request's option
+    await page.set_input_files("#import-file", str(FIXTURES / "reachable.json"))
+    await expect(card).to_be_hidden()

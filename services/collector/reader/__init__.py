@@ -15,8 +15,9 @@ import ipaddress
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import cast
 
-from services.collector.reader import netfilter, netns, procfs, rtnl, sockets
+from services.collector.reader import bpf, netfilter, netns, procfs, rtnl, sockets, tc
 from services.collector.reader.facts import read_facts
 from services.collector.reader.netns import NetnsRef
 from shared.netstack import NetnsDump, NodeDump, NodeFacts
@@ -32,18 +33,25 @@ def _read_rest(dump: NetnsDump, rt: rtnl.RtnlState) -> NetnsDump:
         ("netfilter", lambda: netfilter.read_netfilter(dump.errors)),
         ("sockets", sockets.read_sockets),
         ("counters", procfs.read_counters),
+        ("tc", lambda: tc.read_tc({link.index: link.name for link in rt.links})),
     ]
     for name, read in parts:
         try:
             setattr(dump, name, read())
         except Exception as exc:  # one unreadable part must not cost the rest of the namespace
             dump.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    if dump.xdp:
+        try:
+            for prog in dump.xdp:
+                prog.name, prog.constant = bpf.program(prog.prog_id)
+        except Exception as exc:  # the attachment is known; only what the program does is not
+            dump.errors.append(f"xdp: programs not described: {type(exc).__name__}: {exc}")
     return dump
 
 
 def _new_dump(ns_id: str, ref: NetnsRef, rt: rtnl.RtnlState) -> NetnsDump:
     return NetnsDump(id=ns_id, inode=ref.inode, names=ref.names, links=rt.links, routes=rt.routes,
-                     rules=rt.rules, neighbors=rt.neighbors, fdb=rt.fdb)
+                     rules=rt.rules, neighbors=rt.neighbors, fdb=rt.fdb, xdp=rt.xdp)
 
 
 def _read_pod(ref: NetnsRef, lookups: dict[str, str]) -> tuple[NetnsDump, rtnl.RtnlState] | None:
@@ -119,25 +127,50 @@ def collect_node(node: str, netns_name: str | None = None, pod_ips: dict[str, st
     pod_lookups = {HOST_KEY: host_ref.path}
     # facts may run version commands (kubelet --version): they overlap the reads too
     tasks: list[tuple[NetnsRef, Callable[[], object]]] = [(host_ref, lambda: _read_rest(host, host_rt)),
-                                                         (host_ref, read_facts)]
+                                                         (host_ref, read_facts), (host_ref, bpf.cgroup_programs)]
     tasks += [(ref, functools.partial(_read_pod, ref, pod_lookups)) for ref in linked]
-    host_result, facts, *pod_results = netns.run_many(tasks, workers=workers)
+    host_result, facts, cgroup_bpf, *pod_results = netns.run_many(tasks, workers=workers)
     if isinstance(host_result, BaseException):
         raise host_result
     errors: list[str] = []
-    pods = []
+    pods: list[tuple[NetnsDump, rtnl.RtnlState]] = []
     for ref, result in zip(linked, pod_results, strict=True):
         if isinstance(result, BaseException):
             errors.append(f"netns {ref.id} ({ref.path}): {type(result).__name__}: {result}")
         elif result is not None:
-            pods.append(result)
+            pods.append(cast("tuple[NetnsDump, rtnl.RtnlState]", result))  # _read_pod's value (run_many: object)
     _link_peers(host, host_rt, pods, {str(c.inode): c.inode for c in candidates})
     pod_dumps = [p for p, _ in pods]
     _name_pods(pod_dumps, pod_ips or {})
     dump = NodeDump(node=node, collected_at=collected_at, host=host, pods=pod_dumps, errors=errors)
+    if isinstance(cgroup_bpf, BaseException):  # stays null: "not read", which the walk declares
+        errors.append(f"cgroup_bpf: {type(cgroup_bpf).__name__}: {cgroup_bpf}")
+    else:
+        dump.cgroup_bpf = cgroup_bpf  # type: ignore[assignment]
     if isinstance(facts, NodeFacts):
         dump.facts = facts
     else:  # facts are informative only
         errors.append(f"facts: {facts}")
     dump.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     return dump
+
+
+def node_namespaces(netns_name: str | None = None) -> list[tuple[str, NetnsRef, set[str]]]:
+    """(id, ref, addresses) of this node's host namespace and each of its pod namespaces — the same
+    discovery as a collection, links and addresses only (what a live probe and its tracer need)."""
+    host_ref = netns.host_ref(netns_name)
+    candidates = netns.discover(host_ref.inode)
+    host_rt = netns.run_in(host_ref, lambda: rtnl.read_rtnl({str(c.inode): c.path for c in candidates}))
+    peer_nsids = set(host_rt.peer_nsids.values())
+    linked = [c for c in candidates if host_rt.nsids.get(str(c.inode), -1) in peer_nsids]
+    lookups = {HOST_KEY: host_ref.path}
+    results = netns.run_many([(ref, functools.partial(rtnl.read_rtnl, lookups)) for ref in linked])
+    out = [(HOST_ID, host_ref, _addresses(host_rt))]
+    for ref, rt in zip(linked, results, strict=True):
+        if isinstance(rt, rtnl.RtnlState) and _is_pod_of(rt):
+            out.append((ref.id, ref, _addresses(rt)))
+    return out
+
+
+def _addresses(rt: rtnl.RtnlState) -> set[str]:
+    return {str(ipaddress.ip_interface(a).ip) for link in rt.links for a in link.addresses}

@@ -58,8 +58,8 @@ def host_ref(netns: str | None) -> NetnsRef:
         if not path.exists():  # never create it: a missing node namespace is an error
             raise FileNotFoundError(f"network namespace {netns!r} does not exist ({path})")
         return NetnsRef(str(path), os.stat(path).st_ino, [netns])
-    path = f"/proc/{os.getpid()}/ns/net"
-    return NetnsRef(path, os.stat(path).st_ino, _names_by_inode().get(os.stat(path).st_ino, []))
+    own = f"/proc/{os.getpid()}/ns/net"
+    return NetnsRef(own, os.stat(own).st_ino, _names_by_inode().get(os.stat(own).st_ino, []))
 
 
 def _names_by_inode() -> dict[int, list[str]]:

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 
 from services.collector.reader import netlink as nl
-from shared.netstack import FdbEntry, Link, Neighbor, Route, Rule
+from shared.netstack import BRIDGE_PORT_STATES, BridgePort, FdbEntry, Link, Neighbor, Route, Rule, XdpProgram
 
 IFF_UP = 0x1
 RTNH_F_ONLINK = 0x4
@@ -24,9 +24,13 @@ AF_BRIDGE = 7
 
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH, RTM_GETRULE, RTM_GETNSID = 18, 22, 26, 30, 34, 90
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_LINK_NETNSID = 16, 18, 37
-IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_DATA = 1, 2, 5
-IFLA_BRPORT_MODE = 4
+IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_XDP = 16, 18, 37, 43
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_LEARNING, IFLA_BRPORT_UNICAST_FLOOD = 1, 4, 8, 9
+IFLA_BR_VLAN_FILTERING = 7
+IFLA_XDP_ATTACHED, IFLA_XDP_PROG_ID, IFLA_XDP_DRV_PROG_ID, IFLA_XDP_SKB_PROG_ID, IFLA_XDP_HW_PROG_ID = 2, 4, 5, 6, 7
+XDP_MODES = {IFLA_XDP_DRV_PROG_ID: "driver", IFLA_XDP_SKB_PROG_ID: "generic", IFLA_XDP_HW_PROG_ID: "offload"}
+XDP_ATTACHED = {1: "driver", 2: "generic", 3: "offload", 4: "multi"}
 IFLA_VXLAN_ID, IFLA_VXLAN_GROUP, IFLA_VXLAN_LINK, IFLA_VXLAN_LOCAL = 1, 2, 3, 4
 IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT, IFLA_VXLAN_GROUP6, IFLA_VXLAN_LOCAL6 = 7, 15, 16, 17
 IFLA_IPTUN_LINK, IFLA_IPTUN_LOCAL, IFLA_IPTUN_REMOTE = 1, 2, 3
@@ -71,6 +75,7 @@ class RtnlState:
     rules: list[Rule] = field(default_factory=list)
     neighbors: list[Neighbor] = field(default_factory=list)
     fdb: list[FdbEntry] = field(default_factory=list)
+    xdp: list[XdpProgram] = field(default_factory=list)
     # ifindex → the nsid (as this namespace numbers it) holding the veth peer; absent: same namespace
     peer_nsids: dict[int, int] = field(default_factory=dict)
     # key → nsid this namespace gives the namespace at a path (read_rtnl's `lookups`); -1: none
@@ -99,6 +104,16 @@ def _link(body: bytes, names: dict[int, str], state: RtnlState) -> Link:
         link.master = names.get(master, str(master))
     if IFLA_BRPORT_MODE in slave:
         link.hairpin = nl.u8(slave[IFLA_BRPORT_MODE]) == BRPORT_MODE_HAIRPIN
+    if nl.text(info.get(IFLA_INFO_SLAVE_KIND)) == "bridge" and IFLA_BRPORT_STATE in slave:
+        port_state = nl.u8(slave[IFLA_BRPORT_STATE]) or 0
+        link.bridge_port = BridgePort(
+            state=BRIDGE_PORT_STATES[port_state] if port_state < len(BRIDGE_PORT_STATES) else str(port_state),
+            learning=bool(nl.u8(slave.get(IFLA_BRPORT_LEARNING))),
+            flooding=bool(nl.u8(slave.get(IFLA_BRPORT_UNICAST_FLOOD))))
+    if kind == "bridge":
+        link.vlan_filtering = bool(nl.u8(data.get(IFLA_BR_VLAN_FILTERING)))
+    if IFLA_XDP in a:
+        state.xdp += _xdp(nl.attrs(a[IFLA_XDP]), name)
     if kind == "veth":
         peer = nl.u32(a.get(IFLA_LINK))
         nsid = nl.i32(a.get(IFLA_LINK_NETNSID))
@@ -120,6 +135,19 @@ def _link(body: bytes, names: dict[int, str], state: RtnlState) -> Link:
         link.tunnel = {"local": nl.ip(data.get(local)), "remote": nl.ip(data.get(remote)),
                        "dev": names.get(dev) if dev else None}
     return link
+
+
+def _xdp(x: nl.Attrs, dev: str) -> list[XdpProgram]:
+    """rtnl_xdp_fill: one program id per attached mode (IFLA_XDP_PROG_ID alone when a single mode)."""
+    attached = nl.u8(x.get(IFLA_XDP_ATTACHED)) or 0
+    if not attached:
+        return []
+    per_mode = [XdpProgram(dev=dev, mode=mode, prog_id=nl.u32(x[attr]) or 0)
+                for attr, mode in XDP_MODES.items() if attr in x]
+    if per_mode:
+        return per_mode
+    return [XdpProgram(dev=dev, mode=XDP_ATTACHED.get(attached, str(attached)),
+                       prog_id=nl.u32(x.get(IFLA_XDP_PROG_ID)) or 0)]
 
 
 def _cidr(addr: str | None, plen: int, family: int) -> str:
@@ -174,11 +202,6 @@ def _rule(body: bytes) -> Rule:
         fwmask=nl.u32(a.get(FRA_FWMASK)), tos=tos or None, invert=bool(flags & FIB_RULE_INVERT),
         suppress_prefixlength=None if suppress in (None, NO_SUPPRESS) else suppress,
     )
-
-
-def _nud_state(state: int) -> str:
-    names = [name for bit, name in NUD_STATES.items() if state & bit]
-    return "|".join(names) or "NONE"
 
 
 def _nsid(sock: nl.Netlink, path: str) -> int:

@@ -16,7 +16,7 @@ ALL_STATES = 0xFFFFFFFF
 _REQUEST = struct.Struct("=BBBxI48x")
 # inet_diag_msg: family, state, timer, retrans, then inet_diag_sockid: sport, dport (big-endian), src
 _PORTS = struct.Struct(">HH")
-_ADDR_LEN = {socket.AF_INET: 4, socket.AF_INET6: 16}
+_ADDR_LEN: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 16}
 
 
 def _dump(sock: nl.Netlink, family: int, protocol: int, states: int) -> list[tuple[str, int, int]]:

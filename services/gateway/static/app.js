@@ -57,7 +57,8 @@ function showFieldErrors(errors) {
 
 function formValues() {
   return { src: $("src").value.trim(), dst: $("dst").value.trim(), port: $("port").value.trim(),
-           protocol: $("protocol").value, collect_timeout_s: $("collect-timeout").value.trim(), check_reply: $("check-reply").checked };
+           protocol: $("protocol").value, collect_timeout_s: $("collect-timeout").value.trim(), check_reply: $("check-reply").checked,
+           live: $("live").checked };
 }
 
 const API_FIELD = { src: "src", dst: "dst", port: "port", protocol: "protocol", "options.collect_timeout_s": "collect-timeout" };
@@ -106,6 +107,7 @@ function fillForm(request) {
   if (request.options) {
     $("collect-timeout").value = request.options.collect_timeout_s;
     $("check-reply").checked = request.options.check_reply;
+    $("live").checked = Boolean(request.options.live);
   }
   showFieldErrors({});
 }
@@ -327,6 +329,7 @@ function showResult(d, { permalink = true } = {}) {
   renderGraph(result);
   renderFindings(result);
   renderAssumptions(result);
+  renderLive(result);
   markHistory(d.id);
   $("verdict-title").focus({ preventScroll: true });
   // verdict, first failing hop and fix at the top of the window, whatever the form above takes
@@ -538,6 +541,25 @@ function highlightFinding(f) {
     li.classList.toggle("highlight", hit);
     if (hit) { li.scrollIntoView({ block: "center" }); li.focus(); }
   }
+}
+
+/** The kernel's answer beside the simulation: probe outcome, agreement, the drops it traced. */
+function renderLive(result) {
+  const w = result.live;
+  $("live-card").hidden = !w;
+  if (!w) return;
+  const probe = w.probe && w.probe.outcome
+    ? h("p", {}, `Probe from ${w.probe.src}:${w.probe.sport} on ${w.probe.node}: ${w.probe.outcome} (${w.probe.detail}, ${Math.round(w.probe.elapsed_ms)} ms)`)
+    : null;
+  const drops = (w.drops || []).map((d) => h("li", { class: "kernel-drop" },
+    `${d.reason} at ${d.location}${d.device ? ` dev ${d.device}` : ""} in ${d.where || d.netns_inode} on ${d.node}` +
+    (d.codes.length ? ` → ${d.codes.join(", ")}` : "")));
+  $("live-witness").replaceChildren(
+    h("p", { class: "f-head" }, badge(w.agreement, w.agreement === "diverges" ? "error" : "INFO"),
+      ` simulated ${w.simulated}, kernel ${w.kernel || "not probed"}`),
+    probe, drops.length ? h("ul", { class: "findings" }, ...drops) : h("p", { class: "hint" }, "No kernel drop of the flow was traced."),
+    w.detail ? h("p", { class: "f-msg" }, w.detail) : null,
+    ...(w.notes || []).map((n) => h("p", { class: "hint" }, n)));
 }
 
 function renderAssumptions(result) {

@@ -38,6 +38,8 @@ export function buildModel(result) {
   const pathNodes = new Map();
   const keyToId = new Map();
   let counter = 0;
+  // where the kernel dropped the live probe's packets: drawn apart from the simulated drop
+  const kernelHops = new Set(((result.live && result.live.drops) || []).filter((d) => d.codes.length && d.hop).map((d) => d.hop));
   for (const path of result.paths || []) {
     let prefix = path.direction;
     let parent = null;
@@ -49,7 +51,8 @@ export function buildModel(result) {
         id = `n${counter++}`;
         keyToId.set(prefix, id);
         nodes.set(id, { id, kind: hop.kind, name: hop.name, address: hop.address, hopId: hop.id,
-                        direction: path.direction, status: "ok", occurrences: [], codes: new Set(), rewrites: new Set() });
+                        direction: path.direction, status: "ok", occurrences: [], codes: new Set(), rewrites: new Set(),
+                        kernelDrop: kernelHops.has(hop.id) });
         order.push(id);
         if (parent) edges.push({ id: `e${parent}-${id}`, source: parent, target: id, direction: path.direction });
       }
@@ -140,7 +143,7 @@ function elements(model) {
     const shape = n.terminal ? "round-rectangle" : (SHAPE[n.kind] || "round-rectangle");
     const { w, h } = boxSize(lines, shape);
     out.push({ group: "nodes", data: { id: n.id, label: lines.join("\n"), w, h, shape },
-               classes: [n.status, n.direction, n.terminal ? "terminal" : "hop"].join(" ") });
+               classes: [n.status, n.direction, n.terminal ? "terminal" : "hop", n.kernelDrop ? "kernel-drop" : ""].join(" ").trim() });
   }
   for (const e of model.edges) out.push({ group: "edges", data: e, classes: e.direction });
   return out;
@@ -160,6 +163,8 @@ const STYLE = [
   // reply lanes: dotted and blue, never mistaken for "unknown" (dashed grey); their status colours stay
   { selector: "node.reply", style: { "border-style": "dotted", "border-width": 3 } },
   { selector: "node.reply.ok", style: { "border-color": "#2f6db5", "background-color": "#eef4fb" } },
+  // the live probe's kernel drop point: a double violet border, distinct from the simulated (red) drop
+  { selector: "node.kernel-drop", style: { "border-style": "double", "border-width": 7, "border-color": "#6a1b9a" } },
   { selector: "node:selected", style: { "overlay-color": "#0b5cad", "overlay-opacity": 0.18, "overlay-padding": 6,
                                           "underlay-color": "#0b5cad", "underlay-opacity": 0.25, "underlay-padding": 5 } },
   { selector: "edge", style: { width: 2, "line-color": "#7d8898", "target-arrow-color": "#7d8898",

@@ -66,7 +66,7 @@ export function validateForm(v) {
                    protocol: validateProtocol(v.protocol), "collect-timeout": validateTimeout(v.collect_timeout_s) };
   for (const [k, msg] of Object.entries(checks)) if (msg) errors[k] = msg;
   const request = { src: v.src, dst: v.dst, port: Number.parseInt(v.port, 10), protocol: v.protocol,
-                    options: { check_reply: v.check_reply } };
+                    options: { check_reply: v.check_reply, live: Boolean(v.live) } };
   if (v.collect_timeout_s) request.options.collect_timeout_s = Number(v.collect_timeout_s);
   return { errors, request };
 }

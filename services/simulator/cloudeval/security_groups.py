@@ -133,7 +133,7 @@ def sorted_rules(index: CloudIndex, group_ids: tuple[str, ...], direction: str, 
                  if r.direction == direction and r.protocol in ("all", protocol)]
         # priority first; at equal priority drop before accept (drop wins)
         cached = index.memo[key] = sorted(rules, key=lambda c: (c.rule.priority, c.rule.policy != "drop"))
-    return cached  # type: ignore[return-value]
+    return cached  # type: ignore[return-value]  # memo holds several kinds: this key's are these rules
 
 
 def first_match(index: CloudIndex, rules: list[CompiledRule], flow: Flow, ingress: bool,

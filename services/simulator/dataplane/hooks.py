@@ -10,6 +10,7 @@ nat stage has bound the connection at this hook the later nat stages of the same
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,11 +43,11 @@ def stages(iptables: Sequence[Tracer], nft: NftEvaluator | None, hook: str, vers
                 continue
             prio = NAT_PRIORITY[hook] if table == "nat" else IPTABLES_PRIORITY[table]
             found.append(Stage(prio, f"iptables {table}", table == "nat",
-                               lambda bs, t=tracer, tb=table: t.run_table(bs, hook, tb)))
+                               functools.partial(tracer.run_table, hook=hook, table=table)))
     if nft is not None:
         for chain in nft.rs.base_chains(hook.lower(), IP_FAMILIES[version]):
             found.append(Stage(chain.priority, f"nft {chain.family} {chain.table} {chain.name}", chain.type == "nat",
-                               lambda bs, c=chain: nft.run_chain(bs, c)))
+                               functools.partial(nft.run_chain, chain=chain)))
     return sorted(found, key=lambda s: s.priority)  # stable: iptables first at equal priority
 
 

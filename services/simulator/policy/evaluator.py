@@ -9,7 +9,7 @@ one of those policies matches (union of allows; there are no deny rules in v1).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,8 +28,8 @@ from services.simulator.policy.model import (
     compile_policy,
     namespace_labels,
 )
-from shared.selectors import format_labels
 from shared.schemas import Assumption
+from shared.selectors import format_labels
 from shared.topology import ClusterObjects
 
 STAGE = "simulator"
@@ -298,7 +298,8 @@ class PolicyIndex:
                     continue
                 peer_index = self._matching_peer(rule, policy, remote, remote_ip)
                 if peer_index is not False:
-                    by_ip_block = peer_index is not None and rule.peers[peer_index].ip_block is not None
+                    by_ip_block = (peer_index is not None and rule.peers is not None
+                                   and rule.peers[peer_index].ip_block is not None)
                     return RuleMatch(policy.ref, rule.index, peer_index, port_index, by_ip_block)
         return None
 
@@ -388,12 +389,12 @@ def _port_matches(entry: PortMatch, dst_pod: Pod | None, protocol: str, port: in
 
 def _port_miss(ports: tuple[PortMatch, ...], dst_pod: Pod | None, protocol: str, port: int) -> str:
     allowed = ", ".join(map(str, ports))
-    named = [p for p in ports if p.named is not None and p.protocol == protocol]
+    named = [p.named for p in ports if p.named is not None and p.protocol == protocol]
     detail = f"{port}/{protocol} is not among {allowed}"
     if named and dst_pod is None:
         detail += "; named ports never match a destination that is not a pod"
-    elif named:
-        resolved = [f"{p.named}={dst_pod.named_ports.get((p.named, protocol), 'undefined')}" for p in named]
+    elif named and dst_pod is not None:
+        resolved = [f"{n}={dst_pod.named_ports.get((n, protocol), 'undefined')}" for n in named]
         detail += f"; on pod {dst_pod} {', '.join(resolved)}"
     return detail
 
@@ -429,7 +430,7 @@ def _names(refs: Iterable[PolicyRef]) -> str:
     return ", ".join(map(str, refs))
 
 
-def _split(objects: Any) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+def _split(objects: Any) -> tuple[Sequence[Mapping[str, Any]], ...]:
     if isinstance(objects, ClusterObjects):
         return objects.pods, objects.namespaces, objects.networkpolicies
     if isinstance(objects, Mapping):

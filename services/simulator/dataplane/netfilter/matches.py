@@ -50,7 +50,7 @@ def parse_port_range(text: str) -> tuple[int, int]:
 @dataclass(slots=True)
 class AddressMatch(Match):
     source: bool = True
-    network: IPNetwork | None = None
+    network: IPNetwork = field(kw_only=True)
 
     def test(self, st: FlowState, ctx: Any) -> bool:
         addr = st.src if self.source else st.dst
@@ -62,7 +62,7 @@ class AddressMatch(Match):
 class InterfaceMatch(Match):
     inbound: bool = True
     name: str = ""
-    _fn: Callable[[str | None], bool] | None = None
+    _fn: Callable[[str | None], bool] = field(init=False)
 
     def __post_init__(self) -> None:
         self._fn = iface_matcher(self.name)
@@ -204,7 +204,7 @@ class ConntrackMatch(Match):
         for fld, net, neg in self.addresses:
             addr = {"ctorigsrc": st.orig_src, "ctorigdst": st.orig_dst,
                     "ctreplsrc": st.dst, "ctrepldst": st.src}[fld]
-            if (addr.version == net.version and addr in net) == neg:
+            if (addr is not None and addr.version == net.version and addr in net) == neg:
                 return False
         for fld, (lo, hi), neg in self.ports:
             port = {"ctorigsrcport": st.orig_sport, "ctorigdstport": st.orig_dport,
@@ -247,7 +247,7 @@ class IprangeMatch(Match):
         for rng, addr in ((self.src_range, st.src), (self.dst_range, st.dst)):
             if rng is not None:
                 lo, hi, neg = rng
-                if (lo.version == addr.version and lo <= addr <= hi) == neg:
+                if (lo.version == addr.version and lo <= addr <= hi) == neg:  # type: ignore[operator]  # same version
                     return False
         return True
 
@@ -281,9 +281,9 @@ class PhysdevMatch(Match):
         pin, pout = getattr(ctx, "physdev_in", None), getattr(ctx, "physdev_out", None)
         for opt, value, neg in self.conditions:
             if opt == "physdev-in":
-                hit = bridged and iface_matcher(value)(pin)
+                hit = bridged and value is not None and iface_matcher(value)(pin)
             elif opt == "physdev-out":
-                hit = bridged and iface_matcher(value)(pout)
+                hit = bridged and value is not None and iface_matcher(value)(pout)
             elif opt == "physdev-is-in":
                 hit = bridged and pin is not None
             elif opt == "physdev-is-out":
@@ -310,7 +310,7 @@ class RpfilterMatch(Match):
         return ok != self.invert
 
     @property
-    def assumption(self) -> str:  # type: ignore[override]
+    def assumption(self) -> str:  # type: ignore[override]  # a property over the base class attribute
         return "rpfilter: the reverse path to the source is assumed valid (no route check given)"
 
 
@@ -335,7 +335,7 @@ class AssumedMatch(Match):
         return self.result != self.negated
 
     @property
-    def assumption(self) -> str:  # type: ignore[override]
+    def assumption(self) -> str:  # type: ignore[override]  # a property over the base class attribute
         return self.why
 
 

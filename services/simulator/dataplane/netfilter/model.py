@@ -6,9 +6,10 @@ Family-neutral: addresses are `ipaddress` objects; IPv4 and IPv6 rulesets share 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -80,7 +81,7 @@ class Rule:
     table_chains: dict | None = None  # the table's chains: a jump target that is none of them is a target
     compiled: CompiledRule | None = None
 
-    compiler = None  # set by the parser module: (Rule) -> CompiledRule
+    compiler: ClassVar[Callable[[Rule], CompiledRule]]  # set by the parser module
 
     def compile(self) -> CompiledRule:
         if self.compiled is None:

@@ -115,7 +115,7 @@ def _problem(rs: Ruleset, strict: bool, message: str) -> None:
 def _parse_chain_line(table: Table, line: str, rs: Ruleset, lineno: int) -> None:
     parts = line[1:].split()
     name = parts[0]
-    policy = parts[1] if len(parts) > 1 else "-"
+    policy: str | None = parts[1] if len(parts) > 1 else "-"
     counters = (0, 0)
     if len(parts) > 2:
         c = _COUNTERS.match(parts[2])
@@ -138,7 +138,8 @@ def _add_rule_line(table: Table, line: str, rs: Ruleset) -> None:
         chain = table.chains[chain_name] = _new_chain(table, chain_name, "ACCEPT" if chain_name in BUILTIN_CHAINS
                                                       else None, rs.family)
         rs.warnings.append(f"chain {table.name}/{chain_name} used before declared")
-    chain.lines.append(line)  # built into a Rule when a trace reaches it (Chain.rule)
+    # built into a Rule when a trace reaches it (Chain.rule)
+    chain.lines.append(line)  # type: ignore[union-attr]  # a list until the parse ends (then a tuple)
 
 
 def _new_chain(table: Table, name: str, policy: str | None, family: int, counters: tuple[int, int] = (0, 0)) -> Chain:
@@ -162,7 +163,7 @@ def compile_rule(rule: Rule) -> CompiledRule:
                         forking=fork)
 
 
-Rule.compiler = staticmethod(compile_rule)
+Rule.compiler = compile_rule  # called as type(rule).compiler(rule): no binding
 
 
 ScanEvent = tuple[str, str, bool, list[str]]  # (kind, name, negated, values)

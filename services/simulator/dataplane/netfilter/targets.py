@@ -26,6 +26,7 @@ MAX_NAT_FANOUT = 16
 
 def apply_target(br: Branch, rule: Rule, hit: RuleHit, ctx: Any) -> list[tuple[Branch, str]]:
     t = rule.target
+    assert t is not None  # the tracer applies only rules that have a target
     name = t.name
     opts = t.options
     st = br.state
@@ -118,8 +119,8 @@ def parse_nat_spec(spec: str) -> tuple[list[IPAddress], tuple[int, int] | None]:
 
 def _nat_branches(br: Branch, addrs: list[IPAddress], ports: tuple[int, int] | None,
                   note: str) -> list[tuple[Branch, IPAddress | None, int | None]]:
-    out = []
-    choices = addrs or [None]
+    out: list[tuple[Branch, IPAddress | None, int | None]] = []
+    choices: list[IPAddress | None] = [*addrs] or [None]
     for i, a in enumerate(choices):
         b = br if i == len(choices) - 1 else br.fork()
         b.probability = br.probability / len(choices)

@@ -15,6 +15,7 @@ import heapq
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.dataplane.netfilter.ipset import IpsetStore
 from services.simulator.dataplane.netfilter.matches import MissingSet
@@ -25,6 +26,7 @@ from services.simulator.dataplane.netfilter.model import (
     Chain,
     FlowState,
     IPAddress,
+    Match,
     MatchKind,
     Rule,
     RuleHit,
@@ -60,7 +62,7 @@ class TraceContext:
 
     @classmethod
     def from_strings(cls, addresses: dict[str, list[str]] | None = None, node_ips: Iterable[str] = (),
-                     **kw: object) -> TraceContext:
+                     **kw: Any) -> TraceContext:
         return cls(addresses={d: [ipaddress.ip_interface(a) for a in al] for d, al in (addresses or {}).items()},
                    node_ips=[ipaddress.ip_address(a) for a in node_ips], **kw)
 
@@ -314,6 +316,7 @@ class Tracer:
 
     def _unknown_target(self, br: Branch, chain: Chain, i: int, rule: Rule, hit: RuleHit, hook: str,
                         depth: int) -> list[tuple[Branch, str | None]]:
+        assert rule.target is not None  # an unknown target is still a target
         dropped = br.fork()
         results: list[tuple[Branch, str | None]] = []
         for b, outcome in ((br, "continues"), (dropped, "drops the packet")):
@@ -356,7 +359,7 @@ class TraceTooLarge(RuntimeError):
     pass
 
 
-def _feature(m: object) -> str:
+def _feature(m: Match) -> str:
     module = getattr(m, "module", "")
     return f"-m {module}" if module and not module.startswith("<") else f"an unparsed fragment ({m.text})"
 

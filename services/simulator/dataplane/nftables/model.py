@@ -25,7 +25,7 @@ class Interval:
 
     def __contains__(self, value: object) -> bool:
         try:
-            return self.low <= value <= self.high  # type: ignore[operator]
+            return self.low <= value <= self.high
         except TypeError:  # e.g. an IPv6 address against an IPv4 interval
             return False
 

@@ -137,6 +137,7 @@ class MatchStep(Step):
 
 def apply_verdict(br: Branch, verdict: dict[str, Any] | str, hit: RuleHit) -> Result:
     """A verdict as nft prints it ({"accept": null}, {"jump": {"target": X}}, …) → a result."""
+    arg: Any  # the verdict's argument: {"target": X} for jump/goto
     kind, arg = (verdict, None) if isinstance(verdict, str) else next(iter(verdict.items()))
     if kind in ("accept", "drop"):
         br.verdict, br.decided_by = kind.upper(), hit

@@ -9,12 +9,14 @@ SERVICE_NO_ENDPOINT.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 from services.simulator.dataplane.walk.reply import walk_replies
 from services.simulator.dataplane.walk.trail import Trail
 from services.simulator.dataplane.walk.walker import Expectation, Walker
 from services.simulator.dataplane.walk.world import NodeView, World
+from shared.cloud import CloudInventory
 from shared.netstack import NodeDump
 from shared.schemas import Assumption, DiagnosisRequest, FinalState, Finding, Path
 from shared.topology import TopologyReport
@@ -29,13 +31,14 @@ class WalkResult:
     paths: list[Path] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     assumptions: list[Assumption] = field(default_factory=list)
+    wanted: list[str] = field(default_factory=list)  # uncollected nodes the packet reaches (collect on demand)
 
 
 def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, NodeDump],
          expected: list[Finding] | None = None, reply: bool = True,
-         views: dict[str, NodeView] | None = None) -> WalkResult:
+         views: dict[str, NodeView] | None = None, cloud: CloudInventory | None = None) -> WalkResult:
     world = World(dumps, views)
-    walker = Walker(world, report, request, Expectation(list(expected or [])))
+    walker = Walker(world, report, request, Expectation(list(expected or [])), cloud=cloud)
     trails = walker.run()
     out = WalkResult()
     used: set[str] = set()
@@ -46,6 +49,9 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
             backs = walk_replies(walker, trail)
             replies.extend((path_id, back) for back in backs)
             _reply_outcome(trail, backs)
+        elif not reply and trail.final in (FinalState.DELIVER, FinalState.FORWARD):  # unchecked is no success
+            trail.assume("the reply path was not checked (check_reply is off): the connection completes only if "
+                         "the reply comes back through every translation the request met", could_change=True)
         out.paths.append(trail.to_path(path_id, description))
         _collect(out, trail)
     numbered: dict[str, int] = {}  # reply ids follow their forward path: p1.reply0, p1.reply1, …
@@ -53,6 +59,7 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
         n = numbered[path_id] = numbered.get(path_id, -1) + 1
         out.paths.append(back.to_path(f"{path_id}.reply{n}", f"reply of {path_id}", "reply"))
         _collect(out, back)
+    out.wanted = sorted(world.wanted)
     return out
 
 
@@ -64,11 +71,23 @@ def _reply_outcome(forward: Trail, backs: list[Trail]) -> None:
     if finals == {FinalState.DROP}:
         forward.final, forward.cause = FinalState.DROP, backs[0].cause
         forward.findings.extend(f for b in backs for f in b.findings if f not in forward.findings)
+        _show_reply_drop(forward, backs[0])
     elif FinalState.DROP in finals:
         forward.assume("UNSUPPORTED_RULE: the reply is dropped on some of its branches (see the reply paths)",
                        could_change=True)
     elif FinalState.ABORT in finals:
         forward.assume("the reply path could not be followed to the client", could_change=True)
+
+
+def _show_reply_drop(forward: Trail, back: Trail) -> None:
+    """The reply died on a hop the request never crossed (it was routed around the request's path):
+    that hop ends the forward path too, so the path shows where the connection failed."""
+    cause = next((f for f in back.findings if f.code == back.cause), None)
+    if cause is None or cause.hop is None or any(h.id == cause.hop for h in forward.hops):
+        return
+    hop = next((h for h in back.hops if h.id == cause.hop), None)
+    if hop is not None:
+        forward.hops.append(copy.deepcopy(hop))
 
 
 def _collect(out: WalkResult, trail: Trail) -> None:

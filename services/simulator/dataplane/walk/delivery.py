@@ -46,6 +46,7 @@ def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
     c.trail.delivered = (view.place, copy_state(st))
     sock = matching_socket(view.dump.sockets, st)
     if sock is not None:
+        w.devices.cgroups(c, view, "destination")
         c.trail.step(hop, StepKind.DELIVERY, StepAction.DELIVER, f"delivered: {sock.protocol} socket "
                      f"{sock.address}:{sock.port} ({sock.state}) in {view.where}", packet(st, st.iif),
                      socket=sock.model_dump())

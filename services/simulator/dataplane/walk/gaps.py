@@ -21,13 +21,15 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "ip6tables-legacy-save": ("ip6tables",), "ip6tables-nft-save": ("ip6tables",),
     "nft": ("nftables",), "ipset": ("ipset",), "ipvs": ("ipvs",), "ipvsadm-save": ("ipvs",),
     "sockets": ("sockets",), "sysctls": ("sysctls",), "counters": ("counters",),
+    "tc": ("tc",), "xdp": ("xdp",), "cgroup_bpf": ("cgroup_bpf",),
     "routes": ("routes",), "rules": ("rules",), "links": ("links",), "neighbors": ("neighbors",), "fdb": ("fdb",),
 }
 _NAMES = {"iptables": "the iptables rules", "ip6tables": "the ip6tables rules", "nftables": "the nftables ruleset",
           "ipset": "the ipsets", "ipvs": "the IPVS virtual servers", "sockets": "the listening sockets",
           "sysctls": "the sysctls", "counters": "the kernel counters", "routes": "the routes",
           "rules": "the routing policy rules", "links": "the links", "neighbors": "the neighbour table",
-          "fdb": "the bridge forwarding database"}
+          "fdb": "the bridge forwarding database", "tc": "the tc qdiscs and filters",
+          "xdp": "the XDP programs", "cgroup_bpf": "the cgroup BPF programs"}
 # not a loss: the nf_tables probe falling back to the tools (which report their own failures), and
 # node facts (kernel, load …), which the walk never reads
 HARMLESS = ("nftables tables:", "facts:")

@@ -80,8 +80,10 @@ class VirtualServer:
 
     @property
     def text(self) -> str:
-        key = f"fwmark {self.fwmark:#x}" if self.fwmark else f"{self.protocol} {endpoint(self.address, self.port)}"
-        return f"{key} ({self.scheduler})"  # type: ignore[arg-type]
+        if self.fwmark or self.address is None:  # ipvsadm keys a virtual server by fwmark or by address
+            return f"fwmark {self.fwmark or 0:#x} ({self.scheduler})"
+        key = f"{self.protocol} {endpoint(self.address, self.port)}"
+        return f"{key} ({self.scheduler})"
 
     def shares(self) -> list[tuple[RealServer, float]]:
         """Each real server the scheduler may pick, with its share. Weight 0 is quiesced (never picked);
@@ -176,12 +178,12 @@ class Ipvs:
             ci.st.dst, ci.st.dport = real.address, real.port or ci.st.dport
             ci.st.ct_dnat = True
             after = packet(ci.st, ci.st.iif, ci.st.oif)
-            ci.trail.nat.append(NatEntry(view.place, "DNAT", endpoint(*orig), real.endpoint, orig,  # type: ignore[arg-type]
+            ci.trail.nat.append(NatEntry(view.place, "DNAT", endpoint(*orig), real.endpoint, orig,
                                          (real.address, ci.st.dport)))
-            ci.trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"IPVS masquerading: {endpoint(*orig)} → "  # type: ignore[arg-type]
-                          f"{real.endpoint}", before, after, type="DNAT", original=endpoint_info(orig),  # type: ignore[arg-type]
+            ci.trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"IPVS masquerading: {endpoint(*orig)} → "
+                          f"{real.endpoint}", before, after, type="DNAT", original=endpoint_info(orig),
                           translated=endpoint_info((real.address, ci.st.dport)), virtual_server=vs.text)
-            if self.w.report.service and self.w.service_address(orig[0], orig[1]):  # type: ignore[arg-type]
+            if self.w.report.service and self.w.service_address(orig[0], orig[1]):
                 self.w.service_step(ci.trail, view, detail, before, after, virtual_server=vs.text,
                                     real_server=real.endpoint, forwarding=real.forward, probability=share)
             ci.port_in = None  # IPVS sends from the node's stack: no hairpin through the bridge port
@@ -196,7 +198,7 @@ class Ipvs:
             return None
         external = vs.address not in res.cluster_ips
         local_only = res.external_traffic_policy == "Local" if external else res.internal_traffic_policy == "Local"
-        expected = {endpoint(b.address, b.port) for b in res.backends  # type: ignore[arg-type]
+        expected = {endpoint(b.address, b.port) for b in res.backends
                     if b.ready and b.port is not None and (not local_only or b.node == view.node)}
         actual = {r.endpoint for r in vs.reals if r.weight > 0}
         if expected != actual:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
-from services.simulator.dataplane.walk.trail import copy_state, packet, route_info
+from services.simulator.dataplane.walk.reply import reply_leaves
+from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
 from services.simulator.dataplane.walk.walker import Cursor, link_up
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
@@ -78,6 +79,8 @@ class Crossing:
             found = finding("DATA_MISSING", view.hop_id, what=f"device {d.dev} in {view.where}",
                             reason="the route names a device the dump does not list")
             return self.w.drop(c, found, view, f"out device {d.dev} unknown", device=d.dev)
+        if not self.w.devices.egress(c, view, link.name):
+            return []
         if link.kind == "bridge":
             return self._to_port(c, view, link, nh)
         if link.kind == "vxlan":
@@ -129,6 +132,8 @@ class Crossing:
         bridge = view.links.get(port.master or "")
         if bridge is None:
             return self.w._routed_in(c, view)
+        if not self.w.devices.port_forwards(c, view, bridge, port, "frame received"):
+            return []
         nh = c.l2_dst or c.st.dst
         hop = c.trail.hop(view)
         if nh in view.local_ips:
@@ -143,7 +148,7 @@ class Crossing:
         cursors = [c]
         if view.bridge_nf():
             c.st.iif, c.st.oif = bridge.name, bridge.name
-            ctx_in = {"bridged": True, "physdev_in": port.name}
+            ctx_in: dict[str, Any] = {"bridged": True, "physdev_in": port.name}
             ctx_all = {**ctx_in, "physdev_out": target.name}
             cursors = [c2 for c1 in self.w.hook(c, view, "PREROUTING", **ctx_in)
                        for c2 in self.w.hook(c1, view, "FORWARD", **ctx_all)]
@@ -178,10 +183,14 @@ class Crossing:
                                view, f"{bridge.name}: the frame must go back out of port {port.name}, the port it "
                                "came in through, and hairpin is off", StepKind.BRIDGE, bridge=bridge.name,
                                port_in=port.name, port_out=port.name, next_hop=nh, hairpin=False)
+        if not self.w.devices.port_forwards(c, view, bridge, port, "frame sent"):
+            return []
         c.trail.step(c.trail.hop(view), StepKind.BRIDGE, StepAction.FORWARD, f"{bridge.name}: to port {port.name} "
                      f"(towards {nh})", packet(c.st, c.st.iif, bridge.name), bridge=bridge.name, port_out=port.name,
                      next_hop=nh, hairpin=port.hairpin if port.name == c.port_in else None)
         c.port_in = None
+        if not self.w.devices.egress(c, view, port.name):
+            return []
         return self._veth(c, view, port, nh)
 
     def _port_towards(self, view: NetnsView, bridge: Link, nh: IPAddress) -> Link | None:
@@ -241,7 +250,8 @@ class Crossing:
             if n.lladdr and macs and n.lladdr.lower() not in macs | GATEWAY_MACS and \
                     STATIC_NEIGHBOR & set(state.split("|")):
                 return finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=dev, where=view.where,
-                               state=f"{n.state} at {n.lladdr}, a MAC no interface of node {owner.node} has "
+                               state=f"{n.state} at {n.lladdr}, a MAC no interface of node "
+                                     f"{owner.node if owner else '?'} has "
                                      f"(a stale static entry: replace or delete it)",
                                evidence={"lladdr": n.lladdr, "owner_macs": sorted(macs)})
         return None
@@ -262,10 +272,12 @@ class Crossing:
 
     def _not_collected(self, node: str, how: str) -> Finding:
         """Why a node's dump is missing: the collector's finding for a node asked that did not answer,
-        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked)."""
-        found = self.w.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node))
+        else DATA_MISSING (a node off the path the Kubernetes model expects was never asked), and the
+        node is wanted: the simulator asks its agent on demand and walks again."""
+        found = self.w.collection_failed(node)
         if found is not None:
             return found
+        self.world.wanted.add(node)  # asked for on demand (assemble.py), then walked again
         why = ("it was not collected (see the collector's findings)" if node in self.w.report.nodes_to_collect
                else f"{how}, but it is off the path the Kubernetes model expects, so its agent was not asked")
         return finding("DATA_MISSING", node_hop(node), what=f"the network state of node {node}", reason=why)
@@ -318,7 +330,13 @@ class Crossing:
                                address=nh, device=link.name)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} via {nh}: leaves the "
                      "cluster's nodes", packet(c.st, c.iif, link.name), device=link.name, next_hop=nh)
+        if self.w.reply:
+            return reply_leaves(self.w, c, view)
         c.trail.left = (view.place, copy_state(c.st), link.name)
+        if self.w.in_pod_network(dst):  # a pod of a node no route here names: only the network beyond can tell
+            c.trail.assume(f"{dst} is in the cluster's pod network but leaves the nodes from {view.where} via {nh}: "
+                           "it reaches its pod only if the network beyond the nodes (the VPC's routes) carries it "
+                           "to the pod's node, which the walk did not follow", could_change=True)
         kind = HopKind.INTERNET if dst.is_global else HopKind.EXTERNAL
         return self.w.external(c, kind, lambda: str(dst))  # the hop kind (internet/external) says where
 
@@ -358,7 +376,7 @@ class Crossing:
         expected = self.w.node_ip(expected_node) if expected_node else None
         if fdb is None and self.w.blind(c, view, ("fdb",), "the bridge forwarding database"):
             return []
-        if fdb is None:
+        if fdb is None or fdb.dst is None:
             return self.w.drop(c, finding("NEIGHBOR_FAILED", view.hop_id, neighbor=f"{nh} ({neigh.lladdr})",
                                           device=link.name, where=view.where, state="no FDB entry (remote VTEP "
                                           "unknown)"), view, f"no FDB entry for {neigh.lladdr} on {link.name}",
@@ -392,11 +410,11 @@ class Crossing:
     def _mtu_check(self, c: Cursor, tunnel: Link) -> None:
         """Pods whose MTU exceeds the overlay's lose full-size packets (the SYN passes; bulk data does not)."""
         for hop in c.trail.hops:
-            if not hop.id.startswith("pod:"):
+            if hop.kind != HopKind.POD:
                 continue
-            ns = self.world.pod_netns(hop.node, hop.id.removeprefix("pod:"))
+            ns = self.world.pod_netns(hop.node, hop.name)  # a pod hop is named by its pod key
             eth = next((lk for lk in ns.dump.links if lk.kind == "veth"), None) if ns else None
-            if eth is not None and eth.mtu > tunnel.mtu:
+            if ns is not None and eth is not None and eth.mtu > tunnel.mtu:
                 found = finding("MTU_MISMATCH", hop.id, mtu=eth.mtu, link=eth.name, where=f"pod {ns.dump.pod}",
                                 path_mtu=tunnel.mtu)
                 if found not in c.trail.findings:
@@ -434,6 +452,8 @@ class Crossing:
             return self._link_down(oc, owner, in_link or uplink or view.links[d.dev])
         oc.st.iif, oc.st.oif = in_link.name, None
         c.trail.hop(owner)
+        if not self.w.devices.egress(oc, view, d.dev) or not self.w.devices.ingress(oc, owner, in_link.name):
+            return []
         for hook in ("PREROUTING", "INPUT"):
             alive = self.w.hook(oc, owner, hook)
             if not alive:
@@ -494,26 +514,26 @@ class Crossing:
 
     # ------------------------------------------------------------ traffic from outside
 
-    def external_start(self, st: FlowState, trail: object) -> Cursor | None:
+    def external_start(self, st: FlowState, trail: Trail) -> Cursor | None:
         """An external source: the packet enters the cluster at the node owning the destination (NodePort)
         or the node the model names as the Service's entry, through that node's uplink."""
         w = self.w
         report = w.report
         entry = next((p.entry_node for p in report.paths if p.entry_node), None) or report.dst.node
-        hop = trail.hop_by_id(external_hop(st.src), kind=HopKind.EXTERNAL, name=f"client {st.src}")  # type: ignore[attr-defined]
-        trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "  # type: ignore[attr-defined]
+        hop = trail.hop_by_id(external_hop(st.src), kind=HopKind.EXTERNAL, name=f"client {st.src}")
+        trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, "external source: enters through the entry "
                    f"node's uplink ({entry or 'unknown'})", packet(st), endpoint="external", entry_node=entry)
         if entry is None or entry not in self.world.nodes or report.src.kind not in (
                 EndpointKind.PUBLIC, EndpointKind.UNKNOWN):
-            trail.assume("the walk cannot tell where an outside packet enters the cluster",  # type: ignore[attr-defined]
+            trail.assume("the walk cannot tell where an outside packet enters the cluster",
                          could_change=True)
             found = self._not_collected(entry, "outside traffic enters through it") \
                 if entry and entry not in self.world.nodes else None
-            trail.end(FinalState.ABORT, found.code if found else None, found)  # type: ignore[attr-defined]
-            w.finished.append(trail)  # type: ignore[arg-type]
+            trail.end(FinalState.ABORT, found.code if found else None, found)
+            w.finished.append(trail)
             return None
         view = self.world.nodes[entry].host
         default = view.router.lookup(st.src)[0]
         in_dev = default.dev or next(iter(view.links))
         st.iif = in_dev
-        return Cursor(view.place, st, in_dev, trail)  # type: ignore[arg-type]
+        return Cursor(view.place, st, in_dev, trail)

@@ -18,10 +18,13 @@ from services.simulator.dataplane.walk.trail import Trail, packet
 from services.simulator.dataplane.walk.world import NetnsView
 from shared.codes import finding
 from shared.hops import external_hop, node_hop
-from shared.schemas import FinalState, HopKind, Severity, StepAction, StepKind
+from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
+from shared.topology import EndpointKind
 
 if TYPE_CHECKING:
     from services.simulator.dataplane.walk.walker import Cursor, Walker
+
+INSIDE = frozenset({EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE})  # clients on the nodes
 
 
 def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
@@ -38,7 +41,10 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
     rst = FlowState(src=st.dst, dst=st.src, protocol=st.protocol, sport=st.dport, dport=st.sport,
                     ctstate="ESTABLISHED", tcp_flags=flags, iif=iif)
     rw = Walker(walker.world, walker.report, walker.request, walker.expect, reply=True)
-    trail = Trail(pending_reverse=list(forward.nat))
+    trail = Trail(pending_reverse=list(forward.nat), tracked=set(forward.tracked))
+    foreign = next((e.foreign for e in forward.nat if e.foreign is not None and e.new[0] == st.src), None)
+    if iif is not None and foreign is not None:
+        return [_to_owner(trail, rst, foreign)]
     if iif is not None and walker.node_for_pod_network(st.src) is not None and \
             walker.node_for_pod_network(st.dst) is None:
         # the request left with a pod address: the outside cannot answer it unless a NAT (the cloud's,
@@ -56,6 +62,96 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
                    packet(rst, iif), endpoint="external", device=iif)
     return rw.run(Cursor(place, rst, iif, trail))
+
+
+def conntrack_state(c: Cursor, view: NetnsView) -> None:
+    """Each namespace has its own conntrack: a reply is ESTABLISHED only where the request created an
+    entry. Elsewhere (a reply routed around the node that saw the request) a TCP reply — a SYN-ACK, no
+    SYN seen — is INVALID, and a UDP one NEW (so nat, e.g. a masquerade, applies to it there)."""
+    if c.place in c.trail.tracked:
+        c.st.ctstate = "ESTABLISHED"
+        return
+    c.st.ctstate = "NEW" if c.st.protocol == "udp" else "INVALID"
+    c.trail.step(c.trail.hop(view), StepKind.CLASSIFY, StepAction.INFO, f"the reply enters {view.where}, whose "
+                 f"conntrack never saw the request: it is ctstate {c.st.ctstate} here", packet(c.st, c.iif),
+                 device=c.iif)
+
+
+def _to_owner(trail: Trail, rst: FlowState, foreign: Finding) -> Trail:
+    """The request left with a source address another host owns: the reply is routed to that owner,
+    which has no connection for it (TCP answers a reset, UDP finds no socket), not to the node that sent it."""
+    owner, owner_hop = str(foreign.evidence.get("owner")), str(foreign.evidence.get("owner_hop"))
+    hop = trail.hop_by_id(external_hop(rst.src), kind=HopKind.INTERNET if rst.src.is_global else HopKind.EXTERNAL,
+                          name=f"{'internet' if rst.src.is_global else 'outside the cluster'} {rst.src}")
+    trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply is addressed to {rst.dst}, which {owner} "
+               "owns: the network delivers it there", packet(rst))
+    kind = {"node": HopKind.NODE, "pod": HopKind.POD}.get(owner_hop.partition(":")[0], HopKind.EXTERNAL)
+    there = trail.hop_by_id(owner_hop, kind=kind, name=owner)
+    trail.step(there, StepKind.DELIVERY, StepAction.DROP, f"{owner} never sent the request: no connection takes "
+               "the reply", packet(rst), reply=True, finding=foreign.code)
+    trail.end(FinalState.DROP, foreign.code, foreign)
+    return trail
+
+
+def _mismatch_cause(c: Cursor) -> Finding | None:
+    """A translation to an address someone else owns explains a reply that went astray."""
+    return next((e.foreign for e in c.trail.pending_reverse if e.foreign is not None), None)
+
+
+def _tuple(src: object, sport: int | None, dst: object, dport: int | None, protocol: str) -> str:
+    return f"{src}:{sport if sport is not None else '*'} → {dst}:{dport if dport is not None else '*'}/{protocol}"
+
+
+def reply_leaves(w: Walker, c: Cursor, view: NetnsView) -> list:
+    """The reply leaves the modelled nodes towards the client outside them (internet, a VPC host, the
+    client of a NodePort or LoadBalancer): the client's connection takes it only if it is the exact
+    reverse of what the client sent, i.e. conntrack reversed every translation the request met.
+    Anything else the client drops (TCP answers it with a reset) and the connection never completes."""
+    r, st = w.request, c.st
+    peer = f"client {r.src}"
+    expected = _tuple(r.dst, r.port, r.src, None, r.protocol)
+    actual = _tuple(st.src, st.sport, st.dst, st.dport, st.protocol)
+    hop = c.trail.hop(view)
+    if w.report.src.kind in INSIDE:  # the client is inside the cluster: a reply leaving the nodes misses it
+        found = finding("INVALID_ROUTE", view.hop_id, route="the reply path", where=view.where, dst=r.src,
+                        expected=f"back to {r.src} inside the cluster")
+        c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply to {r.src}, a client inside the cluster, "
+                     f"leaves the nodes from {view.where}", packet(st, st.iif, st.oif), reply=True, finding=found.code)
+        return w.finish(c, FinalState.DROP, found.code, found)
+    if st.src == r.dst and st.sport in (r.port, None) and st.dst == r.src:
+        out = c.trail.hop_by_id(external_hop(r.src), kind=HopKind.INTERNET if r.src.is_global else HopKind.EXTERNAL,
+                                name=peer)
+        c.trail.step(out, StepKind.DELIVERY, StepAction.FORWARD, f"the reply leaves {view.where} as {actual}: the "
+                     f"exact reverse of what the client sent", packet(st, st.iif, st.oif), reply=True)
+        c.trail.assume(f"the reply from {view.where} reaches {peer} through the network beyond the nodes (the "
+                       "cloud layer decides there), and the client takes the exact reverse of its connection",
+                       could_change=False)
+        return w.finish(c, FinalState.FORWARD)
+    found = _mismatch_cause(c) or finding(
+        "REPLY_NOT_TRANSLATED", view.hop_id, where=view.where, peer=peer, actual=actual,
+        sent=_tuple(r.src, None, r.dst, r.port, r.protocol), expected=expected, missing=_missing(w, c),
+        evidence={"expected": expected, "actual": actual, "untranslated": [
+            {"kind": e.kind, "before": e.before, "after": e.after, "node": e.place.node, "netns": e.place.netns}
+            for e in c.trail.pending_reverse]})
+    c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply leaves {view.where} as {actual}, but the "
+                 f"client expects {expected}: no connection of the client matches, it drops the reply",
+                 packet(st, st.iif, st.oif), reply=True, finding=found.code)
+    return w.finish(c, FinalState.DROP, found.code, found)
+
+
+def _missing(w: Walker, c: Cursor) -> str:
+    """Which translation the reply missed, and why."""
+    parts = []
+    for e in c.trail.pending_reverse:
+        where = w.world.netns(e.place).where if e.place.node in w.world.nodes else f"node {e.place.node}"
+        why = ("a NOTRACK rule took the reply out of conntrack there" if e.place in c.trail.untracked else
+               f"the reply did not go back through {where}")
+        parts.append(f"the {e.kind} {e.before} → {e.after} made in {where} was not reversed ({why})")
+    if not parts:
+        own = [f"{e.kind} {e.before} → {e.after} in {w.world.netns(e.place).where}" for e in c.trail.nat]
+        return "the reply was translated on its way (" + "; ".join(own) + ")" if own else \
+            "no translation of the request matches the reply"
+    return "; ".join(parts)
 
 
 def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
@@ -76,8 +172,9 @@ def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
                         evidence={"untranslated": f"{bypassed.kind} {bypassed.before} → {bypassed.after}"})
     else:
         where = undone[0].place.node if undone else view.node
-        found = finding("INVALID_ROUTE", node_hop(where), route="the reply path", where=f"node {where}",
-                        expected=f"back through node {where}, which translated the request", dst=r.src)
+        found = _mismatch_cause(c) or finding(
+            "INVALID_ROUTE", node_hop(where), route="the reply path", where=f"node {where}",
+            expected=f"back through node {where}, which translated the request", dst=r.src)
     c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply arrives as {packet(st)}, but the client "
                  f"sent to {r.dst}:{r.port}: no connection matches, the client drops it", packet(st, st.iif),
                  reply=True, finding=found.code)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.dataplane.netfilter import FlowState, RuleHit
 from services.simulator.dataplane.routing import RouteDecision
-from services.simulator.dataplane.walk.world import NetnsView, Place
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place
 from shared.schemas import (
     FinalState,
     Finding,
@@ -36,21 +37,21 @@ def rule_hit(hit: RuleHit) -> RuleHitInfo:
                        family=hit.family or None)
 
 
-def route_info(d: RouteDecision) -> dict[str, object]:
+def route_info(d: RouteDecision) -> dict[str, Any]:
     """A route decision as RouteInfo fields (addresses as they are, not as text)."""
     return dict(type=d.type, table=d.table, route=d.route, dev=d.dev, gateway=d.gateway, src=d.src, onlink=d.onlink,
                 probability=d.probability, rules=d.rules)
 
 
 def endpoint_info(end: Endpoint) -> NatEndpoint:
-    return NatEndpoint(address=end[0], port=end[1])  # type: ignore[arg-type]
+    return NatEndpoint(address=end[0], port=end[1])
 
 
 def copy_state(st: FlowState) -> FlowState:
     return FlowState(**{k: getattr(st, k) for k in st.__slots__})
 
 
-Endpoint = tuple[object, int | None]  # (address, port)
+Endpoint = tuple[IPAddress, int | None]  # (address, port)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class NatEntry:
     after: str
     orig: Endpoint  # the rewritten field before: destination for DNAT/REDIRECT, source for SNAT/MASQUERADE
     new: Endpoint
+    foreign: Finding | None = None  # an SNAT to an address someone else owns: where its reply goes instead
 
     @property
     def rewrites_destination(self) -> bool:
@@ -78,6 +80,8 @@ class Trail:
     bridged_without_nf: set[Place] = field(default_factory=set)
     ipvs_done: set[Place] = field(default_factory=set)  # IPVS took the packet there (it does so once)
     pending_reverse: list[NatEntry] = field(default_factory=list)  # reply: translations still to undo
+    tracked: set[Place] = field(default_factory=set)  # namespaces whose conntrack saw the request
+    untracked: set[Place] = field(default_factory=set)  # reply: namespaces where a NOTRACK rule matched it
     delivered: tuple[Place, FlowState] | None = None
     left: tuple[Place, FlowState, str] | None = None  # left the cluster: node, packet as sent, uplink device
     probability: float = 1.0
@@ -126,5 +130,5 @@ class Trail:
                 hop.status = HopStatus.ERROR
             elif severities:
                 hop.status = HopStatus.WARNING
-        return Path(id=path_id, description=description, direction=direction, hops=self.hops,  # type: ignore[arg-type]
+        return Path(id=path_id, description=description, direction=direction, hops=self.hops,
                     final=self.final or FinalState.ABORT, cause=self.cause)

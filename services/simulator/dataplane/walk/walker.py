@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.simulator.dataplane.hooks import run_hook, stages
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
@@ -20,7 +21,10 @@ from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
 from services.simulator.dataplane.walk.delivery import deliver
+from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
+from services.simulator.dataplane.walk.owners import check_nat_address, cloud_owners
+from services.simulator.dataplane.walk.reply import conntrack_state
 from services.simulator.dataplane.walk.trail import (
     NatEntry,
     Trail,
@@ -31,6 +35,7 @@ from services.simulator.dataplane.walk.trail import (
     rule_hit,
 )
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
+from shared.cloud import CloudInventory
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
 from shared.schemas import (
@@ -39,6 +44,7 @@ from shared.schemas import (
     Finding,
     Hop,
     HopKind,
+    Packet,
     Severity,
     Step,
     StepAction,
@@ -96,8 +102,11 @@ class Expectation:
 
 class Walker:
     def __init__(self, world: World, report: TopologyReport, request: DiagnosisRequest,
-                 expectation: Expectation | None = None, reply: bool = False) -> None:
+                 expectation: Expectation | None = None, reply: bool = False,
+                 cloud: CloudInventory | None = None) -> None:
         self.reply = reply  # walking a reply: conntrack ESTABLISHED, translations undone where they happened
+        self.cloud_owners = cloud_owners(cloud)  # address → cloud resource, for NAT addresses (owners.py)
+        self.cloud_nodes = dict(cloud.nodes) if cloud else {}
         self.world = world
         self.report = report
         self.request = request
@@ -111,6 +120,7 @@ class Walker:
 
         self.links = links.Crossing(self)
         self.ipvs = Ipvs(self)
+        self.devices = DeviceHooks(self)
 
     # ------------------------------------------------------------ the Kubernetes objects we need
 
@@ -137,6 +147,11 @@ class Walker:
     def node_for_pod_network(self, addr: IPAddress) -> str | None:
         return next((node for net, node in self.pod_cidrs if addr.version == net.version and addr in net), None)
 
+    def in_pod_network(self, addr: IPAddress) -> bool:
+        return self.node_for_pod_network(addr) is not None or any(
+            addr.version == net.version and addr in net
+            for net in (ipaddress.ip_network(c, strict=False) for c in self.report.cluster.pod_cidrs))
+
     def node_ip(self, node: str) -> IPAddress | None:
         return next((ip for ip, n in self.node_ips.items() if n == node), None)
 
@@ -152,7 +167,7 @@ class Walker:
         res = self.report.service
         assert res is not None
         namespace, _, name = res.service.partition("/")
-        fields = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
+        fields: dict[str, dict[str, Any]] = {"SERVICE_NO_ENDPOINT": dict(namespace=namespace, name=name, detail=""),
                   "NO_LOCAL_ENDPOINT": dict(node=view.node),
                   "LB_SOURCE_RANGE_DENY": dict(src=c.st.src, ranges=", ".join(res.load_balancer_source_ranges))}
         found = self.expect.code_at(code) or finding(code, service_hop(res.service), service=res.service,
@@ -207,6 +222,8 @@ class Walker:
         node = src.node
         if src.kind in (EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE):
             if node not in self.world.nodes:
+                if node and self.collection_failed(node) is None:
+                    self.world.wanted.add(node)
                 self._abort(trail, src.pod or node, f"the network state of node {node}",
                             "it was not collected (see the collector's findings)")
                 return None
@@ -221,6 +238,12 @@ class Walker:
                 return None
             return Cursor(view.place, st, None, trail)
         return self.links.external_start(st, trail)
+
+    def collection_failed(self, node: str) -> Finding | None:
+        """The finding of a node whose collection was tried and failed (its agent did not answer, or
+        answered with an error, or the snapshot lacks it): asking again would not help."""
+        return self.expect.code_at("COLLECTOR_UNAVAILABLE", node_hop(node)) or \
+            self.expect.code_at("DATA_MISSING", node_hop(node))
 
     def _abort(self, trail: Trail, hop_name: str | None, what: str, reason: str) -> None:
         hop_id = pod_hop(hop_name) if hop_name and "/" in hop_name else node_hop(str(hop_name))
@@ -286,7 +309,7 @@ class Walker:
         return []
 
     def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
-             kind: StepKind = StepKind.LINK, **info: object) -> list:
+             kind: StepKind = StepKind.LINK, **info: Any) -> list:
         """The branch ends in a DROP `found` decided; with a view and a detail, a `kind` step says where
         (`info`: the fields of its typed detail)."""
         if view is not None and detail:
@@ -305,8 +328,15 @@ class Walker:
                              f"entered more than {MAX_VISITS} namespaces", StepKind.ROUTE, destination=c.st.dst)
         c.trail.hop(view)
         self.note_gaps(c.trail, view)
+        if self.reply:
+            conntrack_state(c, view)
+        else:
+            c.trail.tracked.add(c.place)
         if c.iif is None:
+            self.devices.cgroups(c, view, "reply's sender" if self.reply else "source")
             return self._local_out(c, view)
+        if not self.devices.ingress(c, view, c.iif):
+            return []
         port = view.links.get(c.iif)
         if port is not None and port.master and c.port_in is None:
             return self.links.bridge_in(c, view, port)
@@ -503,7 +533,6 @@ class Walker:
         order (hooks.run_hook); one cursor per surviving branch. `nat=False`: the connection's nat is
         already bound (a packet IPVS forwards), nat stages are skipped."""
         if self.reply:
-            self._undo_nat(c, view, hook)
             ctx.setdefault("reply", True)
         self.note_gaps(c.trail, view)
         if self.blind(c, view, ("iptables" if c.st.dst.version == 4 else "ip6tables", "nftables"),
@@ -512,7 +541,7 @@ class Walker:
         if view.unmodelled_netfilter:
             c.trail.assume(f"UNSUPPORTED_RULE: {view.unmodelled_netfilter}", could_change=True)
         if not view.rulesets and view.nft is None:
-            return [c]
+            return self._reverse_nat([c], view, hook)
         before = packet(c.st, c.st.iif, c.st.oif)
         vip_before = self.service_vip(c.st)
         context = view.context(**ctx)
@@ -532,7 +561,20 @@ class Walker:
                 survivors.append(ci)
         if vip_before and hook in ("PREROUTING", "OUTPUT") and view.is_host and not self.reply:
             self._check_endpoints(cursors, branches, view)
-        return survivors
+        return self._reverse_nat(survivors, view, hook)
+
+    def _reverse_nat(self, cursors: list[Cursor], view: NetnsView, hook: str) -> list[Cursor]:
+        """A reply's translation back happens at the nat priority, after raw and mangle (and, on the
+        way out, after filter): so after the hook's rules, and only for a reply conntrack tracks —
+        one a NOTRACK rule matched keeps the addresses the request was translated to."""
+        if not self.reply:
+            return cursors
+        for c in cursors:
+            if c.st.ctstate == "UNTRACKED":
+                c.trail.untracked.add(view.place)
+            elif c.st.ctstate == "ESTABLISHED":
+                self._undo_nat(c, view, hook)
+        return cursors
 
     def _undo_nat(self, c: Cursor, view: NetnsView, hook: str) -> None:
         """conntrack's reverse NAT for a reply: un-SNAT (destination) before routing, un-DNAT (source)
@@ -549,10 +591,10 @@ class Walker:
                 continue
             before = packet(st, st.iif, st.oif)
             if entry.rewrites_destination:
-                st.src = entry.orig[0]  # type: ignore[assignment]
+                st.src = entry.orig[0]
                 st.sport = entry.orig[1] if entry.orig[1] is not None else st.sport
             else:
-                st.dst = entry.orig[0]  # type: ignore[assignment]
+                st.dst = entry.orig[0]
                 st.dport = entry.orig[1] if entry.orig[1] is not None else st.dport
             c.trail.pending_reverse.remove(entry)
             if entry.orig == entry.new:
@@ -562,7 +604,7 @@ class Walker:
                          packet(st, st.iif, st.oif), type=entry.kind, original=endpoint_info(entry.new),
                          translated=endpoint_info(entry.orig), reverse=True)
 
-    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: object,
+    def _record_hook(self, c: Cursor, view: NetnsView, hook: str, br: Branch, before: Packet,
                      vip_before: bool) -> bool:
         trail = c.trail
         hop = trail.hop(view)
@@ -581,26 +623,29 @@ class Walker:
         action = StepAction.ALLOW if verdict == "ACCEPT" else StepAction.DROP
         step = trail.step(hop, StepKind.NETFILTER, action, f"{hook}: {verdict}" + (
             f" by {br.decided_by.label}/{br.decided_by.chain} rule {br.decided_by.position}" if br.decided_by and
-            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,  # type: ignore[arg-type]
+            action == StepAction.DROP else f" ({len(rules)} rule(s) matched)"), before, after,
             hook=hook, verdict=verdict, rules=rules, reject_with=br.reject_with,
             decided_by=rule_hit(br.decided_by) if br.decided_by and action == StepAction.DROP else None)
         for rec in br.nat:
             dnat = rec.kind in ("DNAT", "REDIRECT")
-            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)  # type: ignore[attr-defined]
+            orig = (before.dst, before.dport) if dnat else (before.src, before.sport)
             new = (after.dst, after.dport) if dnat else (after.src, after.sport)
-            trail.nat.append(NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new))
+            entry = NatEntry(view.place, rec.kind, rec.before, rec.after, orig, new)
+            if not self.reply:
+                check_nat_address(self, c, view, entry)
+            trail.nat.append(entry)
             where = f"({rec.hit.label}/{rec.hit.chain} rule {rec.hit.position})"
-            nat_info = {"type": rec.kind, "original": endpoint_info(orig), "translated": endpoint_info(new),
-                        "rule": rule_hit(rec.hit)}
+            nat_info: dict[str, Any] = {"type": rec.kind, "original": endpoint_info(orig),
+                                        "translated": endpoint_info(new), "rule": rule_hit(rec.hit)}
             if orig == new:  # e.g. a node's own packet masqueraded to the address it already has: no rewrite
                 trail.step(hop, StepKind.NAT, StepAction.INFO, f"{rec.kind} {where} keeps {rec.before}: the packet "
                            "is not changed (conntrack still records the binding)", **nat_info)
                 continue
             trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{rec.kind} {rec.before} → {rec.after} {where}",
-                       before, after, **nat_info)  # type: ignore[arg-type]
+                       before, after, **nat_info)
         if vip_before and any(n.kind in ("DNAT", "REDIRECT") for n in br.nat) and self.report.service:
-            dnat = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
-            self.service_step(trail, view, f"kube-proxy on {view.node} translates {dnat.before} → {dnat.after} "
+            last = [n for n in br.nat if n.kind in ("DNAT", "REDIRECT")][-1]
+            self.service_step(trail, view, f"kube-proxy on {view.node} translates {last.before} → {last.after} "
                               f"(branch probability {br.probability:.2f})", before, after, probability=br.probability,
                               rules=[h.rule for h in br.hits if h.chain.startswith(("KUBE-SVC", "KUBE-SEP"))])
         if action == StepAction.ALLOW:
@@ -608,8 +653,8 @@ class Walker:
         self._netfilter_drop(c, view, hook, br, step)
         return False
 
-    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: object, after: object,
-                     **info: object) -> None:
+    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: Packet, after: Packet,
+                     **info: Any) -> None:
         """The Service as this node's kube-proxy implements it: a hop before the node that translated it
         (`info`: fields of the step's ServiceInfo)."""
         res = self.report.service
@@ -618,8 +663,7 @@ class Walker:
         if any(h.id == hop_id for h in trail.hops):
             return
         svc = Hop(id=hop_id, kind=HopKind.SERVICE, name=res.service, address=self.request.dst, node=view.node)
-        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, service=res.service,  # type: ignore[arg-type]
-                   **info)
+        trail.step(svc, StepKind.SERVICE, StepAction.REWRITE, detail, before, after, service=res.service, **info)
         trail.hops.insert(len(trail.hops) - 1, svc)
 
     def _netfilter_drop(self, c: Cursor, view: NetnsView, hook: str, br: Branch, step: Step) -> None:
@@ -627,8 +671,9 @@ class Walker:
         then names the finding)."""
         hit = br.decided_by
         rule = hit.rule if hit else f":{hook} DROP"
-        fields = dict(where=view.where, table=hit.label if hit else "?", chain=hit.chain if hit else hook,
-                      position=hit.position if hit else 0, rule=rule, evidence={"hook": hook})
+        fields: dict[str, Any] = dict(where=view.where, table=hit.label if hit else "?",
+                                      chain=hit.chain if hit else hook, position=hit.position if hit else 0,
+                                      rule=rule, evidence={"hook": hook})
         policy = self.expect.policy_deny(rule) if hit else None
         res = self.report.service
         if policy is not None:
@@ -636,7 +681,7 @@ class Walker:
                                     name=(policy.hop or "").removeprefix("pod:"))
             c.trail.step(hop, StepKind.POLICY, StepAction.DROP, f"NetworkPolicy enforced on {view.node} "
                          f"({hook} {fields['table']}/{fields['chain']} rule {fields['position']}): {rule}",
-                         packet(br.state), enforced_by=rule_hit(hit), finding=policy.code)
+                         packet(br.state), enforced_by=rule_hit(hit) if hit else None, finding=policy.code)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
         if res is not None and hit is not None and hit.table.endswith("kube-proxy") and hit.chain == "reject-chain":
@@ -669,6 +714,8 @@ class Walker:
         targets = {n.after for br in branches for n in br.nat if n.kind == "DNAT"}
         if not targets:
             return
+        endpoints = {f"{b.address}:{b.port}" if b.address.version == 4 else f"[{b.address}]:{b.port}"
+                     for b in res.backends if b.port is not None}
         external = cursors[0].st.orig_dst not in res.cluster_ips if cursors else False
         local_only = res.external_traffic_policy == "Local" if external else res.internal_traffic_policy == "Local"
         for b in res.backends:
@@ -676,8 +723,13 @@ class Walker:
                 continue
             ep = f"{b.address}:{b.port}" if b.address.version == 4 else f"[{b.address}]:{b.port}"
             if ep not in targets:
+                # a rule left over for an address that is no endpoint (a stale DNAT) is what took its place
+                stale = sorted(t for t in targets if t not in endpoints)
                 found = finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node,
-                                what=f"endpoint {ep} of Service {res.service}")
+                                what=f"endpoint {ep} of Service {res.service}" + (
+                                    f" (its traffic is translated to {', '.join(stale)} instead, which is no "
+                                    "endpoint: a stale rule)" if stale else ""),
+                                evidence={"dnat_targets": sorted(targets), "stale": stale})
                 for c in cursors:
                     if found not in c.trail.findings:
                         c.trail.findings.append(found)

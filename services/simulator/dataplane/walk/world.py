@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from services.simulator.dataplane.netfilter import (
     IpsetStore,
@@ -56,7 +57,11 @@ class NetnsView:
         """How findings name this namespace."""
         if self.is_host:
             return f"node {self.node}"
-        return f"pod {self.dump.pod}" if self.dump.pod else f"netns {self.dump.id} on {self.node}"
+        if self.dump.pod:
+            return f"pod {self.dump.pod}"
+        # a pod namespace nobody named (a node collected on demand, off the model's path): its address says which
+        held = sorted(str(ip) for ip in self.local_ips if not ip.is_loopback and not ip.is_link_local)
+        return f"netns {self.dump.id}{' (' + ', '.join(held) + ')' if held else ''} on {self.node}"
 
     @cached_property
     def links(self) -> dict[str, Link]:
@@ -127,8 +132,8 @@ class NetnsView:
         text = self.dump.netfilter.ipsets
         return parse_ipset_save(text) if text else None
 
-    def context(self, **kw: object) -> TraceContext:
-        return TraceContext(addresses=self.addresses, ipsets=self.ipsets, **kw)  # type: ignore[arg-type]
+    def context(self, **kw: Any) -> TraceContext:
+        return TraceContext(addresses=self.addresses, ipsets=self.ipsets, **kw)
 
     def unread(self, *parts: str) -> list[str]:
         """The agent's errors that leave any of these parts of this namespace unknown (gaps.py)."""
@@ -195,6 +200,7 @@ class World:
         known = views or {}
         self.nodes = {name: known[name] if name in known and known[name].dump is d else NodeView.build(d)
                       for name, d in dumps.items()}
+        self.wanted: set[str] = set()  # nodes the packet reaches whose dump is missing: collect on demand
 
     def netns(self, place: Place) -> NetnsView:
         return self.nodes[place.node].namespaces[place.netns]
