@@ -148,8 +148,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report, missing = await _with_node_addresses(env.topology, env, bus, blobs)
-        assumptions += missing
+        report, unnamed = await _with_node_addresses(env.topology, env, bus, blobs)
+        assumptions += unnamed
         # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
         # heartbeats (a short ack_wait then redelivers only what a dead replica held)
         model = await asyncio.to_thread(ModelSimulator(report, env.request).run)

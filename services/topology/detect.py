@@ -172,13 +172,18 @@ def _is_ip(text: str) -> bool:
 def _union(cidrs: set[str]) -> list[str]:
     """The pod network as the fewest CIDRs covering exactly the nodes' podCIDRs (5,000 adjacent /24s are a few
     supernets: every topology event carries this). A podCIDR that is no network is left out, as the walk would."""
-    nets = []
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
     for cidr in cidrs:
         try:
-            nets.append(ip_network(cidr, strict=False))
+            net = ip_network(cidr, strict=False)
         except ValueError:
             continue
-    return [str(n) for version in (4, 6) for n in collapse_addresses([n for n in nets if n.version == version])]
+        if isinstance(net, ipaddress.IPv4Network):
+            v4.append(net)
+        else:
+            v6.append(net)
+    return [str(n) for n in collapse_addresses(v4)] + [str(n) for n in collapse_addresses(v6)]
 
 
 def _detect_cidrs(model: ClusterModel, out: Detection) -> None:

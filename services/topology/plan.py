@@ -97,7 +97,9 @@ def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolv
     policies = {object_key(pol): pol for pod in pods for pol in model.policies_in(pod["metadata"].get("namespace"))
                 if _selects(pol, pod)}
     service = model.get("Service", resolved.resolution.service) if resolved else None
-    return ClusterObjects(
+    # the model's objects are API-form dicts already: validating would only copy them (5,000 nodes of a
+    # LoadBalancer diagnosis), and nothing mutates them (docs/topology.md)
+    return ClusterObjects.model_construct(
         pods=pods,
         namespaces=[n for n in (model.get("Namespace", ns) for ns in namespaces) if n is not None],
         nodes=[n for n in (model.get("Node", name) for name in nodes) if n is not None],
