@@ -104,6 +104,12 @@ class ClusterInfo(BaseModel):
     enforces_network_policy: bool | None = Field(
         None, description="None = unknown (assume enforced, stated as an assumption)"
     )
+    cni_mode: str | None = Field(None, description="the plug-in's own mode when its configuration was read: "
+                                 "terway eniip-veth / eniip-ipvlan / eniip-datapathv2 / eni, calico bgp / ipip / "
+                                 "vxlan")
+    cni_config: dict[str, Any] = Field(default_factory=dict, description=(
+        "what detection read from the plug-in's configuration: Terway's eni-config (vswitches, security_groups), "
+        "Calico's IPPools (cidr, encapsulation, natOutgoing)"))
     kube_proxy_mode: str = Field("unknown", description="iptables, ipvs, nftables, unknown")
     pod_cidrs: list[str] = Field(default_factory=list, description="the pod network: the union of the nodes' "
                                  "podCIDRs as the fewest CIDRs (each node's own is on its Node object)")

@@ -23,7 +23,7 @@ import msgspec
 
 from shared.schemas import IPAddress
 
-KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet")
+KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet", "IPPool")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
@@ -187,6 +187,7 @@ _API_VERSIONS = {
     "EndpointSlice": "discovery.k8s.io/v1",
     "NetworkPolicy": "networking.k8s.io/v1",
     "DaemonSet": "apps/v1",
+    "IPPool": "crd.projectcalico.org/v1",  # Calico's CRD (Kubernetes datastore)
 }
 
 

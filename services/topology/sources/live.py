@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ log = logging.getLogger("netdiag.topology.live")
 DETECTION_NAMESPACES = DEFAULT_CONFIGMAP_NAMESPACES
 # Kinds only detection reads: when the API refuses them they sync empty and detection says so
 # (an assumption); every other kind is needed to diagnose at all and keeps the source unsynced.
-DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet"})
+DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet", "IPPool"})
 UNREADABLE_STATUS = {403: "forbidden", 404: "not found"}
 HTTP_GONE = 410
 
@@ -69,6 +70,9 @@ def resources(api: client.ApiClient, configmap_namespaces: Iterable[str] = DETEC
         Resource("DaemonSet", apps.list_daemon_set_for_all_namespaces),
     ]
     out += [Resource("ConfigMap", _namespaced(core.list_namespaced_config_map, ns), ns) for ns in configmap_namespaces]
+    # Calico's IPPools (a CRD: 404 where Calico is not installed, which detection only minds for Calico)
+    custom = client.CustomObjectsApi(api)
+    out.append(Resource("IPPool", partial(custom.list_cluster_custom_object, "crd.projectcalico.org", "v1", "ippools")))
     return out
 
 
