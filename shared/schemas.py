@@ -411,6 +411,8 @@ class StageEnvelope(BaseModel):
     topology: TopologyReport | None = Field(None, description="the topology stage's report: endpoints, Service, "
                                                              "candidate paths, nodes to collect, objects")
     nodes: dict[str, BlobRef] = Field(default_factory=dict, description="node name → netstack dump")
+    node_addresses: BlobRef | None = Field(None, description="every Node's addresses (the topology's "
+                                           "cluster.node_addresses) when the cluster has too many to carry inline")
     cloud: BlobRef | dict[str, Any] | None = None
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)

@@ -10,7 +10,7 @@ import yaml
 
 from services.simulator.matrix import compute_matrix
 from services.simulator.policy import PolicyIndex, deny_findings, policy_step
-from services.simulator.policy.selectors import SelectorError, compile_selector
+from shared.selectors import SelectorError, compile_selector
 from shared.schemas import Severity, StepAction
 from tests.simulator.netpol_model import model_objects, pod, pod_ip, policy
 
