@@ -1,8 +1,9 @@
-"""End-to-end diagnosis latency on the basic lab, collection included (issue 7's target: p50 < 1 s).
+"""End-to-end diagnosis latency on the lab examples, collection included (issue 7's target: p50 < 1 s).
 
     sudo .venv/bin/python bench/diagnose_lab.py [--runs 20]
 
-Brings up examples/lab/basic.yaml, its Kubernetes API and one node agent per lab node, then runs
+Brings up examples/lab/basic.yaml (then calico.yaml and terway.yaml, compared with basic), its
+Kubernetes API and one node agent per lab node, then runs
 diagnoses through the full embedded stack (gateway → topology → collector → cloud → simulator) and
 prints p50/p95 per request kind, the stage timings of the last run, and the dataplane walk alone on
 the recorded dumps (tests/simulator/dataplane/fixtures/walk/).
@@ -38,6 +39,8 @@ REQUESTS = {
     "pod → ClusterIP (2 endpoints)": ("pod:web/client", "svc:shop/api", 80, "tcp"),
     "pod → kube-dns udp": ("pod:web/client", "svc:kube-system/kube-dns", 53, "udp"),
 }
+# the plug-in examples (calico.yaml, terway.yaml) name their client shop/client; same requests otherwise
+PLUGIN_SCENARIOS = ("calico", "terway")
 
 
 async def one(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, dict]:
@@ -52,21 +55,26 @@ async def one(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[flo
         await asyncio.sleep(0.005)
 
 
-async def end_to_end(runs: int) -> None:
-    lab = Lab.up(resolve(Scenario.load(ROOT / "examples" / "lab" / "basic.yaml")), prefix=new_prefix())
+async def end_to_end(runs: int, scenario: str = "basic") -> dict[str, float]:
+    """p50 per request kind on one example scenario."""
+    lab = Lab.up(resolve(Scenario.load(ROOT / "examples" / "lab" / f"{scenario}.yaml")), prefix=new_prefix())
+    client = "pod:web/client" if scenario == "basic" else "pod:shop/client"
+    p50: dict[str, float] = {}
+    print(f"-- {scenario} (cni {lab.resolved.scenario.cni})")
     try:
         api = lab.start_api()
         agents = {name: node.netns for name, node in lab.state.nodes.items()}
         async with EmbeddedStack(Settings(kubeconfig=api.kubeconfig), agents=agents) as stack, \
                 aiohttp.ClientSession() as session:
-            for label, (src, dst, port, proto) in REQUESTS.items():
-                body = {"src": lab.address(src), "dst": lab.address(dst), "port": port, "protocol": proto}
+            for label, (_, dst, port, proto) in REQUESTS.items():
+                body = {"src": lab.address(client), "dst": lab.address(dst), "port": port, "protocol": proto}
                 await one(session, stack.url, body)  # warm-up: the topology's watch cache fills
                 times, last = [], {}
                 for _ in range(runs):
                     ms, last = await one(session, stack.url, body)
                     times.append(ms)
                 times.sort()
+                p50[label] = statistics.median(times)
                 p95 = times[max(0, int(len(times) * 0.95) - 1)]
                 print(f"{label:34s} p50 {statistics.median(times):7.1f} ms  p95 {p95:7.1f} ms  "
                       f"verdict {last['result']['verdict']}")
@@ -74,6 +82,16 @@ async def end_to_end(runs: int) -> None:
                 print(f"{'':34s} stages (ms): {stages}")
     finally:
         lab.down()
+    return p50
+
+
+async def all_scenarios(runs: int) -> None:
+    """basic (flannel host-gw) and the plug-in examples in one run; issue 20's target: each within 1.5x."""
+    base = await end_to_end(runs)
+    for scenario in PLUGIN_SCENARIOS:
+        got = await end_to_end(runs, scenario)
+        ratios = ", ".join(f"{label.split(' (')[0]} {got[label] / base[label]:.2f}x" for label in got)
+        print(f"{'':34s} p50 vs basic: {ratios}")
 
 
 def walk_only(runs: int) -> None:
@@ -95,7 +113,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
     walk_only(args.runs)
-    asyncio.run(end_to_end(args.runs))
+    asyncio.run(all_scenarios(args.runs))
 
 
 if __name__ == "__main__":

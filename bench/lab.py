@@ -62,6 +62,8 @@ def measure(label: str, scenario: Scenario, src: str, dst: str, port: int) -> No
 
 def main() -> None:
     measure("basic example (target up < 2 s)", Scenario.load(EXAMPLE), "web/client", "svc:shop/api", 80)
+    for cni in ("calico", "terway"):  # the plug-in modes: per-pod routes, proxy ARP / ENI policy routing
+        measure(f"{cni} example", Scenario.load(EXAMPLE.parent / f"{cni}.yaml"), "shop/client", "svc:shop/api", 80)
     measure("20x10 + 50 svc (target up < 30 s)", generated(), "bench/p-1-0", "svc:bench/svc-7", 80)
 
 

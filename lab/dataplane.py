@@ -39,6 +39,20 @@ INET_NET = ipaddress.ip_network("203.0.113.0/24")
 INET_GW, INET_IP, EXT_IP = "203.0.113.1", "203.0.113.10", "203.0.113.20"
 INET_LISTEN: list[tuple[int, str]] = [(80, "TCP"), (443, "TCP"), (53, "UDP"), (123, "UDP")]
 VXLAN_MTU = 1450
+# Calico: the pod's default gateway (answered by proxy ARP on the host's cali interface), the host side's
+# fixed MAC, BIRD's route protocol number, and felix's IPAM-pool ipsets
+CALICO_GATEWAY = "169.254.1.1"
+CALICO_HOST_MAC = "ee:ee:ee:ee:ee:ee"
+CALICO_ALL_POOLS, CALICO_MASQ_POOLS = "cali40all-ipam-pools", "cali40masq-ipam-pools"
+CALICO_VXLAN_DEVICE, CALICO_VXLAN_VNI, CALICO_VXLAN_PORT = "vxlan.calico", 4096, 4789  # felix's defaults
+# Terway (eniip, veth datapath): the pod's gateway (a static neighbour at the host veth's MAC), the rule
+# priorities of terway's EnsurePolicyRule, the ENI route table (1000 + the ENI's ifindex) and the MAC an
+# Alibaba Cloud vSwitch answers with
+TERWAY_GATEWAY = "169.254.1.1"
+TERWAY_TO_POD_PRIORITY, TERWAY_FROM_POD_PRIORITY = 512, 2048
+TERWAY_TABLE_BASE = 1000
+VSWITCH_MAC = "ee:ff:ff:ff:ff:ff"
+ENI_DEVICE = "eth1"
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _PARALLEL = 8
 
@@ -47,7 +61,9 @@ def new_prefix() -> str:
     return "ndt" + secrets.token_hex(3)
 
 
-def veth_name(pod_key: str) -> str:
+def veth_name(pod_key: str, cni: str = "host-gw") -> str:
+    if cni in ("calico", "terway-eniip"):  # Calico's VethNameForWorkload: "cali" + sha1("<namespace>.<pod>")[:11]
+        return "cali" + hashlib.sha1(pod_key.replace("/", ".", 1).encode()).hexdigest()[:11]
     return "veth" + hashlib.sha1(pod_key.encode()).hexdigest()[:8]
 
 
@@ -76,13 +92,50 @@ def flannel_rules(sc: ResolvedScenario, node: str) -> Ruleset:
     return rs
 
 
+def calico_ipsets(sc: ResolvedScenario) -> str:
+    """felix's IPAM-pool ipsets (`ipset restore` input): every pool, and the natOutgoing ones."""
+    lines = [f"create {s} hash:net family inet -exist" for s in (CALICO_ALL_POOLS, CALICO_MASQ_POOLS)]
+    lines += [f"flush {CALICO_ALL_POOLS}", f"flush {CALICO_MASQ_POOLS}",
+              f"add {CALICO_ALL_POOLS} {sc.scenario.cluster_cidr}"]
+    if sc.scenario.calico.nat_outgoing:
+        lines.append(f"add {CALICO_MASQ_POOLS} {sc.scenario.cluster_cidr}")
+    return "\n".join(lines) + "\n"
+
+
+def calico_rules(sc: ResolvedScenario) -> Ruleset:
+    """felix's natOutgoing chain (iptables dataplane): pod → outside every IPPool leaves masqueraded."""
+    rs = Ruleset()
+    rs.add("nat", "POSTROUTING", f"{comment('cali:O3lYWMrLQYEMJtB5')} -j cali-POSTROUTING")
+    rs.add("nat", "cali-POSTROUTING", f"{comment('cali:Z-c7XtVd2Bq7s_hA')} -j cali-nat-outgoing")
+    rs.add("nat", "cali-nat-outgoing", f"{comment('cali:flqWnvo8yq4ULQLa')} -m set --match-set {CALICO_MASQ_POOLS} "
+           f"src -m set ! --match-set {CALICO_ALL_POOLS} dst -j MASQUERADE --random-fully")
+    return rs
+
+
 def node_ruleset(sc: ResolvedScenario, node: str) -> str:
     """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router."""
     rs = netpol.rules(sc, node)
     if sc.scenario.kube_proxy_mode == "iptables":  # nftables mode: its own table, see program_rules
         rs.extend(kubeproxy.rules(sc, node))
-    rs.extend(flannel_rules(sc, node))
+    if sc.scenario.cni == "calico":
+        rs.extend(calico_rules(sc))
+    elif sc.scenario.cni != "terway-eniip":  # Terway: pod addresses are VPC addresses, nothing masquerades
+        rs.extend(flannel_rules(sc, node))
     return rs.render()
+
+
+def calico_vtep_ip(block: str) -> str:
+    """The node's IPv4VXLANTunnelAddr: Calico's IPAM gives the tunnel the block's first address."""
+    return str(ipaddress.ip_network(block).network_address)
+
+
+def eni_mac(node_index: int) -> str:
+    return f"00:16:3e:00:{(node_index >> 8) & 0xff:02x}:{node_index & 0xff:02x}"  # Alibaba Cloud's OUI
+
+
+def host_veth_mac(veth: str) -> str:
+    digest = hashlib.sha1(veth.encode()).hexdigest()
+    return "02:" + ":".join(digest[i:i + 2] for i in range(0, 10, 2))
 
 
 def dns_records(sc: ResolvedScenario) -> dict[str, list[str]]:
@@ -165,6 +218,11 @@ class Lab:
             batches += [(st.inet_netns, _host_batch(INET_IP)), (st.ext_netns, _host_batch(EXT_IP))]
         _parallel(lambda b: netns.ip_batch(b[1], b[0]), batches)
         netns.ip_batch(self._external_routes(), st.underlay_netns)
+        if sc.scenario.cni == "terway-eniip":
+            # the VPC's source check: a pod address is forwarded only from the ENI owning it, never from a
+            # node's primary NIC (the underlay bridge br0)
+            netns.run(netns.in_ns(st.underlay_netns, [CLI[sc.scenario.iptables_backend], "-A", "FORWARD", "-i",
+                                                      "br0", "-s", sc.scenario.terway.pod_vswitch_cidr, "-j", "DROP"]))
         self.program_rules()
         self._start_workloads()
         lab_state.save(st)
@@ -186,8 +244,25 @@ class Lab:
             for name, ns in (("inet", st.inet_netns), ("ext", st.ext_netns)):
                 lines += [f"link add {name} type veth peer name eth0 netns {ns}",
                           f"link set {name} master br1", f"link set {name} up"]
+        if sc.scenario.cni == "terway-eniip":
+            lines += self._vpc_eni_batch()
         netns_sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
         netns.write_sysctls(st.underlay_netns, netns_sysctls)
+        return lines
+
+    def _vpc_eni_batch(self) -> list[str]:
+        """The VPC side of each node's ENI: a point-to-point link `e<i>` answering as the pod vSwitch's
+        gateway (its MAC ee:ff:ff:ff:ff:ff), and the VPC's delivery of each secondary IP to the ENI owning it."""
+        sc, st = self.resolved, self.state
+        gateway = _pod_vswitch_gateway(sc)
+        lines = []
+        for i, node in enumerate(sc.nodes):
+            lines += [f"link add e{i} address {VSWITCH_MAC} type veth peer name {ENI_DEVICE} address {eni_mac(i)} "
+                      f"netns {st.nodes[node.name].netns}", f"addr add {gateway}/32 dev e{i}", f"link set e{i} up"]
+            for pod in st.pods.values():
+                if pod.node == node.name and not pod.host_network:
+                    lines += [f"route add {pod.ip}/32 dev e{i}",
+                              f"neigh add {pod.ip} lladdr {eni_mac(i)} dev e{i} nud permanent"]
         return lines
 
     def _external_routes(self) -> list[str]:
@@ -212,8 +287,14 @@ class Lab:
         vxlan = sc.scenario.cni == "vxlan"
         mtu = f" mtu {VXLAN_MTU}" if vxlan else ""
         lines = ["link set lo up", f"addr add {node.ip}/{underlay_len} dev eth0", "link set eth0 up",
-                 f"route add default via {_underlay_gateway(sc)} dev eth0",
-                 "link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
+                 f"route add default via {_underlay_gateway(sc)} dev eth0"]
+        if sc.scenario.cni == "calico":
+            self._configure_calico_node(name, lines)
+            return
+        if sc.scenario.cni == "terway-eniip":
+            self._configure_terway_node(name, lines)
+            return
+        lines += ["link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
         for pod in st.pods.values():
             if pod.node != name or pod.host_network:
                 continue
@@ -238,9 +319,85 @@ class Lab:
         netns.ip_batch(fdb, ns, tool="bridge")
         netns.write_sysctls(ns, {"net.ipv4.ip_forward": 1})
 
+    def _configure_calico_node(self, name: str, lines: list[str]) -> None:
+        """Calico BGP mode without encapsulation, as the CNI plug-in, felix and BIRD program a node: a veth
+        `cali<hash>` per pod (no bridge, MAC ee:ee:ee:ee:ee:ee, proxy_arp=1 so it answers the pod's
+        169.254.1.1), `podIP dev cali<hash> scope link`, a blackhole for the node's own block, and each peer's
+        block `via <peer node IP>` as BIRD learns it over BGP."""
+        sc, st = self.resolved, self.state
+        node = sc.node(name)
+        ns = st.nodes[name].netns
+        mtu = f" mtu {VXLAN_MTU}" if sc.scenario.calico.vxlan_mode == "Always" else ""
+        sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
+        for pod in st.pods.values():
+            if pod.node != name or pod.host_network:
+                continue
+            lines += [f"link add {pod.veth} address {CALICO_HOST_MAC}{mtu} type veth peer name eth0{mtu} netns "
+                      f"{pod.netns}",
+                      f"link set {pod.veth} up", f"route add {pod.ip}/32 dev {pod.veth} scope link"]
+            # felix's configureInterface for a workload interface
+            sysctls |= {f"net.ipv4.conf.{pod.veth}.proxy_arp": 1, f"net.ipv4.neigh.{pod.veth}.proxy_delay": 0,
+                        f"net.ipv4.conf.{pod.veth}.forwarding": 1, f"net.ipv4.conf.{pod.veth}.rp_filter": 1}
+        lines.append(f"route add blackhole {node.pod_cidr} proto bird")
+        others = [other for other in sc.nodes if other.name != name]
+        fdb: list[str] = []
+        if sc.scenario.calico.vxlan_mode == "Always":
+            # felix's VXLAN manager: the VTEP holds the tunnel address (the block's first), each peer block
+            # `via <peer VTEP> dev vxlan.calico onlink` with a permanent ARP and FDB entry (felix, not BIRD)
+            lines += [f"link add {CALICO_VXLAN_DEVICE} address {node.vtep_mac} mtu {VXLAN_MTU} type vxlan id "
+                      f"{CALICO_VXLAN_VNI} local {node.ip} dev eth0 dstport {CALICO_VXLAN_PORT} nolearning",
+                      f"addr add {calico_vtep_ip(node.pod_cidr)}/32 dev {CALICO_VXLAN_DEVICE}",
+                      f"link set {CALICO_VXLAN_DEVICE} up"]
+            for other in others:
+                vtep = calico_vtep_ip(other.pod_cidr)
+                lines += [f"route add {other.pod_cidr} via {vtep} dev {CALICO_VXLAN_DEVICE} onlink proto 80",
+                          f"neigh add {vtep} lladdr {other.vtep_mac} dev {CALICO_VXLAN_DEVICE} nud permanent"]
+                fdb.append(f"fdb append {other.vtep_mac} dev {CALICO_VXLAN_DEVICE} dst {other.ip} self permanent")
+        else:
+            lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0 proto bird" for other in others]
+        netns.ip_batch(lines, ns)
+        netns.ip_batch(fdb, ns, tool="bridge")
+        netns.write_sysctls(ns, sysctls)
+
+    def _configure_terway_node(self, name: str, lines: list[str]) -> None:
+        """Terway eniip with the veth datapath, as terway's CNI (plugin/driver/veth.go) programs a node: the ENI
+        (eth1, on the pod vSwitch through the VPC router) up with the node IP /32 and table 1000+ifindex whose
+        default route is the vSwitch gateway onlink; per pod a veth `cali<hash>` (no bridge), `podIP dev
+        cali<hash> scope link`, `to podIP lookup main` (512) and `from podIP iif cali<hash> lookup <ENI table>`
+        (2048); forwarding=1 and rp_filter=0 on every link."""
+        sc, st = self.resolved, self.state
+        node = sc.node(name)
+        ns = st.nodes[name].netns
+        lines += [f"addr add {node.ip}/32 dev {ENI_DEVICE}", f"link set {ENI_DEVICE} up"]
+        pods = [p for p in st.pods.values() if p.node == name and not p.host_network]
+        for pod in pods:
+            lines += [f"link add {pod.veth} address {host_veth_mac(pod.veth or '')} type veth peer name eth0 netns "
+                      f"{pod.netns}", f"link set {pod.veth} up", f"route add {pod.ip}/32 dev {pod.veth} scope link"]
+        netns.ip_batch(lines, ns)
+        table = TERWAY_TABLE_BASE + netns.ifindex(ns, ENI_DEVICE)
+        gateway = _pod_vswitch_gateway(sc)
+        rules = [f"route add default via {gateway} dev {ENI_DEVICE} onlink table {table}"]
+        for pod in pods:
+            rules += [f"rule add to {pod.ip}/32 lookup main priority {TERWAY_TO_POD_PRIORITY}",
+                      f"rule add from {pod.ip}/32 iif {pod.veth} lookup {table} priority {TERWAY_FROM_POD_PRIORITY}"]
+        netns.ip_batch(rules, ns)
+        devices = ["all", "eth0", ENI_DEVICE, *(p.veth for p in pods if p.veth)]
+        sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
+        for dev in devices:
+            sysctls |= {f"net.ipv4.conf.{dev}.forwarding": 1, f"net.ipv4.conf.{dev}.rp_filter": 0}
+        netns.write_sysctls(ns, sysctls)
+
     def _pod_batch(self, key: str) -> list[str]:
         pod = self.state.pods[key]
         node = self.resolved.node(pod.node)
+        if self.resolved.scenario.cni == "terway-eniip":  # terway's container side: a static gateway neighbour
+            return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
+                    f"route add default via {TERWAY_GATEWAY} dev eth0 onlink",
+                    f"neigh add {TERWAY_GATEWAY} lladdr {host_veth_mac(pod.veth or '')} dev eth0 nud permanent"]
+        if self.resolved.scenario.cni == "calico":  # the Calico CNI plug-in's container side
+            return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
+                    f"route add {CALICO_GATEWAY} dev eth0 scope link",
+                    f"route add default via {CALICO_GATEWAY} dev eth0"]
         pod_len = ipaddress.ip_network(node.pod_cidr).prefixlen
         return ["link set lo up", f"addr add {pod.ip}/{pod_len} dev eth0", "link set eth0 up",
                 f"route add default via {node.gateway_ip} dev eth0"]
@@ -250,6 +407,9 @@ class Lab:
         restore = RESTORE[self.resolved.scenario.iptables_backend]
 
         def load(node: str) -> None:
+            if self.resolved.scenario.cni == "calico":  # felix's ipsets before the rules that name them
+                netns.run(netns.in_ns(self.state.nodes[node].netns, ["ipset", "restore"]),
+                          stdin=calico_ipsets(self.resolved))
             netns.run(netns.in_ns(self.state.nodes[node].netns, [restore]),
                       stdin=node_ruleset(self.resolved, node))
             if self.resolved.scenario.kube_proxy_mode == "nftables":
@@ -391,6 +551,8 @@ class Lab:
                 return self.resolved.node(arg).pod_cidr
             if kind == "vtepmac":
                 return self.resolved.node(arg).vtep_mac
+            if kind == "vtep":
+                return calico_vtep_ip(self.resolved.node(arg).pod_cidr)
             if kind == "netns":
                 return self.netns_of(arg)
             if kind == "bpf":
@@ -428,6 +590,12 @@ def _underlay_gateway(sc: ResolvedScenario) -> str:
     return str(ipaddress.ip_network(sc.scenario.underlay_cidr).network_address + 1)
 
 
+def _pod_vswitch_gateway(sc: ResolvedScenario) -> str:
+    """An Alibaba Cloud vSwitch reserves its first and last three addresses; the gateway is the .253 of a /24
+    (the third-last address: VPC CreateVSwitch documentation)."""
+    return str(ipaddress.ip_network(sc.scenario.terway.pod_vswitch_cidr).broadcast_address - 2)
+
+
 def _host_batch(ip: str) -> list[str]:
     return ["link set lo up", f"addr add {ip}/{INET_NET.prefixlen} dev eth0", "link set eth0 up",
             f"route add default via {INET_GW} dev eth0"]
@@ -449,7 +617,8 @@ def _plan(sc: ResolvedScenario, prefix: str, scenario_path: str | Path | None) -
         host = rp.spec.host_network
         st.pods[rp.spec.key] = PodState(
             netns=st.nodes[rp.spec.node].netns if host else f"{prefix}-{rp.spec.namespace}-{rp.spec.name}",
-            node=rp.spec.node, ip=rp.ip, host_network=host, veth=None if host else veth_name(rp.spec.key))
+            node=rp.spec.node, ip=rp.ip, host_network=host,
+            veth=None if host else veth_name(rp.spec.key, sc.scenario.cni))
     names = [st.underlay_netns, st.inet_netns, st.ext_netns, *(n.netns for n in st.nodes.values()),
              *(p.netns for p in st.pods.values() if not p.host_network)]
     dupes = {n for n in names if n and names.count(n) > 1}

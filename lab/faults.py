@@ -4,7 +4,8 @@ Each Fault names its scenario (examples/lab/<scenario>.yaml), the probe that exp
 outcome before and after injection, the verdict a diagnosis must reach and the finding code + hop id it
 must name. Injection uses plain commands (`ip`, `iptables`, `sysctl`, `bridge`, `kill`) run inside a lab
 namespace; argv strings may hold placeholders expanded by `Lab.expand` ({pod:ns/name}, {node:name},
-{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {veth:ns/pod}, {pid:ns/pod}, {netns:name}, {iptables},
+{svc:ns/name}, {podcidr:node}, {vtepmac:node}, {vtep:node} (Calico's VXLAN tunnel address), {veth:ns/pod},
+{pid:ns/pod}, {netns:name}, {iptables},
 {bpf:name} — lab/bpf/<name>.c compiled with clang).
 A few faults are Kubernetes-level (readiness, a new NetworkPolicy): the lab reprograms the nodes the way
 kube-proxy / the policy agent would, and the changed objects are in the state file for the API server.
@@ -354,6 +355,88 @@ CATALOGUE += [
           ProbeSpec("prod/toolbox", "192.0.2.77", 80), "unreachable", "connected", None, verdict_after="REACHABLE",
           commands=(_node("node-3", "{iptables}", "-t", "nat", "-I", "PREROUTING", "1", "-d", "192.0.2.77/32", "-p",
                           "tcp", "--dport", "80", "-j", "DNAT", "--to-destination", "{pod:prod/web-1}:80"),)),
+]
+
+CALICO_CROSS_NODE = ProbeSpec("shop/client", "pod:shop/api-2", 8080)
+CATALOGUE += [  # Calico BGP mode (examples/lab/calico.yaml): what operators of the plug-in hit
+    Fault("calico_pod_route_missing", "node-2 lost its `podIP dev cali* scope link` route to the destination "
+          "pod: the lookup falls to the node's blackhole route for its own block",
+          "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("POD_ROUTE_MISSING", "node:node-2", ("ROUTE_BLACKHOLE",)),
+          commands=(_node("node-2", "ip", "route", "del", "{pod:shop/api-2}/32", "dev", "{veth:shop/api-2}"),)),
+    Fault("calico_proxy_arp_off", "proxy_arp is off on the client's cali interface (and the pod's neighbour "
+          "cache is flushed): nothing answers ARP for the pod's gateway 169.254.1.1",
+          "calico", CALICO_CROSS_NODE, "connected", "timeout", Expected("PROXY_ARP_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "sysctl", "-w", "net.ipv4.conf.{veth:shop/client}.proxy_arp=0"),
+                    _node("shop/client", "ip", "neigh", "flush", "dev", "eth0"))),
+    Fault("calico_block_route_missing", "node-1 has no route for node-2's block (its BGP session to node-2 is "
+          "down, BIRD withdrew the route): the packet follows the default route to the VPC router, which has no "
+          "route for pod addresses", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("INVALID_ROUTE", "node:node-1", ("NO_ROUTE",)),
+          commands=(_node("node-1", "ip", "route", "del", "{podcidr:node-2}"),)),
+    Fault("calico_nat_outgoing_off", "the IPPool's natOutgoing is off (felix empties cali40masq-ipam-pools): pod → "
+          "internet leaves with the pod address, which the internet host cannot answer",
+          "calico", ProbeSpec("shop/client", "inet", 80), "connected", "timeout",
+          Expected("POD_SOURCE_NOT_MASQUERADED", "node:node-1"), verdict_after="UNDETERMINED",
+          commands=(_node("node-1", "ipset", "flush", "cali40masq-ipam-pools"),)),
+    Fault("calico_workload_forwarding_off", "forwarding is off on the client's cali interface: the node does not "
+          "route what the pod sends", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("IP_FORWARD_DISABLED", "node:node-1"),
+          commands=(_node("node-1", "sysctl", "-w", "net.ipv4.conf.{veth:shop/client}.forwarding=0"),)),
+    Fault("calico_workload_link_down", "the host side of the destination pod's cali veth is down",
+          "calico", CALICO_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "{veth:shop/api-2}", "down"),)),
+    Fault("calico_pod_default_route_missing", "the client pod lost its default route via 169.254.1.1",
+          "calico", CALICO_CROSS_NODE, "connected", "unreachable", Expected("NO_ROUTE", "pod:shop/client"),
+          commands=(_node("shop/client", "ip", "route", "del", "default"),)),
+    Fault("calico_same_node_pod_route_missing", "node-1 lost the route to its own pod api-1: same-node traffic "
+          "from the client falls to the block's blackhole", "calico", ProbeSpec("shop/client", "pod:shop/api-1", 8080),
+          "connected", "timeout", Expected("POD_ROUTE_MISSING", "node:node-1", ("ROUTE_BLACKHOLE",)),
+          commands=(_node("node-1", "ip", "route", "del", "{pod:shop/api-1}/32", "dev", "{veth:shop/api-1}"),)),
+    Fault("calico_vxlan_fdb_wrong", "node-1's FDB entry for node-2's VTEP on vxlan.calico points at an address "
+          "nobody owns", "calico-vxlan", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("INVALID_ROUTE", "node:node-1", ("NEIGHBOR_FAILED",)),
+          commands=(_node("node-1", "bridge", "fdb", "replace", "{vtepmac:node-2}", "dev", "vxlan.calico", "dst",
+                          "172.30.0.99", "self", "permanent"),)),
+    Fault("calico_vxlan_neighbor_missing", "node-1 lost felix's static ARP entry for node-2's VTEP (vxlan.calico "
+          "learns nothing): the peer block's next hop is unresolved", "calico-vxlan", CALICO_CROSS_NODE,
+          "connected", "timeout", Expected("NEIGHBOR_FAILED", "node:node-1"),
+          commands=(_node("node-1", "ip", "neigh", "del", "{vtep:node-2}", "dev", "vxlan.calico"),)),
+]
+
+TERWAY_CROSS_NODE = ProbeSpec("shop/client", "pod:shop/api-2", 8080)
+CATALOGUE += [  # Terway eniip, veth datapath (examples/lab/terway.yaml)
+    Fault("terway_pod_rule_missing", "node-1 lost the client's `from <pod> iif <veth> lookup <ENI table>` rule: its "
+          "traffic leaves by the primary NIC, and the VPC drops a source that is not that NIC's address",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("POD_EGRESS_WRONG_ENI", "node:node-1"),
+          commands=(_node("node-1", "ip", "rule", "del", "from", "{pod:shop/client}/32", "priority", "2048"),)),
+    Fault("terway_pod_route_missing", "node-2 lost its `podIP dev <veth>` route to the destination pod: the main "
+          "table sends the pod's address back out to the VPC",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("POD_ROUTE_MISSING", "node:node-2"),
+          commands=(_node("node-2", "ip", "route", "del", "{pod:shop/api-2}/32", "dev", "{veth:shop/api-2}"),)),
+    Fault("terway_eni_down_destination", "node-2's ENI (eth1) is down: the VPC cannot deliver the pod's address",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "eth1", "down"),)),
+    Fault("terway_eni_down_source", "node-1's ENI (eth1) is down: its table lost its default route, the client's "
+          "traffic falls through to the main table and leaves by the primary NIC, where the VPC drops it",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-1"),
+          commands=(_node("node-1", "ip", "link", "set", "eth1", "down"),)),
+    Fault("terway_pod_veth_down", "the host side of the destination pod's veth is down (its route went with it)",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "node:node-2"),
+          commands=(_node("node-2", "ip", "link", "set", "{veth:shop/api-2}", "down"),)),
+    Fault("terway_forward_drop", "an iptables DROP in node-2's FORWARD chain for the destination pod (as a policy "
+          "agent's chain would)", "terway", TERWAY_CROSS_NODE, "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-I", "FORWARD", "1", "-d", "{pod:shop/api-2}/32", "-p", "tcp",
+                          "--dport", "8080", "-j", "DROP"),)),
+    Fault("terway_pod_gateway_neighbor_wrong", "the client pod's static neighbour for its gateway 169.254.1.1 "
+          "holds a MAC nobody has: every frame to the host is discarded", "terway", TERWAY_CROSS_NODE, "connected",
+          "timeout", Expected("NEIGHBOR_FAILED", "pod:shop/client"),
+          commands=(_node("shop/client", "ip", "neigh", "replace", "169.254.1.1", "lladdr", "02:00:00:00:00:99",
+                          "dev", "eth0", "nud", "permanent"),)),
+    Fault("terway_ip_forward_off", "net.ipv4.ip_forward=0 on the destination pod's node",
+          "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("IP_FORWARD_DISABLED", "node:node-2"),
+          commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
 ]
 
 BY_NAME = {f.name: f for f in CATALOGUE}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -155,6 +156,10 @@ def call_in(netns: str, fn: Callable[[], T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]
+
+
+def ifindex(netns: str, device: str) -> int:
+    return int(json.loads(run(["ip", "-n", netns, "-j", "link", "show", device]).stdout)[0]["ifindex"])
 
 
 def write_sysctls(netns: str, values: dict[str, str | int]) -> None:

@@ -9,6 +9,7 @@ the lab mutates pods, exactly like the EndpointSlice controller would.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import uuid
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("EndpointSlice", "endpointslices", "discovery.k8s.io", "v1", True),
     Resource("NetworkPolicy", "networkpolicies", "networking.k8s.io", "v1", True, ("netpol",)),
     Resource("DaemonSet", "daemonsets", "apps", "v1", True, ("ds",)),
+    # Calico's own configuration (the CRDs calico-node reads in the Kubernetes datastore mode)
+    Resource("IPPool", "ippools", "crd.projectcalico.org", "v1", False),
 )
 RESOURCE_BY_KIND = {r.kind: r for r in RESOURCES}
 
@@ -147,8 +150,25 @@ def node_ready_patch(node: Obj, ready: bool) -> Obj:
     return node
 
 
-def node_object(sc: Scenario, node: ResolvedNode, created: str) -> Obj:
+def _cni_annotations(sc: Scenario, node: ResolvedNode) -> dict[str, str]:
+    if sc.cni == "terway-eniip":
+        return {}
+    if sc.cni == "calico":  # calico-node's autodetected BGP address (and VXLAN tunnel address)
+        prefixlen = ipaddress.ip_network(sc.underlay_cidr).prefixlen
+        out = {"projectcalico.org/IPv4Address": f"{node.ip}/{prefixlen}"}
+        if sc.calico.vxlan_mode != "Never":
+            out["projectcalico.org/IPv4VXLANTunnelAddr"] = str(ipaddress.ip_network(node.pod_cidr).network_address)
+        return out
     backend_data = {"VNI": FLANNEL_VXLAN_VNI, "VtepMAC": node.vtep_mac} if sc.cni == "vxlan" else None
+    return {
+        "flannel.alpha.coreos.com/backend-type": sc.cni,
+        "flannel.alpha.coreos.com/backend-data": json.dumps(backend_data) if backend_data else "null",
+        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+        "flannel.alpha.coreos.com/public-ip": node.ip,
+    }
+
+
+def node_object(sc: Scenario, node: ResolvedNode, created: str) -> Obj:
     meta = _meta(
         sc.name, "Node", node.name, None, created,
         labels={
@@ -157,19 +177,15 @@ def node_object(sc: Scenario, node: ResolvedNode, created: str) -> Obj:
             "node.kubernetes.io/instance-type": "ecs.g7.large",
             "topology.kubernetes.io/region": REGION, "topology.kubernetes.io/zone": ZONE,
         },
-        annotations={
-            "flannel.alpha.coreos.com/backend-type": sc.cni,
-            "flannel.alpha.coreos.com/backend-data": json.dumps(backend_data) if backend_data else "null",
-            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-            "flannel.alpha.coreos.com/public-ip": node.ip,
-            "node.alpha.kubernetes.io/ttl": "0",
-        },
+        annotations={**_cni_annotations(sc, node), "node.alpha.kubernetes.io/ttl": "0"},
     )
     resources = {"cpu": "2", "ephemeral-storage": "123722704Ki", "hugepages-2Mi": "0",
                  "memory": "7853256Ki", "pods": "64"}
     obj = _obj(
         "Node", meta,
-        spec={"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr], "providerID": provider_id(sc.name, node.name)},
+        # Terway nodes have no pod CIDR: pods take ENI secondary IPs from the pod vSwitch
+        spec={"providerID": provider_id(sc.name, node.name)} if sc.cni == "terway-eniip" else
+        {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr], "providerID": provider_id(sc.name, node.name)},
         status={
             "addresses": [{"type": "InternalIP", "address": node.ip}, {"type": "Hostname", "address": node.name}],
             "allocatable": resources, "capacity": resources,
@@ -556,29 +572,102 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
             "config.conf": yaml.safe_dump(proxy_config, sort_keys=False),
             "kubeconfig.conf": yaml.safe_dump(proxy_kubeconfig, sort_keys=False),
         }, {"app": "kube-proxy"}, created),
-        _configmap(sc, "kube-flannel-cfg", {
-            "cni-conf.json": json.dumps(cni_conf, indent=2),
-            "net-conf.json": json.dumps(net_conf, indent=2),
-        }, {"app": "flannel", "tier": "node"}, created),
         _daemonset(sc, "kube-proxy", {"k8s-app": "kube-proxy"}, [{
             "name": "kube-proxy", "image": f"registry.k8s.io/kube-proxy:{KUBERNETES_VERSION.split('-')[0]}",
             "command": ["/usr/local/bin/kube-proxy", "--config=/var/lib/kube-proxy/config.conf",
                         "--hostname-override=$(NODE_NAME)"],
         }], rs.nodes, created),
-        _daemonset(sc, "kube-flannel-ds", {"app": "flannel", "tier": "node"}, [{
-            "name": "kube-flannel", "image": "docker.io/flannel/flannel:v0.26.1",
-            "command": ["/opt/bin/flanneld"], "args": ["--ip-masq", "--kube-subnet-mgr"],
-        }], rs.nodes, created),
     ]
+    if sc.cni == "calico":
+        objs += calico_objects(rs, created)
+    elif sc.cni == "terway-eniip":
+        objs += terway_objects(rs, created)
+    else:
+        objs += [
+            _configmap(sc, "kube-flannel-cfg", {
+                "cni-conf.json": json.dumps(cni_conf, indent=2),
+                "net-conf.json": json.dumps(net_conf, indent=2),
+            }, {"app": "flannel", "tier": "node"}, created),
+            _daemonset(sc, "kube-flannel-ds", {"app": "flannel", "tier": "node"}, [{
+                "name": "kube-flannel", "image": "docker.io/flannel/flannel:v0.26.1",
+                "command": ["/opt/bin/flanneld"], "args": ["--ip-masq", "--kube-subnet-mgr"],
+            }], rs.nodes, created),
+        ]
     if sc.dns:
         objs.append(_configmap(sc, "coredns", {"Corefile": corefile}, {}, created))
-    if sc.network_policy:
+    if sc.network_policy and sc.cni not in ("calico", "terway-eniip"):
         # flannel itself enforces no NetworkPolicy; the lab's enforcement stands for a policy-only agent
         objs.append(_daemonset(sc, "kube-router", {"k8s-app": "kube-router"}, [{
             "name": "kube-router", "image": "docker.io/cloudnativelabs/kube-router:v2.2.1",
             "args": ["--run-router=false", "--run-firewall=true", "--run-service-proxy=false"],
         }], rs.nodes, created))
     return objs
+
+
+def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
+    """calico.yaml's calico-config and calico-node (manifest v3.28, BIRD backend, no encapsulation) and the
+    default IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org
+    object). felix enforces NetworkPolicies itself; the lab's enforcement stands for its chains."""
+    sc = rs.scenario
+    vxlan = sc.calico.vxlan_mode
+    cni_conf = {"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [
+        {"type": "calico", "log_level": "info", "datastore_type": "kubernetes", "nodename": "__KUBERNETES_NODE_NAME__",
+         "mtu": "__CNI_MTU__", "ipam": {"type": "calico-ipam"}, "policy": {"type": "k8s"},
+         "kubernetes": {"kubeconfig": "__KUBECONFIG_FILEPATH__"}},
+        {"type": "portmap", "snat": True, "capabilities": {"portMappings": True}},
+        {"type": "bandwidth", "capabilities": {"bandwidth": True}},
+    ]}
+    env = [{"name": k, "value": v} for k, v in (
+        ("DATASTORE_TYPE", "kubernetes"), ("CALICO_NETWORKING_BACKEND", "bird" if vxlan == "Never" else "vxlan"),
+        ("CLUSTER_TYPE", "k8s,bgp" if vxlan == "Never" else "k8s"),
+        ("IP", "autodetect"), ("CALICO_IPV4POOL_CIDR", sc.cluster_cidr),
+        ("CALICO_IPV4POOL_BLOCK_SIZE", str(sc.calico.block_size)), ("CALICO_IPV4POOL_IPIP", "Never"),
+        ("CALICO_IPV4POOL_VXLAN", sc.calico.vxlan_mode),
+        ("CALICO_IPV4POOL_NAT_OUTGOING", str(sc.calico.nat_outgoing).lower()),
+        ("FELIX_IPTABLESBACKEND", "NFT" if sc.iptables_backend == "nft" else "Legacy"),
+        ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"))]
+    meta = _meta(sc.name, "IPPool", "default-ipv4-ippool", None, created, generation=1)
+    pool = _obj("IPPool", meta, spec={
+        "allowedUses": ["Workload", "Tunnel"], "blockSize": sc.calico.block_size, "cidr": sc.cluster_cidr,
+        "ipipMode": "Never", "natOutgoing": sc.calico.nat_outgoing, "nodeSelector": "all()",
+        "vxlanMode": sc.calico.vxlan_mode})
+    return [
+        _configmap(sc, "calico-config", {
+            "calico_backend": "bird" if vxlan == "Never" else "vxlan",
+            "cni_network_config": json.dumps(cni_conf, indent=2),
+            "typha_service_name": "none", "veth_mtu": "0",
+        }, {}, created),
+        _daemonset(sc, "calico-node", {"k8s-app": "calico-node"}, [{
+            "name": "calico-node", "image": "docker.io/calico/node:v3.28.2", "env": env,
+        }], rs.nodes, created),
+        pool,
+    ]
+
+
+def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
+    """ACK's Terway add-on in eniip mode: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone,
+    the ENIs' security groups, the service CIDR) and the terway-eniip DaemonSet. Terway enforces
+    NetworkPolicies with felix-style chains (disable_network_policy false); the lab's enforcement stands for them."""
+    sc = rs.scenario
+    eni_conf = {
+        "version": "1", "max_pool_size": 5, "min_pool_size": 0,
+        "vswitches": {ZONE: [sc.terway.pod_vswitch_id]}, "security_groups": [sc.terway.security_group_id],
+        "service_cidr": sc.service_cidr, "vswitch_selection_policy": "ordered", "ip_stack": "ipv4",
+    }
+    cni_conf = {"cniVersion": "0.4.0", "name": "terway", "type": "terway",
+                "eniip_virtual_type": "Veth"}
+    return [
+        _configmap(sc, "eni-config", {
+            "eni_conf": json.dumps(eni_conf, indent=2), "10-terway.conf": json.dumps(cni_conf, indent=2),
+            "disable_network_policy": "false", "in_cluster_loadbalance": "false",
+        }, {}, created),
+        _daemonset(sc, "terway-eniip", {"app": "terway-eniip"}, [
+            {"name": "terway", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
+             "command": ["/usr/bin/terwayd", "-log-level", "info", "-daemon-mode", "ENIMultiIP"]},
+            {"name": "policy", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
+             "command": ["/bin/policyinit.sh"]},
+        ], rs.nodes, created),
+    ]
 
 
 # ------------------------------------------------------------------ everything

@@ -108,9 +108,31 @@ class CloudSpec(_Model):
         "JSON Patch (RFC 6902 add/replace/remove) applied to the generated emulator state: a cloud fault"))
 
 
+class CalicoSpec(_Model):
+    """The default IPPool of a `cni: calico` lab (ipipMode Never; vxlanMode Never = BGP without encapsulation)."""
+
+    nat_outgoing: bool = Field(True, alias="natOutgoing", description="masquerade pod → outside-the-pools traffic")
+    block_size: int = Field(26, alias="blockSize", ge=20, le=30, description="the per-node IPAM block prefix")
+    vxlan_mode: Literal["Never", "Always"] = Field("Never", alias="vxlanMode", description=(
+        "Always: felix's vxlan.calico overlay (VNI 4096, port 4789) instead of BGP routes via the node IPs"))
+
+
+class TerwaySpec(_Model):
+    """A `cni: terway-eniip` lab (Terway's veth datapath, shared ENI): pods take secondary IPs of one ENI per
+    node on a pod vSwitch distinct from the nodes' vSwitch (`underlayCIDR`); the scenario's clusterCIDR is
+    ignored and the pod vSwitch is the cluster's pod network."""
+
+    pod_vswitch_cidr: str = Field("172.31.0.0/24", alias="podVSwitchCIDR")
+    pod_vswitch_id: str = Field("vsw-pod0000000000000001", alias="podVSwitchId")
+    security_group_id: str = Field("sg-eni000000000000001", alias="securityGroupId",
+                                   description="the ENIs' security group (eni-config security_groups)")
+
+
 class Scenario(_Model):
     name: str
-    cni: Literal["host-gw", "vxlan"] = "host-gw"
+    cni: Literal["host-gw", "vxlan", "calico", "terway-eniip"] = "host-gw"
+    calico: CalicoSpec = Field(default_factory=CalicoSpec, description="IPPool settings when cni is calico")
+    terway: TerwaySpec = Field(default_factory=TerwaySpec, description="ENI settings when cni is terway-eniip")
     iptables_backend: Literal["nft", "legacy"] = Field("nft", alias="iptablesBackend")
     kube_proxy_mode: Literal["iptables", "nftables"] = Field(
         "iptables", alias="kubeProxyMode", description="nftables: kube-proxy programs its `ip kube-proxy` table")
@@ -236,13 +258,21 @@ def _with_dns(sc: Scenario) -> Scenario:
 
 def resolve(sc: Scenario) -> ResolvedScenario:
     sc = _with_dns(sc)
+    if sc.cni == "terway-eniip":  # the pod vSwitch is the pod network (kube-proxy's clusterCIDR)
+        sc = sc.model_copy(update={"cluster_cidr": sc.terway.pod_vswitch_cidr})
     underlay = ipaddress.ip_network(sc.underlay_cidr)
     cluster = ipaddress.ip_network(sc.cluster_cidr)
-    pod_subnets: Iterator[ipaddress.IPv4Network | ipaddress.IPv6Network] = cluster.subnets(new_prefix=24)
-    next(pod_subnets)  # .0.0/24 stays unused, like flannel's first lease
+    # flannel leases a /24 per node; Calico's IPAM affines a block (default /26) of the IPPool to each node,
+    # and the lab serves that block as the node's podCIDR (real clusters may carry an unrelated podCIDR)
+    pod_subnets: Iterator[ipaddress.IPv4Network | ipaddress.IPv6Network] = cluster.subnets(
+        new_prefix=sc.calico.block_size if sc.cni == "calico" else 24)
+    next(pod_subnets)  # the first subnet stays unused, like flannel's first lease
     nodes: list[ResolvedNode] = []
     for i, n in enumerate(sc.nodes):
-        cidr = ipaddress.ip_network(n.pod_cidr) if n.pod_cidr else next(pod_subnets)
+        if sc.cni == "terway-eniip":  # no per-node pod CIDR: every node's ENI draws from the pod vSwitch
+            cidr = cluster
+        else:
+            cidr = ipaddress.ip_network(n.pod_cidr) if n.pod_cidr else next(pod_subnets)
         nodes.append(ResolvedNode(
             name=n.name, ip=n.ip or str(underlay.network_address + 11 + i), pod_cidr=str(cidr),
             gateway_ip=str(cidr.network_address + 1), vtep_mac=f"0a:58:00:00:{(i >> 8) & 0xff:02x}:{i & 0xff:02x}",
@@ -250,12 +280,17 @@ def resolve(sc: Scenario) -> ResolvedScenario:
         ))
     by_node = {n.name: n for n in nodes}
     next_host: dict[str, int] = {n.name: 2 for n in nodes}
+    eni_ips = ipaddress.ip_network(sc.terway.pod_vswitch_cidr).hosts()
+    for _ in range(99):  # the pod vSwitch's first addresses stay free, as the ENIs' own primaries would take them
+        next(eni_ips)
     pods: list[ResolvedPod] = []
     for p in sc.pods:
         if p.host_network:
             ip = by_node[p.node].ip
         elif p.ip:
             ip = p.ip
+        elif sc.cni == "terway-eniip":  # a secondary IP of the node's ENI, from the pod vSwitch
+            ip = str(next(eni_ips))
         else:
             net = ipaddress.ip_network(by_node[p.node].pod_cidr)
             ip = str(net.network_address + next_host[p.node])

@@ -8,7 +8,7 @@ Exit status (README "Exit status" lists it per command):
 
 Start-up is kept short: at module level only argparse and the thin gateway client
 (services/client.py, standard library only). The stack, the services, pydantic models,
-networkx and the Kubernetes client are imported by the commands that use them, so `--help`
+msgspec and the Kubernetes client are imported by the commands that use them, so `--help`
 and `diagnose --server` do not pay for them.
 """
 

@@ -105,6 +105,16 @@ _ENTRIES = [
                 "pod {pod} cannot reach itself through its Service",
                 "Enable hairpin: `ip link set {port} type bridge_slave hairpin on` (kubelet "
                 "--hairpin-mode=hairpin-veth or the CNI's hairpinMode)."),
+    FindingCode("PROXY_ARP_DISABLED", E, "{where} does not answer ARP for {gateway} on {device} ({sysctl}=0): "
+                "{source} cannot resolve its next hop", "Set `sysctl -w {sysctl}=1` on {where}: Calico's felix "
+                "sets proxy_arp on every workload interface (restart calico-node to reprogram it)."),
+    FindingCode("POD_ROUTE_MISSING", E, "{where} has no route to its local pod {pod} ({dst}): the lookup ends in "
+                "{route}", "Restore `{dst} dev {device} scope link` on {where}: the CNI (Calico's felix) programs "
+                "a route per local pod; restarting calico-node, or the pod, re-adds it."),
+    FindingCode("POD_EGRESS_WRONG_ENI", E, "pod {pod} ({src}) leaves {where} by {device}, not by an ENI ({enis}): "
+                "the VPC drops a packet whose source is not an address of the interface that sent it",
+                "Restore the pod's policy rule on {where} (`ip rule add from {src} iif <its veth> lookup <its "
+                "ENI's table> priority 2048`): Terway re-adds it when it re-checks the pod; else recreate the pod."),
     FindingCode("BRIDGE_PORT_BLOCKED", E, "bridge port {port} of {bridge} in {where} is in STP state {state}: "
                 "only a forwarding port passes frames ({direction})",
                 "Set the port forwarding: `bridge link set dev {port} state 3` in {where}, or find what "

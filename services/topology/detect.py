@@ -12,6 +12,8 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import collapse_addresses, ip_network
+from typing import Any
 
 import yaml
 
@@ -77,6 +79,65 @@ def _flannel_backend(data: dict[str, str] | None, out: Detection) -> str:
     return str(backend).lower()
 
 
+TERWAY_DATAPATHS = {"veth": "veth", "ipvlan": "ipvlan", "datapathv2": "datapathv2"}
+
+
+def _terway_config(ds: Obj, data: dict[str, str] | None, out: Detection) -> None:
+    """Terway's mode (the DaemonSet's daemon mode, the CNI's eniip_virtual_type) and its eni_conf: the pod
+    vSwitches per zone and the security groups its ENIs get (which may differ from the nodes')."""
+    info = out.info
+    exclusive = "ENIOnly" in _container_args(ds) or (ds.get("metadata") or {}).get("name") == "terway-eni"
+    if data is None:
+        info.cni_mode = "eni" if exclusive else "eniip-veth"
+        _assume(out, f"terway found without a readable kube-system/eni-config: mode assumed {info.cni_mode}, pod "
+                "vSwitches and ENI security groups unknown")
+        return
+    conf: dict[str, Any] = {}
+    try:
+        conf = json.loads(data.get("eni_conf") or "{}")
+    except ValueError as exc:
+        _assume(out, f"terway eni-config eni_conf is not valid JSON ({exc}): pod vSwitches and ENI security "
+                "groups unknown")
+    virtual = "veth"
+    for key, text in data.items():
+        if key.endswith(".conf") or key.endswith(".conflist"):
+            try:
+                virtual = str(json.loads(text).get("eniip_virtual_type") or virtual).lower()
+            except (ValueError, AttributeError):
+                _assume(out, f"terway eni-config {key} is not a JSON object: the veth datapath is assumed")
+    info.cni_mode = "eni" if exclusive else f"eniip-{TERWAY_DATAPATHS.get(virtual, virtual)}"
+    groups = conf.get("security_groups") or ([conf["security_group"]] if conf.get("security_group") else [])
+    info.cni_config = {"vswitches": conf.get("vswitches") or {}, "security_groups": groups,
+                       "service_cidr": conf.get("service_cidr")}
+    if info.cni_mode != "eniip-veth":
+        _assume(out, f"terway {info.cni_mode}: only the veth datapath (policy routing to the ENI) is simulated; "
+                "IPVLAN/eBPF redirects and an ENI inside the pod are not modelled")
+
+
+def _calico_pools(model: ClusterModel, out: Detection) -> None:
+    """Calico's IPPools (encapsulation, natOutgoing, CIDRs): the pod network and how it leaves the node."""
+    info = out.info
+    reason = model.unreadable.get(("IPPool", None))
+    pools = [p for p in model.objects["IPPool"].values() if not (p.get("spec") or {}).get("disabled")]
+    if reason is not None or not pools:
+        info.cni_mode = "bgp"
+        _assume(out, f"calico found but its IPPools are {'not readable (' + reason + ')' if reason else 'absent'}:"
+                " BGP without encapsulation and natOutgoing assumed")
+        return
+    summary = []
+    for pool in pools:
+        spec = pool.get("spec") or {}
+        ipip, vxlan = spec.get("ipipMode") or "Never", spec.get("vxlanMode") or "Never"
+        encap = "vxlan" if vxlan != "Never" else "ipip" if ipip != "Never" else "none"
+        summary.append({"name": (pool.get("metadata") or {}).get("name"), "cidr": spec.get("cidr"),
+                        "encapsulation": encap, "natOutgoing": bool(spec.get("natOutgoing")),
+                        "blockSize": spec.get("blockSize")})
+    encaps = {str(p["encapsulation"]) for p in summary}
+    only = next(iter(encaps)) if len(encaps) == 1 else "mixed"
+    info.cni_mode = "bgp" if only == "none" else only
+    info.cni_config = {"ippools": summary}  # the walk follows whatever the nodes hold; this says what to expect
+
+
 def _detect_cni(model: ClusterModel, out: Detection) -> None:
     info = out.info
     terway = _daemonset(model, "terway", "terway-eniip", "terway-eni", "terway-eniip-v2")
@@ -88,6 +149,7 @@ def _detect_cni(model: ClusterModel, out: Detection) -> None:
     if terway is not None:
         info.cni = "terway"
         data = _config_data(model, "eni-config")
+        _terway_config(terway, data, out)
         flag = (data or {}).get("disable_network_policy")
         if flag is None:
             info.enforces_network_policy = True
@@ -101,6 +163,7 @@ def _detect_cni(model: ClusterModel, out: Detection) -> None:
     elif calico is not None and canal is None and flannel is None:
         info.cni = "calico"
         info.enforces_network_policy = True
+        _calico_pools(model, out)
     elif flannel is not None or canal is not None:
         data = _config_data(model, "kube-flannel-cfg", "canal-config", "flannel-cfg")
         info.cni = f"flannel-{_flannel_backend(data, out)}"
@@ -168,17 +231,34 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _union(cidrs: set[str]) -> list[str]:
+    """The pod network as the fewest CIDRs covering exactly the nodes' podCIDRs (5,000 adjacent /24s are a few
+    supernets: every topology event carries this). A podCIDR that is no network is left out, as the walk would."""
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for cidr in cidrs:
+        try:
+            net = ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv4Network):
+            v4.append(net)
+        else:
+            v6.append(net)
+    return [str(n) for n in collapse_addresses(v4)] + [str(n) for n in collapse_addresses(v6)]
+
+
 def _detect_cidrs(model: ClusterModel, out: Detection) -> None:
     info = out.info
     pod_cidrs: set[str] = set()
     for node in model.objects["Node"].values():
         spec = node.get("spec") or {}
         pod_cidrs.update(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
-    info.pod_cidrs = sorted(pod_cidrs)
+    info.pod_cidrs = _union(pod_cidrs)
     if not pod_cidrs:
         _assume(out, "nodes carry no podCIDR (CNI-managed IPAM): pod addresses are known only from pods",
                 could_change=False)
-    for key in sorted(model.pods_by_component.get("kube-apiserver", ())):
+    for key in model.pods_by_component.keys_of("kube-apiserver"):
         pod = model.objects["Pod"].get(key) or {}
         for container in (pod.get("spec") or {}).get("containers") or []:
             match = _SERVICE_RANGE_FLAG.search(" ".join(map(str, (container.get("command") or [])
@@ -212,6 +292,8 @@ def _detect_dns(model: ClusterModel, out: Detection) -> None:
 
 def _detect_unreadable(model: ClusterModel, out: Detection) -> None:
     for (kind, namespace), reason in sorted(model.unreadable.items(), key=lambda item: (item[0][0], item[0][1] or "")):
+        if kind == "IPPool":  # absent wherever Calico is not installed: Calico's detection states it
+            continue
         where = f" in {namespace}" if namespace else ""
         _assume(out, f"cannot read {kind}s{where}: {reason} — CNI detection may be incomplete")
 
@@ -219,7 +301,7 @@ def _detect_unreadable(model: ClusterModel, out: Detection) -> None:
 class Detector:
     """Caches the detection until one of the kinds it reads changes (a diagnosis re-uses it)."""
 
-    _KINDS = ("Node", "Service", "DaemonSet", "ConfigMap")
+    _KINDS = ("Node", "Service", "DaemonSet", "ConfigMap", "IPPool")
 
     def __init__(self, model: ClusterModel) -> None:
         self.model = model
@@ -229,7 +311,7 @@ class Detector:
     def detect(self) -> Detection:
         with self.model.lock:
             stamp = (*(self.model.generation[k] for k in self._KINDS),
-                     len(self.model.pods_by_component.get("kube-apiserver", ())))
+                     len(self.model.pods_by_component.keys_of("kube-apiserver")))
             if self._cached is None or stamp != self._stamp:
                 self._cached, self._stamp = detect(self.model), stamp
             return self._cached

@@ -80,6 +80,39 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("ext", "node:node-1", 30081), ("SERVICE_NO_ENDPOINT", "service:default/empty")),
         (ProbeSpec("node-2", "svc:default/web", 80), None),
     ],
+    "calico": [  # BGP mode, no encapsulation: per-pod /32 routes, proxy ARP for 169.254.1.1, block routes
+        (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),  # same node: cali → host → cali
+        (ProbeSpec("shop/client", "pod:shop/api-2", 8080), None),  # cross node: block route via node-2
+        (ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), None),
+        (ProbeSpec("shop/client", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/api-1", "svc:shop/api", 80), None),  # may DNAT back to itself out of its own cali
+        (ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), None),
+        (ProbeSpec("node-2", "pod:shop/api-1", 8080), None),
+        (ProbeSpec("node-1", "svc:shop/api", 80), None),
+        (ProbeSpec("ext", "node:node-2", 30000), None),
+        (ProbeSpec("shop/client", "inet", 80), None),  # IPPool natOutgoing
+    ],
+    "calico-vxlan": [  # IPPool vxlanMode Always: peer blocks via the peer VTEP on vxlan.calico
+        (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),
+        (ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), None),
+        (ProbeSpec("shop/client", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), None),
+        (ProbeSpec("node-2", "pod:shop/api-1", 8080), None),
+        (ProbeSpec("ext", "node:node-2", 30000), None),
+        (ProbeSpec("shop/client", "inet", 80), None),
+    ],
+    "terway": [  # eniip, veth datapath: policy routing out of the ENI, the VPC delivers to the owning ENI
+        (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),  # same node: the to-pod rule, main table
+        (ProbeSpec("shop/client", "pod:shop/api-2", 8080), None),  # cross node: ENI table → VPC → node-2's ENI
+        (ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), None),
+        (ProbeSpec("shop/client", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/api-1", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), None),
+        (ProbeSpec("node-2", "pod:shop/api-1", 8080), None),  # primary NIC → VPC → node-1's ENI
+        (ProbeSpec("node-1", "svc:shop/api", 80), None),
+        (ProbeSpec("ext", "node:node-2", 30000), None),
+        (ProbeSpec("shop/client", "inet", 80), None),  # no masquerade: the VPC (NAT gateway) answers the pod IP
+    ],
     "dns-internet": [
         (ProbeSpec("apps/app", "inet", 80), None),
         (ProbeSpec("apps/app", "svc:kube-system/kube-dns", 53, "udp"), None),

@@ -92,7 +92,7 @@ def test_basic_snapshot_detection() -> None:
     info = detect(load_snapshot(BASIC).model).info
     assert info.cni == "flannel-host-gw" and info.enforces_network_policy is False
     assert info.kube_proxy_mode == "iptables"
-    assert info.pod_cidrs == ["10.244.1.0/24", "10.244.2.0/24", "10.244.3.0/24"]
+    assert info.pod_cidrs == ["10.244.1.0/24", "10.244.2.0/23"]  # the union: 2 and 3 are one /23
     assert info.service_cidrs == ["10.96.0.0/12"]  # from the kube-apiserver static pod's flags
     assert [str(ip) for ip in info.cluster_dns] == ["10.96.0.10"]
 
@@ -120,3 +120,62 @@ def test_detector_caches_until_inputs_change() -> None:
     assert detector.detect() is first  # pods do not change detection
     model.apply("DELETED", "DaemonSet", _ds("calico-node"))
     assert detector.detect().info.cni == "unknown"
+
+
+def _pool(name: str, cidr: str, ipip: str = "Never", vxlan: str = "Never", nat: bool = True) -> dict[str, Any]:
+    return {"kind": "IPPool", "apiVersion": "crd.projectcalico.org/v1", "metadata": {"name": name},
+            "spec": {"cidr": cidr, "ipipMode": ipip, "vxlanMode": vxlan, "natOutgoing": nat, "blockSize": 26}}
+
+
+@pytest.mark.parametrize(("pools", "mode"), [
+    ([_pool("default-ipv4-ippool", "10.244.0.0/16")], "bgp"),
+    ([_pool("default-ipv4-ippool", "10.244.0.0/16", vxlan="Always", nat=False)], "vxlan"),
+    ([_pool("a", "10.244.0.0/16", ipip="CrossSubnet"), _pool("b", "10.245.0.0/16")], "mixed"),
+])
+def test_calico_ippools_are_read(pools: list[dict[str, Any]], mode: str) -> None:
+    found = detect(_model(_ds("calico-node"), *pools))
+    assert (found.info.cni, found.info.cni_mode) == ("calico", mode)
+    read = found.info.cni_config["ippools"]
+    assert [(p["cidr"], p["natOutgoing"]) for p in read] == [(p["spec"]["cidr"], p["spec"]["natOutgoing"])
+                                                             for p in pools]
+    assert not any("IPPool" in a.text for a in found.assumptions)
+
+
+def test_calico_without_readable_pools_is_an_assumption() -> None:
+    model = _model(_ds("calico-node"))
+    model.set_unreadable("IPPool", None, "forbidden")
+    found = detect(model)
+    assert found.info.cni_mode == "bgp"
+    assert any("IPPools are not readable (forbidden)" in a.text for a in found.assumptions)
+    # without Calico a missing IPPool API is no news: no assumption at all
+    other = _model(_ds("kube-flannel-ds"), _cm("kube-flannel-cfg", _netconf("host-gw")))
+    other.set_unreadable("IPPool", None, "not found")
+    assert not any("IPPool" in a.text for a in detect(other).assumptions)
+
+
+ENI_CONF = {"version": "1", "vswitches": {"cn-hangzhou-h": ["vsw-pod1"]}, "security_groups": ["sg-eni1"],
+            "service_cidr": "10.96.0.0/16"}
+
+
+@pytest.mark.parametrize(("data", "mode", "unmodelled"), [
+    ({"eni_conf": json.dumps(ENI_CONF), "10-terway.conf": json.dumps({"eniip_virtual_type": "Veth"})},
+     "eniip-veth", False),
+    ({"eni_conf": json.dumps(ENI_CONF), "10-terway.conf": json.dumps({"eniip_virtual_type": "IPVlan"})},
+     "eniip-ipvlan", True),
+    ({"eni_conf": json.dumps({**ENI_CONF, "security_groups": None, "security_group": "sg-eni1"})},
+     "eniip-veth", False),
+])
+def test_terway_eni_config_is_read(data: dict[str, str], mode: str, unmodelled: bool) -> None:
+    found = detect(_model(_ds("terway-eniip"), _cm("eni-config", data)))
+    assert (found.info.cni, found.info.cni_mode) == ("terway", mode)
+    assert found.info.cni_config["vswitches"] == {"cn-hangzhou-h": ["vsw-pod1"]}
+    assert found.info.cni_config["security_groups"] == ["sg-eni1"]
+    assert unmodelled == any("not modelled" in a.text for a in found.assumptions)
+
+
+def test_terway_unreadable_eni_config_is_an_assumption() -> None:
+    found = detect(_model(_ds("terway-eniip")))
+    assert found.info.cni_mode == "eniip-veth"
+    assert any("without a readable kube-system/eni-config" in a.text for a in found.assumptions)
+    broken = detect(_model(_ds("terway-eniip"), _cm("eni-config", {"eni_conf": "{nope"})))
+    assert any("eni_conf is not valid JSON" in a.text for a in broken.assumptions)

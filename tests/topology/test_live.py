@@ -167,3 +167,24 @@ def test_forbidden_core_resource_never_syncs(lab_api: LabKubeAPI, tmp_path: Path
         assert "403" in source.errors()["Pod"] and not source.model.unreadable
     finally:
         source.stop()
+
+
+@pytest.mark.parametrize(("example", "cni", "mode"), [("calico", "calico", "bgp"), ("terway", "terway", "eniip-veth")])
+def test_cni_configuration_is_read_through_the_api(example: str, cni: str, mode: str, tmp_path: Path) -> None:
+    """Calico's IPPool (a CRD) and Terway's eni-config, served by the lab API, reach detection."""
+    from services.topology.detect import detect
+
+    scenario = resolve(Scenario.load(BASIC.parent / f"{example}.yaml"))
+    with serve_scenario(scenario) as api:
+        source = LiveSource(api_client(api.write_kubeconfig(tmp_path / "kubeconfig")), watch_timeout_s=2).start()
+        try:
+            assert source.wait_synced(10), source.errors()
+            info = detect(source.model).info
+        finally:
+            source.stop()
+    assert (info.cni, info.cni_mode) == (cni, mode)
+    if cni == "calico":
+        assert info.cni_config["ippools"][0]["cidr"] == scenario.scenario.cluster_cidr
+        assert info.cni_config["ippools"][0]["natOutgoing"] is True
+    else:
+        assert info.cni_config["security_groups"] == [scenario.scenario.terway.security_group_id]

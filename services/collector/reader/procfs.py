@@ -13,6 +13,7 @@ SYSCTL_ROOT = Path("/proc/sys/net")
 # global switches that decide forwarding; per-device ones are read for every link
 GLOBAL_SYSCTLS = ("ipv4/ip_forward", "ipv4/conf/all/forwarding", "ipv4/conf/all/rp_filter",
                   "ipv4/conf/default/rp_filter", "ipv4/conf/all/route_localnet", "ipv4/conf/all/accept_local",
+                  "ipv4/conf/all/proxy_arp",
                   "ipv6/conf/all/forwarding", "bridge/bridge-nf-call-iptables", "bridge/bridge-nf-call-ip6tables",
                   "bridge/bridge-nf-call-arptables", "ipv4/ip_local_port_range", "netfilter/nf_conntrack_max")
 DEVICE_SYSCTLS = ("forwarding", "rp_filter", "route_localnet", "proxy_arp", "accept_local")

@@ -98,7 +98,10 @@ class TraceContext:
             for i in self.addresses[st.oif]:
                 if i.version == st.dst.version:
                     return i.ip, None
-            return None, None
+            # inet_select_addr without an address on the device (e.g. a Calico cali* veth): the first
+            # primary address of any device whose scope is neither host nor link, in device order
+            return next((i.ip for ifs in self.addresses.values() for i in ifs if i.version == st.dst.version
+                         and not (i.ip.is_loopback or i.ip.is_link_local)), None), None
         for a in self.node_ips:
             if a.version == st.dst.version:
                 return a, (f"MASQUERADE: out interface unknown: the node address {a} is assumed as the new "

@@ -13,6 +13,7 @@ from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.cursor import Cursor, Expectation, Walk
 from services.simulator.dataplane.walk.devices import DeviceHooks
+from services.simulator.dataplane.walk.eni import PodEni, eni_devices, eni_owner, pod_eni
 from services.simulator.dataplane.walk.reply import reply_leaves
 from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, link_up
@@ -88,6 +89,8 @@ class CrossingWalk(Walk, Protocol):
 
     def collection_failed(self, node: str) -> Finding | None: ...
 
+    def pod_route_missing(self, view: NetnsView, dst: IPAddress, route: str, d: RouteDecision) -> Finding | None: ...
+
     def has_endpoints(self) -> bool: ...
 
     def virtual(self, addr: IPAddress) -> bool: ...
@@ -156,12 +159,54 @@ class Crossing:
             return self._link_down(c, view, link)
         if not link_up(peer):
             return self._link_down(c, peer_view, peer)
+        if not peer.master and nh not in peer_view.local_ips:
+            unanswered = self._proxy_arp(c, view, link, peer_view, peer, nh)
+            if unanswered is not None:
+                return unanswered
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD,
                      f"out {link.name} (veth) → {peer.name} in {peer_view.where}", packet(c.st, c.iif, link.name),
                      device=link.name, peer=peer.name, peer_where=peer_view.where, next_hop=nh)
         st = copy_state(c.st)
         st.iif, st.oif = peer.name, None
         return [Cursor(peer_view.place, st, peer.name, c.trail, l2_dst=nh)]
+
+    def _proxy_arp(self, c: Cursor, view: NetnsView, link: Link, peer_view: NetnsView, peer: Link,
+                   nh: IPAddress) -> list[Cursor] | None:
+        """A next hop the routed peer does not own (Calico's 169.254.1.1 behind a cali* veth): the frame
+        leaves only if the sender holds a usable neighbour entry for it, or the peer answers its ARP request
+        by proxy (arp_process → arp_fwd_proxy: proxy_arp on conf/all or the device, and a route to the next
+        hop out of another device). A usable entry with another MAC than the peer's: the peer discards the
+        frame as addressed to another host (Terway's static 169.254.1.1 entry gone stale). None = the frame goes."""
+        entry = next((n for n in view.dump.neighbors if n.dev == link.name and ipaddress.ip_address(n.dst) == nh
+                      and n.lladdr and n.state.upper() not in BAD_NEIGHBOR), None)
+        if entry is not None and entry.lladdr and peer.mac and entry.lladdr.lower() != peer.mac.lower():
+            found = finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=link.name, where=view.where,
+                            state=f"{entry.state} at {entry.lladdr}, but the veth peer {peer.name} in "
+                                  f"{peer_view.where} is {peer.mac}: the frames are discarded there",
+                            evidence={"lladdr": entry.lladdr, "peer_mac": peer.mac})
+            return self.w.drop(c, found, view, f"neighbour {nh} on {link.name} is {entry.lladdr}, not the peer's "
+                               f"{peer.mac}", StepKind.NEIGHBOR, address=nh, device=link.name, lladdr=entry.lladdr)
+        if entry is not None:
+            return None
+        values = {k: peer_view.sysctl(f"ipv4/conf/{k}/proxy_arp") for k in ("all", peer.name)}
+        if values[peer.name] is None:
+            c.trail.assume(f"proxy_arp of {peer.name} in {peer_view.where} was not collected: it is assumed to "
+                           f"answer ARP for {nh}", could_change=True)
+            return None
+        sysctl = f"net.ipv4.conf.{peer.name}.proxy_arp"
+        if not any((v or "0").strip() == "1" for v in values.values()):
+            found = finding("PROXY_ARP_DISABLED", peer_view.hop_id, where=peer_view.where, device=peer.name,
+                            gateway=nh, source=view.where, sysctl=sysctl)
+            return self.w.drop(c, found, peer_view, f"nothing answers ARP for {nh} from {view.where}: "
+                               f"{sysctl}=0 (and conf.all)", StepKind.SYSCTL, name=sysctl, value=0, device=peer.name)
+        d = peer_view.router.lookup(nh, src=c.st.src, iif=peer.name)[0]
+        if d.drops or d.dev == peer.name:
+            found = finding("NEIGHBOR_FAILED", view.hop_id, neighbor=nh, device=link.name, where=view.where,
+                            state=f"unanswered: {peer_view.where} proxies ARP on {peer.name} only for addresses it "
+                                  f"routes out of another device ({d.route or d.type})")
+            return self.w.drop(c, found, view, f"no proxy ARP answer for {nh}", StepKind.NEIGHBOR, address=nh,
+                               device=link.name)
+        return None
 
     def _link_down(self, c: Cursor, view: NetnsView, link: Link) -> list[Cursor]:
         state = "administratively down" if not link.admin_up else f"operstate {link.state}"
@@ -330,11 +375,21 @@ class Crossing:
     def _uplink(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list[Cursor]:
         if not link_up(link):
             return self._link_down(c, view, link)
+        local = self.w.pod_route_missing(view, c.st.dst, d.route or "", d)
+        if local is not None:  # a node sends its own routed pod's address away: the per-pod route is gone
+            return self.w.drop(c, local, view, f"{c.st.dst} is a pod on {view.node}, but the route sends it out "
+                               f"{link.name}", StepKind.ROUTE, destination=c.st.dst, **route_info(d))
+        wrong = self._wrong_eni(c, view, link)
+        if wrong is not None:
+            return wrong
         for addr in (nh, c.st.dst):
             missing = self._uncollected(c, addr)
             if missing is not None:
                 return missing
         owner = self.world.node_owning(nh) or (self.world.node_owning(c.st.dst) if nh != c.st.dst else None)
+        eni = eni_owner(self.world, c.st.dst) if owner is None else None
+        if eni is not None:
+            return self._to_eni(c, view, link, nh, *eni)
         if owner is None or owner.node == view.node:
             return self._leave_cluster(c, view, link, nh, d)
         in_link = owner.link_of_address(nh) or owner.link_of_address(c.st.dst)
@@ -351,6 +406,43 @@ class Crossing:
         st = copy_state(c.st)
         st.iif, st.oif = in_link.name, None
         return [Cursor(owner.place, st, in_link.name, c.trail)]
+
+    def _wrong_eni(self, c: Cursor, view: NetnsView, link: Link) -> list[Cursor] | None:
+        """The VPC forwards only what an interface sends from its own addresses: a local pod's packet (its
+        address an ENI's secondary IP) leaving by another device than an ENI is dropped beyond the node."""
+        enis = eni_devices(view)
+        pod = self.w.pod_ips.get(c.st.src)
+        if not enis or link.name in enis or pod is None or self.world.pod_netns(view.node, pod) is None:
+            return None
+        intended = pod_eni(view, c.st.src)
+        if intended is not None and intended.device is not None and not link_up(intended.device):
+            return self._link_down(c, view, intended.device)  # its table's routes went with the link
+        found = finding("POD_EGRESS_WRONG_ENI", view.hop_id, where=view.where, pod=pod, src=c.st.src,
+                        device=link.name, enis=", ".join(f"{dev} (table {t})" for dev, t in sorted(enis.items())))
+        return self.w.drop(c, found, view, f"{c.st.src} leaves by {link.name}, not by its ENI: the VPC drops it",
+                           device=link.name)
+
+    def _to_eni(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, owner: NetnsView,
+                eni: PodEni) -> list[Cursor]:
+        """Into the VPC, which delivers a pod address (an ENI's secondary IP) to the ENI owning it."""
+        dev = eni.device
+        assert dev is not None
+        if not link_up(dev):
+            return self._link_down(c, owner, dev)
+        bad = self._neighbor_failed(c, view, link.name, nh)
+        if bad is not None:
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
+                               address=nh, device=link.name)
+        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the VPC → "
+                     f"{c.st.dst} is a secondary IP of node {owner.node}'s ENI {dev.name} (its rule "
+                     f"{eni.rule.priority}: from {c.st.dst} lookup {eni.table})", packet(c.st, c.iif, link.name),
+                     device=link.name, peer=dev.name, peer_where=f"node {owner.node}", next_hop=nh)
+        c.trail.assume(f"the VPC delivers {c.st.dst} to node {owner.node}'s ENI {dev.name}, the device its policy "
+                       "rule names (the ENI's secondary IPs, security groups and vSwitch are the cloud layer's)",
+                       could_change=False)
+        st = copy_state(c.st)
+        st.iif, st.oif = dev.name, None
+        return [Cursor(owner.place, st, dev.name, c.trail)]
 
     def _leave_cluster(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list:
         dst = c.st.dst

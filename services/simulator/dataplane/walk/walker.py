@@ -34,7 +34,7 @@ from services.simulator.dataplane.walk.trail import (
     route_info,
     rule_hit,
 )
-from services.simulator.dataplane.walk.world import IPAddress, NetnsView, World
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, World, link_up
 from shared.cloud import CloudInventory
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
@@ -414,9 +414,10 @@ class Walker:
         first = decisions[0]
         if first.drops:
             text = first.route or (first.rules[-1] if first.rules else "no matching route")
-            if first.type == "no_route":
+            found = self.pod_route_missing(view, st.dst, text, first)
+            if found is None and first.type == "no_route":
                 found = finding("NO_ROUTE", view.hop_id, dst=st.dst, where=view.where, evidence=first.as_dict())
-            else:
+            elif found is None:
                 found = finding("ROUTE_BLACKHOLE", view.hop_id, route=text, where=view.where, type=first.type,
                                 evidence=first.as_dict())
             c.trail.step(hop, StepKind.ROUTE, StepAction.DROP, f"route lookup for {st.dst}: {text} ({first.type})",
@@ -436,6 +437,22 @@ class Walker:
             ci.trail.probability *= d.probability
             pairs.append((ci, d))
         return pairs
+
+    def pod_route_missing(self, view: NetnsView, dst: IPAddress, route: str, d: RouteDecision) -> Finding | None:
+        """A node's route lookup for one of its own routed (unbridged) pods fails: the per-pod route the
+        CNI programs (`podIP dev cali* scope link`) is gone, and the lookup fell to the block's blackhole."""
+        pod = self.pod_ips.get(dst)
+        pod_view = self.world.pod_netns(view.node, pod) if pod and view.is_host else None
+        if pod_view is None or pod_view.node != view.node:
+            return None
+        veth = next((lk for lk in view.dump.links if lk.kind == "veth" and lk.peer_netns == pod_view.dump.id), None)
+        if veth is None or veth.master:
+            return None
+        if not link_up(veth):  # taking a device down flushes its routes: the link is the cause
+            return finding("LINK_DOWN", view.hop_id, link=veth.name, where=view.where,
+                           evidence={"state": veth.state, "admin_up": veth.admin_up, "route": d.as_dict()})
+        return finding("POD_ROUTE_MISSING", view.hop_id, where=view.where, pod=pod, dst=dst, route=route,
+                       device=veth.name, evidence=d.as_dict())
 
     def rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None:
         res = self.report.service
