@@ -8,7 +8,7 @@ Exit status (README "Exit status" lists it per command):
 
 Start-up is kept short: at module level only argparse and the thin gateway client
 (services/client.py, standard library only). The stack, the services, pydantic models,
-networkx and the Kubernetes client are imported by the commands that use them, so `--help`
+msgspec and the Kubernetes client are imported by the commands that use them, so `--help`
 and `diagnose --server` do not pay for them.
 """
 
@@ -379,7 +379,8 @@ def cmd_snapshot_capture(args: argparse.Namespace) -> int:
 async def _snapshot_capture(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.cloud.provider import CloudError, make_provider
+    from services.cloud.factory import make_provider
+    from services.cloud.provider import CloudError
     from services.collector.capture import capture_nodes
     from services.stack import EmbeddedStack
     from services.topology.capture import capture_kubernetes

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 # re-exported: contracts import these names from here
+from shared.addresses import Address
 from shared.findings import Assumption, Finding
 from shared.findings import Severity as Severity
 from shared.live import MAX_PROBE_TIMEOUT_S, LiveWitness
@@ -189,8 +190,8 @@ class FinalState(StrEnum):
 class Packet(BaseModel):
     """A packet header as a hop sees it; NAT steps show one before and one after."""
 
-    src: IPvAnyAddress
-    dst: IPvAnyAddress
+    src: Address
+    dst: Address
     protocol: Literal["tcp", "udp", "icmp"]
     sport: int | None = None
     dport: int | None = None
@@ -410,6 +411,8 @@ class StageEnvelope(BaseModel):
     topology: TopologyReport | None = Field(None, description="the topology stage's report: endpoints, Service, "
                                                              "candidate paths, nodes to collect, objects")
     nodes: dict[str, BlobRef] = Field(default_factory=dict, description="node name → netstack dump")
+    node_addresses: BlobRef | None = Field(None, description="every Node's addresses (the topology's "
+                                           "cluster.node_addresses) when the cluster has too many to carry inline")
     cloud: BlobRef | dict[str, Any] | None = None
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)

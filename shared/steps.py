@@ -21,11 +21,15 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidationError,
+    WrapValidator,
     model_serializer,
 )
 
-# addresses are ipaddress objects; the union (not pydantic's IPvAnyAddress) takes one as it is
-IPAddress = IPv4Address | IPv6Address
+from shared.addresses import parsed_once
+
+# addresses are ipaddress objects; the union (not pydantic's IPvAnyAddress) takes one as it is; a
+# result's thousands of address strings are parsed once each (shared/addresses.py)
+IPAddress = Annotated[IPv4Address | IPv6Address, WrapValidator(parsed_once())]
 
 
 class StepKind(StrEnum):

@@ -12,7 +12,7 @@ from enum import StrEnum
 from ipaddress import ip_network
 from typing import Any
 
-from pydantic import BaseModel, Field, IPvAnyAddress
+from pydantic import BaseModel, Field, IPvAnyAddress, TypeAdapter
 
 from shared.findings import Assumption, Finding
 from shared.steps import IPAddress
@@ -111,12 +111,18 @@ class ClusterInfo(BaseModel):
         "what detection read from the plug-in's configuration: Terway's eni-config (vswitches, security_groups), "
         "Calico's IPPools (cidr, encapsulation, natOutgoing)"))
     kube_proxy_mode: str = Field("unknown", description="iptables, ipvs, nftables, unknown")
-    pod_cidrs: list[str] = Field(default_factory=list)
+    pod_cidrs: list[str] = Field(default_factory=list, description="the pod network: the union of the nodes' "
+                                 "podCIDRs as the fewest CIDRs (each node's own is on its Node object)")
     service_cidrs: list[str] = Field(default_factory=list)
     cluster_dns: list[IPvAnyAddress] = Field(default_factory=list)
     node_addresses: dict[str, list[IPvAnyAddress]] = Field(
         default_factory=dict, description="every Node's InternalIP/ExternalIP addresses, also of nodes off the "
         "expected path: a route may go through one, and the walk must know it is a node it has no dump of")
+
+
+# ClusterInfo.node_addresses on its own: a big cluster's travels through the object store
+# (StageEnvelope.node_addresses) and the simulator puts it back
+NODE_ADDRESSES: TypeAdapter[dict[str, list[IPvAnyAddress]]] = TypeAdapter(dict[str, list[IPvAnyAddress]])
 
 
 class ClusterObjects(BaseModel):

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.cloud.provider import CloudError, CloudProvider, make_provider
+from services.cloud.factory import make_provider
+from services.cloud.provider import CloudError, CloudProvider
 from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_CLOUD, SUBJECT_COLLECTED, Bus
 from shared.cloud import LB_ID_ANNOTATION, CloudInventory, empty_inventory, load_inventory
@@ -39,6 +40,9 @@ class CloudStage(Stage):
         self.settings = settings
         self._provider = provider
         self._blobs = ContentBlobs(bus, "cloud")
+        # snapshot mode: the cloud/ files' (name, mtime, size) → (inventory, its JSON): every diagnosis
+        # of an unchanged snapshot shares one inventory, read and serialised once
+        self._snapshot: tuple[tuple[tuple[str, int, int], ...], CloudInventory, bytes] | None = None
 
     @property
     def provider(self) -> CloudProvider:
@@ -73,7 +77,8 @@ class CloudStage(Stage):
         assumptions += [Assumption(stage=self.name, text=f"cloud inventory incomplete: {e}", could_change_outcome=True)
                         for e in inventory.errors]
         if inventory.modelled:
-            data = inventory.model_dump_json().encode()
+            data = (self._snapshot[2] if from_snapshot and self._snapshot and self._snapshot[1] is inventory
+                    else inventory.model_dump_json().encode())
             # a snapshot's inventory is the same for every diagnosis: stored once, by content
             cloud: Any = (await self._blobs.put(data) if from_snapshot
                           else await self.bus.put_blob(f"{env.id}/cloud.json", data))
@@ -106,11 +111,25 @@ class CloudStage(Stage):
         """The snapshot's cloud/: a file that is not an inventory degrades like a corrupt node dump does
         (DATA_MISSING, the cloud layer unmodelled and said so), instead of failing every diagnosis."""
         try:
-            return await asyncio.to_thread(load_inventory, directory)
+            stamp = _stamp(directory)
+            if self._snapshot is not None and self._snapshot[0] == stamp:
+                return self._snapshot[1]
+            inventory = await asyncio.to_thread(load_inventory, directory)
         except (OSError, ValueError) as exc:  # pydantic's ValidationError and JSON errors are ValueErrors
             text = str(exc)
             return _unreadable("snapshot", f"the cloud inventory in {directory}",
                                text if len(text) < 300 else text[:300] + "…", findings)
+        self._snapshot = (stamp, inventory, inventory.model_dump_json().encode())
+        return inventory
+
+
+def _stamp(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """What load_inventory reads, as (name, mtime, size) per file: a changed, added or removed file
+    changes it."""
+    if not directory.is_dir():
+        return ()
+    stats = ((path.name, path.stat()) for path in sorted(directory.glob("*.json")))
+    return tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
 
 
 def _unreadable(provider: str, what: str, reason: str, findings: list[Finding]) -> CloudInventory:

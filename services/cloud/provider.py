@@ -1,4 +1,4 @@
-"""The cloud provider interface, the `none` provider and the factory that picks one."""
+"""The cloud provider interface and the `none` provider (factory.py picks one)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from shared.cloud import CloudInventory, empty_inventory
-from shared.config import Settings
 
 
 class CloudError(Exception):
@@ -48,12 +47,3 @@ class NoCloudProvider(CloudProvider):
                 load_balancer_ids: Iterable[str] = ()) -> CloudInventory:
         return empty_inventory("none", "cloud provider is 'none' (bare metal or a lab without a cloud)")
 
-
-def make_provider(settings: Settings) -> CloudProvider:
-    if settings.cloud_provider == "none":
-        return NoCloudProvider()
-    if settings.cloud_provider == "alibaba":
-        from services.cloud.alibaba import AlibabaProvider  # the SDK import is only paid when used
-
-        return AlibabaProvider.from_settings(settings)
-    raise ValueError(f"unknown cloud provider {settings.cloud_provider!r}: expected 'none' or 'alibaba'")

@@ -304,9 +304,9 @@ async def watch_results(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await resp.write(KEEPALIVE)
                 continue
-            diagnosis = await store.get(msg.data.decode())
-            if diagnosis is not None:
-                await resp.write(_sse("result", diagnosis.model_dump_json()))
+            data = await store.get_json(msg.data.decode())
+            if data is not None:
+                await resp.write(_sse("result", data.decode()))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

@@ -20,6 +20,7 @@ from collections import OrderedDict
 
 import nats
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from pydantic import BaseModel
 
 from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus, valid_id
@@ -50,6 +51,12 @@ def created_at_ms(diagnosis_id: str) -> int:
     return int(diagnosis_id[:12], 16)
 
 
+class _Head(BaseModel):
+    """The one field of a stored diagnosis the result stream needs to read."""
+
+    status: DiagnosisStatus
+
+
 class Rejected(Exception):
     """An event the store will not keep; `reason` is the metric label."""
 
@@ -65,12 +72,12 @@ class ResultStore:
         # to scan (2048 live Diagnosis models cost ~300 KB each and slowed a batch by a fifth)
         self._done: OrderedDict[str, bytes] = OrderedDict()
 
-    async def _value(self, diagnosis: Diagnosis) -> bytes:
-        """The KV value: the diagnosis, or a reference to it in the object store when it is large."""
-        return await self.bus.pack(f"results/{diagnosis.id}", diagnosis.model_dump_json().encode())
+    async def _value(self, diagnosis_id: str, data: bytes) -> bytes:
+        """The KV value of a diagnosis's JSON: itself, or a reference to it in the object store when large."""
+        return await self.bus.pack(f"results/{diagnosis_id}", data)
 
     async def create(self, diagnosis: Diagnosis) -> None:
-        await self.bus.kv.create(diagnosis.id, await self._value(diagnosis))
+        await self.bus.kv.create(diagnosis.id, await self._value(diagnosis.id, diagnosis.model_dump_json().encode()))
 
     async def finish(self, diagnosis: Diagnosis, *, request_must_match: bool = True) -> Diagnosis:
         """Store a finished diagnosis over its queued record, once. Raises Rejected when there is no
@@ -83,18 +90,19 @@ class ResultStore:
             raise Rejected("unknown", f"no diagnosis {diagnosis.id} was accepted by the gateway")
         stored = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
         if stored.status != DiagnosisStatus.QUEUED:
-            self._remember(stored)
+            self._remember(stored.id, stored.status, stored.model_dump_json().encode())
             raise Rejected("terminal", f"diagnosis {diagnosis.id} is already {stored.status.value}")
         if request_must_match and stored.request != diagnosis.request:
             raise Rejected("mismatch", f"the event for {diagnosis.id} names another request than the accepted one")
         # a diagnosis that failed before the topology stage named its cluster keeps the one stamped at creation
         final = diagnosis.model_copy(update={"created_at": stored.created_at,
                                              "source": diagnosis.source or stored.source})
+        data = final.model_dump_json().encode()  # serialised once: the KV value and the cached copy
         try:
-            await self.bus.kv.update(diagnosis.id, await self._value(final), last=entry.revision)
+            await self.bus.kv.update(diagnosis.id, await self._value(diagnosis.id, data), last=entry.revision)
         except KeyWrongLastSequenceError:
             raise Rejected("terminal", f"diagnosis {diagnosis.id} was finished meanwhile") from None
-        self._remember(final)
+        self._remember(final.id, final.status, data)
         return final
 
     async def fail_if_queued(self, diagnosis_id: str, reason: str) -> Diagnosis | None:
@@ -107,11 +115,12 @@ class ResultStore:
         except Rejected:
             return None
 
-    def _remember(self, diagnosis: Diagnosis) -> None:
-        if diagnosis.status == DiagnosisStatus.QUEUED:
+    def _remember(self, diagnosis_id: str, status: DiagnosisStatus, data: bytes) -> None:
+        """Keep a finished diagnosis's JSON (`data`: exactly its model_dump_json)."""
+        if status == DiagnosisStatus.QUEUED:
             return
-        self._done[diagnosis.id] = diagnosis.model_dump_json().encode()
-        self._done.move_to_end(diagnosis.id)
+        self._done[diagnosis_id] = data
+        self._done.move_to_end(diagnosis_id)
         while len(self._done) > CACHE_SIZE:
             self._done.popitem(last=False)
 
@@ -124,15 +133,38 @@ class ResultStore:
             return None
         if (done := self.cached(diagnosis_id)) is not None:
             return done
+        if (data := await self._stored(diagnosis_id)) is None:
+            return None
+        diagnosis = Diagnosis.model_validate_json(data)
+        self._remember(diagnosis.id, diagnosis.status, diagnosis.model_dump_json().encode())
+        return diagnosis
+
+    async def get_json(self, diagnosis_id: str) -> bytes | None:
+        """The stored diagnosis as JSON (the sink's model_dump_json) without building the model: the
+        result stream sends every diagnosis, and validating a result's paths only to serialise them
+        again cost more than the stream itself. Only its status is read (to cache a finished one)."""
+        if not valid_id(diagnosis_id):
+            return None
+        if (data := self._done.get(diagnosis_id)) is not None:
+            return data
+        if (data := await self._stored(diagnosis_id)) is not None:
+            self._remember(diagnosis_id, _Head.model_validate_json(data).status, data)
+        return data
+
+    async def status(self, diagnosis_id: str) -> DiagnosisStatus | None:
+        """The stored diagnosis's status, without building the whole model."""
+        data = await self.get_json(diagnosis_id)
+        return _Head.model_validate_json(data).status if data is not None else None
+
+    async def _stored(self, diagnosis_id: str) -> bytes | None:
+        """The diagnosis's JSON in the KV (its object-store copy when large), None when there is none."""
         try:
             entry = await self.bus.kv.get(diagnosis_id)
         except KeyNotFoundError:
             return None
         if not entry.value:
             return None
-        diagnosis = Diagnosis.model_validate_json(await self.bus.unpack(entry.value))
-        self._remember(diagnosis)
-        return diagnosis
+        return await self.bus.unpack(entry.value)
 
     async def current_source(self) -> str | None:
         """The cluster the topology stage serves now (its published summary's `source`), None before one is
@@ -191,10 +223,10 @@ class Reconciler:
         overdue = [i for i in await self.store.ids() if i not in self._settled and created_at_ms(i) < horizon]
         ended = 0
         for diagnosis_id in overdue:
-            stored = await self.store.get(diagnosis_id)
-            if stored is None:
+            status = await self.store.status(diagnosis_id)  # every diagnosis passes here once: no full parse
+            if status is None:
                 continue
-            if stored.status == DiagnosisStatus.QUEUED:
+            if status == DiagnosisStatus.QUEUED:
                 reason = (f"no result within {self.deadline_s:g}s of being accepted: the pipeline lost it or "
                           "a stage is not running; submit it again")
                 if await self.store.fail_if_queued(diagnosis_id, reason) is not None:

@@ -26,12 +26,13 @@ from shared.schemas import (
     FinalState,
     Finding,
     HopKind,
+    IPAddress,
     Path,
     Severity,
     StageEnvelope,
     Verdict,
 )
-from shared.topology import EndpointKind, TopologyReport, private_use
+from shared.topology import NODE_ADDRESSES, EndpointKind, TopologyReport, private_use
 
 STAGE = "simulator"
 
@@ -147,7 +148,8 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
         assumptions.append(Assumption(stage=STAGE, text="no topology: the path was not simulated",
                                       could_change_outcome=True))
     else:
-        report = env.topology
+        report, unnamed = await _with_node_addresses(env.topology, env, bus, blobs)
+        assumptions += unnamed
         # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
         # heartbeats (a short ack_wait then redelivers only what a dead replica held)
         model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
@@ -205,6 +207,23 @@ class Blobs:
     def __init__(self) -> None:
         self.nodes: Decoded[NodeView] = Decoded(lambda data: NodeView.build(decode_dump(data)))
         self.inventories: Decoded[CloudInventory] = Decoded(CloudInventory.model_validate_json, size=8)
+        # a big cluster's node address map (the topology stage's StageEnvelope.node_addresses)
+        self.node_addresses: Decoded[dict[str, list[IPAddress]]] = Decoded(NODE_ADDRESSES.validate_json, size=4)
+
+
+async def _with_node_addresses(report: TopologyReport, env: StageEnvelope,
+                               bus: Bus | None, blobs: Blobs) -> tuple[TopologyReport, list[Assumption]]:
+    """The report with every node's addresses back in place when the topology stage sent them through the object
+    store (a big cluster's); unreadable, the walk still runs but cannot name nodes off the expected path."""
+    if env.node_addresses is None or bus is None:
+        return report, []
+    try:
+        addresses = await blobs.node_addresses.get(bus, env.node_addresses)
+    except (BlobUnreadable, ValueError) as exc:
+        return report, [Assumption(stage=STAGE, could_change_outcome=True, text=(
+            f"the cluster's node addresses could not be read ({type(exc).__name__}: {exc}): a next hop on a node "
+            "off the expected path is not recognised as a node"))]
+    return report.model_copy(update={"cluster": report.cluster.model_copy(update={"node_addresses": addresses})}), []
 
 
 async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, NodeView], findings: list[Finding],

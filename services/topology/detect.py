@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from ipaddress import collapse_addresses, ip_network
 from typing import Any
 
 import yaml
@@ -230,17 +231,34 @@ def _is_ip(text: str) -> bool:
     return True
 
 
+def _union(cidrs: set[str]) -> list[str]:
+    """The pod network as the fewest CIDRs covering exactly the nodes' podCIDRs (5,000 adjacent /24s are a few
+    supernets: every topology event carries this). A podCIDR that is no network is left out, as the walk would."""
+    v4: list[ipaddress.IPv4Network] = []
+    v6: list[ipaddress.IPv6Network] = []
+    for cidr in cidrs:
+        try:
+            net = ip_network(cidr, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv4Network):
+            v4.append(net)
+        else:
+            v6.append(net)
+    return [str(n) for n in collapse_addresses(v4)] + [str(n) for n in collapse_addresses(v6)]
+
+
 def _detect_cidrs(model: ClusterModel, out: Detection) -> None:
     info = out.info
     pod_cidrs: set[str] = set()
     for node in model.objects["Node"].values():
         spec = node.get("spec") or {}
         pod_cidrs.update(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
-    info.pod_cidrs = sorted(pod_cidrs)
+    info.pod_cidrs = _union(pod_cidrs)
     if not pod_cidrs:
         _assume(out, "nodes carry no podCIDR (CNI-managed IPAM): pod addresses are known only from pods",
                 could_change=False)
-    for key in sorted(model.pods_by_component.get("kube-apiserver", ())):
+    for key in model.pods_by_component.keys_of("kube-apiserver"):
         pod = model.objects["Pod"].get(key) or {}
         for container in (pod.get("spec") or {}).get("containers") or []:
             match = _SERVICE_RANGE_FLAG.search(" ".join(map(str, (container.get("command") or [])
@@ -293,7 +311,7 @@ class Detector:
     def detect(self) -> Detection:
         with self.model.lock:
             stamp = (*(self.model.generation[k] for k in self._KINDS),
-                     len(self.model.pods_by_component.get("kube-apiserver", ())))
+                     len(self.model.pods_by_component.keys_of("kube-apiserver")))
             if self._cached is None or stamp != self._stamp:
                 self._cached, self._stamp = detect(self.model), stamp
             return self._cached

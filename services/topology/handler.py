@@ -16,10 +16,11 @@ import time
 
 import nats
 
-from services.topology.plan import Planner
+from services.topology.plan import Planner, detach_node_addresses
 from services.topology.sources.live import close_shared_live_source, shared_live_source
 from services.topology.sources.snapshot import load_notes, load_snapshot
 from services.topology.summary import model_stamp, summary_within
+from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.cluster import SUMMARY_KEY
 from shared.config import Settings
@@ -80,6 +81,7 @@ class TopologyStage(Stage):
     def __init__(self, bus: Bus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
+        self._node_addresses = ContentBlobs(bus, "node-addresses", size=4)
         self._stopping = asyncio.Event()
         self._summaries = asyncio.get_running_loop().create_task(self._publish_summaries())
 
@@ -95,7 +97,11 @@ class TopologyStage(Stage):
 
     async def handle(self, env: StageEnvelope) -> StageEnvelope:
         started = time.perf_counter()
-        planner = await asyncio.to_thread(planner_for, self.settings)
+        # a loaded snapshot's planner is a dict look-up: no thread hop for it (the first request,
+        # and every live one, may block on a load or a sync)
+        planner = _planners.get(_key(self.settings)) if self.settings.snapshot else None
+        if planner is None:
+            planner = await asyncio.to_thread(planner_for, self.settings)
         await self.bus.progress(env.id, self.name, "progress", f"classifying {env.request.describe()}")
         report = await asyncio.to_thread(planner.plan, env.request)
         elapsed = round((time.perf_counter() - started) * 1000, 3)
@@ -105,7 +111,9 @@ class TopologyStage(Stage):
             f"nodes {', '.join(report.nodes_to_collect) or 'none'}",
             elapsed_ms=elapsed, nodes=report.nodes_to_collect, findings=[f.code for f in report.findings],
         )
-        return env.model_copy(update={"topology": report})
+        report, addresses = detach_node_addresses(report)
+        ref = await self._node_addresses.put(addresses) if addresses is not None else None
+        return env.model_copy(update={"topology": report, "node_addresses": ref})
 
     # ------------------------------------------------------------ cluster summary
 

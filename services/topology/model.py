@@ -1,24 +1,25 @@
-"""The cluster model: trimmed Kubernetes objects, lookup indexes and a networkx graph.
+"""The cluster model: trimmed Kubernetes objects and the lookup indexes over them.
 
 Every source (snapshot or live watch) feeds the model through `apply()`, which keeps the
-indexes and the graph current object by object, so a diagnosis never scans all pods:
-an address resolves through a dict, a Service's endpoints through its graph neighbours.
+indexes current object by object, so a diagnosis never scans all pods: an address resolves
+through a dict keyed by its integer value, a Service's endpoints through its slices.
 
-Graph nodes are `node:<name>`, `pod:<ns>/<name>`, `service:<ns>/<name>` and
-`slice:<ns>/<name>`; edges pod→node (runs on), service→slice (owns), slice→pod
-(endpoint). Objects stay plain API-form dicts (what the simulator consumes).
+Objects stay API-form dicts (what the simulator consumes), trimmed to the fields a diagnosis
+reads (see docs/topology.md). They are compact: identical subtrees (label sets, container
+lists, conditions, container statuses) are stored once and shared between objects, so the
+model's objects are read-only; nobody may mutate one in place.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 import threading
-from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import networkx as nx
+import msgspec
 
 from shared.schemas import IPAddress
 
@@ -29,8 +30,7 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 Obj = dict[str, Any]
 
 # Pod fields the diagnosis reads; everything else (volumes, env, resources, probes'
-# bodies, timestamps …) is dropped at the edge and repeated strings are interned, which
-# is what keeps 150k pods well under 2 GB.
+# bodies, timestamps …) is dropped at the edge.
 _POD_META_KEYS = ("name", "namespace", "uid", "resourceVersion", "labels", "annotations", "deletionTimestamp")
 _POD_SPEC_KEYS = ("nodeName", "hostNetwork", "dnsPolicy", "subdomain", "hostname")
 _CONTAINER_KEYS = ("name", "ports")
@@ -40,6 +40,8 @@ _CONDITION_KEYS = ("type", "status", "reason", "message")
 _CONTAINER_STATUS_KEYS = ("name", "ready", "started", "restartCount")
 _ENDPOINT_KEYS = ("addresses", "conditions", "nodeName", "zone", "hints")
 _TARGET_REF_KEYS = ("kind", "name", "namespace")
+# Node status bulk no check reads (image lists run to kilobytes per node)
+_NODE_STATUS_DROP = ("images", "volumesInUse", "volumesAttached")
 
 
 def _compact(value: Any) -> Any:
@@ -53,48 +55,110 @@ def _compact(value: Any) -> Any:
     return value
 
 
+class _Shared:
+    """Hash-consing of JSON subtrees: an equal label set, container list or condition list is stored
+    once and shared by every object that has it (150,000 pods of a few hundred Deployments carry a few
+    hundred distinct ones). The memo is forgotten past `limit` entries (a long-lived watch sees label
+    sets come and go); objects keep what they share, later ones start sharing anew."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._memo: dict[bytes, Any] = {}
+        self._encode = msgspec.json.Encoder().encode
+
+    def __call__(self, value: Any) -> Any:
+        if not value or not isinstance(value, dict | list):
+            return _compact(value)
+        try:
+            key = self._encode(value)
+        except (TypeError, msgspec.EncodeError):  # a YAML value JSON cannot say: kept, not shared
+            return _compact(value)
+        found = self._memo.get(key)
+        if found is None:
+            if len(self._memo) >= self.limit:
+                self._memo.clear()
+            found = self._memo[key] = _compact(value)
+        return found
+
+
+share = _Shared()
+
+
 def _pick(obj: Obj, keys: tuple[str, ...]) -> Obj:
     return {k: obj[k] for k in keys if k in obj}
 
 
-def trim(kind: str, obj: Obj) -> Obj:
-    """Drop what the diagnosis never reads: managedFields, last-applied, pod bulk."""
-    meta = dict(obj.get("metadata") or {})
+def _trim_meta(meta: Obj) -> Obj:
+    meta = dict(meta)
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")
-    if annotations and LAST_APPLIED in annotations:
+    if annotations and isinstance(annotations, dict) and LAST_APPLIED in annotations:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
         if not meta["annotations"]:
             del meta["annotations"]
-    out: Obj = {"apiVersion": obj.get("apiVersion", _API_VERSIONS.get(kind, "v1")), "kind": kind, "metadata": meta}
+    for key in ("labels", "annotations", "ownerReferences"):
+        if key in meta:
+            meta[key] = share(meta[key])
+    return meta
+
+
+def trim(kind: str, obj: Obj) -> Obj:
+    """Drop what the diagnosis never reads: managedFields, last-applied, pod bulk; share the rest."""
     if kind == "Pod":
-        out["metadata"] = _pick(meta, _POD_META_KEYS)
-        out["spec"] = _trim_pod_spec(obj.get("spec") or {})
-        out["status"] = _trim_pod_status(obj.get("status") or {})
-        return _compact(out)
+        return _trim_pod(obj)
+    meta = _trim_meta(obj.get("metadata") or {})
+    out: Obj = {"apiVersion": obj.get("apiVersion", _API_VERSIONS.get(kind, "v1")), "kind": kind, "metadata": meta}
     if kind == "EndpointSlice":
-        out.update({k: v for k, v in obj.items() if k not in out and k != "endpoints"})
+        out.update({k: share(v) for k, v in obj.items() if k not in out and k != "endpoints"})
         out["endpoints"] = [_trim_endpoint(ep) for ep in obj.get("endpoints") or []]
-        return _compact(out)
+        return out
     for key, value in obj.items():
         if key not in out:
             out[key] = value
-    return out
+    if kind == "Node" and isinstance(out.get("status"), dict):
+        out["status"] = {k: v for k, v in out["status"].items() if k not in _NODE_STATUS_DROP}
+    return _compact(out)
+
+
+def _intern(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
+
+
+def _trim_pod(obj: Obj) -> Obj:
+    """The hot path of a 150,000-pod load: unique fields (name, uid, IPs) kept as they are, repeated
+    scalars interned, repeated subtrees shared."""
+    meta = obj.get("metadata") or {}
+    out_meta = _pick(meta, _POD_META_KEYS)
+    if "namespace" in out_meta:
+        out_meta["namespace"] = _intern(out_meta["namespace"])
+    if "labels" in out_meta:
+        out_meta["labels"] = share(out_meta["labels"])
+    annotations = out_meta.get("annotations")
+    if annotations and isinstance(annotations, dict) and LAST_APPLIED in annotations:
+        annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        if annotations:
+            out_meta["annotations"] = annotations
+        else:
+            del out_meta["annotations"]
+    if "annotations" in out_meta:
+        out_meta["annotations"] = share(out_meta["annotations"])
+    return {"apiVersion": _intern(obj.get("apiVersion", "v1")), "kind": "Pod", "metadata": out_meta,
+            "spec": _trim_pod_spec(obj.get("spec") or {}), "status": _trim_pod_status(obj.get("status") or {})}
 
 
 def _trim_endpoint(ep: Obj) -> Obj:
-    out = _pick(ep, _ENDPOINT_KEYS)
+    out = {k: share(v) if k in ("conditions", "hints") else _compact(v) for k, v in _pick(ep, _ENDPOINT_KEYS).items()}
     if ep.get("targetRef"):
-        out["targetRef"] = _pick(ep["targetRef"], _TARGET_REF_KEYS)
+        out["targetRef"] = _compact(_pick(ep["targetRef"], _TARGET_REF_KEYS))
     return out
 
 
 def _trim_pod_spec(spec: Obj) -> Obj:
-    out = _pick(spec, _POD_SPEC_KEYS)
+    out = {k: _intern(v) for k, v in _pick(spec, _POD_SPEC_KEYS).items()}
     keys = _HOST_CONTAINER_KEYS if spec.get("hostNetwork") else _CONTAINER_KEYS
     for group in ("initContainers", "containers"):
         if spec.get(group):
-            out[group] = [_pick(c, keys) for c in spec[group]]
+            out[group] = share([_pick(c, keys) for c in spec[group]])
     return out
 
 
@@ -105,12 +169,17 @@ def _container_state(state: Obj) -> Obj:
 
 def _trim_pod_status(status: Obj) -> Obj:
     out = _pick(status, _POD_STATUS_KEYS)
+    for key in ("phase", "reason", "hostIP"):
+        if key in out:
+            out[key] = _intern(out[key])
+    if "hostIPs" in out:
+        out["hostIPs"] = share(out["hostIPs"])
     if status.get("conditions"):
-        out["conditions"] = [_pick(c, _CONDITION_KEYS) for c in status["conditions"]]
+        out["conditions"] = share([_pick(c, _CONDITION_KEYS) for c in status["conditions"]])
     for group in ("initContainerStatuses", "containerStatuses"):
         if status.get(group):
-            out[group] = [{**_pick(c, _CONTAINER_STATUS_KEYS), "state": _container_state(c.get("state") or {})}
-                          for c in status[group]]
+            out[group] = share([{**_pick(c, _CONTAINER_STATUS_KEYS), "state": _container_state(c.get("state") or {})}
+                                for c in status[group]])
     return out
 
 
@@ -129,16 +198,40 @@ def object_key(obj: Obj) -> str:
 
 
 def parse_ip(value: Any) -> IPAddress | None:
+    text = str(value).split("%")[0]
+    try:  # the C parser first: it is most of what loading 150,000 pods spends on addresses
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except (OSError, ValueError):
+        pass
     try:
-        return ipaddress.ip_address(str(value).split("%")[0])
+        return ipaddress.ip_address(text)
     except ValueError:
         return None
 
 
-def pod_ips(pod: Obj) -> list[IPAddress]:
+_V6 = 1 << 128
+
+
+def address_key(ip: IPAddress) -> int:
+    """The integer the indexes key an address by (IPv6 above every IPv4 value, so ::a.b.c.d stays apart)."""
+    return int(ip) if ip.version == 4 else _V6 | int(ip)
+
+
+def _keys(raw: Iterable[Any]) -> Iterator[int]:
+    for value in raw:
+        if value:
+            ip = parse_ip(value)
+            if ip is not None:
+                yield address_key(ip)
+
+
+def _pod_ip_strings(pod: Obj) -> list[Any]:
     status = pod.get("status") or {}
-    raw = [p.get("ip") for p in status.get("podIPs") or []] or [status.get("podIP")]
-    return [ip for ip in (parse_ip(r) for r in raw if r) if ip is not None]
+    return [p.get("ip") for p in status.get("podIPs") or []] or [status.get("podIP")]
+
+
+def pod_ips(pod: Obj) -> list[IPAddress]:
+    return [ip for ip in (parse_ip(r) for r in _pod_ip_strings(pod) if r) if ip is not None]
 
 
 def unusable_addresses(kind: str, obj: Obj) -> list[str]:
@@ -160,24 +253,33 @@ def unusable_addresses(kind: str, obj: Obj) -> list[str]:
             for name, value in dict.fromkeys(fields) if value and parse_ip(value) is None]
 
 
+def _node_address_strings(node: Obj) -> list[Any]:
+    return [a.get("address") for a in (node.get("status") or {}).get("addresses") or []]
+
+
 def node_addresses(node: Obj) -> list[IPAddress]:
-    addrs = (node.get("status") or {}).get("addresses") or []
-    return [ip for ip in (parse_ip(a.get("address")) for a in addrs) if ip is not None]
+    return [ip for ip in (parse_ip(a) for a in _node_address_strings(node)) if ip is not None]
+
+
+def _cluster_ip_strings(svc: Obj) -> list[Any]:
+    spec = svc.get("spec") or {}
+    return [r for r in spec.get("clusterIPs") or [spec.get("clusterIP")] if r != "None"]
 
 
 def service_cluster_ips(svc: Obj) -> list[IPAddress]:
-    spec = svc.get("spec") or {}
-    raw = spec.get("clusterIPs") or [spec.get("clusterIP")]
-    return [ip for ip in (parse_ip(r) for r in raw if r and r != "None") if ip is not None]
+    return [ip for ip in (parse_ip(r) for r in _cluster_ip_strings(svc) if r) if ip is not None]
 
 
 def service_external_ips(svc: Obj) -> list[IPAddress]:
     return [ip for ip in (parse_ip(r) for r in (svc.get("spec") or {}).get("externalIPs") or []) if ip]
 
 
+def _lb_ip_strings(svc: Obj) -> list[Any]:
+    return [i.get("ip") for i in ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+
+
 def service_lb_ips(svc: Obj) -> list[IPAddress]:
-    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    return [ip for ip in (parse_ip(i.get("ip")) for i in ingress if i.get("ip")) if ip is not None]
+    return [ip for ip in (parse_ip(r) for r in _lb_ip_strings(svc) if r) if ip is not None]
 
 
 def is_host_network(pod: Obj) -> bool:
@@ -188,8 +290,35 @@ def pod_phase(pod: Obj) -> str:
     return str((pod.get("status") or {}).get("phase") or "Unknown")
 
 
+class KeyIndex(dict[Any, "str | set[str]"]):
+    """value → object keys, holding a lone key as the string itself: most addresses, pods and slices
+    have exactly one owner, and 150,000 one-element sets would cost more than the objects' keys."""
+
+    def add(self, value: Any, key: str) -> None:
+        cur = self.get(value)
+        if cur is None:
+            self[value] = key
+        elif isinstance(cur, set):
+            cur.add(key)
+        elif cur != key:
+            self[value] = {cur, key}
+
+    def discard(self, value: Any, key: str) -> None:
+        cur = self.get(value)
+        if isinstance(cur, set):
+            cur.discard(key)
+            if len(cur) == 1:
+                self[value] = next(iter(cur))
+        elif cur == key:
+            del self[value]
+
+    def keys_of(self, value: Any) -> list[str]:
+        cur = self.get(value)
+        return [] if cur is None else [cur] if isinstance(cur, str) else sorted(cur)
+
+
 class ClusterModel:
-    """Objects by kind and key, lookup indexes, and the cluster graph.
+    """Objects by kind and key, and lookup indexes over them.
 
     Thread-safe for one writer (a watch thread) and many readers: writers hold `lock`;
     a diagnosis holds it while it reads (lookups are dict hits, so briefly).
@@ -199,16 +328,19 @@ class ClusterModel:
         self.lock = threading.RLock()
         self.objects: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
         self.generation: dict[str, int] = dict.fromkeys(KINDS, 0)
-        self.graph: nx.DiGraph[str] = nx.DiGraph()
-        # address → object keys (several pods may hold one IP: a finished pod and its successor)
-        self.pods_by_ip: dict[IPAddress, set[str]] = defaultdict(set)
-        self.nodes_by_address: dict[IPAddress, set[str]] = defaultdict(set)
-        self.services_by_cluster_ip: dict[IPAddress, set[str]] = defaultdict(set)
-        self.services_by_external_ip: dict[IPAddress, set[str]] = defaultdict(set)
-        self.services_by_lb_ip: dict[IPAddress, set[str]] = defaultdict(set)
-        self.services_by_node_port: dict[tuple[int, str], set[str]] = defaultdict(set)
-        self.policies_by_namespace: dict[str, set[str]] = defaultdict(set)
-        self.pods_by_component: dict[str, set[str]] = defaultdict(set)  # static control-plane pods
+        # address (address_key) → object keys (several pods may hold one IP: a finished pod and its successor)
+        self.pods_by_ip = KeyIndex()
+        self.nodes_by_address = KeyIndex()
+        self.services_by_cluster_ip = KeyIndex()
+        self.services_by_external_ip = KeyIndex()
+        self.services_by_lb_ip = KeyIndex()
+        self.services_by_node_port = KeyIndex()  # (nodePort, protocol) → Services
+        self.policies_by_namespace = KeyIndex()
+        self.pods_by_component = KeyIndex()  # static control-plane pods
+        # the relations: a pod runs on a node; a Service owns slices; a slice lists pods
+        self.pods_by_node = KeyIndex()
+        self.slices_by_service = KeyIndex()
+        self.slices_by_pod = KeyIndex()
         # (kind, namespace) a source may not read (RBAC) → why; detection reports each as an assumption
         self.unreadable: dict[tuple[str, str | None], str] = {}
 
@@ -221,21 +353,30 @@ class ClusterModel:
             store = self.objects[kind]
             old = store.pop(key, None)
             if old is not None:
-                self._unindex(kind, key, old)
+                for index, value in self._entries(kind, old):
+                    index.discard(value, key)
             if event != "DELETED":
                 store[key] = obj
-                self._index(kind, key, obj)
+                for index, value in self._entries(kind, obj):
+                    index.add(value, key)
             self.generation[kind] += 1
 
     def replace(self, kind: str, objs: Iterable[Obj], namespace: str | None = None) -> None:
-        """A (re-)list: the given objects become the whole set of this kind (in `namespace`)."""
+        """A (re-)list: the given objects become the whole set of this kind (in `namespace`). Applied as
+        they come, so a relist holds one copy of the objects plus the page in hand, never two."""
+        seen: set[str] = set()
+        for obj in objs:
+            with self.lock:
+                self.apply("MODIFIED", kind, obj)
+            seen.add(object_key(obj))
+        self.forget_unseen(kind, seen, namespace)
+
+    def forget_unseen(self, kind: str, seen: set[str], namespace: str | None = None) -> None:
+        """The end of a relist: what the list did not return (in `namespace`) is gone."""
         prefix = f"{namespace}/" if namespace else ""
         with self.lock:
-            fresh = {object_key(o): o for o in objs}
-            for key in [k for k in self.objects[kind] if k.startswith(prefix) and k not in fresh]:
+            for key in [k for k in self.objects[kind] if k.startswith(prefix) and k not in seen]:
                 self.apply("DELETED", kind, self.objects[kind][key])
-            for obj in fresh.values():
-                self.apply("MODIFIED", kind, obj)
 
     def set_unreadable(self, kind: str, namespace: str | None, reason: str | None) -> None:
         """Record why `kind` (in `namespace`) cannot be read, or clear it (None); a change counts as a
@@ -249,143 +390,86 @@ class ClusterModel:
                 self.unreadable[(kind, namespace)] = reason
             self.generation[kind] += 1
 
-    def _entries(self, kind: str, key: str, obj: Obj) -> Iterator[tuple[dict[Any, set[str]], Any]]:
+    def _entries(self, kind: str, obj: Obj) -> Iterator[tuple[KeyIndex, Any]]:
+        meta = obj.get("metadata") or {}
         if kind == "Pod":
-            for ip in pod_ips(obj):
+            for ip in _keys(_pod_ip_strings(obj)):
                 yield self.pods_by_ip, ip
-            component = ((obj.get("metadata") or {}).get("labels") or {}).get("component")
+            component = (meta.get("labels") or {}).get("component")
             if component:
                 yield self.pods_by_component, component
+            node = (obj.get("spec") or {}).get("nodeName")
+            if node:
+                yield self.pods_by_node, node
         elif kind == "Node":
-            for ip in node_addresses(obj):
+            for ip in _keys(_node_address_strings(obj)):
                 yield self.nodes_by_address, ip
         elif kind == "Service":
-            for ip in service_cluster_ips(obj):
+            for ip in _keys(_cluster_ip_strings(obj)):
                 yield self.services_by_cluster_ip, ip
-            for ip in service_external_ips(obj):
+            for ip in _keys((obj.get("spec") or {}).get("externalIPs") or []):
                 yield self.services_by_external_ip, ip
-            for ip in service_lb_ips(obj):
+            for ip in _keys(_lb_ip_strings(obj)):
                 yield self.services_by_lb_ip, ip
             for port in (obj.get("spec") or {}).get("ports") or []:
                 if port.get("nodePort"):
                     yield self.services_by_node_port, (int(port["nodePort"]), port.get("protocol") or "TCP")
         elif kind == "NetworkPolicy":
-            yield self.policies_by_namespace, (obj.get("metadata") or {}).get("namespace")
-
-    def _index(self, kind: str, key: str, obj: Obj) -> None:
-        for index, value in self._entries(kind, key, obj):
-            index[value].add(key)
-        g = self.graph
-        if kind == "Pod":
-            pod = self._vertex("pod", key)
-            node = (obj.get("spec") or {}).get("nodeName")
-            if node:
-                g.add_edge(pod, self._vertex("node", node), rel="runs_on")
-        elif kind == "Node":
-            self._vertex("node", key)
-        elif kind == "Service":
-            self._vertex("service", key)
+            yield self.policies_by_namespace, meta.get("namespace")
         elif kind == "EndpointSlice":
-            self._index_slice(key, obj)
-
-    def _vertex(self, kind: str, key: str) -> str:
-        """The graph vertex of object `key` of `kind` ("pod:ns/name"), with both as attributes: readers
-        take the object key from the vertex, never from its id. A vertex may come before its object
-        (a slice naming a pod not seen yet)."""
-        vid = f"{kind}:{key}"
-        self.graph.add_node(vid, kind=kind, key=key)
-        return vid
-
-    def _keys(self, vertices: Iterable[str], kind: str) -> list[str]:
-        nodes = self.graph.nodes
-        return sorted(nodes[v]["key"] for v in vertices if nodes[v]["kind"] == kind)
-
-    def _index_slice(self, key: str, obj: Obj) -> None:
-        g = self.graph
-        meta = obj.get("metadata") or {}
-        sl = self._vertex("slice", key)
-        svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
-        if svc:
-            g.add_edge(self._vertex("service", f"{meta.get('namespace')}/{svc}"), sl, rel="owns")
-        for ep in obj.get("endpoints") or []:
-            ref = ep.get("targetRef") or {}
-            if ref.get("kind") == "Pod" and ref.get("name"):
-                g.add_edge(sl, self._vertex("pod", f"{ref.get('namespace') or meta.get('namespace')}/{ref['name']}"),
-                           rel="endpoint")
-
-    def _unindex(self, kind: str, key: str, obj: Obj) -> None:
-        for index, value in self._entries(kind, key, obj):
-            keys = index.get(value)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[value]
-        gid = {"Pod": "pod", "Node": "node", "Service": "service", "EndpointSlice": "slice"}.get(kind)
-        if gid is None:
-            return
-        node_id = f"{gid}:{key}"
-        if not self.graph.has_node(node_id):
-            return
-        if kind == "EndpointSlice":
-            self.graph.remove_node(node_id)
-            return
-        # Pods, nodes and Services may still be referenced by slices (or pods by their node):
-        # keep the vertex while something points at it, drop only its own outgoing edges.
-        if kind == "Pod":
-            self.graph.remove_edges_from(list(self.graph.out_edges(node_id)))
-        if self.graph.degree(node_id) == 0:
-            self.graph.remove_node(node_id)
+            svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+            if svc:
+                yield self.slices_by_service, f"{meta.get('namespace')}/{svc}"
+            for ep in obj.get("endpoints") or []:
+                ref = ep.get("targetRef") or {}
+                if ref.get("kind") == "Pod" and ref.get("name"):
+                    yield self.slices_by_pod, f"{ref.get('namespace') or meta.get('namespace')}/{ref['name']}"
 
     # ------------------------------------------------------------ reading
 
     def get(self, kind: str, key: str | None) -> Obj | None:
         return self.objects[kind].get(key) if key else None
 
+    def _get_all(self, kind: str, keys: Iterable[str]) -> list[Obj]:
+        store = self.objects[kind]
+        return [store[k] for k in keys if k in store]
+
     def pods_at(self, ip: IPAddress) -> list[Obj]:
-        return [self.objects["Pod"][k] for k in sorted(self.pods_by_ip.get(ip, ())) if k in self.objects["Pod"]]
+        return self._get_all("Pod", self.pods_by_ip.keys_of(address_key(ip)))
 
     def nodes_at(self, ip: IPAddress) -> list[Obj]:
-        return [self.objects["Node"][k] for k in sorted(self.nodes_by_address.get(ip, ()))]
-
-    def _services(self, index: dict[Any, set[str]], value: Any) -> list[Obj]:
-        return [self.objects["Service"][k] for k in sorted(index.get(value, ()))]
+        return self._get_all("Node", self.nodes_by_address.keys_of(address_key(ip)))
 
     def services_by_ip(self, ip: IPAddress) -> tuple[str, list[Obj]]:
         """The Services owning a destination address, and how: cluster_ip, external_ip, lb_ip."""
         for how, index in (("cluster_ip", self.services_by_cluster_ip), ("external_ip",
                            self.services_by_external_ip), ("lb_ip", self.services_by_lb_ip)):
-            found = self._services(index, ip)
+            found = self._get_all("Service", index.keys_of(address_key(ip)))
             if found:
                 return how, found
         return "", []
 
     def services_with_node_port(self, port: int, protocol: str) -> list[Obj]:
-        return self._services(self.services_by_node_port, (port, protocol))
+        return self._get_all("Service", self.services_by_node_port.keys_of((port, protocol)))
 
     def slices_of(self, service_key: str) -> list[Obj]:
-        sid = f"service:{service_key}"
-        if not self.graph.has_node(sid):
-            return []
-        slices = self.objects["EndpointSlice"]
-        return [slices[k] for k in self._keys(self.graph.successors(sid), "slice") if k in slices]
+        return self._get_all("EndpointSlice", self.slices_by_service.keys_of(service_key))
 
     def services_of_pod(self, pod_key: str) -> list[str]:
-        """Services whose EndpointSlices list this pod (graph: service → slice → pod)."""
-        pid = f"pod:{pod_key}"
-        if not self.graph.has_node(pid):
-            return []
-        g = self.graph
-        slices = [s for s in g.predecessors(pid) if g.nodes[s]["kind"] == "slice"]
-        return sorted(set(self._keys((svc for s in slices for svc in g.predecessors(s)), "service")))
+        """Services whose EndpointSlices list this pod."""
+        services = set()
+        for sl in self.slices_by_pod.keys_of(pod_key):
+            meta = (self.objects["EndpointSlice"].get(sl) or {}).get("metadata") or {}
+            svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+            if svc:
+                services.add(f"{meta.get('namespace')}/{svc}")
+        return sorted(services)
 
     def pods_on_node(self, node: str) -> list[str]:
-        nid = f"node:{node}"
-        if not self.graph.has_node(nid):
-            return []
-        return self._keys(self.graph.predecessors(nid), "pod")
+        return self.pods_by_node.keys_of(node)
 
     def policies_in(self, namespace: str) -> list[Obj]:
-        return [self.objects["NetworkPolicy"][k] for k in sorted(self.policies_by_namespace.get(namespace, ()))]
+        return self._get_all("NetworkPolicy", self.policies_by_namespace.keys_of(namespace))
 
     def counts(self) -> dict[str, int]:
         return {kind: len(objs) for kind, objs in self.objects.items()}

@@ -9,12 +9,16 @@ from dataclasses import dataclass, field
 
 from services.topology.classify import Classification, classify
 from services.topology.detect import Detector
-from services.topology.model import KINDS, ClusterModel
+from services.topology.model import KINDS, ClusterModel, Obj, object_key
 from services.topology.services import Resolved, resolve_service
 from shared.schemas import Assumption, DiagnosisRequest, Finding
-from shared.topology import CandidatePath, ClusterObjects, Endpoint, EndpointKind, TopologyReport
+from shared.selectors import SelectorError, compile_selector
+from shared.topology import NODE_ADDRESSES, CandidatePath, ClusterObjects, Endpoint, EndpointKind, TopologyReport
 
 STAGE = "topology"
+# Past this many nodes the every-node address map (ClusterInfo.node_addresses) is most of a report and the same
+# for every diagnosis: it travels once through the object store (StageEnvelope.node_addresses) instead.
+INLINE_NODE_ADDRESSES = 64
 _HOSTED = {EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE, EndpointKind.NODE_PORT}
 _OBJECT_FIELDS = {
     "Pod": "pods", "Namespace": "namespaces", "Node": "nodes", "Service": "services",
@@ -71,21 +75,37 @@ def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None) -
     return paths
 
 
+def _selects(policy: Obj, pod: Obj) -> bool:
+    """Whether `policy` applies to `pod` (its podSelector matches the pod's labels). A selector the API would
+    reject is carried all the same: the simulator says it ignored it, instead of it vanishing here."""
+    try:
+        selector = compile_selector((policy.get("spec") or {}).get("podSelector"))
+        return selector.matches((pod.get("metadata") or {}).get("labels") or {})
+    except (SelectorError, AttributeError, TypeError):
+        return True
+
+
 def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolved | None,
              nodes: list[str]) -> ClusterObjects:
-    """The pods involved plus what evaluating their NetworkPolicies needs: the policies of
-    the src and dst namespaces and the labels of those namespaces (the peers)."""
+    """Only what this request's simulation reads: the pods involved (source, destination, the Service's
+    backends), the NetworkPolicies selecting any of them in either direction (a policy selecting none of
+    them decides nothing here) and those pods' namespaces, whose labels the policies' namespaceSelectors
+    are matched against (each pod is the other's peer)."""
     pod_keys = _unique([src.pod, dst.pod, *((b.pod for b in resolved.resolution.backends) if resolved else ())])
     pods = [p for p in (model.get("Pod", k) for k in pod_keys) if p is not None]
     namespaces = _unique(k.split("/", 1)[0] for k in pod_keys)
+    policies = {object_key(pol): pol for pod in pods for pol in model.policies_in(pod["metadata"].get("namespace"))
+                if _selects(pol, pod)}
     service = model.get("Service", resolved.resolution.service) if resolved else None
-    return ClusterObjects(
+    # the model's objects are API-form dicts already: validating would only copy them (5,000 nodes of a
+    # LoadBalancer diagnosis), and nothing mutates them (docs/topology.md)
+    return ClusterObjects.model_construct(
         pods=pods,
         namespaces=[n for n in (model.get("Namespace", ns) for ns in namespaces) if n is not None],
         nodes=[n for n in (model.get("Node", name) for name in nodes) if n is not None],
         services=[service] if service else [],
         endpointslices=model.slices_of(resolved.resolution.service) if resolved else [],
-        networkpolicies=[p for ns in namespaces for p in model.policies_in(ns)],
+        networkpolicies=[policies[k] for k in sorted(policies)],
     )
 
 
@@ -139,3 +159,19 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
         paths=paths, nodes_to_collect=nodes, cluster=detection.info, objects=objects,
         findings=_dedupe(findings), assumptions=assumptions,
     )
+
+
+_last_detached: tuple[object, bytes] | None = None
+
+
+def detach_node_addresses(report: TopologyReport) -> tuple[TopologyReport, bytes | None]:
+    """The report without its node address map when that is big, and the map as JSON bytes to put in the object
+    store (None: it stays inline). The bytes of one detection are encoded once (every diagnosis has them)."""
+    global _last_detached
+    addresses = report.cluster.node_addresses
+    if len(addresses) <= INLINE_NODE_ADDRESSES:
+        return report, None
+    if _last_detached is None or _last_detached[0] is not addresses:
+        _last_detached = (addresses, NODE_ADDRESSES.dump_json(addresses))
+    cluster = report.cluster.model_copy(update={"node_addresses": {}})  # the detection's own stays whole
+    return report.model_copy(update={"cluster": cluster}), _last_detached[1]

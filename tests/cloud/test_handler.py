@@ -57,8 +57,10 @@ async def test_alibaba_provider_stores_the_inventory(bus: Bus, nats_url: str, em
     inventory = CloudInventory.model_validate_json(await bus.get_blob(out.cloud))
     assert inventory.nodes == {"node-1": "i-node1", "node-2": "i-node2"}
     assert DEFAULT_KEY_SECRET not in out.model_dump_json()
-    again = await CloudStage(bus, settings).handle(env)  # re-handled after a crash: same blob name, overwritten
-    assert isinstance(again.cloud, BlobRef) and again.cloud.name == out.cloud.name
+    # re-handled after a crash: a new object (blob names are never reused, so no reader races a replacement)
+    again = await CloudStage(bus, settings).handle(env)
+    assert isinstance(again.cloud, BlobRef) and again.cloud.name != out.cloud.name
+    assert CloudInventory.model_validate_json(await bus.get_blob(again.cloud)).nodes == inventory.nodes
 
 
 async def test_unreadable_cloud_is_a_finding_not_a_crash(bus: Bus, nats_url: str, emulator: CloudEmulator,

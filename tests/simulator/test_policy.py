@@ -10,8 +10,8 @@ import yaml
 
 from services.simulator.matrix import compute_matrix
 from services.simulator.policy import PolicyIndex, deny_findings, policy_step
-from services.simulator.policy.selectors import SelectorError, compile_selector
 from shared.schemas import Severity, StepAction
+from shared.selectors import SelectorError, compile_selector
 from tests.simulator.netpol_model import model_objects, pod, pod_ip, policy
 
 XA, XB, YA, ZA = pod_ip("x/a"), pod_ip("x/b"), pod_ip("y/a"), pod_ip("z/a")

@@ -28,8 +28,8 @@ from services.simulator.policy.model import (
     compile_policy,
     namespace_labels,
 )
-from services.simulator.policy.selectors import format_labels
 from shared.schemas import Assumption
+from shared.selectors import format_labels
 from shared.topology import ClusterObjects
 
 STAGE = "simulator"

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from services.simulator.policy.selectors import LabelSelector, SelectorError, compile_selector
+from shared.selectors import LabelSelector, SelectorError, compile_selector
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

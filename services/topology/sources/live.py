@@ -13,7 +13,6 @@ by the cluster's (trimmed) size.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,7 +26,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from services.topology.model import ClusterModel, Obj, trim
+from services.topology.decode import decode, decode_list
+from services.topology.model import ClusterModel, object_key, trim
 from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
 from shared.kube import api_client
 
@@ -187,24 +187,31 @@ class LiveSource:
         return True
 
     def _list(self, res: Resource) -> str:
-        items: list[Obj] = []
+        """List page by page, applying each page as it comes (a relist holds the model plus one page, never a
+        second copy of the cluster); what the list did not return is forgotten at its end."""
+        seen: set[str] = set()
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": self.page_size, "_preload_content": False}
             if token:
                 kwargs["_continue"] = token
             try:
-                body = json.loads(res.lister(**kwargs).data)
+                head, items = decode_list(res.lister(**kwargs).data)
             except ApiException as exc:
                 if exc.status == HTTP_GONE and token:  # the continue token expired: start over
-                    items, token = [], None
+                    seen, token = set(), None
                     continue
                 raise
-            items += [trim(res.kind, item) for item in body.get("items") or []]
-            meta = body.get("metadata") or {}
+            if head is None:
+                raise ValueError(f"{res.name}: the API answered a list request with something else")
+            for item in items:
+                obj = trim(res.kind, item)
+                self.model.apply("MODIFIED", res.kind, obj)
+                seen.add(object_key(obj))
+            meta = head.get("metadata") or {}
             token = meta.get("continue")
             if not token:
-                self.model.replace(res.kind, items, namespace=res.namespace)
+                self.model.forget_unseen(res.kind, seen, namespace=res.namespace)
                 return str(meta.get("resourceVersion") or "")
 
     def _watch(self, res: Resource, st: _State) -> str | None:
@@ -219,7 +226,7 @@ class LiveSource:
                     break
                 if not line:
                     continue
-                event = json.loads(line)
+                event = decode(line)
                 kind, obj = event.get("type"), event.get("object") or {}
                 if kind == "ERROR":
                     if obj.get("code") == HTTP_GONE:

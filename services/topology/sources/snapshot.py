@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from services.topology.decode import DecodeError, decode_list
 from services.topology.model import KINDS, ClusterModel, Obj, trim, unusable_addresses
 
 SNAPSHOT_VERSION = 1
@@ -41,12 +42,16 @@ class SnapshotLoad:
 def iter_documents(path: Path) -> Iterator[Any]:
     try:
         if path.suffix == ".json":
-            with path.open("rb") as fh:
-                yield json.load(fh)
+            # a list's items are decoded one at a time as the load takes them (services.topology.decode)
+            head, items = decode_list(path.read_bytes())
+            if head is None:
+                yield from items
+            else:
+                yield {**head, "items": items}
         else:
             with path.open("rb") as fh:
                 yield from yaml.load_all(fh, Loader=_Loader)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
+    except (OSError, ValueError, DecodeError, yaml.YAMLError) as exc:
         raise SnapshotError(f"{path}: cannot parse: {exc}") from exc
 
 
@@ -55,12 +60,13 @@ def iter_objects(doc: Any, list_kind: str | None = None, junk: list[str] | None 
     """Flatten Lists; an item without `kind` takes it from its typed list (PodList → Pod). What is no
     Kubernetes object at all is described in `junk` (when given) instead of vanishing."""
     kind = doc.get("kind") if isinstance(doc, dict) else None
-    kind = kind or list_kind or ("List" if isinstance(doc, dict) and isinstance(doc.get("items"), list) else None)
+    kind = kind or list_kind or ("List" if isinstance(doc, dict) and isinstance(doc.get("items"), list | Iterator)
+                                 else None)
     if not isinstance(doc, dict) or not isinstance(kind, str) or not kind:
         if junk is not None:
             junk.append(f"{where} is not a Kubernetes object (no kind): {_shorten(doc)}")
         return
-    if isinstance(doc.get("items"), list) and kind.endswith("List"):
+    if isinstance(doc.get("items"), list | Iterator) and kind.endswith("List"):
         item_kind = kind[:-4] if kind != "List" else None
         for n, item in enumerate(doc["items"]):
             yield from iter_objects(item, item_kind or None, junk, f"{where} item {n}")

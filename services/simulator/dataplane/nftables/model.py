@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.simulator.dataplane.nftables.render import render_rule
+
 # Hook names as nft prints them → the iptables-style names the walk uses.
 HOOKS = {"prerouting": "PREROUTING", "input": "INPUT", "forward": "FORWARD", "output": "OUTPUT",
          "postrouting": "POSTROUTING", "ingress": "INGRESS", "egress": "EGRESS"}
@@ -70,9 +72,7 @@ class NftRule:
     @property
     def text(self) -> str:
         if self._text is None:
-            from services.simulator.dataplane.nftables.render import render_rule
-
-            self._text = render_rule(self)
+            self._text = render_rule(self.exprs, self.comment)
         return self._text
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.simulator.dataplane.nftables.model import NftRule
-
 VERDICTS = ("accept", "drop", "continue", "return")
 
 
-def render_rule(rule: NftRule) -> str:
-    text = " ".join(_stmt(e) for e in rule.exprs)
-    return f'{text} comment "{rule.comment}"' if rule.comment else text
+def render_rule(exprs: list[dict[str, Any]], comment: str | None) -> str:
+    text = " ".join(_stmt(e) for e in exprs)
+    return f'{text} comment "{comment}"' if comment else text
 
 
 def _stmt(expr: dict[str, Any]) -> str:

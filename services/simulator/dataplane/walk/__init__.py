@@ -12,9 +12,9 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
-from services.simulator.dataplane.walk.reply import walk_replies
+from services.simulator.dataplane.walk.cursor import Expectation
 from services.simulator.dataplane.walk.trail import Trail
-from services.simulator.dataplane.walk.walker import Expectation, Walker
+from services.simulator.dataplane.walk.walker import Walker
 from services.simulator.dataplane.walk.world import NodeView, World
 from shared.cloud import CloudInventory
 from shared.netstack import NodeDump
@@ -46,7 +46,7 @@ def walk(report: TopologyReport, request: DiagnosisRequest, dumps: dict[str, Nod
     for i, trail in enumerate(trails):
         path_id, description = _name(report, trail, i, used)
         if reply and (trail.final == FinalState.DELIVER or (trail.final == FinalState.FORWARD and trail.left)):
-            backs = walk_replies(walker, trail)
+            backs = walker.replies(trail)
             replies.extend((path_id, back) for back in backs)
             _reply_outcome(trail, backs)
         elif not reply and trail.final in (FinalState.DELIVER, FinalState.FORWARD):  # unchecked is no success

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.cursor import Cursor, Walk
+from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.trail import copy_state, packet
 from services.simulator.dataplane.walk.world import NetnsView
 from shared.codes import finding
 from shared.netstack import Socket
 from shared.schemas import FinalState, StepAction, StepKind
-
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Cursor, Walker
 
 WILDCARDS = frozenset({"0.0.0.0", "::", "*", ""})
 
@@ -31,18 +30,15 @@ def matching_socket(sockets: list[Socket], st: FlowState) -> Socket | None:
     return None
 
 
-def deliver(w: Walker, c: Cursor, view: NetnsView) -> None:
+class DeliveryWalk(Walk, Protocol):
+    @property
+    def devices(self) -> DeviceHooks: ...
+
+
+def deliver(w: DeliveryWalk, c: Cursor, view: NetnsView) -> None:
+    """A request at a local address whose socket list was read (the walker checked that, and IPVS)."""
     st = c.st
     hop = c.trail.hop(view)
-    if w.reply:
-        from services.simulator.dataplane.walk.reply import reply_arrived
-
-        reply_arrived(w, c, view)
-        return
-    if w.blind(c, view, ("sockets",), "the listening sockets"):  # an unread socket list is not an empty one
-        return
-    if w.ipvs.unserved(c, view):
-        return
     c.trail.delivered = (view.place, copy_state(st))
     sock = matching_socket(view.dump.sockets, st)
     if sock is not None:

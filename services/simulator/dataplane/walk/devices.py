@@ -14,17 +14,14 @@ BPF_PROGRAM_ON_PATH warning for BPF), never a silent pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.cursor import Cursor, Walk
 from services.simulator.dataplane.walk.trail import packet
-from services.simulator.dataplane.walk.world import NetnsView
+from services.simulator.dataplane.walk.world import NetnsView, link_up
 from shared.codes import finding
 from shared.netstack import Link, TcAction, TcFilter
 from shared.schemas import StepAction, StepKind
-
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Cursor, Walker
 
 # qdiscs that never drop a lone probe packet (FIFOs, fair queues, shapers; drops only on overflow)
 PASSING_QDISCS = frozenset({"noqueue", "pfifo_fast", "pfifo", "bfifo", "pfifo_head_drop", "mq", "fq", "fq_codel",
@@ -143,7 +140,7 @@ def classify(filters: list[TcFilter], st: FlowState) -> Verdict:
 
 
 class DeviceHooks:
-    def __init__(self, walker: Walker) -> None:
+    def __init__(self, walker: Walk) -> None:
         self.w = walker
 
     # ------------------------------------------------------------ helpers
@@ -277,8 +274,6 @@ class DeviceHooks:
         state = port.bridge_port.state
         if state == "forwarding":
             return True
-        from services.simulator.dataplane.walk.walker import link_up  # walker imports this module
-
         if state == "disabled" and not link_up(port):
             return True  # the bridge disables a port whose link lost carrier: LINK_DOWN is the cause, named next
         found = finding("BRIDGE_PORT_BLOCKED", view.hop_id, port=port.name, bridge=bridge.name, where=view.where,

@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.netfilter.model import endpoint
-from services.simulator.dataplane.walk.trail import NatEntry, endpoint_info, packet
+from services.simulator.dataplane.walk.cursor import Cursor, Walk
+from services.simulator.dataplane.walk.delivery import matching_socket
+from services.simulator.dataplane.walk.trail import NatEntry, Trail, endpoint_info, packet
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
-from shared.schemas import FinalState, StepAction, StepKind
-
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Cursor, Walker
+from shared.schemas import FinalState, Packet, StepAction, StepKind
 
 # scheduler → (weights decide the share, how the choice is made): the walk cannot know connection
 # counts or hash outcomes, so every real server the scheduler may pick is a branch, stated
@@ -119,7 +119,7 @@ def find(servers: list[VirtualServer], protocol: str, dst: IPAddress, dport: int
     return None
 
 
-def mode_note(w: Walker, view: NetnsView) -> str:
+def mode_note(w: Walk, view: NetnsView) -> str:
     """Which kube-proxy mode the cluster says it runs, against what the node holds."""
     mode = w.report.cluster.kube_proxy_mode
     n = len(view.dump.netfilter.ipvs)
@@ -132,8 +132,25 @@ def mode_note(w: Walker, view: NetnsView) -> str:
     return "kube-proxy's mode is unknown" + (f"; {held} (ipvs mode)" if n else "")
 
 
+class IpvsWalk(Walk, Protocol):
+    """What IPVS may do to the walk besides ending a branch: forward to a real server, name the Service."""
+
+    def ipvs_forwarded(self, c: Cursor, view: NetnsView) -> list[Cursor]: ...
+
+    def service_address(self, addr: IPAddress, port: int | None) -> bool: ...
+
+    def service_vip(self, st: FlowState) -> bool: ...
+
+    def service_step(self, trail: Trail, view: NetnsView, detail: str, before: Packet, after: Packet,
+                     **info: Any) -> None: ...
+
+    def service_drop(self, c: Cursor, view: NetnsView, code: str, detail: str) -> list: ...
+
+    def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list: ...
+
+
 class Ipvs:
-    def __init__(self, walker: Walker) -> None:
+    def __init__(self, walker: IpvsWalk) -> None:
         self.w = walker
 
     def take(self, c: Cursor, view: NetnsView, hook: str) -> list[Cursor] | None:
@@ -242,8 +259,6 @@ class Ipvs:
                                   f"{endpoint(st.dst, st.dport)}/{st.protocol}", "mode": mode_note(w, view)})
         if found not in c.trail.findings:
             c.trail.findings.append(found)
-        from services.simulator.dataplane.walk.delivery import matching_socket
-
         if matching_socket(view.dump.sockets, st) is not None:
             return False  # a node process answers instead of the Service's endpoints: delivered, with the finding
         c.trail.step(c.trail.hop(view), StepKind.SERVICE, StepAction.DROP, f"{what}: nothing owns it on "

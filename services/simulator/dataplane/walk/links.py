@@ -7,23 +7,21 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
+from services.simulator.dataplane.walk.cursor import Cursor, Expectation, Walk
+from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.eni import PodEni, eni_devices, eni_owner, pod_eni
 from services.simulator.dataplane.walk.reply import reply_leaves
 from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
-from services.simulator.dataplane.walk.walker import Cursor, link_up
-from services.simulator.dataplane.walk.world import IPAddress, NetnsView
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, link_up
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop
 from shared.netstack import Link
 from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
 from shared.topology import EndpointKind
-
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Walker
 
 BAD_NEIGHBOR = frozenset({"FAILED", "INCOMPLETE"})
 STATIC_NEIGHBOR = frozenset({"PERMANENT", "NOARP"})
@@ -66,8 +64,57 @@ def _ipip_receiver(node: NetnsView, outer: FlowState) -> Link | None:
     return best[1] if best else None
 
 
+class CrossingWalk(Walk, Protocol):
+    """What a crossing may do to the walk: hand the packet to the next namespace's routing, run a
+    hook on a bridge or a tunnel's outer packet, end a branch; and what it reads to find the next
+    namespace (the cluster's addresses, the Service)."""
+
+    @property
+    def devices(self) -> DeviceHooks: ...
+
+    @property
+    def expect(self) -> Expectation: ...
+
+    @property
+    def node_ips(self) -> dict[IPAddress, str]: ...
+
+    @property
+    def pod_ips(self) -> dict[IPAddress, str]: ...
+
+    def node_ip(self, node: str) -> IPAddress | None: ...
+
+    def node_for_pod_network(self, addr: IPAddress) -> str | None: ...
+
+    def in_pod_network(self, addr: IPAddress) -> bool: ...
+
+    def collection_failed(self, node: str) -> Finding | None: ...
+
+    def pod_route_missing(self, view: NetnsView, dst: IPAddress, route: str, d: RouteDecision) -> Finding | None: ...
+
+    def has_endpoints(self) -> bool: ...
+
+    def virtual(self, addr: IPAddress) -> bool: ...
+
+    def service_vip(self, st: FlowState) -> bool: ...
+
+    def routed_in(self, c: Cursor, view: NetnsView) -> list[Cursor]: ...
+
+    def hook(self, c: Cursor, view: NetnsView, hook: str, nat: bool = True, **ctx: object) -> list[Cursor]: ...
+
+    def rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None: ...
+
+    def no_endpoint(self, c: Cursor, view: NetnsView, detail: str) -> list: ...
+
+    def unreadable_netns(self, c: Cursor, view: NetnsView, netns_ids: list[str | None], what: str) -> bool: ...
+
+    def external(self, c: Cursor, hop_kind: HopKind, describe: Callable[[], str]) -> list: ...
+
+    def end_trail(self, trail: Trail, final: FinalState, cause: str | None = None,
+                  found: Finding | None = None) -> None: ...
+
+
 class Crossing:
-    def __init__(self, walker: Walker) -> None:
+    def __init__(self, walker: CrossingWalk) -> None:
         self.w = walker
         self.world = walker.world
 
@@ -174,7 +221,7 @@ class Crossing:
         """A frame entering a bridge port: up to the host stack, or L2-forwarded to another port."""
         bridge = view.links.get(port.master or "")
         if bridge is None:
-            return self.w._routed_in(c, view)
+            return self.w.routed_in(c, view)
         if not self.w.devices.port_forwards(c, view, bridge, port, "frame received"):
             return []
         nh = c.l2_dst or c.st.dst
@@ -184,7 +231,7 @@ class Crossing:
                          f"for the node's own address {nh}: up to the IP stack", packet(c.st, port.name),
                          bridge=bridge.name, port_in=port.name, next_hop=nh)
             c.iif, c.port_in = bridge.name, port.name
-            return self.w._routed_in(c, view)
+            return self.w.routed_in(c, view)
         target = self._port_towards(view, bridge, nh)
         if target is None:
             return self._no_port(c, view, bridge, nh)
@@ -402,7 +449,7 @@ class Crossing:
         if self.w.service_vip(c.st) and not self.w.reply:
             if not self.w.has_endpoints():
                 return self.w.no_endpoint(c, view, f"{dst} is a virtual address with no endpoint behind it")
-            self.w._rules_missing(c, view, "routing")
+            self.w.rules_missing(c, view, "routing")
             return []
         if self.w.virtual(dst) and not self.w.reply:
             return self._untranslated(c, view, dst)
@@ -619,8 +666,7 @@ class Crossing:
                          could_change=True)
             found = self._not_collected(entry, "outside traffic enters through it") \
                 if entry and entry not in self.world.nodes else None
-            trail.end(FinalState.ABORT, found.code if found else None, found)
-            w.finished.append(trail)
+            w.end_trail(trail, FinalState.ABORT, found.code if found else None, found)
             return None
         view = self.world.nodes[entry].host
         default = view.router.lookup(st.src)[0]

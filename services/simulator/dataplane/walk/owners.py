@@ -11,16 +11,34 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from services.simulator.dataplane.walk.cursor import Cursor, Walk
 from services.simulator.dataplane.walk.trail import NatEntry
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.cloud import CloudInventory
 from shared.codes import finding
 from shared.hops import node_hop, pod_hop
 
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Cursor, Walker
+
+class OwnersWalk(Walk, Protocol):
+    """What the owner check reads of the walk: who holds which address (nodes, pods, the cloud)."""
+
+    @property
+    def node_ips(self) -> dict[IPAddress, str]: ...
+
+    @property
+    def pod_ips(self) -> dict[IPAddress, str]: ...
+
+    @property
+    def cloud_owners(self) -> dict[IPAddress, str]: ...
+
+    @property
+    def cloud_nodes(self) -> dict[str, str]: ...
+
+    def virtual(self, addr: IPAddress) -> bool: ...
+
+    def in_pod_network(self, addr: IPAddress) -> bool: ...
 
 
 def cloud_owners(inventory: CloudInventory | None) -> dict[IPAddress, str]:
@@ -48,7 +66,7 @@ def cloud_owners(inventory: CloudInventory | None) -> dict[IPAddress, str]:
     return out
 
 
-def owner_of(w: Walker, addr: IPAddress, view: NetnsView) -> tuple[str, str] | None:
+def owner_of(w: OwnersWalk, addr: IPAddress, view: NetnsView) -> tuple[str, str] | None:
     """(who, hop id) of the party other than `view` that holds addr, from the dumps, the cluster's
     nodes and pods, then the cloud inventory; None when nobody known does."""
     holder = w.world.netns_holding(addr)
@@ -65,7 +83,7 @@ def owner_of(w: Walker, addr: IPAddress, view: NetnsView) -> tuple[str, str] | N
     return None
 
 
-def check_nat_address(w: Walker, c: Cursor, view: NetnsView, entry: NatEntry) -> None:
+def check_nat_address(w: OwnersWalk, c: Cursor, view: NetnsView, entry: NatEntry) -> None:
     """SNAT: an address this namespace does not own is a finding naming its owner (the reply goes
     there), or an assumption when nobody known owns it. DNAT: a target nobody owns, outside the
     Service's endpoints, is an assumption."""

@@ -11,42 +11,39 @@ not match the client's connection and is dropped there.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from services.simulator.dataplane.netfilter import FlowState
+from services.simulator.dataplane.walk.cursor import Cursor, Walk
 from services.simulator.dataplane.walk.trail import Trail, packet
-from services.simulator.dataplane.walk.world import NetnsView
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView
 from shared.codes import finding
 from shared.hops import external_hop, node_hop
 from shared.schemas import FinalState, Finding, HopKind, Severity, StepAction, StepKind
 from shared.topology import EndpointKind
 
-if TYPE_CHECKING:
-    from services.simulator.dataplane.walk.walker import Cursor, Walker
-
 INSIDE = frozenset({EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE})  # clients on the nodes
 
 
-def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
-    """Reply trails of one delivered forward trail (empty when it was not delivered)."""
-    from services.simulator.dataplane.walk.walker import Cursor, Walker  # the walker imports this module
-
+def reply_start(forward: Trail, node_for_pod_network: Callable[[IPAddress], str | None]) -> Cursor | Trail | None:
+    """Where the reply of one forward trail starts, for a reply walker to run (None when the request
+    was neither delivered nor left the cluster; an ended trail when the reply goes to another owner
+    of the request's source, decided without a walk). `node_for_pod_network`: the node whose pod CIDR
+    holds an address."""
     if forward.delivered is not None:
         (place, st), iif = forward.delivered, None
     elif forward.left is not None:
         place, st, iif = forward.left
     else:
-        return []
+        return None
     flags = frozenset({"SYN", "ACK"}) if st.protocol == "tcp" else frozenset()
     rst = FlowState(src=st.dst, dst=st.src, protocol=st.protocol, sport=st.dport, dport=st.sport,
                     ctstate="ESTABLISHED", tcp_flags=flags, iif=iif)
-    rw = Walker(walker.world, walker.report, walker.request, walker.expect, reply=True)
     trail = Trail(pending_reverse=list(forward.nat), tracked=set(forward.tracked))
     foreign = next((e.foreign for e in forward.nat if e.foreign is not None and e.new[0] == st.src), None)
     if iif is not None and foreign is not None:
-        return [_to_owner(trail, rst, foreign)]
-    if iif is not None and walker.node_for_pod_network(st.src) is not None and \
-            walker.node_for_pod_network(st.dst) is None:
+        return _to_owner(trail, rst, foreign)
+    if iif is not None and node_for_pod_network(st.src) is not None and node_for_pod_network(st.dst) is None:
         # the request left with a pod address: the outside cannot answer it unless a NAT (the cloud's,
         # checked by the cloud stage when modelled) or a route for the pod CIDR brings the reply back
         forward.findings.append(finding("POD_SOURCE_NOT_MASQUERADED", node_hop(place.node), src=st.src,
@@ -61,7 +58,7 @@ def walk_replies(walker: Walker, forward: Trail) -> list[Trail]:
                               name=str(st.dst))
         trail.step(hop, StepKind.CLASSIFY, StepAction.FORWARD, f"the reply enters {place.node} through {iif}",
                    packet(rst, iif), endpoint="external", device=iif)
-    return rw.run(Cursor(place, rst, iif, trail))
+    return Cursor(place, rst, iif, trail)
 
 
 def conntrack_state(c: Cursor, view: NetnsView) -> None:
@@ -102,7 +99,7 @@ def _tuple(src: object, sport: int | None, dst: object, dport: int | None, proto
     return f"{src}:{sport if sport is not None else '*'} → {dst}:{dport if dport is not None else '*'}/{protocol}"
 
 
-def reply_leaves(w: Walker, c: Cursor, view: NetnsView) -> list:
+def reply_leaves(w: Walk, c: Cursor, view: NetnsView) -> list:
     """The reply leaves the modelled nodes towards the client outside them (internet, a VPC host, the
     client of a NodePort or LoadBalancer): the client's connection takes it only if it is the exact
     reverse of what the client sent, i.e. conntrack reversed every translation the request met.
@@ -139,7 +136,7 @@ def reply_leaves(w: Walker, c: Cursor, view: NetnsView) -> list:
     return w.finish(c, FinalState.DROP, found.code, found)
 
 
-def _missing(w: Walker, c: Cursor) -> str:
+def _missing(w: Walk, c: Cursor) -> str:
     """Which translation the reply missed, and why."""
     parts = []
     for e in c.trail.pending_reverse:
@@ -154,7 +151,7 @@ def _missing(w: Walker, c: Cursor) -> str:
     return "; ".join(parts)
 
 
-def reply_arrived(w: Walker, c: Cursor, view: NetnsView) -> None:
+def reply_arrived(w: Walk, c: Cursor, view: NetnsView) -> None:
     """The reply reached a local socket: the client's connection takes it only if it is the exact
     reverse of what the client sent."""
     r, st = w.request, c.st

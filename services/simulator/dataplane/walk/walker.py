@@ -1,6 +1,6 @@
 """Follow a packet through the collected dataplane, namespace by namespace, as the kernel would.
 
-Per namespace (`_local_out` for the source, `_routed_in` for every later namespace): netfilter hooks
+Per namespace (`_local_out` for the source, `routed_in` for every later namespace): netfilter hooks
 in kernel order (OUTPUT → re-route → POSTROUTING, or PREROUTING → route → INPUT | FORWARD →
 POSTROUTING), routing with policy rules, rp_filter and forwarding sysctls. Between namespaces
 (links.py): veth peers, Linux bridges (br_netfilter, hairpin), vxlan and the node uplink into the
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from services.simulator.dataplane.hooks import run_hook, stages
@@ -20,21 +19,22 @@ from services.simulator.dataplane.netfilter.tracer import TraceContext
 from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk import gaps
+from services.simulator.dataplane.walk.cursor import Cursor, Expectation
 from services.simulator.dataplane.walk.delivery import deliver
 from services.simulator.dataplane.walk.devices import DeviceHooks
 from services.simulator.dataplane.walk.ipvs import Ipvs, mode_note
+from services.simulator.dataplane.walk.links import Crossing
 from services.simulator.dataplane.walk.owners import check_nat_address, cloud_owners
-from services.simulator.dataplane.walk.reply import conntrack_state
+from services.simulator.dataplane.walk.reply import conntrack_state, reply_arrived, reply_start
 from services.simulator.dataplane.walk.trail import (
     NatEntry,
     Trail,
-    copy_state,
     endpoint_info,
     packet,
     route_info,
     rule_hit,
 )
-from services.simulator.dataplane.walk.world import IPAddress, NetnsView, Place, World
+from services.simulator.dataplane.walk.world import IPAddress, NetnsView, World, link_up
 from shared.cloud import CloudInventory
 from shared.codes import finding
 from shared.hops import external_hop, node_hop, pod_hop, service_hop
@@ -45,7 +45,6 @@ from shared.schemas import (
     Hop,
     HopKind,
     Packet,
-    Severity,
     Step,
     StepAction,
     StepKind,
@@ -54,50 +53,9 @@ from shared.topology import EndpointKind, TopologyReport
 
 MAX_VISITS = 24  # namespaces a packet may enter before the walk calls it a loop
 MAX_TRAILS = 256
-DOWN_STATES = frozenset({"DOWN", "LOWERLAYERDOWN", "NOTPRESENT"})
-
-
-def link_up(link: object) -> bool:
-    return bool(getattr(link, "admin_up", True)) and getattr(link, "state", "UNKNOWN") not in DOWN_STATES
-
-
-@dataclass
-class Cursor:
-    """The packet at the door of a namespace: `iif=None` means generated there."""
-
-    place: Place
-    st: FlowState
-    iif: str | None
-    trail: Trail
-    port_in: str | None = None  # bridge port the packet entered this namespace's bridge through
-    l2_dst: IPAddress | None = None  # next-hop address the frame is addressed to (set by the sender)
-
-    def fork(self) -> Cursor:
-        return Cursor(self.place, copy_state(self.st), self.iif, self.trail.fork(), self.port_in, self.l2_dst)
-
-
 # kube-proxy's own rule comments that say why it drops or rejects a Service packet (iptables mode)
 KUBE_PROXY_CAUSES = (("has no endpoints", "SERVICE_NO_ENDPOINT"), ("has no local endpoints", "NO_LOCAL_ENDPOINT"),
                      ("traffic not accepted by KUBE-FW-", "LB_SOURCE_RANGE_DENY"))
-
-
-@dataclass
-class Expectation:
-    """What the Kubernetes model says, used to name causes (topology + model findings)."""
-
-    findings: list[Finding] = field(default_factory=list)
-
-    def policy_deny(self, rule_text: str) -> Finding | None:
-        for f in self.findings:
-            if f.code != "NETWORK_POLICY_DENY" or f.severity != Severity.ERROR:
-                continue
-            names = [p.strip() for p in str(f.evidence.get("policies", "")).split(",") if p.strip()]
-            if any(n in rule_text or n.split("/")[-1] in rule_text for n in names):
-                return f
-        return None
-
-    def code_at(self, code: str, hop: str | None = None) -> Finding | None:
-        return next((f for f in self.findings if f.code == code and hop in (None, f.hop)), None)
 
 
 class Walker:
@@ -116,9 +74,7 @@ class Walker:
         self.pod_cidrs: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
         self.pod_ips: dict[IPAddress, str] = {}
         self._index_objects()
-        from services.simulator.dataplane.walk import links  # links.py needs Cursor from here
-
-        self.links = links.Crossing(self)
+        self.links = Crossing(self)
         self.ipvs = Ipvs(self)
         self.devices = DeviceHooks(self)
 
@@ -215,6 +171,16 @@ class Walker:
             queue.extend(self.arrive(queue.pop(0)))
         return self.finished
 
+    def replies(self, forward: Trail) -> list[Trail]:
+        """Reply trails of one forward trail, walked back from where it was delivered or left the
+        cluster (empty when it did neither)."""
+        start = reply_start(forward, self.node_for_pod_network)
+        if start is None:
+            return []
+        if isinstance(start, Trail):  # decided without a walk: the reply goes to another owner of the source
+            return [start]
+        return Walker(self.world, self.report, self.request, self.expect, reply=True).run(start)
+
     def _start(self) -> Cursor | None:
         src, r = self.report.src, self.request
         st = FlowState(src=r.src, dst=r.dst, protocol=r.protocol, sport=None, dport=r.port)
@@ -251,8 +217,8 @@ class Walker:
                               name=str(hop_name))
         trail.step(hop, StepKind.ASSUMPTION, StepAction.ABORT, f"{what} is unknown: {reason}", missing=what,
                    reason=reason, finding="DATA_MISSING")
-        trail.end(FinalState.ABORT, "DATA_MISSING", finding("DATA_MISSING", hop_id, what=what, reason=reason))
-        self.finished.append(trail)
+        self.end_trail(trail, FinalState.ABORT, "DATA_MISSING", finding("DATA_MISSING", hop_id, what=what,
+                                                                        reason=reason))
 
     # ------------------------------------------------------------ what the agent could not read
 
@@ -304,9 +270,13 @@ class Walker:
         return True
 
     def finish(self, c: Cursor, final: FinalState, cause: str | None = None, found: Finding | None = None) -> list:
-        c.trail.end(final, cause, found)
-        self.finished.append(c.trail)
+        self.end_trail(c.trail, final, cause, found)
         return []
+
+    def end_trail(self, trail: Trail, final: FinalState, cause: str | None = None,
+                  found: Finding | None = None) -> None:
+        trail.end(final, cause, found)
+        self.finished.append(trail)
 
     def drop(self, c: Cursor, found: Finding, view: NetnsView | None = None, detail: str | None = None,
              kind: StepKind = StepKind.LINK, **info: Any) -> list:
@@ -340,7 +310,7 @@ class Walker:
         port = view.links.get(c.iif)
         if port is not None and port.master and c.port_in is None:
             return self.links.bridge_in(c, view, port)
-        return self._routed_in(c, view)
+        return self.routed_in(c, view)
 
     def _local_out(self, c: Cursor, view: NetnsView) -> list[Cursor]:
         """A locally generated packet: route, OUTPUT, re-route if changed, POSTROUTING, out."""
@@ -352,7 +322,7 @@ class Walker:
             c1.st.oif = d.dev
             for c2 in self.hook(c1, view, "OUTPUT"):
                 if self._untranslated(c2, view):
-                    self._rules_missing(c2, view, "OUTPUT")
+                    self.rules_missing(c2, view, "OUTPUT")
                     continue
                 pairs = [(c2, d)]
                 if (c2.st.dst, c2.st.mark) != original:
@@ -362,7 +332,7 @@ class Walker:
                     out.extend(taken if taken is not None else self._leave_or_deliver(c3, view, d3, "lo"))
         return out
 
-    def _routed_in(self, c: Cursor, view: NetnsView) -> list[Cursor]:
+    def routed_in(self, c: Cursor, view: NetnsView) -> list[Cursor]:
         """A packet received on `iif`: PREROUTING, kube-proxy check, route, rp_filter, INPUT or FORWARD."""
         out: list[Cursor] = []
         c.st.iif = c.iif
@@ -395,7 +365,7 @@ class Walker:
             for c1 in self.hook(c, view, "INPUT"):
                 taken = self.ipvs.take(c1, view, "LOCAL_IN")
                 if taken is None:
-                    deliver(self, c1, view)
+                    self._deliver(c1, view)
                 else:
                     out.extend(taken)
             return out
@@ -404,13 +374,25 @@ class Walker:
             out.extend(self.links.transmit(c1, view, d))
         return out
 
+    def _deliver(self, c: Cursor, view: NetnsView) -> None:
+        """The packet reached a local address: a reply meets the client's connection; a request needs
+        the socket list read, and an address of kube-ipvs0 a virtual server, before a socket takes it."""
+        if self.reply:
+            reply_arrived(self, c, view)
+            return
+        if self.blind(c, view, ("sockets",), "the listening sockets"):  # an unread socket list is not an empty one
+            return
+        if self.ipvs.unserved(c, view):
+            return
+        deliver(self, c, view)
+
     def ipvs_forwarded(self, c: Cursor, view: NetnsView) -> list[Cursor]:
         """A packet IPVS rewrote to a real server: routed from the node, OUTPUT without nat (the
         connection's nat is bound), then POSTROUTING and out, or delivered if the real server is local."""
         out: list[Cursor] = []
         for c1, d in self._route(c, view, None, note="IPVS forwards to the real server"):
             if d.delivers_locally:
-                deliver(self, c1, view)
+                self._deliver(c1, view)
                 continue
             c1.st.oif = d.dev
             for c2 in self.hook(c1, view, "OUTPUT", nat=False):
@@ -426,7 +408,7 @@ class Walker:
         if self.blind(c, view, gaps.ROUTING, "the routing table"):
             return []
         if iif is not None and self._untranslated(c, view):
-            self._rules_missing(c, view, "PREROUTING")
+            self.rules_missing(c, view, "PREROUTING")
             return []
         decisions = view.router.lookup(st.dst, src=st.src if iif is not None else None, iif=iif, fwmark=st.mark)
         first = decisions[0]
@@ -472,7 +454,7 @@ class Walker:
         return finding("POD_ROUTE_MISSING", view.hop_id, where=view.where, pod=pod, dst=dst, route=route,
                        device=veth.name, evidence=d.as_dict())
 
-    def _rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None:
+    def rules_missing(self, c: Cursor, view: NetnsView, hook: str) -> None:
         res = self.report.service
         what = f"Service {res.service if res else '?'} {c.st.dst}:{c.st.dport}/{c.st.protocol}"
         self.drop(c, finding("KUBE_PROXY_RULES_MISSING", view.hop_id, node=view.node, what=what,
@@ -710,7 +692,7 @@ class Walker:
                               f"{rule}")
             return
         if fields["chain"] == "KUBE-IPVS-FILTER" and self.service_vip(br.state) and self.has_endpoints():
-            self._rules_missing(c, view, f"{hook} ({fields['table']}/KUBE-IPVS-FILTER rejects an address of "
+            self.rules_missing(c, view, f"{hook} ({fields['table']}/KUBE-IPVS-FILTER rejects an address of "
                                 "kube-ipvs0 that no Service port owns)")
             return
         if br.verdict == "REJECT":

@@ -27,6 +27,13 @@ HOST = "host"
 IPVS_DEVICE = "kube-ipvs0"  # kube-proxy's IPVS mode binds every Service address to it, on every node
 
 
+DOWN_STATES = frozenset({"DOWN", "LOWERLAYERDOWN", "NOTPRESENT"})
+
+
+def link_up(link: object) -> bool:
+    return bool(getattr(link, "admin_up", True)) and getattr(link, "state", "UNKNOWN") not in DOWN_STATES
+
+
 @dataclass(frozen=True)
 class Place:
     """A network namespace of a node: `netns` is a NetnsDump.id ('host' or 'netns:<inode>')."""
