@@ -111,6 +111,9 @@ class Pending:
                     await self.publish(env)
                     log.info("diagnosis %s queued (confirmed after an unknown outcome)", diagnosis_id,
                              extra=log_context(diagnosis_id=diagnosis_id, stage="gateway"))
+                task = asyncio.current_task()  # a cancellation nats-py turned into an error: still stop
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
 
 
 # ------------------------------------------------------------------ handlers
@@ -379,7 +382,8 @@ def _background(app: web.Application) -> Any:
         yield
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # bounded: shutting the gateway down never waits on a loop that missed its cancellation
+        await asyncio.wait(tasks, timeout=5)
 
     return ctx
 

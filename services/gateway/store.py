@@ -216,6 +216,11 @@ class Reconciler:
         while True:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.sweep()
+            # nats-py can turn a cancellation that lands inside its calls into one of the errors suppressed
+            # above; the request to stop is still recorded on the task, so honour it here
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> int:
