@@ -139,6 +139,8 @@ class NodeAgent:
                                      (node_drops_subject(self.node), self._on_drops)):
                 self._live_subs.append(await self.bus.subscribe(subject, queue=queue_group(self.node),
                                                                 cb=self._answer_in_task(handler)))
+        if self.nft_refresh_s is not None:
+            self._refresher = asyncio.create_task(self._keep_nft_rules_read(self.nft_refresh_s))
 
     async def tracing_ready(self) -> TracingStatus:
         """Wait for the drop tracer to attach (or to fail); its status."""
@@ -199,8 +201,6 @@ class NodeAgent:
         events = tracer.matching(request.sport, request.protocol, request.since - TRACE_SKEW_S,
                                  request.until + TRACE_SKEW_S, inodes)
         return DropsReply(node=self.node, ok=True, events=events, tracing=status)
-        if self.nft_refresh_s is not None:
-            self._refresher = asyncio.create_task(self._keep_nft_rules_read(self.nft_refresh_s))
 
     async def stop(self) -> None:
         for sub in self._live_subs:
