@@ -226,6 +226,14 @@ def _busy_replica(dep: Deployment, progress: list[tuple[float, dict[str, Any]]])
     return None
 
 
+def _any_replica(dep: Deployment, rng: random.Random) -> str | None:
+    """A live stage replica whose sibling is up: on an idle machine little is ever in flight, and a
+    replica killed idle still tests that the stage recovers (its redelivery is simply not measured)."""
+    alive = [n for n, p in dep.procs.items() if p.poll() is None and n.rsplit("-", 1)[0] in STAGES]
+    paired = [n for n in alive if any(m != n and m.rsplit("-", 1)[0] == n.rsplit("-", 1)[0] for m in alive)]
+    return rng.choice(sorted(paired)) if paired else None
+
+
 def _redeliveries(kills: list[tuple[float, str, int]], progress: list[tuple[float, dict[str, Any]]],
                   nats_down: tuple[float, float]) -> list[float]:
     """For each replica kill: the messages the killed process was working on (its last event for the
@@ -306,8 +314,8 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                         report.nats_restarts += 1
                         restarted = True
                     else:
-                        victim = _busy_replica(dep, progress)
-                        if victim is None:  # nothing in flight on a replica whose sibling works: wait
+                        victim = _busy_replica(dep, progress) or _any_replica(dep, rng)
+                        if victim is None:  # no stage has two replicas up: wait
                             continue
                         killed_at = time.time()
                         pid = await asyncio.to_thread(dep.kill, victim)
