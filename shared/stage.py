@@ -143,40 +143,42 @@ class StageRunner:
         sub = None
         stopping = asyncio.ensure_future(stop.wait())
         self.running = True
-        while not stop.is_set():
-            self.last_poll = time.monotonic()
-            if self.bus.lost.is_set():  # nothing more will ever arrive: end, so the process can exit
-                log.error("%s: stopping: %s", self.stage.name, self.bus.lost_reason,
-                          extra=log_context(stage=self.stage.name))
-                break
-            try:
-                if sub is None:
-                    sub = await self._subscribe()
-                self._awaiting_slot = True
-                try:
-                    await self._slots.acquire()
-                finally:
-                    self._awaiting_slot = False
+        try:
+            while not stop.is_set():
                 self.last_poll = time.monotonic()
+                if self.bus.lost.is_set():  # nothing more will ever arrive: end, so the process can exit
+                    log.error("%s: stopping: %s", self.stage.name, self.bus.lost_reason,
+                              extra=log_context(stage=self.stage.name))
+                    break
                 try:
-                    msgs = await _fetch_or_stop(sub, stopping)
-                except BaseException:
-                    self._slots.release()
-                    raise
-            except TimeoutError:
-                continue
-            except (nats.errors.Error, OSError) as exc:
-                log.info("%s: fetch failed (%s); retrying", self.stage.name, exc,
-                         extra=log_context(stage=self.stage.name))
-                sub = None if isinstance(exc, nats.js.errors.NotFoundError) else sub
-                await _sleep_or_stop(stop, 0.25)
-                continue
-            for msg in msgs:  # fetch(1): the slot acquired above belongs to this message
-                task = asyncio.create_task(self._process(msg))
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
-        self.running = False
-        stopping.cancel()
+                    if sub is None:
+                        sub = await self._subscribe()
+                    self._awaiting_slot = True
+                    try:
+                        await self._slots.acquire()
+                    finally:
+                        self._awaiting_slot = False
+                    self.last_poll = time.monotonic()
+                    try:
+                        msgs = await _fetch_or_stop(sub, stopping)
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                except TimeoutError:
+                    continue
+                except (nats.errors.Error, OSError) as exc:
+                    log.info("%s: fetch failed (%s); retrying", self.stage.name, exc,
+                             extra=log_context(stage=self.stage.name))
+                    sub = None if isinstance(exc, nats.js.errors.NotFoundError) else sub
+                    await _sleep_or_stop(stop, 0.25)
+                    continue
+                for msg in msgs:  # fetch(1): the slot acquired above belongs to this message
+                    task = asyncio.create_task(self._process(msg))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._done)
+        finally:  # also when the runner itself is cancelled: no pending wait outlives it
+            self.running = False
+            stopping.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=5)
             for task in pending:  # unacked: JetStream redelivers them to another replica

@@ -165,6 +165,20 @@ async def test_the_gateways_probes_fail_once_its_connection_is_gone(fresh_nats: 
     assert "closed for good" in body["reason"]
 
 
+async def all_threads_stopped(pid: int, timeout: float = 5.0) -> None:
+    """kill(SIGSTOP) returns before every thread has stopped; a server thread still running can answer
+    one more PING. Wait until /proc shows each one in state T."""
+    from pathlib import Path
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        states = {(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in Path(f"/proc/{pid}/task").iterdir()}
+        if states == {"T"}:
+            return
+        assert asyncio.get_running_loop().time() < deadline, states
+        await asyncio.sleep(0.01)
+
+
 async def test_a_frozen_server_fails_readiness_not_liveness(fresh_nats: NatsServer) -> None:
     import os
     import signal
@@ -176,6 +190,7 @@ async def test_a_frozen_server_fails_readiness_not_liveness(fresh_nats: NatsServ
         assert fresh_nats.proc is not None
         os.kill(fresh_nats.proc.pid, signal.SIGSTOP)
         try:
+            await all_threads_stopped(fresh_nats.proc.pid)
             ready, reason = await health.ready()
             alive, _ = health.alive()
         finally:

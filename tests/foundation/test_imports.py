@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.foundation.helpers import parse_source
+
 ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("services", "shared")
 
@@ -39,7 +41,7 @@ def imported(name: str, path: Path, known: dict[str, Path]) -> list[tuple[str, i
     """(module, line) for every import statement of one module, anywhere in it."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: list[tuple[str, int]] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(parse_source(path)):
         if isinstance(node, ast.Import):
             out.extend((alias.name, node.lineno) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.foundation.helpers import parse_source
+
 TESTS = Path(__file__).resolve().parents[1]
 
 
@@ -35,7 +37,7 @@ def test_no_test_module_imports_another_test_module() -> None:
     offenders = []
     for path in sorted(TESTS.rglob("test_*.py")):
         package = ".".join(("tests", *path.relative_to(TESTS).parent.parts))
-        for name in imported_modules(ast.parse(path.read_text(), str(path)), package):
+        for name in imported_modules(parse_source(path), package):
             if is_test_module(name):
                 offenders.append(f"{path.relative_to(TESTS.parent)} imports {name}")
     assert not offenders, "move what they share into the area's helpers.py:\n" + "\n".join(offenders)
