@@ -3,16 +3,27 @@ the candidate paths, the nodes to collect from and every Kubernetes object the s
 needs (the simulator never calls the API).
 
 Kubernetes objects travel as plain JSON dicts in API form (camelCase, as `kubectl get -o
-json` prints them), trimmed of managedFields and annotations the diagnosis never reads.
+json` prints them), each in its event form: only the fields a later stage reads
+(docs/topology.md says which).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from ipaddress import ip_network
-from typing import Any
+from typing import Any, cast
 
-from pydantic import BaseModel, Field, IPvAnyAddress, TypeAdapter
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyAddress,
+    SerializerFunctionWrapHandler,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from shared.findings import Assumption, Finding
 from shared.steps import IPAddress
@@ -28,7 +39,30 @@ def private_use(address: IPAddress) -> bool:
     return any(address.version == net.version and address in net for net in PRIVATE_USE)
 
 
-TOPOLOGY_VERSION = 1
+TOPOLOGY_VERSION = 2  # 2: objects in event form, a path names its backend by index, no EndpointSlices
+
+
+def isolated_directions(spec: Mapping[str, Any]) -> frozenset[str]:
+    """The directions ("Ingress", "Egress") a NetworkPolicy spec isolates the pods it selects for, with the API
+    server's defaulting of an absent policyTypes: Ingress always, Egress only when egress rules exist. The
+    topology stage carries a policy by it, the simulator evaluates by it. TypeError: not a list (the API
+    server would have rejected the policy)."""
+    types = spec.get("policyTypes")
+    if types is None:
+        return frozenset({"Ingress", *(["Egress"] if spec.get("egress") else [])})
+    if not isinstance(types, list | tuple):
+        raise TypeError(f"policyTypes must be a list, not {types!r}")
+    return frozenset(t for t in ("Ingress", "Egress") if t in types)
+
+
+def _unless(default: Any, **kwargs: Any) -> Any:
+    """A field the JSON leaves out while it holds its default (validation puts it back): most endpoints are
+    ready, most of a resolution's options unset, and a Service's endpoints fill most of an event."""
+    return Field(default, exclude_if=lambda value: value == default, **kwargs)
+
+
+def _unless_empty(**kwargs: Any) -> Any:
+    return Field(default_factory=list, exclude_if=lambda value: not value, **kwargs)
 
 
 class EndpointKind(StrEnum):
@@ -46,9 +80,9 @@ class EndpointKind(StrEnum):
 class Endpoint(BaseModel):
     address: IPvAnyAddress
     kind: EndpointKind
-    pod: str | None = Field(None, description="namespace/name when the address is a pod's")
-    node: str | None = Field(None, description="node hosting the pod, or the node itself")
-    service: str | None = Field(None, description="namespace/name for Service addresses")
+    pod: str | None = _unless(None, description="namespace/name when the address is a pod's")
+    node: str | None = _unless(None, description="node hosting the pod, or the node itself")
+    service: str | None = _unless(None, description="namespace/name for Service addresses")
     description: str = ""
 
 
@@ -57,46 +91,58 @@ class ServiceBackend(BaseModel):
 
     address: IPvAnyAddress
     port: int | None = Field(None, description="resolved target port; None when unresolvable")
-    pod: str | None = None
-    node: str | None = None
-    ready: bool = True
-    serving: bool = True
-    terminating: bool = False
+    pod: str | None = _unless(None)
+    node: str | None = _unless(None)
+    ready: bool = _unless(True)
+    serving: bool = _unless(True)
+    terminating: bool = _unless(False)
 
 
 class ServiceResolution(BaseModel):
     service: str  # namespace/name
     cluster_ips: list[IPvAnyAddress] = Field(default_factory=list)
-    headless: bool = False
+    headless: bool = _unless(False)
     type: str = "ClusterIP"
     port_name: str | None = None
     port: int | None = None  # the Service port that matched (None: SERVICE_PORT_NOT_FOUND)
-    node_port: int | None = None
+    node_port: int | None = _unless(None)
     protocol: str = "TCP"
     target_port: int | str | None = None
     backends: list[ServiceBackend] = Field(default_factory=list)
-    external_traffic_policy: str = "Cluster"
-    internal_traffic_policy: str = "Cluster"
-    session_affinity: str = "None"
-    load_balancer_source_ranges: list[str] = Field(default_factory=list)
-    load_balancer_ips: list[IPvAnyAddress] = Field(default_factory=list)
-    external_ips: list[IPvAnyAddress] = Field(default_factory=list)
+    external_traffic_policy: str = _unless("Cluster")
+    internal_traffic_policy: str = _unless("Cluster")
+    session_affinity: str = _unless("None")
+    load_balancer_source_ranges: list[str] = _unless_empty()
+    load_balancer_ips: list[IPvAnyAddress] = _unless_empty()
+    external_ips: list[IPvAnyAddress] = _unless_empty()
 
 
 class CandidatePath(BaseModel):
     """A path the packet may take according to the Kubernetes model (one per backend)."""
 
     id: str
-    src_node: str | None = None
-    dst_node: str | None = None
+    src_node: str | None = _unless(None)
+    dst_node: str | None = _unless(None)
     dst_address: IPvAnyAddress  # final destination address (backend pod, node, public IP)
     dst_port: int | None = None
-    dst_pod: str | None = None
-    entry_node: str | None = Field(
+    dst_pod: str | None = _unless(None)
+    entry_node: str | None = _unless(
         None, description="node whose kube-proxy translates the Service address (NodePort/LB/ClusterIP)"
     )
-    backend: ServiceBackend | None = None
+    backend: int | None = _unless(None, description="the Service endpoint this path takes, as its index in "
+                                "TopologyReport.service.backends (None: not through a Service endpoint)")
     description: str = ""
+
+
+def service_path(path_id: str, src: Endpoint, service: ServiceResolution, backend: int,
+                 entry_node: str | None) -> CandidatePath:
+    """The path from `src` through `service` to its endpoint #`backend`: the endpoint is its destination."""
+    if not 0 <= backend < len(service.backends):
+        raise ValueError(f"path {path_id} names endpoint #{backend}; {service.service} has {len(service.backends)}")
+    b = service.backends[backend]
+    return CandidatePath(id=path_id, src_node=src.node, dst_node=b.node, dst_address=b.address, dst_port=b.port,
+                         dst_pod=b.pod, entry_node=entry_node, backend=backend,
+                         description=f"{src.description} → {service.service} → {b.pod or b.address}:{b.port}")
 
 
 class ClusterInfo(BaseModel):
@@ -126,13 +172,14 @@ NODE_ADDRESSES: TypeAdapter[dict[str, list[IPvAnyAddress]]] = TypeAdapter(dict[s
 
 
 class ClusterObjects(BaseModel):
-    """Raw Kubernetes objects the simulator needs, in API JSON form."""
+    """The Kubernetes objects the simulator needs, in API JSON form, each in its event form (the fields a
+    later stage reads). The Service's EndpointSlices are not among them: `TopologyReport.service` carries
+    their endpoints for the matched port (address, pod, node, conditions)."""
 
     pods: list[dict[str, Any]] = Field(default_factory=list)
     namespaces: list[dict[str, Any]] = Field(default_factory=list)
     nodes: list[dict[str, Any]] = Field(default_factory=list)
     services: list[dict[str, Any]] = Field(default_factory=list)
-    endpointslices: list[dict[str, Any]] = Field(default_factory=list)
     networkpolicies: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -148,3 +195,47 @@ class TopologyReport(BaseModel):
     objects: ClusterObjects = Field(default_factory=ClusterObjects)
     findings: list[Finding] = Field(default_factory=list)
     assumptions: list[Assumption] = Field(default_factory=list)
+
+    # A path to a Service endpoint that says no more than service_path() derives travels as its id, entry node
+    # and endpoint index (fifteen endpoints would otherwise carry every one of them three times); validation
+    # derives the rest again. Any other path travels whole.
+
+    @model_serializer(mode="wrap")
+    def _compact_paths(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.service is not None and isinstance(data, dict) and "paths" in data:
+            data["paths"] = [
+                {"id": p.id, "entry_node": p.entry_node, "backend": p.backend} if p.backend is not None
+                and p == service_path(p.id, self.src, self.service, p.backend, p.entry_node) else out
+                for p, out in zip(self.paths, data["paths"], strict=True)]
+        return data
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _derive_paths(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> TopologyReport:
+        paths = data.get("paths") if isinstance(data, dict) else None
+        if not paths or not any(isinstance(p, dict) and "dst_address" not in p for p in paths):
+            return cast(TopologyReport, handler(data))
+        report = cast(TopologyReport, handler({**data, "paths": []}))
+        if report.service is None:
+            raise ValueError("a path names a Service endpoint but the report has no Service")
+        report.paths = [
+            service_path(str(p["id"]), report.src, report.service, int(p["backend"]), p.get("entry_node"))
+            if isinstance(p, dict) and "dst_address" not in p else CandidatePath.model_validate(p) for p in paths]
+        report._check_backends()
+        return report
+
+    @model_validator(mode="after")
+    def _backends_exist(self) -> TopologyReport:
+        self._check_backends()
+        return self
+
+    def _check_backends(self) -> None:
+        count = len(self.service.backends) if self.service is not None else 0
+        for path in self.paths:
+            if path.backend is not None and not 0 <= path.backend < count:
+                raise ValueError(f"path {path.id} names backend #{path.backend}; the Service has {count}")
+
+    def backend_of(self, path: CandidatePath) -> ServiceBackend | None:
+        """The Service endpoint `path` takes (None: the path does not go through one)."""
+        return None if path.backend is None or self.service is None else self.service.backends[path.backend]

@@ -117,22 +117,22 @@ class ModelSimulator:
         src.steps.append(Step.of(StepKind.CLASSIFY, StepAction.INFO,
                                  f"source is {report.src.description or report.src.kind.value}", packet,
                                  endpoint=report.src.kind.value))
-        res = report.service
+        res, backend = report.service, report.backend_of(cp)
         if res is not None:
             svc = Hop(id=service_hop(res.service), kind=HopKind.SERVICE, name=res.service, address=self.request.dst)
             hops.append(svc)
-            if cp.backend is not None and cp.backend.port is not None:
+            if backend is not None and backend.port is not None:
                 after = packet.model_copy(update={"dst": cp.dst_address, "dport": cp.dst_port})
                 svc.steps.append(Step.of(
-                    StepKind.NAT, StepAction.REWRITE, f"Service DNAT to endpoint {cp.backend.pod or ''} "
+                    StepKind.NAT, StepAction.REWRITE, f"Service DNAT to endpoint {backend.pod or ''} "
                     f"{cp.dst_address}:{cp.dst_port}", packet, after, type="DNAT",
                     original=NatEndpoint(address=packet.dst, port=packet.dport),
-                    translated=NatEndpoint(address=cp.dst_address, port=cp.dst_port), backend_pod=cp.backend.pod))
+                    translated=NatEndpoint(address=cp.dst_address, port=cp.dst_port), backend_pod=backend.pod))
                 packet = after
             else:
                 svc.steps.append(Step.of(StepKind.SERVICE, StepAction.DROP, "no usable endpoint for this Service port",
                                          packet, service=res.service))
-        if cp.backend is not None or res is None:
+        if backend is not None or res is None:
             dst = backend_hop(cp) if res is not None else endpoint_hop(report.dst, "destination")
             if dst.id != src.id or res is not None:
                 hops.append(dst)
@@ -140,7 +140,7 @@ class ModelSimulator:
             dst = None
         # NetworkPolicy sees the packet after kube-proxy's DNAT: a Service packet no endpoint takes is
         # rejected by kube-proxy, never policy-checked against the Service address
-        translated = res is None or (cp.backend is not None and cp.backend.port is not None)
+        translated = res is None or (backend is not None and backend.port is not None)
         # this path's own policy findings only: another endpoint's egress deny sits on the same
         # source hop id and must not mark this path's source hop failed
         relevant = [*self.report.findings, *(self._policy(packet, src, dst, out) if translated else [])]

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 
 from services.topology.classify import Classification, classify
 from services.topology.detect import Detector
-from services.topology.model import KINDS, ClusterModel, Obj, object_key
+from services.topology.event import event_objects
+from services.topology.model import KINDS, ClusterModel
 from services.topology.services import Resolved, resolve_service
 from shared.schemas import Assumption, DiagnosisRequest, Finding
-from shared.selectors import SelectorError, compile_selector
-from shared.topology import NODE_ADDRESSES, CandidatePath, ClusterObjects, Endpoint, EndpointKind, TopologyReport
+from shared.topology import (
+    NODE_ADDRESSES,
+    CandidatePath,
+    ClusterObjects,
+    Endpoint,
+    EndpointKind,
+    TopologyReport,
+    service_path,
+)
 
 STAGE = "topology"
 # Past this many nodes the every-node address map (ClusterInfo.node_addresses) is most of a report and the same
@@ -22,7 +30,7 @@ INLINE_NODE_ADDRESSES = 64
 _HOSTED = {EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE, EndpointKind.NODE_PORT}
 _OBJECT_FIELDS = {
     "Pod": "pods", "Namespace": "namespaces", "Node": "nodes", "Service": "services",
-    "EndpointSlice": "endpointslices", "NetworkPolicy": "networkpolicies",
+    "NetworkPolicy": "networkpolicies",
 }
 
 
@@ -65,48 +73,11 @@ def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None) -
                               dst_port=port, dst_pod=dst.pod, description=f"{src.description} → {dst.description}")]
     paths = []
     entry_default = resolved.entry_nodes[0] if len(resolved.entry_nodes) == 1 else None
+    index = {id(b): i for i, b in enumerate(resolved.resolution.backends)}  # `used` holds the same objects
     for i, b in enumerate(resolved.used):
         entry = entry_default or (b.node if b.node in resolved.entry_nodes or not resolved.entry_nodes else None)
-        paths.append(CandidatePath(
-            id=f"p{i}", src_node=src.node, dst_node=b.node, dst_address=b.address, dst_port=b.port,
-            dst_pod=b.pod, entry_node=entry, backend=b,
-            description=f"{src.description} → {resolved.resolution.service} → {b.pod or b.address}:{b.port}",
-        ))
+        paths.append(service_path(f"p{i}", src, resolved.resolution, index[id(b)], entry))
     return paths
-
-
-def _selects(policy: Obj, pod: Obj) -> bool:
-    """Whether `policy` applies to `pod` (its podSelector matches the pod's labels). A selector the API would
-    reject is carried all the same: the simulator says it ignored it, instead of it vanishing here."""
-    try:
-        selector = compile_selector((policy.get("spec") or {}).get("podSelector"))
-        return selector.matches((pod.get("metadata") or {}).get("labels") or {})
-    except (SelectorError, AttributeError, TypeError):
-        return True
-
-
-def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolved | None,
-             nodes: list[str]) -> ClusterObjects:
-    """Only what this request's simulation reads: the pods involved (source, destination, the Service's
-    backends), the NetworkPolicies selecting any of them in either direction (a policy selecting none of
-    them decides nothing here) and those pods' namespaces, whose labels the policies' namespaceSelectors
-    are matched against (each pod is the other's peer)."""
-    pod_keys = _unique([src.pod, dst.pod, *((b.pod for b in resolved.resolution.backends) if resolved else ())])
-    pods = [p for p in (model.get("Pod", k) for k in pod_keys) if p is not None]
-    namespaces = _unique(k.split("/", 1)[0] for k in pod_keys)
-    policies = {object_key(pol): pol for pod in pods for pol in model.policies_in(pod["metadata"].get("namespace"))
-                if _selects(pol, pod)}
-    service = model.get("Service", resolved.resolution.service) if resolved else None
-    # the model's objects are API-form dicts already: validating would only copy them (5,000 nodes of a
-    # LoadBalancer diagnosis), and nothing mutates them (docs/topology.md)
-    return ClusterObjects.model_construct(
-        pods=pods,
-        namespaces=[n for n in (model.get("Namespace", ns) for ns in namespaces) if n is not None],
-        nodes=[n for n in (model.get("Node", name) for name in nodes) if n is not None],
-        services=[service] if service else [],
-        endpointslices=model.slices_of(resolved.resolution.service) if resolved else [],
-        networkpolicies=[policies[k] for k in sorted(policies)],
-    )
 
 
 def full_objects(model: ClusterModel) -> ClusterObjects:
@@ -145,7 +116,10 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
         nodes = _unique(hosted)
         # a cloud load balancer may forward to any node (its backends): the cloud stage maps them all
         lb_nodes = sorted(model.objects["Node"]) if dst.kind == EndpointKind.LOAD_BALANCER_IP else nodes
-        objects = _objects(model, src.endpoint, dst.endpoint, resolved, lb_nodes)
+        objects = event_objects(
+            model, sender=src.endpoint.pod, service=resolved.resolution.service if resolved else None,
+            receivers=[dst.endpoint.pod, *(b.pod for b in resolved.resolution.backends)] if resolved
+            else [dst.endpoint.pod], nodes=lb_nodes)
     findings = src.findings + dst.findings + (resolved.findings if resolved else [])
     assumptions = [*detection.assumptions, *_ambiguity("source", src), *_ambiguity("destination", dst),
                    *(resolved.assumptions if resolved else [])]

@@ -110,7 +110,7 @@ def via_service(backends: list[dict[str, Any]], *, policies: tuple[dict[str, Any
         service=ServiceResolution(service="prod/api", cluster_ips=["10.96.0.20"], port=80, port_name="http",
                                   target_port="http", backends=used),
         paths=[CandidatePath(id=f"p{i}", src_node="node-1", dst_node=b.node, dst_address=b.address, dst_port=8080,
-                             dst_pod=b.pod, entry_node="node-1", backend=b) for i, b in enumerate(used)],
+                             dst_pod=b.pod, entry_node="node-1", backend=i) for i, b in enumerate(used)],
         cluster=ClusterInfo(cni="calico", enforces_network_policy=True),
         objects=ClusterObjects(pods=[CLIENT, API_1, API_2], namespaces=NAMESPACES, networkpolicies=list(policies)),
         findings=list(findings),

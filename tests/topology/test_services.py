@@ -64,12 +64,15 @@ def test_resolution_details(planner: Planner) -> None:
     assert (svc.external_traffic_policy, svc.session_affinity) == ("Local", "ClientIP")
     assert svc.load_balancer_source_ranges == ["47.74.0.0/16"]
     assert [str(i) for i in svc.load_balancer_ips] == ["47.100.1.2"]
-    assert [s["metadata"]["name"] for s in report.objects.endpointslices] == ["api-lb-x7k2p"]
+    # the slice api-lb-x7k2p travels as the resolution's endpoint for the matched port, not as an object
+    assert [(str(b.address), b.port, b.pod, b.node) for b in svc.backends] == [
+        ("10.244.2.40", 8443, "prod/api-6d4b8c7f9-zz9zz", "node-2")]
+    assert [report.backend_of(p) for p in report.paths] == svc.backends
 
 
 def test_terminating_fallback_is_stated(planner: Planner) -> None:
     report = plan(planner, CLIENT, "10.96.0.72", 80)
-    backend = report.paths[0].backend
+    backend = report.backend_of(report.paths[0])
     assert backend is not None and backend.terminating and not backend.ready and backend.serving
     assert any("terminating" in a.text and a.could_change_outcome for a in report.assumptions)
 

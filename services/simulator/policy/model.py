@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shared.selectors import LabelSelector, SelectorError, compile_selector
+from shared.topology import isolated_directions
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -144,12 +145,9 @@ def compile_policy(obj: Mapping[str, Any]) -> Policy:
         ingress = tuple(_rule(i, r, "from") for i, r in enumerate(spec.get("ingress") or []))
         egress = tuple(_rule(i, r, "to") for i, r in enumerate(spec.get("egress") or []))
         selector = compile_selector(spec.get("podSelector"))
+        types = isolated_directions(spec)
     except (SelectorError, ValueError, TypeError, KeyError) as exc:
         raise PolicyCompileError(f"network policy {ref}: {exc}") from exc
-    types = spec.get("policyTypes")
-    if types is None:
-        # API server defaulting: Ingress always, Egress only when egress rules exist
-        types = ["Ingress", *(["Egress"] if spec.get("egress") else [])]
     return Policy(ref, selector, "Ingress" in types, "Egress" in types, ingress, egress)
 
 

@@ -1,0 +1,106 @@
+"""What a topology event carries of the cluster: the objects this request's simulation reads, each in its
+event form, holding only the fields a later stage reads (docs/topology.md, "What a topology event carries").
+
+The model's objects are shared and read-only: an event form is a new small dict whose values (label sets,
+port lists, addresses) are the model's own, never copied and never mutated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from services.topology.model import ClusterModel, Obj, object_key
+from shared.selectors import SelectorError, compile_selector
+from shared.topology import ClusterObjects, isolated_directions
+
+_CONTAINER_LISTS = ("initContainers", "containers")
+
+
+def _part(obj: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = obj.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _pick(part: Mapping[str, Any], keys: Iterable[str]) -> Obj:
+    return {k: part[k] for k in keys if k in part}
+
+
+def event_pod(pod: Obj) -> Obj:
+    """A pod as the simulator, the collector and NetworkPolicy read it: name, namespace, labels (matched by
+    selectors and quoted in explanations), node, hostNetwork, addresses, phase and the declared container ports
+    (named ports resolve on the destination pod). Readiness is the topology stage's own finding."""
+    meta, spec, status = _part(pod, "metadata"), _part(pod, "spec"), _part(pod, "status")
+    kept_spec = _pick(spec, ("nodeName", "hostNetwork"))
+    for key in _CONTAINER_LISTS:
+        ported = [{"name": c.get("name"), "ports": c["ports"]}
+                  for c in spec.get(key) or () if isinstance(c, Mapping) and c.get("ports")]
+        if ported:
+            kept_spec[key] = ported
+    return {"metadata": _pick(meta, ("name", "namespace", "labels")), "spec": kept_spec,
+            "status": _pick(status, ("phase", "podIP", "podIPs"))}
+
+
+def event_namespace(namespace: Obj) -> Obj:
+    """A namespace's name and labels: what namespaceSelectors match and explanations quote."""
+    return {"metadata": _pick(_part(namespace, "metadata"), ("name", "labels"))}
+
+
+def event_policy(policy: Obj) -> Obj:
+    """A NetworkPolicy's name, namespace and whole spec (the simulator compiles all of it)."""
+    return {"metadata": _pick(_part(policy, "metadata"), ("name", "namespace")), "spec": policy.get("spec")}
+
+
+def event_node(node: Obj) -> Obj:
+    """A node's name and labels (the cloud provider reads its region label), pod CIDRs, providerID (its
+    cloud instance) and addresses: what the walk and the cloud stage read."""
+    meta, spec, status = _part(node, "metadata"), _part(node, "spec"), _part(node, "status")
+    return {"metadata": _pick(meta, ("name", "labels")), "spec": _pick(spec, ("podCIDR", "podCIDRs", "providerID")),
+            "status": _pick(status, ("addresses",))}
+
+
+def _isolates(policy: Obj, pod: Obj, directions: frozenset[str]) -> bool:
+    """Whether `policy` selects `pod` (its podSelector matches the pod's labels) and isolates it for one of
+    `directions`. A policy the API would reject is carried all the same: the simulator says it ignored it,
+    instead of it vanishing here."""
+    try:
+        spec = _part(policy, "spec")
+        if not directions & isolated_directions(spec):
+            return False
+        selector = compile_selector(spec.get("podSelector"))
+        return selector.matches(_part(pod, "metadata").get("labels") or {})
+    except (SelectorError, AttributeError, TypeError):
+        return True
+
+
+def event_objects(model: ClusterModel, *, sender: str | None, receivers: Iterable[str | None],
+                  service: str | None, nodes: Iterable[str]) -> ClusterObjects:
+    """The objects of one request, in event form. `sender` is the source pod (its egress is evaluated),
+    `receivers` the pods a packet may be delivered to (the destination pod or the Service's endpoints: their
+    ingress is evaluated); each end is the other's peer, so every one of their namespaces travels (a pod whose
+    namespace is missing is stated as such). A policy travels when it selects the sender and isolates egress, or
+    a receiver and isolates ingress: any other decides nothing for this request."""
+    roles: dict[str, set[str]] = {}
+    if sender:
+        roles.setdefault(sender, set()).add("Egress")
+    for key in receivers:
+        if key:
+            roles.setdefault(key, set()).add("Ingress")
+    pods = {key: pod for key in sorted(roles) if (pod := model.get("Pod", key)) is not None}
+    policies: dict[str, Obj] = {}
+    for key, pod in pods.items():
+        directions = frozenset(roles[key])
+        for policy in model.policies_in(key.split("/", 1)[0]):
+            name = object_key(policy)
+            if name not in policies and _isolates(policy, pod, directions):
+                policies[name] = policy
+    namespaces = sorted({key.split("/", 1)[0] for key in roles})
+    svc = model.get("Service", service)
+    # new dicts over the model's values: nothing is validated (it would only copy them) nor mutated
+    return ClusterObjects.model_construct(
+        pods=[event_pod(p) for p in pods.values()],
+        namespaces=[event_namespace(n) for n in (model.get("Namespace", ns) for ns in namespaces) if n is not None],
+        nodes=[event_node(n) for n in (model.get("Node", name) for name in nodes) if n is not None],
+        services=[svc] if svc is not None else [],
+        networkpolicies=[event_policy(policies[k]) for k in sorted(policies)],
+    )
