@@ -293,6 +293,9 @@ def main() -> None:
     print(f"topology event JSON: p50 {statistics.median(dump_ms):.2f} ms to serialise, "
           f"size p50 {statistics.median(sizes) / 1024:.1f} KiB, p95 {pct(sizes, 95) / 1024:.1f} KiB, "
           f"max {max(sizes) / 1024:.1f} KiB (target p50 <= 16 KiB)")
+    kinds = ("pod→pod", "pod→ClusterIP", "internet→LB", "pod→NodePort")  # requests() cycles through them
+    print("event size p50 by request: " + ", ".join(
+        f"{kind} {statistics.median(sizes[k::len(kinds)]) / 1024:.1f} KiB" for k, kind in enumerate(kinds)))
 
 
 if __name__ == "__main__":

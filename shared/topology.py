@@ -21,7 +21,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     TypeAdapter,
     ValidatorFunctionWrapHandler,
-    model_serializer,
+    field_serializer,
     model_validator,
 )
 
@@ -134,15 +134,32 @@ class CandidatePath(BaseModel):
     description: str = ""
 
 
+class _ServicePathRef(BaseModel):
+    """How a path that service_path() derives travels (TopologyReport's JSON)."""
+
+    id: str
+    entry_node: str | None = None
+    backend: int
+
+    def path(self, src: Endpoint, service: ServiceResolution) -> CandidatePath:
+        return service_path(self.id, src, service, self.backend, self.entry_node)
+
+
+def _compact(path: Any) -> bool:
+    return isinstance(path, dict) and "dst_address" not in path
+
+
 def service_path(path_id: str, src: Endpoint, service: ServiceResolution, backend: int,
                  entry_node: str | None) -> CandidatePath:
     """The path from `src` through `service` to its endpoint #`backend`: the endpoint is its destination."""
     if not 0 <= backend < len(service.backends):
         raise ValueError(f"path {path_id} names endpoint #{backend}; {service.service} has {len(service.backends)}")
     b = service.backends[backend]
-    return CandidatePath(id=path_id, src_node=src.node, dst_node=b.node, dst_address=b.address, dst_port=b.port,
-                         dst_pod=b.pod, entry_node=entry_node, backend=backend,
-                         description=f"{src.description} → {service.service} → {b.pod or b.address}:{b.port}")
+    # built from validated values: nothing to validate again (a report's serialiser compares every such path)
+    return CandidatePath.model_construct(
+        id=path_id, src_node=src.node, dst_node=b.node, dst_address=b.address, dst_port=b.port, dst_pod=b.pod,
+        entry_node=entry_node, backend=backend,
+        description=f"{src.description} → {service.service} → {b.pod or b.address}:{b.port}")
 
 
 class ClusterInfo(BaseModel):
@@ -200,28 +217,26 @@ class TopologyReport(BaseModel):
     # and endpoint index (fifteen endpoints would otherwise carry every one of them three times); validation
     # derives the rest again. Any other path travels whole.
 
-    @model_serializer(mode="wrap")
-    def _compact_paths(self, handler: SerializerFunctionWrapHandler) -> Any:
-        data = handler(self)
-        if self.service is not None and isinstance(data, dict) and "paths" in data:
-            data["paths"] = [
-                {"id": p.id, "entry_node": p.entry_node, "backend": p.backend} if p.backend is not None
-                and p == service_path(p.id, self.src, self.service, p.backend, p.entry_node) else out
-                for p, out in zip(self.paths, data["paths"], strict=True)]
-        return data
+    @field_serializer("paths", mode="wrap")
+    def _compact_paths(self, paths: list[CandidatePath], handler: SerializerFunctionWrapHandler) -> Any:
+        service = self.service
+        derived = [service is not None and p.backend is not None
+                   and p == service_path(p.id, self.src, service, p.backend, p.entry_node) for p in paths]
+        whole = iter(handler([p for p, d in zip(paths, derived, strict=True) if not d]))
+        return [{"id": p.id, "backend": p.backend, **({"entry_node": p.entry_node} if p.entry_node else {})}
+                if d else next(whole) for p, d in zip(paths, derived, strict=True)]
 
     @model_validator(mode="wrap")
     @classmethod
     def _derive_paths(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> TopologyReport:
         paths = data.get("paths") if isinstance(data, dict) else None
-        if not paths or not any(isinstance(p, dict) and "dst_address" not in p for p in paths):
+        if not isinstance(paths, list) or not any(_compact(p) for p in paths):
             return cast(TopologyReport, handler(data))
         report = cast(TopologyReport, handler({**data, "paths": []}))
         if report.service is None:
             raise ValueError("a path names a Service endpoint but the report has no Service")
-        report.paths = [
-            service_path(str(p["id"]), report.src, report.service, int(p["backend"]), p.get("entry_node"))
-            if isinstance(p, dict) and "dst_address" not in p else CandidatePath.model_validate(p) for p in paths]
+        report.paths = [_ServicePathRef.model_validate(p).path(report.src, report.service) if _compact(p)
+                        else CandidatePath.model_validate(p) for p in paths]
         report._check_backends()
         return report
 

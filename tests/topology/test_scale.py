@@ -8,15 +8,16 @@ from ipaddress import ip_address
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from services.simulator.modelpath import ModelSimulator
 from services.topology.decode import decode_item, decode_list
 from services.topology.model import ClusterModel, address_key, trim
 from services.topology.plan import INLINE_NODE_ADDRESSES, Planner, detach_node_addresses
-from shared.bus import Bus
+from shared.bus import BLOB_MARK, Bus
 from shared.config import Settings
 from shared.schemas import DiagnosisRequest, FinalState, StageEnvelope, new_id, now
-from shared.topology import NODE_ADDRESSES, EndpointKind
+from shared.topology import NODE_ADDRESSES, EndpointKind, TopologyReport
 
 
 def pod(name: str, ns: str, ip: str, node: str, labels: dict[str, str], **extra: Any) -> dict[str, Any]:
@@ -183,8 +184,10 @@ def test_a_named_target_port_resolves_through_the_compact_model() -> None:
 # ------------------------------------------------------------ what the event carries
 
 
-def _policy_cluster(policies: int) -> tuple[Planner, list[dict[str, Any]]]:
-    """Two namespaces, a client and a server, and `policies` NetworkPolicies, most of which select neither."""
+def _policy_cluster(policies: int, selecting: int = 3, extra: tuple[dict[str, Any], ...] | list[dict[str, Any]] = (),
+                    ) -> tuple[Planner, list[dict[str, Any]]]:
+    """Two namespaces, a client and a server, and `policies` NetworkPolicies, all but `selecting` of which select
+    neither (the selecting ones admit the server's team only); `extra` objects added as they are."""
     objects: list[dict[str, Any]] = [node(i) for i in range(1, INLINE_NODE_ADDRESSES + 10)]
     objects += [namespace("shop", "a"), namespace("ops", "b")]
     objects += [pod("client", "ops", "10.244.2.10", "node-2", {"app": "client"}),
@@ -192,8 +195,10 @@ def _policy_cluster(policies: int) -> tuple[Planner, list[dict[str, Any]]]:
     wanted = [policy("allow-a", "shop", {"matchLabels": {"app": "server"}}, team="a"),
               policy("everyone", "shop", {}, team="a"),
               policy("by-expression", "shop", {"matchExpressions": [{"key": "app", "operator": "In",
-                                                                     "values": ["server"]}]}, team="a")]
-    objects += wanted
+                                                                     "values": ["server"]}]}, team="a")][:selecting]
+    wanted += [policy(f"allow-a-{n}", "shop", {"matchLabels": {"app": "server"}}, team="a")
+               for n in range(selecting - len(wanted))]
+    objects += [*wanted, *extra]
     objects += [policy(f"other-{n}", "shop" if n % 2 else "ops", {"matchLabels": {"app": f"other-{n}"}})
                 for n in range(policies - len(wanted))]
     return Planner(model_of(objects), "snapshot:test"), wanted
@@ -241,3 +246,83 @@ async def test_ten_times_the_benchmark_policies_still_completes(nats_url: str) -
         await bus.close()
     assert back.topology is not None and back.topology.objects == report.objects
     assert ModelSimulator(back.topology, back.request).run().paths[0].final == FinalState.DROP
+
+
+async def test_an_event_past_half_max_payload_travels_through_the_object_store(nats_url: str) -> None:
+    """10x the benchmark's policies, 4,000 of them selecting the server: the event outgrows a message, Bus.pack
+    puts it in the object store and the simulator reads it whole."""
+    planner, wanted = _policy_cluster(20_000, selecting=4_000)
+    report, _ = detach_node_addresses(_plan(planner, "10.244.2.10", "10.244.1.2", 8080))
+    assert len(report.objects.networkpolicies) == len(wanted) == 4_000
+    env = StageEnvelope(id=new_id(), request=report_request(report), created_at=now(), topology=report)
+    bus = await Bus.connect(nats_url, name="topology-spill-test", settings=Settings(nats_url=nats_url))
+    try:
+        payload = env.model_dump_json().encode()
+        assert len(payload) > bus.inline_max
+        packed = await bus.pack("topology-spill-test", payload)
+        assert packed.startswith(BLOB_MARK)
+        back = StageEnvelope.model_validate_json(await bus.unpack(packed))
+    finally:
+        await bus.close()
+    assert back.topology == report
+    assert ModelSimulator(back.topology, back.request).run().paths[0].final == FinalState.DROP
+
+
+def test_a_pod_travels_with_what_later_stages_read() -> None:
+    planner, _ = _policy_cluster(3)
+    report = _plan(planner, "10.244.2.10", "10.244.1.2", 8080)
+    server = next(p for p in report.objects.pods if p["metadata"]["name"] == "server")
+    assert server == {"metadata": {"name": "server", "namespace": "shop", "labels": {"app": "server"}},
+                      "spec": {"nodeName": "node-1",
+                               "containers": [{"name": "app", "ports": [{"name": "http", "containerPort": 8080}]}]},
+                      "status": {"phase": "Running", "podIP": "10.244.1.2", "podIPs": [{"ip": "10.244.1.2"}]}}
+    assert report.objects.namespaces[0] == {"metadata": {"name": "ops", "labels": {
+        "kubernetes.io/metadata.name": "ops", "team": "b"}}}
+    assert report.objects.networkpolicies[0]["metadata"] == {"name": "allow-a", "namespace": "shop"}
+    (node_1,) = [n for n in report.objects.nodes if n["metadata"]["name"] == "node-1"]
+    assert node_1 == {"metadata": {"name": "node-1"}, "spec": {"podCIDR": "10.244.1.0/24"},
+                      "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.2"}]}}
+
+
+def _directed(name: str, ns: str, selector: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns},
+            "spec": {"podSelector": selector, **spec}}
+
+
+def test_a_policy_travels_for_the_direction_its_pod_takes() -> None:
+    """The client's egress and the server's ingress decide; a policy isolating only the other direction of
+    either pod decides nothing for this packet. A policy the API would reject still travels: the simulator says
+    it ignored it."""
+    allow_all = [{"ports": [{"port": 8080}]}]
+    planner, _ = _policy_cluster(1, selecting=1, extra=[
+        _directed("client-ingress", "ops", {"matchLabels": {"app": "client"}}, {"policyTypes": ["Ingress"]}),
+        _directed("client-egress", "ops", {"matchLabels": {"app": "client"}}, {"egress": allow_all}),  # defaulted
+        _directed("server-egress", "shop", {"matchLabels": {"app": "server"}}, {"policyTypes": ["Egress"]}),
+        _directed("client-both", "ops", {}, {"policyTypes": ["Ingress", "Egress"], "egress": allow_all}),
+        _directed("server-bad", "shop", {"matchExpressions": [{"key": "app", "operator": "Near"}]}, {}),
+    ])
+    report = _plan(planner, "10.244.2.10", "10.244.1.2", 8080)
+    assert sorted(p["metadata"]["name"] for p in report.objects.networkpolicies) == [
+        "allow-a", "client-both", "client-egress", "server-bad"]
+    result = ModelSimulator(report, report_request(report)).run()
+    assert any("server-bad" in a.text and "ignored" in a.text for a in result.assumptions)
+    # a pod sending to itself is both ends: both directions of its policies travel
+    hairpin = _plan(planner, "10.244.2.10", "10.244.2.10", 8080)
+    assert sorted(p["metadata"]["name"] for p in hairpin.objects.networkpolicies) == [
+        "client-both", "client-egress", "client-ingress"]
+
+
+def test_a_service_path_travels_as_its_endpoint_index() -> None:
+    report = _plan(_service_cluster({"ready": True}), "10.244.1.10", "10.96.0.20", 80)
+    data = json.loads(report.model_dump_json())
+    assert data["paths"] == [{"id": "p0", "entry_node": "node-1", "backend": 0}]
+    assert data["service"]["backends"] == [{"address": "10.244.1.2", "port": 8080, "pod": "shop/web-1",
+                                            "node": "node-1"}]  # ready, serving, not terminating: the defaults
+    back = TopologyReport.model_validate_json(report.model_dump_json())
+    assert back == report and back.backend_of(back.paths[0]) == report.service.backends[0]
+    # a path saying more than its endpoint travels whole
+    report.paths[0].description = "edited"
+    assert TopologyReport.model_validate_json(report.model_dump_json()).paths[0].description == "edited"
+    data["paths"][0]["backend"] = 3
+    with pytest.raises(ValidationError, match="endpoint #3"):
+        TopologyReport.model_validate(data)
