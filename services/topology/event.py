@@ -59,6 +59,23 @@ def event_node(node: Obj) -> Obj:
             "status": _pick(status, ("addresses",))}
 
 
+# A LoadBalancer diagnosis carries every node: their event forms are kept by node object (the model replaces an
+# object when it changes, so an entry is current while it holds that very object), at most this many
+_NODE_FORMS_MAX = 100_000
+_node_forms: dict[int, tuple[Obj, Obj]] = {}
+
+
+def _node_form(node: Obj) -> Obj:
+    hit = _node_forms.get(id(node))
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    if len(_node_forms) >= _NODE_FORMS_MAX:
+        _node_forms.clear()
+    form = event_node(node)
+    _node_forms[id(node)] = (node, form)  # holding the node keeps its id from being reused
+    return form
+
+
 def _isolates(policy: Obj, pod: Obj, directions: frozenset[str]) -> bool:
     """Whether `policy` selects `pod` (its podSelector matches the pod's labels) and isolates it for one of
     `directions`. A policy the API would reject is carried all the same: the simulator says it ignored it,
@@ -100,7 +117,7 @@ def event_objects(model: ClusterModel, *, sender: str | None, receivers: Iterabl
     return ClusterObjects.model_construct(
         pods=[event_pod(p) for p in pods.values()],
         namespaces=[event_namespace(n) for n in (model.get("Namespace", ns) for ns in namespaces) if n is not None],
-        nodes=[event_node(n) for n in (model.get("Node", name) for name in nodes) if n is not None],
+        nodes=[_node_form(n) for n in (model.get("Node", name) for name in nodes) if n is not None],
         services=[svc] if svc is not None else [],
         networkpolicies=[event_policy(policies[k]) for k in sorted(policies)],
     )
