@@ -58,6 +58,7 @@ def test_match_labels_and_expressions_are_anded_and_empty_matches_all() -> None:
     {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]},
     {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {}}]}]},
     {"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]},
+    {"podSelector": {}, "policyTypes": "Ingress"},  # not a list
 ])
 def test_invalid_policy_is_reported_not_silently_dropped(spec: dict[str, Any]) -> None:
     ix = index(policy("x", "bad", spec))
