@@ -37,6 +37,8 @@ POD_CIDR_RULE = "pod CIDR"
 CLB_RANGE = "100.64.0.0/10"  # where CLB traffic and health checks come from
 NAT_IP = "47.96.0.10"
 NODE_PORTS = "30000/32767"
+NODE_EIP = "47.96.0.20"  # the EIP the IPv4-gateway cases bind to a node (its Node lists it as ExternalIP)
+NAT_VSWITCH_CIDR = "10.255.0.0/24"  # the NAT gateway's own vSwitch, when it has one (a secondary VPC CIDR)
 
 
 def _id(prefix: str, *parts: str) -> str:
@@ -231,6 +233,56 @@ def next_hop_not_forwarding(state: State, rs: ResolvedScenario, *, node: str, vi
         _route(state, rs, node).update(NextHopType="NetworkInterface", NextHopId=router)
 
 
+def ipv4_gateway(state: State, rs: ResolvedScenario, *, eip_node: str | None = None, routed: bool = True,
+                 enabled: bool = True, firewall: str | None = None, nat_routed: bool | None = None) -> None:
+    """An IPv4 gateway in the lab's VPC (activated unless `enabled=False`) with a gateway route table: the
+    vSwitch CIDR's system route to Local, or to a firewall instance in state `firewall` ("Running", "Stopped").
+    `routed`: the vSwitch's 0.0.0.0/0 goes to the gateway (else it keeps going to the NAT gateway). `eip_node`:
+    that node gets an EIP (NODE_EIP) and the NodePorts are open to the internet. `nat_routed` (not None): the NAT
+    gateway sits in a vSwitch of its own whose 0.0.0.0/0 goes to the gateway (True) or nowhere (False)."""
+    i = ids(rs)
+    gateway, table = _id("ipv4gw", rs.scenario.name), _id("vtb", rs.scenario.name, "gateway")
+    state["ipv4_gateways"] = [{"Ipv4GatewayId": gateway, "VpcId": i["vpc"], "Enabled": enabled, "Status": "Created",
+                               "Ipv4GatewayRouteTableId": table}]
+    local: dict[str, Any] = {"DestinationCidrBlock": rs.scenario.underlay_cidr, "NextHopType": "Local"}
+    if firewall is not None:
+        box = _id("i", rs.scenario.name, "firewall")
+        state["instances"].append({"InstanceId": box, "InstanceName": "firewall", "ZoneId": ZONE, "Status": firewall,
+                                   "VpcId": i["vpc"], "VSwitchId": i["vswitch"], "PrivateIpAddress": [],
+                                   "SecurityGroupIds": [i["group"]]})
+        local.update(NextHopType="Instance", NextHopId=box)
+    state["route_tables"].append({"RouteTableId": table, "VpcId": i["vpc"], "RouteTableType": "Custom",
+                                  "AssociateType": "Gateway", "Entries": [local]})
+    entries = state["route_tables"][0]["Entries"]
+    default = next((e for e in entries if e["DestinationCidrBlock"] == "0.0.0.0/0"), None)
+    if routed:
+        if default is None:
+            entries.append(default := {"DestinationCidrBlock": "0.0.0.0/0", "Type": "Custom"})
+        default.update(NextHopType="Ipv4Gateway", NextHopId=gateway)
+    if eip_node is not None:
+        state["eips"] = [{"AllocationId": _id("eip", rs.scenario.name), "IpAddress": NODE_EIP,
+                          "InstanceType": "EcsInstance", "InstanceId": instance_id(rs.scenario.name, eip_node),
+                          "Status": "InUse"}]
+        state["security_groups"][0]["Permissions"].append(
+            _permission("ingress", "TCP", NODE_PORTS, "0.0.0.0/0", "NodePorts on the EIP"))
+    if nat_routed is not None and state["nat_gateways"]:
+        nat_vsw = _id("vsw", rs.scenario.name, "nat")
+        state["vpcs"][0]["SecondaryCidrBlocks"] = [NAT_VSWITCH_CIDR]
+        state["vswitches"].append({"VSwitchId": nat_vsw, "VpcId": i["vpc"], "CidrBlock": NAT_VSWITCH_CIDR,
+                                   "ZoneId": ZONE})
+        state["route_tables"].append({
+            "RouteTableId": _id("vtb", rs.scenario.name, "nat"), "VpcId": i["vpc"], "RouteTableType": "Custom",
+            "VSwitchIds": [nat_vsw], "Entries": [{"DestinationCidrBlock": "0.0.0.0/0", "Type": "Custom",
+                                                  "NextHopType": "Ipv4Gateway", "NextHopId": gateway}]
+            if nat_routed else []})
+        state["nat_gateways"][0]["VSwitchId"] = nat_vsw
+
+
+def gateway_route_redirect(state: State, rs: ResolvedScenario, *, node: str) -> None:
+    """Internet traffic to `node`'s EIP is steered by the gateway route table to a firewall instance first."""
+    ipv4_gateway(state, rs, eip_node=node, firewall="Running")
+
+
 def lb_backend_weight_zero(state: State, rs: ResolvedScenario, *, service: str,
                            nodes: list[str] | None = None) -> None:
     """Backends (every node, or `nodes`) of the default server group get weight 0."""
@@ -246,7 +298,7 @@ FAULTS: dict[str, Callable[..., None]] = {
     "LB_NO_LISTENER": lb_no_listener, "LB_LISTENER_NOT_RUNNING": lb_listener_not_running,
     "LB_ACL_DENY": lb_acl_deny, "LB_BACKEND_UNHEALTHY": lb_backend_unhealthy,
     "VPC_NETWORK_ACL_DENY": network_acl_deny, "VPC_NEXT_HOP_NOT_FORWARDING": next_hop_not_forwarding,
-    "LB_BACKEND_WEIGHT_ZERO": lb_backend_weight_zero,
+    "LB_BACKEND_WEIGHT_ZERO": lb_backend_weight_zero, "VPC_GATEWAY_ROUTE_REDIRECT": gateway_route_redirect,
 }
 
 
