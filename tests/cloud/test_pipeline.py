@@ -783,3 +783,27 @@ async def test_internet_to_a_node_eip_through_the_ipv4_gateway(stacks: dict[str,
         assert all(p["hops"][-1]["id"] == cloud_hop(rs, "vpc-reply") for p in forward.values())
     if name == "outbound-nat-unrouted":
         assert {f["hop"] for f in cloud_errors(result)} == {cloud_hop(rs, "nat")}
+
+
+async def test_backend_security_groups_are_stated_not_judged_for_layer4_clb(stacks: dict[str, EmbeddedStack],
+                                                                           emulator: CloudEmulator) -> None:
+    """Whether backend security groups filter layer-4 CLB traffic is left open by the pages read (ECS, Security
+    group rules — https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules; CLB, Enable Proxy
+    Protocol for a layer-4 listener — https://www.alibabacloud.com/help/en/server-load-balancer/latest/enable-proxy-
+    protocol-for-a-layer-4-listener-to-retrieve-client-ip-addresses): through the pipeline the lab group, which
+    admits NodePorts from 100.64.0.0/10 only, is no drop but an assumption that matters, naming the client; a group
+    that admits the client (decoy) is a plain statement."""
+    rs = LABS["host-gw"]
+    emulator.set_state(cloud_state(rs))
+    refused = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    assert cloud_errors(refused) == [] and all(p["final"] == "DELIVER" for p in forward_paths(refused).values())
+    assert any("would refuse the client" in a["text"] and CLIENT_PUBLIC in a["text"] and a["could_change_outcome"]
+               for a in refused["assumptions"]), refused["assumptions"]
+    state = cloud_state(rs)
+    state["security_groups"][0]["Permissions"].append(
+        {"Direction": "ingress", "Policy": "Accept", "Priority": 1, "IpProtocol": "TCP", "PortRange": "30000/32767",
+         "SourceCidrIp": "0.0.0.0/0", "Description": "NodePorts from anywhere"})
+    emulator.set_state(state)
+    admitted = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    backend = [a for a in admitted["assumptions"] if "backend security groups" in a["text"]]
+    assert backend and not any(a["could_change_outcome"] for a in backend), admitted["assumptions"]
