@@ -388,7 +388,7 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
     if not _acl_step(result, index, hop, nic, None, "egress", flow):
         return result
     public = _public_ip(index, src, nic, str(flow.src))
-    gateway = ipv4gw.gateway_of(index, nic.vpc_id)
+    gateway = _gateway(result, index, nic.vpc_id)
     if gateway is not None and ipv4gw.is_gone(gateway):
         return _gateway_gone(result, hop, gateway, flow, nic)
     active = gateway if ipv4gw.is_active(gateway) else None
@@ -431,6 +431,16 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
         return result
     _through_nat(result, index, target, flow, src, nic, active)
     return result
+
+
+def _gateway(result: CloudResult, index: CloudIndex, vpc_id: str | None) -> Ipv4Gateway | None:
+    """The VPC's IPv4 gateway; an inventory that did not collect them says so (an activated one would make the
+    routes decide what reaches the internet)."""
+    if index.inv.ipv4_gateways is None:
+        result.assume("IPv4 gateways were not collected (an inventory older than their support, or an API error): "
+                      "had the VPC an activated one, only routes to it would reach the internet",
+                      could_change_outcome=True)
+    return ipv4gw.gateway_of(index, vpc_id)
 
 
 def _leave_public(result: CloudResult, hop: Hop, flow: Flow, public: str, nic: NetworkInterface) -> None:
@@ -545,7 +555,7 @@ def evaluate_internet_to_instance(inv: CloudInventory | CloudIndex, packet: Pack
         return result.fail(hop, finding("ECS_INSTANCE_NOT_RUNNING", hop.id, instance=instance.id, node=node,
                                         status=instance.status))
     inbound = Flow(packet.src, private, packet.protocol, packet.sport, packet.dport)
-    gateway = ipv4gw.gateway_of(index, instance.vpc_id)
+    gateway = _gateway(result, index, instance.vpc_id)
     if reply:
         return _reply_to_internet(result, index, hop, nic, inbound, packet.dst, gateway)
     result.flow = inbound
