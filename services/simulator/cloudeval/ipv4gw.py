@@ -46,7 +46,9 @@ def is_active(gateway: Ipv4Gateway | None) -> bool:
 def gateway_route(index: CloudIndex, gateway: Ipv4Gateway, dst: IP) -> RouteDecision | None:
     """The gateway route table's decision for traffic entering the VPC to `dst` (longest prefix over the
     Available entries); None when no gateway route table is bound to the gateway (or it was not collected)."""
-    table = index.tables.get(gateway.route_table_id or "")
+    table = index.tables.get(gateway.route_table_id or "") or next(
+        (t for t in index.inv.route_tables if t.vpc_id == gateway.vpc_id and t.associate_type == "Gateway"
+         and not gateway.route_table_id), None)  # a snapshot that names the table only by its association
     if table is None:
         return None
     decision = RouteDecision(table=table)
