@@ -669,7 +669,27 @@ class Crossing:
             w.end_trail(trail, FinalState.ABORT, found.code if found else None, found)
             return None
         view = self.world.nodes[entry].host
+        self._public_address(st, view, entry, hop, trail)
         default = view.router.lookup(st.src)[0]
         in_dev = default.dev or next(iter(view.links))
         st.iif = in_dev
         return Cursor(view.place, st, in_dev, trail)
+
+    def _public_address(self, st: FlowState, view: NetnsView, node: str, hop: Any, trail: Trail) -> None:
+        """A Node address the node holds on no interface (an ExternalIP that is an EIP or static public IP): the
+        cloud translates it 1:1 to the node's private address before the packet arrives (docs/cloud.md), so the
+        node's netfilter sees that address — never the public one (kube-proxy's NodePort rules match local
+        destinations only)."""
+        known = self.w.report.cluster.node_addresses.get(node) or []
+        if st.dst in view.local_ips or st.dst not in known:
+            return
+        held = [ip for ip in known if ip in view.local_ips and ip.version == st.dst.version]
+        if not held:
+            return
+        before = packet(st)
+        st.dst = st.orig_dst = held[0]
+        trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{before.dst} is an address of node {node} that no "
+                   f"interface of it holds (an EIP or public IP): the cloud delivers it to {held[0]}", before,
+                   packet(st), type="DNAT")
+        trail.assume(f"{before.dst} is taken to be a public address of node {node} that the cloud translates 1:1 to "
+                     f"{held[0]} (an EIP in NAT mode, a static public IP)", could_change=False)
