@@ -267,7 +267,7 @@ def ipv4_gateway(state: State, rs: ResolvedScenario, *, eip_node: str | None = N
             _permission("ingress", "TCP", NODE_PORTS, "0.0.0.0/0", "NodePorts on the EIP"))
     if nat_routed is not None and state["nat_gateways"]:
         nat_vsw = _id("vsw", rs.scenario.name, "nat")
-        state["vpcs"][0]["SecondaryCidrBlocks"] = [NAT_VSWITCH_CIDR]
+        state["vpcs"][0].setdefault("SecondaryCidrBlocks", []).append(NAT_VSWITCH_CIDR)
         state["vswitches"].append({"VSwitchId": nat_vsw, "VpcId": i["vpc"], "CidrBlock": NAT_VSWITCH_CIDR,
                                    "ZoneId": ZONE})
         state["route_tables"].append({
