@@ -57,8 +57,9 @@ _ENTRIES = [
                 "Add an {direction} accept rule to security group {group} for {packet} with a "
                 "priority that wins over {rule}."),
     FindingCode("VPC_NO_ROUTE", E, "no route entry / no next hop for destination ip {dst} in route "
-                "table {route_table}", "Add a VPC route entry for {dst} (the node's pod CIDR) in "
-                "{route_table} pointing to the instance that hosts it."),
+                "table {route_table}", "Add a VPC route entry covering {dst} in {route_table}: a node's pod CIDR "
+                "→ the instance that hosts it; Internet traffic (e.g. from a Terway pod vSwitch bound to its own "
+                "table) 0.0.0.0/0 → the NAT gateway."),
     FindingCode("VPC_WRONG_NEXT_HOP", E, "error route next hop {actual} for destination ip {dst}: "
                 "expect next hop {expected}", "Point the route entry for {dst} at {expected}."),
     FindingCode("NAT_NO_SNAT", E, "no snat entry on nat gateway {nat_gateway} for source {src}",
