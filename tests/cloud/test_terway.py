@@ -198,7 +198,9 @@ async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: st
         "networkPolicy": cni != "terway-eni", "nodes": [{"name": "node-1"}, {"name": "node-2"}],
         "pods": [{"name": "client", "node": "node-1"},
                  {"name": "server", "node": "node-2", "containers": [{"name": "srv",
-                                                                     "ports": [{"containerPort": 8080}]}]}]}))
+                                                                     "ports": [{"containerPort": 8080}]}]},
+                 {"name": "neighbour", "node": "node-1", "containers": [{"name": "srv",
+                                                                        "ports": [{"containerPort": 8080}]}]}]}))
     prefix = new_prefix()
     try:
         lab = await asyncio.to_thread(Lab.up, rs, prefix)
@@ -223,6 +225,10 @@ async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: st
             assert any(f["code"] == "SG_DENY" and rs.scenario.terway.security_group_id in f["message"]
                        for f in denied["findings"])
             assert lab.probe("default/client", "pod:default/server", 8080).ok  # the kernel never saw the cloud
+            # same node: an exclusive ENI still sends through the VPC (and its groups); eniip stays on the node
+            same_node = await diagnose(stack, {**pod_to_pod, "dst": rs.pod("neighbour").ip})
+            assert same_node["verdict"] == ("UNREACHABLE" if cni == "terway-eni" else "REACHABLE"), \
+                same_node["summary"]
 
             await asyncio.to_thread(lab.set_cloud_state, with_fault(
                 cloud_state(rs), rs, "SG_DENY", protocol="tcp", port=8080, inner_access_policy="Drop"))
