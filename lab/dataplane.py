@@ -437,7 +437,6 @@ class Lab:
         `podIP dev cali<hash> scope link` (generateHostSlaveCfg)."""
         st = self.state
         ns = st.nodes[name].netns
-        sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
         for pod in st.pods.values():
             if pod.node != name or pod.host_network:
                 continue
@@ -445,7 +444,7 @@ class Lab:
                       f"{TERWAY_ENI_VETH} netns {pod.netns}", f"link set {pod.veth} up",
                       f"route add {pod.ip}/32 dev {pod.veth} scope link"]
         netns.ip_batch(lines, ns)
-        netns.write_sysctls(ns, sysctls)
+        netns.write_sysctls(ns, {"net.ipv4.ip_forward": 1})
 
     def _terway_eni_pod_batch(self, pod: PodState) -> list[str]:
         """The pod side of an exclusive ENI (generateContCfgForExclusiveENI, generateVeth1Cfg): eth0 (the ENI)
