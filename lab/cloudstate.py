@@ -8,6 +8,12 @@ covering the underlay, one security group with the usual Kubernetes rules, a sys
 gateway), a NAT gateway with an SNAT entry for the vSwitch, and a CLB per LoadBalancer Service
 (listeners on its ports, every node a healthy backend on the nodePort).
 
+A Terway lab (terway-eniip, terway-eni) adds what Terway makes ACK create: the pod vSwitch (eni-config
+`vswitches`) in the same route table, an SNAT entry for it, the pods' ENIs — one secondary ENI per node
+whose secondary private IPs are that node's pod addresses (eniip), or one ENI per pod whose primary IP is
+the pod address (exclusive) — attached to the node's instance, in the ENI security group eni-config names
+(`security_groups`, which may differ from the nodes' group).
+
 The emulator is an API, not a dataplane: a cloud fault changes what the cloud inspector reads
 (and so the diagnosis), never what the namespaces' packets do.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
 import socket
 import subprocess
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.cloudemu.state import apply_patch, normalise
+from lab.dataplane import eni_mac, pod_eni_mac
 from lab.objects import REGION, ZONE, instance_id
 from lab.scenario import ResolvedScenario
 from lab.state import CloudInfo
@@ -49,7 +57,7 @@ def ids(rs: ResolvedScenario) -> dict[str, str]:
     """The cloud object ids of a lab (deterministic per scenario name)."""
     name = rs.scenario.name
     return {"vpc": _id("vpc", name), "vswitch": _id("vsw", name), "group": _id("sg", name),
-            "route_table": _id("vtb", name), "nat": _id("ngw", name)}
+            "route_table": _id("vtb", name), "nat": _id("ngw", name), "pod_snat": _id("snat", name, "pods")}
 
 
 def load_balancer_id(rs: ResolvedScenario, service_key: str) -> str:
@@ -93,13 +101,50 @@ def cloud_state(rs: ResolvedScenario) -> State:
         "instances": instances, "security_groups": [group],
         "route_tables": [{"RouteTableId": i["route_table"], "VpcId": i["vpc"], "RouteTableType": "System",
                           "VSwitchIds": [i["vswitch"]], "Entries": entries}],
+        "network_interfaces": [],
         "nat_gateways": [{"NatGatewayId": i["nat"], "Name": f"k8s-{sc.name}-nat", "VpcId": i["vpc"],
                           "Status": "Available", "IpList": [NAT_IP], "ForwardEntries": [], "SnatEntries": [
                               {"SnatEntryId": _id("snat", sc.name), "SourceVSwitchId": i["vswitch"],
                                "SourceCIDR": underlay, "SnatIp": NAT_IP}]}] if nat_gateway else [],
         "load_balancers": [_load_balancer(rs, svc_key) for svc_key in _lb_services(rs)],
     }
+    if sc.terway_mode:
+        _add_terway(state, rs)
     return normalise(apply_patch(state, sc.cloud.patch) if sc.cloud else state)
+
+
+def _add_terway(state: State, rs: ResolvedScenario) -> None:
+    """The pod vSwitch (a secondary VPC CIDR when outside the VPC's), its SNAT entry, the ENI security group
+    and the pods' ENIs (see the module docstring)."""
+    sc, i = rs.scenario, ids(rs)
+    pods_cidr, pod_vsw, eni_group = sc.terway.pod_vswitch_cidr, sc.terway.pod_vswitch_id, sc.terway.security_group_id
+    state["vpcs"][0]["SecondaryCidrBlocks"] = [pods_cidr]
+    state["vswitches"].append({"VSwitchId": pod_vsw, "VpcId": i["vpc"], "CidrBlock": pods_cidr, "ZoneId": ZONE})
+    state["route_tables"][0]["VSwitchIds"].append(pod_vsw)
+    for nat in state["nat_gateways"]:
+        nat["SnatEntries"].append({"SnatEntryId": i["pod_snat"], "SourceVSwitchId": pod_vsw, "SourceCIDR": pods_cidr,
+                                   "SnatIp": NAT_IP})
+    vpc = [sc.underlay_cidr, pods_cidr]
+    state["security_groups"].append({
+        "SecurityGroupId": eni_group, "SecurityGroupName": f"k8s-{sc.name}-pods", "VpcId": i["vpc"],
+        "SecurityGroupType": "normal", "InnerAccessPolicy": "Accept", "Permissions": [
+            *(_permission("ingress", "ALL", "-1/-1", cidr, "the VPC") for cidr in vpc),
+            _permission("ingress", "ICMP", "-1/-1", "0.0.0.0/0", "ping"),
+            _permission("egress", "ALL", "-1/-1", "0.0.0.0/0", "everything out")]})
+    pods = sorted((p for p in rs.pods if not p.spec.host_network), key=lambda p: p.spec.key)
+    base = {"Type": "Secondary", "Status": "InUse", "VpcId": i["vpc"], "VSwitchId": pod_vsw,
+            "SecurityGroupIds": [eni_group]}
+    if sc.cni == "terway-eni":  # one ENI per pod, the pod address its primary IP (lab.dataplane's order)
+        state["network_interfaces"] += [
+            {**base, "NetworkInterfaceId": _id("eni", sc.name, p.spec.key), "MacAddress": pod_eni_mac(j),
+             "InstanceId": instance_id(sc.name, p.spec.node), "PrivateIpAddress": p.ip} for j, p in enumerate(pods)]
+        return
+    hosts = ipaddress.ip_network(pods_cidr).network_address
+    for n, node in enumerate(rs.nodes):  # the ENI's own primary takes a low address resolve() leaves free
+        state["network_interfaces"].append({
+            **base, "NetworkInterfaceId": _id("eni", sc.name, node.name), "MacAddress": eni_mac(n),
+            "InstanceId": instance_id(sc.name, node.name), "PrivateIpAddress": str(hosts + 11 + n),
+            "SecondaryIps": [p.ip for p in pods if p.spec.node == node.name]})
 
 
 def _lb_services(rs: ResolvedScenario) -> list[str]:
@@ -141,10 +186,12 @@ def _route(state: State, rs: ResolvedScenario, node: str) -> dict[str, Any]:
 
 
 def sg_deny(state: State, rs: ResolvedScenario, *, protocol: str, port: int,
-            inner_access_policy: str | None = None) -> None:
-    """A priority-1 ingress drop rule on the node group, which wins over every accept rule — but not
-    over InnerAccessPolicy Accept between the nodes themselves (pass "Drop" for node → node packets)."""
-    group = state["security_groups"][0]
+            inner_access_policy: str | None = None, eni: bool = False) -> None:
+    """A priority-1 ingress drop rule on the node group (`eni`: on the Terway ENIs' group instead), which wins
+    over every accept rule — but not over InnerAccessPolicy Accept between the group's own members (pass
+    "Drop" for member → member packets)."""
+    wanted = rs.scenario.terway.security_group_id if eni else ids(rs)["group"]
+    group = next(g for g in state["security_groups"] if g["SecurityGroupId"] == wanted)
     group["Permissions"].insert(0, _permission(
         "ingress", protocol.upper(), f"{port}/{port}", "0.0.0.0/0", f"block {protocol} {port}", policy="Drop"))
     if inner_access_policy is not None:
@@ -161,17 +208,26 @@ def sg_not_shared(state: State, rs: ResolvedScenario, *, node: str) -> None:
         "Permissions": [_permission("ingress", "TCP", "22/22", "0.0.0.0/0", "ssh")]})
 
 
-def vpc_no_route(state: State, rs: ResolvedScenario, *, node: str) -> None:
-    state["route_tables"][0]["Entries"].remove(_route(state, rs, node))
+def vpc_no_route(state: State, rs: ResolvedScenario, *, node: str | None = None, pods: bool = False) -> None:
+    """The VPC route to `node`'s pod CIDR removed; `pods` (Terway): the pod vSwitch bound to a custom route
+    table of its own that lacks the default route to the NAT gateway (the nodes' vSwitch keeps it)."""
+    if not pods:
+        state["route_tables"][0]["Entries"].remove(_route(state, rs, node or ""))
+        return
+    pod_vsw = rs.scenario.terway.pod_vswitch_id
+    state["route_tables"][0]["VSwitchIds"].remove(pod_vsw)
+    state["route_tables"].append({"RouteTableId": _id("vtb", rs.scenario.name, "pods"), "VpcId": ids(rs)["vpc"],
+                                  "RouteTableType": "Custom", "VSwitchIds": [pod_vsw], "Entries": []})
 
 
 def vpc_wrong_next_hop(state: State, rs: ResolvedScenario, *, node: str, to: str) -> None:
     _route(state, rs, node)["NextHopId"] = instance_id(rs.scenario.name, to)
 
 
-def nat_no_snat(state: State, rs: ResolvedScenario) -> None:
+def nat_no_snat(state: State, rs: ResolvedScenario, *, pods: bool = False) -> None:
+    """Every SNAT entry removed; `pods` (Terway): only the pod vSwitch's (the nodes still reach the Internet)."""
     for nat in state["nat_gateways"]:
-        nat["SnatEntries"] = []
+        nat["SnatEntries"] = [e for e in nat["SnatEntries"] if pods and e["SnatEntryId"] != ids(rs)["pod_snat"]]
 
 
 def lb_not_active(state: State, rs: ResolvedScenario, *, service: str) -> None:

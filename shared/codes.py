@@ -114,6 +114,11 @@ _ENTRIES = [
                 "the VPC drops a packet whose source is not an address of the interface that sent it",
                 "Restore the pod's policy rule on {where} (`ip rule add from {src} iif <its veth> lookup <its "
                 "ENI's table> priority 2048`): Terway re-adds it when it re-checks the pod; else recreate the pod."),
+    FindingCode("ENI_POD_SOURCE_NOT_MASQUERADED", E, "{where} sends {src}, the address of pod {pod}'s exclusive "
+                "ENI {eni}, out of {device} unmasqueraded: the VPC drops a packet whose source is not an address "
+                "of the interface that sent it", "Restore Terway's masquerade on {where} (`iptables -t nat -A "
+                "POSTROUTING ! -o lo -j terway-masq` and `iptables -t nat -A terway-masq -j MASQUERADE`): the "
+                "terway policy container re-creates it when it restarts (masq_eni_only)."),
     FindingCode("BRIDGE_PORT_BLOCKED", E, "bridge port {port} of {bridge} in {where} is in STP state {state}: "
                 "only a forwarding port passes frames ({direction})",
                 "Set the port forwarding: `bridge link set dev {port} state 3` in {where}, or find what "

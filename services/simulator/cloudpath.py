@@ -251,7 +251,7 @@ def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
     i = 0
     while i < len(path.hops):
         node = path.hops[i].node
-        if node and last and node != last and i > 0:
+        if node and last and i > 0 and (node != last or _eni_to_eni(path.hops[i - 1], path.hops[i])):
             if _dropped_before(path, i):
                 return None
             packet, notes = _leaving(report, last, path, i, request)
@@ -286,6 +286,15 @@ def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
         if number == 1:
             first = reply
     return (crossings[0][0], first) if first is not None else None
+
+
+def _eni_to_eni(before: Hop, after: Hop) -> bool:
+    """The walk sent the packet out of one pod's own ENI (Terway's exclusive mode) into the VPC, which delivered
+    it to the other pod's ENI: the VPC is crossed even when both pods sit on one node. (A model path without a
+    walk names no devices: two pods back to back there are a same-node pair, not a crossing.)"""
+    return before.kind == after.kind == HopKind.POD and before.id != after.id and any(
+        s.kind == StepKind.LINK and s.action == StepAction.FORWARD and getattr(s.info, "peer_where", None) ==
+        f"pod {after.name}" for s in before.steps)
 
 
 def _splice(path: Path, at: int, result: CloudResult) -> None:
