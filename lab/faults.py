@@ -113,7 +113,18 @@ class Fault:
         if self.not_ready:
             lab.set_ready(self.not_ready, False)
         if self.add_policy is not None:
-            lab.add_network_policy(self.add_policy)
+            lab.add_network_policy(_expanded(lab, self.add_policy))
+
+
+def _expanded(lab: Lab, value: Any) -> Any:
+    """A policy with address placeholders ({pod:ns/name} …) filled in, like a command's argv."""
+    if isinstance(value, str):
+        return lab.expand(value)
+    if isinstance(value, dict):
+        return {k: _expanded(lab, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expanded(lab, v) for v in value]
+    return value
 
 
 def _wait_dead(pids: list[int], timeout_s: float = 2.0) -> None:
@@ -437,6 +448,62 @@ CATALOGUE += [  # Terway eniip, veth datapath (examples/lab/terway.yaml)
     Fault("terway_ip_forward_off", "net.ipv4.ip_forward=0 on the destination pod's node",
           "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("IP_FORWARD_DISABLED", "node:node-2"),
           commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+]
+
+
+
+def _policy(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+_API_INGRESS = {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"]}
+CATALOGUE += [  # NetworkPolicy as felix enforces it (lab/felix.py): Calico, and Terway's policy container
+    Fault("felix_deny_all_ingress", "a default-deny ingress policy selects the api pods: api-2's cali-tw- chain "
+          "ends its tier with felix's DROP", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-deny-all", "shop", _API_INGRESS)),
+    Fault("felix_egress_drops_dns", "the client's egress policy allows only the api pods on 8080: its DNS query "
+          "(DNATed to coredns) dies in the client's cali-fw- chain", "calico",
+          ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), "reply", "no_reply",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/client"),
+          add_policy=_policy("client-egress", "shop", {
+              "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+              "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "api"}}}],
+                          "ports": [{"protocol": "TCP", "port": 8080}]}]})),
+    Fault("felix_namespace_selector_mismatch", "the api pods admit namespaces labelled team=web only: the client's "
+          "namespace shop carries no such label, so its cali40s: ipset never holds the client", "calico",
+          CALICO_CROSS_NODE, "connected", "timeout", Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-from-team-web", "shop", {
+              **_API_INGRESS, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]}]})),
+    Fault("felix_port_range_edge", "the api pods admit tcp 8000-8079 (port + endPort): 8080 is one past the "
+          "multiport range", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-port-range", "shop", {
+              **_API_INGRESS, "ingress": [{"ports": [{"protocol": "TCP", "port": 8000, "endPort": 8079}]}]})),
+    Fault("felix_ipblock_except", "the api pods admit the pod network except the client's address (felix's "
+          "negated match block on the scratch mark bits)", "calico-vxlan", CALICO_CROSS_NODE, "connected",
+          "timeout", Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-except-client", "shop", {
+              **_API_INGRESS, "ingress": [{"from": [{"ipBlock": {"cidr": "{podcidr:node-1}",
+                                                                 "except": ["{pod:shop/client}/32"]}}]}]})),
+    Fault("felix_named_port_protocol", "the api pods admit the named port `metrics` as TCP (the default), but "
+          "api-2 declares metrics as UDP: the cali40n: (ip,port) set holds no tcp member, UDP 9090 is dropped",
+          "terway", ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), "reply", "no_reply",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-metrics", "shop", {**_API_INGRESS, "ingress": [{"ports": [{"port": "metrics"}]}]})),
+    Fault("felix_egress_deny_all_same_node", "Terway's felix chains: a default-deny egress policy on the client "
+          "drops even its same-node traffic (cali-fw- of the client)", "terway",
+          ProbeSpec("shop/client", "pod:shop/api-1", 8080), "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/client"),
+          add_policy=_policy("client-deny-egress", "shop", {
+              "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"]})),
+    Fault("felix_named_port_allowed", "decoy: the api pods admit the client on the named port `http` (felix's "
+          "selector and named-port ipsets both hold it)", "terway", TERWAY_CROSS_NODE, "connected", "connected",
+          None, verdict_after="REACHABLE",
+          add_policy=_policy("api-http-from-client", "shop", {
+              **_API_INGRESS, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                           "ports": [{"port": "http"}]}]})),
 ]
 
 BY_NAME = {f.name: f for f in CATALOGUE}
