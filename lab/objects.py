@@ -65,6 +65,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("DaemonSet", "daemonsets", "apps", "v1", True, ("ds",)),
     # Calico's own configuration (the CRDs calico-node reads in the Kubernetes datastore mode)
     Resource("IPPool", "ippools", "crd.projectcalico.org", "v1", False),
+    Resource("FelixConfiguration", "felixconfigurations", "crd.projectcalico.org", "v1", False),
 )
 RESOURCE_BY_KIND = {r.kind: r for r in RESOURCES}
 
@@ -625,7 +626,7 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         ("CALICO_IPV4POOL_VXLAN", sc.calico.vxlan_mode),
         ("CALICO_IPV4POOL_NAT_OUTGOING", str(sc.calico.nat_outgoing).lower()),
         ("FELIX_IPTABLESBACKEND", "NFT" if sc.iptables_backend == "nft" else "Legacy"),
-        ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"))]
+        ("FELIX_DEFAULTENDPOINTTOHOSTACTION", sc.felix.default_endpoint_to_host_action))]
     meta = _meta(sc.name, "IPPool", "default-ipv4-ippool", None, created, generation=1)
     pool = _obj("IPPool", meta, spec={
         "allowedUses": ["Workload", "Tunnel"], "blockSize": sc.calico.block_size, "cidr": sc.cluster_cidr,
@@ -641,7 +642,23 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
             "name": "calico-node", "image": "docker.io/calico/node:v3.28.2", "env": env,
         }], rs.nodes, created),
         pool,
+        felix_configuration(rs, created),
     ]
+
+
+def felix_configuration(rs: ResolvedScenario, created: str) -> Obj:
+    """The cluster-wide FelixConfiguration `default` (crd.projectcalico.org/v1, Kubernetes datastore) with
+    the settings lab/felix.py renders: felix reads it in calico-node and in Terway's policy container."""
+    sc = rs.scenario
+    vxlan = sc.cni == "calico" and sc.calico.vxlan_mode != "Never"
+    meta = _meta(sc.name, "FelixConfiguration", "default", None, created, generation=1)
+    return _obj("FelixConfiguration", meta, spec={
+        "bpfEnabled": False, "bpfLogLevel": "", "floatingIPs": "Disabled", "logSeverityScreen": "Info",
+        "reportingInterval": "0s", "ipipEnabled": False, "vxlanEnabled": vxlan,
+        **({"vxlanVNI": 4096, "vxlanPort": 4789} if vxlan else {}),
+        "chainInsertMode": sc.felix.chain_insert_mode.capitalize(),
+        "defaultEndpointToHostAction": sc.felix.default_endpoint_to_host_action.capitalize(),
+        "iptablesMarkMask": int(sc.felix.iptables_mark_mask, 0)})
 
 
 def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
@@ -667,6 +684,7 @@ def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
             {"name": "policy", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
              "command": ["/bin/policyinit.sh"]},
         ], rs.nodes, created),
+        felix_configuration(rs, created),
     ]
 
 
