@@ -382,8 +382,8 @@ class FelixNode:
                  clear_mark(m.accept | m.pass_)]
         if direction == "egress":  # AllowVXLANPacketsFromWorkloads / AllowIPIPPacketsFromWorkloads false
             rules += [f"-p udp -m multiport --destination-ports {VXLAN_PORT} "
-                      f"{_comment('DROP VXLAN encapped packets originating in workloads')} -j DROP",
-                      f"-p ipencap {_comment('DROP IPinIP encapped packets originating in workloads')} -j DROP"]
+                      f"{_comment('Drop VXLAN encapped packets originating in workloads')} -j DROP",
+                      f"-p ipencap {_comment('Drop IPinIP encapped packets originating in workloads')} -j DROP"]
         selecting = [p for p in self.policies
                      if p.metadata.namespace == pod.spec.namespace and direction.capitalize() in p.spec.types()
                      and p.spec.pod_selector.matches(pod.spec.labels)]
@@ -393,12 +393,12 @@ class FelixNode:
                 rules += [f"{mark_clear(m.pass_)} -j {target}",
                           f"{mark_set(m.accept)} {_comment('Return if policy accepted')} -j RETURN"]
             rules.append(f"{mark_clear(m.pass_)} "
-                         f"{_comment(f'End of tier {TIER}. DROP if no policies passed packet')} -j DROP")
+                         f"{_comment(f'End of tier {TIER}. Drop if no policies passed packet')} -j DROP")
         pfx = "cali-pri-" if direction == "ingress" else "cali-pro-"
         for profile in (f"kns.{pod.spec.namespace}", f"ksa.{pod.spec.namespace}.default"):
             rules += [f"-j {self._profile_chain(pfx, profile, direction)}",
                       f"{mark_set(m.accept)} {_comment('Return if profile accepted')} -j RETURN"]
-        rules.append(f"{_comment('DROP if no profiles matched')} -j DROP")
+        rules.append(f"{_comment('Drop if no profiles matched')} -j DROP")
         return self._chain(name, rules)
 
     def _profile_chain(self, prefix: str, profile: str, direction: Direction) -> str:

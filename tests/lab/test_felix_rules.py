@@ -109,7 +109,7 @@ def test_names_and_marks_follow_felix() -> None:
     assert "-A cali-gi-" in text  # the two same-selector policies share a group chain
     assert "-j MARK --set-xmark 0x10000/0x10000" in text  # the accept mark, IptablesMarkMask's first bit
     assert "-m mark --mark 0x0/0x20000" in text  # the pass mark
-    assert '"End of tier default. DROP if no policies passed packet" -j DROP' in text
+    assert '"End of tier default. Drop if no policies passed packet" -j DROP' in text
     assert "-j MARK --set-xmark 0x80000/0x180000" in text  # the except block starts with scratch-0 set
     assert all(len(n) <= 31 and n.startswith(("cali40s:", "cali40n:"))
                for n in felix.node(rs, "node-1", lambda k: veth_name(k, "calico")).ipsets)
@@ -142,7 +142,8 @@ def test_the_walk_reads_the_policies_behind_a_tier_drop() -> None:
 
 
 def test_older_felix_names_are_read_too() -> None:
-    """felix < 3.27: k8s policies are `knp.default.<name>`, chain names hashed, "Drop if no policies …"."""
+    """Calico < v3.30 (v3.28 here): k8s policies are `<ns>/knp.default.<name>`, chain names hashed, "Drop if no
+    policies passed packet" without the tier."""
     save = """*filter
 :cali-tw-cali1234 - [0:0]
 :cali-pi-_Eh9OFfGuG6iGsr2WyRk - [0:0]

@@ -1,11 +1,11 @@
 """Read Calico felix's policy chains back to the NetworkPolicies they enforce.
 
 felix drops a workload's packet in its endpoint chain (cali-tw-<iface> for ingress, cali-fw-<iface> for
-egress) with the end-of-tier rule ("End of tier default. DROP if no policies passed packet"; felix < 3.27
-says "Drop if no policies passed packet"), after jumping to one chain per policy (cali-pi-/cali-po-<id>,
+egress) with the end-of-tier rule ("End of tier default. Drop if no policies passed packet"; before Calico
+v3.30 "Drop if no policies passed packet"), after jumping to one chain per policy (cali-pi-/cali-po-<id>,
 often hashed to `cali-pi-_<hash>`) or per policy group (cali-gi-/cali-go-<uid>). The names are not in the
 dropping rule: each policy chain's first rule carries felix's comment "<Kind> <namespace>/<name>
-<direction>" (older felix: "Policy <namespace>/knp.default.<name> ingress"), which this reads.
+<direction>" (before v3.32: "Policy <namespace>/knp.default.<name> ingress"), which this reads.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from services.simulator.dataplane.netfilter.model import Ruleset
 ENDPOINT_CHAIN = re.compile(r"^cali-[tf]w-")
 TIER_DROP = re.compile(r"if no policies passed packet", re.IGNORECASE)
 _JUMP = re.compile(r"\s-[jg]\s+(cali-(?:p[io]|g[io])-\S+)")
-_K8S_PREFIX = re.compile(r"^(?:[\w-]+\.)?knp\.default\.")  # felix < 3.27 names k8s policies knp.default.<name>
+_K8S_PREFIX = re.compile(r"^(?:[\w-]+\.)?knp\.default\.")  # felix < v3.32 names k8s policies knp.default.<name>
 
 
 def _policy_name(first_line: str) -> str | None:
