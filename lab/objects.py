@@ -608,7 +608,8 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
 def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     """calico.yaml's calico-config and calico-node (manifest v3.28, BIRD backend, no encapsulation) and the
     default IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org
-    object). felix enforces NetworkPolicies itself; the lab's enforcement stands for its chains."""
+    object), and the FelixConfiguration `default`. felix enforces NetworkPolicies itself: lab/felix.py renders its
+    chains."""
     sc = rs.scenario
     vxlan = sc.calico.vxlan_mode
     cni_conf = {"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [
@@ -664,7 +665,8 @@ def felix_configuration(rs: ResolvedScenario, created: str) -> Obj:
 def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     """ACK's Terway add-on in eniip mode: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone,
     the ENIs' security groups, the service CIDR) and the terway-eniip DaemonSet. Terway enforces
-    NetworkPolicies with felix-style chains (disable_network_policy false); the lab's enforcement stands for them."""
+    NetworkPolicies with felix in policy-only mode (disable_network_policy false): lab/felix.py renders its chains,
+    from the FelixConfiguration served here too."""
     sc = rs.scenario
     eni_conf = {
         "version": "1", "max_pool_size": 5, "min_pool_size": 0,
