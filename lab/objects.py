@@ -606,9 +606,9 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
 
 
 def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
-    """calico.yaml's calico-config and calico-node (manifest v3.28, BIRD backend, no encapsulation) and the
-    default IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org
-    object), and the FelixConfiguration `default`. felix enforces NetworkPolicies itself: lab/felix.py renders its
+    """calico.yaml's calico-config and calico-node (manifest v3.32, BIRD backend, no encapsulation), the default
+    IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org object) and
+    the FelixConfiguration `default`. felix enforces NetworkPolicies itself: lab/felix.py renders its v3.32
     chains."""
     sc = rs.scenario
     vxlan = sc.calico.vxlan_mode
@@ -640,7 +640,7 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
             "typha_service_name": "none", "veth_mtu": "0",
         }, {}, created),
         _daemonset(sc, "calico-node", {"k8s-app": "calico-node"}, [{
-            "name": "calico-node", "image": "docker.io/calico/node:v3.28.2", "env": env,
+            "name": "calico-node", "image": "docker.io/calico/node:v3.32.1", "env": env,
         }], rs.nodes, created),
         pool,
         felix_configuration(rs, created),
