@@ -498,6 +498,12 @@ CATALOGUE += [  # NetworkPolicy as felix enforces it (lab/felix.py): Calico, and
           Expected("NETWORK_POLICY_DENY", "pod:shop/client"),
           add_policy=_policy("client-deny-egress", "shop", {
               "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"]})),
+    Fault("felix_workload_not_dispatched", "felix on node-2 lost api-2 from its to-workload dispatch (its "
+          "interface's `-g cali-tw-` rule replaced by the chain's \"Unknown interface\" DROP, as when felix has not "
+          "synced the endpoint)", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-R", "cali-to-wl-dispatch", "1", "-m", "comment", "--comment",
+                          "Unknown interface", "-j", "DROP"),)),
     Fault("felix_named_port_allowed", "decoy: the api pods admit the client on the named port `http` (felix's "
           "selector and named-port ipsets both hold it)", "terway", TERWAY_CROSS_NODE, "connected", "connected",
           None, verdict_after="REACHABLE",
