@@ -246,7 +246,7 @@ class FelixNode:
         pods = self.cluster.peer_pods(peer, policy_ns)
         return self._ipset(unique_id("s", selector), "hash:ip", (p.ip for p in pods))
 
-    def _named_port_set(self, selector: str, pods: list[ResolvedPod], protocol: str, name: str) -> str | None:
+    def _named_port_set(self, selector: str, pods: list[ResolvedPod], protocol: str, name: str) -> str:
         members = [f"{p.ip},{protocol.lower()}:{n}" for p in pods
                    if (n := named_port(p, name, protocol)) is not None]
         set_id = unique_id("n", f"{unique_id('s', selector)},{protocol.lower()},{name}")
@@ -287,9 +287,7 @@ class FelixNode:
                 else:
                     selector = f"projectcalico.org/namespace == '{ns}'"
                     pods = [q for q in self.cluster.pods if q.spec.namespace == ns]
-                found = self._named_port_set(selector, pods, p.protocol, p.port)
-                if found:
-                    named.append(found)
+                named.append(self._named_port_set(selector, pods, p.protocol, p.port))
             elif p.port is not None:
                 numeric.append((int(p.port), p.end_port or int(p.port)))
         sel_set = nets = None
