@@ -507,7 +507,8 @@ def _common_prefix(names: list[str]) -> str:
 
 
 def enforces(sc: ResolvedScenario) -> bool:
-    return sc.scenario.cni in FELIX_CNIS
+    """Calico always runs felix; Terway's policy container only unless eni-config disables policies."""
+    return sc.scenario.cni == "calico" or (sc.scenario.cni in FELIX_CNIS and sc.scenario.network_policy)
 
 
 def node(sc: ResolvedScenario, name: str, iface: Callable[[str], str]) -> FelixNode:

@@ -678,7 +678,7 @@ def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     return [
         _configmap(sc, "eni-config", {
             "eni_conf": json.dumps(eni_conf, indent=2), "10-terway.conf": json.dumps(cni_conf, indent=2),
-            "disable_network_policy": "false", "in_cluster_loadbalance": "false",
+            "disable_network_policy": "false" if sc.network_policy else "true", "in_cluster_loadbalance": "false",
         }, {}, created),
         _daemonset(sc, "terway-eniip", {"app": "terway-eniip"}, [
             {"name": "terway", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
