@@ -216,6 +216,27 @@ def _felix_config(model: ClusterModel, ds: Obj, out: Detection) -> None:
                                     **({"node_configs": per_node} if per_node else {})}
 
 
+def _felix_marks_vs_kube_proxy(model: ClusterModel, out: Detection) -> None:
+    """felix clears its mark bits in cali-FORWARD/INPUT/OUTPUT: a mask holding kube-proxy's masquerade bit
+    (KubeProxyConfiguration iptables.masqueradeBit, 14) erases kube-proxy's mark before its POSTROUTING reads it."""
+    settings = (out.info.cni_config.get("felix") or {}).get("settings") or {}
+    try:
+        mask = int(str(settings.get("iptablesMarkMask")), 0)
+    except ValueError:
+        return
+    bit = 14
+    conf = (_config_data(model, "kube-proxy") or {}).get("config.conf")
+    if conf:
+        try:
+            bit = int(((yaml.safe_load(conf) or {}).get("iptables") or {}).get("masqueradeBit", 14) or 14)
+        except (yaml.YAMLError, ValueError, AttributeError):
+            return
+    used = [1 << i for i in range(32) if mask >> i & 1][:5]  # accept, pass, drop, scratch-0, scratch-1
+    if 1 << bit in used:
+        _assume(out, f"felix iptablesMarkMask {hex(mask)} includes kube-proxy's masquerade bit {hex(1 << bit)}: "
+                "felix clears it, so kube-proxy may not masquerade what it marked (the walk follows the marks)")
+
+
 def _detect_cni(model: ClusterModel, out: Detection) -> None:
     info = out.info
     terway = _daemonset(model, "terway", "terway-eniip", "terway-eni", "terway-eniip-v2")
@@ -404,6 +425,7 @@ def detect(model: ClusterModel) -> Detection:
         _detect_unreadable(model, out)
         _detect_cni(model, out)
         _detect_kube_proxy(model, out)
+        _felix_marks_vs_kube_proxy(model, out)
         _detect_cidrs(model, out)
         _detect_node_addresses(model, out)
         _detect_dns(model, out)

@@ -224,3 +224,12 @@ def test_felix_configuration_absent_is_stated_for_terway_policy() -> None:
     found = detect(model)
     assert any("FelixConfiguration default is not readable (not found)" in a.text for a in found.assumptions)
     assert found.info.cni_config["felix"]["settings"]["defaultEndpointToHostAction"] == "Drop"
+
+
+def test_felix_mark_mask_holding_kube_proxys_masquerade_bit_is_said() -> None:
+    proxy = _cm("kube-proxy", {"config.conf": "mode: iptables\niptables:\n  masqueradeBit: 14\n"})
+    clash = detect(_model(_calico_node({}), _pool("p", "10.244.0.0/16"), proxy, _felix(iptablesMarkMask=0xFC00)))
+    assert any("includes kube-proxy's masquerade bit 0x4000" in a.text and a.could_change_outcome
+               for a in clash.assumptions)
+    fine = detect(_model(_calico_node({}), _pool("p", "10.244.0.0/16"), proxy, _felix()))
+    assert not any("masquerade bit" in a.text for a in fine.assumptions)
