@@ -68,6 +68,7 @@ class Fault:
     commands: tuple[Cmd, ...] = ()
     not_ready: tuple[str, ...] = ()  # pods whose containers turn not ready (Kubernetes-level fault)
     add_policy: dict[str, Any] | None = field(default=None, hash=False)
+    felix: dict[str, Any] | None = field(default=None, hash=False)  # FelixConfiguration settings felix applies
     verdict_before: str = "REACHABLE"
     verdict_after: str = "UNREACHABLE"
     ends: str | None = None  # the dropped path's final cause, when the packet dies after the named cause
@@ -114,6 +115,10 @@ class Fault:
             lab.set_ready(self.not_ready, False)
         if self.add_policy is not None:
             lab.add_network_policy(_expanded(lab, self.add_policy))
+        if self.felix is not None:  # the FelixConfiguration changes: felix reprograms its chains
+            sc = lab.resolved.scenario
+            lab.update_scenario(sc.model_copy(update={"felix": sc.felix.model_validate(
+                {**sc.felix.model_dump(by_alias=True), **self.felix})}))
 
 
 def _expanded(lab: Lab, value: Any) -> Any:
@@ -504,6 +509,12 @@ CATALOGUE += [  # NetworkPolicy as felix enforces it (lab/felix.py): Calico, and
           Expected("IPTABLES_DROP", "node:node-2"),
           commands=(_node("node-2", "{iptables}", "-R", "cali-to-wl-dispatch", "1", "-m", "comment", "--comment",
                           "Unknown interface", "-j", "DROP"),)),
+    Fault("felix_mark_mask_clears_masquerade", "FelixConfiguration iptablesMarkMask 0xfc00 puts felix's scratch "
+          "bit on kube-proxy's masquerade mark 0x4000: cali-FORWARD clears it on node-2, so NodePort traffic DNATed "
+          "to api-1 on node-1 keeps the client's address and api-1's reply leaves node-1 untranslated; flows to "
+          "api-2 on node-2 still work", "calico", ProbeSpec("ext", "node:node-2", 30000), "connected", "timeout",
+          Expected("REPLY_NOT_TRANSLATED", "node:node-1"), verdict_after="AMBIGUOUS",
+          felix={"iptablesMarkMask": "0xfc00"}),
     Fault("felix_named_port_allowed", "decoy: the api pods admit the client on the named port `http` (felix's "
           "selector and named-port ipsets both hold it)", "terway", TERWAY_CROSS_NODE, "connected", "connected",
           None, verdict_after="REACHABLE",
