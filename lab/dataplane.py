@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lab import kubeproxy, kubeproxy_nft, netns, netpol, workloads
+from lab import felix, kubeproxy, kubeproxy_nft, netns, netpol, workloads
 from lab import state as lab_state
 from lab.bpf import compiled
 from lab.iptables import CLI, RESTORE, Ruleset, comment
@@ -115,8 +115,13 @@ def calico_rules(sc: ResolvedScenario) -> Ruleset:
 
 
 def node_ruleset(sc: ResolvedScenario, node: str) -> str:
-    """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router."""
-    rs = netpol.rules(sc, node)
+    """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router (felix:
+    its own chains, see lab/felix.py)."""
+    tail = Ruleset()
+    if felix.enforces(sc):
+        rs, tail = felix.node(sc, node, lambda key: veth_name(key, sc.scenario.cni)).rulesets()
+    else:
+        rs = netpol.rules(sc, node)
     if sc.scenario.kube_proxy_mode == "iptables":  # nftables mode: its own table, see program_rules
         rs.extend(kubeproxy.rules(sc, node))
     if sc.scenario.cni == "calico":
@@ -125,6 +130,7 @@ def node_ruleset(sc: ResolvedScenario, node: str) -> str:
         rs.extend(terway_eni_masq_rules())
     elif sc.scenario.cni != "terway-eniip":  # Terway: pod addresses are VPC addresses, nothing masquerades
         rs.extend(flannel_rules(sc, node))
+    rs.extend(tail)
     return rs.render()
 
 
@@ -484,9 +490,12 @@ class Lab:
         restore = RESTORE[self.resolved.scenario.iptables_backend]
 
         def load(node: str) -> None:
-            if self.resolved.scenario.cni == "calico":  # felix's ipsets before the rules that name them
-                netns.run(netns.in_ns(self.state.nodes[node].netns, ["ipset", "restore"]),
-                          stdin=calico_ipsets(self.resolved))
+            sets = calico_ipsets(self.resolved) if self.resolved.scenario.cni == "calico" else ""
+            if felix.enforces(self.resolved):  # felix's policy ipsets
+                sets += felix.node(self.resolved, node, lambda key: veth_name(key, self.resolved.scenario.cni)) \
+                    .ipset_restore()
+            if sets:  # felix's ipsets before the rules that name them
+                netns.run(netns.in_ns(self.state.nodes[node].netns, ["ipset", "restore"]), stdin=sets)
             netns.run(netns.in_ns(self.state.nodes[node].netns, [restore]),
                       stdin=node_ruleset(self.resolved, node))
             if self.resolved.scenario.kube_proxy_mode == "nftables":

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Model(BaseModel):
@@ -129,11 +129,31 @@ class TerwaySpec(_Model):
                                    description="the ENIs' security group (eni-config security_groups)")
 
 
+class FelixSpec(_Model):
+    """FelixConfiguration `default` of a calico / terway-eniip lab: the settings that change felix's iptables
+    layout (lab/felix.py renders them; the lab API serves them)."""
+
+    default_endpoint_to_host_action: Literal["DROP", "RETURN", "ACCEPT"] = Field(
+        "ACCEPT", alias="defaultEndpointToHostAction",
+        description="workload → its own host after the egress policy (calico.yaml sets ACCEPT; felix's default DROP)")
+    iptables_mark_mask: str = Field("0xffff0000", alias="iptablesMarkMask",
+                                    description="the mark bits felix may use (accept = the lowest)")
+    chain_insert_mode: Literal["insert", "append"] = Field("insert", alias="chainInsertMode")
+
+    @field_validator("iptables_mark_mask")
+    @classmethod
+    def _mask(cls, value: str) -> str:
+        if bin(int(value, 0) & 0xFFFFFFFF).count("1") < 5:
+            raise ValueError(f"iptablesMarkMask {value} leaves fewer than the 5 mark bits felix allocates")
+        return value
+
+
 class Scenario(_Model):
     name: str
     cni: Literal["host-gw", "vxlan", "calico", "terway-eniip", "terway-eni"] = "host-gw"
     calico: CalicoSpec = Field(default_factory=CalicoSpec, description="IPPool settings when cni is calico")
     terway: TerwaySpec = Field(default_factory=TerwaySpec, description="ENI settings when cni is terway-*")
+    felix: FelixSpec = Field(default_factory=FelixSpec, description="FelixConfiguration (calico, terway-eniip)")
     iptables_backend: Literal["nft", "legacy"] = Field("nft", alias="iptablesBackend")
     kube_proxy_mode: Literal["iptables", "nftables"] = Field(
         "iptables", alias="kubeProxyMode", description="nftables: kube-proxy programs its `ip kube-proxy` table")

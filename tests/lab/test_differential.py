@@ -103,6 +103,8 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("node-1", "svc:shop/api", 80), None),
         (ProbeSpec("ext", "node:node-2", 30000), None),
         (ProbeSpec("shop/client", "inet", 80), None),  # IPPool natOutgoing
+        # felix drops VXLAN-encapsulated packets from workloads in the client's cali-fw- chain, policy or not
+        (ProbeSpec("shop/client", "pod:shop/api-2", 4789, "udp"), ("IPTABLES_DROP", "node:node-1")),
     ],
     "calico-vxlan": [  # IPPool vxlanMode Always: peer blocks via the peer VTEP on vxlan.calico
         (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),
