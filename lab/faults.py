@@ -439,4 +439,40 @@ CATALOGUE += [  # Terway eniip, veth datapath (examples/lab/terway.yaml)
           commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
 ]
 
+# Terway exclusive ENI (examples/lab/terway-eni.yaml): pod↔pod goes ENI → VPC → ENI, never through a node;
+# Services go veth1 → host (kube-proxy, terway-masq) → the endpoint's ENI or veth1. kube-dns has one endpoint
+# (coredns on node-1), so api-2's DNS query deterministically crosses node-2 and the VPC.
+TERWAY_ENI_DNS = ProbeSpec("shop/api-2", "svc:kube-system/kube-dns", 53, "tcp")
+CATALOGUE += [
+    Fault("terway_eni_masq_missing", "node-2's terway-masq chain is flushed: api-2's DNS query, translated to "
+          "coredns on node-1, leaves node-2's primary NIC with the source of api-2's own ENI, and the VPC drops it",
+          "terway-eni", TERWAY_ENI_DNS, "connected", "timeout",
+          Expected("ENI_POD_SOURCE_NOT_MASQUERADED", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-t", "nat", "-F", "terway-masq"),)),
+    Fault("terway_eni_ip_forward_off", "net.ipv4.ip_forward=0 on node-2: the Service traffic its pods send over "
+          "veth1 is not forwarded", "terway-eni", TERWAY_ENI_DNS, "connected", "timeout",
+          Expected("IP_FORWARD_DISABLED", "node:node-2"),
+          commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+    Fault("terway_eni_host_neighbor_wrong", "api-2's static neighbour for 169.254.1.1 on veth1 holds a MAC nobody "
+          "has: its Service traffic never reaches the host", "terway-eni", TERWAY_ENI_DNS, "connected", "timeout",
+          Expected("NEIGHBOR_FAILED", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "neigh", "replace", "169.254.1.1", "lladdr", "02:00:00:00:00:99",
+                          "dev", "veth1", "nud", "permanent"),)),
+    Fault("terway_eni_destination_eni_down", "api-2's own ENI (its eth0) is down: the VPC cannot deliver its "
+          "address", "terway-eni", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "link", "set", "eth0", "down"),)),
+    Fault("terway_eni_pod_default_route_missing", "the client lost its default route via the vSwitch gateway on "
+          "its ENI", "terway-eni", TERWAY_CROSS_NODE, "connected", "unreachable",
+          Expected("NO_ROUTE", "pod:shop/client"),
+          commands=(_node("shop/client", "ip", "route", "del", "default"),)),
+    Fault("terway_eni_pod_veth_down", "api-1's veth1 (its link to the host) is down: node-1 reaches it no more",
+          "terway-eni", ProbeSpec("node-1", "pod:shop/api-1", 8080), "connected", "timeout",
+          Expected("LINK_DOWN", "pod:shop/api-1"),
+          commands=(_node("shop/api-1", "ip", "link", "set", "veth1", "down"),)),
+    Fault("terway_eni_node_forward_drop_bypassed", "an iptables DROP for api-2 in node-2's FORWARD chain (decoy): "
+          "pod traffic to an exclusive ENI never crosses its node", "terway-eni", TERWAY_CROSS_NODE, "connected",
+          "connected", None, verdict_after="REACHABLE",
+          commands=(_node("node-2", "{iptables}", "-I", "FORWARD", "1", "-d", "{pod:shop/api-2}/32", "-j", "DROP"),)),
+]
+
 BY_NAME = {f.name: f for f in CATALOGUE}

@@ -151,7 +151,7 @@ def node_ready_patch(node: Obj, ready: bool) -> Obj:
 
 
 def _cni_annotations(sc: Scenario, node: ResolvedNode) -> dict[str, str]:
-    if sc.cni == "terway-eniip":
+    if sc.terway_mode:
         return {}
     if sc.cni == "calico":  # calico-node's autodetected BGP address (and VXLAN tunnel address)
         prefixlen = ipaddress.ip_network(sc.underlay_cidr).prefixlen
@@ -184,7 +184,7 @@ def node_object(sc: Scenario, node: ResolvedNode, created: str) -> Obj:
     obj = _obj(
         "Node", meta,
         # Terway nodes have no pod CIDR: pods take ENI secondary IPs from the pod vSwitch
-        spec={"providerID": provider_id(sc.name, node.name)} if sc.cni == "terway-eniip" else
+        spec={"providerID": provider_id(sc.name, node.name)} if sc.terway_mode else
         {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr], "providerID": provider_id(sc.name, node.name)},
         status={
             "addresses": [{"type": "InternalIP", "address": node.ip}, {"type": "Hostname", "address": node.name}],
@@ -580,7 +580,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     ]
     if sc.cni == "calico":
         objs += calico_objects(rs, created)
-    elif sc.cni == "terway-eniip":
+    elif sc.terway_mode:
         objs += terway_objects(rs, created)
     else:
         objs += [
@@ -595,7 +595,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         ]
     if sc.dns:
         objs.append(_configmap(sc, "coredns", {"Corefile": corefile}, {}, created))
-    if sc.network_policy and sc.cni not in ("calico", "terway-eniip"):
+    if sc.network_policy and sc.cni not in ("calico", "terway-eniip", "terway-eni"):
         # flannel itself enforces no NetworkPolicy; the lab's enforcement stands for a policy-only agent
         objs.append(_daemonset(sc, "kube-router", {"k8s-app": "kube-router"}, [{
             "name": "kube-router", "image": "docker.io/cloudnativelabs/kube-router:v2.2.1",
@@ -645,10 +645,12 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
 
 
 def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
-    """ACK's Terway add-on in eniip mode: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone,
-    the ENIs' security groups, the service CIDR) and the terway-eniip DaemonSet. Terway enforces
-    NetworkPolicies with felix-style chains (disable_network_policy false); the lab's enforcement stands for them."""
+    """ACK's Terway add-on: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone, the ENIs'
+    security groups, the service CIDR) and the DaemonSet — terway-eniip (daemon mode ENIMultiIP; NetworkPolicies
+    enforced with felix-style chains, which the lab's enforcement stands for) or terway-eni (daemon mode
+    ENIOnly, exclusive ENIs; Terway enforces no NetworkPolicy on them: disable_network_policy true)."""
     sc = rs.scenario
+    exclusive = sc.cni == "terway-eni"
     eni_conf = {
         "version": "1", "max_pool_size": 5, "min_pool_size": 0,
         "vswitches": {ZONE: [sc.terway.pod_vswitch_id]}, "security_groups": [sc.terway.security_group_id],
@@ -659,11 +661,12 @@ def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     return [
         _configmap(sc, "eni-config", {
             "eni_conf": json.dumps(eni_conf, indent=2), "10-terway.conf": json.dumps(cni_conf, indent=2),
-            "disable_network_policy": "false", "in_cluster_loadbalance": "false",
+            "disable_network_policy": str(exclusive).lower(), "in_cluster_loadbalance": "false",
         }, {}, created),
-        _daemonset(sc, "terway-eniip", {"app": "terway-eniip"}, [
+        _daemonset(sc, sc.cni, {"app": sc.cni}, [
             {"name": "terway", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
-             "command": ["/usr/bin/terwayd", "-log-level", "info", "-daemon-mode", "ENIMultiIP"]},
+             "command": ["/usr/bin/terwayd", "-log-level", "info", "-daemon-mode",
+                         "ENIOnly" if exclusive else "ENIMultiIP"]},
             {"name": "policy", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
              "command": ["/bin/policyinit.sh"]},
         ], rs.nodes, created),

@@ -109,9 +109,9 @@ def _terway_config(ds: Obj, data: dict[str, str] | None, out: Detection) -> None
     groups = conf.get("security_groups") or ([conf["security_group"]] if conf.get("security_group") else [])
     info.cni_config = {"vswitches": conf.get("vswitches") or {}, "security_groups": groups,
                        "service_cidr": conf.get("service_cidr")}
-    if info.cni_mode != "eniip-veth":
-        _assume(out, f"terway {info.cni_mode}: only the veth datapath (policy routing to the ENI) is simulated; "
-                "IPVLAN/eBPF redirects and an ENI inside the pod are not modelled")
+    if info.cni_mode not in ("eniip-veth", "eni"):
+        _assume(out, f"terway {info.cni_mode}: only the veth datapath (policy routing to the ENI) and exclusive "
+                "ENIs are simulated; IPVLAN/eBPF redirects are not modelled")
 
 
 def _calico_pools(model: ClusterModel, out: Detection) -> None:
@@ -151,7 +151,9 @@ def _detect_cni(model: ClusterModel, out: Detection) -> None:
         data = _config_data(model, "eni-config")
         _terway_config(terway, data, out)
         flag = (data or {}).get("disable_network_policy")
-        if flag is None:
+        if info.cni_mode == "eni":  # Terway documents no NetworkPolicy support for pods on exclusive ENIs
+            info.enforces_network_policy = False
+        elif flag is None:
             info.enforces_network_policy = True
             _assume(out, "terway found without eni-config disable_network_policy: policies assumed enforced")
         else:

@@ -127,6 +127,22 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("ext", "node:node-2", 30000), None),
         (ProbeSpec("shop/client", "inet", 80), None),  # no masquerade: the VPC (NAT gateway) answers the pod IP
     ],
+    "terway-eni": [  # exclusive ENI: eth0 is the pod's own ENI (pod↔pod and internet straight through the VPC),
+        # veth1 to the host for Services and the node, masqueraded there (terway-masq)
+        (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),  # same node, still through the VPC
+        (ProbeSpec("shop/client", "pod:shop/api-2", 8080), None),
+        (ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), None),
+        (ProbeSpec("shop/client", "svc:shop/api", 80), None),  # veth1 → host DNAT → either ENI
+        (ProbeSpec("shop/api-2", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), None),
+        (ProbeSpec("shop/api-2", "svc:kube-system/kube-dns", 53, "tcp"), None),  # DNS on node-1, via node-2
+        (ProbeSpec("node-1", "pod:shop/api-1", 8080), None),  # the host route into veth1
+        (ProbeSpec("node-2", "pod:shop/api-1", 8080), None),  # primary NIC → VPC → api-1's ENI
+        (ProbeSpec("shop/api-1", "node:node-2", 30000), None),  # the pod's ENI → VPC → node-2's primary NIC
+        (ProbeSpec("node-1", "svc:shop/api", 80), None),
+        (ProbeSpec("ext", "node:node-2", 30000), None),
+        (ProbeSpec("shop/client", "inet", 80), None),  # the ENI straight out: the VPC's NAT answers the pod IP
+    ],
     "dns-internet": [
         (ProbeSpec("apps/app", "inet", 80), None),
         (ProbeSpec("apps/app", "svc:kube-system/kube-dns", 53, "udp"), None),

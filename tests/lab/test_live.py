@@ -107,6 +107,7 @@ NO_KERNEL_DROP = {
     "calico_workload_forwarding_off": "not forwarded: ip_forward off frees it without a traced reason here",
     "terway_eni_down_destination": "link down", "terway_eni_down_source": "link down",
     "terway_pod_veth_down": "link down",
+    "terway_eni_masq_missing": "dropped beyond the nodes", "terway_eni_destination_eni_down": "link down",
 }
 # where the kernel's first drop is elsewhere than the catalogue's cause, as the kernel sees it
 KERNEL_SEES = {
@@ -120,6 +121,10 @@ KERNEL_SEES = {
     "calico_workload_link_down": ("ROUTE_BLACKHOLE", "node:node-2"),
     # a frame to the wrong MAC reaches the node as addressed to another host
     "terway_pod_gateway_neighbor_wrong": ("NEIGHBOR_FAILED", "node:node-1"),
+    "terway_eni_host_neighbor_wrong": ("NEIGHBOR_FAILED", "node:node-2"),
+    # the host veth's peer (the pod's veth1) is down: the ARP for the pod waits on a carrier-less device and
+    # its qdisc frees it
+    "terway_eni_pod_veth_down": ("TC_DROP", "node:node-1"),
 }
 
 

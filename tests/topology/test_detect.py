@@ -53,6 +53,8 @@ CNI_CASES = [
     ("terway-policy-on", [_ds("terway-eniip"), _cm("eni-config", {"disable_network_policy": "false"})], "terway", True),
     ("terway-policy-off", [_ds("terway-eniip"), _cm("eni-config", {"disable_network_policy": "true"})],
      "terway", False),
+    # Terway documents no NetworkPolicy support for pods on exclusive ENIs, whatever eni-config says
+    ("terway-eni", [_ds("terway-eni"), _cm("eni-config", {"disable_network_policy": "false"})], "terway", False),
     ("unknown", [_ds("some-vendor-agent")], "unknown", None),
     ("nothing", [], "unknown", None),
 ]
