@@ -2,7 +2,8 @@
 through the full embedded stack (live topology against the lab's Kubernetes API, one node agent per
 lab node, the collector, the simulator's dataplane walk) must agree, and the diagnosis must name the
 injected cause (finding code at the catalogue's hop, on the first abnormal hop of a dropped path).
-Healthy scenarios must deliver with no error-severity finding.
+Healthy scenarios must deliver with no error-severity finding. No forward path lists a hop again unless
+the packet came back there (a hairpin).
 
 Each probe and each fault is its own test id (`basic::web/client->svc:shop/api:80/tcp`, `forward_drop`);
 the probes of one scenario share one lab and stack. A failure prints the kernel's outcome, the verdict,
@@ -35,6 +36,7 @@ from tests.lab.helpers import (
     probe,
     probe_id,
     report,
+    revisits,
 )
 
 pytestmark = pytest.mark.lab
@@ -173,6 +175,7 @@ async def test_fault_diagnosis_agrees_with_kernel(fault: Fault, make_lab: MakeLa
         assert seen == fault.outcomes_after, f"the kernel says {seen}, the catalogue {fault.outcomes_after}"
         result = await _diagnosis_after(stack, lab, fault)
         text = report(fault.probe, sorted(seen), result)
+        assert not revisits(result), f"{revisits(result)}\n{text}"
         if fault.finding is None:  # a decoy: a correct NAT must not look broken
             assert result["verdict"] == fault.verdict_after == "REACHABLE" and not errors(result), text
             return
@@ -236,6 +239,7 @@ async def test_scenario_probes(scenario_lab: ScenarioLab, spec: ProbeSpec, cause
     result = await diagnose(scenario_lab.stack, scenario_lab.lab, spec)
     text = report(spec, outcome, result)
     assert result["verdict"] == expected_verdict(outcome), text
+    assert not revisits(result), f"{revisits(result)}\n{text}"
     if cause is None:
         assert outcome in REACHED and not errors(result), text
     else:

@@ -682,10 +682,9 @@ class Walker:
         policy = self.expect.policy_deny(" ".join([rule, *felix])) if hit else None
         res = self.report.service
         if policy is not None:
-            hop = c.trail.hop_by_id(policy.hop or view.hop_id, kind=HopKind.POD,
-                                    name=(policy.hop or "").removeprefix("pod:"))
-            c.trail.step(hop, StepKind.POLICY, StepAction.DROP, f"NetworkPolicy enforced on {view.node} "
-                         f"({hook} {fields['table']}/{fields['chain']} rule {fields['position']}): {rule}",
+            c.trail.step(c.trail.policy_hop(policy, view), StepKind.POLICY, StepAction.DROP,
+                         f"NetworkPolicy enforced on {view.node} ({hook} {fields['table']}/{fields['chain']} "
+                         f"rule {fields['position']}): {rule}",
                          packet(br.state), enforced_by=rule_hit(hit) if hit else None, finding=policy.code)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
