@@ -680,7 +680,8 @@ def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     return [
         _configmap(sc, "eni-config", {
             "eni_conf": json.dumps(eni_conf, indent=2), "10-terway.conf": json.dumps(cni_conf, indent=2),
-            "disable_network_policy": str(exclusive or not sc.network_policy).lower(), "in_cluster_loadbalance": "false",
+            "disable_network_policy": str(exclusive or not sc.network_policy).lower(),
+            "in_cluster_loadbalance": "false",
         }, {}, created),
         _daemonset(sc, sc.cni, {"app": sc.cni}, [
             {"name": "terway", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
