@@ -12,7 +12,6 @@ from services.topology.detect import Detector
 from services.topology.model import KINDS, ClusterModel, Obj, object_key
 from services.topology.services import Resolved, resolve_service
 from shared.schemas import Assumption, DiagnosisRequest, Finding
-from shared.selectors import SelectorError, compile_selector
 from shared.topology import NODE_ADDRESSES, CandidatePath, ClusterObjects, Endpoint, EndpointKind, TopologyReport
 
 STAGE = "topology"
@@ -75,13 +74,13 @@ def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None) -
     return paths
 
 
-def _selects(policy: Obj, pod: Obj) -> bool:
+def _selects(model: ClusterModel, policy: Obj, pod: Obj) -> bool:
     """Whether `policy` applies to `pod` (its podSelector matches the pod's labels). A selector the API would
     reject is carried all the same: the simulator says it ignored it, instead of it vanishing here."""
+    selector = model.pod_selector(policy)
     try:
-        selector = compile_selector((policy.get("spec") or {}).get("podSelector"))
-        return selector.matches((pod.get("metadata") or {}).get("labels") or {})
-    except (SelectorError, AttributeError, TypeError):
+        return selector is None or selector.matches((pod.get("metadata") or {}).get("labels") or {})
+    except (AttributeError, TypeError):
         return True
 
 
@@ -95,7 +94,7 @@ def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolv
     pods = [p for p in (model.get("Pod", k) for k in pod_keys) if p is not None]
     namespaces = _unique(k.split("/", 1)[0] for k in pod_keys)
     policies = {object_key(pol): pol for pod in pods for pol in model.policies_in(pod["metadata"].get("namespace"))
-                if _selects(pol, pod)}
+                if _selects(model, pol, pod)}
     service = model.get("Service", resolved.resolution.service) if resolved else None
     # the model's objects are API-form dicts already: validating would only copy them (5,000 nodes of a
     # LoadBalancer diagnosis), and nothing mutates them (docs/topology.md)
