@@ -426,9 +426,9 @@ class ClusterModel:
         self.slices_by_pod = KeyIndex()
         # (kind, namespace) a source may not read (RBAC) → why; detection reports each as an assumption
         self.unreadable: dict[tuple[str, str | None], str] = {}
-        # NetworkPolicy key → (the object, its compiled podSelector): compiled once per version of the policy,
-        # not once per pod of every diagnosis
-        self._pod_selectors: dict[str, tuple[Obj, LabelSelector | None]] = {}
+        # id(NetworkPolicy object) → (the object, its compiled podSelector): compiled once per version of the
+        # policy, not once per pod of every diagnosis; apply() drops a replaced or deleted version's entry
+        self._pod_selectors: dict[int, tuple[Obj, LabelSelector | None]] = {}
 
     # ------------------------------------------------------------ writing
 
@@ -441,12 +441,12 @@ class ClusterModel:
             if old is not None:
                 for index, value in self._entries(kind, old):
                     index.discard(value, key)
+                if kind == "NetworkPolicy":
+                    self._pod_selectors.pop(id(old), None)
             if event != "DELETED":
                 store[key] = obj
                 for index, value in self._entries(kind, obj):
                     index.add(value, key)
-            elif kind == "NetworkPolicy":
-                self._pod_selectors.pop(key, None)
             self.generation[kind] += 1
 
     def replace(self, kind: str, objs: Iterable[Obj], namespace: str | None = None) -> None:
@@ -558,14 +558,13 @@ class ClusterModel:
 
     def pod_selector(self, policy: Obj) -> LabelSelector | None:
         """A NetworkPolicy's compiled podSelector; None when the API would reject it."""
-        key = object_key(policy)
-        cached = self._pod_selectors.get(key)
+        cached = self._pod_selectors.get(id(policy))
         if cached is None or cached[0] is not policy:
             try:
                 selector: LabelSelector | None = compile_selector((policy.get("spec") or {}).get("podSelector"))
             except (SelectorError, AttributeError, TypeError):
                 selector = None
-            cached = self._pod_selectors[key] = (policy, selector)
+            cached = self._pod_selectors[id(policy)] = (policy, selector)
         return cached[1]
 
     def policies_in(self, namespace: str) -> list[Obj]:

@@ -94,9 +94,11 @@ def _backends(
                 address = parse_ip(raw)
                 if address is None or address in backends:
                     continue
-                backends[address] = ServiceBackend(
-                    address=address, port=port, pod=pod_key,
-                    node=ep.get("nodeName") or ((pod or {}).get("spec") or {}).get("nodeName"),
+                node = ep.get("nodeName") or ((pod or {}).get("spec") or {}).get("nodeName")
+                # every field is typed here already (a parsed address, ints, bools): validating them again was
+                # most of resolving a Service's backends
+                backends[address] = ServiceBackend.model_construct(
+                    address=address, port=port, pod=pod_key, node=node if isinstance(node, str) else None,
                     ready=ready, serving=cond.get("serving", ready) is not False,
                     terminating=bool(cond.get("terminating")),
                 )

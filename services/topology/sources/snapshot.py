@@ -37,6 +37,7 @@ class SnapshotLoad:
     skipped: Counter[str] = field(default_factory=Counter)  # kinds the diagnosis does not read
     problems: list[str] = field(default_factory=list)  # documents that are no object, addresses that are no IP
     seconds: float = 0.0
+    file_seconds: dict[str, float] = field(default_factory=dict)  # where the load's time went
 
 
 def iter_documents(path: Path) -> Iterator[Any]:
@@ -117,6 +118,7 @@ def load_snapshot(directory: str | Path, model: ClusterModel | None = None) -> S
 def _load_files(result: SnapshotLoad) -> None:
     for path in kubernetes_files(result.directory):
         result.files += 1
+        started = time.perf_counter()
         for n, doc in enumerate(iter_documents(path), 1):
             if doc is None:  # an empty YAML document (a trailing ---)
                 continue
@@ -130,6 +132,7 @@ def _load_files(result: SnapshotLoad) -> None:
                 result.problems += unusable_addresses(kind, obj)
                 result.model.apply("ADDED", kind, trim(kind, obj))
                 result.loaded[kind] += 1
+        result.file_seconds[path.name] = time.perf_counter() - started
 
 
 def load_notes(load: SnapshotLoad) -> list[str]:
