@@ -115,7 +115,10 @@ def bulk_build() -> Iterator[None]:
     """Pause the cyclic garbage collector while a load or list builds objects by the million: each of its full
     collections would walk every object built so far, for nothing (the model's objects are acyclic, freed by
     reference counting), and they were most of a 150,000-pod load. Concurrent holds (one watch thread per
-    kind) count: the collector is back as it was when the last one ends."""
+    kind) count: the collector is back as it was when the last one ends, and what was built is frozen
+    (gc.freeze: long-lived, so later collections do not walk the whole cluster; at 150,000 pods one walk
+    took seconds, and landed in the middle of a diagnosis). Frozen objects are still freed by reference
+    counting when the model drops them."""
     global _gc_holds, _gc_was_enabled
     with _gc_lock:
         if _gc_holds == 0:
@@ -128,6 +131,7 @@ def bulk_build() -> Iterator[None]:
         with _gc_lock:
             _gc_holds -= 1
             if _gc_holds == 0 and _gc_was_enabled:
+                gc.freeze()
                 gc.enable()
 
 
