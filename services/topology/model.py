@@ -562,6 +562,24 @@ class ClusterModel:
     def pods_on_node(self, node: str) -> list[str]:
         return self.pods_by_node.keys_of(node)
 
+    def policies_selecting(self, pods: Iterable[Obj]) -> dict[str, Obj]:
+        """The NetworkPolicies (by key) whose podSelector selects one of `pods` in its namespace. A selector the API
+        would reject counts as selecting: it is carried, and the simulator says it ignored it."""
+        store, found = self.objects["NetworkPolicy"], {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            for key in self.policies_by_namespace.keys_of(meta.get("namespace")):
+                if key not in found and (policy := store.get(key)) is not None:
+                    selector = self.pod_selector(policy)
+                    try:
+                        selected = selector is None or selector.matches(labels)
+                    except (AttributeError, TypeError):  # labels that are no mapping
+                        selected = True
+                    if selected:
+                        found[key] = policy
+        return found
+
     def pod_selector(self, policy: Obj) -> LabelSelector | None:
         """A NetworkPolicy's compiled podSelector; None when the API would reject it."""
         cached = self._pod_selectors.get(id(policy))
