@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.topology.model import ClusterModel, Obj, object_key
-from shared.selectors import SelectorError, compile_selector
+from services.topology.model import ClusterModel, Obj
 from shared.topology import ClusterObjects, isolated_directions
 
 _CONTAINER_LISTS = ("initContainers", "containers")
@@ -76,17 +75,12 @@ def _node_form(node: Obj) -> Obj:
     return form
 
 
-def _isolates(policy: Obj, pod: Obj, directions: frozenset[str]) -> bool:
-    """Whether `policy` selects `pod` (its podSelector matches the pod's labels) and isolates it for one of
-    `directions`. A policy the API would reject is carried all the same: the simulator says it ignored it,
-    instead of it vanishing here."""
+def _isolates(policy: Obj, direction: str) -> bool:
+    """Whether `policy` isolates the pods it selects for `direction`. A policy the API would reject is carried all
+    the same: the simulator says it ignored it, instead of it vanishing here."""
     try:
-        spec = _part(policy, "spec")
-        if not directions & isolated_directions(spec):
-            return False
-        selector = compile_selector(spec.get("podSelector"))
-        return selector.matches(_part(pod, "metadata").get("labels") or {})
-    except (SelectorError, AttributeError, TypeError):
+        return direction in isolated_directions(_part(policy, "spec"))
+    except TypeError:
         return True
 
 
@@ -97,21 +91,16 @@ def event_objects(model: ClusterModel, *, sender: str | None, receivers: Iterabl
     ingress is evaluated); each end is the other's peer, so every one of their namespaces travels (a pod whose
     namespace is missing is stated as such). A policy travels when it selects the sender and isolates egress, or
     a receiver and isolates ingress: any other decides nothing for this request."""
-    roles: dict[str, set[str]] = {}
-    if sender:
-        roles.setdefault(sender, set()).add("Egress")
-    for key in receivers:
-        if key:
-            roles.setdefault(key, set()).add("Ingress")
-    pods = {key: pod for key in sorted(roles) if (pod := model.get("Pod", key)) is not None}
-    policies: dict[str, Obj] = {}
-    for key, pod in pods.items():
-        directions = frozenset(roles[key])
-        for policy in model.policies_in(key.split("/", 1)[0]):
-            name = object_key(policy)
-            if name not in policies and _isolates(policy, pod, directions):
-                policies[name] = policy
-    namespaces = sorted({key.split("/", 1)[0] for key in roles})
+    receiving = sorted({key for key in receivers if key})
+    keys = sorted({*receiving, *([sender] if sender else [])})
+    pods = {key: pod for key in keys if (pod := model.get("Pod", key)) is not None}
+    # the model finds the policies selecting a pod (podSelector, its namespace); the direction is the event's
+    policies = {key: policy for key, policy in model.policies_selecting(
+        [pods[k] for k in receiving if k in pods]).items() if _isolates(policy, "Ingress")}
+    if sender in pods:
+        policies.update((key, policy) for key, policy in model.policies_selecting([pods[sender]]).items()
+                        if _isolates(policy, "Egress"))
+    namespaces = sorted({key.split("/", 1)[0] for key in keys})
     svc = model.get("Service", service)
     # new dicts over the model's values: nothing is validated (it would only copy them) nor mutated
     return ClusterObjects.model_construct(
