@@ -247,3 +247,15 @@ def test_golden_shop(shop: dict[str, Diagnosis]) -> None:
     assert finals(shop["policy_deny"]) == [("DROP", "NETWORK_POLICY_DENY")]
     first_failing(shop["policy_deny"], "UNREACHABLE", "shop/db", "pod")
     check_golden("shop", shop, SHOP)
+
+
+def test_walked_policy_drop_names_its_direction_pod_and_node(shop: dict[str, Diagnosis]) -> None:
+    """The walk's DROP at a node's policy rule carries the policy engine's verdict (the direction, the pod it
+    isolates) and puts the destination pod's hop on the node that enforced the deny."""
+    d = shop["policy_deny"]
+    assert d.result is not None
+    db = next(h for h in d.result.paths[0].hops if h.id == "pod:shop/db")
+    assert db.node == "node-2"
+    (drop,) = db.steps
+    assert (drop.kind.value, drop.action.value) == ("policy", "DROP")
+    assert (drop.info.direction, drop.info.pod) == ("ingress", "shop/db")  # type: ignore[union-attr]
