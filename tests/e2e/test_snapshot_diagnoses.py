@@ -213,7 +213,7 @@ def test_policy_deny_where_the_cni_does_not_enforce_is_a_warning(basic: dict[str
 def normalise(d: Diagnosis, snapshot: Path) -> dict[str, Any]:
     doc = json.loads(d.model_dump_json(exclude={"id", "created_at", "completed_at", "timings_ms"}))
     text = json.dumps(doc).replace(str(snapshot), "<snapshot>").replace(str(snapshot.relative_to(ROOT)), "<snapshot>")
-    return json.loads(text)  # type: ignore[no-any-return]
+    return json.loads(text)
 
 
 def check_golden(name: str, results: dict[str, Diagnosis], snapshot: Path) -> None:

@@ -59,7 +59,7 @@ async def diagnose_live(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout
                 got = await resp.json()
             if got.get("status") in ("completed", "failed"):
                 assert got["status"] == "completed", got
-                return got["result"]  # type: ignore[no-any-return]
+                return got["result"]
             await asyncio.sleep(0.05)
     raise AssertionError("diagnosis did not complete")
 
