@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.simulator.cloudeval.evaluate import (
-    evaluate_internet_to_instance,
-    evaluate_internet_to_lb,
-    evaluate_node_to_node,
-    evaluate_to_internet,
-)
+from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node
+from services.simulator.cloudeval.from_internet import evaluate_internet_to_instance
+from services.simulator.cloudeval.to_internet import evaluate_to_internet
 from shared.cloud import CloudInventory
 from shared.schemas import Packet, Severity
 from tests.cloud.conftest import healthy

@@ -8,13 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from services.simulator.cloudeval.evaluate import (
-    CloudResult,
-    evaluate_internet_to_instance,
-    evaluate_internet_to_lb,
-    evaluate_node_to_node,
-    evaluate_to_internet,
-)
+from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node
+from services.simulator.cloudeval.from_internet import evaluate_internet_to_instance
+from services.simulator.cloudeval.result import CloudResult
+from services.simulator.cloudeval.to_internet import evaluate_to_internet
 from shared.cloud import CloudInventory
 from shared.codes import CATALOGUE
 from shared.schemas import Packet
