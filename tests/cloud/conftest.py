@@ -38,6 +38,14 @@ def emulator() -> Iterator[CloudEmulator]:
         yield emu
 
 
+@pytest.fixture(scope="session")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulator's key pair in the provider's credentials file format."""
+    path = tmp_path_factory.mktemp("secret") / "alibaba.json"
+    path.write_text(json.dumps({"AccessKeyId": DEFAULT_KEY_ID, "AccessKeySecret": DEFAULT_KEY_SECRET}))
+    return path
+
+
 @pytest.fixture
 def provider(emulator: CloudEmulator) -> AlibabaProvider:
     emulator.set_state(healthy())

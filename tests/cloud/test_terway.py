@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -26,9 +25,8 @@ from lab.objects import scenario_objects
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from services.cloud.alibaba import AlibabaProvider, Credentials
 from services.stack import EmbeddedStack
-from shared.config import Settings
 from tests.cloud.conftest import PAGES
-from tests.foundation.helpers import run_to_end
+from tests.cloud.helpers import cloud_settings, cloud_stacks, diagnose, write_snapshot
 from tests.lab.conftest import new_prefix, require_root
 
 INTERNET = "8.8.8.8"
@@ -59,37 +57,13 @@ def request(rs: ResolvedScenario, kind: str) -> dict[str, Any]:
     }[kind]
 
 
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("secret") / "alibaba.json"
-    path.write_text(json.dumps({"AccessKeyId": DEFAULT_KEY_ID, "AccessKeySecret": DEFAULT_KEY_SECRET}))
-    return path
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stacks(tmp_path_factory: pytest.TempPathFactory, credentials: Path,
                  emulator: CloudEmulator) -> AsyncIterator[dict[str, EmbeddedStack]]:
-    running: dict[str, EmbeddedStack] = {}
-    try:
-        for cni, rs in LABS.items():
-            root = tmp_path_factory.mktemp(f"snapshot-{cni}")
-            (root / "kubernetes").mkdir()
-            (root / "kubernetes" / "objects.json").write_text(json.dumps(
-                {"apiVersion": "v1", "kind": "List", "items": scenario_objects(rs)}))
-            settings = Settings(snapshot=root, cloud_provider="alibaba", cloud_region="cn-hangzhou",
-                                cloud_endpoint=f"http://{emulator.endpoint}", cloud_credentials_file=credentials)
-            running[cni] = await EmbeddedStack(settings).start()
+    snapshots = {cni: write_snapshot(tmp_path_factory.mktemp(f"snapshot-{cni}"), scenario_objects(rs))
+                 for cni, rs in LABS.items()}
+    async with cloud_stacks(snapshots, emulator, credentials) as running:
         yield running
-    finally:
-        for stack in running.values():
-            await stack.stop()
-
-
-async def diagnose(stack: EmbeddedStack, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        doc = await run_to_end(session, stack.url, body, timeout=20)
-    assert doc["status"] == "completed", doc
-    return doc["result"]  # type: ignore[no-any-return]
 
 
 def cloud_steps(result: dict[str, Any], hop_id: str) -> str:
@@ -206,9 +180,7 @@ async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: st
         lab = await asyncio.to_thread(Lab.up, rs, prefix)
         api = await asyncio.to_thread(lab.start_api)
         cloud = await asyncio.to_thread(lab.start_cloud)
-        settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0, cloud_provider="alibaba",
-                            cloud_region="cn-hangzhou", cloud_endpoint=f"http://{cloud.endpoint}",
-                            cloud_credentials_file=credentials)
+        settings = cloud_settings(cloud.endpoint, credentials, kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
         pod_to_pod = {"src": rs.pod("client").ip, "dst": rs.pod("server").ip, "port": 8080, "protocol": "tcp"}
         pod_out = {"src": rs.pod("client").ip, "dst": INTERNET, "port": 80, "protocol": "tcp"}
         node_out = {"src": rs.node("node-1").ip, "dst": INTERNET, "port": 80, "protocol": "tcp"}
