@@ -78,6 +78,7 @@ PAGES: dict[str, str] = {
     "VPC_NEXT_HOP_NOT_FORWARDING": "ECS, Instance lifecycle — https://www.alibabacloud.com/help/doc-detail/25380.htm",
     "NAT_NO_SNAT": "NAT Gateway, Create and manage SNAT entries — https://www.alibabacloud.com/help/en/nat-gateway/"
                    "latest/create-and-manage-snat-entries",
+    "NAT_NO_DNAT": "NAT Gateway API, CreateForwardEntry — https://www.alibabacloud.com/help/doc-detail/36058.htm",
     "LB_NOT_ACTIVE": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "
                      "https://www.alibabacloud.com/help/doc-detail/27608.html",
     "LB_NO_LISTENER": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "

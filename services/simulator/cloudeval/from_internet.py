@@ -1,14 +1,14 @@
 """Inbound from the internet to an instance: a packet to an EIP or public IP — translated to the private
 address it is bound to (a secondary private IP of an ENI included), through an activated IPv4 gateway's
 gateway route table, then the network ACL and the security groups of the NIC that holds the address;
-and the reply's way back out."""
+and the reply's way back out. A public IP of a NAT gateway goes through its DNAT table (dnat.py)."""
 
 from __future__ import annotations
 
 from ipaddress import ip_address
 from typing import Any
 
-from services.simulator.cloudeval import ipv4gw
+from services.simulator.cloudeval import dnat, ipv4gw
 from services.simulator.cloudeval.hopchecks import (
     acl_step,
     expected_hop,
@@ -41,6 +41,8 @@ def evaluate_internet_to_instance(inv: CloudInventory | CloudIndex, packet: Pack
         return skip
     result = CloudResult()
     owner = ipv4gw.public_owner(index, packet.dst)
+    if owner is None and not reply and (nat := dnat.nat_of_public(index, packet.dst)) is not None:
+        return dnat.evaluate_internet_to_dnat(index, nat, packet)
     if owner is None:
         result.assume(f"{packet.dst} is not the EIP or public IP of a collected instance: the cloud path from the "
                       "internet to it was not checked", could_change_outcome=True)
