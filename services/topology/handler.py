@@ -102,11 +102,11 @@ class TopologyStage(Stage):
         planner = _planners.get(_key(self.settings)) if self.settings.snapshot else None
         if planner is None:
             planner = await asyncio.to_thread(planner_for, self.settings)
-        await self.bus.progress(env.id, self.name, "progress", f"classifying {env.request.describe()}")
+        await self.bus.progress(env, self.name, "progress", f"classifying {env.request.describe()}")
         report = await asyncio.to_thread(planner.plan, env.request)
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         await self.bus.progress(
-            env.id, self.name, "progress",
+            env, self.name, "progress",
             f"{report.src.kind} → {report.dst.kind}: {len(report.paths)} path(s), "
             f"nodes {', '.join(report.nodes_to_collect) or 'none'}",
             elapsed_ms=elapsed, nodes=report.nodes_to_collect, findings=[f.code for f in report.findings],
