@@ -288,7 +288,7 @@ async def diagnose_batch_embedded(fh: IO[bytes], stack: EmbeddedStack, concurren
                     except Conflict:
                         return _failed(req, f"diagnosis {diagnosis_id} exists for another request")
                 try:
-                    return json.loads(await asyncio.wait_for(arrival, wait_s))
+                    return await asyncio.wait_for(arrival, wait_s)
                 except TimeoutError:  # the watch may have missed it: the stored record says
                     data = await intake.store.get_json(diagnosis_id)
                     doc = json.loads(data) if data is not None else None
@@ -304,11 +304,11 @@ async def diagnose_batch_embedded(fh: IO[bytes], stack: EmbeddedStack, concurren
 
 class StoredResults:
     """The results bucket's updates from now on (one ordered push consumer, no read per result): the
-    finished record of each diagnosis somebody expects, as stored (JSON bytes)."""
+    finished record of each diagnosis somebody expects, as its JSON document."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._sub: Any = None
 
     async def __aenter__(self) -> StoredResults:
@@ -324,7 +324,7 @@ class StoredResults:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
-    def expect(self, diagnosis_id: str) -> asyncio.Future[bytes]:
+    def expect(self, diagnosis_id: str) -> asyncio.Future[dict[str, Any]]:
         future = self._waiting[diagnosis_id] = asyncio.get_running_loop().create_future()
         return future
 
@@ -340,8 +340,9 @@ class StoredResults:
         except Exception:  # a blob not readable now: the waiter reads the record itself after its timeout
             log.warning("result of %s not read from the watch", msg.subject, exc_info=True)
             return
-        if json.loads(data).get("status") != "queued" and not future.done():
-            future.set_result(data)
+        doc = json.loads(data)
+        if doc.get("status") != "queued" and not future.done():
+            future.set_result(doc)
 
 
 def exit_status(doc: dict[str, Any]) -> int:
