@@ -19,7 +19,7 @@ from typing import ParamSpec, TypeVar
 P = ParamSpec("P")
 T = TypeVar("T")
 
-INLINE_BELOW_S = 0.002  # a call whose recent average is below this runs on the loop
+INLINE_BELOW_S = 0.005  # a call whose recent average (CPU) is below this runs on the loop: no harm to heartbeats
 WEIGHT = 0.2  # of the newest duration in the moving average
 
 

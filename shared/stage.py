@@ -24,7 +24,7 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import nats
@@ -247,7 +247,7 @@ class StageRunner:
                 return
             await self.bus.progress(env, self.stage.name, "started", attempt=attempt, replica=REPLICA)
             try:
-                async with _keep_alive(msg, self.bus.settings.ack_wait_s):
+                with _keep_alive(msg, self.bus.settings.ack_wait_s):
                     out = await self.stage.handle(env)
                 if out is not None and self.stage.output_subject:
                     elapsed = (time.perf_counter() - started) * 1000
@@ -362,24 +362,31 @@ async def mark_failed(bus: Bus, diagnosis_id: str, reason: str) -> None:
             await bus.kv.update(diagnosis_id, failed.model_dump_json().encode(), last=entry.revision)
 
 
-@contextlib.asynccontextmanager
-async def _keep_alive(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
+@contextlib.contextmanager
+def _keep_alive(msg: Msg, ack_wait_s: float) -> Iterator[None]:
     """Tell JetStream the message is still being worked on, so a handler that runs longer
-    than ack_wait (a slow API sync, a collection deadline) is not redelivered meanwhile."""
+    than ack_wait (a slow API sync, a collection deadline) is not redelivered meanwhile. A timer,
+    not a task per message: most handlers finish long before the first beat."""
+    loop = asyncio.get_running_loop()
+    beats: set[asyncio.Task[None]] = set()
+    timer: asyncio.TimerHandle | None = None
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(ack_wait_s / 4)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
+    async def in_progress() -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.in_progress()
 
-    task = asyncio.create_task(beat())
+    def beat() -> None:
+        nonlocal timer
+        task = loop.create_task(in_progress())
+        beats.add(task)
+        task.add_done_callback(beats.discard)
+        timer = loop.call_later(ack_wait_s / 4, beat)
+
+    timer = loop.call_later(ack_wait_s / 4, beat)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()  # the latest one: beat() replaces it each time
 
 
 class ConsumerGone(nats.errors.Error):
