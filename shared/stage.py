@@ -159,6 +159,8 @@ class StageRunner:
                     if self._pull is None:
                         self._pull = await self._subscribe()
                     await self._free_slot(stopping)
+                    if stop.is_set():
+                        break
                     self.last_poll = time.monotonic()
                     # as many messages as there are free slots, delivered as they come: a burst arrives in
                     # one pull, and a lone message is handled the moment it is published
@@ -184,8 +186,11 @@ class StageRunner:
         try:
             while self._inflight >= self.max_inflight and not stopping.done():
                 self._freed.clear()
-                await asyncio.wait({asyncio.ensure_future(self._freed.wait()), stopping},
-                                   return_when=asyncio.FIRST_COMPLETED)
+                freed = asyncio.ensure_future(self._freed.wait())
+                try:
+                    await asyncio.wait({freed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    freed.cancel()
         finally:
             self._awaiting_slot = False
 
