@@ -18,16 +18,16 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `lab` is the package, not bench/lab.py
 
+from bench.labstack import lab_stack, timed
 from lab.dataplane import Lab, new_prefix
 from lab.scenario import Scenario, resolve
 from services.simulator.dataplane.walk import walk
-from services.stack import EmbeddedStack
-from shared.config import Settings
 from shared.netstack import NodeDump
 from shared.schemas import DiagnosisRequest
 from shared.topology import TopologyReport
@@ -43,18 +43,6 @@ REQUESTS = {
 PLUGIN_SCENARIOS = ("calico", "terway")
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, dict]:
-    started = time.perf_counter()
-    async with session.post(f"{url}/api/v1/diagnoses", json=body) as resp:
-        doc = await resp.json()
-    while True:
-        async with session.get(f"{url}/api/v1/diagnoses/{doc['id']}") as resp:
-            got = await resp.json()
-        if got.get("status") in ("completed", "failed"):
-            return (time.perf_counter() - started) * 1000, got
-        await asyncio.sleep(0.005)
-
-
 async def end_to_end(runs: int, scenario: str = "basic") -> dict[str, float]:
     """p50 per request kind on one example scenario."""
     lab = Lab.up(resolve(Scenario.load(ROOT / "examples" / "lab" / f"{scenario}.yaml")), prefix=new_prefix())
@@ -62,16 +50,14 @@ async def end_to_end(runs: int, scenario: str = "basic") -> dict[str, float]:
     p50: dict[str, float] = {}
     print(f"-- {scenario} (cni {lab.resolved.scenario.cni})")
     try:
-        api = lab.start_api()
-        agents = {name: node.netns for name, node in lab.state.nodes.items()}
-        async with EmbeddedStack(Settings(kubeconfig=api.kubeconfig), agents=agents) as stack, \
-                aiohttp.ClientSession() as session:
+        async with lab_stack(lab) as stack, aiohttp.ClientSession() as session:
             for label, (_, dst, port, proto) in REQUESTS.items():
                 body = {"src": lab.address(client), "dst": lab.address(dst), "port": port, "protocol": proto}
-                await one(session, stack.url, body)  # warm-up: the topology's watch cache fills
-                times, last = [], {}
+                await timed(session, stack.url, body)  # warm-up: the topology's watch cache fills
+                times: list[float] = []
+                last: dict[str, Any] = {}
                 for _ in range(runs):
-                    ms, last = await one(session, stack.url, body)
+                    ms, last = await timed(session, stack.url, body)
                     times.append(ms)
                 times.sort()
                 p50[label] = statistics.median(times)

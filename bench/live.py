@@ -31,13 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `lab` is the pac
 
 import contextlib
 
+from bench.labstack import lab_stack, timed
 from lab.dataplane import Lab, new_prefix
 from lab.faults import BY_NAME
 from lab.scenario import Scenario, resolve
 from services.collector.droptrace import DropCounter, DropTracer
 from services.collector.reader import netns
-from services.stack import EmbeddedStack
-from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {"src": "pod:web/client", "dst": "pod:shop/api-2", "port": 8080, "protocol": "tcp"}
@@ -45,42 +44,27 @@ FLOOD_PORT = 9099
 STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
-async def one(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[float, dict]:
-    started = time.perf_counter()
-    async with session.post(f"{url}/api/v1/diagnoses", json=body) as resp:
-        doc = await resp.json()
-    while True:
-        async with session.get(f"{url}/api/v1/diagnoses/{doc['id']}") as resp:
-            got = await resp.json()
-        if got.get("status") in ("completed", "failed"):
-            return (time.perf_counter() - started) * 1000, got["result"]
-        await asyncio.sleep(0.005)
-
-
 async def paired(session: aiohttp.ClientSession, url: str, body: dict, runs: int, timeout_s: float
                  ) -> tuple[float, float, str]:
     plain, live = [], []
     outcome = "?"
     for _ in range(runs):
-        ms, _ = await one(session, url, body)
+        ms, _ = await timed(session, url, body)
         plain.append(ms)
-        ms, result = await one(session, url, {**body, "options": {"live": True, "live_timeout_s": timeout_s}})
+        ms, doc = await timed(session, url, {**body, "options": {"live": True, "live_timeout_s": timeout_s}})
         live.append(ms)
-        outcome = f"{result['live']['probe']['outcome']} ({result['live']['agreement']})"
+        outcome = f"{doc['result']['live']['probe']['outcome']} ({doc['result']['live']['agreement']})"
         await asyncio.sleep(1.0)  # stay under the agent's probe rate limit
     return statistics.median(plain), statistics.median(live), outcome
 
 
 async def latency(lab: Lab, runs: int) -> None:
-    api = lab.start_api()
-    agents = {name: node.netns for name, node in lab.state.nodes.items()}
-    body = {k: lab.address(v) if k in ("src", "dst") else v for k, v in BODY.items()}
-    async with EmbeddedStack(Settings(kubeconfig=api.kubeconfig, live_probe=True), agents=agents) as stack, \
-            aiohttp.ClientSession() as session:
+    body = {**BODY, "src": lab.address(str(BODY["src"])), "dst": lab.address(str(BODY["dst"]))}
+    async with lab_stack(lab, live_probe=True) as stack, aiohttp.ClientSession() as session:
         for agent in stack.node_agents:
             status = await agent.tracing_ready()
         print(f"tracer: {status}")
-        await one(session, stack.url, body)  # warm caches
+        await timed(session, stack.url, body)  # warm caches
         p, lv, outcome = await paired(session, stack.url, body, runs, 2.0)
         print(f"delivered tcp path: without live {p:.0f} ms, with live {lv:.0f} ms → added {lv - p:.0f} ms "
               f"(target < 150 ms); probe {outcome}")

@@ -8,6 +8,12 @@ covering the underlay, one security group with the usual Kubernetes rules, a sys
 gateway), a NAT gateway with an SNAT entry for the vSwitch, and a CLB per LoadBalancer Service
 (listeners on its ports, every node a healthy backend on the nodePort).
 
+A Terway lab (terway-eniip, terway-eni) adds what Terway makes ACK create: the pod vSwitch (eni-config
+`vswitches`) in the same route table, an SNAT entry for it, the pods' ENIs — one secondary ENI per node
+whose secondary private IPs are that node's pod addresses (eniip), or one ENI per pod whose primary IP is
+the pod address (exclusive) — attached to the node's instance, in the ENI security group eni-config names
+(`security_groups`, which may differ from the nodes' group).
+
 The emulator is an API, not a dataplane: a cloud fault changes what the cloud inspector reads
 (and so the diagnosis), never what the namespaces' packets do.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import ipaddress
 import json
 import socket
 import subprocess
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.cloudemu.state import apply_patch, normalise
+from lab.dataplane import eni_mac, pod_eni_mac
 from lab.objects import REGION, ZONE, instance_id
 from lab.scenario import ResolvedScenario
 from lab.state import CloudInfo
@@ -37,6 +45,8 @@ POD_CIDR_RULE = "pod CIDR"
 CLB_RANGE = "100.64.0.0/10"  # where CLB traffic and health checks come from
 NAT_IP = "47.96.0.10"
 NODE_PORTS = "30000/32767"
+NODE_EIP = "47.96.0.20"  # the EIP the IPv4-gateway cases bind to a node (its Node lists it as ExternalIP)
+NAT_VSWITCH_CIDR = "10.255.0.0/24"  # the NAT gateway's own vSwitch, when it has one (a secondary VPC CIDR)
 
 
 def _id(prefix: str, *parts: str) -> str:
@@ -47,7 +57,7 @@ def ids(rs: ResolvedScenario) -> dict[str, str]:
     """The cloud object ids of a lab (deterministic per scenario name)."""
     name = rs.scenario.name
     return {"vpc": _id("vpc", name), "vswitch": _id("vsw", name), "group": _id("sg", name),
-            "route_table": _id("vtb", name), "nat": _id("ngw", name)}
+            "route_table": _id("vtb", name), "nat": _id("ngw", name), "pod_snat": _id("snat", name, "pods")}
 
 
 def load_balancer_id(rs: ResolvedScenario, service_key: str) -> str:
@@ -91,13 +101,50 @@ def cloud_state(rs: ResolvedScenario) -> State:
         "instances": instances, "security_groups": [group],
         "route_tables": [{"RouteTableId": i["route_table"], "VpcId": i["vpc"], "RouteTableType": "System",
                           "VSwitchIds": [i["vswitch"]], "Entries": entries}],
+        "network_interfaces": [],
         "nat_gateways": [{"NatGatewayId": i["nat"], "Name": f"k8s-{sc.name}-nat", "VpcId": i["vpc"],
                           "Status": "Available", "IpList": [NAT_IP], "ForwardEntries": [], "SnatEntries": [
                               {"SnatEntryId": _id("snat", sc.name), "SourceVSwitchId": i["vswitch"],
                                "SourceCIDR": underlay, "SnatIp": NAT_IP}]}] if nat_gateway else [],
         "load_balancers": [_load_balancer(rs, svc_key) for svc_key in _lb_services(rs)],
     }
+    if sc.terway_mode:
+        _add_terway(state, rs)
     return normalise(apply_patch(state, sc.cloud.patch) if sc.cloud else state)
+
+
+def _add_terway(state: State, rs: ResolvedScenario) -> None:
+    """The pod vSwitch (a secondary VPC CIDR when outside the VPC's), its SNAT entry, the ENI security group
+    and the pods' ENIs (see the module docstring)."""
+    sc, i = rs.scenario, ids(rs)
+    pods_cidr, pod_vsw, eni_group = sc.terway.pod_vswitch_cidr, sc.terway.pod_vswitch_id, sc.terway.security_group_id
+    state["vpcs"][0]["SecondaryCidrBlocks"] = [pods_cidr]
+    state["vswitches"].append({"VSwitchId": pod_vsw, "VpcId": i["vpc"], "CidrBlock": pods_cidr, "ZoneId": ZONE})
+    state["route_tables"][0]["VSwitchIds"].append(pod_vsw)
+    for nat in state["nat_gateways"]:
+        nat["SnatEntries"].append({"SnatEntryId": i["pod_snat"], "SourceVSwitchId": pod_vsw, "SourceCIDR": pods_cidr,
+                                   "SnatIp": NAT_IP})
+    vpc = [sc.underlay_cidr, pods_cidr]
+    state["security_groups"].append({
+        "SecurityGroupId": eni_group, "SecurityGroupName": f"k8s-{sc.name}-pods", "VpcId": i["vpc"],
+        "SecurityGroupType": "normal", "InnerAccessPolicy": "Accept", "Permissions": [
+            *(_permission("ingress", "ALL", "-1/-1", cidr, "the VPC") for cidr in vpc),
+            _permission("ingress", "ICMP", "-1/-1", "0.0.0.0/0", "ping"),
+            _permission("egress", "ALL", "-1/-1", "0.0.0.0/0", "everything out")]})
+    pods = sorted((p for p in rs.pods if not p.spec.host_network), key=lambda p: p.spec.key)
+    base = {"Type": "Secondary", "Status": "InUse", "VpcId": i["vpc"], "VSwitchId": pod_vsw,
+            "SecurityGroupIds": [eni_group]}
+    if sc.cni == "terway-eni":  # one ENI per pod, the pod address its primary IP (lab.dataplane's order)
+        state["network_interfaces"] += [
+            {**base, "NetworkInterfaceId": _id("eni", sc.name, p.spec.key), "MacAddress": pod_eni_mac(j),
+             "InstanceId": instance_id(sc.name, p.spec.node), "PrivateIpAddress": p.ip} for j, p in enumerate(pods)]
+        return
+    hosts = ipaddress.ip_network(pods_cidr).network_address
+    for n, node in enumerate(rs.nodes):  # the ENI's own primary takes a low address resolve() leaves free
+        state["network_interfaces"].append({
+            **base, "NetworkInterfaceId": _id("eni", sc.name, node.name), "MacAddress": eni_mac(n),
+            "InstanceId": instance_id(sc.name, node.name), "PrivateIpAddress": str(hosts + 11 + n),
+            "SecondaryIps": [p.ip for p in pods if p.spec.node == node.name]})
 
 
 def _lb_services(rs: ResolvedScenario) -> list[str]:
@@ -139,10 +186,12 @@ def _route(state: State, rs: ResolvedScenario, node: str) -> dict[str, Any]:
 
 
 def sg_deny(state: State, rs: ResolvedScenario, *, protocol: str, port: int,
-            inner_access_policy: str | None = None) -> None:
-    """A priority-1 ingress drop rule on the node group, which wins over every accept rule — but not
-    over InnerAccessPolicy Accept between the nodes themselves (pass "Drop" for node → node packets)."""
-    group = state["security_groups"][0]
+            inner_access_policy: str | None = None, eni: bool = False) -> None:
+    """A priority-1 ingress drop rule on the node group (`eni`: on the Terway ENIs' group instead), which wins
+    over every accept rule — but not over InnerAccessPolicy Accept between the group's own members (pass
+    "Drop" for member → member packets)."""
+    wanted = rs.scenario.terway.security_group_id if eni else ids(rs)["group"]
+    group = next(g for g in state["security_groups"] if g["SecurityGroupId"] == wanted)
     group["Permissions"].insert(0, _permission(
         "ingress", protocol.upper(), f"{port}/{port}", "0.0.0.0/0", f"block {protocol} {port}", policy="Drop"))
     if inner_access_policy is not None:
@@ -159,17 +208,26 @@ def sg_not_shared(state: State, rs: ResolvedScenario, *, node: str) -> None:
         "Permissions": [_permission("ingress", "TCP", "22/22", "0.0.0.0/0", "ssh")]})
 
 
-def vpc_no_route(state: State, rs: ResolvedScenario, *, node: str) -> None:
-    state["route_tables"][0]["Entries"].remove(_route(state, rs, node))
+def vpc_no_route(state: State, rs: ResolvedScenario, *, node: str | None = None, pods: bool = False) -> None:
+    """The VPC route to `node`'s pod CIDR removed; `pods` (Terway): the pod vSwitch bound to a custom route
+    table of its own that lacks the default route to the NAT gateway (the nodes' vSwitch keeps it)."""
+    if not pods:
+        state["route_tables"][0]["Entries"].remove(_route(state, rs, node or ""))
+        return
+    pod_vsw = rs.scenario.terway.pod_vswitch_id
+    state["route_tables"][0]["VSwitchIds"].remove(pod_vsw)
+    state["route_tables"].append({"RouteTableId": _id("vtb", rs.scenario.name, "pods"), "VpcId": ids(rs)["vpc"],
+                                  "RouteTableType": "Custom", "VSwitchIds": [pod_vsw], "Entries": []})
 
 
 def vpc_wrong_next_hop(state: State, rs: ResolvedScenario, *, node: str, to: str) -> None:
     _route(state, rs, node)["NextHopId"] = instance_id(rs.scenario.name, to)
 
 
-def nat_no_snat(state: State, rs: ResolvedScenario) -> None:
+def nat_no_snat(state: State, rs: ResolvedScenario, *, pods: bool = False) -> None:
+    """Every SNAT entry removed; `pods` (Terway): only the pod vSwitch's (the nodes still reach the Internet)."""
     for nat in state["nat_gateways"]:
-        nat["SnatEntries"] = []
+        nat["SnatEntries"] = [e for e in nat["SnatEntries"] if pods and e["SnatEntryId"] != ids(rs)["pod_snat"]]
 
 
 def lb_not_active(state: State, rs: ResolvedScenario, *, service: str) -> None:
@@ -231,6 +289,56 @@ def next_hop_not_forwarding(state: State, rs: ResolvedScenario, *, node: str, vi
         _route(state, rs, node).update(NextHopType="NetworkInterface", NextHopId=router)
 
 
+def ipv4_gateway(state: State, rs: ResolvedScenario, *, eip_node: str | None = None, routed: bool = True,
+                 enabled: bool = True, firewall: str | None = None, nat_routed: bool | None = None) -> None:
+    """An IPv4 gateway in the lab's VPC (activated unless `enabled=False`) with a gateway route table: the
+    vSwitch CIDR's system route to Local, or to a firewall instance in state `firewall` ("Running", "Stopped").
+    `routed`: the vSwitch's 0.0.0.0/0 goes to the gateway (else it keeps going to the NAT gateway). `eip_node`:
+    that node gets an EIP (NODE_EIP) and the NodePorts are open to the internet. `nat_routed` (not None): the NAT
+    gateway sits in a vSwitch of its own whose 0.0.0.0/0 goes to the gateway (True) or nowhere (False)."""
+    i = ids(rs)
+    gateway, table = _id("ipv4gw", rs.scenario.name), _id("vtb", rs.scenario.name, "gateway")
+    state["ipv4_gateways"] = [{"Ipv4GatewayId": gateway, "VpcId": i["vpc"], "Enabled": enabled, "Status": "Created",
+                               "Ipv4GatewayRouteTableId": table}]
+    local: dict[str, Any] = {"DestinationCidrBlock": rs.scenario.underlay_cidr, "NextHopType": "Local"}
+    if firewall is not None:
+        box = _id("i", rs.scenario.name, "firewall")
+        state["instances"].append({"InstanceId": box, "InstanceName": "firewall", "ZoneId": ZONE, "Status": firewall,
+                                   "VpcId": i["vpc"], "VSwitchId": i["vswitch"], "PrivateIpAddress": [],
+                                   "SecurityGroupIds": [i["group"]]})
+        local.update(NextHopType="Instance", NextHopId=box)
+    state["route_tables"].append({"RouteTableId": table, "VpcId": i["vpc"], "RouteTableType": "Custom",
+                                  "AssociateType": "Gateway", "Entries": [local]})
+    entries = state["route_tables"][0]["Entries"]
+    default = next((e for e in entries if e["DestinationCidrBlock"] == "0.0.0.0/0"), None)
+    if routed:
+        if default is None:
+            entries.append(default := {"DestinationCidrBlock": "0.0.0.0/0", "Type": "Custom"})
+        default.update(NextHopType="Ipv4Gateway", NextHopId=gateway)
+    if eip_node is not None:
+        state["eips"] = [{"AllocationId": _id("eip", rs.scenario.name), "IpAddress": NODE_EIP,
+                          "InstanceType": "EcsInstance", "InstanceId": instance_id(rs.scenario.name, eip_node),
+                          "Status": "InUse"}]
+        state["security_groups"][0]["Permissions"].append(
+            _permission("ingress", "TCP", NODE_PORTS, "0.0.0.0/0", "NodePorts on the EIP"))
+    if nat_routed is not None and state["nat_gateways"]:
+        nat_vsw = _id("vsw", rs.scenario.name, "nat")
+        state["vpcs"][0].setdefault("SecondaryCidrBlocks", []).append(NAT_VSWITCH_CIDR)
+        state["vswitches"].append({"VSwitchId": nat_vsw, "VpcId": i["vpc"], "CidrBlock": NAT_VSWITCH_CIDR,
+                                   "ZoneId": ZONE})
+        state["route_tables"].append({
+            "RouteTableId": _id("vtb", rs.scenario.name, "nat"), "VpcId": i["vpc"], "RouteTableType": "Custom",
+            "VSwitchIds": [nat_vsw], "Entries": [{"DestinationCidrBlock": "0.0.0.0/0", "Type": "Custom",
+                                                  "NextHopType": "Ipv4Gateway", "NextHopId": gateway}]
+            if nat_routed else []})
+        state["nat_gateways"][0]["VSwitchId"] = nat_vsw
+
+
+def gateway_route_redirect(state: State, rs: ResolvedScenario, *, node: str) -> None:
+    """Internet traffic to `node`'s EIP is steered by the gateway route table to a firewall instance first."""
+    ipv4_gateway(state, rs, eip_node=node, firewall="Running")
+
+
 def lb_backend_weight_zero(state: State, rs: ResolvedScenario, *, service: str,
                            nodes: list[str] | None = None) -> None:
     """Backends (every node, or `nodes`) of the default server group get weight 0."""
@@ -246,7 +354,7 @@ FAULTS: dict[str, Callable[..., None]] = {
     "LB_NO_LISTENER": lb_no_listener, "LB_LISTENER_NOT_RUNNING": lb_listener_not_running,
     "LB_ACL_DENY": lb_acl_deny, "LB_BACKEND_UNHEALTHY": lb_backend_unhealthy,
     "VPC_NETWORK_ACL_DENY": network_acl_deny, "VPC_NEXT_HOP_NOT_FORWARDING": next_hop_not_forwarding,
-    "LB_BACKEND_WEIGHT_ZERO": lb_backend_weight_zero,
+    "LB_BACKEND_WEIGHT_ZERO": lb_backend_weight_zero, "VPC_GATEWAY_ROUTE_REDIRECT": gateway_route_redirect,
 }
 
 

@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from lab import kubeproxy, kubeproxy_nft, netns, netpol, workloads
+from lab import felix, kubeproxy, kubeproxy_nft, netns, netpol, workloads
 from lab import state as lab_state
 from lab.bpf import compiled
 from lab.iptables import CLI, RESTORE, Ruleset, comment
@@ -53,6 +53,7 @@ TERWAY_TO_POD_PRIORITY, TERWAY_FROM_POD_PRIORITY = 512, 2048
 TERWAY_TABLE_BASE = 1000
 VSWITCH_MAC = "ee:ff:ff:ff:ff:ff"
 ENI_DEVICE = "eth1"
+TERWAY_ENI_VETH = "veth1"  # exclusive ENI: the pod's veth to the host (terway's defaultVethForENI)
 PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _PARALLEL = 8
 
@@ -62,7 +63,8 @@ def new_prefix() -> str:
 
 
 def veth_name(pod_key: str, cni: str = "host-gw") -> str:
-    if cni in ("calico", "terway-eniip"):  # Calico's VethNameForWorkload: "cali" + sha1("<namespace>.<pod>")[:11]
+    # Calico's VethNameForWorkload (Terway's too): "cali" + sha1("<namespace>.<pod>")[:11]
+    if cni in ("calico", "terway-eniip", "terway-eni"):
         return "cali" + hashlib.sha1(pod_key.replace("/", ".", 1).encode()).hexdigest()[:11]
     return "veth" + hashlib.sha1(pod_key.encode()).hexdigest()[:8]
 
@@ -113,15 +115,33 @@ def calico_rules(sc: ResolvedScenario) -> Ruleset:
 
 
 def node_ruleset(sc: ResolvedScenario, node: str) -> str:
-    """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router."""
-    rs = netpol.rules(sc, node)
+    """The whole iptables-restore input for a node: policy agent first in FORWARD, like kube-router (felix:
+    its own chains, see lab/felix.py)."""
+    tail = Ruleset()
+    if felix.enforces(sc):
+        rs, tail = felix.node(sc, node, lambda key: veth_name(key, sc.scenario.cni)).rulesets()
+    else:
+        rs = netpol.rules(sc, node)
     if sc.scenario.kube_proxy_mode == "iptables":  # nftables mode: its own table, see program_rules
         rs.extend(kubeproxy.rules(sc, node))
     if sc.scenario.cni == "calico":
         rs.extend(calico_rules(sc))
+    elif sc.scenario.cni == "terway-eni":
+        rs.extend(terway_eni_masq_rules())
     elif sc.scenario.cni != "terway-eniip":  # Terway: pod addresses are VPC addresses, nothing masquerades
         rs.extend(flannel_rules(sc, node))
+    rs.extend(tail)
     return rs.render()
+
+
+def terway_eni_masq_rules() -> Ruleset:
+    """Terway's exclusive-ENI node (policy/uninstall_policy.sh `masq_eni_only`): everything the node forwards
+    or sends out of any device but lo is masqueraded — a pod reaches Services through its veth1 to the host,
+    and the endpoint's reply must come back to the node that translated it."""
+    rs = Ruleset()
+    rs.add("nat", "POSTROUTING", f"{comment('terway:masq-outgoing')} ! -o lo -j terway-masq")
+    rs.add("nat", "terway-masq", "-j MASQUERADE")
+    return rs
 
 
 def calico_vtep_ip(block: str) -> str:
@@ -131,6 +151,11 @@ def calico_vtep_ip(block: str) -> str:
 
 def eni_mac(node_index: int) -> str:
     return f"00:16:3e:00:{(node_index >> 8) & 0xff:02x}:{node_index & 0xff:02x}"  # Alibaba Cloud's OUI
+
+
+def pod_eni_mac(pod_index: int) -> str:
+    """An exclusive ENI's MAC (Alibaba Cloud's OUI, apart from the node ENIs' range)."""
+    return f"00:16:3e:01:{(pod_index >> 8) & 0xff:02x}:{pod_index & 0xff:02x}"
 
 
 def host_veth_mac(veth: str) -> str:
@@ -218,7 +243,7 @@ class Lab:
             batches += [(st.inet_netns, _host_batch(INET_IP)), (st.ext_netns, _host_batch(EXT_IP))]
         _parallel(lambda b: netns.ip_batch(b[1], b[0]), batches)
         netns.ip_batch(self._external_routes(), st.underlay_netns)
-        if sc.scenario.cni == "terway-eniip":
+        if sc.scenario.terway_mode:
             # the VPC's source check: a pod address is forwarded only from the ENI owning it, never from a
             # node's primary NIC (the underlay bridge br0)
             netns.run(netns.in_ns(st.underlay_netns, [CLI[sc.scenario.iptables_backend], "-A", "FORWARD", "-i",
@@ -246,6 +271,8 @@ class Lab:
                           f"link set {name} master br1", f"link set {name} up"]
         if sc.scenario.cni == "terway-eniip":
             lines += self._vpc_eni_batch()
+        elif sc.scenario.cni == "terway-eni":
+            lines += self._vpc_pod_eni_batch()
         netns_sysctls: dict[str, str | int] = {"net.ipv4.ip_forward": 1}
         netns.write_sysctls(st.underlay_netns, netns_sysctls)
         return lines
@@ -263,6 +290,26 @@ class Lab:
                 if pod.node == node.name and not pod.host_network:
                     lines += [f"route add {pod.ip}/32 dev e{i}",
                               f"neigh add {pod.ip} lladdr {eni_mac(i)} dev e{i} nud permanent"]
+        return lines
+
+    def _exclusive_pods(self) -> list[PodState]:
+        """The pods owning an exclusive ENI, in a stable order (their ENI's index)."""
+        return [p for _, p in sorted(self.state.pods.items()) if not p.host_network]
+
+    def _vpc_pod_eni_batch(self) -> list[str]:
+        """Exclusive ENIs (terway-eni): each pod's eth0 is its own ENI on the pod vSwitch. A real ENI is a NIC,
+        not a veth to the node; its stand-in is a macvlan (this kernel has no ipvlan) in the pod on a VPC-side
+        veth `xl<j>` whose peer `x<j>` answers as the vSwitch gateway (MAC ee:ff:ff:ff:ff:ff, the gateway /32),
+        and the VPC delivers the pod address (the ENI's primary IP) to that ENI."""
+        gateway = _pod_vswitch_gateway(self.resolved)
+        lines = []
+        for j, pod in enumerate(self._exclusive_pods()):
+            lines += [f"link add x{j} address {VSWITCH_MAC} type veth peer name xl{j}", f"link set xl{j} up",
+                      f"addr add {gateway}/32 dev x{j}", f"link set x{j} up",
+                      f"link add link xl{j} name eth0 address {pod_eni_mac(j)} netns {pod.netns} type macvlan "
+                      "mode private",
+                      f"route add {pod.ip}/32 dev x{j}",
+                      f"neigh add {pod.ip} lladdr {pod_eni_mac(j)} dev x{j} nud permanent"]
         return lines
 
     def _external_routes(self) -> list[str]:
@@ -293,6 +340,9 @@ class Lab:
             return
         if sc.scenario.cni == "terway-eniip":
             self._configure_terway_node(name, lines)
+            return
+        if sc.scenario.cni == "terway-eni":
+            self._configure_terway_eni_node(name, lines)
             return
         lines += ["link add cni0 type bridge", f"addr add {node.gateway_ip}/{pod_len} dev cni0", "link set cni0 up"]
         for pod in st.pods.values():
@@ -387,9 +437,42 @@ class Lab:
             sysctls |= {f"net.ipv4.conf.{dev}.forwarding": 1, f"net.ipv4.conf.{dev}.rp_filter": 0}
         netns.write_sysctls(ns, sysctls)
 
+    def _configure_terway_eni_node(self, name: str, lines: list[str]) -> None:
+        """Terway exclusive ENI (plugin/datapath/exclusive_eni_linux.go): the ENI itself is in the pod; the node
+        keeps a veth per pod (`cali<hash>` ↔ the pod's `veth1`) for Services and the node, and routes
+        `podIP dev cali<hash> scope link` (generateHostSlaveCfg)."""
+        st = self.state
+        ns = st.nodes[name].netns
+        for pod in st.pods.values():
+            if pod.node != name or pod.host_network:
+                continue
+            lines += [f"link add {pod.veth} address {host_veth_mac(pod.veth or '')} type veth peer name "
+                      f"{TERWAY_ENI_VETH} netns {pod.netns}", f"link set {pod.veth} up",
+                      f"route add {pod.ip}/32 dev {pod.veth} scope link"]
+        netns.ip_batch(lines, ns)
+        netns.write_sysctls(ns, {"net.ipv4.ip_forward": 1})
+
+    def _terway_eni_pod_batch(self, pod: PodState) -> list[str]:
+        """The pod side of an exclusive ENI (generateContCfgForExclusiveENI, generateVeth1Cfg): eth0 (the ENI)
+        holds podIP/32 with `default via <vSwitch gateway> onlink`; veth1 holds podIP/32 too and carries
+        169.254.1.1 (a permanent neighbour at the host veth's MAC), the service CIDR and the node's own IP
+        (HostIPSet) to the host."""
+        node_ip = self.resolved.node(pod.node).ip
+        svc = self.resolved.scenario.service_cidr
+        dev = TERWAY_ENI_VETH
+        return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
+                f"route add default via {_pod_vswitch_gateway(self.resolved)} dev eth0 onlink",
+                f"addr add {pod.ip}/32 dev {dev}", f"link set {dev} up",
+                f"route add {TERWAY_GATEWAY}/32 dev {dev} scope link",
+                f"route add {svc} via {TERWAY_GATEWAY} dev {dev} onlink",
+                f"route add {node_ip}/32 via {TERWAY_GATEWAY} dev {dev}",
+                f"neigh add {TERWAY_GATEWAY} lladdr {host_veth_mac(pod.veth or '')} dev {dev} nud permanent"]
+
     def _pod_batch(self, key: str) -> list[str]:
         pod = self.state.pods[key]
         node = self.resolved.node(pod.node)
+        if self.resolved.scenario.cni == "terway-eni":
+            return self._terway_eni_pod_batch(pod)
         if self.resolved.scenario.cni == "terway-eniip":  # terway's container side: a static gateway neighbour
             return ["link set lo up", f"addr add {pod.ip}/32 dev eth0", "link set eth0 up",
                     f"route add default via {TERWAY_GATEWAY} dev eth0 onlink",
@@ -407,9 +490,12 @@ class Lab:
         restore = RESTORE[self.resolved.scenario.iptables_backend]
 
         def load(node: str) -> None:
-            if self.resolved.scenario.cni == "calico":  # felix's ipsets before the rules that name them
-                netns.run(netns.in_ns(self.state.nodes[node].netns, ["ipset", "restore"]),
-                          stdin=calico_ipsets(self.resolved))
+            sets = calico_ipsets(self.resolved) if self.resolved.scenario.cni == "calico" else ""
+            if felix.enforces(self.resolved):  # felix's policy ipsets
+                sets += felix.node(self.resolved, node, lambda key: veth_name(key, self.resolved.scenario.cni)) \
+                    .ipset_restore()
+            if sets:  # felix's ipsets before the rules that name them
+                netns.run(netns.in_ns(self.state.nodes[node].netns, ["ipset", "restore"]), stdin=sets)
             netns.run(netns.in_ns(self.state.nodes[node].netns, [restore]),
                       stdin=node_ruleset(self.resolved, node))
             if self.resolved.scenario.kube_proxy_mode == "nftables":

@@ -68,6 +68,7 @@ class Fault:
     commands: tuple[Cmd, ...] = ()
     not_ready: tuple[str, ...] = ()  # pods whose containers turn not ready (Kubernetes-level fault)
     add_policy: dict[str, Any] | None = field(default=None, hash=False)
+    felix: dict[str, Any] | None = field(default=None, hash=False)  # FelixConfiguration settings felix applies
     verdict_before: str = "REACHABLE"
     verdict_after: str = "UNREACHABLE"
     ends: str | None = None  # the dropped path's final cause, when the packet dies after the named cause
@@ -113,7 +114,22 @@ class Fault:
         if self.not_ready:
             lab.set_ready(self.not_ready, False)
         if self.add_policy is not None:
-            lab.add_network_policy(self.add_policy)
+            lab.add_network_policy(_expanded(lab, self.add_policy))
+        if self.felix is not None:  # the FelixConfiguration changes: felix reprograms its chains
+            sc = lab.resolved.scenario
+            lab.update_scenario(sc.model_copy(update={"felix": sc.felix.model_validate(
+                {**sc.felix.model_dump(by_alias=True), **self.felix})}))
+
+
+def _expanded(lab: Lab, value: Any) -> Any:
+    """A policy with address placeholders ({pod:ns/name} …) filled in, like a command's argv."""
+    if isinstance(value, str):
+        return lab.expand(value)
+    if isinstance(value, dict):
+        return {k: _expanded(lab, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expanded(lab, v) for v in value]
+    return value
 
 
 def _wait_dead(pids: list[int], timeout_s: float = 2.0) -> None:
@@ -437,6 +453,109 @@ CATALOGUE += [  # Terway eniip, veth datapath (examples/lab/terway.yaml)
     Fault("terway_ip_forward_off", "net.ipv4.ip_forward=0 on the destination pod's node",
           "terway", TERWAY_CROSS_NODE, "connected", "timeout", Expected("IP_FORWARD_DISABLED", "node:node-2"),
           commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+]
+
+# Terway exclusive ENI (examples/lab/terway-eni.yaml): pod↔pod goes ENI → VPC → ENI, never through a node;
+# Services go veth1 → host (kube-proxy, terway-masq) → the endpoint's ENI or veth1. kube-dns has one endpoint
+# (coredns on node-1), so api-2's DNS query deterministically crosses node-2 and the VPC.
+TERWAY_ENI_DNS = ProbeSpec("shop/api-2", "svc:kube-system/kube-dns", 53, "tcp")
+CATALOGUE += [
+    Fault("terway_eni_masq_missing", "node-2's terway-masq chain is flushed: api-2's DNS query, translated to "
+          "coredns on node-1, leaves node-2's primary NIC with the source of api-2's own ENI, and the VPC drops it",
+          "terway-eni", TERWAY_ENI_DNS, "connected", "timeout",
+          Expected("ENI_POD_SOURCE_NOT_MASQUERADED", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-t", "nat", "-F", "terway-masq"),)),
+    Fault("terway_eni_ip_forward_off", "net.ipv4.ip_forward=0 on node-2: the Service traffic its pods send over "
+          "veth1 is not forwarded", "terway-eni", TERWAY_ENI_DNS, "connected", "timeout",
+          Expected("IP_FORWARD_DISABLED", "node:node-2"),
+          commands=(_node("node-2", "sysctl", "-w", "net.ipv4.ip_forward=0"),)),
+    Fault("terway_eni_host_neighbor_wrong", "api-2's static neighbour for 169.254.1.1 on veth1 holds a MAC nobody "
+          "has: its Service traffic never reaches the host", "terway-eni", TERWAY_ENI_DNS, "connected", "timeout",
+          Expected("NEIGHBOR_FAILED", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "neigh", "replace", "169.254.1.1", "lladdr", "02:00:00:00:00:99",
+                          "dev", "veth1", "nud", "permanent"),)),
+    Fault("terway_eni_destination_eni_down", "api-2's own ENI (its eth0) is down: the VPC cannot deliver its "
+          "address", "terway-eni", TERWAY_CROSS_NODE, "connected", "timeout", Expected("LINK_DOWN", "pod:shop/api-2"),
+          commands=(_node("shop/api-2", "ip", "link", "set", "eth0", "down"),)),
+    Fault("terway_eni_pod_default_route_missing", "the client lost its default route via the vSwitch gateway on "
+          "its ENI", "terway-eni", TERWAY_CROSS_NODE, "connected", "unreachable",
+          Expected("NO_ROUTE", "pod:shop/client"),
+          commands=(_node("shop/client", "ip", "route", "del", "default"),)),
+    Fault("terway_eni_pod_veth_down", "api-1's veth1 (its link to the host) is down: node-1 reaches it no more",
+          "terway-eni", ProbeSpec("node-1", "pod:shop/api-1", 8080), "connected", "timeout",
+          Expected("LINK_DOWN", "pod:shop/api-1"),
+          commands=(_node("shop/api-1", "ip", "link", "set", "veth1", "down"),)),
+    Fault("terway_eni_node_forward_drop_bypassed", "an iptables DROP for api-2 in node-2's FORWARD chain (decoy): "
+          "pod traffic to an exclusive ENI never crosses its node", "terway-eni", TERWAY_CROSS_NODE, "connected",
+          "connected", None, verdict_after="REACHABLE",
+          commands=(_node("node-2", "{iptables}", "-I", "FORWARD", "1", "-d", "{pod:shop/api-2}/32", "-j", "DROP"),)),
+]
+
+
+def _policy(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+_API_INGRESS = {"podSelector": {"matchLabels": {"app": "api"}}, "policyTypes": ["Ingress"]}
+CATALOGUE += [  # NetworkPolicy as felix enforces it (lab/felix.py): Calico, and Terway's policy container
+    Fault("felix_deny_all_ingress", "a default-deny ingress policy selects the api pods: api-2's cali-tw- chain "
+          "ends its tier with felix's DROP", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-deny-all", "shop", _API_INGRESS)),
+    Fault("felix_egress_drops_dns", "the client's egress policy allows only the api pods on 8080: its DNS query "
+          "(DNATed to coredns) dies in the client's cali-fw- chain", "calico",
+          ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), "reply", "no_reply",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/client"),
+          add_policy=_policy("client-egress", "shop", {
+              "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"],
+              "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "api"}}}],
+                          "ports": [{"protocol": "TCP", "port": 8080}]}]})),
+    Fault("felix_namespace_selector_mismatch", "the api pods admit namespaces labelled team=web only: the client's "
+          "namespace shop carries no such label, so its cali40s: ipset never holds the client", "calico",
+          CALICO_CROSS_NODE, "connected", "timeout", Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-from-team-web", "shop", {
+              **_API_INGRESS, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "web"}}}]}]})),
+    Fault("felix_port_range_edge", "the api pods admit tcp 8000-8079 (port + endPort): 8080 is one past the "
+          "multiport range", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-port-range", "shop", {
+              **_API_INGRESS, "ingress": [{"ports": [{"protocol": "TCP", "port": 8000, "endPort": 8079}]}]})),
+    Fault("felix_ipblock_except", "the api pods admit the pod network except the client's address (felix's "
+          "negated match block on the scratch mark bits)", "calico-vxlan", CALICO_CROSS_NODE, "connected",
+          "timeout", Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-except-client", "shop", {
+              **_API_INGRESS, "ingress": [{"from": [{"ipBlock": {"cidr": "{podcidr:node-1}",
+                                                                 "except": ["{pod:shop/client}/32"]}}]}]})),
+    Fault("felix_named_port_protocol", "the api pods admit the named port `metrics` as TCP (the default), but "
+          "api-2 declares metrics as UDP: the cali40n: (ip,port) set holds no tcp member, UDP 9090 is dropped",
+          "terway", ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), "reply", "no_reply",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/api-2"),
+          add_policy=_policy("api-metrics", "shop", {**_API_INGRESS, "ingress": [{"ports": [{"port": "metrics"}]}]})),
+    Fault("felix_egress_deny_all_same_node", "Terway's felix chains: a default-deny egress policy on the client "
+          "drops even its same-node traffic (cali-fw- of the client)", "terway",
+          ProbeSpec("shop/client", "pod:shop/api-1", 8080), "connected", "timeout",
+          Expected("NETWORK_POLICY_DENY", "pod:shop/client"),
+          add_policy=_policy("client-deny-egress", "shop", {
+              "podSelector": {"matchLabels": {"app": "client"}}, "policyTypes": ["Egress"]})),
+    Fault("felix_workload_not_dispatched", "felix on node-2 lost api-2 from its to-workload dispatch (its "
+          "interface's `-g cali-tw-` rule replaced by the chain's \"Unknown interface\" DROP, as when felix has not "
+          "synced the endpoint)", "calico", CALICO_CROSS_NODE, "connected", "timeout",
+          Expected("IPTABLES_DROP", "node:node-2"),
+          commands=(_node("node-2", "{iptables}", "-R", "cali-to-wl-dispatch", "1", "-m", "comment", "--comment",
+                          "Unknown interface", "-j", "DROP"),)),
+    Fault("felix_mark_mask_clears_masquerade", "FelixConfiguration iptablesMarkMask 0xfc00 puts felix's scratch "
+          "bit on kube-proxy's masquerade mark 0x4000: cali-FORWARD clears it on node-2, so NodePort traffic DNATed "
+          "to api-1 on node-1 keeps the client's address and api-1's reply leaves node-1 untranslated; flows to "
+          "api-2 on node-2 still work", "calico", ProbeSpec("ext", "node:node-2", 30000), "connected", "timeout",
+          Expected("REPLY_NOT_TRANSLATED", "node:node-1"), verdict_after="AMBIGUOUS",
+          felix={"iptablesMarkMask": "0xfc00"}),
+    Fault("felix_named_port_allowed", "decoy: the api pods admit the client on the named port `http` (felix's "
+          "selector and named-port ipsets both hold it)", "terway", TERWAY_CROSS_NODE, "connected", "connected",
+          None, verdict_after="REACHABLE",
+          add_policy=_policy("api-http-from-client", "shop", {
+              **_API_INGRESS, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "client"}}}],
+                                           "ports": [{"port": "http"}]}]})),
 ]
 
 BY_NAME = {f.name: f for f in CATALOGUE}

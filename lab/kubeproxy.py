@@ -90,6 +90,40 @@ class ServicePort:
 
 
 @dataclass(frozen=True)
+class Categorized:
+    """Upstream `proxy.CategorizeEndpoints` for one Service port on one node, and what both proxiers
+    (iptables and nftables) decide from it before writing a rule."""
+
+    cluster: list[Endpoint]  # what the cluster-wide policy chain load-balances over
+    local: list[Endpoint]  # this node's, for a Local traffic policy
+    reachable: list[Endpoint]  # every endpoint some chain DNATs to
+    has_internal: bool  # ClusterIP traffic has somewhere to go under internalTrafficPolicy
+    has_external: bool  # external traffic (NodePort, externalIPs, LB) has somewhere to go under its policy
+    uses_external_chain: bool
+    uses_firewall: bool  # loadBalancerSourceRanges on a LoadBalancer IP
+
+    @property
+    def has_endpoints(self) -> bool:
+        return bool(self.reachable)
+
+
+def categorize(sp: ServicePort, node: str) -> Categorized:
+    ready = sorted((e for e in sp.endpoints if e.ready), key=lambda e: (e.ip, e.port))
+    uses_cluster = not sp.itp_local or (sp.externally_accessible and not sp.etp_local)
+    uses_local = sp.itp_local or (sp.externally_accessible and sp.etp_local)
+    cluster = ready if uses_cluster else []
+    local = [e for e in ready if e.node == node] if uses_local else []
+    reachable = [e for e in ready if e in cluster or e in local]
+    has_endpoints = bool(reachable)
+    return Categorized(
+        cluster=cluster, local=local, reachable=reachable,
+        has_internal=has_endpoints and (bool(local) if sp.itp_local else True),
+        has_external=has_endpoints and (bool(local) if sp.etp_local else True),
+        uses_external_chain=has_endpoints and sp.externally_accessible,
+        uses_firewall=has_endpoints and bool(sp.lb_ips) and bool(sp.source_ranges))
+
+
+@dataclass(frozen=True)
 class Config:
     """What NewProxier is given: the node, the local-traffic detector's pod CIDR, and what the host has."""
 
@@ -186,20 +220,13 @@ class _Sync:
         svl_chain = chain_hash("KUBE-SVL-", key, proto)
         ext_chain = chain_hash("KUBE-EXT-", key, proto)
         fw_chain = chain_hash("KUBE-FW-", key, proto)
-        ready = sorted((e for e in sp.endpoints if e.ready), key=lambda e: (e.ip, e.port))
-        uses_cluster = not sp.itp_local or (sp.externally_accessible and not sp.etp_local)
-        uses_local = sp.itp_local or (sp.externally_accessible and sp.etp_local)
-        cluster_eps = ready if uses_cluster else []
-        local_eps = [e for e in ready if e.node == cfg.node] if uses_local else []
-        reachable = [e for e in ready if e in cluster_eps or e in local_eps]
-        has_endpoints = bool(reachable)
+        eps = categorize(sp, cfg.node)
+        cluster_eps, local_eps, reachable = eps.cluster, eps.local, eps.reachable
+        has_endpoints, has_internal, has_external = eps.has_endpoints, eps.has_internal, eps.has_external
+        uses_ext_chain, uses_fw = eps.uses_external_chain, eps.uses_firewall
         uses_cluster_chain, uses_local_chain = bool(cluster_eps), bool(local_eps)
         internal_chain = svl_chain if sp.itp_local else svc_chain
-        has_internal = has_endpoints and (bool(local_eps) if sp.itp_local else True)
         external_policy_chain = svl_chain if sp.etp_local else svc_chain
-        has_external = has_endpoints and (bool(local_eps) if sp.etp_local else True)
-        uses_ext_chain = has_endpoints and sp.externally_accessible
-        uses_fw = has_endpoints and bool(sp.lb_ips) and bool(sp.source_ranges)
         lb_chain = fw_chain if uses_fw else ext_chain
         if not has_endpoints:
             int_target, int_comment = "REJECT", f'"{key} has no endpoints"'

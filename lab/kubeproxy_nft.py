@@ -17,7 +17,7 @@ import base64
 import hashlib
 import ipaddress
 
-from lab.kubeproxy import MASQ_MARK, Config, Endpoint, ServicePort, scenario_ports
+from lab.kubeproxy import MASQ_MARK, Config, Endpoint, ServicePort, categorize, scenario_ports
 from lab.scenario import ResolvedScenario
 
 TABLE = "kube-proxy"
@@ -116,19 +116,12 @@ def _service(tx: _Tx, sp: ServicePort, config: Config) -> None:
     h = _hash_and_truncate(base)
     svc_chain, ext_chain, local_chain, fw_chain = (f"service-{h}", f"external-{h}", f"local-{h}",
                                                    f"firewall-{h}")
-    ready = sorted((e for e in sp.endpoints if e.ready), key=lambda e: (e.ip, e.port))
-    uses_cluster = not sp.itp_local or (sp.externally_accessible and not sp.etp_local)
-    uses_local = sp.itp_local or (sp.externally_accessible and sp.etp_local)
-    cluster_eps = ready if uses_cluster else []
-    local_eps = [e for e in ready if e.node == config.node] if uses_local else []
-    reachable = [e for e in ready if e in cluster_eps or e in local_eps]
-    has_endpoints = bool(reachable)
+    eps = categorize(sp, config.node)
+    cluster_eps, local_eps, reachable = eps.cluster, eps.local, eps.reachable
+    has_endpoints, has_internal, has_external = eps.has_endpoints, eps.has_internal, eps.has_external
+    uses_ext, uses_fw = eps.uses_external_chain, eps.uses_firewall
     internal_chain = local_chain if sp.itp_local else svc_chain
-    has_internal = has_endpoints and (bool(local_eps) if sp.itp_local else True)
     external_policy_chain = local_chain if sp.etp_local else svc_chain
-    has_external = has_endpoints and (bool(local_eps) if sp.etp_local else True)
-    uses_ext = has_endpoints and sp.externally_accessible
-    uses_fw = has_endpoints and bool(sp.lb_ips) and bool(sp.source_ranges)
     verdict = "goto reject-chain" if not has_endpoints else "drop"
     ep_chain = {ep: f"endpoint-{_hash_and_truncate(_ep_base(sp, ep))}" for ep in reachable}
     affinity = {ep: f"affinity-{_hash_and_truncate(_ep_base(sp, ep))}" for ep in reachable}

@@ -112,7 +112,7 @@ def parse(raw: Iterable[dict]) -> list[NetworkPolicy]:
     return [NetworkPolicy.model_validate(p) for p in raw]
 
 
-class _Cluster:
+class Cluster:
     """The label view of the scenario that selectors are evaluated against."""
 
     def __init__(self, sc: ResolvedScenario):
@@ -133,7 +133,7 @@ class _Cluster:
         return out
 
 
-def _named_port(pod: ResolvedPod, name: str, protocol: str) -> int | None:
+def named_port(pod: ResolvedPod, name: str, protocol: str) -> int | None:
     for container in pod.spec.containers:
         for cp in container.ports:
             if cp.name == name and cp.protocol == protocol:
@@ -155,7 +155,7 @@ def _in_block(ip: str, block: IPBlock) -> bool:
         addr in ipaddress.ip_network(e) for e in block.except_)
 
 
-def _policy_chain(rs: Ruleset, cl: _Cluster, policy: NetworkPolicy, pod: ResolvedPod, direction: Direction,
+def _policy_chain(rs: Ruleset, cl: Cluster, policy: NetworkPolicy, pod: ResolvedPod, direction: Direction,
                   chain: str) -> None:
     flag = "-s" if direction == "ingress" else "-d"
     mark = f"-j MARK --set-xmark {ALLOW_MARK}/{ALLOW_MARK}"
@@ -175,7 +175,7 @@ def _policy_chain(rs: Ruleset, cl: _Cluster, policy: NetworkPolicy, pod: Resolve
                                   [p for p in cl.pods
                                    if peer is None or peer.ip_block is None or _in_block(p.ip, peer.ip_block)])
                     for target in candidates:
-                        number = _named_port(target, str(pport.port), pport.protocol)
+                        number = named_port(target, str(pport.port), pport.protocol)
                         if number is not None:
                             rs.add("filter", chain, f"-d {target.ip}/32 "
                                    f"{_port_match(pport.protocol, number, None)} {note} {mark}")
@@ -183,7 +183,7 @@ def _policy_chain(rs: Ruleset, cl: _Cluster, policy: NetworkPolicy, pod: Resolve
                 if pport is None:
                     port_match = ""
                 elif named:
-                    number = _named_port(pod, str(pport.port), pport.protocol)
+                    number = named_port(pod, str(pport.port), pport.protocol)
                     if number is None:
                         continue  # the selected pod has no such port: the rule allows nothing here
                     port_match = _port_match(pport.protocol, number, None)
@@ -216,7 +216,7 @@ def rules(sc: ResolvedScenario, node: str) -> Ruleset:
     if not sc.scenario.network_policy:
         return rs
     policies = parse(sc.scenario.network_policies)
-    cl = _Cluster(sc)
+    cl = Cluster(sc)
     rs.chain("filter", "KUBE-ROUTER-FORWARD")
     rs.chain("filter", "KUBE-ROUTER-INPUT")
     rs.add("filter", "INPUT", f'{comment("kube-router netpol - pod egress to this node")} -j KUBE-ROUTER-INPUT')

@@ -65,6 +65,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("DaemonSet", "daemonsets", "apps", "v1", True, ("ds",)),
     # Calico's own configuration (the CRDs calico-node reads in the Kubernetes datastore mode)
     Resource("IPPool", "ippools", "crd.projectcalico.org", "v1", False),
+    Resource("FelixConfiguration", "felixconfigurations", "crd.projectcalico.org", "v1", False),
 )
 RESOURCE_BY_KIND = {r.kind: r for r in RESOURCES}
 
@@ -151,7 +152,7 @@ def node_ready_patch(node: Obj, ready: bool) -> Obj:
 
 
 def _cni_annotations(sc: Scenario, node: ResolvedNode) -> dict[str, str]:
-    if sc.cni == "terway-eniip":
+    if sc.terway_mode:
         return {}
     if sc.cni == "calico":  # calico-node's autodetected BGP address (and VXLAN tunnel address)
         prefixlen = ipaddress.ip_network(sc.underlay_cidr).prefixlen
@@ -184,7 +185,7 @@ def node_object(sc: Scenario, node: ResolvedNode, created: str) -> Obj:
     obj = _obj(
         "Node", meta,
         # Terway nodes have no pod CIDR: pods take ENI secondary IPs from the pod vSwitch
-        spec={"providerID": provider_id(sc.name, node.name)} if sc.cni == "terway-eniip" else
+        spec={"providerID": provider_id(sc.name, node.name)} if sc.terway_mode else
         {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr], "providerID": provider_id(sc.name, node.name)},
         status={
             "addresses": [{"type": "InternalIP", "address": node.ip}, {"type": "Hostname", "address": node.name}],
@@ -580,7 +581,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     ]
     if sc.cni == "calico":
         objs += calico_objects(rs, created)
-    elif sc.cni == "terway-eniip":
+    elif sc.terway_mode:
         objs += terway_objects(rs, created)
     else:
         objs += [
@@ -595,7 +596,7 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         ]
     if sc.dns:
         objs.append(_configmap(sc, "coredns", {"Corefile": corefile}, {}, created))
-    if sc.network_policy and sc.cni not in ("calico", "terway-eniip"):
+    if sc.network_policy and sc.cni not in ("calico", "terway-eniip", "terway-eni"):
         # flannel itself enforces no NetworkPolicy; the lab's enforcement stands for a policy-only agent
         objs.append(_daemonset(sc, "kube-router", {"k8s-app": "kube-router"}, [{
             "name": "kube-router", "image": "docker.io/cloudnativelabs/kube-router:v2.2.1",
@@ -605,9 +606,10 @@ def addon_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
 
 
 def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
-    """calico.yaml's calico-config and calico-node (manifest v3.28, BIRD backend, no encapsulation) and the
-    default IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org
-    object). felix enforces NetworkPolicies itself; the lab's enforcement stands for its chains."""
+    """calico.yaml's calico-config and calico-node (manifest v3.32, BIRD backend, no encapsulation), the default
+    IPPool calico-node creates from CALICO_IPV4POOL_* (Kubernetes datastore: a crd.projectcalico.org object) and
+    the FelixConfiguration `default`. felix enforces NetworkPolicies itself: lab/felix.py renders its v3.32
+    chains."""
     sc = rs.scenario
     vxlan = sc.calico.vxlan_mode
     cni_conf = {"name": "k8s-pod-network", "cniVersion": "0.3.1", "plugins": [
@@ -625,7 +627,7 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
         ("CALICO_IPV4POOL_VXLAN", sc.calico.vxlan_mode),
         ("CALICO_IPV4POOL_NAT_OUTGOING", str(sc.calico.nat_outgoing).lower()),
         ("FELIX_IPTABLESBACKEND", "NFT" if sc.iptables_backend == "nft" else "Legacy"),
-        ("FELIX_DEFAULTENDPOINTTOHOSTACTION", "ACCEPT"))]
+        ("FELIX_DEFAULTENDPOINTTOHOSTACTION", sc.felix.default_endpoint_to_host_action))]
     meta = _meta(sc.name, "IPPool", "default-ipv4-ippool", None, created, generation=1)
     pool = _obj("IPPool", meta, spec={
         "allowedUses": ["Workload", "Tunnel"], "blockSize": sc.calico.block_size, "cidr": sc.cluster_cidr,
@@ -638,17 +640,36 @@ def calico_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
             "typha_service_name": "none", "veth_mtu": "0",
         }, {}, created),
         _daemonset(sc, "calico-node", {"k8s-app": "calico-node"}, [{
-            "name": "calico-node", "image": "docker.io/calico/node:v3.28.2", "env": env,
+            "name": "calico-node", "image": "docker.io/calico/node:v3.32.1", "env": env,
         }], rs.nodes, created),
         pool,
+        felix_configuration(rs, created),
     ]
 
 
-def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
-    """ACK's Terway add-on in eniip mode: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone,
-    the ENIs' security groups, the service CIDR) and the terway-eniip DaemonSet. Terway enforces
-    NetworkPolicies with felix-style chains (disable_network_policy false); the lab's enforcement stands for them."""
+def felix_configuration(rs: ResolvedScenario, created: str) -> Obj:
+    """The cluster-wide FelixConfiguration `default` (crd.projectcalico.org/v1, Kubernetes datastore) with
+    the settings lab/felix.py renders: felix reads it in calico-node and in Terway's policy container."""
     sc = rs.scenario
+    vxlan = sc.cni == "calico" and sc.calico.vxlan_mode != "Never"
+    meta = _meta(sc.name, "FelixConfiguration", "default", None, created, generation=1)
+    return _obj("FelixConfiguration", meta, spec={
+        "bpfEnabled": False, "bpfLogLevel": "", "floatingIPs": "Disabled", "logSeverityScreen": "Info",
+        "reportingInterval": "0s", "ipipEnabled": False, "vxlanEnabled": vxlan,
+        **({"vxlanVNI": 4096, "vxlanPort": 4789} if vxlan else {}),
+        "chainInsertMode": sc.felix.chain_insert_mode.capitalize(),
+        "defaultEndpointToHostAction": sc.felix.default_endpoint_to_host_action.capitalize(),
+        "iptablesMarkMask": int(sc.felix.iptables_mark_mask, 0)})
+
+
+def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
+    """ACK's Terway add-on: kube-system/eni-config (its eni_conf JSON: the pod vSwitch per zone, the ENIs'
+    security groups, the service CIDR) and the DaemonSet — terway-eniip (daemon mode ENIMultiIP; NetworkPolicies
+    enforced by felix in policy-only mode, disable_network_policy false: lab/felix.py renders its chains from the
+    FelixConfiguration served here too) or terway-eni (daemon mode ENIOnly, exclusive ENIs; Terway enforces no
+    NetworkPolicy on them: disable_network_policy true)."""
+    sc = rs.scenario
+    exclusive = sc.cni == "terway-eni"
     eni_conf = {
         "version": "1", "max_pool_size": 5, "min_pool_size": 0,
         "vswitches": {ZONE: [sc.terway.pod_vswitch_id]}, "security_groups": [sc.terway.security_group_id],
@@ -659,14 +680,17 @@ def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
     return [
         _configmap(sc, "eni-config", {
             "eni_conf": json.dumps(eni_conf, indent=2), "10-terway.conf": json.dumps(cni_conf, indent=2),
-            "disable_network_policy": "false", "in_cluster_loadbalance": "false",
+            "disable_network_policy": str(exclusive or not sc.network_policy).lower(),
+            "in_cluster_loadbalance": "false",
         }, {}, created),
-        _daemonset(sc, "terway-eniip", {"app": "terway-eniip"}, [
+        _daemonset(sc, sc.cni, {"app": sc.cni}, [
             {"name": "terway", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
-             "command": ["/usr/bin/terwayd", "-log-level", "info", "-daemon-mode", "ENIMultiIP"]},
+             "command": ["/usr/bin/terwayd", "-log-level", "info", "-daemon-mode",
+                         "ENIOnly" if exclusive else "ENIMultiIP"]},
             {"name": "policy", "image": "registry-cn-hangzhou-vpc.ack.aliyuncs.com/acs/terway:v1.9.0",
              "command": ["/bin/policyinit.sh"]},
         ], rs.nodes, created),
+        felix_configuration(rs, created),
     ]
 
 

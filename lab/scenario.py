@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Model(BaseModel):
@@ -118,9 +118,10 @@ class CalicoSpec(_Model):
 
 
 class TerwaySpec(_Model):
-    """A `cni: terway-eniip` lab (Terway's veth datapath, shared ENI): pods take secondary IPs of one ENI per
-    node on a pod vSwitch distinct from the nodes' vSwitch (`underlayCIDR`); the scenario's clusterCIDR is
-    ignored and the pod vSwitch is the cluster's pod network."""
+    """A `cni: terway-eniip` lab (Terway's veth datapath, shared ENI: pods take secondary IPs of one ENI per
+    node) or `cni: terway-eni` (exclusive ENI: each pod owns an ENI, its primary IP the pod address), both on a
+    pod vSwitch distinct from the nodes' vSwitch (`underlayCIDR`); the scenario's clusterCIDR is ignored and
+    the pod vSwitch is the cluster's pod network."""
 
     pod_vswitch_cidr: str = Field("172.31.0.0/24", alias="podVSwitchCIDR")
     pod_vswitch_id: str = Field("vsw-pod0000000000000001", alias="podVSwitchId")
@@ -128,11 +129,31 @@ class TerwaySpec(_Model):
                                    description="the ENIs' security group (eni-config security_groups)")
 
 
+class FelixSpec(_Model):
+    """FelixConfiguration `default` of a calico / terway-eniip lab: the settings that change felix's iptables
+    layout (lab/felix.py renders them; the lab API serves them)."""
+
+    default_endpoint_to_host_action: Literal["DROP", "RETURN", "ACCEPT"] = Field(
+        "ACCEPT", alias="defaultEndpointToHostAction",
+        description="workload → its own host after the egress policy (calico.yaml sets ACCEPT; felix's default DROP)")
+    iptables_mark_mask: str = Field("0xffff0000", alias="iptablesMarkMask",
+                                    description="the mark bits felix may use (accept = the lowest)")
+    chain_insert_mode: Literal["insert", "append"] = Field("insert", alias="chainInsertMode")
+
+    @field_validator("iptables_mark_mask")
+    @classmethod
+    def _mask(cls, value: str) -> str:
+        if bin(int(value, 0) & 0xFFFFFFFF).count("1") < 5:
+            raise ValueError(f"iptablesMarkMask {value} leaves fewer than the 5 mark bits felix allocates")
+        return value
+
+
 class Scenario(_Model):
     name: str
-    cni: Literal["host-gw", "vxlan", "calico", "terway-eniip"] = "host-gw"
+    cni: Literal["host-gw", "vxlan", "calico", "terway-eniip", "terway-eni"] = "host-gw"
     calico: CalicoSpec = Field(default_factory=CalicoSpec, description="IPPool settings when cni is calico")
-    terway: TerwaySpec = Field(default_factory=TerwaySpec, description="ENI settings when cni is terway-eniip")
+    terway: TerwaySpec = Field(default_factory=TerwaySpec, description="ENI settings when cni is terway-*")
+    felix: FelixSpec = Field(default_factory=FelixSpec, description="FelixConfiguration (calico, terway-eniip)")
     iptables_backend: Literal["nft", "legacy"] = Field("nft", alias="iptablesBackend")
     kube_proxy_mode: Literal["iptables", "nftables"] = Field(
         "iptables", alias="kubeProxyMode", description="nftables: kube-proxy programs its `ip kube-proxy` table")
@@ -157,7 +178,15 @@ class Scenario(_Model):
         for pod in self.pods:
             if pod.node not in names:
                 raise ValueError(f"pod {pod.key}: node {pod.node!r} is not declared in nodes")
+        if self.cni == "terway-eni" and self.network_policy:
+            # Terway documents that pods on exclusive ENIs support no NetworkPolicy (their traffic bypasses
+            # the node): a lab claiming enforcement would lie
+            raise ValueError("cni terway-eni enforces no NetworkPolicy: set networkPolicy: false")
         return self
+
+    @property
+    def terway_mode(self) -> bool:
+        return self.cni in ("terway-eniip", "terway-eni")
 
     @classmethod
     def load(cls, path: str | Path) -> Scenario:
@@ -258,7 +287,7 @@ def _with_dns(sc: Scenario) -> Scenario:
 
 def resolve(sc: Scenario) -> ResolvedScenario:
     sc = _with_dns(sc)
-    if sc.cni == "terway-eniip":  # the pod vSwitch is the pod network (kube-proxy's clusterCIDR)
+    if sc.terway_mode:  # the pod vSwitch is the pod network (kube-proxy's clusterCIDR)
         sc = sc.model_copy(update={"cluster_cidr": sc.terway.pod_vswitch_cidr})
     underlay = ipaddress.ip_network(sc.underlay_cidr)
     cluster = ipaddress.ip_network(sc.cluster_cidr)
@@ -269,10 +298,8 @@ def resolve(sc: Scenario) -> ResolvedScenario:
     next(pod_subnets)  # the first subnet stays unused, like flannel's first lease
     nodes: list[ResolvedNode] = []
     for i, n in enumerate(sc.nodes):
-        if sc.cni == "terway-eniip":  # no per-node pod CIDR: every node's ENI draws from the pod vSwitch
-            cidr = cluster
-        else:
-            cidr = ipaddress.ip_network(n.pod_cidr) if n.pod_cidr else next(pod_subnets)
+        # Terway: no per-node pod CIDR, every node's ENIs draw from the pod vSwitch
+        cidr = cluster if sc.terway_mode else ipaddress.ip_network(n.pod_cidr) if n.pod_cidr else next(pod_subnets)
         nodes.append(ResolvedNode(
             name=n.name, ip=n.ip or str(underlay.network_address + 11 + i), pod_cidr=str(cidr),
             gateway_ip=str(cidr.network_address + 1), vtep_mac=f"0a:58:00:00:{(i >> 8) & 0xff:02x}:{i & 0xff:02x}",
@@ -289,7 +316,7 @@ def resolve(sc: Scenario) -> ResolvedScenario:
             ip = by_node[p.node].ip
         elif p.ip:
             ip = p.ip
-        elif sc.cni == "terway-eniip":  # a secondary IP of the node's ENI, from the pod vSwitch
+        elif sc.terway_mode:  # an ENI address from the pod vSwitch (a secondary IP, or an exclusive ENI's own)
             ip = str(next(eni_ips))
         else:
             net = ipaddress.ip_network(by_node[p.node].pod_cidr)

@@ -375,7 +375,7 @@ class Bus:
         object store's own layout (nats-py's ObjectStore reads it back). Unlike ObjectStore.put it never
         looks the bucket or the name up, nor purges a replaced object: an agent's NATS identity may
         publish into `$O.<its bucket>.>` and do nothing else (services/natsauth/natsperms.py), so names
-        must be new (blob_name makes them unique)."""
+        must be new (services/collector/agent.py node_blob_name makes them unique)."""
         bucket = node_bucket(node)
         nuid = secrets.token_hex(11)
         chunk_subject = f"$O.{bucket}.C.{nuid}"

@@ -246,6 +246,8 @@ class NatGateway(_Model):
     ips: list[str] = Field(default_factory=list)
     snat_entries: list[SnatEntry] = Field(default_factory=list)
     dnat_entries: list[DnatEntry] = Field(default_factory=list)
+    vswitch_id: str | None = Field(None, description="the vSwitch it sits in: its route table carries the translated "
+                                                     "traffic on (to an IPv4 gateway); None: not collected")
 
 
 class AccessControlList(_Model):

@@ -57,8 +57,7 @@ _ENTRIES = [
                 "Add an {direction} accept rule to security group {group} for {packet} with a "
                 "priority that wins over {rule}."),
     FindingCode("VPC_NO_ROUTE", E, "no route entry / no next hop for destination ip {dst} in route "
-                "table {route_table}", "Add a VPC route entry for {dst} (the node's pod CIDR) in "
-                "{route_table} pointing to the instance that hosts it."),
+                "table {route_table}", "Add a VPC route entry for {dst} in {route_table} {fix}."),
     FindingCode("VPC_WRONG_NEXT_HOP", E, "error route next hop {actual} for destination ip {dst}: "
                 "expect next hop {expected}", "Point the route entry for {dst} at {expected}."),
     FindingCode("NAT_NO_SNAT", E, "no snat entry on nat gateway {nat_gateway} for source {src}",
@@ -115,6 +114,11 @@ _ENTRIES = [
                 "the VPC drops a packet whose source is not an address of the interface that sent it",
                 "Restore the pod's policy rule on {where} (`ip rule add from {src} iif <its veth> lookup <its "
                 "ENI's table> priority 2048`): Terway re-adds it when it re-checks the pod; else recreate the pod."),
+    FindingCode("ENI_POD_SOURCE_NOT_MASQUERADED", E, "{where} sends {src}, the address of pod {pod}'s exclusive "
+                "ENI {eni}, out of {device} unmasqueraded: the VPC drops a packet whose source is not an address "
+                "of the interface that sent it", "Restore Terway's masquerade on {where} (`iptables -t nat -A "
+                "POSTROUTING ! -o lo -j terway-masq` and `iptables -t nat -A terway-masq -j MASQUERADE`): the "
+                "terway policy container re-creates it when it restarts (masq_eni_only)."),
     FindingCode("BRIDGE_PORT_BLOCKED", E, "bridge port {port} of {bridge} in {where} is in STP state {state}: "
                 "only a forwarding port passes frames ({direction})",
                 "Set the port forwarding: `bridge link set dev {port} state 3` in {where}, or find what "
@@ -185,6 +189,11 @@ _ENTRIES = [
     FindingCode("VPC_NEXT_HOP_NOT_FORWARDING", E, "route entry {route} in {route_table} points at {next_hop}, which "
                 "is {state}: it does not forward", "Start {next_hop} (or attach the ENI to a running instance), or "
                 "point the route entry for {route} at a next hop that forwards."),
+    FindingCode("VPC_GATEWAY_ROUTE_REDIRECT", W, "internet traffic to {dst} entering through IPv4 gateway {gateway} is "
+                "steered by gateway route table {route_table} (entry {route}) to {next_hop} first",
+                "Check that {next_hop} (a firewall or other appliance) admits the traffic to {dst}, forwards it to the "
+                "vSwitch and routes the reply back; if the redirect is not intended, set the next hop of {route} in "
+                "{route_table} back to Local (UpdateGatewayRouteTableEntryAttribute)."),
     FindingCode("LB_BACKEND_WEIGHT_ZERO", W, "backend {backend} of slb {lb} listener {port} has weight 0: the load "
                 "balancer forwards it no request", "Give {backend} a weight above 0 on {lb} (SetBackendServers / "
                 "the vServer group), or remove it from the server group if it should not serve."),

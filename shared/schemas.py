@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     IPvAnyAddress,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     computed_field,
     field_validator,
@@ -142,18 +143,10 @@ class DiagnosisRequest(Strict):
             raise ValueError("must be an IP address literal such as 10.0.0.1 or fd00::1, not a number")
         return value
 
-    @field_validator("src")
+    @field_validator("src", "dst")
     @classmethod
-    def _a_sender(cls, value: IPAddress) -> IPAddress:
-        problem = address_problem(value, "src")
-        if problem:
-            raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
-        return value
-
-    @field_validator("dst")
-    @classmethod
-    def _a_receiver(cls, value: IPAddress) -> IPAddress:
-        problem = address_problem(value, "dst")
+    def _an_end_of_the_flow(cls, value: IPAddress, info: ValidationInfo) -> IPAddress:
+        problem = address_problem(value, "src" if info.field_name == "src" else "dst")
         if problem:
             raise PydanticCustomError("address_refused", problem)  # the message as is, no "Value error, "
         return value

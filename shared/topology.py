@@ -109,7 +109,7 @@ class ClusterInfo(BaseModel):
                                  "vxlan")
     cni_config: dict[str, Any] = Field(default_factory=dict, description=(
         "what detection read from the plug-in's configuration: Terway's eni-config (vswitches, security_groups), "
-        "Calico's IPPools (cidr, encapsulation, natOutgoing)"))
+        "Calico's IPPools (cidr, encapsulation, natOutgoing), felix's effective settings (FelixConfiguration, env)"))
     kube_proxy_mode: str = Field("unknown", description="iptables, ipvs, nftables, unknown")
     pod_cidrs: list[str] = Field(default_factory=list, description="the pod network: the union of the nodes' "
                                  "podCIDRs as the fewest CIDRs (each node's own is on its Node object)")

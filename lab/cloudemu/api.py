@@ -306,6 +306,23 @@ def list_ipv4_gateways(state: State, params: Params) -> dict[str, Any]:
         for g in page], **meta}
 
 
+def list_gateway_route_table_entries(state: State, params: Params) -> dict[str, Any]:
+    """The entries of a gateway route table (one bound to an IPv4 gateway): per vSwitch CIDR a system route,
+    next hop Local, or an ECS instance / ENI (a firewall) it was changed to (UpdateGatewayRouteTableEntryAttribute)."""
+    table = _find(state, "route_tables", "RouteTableId", _required(params, "GatewayRouteTableId"),
+                  "InvalidRouteTableId.NotFound")
+    entries = [e for e in table.get("Entries", [])
+               if not params.get("DestinationCidrBlock") or e["DestinationCidrBlock"] == params["DestinationCidrBlock"]]
+    page, meta = by_token(entries, params, max_size=100)
+    return {"GatewayRouteEntryModels": [{
+        "DestinationCidrBlock": e["DestinationCidrBlock"], "NextHopType": e.get("NextHopType", "Local"),
+        "NextHopId": e.get("NextHopId", ""), "Status": e.get("Status", "Available"), "Name": e.get("Name", ""),
+        "Description": e.get("Description", ""),
+        "NextHops": [{"NextHopType": e.get("NextHopType", "Local"), "NextHopId": e.get("NextHopId", ""),
+                      "Enabled": 1, "Weight": 100}]}
+        for e in page], "NextToken": meta["NextToken"], "TotalCount": str(meta["TotalCount"])}
+
+
 
 
 def describe_vpcs(state: State, params: Params) -> dict[str, Any]:
@@ -396,6 +413,7 @@ def describe_nat_gateways(state: State, params: Params) -> dict[str, Any]:
         "SnatTableIds": {"SnatTableId": [_snat_table(n)]}, "ForwardTableIds": {"ForwardTableId": [_forward_table(n)]},
         "IpLists": {"IpList": [{"IpAddress": ip, "AllocationId": "", "SnatEntryEnabled": True}
                                for ip in n.get("IpList", [])]},
+        "NatGatewayPrivateInfo": {"VswitchId": n.get("VSwitchId", ""), "PrivateIpAddress": n.get("PrivateIp", "")},
     } for n in page]
     return {"NatGateways": {"NatGateway": out}, **meta}
 
@@ -557,6 +575,7 @@ ACTIONS: dict[tuple[str, str], Callable[[State, Params], dict[str, Any]]] = {
     ("2016-04-28", "DescribeNetworkAcls"): describe_network_acls,
     ("2016-04-28", "DescribeEipAddresses"): describe_eip_addresses,
     ("2016-04-28", "ListIpv4Gateways"): list_ipv4_gateways,
+    ("2016-04-28", "ListGatewayRouteTableEntries"): list_gateway_route_table_entries,
     ("2016-04-28", "DescribeVpcs"): describe_vpcs,
     ("2016-04-28", "DescribeVSwitches"): describe_vswitches,
     ("2016-04-28", "DescribeRouteTableList"): describe_route_table_list,

@@ -58,6 +58,7 @@ from aliyunsdkvpc.request.v20160428.DescribeRouteTableListRequest import Describ
 from aliyunsdkvpc.request.v20160428.DescribeSnatTableEntriesRequest import DescribeSnatTableEntriesRequest
 from aliyunsdkvpc.request.v20160428.DescribeVpcsRequest import DescribeVpcsRequest
 from aliyunsdkvpc.request.v20160428.DescribeVSwitchesRequest import DescribeVSwitchesRequest
+from aliyunsdkvpc.request.v20160428.ListGatewayRouteTableEntriesRequest import ListGatewayRouteTableEntriesRequest
 from aliyunsdkvpc.request.v20160428.ListIpv4GatewaysRequest import ListIpv4GatewaysRequest
 
 from services.cloud.provider import CloudApiError, CloudError, CloudProvider
@@ -323,6 +324,7 @@ class AlibabaProvider(CloudProvider):
         part("IPv4 gateways", lambda: _add(inv, "ipv4_gateways", [
             _ipv4_gateway(g) for g in self.tokened(region, ListIpv4GatewaysRequest, "Ipv4GatewayModels",
                                                    "Ipv4GatewayModel", VpcId=vpc_id)]))
+        part("gateway route tables", lambda: inv.route_tables.extend(self._gateway_tables(region, vpc_id, inv)))
         # a kind that could not be read is "not collected", never "none exist"
         for what, key in (("network ACLs", "network_acls"), ("IPv4 gateways", "ipv4_gateways")):
             if any(e.startswith(f"{what} of {vpc_id}:") for e in errors):
@@ -365,15 +367,30 @@ class AlibabaProvider(CloudProvider):
                                  "RouterTableList", "RouterTableListType", VpcId=vpc_id))
 
         def detail(raw: dict[str, Any]) -> RouteTable:
-            entries = self.tokened(region, DescribeRouteEntryListRequest,
-                                   "RouteEntrys", "RouteEntry", size_key="MaxResult",
-                                   RouteTableId=raw["RouteTableId"])
+            if raw.get("AssociateType") == "Gateway":  # bound to an IPv4 gateway: its own entry API
+                entries = [_gateway_route_entry(e) for e in self.tokened(
+                    region, ListGatewayRouteTableEntriesRequest, "GatewayRouteEntryModels", "GatewayRouteEntryModel",
+                    GatewayRouteTableId=raw["RouteTableId"])]
+            else:
+                entries = [_route_entry(e) for e in self.tokened(
+                    region, DescribeRouteEntryListRequest, "RouteEntrys", "RouteEntry", size_key="MaxResult",
+                    RouteTableId=raw["RouteTableId"])]
             return RouteTable(
                 id=raw["RouteTableId"], vpc_id=raw.get("VpcId", vpc_id), type=raw.get("RouteTableType") or "System",
                 associate_type=raw.get("AssociateType") or None,
-                vswitch_ids=_items(raw, "VSwitchIds", "VSwitchId"), entries=[_route_entry(e) for e in entries])
+                vswitch_ids=_items(raw, "VSwitchIds", "VSwitchId"), entries=entries)
 
         return self._fan_out(detail, tables)
+
+    def _gateway_tables(self, region: str, vpc_id: str, inv: CloudInventory) -> list[RouteTable]:
+        """The gateway route table of each IPv4 gateway of the VPC that the route table listing did not hold."""
+        known = {t.id for t in inv.route_tables}
+        missing = [g.route_table_id for g in inv.ipv4_gateways or []
+                   if g.vpc_id == vpc_id and g.route_table_id and g.route_table_id not in known]
+        return [RouteTable(id=table, vpc_id=vpc_id, type="Custom", associate_type="Gateway", entries=[
+            _gateway_route_entry(e) for e in self.tokened(
+                region, ListGatewayRouteTableEntriesRequest, "GatewayRouteEntryModels", "GatewayRouteEntryModel",
+                GatewayRouteTableId=table)]) for table in missing]
 
     def _nat_gateways(self, region: str, vpc_id: str) -> list[NatGateway]:
         gateways = list(self.paged(region, DescribeNatGatewaysRequest,
@@ -399,7 +416,8 @@ class AlibabaProvider(CloudProvider):
             return NatGateway(id=nat_id, name=raw.get("Name", ""), vpc_id=raw.get("VpcId", vpc_id),
                               status=raw.get("Status", "Available"), network_type=raw.get("NetworkType", "internet"),
                               ips=[ip["IpAddress"] for ip in _items(raw, "IpLists", "IpList")],
-                              snat_entries=snat, dnat_entries=dnat)
+                              snat_entries=snat, dnat_entries=dnat,
+                              vswitch_id=(raw.get("NatGatewayPrivateInfo") or {}).get("VswitchId") or None)
 
         return self._fan_out(detail, gateways)
 
@@ -589,6 +607,15 @@ def _route_entry(raw: dict[str, Any]) -> RouteEntry:
             for h in _items(raw, "NextHops", "NextHop")]
     return RouteEntry(id=raw.get("RouteEntryId", ""), destination=raw["DestinationCidrBlock"],
                       type=raw.get("Type", "Custom"), status=raw.get("Status", "Available"), next_hops=hops)
+
+
+def _gateway_route_entry(raw: dict[str, Any]) -> RouteEntry:
+    """A ListGatewayRouteTableEntries entry: next hop Local, an ECS instance (`EcsInstance`/`Instance`) or an ENI."""
+    hops = _items(raw, "NextHops", "NextHop") or [raw]
+    return RouteEntry(id=raw.get("RouteEntryId", ""), destination=raw["DestinationCidrBlock"], type="Gateway",
+                      status=raw.get("Status", "Available"), next_hops=[NextHop(
+                          type={"EcsInstance": "Instance"}.get(h.get("NextHopType", ""), h.get("NextHopType", "")),
+                          id=h.get("NextHopId") or None, enabled=bool(int(h.get("Enabled", 1)))) for h in hops])
 
 
 def _backend(raw: dict[str, Any]) -> LbBackend:

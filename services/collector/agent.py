@@ -86,12 +86,6 @@ def queue_group(node: str) -> str:
     return f"netdiag-agent-{node}"
 
 
-def blob_name(node: str, diagnosis_id: str | None) -> str:
-    """A dump in the shared blob bucket (the collector's, from a snapshot): by diagnosis and node."""
-    key = _SAFE.sub("_", diagnosis_id) if diagnosis_id else f"adhoc-{time.time_ns()}"
-    return f"nodes/{key}/{_SAFE.sub('_', node)}.json.gz"
-
-
 def node_blob_name(diagnosis_id: str | None) -> str:
     """A dump in the node's own bucket (the agent's): unique per collection, since an agent never
     replaces an object (that would take reading and purging the bucket, rights it does not have); the

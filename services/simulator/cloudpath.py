@@ -10,6 +10,8 @@ collected inventory:
   and is spliced into the walk's reply paths where they cross;
 * out of the cluster to a public address: security groups, then an EIP or the NAT
   gateway's SNAT;
+* in from outside to the public address of an instance (an EIP, a static public IP): the gateway route
+  table of an activated IPv4 gateway, the network ACL and the security groups, then the reply's way out;
 * in from outside to a LoadBalancer address: the CLB (status, listener, ACL, backends); then,
   per node the CLB forwards to, the leg from that entry node to the endpoint, which crosses
   the VPC again when the endpoint is on another node (a path per entry node: endpoints on
@@ -36,11 +38,13 @@ from services.simulator.cloudeval.evaluate import (
     VXLAN_PORT,
     CloudResult,
     Encapsulation,
+    evaluate_internet_to_instance,
     evaluate_internet_to_lb,
     evaluate_node_to_node,
     evaluate_to_internet,
 )
 from services.simulator.cloudeval.index import CloudIndex
+from services.simulator.cloudeval.ipv4gw import public_owner
 from shared.cloud import CloudInventory
 from shared.hops import node_hop
 from shared.schemas import (
@@ -96,6 +100,10 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
         # the CLB is the first thing an outside client meets; one evaluation serves every path
         lb = evaluate_internet_to_lb(index, report.service, _request_packet(request),
                                      service_object=_service_object(report))
+    inbound: CloudResult | None = None
+    if lb is None and report.src.kind in OUTSIDE and public_owner(index, request.dst) is not None:
+        # the public address (EIP, static public IP) of an instance: the VPC's way in decides first
+        inbound = evaluate_internet_to_instance(index, _request_packet(request))
     out: list[Path] = []
     replies: dict[str, tuple[str, CloudResult]] = {}  # forward path id → (its source node, reply crossing)
     for original in paths:
@@ -105,6 +113,8 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
             continue
         cp = candidates.get(path.id)
         ctx = _Context(report, index, request, findings, assumptions)
+        if inbound is not None:
+            _from_internet(path, inbound, ctx)
         variants = _through_lb(path, cp, lb, ctx) if lb is not None else [path]
         for variant in variants:
             crossed = _cross(variant, cp, ctx, lb is not None)
@@ -171,6 +181,23 @@ def _through_lb(path: Path, cp: CandidatePath | None, lb: CloudResult, ctx: _Con
     return variants
 
 
+def _from_internet(path: Path, inbound: CloudResult, ctx: _Context) -> None:
+    """An internet client's path to an instance's public address: the VPC hop (gateway route table, network
+    ACL, security groups) right after the client; a delivered request's reply must leave the VPC again (the
+    network ACL is stateless; with an activated IPv4 gateway only a route to it reaches the internet)."""
+    if path.final == FinalState.ABORT or not path.hops or _dropped_before(path, 1):
+        return
+    ctx.record(inbound)
+    _splice(path, 1, copy.deepcopy(inbound))
+    if not inbound.passed or path.final != FinalState.DELIVER or not ctx.request.options.check_reply:
+        return
+    reply = evaluate_internet_to_instance(ctx.index, _request_packet(ctx.request), reply=True)
+    _extend(ctx.assumptions, reply.assumptions)
+    if not reply.passed:  # the request arrives, its answer is lost
+        _splice(path, len(path.hops), reply)
+        _extend(ctx.findings, reply.findings)
+
+
 def _entry_hop(ctx: _Context, node: str, packet: Packet) -> Hop:
     """The CLB's backend node that is not the endpoint's: kube-proxy forwards the translated packet
     to the endpoint on another node, with the client masqueraded to this node's address."""
@@ -224,7 +251,7 @@ def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
     i = 0
     while i < len(path.hops):
         node = path.hops[i].node
-        if node and last and node != last and i > 0:
+        if node and last and i > 0 and (node != last or _eni_to_eni(path.hops[i - 1], path.hops[i])):
             if _dropped_before(path, i):
                 return None
             packet, notes = _leaving(report, last, path, i, request)
@@ -259,6 +286,15 @@ def _cross_nodes(path: Path, ctx: _Context) -> tuple[str, CloudResult] | None:
         if number == 1:
             first = reply
     return (crossings[0][0], first) if first is not None else None
+
+
+def _eni_to_eni(before: Hop, after: Hop) -> bool:
+    """The walk sent the packet out of one pod's own ENI (Terway's exclusive mode) into the VPC, which delivered
+    it to the other pod's ENI: the VPC is crossed even when both pods sit on one node. (A model path without a
+    walk names no devices: two pods back to back there are a same-node pair, not a crossing.)"""
+    return before.kind == after.kind == HopKind.POD and before.id != after.id and any(
+        s.kind == StepKind.LINK and s.action == StepAction.FORWARD and getattr(s.info, "peer_where", None) ==
+        f"pod {after.name}" for s in before.steps)
 
 
 def _splice(path: Path, at: int, result: CloudResult) -> None:

@@ -109,9 +109,9 @@ def _terway_config(ds: Obj, data: dict[str, str] | None, out: Detection) -> None
     groups = conf.get("security_groups") or ([conf["security_group"]] if conf.get("security_group") else [])
     info.cni_config = {"vswitches": conf.get("vswitches") or {}, "security_groups": groups,
                        "service_cidr": conf.get("service_cidr")}
-    if info.cni_mode != "eniip-veth":
-        _assume(out, f"terway {info.cni_mode}: only the veth datapath (policy routing to the ENI) is simulated; "
-                "IPVLAN/eBPF redirects and an ENI inside the pod are not modelled")
+    if info.cni_mode not in ("eniip-veth", "eni"):
+        _assume(out, f"terway {info.cni_mode}: only the veth datapath (policy routing to the ENI) and exclusive "
+                "ENIs are simulated; IPVLAN/eBPF redirects are not modelled")
 
 
 def _calico_pools(model: ClusterModel, out: Detection) -> None:
@@ -138,6 +138,105 @@ def _calico_pools(model: ClusterModel, out: Detection) -> None:
     info.cni_config = {"ippools": summary}  # the walk follows whatever the nodes hold; this says what to expect
 
 
+# FelixConfiguration fields that shape felix's iptables rules: the walk follows the collected rules they produce
+# (value when nothing sets them: felix's config_params.go defaults)
+FELIX_RULE_SETTINGS: dict[str, Any] = {
+    "chainInsertMode": "Insert", "defaultEndpointToHostAction": "Drop", "iptablesMarkMask": 0xFFFF0000,
+    "iptablesFilterAllowAction": "Accept", "iptablesFilterDenyAction": "Drop", "ipipEnabled": None,
+    "vxlanEnabled": None, "vxlanPort": 4789, "vxlanVNI": 4096, "interfacePrefix": "cali", "iptablesBackend": "Auto",
+}
+# fields that move packets out of the iptables chains the walk reads: declared when on
+FELIX_UNMODELLED = {
+    "bpfEnabled": "felix's eBPF dataplane (tc programs replace its iptables chains and kube-proxy) is not simulated",
+    "nftablesMode": "felix's nftables dataplane is read as plain nftables: its drops are not mapped to policies",
+    "wireguardEnabled": "WireGuard encryption between nodes (wireguard.cali) is not simulated",
+}
+FELIX_INERT = frozenset({  # logging, reporting, health and metrics: no effect on a packet
+    "logSeverityScreen", "logSeverityFile", "logSeveritySys", "logFilePath", "logPrefix", "reportingInterval",
+    "reportingTTL", "healthEnabled", "healthHost", "healthPort", "prometheusMetricsEnabled",
+    "prometheusMetricsPort", "prometheusGoMetricsEnabled", "prometheusProcessMetricsEnabled", "bpfLogLevel",
+    "usageReportingEnabled", "floatingIPs", "xdpEnabled", "debugMemoryProfilePath",
+})
+_FELIX_ENV_ALIASES = {"ipipEnabled": "IPINIPENABLED"}  # felix's parameter is IpInIpEnabled
+
+
+def _env(ds: Obj) -> dict[str, str]:
+    containers = ((((ds.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers") or [])
+    return {str(e.get("name")): str(e.get("value")) for c in containers for e in c.get("env") or []
+            if e.get("name") and "value" in e}
+
+
+def _on(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "enabled", "1")
+
+
+def _felix_config(model: ClusterModel, ds: Obj, out: Detection) -> None:
+    """felix's effective settings (its environment over FelixConfiguration `default` over its defaults): the
+    policy chains the walk reads follow from them; what leaves those chains (eBPF, nftables, WireGuard) is said."""
+    reason = model.unreadable.get(("FelixConfiguration", None))
+    configs = {str((c.get("metadata") or {}).get("name")): c.get("spec") or {}
+               for c in model.objects["FelixConfiguration"].values()}
+    spec = configs.get("default")
+    if reason is not None or spec is None:
+        _assume(out, f"FelixConfiguration default is {'not readable (' + reason + ')' if reason else 'absent'}: "
+                "felix's defaults and its environment assumed (the walk follows the collected rules)",
+                could_change=False)
+    env = _env(ds)
+    effective: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for key in (*FELIX_RULE_SETTINGS, *FELIX_UNMODELLED):
+        env_name = "FELIX_" + _FELIX_ENV_ALIASES.get(key, key.upper())
+        if env_name in env:
+            effective[key], source[key] = env[env_name], f"env {env_name}"
+        elif spec is not None and key in spec:
+            effective[key], source[key] = spec[key], "FelixConfiguration default"
+        elif key in FELIX_RULE_SETTINGS:
+            effective[key], source[key] = FELIX_RULE_SETTINGS[key], "felix default"
+    mask = effective.get("iptablesMarkMask")
+    try:
+        bits = bin(int(str(mask), 0) & 0xFFFFFFFF).count("1")
+        effective["iptablesMarkMask"] = hex(int(str(mask), 0))
+    except ValueError:
+        bits = 0
+    if bits < 5:
+        _assume(out, f"felix iptablesMarkMask {mask!r} leaves fewer than the 5 mark bits felix allocates: felix "
+                "does not start with it, its policy chains may be stale")
+    for key, why in FELIX_UNMODELLED.items():
+        on = [name for name, cfg in configs.items() if _on(cfg.get(key))]
+        if _on(effective.get(key)) or on:
+            where = f" ({source.get(key) or ', '.join('FelixConfiguration ' + n for n in on)})"
+            _assume(out, f"felix {key} is on{where}: {why}")
+    known = {*FELIX_RULE_SETTINGS, *FELIX_UNMODELLED, *FELIX_INERT}
+    unread = sorted({k for cfg in configs.values() for k in cfg if k not in known})
+    if unread:
+        _assume(out, f"FelixConfiguration fields not interpreted: {', '.join(unread)} (the walk follows the "
+                "iptables rules felix programs with them)", could_change=False)
+    per_node = sorted(n for n in configs if n.startswith("node."))
+    out.info.cni_config["felix"] = {"settings": effective, "source": source,
+                                    **({"node_configs": per_node} if per_node else {})}
+
+
+def _felix_marks_vs_kube_proxy(model: ClusterModel, out: Detection) -> None:
+    """felix clears its mark bits in cali-FORWARD/INPUT/OUTPUT: a mask holding kube-proxy's masquerade bit
+    (KubeProxyConfiguration iptables.masqueradeBit, 14) erases kube-proxy's mark before its POSTROUTING reads it."""
+    settings = (out.info.cni_config.get("felix") or {}).get("settings") or {}
+    try:
+        mask = int(str(settings.get("iptablesMarkMask")), 0)
+    except ValueError:
+        return
+    bit = 14
+    conf = (_config_data(model, "kube-proxy") or {}).get("config.conf")
+    if conf:
+        try:
+            bit = int(((yaml.safe_load(conf) or {}).get("iptables") or {}).get("masqueradeBit", 14) or 14)
+        except (yaml.YAMLError, ValueError, AttributeError):
+            return
+    used = [1 << i for i in range(32) if mask >> i & 1][:5]  # accept, pass, drop, scratch-0, scratch-1
+    if 1 << bit in used:
+        _assume(out, f"felix iptablesMarkMask {hex(mask)} includes kube-proxy's masquerade bit {hex(1 << bit)}: "
+                "felix clears it, so kube-proxy may not masquerade what it marked (the walk follows the marks)")
+
+
 def _detect_cni(model: ClusterModel, out: Detection) -> None:
     info = out.info
     terway = _daemonset(model, "terway", "terway-eniip", "terway-eni", "terway-eniip-v2")
@@ -151,11 +250,15 @@ def _detect_cni(model: ClusterModel, out: Detection) -> None:
         data = _config_data(model, "eni-config")
         _terway_config(terway, data, out)
         flag = (data or {}).get("disable_network_policy")
-        if flag is None:
+        if info.cni_mode == "eni":  # Terway documents no NetworkPolicy support for pods on exclusive ENIs
+            info.enforces_network_policy = False
+        elif flag is None:
             info.enforces_network_policy = True
             _assume(out, "terway found without eni-config disable_network_policy: policies assumed enforced")
         else:
             info.enforces_network_policy = flag.strip().lower() != "true"
+        if info.enforces_network_policy:  # Terway's policy container is felix in policy-only mode
+            _felix_config(model, terway, out)
     elif cilium is not None:
         info.cni = "cilium"
         mode = (_config_data(model, "cilium-config") or {}).get("enable-policy", "default")
@@ -164,6 +267,7 @@ def _detect_cni(model: ClusterModel, out: Detection) -> None:
         info.cni = "calico"
         info.enforces_network_policy = True
         _calico_pools(model, out)
+        _felix_config(model, calico, out)
     elif flannel is not None or canal is not None:
         data = _config_data(model, "kube-flannel-cfg", "canal-config", "flannel-cfg")
         info.cni = f"flannel-{_flannel_backend(data, out)}"
@@ -292,7 +396,7 @@ def _detect_dns(model: ClusterModel, out: Detection) -> None:
 
 def _detect_unreadable(model: ClusterModel, out: Detection) -> None:
     for (kind, namespace), reason in sorted(model.unreadable.items(), key=lambda item: (item[0][0], item[0][1] or "")):
-        if kind == "IPPool":  # absent wherever Calico is not installed: Calico's detection states it
+        if kind in ("IPPool", "FelixConfiguration"):  # absent without Calico: Calico's detection states it
             continue
         where = f" in {namespace}" if namespace else ""
         _assume(out, f"cannot read {kind}s{where}: {reason} — CNI detection may be incomplete")
@@ -301,7 +405,7 @@ def _detect_unreadable(model: ClusterModel, out: Detection) -> None:
 class Detector:
     """Caches the detection until one of the kinds it reads changes (a diagnosis re-uses it)."""
 
-    _KINDS = ("Node", "Service", "DaemonSet", "ConfigMap", "IPPool")
+    _KINDS = ("Node", "Service", "DaemonSet", "ConfigMap", "IPPool", "FelixConfiguration")
 
     def __init__(self, model: ClusterModel) -> None:
         self.model = model
@@ -323,6 +427,7 @@ def detect(model: ClusterModel) -> Detection:
         _detect_unreadable(model, out)
         _detect_cni(model, out)
         _detect_kube_proxy(model, out)
+        _felix_marks_vs_kube_proxy(model, out)
         _detect_cidrs(model, out)
         _detect_node_addresses(model, out)
         _detect_dns(model, out)

@@ -23,7 +23,8 @@ import msgspec
 
 from shared.schemas import IPAddress
 
-KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet", "IPPool")
+KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet", "IPPool",
+         "FelixConfiguration")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
@@ -188,6 +189,7 @@ _API_VERSIONS = {
     "NetworkPolicy": "networking.k8s.io/v1",
     "DaemonSet": "apps/v1",
     "IPPool": "crd.projectcalico.org/v1",  # Calico's CRD (Kubernetes datastore)
+    "FelixConfiguration": "crd.projectcalico.org/v1",
 }
 
 

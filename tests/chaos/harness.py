@@ -15,7 +15,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from nats.js.api import DeliverPolicy
 
-from shared.bus import PROGRESS_PREFIX, STREAM, SUBJECT_COMPLETED, Bus
+from shared.bus import PROGRESS_PREFIX, STREAM, Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
-from shared.schemas import StageEnvelope
+from tests.deploy.natscluster import free_port
+from tests.foundation.helpers import completed_in_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "examples" / "snapshots" / "shop"
@@ -81,12 +80,6 @@ class Report:
         }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Deployment:
     """The processes, each started as `python -m services.<name>` with the chart's kind of settings."""
 
@@ -94,7 +87,7 @@ class Deployment:
         self.workdir = workdir
         self.replicas = replicas
         self.nats = NatsServer(workdir / "nats")
-        self.gateway_port = _free_port()
+        self.gateway_port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env: dict[str, str] = {}
 
@@ -188,21 +181,6 @@ async def _get(http: aiohttp.ClientSession, base: str, diagnosis_id: str) -> dic
             return await r.json() if r.status == 200 else None
     except (aiohttp.ClientError, TimeoutError):
         return None
-
-
-async def _finals(admin: Bus) -> Counter[str]:
-    found: Counter[str] = Counter()
-    sub = await admin.js.subscribe(SUBJECT_COMPLETED, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except TimeoutError:
-                break
-            found[StageEnvelope.model_validate_json(msg.data).id] += 1
-    finally:
-        await sub.unsubscribe()
-    return found
 
 
 def _busy_replica(dep: Deployment, progress: list[tuple[float, dict[str, Any]]]) -> str | None:
@@ -370,7 +348,7 @@ async def run_chaos(workdir: Path, diagnoses: int = 200, clients: int = 12, chao
                                                      f"{findings}")
                     report.latencies_s.append((datetime.fromisoformat(doc["completed_at"])
                                                - datetime.fromisoformat(doc["created_at"])).total_seconds())
-            report.finals_per_id = await _finals(admin)
+            report.finals_per_id = Counter(env.id for env in await completed_in_stream(admin))
             report.redelivery_s = _redeliveries(kills, progress, (nats_down[0], nats_down[1]))
             # for a post-mortem: what happened when, next to the processes' logs
             (workdir / "events.json").write_text(json.dumps({"kills": kills, "nats_down": nats_down,

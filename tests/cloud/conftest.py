@@ -82,6 +82,9 @@ PAGES: dict[str, str] = {
                             "classic-load-balancer/user-guide/configure-and-manage-health-checks",
     "LB_BACKEND_WEIGHT_ZERO": "CLB API, SetBackendServers — https://alibabacloud.com/help/en/slb/"
                               "classic-load-balancer/developer-reference/api-slb-2014-05-15-setbackendservers",
+    "VPC_GATEWAY_ROUTE_REDIRECT": "VPC, Use the gateway route table to control traffic entering the VPC — "
+                                  "https://www.alibabacloud.com/help/en/vpc/use-the-gateway-route-table-to-control-"
+                                  "traffic-entering-the-vpc",
     "LB_BACKEND_MISMATCH": "CLB, CLB server groups — https://www.alibabacloud.com/help/en/slb/classic-load-balancer/"
                            "user-guide/backend-server-overview/",
 }

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node, evaluate_to_internet
+from services.simulator.cloudeval.evaluate import (
+    evaluate_internet_to_instance,
+    evaluate_internet_to_lb,
+    evaluate_node_to_node,
+    evaluate_to_internet,
+)
 from shared.cloud import CloudInventory
 from shared.schemas import Packet, Severity
 from tests.cloud.conftest import healthy
@@ -359,3 +364,174 @@ def test_network_acl_reply_to_an_ephemeral_port(collect) -> None:
         r = evaluate_node_to_node(collect(state), "node-3", "node-1", reply, reply=True)
         assert r.outcome == outcome, port
         assert any(a.could_change_outcome and "unknown" in a.text for a in r.assumptions) == flag, port
+
+
+# ------------------------------------------------------------------ IPv4 gateway and gateway route table
+
+EIP2 = "47.1.2.4"  # node-2's EIP
+IPV4GW = "IPv4 gateway: https://alibabacloud.com/help/en/vpc/user-guide/create-and-manage-an-ipv4-gateway"
+
+
+def with_gateway(routed: bool = True, **gateway: Any) -> dict[str, Any]:
+    """An activated IPv4 gateway with a gateway route table (the system routes of both vSwitch CIDRs to Local),
+    vsw-a's 0.0.0.0/0 to the gateway (`routed`) and an EIP on node-2."""
+    state = healthy()
+    state["ipv4_gateways"] = [{"Ipv4GatewayId": "ipv4gw-k8s", "VpcId": "vpc-k8s", "Enabled": True,
+                               "Ipv4GatewayRouteTableId": "vtb-gw", **gateway}]
+    state["route_tables"].append({"RouteTableId": "vtb-gw", "VpcId": "vpc-k8s", "RouteTableType": "Custom",
+                                  "AssociateType": "Gateway", "Entries": [
+                                      {"DestinationCidrBlock": "192.168.0.0/24", "NextHopType": "Local"},
+                                      {"DestinationCidrBlock": "192.168.1.0/24", "NextHopType": "Local"}]})
+    state["eips"] = [{"AllocationId": "eip-n2", "IpAddress": EIP2, "InstanceType": "EcsInstance",
+                      "InstanceId": "i-node2"}]
+    if routed:
+        state["route_tables"][0]["Entries"][3].update(NextHopType="Ipv4Gateway", NextHopId="ipv4gw-k8s")
+    return state
+
+
+def firewall(state: dict[str, Any], status: str = "Running") -> dict[str, Any]:
+    """vsw-a's system route in the gateway route table changed to a firewall instance (i-fw)."""
+    state["instances"].append({"InstanceId": "i-fw", "InstanceName": "firewall", "ZoneId": "cn-hangzhou-h",
+                               "Status": status, "VpcId": "vpc-k8s", "VSwitchId": "vsw-a",
+                               "PrivateIpAddress": ["192.168.0.250"], "SecurityGroupIds": ["sg-nodes"]})
+    state["route_tables"][-1]["Entries"][0].update(NextHopType="Instance", NextHopId="i-fw")
+    return state
+
+
+def test_gateway_route_table_and_nat_vswitch_are_collected(collect, emulator) -> None:
+    """ListGatewayRouteTableEntries (https://www.alibabacloud.com/help/en/vpc/api-listgatewayroutetableentries): a
+    gateway route table's entries come from their own API (next hop Local, an ECS instance or an ENI —
+    UpdateGatewayRouteTableEntryAttribute, https://alibabacloud.com/help/en/vpc/developer-reference/
+    api-vpc-2016-04-28-updategatewayroutetableentryattribute); DescribeNatGateways names the NAT gateway's vSwitch."""
+    state = firewall(with_gateway())
+    state["nat_gateways"][0]["VSwitchId"] = "vsw-b"
+    inv = collect(state)
+    table = next(t for t in inv.route_tables if t.id == "vtb-gw")
+    assert table.associate_type == "Gateway"
+    assert [(e.destination, e.next_hops[0].type, e.next_hops[0].id) for e in table.entries] == [
+        ("192.168.0.0/24", "Instance", "i-fw"), ("192.168.1.0/24", "Local", None)]
+    assert inv.nat_gateways[0].vswitch_id == "vsw-b"
+    assert "ListGatewayRouteTableEntries" in emulator.calls
+    # a gateway whose table the route table listing did not hold: read by its id
+    del state["route_tables"][-1]["AssociateType"]
+    state["route_tables"][-1]["VpcId"] = "vpc-other"
+    inv = collect(state)
+    assert [t.associate_type for t in inv.route_tables if t.id == "vtb-gw"] == ["Gateway"]
+
+
+def test_activated_gateway_routes_decide_outbound(collect) -> None:
+    """"Create and manage an IPv4 gateway" (IPV4GW): once activated, instances reach the internet only through
+    routes to the gateway; it translates addresses with a public IP (IPv4 gateway overview,
+    https://alibabacloud.com/help/en/vpc/user-guide/ipv4-gateway-overview); an address without one needs a NAT
+    gateway, whose own vSwitch routes to the gateway ("IPv4 gateway" with an Internet NAT gateway,
+    https://www.alibabacloud.com/help/en/vpc/user-guide/create-and-enable-ipv4-gateway-in-vpc-associated-with-internet-
+    nat-gateway). Decoys: a public address routed to the gateway passes; a not-activated gateway changes nothing."""
+    eip_node = tcp(N2, "8.8.8.8", 443)
+    routed = collect(with_gateway())
+    r = evaluate_to_internet(routed, "node-2", eip_node)
+    assert r.outcome == "pass" and r.hops[0].steps[-1].packet_out.src.exploded == EIP2
+    # node-1 has no public address: the gateway alone gives it none
+    r = evaluate_to_internet(routed, "node-1", tcp(N1, "8.8.8.8", 443))
+    assert r.outcome == "drop" and codes(r) == ["VPC_WRONG_NEXT_HOP"] and "NAT gateway" in r.findings[0].message
+    # no public address, vsw-a → NAT gateway; the NAT gateway sits in vsw-b, whose route must lead to the gateway
+    state = with_gateway(routed=False)
+    state["nat_gateways"][0]["VSwitchId"] = "vsw-b"
+    r = evaluate_to_internet(collect(state), "node-1", tcp(N1, "8.8.8.8", 443))
+    assert r.outcome == "drop" and codes(r) == ["VPC_NO_ROUTE"] and r.findings[0].hop == "nat:ngw-k8s"
+    assert "vtb-zone-i" in r.findings[0].message and "ipv4gw-k8s" in r.findings[0].suggestion
+    state["route_tables"][1]["Entries"][3].update(NextHopType="Ipv4Gateway", NextHopId="ipv4gw-k8s")
+    r = evaluate_to_internet(collect(state), "node-1", tcp(N1, "8.8.8.8", 443))
+    assert r.outcome == "pass" and codes(r) == [] and [h.id for h in r.hops] == ["vpc:vpc-k8s", "nat:ngw-k8s",
+                                                                                   "internet"]
+    # not activated: traffic is not affected (the EIP and the NAT gateway work as before)
+    idle = collect(with_gateway(routed=False, Enabled=False))
+    assert evaluate_to_internet(idle, "node-2", eip_node).outcome == "pass"
+    assert evaluate_to_internet(idle, "node-1", tcp(N1, "8.8.8.8", 443)).outcome == "pass"
+
+
+def test_deleted_gateway_leaves_the_vpc_without_internet(collect) -> None:
+    """IPV4GW: "If you delete an IPv4 gateway, instances in the VPC cannot access the Internet" — the EIP no longer
+    helps, outbound or for the reply of an inbound connection."""
+    inv = collect(with_gateway(Status="Deleting"))
+    r = evaluate_to_internet(inv, "node-2", tcp(N2, "8.8.8.8", 443))
+    assert r.outcome == "drop" and codes(r) == ["VPC_NO_ROUTE"] and "Deleting" in r.findings[0].suggestion
+    reply = evaluate_internet_to_instance(inv, tcp(CLIENT, EIP2, 22), reply=True)
+    assert reply.outcome == "drop" and reply.hops[0].id == "vpc:vpc-k8s:reply"
+
+
+def test_internet_to_an_eip_through_the_gateway_route_table(collect) -> None:
+    """"Use the gateway route table to control traffic entering the VPC"
+    (https://www.alibabacloud.com/help/en/vpc/use-the-gateway-route-table-to-control-traffic-entering-the-vpc): the
+    gateway route table decides where internet traffic enters — Local delivers it to the vSwitch, a system route
+    changed to an ECS instance hands it to that firewall first (not evaluated: a warning and an assumption that
+    matters), a firewall that is not Running forwards nothing (ECS instance lifecycle). Then the network ACL and
+    security groups of the NIC, as for any traffic."""
+    ssh = tcp(CLIENT, EIP2, 22)
+    inv = collect(with_gateway())
+    r = evaluate_internet_to_instance(inv, ssh)
+    assert r.outcome == "pass" and codes(r) == [] and str(r.flow.dst) == N2
+    assert not any(a.could_change_outcome for a in r.assumptions)
+    route = next(s for s in r.hops[0].steps if s.kind == "vpc_route")
+    assert route.action == "FORWARD" and "vtb-gw" in route.detail
+    # decoy next to it: the security group admits 22 from anywhere, not 8080
+    denied = evaluate_internet_to_instance(inv, tcp(CLIENT, EIP2, 8080))
+    assert denied.outcome == "drop" and codes(denied) == ["SG_DENY"]
+    # the reply: vsw-a routes 0.0.0.0/0 to the gateway
+    assert evaluate_internet_to_instance(inv, ssh, reply=True).outcome == "pass"
+
+    steered = evaluate_internet_to_instance(collect(firewall(with_gateway())), ssh)
+    assert steered.outcome == "pass" and codes(steered) == ["VPC_GATEWAY_ROUTE_REDIRECT"]
+    assert steered.findings[0].severity == Severity.WARNING and "i-fw" in steered.findings[0].message
+    assert any("i-fw" in a.text and a.could_change_outcome for a in steered.assumptions)
+    stopped = evaluate_internet_to_instance(collect(firewall(with_gateway(), "Stopped")), ssh)
+    assert stopped.outcome == "drop" and codes(stopped) == ["VPC_NEXT_HOP_NOT_FORWARDING"]
+    # node-3 (vsw-b): its gateway route is Local, whatever vsw-a's says
+    state = firewall(with_gateway())
+    state["eips"].append({"AllocationId": "eip-n3", "IpAddress": "47.1.2.5", "InstanceType": "EcsInstance",
+                          "InstanceId": "i-node3"})
+    r = evaluate_internet_to_instance(collect(state), tcp(CLIENT, "47.1.2.5", 22))
+    assert r.outcome == "pass" and codes(r) == []
+
+
+def test_reply_of_an_inbound_connection_needs_a_route_to_the_gateway(collect) -> None:
+    """IPV4GW: with the gateway activated, a vSwitch without a route to it has no internet access — the request
+    from the internet arrives, its reply is lost (VPC_NO_ROUTE at the reply hop). Decoy: before activation the
+    EIP answers whatever the routes say."""
+    ssh = tcp(CLIENT, EIP2, 22)
+    inv = collect(with_gateway(routed=False))
+    assert evaluate_internet_to_instance(inv, ssh).outcome == "pass"
+    reply = evaluate_internet_to_instance(inv, ssh, reply=True)
+    assert reply.outcome == "drop" and codes(reply) == ["VPC_NO_ROUTE"]
+    assert reply.findings[0].hop == "vpc:vpc-k8s:reply" and CLIENT in reply.findings[0].message
+    idle = collect(with_gateway(routed=False, Enabled=False))
+    assert evaluate_internet_to_instance(idle, ssh, reply=True).outcome == "pass"
+    # an EIP bound to a secondary private IP of an ENI serves that address (EIP-ENI)
+    state = with_gateway()
+    state["eips"] = [{"AllocationId": "eip-pod", "IpAddress": "47.1.2.6", "InstanceType": "NetworkInterface",
+                      "InstanceId": "eni-pods2", "PrivateIpAddress": "192.168.0.102"}]
+    r = evaluate_internet_to_instance(collect(state), tcp(CLIENT, "47.1.2.6", 22))
+    assert r.outcome == "pass" and str(r.flow.dst) == "192.168.0.102"
+
+
+def test_clb_with_an_activated_gateway_is_stated(collect) -> None:
+    """IPv4 gateway overview: the gateway translates the public addresses of ECS instances and ENIs; the pages read
+    say nothing of CLB traffic passing it — stated, and said to matter only where its gateway route table would
+    steer a serving backend to an appliance."""
+    plain = lb(collect(with_gateway()))
+    assert plain.outcome == "pass" and any("ipv4gw-k8s" in a.text and not a.could_change_outcome
+                                           for a in plain.assumptions)
+    steered = lb(collect(firewall(with_gateway())))
+    assert steered.outcome == "pass" and any("i-fw" in a.text and a.could_change_outcome
+                                             for a in steered.assumptions)
+
+
+def test_gateways_not_collected_are_said_to_matter(collect) -> None:
+    """IPV4GW: with an activated IPv4 gateway only routes to it reach the internet — an inventory that did not
+    collect the gateways (older, or ListIpv4Gateways failed) cannot rule that out, and says so."""
+    older = collect(with_gateway(routed=False)).model_copy(update={"ipv4_gateways": None})
+    for r in (evaluate_to_internet(older, "node-1", tcp(N1, "8.8.8.8", 443)),
+              evaluate_internet_to_instance(older, tcp(CLIENT, EIP2, 22), reply=True)):
+        assert r.outcome == "pass"
+        assert any("IPv4 gateways were not collected" in a.text and a.could_change_outcome for a in r.assumptions)
+    current = evaluate_to_internet(collect(healthy()), "node-1", tcp(N1, "8.8.8.8", 443))
+    assert not any("IPv4 gateways" in a.text for a in current.assumptions)  # decoy: collected, none exist

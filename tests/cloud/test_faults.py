@@ -10,6 +10,7 @@ import pytest
 
 from services.simulator.cloudeval.evaluate import (
     CloudResult,
+    evaluate_internet_to_instance,
     evaluate_internet_to_lb,
     evaluate_node_to_node,
     evaluate_to_internet,
@@ -36,6 +37,10 @@ def to_internet(inv: CloudInventory) -> CloudResult:
     return evaluate_to_internet(inv, "node-1", Packet(src="192.168.0.10", dst="8.8.8.8", protocol="udp", dport=53))
 
 
+def internet_to_eip(inv: CloudInventory) -> CloudResult:  # ssh to node-2's EIP
+    return evaluate_internet_to_instance(inv, Packet(src="203.0.113.9", dst="47.1.2.4", protocol="tcp", dport=22))
+
+
 def lb(protocol: str, port: int) -> Scenario:
     def run(inv: CloudInventory) -> CloudResult:
         return evaluate_internet_to_lb(inv, None, Packet(src="203.0.113.9", dst="47.100.1.1", protocol=protocol,
@@ -57,6 +62,7 @@ CASES: dict[str, tuple[Scenario, str]] = {
     "VPC_NETWORK_ACL_DENY": (node_to_other_zone, "drop"),
     "VPC_NEXT_HOP_NOT_FORWARDING": (to_internet, "drop"),
     "LB_BACKEND_WEIGHT_ZERO": (lb("tcp", 80), "drop"),
+    "VPC_GATEWAY_ROUTE_REDIRECT": (internet_to_eip, "pass"),  # a warning: the firewall decides, not netdiag
 }
 
 

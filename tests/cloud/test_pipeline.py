@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from lab import state as lab_state
 from lab.cloudemu import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, CloudEmulator
-from lab.cloudstate import POD_CIDR_RULE, cloud_state, ids, load_balancer_id, with_fault
+from lab.cloudstate import NODE_EIP, POD_CIDR_RULE, cloud_state, ids, ipv4_gateway, load_balancer_id, with_fault
 from lab.dataplane import Lab
 from lab.objects import scenario_objects
 from lab.scenario import CloudSpec, ResolvedScenario, Scenario, resolve
@@ -72,6 +72,9 @@ def request(rs: ResolvedScenario, kind: str) -> dict[str, Any]:
         "to-internet": {"src": rs.pod("client").ip, "dst": INTERNET, "port": 53, "protocol": "udp"},
         "lb-tcp": {"src": CLIENT_PUBLIC, "dst": lb_ip, "port": 80, "protocol": "tcp"},
         "lb-udp": {"src": CLIENT_PUBLIC, "dst": lb_ip, "port": 53, "protocol": "udp"},
+        # NodePort on node-2's EIP (the snapshot lists it as node-2's ExternalIP)
+        "internet-to-node": {"src": CLIENT_PUBLIC, "dst": NODE_EIP, "port": rs.services[0].ports[0].node_port,
+                             "protocol": "tcp"},
     }[kind]
 
 
@@ -112,8 +115,12 @@ def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for cni, rs in LABS.items():
         root = tmp_path_factory.mktemp(f"snapshot-{cni}")
         (root / "kubernetes").mkdir()
+        objects = scenario_objects(rs)
+        for obj in objects:  # node-2 has an EIP (bound in the cloud by the IPv4-gateway cases)
+            if obj["kind"] == "Node" and obj["metadata"]["name"] == "node-2":
+                obj["status"]["addresses"].append({"type": "ExternalIP", "address": NODE_EIP})
         (root / "kubernetes" / "objects.json").write_text(json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": scenario_objects(rs)}))
+            {"apiVersion": "v1", "kind": "List", "items": objects}))
         out[cni] = root
     return out
 
@@ -320,8 +327,10 @@ def test_no_modelled_cloud_leaves_paths_alone() -> None:
 
 
 def test_every_cloud_code_is_covered() -> None:
-    """every cloud code has a pipeline fault; its page is tests/cloud/conftest.py PAGES."""
-    assert CLOUD_CODES - {"LB_BACKEND_MISMATCH"} == {code for code, *_ in FAULTS}
+    """every cloud code has a pipeline fault (a warning that drops nothing has its own test: the redirect of the
+    gateway route table, test_internet_to_a_node_eip_through_the_ipv4_gateway); its page is PAGES."""
+    assert CLOUD_CODES - {"LB_BACKEND_MISMATCH", "VPC_GATEWAY_ROUTE_REDIRECT"} == {code for code, *_ in FAULTS}
+    assert "VPC_GATEWAY_ROUTE_REDIRECT" in {code for _, _, _, _, code, _ in GATEWAY_CASES}
 
 
 # ------------------------------------------------------------------ live lab: namespaces, agents, emulator
@@ -628,7 +637,7 @@ def port_list(ranges: list[str]) -> Any:
     return change
 
 
-def ipv4_gateway(routed: bool) -> Any:
+def eip_and_ipv4_gateway(routed: bool) -> Any:
     def change(state: dict[str, Any], rs: ResolvedScenario) -> None:
         state["instances"][0]["EipAddress"] = "47.1.2.3"
         state["ipv4_gateways"] = [{"Ipv4GatewayId": "ipv4gw-lab", "VpcId": ids(rs)["vpc"], "Enabled": True}]
@@ -675,8 +684,9 @@ DOCUMENTED: list[tuple[str, Any, str, str, str | None, str]] = [
     ("prefix-list-misses", prefix_list(False), "pod-to-pod", "UNREACHABLE", "SG_DENY", "PREFIX"),
     ("port-list-edge", port_list(["80/80", "8000/8080"]), "pod-to-pod", "ok", None, "PORTLIST"),
     ("port-list-misses", port_list(["8081/9000"]), "pod-to-pod", "UNREACHABLE", "SG_DENY", "PORTLIST"),
-    ("ipv4-gateway-routed", ipv4_gateway(True), "node-to-internet", "ok", None, "IPV4GW"),
-    ("ipv4-gateway-unrouted", ipv4_gateway(False), "node-to-internet", "UNREACHABLE", "VPC_NO_ROUTE", "IPV4GW"),
+    ("ipv4-gateway-routed", eip_and_ipv4_gateway(True), "node-to-internet", "ok", None, "IPV4GW"),
+    ("ipv4-gateway-unrouted", eip_and_ipv4_gateway(False), "node-to-internet", "UNREACHABLE", "VPC_NO_ROUTE",
+     "IPV4GW"),
     ("cross-account-group", cross_account, "pod-to-pod", "UNDETERMINED", "DATA_MISSING", "SG-CREATE"),
     ("health-check-off", health_check_off, "lb-tcp", "ok", None, "CLB-TCP"),
     ("primary-secondary", primary_secondary, "lb-tcp", "ok", None, "CLB-MS"),
@@ -712,3 +722,88 @@ async def test_documented_semantics_through_the_pipeline(stacks: dict[str, Embed
         assert any("health check" in a["text"] and a["could_change_outcome"] for a in result["assumptions"])
     if name == "primary-secondary":
         assert list(forward) == ["p0"]  # node-2 (the secondary) only: no leg from node-1
+
+
+# (name, ipv4_gateway(...) arguments, path, verdict class, code, page): "ok" = every forward path delivers (as far as
+# the snapshot's data goes), no cloud error
+GATEWAY_CASES: list[tuple[str, dict[str, Any], str, str, str | None, str]] = [
+    ("inbound-local", {"eip_node": "node-2"}, "internet-to-node", "ok", None, "IPV4GW-RT"),
+    ("inbound-redirected", {"eip_node": "node-2", "firewall": "Running"}, "internet-to-node", "UNDETERMINED",
+     "VPC_GATEWAY_ROUTE_REDIRECT", "IPV4GW-RT"),
+    ("inbound-firewall-stopped", {"eip_node": "node-2", "firewall": "Stopped"}, "internet-to-node", "UNREACHABLE",
+     "VPC_NEXT_HOP_NOT_FORWARDING", "LIFECYCLE"),
+    ("inbound-reply-unrouted", {"eip_node": "node-2", "routed": False}, "internet-to-node", "UNREACHABLE",
+     "VPC_NO_ROUTE", "IPV4GW"),
+    ("inbound-not-activated", {"eip_node": "node-2", "routed": False, "enabled": False}, "internet-to-node", "ok",
+     None, "IPV4GW"),
+    ("outbound-nat-routed", {"routed": False, "nat_routed": True}, "to-internet", "ok", None, "IPV4GW-NAT"),
+    ("outbound-nat-unrouted", {"routed": False, "nat_routed": False}, "to-internet", "UNREACHABLE", "VPC_NO_ROUTE",
+     "IPV4GW-NAT"),
+    ("outbound-gateway-no-public-ip", {"routed": True}, "to-internet", "UNREACHABLE", "VPC_WRONG_NEXT_HOP",
+     "IPV4GW-OVERVIEW"),
+]
+
+
+@pytest.mark.parametrize(("name", "gateway", "path", "verdict", "code", "page"), GATEWAY_CASES,
+                         ids=[c[0] for c in GATEWAY_CASES])
+async def test_internet_to_a_node_eip_through_the_ipv4_gateway(stacks: dict[str, EmbeddedStack],
+                                                               emulator: CloudEmulator, name: str,
+                                                               gateway: dict[str, Any], path: str, verdict: str,
+                                                               code: str | None, page: str) -> None:
+    """An IPv4 gateway through the whole pipeline (SDK → emulator → cloud stage → simulator): an internet client to
+    the NodePort on node-2's EIP — the gateway route table (Local, or a firewall first: a warning and UNDETERMINED;
+    a stopped firewall forwards nothing), the reply's route to the activated gateway, none of it before activation —
+    and a pod to the internet through the NAT gateway, whose own vSwitch must route to the gateway (a node address
+    without a public IP routed to the gateway itself gets nowhere). `page` is the tag of the page in docs/cloud.md's
+    sources the expectation comes from."""
+    assert f"| {page} |" in (Path(__file__).resolve().parents[2] / "docs" / "cloud.md").read_text()
+    rs = LABS["host-gw"]
+    state = cloud_state(rs)
+    ipv4_gateway(state, rs, **gateway)
+    emulator.set_state(state)
+    result = await diagnose(stacks["host-gw"], request(rs, path))
+    forward = forward_paths(result)
+    if verdict == "ok":
+        assert cloud_errors(result) == [] and delivers_as_far_as_the_data_goes(result), \
+            (result["summary"], result["findings"])
+        assert all(p["final"] in ("DELIVER", "FORWARD") for p in forward.values())
+    elif verdict == "UNREACHABLE":
+        assert result["verdict"] == verdict and {p["cause"] for p in forward.values()} == {code}, result["summary"]
+    else:
+        found = [f for f in result["findings"] if f["code"] == code]
+        assert result["verdict"] == verdict and found and found[0]["severity"] == "warning", result["summary"]
+        assert any("netdiag does not evaluate" in a["text"] and a["could_change_outcome"]
+                   for a in result["assumptions"])
+    if path == "internet-to-node":
+        vpc = cloud_hop(rs, "vpc")
+        assert all(p["hops"][1]["id"] == vpc for p in forward.values())  # right after the client
+        nat = next(s for p in forward.values() for s in p["hops"][1]["steps"] if s["kind"] == "nat")
+        assert nat["packet_out"]["dst"] == rs.node("node-2").ip
+    if name == "inbound-reply-unrouted":
+        assert all(p["hops"][-1]["id"] == cloud_hop(rs, "vpc-reply") for p in forward.values())
+    if name == "outbound-nat-unrouted":
+        assert {f["hop"] for f in cloud_errors(result)} == {cloud_hop(rs, "nat")}
+
+
+async def test_backend_security_groups_are_stated_not_judged_for_layer4_clb(stacks: dict[str, EmbeddedStack],
+                                                                           emulator: CloudEmulator) -> None:
+    """Whether backend security groups filter layer-4 CLB traffic is left open by the pages read (ECS, Security
+    group rules — https://www.alibabacloud.com/help/en/ecs/user-guide/security-group-rules; CLB, Enable Proxy
+    Protocol for a layer-4 listener — https://www.alibabacloud.com/help/en/server-load-balancer/latest/enable-proxy-
+    protocol-for-a-layer-4-listener-to-retrieve-client-ip-addresses): through the pipeline the lab group, which
+    admits NodePorts from 100.64.0.0/10 only, is no drop but an assumption that matters, naming the client; a group
+    that admits the client (decoy) is a plain statement."""
+    rs = LABS["host-gw"]
+    emulator.set_state(cloud_state(rs))
+    refused = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    assert cloud_errors(refused) == [] and all(p["final"] == "DELIVER" for p in forward_paths(refused).values())
+    assert any("would refuse the client" in a["text"] and CLIENT_PUBLIC in a["text"] and a["could_change_outcome"]
+               for a in refused["assumptions"]), refused["assumptions"]
+    state = cloud_state(rs)
+    state["security_groups"][0]["Permissions"].append(
+        {"Direction": "ingress", "Policy": "Accept", "Priority": 1, "IpProtocol": "TCP", "PortRange": "30000/32767",
+         "SourceCidrIp": "0.0.0.0/0", "Description": "NodePorts from anywhere"})
+    emulator.set_state(state)
+    admitted = await diagnose(stacks["host-gw"], request(rs, "lb-tcp"))
+    backend = [a for a in admitted["assumptions"] if "backend security groups" in a["text"]]
+    assert backend and not any(a["could_change_outcome"] for a in backend), admitted["assumptions"]

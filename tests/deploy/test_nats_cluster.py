@@ -15,35 +15,22 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from nats.js.api import DeliverPolicy
 
 from services.collector.agent import NodeAgent, request_dump
 from services.gateway.app import create_app
 from services.gateway.store import ResultSink, ResultStore
-from shared.bus import (
-    STREAM,
-    SUBJECT_CLOUD,
-    SUBJECT_COLLECTED,
-    SUBJECT_COMPLETED,
-    SUBJECT_REQUESTED,
-    SUBJECT_TOPOLOGY,
-    Bus,
-)
+from shared.bus import STREAM, SUBJECT_CLOUD, SUBJECT_COMPLETED, Bus
 from shared.config import Settings
 from shared.schemas import DiagnosisResult, DiagnosisStatus, StageEnvelope, Verdict
 from shared.stage import Stage, StageRunner
 from tests.deploy.natscluster import NatsCluster
+from tests.foundation.helpers import STAGE_SUBJECTS, completed_in_stream
 
 DIAGNOSES = 500
 CONCURRENCY = 24
 NODES = ("node-a", "node-b", "node-c")
 COLLECT_EVERY = 10  # one diagnosis in ten asks a real agent for a real dump (each costs ~60 ms of CPU)
-SUBJECTS = {
-    "topology": (SUBJECT_REQUESTED, SUBJECT_TOPOLOGY),
-    "collector": (SUBJECT_TOPOLOGY, SUBJECT_COLLECTED),
-    "cloud": (SUBJECT_COLLECTED, SUBJECT_CLOUD),
-    "simulator": (SUBJECT_CLOUD, SUBJECT_COMPLETED),
-}
+SUBJECTS = {**STAGE_SUBJECTS, "simulator": (SUBJECT_CLOUD, SUBJECT_COMPLETED)}
 
 
 class LightStage(Stage):
@@ -106,22 +93,6 @@ async def submit(session: aiohttp.ClientSession, base: str, n: int, accepted: li
             refused[type(exc).__name__] += 1
         await asyncio.sleep(0.2)
     raise AssertionError(f"diagnosis {n} was never accepted")
-
-
-async def final_events(bus: Bus) -> Counter[str]:
-    """How many final events the stream holds per diagnosis (read back through JetStream)."""
-    found: Counter[str] = Counter()
-    sub = await bus.js.subscribe(SUBJECT_COMPLETED, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=1.0)
-            except TimeoutError:
-                break
-            found[StageEnvelope.model_validate_json(msg.data).id] += 1
-    finally:
-        await sub.unsubscribe()
-    return found
 
 
 async def test_diagnoses_survive_a_nats_server_and_a_replica_dying(tmp_path: Path) -> None:
@@ -192,7 +163,7 @@ async def test_diagnoses_survive_a_nats_server_and_a_replica_dying(tmp_path: Pat
         elapsed = time.perf_counter() - started
 
         results = await asyncio.gather(*(store.get(i) for i in accepted))
-        finals = await final_events(admin)
+        finals = Counter(env.id for env in await completed_in_stream(admin))  # final events per diagnosis
         stage_calls = {name: sum((r.stage.calls for r in replicas if r.stage.name == name), Counter())
                        for name in SUBJECTS}
         # every handling beyond the first of a diagnosis in a stage is a redelivery (a NAK after a

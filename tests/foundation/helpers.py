@@ -124,24 +124,30 @@ async def get_json(session: aiohttp.ClientSession, url: str, status: int = 200) 
         return doc  # type: ignore[no-any-return]
 
 
-async def completed_events(nats_url: str, diagnosis_id: str) -> list[StageEnvelope]:
-    """Every message on the completed subject for this id, read back through a JetStream consumer."""
-    bus = await Bus.connect(nats_url, name="test-reader", settings=Settings(nats_url=nats_url))
+async def completed_in_stream(bus: Bus, idle_s: float = 1.0) -> list[StageEnvelope]:
+    """Every final event the stream holds (the completed subject, read back from the start through an
+    ordered JetStream consumer until none comes for `idle_s`). Also used by tests/chaos and tests/deploy."""
     found: list[StageEnvelope] = []
+    sub = await bus.js.subscribe(SUBJECT_COMPLETED, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
     try:
-        sub = await bus.js.subscribe(SUBJECT_COMPLETED, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL)
         while True:
             try:
-                msg = await sub.next_msg(timeout=0.3)
+                msg = await sub.next_msg(timeout=idle_s)
             except TimeoutError:
                 break
-            env = StageEnvelope.model_validate_json(msg.data)
-            if env.id == diagnosis_id:
-                found.append(env)
+            found.append(StageEnvelope.model_validate_json(msg.data))
+    finally:
         await sub.unsubscribe()
+    return found
+
+
+async def completed_events(nats_url: str, diagnosis_id: str) -> list[StageEnvelope]:
+    """Every message on the completed subject for this id."""
+    bus = await Bus.connect(nats_url, name="test-reader", settings=Settings(nats_url=nats_url))
+    try:
+        return [env for env in await completed_in_stream(bus, idle_s=0.3) if env.id == diagnosis_id]
     finally:
         await bus.close()
-    return found
 
 
 class Gateway:

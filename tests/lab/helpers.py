@@ -88,6 +88,26 @@ def first_abnormal(result: dict[str, Any]) -> list[tuple[str | None, str | None]
     return out
 
 
+def revisits(result: dict[str, Any]) -> list[str]:
+    """Hops a forward path lists again although the packet never came back there. A place may reappear
+    only as a hairpin: the path's last hop, entered by a packet addressed to where the path started (a
+    pod reaching itself through its own Service). A drop decided for an earlier hop (a source pod's
+    egress policy enforced on its node) belongs to that hop, not to a second copy of it."""
+    out = []
+    for path in result["paths"]:
+        if path["direction"] != "forward":
+            continue
+        hops = path["hops"]
+        sent = [s["packet_in"] for h in hops for s in h["steps"] if s["packet_in"]]
+        for i, hop in enumerate(hops):
+            if all(h["id"] != hop["id"] for h in hops[:i]):
+                continue
+            entered = next((s["packet_in"]["dst"] for s in hop["steps"] if s["packet_in"]), None)
+            if i != len(hops) - 1 or not sent or entered != sent[0]["src"]:
+                out.append(f"{path['id']}: {hop['id']} again at hop {i} of {[h['id'] for h in hops]}")
+    return out
+
+
 def deciding_step(path: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """(hop id, step) that decided the path's end: the first step that dropped or aborted it, else the
     last one that delivered it or sent it out of the modelled world."""

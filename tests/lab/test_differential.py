@@ -2,7 +2,8 @@
 through the full embedded stack (live topology against the lab's Kubernetes API, one node agent per
 lab node, the collector, the simulator's dataplane walk) must agree, and the diagnosis must name the
 injected cause (finding code at the catalogue's hop, on the first abnormal hop of a dropped path).
-Healthy scenarios must deliver with no error-severity finding.
+Healthy scenarios must deliver with no error-severity finding. No forward path lists a hop again unless
+the packet came back there (a hairpin).
 
 Each probe and each fault is its own test id (`basic::web/client->svc:shop/api:80/tcp`, `forward_drop`);
 the probes of one scenario share one lab and stack. A failure prints the kernel's outcome, the verdict,
@@ -35,6 +36,7 @@ from tests.lab.helpers import (
     probe,
     probe_id,
     report,
+    revisits,
 )
 
 pytestmark = pytest.mark.lab
@@ -103,6 +105,8 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("node-1", "svc:shop/api", 80), None),
         (ProbeSpec("ext", "node:node-2", 30000), None),
         (ProbeSpec("shop/client", "inet", 80), None),  # IPPool natOutgoing
+        # felix drops VXLAN-encapsulated packets from workloads in the client's cali-fw- chain, policy or not
+        (ProbeSpec("shop/client", "pod:shop/api-2", 4789, "udp"), ("IPTABLES_DROP", "node:node-1")),
     ],
     "calico-vxlan": [  # IPPool vxlanMode Always: peer blocks via the peer VTEP on vxlan.calico
         (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),
@@ -124,6 +128,22 @@ SCENARIO_PROBES: dict[str, list[tuple[ProbeSpec, Cause]]] = {
         (ProbeSpec("node-1", "svc:shop/api", 80), None),
         (ProbeSpec("ext", "node:node-2", 30000), None),
         (ProbeSpec("shop/client", "inet", 80), None),  # no masquerade: the VPC (NAT gateway) answers the pod IP
+    ],
+    "terway-eni": [  # exclusive ENI: eth0 is the pod's own ENI (pod↔pod and internet straight through the VPC),
+        # veth1 to the host for Services and the node, masqueraded there (terway-masq)
+        (ProbeSpec("shop/client", "pod:shop/api-1", 8080), None),  # same node, still through the VPC
+        (ProbeSpec("shop/client", "pod:shop/api-2", 8080), None),
+        (ProbeSpec("shop/client", "pod:shop/api-2", 9090, "udp"), None),
+        (ProbeSpec("shop/client", "svc:shop/api", 80), None),  # veth1 → host DNAT → either ENI
+        (ProbeSpec("shop/api-2", "svc:shop/api", 80), None),
+        (ProbeSpec("shop/client", "svc:kube-system/kube-dns", 53, "udp"), None),
+        (ProbeSpec("shop/api-2", "svc:kube-system/kube-dns", 53, "tcp"), None),  # DNS on node-1, via node-2
+        (ProbeSpec("node-1", "pod:shop/api-1", 8080), None),  # the host route into veth1
+        (ProbeSpec("node-2", "pod:shop/api-1", 8080), None),  # primary NIC → VPC → api-1's ENI
+        (ProbeSpec("shop/api-1", "node:node-2", 30000), None),  # the pod's ENI → VPC → node-2's primary NIC
+        (ProbeSpec("node-1", "svc:shop/api", 80), None),
+        (ProbeSpec("ext", "node:node-2", 30000), None),
+        (ProbeSpec("shop/client", "inet", 80), None),  # the ENI straight out: the VPC's NAT answers the pod IP
     ],
     "dns-internet": [
         (ProbeSpec("apps/app", "inet", 80), None),
@@ -155,6 +175,7 @@ async def test_fault_diagnosis_agrees_with_kernel(fault: Fault, make_lab: MakeLa
         assert seen == fault.outcomes_after, f"the kernel says {seen}, the catalogue {fault.outcomes_after}"
         result = await _diagnosis_after(stack, lab, fault)
         text = report(fault.probe, sorted(seen), result)
+        assert not revisits(result), f"{revisits(result)}\n{text}"
         if fault.finding is None:  # a decoy: a correct NAT must not look broken
             assert result["verdict"] == fault.verdict_after == "REACHABLE" and not errors(result), text
             return
@@ -218,6 +239,7 @@ async def test_scenario_probes(scenario_lab: ScenarioLab, spec: ProbeSpec, cause
     result = await diagnose(scenario_lab.stack, scenario_lab.lab, spec)
     text = report(spec, outcome, result)
     assert result["verdict"] == expected_verdict(outcome), text
+    assert not revisits(result), f"{revisits(result)}\n{text}"
     if cause is None:
         assert outcome in REACHED and not errors(result), text
     else:

@@ -27,7 +27,7 @@ def test_catalogue_is_complete_and_consistent() -> None:
     assert len(names) == len(set(names))
     for fault in CATALOGUE:
         assert fault.scenario_path.exists(), fault.name
-        assert fault.commands or fault.not_ready or fault.add_policy, fault.name
+        assert fault.commands or fault.not_ready or fault.add_policy or fault.felix, fault.name
         assert fault.ends is None or fault.ends in CODES, fault.name
         if fault.finding is None:  # a decoy: a correct NAT the kernel accepts, nothing to name
             assert fault.after == "connected" and fault.verdict_after == "REACHABLE", fault.name

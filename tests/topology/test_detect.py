@@ -53,6 +53,8 @@ CNI_CASES = [
     ("terway-policy-on", [_ds("terway-eniip"), _cm("eni-config", {"disable_network_policy": "false"})], "terway", True),
     ("terway-policy-off", [_ds("terway-eniip"), _cm("eni-config", {"disable_network_policy": "true"})],
      "terway", False),
+    # Terway documents no NetworkPolicy support for pods on exclusive ENIs, whatever eni-config says
+    ("terway-eni", [_ds("terway-eni"), _cm("eni-config", {"disable_network_policy": "false"})], "terway", False),
     ("unknown", [_ds("some-vendor-agent")], "unknown", None),
     ("nothing", [], "unknown", None),
 ]
@@ -179,3 +181,57 @@ def test_terway_unreadable_eni_config_is_an_assumption() -> None:
     assert any("without a readable kube-system/eni-config" in a.text for a in found.assumptions)
     broken = detect(_model(_ds("terway-eniip"), _cm("eni-config", {"eni_conf": "{nope"})))
     assert any("eni_conf is not valid JSON" in a.text for a in broken.assumptions)
+
+
+def _felix(name: str = "default", **spec: Any) -> dict[str, Any]:
+    return {"kind": "FelixConfiguration", "apiVersion": "crd.projectcalico.org/v1", "metadata": {"name": name},
+            "spec": spec}
+
+
+def _calico_node(env: dict[str, str]) -> dict[str, Any]:
+    ds = _ds("calico-node")
+    ds["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    return ds
+
+
+def test_felix_configuration_is_read_with_felix_precedence() -> None:
+    found = detect(_model(_calico_node({"FELIX_DEFAULTENDPOINTTOHOSTACTION": "ACCEPT"}),
+                          _pool("default-ipv4-ippool", "10.244.0.0/16"),
+                          _felix(defaultEndpointToHostAction="Drop", iptablesMarkMask=0xFF000000,
+                                 chainInsertMode="Append", vxlanEnabled=False, logSeverityScreen="Info")))
+    felix = found.info.cni_config["felix"]
+    assert felix["settings"]["defaultEndpointToHostAction"] == "ACCEPT"  # the environment wins
+    assert felix["source"]["defaultEndpointToHostAction"] == "env FELIX_DEFAULTENDPOINTTOHOSTACTION"
+    assert (felix["settings"]["iptablesMarkMask"], felix["settings"]["chainInsertMode"]) == ("0xff000000", "Append")
+    assert felix["source"]["iptablesFilterDenyAction"] == "felix default"
+    assert not any("felix" in a.text.lower() for a in found.assumptions)  # all read, nothing unmodelled
+
+
+def test_felix_settings_outside_the_iptables_chains_are_declared() -> None:
+    found = detect(_model(_calico_node({}), _pool("p", "10.244.0.0/16"),
+                          _felix(bpfEnabled=True, iptablesMarkMask=0xF0000, someFutureKnob="x"),
+                          _felix("node.node-2", wireguardEnabled=True)))
+    texts = {a.text: a.could_change_outcome for a in found.assumptions}
+    assert any("bpfEnabled is on" in t and could for t, could in texts.items())
+    assert any("wireguardEnabled is on (FelixConfiguration node.node-2)" in t and could for t, could in texts.items())
+    assert any("fewer than the 5 mark bits" in t for t in texts)
+    assert any("not interpreted: someFutureKnob" in t and not could for t, could in texts.items())
+    assert found.info.cni_config["felix"]["node_configs"] == ["node.node-2"]
+
+
+def test_felix_configuration_absent_is_stated_for_terway_policy() -> None:
+    model = _model(_ds("terway-eniip"), _cm("eni-config", {"eni_conf": json.dumps(ENI_CONF),
+                                                           "disable_network_policy": "false"}))
+    model.set_unreadable("FelixConfiguration", None, "not found")
+    found = detect(model)
+    assert any("FelixConfiguration default is not readable (not found)" in a.text for a in found.assumptions)
+    assert found.info.cni_config["felix"]["settings"]["defaultEndpointToHostAction"] == "Drop"
+
+
+def test_felix_mark_mask_holding_kube_proxys_masquerade_bit_is_said() -> None:
+    proxy = _cm("kube-proxy", {"config.conf": "mode: iptables\niptables:\n  masqueradeBit: 14\n"})
+    clash = detect(_model(_calico_node({}), _pool("p", "10.244.0.0/16"), proxy, _felix(iptablesMarkMask=0xFC00)))
+    assert any("includes kube-proxy's masquerade bit 0x4000" in a.text and a.could_change_outcome
+               for a in clash.assumptions)
+    fine = detect(_model(_calico_node({}), _pool("p", "10.244.0.0/16"), proxy, _felix()))
+    assert not any("masquerade bit" in a.text for a in fine.assumptions)

@@ -171,7 +171,8 @@ def test_forbidden_core_resource_never_syncs(lab_api: LabKubeAPI, tmp_path: Path
 
 @pytest.mark.parametrize(("example", "cni", "mode"), [("calico", "calico", "bgp"), ("terway", "terway", "eniip-veth")])
 def test_cni_configuration_is_read_through_the_api(example: str, cni: str, mode: str, tmp_path: Path) -> None:
-    """Calico's IPPool (a CRD) and Terway's eni-config, served by the lab API, reach detection."""
+    """Calico's IPPool (a CRD), Terway's eni-config and the FelixConfiguration both run, served by the lab API,
+    reach detection (calico-node's FELIX_ environment over the FelixConfiguration)."""
     from services.topology.detect import detect
 
     scenario = resolve(Scenario.load(BASIC.parent / f"{example}.yaml"))
@@ -188,3 +189,9 @@ def test_cni_configuration_is_read_through_the_api(example: str, cni: str, mode:
         assert info.cni_config["ippools"][0]["natOutgoing"] is True
     else:
         assert info.cni_config["security_groups"] == [scenario.scenario.terway.security_group_id]
+    felix = info.cni_config["felix"]
+    assert felix["settings"]["defaultEndpointToHostAction"] in ("ACCEPT", "Accept")
+    assert felix["source"]["defaultEndpointToHostAction"] == (
+        "env FELIX_DEFAULTENDPOINTTOHOSTACTION" if cni == "calico" else "FelixConfiguration default")
+    assert (felix["settings"]["iptablesMarkMask"], felix["source"]["chainInsertMode"]) == (
+        "0xffff0000", "FelixConfiguration default")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from typing import Any, Literal
 
-from services.simulator.cloudeval import netacl
+from services.simulator.cloudeval import ipv4gw, netacl
 from services.simulator.cloudeval.clb import (
     BackendTarget,
     acl_denies,
@@ -28,7 +28,7 @@ from services.simulator.cloudeval.clb import (
 from services.simulator.cloudeval.index import CloudIndex
 from services.simulator.cloudeval.security_groups import Flow, SgDecision, evaluate
 from services.simulator.cloudeval.vpc import RouteDecision, route_lookup, snat_entry_for
-from shared.cloud import CloudInventory, Instance, Listener, NetworkInterface
+from shared.cloud import CloudInventory, Instance, Ipv4Gateway, Listener, NatGateway, NetworkInterface
 from shared.codes import finding
 from shared.schemas import (
     Assumption,
@@ -360,6 +360,7 @@ def _route(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInterfa
         why = decision.describe() + (" (only the default route matches)" if decision.is_default else "")
         _route_step(hop, decision, flow, False, why)
         result.fail(hop, finding("VPC_NO_ROUTE", hop.id, dst=flow.dst, route_table=table,
+                                 fix=f"pointing to {expected}, the instance that hosts it (a node's pod CIDR)",
                                  evidence={"expected_next_hop": expected, **decision.evidence()}))
         return False
     _route_step(hop, decision, flow, False, f"{decision.describe()}: expected next hop {expected}")
@@ -370,8 +371,10 @@ def _route(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInterfa
 
 def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet: Packet) -> CloudResult:
     """A packet from `src_node` (as it leaves the node, after any node-level masquerade) to a
-    public address: egress security groups, then an EIP, or the VPC route to a NAT gateway
-    and an SNAT entry covering the source."""
+    public address: egress security groups and network ACL; then an EIP, or the VPC route to a NAT
+    gateway and an SNAT entry covering the source. Once the VPC's IPv4 gateway is activated the
+    vSwitch's route decides: to the gateway (a public address), or to a NAT gateway whose own vSwitch
+    routes to the gateway (ipv4gw.py)."""
     index = _index(inv)
     if (skip := _not_modelled(index.inv)) is not None:
         return skip
@@ -385,80 +388,261 @@ def evaluate_to_internet(inv: CloudInventory | CloudIndex, src_node: str, packet
     if not _acl_step(result, index, hop, nic, None, "egress", flow):
         return result
     public = _public_ip(index, src, nic, str(flow.src))
-    internet = None
-    if public is not None and (gateway := _ipv4_gateway(index, nic)) is not None:
-        # with an active IPv4 gateway, public addresses reach the internet only through a route to it
-        decision = route_lookup(index, nic, flow.dst)
-        next_hop = decision.next_hop
-        table = decision.table.id if decision.table else f"(none for {nic.vswitch_id})"
-        if next_hop is None or next_hop[0] != "Ipv4Gateway":
-            _route_step(hop, decision, flow, False, f"{decision.describe()}: the VPC's IPv4 gateway {gateway} is "
-                                                    "active and this route does not lead to it")
-            return result.fail(hop, finding("VPC_NO_ROUTE", hop.id, dst=flow.dst, route_table=table,
-                                            evidence={"ipv4_gateway": gateway, **decision.evidence()}))
-        _route_step(hop, decision, flow, True, f"{decision.describe()} (IPv4 gateway)")
-    if public is not None:
-        hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{flow.src} leaves through its public address "
-                                 f"{public}", _packet(flow), _packet(flow, src=public), type="SNAT",
-                                 original=NatEndpoint(address=flow.src), translated=NatEndpoint(address=public),
-                                 nic=nic.id))
-        internet = result.hop("internet", HopKind.INTERNET, "internet")
-    else:
-        decision = route_lookup(index, nic, flow.dst)
-        next_hop = decision.next_hop
-        table = decision.table.id if decision.table else f"(none for {nic.vswitch_id})"
-        if next_hop is None:
-            _route_step(hop, decision, flow, False, decision.describe())
-            return result.fail(hop, finding("VPC_NO_ROUTE", hop.id, dst=flow.dst, route_table=table,
-                                            evidence=decision.evidence()))
-        if (state := _not_forwarding(index, next_hop)) is not None:
-            _fail_next_hop(result, hop, decision, flow, state)
-            return result
+    gateway = _gateway(result, index, nic.vpc_id)
+    if gateway is not None and ipv4gw.is_gone(gateway):
+        return _gateway_gone(result, hop, gateway, flow, nic)
+    active = gateway if ipv4gw.is_active(gateway) else None
+    if public is not None and active is None:
+        # without an activated IPv4 gateway a public address reaches the internet whatever the routes say
+        _leave_public(result, hop, flow, public, nic)
+        return result
+    decision = route_lookup(index, nic, flow.dst)
+    next_hop = decision.next_hop
+    if next_hop is None or (active is not None and public is not None and next_hop[0] == "NatGateway"):
+        # SNAT entries do not translate an address with a public IP: with the gateway active only a route to it
+        why = decision.describe() if active is None else f"{decision.describe()}: the VPC's IPv4 gateway " \
+            f"{active.id} is active and this route does not lead to it"
+        _route_step(hop, decision, flow, False, why)
+        return result.fail(hop, _no_internet_route(decision, flow, nic, active, hop.id))
+    if (state := _not_forwarding(index, next_hop)) is not None:
+        _fail_next_hop(result, hop, decision, flow, state)
+        return result
+    kind, target = next_hop
+    if kind == "local":
         _route_step(hop, decision, flow, True, decision.describe())
-        if next_hop[0] == "local":
-            result.assume(f"{flow.dst} is inside the VPC: not internet traffic")
-            return result
-        if next_hop[0] != "NatGateway":
-            result.assume(f"traffic to {flow.dst} leaves the VPC through {next_hop[0]} {next_hop[1]}, which "
-                          "netdiag does not model", could_change_outcome=True)
-            return result
-        nat = index.nats.get(next_hop[1] or "")
-        nat_hop = result.hop(f"nat:{next_hop[1]}", HopKind.NAT_GATEWAY, nat.name or nat.id if nat else str(next_hop[1]))
-        if nat is None:
-            return result.fail(nat_hop, finding("DATA_MISSING", nat_hop.id, what=f"NAT gateway {next_hop[1]}",
-                                                reason="not in the inventory"), outcome="abort")
-        entry = snat_entry_for(index, nat, flow.src, nic)
-        if entry is None:
-            nat_hop.steps.append(Step.of(
-                StepKind.NAT, StepAction.DROP, f"no SNAT entry of {nat.id} covers {flow.src} (vSwitch "
-                f"{nic.vswitch_id})", _packet(flow), type="SNAT", original=NatEndpoint(address=flow.src),
-                nat_gateway=nat.id, finding="NAT_NO_SNAT",
-                snat_entries=[f"{e.id} {e.source_cidr or e.source_vswitch_id} → {e.snat_ip}"
-                              for e in nat.snat_entries]))
-            return result.fail(nat_hop, finding("NAT_NO_SNAT", nat_hop.id, nat_gateway=nat.id, src=flow.src,
-                                                evidence={"vswitch": nic.vswitch_id, "instance": src.id}))
-        snat_ip = entry.snat_ip.split(",")[0]
-        nat_hop.steps.append(Step.of(
-            StepKind.NAT, StepAction.REWRITE, f"SNAT entry {entry.id} of {nat.id} translates {flow.src} to {snat_ip}",
-            _packet(flow), _packet(flow, src=snat_ip) if snat_ip else None, type="SNAT",
-            original=NatEndpoint(address=flow.src), translated=NatEndpoint(address=snat_ip) if snat_ip else None,
-            nat_gateway=nat.id, snat_entry=entry.id))
-        if nat.status != "Available":
-            result.assume(f"NAT gateway {nat.id} is {nat.status}, not Available", could_change_outcome=True)
-        if (gateway := _ipv4_gateway(index, nic)) is not None:
-            result.assume(f"the VPC's IPv4 gateway {gateway} is active: the NAT gateway's own vSwitch must route to it "
-                          "for the translated traffic to reach the internet; that route was not checked",
-                          could_change_outcome=True)
-        internet = result.hop("internet", HopKind.INTERNET, "internet")
-    internet.steps.append(Step.of(StepKind.ROUTE, StepAction.FORWARD, f"to the internet: {flow.dst}",
-                                  destination=flow.dst))
+        result.assume(f"{flow.dst} is inside the VPC: not internet traffic")
+        return result
+    if kind == "Ipv4Gateway" and active is not None and target == active.id:
+        if public is None:  # the gateway translates public addresses only; a NAT gateway gives the others one
+            _route_step(hop, decision, flow, False, f"{decision.describe()}: {flow.src} has no public address")
+            return result.fail(hop, finding(
+                "VPC_WRONG_NEXT_HOP", hop.id, actual=f"Ipv4Gateway {target}", dst=flow.dst,
+                expected=f"a NAT gateway with an SNAT entry covering {flow.src} (an IPv4 gateway translates only "
+                         "addresses with a public IP; or bind an EIP)",
+                evidence={"ipv4_gateway": target, "src": str(flow.src), **decision.evidence()}))
+        _route_step(hop, decision, flow, True, f"{decision.describe()} (the VPC's activated IPv4 gateway)")
+        _leave_public(result, hop, flow, public, nic)
+        return result
+    _route_step(hop, decision, flow, True, decision.describe())
+    if kind != "NatGateway":
+        state_text = "not activated" if gateway is not None and kind == "Ipv4Gateway" else "not modelled"
+        result.assume(f"traffic to {flow.dst} leaves the VPC through {kind} {target} ({state_text}), which netdiag "
+                      "does not evaluate", could_change_outcome=True)
+        return result
+    _through_nat(result, index, target, flow, src, nic, active)
     return result
 
 
-def _ipv4_gateway(index: CloudIndex, nic: NetworkInterface) -> str | None:
-    """The active IPv4 gateway of the NIC's VPC, if any (None also when not collected)."""
-    gateways = index.inv.ipv4_gateways or []
-    return next((g.id for g in gateways if g.vpc_id == nic.vpc_id and g.enabled), None)
+def _gateway(result: CloudResult, index: CloudIndex, vpc_id: str | None) -> Ipv4Gateway | None:
+    """The VPC's IPv4 gateway; an inventory that did not collect them says so (an activated one would make the
+    routes decide what reaches the internet)."""
+    if index.inv.ipv4_gateways is None:
+        result.assume("IPv4 gateways were not collected (an inventory older than their support, or an API error): "
+                      "had the VPC an activated one, only routes to it would reach the internet",
+                      could_change_outcome=True)
+    return ipv4gw.gateway_of(index, vpc_id)
+
+
+def _leave_public(result: CloudResult, hop: Hop, flow: Flow, public: str, nic: NetworkInterface) -> None:
+    hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{flow.src} leaves through its public address "
+                             f"{public}", _packet(flow), _packet(flow, src=public), type="SNAT",
+                             original=NatEndpoint(address=flow.src), translated=NatEndpoint(address=public),
+                             nic=nic.id))
+    result.hop("internet", HopKind.INTERNET, "internet").steps.append(Step.of(
+        StepKind.ROUTE, StepAction.FORWARD, f"to the internet: {flow.dst}", destination=flow.dst))
+
+
+def _no_internet_route(decision: RouteDecision, flow: Flow, nic: NetworkInterface, active: Ipv4Gateway | None,
+                       hop_id: str) -> Finding:
+    table = decision.table.id if decision.table else f"(none for {nic.vswitch_id})"
+    fix = (f"pointing to the VPC's IPv4 gateway {active.id} (0.0.0.0/0): once an IPv4 gateway is activated, "
+           "instances reach the internet only through routes to it" if active is not None else
+           "(0.0.0.0/0) pointing to a NAT gateway with an SNAT entry for the source, or bind an EIP to the instance")
+    evidence = {"ipv4_gateway": active.id, **decision.evidence()} if active is not None else decision.evidence()
+    return finding("VPC_NO_ROUTE", hop_id, dst=flow.dst, route_table=table, fix=fix, evidence=evidence)
+
+
+def _gateway_gone(result: CloudResult, hop: Hop, gateway: Ipv4Gateway, flow: Flow,
+                  nic: NetworkInterface) -> CloudResult:
+    """A VPC whose IPv4 gateway is deleted has no internet access (the feature cannot be turned off)."""
+    hop.steps.append(Step.of(StepKind.VPC_ROUTE, StepAction.DROP, f"the VPC's IPv4 gateway {gateway.id} is "
+                             f"{gateway.status}: the VPC has no internet access", _packet(flow)))
+    return result.fail(hop, finding(
+        "VPC_NO_ROUTE", hop.id, dst=flow.dst, route_table=f"(vSwitch {nic.vswitch_id})",
+        fix=f"pointing to a new, activated IPv4 gateway: {gateway.id} is {gateway.status}, and a VPC that has used "
+            "an IPv4 gateway reaches the internet only through one",
+        evidence={"ipv4_gateway": gateway.id, "ipv4_gateway_status": gateway.status}))
+
+
+def _through_nat(result: CloudResult, index: CloudIndex, nat_id: str | None, flow: Flow, src: Instance,
+                 nic: NetworkInterface, active: Ipv4Gateway | None) -> None:
+    """The NAT gateway's SNAT entry for the source; with an activated IPv4 gateway, the route of the NAT
+    gateway's own vSwitch onward to it."""
+    nat = index.nats.get(nat_id or "")
+    nat_hop = result.hop(f"nat:{nat_id}", HopKind.NAT_GATEWAY, nat.name or nat.id if nat else str(nat_id))
+    if nat is None:
+        result.fail(nat_hop, finding("DATA_MISSING", nat_hop.id, what=f"NAT gateway {nat_id}",
+                                     reason="not in the inventory"), outcome="abort")
+        return
+    entry = snat_entry_for(index, nat, flow.src, nic)
+    if entry is None:
+        nat_hop.steps.append(Step.of(
+            StepKind.NAT, StepAction.DROP, f"no SNAT entry of {nat.id} covers {flow.src} (vSwitch "
+            f"{nic.vswitch_id})", _packet(flow), type="SNAT", original=NatEndpoint(address=flow.src),
+            nat_gateway=nat.id, finding="NAT_NO_SNAT",
+            snat_entries=[f"{e.id} {e.source_cidr or e.source_vswitch_id} → {e.snat_ip}" for e in nat.snat_entries]))
+        result.fail(nat_hop, finding("NAT_NO_SNAT", nat_hop.id, nat_gateway=nat.id, src=flow.src,
+                                     evidence={"vswitch": nic.vswitch_id, "instance": src.id}))
+        return
+    snat_ip = entry.snat_ip.split(",")[0]
+    nat_hop.steps.append(Step.of(
+        StepKind.NAT, StepAction.REWRITE, f"SNAT entry {entry.id} of {nat.id} translates {flow.src} to {snat_ip}",
+        _packet(flow), _packet(flow, src=snat_ip) if snat_ip else None, type="SNAT",
+        original=NatEndpoint(address=flow.src), translated=NatEndpoint(address=snat_ip) if snat_ip else None,
+        nat_gateway=nat.id, snat_entry=entry.id))
+    if nat.status != "Available":
+        result.assume(f"NAT gateway {nat.id} is {nat.status}, not Available", could_change_outcome=True)
+    if active is not None and not _nat_onward(result, index, nat_hop, nat, flow, active):
+        return
+    result.hop("internet", HopKind.INTERNET, "internet").steps.append(Step.of(
+        StepKind.ROUTE, StepAction.FORWARD, f"to the internet: {flow.dst}", destination=flow.dst))
+
+
+def _nat_onward(result: CloudResult, index: CloudIndex, nat_hop: Hop, nat: NatGateway, flow: Flow,
+                active: Ipv4Gateway) -> bool:
+    """With an activated IPv4 gateway the NAT gateway's translated traffic must be routed to it by the route
+    table of the NAT gateway's own vSwitch."""
+    if nat.vswitch_id is None:
+        result.assume(f"the VPC's IPv4 gateway {active.id} is active: the NAT gateway's own vSwitch must route to it "
+                      "for the translated traffic to reach the internet; that vSwitch was not collected",
+                      could_change_outcome=True)
+        return True
+    where = NetworkInterface(id=nat.id, vpc_id=nat.vpc_id, vswitch_id=nat.vswitch_id)
+    decision = route_lookup(index, where, flow.dst)
+    if decision.next_hop == ("Ipv4Gateway", active.id):
+        _route_step(nat_hop, decision, flow, True, f"{decision.describe()}: the NAT gateway's vSwitch "
+                                                   f"{nat.vswitch_id} routes to the IPv4 gateway")
+        return True
+    _route_step(nat_hop, decision, flow, False, f"{decision.describe()}: the NAT gateway's vSwitch {nat.vswitch_id} "
+                                                f"does not route to the activated IPv4 gateway {active.id}")
+    result.fail(nat_hop, _no_internet_route(decision, flow, where, active, nat_hop.id))
+    return False
+
+
+def evaluate_internet_to_instance(inv: CloudInventory | CloudIndex, packet: Packet,
+                                  reply: bool = False) -> CloudResult:
+    """A packet from the internet to the public address of an instance (an EIP, a static public IP):
+    translated to the private IP it serves; with an activated IPv4 gateway, the gateway route table
+    decides where it enters (Local: the vSwitch; an ECS instance or ENI: a firewall first); then the
+    network ACL and the security groups of the NIC. `reply=True`: the answer of the same request (hop
+    `vpc:<id>:reply`) — the security groups are stateful, but the network ACL is not, and with an
+    activated IPv4 gateway the reply reaches the internet only through a vSwitch route to it."""
+    index = _index(inv)
+    if (skip := _not_modelled(index.inv)) is not None:
+        return skip
+    result = CloudResult()
+    owner = ipv4gw.public_owner(index, packet.dst)
+    if owner is None:
+        result.assume(f"{packet.dst} is not the EIP or public IP of a collected instance: the cloud path from the "
+                      "internet to it was not checked", could_change_outcome=True)
+        return result
+    instance, nic, private = owner.instance, owner.nic, ip_address(owner.private_ip)
+    vpc = instance.vpc_id or "?"
+    hop = result.hop(f"vpc:{vpc}:reply", HopKind.VPC, f"{vpc} (reply)") if reply else \
+        result.hop(f"vpc:{vpc}", HopKind.VPC, vpc)
+    node = next((n for n, i in index.inv.nodes.items() if i == instance.id), instance.id)
+    if instance.status != "Running":
+        return result.fail(hop, finding("ECS_INSTANCE_NOT_RUNNING", hop.id, instance=instance.id, node=node,
+                                        status=instance.status))
+    inbound = Flow(packet.src, private, packet.protocol, packet.sport, packet.dport)
+    gateway = _gateway(result, index, instance.vpc_id)
+    if reply:
+        return _reply_to_internet(result, index, hop, nic, inbound, packet.dst, gateway)
+    result.flow = inbound
+    hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{packet.dst} is {owner.how} of {instance.id}: "
+                             f"delivered to its private address {private}", packet, _packet(inbound), type="DNAT",
+                             original=NatEndpoint(address=packet.dst), translated=NatEndpoint(address=private),
+                             nic=nic.id))
+    if ipv4gw.is_active(gateway) and gateway is not None and \
+            not _gateway_route_step(result, index, hop, gateway, inbound, instance):
+        return result
+    if not _acl_step(result, index, hop, nic, None, "ingress", inbound):
+        return result
+    if _sg_step(result, hop, evaluate(index, nic, "ingress", inbound), inbound, instance):
+        result.assume("security groups are stateful: the replies of an allowed connection are allowed")
+    return result
+
+
+def _gateway_route_step(result: CloudResult, index: CloudIndex, hop: Hop, gateway: Ipv4Gateway, flow: Flow,
+                        instance: Instance) -> bool:
+    """Where the gateway route table of an activated IPv4 gateway delivers traffic entering the VPC."""
+    decision = ipv4gw.gateway_route(index, gateway, flow.dst)
+    if decision is None:
+        hop.steps.append(Step.of(StepKind.VPC_ROUTE, StepAction.FORWARD, f"IPv4 gateway {gateway.id} has no gateway "
+                                 "route table: traffic entering the VPC goes to the vSwitch", _packet(flow)))
+        if gateway.route_table_id:
+            result.assume(f"the gateway route table {gateway.route_table_id} of IPv4 gateway {gateway.id} was not "
+                          "collected: it could steer the traffic to a firewall first", could_change_outcome=True)
+        return True
+    table = decision.table.id if decision.table else "?"
+    next_hop = decision.next_hop
+    if decision.entry is None or next_hop is None:
+        _route_step(hop, decision, flow, True, f"{decision.describe()} (gateway route table of {gateway.id})")
+        result.assume(f"gateway route table {table} of {gateway.id} has no entry for {flow.dst} (each vSwitch CIDR "
+                      "has a system route there): delivery to its vSwitch is assumed", could_change_outcome=True)
+        return True
+    if next_hop[0].lower() == "local" or _expected_hop(index, instance, next_hop):
+        _route_step(hop, decision, flow, True, f"{decision.describe()} (gateway route table of {gateway.id}): "
+                                               "delivered to the vSwitch")
+        return True
+    if (state := _not_forwarding(index, next_hop)) is not None:
+        _fail_next_hop(result, hop, decision, flow, state)
+        return False
+    _route_step(hop, decision, flow, True, f"{decision.describe()} (gateway route table of {gateway.id}): "
+                                           f"redirected to {next_hop[0]} {next_hop[1]} first")
+    appliance = f"{next_hop[0]} {next_hop[1]}"
+    result.warn(hop, finding("VPC_GATEWAY_ROUTE_REDIRECT", hop.id, dst=flow.dst, route_table=table,
+                             gateway=gateway.id, route=decision.entry.destination, next_hop=appliance,
+                             evidence=decision.evidence()))
+    result.assume(f"internet traffic to {flow.dst} passes {appliance} (gateway route table {table}): whether that "
+                  "appliance forwards it to the vSwitch, and routes the reply back, is its own configuration, which "
+                  "netdiag does not evaluate", could_change_outcome=True)
+    return True
+
+
+def _reply_to_internet(result: CloudResult, index: CloudIndex, hop: Hop, nic: NetworkInterface, request: Flow,
+                       public: Any, gateway: Ipv4Gateway | None) -> CloudResult:
+    """The answer of an internet client's request to a public address: stateless network ACL egress; with an
+    activated IPv4 gateway, a vSwitch route to it (or to the appliance the request came through)."""
+    back = Flow(request.dst, request.src, request.protocol, request.dport, request.sport)
+    result.flow = back
+    hop.steps.append(Step.of(StepKind.SECURITY_GROUP, StepAction.ALLOW,
+                             "security groups are stateful: the reply of the allowed request passes", _packet(back),
+                             stateful_reply=True))
+    if not _acl_step(result, index, hop, nic, None, "egress", back):
+        return result
+    if gateway is not None and ipv4gw.is_gone(gateway):
+        return _gateway_gone(result, hop, gateway, back, nic)
+    if ipv4gw.is_active(gateway) and gateway is not None:
+        decision = route_lookup(index, nic, back.dst)
+        next_hop = decision.next_hop
+        if next_hop is not None and (state := _not_forwarding(index, next_hop)) is not None:
+            _fail_next_hop(result, hop, decision, back, state)
+            return result
+        if next_hop == ("Ipv4Gateway", gateway.id):
+            _route_step(hop, decision, back, True, f"{decision.describe()} (the VPC's activated IPv4 gateway)")
+        elif next_hop is not None and next_hop[0] in ("Instance", "NetworkInterface"):
+            _route_step(hop, decision, back, True, f"{decision.describe()}: the reply goes through an appliance")
+            result.assume(f"the reply to {back.dst} leaves through {next_hop[0]} {next_hop[1]}, which netdiag does not "
+                          "evaluate (it must forward it to the IPv4 gateway)", could_change_outcome=True)
+        else:
+            _route_step(hop, decision, back, False, f"{decision.describe()}: the VPC's IPv4 gateway {gateway.id} is "
+                                                    "active and this route does not lead to it")
+            return result.fail(hop, _no_internet_route(decision, back, nic, gateway, hop.id))
+    hop.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"the reply leaves from {public}", _packet(back),
+                             _packet(back, src=public), type="SNAT", original=NatEndpoint(address=back.src),
+                             translated=NatEndpoint(address=public), nic=nic.id))
+    return result
 
 
 def _public_ip(index: CloudIndex, instance: Instance, nic: NetworkInterface, src: str) -> str | None:
@@ -470,7 +654,9 @@ def _public_ip(index: CloudIndex, instance: Instance, nic: NetworkInterface, src
     if nic.public_ip and src == nic.primary_ip:
         return nic.public_ip
     if nic.type == "Primary" and instance.private_ips and src == instance.private_ips[0]:
-        return instance.eip or (instance.public_ips[0] if instance.public_ips else None)
+        # an EIP bound to the instance itself (no PrivateIpAddress) serves its primary private IP
+        bound = (index.eips or {}).get(instance.id)
+        return instance.eip or (bound.ip if bound else None) or next(iter(instance.public_ips), None)
     return None
 
 
@@ -527,7 +713,26 @@ def evaluate_internet_to_lb(inv: CloudInventory | CloudIndex, service: ServiceRe
     targets = backends(index, lb, listener)
     _check_backends(result, index, hop, lb.id, listener, targets, service, packet)
     _backend_security_groups(result, index, lb.id, packet)
+    _clb_and_ipv4_gateway(result, index, lb.id, lb.vpc_id)
     return result
+
+
+def _clb_and_ipv4_gateway(result: CloudResult, index: CloudIndex, lb_id: str, vpc_id: str | None) -> None:
+    """The IPv4 gateway pages say it translates the public addresses of ECS instances and ENIs; they do not say
+    that a CLB's traffic passes it or its gateway route table. Not a verdict: stated, and said to matter where the
+    gateway route table would hand a serving backend's traffic to an appliance."""
+    gateway = ipv4gw.gateway_of(index, vpc_id)
+    if gateway is None or not ipv4gw.is_active(gateway):
+        return
+    steered = []
+    for t in result.backends:
+        decision = ipv4gw.gateway_route(index, gateway, ip_address(t.ip)) if t.ip else None
+        hop = decision.next_hop if decision is not None else None
+        if hop is not None and hop[0].lower() != "local":
+            steered.append(f"{t.label} → {hop[0]} {hop[1]}")
+    result.assume(f"the VPC of {lb_id} has an activated IPv4 gateway {gateway.id}; the Alibaba Cloud pages read do not "
+                  "say that CLB traffic passes it or its gateway route table, so it was not applied to the CLB" +
+                  (f" (it would steer {'; '.join(steered)})" if steered else ""), could_change_outcome=bool(steered))
 
 
 def _backend_security_groups(result: CloudResult, index: CloudIndex, lb_id: str, packet: Packet) -> None:

@@ -37,7 +37,7 @@ log = logging.getLogger("netdiag.topology.live")
 DETECTION_NAMESPACES = DEFAULT_CONFIGMAP_NAMESPACES
 # Kinds only detection reads: when the API refuses them they sync empty and detection says so
 # (an assumption); every other kind is needed to diagnose at all and keeps the source unsynced.
-DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet", "IPPool"})
+DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet", "IPPool", "FelixConfiguration"})
 UNREADABLE_STATUS = {403: "forbidden", 404: "not found"}
 HTTP_GONE = 410
 
@@ -73,6 +73,8 @@ def resources(api: client.ApiClient, configmap_namespaces: Iterable[str] = DETEC
     # Calico's IPPools (a CRD: 404 where Calico is not installed, which detection only minds for Calico)
     custom = client.CustomObjectsApi(api)
     out.append(Resource("IPPool", partial(custom.list_cluster_custom_object, "crd.projectcalico.org", "v1", "ippools")))
+    out.append(Resource("FelixConfiguration", partial(custom.list_cluster_custom_object, "crd.projectcalico.org",
+                                                      "v1", "felixconfigurations")))
     return out
 
 

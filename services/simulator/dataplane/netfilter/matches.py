@@ -310,7 +310,7 @@ class RpfilterMatch(Match):
         return ok != self.invert
 
     @property
-    def assumption(self) -> str:  # type: ignore[override]  # a property over the base class attribute
+    def assumption(self) -> str:
         return "rpfilter: the reverse path to the source is assumed valid (no route check given)"
 
 
@@ -335,7 +335,7 @@ class AssumedMatch(Match):
         return self.result != self.negated
 
     @property
-    def assumption(self) -> str:  # type: ignore[override]  # a property over the base class attribute
+    def assumption(self) -> str:
         return self.why
 
 

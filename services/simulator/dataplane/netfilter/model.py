@@ -42,7 +42,11 @@ class Match:
     negated: bool = False
 
     kind = MatchKind.DETERMINISTIC
-    assumption = None  # the text recorded when an ASSUMED match decides
+
+    @property
+    def assumption(self) -> str | None:
+        """The text recorded when an ASSUMED match decides (its subclasses say it)."""
+        return None
 
     def test(self, st: FlowState, ctx: Any) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError

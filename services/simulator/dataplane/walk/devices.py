@@ -150,15 +150,21 @@ class DeviceHooks:
                        "drop the packet", could_change=True)
 
     def _unknown(self, c: Cursor, view: NetnsView, dev: str, direction: str, what: str) -> None:
-        if "BPF program" in what:
-            found = finding("BPF_PROGRAM_ON_PATH", view.hop_id, hook=f"tc {direction}", program=what,
+        self._not_evaluated(c, view, dev, f"tc {direction}", what, program=what if "BPF program" in what else None)
+
+    def _not_evaluated(self, c: Cursor, view: NetnsView, dev: str, hook: str, what: str, *, program: str | None,
+                       could: str = "drop or redirect") -> None:
+        """`what` attached at `hook` on `dev` is not modelled: an INFO step and a could-change assumption,
+        and a BPF `program` there is a finding of its own."""
+        if program is not None:
+            found = finding("BPF_PROGRAM_ON_PATH", view.hop_id, hook=hook, program=program,
                             where=f"{dev} in {view.where}")
             if found not in c.trail.findings:
                 c.trail.findings.append(found)
-        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"tc {direction} on {dev}: {what} — not "
-                     "evaluated", packet(c.st, c.st.iif, c.st.oif), device=dev)
-        c.trail.assume(f"tc {direction} on {dev} in {view.where}: {what} is not evaluated; it could drop or "
-                       "redirect the packet", could_change=True)
+        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"{hook} on {dev}: {what} — not evaluated",
+                     packet(c.st, c.st.iif, c.st.oif), device=dev)
+        c.trail.assume(f"{hook} on {dev} in {view.where}: {what} is not evaluated; it could {could} the packet",
+                       could_change=True)
 
     def _tc_drop(self, c: Cursor, view: NetnsView, dev: str, direction: str, what: str) -> bool:
         found = finding("TC_DROP", view.hop_id, device=dev, direction=direction, where=view.where, filter=what)
@@ -167,7 +173,9 @@ class DeviceHooks:
 
     def _block(self, c: Cursor, view: NetnsView, dev: str, parent: str) -> bool:
         """One filter block (clsact ingress/egress). False: the packet was dropped."""
-        assert view.dump.tc is not None
+        if view.dump.tc is None:
+            self._unread(c, view, "the tc qdiscs and filters")
+            return True
         filters = [f for f in view.dump.tc.filters if f.dev == dev and f.parent == parent]
         if not filters:
             return True
@@ -180,10 +188,15 @@ class DeviceHooks:
 
     # ------------------------------------------------------------ the hooks
 
+    @staticmethod
+    def _hooked(view: NetnsView, dev: str) -> bool:
+        """A device whose hooks are modelled: one the dump lists, not loopback."""
+        link = view.links.get(dev)
+        return link is not None and link.kind != "loopback"
+
     def ingress(self, c: Cursor, view: NetnsView, dev: str) -> bool:
         """A packet received on `dev`: XDP, then tc ingress (netif_receive_skb). False: dropped."""
-        link = view.links.get(dev)
-        if link is None or link.kind == "loopback":
+        if not self._hooked(view, dev):
             return True
         if view.dump.xdp is None:
             self._unread(c, view, "the XDP programs")
@@ -191,9 +204,6 @@ class DeviceHooks:
             for prog in (p for p in view.dump.xdp if p.dev == dev):
                 if not self._xdp(c, view, prog):
                     return False
-        if view.dump.tc is None:
-            self._unread(c, view, "the tc qdiscs and filters")
-            return True
         return self._block(c, view, dev, "ingress")
 
     def _xdp(self, c: Cursor, view: NetnsView, prog: object) -> bool:
@@ -211,26 +221,17 @@ class DeviceHooks:
             c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"XDP program {name} on {dev} "
                          "returns XDP_PASS", packet(c.st, c.st.iif), device=dev)
             return True
-        found = finding("BPF_PROGRAM_ON_PATH", view.hop_id, hook="XDP", program=name, where=f"{dev} in {view.where}")
-        if found not in c.trail.findings:
-            c.trail.findings.append(found)
-        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.INFO, f"XDP program {name} on {dev}: not "
-                     "evaluated", packet(c.st, c.st.iif), device=dev)
-        c.trail.assume(f"XDP program {name} on {dev} in {view.where} is not evaluated: it could drop, redirect "
-                       "or rewrite the packet", could_change=True)
+        self._not_evaluated(c, view, dev, "XDP", f"program {name}", program=name, could="drop, redirect or rewrite")
         return True
 
     def egress(self, c: Cursor, view: NetnsView, dev: str) -> bool:
         """A packet sent out of `dev`: tc egress (clsact), then the root qdisc. False: dropped."""
-        link = view.links.get(dev)
-        if link is None or link.kind == "loopback":
-            return True
-        if view.dump.tc is None:
-            self._unread(c, view, "the tc qdiscs and filters")
+        if not self._hooked(view, dev):
             return True
         if not self._block(c, view, dev, "egress"):
             return False
-        root = next((q for q in view.dump.tc.qdiscs if q.dev == dev and q.parent == "root"), None)
+        tc = view.dump.tc  # None: not read, which the block stated
+        root = None if tc is None else next((q for q in tc.qdiscs if q.dev == dev and q.parent == "root"), None)
         if root is None or root.kind in PASSING_QDISCS:
             return True
         if root.kind == "blackhole":

@@ -63,3 +63,28 @@ def eni_owner(world: World, addr: IPAddress) -> tuple[NetnsView, PodEni] | None:
         if found is not None and found.device is not None:
             return node.host, found
     return None
+
+
+# An exclusive ENI (Terway's terway-eni mode) is a NIC moved into the pod: neither a veth to the node nor a
+# bridge, tunnel or ipvlan slave (a macvlan stands for it in the lab). The VPC delivers its primary IP to it.
+EXCLUSIVE_ENI_KINDS = frozenset({"", "macvlan", "device"})
+
+
+def exclusive_eni(view: NetnsView, addr: IPAddress) -> Link | None:
+    """The pod namespace's own ENI holding `addr`, if `view` is a pod namespace with one."""
+    if view.is_host:
+        return None
+    link = view.link_of_address(addr)
+    if link is None or link.name == "lo" or (link.kind or "") not in EXCLUSIVE_ENI_KINDS:
+        return None
+    return link
+
+
+def exclusive_owner(world: World, addr: IPAddress) -> tuple[NetnsView, Link] | None:
+    """The pod namespace whose exclusive ENI owns `addr`: where the VPC delivers it."""
+    for node in world.nodes.values():
+        for view in node.namespaces.values():
+            link = exclusive_eni(view, addr)
+            if link is not None:
+                return view, link
+    return None

@@ -13,7 +13,7 @@ from services.simulator.dataplane.netfilter import FlowState
 from services.simulator.dataplane.routing import RouteDecision
 from services.simulator.dataplane.walk.cursor import Cursor, Expectation, Walk
 from services.simulator.dataplane.walk.devices import DeviceHooks
-from services.simulator.dataplane.walk.eni import PodEni, eni_devices, eni_owner, pod_eni
+from services.simulator.dataplane.walk.eni import PodEni, eni_devices, eni_owner, exclusive_owner, pod_eni
 from services.simulator.dataplane.walk.reply import reply_leaves
 from services.simulator.dataplane.walk.trail import Trail, copy_state, packet, route_info
 from services.simulator.dataplane.walk.world import IPAddress, NetnsView, link_up
@@ -390,6 +390,9 @@ class Crossing:
         eni = eni_owner(self.world, c.st.dst) if owner is None else None
         if eni is not None:
             return self._to_eni(c, view, link, nh, *eni)
+        exclusive = exclusive_owner(self.world, c.st.dst) if owner is None else None
+        if exclusive is not None:
+            return self._to_pod_eni(c, view, link, nh, *exclusive)
         if owner is None or owner.node == view.node:
             return self._leave_cluster(c, view, link, nh, d)
         in_link = owner.link_of_address(nh) or owner.link_of_address(c.st.dst)
@@ -409,7 +412,15 @@ class Crossing:
 
     def _wrong_eni(self, c: Cursor, view: NetnsView, link: Link) -> list[Cursor] | None:
         """The VPC forwards only what an interface sends from its own addresses: a local pod's packet (its
-        address an ENI's secondary IP) leaving by another device than an ENI is dropped beyond the node."""
+        address an ENI's secondary IP) leaving by another device than an ENI is dropped beyond the node, and
+        so is a node's packet from a pod's exclusive ENI address (Terway masquerades all it sends on)."""
+        exclusive = exclusive_owner(self.world, c.st.src) if view.is_host else None
+        if exclusive is not None:
+            pod_view, eni = exclusive
+            found = finding("ENI_POD_SOURCE_NOT_MASQUERADED", view.hop_id, where=view.where, src=c.st.src,
+                            pod=pod_view.dump.pod or pod_view.where, eni=eni.name, device=link.name)
+            return self.w.drop(c, found, view, f"{c.st.src} (pod {pod_view.dump.pod}'s own ENI) leaves "
+                               f"{view.where} by {link.name} unmasqueraded: the VPC drops it", device=link.name)
         enis = eni_devices(view)
         pod = self.w.pod_ips.get(c.st.src)
         if not enis or link.name in enis or pod is None or self.world.pod_netns(view.node, pod) is None:
@@ -443,6 +454,27 @@ class Crossing:
         st = copy_state(c.st)
         st.iif, st.oif = dev.name, None
         return [Cursor(owner.place, st, dev.name, c.trail)]
+
+    def _to_pod_eni(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, owner: NetnsView,
+                    eni: Link) -> list[Cursor]:
+        """Into the VPC, which delivers an exclusive ENI's address to the ENI itself, inside its pod: the
+        packet never crosses that pod's node (its netfilter, routes, veths)."""
+        if not link_up(eni):
+            return self._link_down(c, owner, eni)
+        bad = self._neighbor_failed(c, view, link.name, nh)
+        if bad is not None:
+            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
+                               address=nh, device=link.name)
+        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the VPC → "
+                     f"{c.st.dst} is the address of the exclusive ENI {eni.name} inside {owner.where} (on node "
+                     f"{owner.node})", packet(c.st, c.iif, link.name), device=link.name, peer=eni.name,
+                     peer_where=owner.where, next_hop=nh)
+        c.trail.assume(f"the VPC delivers {c.st.dst} to the ENI {eni.name} of {owner.where}, bypassing node "
+                       f"{owner.node} (the ENI's security groups and vSwitch are the cloud layer's)",
+                       could_change=False)
+        st = copy_state(c.st)
+        st.iif, st.oif = eni.name, None
+        return [Cursor(owner.place, st, eni.name, c.trail)]
 
     def _leave_cluster(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list:
         dst = c.st.dst
@@ -669,7 +701,27 @@ class Crossing:
             w.end_trail(trail, FinalState.ABORT, found.code if found else None, found)
             return None
         view = self.world.nodes[entry].host
+        self._public_address(st, view, entry, hop, trail)
         default = view.router.lookup(st.src)[0]
         in_dev = default.dev or next(iter(view.links))
         st.iif = in_dev
         return Cursor(view.place, st, in_dev, trail)
+
+    def _public_address(self, st: FlowState, view: NetnsView, node: str, hop: Any, trail: Trail) -> None:
+        """A Node address the node holds on no interface (an ExternalIP that is an EIP or static public IP): the
+        cloud translates it 1:1 to the node's private address before the packet arrives (docs/cloud.md), so the
+        node's netfilter sees that address — never the public one (kube-proxy's NodePort rules match local
+        destinations only)."""
+        known = self.w.report.cluster.node_addresses.get(node) or []
+        if st.dst in view.local_ips or st.dst not in known:
+            return
+        held = [ip for ip in known if ip in view.local_ips and ip.version == st.dst.version]
+        if not held:
+            return
+        before = packet(st)
+        st.dst = st.orig_dst = held[0]
+        trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{before.dst} is an address of node {node} that no "
+                   f"interface of it holds (an EIP or public IP): the cloud delivers it to {held[0]}", before,
+                   packet(st), type="DNAT")
+        trail.assume(f"{before.dst} is taken to be a public address of node {node} that the cloud translates 1:1 to "
+                     f"{held[0]} (an EIP in NAT mode, a static public IP)", could_change=False)

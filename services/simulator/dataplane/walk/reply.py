@@ -115,9 +115,14 @@ def reply_leaves(w: Walk, c: Cursor, view: NetnsView) -> list:
         c.trail.step(hop, StepKind.DELIVERY, StepAction.DROP, f"the reply to {r.src}, a client inside the cluster, "
                      f"leaves the nodes from {view.where}", packet(st, st.iif, st.oif), reply=True, finding=found.code)
         return w.finish(c, FinalState.DROP, found.code, found)
-    if st.src == r.dst and st.sport in (r.port, None) and st.dst == r.src:
+    public = _cloud_translated(w, view, st.src, r.dst)
+    if (st.src == r.dst or public) and st.sport in (r.port, None) and st.dst == r.src:
         out = c.trail.hop_by_id(external_hop(r.src), kind=HopKind.INTERNET if r.src.is_global else HopKind.EXTERNAL,
                                 name=peer)
+        if public:
+            c.trail.step(out, StepKind.NAT, StepAction.REWRITE, f"the cloud translates the reply's source {st.src} "
+                         f"back to the node's public address {r.dst}", packet(st), packet(st).model_copy(
+                             update={"src": r.dst}), type="SNAT")
         c.trail.step(out, StepKind.DELIVERY, StepAction.FORWARD, f"the reply leaves {view.where} as {actual}: the "
                      f"exact reverse of what the client sent", packet(st, st.iif, st.oif), reply=True)
         c.trail.assume(f"the reply from {view.where} reaches {peer} through the network beyond the nodes (the "
@@ -134,6 +139,14 @@ def reply_leaves(w: Walk, c: Cursor, view: NetnsView) -> list:
                  f"client expects {expected}: no connection of the client matches, it drops the reply",
                  packet(st, st.iif, st.oif), reply=True, finding=found.code)
     return w.finish(c, FinalState.DROP, found.code, found)
+
+
+def _cloud_translated(w: Walk, view: NetnsView, src: object, public: object) -> bool:
+    """The request went to an address of this node that no interface holds (an EIP / public IP the cloud
+    translated to the node's private address on the way in): the cloud translates the reply's source back."""
+    known = w.report.cluster.node_addresses.get(view.node) or []
+    return src != public and public in known and src in known and public not in view.local_ips \
+        and src in view.local_ips
 
 
 def _missing(w: Walk, c: Cursor) -> str:

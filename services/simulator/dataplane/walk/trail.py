@@ -110,6 +110,18 @@ class Trail:
         self.hops.append(hop)
         return hop
 
+    def policy_hop(self, policy: Finding, view: NetnsView) -> Hop:
+        """The pod hop a policy deny enforced in `view` belongs to. An egress deny is the source pod's,
+        which the packet has already left (the node's FORWARD enforces it): its own hop earlier on the
+        trail, not a second copy of the pod after the node. An ingress deny is the destination's, the
+        next hop (the packet may legitimately come back to its source: a pod reaching itself)."""
+        hop_id = policy.hop or view.hop_id
+        if policy.evidence.get("direction") == "egress":
+            earlier = next((h for h in self.hops if h.id == hop_id), None)
+            if earlier is not None:
+                return earlier
+        return self.hop_by_id(hop_id, kind=HopKind.POD, name=hop_id.removeprefix("pod:"))
+
     def step(self, hop: Hop, kind: StepKind, action: StepAction, detail: str, before: Packet | None = None,
              after: Packet | None = None, **info: object) -> Step:
         """A step on `hop`; `info` are the fields of `kind`'s detail (shared/steps.py)."""

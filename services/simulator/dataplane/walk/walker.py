@@ -15,6 +15,7 @@ from typing import Any
 
 from services.simulator.dataplane.hooks import run_hook, stages
 from services.simulator.dataplane.netfilter import Branch, FlowState, Tracer, TraceTooLarge
+from services.simulator.dataplane.netfilter.felix import tier_drop_policies
 from services.simulator.dataplane.netfilter.tracer import TraceContext
 from services.simulator.dataplane.nftables import NftEvaluator, NftRuleset
 from services.simulator.dataplane.routing import RouteDecision
@@ -673,13 +674,17 @@ class Walker:
         fields: dict[str, Any] = dict(where=view.where, table=hit.label if hit else "?",
                                       chain=hit.chain if hit else hook, position=hit.position if hit else 0,
                                       rule=rule, evidence={"hook": hook})
-        policy = self.expect.policy_deny(rule) if hit else None
+        # felix's end-of-tier drop names no policy: its tier's policy chains do (netfilter/felix.py)
+        felix = tier_drop_policies([rs for _, rs in view.rulesets], hit.table, hit.chain, rule) \
+            if hit and not hit.family else []
+        if felix:
+            fields["evidence"]["felix_policies"] = ", ".join(felix)
+        policy = self.expect.policy_deny(" ".join([rule, *felix])) if hit else None
         res = self.report.service
         if policy is not None:
-            hop = c.trail.hop_by_id(policy.hop or view.hop_id, kind=HopKind.POD,
-                                    name=(policy.hop or "").removeprefix("pod:"))
-            c.trail.step(hop, StepKind.POLICY, StepAction.DROP, f"NetworkPolicy enforced on {view.node} "
-                         f"({hook} {fields['table']}/{fields['chain']} rule {fields['position']}): {rule}",
+            c.trail.step(c.trail.policy_hop(policy, view), StepKind.POLICY, StepAction.DROP,
+                         f"NetworkPolicy enforced on {view.node} ({hook} {fields['table']}/{fields['chain']} "
+                         f"rule {fields['position']}): {rule}",
                          packet(br.state), enforced_by=rule_hit(hit) if hit else None, finding=policy.code)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
