@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from services.simulator.dataplane.netfilter import FlowState, RuleHit
 from services.simulator.dataplane.routing import RouteDecision
@@ -25,14 +25,11 @@ from shared.schemas import (
 from shared.steps import NatEndpoint
 from shared.steps import RuleHit as RuleHitInfo
 
-PACKET_PROTOCOLS: dict[str, Literal["tcp", "udp", "icmp"]] = {"tcp": "tcp", "udp": "udp", "icmp": "icmp"}
-
 
 def packet(st: FlowState, iif: str | None = None, oif: str | None = None) -> Packet:
-    proto = PACKET_PROTOCOLS.get(st.protocol, "tcp")
-    # built, not validated: every field comes typed from the walk's own FlowState (dozens per diagnosis)
-    return Packet.model_construct(src=st.src, dst=st.dst, protocol=proto, sport=st.sport, dport=st.dport,
-                                  mark=st.mark, iif=iif, oif=oif)
+    proto = st.protocol if st.protocol in ("tcp", "udp", "icmp") else "tcp"
+    return Packet(src=st.src, dst=st.dst, protocol=proto, sport=st.sport, dport=st.dport, mark=st.mark,
+                  iif=iif, oif=oif)
 
 
 def rule_hit(hit: RuleHit) -> RuleHitInfo:
