@@ -8,10 +8,12 @@ in the slices exactly as it would in a cluster.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import re
 import threading
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -206,6 +208,7 @@ class ObjectStore:
     def __init__(self, history: int = 1000) -> None:
         self._lock = threading.RLock()
         self._objects: dict[str, dict[tuple[str, str], Obj]] = {kind: {} for kind in RESOURCE_BY_KIND}
+        self._order: dict[str, list[tuple[str, str]]] = {}  # kind → its keys sorted (dropped when keys change)
         self._rv = FIRST_RESOURCE_VERSION
         self._events: list[WatchEvent] = []
         self._history = history
@@ -231,8 +234,28 @@ class ObjectStore:
         The returned dicts are the stored ones: callers must not mutate them (the store replaces whole
         objects on every change, so a snapshot stays consistent)."""
         with self._lock:
-            items = [o for _, o in sorted(self._objects[self._kind(kind)].items()) if flt is None or flt(o)]
-            return items, self._rv
+            bucket = self._objects[self._kind(kind)]
+            return [bucket[k] for k in self._sorted(kind) if flt is None or flt(bucket[k])], self._rv
+
+    def page(self, kind: str, flt: Filter, after: tuple[str, str] | None, limit: int) -> tuple[list[Obj], int, int]:
+        """One page of a paged list: up to `limit` (0: all) matching objects after the key `after`, in (namespace,
+        name) order as the API server walks its keys, the current resourceVersion and how many more match. A
+        page costs its own size, not the whole kind's (a 150,000-pod list is 300 pages)."""
+        with self._lock:
+            bucket, keys = self._objects[self._kind(kind)], self._sorted(kind)
+            start = bisect.bisect_right(keys, after) if after is not None else 0
+            if flt.namespace is None and not flt.selective:
+                end = start + limit if limit else len(keys)
+                return [bucket[k] for k in keys[start:end]], self._rv, max(0, len(keys) - end)
+            matching = [bucket[k] for k in keys[start:] if flt(bucket[k])]
+            page = matching[:limit] if limit else matching
+            return page, self._rv, len(matching) - len(page)
+
+    def _sorted(self, kind: str) -> list[tuple[str, str]]:
+        keys = self._order.get(kind)
+        if keys is None:
+            keys = self._order[kind] = sorted(self._objects[kind])
+        return keys
 
     def events_since(self, kind: str, rv: int) -> tuple[list[WatchEvent], int]:
         """Events of `kind` after `rv`, and the current resourceVersion; ResourceExpired if `rv` is compacted."""
@@ -263,8 +286,22 @@ class ObjectStore:
             return copy.deepcopy(stored)
 
     def load(self, objects: list[Obj]) -> None:
-        for obj in objects:
-            self.apply(obj)
+        """Put every object, then derive each touched namespace's endpoints once: deriving them per object, as
+        apply() does, rescans the namespace on every pod (hours at 150,000 pods)."""
+        with self._lock:
+            touched = set()
+            for obj in objects:
+                stored = self._put(obj)
+                if stored["kind"] in ("Pod", "Service"):
+                    touched.add(stored["metadata"].get("namespace"))
+            pods: dict[str, list[Obj]] = defaultdict(list)
+            services: dict[str, dict[str, Obj]] = defaultdict(dict)
+            for (ns, _), pod in self._objects["Pod"].items():
+                pods[ns].append(pod)
+            for (ns, name), svc in self._objects["Service"].items():
+                services[ns][name] = svc
+            for ns in sorted(n for n in touched if n):
+                self._sync_endpoints(ns, pods[ns], services[ns])
 
     def sync(self, objects: list[Obj]) -> int:
         """Make the store hold exactly `objects` (plus derived endpoints): applies what changed, deletes what
@@ -353,6 +390,8 @@ class ObjectStore:
         self._rv += 1
         meta["resourceVersion"] = str(self._rv)
         bucket[key] = obj
+        if existing is None:
+            self._order.pop(kind, None)
         self._record("MODIFIED" if existing is not None else "ADDED", kind, obj, existing)
         return obj
 
@@ -360,6 +399,7 @@ class ObjectStore:
         existing = self._objects[kind].pop(key, None)
         if existing is None:
             raise NotFound(f"{kind} {'/'.join(k for k in key if k)} not found")
+        self._order.pop(kind, None)
         self._rv += 1
         gone = {**existing, "metadata": {**existing["metadata"], "resourceVersion": str(self._rv)}}
         self._record("DELETED", kind, gone, existing)
@@ -369,9 +409,12 @@ class ObjectStore:
         if obj["kind"] in ("Pod", "Service"):
             self._sync_endpoints(obj["metadata"]["namespace"])
 
-    def _sync_endpoints(self, namespace: str) -> None:
-        pods = [p for (ns, _), p in self._objects["Pod"].items() if ns == namespace]
-        services = {name: s for (ns, name), s in self._objects["Service"].items() if ns == namespace}
+    def _sync_endpoints(self, namespace: str, pods: list[Obj] | None = None,
+                        services: dict[str, Obj] | None = None) -> None:
+        if pods is None:
+            pods = [p for (ns, _), p in self._objects["Pod"].items() if ns == namespace]
+        if services is None:
+            services = {name: s for (ns, name), s in self._objects["Service"].items() if ns == namespace}
         desired: dict[tuple[str, tuple[str, str]], Obj] = {}
         for svc in services.values():
             for obj in endpoint_objects(svc, pods):

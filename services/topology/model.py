@@ -12,16 +12,19 @@ model's objects are read-only; nobody may mutate one in place.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import socket
 import sys
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 
 from shared.schemas import IPAddress
+from shared.selectors import LabelSelector, SelectorError, compile_selector
 
 KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet", "IPPool",
          "FelixConfiguration")
@@ -103,8 +106,47 @@ def _trim_meta(meta: Obj) -> Obj:
     return meta
 
 
+_gc_lock = threading.Lock()
+_gc_holds = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def bulk_build() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a load or list builds objects by the million: each of its full
+    collections would walk every object built so far, for nothing (the model's objects are acyclic, freed by
+    reference counting), and they were most of a 150,000-pod load. Concurrent holds (one watch thread per
+    kind) count: the collector is back as it was when the last one ends, and what was built is frozen
+    (gc.freeze: long-lived, so later collections do not walk the whole cluster; at 150,000 pods one walk
+    took seconds, and landed in the middle of a diagnosis). Frozen objects are still freed by reference
+    counting when the model drops them."""
+    global _gc_holds, _gc_was_enabled
+    with _gc_lock:
+        if _gc_holds == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_holds += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holds -= 1
+            if _gc_holds == 0 and _gc_was_enabled:
+                gc.freeze()
+                gc.enable()
+
+
+class Trimmed(dict[str, Any]):
+    """An object already in the model's form (the JSON decoder's pod fast path builds these): trim() passes it
+    through as it is."""
+
+    __slots__ = ()
+
+
 def trim(kind: str, obj: Obj) -> Obj:
     """Drop what the diagnosis never reads: managedFields, last-applied, pod bulk; share the rest."""
+    if type(obj) is Trimmed:
+        return obj
     if kind == "Pod":
         return _trim_pod(obj)
     meta = _trim_meta(obj.get("metadata") or {})
@@ -121,67 +163,96 @@ def trim(kind: str, obj: Obj) -> Obj:
     return _compact(out)
 
 
-def _intern(value: Any) -> Any:
+def intern(value: Any) -> Any:
     return sys.intern(value) if type(value) is str else value
 
 
+# A pod's subtrees, each trimmed by one function that both the dict path below and the JSON decoder's fast path
+# (services.topology.decode, which memoises them by their raw bytes) call: DROP means "leave the field out".
+DROP = object()
+
+
+def pod_annotations(annotations: Any) -> Any:
+    if annotations and isinstance(annotations, dict) and LAST_APPLIED in annotations:
+        annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+        if not annotations:
+            return DROP
+    return share(annotations)
+
+
+def pod_containers(containers: Any, host_network: bool) -> Any:
+    if not containers:
+        return DROP
+    keys = _HOST_CONTAINER_KEYS if host_network else _CONTAINER_KEYS
+    return share([_pick(c, keys) for c in containers])
+
+
+def pod_conditions(conditions: Any) -> Any:
+    return share([_pick(c, _CONDITION_KEYS) for c in conditions]) if conditions else DROP
+
+
+def pod_container_statuses(statuses: Any) -> Any:
+    if not statuses:
+        return DROP
+    return share([{**_pick(c, _CONTAINER_STATUS_KEYS), "state": _container_state(c.get("state") or {})}
+                  for c in statuses])
+
+
+def _put(out: Obj, key: str, value: Any) -> None:
+    if value is DROP:
+        out.pop(key, None)
+    else:
+        out[key] = value
+
+
 def _trim_pod(obj: Obj) -> Obj:
-    """The hot path of a 150,000-pod load: unique fields (name, uid, IPs) kept as they are, repeated
-    scalars interned, repeated subtrees shared."""
+    """Unique fields (name, uid, IPs) kept as they are, repeated scalars interned, repeated subtrees shared."""
     meta = obj.get("metadata") or {}
     out_meta = _pick(meta, _POD_META_KEYS)
     if "namespace" in out_meta:
-        out_meta["namespace"] = _intern(out_meta["namespace"])
+        out_meta["namespace"] = intern(out_meta["namespace"])
     if "labels" in out_meta:
         out_meta["labels"] = share(out_meta["labels"])
-    annotations = out_meta.get("annotations")
-    if annotations and isinstance(annotations, dict) and LAST_APPLIED in annotations:
-        annotations = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
-        if annotations:
-            out_meta["annotations"] = annotations
-        else:
-            del out_meta["annotations"]
     if "annotations" in out_meta:
-        out_meta["annotations"] = share(out_meta["annotations"])
-    return {"apiVersion": _intern(obj.get("apiVersion", "v1")), "kind": "Pod", "metadata": out_meta,
-            "spec": _trim_pod_spec(obj.get("spec") or {}), "status": _trim_pod_status(obj.get("status") or {})}
+        _put(out_meta, "annotations", pod_annotations(out_meta["annotations"]))
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    out_spec = {k: intern(v) for k, v in _pick(spec, _POD_SPEC_KEYS).items()}
+    for group in ("initContainers", "containers"):
+        _put(out_spec, group, pod_containers(spec.get(group), bool(spec.get("hostNetwork"))))
+    out_status = _pick(status, _POD_STATUS_KEYS)
+    for key in ("phase", "reason", "hostIP"):
+        if key in out_status:
+            out_status[key] = intern(out_status[key])
+    if "hostIPs" in out_status:
+        out_status["hostIPs"] = share(out_status["hostIPs"])
+    _put(out_status, "conditions", pod_conditions(status.get("conditions")))
+    for group in ("initContainerStatuses", "containerStatuses"):
+        _put(out_status, group, pod_container_statuses(status.get(group)))
+    return {"apiVersion": intern(obj.get("apiVersion", "v1")), "kind": "Pod", "metadata": out_meta,
+            "spec": out_spec, "status": out_status}
 
 
 def _trim_endpoint(ep: Obj) -> Obj:
-    out = {k: share(v) if k in ("conditions", "hints") else _compact(v) for k, v in _pick(ep, _ENDPOINT_KEYS).items()}
-    if ep.get("targetRef"):
-        out["targetRef"] = _compact(_pick(ep["targetRef"], _TARGET_REF_KEYS))
-    return out
-
-
-def _trim_pod_spec(spec: Obj) -> Obj:
-    out = {k: _intern(v) for k, v in _pick(spec, _POD_SPEC_KEYS).items()}
-    keys = _HOST_CONTAINER_KEYS if spec.get("hostNetwork") else _CONTAINER_KEYS
-    for group in ("initContainers", "containers"):
-        if spec.get(group):
-            out[group] = share([_pick(c, keys) for c in spec[group]])
+    """150,000 of these in a big cluster's slices: the addresses and the pod's name are unique, kept as they
+    are; the rest repeats (interned, shared). Written out: this is most of loading the slices."""
+    out = {k: ep[k] for k in _ENDPOINT_KEYS if k in ep}
+    if "conditions" in out:
+        out["conditions"] = share(out["conditions"])
+    if "hints" in out:
+        out["hints"] = share(out["hints"])
+    if type(node := out.get("nodeName")) is str:
+        out["nodeName"] = sys.intern(node)
+    if type(zone := out.get("zone")) is str:
+        out["zone"] = sys.intern(zone)
+    if ref := ep.get("targetRef"):
+        out["targetRef"] = {k: ref[k] if k == "name" or type(ref[k]) is not str else sys.intern(ref[k])
+                            for k in _TARGET_REF_KEYS if k in ref}
     return out
 
 
 def _container_state(state: Obj) -> Obj:
     """Which state (running/waiting/terminated) and why; timestamps and ids dropped."""
     return {k: _pick(v or {}, ("reason", "exitCode")) for k, v in state.items()}
-
-
-def _trim_pod_status(status: Obj) -> Obj:
-    out = _pick(status, _POD_STATUS_KEYS)
-    for key in ("phase", "reason", "hostIP"):
-        if key in out:
-            out[key] = _intern(out[key])
-    if "hostIPs" in out:
-        out["hostIPs"] = share(out["hostIPs"])
-    if status.get("conditions"):
-        out["conditions"] = share([_pick(c, _CONDITION_KEYS) for c in status["conditions"]])
-    for group in ("initContainerStatuses", "containerStatuses"):
-        if status.get(group):
-            out[group] = share([{**_pick(c, _CONTAINER_STATUS_KEYS), "state": _container_state(c.get("state") or {})}
-                                for c in status[group]])
-    return out
 
 
 _API_VERSIONS = {
@@ -219,12 +290,24 @@ def address_key(ip: IPAddress) -> int:
     return int(ip) if ip.version == 4 else _V6 | int(ip)
 
 
+def text_key(value: Any) -> int | None:
+    """address_key(parse_ip(value)) without building the address object (the load's hot path), None when the
+    value is no address."""
+    if type(value) is str:
+        try:
+            return int.from_bytes(socket.inet_pton(socket.AF_INET, value), "big")
+        except (OSError, ValueError):
+            pass
+    ip = parse_ip(value)
+    return None if ip is None else address_key(ip)
+
+
 def _keys(raw: Iterable[Any]) -> Iterator[int]:
     for value in raw:
         if value:
-            ip = parse_ip(value)
-            if ip is not None:
-                yield address_key(ip)
+            key = text_key(value)
+            if key is not None:
+                yield key
 
 
 def _pod_ip_strings(pod: Obj) -> list[Any]:
@@ -241,7 +324,11 @@ def unusable_addresses(kind: str, obj: Obj) -> list[str]:
     the object is kept, those addresses are not, and the load says so instead of dropping them silently."""
     status, spec = obj.get("status") or {}, obj.get("spec") or {}
     if kind == "Pod":
-        fields = [("status.podIP", status.get("podIP"))] + [("status.podIPs", p.get("ip"))
+        ip = status.get("podIP")
+        if (not ip or text_key(ip) is not None) and all(
+                not isinstance(p, dict) or not p.get("ip") or p["ip"] == ip for p in status.get("podIPs") or []):
+            return []  # the common case (one usable address), without the lists below: 150,000 pods in a load
+        fields = [("status.podIP", ip)] + [("status.podIPs", p.get("ip"))
                                                             for p in status.get("podIPs") or [] if isinstance(p, dict)]
     elif kind == "Node":
         fields = [(f"status.addresses {a.get('type')}", a.get("address")) for a in status.get("addresses") or []
@@ -252,7 +339,7 @@ def unusable_addresses(kind: str, obj: Obj) -> list[str]:
     else:
         return []
     return [f"{kind.lower()} {object_key(obj)}: {name} {value!r} is not an IP address"
-            for name, value in dict.fromkeys(fields) if value and parse_ip(value) is None]
+            for name, value in dict.fromkeys(fields) if value and text_key(value) is None]
 
 
 def _node_address_strings(node: Obj) -> list[Any]:
@@ -345,6 +432,9 @@ class ClusterModel:
         self.slices_by_pod = KeyIndex()
         # (kind, namespace) a source may not read (RBAC) → why; detection reports each as an assumption
         self.unreadable: dict[tuple[str, str | None], str] = {}
+        # id(NetworkPolicy object) → (the object, its compiled podSelector): compiled once per version of the
+        # policy, not once per pod of every diagnosis; apply() drops a replaced or deleted version's entry
+        self._pod_selectors: dict[int, tuple[Obj, LabelSelector | None]] = {}
 
     # ------------------------------------------------------------ writing
 
@@ -357,6 +447,8 @@ class ClusterModel:
             if old is not None:
                 for index, value in self._entries(kind, old):
                     index.discard(value, key)
+                if kind == "NetworkPolicy":
+                    self._pod_selectors.pop(id(old), None)
             if event != "DELETED":
                 store[key] = obj
                 for index, value in self._entries(kind, obj):
@@ -469,6 +561,35 @@ class ClusterModel:
 
     def pods_on_node(self, node: str) -> list[str]:
         return self.pods_by_node.keys_of(node)
+
+    def policies_selecting(self, pods: Iterable[Obj]) -> dict[str, Obj]:
+        """The NetworkPolicies (by key) whose podSelector selects one of `pods` in its namespace. A selector the API
+        would reject counts as selecting: it is carried, and the simulator says it ignored it."""
+        store, found = self.objects["NetworkPolicy"], {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            for key in self.policies_by_namespace.keys_of(meta.get("namespace")):
+                if key not in found and (policy := store.get(key)) is not None:
+                    selector = self.pod_selector(policy)
+                    try:
+                        selected = selector is None or selector.matches(labels)
+                    except (AttributeError, TypeError):  # labels that are no mapping
+                        selected = True
+                    if selected:
+                        found[key] = policy
+        return found
+
+    def pod_selector(self, policy: Obj) -> LabelSelector | None:
+        """A NetworkPolicy's compiled podSelector; None when the API would reject it."""
+        cached = self._pod_selectors.get(id(policy))
+        if cached is None or cached[0] is not policy:
+            try:
+                selector: LabelSelector | None = compile_selector((policy.get("spec") or {}).get("podSelector"))
+            except (SelectorError, AttributeError, TypeError):
+                selector = None
+            cached = self._pod_selectors[id(policy)] = (policy, selector)
+        return cached[1]
 
     def policies_in(self, namespace: str) -> list[Obj]:
         return self._get_all("NetworkPolicy", self.policies_by_namespace.keys_of(namespace))

@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 
 from services.topology.classify import Classification, classify
 from services.topology.detect import Detector
-from services.topology.model import KINDS, ClusterModel, Obj, object_key
+from services.topology.model import KINDS, ClusterModel
 from services.topology.services import Resolved, resolve_service
 from shared.schemas import Assumption, DiagnosisRequest, Finding
-from shared.selectors import SelectorError, compile_selector
 from shared.topology import NODE_ADDRESSES, CandidatePath, ClusterObjects, Endpoint, EndpointKind, TopologyReport
 
 STAGE = "topology"
@@ -67,22 +66,13 @@ def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None) -
     entry_default = resolved.entry_nodes[0] if len(resolved.entry_nodes) == 1 else None
     for i, b in enumerate(resolved.used):
         entry = entry_default or (b.node if b.node in resolved.entry_nodes or not resolved.entry_nodes else None)
-        paths.append(CandidatePath(
+        # typed values all (a validated endpoint, a backend): one path per backend, validating was a third of it
+        paths.append(CandidatePath.model_construct(
             id=f"p{i}", src_node=src.node, dst_node=b.node, dst_address=b.address, dst_port=b.port,
             dst_pod=b.pod, entry_node=entry, backend=b,
             description=f"{src.description} → {resolved.resolution.service} → {b.pod or b.address}:{b.port}",
         ))
     return paths
-
-
-def _selects(policy: Obj, pod: Obj) -> bool:
-    """Whether `policy` applies to `pod` (its podSelector matches the pod's labels). A selector the API would
-    reject is carried all the same: the simulator says it ignored it, instead of it vanishing here."""
-    try:
-        selector = compile_selector((policy.get("spec") or {}).get("podSelector"))
-        return selector.matches((pod.get("metadata") or {}).get("labels") or {})
-    except (SelectorError, AttributeError, TypeError):
-        return True
 
 
 def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolved | None,
@@ -94,8 +84,7 @@ def _objects(model: ClusterModel, src: Endpoint, dst: Endpoint, resolved: Resolv
     pod_keys = _unique([src.pod, dst.pod, *((b.pod for b in resolved.resolution.backends) if resolved else ())])
     pods = [p for p in (model.get("Pod", k) for k in pod_keys) if p is not None]
     namespaces = _unique(k.split("/", 1)[0] for k in pod_keys)
-    policies = {object_key(pol): pol for pod in pods for pol in model.policies_in(pod["metadata"].get("namespace"))
-                if _selects(pol, pod)}
+    policies = model.policies_selecting(pods)
     service = model.get("Service", resolved.resolution.service) if resolved else None
     # the model's objects are API-form dicts already: validating would only copy them (5,000 nodes of a
     # LoadBalancer diagnosis), and nothing mutates them (docs/topology.md)

@@ -24,7 +24,7 @@ from services.topology.model import (
 )
 from shared.codes import finding
 from shared.hops import service_hop
-from shared.schemas import Assumption, Finding
+from shared.schemas import Assumption, Finding, IPAddress
 from shared.topology import Endpoint, EndpointKind, ServiceBackend, ServiceResolution
 
 STAGE = "topology"
@@ -72,7 +72,7 @@ def _backends(
 ) -> list[ServiceBackend]:
     key = object_key(svc)
     target = sp.get("targetPort") or sp.get("port")
-    backends: dict[str, ServiceBackend] = {}
+    backends: dict[IPAddress, ServiceBackend] = {}
     for slice_obj in model.slices_of(key):
         if slice_obj.get("addressType") not in (None, f"IPv{family}"):
             continue
@@ -92,15 +92,17 @@ def _backends(
                                                 target_port=target, pod=pod_key))
             for raw in ep.get("addresses") or []:
                 address = parse_ip(raw)
-                if address is None or str(address) in backends:
+                if address is None or address in backends:
                     continue
-                backends[str(address)] = ServiceBackend(
-                    address=address, port=port, pod=pod_key,
-                    node=ep.get("nodeName") or ((pod or {}).get("spec") or {}).get("nodeName"),
+                node = ep.get("nodeName") or ((pod or {}).get("spec") or {}).get("nodeName")
+                # every field is typed here already (a parsed address, ints, bools): validating them again was
+                # most of resolving a Service's backends
+                backends[address] = ServiceBackend.model_construct(
+                    address=address, port=port, pod=pod_key, node=node if isinstance(node, str) else None,
                     ready=ready, serving=cond.get("serving", ready) is not False,
                     terminating=bool(cond.get("terminating")),
                 )
-    return sorted(backends.values(), key=lambda b: ipaddress.ip_address(b.address))
+    return [backends[a] for a in sorted(backends, key=lambda a: (a.version, a))]
 
 
 def _usable(backends: list[ServiceBackend]) -> tuple[list[ServiceBackend], bool]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from ipaddress import ip_address
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from services.simulator.modelpath import ModelSimulator
 from services.topology.decode import decode_item, decode_list
-from services.topology.model import ClusterModel, address_key, trim
+from services.topology.model import ClusterModel, address_key, bulk_build, trim
 from services.topology.plan import INLINE_NODE_ADDRESSES, Planner, detach_node_addresses
 from shared.bus import Bus
 from shared.config import Settings
@@ -105,6 +106,38 @@ def test_the_typed_json_path_keeps_exactly_what_the_dict_path_keeps() -> None:
     raw["spec"]["containers"][0]["command"] = ["kube-apiserver", "--service-cluster-ip-range=10.96.0.0/12"]
     data = json.dumps(raw).encode()
     assert trim("Pod", decode_item(data, "Pod")) == trim("Pod", json.loads(data))
+
+
+def test_the_fast_path_builds_the_dict_paths_pod_field_for_field_and_in_order() -> None:
+    """Every subtree the decoder memoises (by raw bytes or by the kept fields' encoding) comes out as the dict
+    path makes it: two pods sharing a template, one with the bulk that makes each pod's bytes its own."""
+    first = pod("a", "shop", "10.244.1.2", "node-1", {"app": "web"}, initContainers=[{"name": "init", "image": "x"}])
+    first["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    first["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "{}"}
+    first["status"] |= {"hostIPs": [{"ip": "10.0.0.1"}], "reason": "Evicted", "conditions": [
+        {"type": "Ready", "status": "False", "reason": "PodFailed", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+    first["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": "m"}}
+    second = copy.deepcopy(first)
+    second["metadata"] |= {"name": "b", "uid": "uid-b"}
+    second["status"]["conditions"][0]["lastTransitionTime"] = "2026-02-02T00:00:00Z"
+    built = []
+    for raw in (first, second, pod("c", "shop", "10.244.1.4", "node-2", {})):
+        data = json.dumps({k: v for k, v in raw.items() if k != "kind"}).encode()
+        fast, slow = decode_item(data, "Pod"), trim("Pod", json.loads(data))
+        assert json.dumps(fast) == json.dumps(slow)
+        built.append(fast)
+    assert "annotations" not in built[0]["metadata"] and built[2]["metadata"]["annotations"] == {"team": "a"}
+    assert built[0]["status"]["conditions"] is built[1]["status"]["conditions"]  # timestamps dropped: shared
+
+
+def test_a_bulk_build_pauses_the_collector_and_gives_it_back() -> None:
+    was = gc.isenabled()
+    with bulk_build():
+        assert not gc.isenabled()
+        with bulk_build():  # a second watch thread listing at the same time
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled() == was
 
 
 def test_a_pod_the_typed_path_cannot_read_is_still_loaded() -> None:

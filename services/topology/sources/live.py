@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from services.topology.decode import decode, decode_list
-from services.topology.model import ClusterModel, object_key, trim
+from services.topology.model import ClusterModel, bulk_build, object_key, trim
 from shared.config import DEFAULT_CONFIGMAP_NAMESPACES, Settings
 from shared.kube import api_client
 
@@ -191,6 +191,10 @@ class LiveSource:
     def _list(self, res: Resource) -> str:
         """List page by page, applying each page as it comes (a relist holds the model plus one page, never a
         second copy of the cluster); what the list did not return is forgotten at its end."""
+        with bulk_build():
+            return self._list_pages(res)
+
+    def _list_pages(self, res: Resource) -> str:
         seen: set[str] = set()
         token: str | None = None
         while True:
