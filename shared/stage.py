@@ -254,10 +254,13 @@ class StageRunner:
             try:
                 with _keep_alive(msg, self.bus.settings.ack_wait_s):
                     out = await self.stage.handle(env)
+                elapsed = round((time.perf_counter() - started) * 1000, 3)
+                # said before the output goes out, on this connection: the next stage's events (it may run in
+                # this very process, done before this one's ack) always come after it in the stream
+                await self.bus.progress(env, self.stage.name, "done", elapsed_ms=elapsed)
                 if out is not None and self.stage.output_subject:
-                    elapsed = (time.perf_counter() - started) * 1000
                     # a new dict: the input's may be the very one its publisher holds (shared.bus.PUBLISHED)
-                    out = out.model_copy(update={"timings_ms": {**out.timings_ms, self.stage.name: round(elapsed, 3)}})
+                    out = out.model_copy(update={"timings_ms": {**out.timings_ms, self.stage.name: elapsed}})
                     await publish_output(self.bus, self.stage, out)
             except Exception as exc:  # any handler fault: retry, then fail the diagnosis with the reason
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -276,8 +279,6 @@ class StageRunner:
         await msg.ack()
         self.handled += 1
         metrics.STAGE_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
-        await self.bus.progress(env, self.stage.name, "done", elapsed_ms=round(
-            (time.perf_counter() - started) * 1000, 3))
 
     async def _finalise(self, msg: Msg, env: StageEnvelope, reason: str) -> None:
         """End the diagnosis as failed; if even that cannot be published, NAK so one of the
