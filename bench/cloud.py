@@ -113,7 +113,9 @@ def main() -> None:
     print(f"index build: {(time.perf_counter() - started) * 1000:.1f} ms")
     rng = random.Random(1)
     nics = [index.primary_eni(i) for i in inv.instances]
-    flows = [Flow(ip_address(f"172.{rng.randint(16, 31)}.{rng.randint(0, 255)}.9"), ip_address(nic.primary_ip),
+    primary = {nic.id: ip_address(nic.primary_ip) for nic in nics if nic.primary_ip}
+    assert len(primary) == len(nics), "every emulated instance has a primary address"
+    flows = [Flow(ip_address(f"172.{rng.randint(16, 31)}.{rng.randint(0, 255)}.9"), primary[nic.id],
                   rng.choice(["tcp", "udp"]), None, rng.randint(1, 65535)) for nic in nics for _ in range(20)]
     started = time.perf_counter()
     targets = [nic for nic in nics for _ in range(20)]
@@ -125,6 +127,7 @@ def main() -> None:
     started = time.perf_counter()
     for src, dst in pairs:
         d = index.instance_of_node(dst)
+        assert d is not None, f"{dst} is not an emulated instance"
         evaluate_node_to_node(index, src, dst, Packet(src="172.16.0.9", dst=d.private_ips[0], protocol="tcp",
                                                       dport=443))
     took = time.perf_counter() - started

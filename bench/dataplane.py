@@ -92,7 +92,7 @@ def measure(n: int) -> Figures:
     gc.collect()
     full_gc_ms = (time.perf_counter() - t0) * 1000
     # 7919 is prime and coprime with 100: DISTINCT Services spread over the whole chain, none repeated
-    vips = [ipaddress.ip_address("172.30.0.0") + 1 + (k * 7919) % n for k in range(DISTINCT)]
+    vips = [ipaddress.IPv4Address("172.30.0.0") + 1 + (k * 7919) % n for k in range(DISTINCT)]
     first = [_trace_ms(tracer, vip, 40000 + k) for k, vip in enumerate(vips)]
     warm = [_trace_ms(tracer, vip, 50000 + k) for _ in range(WARM_ROUNDS) for k, vip in enumerate(vips)]
     return Figures(n, rs.rule_count, parse_s, setup_s, first, warm, rss_growth, full_gc_ms, len(gc.get_objects()))

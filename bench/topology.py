@@ -289,7 +289,7 @@ def main() -> None:
         dump_ms.append((t2 - t1) * 1000)
         sizes.append(len(body))
 
-    def pct(values: list[float], q: float) -> float:
+    def pct(values: list[float] | list[int], q: int) -> float:
         return statistics.quantiles(values, n=100)[q - 1]
 
     print(f"per-diagnosis topology ({len(reqs)} requests: pod→pod, pod→ClusterIP, internet→LB, pod→NodePort): "

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
@@ -51,7 +51,7 @@ class EmbeddedStack:
         port: int = 0,
         gateway: bool = True,
         stages: tuple[StageFactory, ...] = PIPELINE,
-        agents: dict[str, str | None] | None = None,
+        agents: Mapping[str, str | None] | None = None,
     ) -> None:
         self.settings = settings or Settings.from_env()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None

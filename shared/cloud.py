@@ -198,6 +198,13 @@ class NextHop(_Model):
     id: str | None = None
     enabled: bool = True
 
+    @field_validator("type")
+    @classmethod
+    def _one_name_for_ecs(cls, value: str) -> str:
+        # gateway route tables (ListGatewayRouteTableEntries) call an ECS next hop `EcsInstance`, VPC route tables
+        # `Instance`: one name, whoever wrote the inventory (the provider, a hand-written snapshot)
+        return "Instance" if value == "EcsInstance" else value
+
 
 class RouteEntry(_Model):
     id: str = ""

@@ -189,6 +189,9 @@ _ENTRIES = [
     FindingCode("VPC_NEXT_HOP_NOT_FORWARDING", E, "route entry {route} in {route_table} points at {next_hop}, which "
                 "is {state}: it does not forward", "Start {next_hop} (or attach the ENI to a running instance), or "
                 "point the route entry for {route} at a next hop that forwards."),
+    FindingCode("NAT_NO_DNAT", E, "no DNAT entry on nat gateway {nat_gateway} forwards {protocol} {address}:{port}",
+                "Add a DNAT entry on {nat_gateway} from {address}:{port} ({protocol}) to the private IP and port of "
+                "the server (CreateForwardEntry), or check that the entry is Available."),
     FindingCode("VPC_GATEWAY_ROUTE_REDIRECT", W, "internet traffic to {dst} entering through IPv4 gateway {gateway} is "
                 "steered by gateway route table {route_table} (entry {route}) to {next_hop} first",
                 "Check that {next_hop} (a firewall or other appliance) admits the traffic to {dst}, forwards it to the "

@@ -56,7 +56,7 @@ def apply_patch(doc: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, A
         parts = [p.replace("~1", "/").replace("~0", "~") for p in path.split("/")[1:]]
         if not parts:
             raise StateError(f"patch path {path!r} must point inside the document")
-        parent = doc
+        parent: Any = doc  # a dict or a list, depending on the path walked so far
         for part in parts[:-1]:
             parent = parent[int(part)] if isinstance(parent, list) else parent[part]
         last = parts[-1]

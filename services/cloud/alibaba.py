@@ -610,11 +610,12 @@ def _route_entry(raw: dict[str, Any]) -> RouteEntry:
 
 
 def _gateway_route_entry(raw: dict[str, Any]) -> RouteEntry:
-    """A ListGatewayRouteTableEntries entry: next hop Local, an ECS instance (`EcsInstance`/`Instance`) or an ENI."""
+    """A ListGatewayRouteTableEntries entry: next hop Local, an ECS instance (`EcsInstance`/`Instance`, one name
+    once validated: NextHop) or an ENI."""
     hops = _items(raw, "NextHops", "NextHop") or [raw]
     return RouteEntry(id=raw.get("RouteEntryId", ""), destination=raw["DestinationCidrBlock"], type="Gateway",
                       status=raw.get("Status", "Available"), next_hops=[NextHop(
-                          type={"EcsInstance": "Instance"}.get(h.get("NextHopType", ""), h.get("NextHopType", "")),
+                          type=h.get("NextHopType", ""),
                           id=h.get("NextHopId") or None, enabled=bool(int(h.get("Enabled", 1)))) for h in hops])
 
 

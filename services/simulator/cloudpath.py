@@ -36,15 +36,15 @@ from typing import Any, NamedTuple
 
 from services.simulator.cloudeval.evaluate import (
     VXLAN_PORT,
-    CloudResult,
     Encapsulation,
-    evaluate_internet_to_instance,
     evaluate_internet_to_lb,
     evaluate_node_to_node,
-    evaluate_to_internet,
 )
+from services.simulator.cloudeval.from_internet import evaluate_internet_to_instance
 from services.simulator.cloudeval.index import CloudIndex
 from services.simulator.cloudeval.ipv4gw import public_owner
+from services.simulator.cloudeval.result import CloudResult
+from services.simulator.cloudeval.to_internet import evaluate_to_internet
 from shared.cloud import CloudInventory
 from shared.hops import node_hop
 from shared.schemas import (

@@ -22,12 +22,14 @@ from services.topology.model import (
     DROP,
     Obj,
     Trimmed,
+    endpoint_ref,
     intern,
     pod_annotations,
     pod_conditions,
     pod_container_statuses,
     pod_containers,
     share,
+    trim,
 )
 
 DecodeError = msgspec.DecodeError
@@ -98,6 +100,15 @@ class _Pod(Struct):
     status: _PodStatus | None = None
 
 
+class _Endpoint(Struct):
+    addresses: Opt = UNSET
+    conditions: Raw = _ABSENT
+    nodeName: Opt = UNSET
+    zone: Opt = UNSET
+    hints: Raw = _ABSENT
+    targetRef: dict[str, Any] | UnsetType | None = UNSET
+
+
 class _Kind(Struct):
     kind: Opt = UNSET
 
@@ -114,6 +125,8 @@ to_builtins = msgspec.to_builtins
 _encode = msgspec.json.Encoder().encode
 _kind = msgspec.json.Decoder(_Kind)
 _list = msgspec.json.Decoder(_List)
+_fields = msgspec.json.Decoder(dict[str, Raw])
+_endpoints = msgspec.json.Decoder(list[_Endpoint] | None)
 _any = msgspec.json.Decoder()
 
 
@@ -212,6 +225,38 @@ def _pod_obj(pod: _Pod) -> Trimmed:
                    metadata=meta, spec=spec, status=status)
 
 
+def _endpoint_obj(ep: _Endpoint) -> Obj:
+    """The model's form of a decoded endpoint: what services.topology.model's _trim_endpoint makes of the same
+    JSON, field for field and in the same order. 150,000 of these in a load."""
+    out: Obj = {}
+    if ep.addresses is not UNSET:
+        out["addresses"] = ep.addresses
+    if ep.conditions:
+        out["conditions"] = _shared(ep.conditions)
+    if ep.nodeName is not UNSET:
+        out["nodeName"] = intern(ep.nodeName)
+    if ep.zone is not UNSET:
+        out["zone"] = intern(ep.zone)
+    if ep.hints:
+        out["hints"] = _shared(ep.hints)
+    if ep.targetRef:
+        out["targetRef"] = endpoint_ref(ep.targetRef)
+    return out
+
+
+def _slice_obj(raw: bytes | Raw) -> Trimmed | None:
+    """The model's form of an EndpointSlice: its few top-level fields go through the dict path (trim), its
+    endpoints are decoded typed (_endpoint_obj). None when the item is no EndpointSlice-shaped object."""
+    fields = _fields.decode(raw)
+    head = {k: _any.decode(v) for k, v in fields.items() if k != "endpoints"}
+    if head.get("kind", "EndpointSlice") != "EndpointSlice" or not isinstance(head.get("metadata") or {}, dict):
+        return None  # another kind in an EndpointSliceList, or odd metadata: the dict path says what it is
+    endpoints = _endpoints.decode(fields["endpoints"]) if "endpoints" in fields else None
+    out = trim("EndpointSlice", head)
+    out["endpoints"] = [_endpoint_obj(ep) for ep in endpoints or []]  # the dict path's last key too
+    return Trimmed(out)
+
+
 def decode(data: bytes | str) -> Any:
     """Any JSON document (DecodeError when it is none)."""
     return _any.decode(data)
@@ -226,11 +271,13 @@ def decode_item(raw: bytes | Raw, kind: str | None) -> Any:
         except msgspec.ValidationError:  # not an object: the caller says what it is
             return _any.decode(raw)
         kind = found if isinstance(found, str) else None
-    if kind == "Pod":
-        try:
+    try:
+        if kind == "Pod":
             return _pod_obj(_pod.decode(raw))
-        except msgspec.ValidationError:
-            pass
+        if kind == "EndpointSlice" and (found_slice := _slice_obj(raw)) is not None:
+            return found_slice
+    except msgspec.ValidationError:  # not the API's shape: decoded as a plain dict, trimmed by the dict path
+        pass
     return _any.decode(raw)
 
 

@@ -38,6 +38,14 @@ def emulator() -> Iterator[CloudEmulator]:
         yield emu
 
 
+@pytest.fixture(scope="session")
+def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The emulator's key pair in the provider's credentials file format."""
+    path = tmp_path_factory.mktemp("secret") / "alibaba.json"
+    path.write_text(json.dumps({"AccessKeyId": DEFAULT_KEY_ID, "AccessKeySecret": DEFAULT_KEY_SECRET}))
+    return path
+
+
 @pytest.fixture
 def provider(emulator: CloudEmulator) -> AlibabaProvider:
     emulator.set_state(healthy())
@@ -70,6 +78,7 @@ PAGES: dict[str, str] = {
     "VPC_NEXT_HOP_NOT_FORWARDING": "ECS, Instance lifecycle — https://www.alibabacloud.com/help/doc-detail/25380.htm",
     "NAT_NO_SNAT": "NAT Gateway, Create and manage SNAT entries — https://www.alibabacloud.com/help/en/nat-gateway/"
                    "latest/create-and-manage-snat-entries",
+    "NAT_NO_DNAT": "NAT Gateway API, CreateForwardEntry — https://www.alibabacloud.com/help/doc-detail/36058.htm",
     "LB_NOT_ACTIVE": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "
                      "https://www.alibabacloud.com/help/doc-detail/27608.html",
     "LB_NO_LISTENER": "CLB API, DescribeLoadBalancerTCPListenerAttribute — "

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.simulator.cloudeval.evaluate import (
-    evaluate_internet_to_instance,
-    evaluate_internet_to_lb,
-    evaluate_node_to_node,
-    evaluate_to_internet,
-)
+from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node
+from services.simulator.cloudeval.from_internet import evaluate_internet_to_instance
+from services.simulator.cloudeval.to_internet import evaluate_to_internet
 from shared.cloud import CloudInventory
 from shared.schemas import Packet, Severity
 from tests.cloud.conftest import healthy
@@ -535,3 +532,48 @@ def test_gateways_not_collected_are_said_to_matter(collect) -> None:
         assert any("IPv4 gateways were not collected" in a.text and a.could_change_outcome for a in r.assumptions)
     current = evaluate_to_internet(collect(healthy()), "node-1", tcp(N1, "8.8.8.8", 443))
     assert not any("IPv4 gateways" in a.text for a in current.assumptions)  # decoy: collected, none exist
+
+
+NAT_IP = "47.96.0.10"  # the NAT gateway's public IP (also its SNAT address)
+
+
+def with_dnat(*entries: dict[str, Any]) -> dict[str, Any]:
+    state = healthy()
+    state["nat_gateways"][0]["ForwardEntries"] = [
+        {"ForwardEntryId": f"fwd-{n}", "ExternalIp": NAT_IP, "IpProtocol": "TCP", **e} for n, e in enumerate(entries)]
+    return state
+
+
+def test_dnat_forwards_the_nat_gateway_port_to_the_internal_address(collect) -> None:
+    """NAT Gateway API, *CreateForwardEntry* (https://www.alibabacloud.com/help/doc-detail/36058.htm): a DNAT entry
+    forwards packets of its protocol from ExternalIp:ExternalPort to InternalIp:InternalPort (IpProtocol TCP, UDP or
+    Any) and sends the responses back the same way; the translated packet then meets the internal address's network
+    ACL and security groups like any inbound packet [SG-RULES]. Faults: no entry for the port (NAT_NO_DNAT); an entry
+    to the wrong internal port, which node-1's group does not open (SG_DENY). Decoys: the NAT gateway's IP also
+    serves SNAT, another entry forwards another port elsewhere, and an entry for UDP on the same port does not
+    catch TCP."""
+    ssh = {"ExternalPort": "2222", "InternalIp": "192.168.0.10", "InternalPort": "22"}
+    decoys = [{"ExternalPort": "8080", "InternalIp": "192.168.0.11", "InternalPort": "8080"},
+              {"ExternalPort": "2223", "InternalIp": "192.168.0.11", "InternalPort": "22", "IpProtocol": "UDP"}]
+    inv = collect(with_dnat(ssh, *decoys))
+    ok = evaluate_internet_to_instance(inv, tcp(CLIENT, NAT_IP, 2222))
+    assert ok.outcome == "pass" and codes(ok) == [], ok.findings
+    assert ok.flow is not None and (str(ok.flow.dst), ok.flow.dport) == ("192.168.0.10", 22)
+    assert [h.id for h in ok.hops] == ["nat:ngw-k8s", "vpc:vpc-k8s"]
+    assert "fwd-0" in ok.hops[0].steps[0].detail
+
+    none = evaluate_internet_to_instance(inv, tcp(CLIENT, NAT_IP, 2223))  # only a UDP entry on 2223
+    assert none.outcome == "drop" and codes(none) == ["NAT_NO_DNAT"] and none.findings[0].hop == "nat:ngw-k8s"
+    assert "2223" in none.findings[0].message and "ngw-k8s" in none.findings[0].message
+
+    wrong = evaluate_internet_to_instance(collect(with_dnat({**ssh, "InternalPort": "2200"}, *decoys)),
+                                          tcp(CLIENT, NAT_IP, 2222))
+    assert wrong.outcome == "drop" and codes(wrong) == ["SG_DENY"] and wrong.findings[0].hop == "vpc:vpc-k8s"
+    assert wrong.flow is not None and wrong.flow.dport == 2200
+
+    mapped = evaluate_internet_to_instance(collect(with_dnat({"ExternalPort": "Any", "InternalIp": "192.168.0.10",
+                                                              "InternalPort": "Any", "IpProtocol": "Any"})),
+                                           tcp(CLIENT, NAT_IP, 22))  # IP mapping: every port, as it came
+    assert mapped.outcome == "pass" and mapped.flow is not None and mapped.flow.dport == 22
+    pending = evaluate_internet_to_instance(collect(with_dnat({**ssh, "Status": "Pending"})), tcp(CLIENT, NAT_IP, 2222))
+    assert codes(pending) == ["NAT_NO_DNAT"]

@@ -8,13 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from services.simulator.cloudeval.evaluate import (
-    CloudResult,
-    evaluate_internet_to_instance,
-    evaluate_internet_to_lb,
-    evaluate_node_to_node,
-    evaluate_to_internet,
-)
+from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node
+from services.simulator.cloudeval.from_internet import evaluate_internet_to_instance
+from services.simulator.cloudeval.result import CloudResult
+from services.simulator.cloudeval.to_internet import evaluate_to_internet
 from shared.cloud import CloudInventory
 from shared.codes import CATALOGUE
 from shared.schemas import Packet
@@ -41,6 +38,10 @@ def internet_to_eip(inv: CloudInventory) -> CloudResult:  # ssh to node-2's EIP
     return evaluate_internet_to_instance(inv, Packet(src="203.0.113.9", dst="47.1.2.4", protocol="tcp", dport=22))
 
 
+def internet_to_nat_port(inv: CloudInventory) -> CloudResult:  # the NAT gateway's port 2222, DNAT to node-1's ssh
+    return evaluate_internet_to_instance(inv, Packet(src="203.0.113.9", dst="47.96.0.10", protocol="tcp", dport=2222))
+
+
 def lb(protocol: str, port: int) -> Scenario:
     def run(inv: CloudInventory) -> CloudResult:
         return evaluate_internet_to_lb(inv, None, Packet(src="203.0.113.9", dst="47.100.1.1", protocol=protocol,
@@ -54,6 +55,7 @@ CASES: dict[str, tuple[Scenario, str]] = {
     "VPC_NO_ROUTE": (pod_to_pod, "drop"),
     "VPC_WRONG_NEXT_HOP": (pod_to_pod, "drop"),
     "NAT_NO_SNAT": (to_internet, "drop"),
+    "NAT_NO_DNAT": (internet_to_nat_port, "drop"),
     "LB_NOT_ACTIVE": (lb("tcp", 80), "drop"),
     "LB_NO_LISTENER": (lb("tcp", 80), "drop"),
     "LB_LISTENER_NOT_RUNNING": (lb("udp", 53), "drop"),  # a stopped UDP listener (KubeSkoop crashed on it)

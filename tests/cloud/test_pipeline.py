@@ -12,18 +12,16 @@ diagnosis (verdict, code, hop). The last test attaches the emulated cloud to a r
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
 from lab import state as lab_state
-from lab.cloudemu import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, CloudEmulator
+from lab.cloudemu import CloudEmulator
 from lab.cloudstate import NODE_EIP, POD_CIDR_RULE, cloud_state, ids, ipv4_gateway, load_balancer_id, with_fault
 from lab.dataplane import Lab
 from lab.objects import scenario_objects
@@ -32,12 +30,11 @@ from services.simulator.cloudpath import apply_cloud
 from services.stack import EmbeddedStack
 from shared.cloud import empty_inventory
 from shared.codes import CATALOGUE
-from shared.config import Settings
 from shared.schemas import DiagnosisRequest, FinalState, Hop, HopKind, Packet, Step, StepAction, StepKind
 from shared.schemas import Path as ResultPath
 from shared.topology import CandidatePath, ClusterInfo, ClusterObjects, Endpoint, EndpointKind, TopologyReport
 from tests.cloud.conftest import PAGES
-from tests.foundation.helpers import run_to_end
+from tests.cloud.helpers import cloud_settings, cloud_stacks, diagnose, write_snapshot
 from tests.lab.conftest import new_prefix, require_root
 
 CLOUD_CODES = {c for c in CATALOGUE if c.startswith(("SG_", "VPC_", "NAT_", "LB_"))} - {"LB_SOURCE_RANGE_DENY"}
@@ -113,46 +110,19 @@ FAULTS: list[tuple[str, str, str, dict[str, Any], str, str]] = [
 def snapshots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = {}
     for cni, rs in LABS.items():
-        root = tmp_path_factory.mktemp(f"snapshot-{cni}")
-        (root / "kubernetes").mkdir()
         objects = scenario_objects(rs)
         for obj in objects:  # node-2 has an EIP (bound in the cloud by the IPv4-gateway cases)
             if obj["kind"] == "Node" and obj["metadata"]["name"] == "node-2":
                 obj["status"]["addresses"].append({"type": "ExternalIP", "address": NODE_EIP})
-        (root / "kubernetes" / "objects.json").write_text(json.dumps(
-            {"apiVersion": "v1", "kind": "List", "items": objects}))
-        out[cni] = root
+        out[cni] = write_snapshot(tmp_path_factory.mktemp(f"snapshot-{cni}"), objects)
     return out
-
-
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("secret") / "alibaba.json"
-    path.write_text(json.dumps({"AccessKeyId": DEFAULT_KEY_ID, "AccessKeySecret": DEFAULT_KEY_SECRET}))
-    return path
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stacks(snapshots: dict[str, Path], credentials: Path,
                  emulator: CloudEmulator) -> AsyncIterator[dict[str, EmbeddedStack]]:
-    """One embedded stack per snapshot; the cloud is read live from the emulator on every diagnosis."""
-    running: dict[str, EmbeddedStack] = {}
-    try:
-        for cni, root in snapshots.items():
-            settings = Settings(snapshot=root, cloud_provider="alibaba", cloud_region="cn-hangzhou",
-                                cloud_endpoint=f"http://{emulator.endpoint}", cloud_credentials_file=credentials)
-            running[cni] = await EmbeddedStack(settings).start()
+    async with cloud_stacks(snapshots, emulator, credentials) as running:
         yield running
-    finally:
-        for stack in running.values():
-            await stack.stop()
-
-
-async def diagnose(stack: EmbeddedStack, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        doc = await run_to_end(session, stack.url, body, timeout=20)
-    assert doc["status"] == "completed", doc
-    return doc["result"]  # type: ignore[no-any-return]
 
 
 def cloud_errors(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -328,8 +298,12 @@ def test_no_modelled_cloud_leaves_paths_alone() -> None:
 
 def test_every_cloud_code_is_covered() -> None:
     """every cloud code has a pipeline fault (a warning that drops nothing has its own test: the redirect of the
-    gateway route table, test_internet_to_a_node_eip_through_the_ipv4_gateway); its page is PAGES."""
-    assert CLOUD_CODES - {"LB_BACKEND_MISMATCH", "VPC_GATEWAY_ROUTE_REDIRECT"} == {code for code, *_ in FAULTS}
+    gateway route table, test_internet_to_a_node_eip_through_the_ipv4_gateway); its page is PAGES. NAT_NO_DNAT has
+    none: the topology does not map a NAT gateway's public IP to the address its DNAT entry forwards to, so no
+    request reaches the cloud's DNAT evaluation through the pipeline (tests/cloud/test_documented.py and
+    test_faults.py run it through the SDK)."""
+    assert CLOUD_CODES - {"LB_BACKEND_MISMATCH", "VPC_GATEWAY_ROUTE_REDIRECT", "NAT_NO_DNAT"} == \
+        {code for code, *_ in FAULTS}
     assert "VPC_GATEWAY_ROUTE_REDIRECT" in {code for _, _, _, _, code, _ in GATEWAY_CASES}
 
 
@@ -364,9 +338,7 @@ async def test_live_lab_with_an_emulated_cloud(credentials: Path, cni: str, prot
         body = {"src": lab.address("pod:default/client"), "dst": lab.address("pod:default/server"), "port": 8080,
                 "protocol": "tcp"}
         vpc = f"vpc:{ids(rs)['vpc']}"
-        settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0, cloud_provider="alibaba",
-                            cloud_region="cn-hangzhou", cloud_endpoint=f"http://{cloud.endpoint}",
-                            cloud_credentials_file=credentials)
+        settings = cloud_settings(cloud.endpoint, credentials, kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
         agents = {name: node.netns for name, node in lab.state.nodes.items()}
         async with EmbeddedStack(settings, agents=agents) as stack:
             assert lab.probe("default/client", "pod:default/server", 8080).ok
@@ -414,9 +386,7 @@ async def test_live_lab_cloud_judges_the_packet_the_node_really_sends(credential
         lab = await asyncio.to_thread(Lab.up, rs, prefix)
         api = await asyncio.to_thread(lab.start_api)
         cloud = await asyncio.to_thread(lab.start_cloud)
-        settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0, cloud_provider="alibaba",
-                            cloud_region="cn-hangzhou", cloud_endpoint=f"http://{cloud.endpoint}",
-                            cloud_credentials_file=credentials)
+        settings = cloud_settings(cloud.endpoint, credentials, kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
         body = {"src": lab.address("pod:default/client"), "dst": INTERNET, "port": 53, "protocol": "udp"}
         agents = {name: node.netns for name, node in lab.state.nodes.items()}
         async with EmbeddedStack(settings, agents=agents) as stack:

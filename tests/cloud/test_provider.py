@@ -279,3 +279,17 @@ def test_merging_with_an_older_inventory_keeps_not_collected(collect) -> None:
     assert old.network_acls is None and new.network_acls == []
     assert new.merge(old).network_acls is None and old.merge(new).eips is None
     assert new.merge(new).network_acls == []
+
+
+def test_a_hand_written_ecs_instance_next_hop_loads_as_instance(collect, tmp_path) -> None:
+    """Gateway route tables name an ECS next hop `EcsInstance` (VPC, ListGatewayRouteTableEntries), VPC route tables
+    `Instance` (VPC, DescribeRouteEntryList): a snapshot written by hand with either loads as the same inventory —
+    the evaluation compares next hops by one name."""
+    inv = collect(healthy())
+    raw = json.loads(inv.model_dump_json())
+    hops = [h for t in raw["route_tables"] for e in t["entries"] for h in e["next_hops"] if h["type"] == "Instance"]
+    assert hops  # the healthy cloud routes pod CIDRs to instances
+    for hop in hops:
+        hop["type"] = "EcsInstance"
+    (tmp_path / "inventory.json").write_text(json.dumps(raw))
+    assert load_inventory(tmp_path) == inv

@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from lab.cloudemu import load_state
-from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node, evaluate_to_internet
+from services.simulator.cloudeval.evaluate import evaluate_internet_to_lb, evaluate_node_to_node
+from services.simulator.cloudeval.to_internet import evaluate_to_internet
 from shared.cloud import empty_inventory
 from shared.schemas import Packet, Severity
 from shared.topology import ServiceResolution

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
@@ -25,10 +24,13 @@ from lab.dataplane import Lab
 from lab.objects import scenario_objects
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from services.cloud.alibaba import AlibabaProvider, Credentials
+from services.simulator.cloudeval.from_internet import evaluate_internet_to_instance
+from services.simulator.cloudeval.index import CloudIndex
+from services.simulator.cloudeval.result import CloudResult
 from services.stack import EmbeddedStack
-from shared.config import Settings
+from shared.schemas import Packet, StepKind
 from tests.cloud.conftest import PAGES
-from tests.foundation.helpers import run_to_end
+from tests.cloud.helpers import cloud_settings, cloud_stacks, diagnose, write_snapshot
 from tests.lab.conftest import new_prefix, require_root
 
 INTERNET = "8.8.8.8"
@@ -59,37 +61,13 @@ def request(rs: ResolvedScenario, kind: str) -> dict[str, Any]:
     }[kind]
 
 
-@pytest.fixture(scope="module")
-def credentials(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("secret") / "alibaba.json"
-    path.write_text(json.dumps({"AccessKeyId": DEFAULT_KEY_ID, "AccessKeySecret": DEFAULT_KEY_SECRET}))
-    return path
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stacks(tmp_path_factory: pytest.TempPathFactory, credentials: Path,
                  emulator: CloudEmulator) -> AsyncIterator[dict[str, EmbeddedStack]]:
-    running: dict[str, EmbeddedStack] = {}
-    try:
-        for cni, rs in LABS.items():
-            root = tmp_path_factory.mktemp(f"snapshot-{cni}")
-            (root / "kubernetes").mkdir()
-            (root / "kubernetes" / "objects.json").write_text(json.dumps(
-                {"apiVersion": "v1", "kind": "List", "items": scenario_objects(rs)}))
-            settings = Settings(snapshot=root, cloud_provider="alibaba", cloud_region="cn-hangzhou",
-                                cloud_endpoint=f"http://{emulator.endpoint}", cloud_credentials_file=credentials)
-            running[cni] = await EmbeddedStack(settings).start()
+    snapshots = {cni: write_snapshot(tmp_path_factory.mktemp(f"snapshot-{cni}"), scenario_objects(rs))
+                 for cni, rs in LABS.items()}
+    async with cloud_stacks(snapshots, emulator, credentials) as running:
         yield running
-    finally:
-        for stack in running.values():
-            await stack.stop()
-
-
-async def diagnose(stack: EmbeddedStack, body: dict[str, Any]) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as session:
-        doc = await run_to_end(session, stack.url, body, timeout=20)
-    assert doc["status"] == "completed", doc
-    return doc["result"]  # type: ignore[no-any-return]
 
 
 def cloud_steps(result: dict[str, Any], hop_id: str) -> str:
@@ -184,6 +162,65 @@ async def test_node_group_deny_is_not_the_pods(stacks: dict[str, EmbeddedStack],
     assert errors(result) == [], result["findings"]
 
 
+POD_EIP = "47.96.0.30"
+CLIENT_PUBLIC = "8.8.4.4"
+
+
+def pod_eip(state: dict[str, Any], rs: ResolvedScenario) -> dict[str, Any]:
+    """An EIP bound to the server pod's address on the ENI that holds it (for terway-eniip a secondary private IP),
+    and the ENI group's rule admitting internet clients to the pod's port."""
+    ip = rs.pod("server").ip
+    group = next(g for g in state["security_groups"] if g["SecurityGroupId"] == rs.scenario.terway.security_group_id)
+    group["Permissions"].append({"Direction": "ingress", "Policy": "Accept", "Priority": 100, "IpProtocol": "TCP",
+                                 "PortRange": "8080/8080", "SourceCidrIp": "0.0.0.0/0", "Description": "server"})
+    eni = next(e for e in state["network_interfaces"] if ip in (e.get("SecondaryIps") or [e["PrivateIpAddress"]]))
+    state["eips"] = [{"AllocationId": "eip-pod-server", "IpAddress": POD_EIP, "InstanceType": "NetworkInterface",
+                      "InstanceId": eni["NetworkInterfaceId"], "PrivateIpAddress": ip}]
+    return state
+
+
+@pytest.mark.parametrize("cni", CNIS)
+def test_internet_to_an_eip_on_a_pod_address_is_judged_at_its_eni(emulator: CloudEmulator, cni: str) -> None:
+    """EIP, *Associate an EIP with a secondary ENI* (docs/cloud.md [EIP-ENI]) — an EIP bound to a private IP of an
+    ENI, a secondary one included (DescribeEipAddresses PrivateIpAddress), serves that address: an internet client
+    to the EIP reaches the pod's address and is judged at the ENI that holds it (its security groups, [SG-RULES,
+    TERWAY-CONF]), read through the real SDK from the Terway lab's emulated cloud. Fault: the ENI group denies;
+    decoy: the nodes' group denies, the ENI group admits — the pod is still reached.
+
+    Not through the whole pipeline: the topology does not map a public address to the pod it is bound to (ACK's
+    pod EIPs are ack-extend-network-controller's PodEIP objects, which netdiag does not read), so a request to
+    the EIP has no path to the pod for the cloud to splice into."""
+    rs = LABS[cni]
+    nodes = [o for o in scenario_objects(rs) if o["kind"] == "Node"]
+    provider = AlibabaProvider(Credentials(DEFAULT_KEY_ID, DEFAULT_KEY_SECRET), endpoint=f"http://{emulator.endpoint}",
+                               backoff_s=0.01)
+    packet = Packet(src=CLIENT_PUBLIC, dst=POD_EIP, protocol="tcp", dport=8080)
+    eni_group, node_group = rs.scenario.terway.security_group_id, ids(rs)["group"]
+
+    def judged(state: dict[str, Any]) -> CloudResult:
+        emulator.set_state(pod_eip(state, rs))
+        return evaluate_internet_to_instance(CloudIndex(provider.collect(nodes)), packet)
+
+    eni_id = pod_eip(cloud_state(rs), rs)["eips"][0]["InstanceId"]
+    healthy = judged(cloud_state(rs))
+    assert healthy.outcome == "pass", healthy.findings
+    assert healthy.flow is not None and str(healthy.flow.dst) == rs.pod("server").ip
+    eni = CloudIndex(provider.collect(nodes)).enis[eni_id]
+    # shared ENI: the pod's address is a secondary private IP of the node's ENI; exclusive: the ENI's primary
+    assert rs.pod("server").ip in eni.private_ips
+    assert (eni.primary_ip == rs.pod("server").ip) == (cni == "terway-eni")
+    group_step = next(s for h in healthy.hops for s in h.steps if s.kind == StepKind.SECURITY_GROUP)
+    assert eni_group in group_step.detail and eni_id in group_step.detail and node_group not in group_step.detail, \
+        group_step.detail
+
+    denied = judged(with_fault(cloud_state(rs), rs, "SG_DENY", protocol="tcp", port=8080, eni=True))
+    assert denied.outcome == "drop" and [f.code for f in denied.findings] == ["SG_DENY"], denied.findings
+    assert eni_group in denied.findings[0].message and "SG_DENY" in PAGES
+
+    decoy = judged(with_fault(cloud_state(rs), rs, "SG_DENY", protocol="tcp", port=8080))
+    assert decoy.outcome == "pass" and decoy.findings == [], decoy.findings
+
+
 @pytest.mark.lab
 @pytest.mark.parametrize("cni", CNIS)
 async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: str) -> None:
@@ -206,9 +243,7 @@ async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: st
         lab = await asyncio.to_thread(Lab.up, rs, prefix)
         api = await asyncio.to_thread(lab.start_api)
         cloud = await asyncio.to_thread(lab.start_cloud)
-        settings = Settings(kubeconfig=api.kubeconfig, collect_timeout_s=5.0, cloud_provider="alibaba",
-                            cloud_region="cn-hangzhou", cloud_endpoint=f"http://{cloud.endpoint}",
-                            cloud_credentials_file=credentials)
+        settings = cloud_settings(cloud.endpoint, credentials, kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
         pod_to_pod = {"src": rs.pod("client").ip, "dst": rs.pod("server").ip, "port": 8080, "protocol": "tcp"}
         pod_out = {"src": rs.pod("client").ip, "dst": INTERNET, "port": 80, "protocol": "tcp"}
         node_out = {"src": rs.node("node-1").ip, "dst": INTERNET, "port": 80, "protocol": "tcp"}

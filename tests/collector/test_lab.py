@@ -30,7 +30,7 @@ def test_lab_nodes(scenario: str) -> None:
             for ns in dump.pods:
                 eth = next(link for link in ns.links if link.kind == "veth")
                 assert eth.peer_netns == "host" and eth.peer_name == expected[ns.pod or ""].veth
-                assert host_links[eth.peer_name].peer_netns == ns.id
+                assert host_links[eth.peer_name or ""].peer_netns == ns.id
                 assert any(a.startswith(f"{expected[ns.pod or ''].ip}/") for a in eth.addresses)
             assert any(node_state.ip in a for link in dump.host.links for a in link.addresses)
             backends = {s.backend for s in dump.host.netfilter.iptables if s.has_rules}

@@ -110,7 +110,7 @@ def _capture(netns: str) -> tuple[list[bytes], list[tuple[int, bytes]]]:
         with nl.Netlink(nl.NETLINK_ROUTE, sock=rec) as sock:  # type: ignore[arg-type]
             replies = sock.dump(*REQUEST)
         return rec.datagrams, replies
-    return run_in_netns(netns, read)  # type: ignore[no-any-return]
+    return run_in_netns(netns, read)
 
 
 def test_an_interrupted_dump_is_read_again(netns: str) -> None:
@@ -142,7 +142,7 @@ def test_under_real_churn_every_dump_returned_is_whole(netns: str) -> None:
                                capture_output=True, check=False)
 
     def dumps() -> tuple[list[list[str]], int]:
-        seen = []
+        seen: list[list[str]] = []
         with nl.Netlink(nl.NETLINK_ROUTE) as sock:
             deadline = time.monotonic() + 3.0
             while time.monotonic() < deadline and (sock.interrupted == 0 or len(seen) < 20):

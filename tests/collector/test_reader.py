@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.collector.reader import collect_node, netns
-from shared.netstack import NodeDump, decode_dump, encode_dump
+from shared.netstack import Link, NetnsDump, NodeDump, decode_dump, encode_dump
 from tests.collector import netns_fixture
 
 pytestmark = pytest.mark.lab
@@ -33,16 +33,16 @@ def dump2(fx: netns_fixture.Fixture) -> NodeDump:
     return collect_node("node-2", fx.node2, {ip: pod for pod, ip in fx.pod_ips.items()})
 
 
-def links(ns):  # type: ignore[no-untyped-def]
+def links(ns: NetnsDump) -> dict[str, Link]:
     return {link.name: link for link in ns.links}
 
 
-def pod(dump: NodeDump, key: str):  # type: ignore[no-untyped-def]
+def pod(dump: NodeDump, key: str) -> NetnsDump:
     return next(p for p in dump.pods if p.pod == key)
 
 
 def test_pod_namespaces_found_named_and_unnamed(dump1: NodeDump, dump2: NodeDump, fx: netns_fixture.Fixture) -> None:
-    assert sorted(p.pod for p in dump1.pods) == ["default/p1", "default/p2", "default/p4"]
+    assert sorted(p.pod or "?" for p in dump1.pods) == ["default/p1", "default/p2", "default/p4"]
     assert pod(dump1, "default/p1").names == [fx.pods["default/p1"]]
     assert pod(dump1, "default/p4").names == []  # only reachable through /proc/<pid>/ns/net
     # node2 is joined to node1 by a veth but holds pods of its own: it is not node1's pod

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,8 @@ def envelope(nodes: list[str], timeout: float | None = None) -> StageEnvelope:
     )
     report.objects.pods = [pod_object("p1", "node-1", "10.244.1.10"), pod_object("p4", "node-1", "10.244.1.12")]
     options = DiagnosisOptions(collect_timeout_s=timeout) if timeout else DiagnosisOptions()
-    request = DiagnosisRequest(src="10.244.1.11", dst="10.244.1.10", port=8080, protocol="tcp", options=options)
+    request = DiagnosisRequest(src=ip_address("10.244.1.11"), dst=ip_address("10.244.1.10"), port=8080, protocol="tcp",
+                               options=options)
     return StageEnvelope(id=new_id(), request=request, created_at=now(), topology=report.model_dump(mode="json"))
 
 
@@ -119,7 +121,7 @@ async def test_agent_refuses_other_nodes_and_bad_requests(bus: Bus, agent: NodeA
 
 async def _ask_raw(bus: Bus, request: CollectRequest) -> dict:
     msg = await bus.nc.request(node_collect_subject(request.node), request.model_dump_json().encode(), timeout=5)
-    return json.loads(msg.data)  # type: ignore[no-any-return]
+    return json.loads(msg.data)
 
 
 async def test_agent_skips_requests_nobody_waits_for(bus: Bus, agent: NodeAgent) -> None:

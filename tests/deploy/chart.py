@@ -33,7 +33,7 @@ def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
 
 def nats_conf(values: dict[str, Any] | None = None) -> str:
     """The chart's rendered nats.conf."""
-    return next(o for o in render(values) if o["kind"] == "ConfigMap")["data"]["nats.conf"]  # type: ignore[no-any-return]
+    return next(o for o in render(values) if o["kind"] == "ConfigMap")["data"]["nats.conf"]
 
 
 @contextlib.contextmanager

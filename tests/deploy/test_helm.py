@@ -73,7 +73,7 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    return obj["spec"]["template"]["spec"]  # type: ignore[no-any-return]
+    return obj["spec"]["template"]["spec"]
 
 
 @pytest.mark.parametrize("values", [None, NON_DEFAULT, TOKEN_REVIEW, CALLOUT],

@@ -35,17 +35,20 @@ def api(kubeconfig: Path) -> Iterator[client.ApiClient]:
         yield api
 
 
-def objects(api: client.ApiClient) -> tuple[client.V1Pod, client.V1Service, client.V1Node]:
+def addresses(api: client.ApiClient) -> tuple[str, str, str]:
+    """The lab's pod/api-1 IP, svc/api ClusterIP and node-1 InternalIP, read from the API."""
     core = client.CoreV1Api(api)
-    return (core.read_namespaced_pod("api-1", "shop"), core.read_namespaced_service("api", "shop"),
-            core.read_node("node-1"))
+    pod, svc = core.read_namespaced_pod("api-1", "shop"), core.read_namespaced_service("api", "shop")
+    node = core.read_node("node-1")
+    assert pod.status and pod.status.pod_ip and svc.spec and svc.spec.cluster_ip and node.status, (pod, svc, node)
+    internal = next(a.address for a in node.status.addresses or [] if a.type == "InternalIP")
+    return pod.status.pod_ip, svc.spec.cluster_ip, internal
 
 
 def test_names_resolve_to_addresses(api: client.ApiClient) -> None:
-    pod, svc, node = objects(api)
-    assert kubectl.resolve(api, "pod/api-1", "shop") == pod.status.pod_ip
-    assert kubectl.resolve(api, "svc/api", "shop") == kubectl.resolve(api, "service/api", "shop") == svc.spec.cluster_ip
-    internal = next(a.address for a in node.status.addresses if a.type == "InternalIP")
+    pod_ip, cluster_ip, internal = addresses(api)
+    assert kubectl.resolve(api, "pod/api-1", "shop") == pod_ip
+    assert kubectl.resolve(api, "svc/api", "shop") == kubectl.resolve(api, "service/api", "shop") == cluster_ip
     assert kubectl.resolve(api, "node/node-1", "ignored") == internal
     assert kubectl.resolve(api, "10.0.0.7", "shop") == "10.0.0.7"
 
@@ -70,13 +73,13 @@ def test_unresolvable_name_exits_with_usage_error(kubeconfig: Path, capsys: pyte
 
 def test_diagnose_without_a_server_captures_then_diagnoses(kubeconfig: Path, api: client.ApiClient,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    pod, svc, _ = objects(api)
+    pod_ip, cluster_ip, _ = addresses(api)
     code = kubectl.main(["diagnose", "--from", "pod/api-1", "-n", "shop", "--to", "svc/api", "--port", "80",
                          "--kubeconfig", str(kubeconfig), "--agent", "node-1", "--agent", "node-2",
                          "--output", "json"])
     out = capsys.readouterr().out
     report = json.loads(out[out.index("{\n"):])
-    assert report["request"]["src"] == pod.status.pod_ip and report["request"]["dst"] == svc.spec.cluster_ip
+    assert report["request"]["src"] == pod_ip and report["request"]["dst"] == cluster_ip
     assert report["request"]["port"] == 80 and report["request"]["protocol"] == "tcp"
     assert report["status"] == "completed", report.get("error")
     assert code in (0, 1, 2)  # a verdict (the lab's dataplane is not built here, only its API)

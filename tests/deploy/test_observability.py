@@ -14,6 +14,7 @@ import sys
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +125,13 @@ async def test_stand_in_stages_carry_one_trace_per_diagnosis_and_count_scripted_
             async with s.get(f"{base}/metrics") as resp:
                 exposition = await resp.text()
 
-        spans = [sp for sp in exporter.get_finished_spans() if sp.attributes.get("netdiag.diagnosis_id") in ids]
+        spans = [(str((sp.attributes or {}).get("netdiag.diagnosis_id")), sp) for sp in exporter.get_finished_spans()]
         traces: dict[str, set[int]] = defaultdict(set)
         names: dict[str, set[str]] = defaultdict(set)
-        for sp in spans:
-            traces[sp.attributes["netdiag.diagnosis_id"]].add(sp.context.trace_id)
-            names[sp.attributes["netdiag.diagnosis_id"]].add(sp.name)
+        for diagnosis_id, sp in spans:
+            if diagnosis_id in ids and sp.context is not None:
+                traces[diagnosis_id].add(sp.context.trace_id)
+                names[diagnosis_id].add(sp.name)
         for i in ids:
             assert len(traces[i]) == 1, f"diagnosis {i} spans {len(traces[i])} traces"
             assert names[i] >= {"netdiag.gateway.create_diagnosis", *(f"netdiag.{n}" for n in SUBJECTS),
@@ -263,7 +265,7 @@ async def test_a_node_that_does_not_answer_is_logged_with_diagnosis_stage_and_no
     report = TopologyReport(source="live", src=Endpoint(address="10.244.1.11", kind=EndpointKind.POD, node=node),
                             dst=Endpoint(address="10.244.1.10", kind=EndpointKind.POD, node=node),
                             nodes_to_collect=[node])
-    request = DiagnosisRequest(src="10.244.1.11", dst="10.244.1.10", port=80, protocol="tcp")
+    request = DiagnosisRequest(src=ip_address("10.244.1.11"), dst=ip_address("10.244.1.10"), port=80, protocol="tcp")
     env = StageEnvelope(id=new_id(), request=request, created_at=now(), topology=report.model_dump(mode="json"))
     bus = await Bus.connect(nats_url, name="obs-collector", settings=Settings(nats_url=nats_url))
     try:

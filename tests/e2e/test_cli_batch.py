@@ -9,6 +9,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -131,7 +132,7 @@ class BigResult(Stage):
 
 
 @pytest.fixture
-async def big_gateway(tmp_path: Path) -> str:
+async def big_gateway(tmp_path: Path) -> AsyncIterator[str]:
     # the embedded NATS keeps a 1 MB message limit; this one allows the big result through the pipeline
     conf = tmp_path / "nats.conf"
     conf.write_text("max_payload: 8MB\n")
@@ -178,7 +179,7 @@ async def test_results_stream_in_order_with_bounded_work_in_flight() -> None:
     emitted: list[int] = []
     ahead: list[int] = []
 
-    async def items():  # type: ignore[no-untyped-def]
+    async def items() -> AsyncIterator[tuple[int, object]]:
         nonlocal read
         for n in range(1, 201):
             read = n

@@ -68,6 +68,7 @@ async def test_a_result_over_one_mib_is_served_whole_by_get_and_sse(tmp_path: Pa
         diagnosis_id = await post(http, stack.url, request)
         events = await sse_events(http, stack.url, diagnosis_id, timeout=120)
         doc = await get_json(http, f"{stack.url}/api/v1/diagnoses/{diagnosis_id}")
+        assert stack.gateway_bus is not None
         stored = await stack.gateway_bus.kv.get(diagnosis_id)
     name, streamed = events[-1]
     assert name == "result" and streamed == doc

@@ -213,7 +213,7 @@ def test_policy_deny_where_the_cni_does_not_enforce_is_a_warning(basic: dict[str
 def normalise(d: Diagnosis, snapshot: Path) -> dict[str, Any]:
     doc = json.loads(d.model_dump_json(exclude={"id", "created_at", "completed_at", "timings_ms"}))
     text = json.dumps(doc).replace(str(snapshot), "<snapshot>").replace(str(snapshot.relative_to(ROOT)), "<snapshot>")
-    return json.loads(text)  # type: ignore[no-any-return]
+    return json.loads(text)
 
 
 def check_golden(name: str, results: dict[str, Diagnosis], snapshot: Path) -> None:
@@ -247,3 +247,15 @@ def test_golden_shop(shop: dict[str, Diagnosis]) -> None:
     assert finals(shop["policy_deny"]) == [("DROP", "NETWORK_POLICY_DENY")]
     first_failing(shop["policy_deny"], "UNREACHABLE", "shop/db", "pod")
     check_golden("shop", shop, SHOP)
+
+
+def test_walked_policy_drop_names_its_direction_pod_and_node(shop: dict[str, Diagnosis]) -> None:
+    """The walk's DROP at a node's policy rule carries the policy engine's verdict (the direction, the pod it
+    isolates) and puts the destination pod's hop on the node that enforced the deny."""
+    d = shop["policy_deny"]
+    assert d.result is not None
+    db = next(h for h in d.result.paths[0].hops if h.id == "pod:shop/db")
+    assert db.node == "node-2"
+    (drop,) = db.steps
+    assert (drop.kind.value, drop.action.value) == ("policy", "DROP")
+    assert (drop.info.direction, drop.info.pod) == ("ingress", "shop/db")  # type: ignore[union-attr]

@@ -121,7 +121,7 @@ async def get_json(session: aiohttp.ClientSession, url: str, status: int = 200) 
     async with session.get(url) as resp:
         doc = await resp.json()
         assert resp.status == status, (resp.status, doc)
-        return doc  # type: ignore[no-any-return]
+        return doc
 
 
 async def completed_in_stream(bus: Bus, idle_s: float = 1.0) -> list[StageEnvelope]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from typing import Any
 
 import pytest
 
@@ -40,7 +41,7 @@ DESIGN_CODES = [
 ]
 
 
-def sample_fields(code: str) -> dict[str, str]:
+def sample_fields(code: str) -> dict[str, Any]:  # Any: `finding` takes them as its **fields
     return {name: f"<{name}>" for name in CATALOGUE[code].fields}
 
 

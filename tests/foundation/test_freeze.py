@@ -82,7 +82,6 @@ async def test_a_freeze_longer_than_the_budget_fails_with_the_reason(fresh_nats:
         doc = await run_to_end(http, st.url, REQUEST, timeout=40)
     assert doc["status"] == "failed" and doc["result"] is None, doc
     assert doc["error"].startswith("stage simulator failed:") and "Timeout" in doc["error"], doc["error"]
-    assert Bus  # the real bus, the real server: nothing above is a stand-in
 
 
 async def test_absent_blobs_are_missing_data_not_a_retry(fresh_nats: NatsServer) -> None:

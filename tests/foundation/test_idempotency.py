@@ -3,13 +3,15 @@ attempt's diagnosis, and the pipeline runs it once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 
 from tests.foundation.helpers import REQUEST, completed_events, get_json, sse_events, stack_on
 
 
 async def _post(http: aiohttp.ClientSession, base: str, key: str, body: dict[str, object] | None = None
-                ) -> tuple[int, dict[str, object]]:
+                ) -> tuple[int, dict[str, Any]]:
     async with http.post(f"{base}/api/v1/diagnoses", json=body or REQUEST, headers={"Idempotency-Key": key}) as r:
         return r.status, await r.json()
 

@@ -132,9 +132,9 @@ def test_ids_are_hex_unique_and_time_ordered() -> None:
 def test_envelope_and_diagnosis_survive_json() -> None:
     req = DiagnosisRequest.model_validate(BASE)
     pkt = Packet(src=req.src, dst=req.dst, protocol="udp", sport=40000, dport=53)
-    hop = Hop(id="pod:default/a", kind=HopKind.POD, name="a", address=req.src, steps=[
-        Step(kind=StepKind.NAT, action=StepAction.REWRITE, detail="DNAT", packet_in=pkt,
-             packet_out=pkt.model_copy(update={"dst": IPv4Address("10.244.2.7")}))])
+    dnat = Step.of(StepKind.NAT, StepAction.REWRITE, "DNAT", pkt,
+                   pkt.model_copy(update={"dst": IPv4Address("10.244.2.7")}))
+    hop = Hop(id="pod:default/a", kind=HopKind.POD, name="a", address=req.src, steps=[dnat])
     result = DiagnosisResult(verdict=Verdict.REACHABLE, summary="ok", paths=[Path(id="p0", hops=[hop])])
     env = StageEnvelope(id=new_id(), request=req, created_at=now(), result=result, timings_ms={"topology": 1.5},
                         nodes={"n1": BlobRef(bucket="b", name="x", size=3, sha256="0" * 64)})

@@ -1,6 +1,6 @@
-"""The static checks CI runs with the suite: ruff over the tree and mypy over services/, shared/
-and lab/ (configured in pyproject.toml: the pydantic plugin, unused or code-less `type: ignore`
-comments fail). Each prints the checker's own report when it fails."""
+"""The static checks CI runs with the suite: ruff over the tree and mypy over services/, shared/, lab/,
+bench/ and the tests/ directories listed in pyproject.toml ([tool.mypy] files: the pydantic plugin,
+unused or code-less `type: ignore` comments fail). Each prints the checker's own report when it fails."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from services.render import render_diagnosis
 from shared import steps
 from shared.schemas import Diagnosis, Step, StepAction, StepKind
-from shared.steps import NatEndpoint, NatInfo, RouteInfo, RuleHit, StepInfo, TunnelInfo
+from shared.steps import NatEndpoint, NatInfo, NetfilterInfo, RouteInfo, RuleHit, StepInfo, TunnelInfo
 
 HERE = Path(__file__).parent
 SNAPSHOT = HERE / "step-schema.json"
@@ -45,7 +45,7 @@ def test_step_builds_its_kinds_detail() -> None:
                    translated={"address": "10.244.1.5", "port": 8080}, rule=None)
     assert isinstance(step.info, NatInfo) and str(step.info.translated) == "10.244.1.5:8080"
     assert Step.model_validate_json(step.model_dump_json()) == step
-    bare = Step(kind=StepKind.DECAP, action=StepAction.REWRITE, detail="decapsulated")
+    bare = Step.model_validate({"kind": StepKind.DECAP, "action": StepAction.REWRITE, "detail": "decapsulated"})
     assert isinstance(bare.info, TunnelInfo) and bare.info.kind == StepKind.DECAP
     # a field that does not apply is absent, not null
     assert step.model_dump(mode="json")["info"] == {
@@ -111,9 +111,9 @@ def test_text_render_reads_the_typed_detail() -> None:
     d = Diagnosis.model_validate({**stored, "id": "0" * 32, "created_at": "2026-12-01T00:00:00Z"})
     drop = next(s for p in d.result.paths for h in p.hops for s in h.steps  # type: ignore[union-attr]
                 if s.kind == StepKind.NETFILTER and s.action == StepAction.DROP)
-    text = render_diagnosis(d)
-    assert f"decided by {drop.info.decided_by.table}/{drop.info.decided_by.chain} " \
-           f"#{drop.info.decided_by.position}: {drop.info.decided_by.rule}" in text  # type: ignore[union-attr]
+    assert isinstance(drop.info, NetfilterInfo) and drop.info.decided_by is not None
+    hit, text = drop.info.decided_by, render_diagnosis(d)
+    assert f"decided by {hit.table}/{hit.chain} #{hit.position}: {hit.rule}" in text
     assert "→ NETWORK_POLICY_DENY" in text and "matched " not in text
     assert "matched filter/FORWARD #1" in render_diagnosis(d, verbose=True)
 

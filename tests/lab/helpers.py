@@ -45,7 +45,7 @@ async def diagnose(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout: flo
                 got = await resp.json()
             if got.get("status") in ("completed", "failed"):
                 assert got["status"] == "completed", got
-                return got["result"]  # type: ignore[no-any-return]
+                return got["result"]
             await asyncio.sleep(0.05)
     raise AssertionError(f"diagnosis {doc['id']} did not complete in {timeout}s")
 

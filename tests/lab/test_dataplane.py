@@ -152,7 +152,8 @@ def test_cli_up_status_probe_down_leaves_nothing() -> None:
         assert all(netns.alive(p) for p in pids)  # listeners and the API server outlive `lab up`
         config.load_kube_config(config_file=st.api.kubeconfig)
         pods = client.CoreV1Api().list_pod_for_all_namespaces().items
-        assert {f"{p.metadata.namespace}/{p.metadata.name}": p.status.pod_ip for p in pods} == {
+        served = {f"{p.metadata.namespace}/{p.metadata.name}": p.status.pod_ip for p in pods if p.metadata and p.status}
+        assert served == {
             key: pod.ip for key, pod in st.pods.items()}  # the API serves the addresses the dataplane uses
         status = _cli("status", "--name", prefix)
         assert status.returncode == 0 and "shop/api-2" in status.stdout

@@ -59,7 +59,7 @@ async def diagnose_live(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout
                 got = await resp.json()
             if got.get("status") in ("completed", "failed"):
                 assert got["status"] == "completed", got
-                return got["result"]  # type: ignore[no-any-return]
+                return got["result"]
             await asyncio.sleep(0.05)
     raise AssertionError("diagnosis did not complete")
 
@@ -131,6 +131,7 @@ KERNEL_SEES = {
 def _kernel_hop_ok(fault: Fault, hop: str | None) -> bool:
     """The namespace the kernel dropped in is the catalogue's hop, or the node that implements it: a
     NetworkPolicy is enforced by its node's rules, a Service by kube-proxy's on the client's node."""
+    assert fault.finding is not None, fault
     if hop == fault.finding.hop:
         return True
     virtual = fault.finding.code == "NETWORK_POLICY_DENY" or fault.finding.hop.startswith("service:")

@@ -86,7 +86,7 @@ def test_kernel_and_tracer_agree(lab: Lab) -> None:
         if kernel != expected or verdicts != {OUTCOME[expected]}:
             mismatches.append(f"{src}->{dst}:{port}/{proto}: kernel {kernel}, tracer {verdicts}")
         if port in (80, 30080) and expected == "connected":
-            assert sorted(b.dnat_destination for b in branches) == sorted(web)
+            assert sorted(str(b.dnat_destination) for b in branches) == sorted(web)
             assert all(abs(b.probability - 0.5) < 1e-9 for b in branches)
         if dst.startswith("node:"):
             assert all(b.masquerade for b in branches if b.verdict == "ACCEPT")  # external → NodePort: masqueraded

@@ -118,7 +118,7 @@ def via_service(backends: list[dict[str, Any]], *, policies: tuple[dict[str, Any
 
 
 def path(final: FinalState, direction: str = "forward", cause: str | None = None, hop: str = "pod:a/b") -> Path:
-    return Path(id=f"p-{final}", direction=direction, final=final, cause=cause,  # type: ignore[arg-type]
+    return Path(id=f"p-{final}", direction=direction, final=final, cause=cause,
                 hops=[Hop(id=hop, kind=HopKind.POD, name=hop)])
 
 

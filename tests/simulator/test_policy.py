@@ -293,7 +293,8 @@ def test_terminated_pod_ip_goes_to_the_live_pod() -> None:
     old = pod("y/old", ip=XA)
     old["status"] = {"phase": "Succeeded", "podIP": XA, "podIPs": [{"ip": XA}]}
     ix = PolicyIndex.build([old, *model_objects([])])
-    assert ix.pod_at(XA).key == "x/a"
+    live = ix.pod_at(XA)
+    assert live is not None and live.key == "x/a"
 
 
 def test_matrix_text_json_and_namespace_filter() -> None:

@@ -54,6 +54,18 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
         load_snapshot(tmp_path)
 
 
+@pytest.mark.parametrize("suffix", ["json", "yaml"])
+def test_an_object_with_a_field_of_the_wrong_shape_is_named(tmp_path: Path, suffix: str) -> None:
+    (tmp_path / "kubernetes").mkdir()
+    slice_ = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+              "metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+              "endpoints": ["10.244.1.5"]}
+    text = json.dumps({"kind": "EndpointSliceList", "apiVersion": "discovery.k8s.io/v1", "items": [slice_]})
+    (tmp_path / "kubernetes" / f"slices.{suffix}").write_text(text)  # JSON is YAML too
+    with pytest.raises(SnapshotError, match=r"slices\.(json|yaml): EndpointSlice shop/web-abc has a field of the"):
+        load_snapshot(tmp_path)
+
+
 def test_unknown_layout_version_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "kubernetes").mkdir()
     (tmp_path / "snapshot.json").write_text('{"version": 99}')

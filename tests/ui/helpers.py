@@ -12,7 +12,7 @@ from services.stack import EmbeddedStack
 RESULT_TIMEOUT_MS = 15_000
 
 
-async def api_get(stack: EmbeddedStack, path: str) -> dict[str, Any]:
+async def api_get(stack: EmbeddedStack, path: str) -> Any:  # the JSON body: an object or a list
     async with aiohttp.ClientSession() as s, s.get(stack.url + path) as resp:
         return await resp.json()
 

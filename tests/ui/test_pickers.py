@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import yaml
-from playwright.async_api import Page, expect
+from playwright.async_api import Locator, Page, expect
 
 from lab.dataplane import Lab
 from services.stack import EmbeddedStack
@@ -26,7 +26,7 @@ OTHER_DNS = "10.100.0.10"  # not the Kubernetes default the form used to hard-co
 SUMMARY_TIMEOUT_MS = 10_000
 
 
-def option(page: Page, field: str, text: str):  # type: ignore[no-untyped-def]
+def option(page: Page, field: str, text: str) -> Locator:
     return page.locator(f"#{field}-options [role=option]", has_text=text)
 
 

@@ -248,6 +248,7 @@ async def test_labels_contrast_and_widths(page: Page, stack: EmbeddedStack) -> N
         assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         graph = await page.locator(".graph-card").bounding_box()
         details = await page.locator(".details-card").bounding_box()
+        assert graph and details  # both cards are laid out
         assert (details["x"] > graph["x"] + graph["width"] - 1) is side_by_side
 
 

@@ -129,8 +129,13 @@ def _load_files(result: SnapshotLoad) -> None:
                     continue
                 if not (obj.get("metadata") or {}).get("name"):
                     raise SnapshotError(f"{path}: a {kind} without metadata.name")
-                result.problems += unusable_addresses(kind, obj)
-                result.model.apply("ADDED", kind, trim(kind, obj))
+                try:
+                    result.problems += unusable_addresses(kind, obj)
+                    result.model.apply("ADDED", kind, trim(kind, obj))
+                except (AttributeError, TypeError) as exc:  # a field of the wrong shape (an endpoint that is a string)
+                    raise SnapshotError(f"{path}: {kind} {obj['metadata'].get('namespace', '')}/"
+                                        f"{obj['metadata']['name']} has a field of the wrong shape ({exc}); "
+                                        "fix or remove the object") from exc
                 result.loaded[kind] += 1
         result.file_seconds[path.name] = time.perf_counter() - started
 

@@ -10,13 +10,25 @@ from pathlib import Path
 
 from services.simulator.dataplane.walk import WalkResult, walk
 from shared.netstack import NetnsDump, NodeDump
-from shared.schemas import DiagnosisRequest, FinalState, HopStatus
+from shared.schemas import DiagnosisRequest, FinalState, HopStatus, Packet, Step
 from shared.schemas import Path as ResultPath
 from shared.topology import Endpoint, EndpointKind, TopologyReport
 from tests.simulator.dataplane.ipvs_mode import to_ipvs_mode
 
 FIXTURES = Path(__file__).parent / "fixtures" / "walk"
 PORTS = {"pod-cross-node": 8080, "clusterip": 80, "dns-same-node": 53, "pod-vxlan": 9000}
+
+
+def pkt_in(step: Step) -> Packet:
+    """The packet `step` took in (every step these tests read a packet of has one)."""
+    assert step.packet_in is not None, step.detail
+    return step.packet_in
+
+
+def pkt_out(step: Step) -> Packet:
+    """The packet `step` put out."""
+    assert step.packet_out is not None, step.detail
+    return step.packet_out
 
 
 class Case:

@@ -79,11 +79,14 @@ def test_indexed_chain_traces_exactly_like_a_scanned_one(seed: int) -> None:
     ctx = TraceContext.from_strings(node_ips=["192.168.0.2"])
     indexed = Tracer(parse_iptables_save(save), ctx)
     big = indexed.rs.chain("filter", "BIG")
-    assert big.index is not None and big.index.keyed and big.index.unkeyed
+    assert big is not None and big.index is not None and big.index.keyed and big.index.unkeyed
     assert big.built is None  # indexed from the text: no rule built, none compiled
-    assert Tracer(indexed.rs, ctx).rs.chain("filter", "BIG").index is big.index  # the walk's per-hook Tracer
+    # the walk's per-hook Tracer shares the index
+    assert getattr(Tracer(indexed.rs, ctx).rs.chain("filter", "BIG"), "index", None) is big.index
     scanned = Tracer(parse_iptables_save(save), ctx)
-    scanned.rs.chain("filter", "BIG").index = None
+    scanned_big = scanned.rs.chain("filter", "BIG")
+    assert scanned_big is not None
+    scanned_big.index = None
     packets = [FlowState(src=IP(src), dst=IP(dst), protocol=proto, sport=40000, dport=port, mark=mark)
                for src in ("10.0.0.2", "192.168.1.9") for dst in ("172.30.0.1", "172.30.0.2", "172.30.0.3", "10.0.0.5")
                for proto, port in (("tcp", 80), ("tcp", 53), ("udp", 53), ("udp", 81), ("icmp", None))

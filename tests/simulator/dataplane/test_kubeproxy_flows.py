@@ -98,6 +98,11 @@ class Flow:
         return f"{self.ruleset}/{self.name}"
 
 
+def flows(ruleset: str, cases: list[tuple[Any, ...]]) -> list[Flow]:
+    """One upstream test's table: each row is a Flow's fields after the ruleset (trailing defaults left out)."""
+    return [Flow(ruleset, *case) for case in cases]
+
+
 BOTH, LOCAL_EP = "10.180.0.1:80, 10.180.2.1:80", "10.180.2.1:80"
 _TRACE_PACKET = [  # TestTracePacket's cases; TestOverallIPTablesRules programs the same Services
     ("no match", "10.0.0.2", "10.0.0.3", 80, "", False),
@@ -110,15 +115,15 @@ _TRACE_PACKET = [  # TestTracePacket's cases; TestOverallIPTablesRules programs 
 ]
 FLOWS = [
     *[Flow(rs, *case) for rs in ("TestTracePacket", "TestOverallIPTablesRules") for case in _TRACE_PACKET],
-    *[Flow("TestNoEndpointsReject", *case) for case in [
+    *flows("TestNoEndpointsReject", [
         ("pod to cluster IP with no endpoints", "10.0.0.2", "172.30.0.41", 80, "REJECT"),
         ("external to external IP with no endpoints", EXTERNAL_CLIENT, "192.168.99.11", 80, "REJECT"),
         ("pod to NodePort with no endpoints", "10.0.0.2", NODE_IP, 3001, "REJECT"),
         ("external to NodePort with no endpoints", EXTERNAL_CLIENT, NODE_IP, 3001, "REJECT"),
         ("pod to LoadBalancer IP with no endpoints", "10.0.0.2", "1.2.3.4", 80, "REJECT"),
         ("external to LoadBalancer IP with no endpoints", EXTERNAL_CLIENT, "1.2.3.4", 80, "REJECT"),
-    ]],
-    *[Flow("TestClusterIPGeneral", *case) for case in [
+    ]),
+    *flows("TestClusterIPGeneral", [
         ("simple clusterIP", "10.180.0.2", "172.30.0.41", 80, "10.180.0.1:80", False),
         ("hairpin to cluster IP", "10.180.0.1", "172.30.0.41", 80, "10.180.0.1:80", True),
         ("clusterIP with multiple endpoints", "10.180.0.2", "172.30.0.42", 80, "10.180.0.1:80, 10.180.2.1:80"),
@@ -131,8 +136,8 @@ FLOWS = [
          "10.180.0.1:53, 10.180.2.1:53", False, "sctp"),
         ("TCP-only port does not match UDP traffic", "10.180.0.2", "172.30.0.42", 80, "", False, "udp"),
         ("svc1 does not accept svc2's ports", "10.180.0.2", "172.30.0.41", 443, ""),
-    ]],
-    *[Flow("TestLoadBalancer", *case) for case in [
+    ]),
+    *flows("TestLoadBalancer", [
         ("pod to cluster IP", "10.0.0.2", "172.30.0.41", 80, "10.180.0.1:80", False),
         ("external to nodePort", EXTERNAL_CLIENT, NODE_IP, 3001, "10.180.0.1:80", True),
         ("nodePort bypasses LoadBalancerSourceRanges", EXTERNAL_CLIENT_BLOCKED, NODE_IP, 3001, "10.180.0.1:80", True),
@@ -146,7 +151,7 @@ FLOWS = [
         ("node to LB2 (allowed by LoadBalancerSourceRanges)", NODE_IP, "5.6.7.8", 80, "10.180.0.1:80", True),
         ("same node to LB1, SNATted to LB1 (implicitly allowed)", "1.2.3.4", "1.2.3.4", 80, "10.180.0.1:80", True),
         ("same node to LB2, SNATted to LB2 (implicitly allowed)", "5.6.7.8", "5.6.7.8", 80, "10.180.0.1:80", True),
-    ]],
+    ]),
     *[Flow(f"TestNodePorts/ipv4, localhost-nodeports {state}", *case) for state in ("enabled", "disabled")
       for case in [
           ("pod to cluster IP", "10.0.0.2", "172.30.0.41", 80, BOTH, False),
@@ -159,7 +164,7 @@ FLOWS = [
     Flow("TestHealthCheckNodePort", "firewall accepts HealthCheckNodePort", "1.2.3.4", NODE_IP, 30000, "ACCEPT"),
     Flow("TestHealthCheckNodePort/deleted", "HealthCheckNodePort no longer has any rule", "1.2.3.4", NODE_IP,
          30000, ""),
-    *[Flow("TestExternalTrafficPolicyLocal", *case) for case in [
+    *flows("TestExternalTrafficPolicyLocal", [
         ("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, BOTH),
         ("pod to external IP hits both endpoints, unmasqueraded", "10.0.0.2", "192.168.99.11", 80, BOTH),
         ("external to external IP hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, "192.168.99.11", 80,
@@ -168,8 +173,8 @@ FLOWS = [
         ("external to LB IP hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, "1.2.3.4", 80, LOCAL_EP),
         ("pod to NodePort hits both endpoints, unmasqueraded", "10.0.0.2", NODE_IP, 3001, BOTH),
         ("external to NodePort hits only local endpoint, unmasqueraded", EXTERNAL_CLIENT, NODE_IP, 3001, LOCAL_EP),
-    ]],
-    *[Flow("TestExternalTrafficPolicyCluster", *case) for case in [
+    ]),
+    *flows("TestExternalTrafficPolicyCluster", [
         ("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, BOTH, False),
         ("pod to external IP hits both endpoints, masqueraded", "10.0.0.2", "192.168.99.11", 80, BOTH, True),
         ("external to external IP hits both endpoints, masqueraded", EXTERNAL_CLIENT, "192.168.99.11", 80, BOTH,
@@ -178,7 +183,7 @@ FLOWS = [
         ("external to LB IP hits both endpoints, masqueraded", EXTERNAL_CLIENT, "1.2.3.4", 80, BOTH, True),
         ("pod to NodePort hits both endpoints, masqueraded", "10.0.0.2", NODE_IP, 3001, BOTH, True),
         ("external to NodePort hits both endpoints, masqueraded", EXTERNAL_CLIENT, NODE_IP, 3001, BOTH, True),
-    ]],
+    ]),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ IP = ipaddress.ip_address
 
 
 def pkt(src: str = "10.0.0.2", dst: str = "10.0.0.3", proto: str = "tcp", sport: int = 40000, dport: int = 80,
-        **kw: object) -> FlowState:
+        **kw: Any) -> FlowState:
     return FlowState(src=IP(src), dst=IP(dst), protocol=proto, sport=sport, dport=dport, **kw)
 
 
@@ -28,16 +29,16 @@ def filter_rules(*rules: str, chain: str = "FORWARD", policy: str = "ACCEPT", ex
     return f"*filter\n:{chain} {policy} [0:0]\n{extra}" + "".join(f"-A {chain} {r}\n" for r in rules) + "COMMIT\n"
 
 
-def run(save: str, st: FlowState, hook: str = "FORWARD", family: int = 4, **ctx: object):
+def run(save: str, st: FlowState, hook: str = "FORWARD", family: int = 4, **ctx: Any) -> list[Branch]:
     ctx.setdefault("node_ips", ["192.168.0.2"])
     tr = Tracer(parse_iptables_save(save, family=family), TraceContext.from_strings(**ctx))
     return tr.run_hook([Branch(state=st)], hook)
 
 
-def verdict(rule: str, st: FlowState, **ctx: object) -> str:
+def verdict(rule: str, st: FlowState, **ctx: Any) -> str:
     """DROP if `rule -j DROP` matches the packet, else ACCEPT (policy)."""
     (b,) = run(filter_rules(f"{rule} -j DROP"), st, **ctx)
-    return b.verdict
+    return str(b.verdict)
 
 
 # ------------------------------------------------------------------ core matches
@@ -164,7 +165,7 @@ add ports 80
 
 def test_missing_ipset_is_unsupported_and_explored_both_ways() -> None:
     branches = run(filter_rules("-m set --match-set nosuch src -j DROP"), pkt())
-    assert sorted(b.verdict for b in branches) == ["ACCEPT", "DROP"]
+    assert sorted(str(b.verdict) for b in branches) == ["ACCEPT", "DROP"]
     assert all(b.unsupported for b in branches)
 
 
@@ -174,10 +175,10 @@ def test_missing_ipset_is_unsupported_and_explored_both_ways() -> None:
 def test_unknown_match_and_target_fork_both_ways() -> None:
     save = filter_rules("-m frobnicate --wibble 3 -j DROP", "-s 10.0.0.2 -j REJECT")
     branches = run(save, pkt())
-    assert sorted(b.verdict for b in branches) == ["DROP", "REJECT"]
+    assert sorted(str(b.verdict) for b in branches) == ["DROP", "REJECT"]
     assert all("UNSUPPORTED_RULE" in " ".join(b.assumptions) for b in branches)
     branches = run(filter_rules("-j WEIRDTARGET --x 1", "-j ACCEPT"), pkt())
-    assert sorted(b.verdict for b in branches) == ["ACCEPT", "DROP"]
+    assert sorted(str(b.verdict) for b in branches) == ["ACCEPT", "DROP"]
     rs = parse_iptables_save(save)
     assert [r.position for r in rs.unsupported_rules()] == [1]
 
@@ -208,16 +209,16 @@ COMMIT
 def test_jump_returns_goto_does_not() -> None:
     (b,) = run(CHAINS, pkt())
     # A falls through back to FORWARD; goto B's RETURN goes to FORWARD's caller: the policy (DROP)
-    assert b.verdict == "DROP" and b.decided_by.position == 0
+    assert b.verdict == "DROP" and b.decided_by is not None and b.decided_by.position == 0
     (b,) = run(CHAINS, pkt(proto="udp"))
     assert b.verdict == "REJECT" and b.reject_with == "icmp-host-prohibited"
     (b,) = run(CHAINS, pkt(src="10.0.0.9"))
-    assert b.verdict == "DROP" and b.decided_by.chain == "A"
+    assert b.verdict == "DROP" and b.decided_by is not None and b.decided_by.chain == "A"
 
 
 def test_policy_and_reject_default() -> None:
     (b,) = run(filter_rules(policy="DROP"), pkt())
-    assert b.verdict == "DROP" and b.decided_by.rule == ":FORWARD DROP"
+    assert b.verdict == "DROP" and b.decided_by is not None and b.decided_by.rule == ":FORWARD DROP"
     (b,) = run(filter_rules("-j REJECT"), pkt())
     assert b.reject_with == "icmp-port-unreachable"
 
@@ -324,7 +325,7 @@ COMMIT
 """
     rs = parse_iptables_save(save)
     chain = rs.chain("filter", "FORWARD")
-    assert chain.policy == "DROP" and chain.counters == (3, 180) and len(chain.rules) == 1
+    assert chain is not None and chain.policy == "DROP" and chain.counters == (3, 180) and len(chain.rules) == 1
     (b,) = run(save, pkt(src="192.168.9.9"))
     assert b.verdict == "DROP"
 

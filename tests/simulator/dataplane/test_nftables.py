@@ -38,7 +38,7 @@ L4 = {"meta": {"key": "l4proto"}}
 
 
 def doc(rules: dict[str, list[list[dict[str, Any]]]], *, sets: list[dict[str, Any]] | None = None,
-        base: dict[str, tuple[str, str, int, str]] | None = None, family: str = "ip") -> dict[str, Any]:
+        base: dict[str, tuple[str, str, int | str, str]] | None = None, family: str = "ip") -> dict[str, Any]:
     """A `nft -j`-shaped document: one table `t`, chains with rules; `base` gives (type, hook, prio, policy)."""
     base = base if base is not None else {"c": ("filter", "input", 0, "accept")}
     items: list[dict[str, Any]] = [{"metainfo": {"json_schema_version": 1}},
@@ -74,7 +74,8 @@ def trace(d: dict[str, Any], st: FlowState, hook: str = "INPUT", ctx: TraceConte
 def verdicts(branches: list[Branch]) -> dict[str, float]:
     out: dict[str, float] = {}
     for b in branches:
-        out[b.verdict] = round(out.get(b.verdict, 0.0) + b.probability, 6)
+        verdict = str(b.verdict)
+        out[verdict] = round(out.get(verdict, 0.0) + b.probability, 6)
     return out
 
 
@@ -153,7 +154,7 @@ def test_numgen_vmap_dnat_branches() -> None:
         chains[f"e{i}"] = [[match(L4, "tcp"), {"dnat": {"addr": f"10.1.0.{i + 1}", "port": 8080}}]]
     d = doc(chains, base={"pre": ("nat", "prerouting", -100, "accept")})
     out = trace(d, flow(dst="10.96.0.1"), "PREROUTING")
-    assert sorted(b.dnat_destination for b in out) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
+    assert sorted(str(b.dnat_destination) for b in out) == ["10.1.0.1:8080", "10.1.0.2:8080", "10.1.0.3:8080"]
     assert all(abs(b.probability - 1 / 3) < 1e-9 and b.verdict == "ACCEPT" for b in out)
     # nat chains see only a connection's first packet
     assert trace(d, flow(dst="10.96.0.1", ctstate="ESTABLISHED"), "PREROUTING")[0].dnat_destination is None
@@ -168,7 +169,7 @@ def test_dnat_map_and_numgen_map_and_masquerade() -> None:
     ], "post": [[{"masquerade": {"flags": "fully-random"}}]]}, sets=[dn],
         base={"pre": ("nat", "prerouting", -100, "accept"), "post": ("nat", "postrouting", 100, "accept")})
     assert trace(d, flow(dst="1.1.1.1"), "PREROUTING")[0].dnat_destination == "2.2.2.2:80"
-    assert sorted(b.dnat_destination for b in trace(d, flow(dst="5.5.5.5"), "PREROUTING")) == [
+    assert sorted(str(b.dnat_destination) for b in trace(d, flow(dst="5.5.5.5"), "PREROUTING")) == [
         "10.0.0.7:80", "10.0.0.8:80"]
     ctx = TraceContext.from_strings({"eth0": ["192.168.0.2/24"]})
     out = trace(d, flow(oif="eth0"), "POSTROUTING", ctx)
@@ -212,7 +213,7 @@ def test_hook_interleaves_iptables_and_nftables_by_priority() -> None:
     assert names == ["nft ip t early", "iptables mangle", "iptables filter", "nft ip t late"]
     out = run_hook(ipt, d, [Branch(state=flow())], "INPUT")
     # iptables' ACCEPT ends only its table: the later nft chain still drops
-    assert out[0].verdict == "DROP" and out[0].decided_by.chain == "late"
+    assert out[0].verdict == "DROP" and out[0].decided_by is not None and out[0].decided_by.chain == "late"
 
 
 def test_first_nat_binding_wins_across_iptables_and_nftables() -> None:
@@ -228,7 +229,8 @@ def test_inet_family_and_priority_names() -> None:
     d = doc({"c": [[match({"payload": {"protocol": "ip6", "field": "daddr"}}, "fd00::2"), {"drop": None}]]},
             base={"c": ("filter", "input", "filter + 5", "accept")}, family="inet")
     rs = parse_nft_json(d)
-    assert rs.table("inet", "t").chains["c"].priority == 5
+    table = rs.table("inet", "t")
+    assert table is not None and table.chains["c"].priority == 5
     assert verdicts(trace(d, flow(src="fd00::1", dst="fd00::2"))) == {"DROP": 1.0}
     assert verdicts(trace(d, flow())) == {"ACCEPT": 1.0}  # IPv4: the ip6 dependency fails
 
@@ -438,7 +440,7 @@ def test_numgen_dnat_outcomes_match_kernel(pair: tuple[str, str]) -> None:
     simulated, branches = simulate(srv, 80, "tcp")
     assert seen == {"ACCEPT", "DROP"}
     assert simulated == {"ACCEPT": 0.5, "DROP": 0.5}
-    assert sorted(b.dnat_destination for b in branches) == [f"{SERVER_IP}:8080", f"{SERVER_IP}:8081"]
+    assert sorted(str(b.dnat_destination) for b in branches) == [f"{SERVER_IP}:8080", f"{SERVER_IP}:8081"]
 
 
 @pytest.mark.lab
@@ -451,4 +453,5 @@ def test_iptables_nft_and_native_nft_together(pair: tuple[str, str]) -> None:
     kernel = probe(cli, 8080, "tcp")
     simulated, branches = simulate(srv, 8080, "tcp")
     assert kernel == "DROP" and simulated == {"DROP": 1.0}
-    assert branches[0].decided_by.label == "ip nd" and branches[0].decided_by.family == "ip"
+    hit = branches[0].decided_by
+    assert hit is not None and hit.label == "ip nd" and hit.family == "ip"

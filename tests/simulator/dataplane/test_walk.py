@@ -9,7 +9,7 @@ from shared.codes import finding
 from shared.netstack import Link, Neighbor, Route
 from shared.schemas import FinalState, StepAction, StepKind
 from shared.steps import NetfilterInfo, RuleHit
-from tests.simulator.dataplane.helpers import Case, forward, only_cause
+from tests.simulator.dataplane.helpers import Case, forward, only_cause, pkt_in, pkt_out
 
 # ---------------------------------------------------------------- healthy walks
 
@@ -33,11 +33,11 @@ def test_cluster_ip_fans_out_to_each_endpoint_and_the_reply_is_translated_back()
         assert p.final == FinalState.DELIVER
         assert p.hops[1].id == "service:shop/api" and "probability 0.50" in p.description
         nat = [s for h in p.hops for s in h.steps if s.kind == "nat"]
-        assert nat and str(nat[0].packet_out.dst) in ("10.244.1.3", "10.244.2.2")
+        assert nat and str(pkt_out(nat[0]).dst) in ("10.244.1.3", "10.244.2.2")
     replies = [p for p in result.paths if p.direction == "reply"]
     assert len(replies) == 2 and all(p.final == FinalState.DELIVER for p in replies)
     undo = [s for p in replies for h in p.hops for s in h.steps if "translated back" in s.detail]
-    assert all(str(s.packet_out.src) == "10.96.0.100" for s in undo) and len(undo) == 2
+    assert all(str(pkt_out(s).src) == "10.96.0.100" for s in undo) and len(undo) == 2
 
 
 def test_vxlan_encapsulates_to_the_fdb_vtep_and_decapsulates_on_the_remote_node() -> None:
@@ -251,7 +251,7 @@ def test_same_node_service_reply_bridged_without_iptables_is_bridge_nf_disabled(
     result = case.run()
     only_cause(result, "BRIDGE_NF_DISABLED", "node:node-1")
     (reply,) = [p for p in result.paths if p.direction == "reply"]
-    assert reply.final == FinalState.DROP and str(reply.hops[-1].steps[-1].packet_in.src) == "10.244.1.4"
+    assert reply.final == FinalState.DROP and str(pkt_in(reply.hops[-1].steps[-1]).src) == "10.244.1.4"
 
 
 def test_a_node_without_a_dump_aborts_the_walk_there() -> None:

@@ -7,11 +7,17 @@ from __future__ import annotations
 
 from services.simulator.assemble import overall_verdict
 from services.simulator.dataplane.walk import WalkResult
-from shared.netstack import BridgePort, CgroupProgram, Link, TcAction, TcFilter, TcQdisc, XdpProgram
+from shared.netstack import BridgePort, CgroupProgram, Link, NetnsDump, TcAction, TcFilter, TcQdisc, TcState, XdpProgram
 from shared.schemas import Verdict
 from tests.simulator.dataplane.helpers import Case, only_cause
 
 DST_VETH = "veth072872ea"  # node-2's bridge port towards shop/api-2 (10.244.2.2)
+
+
+def tc(ns: NetnsDump) -> TcState:
+    """The namespace's tc state (every recorded dump read it)."""
+    assert ns.tc is not None, ns.id
+    return ns.tc
 
 
 def verdict(result: WalkResult) -> Verdict:
@@ -33,7 +39,7 @@ def u32(dev: str, parent: str, port: int, *, actions: list[TcAction] | None = No
 
 def test_blackhole_qdisc_on_the_pods_veth_is_tc_drop() -> None:
     c = case()
-    c.host("node-2").tc.qdiscs.append(TcQdisc(dev=DST_VETH, kind="blackhole", handle="8001:", parent="root"))
+    tc(c.host("node-2")).qdiscs.append(TcQdisc(dev=DST_VETH, kind="blackhole", handle="8001:", parent="root"))
     result = c.run()
     only_cause(result, "TC_DROP", "node:node-2")
     found = next(f for f in result.findings if f.code == "TC_DROP")
@@ -44,8 +50,8 @@ def test_blackhole_qdisc_on_the_pods_veth_is_tc_drop() -> None:
 def test_u32_gact_drop_on_the_ingress_of_the_pods_eth0() -> None:
     c = case()
     pod = c.pod("shop/api-2")
-    pod.tc.qdiscs.append(TcQdisc(dev="eth0", kind="clsact", handle="ffff:", parent="ingress"))
-    pod.tc.filters.append(u32("eth0", "ingress", 8080, actions=[TcAction(kind="gact", control=["drop"])]))
+    tc(pod).qdiscs.append(TcQdisc(dev="eth0", kind="clsact", handle="ffff:", parent="ingress"))
+    tc(pod).filters.append(u32("eth0", "ingress", 8080, actions=[TcAction(kind="gact", control=["drop"])]))
     result = c.run()
     only_cause(result, "TC_DROP", "pod:shop/api-2")
 
@@ -53,7 +59,7 @@ def test_u32_gact_drop_on_the_ingress_of_the_pods_eth0() -> None:
 def test_u32_for_another_port_or_without_an_action_passes() -> None:
     c = case()
     pod = c.pod("shop/api-2")
-    pod.tc.filters += [u32("eth0", "ingress", 9999, actions=[TcAction(kind="gact", control=["drop"])]),
+    tc(pod).filters += [u32("eth0", "ingress", 9999, actions=[TcAction(kind="gact", control=["drop"])]),
                        u32("eth0", "ingress", 8080, classid="1:1", pref=2)]  # clsact: a classid alone passes
     result = c.run()
     assert verdict(result) == Verdict.REACHABLE, [a.text for a in result.assumptions]
@@ -61,10 +67,10 @@ def test_u32_for_another_port_or_without_an_action_passes() -> None:
 
 def test_htb_class_with_a_blackhole_leaf_drops_only_what_the_u32_filter_sends_there() -> None:
     c = case()
-    tc = c.host("node-2").tc
-    tc.qdiscs += [TcQdisc(dev=DST_VETH, kind="htb", handle="1:", parent="root", options={"default": "1:10"}),
+    state = tc(c.host("node-2"))
+    state.qdiscs += [TcQdisc(dev=DST_VETH, kind="htb", handle="1:", parent="root", options={"default": "1:10"}),
                   TcQdisc(dev=DST_VETH, kind="blackhole", handle="20:", parent="1:20")]
-    tc.filters.append(u32(DST_VETH, "1:", 8080, classid="1:20"))
+    state.filters.append(u32(DST_VETH, "1:", 8080, classid="1:20"))
     only_cause(c.run(), "TC_DROP", "node:node-2")
     c.request.port = 8081  # not classified into 1:20: the default class (a fifo) passes it
     result = c.run()
@@ -73,7 +79,7 @@ def test_htb_class_with_a_blackhole_leaf_drops_only_what_the_u32_filter_sends_th
 
 def test_a_bpf_classifier_on_the_path_is_declared_not_passed() -> None:
     c = case()
-    c.host("node-2").tc.filters.append(TcFilter(dev=DST_VETH, parent="egress", kind="bpf", pref=1,
+    tc(c.host("node-2")).filters.append(TcFilter(dev=DST_VETH, parent="egress", kind="bpf", pref=1,
                                                 bpf={"id": 7, "name": "cil_to_container"}))
     result = c.run()
     assert verdict(result) == Verdict.UNDETERMINED

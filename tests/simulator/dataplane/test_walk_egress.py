@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from shared.netstack import Link, Route, Socket
 from shared.schemas import FinalState
-from tests.simulator.dataplane.helpers import INTERNET, Case, forward, only_cause, to_internet
+from tests.simulator.dataplane.helpers import INTERNET, Case, forward, only_cause, pkt_in, pkt_out, to_internet
 
 
 def test_the_reply_from_the_internet_is_un_snated_back_to_the_pod() -> None:
@@ -14,12 +14,12 @@ def test_the_reply_from_the_internet_is_un_snated_back_to_the_pod() -> None:
     (path,) = forward(result)
     assert path.final == FinalState.FORWARD and path.hops[-1].id == f"external:{INTERNET}"
     masq = next(s for h in path.hops for s in h.steps if s.kind == "nat")
-    assert "MASQUERADE" in masq.detail and str(masq.packet_out.src) == "172.30.0.11"
+    assert "MASQUERADE" in masq.detail and str(pkt_out(masq).src) == "172.30.0.11"
     (reply,) = [p for p in result.paths if p.direction == "reply"]
     assert reply.final == FinalState.DELIVER and reply.hops[0].id == f"external:{INTERNET}"
-    assert str(reply.hops[0].steps[0].packet_in.dst) == "172.30.0.11"
+    assert str(pkt_in(reply.hops[0].steps[0]).dst) == "172.30.0.11"
     undo = next(s for h in reply.hops for s in h.steps if "translated back" in s.detail)
-    assert str(undo.packet_out.dst) == "10.244.1.2" and reply.hops[-1].id == "pod:web/client"
+    assert str(pkt_out(undo).dst) == "10.244.1.2" and reply.hops[-1].id == "pod:web/client"
     assert any("comes back to 172.30.0.11" in a.text for a in result.assumptions)
 
 

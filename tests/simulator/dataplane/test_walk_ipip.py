@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from shared.netstack import Link, Route
 from shared.schemas import FinalState
-from tests.simulator.dataplane.helpers import Case, forward, only_cause
+from tests.simulator.dataplane.helpers import Case, forward, only_cause, pkt_out
 
 NODES = {"node-1": ("172.30.0.11", "10.244.1.0/24"), "node-2": ("172.30.0.12", "10.244.2.0/24")}
 
@@ -44,7 +44,7 @@ def test_pod_to_pod_is_encapsulated_to_the_route_gateway_and_decapsulated_by_tun
     encap = next(s for h in path.hops for s in h.steps if s.kind == "encap")
     assert "outer ipip (protocol 4) 172.30.0.11 → 172.30.0.12 via eth0" in encap.detail
     decap = next(s for h in path.hops for s in h.steps if s.kind == "decap")
-    assert decap.packet_out.iif == "tunl0" and str(decap.packet_out.dst) == "10.244.2.2"
+    assert pkt_out(decap).iif == "tunl0" and str(pkt_out(decap).dst) == "10.244.2.2"
     (reply,) = [p for p in result.paths if p.direction == "reply"]
     assert reply.final == FinalState.DELIVER and any(s.kind == "encap" for h in reply.hops for s in h.steps)
     assert not [f for f in result.findings if f.severity == "error"]

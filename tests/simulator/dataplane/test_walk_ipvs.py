@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from shared.schemas import FinalState
+from shared.schemas import FinalState, StepAction, StepKind
 from shared.topology import Endpoint, EndpointKind
-from tests.simulator.dataplane.helpers import VIP, forward, ipvs_case, only_cause, virtual_server
+from tests.simulator.dataplane.helpers import VIP, forward, ipvs_case, only_cause, pkt_in, pkt_out, virtual_server
 from tests.simulator.dataplane.ipvs_mode import ipvsadm_save
 
 
@@ -26,13 +26,14 @@ def test_cluster_ip_is_scheduled_to_each_real_server_and_the_reply_translated_ba
         node1 = next(h for h in p.hops if h.id == "node:node-1")
         kinds = [(s.kind, s.action) for s in node1.steps]
         # delivered locally to kube-ipvs0's address, INPUT, then IPVS rewrites and routes it on
-        assert kinds.index(("route", "DELIVER")) < kinds.index(("nat", "REWRITE")) < kinds.index(("route", "FORWARD"))
+        assert kinds.index((StepKind.ROUTE, StepAction.DELIVER)) < kinds.index((StepKind.NAT, StepAction.REWRITE)) \
+            < kinds.index((StepKind.ROUTE, StepAction.FORWARD))
         (nat,) = [s for s in node1.steps if s.kind == "nat"]
-        assert str(nat.packet_in.dst) == VIP and str(nat.packet_out.dst) == str(p.hops[-1].steps[-1].packet_in.dst)
+        assert str(pkt_in(nat).dst) == VIP and str(pkt_out(nat).dst) == str(pkt_in(p.hops[-1].steps[-1]).dst)
     replies = [p for p in result.paths if p.direction == "reply"]
     assert len(replies) == 2 and all(p.final == FinalState.DELIVER for p in replies)
     undo = [s for p in replies for h in p.hops for s in h.steps if "translated back" in s.detail]
-    assert len(undo) == 2 and all(str(s.packet_out.src) == VIP for s in undo)
+    assert len(undo) == 2 and all(str(pkt_out(s).src) == VIP for s in undo)
     assert not errors(result)
     assert any("round robin" in a.text for a in result.assumptions)
 
@@ -41,7 +42,7 @@ def test_weights_give_the_branch_probabilities() -> None:
     case = ipvs_case(scheduler="wrr")
     reals = virtual_server(case, "node-1")["reals"]
     reals[0]["weight"], reals[1]["weight"] = 3, 1
-    shares = {p.hops[-1].steps[-1].packet_in.dst.exploded: p.description for p in forward(case.run())}
+    shares = {pkt_in(p.hops[-1].steps[-1]).dst.exploded: p.description for p in forward(case.run())}
     assert "probability 0.75" in shares["10.244.1.3"] and "probability 0.25" in shares["10.244.2.2"]
 
 
@@ -50,7 +51,7 @@ def test_a_quiesced_real_server_gets_no_branch_and_is_reported_missing() -> None
     virtual_server(case, "node-1")["reals"][1]["weight"] = 0
     result = case.run()
     (path,) = forward(result)
-    assert path.final == FinalState.DELIVER and str(path.hops[-1].steps[-1].packet_in.dst) == "10.244.1.3"
+    assert path.final == FinalState.DELIVER and str(pkt_in(path.hops[-1].steps[-1]).dst) == "10.244.1.3"
     (bad,) = [f for f in result.findings if f.code == "IPVS_BACKEND_MISMATCH"]
     assert bad.hop == "node:node-1" and bad.evidence["missing"] == ["10.244.2.2:8080"]
     assert bad.evidence["quiesced"] == ["10.244.2.2:8080"]
@@ -63,7 +64,7 @@ def test_a_stale_real_server_is_a_mismatch_and_its_branch_fails() -> None:
     (bad,) = [f for f in result.findings if f.code == "IPVS_BACKEND_MISMATCH"]
     assert bad.evidence["missing"] == ["10.244.2.2:8080"] and bad.evidence["stale"] == ["10.244.2.9:8080"]
     assert "ipvs mode" in bad.evidence["mode"] and "10.244.2.9:8080" in bad.message
-    finals = {str(p.hops[-1].steps[-1].packet_in.dst): p.final for p in forward(result)}
+    finals = {str(pkt_in(p.hops[-1].steps[-1]).dst): p.final for p in forward(result)}
     assert finals["10.244.1.3"] == FinalState.DELIVER and finals["10.244.2.9"] == FinalState.DROP
     stale = next(s for p in forward(result) for h in p.hops for s in h.steps if "(stale)" in s.detail)
     assert "10.244.2.9:8080" in stale.detail
@@ -83,7 +84,7 @@ def test_an_address_kube_ipvs0_holds_for_no_service_port_is_rejected_by_kube_ipv
     case = ipvs_case()
     host = case.host("node-1")
     host.netfilter.ipvs.remove(virtual_server(case, "node-1"))
-    host.netfilter.ipsets = host.netfilter.ipsets.replace(f"add KUBE-CLUSTER-IP {VIP},tcp:80\n", "")
+    host.netfilter.ipsets = (host.netfilter.ipsets or "").replace(f"add KUBE-CLUSTER-IP {VIP},tcp:80\n", "")
     result = case.run()
     only_cause(result, "KUBE_PROXY_RULES_MISSING", "node:node-1")
     assert any("KUBE-IPVS-FILTER" in s.detail for p in forward(result) for h in p.hops for s in h.steps)
@@ -130,13 +131,13 @@ def test_a_pod_reaching_itself_is_masqueraded_and_its_reply_needs_hairpin() -> N
     api1 = ipaddress.ip_address("10.244.1.3")
     case.report.src = Endpoint(address=api1, kind=EndpointKind.POD, node="node-1")
     case.request = case.request.model_copy(update={"src": api1})
-    to_self = next(p for p in forward(case.run()) if str(p.hops[-1].steps[-1].packet_in.dst) == "10.244.1.3")
+    to_self = next(p for p in forward(case.run()) if str(pkt_in(p.hops[-1].steps[-1]).dst) == "10.244.1.3")
     assert to_self.final == FinalState.DELIVER  # KUBE-LOOP-BACK masquerades it to the node's cni0 address
-    assert str(to_self.hops[-1].steps[-1].packet_in.src) == "10.244.1.1"
+    assert str(pkt_in(to_self.hops[-1].steps[-1]).src) == "10.244.1.1"
     port = next(lk for lk in case.host("node-1").links if lk.name == "veth67f9b11c")
     port.hairpin = False  # the un-SNATed reply is bridged back out of the port it came in through
     result = case.run()
-    to_self = next(p for p in forward(result) if str(p.hops[-1].steps[-1].packet_in.dst) == "10.244.1.3")
+    to_self = next(p for p in forward(result) if str(pkt_in(p.hops[-1].steps[-1]).dst) == "10.244.1.3")
     assert to_self.final == FinalState.DROP and to_self.cause == "HAIRPIN_DISABLED"
 
 
@@ -153,7 +154,7 @@ def test_node_port_on_another_nodes_address_is_scheduled_there_and_masqueraded()
         assert "IPVS on node-2 (LOCAL_IN) schedules tcp 172.30.0.12:30000" in p.hops[p.hops.index(
             next(h for h in p.hops if h.id == "service:shop/api"))].steps[0].detail
         # KUBE-NODE-PORT marks it, KUBE-POSTROUTING masquerades it to node-2's address on the way out
-        assert str(p.hops[-1].steps[-1].packet_in.src) in ("10.244.2.1", "172.30.0.12")
+        assert str(pkt_in(p.hops[-1].steps[-1]).src) in ("10.244.2.1", "172.30.0.12")
     replies = [p for p in result.paths if p.direction == "reply"]
     assert len(replies) == 2 and all(p.final == FinalState.DELIVER for p in replies)
     assert not errors(result)
@@ -179,7 +180,7 @@ def test_a_local_policy_node_port_without_a_local_endpoint_is_no_local_endpoint(
     virtual_server(case, "node-2", "172.30.0.12", 30000)["reals"] = [  # kube-proxy keeps only local ones
         r for r in virtual_server(case, "node-2", "172.30.0.12", 30000)["reals"] if r["address"] == "10.244.2.2"]
     (path,) = forward(case.run())
-    assert path.final == FinalState.DELIVER and str(path.hops[-1].steps[-1].packet_in.dst) == "10.244.2.2"
+    assert path.final == FinalState.DELIVER and str(pkt_in(path.hops[-1].steps[-1]).dst) == "10.244.2.2"
     virtual_server(case, "node-2", "172.30.0.12", 30000)["reals"] = []
     for b in case.report.service.backends:  # type: ignore[union-attr]
         b.node = "node-1"

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from ipaddress import ip_address
 
-from shared.schemas import FinalState, StepKind
+from shared.schemas import FinalState, IPAddress, StepKind
 from shared.topology import Endpoint, EndpointKind
-from tests.simulator.dataplane.helpers import Case, forward
+from tests.simulator.dataplane.helpers import Case, forward, pkt_in, pkt_out
 
 CLIENT, NODE_2, EIP = ip_address("8.8.4.4"), ip_address("172.30.0.12"), ip_address("47.96.0.20")
 
 
-def to_node_port(dst: object, node_addresses: list[object]) -> Case:
+def to_node_port(dst: IPAddress, node_addresses: list[IPAddress]) -> Case:
     """The recorded basic lab, asked from the internet for NodePort 30000 of shop/api on node-2 at `dst`."""
     case = Case("basic", "clusterip")
     report = case.report
@@ -34,10 +34,10 @@ def test_a_node_public_address_is_walked_as_the_private_one() -> None:
     assert [(p.id, p.final) for p in forward(public)] == [(p.id, p.final) for p in forward(private)]
     assert all(p.final == FinalState.DELIVER for p in forward(public))
     nat = [s for p in forward(public) for s in p.hops[0].steps if s.kind == StepKind.NAT]
-    assert nat and all(s.packet_in.dst == EIP and s.packet_out.dst == NODE_2 for s in nat)
+    assert nat and all(pkt_in(s).dst == EIP and pkt_out(s).dst == NODE_2 for s in nat)
     back = [s for p in public.paths if p.direction == "reply" for h in p.hops for s in h.steps
             if s.kind == StepKind.NAT and "back to the node's public address" in s.detail]
-    assert back and all(s.packet_out.src == EIP for s in back)
+    assert back and all(pkt_out(s).src == EIP for s in back)
 
 
 def test_an_address_the_node_does_not_list_is_not_translated() -> None:

@@ -96,14 +96,14 @@ class Trail:
         return self.hop_by_id(view.hop_id, view)
 
     def hop_by_id(self, hop_id: str, view: NetnsView | None = None, kind: HopKind | None = None,
-                  name: str | None = None) -> Hop:
+                  name: str | None = None, node: str | None = None) -> Hop:
         if self.hops and self.hops[-1].id == hop_id:
             return self.hops[-1]
         if view is not None:
             is_pod = hop_id.startswith("pod:")
             kind = HopKind.POD if is_pod else HopKind.NODE
             name = view.dump.pod if is_pod else view.node
-        hop = Hop(id=hop_id, kind=kind or HopKind.EXTERNAL, name=name or hop_id, node=view.node if view else None)
+        hop = Hop(id=hop_id, kind=kind or HopKind.EXTERNAL, name=name or hop_id, node=view.node if view else node)
         self.hops.append(hop)
         return hop
 
@@ -111,13 +111,14 @@ class Trail:
         """The pod hop a policy deny enforced in `view` belongs to. An egress deny is the source pod's,
         which the packet has already left (the node's FORWARD enforces it): its own hop earlier on the
         trail, not a second copy of the pod after the node. An ingress deny is the destination's, the
-        next hop (the packet may legitimately come back to its source: a pod reaching itself)."""
+        next hop (the packet may legitimately come back to its source: a pod reaching itself), on the node
+        that enforced the deny: a CNI enforces a pod's policy on the node hosting it."""
         hop_id = policy.hop or view.hop_id
         if policy.evidence.get("direction") == "egress":
             earlier = next((h for h in self.hops if h.id == hop_id), None)
             if earlier is not None:
                 return earlier
-        return self.hop_by_id(hop_id, kind=HopKind.POD, name=hop_id.removeprefix("pod:"))
+        return self.hop_by_id(hop_id, kind=HopKind.POD, name=hop_id.removeprefix("pod:"), node=view.node)
 
     def step(self, hop: Hop, kind: StepKind, action: StepAction, detail: str, before: Packet | None = None,
              after: Packet | None = None, **info: object) -> Step:

@@ -682,10 +682,12 @@ class Walker:
         policy = self.expect.policy_deny(" ".join([rule, *felix])) if hit else None
         res = self.report.service
         if policy is not None:
+            verdict = policy.evidence.get("policy_verdict") or {}  # the policy engine's (policy/findings.py)
             c.trail.step(c.trail.policy_hop(policy, view), StepKind.POLICY, StepAction.DROP,
                          f"NetworkPolicy enforced on {view.node} ({hook} {fields['table']}/{fields['chain']} "
                          f"rule {fields['position']}): {rule}",
-                         packet(br.state), enforced_by=rule_hit(hit) if hit else None, finding=policy.code)
+                         packet(br.state), direction=policy.evidence.get("direction"), pod=verdict.get("pod"),
+                         enforced_by=rule_hit(hit) if hit else None, finding=policy.code)
             self.finish(c, FinalState.DROP, "NETWORK_POLICY_DENY", policy)
             return
         if res is not None and hit is not None and hit.table.endswith("kube-proxy") and hit.chain == "reject-chain":
