@@ -33,7 +33,7 @@ from pydantic import BaseModel
 
 from shared.cluster import CLUSTER_BUCKET
 from shared.config import Settings
-from shared.schemas import ID_PATTERN, BlobRef, ProgressEvent, StageEnvelope
+from shared.schemas import ID_PATTERN, BlobRef, ProgressEvent, StageEnvelope, dump_json
 from shared.security import SIGNATURE_HEADER, nats_connect_options, nats_servers, sign_event
 
 log = logging.getLogger("netdiag.bus")
@@ -307,7 +307,7 @@ class Bus:
         if msg_id:
             headers["Nats-Msg-Id"] = msg_id
         _check_subject(subject)
-        raw = model.model_dump_json().encode()
+        raw = dump_json(model)  # its topology report and result serialised once (see dump_json)
         data = await self.pack(f"{subject}/{msg_id or uuid.uuid4().hex}", raw)
         if sign_key is not None:
             headers[SIGNATURE_HEADER] = sign_event(sign_key, data)

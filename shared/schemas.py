@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import weakref
 from datetime import UTC, datetime
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv6Address
@@ -416,6 +417,46 @@ class StageEnvelope(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     result: DiagnosisResult | None = None
     error: str | None = None
+
+
+# The big parts of an envelope are serialised again and again in this process: the topology report in the event
+# of every stage after the topology's, a diagnosis's result (every path's steps) in the completed event and in the
+# record the result sink stores. Their JSON is kept per object while that object lives (a stage passes them on
+# untouched, with model_copy) and spliced into each dump.
+_PART_JSON: dict[int, bytes] = {}
+_SPLICED = ("topology", "result")
+
+
+def _part_json(part: BaseModel) -> bytes:
+    key = id(part)
+    data = _PART_JSON.get(key)
+    if data is None:
+        data = _PART_JSON[key] = part.model_dump_json().encode()
+        weakref.finalize(part, _PART_JSON.pop, key, None)  # gone with the object: an id is never reused stale
+    return data
+
+
+def dump_json(model: BaseModel) -> bytes:
+    """`model.model_dump_json().encode()`, byte for byte; a StageEnvelope's topology report and result and
+    a Diagnosis's result are serialised once per object however often the model around them is."""
+    if not isinstance(model, StageEnvelope | Diagnosis):
+        return model.model_dump_json().encode()
+    fields = list(type(model).model_fields)
+    chunks: list[bytes] = []
+    start = 0
+    for at, name in enumerate(fields):
+        part = getattr(model, name) if name in _SPLICED else None
+        if part is None:
+            continue
+        if at > start:
+            chunks.append(model.model_dump_json(include=set(fields[start:at])).encode()[1:-1])
+        chunks.append(b'"%s":%s' % (name.encode(), _part_json(part)))
+        start = at + 1
+    if start == 0:
+        return model.model_dump_json().encode()
+    if start < len(fields):
+        chunks.append(model.model_dump_json(include=set(fields[start:])).encode()[1:-1])
+    return b"{" + b",".join(c for c in chunks if c) + b"}"
 
 
 class ProgressEvent(BaseModel):

@@ -26,7 +26,7 @@ from shared import metrics
 from shared.bus import SUBJECT_COMPLETED, SUBJECT_STORED, Bus, valid_id
 from shared.cluster import SUMMARY_KEY
 from shared.logs import log_context
-from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
+from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, dump_json, now
 from shared.stage import Stage
 
 log = logging.getLogger("netdiag.gateway.store")
@@ -97,7 +97,7 @@ class ResultStore:
         # a diagnosis that failed before the topology stage named its cluster keeps the one stamped at creation
         final = diagnosis.model_copy(update={"created_at": stored.created_at,
                                              "source": diagnosis.source or stored.source})
-        data = final.model_dump_json().encode()  # serialised once: the KV value and the cached copy
+        data = dump_json(final)  # serialised once: the KV value and the cached copy (its result already was)
         try:
             await self.bus.kv.update(diagnosis.id, await self._value(diagnosis.id, data), last=entry.revision)
         except KeyWrongLastSequenceError:

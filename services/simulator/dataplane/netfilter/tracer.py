@@ -41,6 +41,16 @@ MAX_BRANCHES = 4096
 LOOPBACK_NETS = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
+AddressSets = tuple[frozenset[IPAddress], frozenset[IPAddress]]
+
+
+def address_sets(addresses: dict[str, list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]]) -> AddressSets:
+    """The local addresses and the IPv4 broadcast addresses of these devices' addresses."""
+    return (frozenset(i.ip for ifs in addresses.values() for i in ifs),
+            frozenset(i.network.broadcast_address for ifs in addresses.values() for i in ifs
+                      if i.version == 4 and i.network.prefixlen < 31))
+
+
 @dataclass
 class TraceContext:
     """What the rules may ask about the node beyond the packet itself."""
@@ -54,11 +64,13 @@ class TraceContext:
     reply: bool = False
     # node addresses when per-device addresses are unknown (the `trace iptables --node-ip` case)
     node_ips: list[IPAddress] = field(default_factory=list)
+    # address_sets(addresses), when the caller has it already: the walk makes a context at every hook over
+    # the same addresses, and rebuilding the sets each time was a sizeable share of a walk
+    sets: AddressSets | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self._local = {i.ip for ifs in self.addresses.values() for i in ifs} | set(self.node_ips)
-        self._broadcast = {i.network.broadcast_address for ifs in self.addresses.values() for i in ifs
-                           if i.version == 4 and i.network.prefixlen < 31}
+        local, self._broadcast = self.sets or address_sets(self.addresses)
+        self._local = local | set(self.node_ips) if self.node_ips else local
 
     @classmethod
     def from_strings(cls, addresses: dict[str, list[str]] | None = None, node_ips: Iterable[str] = (),

@@ -15,6 +15,7 @@ from services.simulator.dataplane.netfilter import (
     parse_ipset_save,
     parse_iptables_save,
 )
+from services.simulator.dataplane.netfilter.tracer import AddressSets, address_sets
 from services.simulator.dataplane.nftables import NftParseError, NftRuleset, parse_nft_json
 from services.simulator.dataplane.routing import Router
 from services.simulator.dataplane.walk import gaps
@@ -140,7 +141,11 @@ class NetnsView:
         return parse_ipset_save(text) if text else None
 
     def context(self, **kw: Any) -> TraceContext:
-        return TraceContext(addresses=self.addresses, ipsets=self.ipsets, **kw)
+        return TraceContext(addresses=self.addresses, ipsets=self.ipsets, sets=self.address_sets, **kw)
+
+    @cached_property
+    def address_sets(self) -> AddressSets:
+        return address_sets(self.addresses)
 
     def unread(self, *parts: str) -> list[str]:
         """The agent's errors that leave any of these parts of this namespace unknown (gaps.py)."""
