@@ -26,6 +26,7 @@ from shared.schemas import (
     StepAction,
     StepKind,
     Verdict,
+    dump_json,
     new_id,
     now,
 )
@@ -143,6 +144,28 @@ def test_envelope_and_diagnosis_survive_json() -> None:
                      result=result)
     assert Diagnosis.model_validate_json(diag.model_dump_json()) == diag
     assert str(pkt) == "udp 10.244.1.5:40000 → 10.96.0.10:53"
+
+
+def test_dump_json_is_model_dump_json_with_parts_serialised_once() -> None:
+    """What the bus and the result store send: exactly model_dump_json's bytes, whatever slots are filled;
+    a topology report or result passed on untouched (model_copy) is not serialised again."""
+    req = DiagnosisRequest.model_validate(BASE)
+    report = TopologyReport.model_validate({"source": "snapshot:x", "nodes_to_collect": ["n1"],
+                                            "src": {"kind": "pod", "address": str(req.src), "pod": "default/a"},
+                                            "dst": {"kind": "unknown", "address": str(req.dst)}})
+    pkt = Packet(src=req.src, dst=req.dst, protocol="udp", sport=40000, dport=53)
+    hop = Hop(id="pod:default/a", kind=HopKind.POD, name="a", address=req.src,
+              steps=[Step.of(StepKind.NAT, StepAction.REWRITE, "DNAT", pkt, pkt)])
+    result = DiagnosisResult(verdict=Verdict.REACHABLE, summary="ok", paths=[Path(id="p0", hops=[hop])])
+    env = StageEnvelope(id=new_id(), request=req, created_at=now())
+    envelopes = [env, env.model_copy(update={"topology": report}),
+                 env.model_copy(update={"topology": report, "result": result, "error": "x", "timings_ms": {"a": 1}}),
+                 env.model_copy(update={"result": result})]
+    diag = Diagnosis(id=env.id, request=req, status=DiagnosisStatus.COMPLETED, created_at=env.created_at)
+    for model in [*envelopes, diag, diag.model_copy(update={"result": result, "source": "snapshot:x"})]:
+        assert dump_json(model) == model.model_dump_json().encode()
+    for model in (report, result):
+        assert dump_json(model) == model.model_dump_json().encode()
 
 
 def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
