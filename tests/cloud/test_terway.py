@@ -364,3 +364,49 @@ async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: st
             assert nodes_fine["verdict"] == "REACHABLE" and errors(nodes_fine) == [], nodes_fine["summary"]
     finally:
         await asyncio.to_thread(Lab.sweep, prefix)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("cni", CNIS)
+async def test_live_pod_eip_is_judged_by_the_kernel_and_the_cloud(credentials: Path, cni: str) -> None:
+    """Internet → a pod's EIP in a live Terway lab: the lab's VPC router translates the EIP 1:1 to the pod address
+    (what the cloud does for the EIP its PodEIP declares) and delivers it to the ENI holding it — the kernel
+    answers the probe; the live pipeline (lab API serving the PodEIP, node agents, dataplane walk from the pod's
+    node, SDK → emulator) agrees, judging the way in at the ENI's group: its deny is found, the nodes' is not the
+    pod's."""
+    require_root()
+    rs = resolve(Scenario.model_validate({
+        "name": f"eip-{cni}", "cni": cni, "dns": False, "internet": True, "cloud": {},
+        "networkPolicy": cni != "terway-eni", "nodes": [{"name": "node-1"}, {"name": "node-2"}],
+        "pods": [{"name": "server", "node": "node-2", "eip": POD_EIP, "containers": [
+            {"name": "srv", "ports": [{"containerPort": 8080}]}]}]}))
+    prefix = new_prefix()
+    try:
+        lab = await asyncio.to_thread(Lab.up, rs, prefix)
+        api = await asyncio.to_thread(lab.start_api)
+        cloud = await asyncio.to_thread(lab.start_cloud)
+        await asyncio.to_thread(lab.set_cloud_state, pod_eip(cloud_state(rs), rs))
+        settings = cloud_settings(cloud.endpoint, credentials, kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
+        to_eip = {"src": lab.source_address("ext"), "dst": POD_EIP, "port": 8080, "protocol": "tcp"}
+        agents = {name: node.netns for name, node in lab.state.nodes.items()}
+        assert lab.probe("ext", POD_EIP, 8080).ok  # the kernel's judgement
+        async with EmbeddedStack(settings, agents=agents) as stack:
+            healthy = await diagnose(stack, to_eip)
+            assert healthy["verdict"] == "REACHABLE" and errors(healthy) == [], (healthy["summary"],
+                                                                               healthy["assumptions"])
+            vpc = f"vpc:{ids(rs)['vpc']}"
+            assert rs.scenario.terway.security_group_id in group_step(healthy, vpc)
+
+            await asyncio.to_thread(lab.set_cloud_state, with_fault(pod_eip(cloud_state(rs), rs), rs, "SG_DENY",
+                                                                    protocol="tcp", port=8080, eni=True))
+            denied = await diagnose(stack, to_eip)
+            assert denied["verdict"] == "UNREACHABLE", denied["summary"]
+            assert any(f["code"] == "SG_DENY" and rs.scenario.terway.security_group_id in f["message"]
+                       for f in denied["findings"])
+
+            await asyncio.to_thread(lab.set_cloud_state, with_fault(pod_eip(cloud_state(rs), rs), rs, "SG_DENY",
+                                                                    protocol="tcp", port=8080))
+            decoy = await diagnose(stack, to_eip)
+            assert decoy["verdict"] == "REACHABLE" and errors(decoy) == [], decoy["summary"]
+    finally:
+        await asyncio.to_thread(Lab.sweep, prefix)
