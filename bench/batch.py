@@ -5,6 +5,7 @@
 Writes LINES requests over the shop snapshot (every pod to every pod and Service address on the
 ports in use, cycled), runs the real CLI on them as a subprocess (embedded stack, every stage
 real) and reads its output as it streams: lines/s overall and after the first 10 %, the CLI
+process's and nats-server's CPU per diagnosis (what the machine's load does not change), the CLI
 process's RSS sampled through the run (flat memory: RSS at 25 %, 50 %, 75 % and the end, and
 the peak), then, in the same run, bench/pipeline.py's trivial-stage throughput and the ratio.
 Target on this 2-core machine: >= 150 diagnoses/s and flat memory for 10,000 lines.
@@ -61,6 +62,22 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return []
+
+
 def run_batch(lines: list[str], concurrency: int) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as fh:
         fh.write("\n".join(lines) + "\n")
@@ -79,6 +96,8 @@ def run_batch(lines: list[str], concurrency: int) -> dict[str, float]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     first_at = tenth_at = None
+    kids: list[int] = []
+    cpu_at_tenth = cpu_at_end = (0.0, 0.0)
     verdicts: dict[str, int] = {}
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -87,6 +106,11 @@ def run_batch(lines: list[str], concurrency: int) -> dict[str, float]:
         first_at = first_at or now
         if done == max(1, len(lines) // 10):
             tenth_at = now
+            # CPU from here on: what a diagnosis costs, whatever share of the cores the machine's load leaves us
+            kids = children(proc.pid)
+            cpu_at_tenth = (cpu_s(proc.pid), sum(cpu_s(k) for k in kids))
+        if done == len(lines):
+            cpu_at_end = (cpu_s(proc.pid), sum(cpu_s(k) for k in kids))
         doc = json.loads(line)
         key = doc["result"]["verdict"] if doc.get("result") else "error"
         verdicts[key] = verdicts.get(key, 0) + 1
@@ -102,6 +126,11 @@ def run_batch(lines: list[str], concurrency: int) -> dict[str, float]:
     steady = (done - len(lines) // 10) / max(end - tenth_at, 1e-9)
     print(f"batch: {done} lines in {end - t0:.1f} s ({done / (end - t0):.1f}/s overall, {steady:.1f}/s after the "
           f"first 10 %; first result after {first_at - t0:.1f} s); verdicts {verdicts}")
+    counted = max(1, done - len(lines) // 10)
+    cli_ms, nats_ms = ((b - a) / counted * 1000 for a, b in zip(cpu_at_tenth, cpu_at_end, strict=True))
+    print(f"CPU per diagnosis after the first 10 %: {cli_ms:.2f} ms in the CLI process (every stage, the gateway, "
+          f"the client), {nats_ms:.2f} ms in nats-server; load average {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores")
 
     def at(fraction: float) -> float:
         want = fraction * len(lines)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -133,23 +133,31 @@ def with_gateway(args: argparse.Namespace, work: Callable[[str], int]) -> int:
     if args.server:
         Gateway(args.server)  # a malformed URL is a usage error before anything runs
         return work(args.server)
-    settings = _settings(args)
-    if settings.snapshot is None:
-        require_cluster(settings.kubeconfig)
-    _snapshot_dir(settings.snapshot)
-    return _embedded(settings, _agents(args), work)
+    # the client is synchronous: it runs in a thread while this loop serves the stack
+    return with_stack(args, lambda stack: _in_thread(work, stack.url))
 
 
-def _embedded(settings: Any, agents: dict[str, str | None], work: Callable[[str], int]) -> int:
+async def _in_thread(work: Callable[[str], int], url: str) -> int:
+    import asyncio
+
+    return await asyncio.to_thread(work, url)
+
+
+def with_stack(args: argparse.Namespace, work: Callable[[Any], Awaitable[int]]) -> int:
+    """`await work(stack)` on an embedded stack started for the command's cluster."""
     import asyncio
 
     from services.stack import EmbeddedStack
     from shared.bus import BusUnavailable
 
+    settings = _settings(args)
+    if settings.snapshot is None:
+        require_cluster(settings.kubeconfig)
+    _snapshot_dir(settings.snapshot)
+
     async def run() -> int:
-        async with EmbeddedStack(settings, agents=agents) as stack:
-            # the client is synchronous: it runs in a thread while this loop serves the stack
-            return await asyncio.to_thread(work, stack.url)
+        async with EmbeddedStack(settings, agents=_agents(args)) as stack:
+            return await work(stack)
 
     try:
         return asyncio.run(run())
@@ -243,13 +251,19 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def _diagnose_batch(args: argparse.Namespace) -> int:
-    from services.batch import diagnose_batch, open_batch
+    import asyncio
+
+    from services.batch import diagnose_batch, diagnose_batch_embedded, open_batch
 
     if any(getattr(args, n) is not None for n in ("src", "dst", "port", "protocol")):
         raise CliError("--batch takes the requests from the file: drop --src/--dst/--port/--protocol", EXIT_USAGE)
     fh = open_batch(args.batch)
     try:
-        return with_gateway(args, lambda url: diagnose_batch(fh, url, args.concurrency))
+        if args.server:
+            Gateway(args.server)  # a malformed URL is a usage error before anything runs
+            return asyncio.run(diagnose_batch(fh, args.server, args.concurrency))
+        # embedded: the lines go straight to the stack's own gateway intake, on its loop
+        return with_stack(args, lambda stack: diagnose_batch_embedded(fh, stack, args.concurrency))
     finally:
         fh.close()
 

@@ -19,7 +19,7 @@ from services.cloud.handler import CloudStage
 from services.collector.agent import NodeAgent
 from services.collector.handler import CollectorStage
 from services.collector.probe import ProbeLimits
-from services.gateway.app import create_app
+from services.gateway.app import INTAKE, Intake, create_app
 from services.gateway.store import ResultSink
 from services.simulator.handler import SimulatorStage
 from services.topology.handler import TopologyStage
@@ -80,6 +80,12 @@ class EmbeddedStack:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def intake(self) -> Intake:
+        """The gateway's own way in, for a client in this process (an embedded --batch)."""
+        assert self._web is not None, "no gateway in this stack"
+        return self._web.app[INTAKE]
 
     async def start(self) -> EmbeddedStack:
         self._spans = setup_tracing("stack")

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import IPvAnyAddress, ValidatorFunctionWrapHandler, WrapValidator
 
+ADDRESS_TYPES = (IPv4Address, IPv6Address)
 MAX_KEPT = 65_536  # distinct strings kept per address type; beyond that, parsed each time as before
 
 
@@ -23,6 +24,8 @@ def parsed_once() -> Callable[[Any, ValidatorFunctionWrapHandler], Any]:
     parsed: dict[str, IPv4Address | IPv6Address] = {}
 
     def cached(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if type(value) in ADDRESS_TYPES:  # already an address (the simulator builds packets from them): pydantic
+            return value  # would turn it into text and parse that again; subclasses (an interface) still validate
         if not isinstance(value, str):
             return handler(value)  # an address object (or junk): validated as before
         address = parsed.get(value)

@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +33,7 @@ from pydantic import BaseModel
 
 from shared.cluster import CLUSTER_BUCKET
 from shared.config import Settings
-from shared.schemas import ID_PATTERN, BlobRef, ProgressEvent
+from shared.schemas import ID_PATTERN, BlobRef, ProgressEvent, StageEnvelope
 from shared.security import SIGNATURE_HEADER, nats_connect_options, nats_servers, sign_event
 
 log = logging.getLogger("netdiag.bus")
@@ -119,6 +120,39 @@ def agent_inbox_prefix(node: str) -> str:
     """The replies to a node agent's own requests (its object-store writes) come back under this prefix,
     so the agent may subscribe to its own inbox only, never to `_INBOX.>` (every client's replies)."""
     return f"_INBOX_AGENT.{node}"
+
+
+class Published:
+    """The models this process published, by Nats-Msg-Id, until a stage of this same process receives
+    them (the embedded stack runs every stage in one process). A stage that receives exactly the bytes
+    serialised here from an already validated model takes that model instead of parsing the bytes
+    again; bytes from anywhere else, or not identical, are validated as ever. Bounded: in a deployment
+    whose stages run apart nothing is ever taken, and the oldest entries go."""
+
+    MAX_BYTES = 32 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, tuple[bytes, BaseModel]] = OrderedDict()
+        self._bytes = 0
+
+    def add(self, msg_id: str, data: bytes, model: BaseModel) -> None:
+        self.take(msg_id, b"")  # a re-publish replaces the earlier entry
+        self._items[msg_id] = (data, model)
+        self._bytes += len(data)
+        while self._bytes > self.MAX_BYTES and self._items:
+            _, (old, _) = self._items.popitem(last=False)
+            self._bytes -= len(old)
+
+    def take(self, msg_id: str, data: bytes) -> BaseModel | None:
+        """The model published under `msg_id` as exactly `data`, once; None otherwise."""
+        entry = self._items.pop(msg_id, None)
+        if entry is None:
+            return None
+        self._bytes -= len(entry[0])
+        return entry[1] if entry[0] == data else None
+
+
+PUBLISHED = Published()
 
 
 class BusUnavailable(RuntimeError):
@@ -273,14 +307,28 @@ class Bus:
         if msg_id:
             headers["Nats-Msg-Id"] = msg_id
         _check_subject(subject)
-        data = await self.pack(f"{subject}/{msg_id or uuid.uuid4().hex}", model.model_dump_json().encode())
+        raw = model.model_dump_json().encode()
+        data = await self.pack(f"{subject}/{msg_id or uuid.uuid4().hex}", raw)
         if sign_key is not None:
             headers[SIGNATURE_HEADER] = sign_event(sign_key, data)
-        await self.js.publish(subject, data, headers=headers or None, timeout=5)
+        if msg_id:  # before the publish: a stage of this process may receive it before the ack comes back
+            PUBLISHED.add(msg_id, raw, model)
+        try:
+            await self.js.publish(subject, data, headers=headers or None, timeout=5)
+        except BaseException:
+            PUBLISHED.take(msg_id or "", raw)
+            raise
 
-    async def progress(self, diagnosis_id: str, stage: str, state: str, message: str = "",
+    async def progress(self, of: StageEnvelope | str, stage: str, state: str, message: str = "",
                        elapsed_ms: float | None = None, **detail: Any) -> None:
-        """Fire-and-forget: the stream still records it (for SSE replay) without a round trip."""
+        """Fire-and-forget: the stream still records it (for SSE replay) without a round trip. `of`: the
+        diagnosis's envelope, whose request may turn progress off (then only its `result` event is
+        published: what an events follower waits for), or its id."""
+        if isinstance(of, StageEnvelope):
+            if not of.request.options.progress and state != "result":
+                return
+            of = of.id
+        diagnosis_id = of
         if not valid_id(diagnosis_id):  # nothing to tell, and no subject to tell it on
             log.warning("no progress published for an invalid diagnosis id %r", str(diagnosis_id)[:40])
             return

@@ -118,6 +118,10 @@ class DiagnosisOptions(Strict):
     live: bool = Field(False, description="also probe for real from the source's namespace and trace the kernel's "
                        "drops of that flow (node agents with live probes on); the result gains a `live` section")
     live_timeout_s: float = Field(2.0, gt=0, le=MAX_PROBE_TIMEOUT_S, description="the live probe's timeout")
+    # written only when off: every other request and result reads as it always did
+    progress: bool = Field(True, exclude_if=lambda on: on is True,
+                           description="publish each stage's progress events (false for bulk submissions such as "
+                           "`--batch`: the result is stored and announced all the same)")
 
 
 class DiagnosisRequest(Strict):

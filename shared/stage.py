@@ -24,17 +24,18 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import nats
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from opentelemetry import propagate, trace
 from pydantic import ValidationError
 
 from shared import metrics
-from shared.bus import STREAM, SUBJECT_COMPLETED, BlobUnreadable, Bus, is_transient, valid_id
+from shared.bus import PUBLISHED, STREAM, SUBJECT_COMPLETED, BlobUnreadable, Bus, is_transient, valid_id
 from shared.logs import log_context
 from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, now
 from shared.security import SIGNATURE_HEADER, signature_valid
@@ -47,6 +48,8 @@ FINALISE_TRIES = 3  # deliveries kept in reserve to publish a failure
 TRANSIENT_BACKOFF_MAX_S = 8.0
 REPLICA = f"{socket.gethostname()}:{os.getpid()}"  # which process handled an attempt (progress events)
 STALL_S = 30.0  # a runner whose fetch loop has not turned for this long is wedged: not alive
+PULL_EXPIRES_S = 1.0  # a pull request lives this long: the fetch loop turns at least this often
+PULL_GRACE_S = 0.5
 
 
 class Stage(ABC):
@@ -95,7 +98,7 @@ async def fail_diagnosis(bus: Bus, stage: Stage, env: StageEnvelope, reason: str
         await mark_failed(bus, env.id, str(failed.error))
     else:
         await publish_output(bus, stage, failed)
-    await bus.progress(env.id, stage.name, "failed", reason)
+    await bus.progress(env, stage.name, "failed", reason)
 
 
 class StageRunner:
@@ -104,7 +107,10 @@ class StageRunner:
         self.stage = stage
         s = bus.settings
         self.max_deliver = s.max_deliver
-        self._slots = asyncio.Semaphore(s.max_inflight)
+        self.max_inflight = s.max_inflight
+        self._inflight = 0
+        self._freed = asyncio.Event()
+        self._pull: Pull | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
         self.rejected = 0
@@ -114,13 +120,13 @@ class StageRunner:
 
     @property
     def alive(self) -> bool:
-        """Still pulling: the loop turns (a fetch returns at least every second) and the bus lives."""
+        """Still pulling: the loop turns (a pull request ends at least every PULL_EXPIRES_S) and the bus lives."""
         if not self.running or self.bus.lost.is_set():
             return False
         # waiting for a free slot is a busy replica, not a wedged one: its handlers' heartbeats speak for it
         return self._awaiting_slot or time.monotonic() - self.last_poll < STALL_S
 
-    async def _subscribe(self) -> nats.js.JetStreamContext.PullSubscription:
+    async def _subscribe(self) -> Pull:
         s = self.bus.settings
         config = ConsumerConfig(
             durable_name=self.stage.durable(), ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
@@ -128,19 +134,18 @@ class StageRunner:
             ack_wait=s.ack_wait_s, max_deliver=self.max_deliver + FINALISE_TRIES,
             filter_subject=self.stage.input_subject, max_ack_pending=max(1000, s.max_inflight * 4),
         )
-        sub = await self.bus.js.pull_subscribe(
-            self.stage.input_subject, durable=self.stage.durable(), stream=STREAM, config=config
-        )
-        # pull_subscribe reuses an existing durable consumer as it is: bring it in line with the
-        # settings, or a changed max_deliver/ack_wait would silently not apply
-        current = (await sub.consumer_info()).config
-        if (current.ack_wait, current.max_deliver, current.max_ack_pending) != (
+        try:
+            current = (await self.bus.js.consumer_info(STREAM, self.stage.durable())).config
+        except nats.js.errors.NotFoundError:
+            current = None
+        # an existing durable consumer is reused as it is unless brought in line with the settings, or a
+        # changed max_deliver/ack_wait would silently not apply
+        if current is None or (current.ack_wait, current.max_deliver, current.max_ack_pending) != (
                 config.ack_wait, config.max_deliver, config.max_ack_pending):
             await self.bus.js.add_consumer(STREAM, config)
-        return sub
+        return await Pull.start(self.bus, self.stage.durable(), self._deliver)
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub = None
         stopping = asyncio.ensure_future(stop.wait())
         self.running = True
         try:
@@ -151,34 +156,24 @@ class StageRunner:
                               extra=log_context(stage=self.stage.name))
                     break
                 try:
-                    if sub is None:
-                        sub = await self._subscribe()
-                    self._awaiting_slot = True
-                    try:
-                        await self._slots.acquire()
-                    finally:
-                        self._awaiting_slot = False
+                    if self._pull is None:
+                        self._pull = await self._subscribe()
+                    await self._free_slot(stopping)
+                    if stop.is_set():
+                        break
                     self.last_poll = time.monotonic()
-                    try:
-                        msgs = await _fetch_or_stop(sub, stopping)
-                    except BaseException:
-                        self._slots.release()
-                        raise
-                except TimeoutError:
-                    continue
+                    # as many messages as there are free slots, delivered as they come: a burst arrives in
+                    # one pull, and a lone message is handled the moment it is published
+                    await self._pull.request(self.max_inflight - self._inflight, stopping)
                 except (nats.errors.Error, OSError) as exc:
                     log.info("%s: fetch failed (%s); retrying", self.stage.name, exc,
                              extra=log_context(stage=self.stage.name))
-                    sub = None if isinstance(exc, nats.js.errors.NotFoundError) else sub
+                    await self._drop_pull()
                     await _sleep_or_stop(stop, 0.25)
-                    continue
-                for msg in msgs:  # fetch(1): the slot acquired above belongs to this message
-                    task = asyncio.create_task(self._process(msg))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._done)
         finally:  # also when the runner itself is cancelled: no pending wait outlives it
             self.running = False
             stopping.cancel()
+            await self._drop_pull()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=5)
             for task in pending:  # unacked: JetStream redelivers them to another replica
@@ -186,9 +181,35 @@ class StageRunner:
             await asyncio.gather(*pending, return_exceptions=True)
         await self.stage.close()
 
+    async def _free_slot(self, stopping: asyncio.Future[Any]) -> None:
+        self._awaiting_slot = True
+        try:
+            while self._inflight >= self.max_inflight and not stopping.done():
+                self._freed.clear()
+                freed = asyncio.ensure_future(self._freed.wait())
+                try:
+                    await asyncio.wait({freed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    freed.cancel()
+        finally:
+            self._awaiting_slot = False
+
+    async def _drop_pull(self) -> None:
+        pull, self._pull = self._pull, None
+        if pull is not None:
+            await pull.close()
+
+    def _deliver(self, msg: Msg) -> None:
+        """A message of a pull: handled at once, in a slot of its own."""
+        self._inflight += 1
+        task = asyncio.create_task(self._process(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._inflight -= 1
+        self._freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: message handling failed outside the handler", self.stage.name,
                       exc_info=task.exception(), extra=log_context(stage=self.stage.name))
@@ -203,11 +224,13 @@ class StageRunner:
             with contextlib.suppress(nats.errors.Error):
                 await msg.nak(delay=backoff_s(exc, msg.metadata.num_delivered))
             return
-        try:
-            env = StageEnvelope.model_validate_json(data)
-        except ValidationError as exc:
-            await self._poison(msg, exc)
-            return
+        env = PUBLISHED.take((msg.headers or {}).get("Nats-Msg-Id", ""), data)  # this process's own, validated
+        if not isinstance(env, StageEnvelope):
+            try:
+                env = StageEnvelope.model_validate_json(data)
+            except ValidationError as exc:
+                await self._poison(msg, exc)
+                return
         if self.stage.signed_input and not self._signed(msg):
             self.rejected += 1
             metrics.REJECTED_EVENTS.labels(self.stage.name, "unsigned").inc()
@@ -227,13 +250,17 @@ class StageRunner:
             if attempt > self.max_deliver:
                 await self._finalise(msg, env, "gave up after repeated errors")
                 return
-            await self.bus.progress(env.id, self.stage.name, "started", attempt=attempt, replica=REPLICA)
+            await self.bus.progress(env, self.stage.name, "started", attempt=attempt, replica=REPLICA)
             try:
-                async with _keep_alive(msg, self.bus.settings.ack_wait_s):
+                with _keep_alive(msg, self.bus.settings.ack_wait_s):
                     out = await self.stage.handle(env)
+                elapsed = round((time.perf_counter() - started) * 1000, 3)
+                # said before the output goes out, on this connection: the next stage's events (it may run in
+                # this very process, done before this one's ack) always come after it in the stream
+                await self.bus.progress(env, self.stage.name, "done", elapsed_ms=elapsed)
                 if out is not None and self.stage.output_subject:
-                    elapsed = (time.perf_counter() - started) * 1000
-                    out.timings_ms[self.stage.name] = round(elapsed, 3)
+                    # a new dict: the input's may be the very one its publisher holds (shared.bus.PUBLISHED)
+                    out = out.model_copy(update={"timings_ms": {**out.timings_ms, self.stage.name: elapsed}})
                     await publish_output(self.bus, self.stage, out)
             except Exception as exc:  # any handler fault: retry, then fail the diagnosis with the reason
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -252,8 +279,6 @@ class StageRunner:
         await msg.ack()
         self.handled += 1
         metrics.STAGE_SECONDS.labels(self.stage.name).observe(time.perf_counter() - started)
-        await self.bus.progress(env.id, self.stage.name, "done", elapsed_ms=round(
-            (time.perf_counter() - started) * 1000, 3))
 
     async def _finalise(self, msg: Msg, env: StageEnvelope, reason: str) -> None:
         """End the diagnosis as failed; if even that cannot be published, NAK so one of the
@@ -343,37 +368,92 @@ async def mark_failed(bus: Bus, diagnosis_id: str, reason: str) -> None:
             await bus.kv.update(diagnosis_id, failed.model_dump_json().encode(), last=entry.revision)
 
 
-@contextlib.asynccontextmanager
-async def _keep_alive(msg: Msg, ack_wait_s: float) -> AsyncIterator[None]:
+@contextlib.contextmanager
+def _keep_alive(msg: Msg, ack_wait_s: float) -> Iterator[None]:
     """Tell JetStream the message is still being worked on, so a handler that runs longer
-    than ack_wait (a slow API sync, a collection deadline) is not redelivered meanwhile."""
+    than ack_wait (a slow API sync, a collection deadline) is not redelivered meanwhile. A timer,
+    not a task per message: most handlers finish long before the first beat."""
+    loop = asyncio.get_running_loop()
+    beats: set[asyncio.Task[None]] = set()
+    timer: asyncio.TimerHandle | None = None
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(ack_wait_s / 4)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
+    async def in_progress() -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await msg.in_progress()
 
-    task = asyncio.create_task(beat())
+    def beat() -> None:
+        nonlocal timer
+        task = loop.create_task(in_progress())
+        beats.add(task)
+        task.add_done_callback(beats.discard)
+        timer = loop.call_later(ack_wait_s / 4, beat)
+
+    timer = loop.call_later(ack_wait_s / 4, beat)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        timer.cancel()  # the latest one: beat() replaces it each time
 
 
-async def _fetch_or_stop(sub: nats.js.JetStreamContext.PullSubscription, stopping: asyncio.Future[Any]) -> list[Msg]:
-    """fetch(1), abandoned as soon as the runner is told to stop, so shutdown does not wait out
-    the long poll (a message the server sent meanwhile is redelivered after ack_wait)."""
-    fetch = asyncio.ensure_future(sub.fetch(1, timeout=1.0))
-    await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    if not fetch.done():
-        fetch.cancel()
-        with contextlib.suppress(asyncio.CancelledError, TimeoutError, nats.errors.Error):
-            await fetch
-        raise TimeoutError  # the caller's loop sees the stop flag and ends
-    return fetch.result()
+class ConsumerGone(nats.errors.Error):
+    """The stage's durable consumer no longer answers pulls: the runner makes it again."""
+
+
+class Pull:
+    """One durable consumer pulled through an inbox of our own: a request for `n` messages (JetStream
+    delivers them as they are published, until `n` came or the request expires), each handed to
+    `deliver` the moment it arrives. One request at a time, for at most the free slots, so a replica
+    never holds more than it can handle; a burst comes in one round trip instead of one per message."""
+
+    def __init__(self, bus: Bus, durable: str, deliver: Callable[[Msg], None]) -> None:
+        self.bus, self.deliver = bus, deliver
+        self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}"
+        self.inbox = bus.nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._wanted = 0
+        self._over = asyncio.Event()
+        self._gone = ""  # why the consumer cannot be pulled (deleted, no responder): made again by the runner
+
+    @classmethod
+    async def start(cls, bus: Bus, durable: str, deliver: Callable[[Msg], None]) -> Pull:
+        pull = cls(bus, durable, deliver)
+        pull._sub = await bus.subscribe(pull.inbox, cb=pull._on_message)
+        return pull
+
+    async def request(self, n: int, stopping: asyncio.Future[Any]) -> None:
+        """Ask for up to `n` messages; return once they came, the request expired, or the runner stops."""
+        self._wanted = n
+        self._over.clear()
+        body = {"batch": n, "expires": int(PULL_EXPIRES_S * 1e9)}
+        await self.bus.nc.publish(self.subject, json.dumps(body).encode(), reply=self.inbox)
+        over = asyncio.ensure_future(self._over.wait())
+        try:
+            # the server ends the request itself (408) at expiry; the grace covers a lost status
+            await asyncio.wait({over, stopping}, timeout=PULL_EXPIRES_S + PULL_GRACE_S,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
+            self._wanted = 0
+        if self._gone:
+            raise ConsumerGone(self._gone)
+
+    async def _on_message(self, msg: Msg) -> None:
+        status = (msg.headers or {}).get(Header.STATUS)
+        if status is None:
+            self._wanted -= 1
+            if self._wanted <= 0:
+                self._over.set()
+            self.deliver(msg)
+        elif status != "100":  # 408 expired, 409 (max waiting, consumer deleted, leader change): request over
+            description = (msg.headers or {}).get(Header.DESCRIPTION, "")
+            if status == "503" or (status == "409" and "deleted" in description.lower()):
+                self._gone = f"{self.subject}: {status} {description or 'no responders'}"
+            self._over.set()
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -84,7 +84,7 @@ class CloudStage(Stage):
                           else await self.bus.put_blob(f"{env.id}/cloud.json", data))
         else:
             cloud = inventory.model_dump(mode="json")
-        await self.bus.progress(env.id, self.name, "progress",
+        await self.bus.progress(env, self.name, "progress",
                                 f"cloud inventory: {len(inventory.instances)} instances, "
                                 f"{len(inventory.security_groups)} security groups, "
                                 f"{len(inventory.load_balancers)} load balancers",

@@ -107,14 +107,14 @@ class CollectorStage(Stage):
             metrics.COLLECTOR_TIMEOUTS.labels(node).inc()
             log.warning("node %s did not answer (%s)", node, type(exc).__name__,
                         extra=log_context(diagnosis_id=env.id, stage=self.name, node=node))
-            await self.bus.progress(env.id, self.name, "progress", f"{node} did not answer", node=node,
+            await self.bus.progress(env, self.name, "progress", f"{node} did not answer", node=node,
                                     ms=round(ms, 1), ok=False)
             return NodeOutcome(node, ms=ms, finding=finding(
                 "COLLECTOR_UNAVAILABLE", node_hop(node), node=node, timeout_s=timeout,
                 evidence={"reason": "no agent subscribed" if isinstance(exc, nats.errors.NoRespondersError)
                           else "timeout"}))
         ms = (time.perf_counter() - started) * 1000
-        await self.bus.progress(env.id, self.name, "progress", f"{node} answered in {ms:.0f} ms", node=node,
+        await self.bus.progress(env, self.name, "progress", f"{node} answered in {ms:.0f} ms", node=node,
                                 ms=round(ms, 1), ok=reply.ok)
         if not reply.ok and reply.retryable:
             raise TimeoutError(f"the agent on {node} could not reach NATS: {reply.error}")
@@ -154,7 +154,7 @@ class CollectorStage(Stage):
             return self._missing(node, encoded)
         ref = await self._snapshot_blobs.put(encoded)
         ms = (time.perf_counter() - started) * 1000
-        await self.bus.progress(env.id, self.name, "progress", f"{node} read from the snapshot", node=node,
+        await self.bus.progress(env, self.name, "progress", f"{node} read from the snapshot", node=node,
                                 ms=round(ms, 1), ok=True)
         return NodeOutcome(node, blob=ref, ms=ms)
 

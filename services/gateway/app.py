@@ -23,7 +23,7 @@ from typing import Any
 import nats
 from aiohttp import web
 from nats.js.api import DeliverPolicy
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from opentelemetry import propagate, trace
 
 from services.gateway.auth import CLIENT, client_middleware, security_middlewares
@@ -36,7 +36,7 @@ from shared.health import Health
 from shared.intake import RequestInvalid, parse_request
 from shared.logs import log_context
 from shared.metrics import metrics_handler
-from shared.schemas import Diagnosis, DiagnosisStatus, StageEnvelope, new_id, now
+from shared.schemas import Diagnosis, DiagnosisRequest, DiagnosisStatus, StageEnvelope, new_id, now
 
 log = logging.getLogger("netdiag.gateway")
 tracer = trace.get_tracer("netdiag")
@@ -50,6 +50,7 @@ STREAMS_PER_CLIENT = 20  # open event streams one client address may hold at onc
 KV_READ_TIMEOUT_S = 2.0  # a read that takes longer is a NATS outage: answer 503 rather than hang
 CONFIRM_EVERY_S = 1.0
 RETRY_AFTER_S = "2"
+SOURCE_TTL_S = 2.0  # the topology stage republishes its summary at most this often
 # The UI loads only its own scripts; cytoscape sets style attributes, hence 'unsafe-inline' for styles.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
@@ -63,6 +64,7 @@ STORE: web.AppKey[ResultStore] = web.AppKey("store", ResultStore)
 STREAMS: web.AppKey[set[asyncio.Task[Any]]] = web.AppKey("streams", set)
 HEALTH: web.AppKey[Health] = web.AppKey("health", Health)
 PENDING: web.AppKey[Pending] = web.AppKey("pending")
+INTAKE: web.AppKey[Intake] = web.AppKey("intake")
 OPEN_STREAMS: web.AppKey[dict[str, int]] = web.AppKey("open_streams", dict)
 
 
@@ -127,6 +129,72 @@ async def readyz(request: web.Request) -> web.Response:
     return await request.app[HEALTH].readyz(request)
 
 
+class Conflict(Exception):
+    """The Idempotency-Key (or diagnosis id) names a diagnosis of another request."""
+
+
+class Intake:
+    """Accepting a diagnosis: the KV record is created, then the requested event is published (its
+    outcome may stay unknown: Pending re-publishes it). One path for the HTTP POST and for a batch
+    the embedded stack submits in-process (services/batch.py); both hand it a request validated at
+    their edge (shared.intake)."""
+
+    def __init__(self, bus: Bus, store: ResultStore, pending: Pending) -> None:
+        self.bus, self.store, self.pending = bus, store, pending
+        self._source: tuple[float, str] | None = None
+
+    async def source(self) -> str | None:
+        """The cluster served now, re-read at most every SOURCE_TTL_S: it changes when the topology stage
+        serves another cluster, not between two requests, and reading it was a KV round trip per POST."""
+        loop = asyncio.get_running_loop()
+        if self._source is not None and loop.time() - self._source[0] < SOURCE_TTL_S:
+            return self._source[1]
+        try:
+            source = await asyncio.wait_for(self.store.current_source(), 3)
+        except (TimeoutError, nats.errors.Error):
+            return None  # the topology stage names it on the way
+        self._source = (loop.time(), source) if source is not None else None
+        return source
+
+    async def accept(self, req: DiagnosisRequest, *, key: str | None = None,
+                     diagnosis_id: str | None = None) -> Diagnosis:
+        """The diagnosis stored and queued (or the finished one a retry names). `key`: a client's
+        Idempotency-Key; `diagnosis_id`: the id a caller retrying in-process chose for its first attempt.
+        Raises Conflict, or TimeoutError / nats.errors.Error when the record could not be stored."""
+        store = self.store
+        diagnosis = Diagnosis(id=diagnosis_id or new_id(), request=req, status=DiagnosisStatus.QUEUED,
+                              created_at=now(), source=await self.source())
+        existing = None
+        if key is not None:
+            # a retry after a 503 (or a lost 202) names the first attempt's diagnosis; its
+            # requested event reuses that id's Nats-Msg-Id, so JetStream runs it once
+            diagnosis.id = await asyncio.wait_for(store.claim(key, diagnosis.id), 3)
+            existing = await store.get(diagnosis.id)
+        if existing is None:
+            try:
+                await asyncio.wait_for(store.create(diagnosis), 3)
+            except KeyWrongLastSequenceError:  # this id was stored by an earlier attempt
+                existing = await store.get(diagnosis.id)
+        if existing is not None:
+            if existing.request != req:
+                raise Conflict(diagnosis.id)
+            diagnosis = existing
+        if diagnosis.status != DiagnosisStatus.QUEUED:  # a retry of a finished diagnosis: nothing to queue
+            return diagnosis
+        env = StageEnvelope(id=diagnosis.id, request=diagnosis.request, created_at=diagnosis.created_at)
+        try:
+            await self.pending.publish(env)
+        except (TimeoutError, nats.errors.Error) as exc:
+            # The stream may hold it (its ack lost) or not. The record is stored, so the diagnosis is
+            # accepted: the gateway re-publishes it until the stream confirms (and its reconciler
+            # ends it as failed should that never happen); a retry with the same Idempotency-Key
+            # names this very diagnosis. A 503 here would make a client without a key submit it twice.
+            log.warning("diagnosis %s: queuing outcome unknown (%s); re-publishing", diagnosis.id,
+                        type(exc).__name__, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
+        log.info("diagnosis %s queued", diagnosis.id, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
+        return diagnosis
+
+
 async def create_diagnosis(request: web.Request) -> web.Response:
     try:
         raw = await request.read()
@@ -142,47 +210,20 @@ async def create_diagnosis(request: web.Request) -> web.Response:
     if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
         return error(422, "Idempotency-Key: 1 to 128 characters of letters, digits, '.', '_' or '-'",
                      fields=[{"field": "Idempotency-Key", "message": "1-128 of [A-Za-z0-9._-]"}])
-    bus, store = request.app[BUS], request.app[STORE]
-    if not bus.connected:
+    if not request.app[BUS].connected:
         return error(503, "the diagnosis bus (NATS) is unreachable; retry shortly")
-    try:
-        source = await asyncio.wait_for(store.current_source(), 3)
-    except (TimeoutError, nats.errors.Error):
-        source = None  # the topology stage names it on the way
-    diagnosis = Diagnosis(id=new_id(), request=req, status=DiagnosisStatus.QUEUED, created_at=now(), source=source)
     # The root span of the diagnosis (continuing a caller's traceparent, if any): publish_model
     # injects it into the NATS headers, so every stage's span joins this one trace.
     with tracer.start_as_current_span("netdiag.gateway.create_diagnosis", kind=trace.SpanKind.SERVER,
                                       context=propagate.extract(request.headers)) as span:
         try:
-            if key is not None:
-                # a retry after a 503 (or a lost 202) names the first attempt's diagnosis; its
-                # requested event reuses that id's Nats-Msg-Id, so JetStream runs it once
-                diagnosis.id = await asyncio.wait_for(store.claim(key, diagnosis.id), 3)
-                existing = await store.get(diagnosis.id)
-                if existing is not None and existing.request != req:
-                    return error(409, "Idempotency-Key was already used for a different request")
-                diagnosis = existing or diagnosis
-            if key is None or existing is None:
-                await asyncio.wait_for(store.create(diagnosis), 3)
+            diagnosis = await request.app[INTAKE].accept(req, key=key)
+        except Conflict:
+            return error(409, "Idempotency-Key was already used for a different request")
         except (TimeoutError, nats.errors.Error) as exc:
-            log.warning("diagnosis %s not stored: %s", diagnosis.id, type(exc).__name__,
-                        extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
+            log.warning("diagnosis not stored: %s", type(exc).__name__, extra=log_context(stage="gateway"))
             return error(503, f"the diagnosis bus (NATS) is unreachable; retry shortly ({type(exc).__name__})")
         span.set_attribute("netdiag.diagnosis_id", diagnosis.id)
-        env = StageEnvelope(id=diagnosis.id, request=req, created_at=diagnosis.created_at)
-        if diagnosis.status != DiagnosisStatus.QUEUED:  # a retry of a finished diagnosis: nothing to queue
-            return _accepted(diagnosis)
-        try:
-            await request.app[PENDING].publish(env)
-        except (TimeoutError, nats.errors.Error) as exc:
-            # The stream may hold it (its ack lost) or not. The record is stored, so the diagnosis is
-            # accepted: the gateway re-publishes it until the stream confirms (and its reconciler
-            # ends it as failed should that never happen); a retry with the same Idempotency-Key
-            # names this very diagnosis. A 503 here would make a client without a key submit it twice.
-            log.warning("diagnosis %s: queuing outcome unknown (%s); re-publishing", diagnosis.id,
-                        type(exc).__name__, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
-        log.info("diagnosis %s queued", diagnosis.id, extra=log_context(diagnosis_id=diagnosis.id, stage="gateway"))
     return _accepted(diagnosis)
 
 
@@ -445,6 +486,7 @@ def create_app(bus: Bus, health: Health | None = None) -> web.Application:
     app[OPEN_STREAMS] = {}
     app[HEALTH] = health or Health([bus])
     app[PENDING] = Pending(bus)
+    app[INTAKE] = Intake(bus, app[STORE], app[PENDING])
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(_security_headers)
     if settings is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import zlib
 from typing import Any
 
@@ -19,6 +18,7 @@ from shared.collect import collect_timeout_s
 from shared.config import Settings
 from shared.hops import node_hop
 from shared.netstack import NodeDump, decode_dump
+from shared.offload import Offload
 from shared.schemas import (
     Assumption,
     BlobRef,
@@ -35,6 +35,7 @@ from shared.schemas import (
 from shared.topology import NODE_ADDRESSES, EndpointKind, TopologyReport, private_use
 
 STAGE = "simulator"
+MODEL_RUNS, WALKS = Offload(), Offload()  # process-wide: how long these calls take is what decides
 
 
 def overall_verdict(paths: list[Path], findings: list[Finding], assumptions: list[Assumption]) -> Verdict:
@@ -150,9 +151,9 @@ async def diagnose(env: StageEnvelope, bus: Bus | None = None, blobs: Blobs | No
     else:
         report, unnamed = await _with_node_addresses(env.topology, env, bus, blobs)
         assumptions += unnamed
-        # the CPU-bound parts run in a thread, so the event loop keeps sending the stage's in-progress
-        # heartbeats (a short ack_wait then redelivers only what a dead replica held)
-        model = await asyncio.to_thread(ModelSimulator(report, env.request).run)
+        # the CPU-bound parts run in a thread once they are slow, so the event loop keeps sending the stage's
+        # in-progress heartbeats (a short ack_wait then redelivers only what a dead replica held)
+        model = await MODEL_RUNS(ModelSimulator(report, env.request).run)
         paths = model.paths
         findings = _merge(findings, model.findings)
         assumptions = _merge(assumptions, model.assumptions)
@@ -229,13 +230,12 @@ async def _with_node_addresses(report: TopologyReport, env: StageEnvelope,
 async def _walk(report: TopologyReport, env: StageEnvelope, views: dict[str, NodeView], findings: list[Finding],
                 assumptions: list[Assumption], inventory: CloudInventory | None, ondemand: OnDemand,
                 ) -> tuple[WalkResult, dict[str, NodeView], list[Finding], list[Assumption]]:
-    """Walk (in a thread: the event loop keeps the stage's heartbeats going); when the packet reaches
-    nodes nobody collected, collect them on demand and walk again (the collection's failures become
-    the expectation that names why a node stays unknown)."""
+    """Walk (in a thread once walks are slow: the event loop keeps the stage's heartbeats going); when
+    the packet reaches nodes nobody collected, collect them on demand and walk again (the collection's
+    failures become the expectation that names why a node stays unknown)."""
     for round_ in range(MAX_ROUNDS + 1):
-        walked = await asyncio.to_thread(walk, report, env.request, {n: v.dump for n, v in views.items()},
-                                         expected=findings, reply=env.request.options.check_reply, views=views,
-                                         cloud=inventory)
+        walked = await WALKS(walk, report, env.request, {n: v.dump for n, v in views.items()},
+                             expected=findings, reply=env.request.options.check_reply, views=views, cloud=inventory)
         wanted = [n for n in walked.wanted if n not in ondemand.asked]
         if round_ == MAX_ROUNDS or not wanted or not ondemand.possible or ondemand.left_s() <= 0:
             break

@@ -143,4 +143,4 @@ class OnDemand:
 
     async def _progress(self, message: str, **detail: Any) -> None:
         if self.bus is not None:
-            await self.bus.progress(self.env.id, STAGE, "progress", message, **detail)
+            await self.bus.progress(self.env, STAGE, "progress", message, **detail)

@@ -24,6 +24,7 @@ from shared.blobcache import ContentBlobs
 from shared.bus import SUBJECT_REQUESTED, SUBJECT_TOPOLOGY, Bus
 from shared.cluster import SUMMARY_KEY
 from shared.config import Settings
+from shared.offload import Offload
 from shared.schemas import StageEnvelope
 from shared.stage import Stage
 
@@ -82,6 +83,7 @@ class TopologyStage(Stage):
         self.bus = bus
         self.settings = settings
         self._node_addresses = ContentBlobs(bus, "node-addresses", size=4)
+        self._plans = Offload()
         self._stopping = asyncio.Event()
         self._summaries = asyncio.get_running_loop().create_task(self._publish_summaries())
 
@@ -102,11 +104,11 @@ class TopologyStage(Stage):
         planner = _planners.get(_key(self.settings)) if self.settings.snapshot else None
         if planner is None:
             planner = await asyncio.to_thread(planner_for, self.settings)
-        await self.bus.progress(env.id, self.name, "progress", f"classifying {env.request.describe()}")
-        report = await asyncio.to_thread(planner.plan, env.request)
+        await self.bus.progress(env, self.name, "progress", f"classifying {env.request.describe()}")
+        report = await self._plans(planner.plan, env.request)  # inline while plans are quick
         elapsed = round((time.perf_counter() - started) * 1000, 3)
         await self.bus.progress(
-            env.id, self.name, "progress",
+            env, self.name, "progress",
             f"{report.src.kind} → {report.dst.kind}: {len(report.paths)} path(s), "
             f"nodes {', '.join(report.nodes_to_collect) or 'none'}",
             elapsed_ms=elapsed, nodes=report.nodes_to_collect, findings=[f.code for f in report.findings],

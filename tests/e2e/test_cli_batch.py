@@ -168,40 +168,35 @@ async def test_a_result_over_1_mb_streams_whole(big_gateway: str) -> None:
 # ------------------------------------------------------------------ streaming: order and bounds
 
 
-def test_results_stream_in_order_with_bounded_work_in_flight() -> None:
+async def test_results_stream_in_order_with_bounded_work_in_flight() -> None:
     """run_ordered: each result is emitted as soon as it and every earlier line are done; at most
     `concurrency` run at once and the input is read only as far as 2 x concurrency ahead."""
     import random
-    import threading
-    import time
 
     from services.batch import run_ordered
 
     running = peak = read = 0
-    lock = threading.Lock()
     emitted: list[int] = []
     ahead: list[int] = []
 
-    def items():
+    async def items() -> AsyncIterator[tuple[int, object]]:
         nonlocal read
         for n in range(1, 201):
             read = n
             yield n, ({"line": n, "error": "bad"} if n % 17 == 0 else n)
 
-    def work(n: int) -> dict[str, int]:
+    async def work(n: int) -> dict[str, int]:
         nonlocal running, peak
-        with lock:
-            running += 1
-            peak = max(peak, running)
-        time.sleep(random.uniform(0, 0.004))
-        with lock:
-            running -= 1
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(random.uniform(0, 0.004))
+        running -= 1
         return {"line": n}
 
     def emit(doc: dict[str, object]) -> None:
         emitted.append(int(str(doc["line"])))
         ahead.append(read - emitted[-1])
 
-    run_ordered(items(), work, 4, emit)
+    await run_ordered(items(), work, 4, emit)
     assert emitted == list(range(1, 201))
     assert peak <= 4 and max(ahead) <= 2 * 4 + 1
