@@ -21,7 +21,6 @@ The emulator is an API, not a dataplane: a cloud fault changes what the cloud in
 from __future__ import annotations
 
 import copy
-import hashlib
 import ipaddress
 import json
 import socket
@@ -36,7 +35,7 @@ from typing import Any
 
 from lab.cloudemu.state import apply_patch, normalise
 from lab.dataplane import eni_mac, pod_eni_mac
-from lab.objects import REGION, ZONE, instance_id
+from lab.objects import REGION, ZONE, cloud_id, instance_id, pod_eni_id
 from lab.scenario import ResolvedScenario
 from lab.state import CloudInfo
 
@@ -49,8 +48,7 @@ NODE_EIP = "47.96.0.20"  # the EIP the IPv4-gateway cases bind to a node (its No
 NAT_VSWITCH_CIDR = "10.255.0.0/24"  # the NAT gateway's own vSwitch, when it has one (a secondary VPC CIDR)
 
 
-def _id(prefix: str, *parts: str) -> str:
-    return f"{prefix}-bp1{hashlib.sha256('/'.join(parts).encode()).hexdigest()[:16]}"
+_id = cloud_id
 
 
 def ids(rs: ResolvedScenario) -> dict[str, str]:
@@ -134,6 +132,11 @@ def _add_terway(state: State, rs: ResolvedScenario) -> None:
     pods = sorted((p for p in rs.pods if not p.spec.host_network), key=lambda p: p.spec.key)
     base = {"Type": "Secondary", "Status": "InUse", "VpcId": i["vpc"], "VSwitchId": pod_vsw,
             "SecurityGroupIds": [eni_group]}
+    # a pod's own EIP, bound to its address on the ENI holding it (what its PodEIP declares)
+    state.setdefault("eips", []).extend(
+        {"AllocationId": _id("eip", sc.name, p.spec.key), "IpAddress": p.spec.eip, "Status": "InUse",
+         "InstanceType": "NetworkInterface", "InstanceId": pod_eni_id(rs, p), "PrivateIpAddress": p.ip}
+        for p in pods if p.spec.eip)
     if sc.cni == "terway-eni":  # one ENI per pod, the pod address its primary IP (lab.dataplane's order)
         state["network_interfaces"] += [
             {**base, "NetworkInterfaceId": _id("eni", sc.name, p.spec.key), "MacAddress": pod_eni_mac(j),

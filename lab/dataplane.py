@@ -248,6 +248,11 @@ class Lab:
             # node's primary NIC (the underlay bridge br0)
             netns.run(netns.in_ns(st.underlay_netns, [CLI[sc.scenario.iptables_backend], "-A", "FORWARD", "-i",
                                                       "br0", "-s", sc.scenario.terway.pod_vswitch_cidr, "-j", "DROP"]))
+            for pod in sc.pods:
+                if pod.spec.eip:  # a pod's EIP: the VPC's 1:1 translation to the pod address (its PodEIP)
+                    netns.run(netns.in_ns(st.underlay_netns, [
+                        CLI[sc.scenario.iptables_backend], "-t", "nat", "-A", "PREROUTING", "-d", pod.spec.eip,
+                        "-j", "DNAT", "--to-destination", pod.ip]))
         self.program_rules()
         self._start_workloads()
         lab_state.save(st)

@@ -66,6 +66,8 @@ RESOURCES: tuple[Resource, ...] = (
     # Calico's own configuration (the CRDs calico-node reads in the Kubernetes datastore mode)
     Resource("IPPool", "ippools", "crd.projectcalico.org", "v1", False),
     Resource("FelixConfiguration", "felixconfigurations", "crd.projectcalico.org", "v1", False),
+    # ack-extend-network-controller's pod EIPs (Terway labs whose pods have an `eip`)
+    Resource("PodEIP", "podeips", "alibabacloud.com", "v1beta1", True),
 )
 RESOURCE_BY_KIND = {r.kind: r for r in RESOURCES}
 
@@ -86,6 +88,16 @@ def object_uid(scenario: str, kind: str, namespace: str, name: str) -> str:
 def instance_id(scenario: str, node: str) -> str:
     """The ECS instance id a cloud emulator should give this node (shape of `i-bp1…`, 20 chars)."""
     return "i-bp1" + _digest(scenario, "instance", node)[:17]
+
+
+def cloud_id(prefix: str, *parts: str) -> str:
+    """A cloud object id of the lab's emulated cloud (deterministic per scenario and owner)."""
+    return f"{prefix}-bp1{hashlib.sha256('/'.join(parts).encode()).hexdigest()[:16]}"
+
+
+def pod_eni_id(rs: ResolvedScenario, pod: ResolvedPod) -> str:
+    """The Terway ENI holding a pod's address: the pod's own (terway-eni), its node's shared one (terway-eniip)."""
+    return cloud_id("eni", rs.scenario.name, pod.spec.key if rs.scenario.cni == "terway-eni" else pod.spec.node)
 
 
 def provider_id(scenario: str, node: str) -> str:
@@ -691,7 +703,21 @@ def terway_objects(rs: ResolvedScenario, created: str) -> list[Obj]:
              "command": ["/bin/policyinit.sh"]},
         ], rs.nodes, created),
         felix_configuration(rs, created),
+        *(pod_eip_object(rs, p, created) for p in rs.pods if p.spec.eip),
     ]
+
+
+def pod_eip_object(rs: ResolvedScenario, pod: ResolvedPod, created: str) -> Obj:
+    """ack-extend-network-controller's PodEIP (alibabacloud.com/v1beta1, named after the pod, in its namespace): a
+    static EIP (spec.allocationID) whose status is the address, the pod IP it is bound to and the ENI holding it
+    (CRD pkg/apis/crds/alibabacloud.com_podeips.yaml of AliyunContainerService/terway)."""
+    sc = rs.scenario
+    meta = _meta(sc.name, "PodEIP", pod.spec.name, pod.spec.namespace, created, generation=1)
+    return _obj("PodEIP", meta, spec={
+        "allocationID": cloud_id("eip", sc.name, pod.spec.key),
+        "allocationType": {"type": "Static", "releaseStrategy": "Follow"},
+    }, status={"eipAddress": pod.spec.eip, "privateIPAddress": pod.ip, "networkInterfaceID": pod_eni_id(rs, pod),
+               "podLastSeen": created})
 
 
 # ------------------------------------------------------------------ everything

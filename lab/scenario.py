@@ -55,6 +55,9 @@ class PodSpec(_Model):
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"] = "Running"
     containers: list[Container] = Field(default_factory=lambda: [Container(name="main")])
     role: str | None = Field(None, description="internal: 'dns' for the cluster DNS pod")
+    eip: str | None = Field(None, description=(
+        "a Terway lab: an EIP bound to the pod's address on the ENI holding it (lab/cloudstate.py), declared by "
+        "ack-extend-network-controller's PodEIP object (lab/objects.py)"))
 
     @property
     def key(self) -> str:

@@ -73,6 +73,7 @@ class EndpointKind(StrEnum):
     SERVICE_EXTERNAL_IP = "service_external_ip"
     LOAD_BALANCER_IP = "load_balancer_ip"
     NODE_PORT = "node_port"  # destination only: a node address + a Service's nodePort
+    POD_EIP = "pod_eip"  # destination only: a pod's own EIP (a PodEIP); the cloud translates it to the pod address
     PUBLIC = "public"  # internet address, nobody in the cluster owns it
     UNKNOWN = "unknown"  # private address nobody owns
 

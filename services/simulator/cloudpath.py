@@ -104,6 +104,9 @@ def apply_cloud(paths: list[Path], report: TopologyReport, inventory: CloudInven
     if lb is None and report.src.kind in OUTSIDE and public_owner(index, request.dst) is not None:
         # the public address (EIP, static public IP) of an instance: the VPC's way in decides first
         inbound = evaluate_internet_to_instance(index, _request_packet(request))
+        undeclared = _undeclared_pod_eip(report, index, request)
+        if undeclared is not None:
+            assumptions.append(undeclared)
     out: list[Path] = []
     replies: dict[str, tuple[str, CloudResult]] = {}  # forward path id → (its source node, reply crossing)
     for original in paths:
@@ -196,6 +199,20 @@ def _from_internet(path: Path, inbound: CloudResult, ctx: _Context) -> None:
     if not reply.passed:  # the request arrives, its answer is lost
         _splice(path, len(path.hops), reply)
         _extend(ctx.findings, reply.findings)
+
+
+def _undeclared_pod_eip(report: TopologyReport, index: CloudIndex, request: DiagnosisRequest) -> Assumption | None:
+    """An EIP the cloud binds to a private address that no node has and no PodEIP declares (a pod's address on an
+    ENI, say, bound by hand): the cloud's way in is checked, but who answers at that address is not known."""
+    owner = public_owner(index, request.dst)
+    if report.dst.kind != EndpointKind.PUBLIC or owner is None:
+        return None
+    private = ip_address(owner.private_ip)
+    if any(private in addresses for addresses in report.cluster.node_addresses.values()):
+        return None
+    return _assume(f"{request.dst} is {owner.how}, bound to {private} on {owner.nic.id} of {owner.instance.id}, which "
+                   "no node has and no PodEIP (ack-extend-network-controller) declares: which pod or host receives it "
+                   "was not checked", True)
 
 
 def _entry_hop(ctx: _Context, node: str, packet: Packet) -> Hop:

@@ -62,6 +62,16 @@ def backend_hop(cp: CandidatePath) -> Hop:
                address=cp.dst_address)
 
 
+def _through_pod_eip(dst: Hop, packet: Packet, cp: CandidatePath, eip: Endpoint) -> Packet:
+    """A pod's own EIP (a PodEIP): the cloud translates it 1:1 to the private address it is bound to, which the
+    VPC delivers to the pod's node (the cloud layer checks that crossing where it has the inventory)."""
+    after = packet.model_copy(update={"dst": cp.dst_address})
+    dst.steps.append(Step.of(StepKind.NAT, StepAction.REWRITE, f"{eip.description}: the cloud delivers it to "
+                             f"{cp.dst_address}", packet, after, type="DNAT", original=NatEndpoint(address=packet.dst),
+                             translated=NatEndpoint(address=cp.dst_address)))
+    return after
+
+
 @dataclass
 class ModelResult:
     paths: list[Path] = field(default_factory=list)
@@ -133,9 +143,12 @@ class ModelSimulator:
                 svc.steps.append(Step.of(StepKind.SERVICE, StepAction.DROP, "no usable endpoint for this Service port",
                                          packet, service=res.service))
         if backend is not None or res is None:
-            dst = backend_hop(cp) if res is not None else endpoint_hop(report.dst, "destination")
+            pod_eip = report.dst.kind == EndpointKind.POD_EIP
+            dst = backend_hop(cp) if res is not None or pod_eip else endpoint_hop(report.dst, "destination")
             if dst.id != src.id or res is not None:
                 hops.append(dst)
+            if pod_eip:
+                packet = _through_pod_eip(dst, packet, cp, report.dst)
         else:
             dst = None
         # NetworkPolicy sees the packet after kube-proxy's DNAT: a Service packet no endpoint takes is

@@ -76,7 +76,7 @@ def _best_pod(pods: list[Obj]) -> Obj:
     return next((p for p in pods if pod_phase(p) == "Running"), pods[0])
 
 
-def _pod_endpoint(model: ClusterModel, address: IPAddress, pod: Obj) -> Classification:
+def pod_endpoint(model: ClusterModel, address: IPAddress, pod: Obj) -> Classification:
     key = object_key(pod)
     node = (pod.get("spec") or {}).get("nodeName")
     services = model.services_of_pod(key)
@@ -135,7 +135,7 @@ def _classify(model: ClusterModel, address: IPAddress, port: int | None, protoco
     pod_network = [p for p in pods if not is_host_network(p)]
     running = [p for p in pod_network if pod_phase(p) == "Running"]
     if running:
-        found = _pod_endpoint(model, address, running[0])
+        found = pod_endpoint(model, address, running[0])
         found.ambiguous = [object_key(p) for p in running[1:]]
         return found
 
@@ -156,7 +156,7 @@ def _classify(model: ClusterModel, address: IPAddress, port: int | None, protoco
                 )
             host_pod = _host_network_pod_on(model, name, port, protocol)
             if host_pod is not None:
-                found = _pod_endpoint(model, address, host_pod)
+                found = pod_endpoint(model, address, host_pod)
                 found.endpoint.description += f" (hostNetwork, in node {name}'s network namespace)"
                 return found
         return Classification(Endpoint(address=address, kind=EndpointKind.NODE, node=name,
@@ -164,9 +164,9 @@ def _classify(model: ClusterModel, address: IPAddress, port: int | None, protoco
 
     host_network = [p for p in pods if is_host_network(p)]
     if host_network:  # a hostNetwork pod whose IP is not among its node's listed addresses
-        return _pod_endpoint(model, address, _best_pod(host_network))
+        return pod_endpoint(model, address, _best_pod(host_network))
     if pod_network:  # only pods that are not running hold this IP
-        return _pod_endpoint(model, address, _best_pod(pod_network))
+        return pod_endpoint(model, address, _best_pod(pod_network))
 
     if address.is_global:
         return Classification(Endpoint(address=address, kind=EndpointKind.PUBLIC,

@@ -27,7 +27,7 @@ from shared.schemas import IPAddress
 from shared.selectors import LabelSelector, SelectorError, compile_selector
 
 KINDS = ("Node", "Pod", "Service", "EndpointSlice", "Namespace", "NetworkPolicy", "ConfigMap", "DaemonSet", "IPPool",
-         "FelixConfiguration")
+         "FelixConfiguration", "PodEIP")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
@@ -272,6 +272,7 @@ _API_VERSIONS = {
     "DaemonSet": "apps/v1",
     "IPPool": "crd.projectcalico.org/v1",  # Calico's CRD (Kubernetes datastore)
     "FelixConfiguration": "crd.projectcalico.org/v1",
+    "PodEIP": "alibabacloud.com/v1beta1",  # ack-extend-network-controller's CRD: a pod's own EIP
 }
 
 
@@ -435,6 +436,7 @@ class ClusterModel:
         self.services_by_external_ip = KeyIndex()
         self.services_by_lb_ip = KeyIndex()
         self.services_by_node_port = KeyIndex()  # (nodePort, protocol) → Services
+        self.pod_eips_by_address = KeyIndex()  # a PodEIP's status.eipAddress → PodEIPs
         self.policies_by_namespace = KeyIndex()
         self.pods_by_component = KeyIndex()  # static control-plane pods
         # the relations: a pod runs on a node; a Service owns slices; a slice lists pods
@@ -521,6 +523,9 @@ class ClusterModel:
                     yield self.services_by_node_port, (int(port["nodePort"]), port.get("protocol") or "TCP")
         elif kind == "NetworkPolicy":
             yield self.policies_by_namespace, meta.get("namespace")
+        elif kind == "PodEIP":
+            for ip in _keys([(obj.get("status") or {}).get("eipAddress")]):
+                yield self.pod_eips_by_address, ip
         elif kind == "EndpointSlice":
             svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
             if svc:
@@ -541,6 +546,9 @@ class ClusterModel:
 
     def pods_at(self, ip: IPAddress) -> list[Obj]:
         return self._get_all("Pod", self.pods_by_ip.keys_of(address_key(ip)))
+
+    def pod_eips_at(self, ip: IPAddress) -> list[Obj]:
+        return self._get_all("PodEIP", self.pod_eips_by_address.keys_of(address_key(ip)))
 
     def nodes_at(self, ip: IPAddress) -> list[Obj]:
         return self._get_all("Node", self.nodes_by_address.keys_of(address_key(ip)))

@@ -11,8 +11,9 @@ from services.topology.classify import Classification, classify
 from services.topology.detect import Detector
 from services.topology.event import event_objects
 from services.topology.model import KINDS, ClusterModel
+from services.topology.podeip import pod_eip_target
 from services.topology.services import Resolved, resolve_service
-from shared.schemas import Assumption, DiagnosisRequest, Finding
+from shared.schemas import Assumption, DiagnosisRequest, Finding, IPAddress
 from shared.topology import (
     NODE_ADDRESSES,
     CandidatePath,
@@ -27,7 +28,8 @@ STAGE = "topology"
 # Past this many nodes the every-node address map (ClusterInfo.node_addresses) is most of a report and the same
 # for every diagnosis: it travels once through the object store (StageEnvelope.node_addresses) instead.
 INLINE_NODE_ADDRESSES = 64
-_HOSTED = {EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE, EndpointKind.NODE_PORT}
+_HOSTED = {EndpointKind.POD, EndpointKind.HOST_NETWORK_POD, EndpointKind.NODE, EndpointKind.NODE_PORT,
+           EndpointKind.POD_EIP}
 _OBJECT_FIELDS = {
     "Pod": "pods", "Namespace": "namespaces", "Node": "nodes", "Service": "services",
     "NetworkPolicy": "networkpolicies",
@@ -67,9 +69,11 @@ def _dedupe(findings: list[Finding]) -> list[Finding]:
     return out
 
 
-def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None) -> list[CandidatePath]:
+def _paths(src: Endpoint, dst: Endpoint, port: int, resolved: Resolved | None,
+           bound_to: IPAddress | None = None) -> list[CandidatePath]:
+    """`bound_to`: the private address a pod's EIP serves (the path's destination after the cloud's translation)."""
     if resolved is None:
-        return [CandidatePath(id="p0", src_node=src.node, dst_node=dst.node, dst_address=dst.address,
+        return [CandidatePath(id="p0", src_node=src.node, dst_node=dst.node, dst_address=bound_to or dst.address,
                               dst_port=port, dst_pod=dst.pod, description=f"{src.description} → {dst.description}")]
     paths = []
     entry_default = resolved.entry_nodes[0] if len(resolved.entry_nodes) == 1 else None
@@ -102,13 +106,16 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
         src = classify(model, request.src, role="src")
         dst = classify(model, request.dst, port=request.port, protocol=protocol, role="dst",
                        service_cidrs=detection.info.service_cidrs)
+        bound_to: IPAddress | None = None
+        if dst.kind == EndpointKind.PUBLIC and (pod_eip := pod_eip_target(model, request.dst)) is not None:
+            dst, bound_to = pod_eip
         resolved: Resolved | None = None
         if dst.service is not None:
             resolved = resolve_service(model, dst.service, src=src.endpoint, dst=dst.endpoint, port=request.port,
                                        protocol=protocol)
             if request.dst in detection.info.cluster_dns:
                 dst.endpoint.description += " (cluster DNS)"
-        paths = _paths(src.endpoint, dst.endpoint, request.port, resolved)
+        paths = _paths(src.endpoint, dst.endpoint, request.port, resolved, bound_to)
         # an unknown address inside a node's pod CIDR is that node's to route: collect it too
         hosted = [e.node for e in (src.endpoint, dst.endpoint) if e.kind in _HOSTED or e.kind == EndpointKind.UNKNOWN]
         if resolved is not None:
@@ -124,7 +131,7 @@ def build_report(model: ClusterModel, detector: Detector, request: DiagnosisRequ
     assumptions = [*detection.assumptions, *_ambiguity("source", src), *_ambiguity("destination", dst),
                    *(resolved.assumptions if resolved else [])]
     if src.kind == EndpointKind.PUBLIC and dst.kind not in (EndpointKind.LOAD_BALANCER_IP, EndpointKind.NODE_PORT,
-                                                             EndpointKind.SERVICE_EXTERNAL_IP):
+                                                             EndpointKind.SERVICE_EXTERNAL_IP, EndpointKind.POD_EIP):
         assumptions.append(Assumption(stage=STAGE, could_change_outcome=True, text=(
             f"source {request.src} is outside the cluster and {dst.endpoint.description} is not exposed through "
             "a LoadBalancer, NodePort or externalIP: reachability depends on routing outside the cluster")))

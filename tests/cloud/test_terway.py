@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest_asyncio
 from lab.cloudemu import DEFAULT_KEY_ID, DEFAULT_KEY_SECRET, CloudEmulator
 from lab.cloudstate import cloud_state, ids, with_fault
 from lab.dataplane import Lab
+from lab.kubeapi import serve_scenario
 from lab.objects import scenario_objects
 from lab.scenario import ResolvedScenario, Scenario, resolve
 from services.cloud.alibaba import AlibabaProvider, Credentials
@@ -28,13 +30,19 @@ from services.simulator.cloudeval.from_internet import evaluate_internet_to_inst
 from services.simulator.cloudeval.index import CloudIndex
 from services.simulator.cloudeval.result import CloudResult
 from services.stack import EmbeddedStack
-from shared.schemas import Packet, StepKind
+from services.topology.plan import Planner
+from services.topology.sources.live import LiveSource
+from shared.kube import api_client
+from shared.schemas import DiagnosisRequest, Packet, StepKind
+from shared.topology import EndpointKind
 from tests.cloud.conftest import PAGES
 from tests.cloud.helpers import cloud_settings, cloud_stacks, diagnose, write_snapshot
 from tests.lab.conftest import new_prefix, require_root
 
 INTERNET = "8.8.8.8"
 CNIS = ("terway-eniip", "terway-eni")
+POD_EIP = "47.96.0.30"
+CLIENT_PUBLIC = "8.8.4.4"
 
 
 def scenario(cni: str) -> ResolvedScenario:
@@ -44,7 +52,7 @@ def scenario(cni: str) -> ResolvedScenario:
         "nodes": [{"name": "node-1"}, {"name": "node-2"}],
         "pods": [
             {"name": "client", "node": "node-1", "labels": {"app": "client"}},
-            {"name": "server", "node": "node-2", "labels": {"app": "server"}, "containers": [
+            {"name": "server", "node": "node-2", "labels": {"app": "server"}, "eip": POD_EIP, "containers": [
                 {"name": "srv", "ports": [{"containerPort": 8080}]}]},
         ],
     }))
@@ -58,6 +66,7 @@ def request(rs: ResolvedScenario, kind: str) -> dict[str, Any]:
         "pod-to-pod": {"src": rs.pod("client").ip, "dst": rs.pod("server").ip, "port": 8080, "protocol": "tcp"},
         "pod-to-internet": {"src": rs.pod("client").ip, "dst": INTERNET, "port": 443, "protocol": "tcp"},
         "node-to-internet": {"src": rs.node("node-1").ip, "dst": INTERNET, "port": 443, "protocol": "tcp"},
+        "internet-to-pod-eip": {"src": CLIENT_PUBLIC, "dst": POD_EIP, "port": 8080, "protocol": "tcp"},
     }[kind]
 
 
@@ -162,20 +171,13 @@ async def test_node_group_deny_is_not_the_pods(stacks: dict[str, EmbeddedStack],
     assert errors(result) == [], result["findings"]
 
 
-POD_EIP = "47.96.0.30"
-CLIENT_PUBLIC = "8.8.4.4"
-
-
 def pod_eip(state: dict[str, Any], rs: ResolvedScenario) -> dict[str, Any]:
-    """An EIP bound to the server pod's address on the ENI that holds it (for terway-eniip a secondary private IP),
-    and the ENI group's rule admitting internet clients to the pod's port."""
-    ip = rs.pod("server").ip
+    """The lab's cloud binds the server pod's EIP to its address on the ENI that holds it (for terway-eniip a
+    secondary private IP); here the ENI group's rule admitting internet clients to the pod's port."""
     group = next(g for g in state["security_groups"] if g["SecurityGroupId"] == rs.scenario.terway.security_group_id)
     group["Permissions"].append({"Direction": "ingress", "Policy": "Accept", "Priority": 100, "IpProtocol": "TCP",
                                  "PortRange": "8080/8080", "SourceCidrIp": "0.0.0.0/0", "Description": "server"})
-    eni = next(e for e in state["network_interfaces"] if ip in (e.get("SecondaryIps") or [e["PrivateIpAddress"]]))
-    state["eips"] = [{"AllocationId": "eip-pod-server", "IpAddress": POD_EIP, "InstanceType": "NetworkInterface",
-                      "InstanceId": eni["NetworkInterfaceId"], "PrivateIpAddress": ip}]
+    assert [e["IpAddress"] for e in state["eips"]] == [POD_EIP]
     return state
 
 
@@ -185,11 +187,8 @@ def test_internet_to_an_eip_on_a_pod_address_is_judged_at_its_eni(emulator: Clou
     ENI, a secondary one included (DescribeEipAddresses PrivateIpAddress), serves that address: an internet client
     to the EIP reaches the pod's address and is judged at the ENI that holds it (its security groups, [SG-RULES,
     TERWAY-CONF]), read through the real SDK from the Terway lab's emulated cloud. Fault: the ENI group denies;
-    decoy: the nodes' group denies, the ENI group admits — the pod is still reached.
-
-    Not through the whole pipeline: the topology does not map a public address to the pod it is bound to (ACK's
-    pod EIPs are ack-extend-network-controller's PodEIP objects, which netdiag does not read), so a request to
-    the EIP has no path to the pod for the cloud to splice into."""
+    decoy: the nodes' group denies, the ENI group admits — the pod is still reached. (Through the whole pipeline,
+    the topology reading the pod's PodEIP: test_internet_to_a_pod_eip_through_the_pipeline.)"""
     rs = LABS[cni]
     nodes = [o for o in scenario_objects(rs) if o["kind"] == "Node"]
     provider = AlibabaProvider(Credentials(DEFAULT_KEY_ID, DEFAULT_KEY_SECRET), endpoint=f"http://{emulator.endpoint}",
@@ -219,6 +218,94 @@ def test_internet_to_an_eip_on_a_pod_address_is_judged_at_its_eni(emulator: Clou
 
     decoy = judged(with_fault(cloud_state(rs), rs, "SG_DENY", protocol="tcp", port=8080))
     assert decoy.outcome == "pass" and decoy.findings == [], decoy.findings
+
+
+def delivered(result: dict[str, Any]) -> None:
+    """Delivered to the server pod on its node through its EIP, nothing in doubt but the nodes' own state (a
+    snapshot of Kubernetes objects only: the verdict is REACHABLE where the nodes are collected)."""
+    assert errors(result) == [], result["findings"]
+    forward = next(p for p in result["paths"] if p["direction"] == "forward")
+    assert forward["final"] == "DELIVER" and forward["hops"][-1]["id"] == "pod:default/server", forward
+    assert forward["hops"][-1]["node"] == "node-2"
+    doubts = [a["text"] for a in result["assumptions"] if a["could_change_outcome"]
+              and not a["text"].startswith("network state of node")]
+    assert doubts == [] and result["verdict"] != "UNREACHABLE", (result["summary"], doubts)
+
+
+def group_step(result: dict[str, Any], hop_id: str) -> str:
+    return next(s["detail"] for p in result["paths"] if p["direction"] == "forward" for h in p["hops"]
+                if h["id"] == hop_id for s in h["steps"] if s["kind"] == StepKind.SECURITY_GROUP)
+
+
+@pytest.mark.parametrize("cni", CNIS)
+async def test_internet_to_a_pod_eip_through_the_pipeline(stacks: dict[str, EmbeddedStack], emulator: CloudEmulator,
+                                                          cni: str) -> None:
+    """ACK, *Attach an independent EIP to a pod* (ack-extend-network-controller's PodEIP: the EIP, the pod IP it is
+    bound to, the ENI) and EIP, *Associate an EIP with a secondary ENI* (docs/cloud.md [EIP-ENI]): a request from
+    the internet to the pod's EIP is the pod reached through the cloud's translation at the ENI holding its address
+    — judged at that ENI's security group [SG-RULES, TERWAY-CONF], then delivered on the pod's node. Fault: the ENI
+    group denies (SG_DENY naming it); decoy: the nodes' group denies, the ENI's admits — still REACHABLE."""
+    rs = LABS[cni]
+    vpc, eni_group, node_group = f"vpc:{ids(rs)['vpc']}", rs.scenario.terway.security_group_id, ids(rs)["group"]
+    emulator.set_state(pod_eip(cloud_state(rs), rs))
+    healthy = await diagnose(stacks[cni], request(rs, "internet-to-pod-eip"))
+    delivered(healthy)
+    step = group_step(healthy, vpc)
+    assert eni_group in step and node_group not in step, step
+    assert rs.pod("server").ip in cloud_steps(healthy, vpc)
+
+    emulator.set_state(with_fault(pod_eip(cloud_state(rs), rs), rs, "SG_DENY", protocol="tcp", port=8080, eni=True))
+    denied = await diagnose(stacks[cni], request(rs, "internet-to-pod-eip"))
+    assert denied["verdict"] == "UNREACHABLE", denied["summary"]
+    found = next(f for f in denied["findings"] if f["code"] == "SG_DENY")
+    assert found["hop"] == vpc and eni_group in found["message"], found
+
+    emulator.set_state(with_fault(pod_eip(cloud_state(rs), rs), rs, "SG_DENY", protocol="tcp", port=8080))
+    delivered(await diagnose(stacks[cni], request(rs, "internet-to-pod-eip")))
+
+
+async def test_an_eip_no_podeip_declares_is_not_guessed(tmp_path: Path, credentials: Path,
+                                                       emulator: CloudEmulator) -> None:
+    """The cloud binds the EIP to a pod's address (its inventory, read through the real SDK, is in the snapshot's
+    cloud/), but no PodEIP in the cluster declares it (bound by hand, or the controller's objects not exported):
+    who answers at that address is not the cluster model's to say, so no confident verdict — UNDETERMINED,
+    naming the EIP's binding."""
+    rs = LABS["terway-eniip"]
+    emulator.set_state(pod_eip(cloud_state(rs), rs))
+    objects = [o for o in scenario_objects(rs) if o["kind"] != "PodEIP"]
+    provider = AlibabaProvider(Credentials(DEFAULT_KEY_ID, DEFAULT_KEY_SECRET), endpoint=f"http://{emulator.endpoint}",
+                               backoff_s=0.01)
+    root = write_snapshot(tmp_path, objects)
+    (root / "cloud").mkdir()
+    (root / "cloud" / "inventory.json").write_text(
+        provider.collect([o for o in objects if o["kind"] == "Node"]).model_dump_json())
+    async with cloud_stacks({"undeclared": root}, emulator, credentials) as running:
+        result = await diagnose(running["undeclared"], request(rs, "internet-to-pod-eip"))
+    assert result["verdict"] == "UNDETERMINED", result["summary"]
+    assert any("no PodEIP" in a["text"] and rs.pod("server").ip in a["text"] and a["could_change_outcome"]
+               for a in result["assumptions"]), result["assumptions"]
+
+
+def test_the_lab_api_serves_the_pod_eip_and_the_topology_reads_it(tmp_path: Path) -> None:
+    """ack-extend-network-controller's PodEIP (alibabacloud.com/v1beta1) served by the lab's Kubernetes API in a
+    Terway lab whose pod has an EIP, read by the live source (real `kubernetes` client, list+watch): a request to
+    the EIP plans a path to the pod on its node, the pod address its translated destination."""
+    rs = LABS["terway-eniip"]
+    with serve_scenario(rs) as api:
+        source = LiveSource(api_client(api.write_kubeconfig(tmp_path / "kubeconfig")), retry_s=0.1).start()
+        try:
+            assert source.wait_synced(10), source.errors()
+            [podeip] = source.model.pod_eips_at(ip_address(POD_EIP))
+            assert podeip["status"]["privateIPAddress"] == rs.pod("server").ip
+            report = Planner(source.model, "live").plan(DiagnosisRequest.model_validate(
+                request(rs, "internet-to-pod-eip")))
+        finally:
+            source.stop()
+    assert report.dst.kind == EndpointKind.POD_EIP and report.dst.pod == "default/server", report.dst
+    assert [(str(p.dst_address), p.dst_node, p.dst_pod) for p in report.paths] == [
+        (rs.pod("server").ip, "node-2", "default/server")]
+    assert report.nodes_to_collect == ["node-2"] and not any(a.could_change_outcome for a in report.assumptions
+                                                            if "outside the cluster" in a.text)
 
 
 @pytest.mark.lab
@@ -275,5 +362,51 @@ async def test_live_terway_lab_with_an_emulated_cloud(credentials: Path, cni: st
             assert no_snat["verdict"] == "UNREACHABLE" and "NAT_NO_SNAT" in errors(no_snat), no_snat["summary"]
             nodes_fine = await diagnose(stack, node_out)
             assert nodes_fine["verdict"] == "REACHABLE" and errors(nodes_fine) == [], nodes_fine["summary"]
+    finally:
+        await asyncio.to_thread(Lab.sweep, prefix)
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("cni", CNIS)
+async def test_live_pod_eip_is_judged_by_the_kernel_and_the_cloud(credentials: Path, cni: str) -> None:
+    """Internet → a pod's EIP in a live Terway lab: the lab's VPC router translates the EIP 1:1 to the pod address
+    (what the cloud does for the EIP its PodEIP declares) and delivers it to the ENI holding it — the kernel
+    answers the probe; the live pipeline (lab API serving the PodEIP, node agents, dataplane walk from the pod's
+    node, SDK → emulator) agrees, judging the way in at the ENI's group: its deny is found, the nodes' is not the
+    pod's."""
+    require_root()
+    rs = resolve(Scenario.model_validate({
+        "name": f"eip-{cni}", "cni": cni, "dns": False, "internet": True, "cloud": {},
+        "networkPolicy": cni != "terway-eni", "nodes": [{"name": "node-1"}, {"name": "node-2"}],
+        "pods": [{"name": "server", "node": "node-2", "eip": POD_EIP, "containers": [
+            {"name": "srv", "ports": [{"containerPort": 8080}]}]}]}))
+    prefix = new_prefix()
+    try:
+        lab = await asyncio.to_thread(Lab.up, rs, prefix)
+        api = await asyncio.to_thread(lab.start_api)
+        cloud = await asyncio.to_thread(lab.start_cloud)
+        await asyncio.to_thread(lab.set_cloud_state, pod_eip(cloud_state(rs), rs))
+        settings = cloud_settings(cloud.endpoint, credentials, kubeconfig=api.kubeconfig, collect_timeout_s=5.0)
+        to_eip = {"src": lab.source_address("ext"), "dst": POD_EIP, "port": 8080, "protocol": "tcp"}
+        agents = {name: node.netns for name, node in lab.state.nodes.items()}
+        assert lab.probe("ext", POD_EIP, 8080).ok  # the kernel's judgement
+        async with EmbeddedStack(settings, agents=agents) as stack:
+            healthy = await diagnose(stack, to_eip)
+            assert healthy["verdict"] == "REACHABLE" and errors(healthy) == [], (healthy["summary"],
+                                                                               healthy["assumptions"])
+            vpc = f"vpc:{ids(rs)['vpc']}"
+            assert rs.scenario.terway.security_group_id in group_step(healthy, vpc)
+
+            await asyncio.to_thread(lab.set_cloud_state, with_fault(pod_eip(cloud_state(rs), rs), rs, "SG_DENY",
+                                                                    protocol="tcp", port=8080, eni=True))
+            denied = await diagnose(stack, to_eip)
+            assert denied["verdict"] == "UNREACHABLE", denied["summary"]
+            assert any(f["code"] == "SG_DENY" and rs.scenario.terway.security_group_id in f["message"]
+                       for f in denied["findings"])
+
+            await asyncio.to_thread(lab.set_cloud_state, with_fault(pod_eip(cloud_state(rs), rs), rs, "SG_DENY",
+                                                                    protocol="tcp", port=8080))
+            decoy = await diagnose(stack, to_eip)
+            assert decoy["verdict"] == "REACHABLE" and errors(decoy) == [], decoy["summary"]
     finally:
         await asyncio.to_thread(Lab.sweep, prefix)

@@ -171,7 +171,8 @@ def test_rbac_is_read_only_and_exactly_what_the_live_source_uses() -> None:
               "Service": ("", "services"), "EndpointSlice": ("discovery.k8s.io", "endpointslices"),
               "NetworkPolicy": ("networking.k8s.io", "networkpolicies"), "DaemonSet": ("apps", "daemonsets"),
               "IPPool": ("crd.projectcalico.org", "ippools"),
-              "FelixConfiguration": ("crd.projectcalico.org", "felixconfigurations")}
+              "FelixConfiguration": ("crd.projectcalico.org", "felixconfigurations"),
+              "PodEIP": ("alibabacloud.com", "podeips")}
     assert set(granted) == {plural[k] for k in used if k != "ConfigMap"}
     assert all(verbs == {"list", "watch"} for verbs in granted.values())  # the informer lists and watches
     for config_role in (o for o in objects if o["kind"] == "Role"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from services.topology.model import ClusterModel, trim
 from services.topology.plan import Planner
 from shared.topology import EndpointKind as K
 from tests.topology.conftest import plan
@@ -97,3 +98,40 @@ def test_a_service_cidr_address_without_a_service_says_so(planner: Planner) -> N
     assert "10.96.0.0/12" in found.message
     # the source side is never "a Service address": a source in that range is only unknown
     assert plan(planner, "10.96.0.99", CLIENT, 8080).src.kind == K.UNKNOWN
+
+
+def _pod_eip_model(private: str, *, pod: bool = True) -> Planner:
+    """A node, a pod at 172.31.0.100 on it (unless `pod` is False) and the pod's PodEIP binding 47.96.0.30 to
+    `private` (ack-extend-network-controller, alibabacloud.com/v1beta1)."""
+    model = ClusterModel()
+    objects = [("Node", {"metadata": {"name": "node-2"}, "status": {"addresses": [
+        {"type": "InternalIP", "address": "10.0.0.12"}], "conditions": [{"type": "Ready", "status": "True"}]}}),
+        ("PodEIP", {"metadata": {"name": "server", "namespace": "default"}, "spec": {"allocationID": "eip-1"},
+                    "status": {"eipAddress": "47.96.0.30", "privateIPAddress": private,
+                               "networkInterfaceID": "eni-1"}})]
+    if pod:
+        objects.append(("Pod", {"metadata": {"name": "server", "namespace": "default"}, "spec": {
+            "nodeName": "node-2", "containers": [{"name": "srv"}]}, "status": {
+            "phase": "Running", "podIP": "172.31.0.100", "conditions": [{"type": "Ready", "status": "True"}]}}))
+    for kind, obj in objects:
+        model.apply("ADDED", kind, trim(kind, {"kind": kind, **obj}))
+    return Planner(model, "test")
+
+
+def test_a_pod_eip_is_the_pod_reached_through_the_cloud() -> None:
+    report = plan(_pod_eip_model("172.31.0.100"), "8.8.4.4", "47.96.0.30", 8080)
+    assert report.dst.kind == K.POD_EIP and report.dst.pod == "default/server" and report.dst.node == "node-2"
+    assert "PodEIP default/server" in report.dst.description and "eni-1" in report.dst.description
+    assert [(str(p.dst_address), p.dst_node) for p in report.paths] == [("172.31.0.100", "node-2")]
+    assert report.nodes_to_collect == ["node-2"]
+    assert not any(a.could_change_outcome for a in report.assumptions if "outside the cluster" in a.text)
+
+
+@pytest.mark.parametrize(("private", "pod"), [("172.31.0.101", True), ("172.31.0.100", False)],
+                         ids=["bound-to-an-address-the-pod-no-longer-has", "pod-gone"])
+def test_a_stale_pod_eip_names_no_pod(private: str, pod: bool) -> None:
+    """A PodEIP whose pod is gone, or bound to an address the pod no longer holds, is no path to a pod: the
+    address stays public (outside the cluster, said so)."""
+    report = plan(_pod_eip_model(private, pod=pod), "8.8.4.4", "47.96.0.30", 8080)
+    assert report.dst.kind == K.PUBLIC and report.dst.pod is None
+    assert any(a.could_change_outcome and "outside the cluster" in a.text for a in report.assumptions)

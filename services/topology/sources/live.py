@@ -35,9 +35,10 @@ log = logging.getLogger("netdiag.topology.live")
 
 # Namespaces whose ConfigMaps detection reads (CNI and kube-proxy configuration) unless configured.
 DETECTION_NAMESPACES = DEFAULT_CONFIGMAP_NAMESPACES
-# Kinds only detection reads: when the API refuses them they sync empty and detection says so
-# (an assumption); every other kind is needed to diagnose at all and keeps the source unsynced.
-DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet", "IPPool", "FelixConfiguration"})
+# Kinds only detection reads, and optional CRDs (PodEIP: absent without ack-extend-network-controller): when
+# the API refuses them they sync empty and detection says so (an assumption); every other kind is needed to
+# diagnose at all and keeps the source unsynced.
+DETECTION_ONLY_KINDS = frozenset({"ConfigMap", "DaemonSet", "IPPool", "FelixConfiguration", "PodEIP"})
 UNREADABLE_STATUS = {403: "forbidden", 404: "not found"}
 HTTP_GONE = 410
 
@@ -75,6 +76,8 @@ def resources(api: client.ApiClient, configmap_namespaces: Iterable[str] = DETEC
     out.append(Resource("IPPool", partial(custom.list_cluster_custom_object, "crd.projectcalico.org", "v1", "ippools")))
     out.append(Resource("FelixConfiguration", partial(custom.list_cluster_custom_object, "crd.projectcalico.org",
                                                       "v1", "felixconfigurations")))
+    # ack-extend-network-controller's PodEIPs (a pod's own EIP, docs/topology.md)
+    out.append(Resource("PodEIP", partial(custom.list_cluster_custom_object, "alibabacloud.com", "v1beta1", "podeips")))
     return out
 
 

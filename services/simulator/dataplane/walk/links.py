@@ -702,10 +702,31 @@ class Crossing:
             return None
         view = self.world.nodes[entry].host
         self._public_address(st, view, entry, hop, trail)
+        pod_address = self._pod_eip(st, hop, trail)
+        if pod_address is not None and (exclusive := exclusive_owner(self.world, pod_address)) is not None:
+            st.iif = exclusive[1].name  # the VPC delivers the pod address to the pod's own ENI (terway-eni)
+            return Cursor(exclusive[0].place, st, st.iif, trail)
+        shared = eni_owner(self.world, pod_address) if pod_address is not None else None
+        if shared is not None and shared[1].device is not None:  # the node's ENI holding it (terway-eniip)
+            view, in_dev = shared[0], shared[1].device.name
+            st.iif = in_dev
+            return Cursor(view.place, st, in_dev, trail)
         default = view.router.lookup(st.src)[0]
         in_dev = default.dev or next(iter(view.links))
         st.iif = in_dev
         return Cursor(view.place, st, in_dev, trail)
+
+    def _pod_eip(self, st: FlowState, hop: Any, trail: Trail) -> IPAddress | None:
+        """A pod's own EIP (the topology read its PodEIP): the cloud translates it 1:1 to the pod address the
+        candidate path names before the VPC delivers the packet to the pod's node. Returns that address."""
+        report = self.w.report
+        if report.dst.kind != EndpointKind.POD_EIP or not report.paths:
+            return None
+        before = packet(st)
+        st.dst = st.orig_dst = report.paths[0].dst_address
+        trail.step(hop, StepKind.NAT, StepAction.REWRITE, f"{report.dst.description}: the cloud delivers it to "
+                   f"{st.dst}", before, packet(st), type="DNAT")
+        return st.dst
 
     def _public_address(self, st: FlowState, view: NetnsView, node: str, hop: Any, trail: Trail) -> None:
         """A Node address the node holds on no interface (an ExternalIP that is an EIP or static public IP): the

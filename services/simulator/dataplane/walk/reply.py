@@ -120,8 +120,9 @@ def reply_leaves(w: Walk, c: Cursor, view: NetnsView) -> list:
         out = c.trail.hop_by_id(external_hop(r.src), kind=HopKind.INTERNET if r.src.is_global else HopKind.EXTERNAL,
                                 name=peer)
         if public:
+            owner = "pod" if w.report.dst.kind == EndpointKind.POD_EIP else "node"
             c.trail.step(out, StepKind.NAT, StepAction.REWRITE, f"the cloud translates the reply's source {st.src} "
-                         f"back to the node's public address {r.dst}", packet(st), packet(st).model_copy(
+                         f"back to the {owner}'s public address {r.dst}", packet(st), packet(st).model_copy(
                              update={"src": r.dst}), type="SNAT")
         c.trail.step(out, StepKind.DELIVERY, StepAction.FORWARD, f"the reply leaves {view.where} as {actual}: the "
                      f"exact reverse of what the client sent", packet(st, st.iif, st.oif), reply=True)
@@ -143,7 +144,10 @@ def reply_leaves(w: Walk, c: Cursor, view: NetnsView) -> list:
 
 def _cloud_translated(w: Walk, view: NetnsView, src: object, public: object) -> bool:
     """The request went to an address of this node that no interface holds (an EIP / public IP the cloud
-    translated to the node's private address on the way in): the cloud translates the reply's source back."""
+    translated to the node's private address on the way in), or to a pod's EIP (its PodEIP: translated to the
+    pod address): the cloud translates the reply's source back."""
+    if w.report.dst.kind == EndpointKind.POD_EIP:
+        return public == w.report.dst.address and any(src == p.dst_address for p in w.report.paths)
     known = w.report.cluster.node_addresses.get(view.node) or []
     return src != public and public in known and src in known and public not in view.local_ips \
         and src in view.local_ips
