@@ -168,7 +168,12 @@ def _fault_params() -> list[Any]:
 
 @pytest.mark.parametrize("fault", _fault_params())
 async def test_fault_diagnosis_agrees_with_kernel(fault: Fault, make_lab: MakeLab) -> None:
+    """The kernel's outcome before and after the fault is the catalogue's, and the diagnosis agrees with it."""
     lab = make_lab(fault.scenario)
+    spec = fault.probe
+    assert lab.source_address(spec.src) and lab.address(spec.dst)  # what the diagnosis below uses
+    before = await asyncio.to_thread(lab.probe, spec.src, spec.dst, spec.port, spec.protocol)
+    assert before.outcome == fault.before, f"healthy lab: {before}"
     async with lab_stack(lab) as stack:
         await asyncio.to_thread(fault.inject, lab)
         seen = await asyncio.to_thread(fault.observe, lab, PROBE_TIMEOUT_S)
