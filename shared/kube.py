@@ -11,17 +11,23 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+# one connection per kind the live source watches at once (a dozen) plus its lists and the TokenReviews:
+# urllib3's default pool (5 per CPU) would discard connections, with a warning each, on a 2-core node
+POOL_SIZE = 32
+
 
 def api_client(kubeconfig: Path | str | None = None) -> client.ApiClient:
     """A kubeconfig when given; else the in-cluster service account; else ~/.kube/config."""
+    cfg = client.Configuration()
+    cfg.connection_pool_maxsize = POOL_SIZE
     if kubeconfig:
-        return config.new_client_from_config(config_file=str(kubeconfig))
-    try:
-        cfg = client.Configuration()
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
         return client.ApiClient(cfg)
+    try:
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        return config.new_client_from_config()
+        config.load_kube_config(client_configuration=cfg)
+    return client.ApiClient(cfg)
 
 
 class TokenReviewUnavailable(Exception):
