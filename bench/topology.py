@@ -216,25 +216,24 @@ def live(args: argparse.Namespace) -> None:
 
 
 def requests(n: int, nodes: int, pods: int, services: int, rng: random.Random) -> list[DiagnosisRequest]:
+    """pod→pod, pod→ClusterIP, internet→LB and pod→NodePort in turn, validated as the edge validates them."""
     out = []
     for k in range(n):
         a, b = rng.randrange(pods), rng.randrange(pods)
         src = _pod_ip(a % nodes, a // nodes)
         s = rng.randrange(services)
+        s10 = s - s % 10
         kind = k % 4
         if kind == 0:
-            out.append(DiagnosisRequest(src=src, dst=_pod_ip(b % nodes, b // nodes), port=8080, protocol="tcp"))
+            src_dst_port = (src, _pod_ip(b % nodes, b // nodes), 8080)
         elif kind == 1:
-            out.append(DiagnosisRequest(src=src, dst=str(ipaddress.IPv4Address("10.96.0.0") + 10 + s), port=80,
-                                        protocol="tcp"))
+            src_dst_port = (src, str(ipaddress.IPv4Address("10.96.0.0") + 10 + s), 80)
         elif kind == 2:
-            s10 = s - s % 10
-            out.append(DiagnosisRequest(src="8.8.8.8", dst=str(ipaddress.IPv4Address("47.100.0.0") + s10), port=80,
-                                        protocol="tcp"))
+            src_dst_port = ("8.8.8.8", str(ipaddress.IPv4Address("47.100.0.0") + s10), 80)
         else:
-            s10 = s - s % 10
-            node = str(ipaddress.IPv4Address("10.0.0.10") + rng.randrange(nodes))
-            out.append(DiagnosisRequest(src=src, dst=node, port=30000 + s10 // 10, protocol="tcp"))
+            src_dst_port = (src, str(ipaddress.IPv4Address("10.0.0.10") + rng.randrange(nodes)), 30000 + s10 // 10)
+        out.append(DiagnosisRequest.model_validate(
+            dict(zip(("src", "dst", "port"), src_dst_port, strict=True), protocol="tcp")))
     return out
 
 
