@@ -438,6 +438,27 @@ class Crossing:
         """Into the VPC, which delivers a pod address (an ENI's secondary IP) to the ENI owning it."""
         dev = eni.device
         assert dev is not None
+        return self._into_vpc(
+            c, view, link, nh, owner, dev, peer_where=f"node {owner.node}",
+            delivered=f"{c.st.dst} is a secondary IP of node {owner.node}'s ENI {dev.name} (its rule "
+                      f"{eni.rule.priority}: from {c.st.dst} lookup {eni.table})",
+            assumed=f"the VPC delivers {c.st.dst} to node {owner.node}'s ENI {dev.name}, the device its policy "
+                    "rule names (the ENI's secondary IPs, security groups and vSwitch are the cloud layer's)")
+
+    def _to_pod_eni(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, owner: NetnsView,
+                    eni: Link) -> list[Cursor]:
+        """Into the VPC, which delivers an exclusive ENI's address to the ENI itself, inside its pod: the
+        packet never crosses that pod's node (its netfilter, routes, veths)."""
+        return self._into_vpc(
+            c, view, link, nh, owner, eni, peer_where=owner.where,
+            delivered=f"{c.st.dst} is the address of the exclusive ENI {eni.name} inside {owner.where} (on node "
+                      f"{owner.node})",
+            assumed=f"the VPC delivers {c.st.dst} to the ENI {eni.name} of {owner.where}, bypassing node "
+                    f"{owner.node} (the ENI's security groups and vSwitch are the cloud layer's)")
+
+    def _into_vpc(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, owner: NetnsView, dev: Link, *,
+                  peer_where: str, delivered: str, assumed: str) -> list[Cursor]:
+        """Out `link` to the vSwitch gateway `nh`; the VPC delivers the destination to the ENI `dev` in `owner`."""
         if not link_up(dev):
             return self._link_down(c, owner, dev)
         bad = self._neighbor_failed(c, view, link.name, nh)
@@ -445,36 +466,12 @@ class Crossing:
             return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
                                address=nh, device=link.name)
         c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the VPC → "
-                     f"{c.st.dst} is a secondary IP of node {owner.node}'s ENI {dev.name} (its rule "
-                     f"{eni.rule.priority}: from {c.st.dst} lookup {eni.table})", packet(c.st, c.iif, link.name),
-                     device=link.name, peer=dev.name, peer_where=f"node {owner.node}", next_hop=nh)
-        c.trail.assume(f"the VPC delivers {c.st.dst} to node {owner.node}'s ENI {dev.name}, the device its policy "
-                       "rule names (the ENI's secondary IPs, security groups and vSwitch are the cloud layer's)",
-                       could_change=False)
+                     f"{delivered}", packet(c.st, c.iif, link.name), device=link.name, peer=dev.name,
+                     peer_where=peer_where, next_hop=nh)
+        c.trail.assume(assumed, could_change=False)
         st = copy_state(c.st)
         st.iif, st.oif = dev.name, None
         return [Cursor(owner.place, st, dev.name, c.trail)]
-
-    def _to_pod_eni(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, owner: NetnsView,
-                    eni: Link) -> list[Cursor]:
-        """Into the VPC, which delivers an exclusive ENI's address to the ENI itself, inside its pod: the
-        packet never crosses that pod's node (its netfilter, routes, veths)."""
-        if not link_up(eni):
-            return self._link_down(c, owner, eni)
-        bad = self._neighbor_failed(c, view, link.name, nh)
-        if bad is not None:
-            return self.w.drop(c, bad, view, f"neighbour {nh} on {link.name} is unresolved", StepKind.NEIGHBOR,
-                               address=nh, device=link.name)
-        c.trail.step(c.trail.hop(view), StepKind.LINK, StepAction.FORWARD, f"out {link.name} into the VPC → "
-                     f"{c.st.dst} is the address of the exclusive ENI {eni.name} inside {owner.where} (on node "
-                     f"{owner.node})", packet(c.st, c.iif, link.name), device=link.name, peer=eni.name,
-                     peer_where=owner.where, next_hop=nh)
-        c.trail.assume(f"the VPC delivers {c.st.dst} to the ENI {eni.name} of {owner.where}, bypassing node "
-                       f"{owner.node} (the ENI's security groups and vSwitch are the cloud layer's)",
-                       could_change=False)
-        st = copy_state(c.st)
-        st.iif, st.oif = eni.name, None
-        return [Cursor(owner.place, st, eni.name, c.trail)]
 
     def _leave_cluster(self, c: Cursor, view: NetnsView, link: Link, nh: IPAddress, d: RouteDecision) -> list:
         dst = c.st.dst
