@@ -32,7 +32,7 @@ from lab import state as lab_state
 from lab.bpf import compiled
 from lab.iptables import CLI, RESTORE, Ruleset, comment
 from lab.probe import ProbeResult, probe_in
-from lab.scenario import ResolvedPod, ResolvedScenario, Scenario, resolve
+from lab.scenario import ResolvedNode, ResolvedPod, ResolvedScenario, Scenario, resolve
 from lab.state import ApiInfo, CloudInfo, LabState, NodeState, PodState
 
 INET_NET = ipaddress.ip_network("203.0.113.0/24")
@@ -147,6 +147,23 @@ def terway_eni_masq_rules() -> Ruleset:
 def calico_vtep_ip(block: str) -> str:
     """The node's IPv4VXLANTunnelAddr: Calico's IPAM gives the tunnel the block's first address."""
     return str(ipaddress.ip_network(block).network_address)
+
+
+def vxlan_vtep(device: str, vni: int, port: int, node: ResolvedNode, peers: Sequence[ResolvedNode],
+               route_proto: str = "") -> tuple[list[str], list[str]]:
+    """A VXLAN VTEP as flannel's vxlan backend and felix's VXLAN manager both program it (no learning): the
+    device holding the block's first address, and per peer `<block> via <peer VTEP> onlink` with a permanent
+    neighbour and FDB entry. Returns (`ip` batch lines, `bridge` batch lines)."""
+    lines = [f"link add {device} address {node.vtep_mac} mtu {VXLAN_MTU} type vxlan id {vni} local {node.ip} "
+             f"dev eth0 dstport {port} nolearning",
+             f"addr add {calico_vtep_ip(node.pod_cidr)}/32 dev {device}", f"link set {device} up"]
+    fdb = []
+    for peer in peers:
+        vtep = calico_vtep_ip(peer.pod_cidr)
+        lines += [f"route add {peer.pod_cidr} via {vtep} dev {device} onlink{route_proto}",
+                  f"neigh add {vtep} lladdr {peer.vtep_mac} dev {device} nud permanent"]
+        fdb.append(f"fdb append {peer.vtep_mac} dev {device} dst {peer.ip} self permanent")
+    return lines, fdb
 
 
 def eni_mac(node_index: int) -> str:
@@ -358,16 +375,9 @@ class Lab:
                       f"link set {pod.veth} type bridge_slave hairpin on"]
         fdb: list[str] = []
         others = [n for n in sc.nodes if n.name != name]
-        if vxlan:
-            lines += [f"link add flannel.1 address {node.vtep_mac} mtu {VXLAN_MTU} type vxlan id 1 "
-                      f"local {node.ip} dev eth0 dstport 8472 nolearning",
-                      f"addr add {ipaddress.ip_network(node.pod_cidr).network_address}/32 dev flannel.1",
-                      "link set flannel.1 up"]
-            for other in others:
-                vtep_ip = ipaddress.ip_network(other.pod_cidr).network_address
-                lines += [f"route add {other.pod_cidr} via {vtep_ip} dev flannel.1 onlink",
-                          f"neigh add {vtep_ip} lladdr {other.vtep_mac} dev flannel.1 nud permanent"]
-                fdb.append(f"fdb append {other.vtep_mac} dev flannel.1 dst {other.ip} self permanent")
+        if vxlan:  # flannel's vxlan backend: VNI 1, port 8472, the VTEP at the subnet's .0
+            vtep_lines, fdb = vxlan_vtep("flannel.1", 1, 8472, node, others)
+            lines += vtep_lines
         else:
             lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0" for other in others]
         netns.ip_batch(lines, ns)
@@ -399,15 +409,9 @@ class Lab:
         if sc.scenario.calico.vxlan_mode == "Always":
             # felix's VXLAN manager: the VTEP holds the tunnel address (the block's first), each peer block
             # `via <peer VTEP> dev vxlan.calico onlink` with a permanent ARP and FDB entry (felix, not BIRD)
-            lines += [f"link add {CALICO_VXLAN_DEVICE} address {node.vtep_mac} mtu {VXLAN_MTU} type vxlan id "
-                      f"{CALICO_VXLAN_VNI} local {node.ip} dev eth0 dstport {CALICO_VXLAN_PORT} nolearning",
-                      f"addr add {calico_vtep_ip(node.pod_cidr)}/32 dev {CALICO_VXLAN_DEVICE}",
-                      f"link set {CALICO_VXLAN_DEVICE} up"]
-            for other in others:
-                vtep = calico_vtep_ip(other.pod_cidr)
-                lines += [f"route add {other.pod_cidr} via {vtep} dev {CALICO_VXLAN_DEVICE} onlink proto 80",
-                          f"neigh add {vtep} lladdr {other.vtep_mac} dev {CALICO_VXLAN_DEVICE} nud permanent"]
-                fdb.append(f"fdb append {other.vtep_mac} dev {CALICO_VXLAN_DEVICE} dst {other.ip} self permanent")
+            vtep_lines, fdb = vxlan_vtep(CALICO_VXLAN_DEVICE, CALICO_VXLAN_VNI, CALICO_VXLAN_PORT, node, others,
+                                         route_proto=" proto 80")
+            lines += vtep_lines
         else:
             lines += [f"route add {other.pod_cidr} via {other.ip} dev eth0 proto bird" for other in others]
         netns.ip_batch(lines, ns)

@@ -32,9 +32,12 @@ async def lab_stack(lab: Lab) -> AsyncIterator[EmbeddedStack]:
         yield stack
 
 
-async def diagnose(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout: float = 20.0) -> dict[str, Any]:
-    body = {"src": lab.address(src_ref(lab, spec.src)), "dst": lab.address(spec.dst), "port": spec.port,
-            "protocol": spec.protocol}
+async def diagnose(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout: float = 20.0,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"src": lab.address(src_ref(lab, spec.src)), "dst": lab.address(spec.dst),
+                            "port": spec.port, "protocol": spec.protocol}
+    if options:
+        body["options"] = options
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/api/v1/diagnoses", json=body) as resp:
             doc = await resp.json()

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import pytest
 
 from lab.dataplane import Lab
@@ -21,7 +20,7 @@ from shared.bus import Bus
 from shared.config import Settings
 from shared.live import ProbeReply, ProbeRequest, node_probe_subject
 from tests.lab.conftest import MakeLab
-from tests.lab.helpers import expected_verdict, explain, src_ref
+from tests.lab.helpers import diagnose, expected_verdict, explain
 
 pytestmark = pytest.mark.lab
 
@@ -48,20 +47,7 @@ async def live_stack(lab: Lab, **settings: Any) -> AsyncIterator[EmbeddedStack]:
 
 
 async def diagnose_live(stack: EmbeddedStack, lab: Lab, spec: ProbeSpec, timeout_s: float = 1.0) -> dict[str, Any]:
-    body = {"src": lab.address(src_ref(lab, spec.src)), "dst": lab.address(spec.dst), "port": spec.port,
-            "protocol": spec.protocol, "options": {"live": True, "live_timeout_s": timeout_s}}
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stack.url}/api/v1/diagnoses", json=body) as resp:
-            doc = await resp.json()
-            assert resp.status == 202, doc
-        for _ in range(600):
-            async with session.get(f"{stack.url}/api/v1/diagnoses/{doc['id']}") as resp:
-                got = await resp.json()
-            if got.get("status") in ("completed", "failed"):
-                assert got["status"] == "completed", got
-                return got["result"]
-            await asyncio.sleep(0.05)
-    raise AssertionError("diagnosis did not complete")
+    return await diagnose(stack, lab, spec, 30.0, {"live": True, "live_timeout_s": timeout_s})
 
 
 def live_text(result: dict[str, Any]) -> str:
