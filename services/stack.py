@@ -23,7 +23,7 @@ from services.gateway.app import INTAKE, Intake, create_app
 from services.gateway.store import ResultSink
 from services.simulator.handler import SimulatorStage
 from services.topology.handler import TopologyStage
-from shared.bus import Bus
+from shared.bus import PUBLISHED, Bus
 from shared.config import Settings
 from shared.natsserver import NatsServer
 from shared.stage import Stage, StageRunner
@@ -89,6 +89,7 @@ class EmbeddedStack:
 
     async def start(self) -> EmbeddedStack:
         self._spans = setup_tracing("stack")
+        PUBLISHED.enabled = True  # every stage in this process: each may take what another published
         if self.nats:
             await asyncio.to_thread(self.nats.start)
         self.settings = self.settings.model_copy(update={"nats_url": self.nats_url})

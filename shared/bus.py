@@ -126,16 +126,20 @@ class Published:
     """The models this process published, by Nats-Msg-Id, until a stage of this same process receives
     them (the embedded stack runs every stage in one process). A stage that receives exactly the bytes
     serialised here from an already validated model takes that model instead of parsing the bytes
-    again; bytes from anywhere else, or not identical, are validated as ever. Bounded: in a deployment
-    whose stages run apart nothing is ever taken, and the oldest entries go."""
+    again; bytes from anywhere else, or not identical, are validated as ever. Off unless this process runs
+    the stages that consume what it publishes (services.stack.EmbeddedStack turns it on): a deployed service
+    would only hold its output for nobody. Bounded: the oldest entries go."""
 
     MAX_BYTES = 32 * 1024 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._items: OrderedDict[str, tuple[bytes, BaseModel]] = OrderedDict()
         self._bytes = 0
 
     def add(self, msg_id: str, data: bytes, model: BaseModel) -> None:
+        if not self.enabled:
+            return
         self.take(msg_id, b"")  # a re-publish replaces the earlier entry
         self._items[msg_id] = (data, model)
         self._bytes += len(data)
@@ -152,7 +156,7 @@ class Published:
         return entry[1] if entry[0] == data else None
 
 
-PUBLISHED = Published()
+PUBLISHED = Published(enabled=False)
 
 
 class BusUnavailable(RuntimeError):

@@ -50,6 +50,9 @@ def test_a_published_model_is_taken_once_and_only_for_identical_bytes() -> None:
         published.MAX_BYTES = 2 * len(data)
         published.add(f"c{i}", data, env)
     assert published.take("c0", data) is None and published.take("c2", data) is env
+    quiet = Published(enabled=False)  # a deployed service: nothing in this process consumes its output
+    quiet.add("d:topology", data, env)
+    assert quiet.take("d:topology", data) is None
 
 
 @pytest.mark.parametrize("line_options", [None, {"progress": True}])
